@@ -1,0 +1,79 @@
+//! Durable, atomic file creation: write to a temporary name, fsync, link into place, fsync the
+//! directory. A committed name is never overwritten in place.
+#![forbid(unsafe_code)]
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use rand::RngCore;
+
+/// A random temporary name in `dir`, so that concurrent writers (threads or processes on other
+/// computers sharing the directory) never collide.
+pub fn temp_path(dir: &Path) -> PathBuf {
+    let mut bytes = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let name: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    dir.join(format!(".tmp-{name}"))
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Moves the fully written and synced file at `tmp` to `dest` without ever replacing an existing
+/// `dest`. Returns `false` when `dest` already existed (names are content hashes or random ids,
+/// so an existing object is the same object).
+pub fn publish(tmp: &Path, dest: &Path) -> io::Result<bool> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    // link(2) fails with EEXIST instead of replacing: that is the no-overwrite guarantee.
+    let created = match fs::hard_link(tmp, dest) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        // Filesystems without hard links: rename is still atomic; check first.
+        Err(_) if !dest.exists() => {
+            fs::rename(tmp, dest)?;
+            sync_dir(dir)?;
+            return Ok(true);
+        }
+        Err(e) => return Err(e),
+    };
+    fs::remove_file(tmp)?;
+    sync_dir(dir)?;
+    Ok(created)
+}
+
+/// Writes `data` durably under `dest` (see module doc). Parent directories are created.
+pub fn write_atomic(dest: &Path, data: &[u8]) -> io::Result<bool> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = temp_path(dir);
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        publish(&tmp, dest)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a/b/obj");
+        assert!(write_atomic(&p, b"first").unwrap());
+        assert!(!write_atomic(&p, b"second").unwrap());
+        assert_eq!(fs::read(&p).unwrap(), b"first");
+        // no temporary files are left behind
+        let left: Vec<_> = fs::read_dir(p.parent().unwrap()).unwrap().collect();
+        assert_eq!(left.len(), 1);
+    }
+}

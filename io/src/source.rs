@@ -1,0 +1,50 @@
+//! Where file contents come from. The read stage opens and reads files through a `Source`, so the
+//! chaos crate can wrap the real one and inject vanishing files, EIO mid-read and files that change
+//! while they are read — on both the io_uring path and the thread-pool path.
+#![forbid(unsafe_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub trait Source: Send + Sync {
+    /// Opens a regular file for reading.
+    fn open(&self, path: &Path) -> io::Result<File>;
+
+    /// Sees the outcome of every read of `path` at `offset` before the pipeline does, and may
+    /// replace it. The real source passes it through.
+    fn after_read(
+        &self,
+        _path: &Path,
+        _offset: u64,
+        _buf: &mut [u8],
+        res: io::Result<usize>,
+    ) -> io::Result<usize> {
+        res
+    }
+}
+
+/// The local filesystem. Opens with O_NOATIME where permitted (reading a backup source should not
+/// touch every file's atime), and never follows a symlink swapped in after the scan.
+#[derive(Default)]
+pub struct LocalSource {
+    noatime_refused: AtomicBool,
+}
+
+impl Source for LocalSource {
+    fn open(&self, path: &Path) -> io::Result<File> {
+        let base = libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        if !self.noatime_refused.load(Ordering::Relaxed) {
+            match OpenOptions::new().read(true).custom_flags(base | libc::O_NOATIME).open(path) {
+                // O_NOATIME is only allowed for the file's owner (or CAP_FOWNER).
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    self.noatime_refused.store(true, Ordering::Relaxed)
+                }
+                other => return other,
+            }
+        }
+        OpenOptions::new().read(true).custom_flags(base).open(path)
+    }
+}

@@ -1,0 +1,255 @@
+//! Storage: one trait with its contract, and the local-directory backend.
+//!
+//! # Contract (every backend must keep it)
+//! - Keys are relative, `/`-separated, ASCII (`packs/ab/ab12…`, `snapshots/…`).
+//! - Objects are immutable. `put` and `Staged::commit` are atomic (readers see the whole object or
+//!   nothing) and durable when they return. They never replace an existing object: storing a key
+//!   that exists is a successful no-op, which is safe because names are content hashes or random ids.
+//! - `get` of a missing key is `StorageError::NotFound`, distinct from other failures.
+//! - `list` returns the keys under a directory prefix in no particular order; objects being
+//!   written (temporary names) are never listed.
+#![forbid(unsafe_code)]
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::durable;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object {key} not found")]
+    NotFound { key: String },
+    #[error("object {key}: {source}")]
+    Io {
+        key: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("invalid object key {key:?}")]
+    BadKey { key: String },
+}
+
+impl StorageError {
+    pub fn io(key: &str, source: io::Error) -> Self {
+        if source.kind() == io::ErrorKind::NotFound {
+            StorageError::NotFound { key: key.to_string() }
+        } else {
+            StorageError::Io { key: key.to_string(), source }
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// A large object being written piece by piece (a pack), committed under a name known only at
+/// the end (the hash of its bytes). Dropping it without `commit` discards it.
+pub trait Staged: Write + Send {
+    fn commit(self: Box<Self>, key: &str) -> Result<()>;
+}
+
+pub trait Backend: Send + Sync {
+    fn put(&self, key: &str, data: &[u8]) -> Result<()>;
+    fn stage(&self) -> Result<Box<dyn Staged>>;
+    fn get(&self, key: &str) -> Result<Vec<u8>>;
+    fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
+    fn size(&self, key: &str) -> Result<u64>;
+    fn list(&self, dir: &str) -> Result<Vec<String>>;
+    fn delete(&self, key: &str) -> Result<()>;
+    fn exists(&self, key: &str) -> Result<bool> {
+        match self.size(key) {
+            Ok(_) => Ok(true),
+            Err(StorageError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A repository in a local directory.
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalBackend { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        let ok = !key.is_empty()
+            && key.split('/').all(|part| {
+                !part.is_empty()
+                    && part != "."
+                    && part != ".."
+                    && !part.starts_with(".tmp-")
+                    && part.bytes().all(|b| b.is_ascii_graphic())
+            });
+        if ok {
+            Ok(self.root.join(key))
+        } else {
+            Err(StorageError::BadKey { key: key.to_string() })
+        }
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+}
+
+struct LocalStaged {
+    file: Option<File>,
+    tmp: PathBuf,
+    root: PathBuf,
+}
+
+impl Write for LocalStaged {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.file {
+            Some(f) => f.write(buf),
+            None => Err(io::Error::other("staged object already committed")),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Staged for LocalStaged {
+    fn commit(mut self: Box<Self>, key: &str) -> Result<()> {
+        let dest = LocalBackend::new(self.root.clone()).path(key)?;
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| StorageError::io(key, io::Error::other("committed twice")))?;
+        file.sync_all().map_err(|e| StorageError::io(key, e))?;
+        drop(file);
+        let dir = dest.parent().unwrap_or(&self.root);
+        fs::create_dir_all(dir).map_err(|e| StorageError::io(key, e))?;
+        durable::publish(&self.tmp, &dest).map_err(|e| StorageError::io(key, e))?;
+        Ok(())
+    }
+}
+
+impl Drop for LocalStaged {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl Backend for LocalBackend {
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        let dest = self.path(key)?;
+        durable::write_atomic(&dest, data).map_err(|e| StorageError::io(key, e))?;
+        Ok(())
+    }
+
+    fn stage(&self) -> Result<Box<dyn Staged>> {
+        let dir = self.tmp_dir();
+        fs::create_dir_all(&dir).map_err(|e| StorageError::io("tmp", e))?;
+        let tmp = durable::temp_path(&dir);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| StorageError::io("tmp", e))?;
+        Ok(Box::new(LocalStaged { file: Some(file), tmp, root: self.root.clone() }))
+    }
+
+    fn get(&self, key: &str) -> Result<Vec<u8>> {
+        fs::read(self.path(key)?).map_err(|e| StorageError::io(key, e))
+    }
+
+    fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut f = File::open(self.path(key)?).map_err(|e| StorageError::io(key, e))?;
+        f.seek(SeekFrom::Start(offset)).map_err(|e| StorageError::io(key, e))?;
+        let mut buf = Vec::with_capacity(len);
+        f.take(len as u64).read_to_end(&mut buf).map_err(|e| StorageError::io(key, e))?;
+        if buf.len() != len {
+            let e = io::Error::new(io::ErrorKind::UnexpectedEof, "object shorter than expected");
+            return Err(StorageError::Io { key: key.to_string(), source: e });
+        }
+        Ok(buf)
+    }
+
+    fn size(&self, key: &str) -> Result<u64> {
+        fs::metadata(self.path(key)?).map(|m| m.len()).map_err(|e| StorageError::io(key, e))
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<String>> {
+        let base = self.path(dir)?;
+        let mut out = Vec::new();
+        let mut stack = vec![(base, dir.to_string())];
+        while let Some((path, key)) = stack.pop() {
+            let rd = match fs::read_dir(&path) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StorageError::io(&key, e)),
+            };
+            for entry in rd {
+                let entry = entry.map_err(|e| StorageError::io(&key, e))?;
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+                if name.starts_with(".tmp-") {
+                    continue;
+                }
+                let child = format!("{key}/{name}");
+                let ft = entry.file_type().map_err(|e| StorageError::io(&child, e))?;
+                if ft.is_dir() {
+                    stack.push((entry.path(), child));
+                } else if ft.is_file() {
+                    out.push(child);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let p = self.path(key)?;
+        fs::remove_file(&p).map_err(|e| StorageError::io(key, e))?;
+        if let Some(dir) = p.parent() {
+            durable::sync_dir(dir).map_err(|e| StorageError::io(key, e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_backend_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        b.put("snapshots/abc", b"hello").unwrap();
+        assert_eq!(b.get("snapshots/abc").unwrap(), b"hello");
+        assert_eq!(b.get_range("snapshots/abc", 1, 3).unwrap(), b"ell");
+        assert!(b.get_range("snapshots/abc", 3, 5).is_err());
+        let mut s = b.stage().unwrap();
+        s.write_all(b"pack bytes").unwrap();
+        s.commit("packs/ab/abcd").unwrap();
+        let mut keys = b.list("packs").unwrap();
+        keys.sort();
+        assert_eq!(keys, vec!["packs/ab/abcd".to_string()]);
+        assert!(matches!(b.get("packs/zz"), Err(StorageError::NotFound { .. })));
+        assert!(matches!(b.get("../etc/passwd"), Err(StorageError::BadKey { .. })));
+        b.delete("packs/ab/abcd").unwrap();
+        assert!(!b.exists("packs/ab/abcd").unwrap());
+    }
+
+    #[test]
+    fn dropped_stage_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        let mut s = b.stage().unwrap();
+        s.write_all(b"partial").unwrap();
+        drop(s);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,175 @@
+//! The messages that flow between stages, and the cancellation token they all share.
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::budget::Permit;
+use crate::encrypt::KeyEpoch;
+
+/// A blob id: keyed BLAKE3 of the plaintext.
+pub type BlobId = [u8; 32];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BlobKind {
+    Data = 0,
+    Tree = 1,
+}
+
+impl BlobKind {
+    pub fn from_u8(b: u8) -> Option<BlobKind> {
+        match b {
+            0 => Some(BlobKind::Data),
+            1 => Some(BlobKind::Tree),
+            _ => None,
+        }
+    }
+}
+
+/// One token cancels everything: sources stop producing, and every stage drains its input
+/// without doing work, so the pipeline always finishes.
+#[derive(Clone, Default, Debug)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed)
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDev,
+    BlockDev,
+}
+
+/// What lstat said, in the units the snapshot keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub kind: FileKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub dev: u64,
+    pub nlink: u64,
+    pub rdev: u64,
+}
+
+/// The shape of the tree, in deterministic order (sorted names, depth first).
+#[derive(Debug)]
+pub enum ScanEvent {
+    /// A directory begins; its entries follow until the matching `Leave`.
+    Enter { name: OsString, meta: Meta },
+    Leave,
+    /// A regular file whose content is read; `FileEvent`s with the same `seq` describe it.
+    File { seq: u64, name: OsString, meta: Meta },
+    /// A further name of a file already seen (hard link) as `File { seq: first }`.
+    HardLink { first: u64, name: OsString, meta: Meta },
+    Symlink { name: OsString, meta: Meta, target: OsString },
+    /// FIFOs, sockets, devices: recorded, never read.
+    Special { name: OsString, meta: Meta },
+    /// Something that could not be listed or stat'ed. The run goes on.
+    Error { path: PathBuf, why: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadJob {
+    pub seq: u64,
+    pub path: PathBuf,
+    pub meta: Meta,
+}
+
+/// read -> chunk. All blocks of one file go to the same chunk worker, in offset order.
+#[derive(Debug)]
+pub enum Block {
+    Data {
+        seq: u64,
+        /// `buf[start..]` holds the file's bytes at `offset`; `buf[..start]` is headroom the
+        /// chunker uses to prepend the previous block's unchunked tail without allocating.
+        buf: Vec<u8>,
+        start: usize,
+        offset: u64,
+        last: bool,
+        permit: Permit,
+    },
+    Failed { seq: u64, path: PathBuf, why: String },
+}
+
+impl Block {
+    pub fn seq(&self) -> u64 {
+        match self {
+            Block::Data { seq, .. } | Block::Failed { seq, .. } => *seq,
+        }
+    }
+}
+
+/// chunk -> hash: one content-defined chunk of a file.
+#[derive(Debug)]
+pub struct Chunk {
+    pub seq: u64,
+    pub index: u32,
+    pub data: Bytes,
+    pub permit: Arc<Permit>,
+}
+
+/// A blob that is not yet in the repository (dedup claimed it), on its way to a pack.
+#[derive(Debug)]
+pub struct NewBlob {
+    pub id: BlobId,
+    pub kind: BlobKind,
+    pub data: Bytes,
+    pub permit: Arc<Permit>,
+}
+
+/// compress -> encrypt: the framed, padded plaintext with room for the nonce in front.
+#[derive(Debug)]
+pub struct Framed {
+    pub id: BlobId,
+    pub kind: BlobKind,
+    pub raw_len: u32,
+    pub buf: Vec<u8>,
+    pub permit: Arc<Permit>,
+}
+
+/// encrypt -> write: a sealed blob and the data key epoch it was sealed under.
+#[derive(Debug)]
+pub struct Sealed {
+    pub id: BlobId,
+    pub kind: BlobKind,
+    pub raw_len: u32,
+    pub epoch: Arc<KeyEpoch>,
+    pub bytes: Vec<u8>,
+    pub permit: Arc<Permit>,
+}
+
+/// What the chunk and hash stages learn about each file, sent to the tree builder.
+#[derive(Debug)]
+pub enum FileEvent {
+    ChunkId { seq: u64, index: u32, id: BlobId, len: u32 },
+    /// The file was fully chunked into `chunks` chunks of `size` bytes in all.
+    End { seq: u64, chunks: u32, size: u64 },
+    Failed { seq: u64, path: PathBuf, why: String },
+}
+
+/// The dedup decision, made once per blob id across all workers.
+pub trait Dedup: Send + Sync {
+    /// True when the caller must store the blob: it is neither in the repository nor already
+    /// claimed by another in-flight chunk.
+    fn claim(&self, id: &BlobId, kind: BlobKind) -> bool;
+}

@@ -1,0 +1,346 @@
+//! read: ReadJob -> Block (to the chunk worker chosen by `seq`). Workers: one io_uring thread with
+//! up to `depth` files in flight, or `threads` plain-pread threads when io_uring is unavailable or
+//! refused (forced with `ReadMode::Pool`). Holds one buffer per in-flight read; each buffer holds a
+//! permit of twice its size, which also covers the compressed copy made downstream.
+#![forbid(unsafe_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use ::io::uring::Ring;
+use ::io::Source;
+
+use crate::budget::{MemoryBudget, Permit};
+use crate::msg::{Block, Cancel, ReadJob};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// io_uring, falling back to the pool when the kernel refuses it.
+    Auto,
+    Uring,
+    Pool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReadConfig {
+    pub mode: ReadMode,
+    /// Bytes per read of a large file.
+    pub segment: usize,
+    /// Room left in front of every block after a file's first, for the chunker's carried tail
+    /// (the chunker's maximum chunk size).
+    pub headroom: usize,
+    /// Pool threads.
+    pub threads: usize,
+    /// io_uring: files in flight at once.
+    pub depth: u32,
+}
+
+pub struct ReadHandle {
+    threads: Vec<JoinHandle<()>>,
+    /// The mode actually in use (`Uring` or `Pool`), and why the pool was chosen under `Auto`.
+    pub mode: ReadMode,
+    pub fallback_reason: Option<String>,
+}
+
+impl ReadHandle {
+    pub fn finish(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Shared {
+    cfg: ReadConfig,
+    source: Arc<dyn Source>,
+    budget: MemoryBudget,
+    out: Vec<Sender<Block>>,
+    cancel: Cancel,
+}
+
+impl Shared {
+    fn send(&self, block: Block) {
+        let i = (block.seq() % self.out.len() as u64) as usize;
+        // A closed channel means the pipeline is shutting down; dropping the block is right.
+        let _ = self.out[i].send(block);
+    }
+
+    fn fail(&self, job: &ReadJob, why: String) {
+        self.send(Block::Failed { seq: job.seq, path: job.path.clone(), why });
+    }
+
+    /// (headroom, bytes to read) for the read at `offset`. Only a file's first block needs no
+    /// headroom: nothing can be carried into it.
+    fn shape(&self, job: &ReadJob, offset: u64) -> (usize, usize) {
+        let len = (job.meta.size - offset).min(self.cfg.segment as u64) as usize;
+        let headroom = if offset == 0 { 0 } else { self.cfg.headroom };
+        (headroom, len)
+    }
+
+    fn permit_bytes(headroom: usize, len: usize) -> u64 {
+        2 * (headroom + len) as u64
+    }
+
+    fn buffer(headroom: usize, len: usize) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(headroom + len);
+        buf.resize(headroom, 0);
+        buf
+    }
+
+    /// Opens a job's file; files of size zero need no reading and are done at once.
+    fn open(&self, job: &ReadJob) -> Option<Arc<File>> {
+        if job.meta.size == 0 {
+            let permit = self.budget.acquire(0);
+            let last = true;
+            self.send(Block::Data { seq: job.seq, buf: Vec::new(), start: 0, offset: 0, last, permit });
+            return None;
+        }
+        match self.source.open(&job.path) {
+            Ok(f) => Some(Arc::new(f)),
+            Err(e) => {
+                let why = if e.kind() == io::ErrorKind::NotFound {
+                    "vanished before it could be read".to_string()
+                } else {
+                    format!("cannot open: {e}")
+                };
+                self.fail(job, why);
+                None
+            }
+        }
+    }
+
+    /// Handles a finished read of `want` bytes at `offset`. Returns the next offset to read, or
+    /// None when the file is done (sent whole, or failed).
+    #[allow(clippy::too_many_arguments)]
+    fn completed(
+        &self,
+        job: &ReadJob,
+        file: &File,
+        mut buf: Vec<u8>,
+        headroom: usize,
+        offset: u64,
+        result: io::Result<usize>,
+        permit: Permit,
+    ) -> Option<u64> {
+        let res = self.source.after_read(&job.path, offset, &mut buf[headroom..], result);
+        let n = match res {
+            Ok(0) => {
+                self.fail(job, "changed while being read (it shrank)".into());
+                return None;
+            }
+            Ok(n) => n.min(buf.len() - headroom),
+            Err(e) => {
+                self.fail(job, format!("read error at offset {offset}: {e}"));
+                return None;
+            }
+        };
+        buf.truncate(headroom + n);
+        let next = offset + n as u64;
+        let last = next >= job.meta.size;
+        if last {
+            if let Err(why) = unchanged(file, job) {
+                self.fail(job, why);
+                return None;
+            }
+        }
+        self.send(Block::Data { seq: job.seq, buf, start: headroom, offset, last, permit });
+        (!last).then_some(next)
+    }
+}
+
+/// A file whose size, mtime or ctime moved while it was read is not saved half old, half new.
+fn unchanged(file: &File, job: &ReadJob) -> Result<(), String> {
+    let md = file.metadata().map_err(|e| format!("cannot stat after reading: {e}"))?;
+    let mtime = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+    let ctime = md.ctime() * 1_000_000_000 + md.ctime_nsec();
+    if md.size() != job.meta.size || mtime != job.meta.mtime_ns || ctime != job.meta.ctime_ns {
+        return Err("changed while being read".into());
+    }
+    Ok(())
+}
+
+pub fn spawn(
+    cfg: ReadConfig,
+    source: Arc<dyn Source>,
+    budget: MemoryBudget,
+    jobs: Receiver<ReadJob>,
+    out: Vec<Sender<Block>>,
+    cancel: Cancel,
+) -> io::Result<ReadHandle> {
+    let mode = cfg.mode;
+    let shared = Arc::new(Shared { cfg, source, budget, out, cancel });
+    let mut fallback_reason = None;
+    if mode != ReadMode::Pool {
+        match Ring::new(shared.cfg.depth.max(1)) {
+            Ok(ring) => {
+                let t = std::thread::Builder::new().name("read-uring".into()).spawn(move || {
+                    UringReader { s: shared, ring, files: HashMap::new(), ready: VecDeque::new() }
+                        .run(jobs)
+                })?;
+                return Ok(ReadHandle { threads: vec![t], mode: ReadMode::Uring, fallback_reason });
+            }
+            Err(e) if mode == ReadMode::Uring => return Err(e),
+            Err(e) => fallback_reason = Some(format!("io_uring unavailable ({e}); using read threads")),
+        }
+    }
+    let mut threads = Vec::new();
+    for i in 0..shared.cfg.threads.max(1) {
+        let s = shared.clone();
+        let jobs = jobs.clone();
+        threads.push(std::thread::Builder::new().name(format!("read-{i}")).spawn(move || {
+            pool_worker(&s, &jobs)
+        })?);
+    }
+    Ok(ReadHandle { threads, mode: ReadMode::Pool, fallback_reason })
+}
+
+fn pool_worker(s: &Shared, jobs: &Receiver<ReadJob>) {
+    for job in jobs {
+        if s.cancel.is_cancelled() {
+            continue;
+        }
+        let Some(file) = s.open(&job) else { continue };
+        let mut offset = 0;
+        loop {
+            let (headroom, len) = s.shape(&job, offset);
+            let permit = s.budget.acquire(Shared::permit_bytes(headroom, len));
+            let mut buf = Shared::buffer(headroom, len);
+            buf.resize(headroom + len, 0);
+            let result = read_full(&file, &mut buf[headroom..], offset);
+            match s.completed(&job, &file, buf, headroom, offset, result, permit) {
+                Some(next) => offset = next,
+                None => break,
+            }
+        }
+    }
+}
+
+/// pread until `buf` is full or the file ends.
+fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+struct InFlight {
+    job: ReadJob,
+    file: Arc<File>,
+    next: u64,
+    headroom: usize,
+    permit: Option<Permit>,
+}
+
+struct UringReader {
+    s: Arc<Shared>,
+    ring: Ring,
+    /// Files being read; each has at most one read in the ring, so blocks leave in order.
+    files: HashMap<u64, InFlight>,
+    /// Files whose next read waits for budget.
+    ready: VecDeque<u64>,
+}
+
+impl UringReader {
+    fn run(mut self, jobs: Receiver<ReadJob>) {
+        let mut jobs_open = true;
+        loop {
+            self.submit_ready();
+            // Take new files while there is room in the ring and nothing waits for budget.
+            while jobs_open && self.ready.is_empty() && self.files.len() < self.s.cfg.depth as usize
+            {
+                let job = if self.files.is_empty() {
+                    match jobs.recv() {
+                        Ok(j) => j,
+                        Err(_) => {
+                            jobs_open = false;
+                            break;
+                        }
+                    }
+                } else {
+                    match jobs.try_recv() {
+                        Ok(j) => j,
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            jobs_open = false;
+                            break;
+                        }
+                    }
+                };
+                if self.s.cancel.is_cancelled() {
+                    continue;
+                }
+                let Some(file) = self.s.open(&job) else { continue };
+                let seq = job.seq;
+                self.files.insert(seq, InFlight { job, file, next: 0, headroom: 0, permit: None });
+                self.ready.push_back(seq);
+                self.submit_ready();
+            }
+            if self.files.is_empty() {
+                if !jobs_open {
+                    return;
+                }
+                continue;
+            }
+            let done = match self.ring.complete(1) {
+                Ok(d) => d,
+                Err(e) => {
+                    // The ring itself failed: fail every file in it rather than hang.
+                    for (_, f) in self.files.drain() {
+                        self.s.fail(&f.job, format!("io_uring failed: {e}"));
+                    }
+                    self.ready.clear();
+                    continue;
+                }
+            };
+            for c in done {
+                let Some(mut f) = self.files.remove(&c.token) else { continue };
+                let Some(permit) = f.permit.take() else { continue };
+                let next = self.s.completed(&f.job, &c.file, c.buf, f.headroom, c.offset, c.result, permit);
+                if let Some(next) = next {
+                    f.next = next;
+                    self.files.insert(c.token, f);
+                    self.ready.push_back(c.token);
+                }
+            }
+        }
+    }
+
+    /// Submits the next read of each ready file while the budget allows. With nothing in flight
+    /// it waits for budget (others' progress downstream frees it); otherwise it leaves the file
+    /// ready and lets completions flow first, so a full budget never stalls the ring.
+    fn submit_ready(&mut self) {
+        while let Some(&seq) = self.ready.front() {
+            let Some(f) = self.files.get_mut(&seq) else {
+                self.ready.pop_front();
+                continue;
+            };
+            let (headroom, len) = self.s.shape(&f.job, f.next);
+            let bytes = Shared::permit_bytes(headroom, len);
+            let permit = if self.ring.in_flight() == 0 {
+                self.s.budget.acquire(bytes)
+            } else {
+                match self.s.budget.try_acquire(bytes) {
+                    Some(p) => p,
+                    None => return,
+                }
+            };
+            self.ready.pop_front();
+            f.permit = Some(permit);
+            f.headroom = headroom;
+            self.ring.read(f.file.clone(), Shared::buffer(headroom, len), f.next, seq);
+        }
+    }
+}
+
