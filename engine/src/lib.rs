@@ -1,1 +1,25 @@
+//! engine: the repository (formats, keys, index, trees, snapshots) and the operations that wire
+//! the pipeline stages together (backup, restore). Formats are specified in docs/format.md.
+#![forbid(unsafe_code)]
 
+pub mod error;
+pub mod crypto;
+pub mod keys;
+pub mod config;
+pub mod pack;
+pub mod index;
+pub mod tree;
+pub mod snapshot;
+pub mod repo;
+pub mod backup;
+pub mod restore;
+pub mod clock;
+
+pub use error::{Error, Result};
+pub use repo::Repository;
+pub use stages::BlobId;
+
+/// Lower-case hex of an id.
+pub fn hex_id(id: &[u8]) -> String {
+    hex::encode(id)
+}

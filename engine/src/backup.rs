@@ -1,0 +1,505 @@
+//! backup: wires the stages into one pipeline and builds the trees on the calling thread.
+//!
+//! The tree builder takes the scan's events in order and, for each file, waits for that file's
+//! chunk ids (FileEvents from the chunk and hash stages, drained continuously so those stages
+//! never block on it). Directories become tree blobs that join the data blobs at the compress
+//! stage. When the scan is over and every stage has drained, the packs are committed, then the
+//! session's index segment, then the snapshot (pending, then committed).
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use io::Source;
+use stages::compress::CompressConfig;
+use stages::encrypt::EncryptConfig;
+use stages::read::{ReadConfig, ReadMode};
+use stages::scan::{Exclude, ScanConfig};
+use stages::{
+    BlobId, BlobKind, Cancel, Dedup, FileEvent, MemoryBudget, Meta, NewBlob, ScanEvent,
+};
+
+use crate::error::{Error, Result};
+use crate::index::{encode_segment, SessionDedup};
+use crate::pack::PackSink;
+use crate::repo::Repository;
+use crate::snapshot::{FileError, Snapshot, Stats};
+use crate::tree::{Node, NodeKind, Tree, MAX_ENTRIES};
+
+/// Bytes per read of a large file. 8 MiB: large enough that per-read overhead vanishes, small
+/// enough that a 64 MiB budget keeps several reads in flight.
+pub const SEGMENT: usize = 8 << 20;
+/// The data budget when no --mem-limit is given.
+pub const DEFAULT_BUDGET: u64 = 64 << 20;
+/// What --mem-limit keeps back from the data budget for everything that is not data in flight:
+/// the binary, thread stacks, allocator slack and channel buffers (measured: ~25 MiB RSS with an
+/// empty pipeline), plus the index (see `index_reserve`).
+pub const FIXED_RESERVE: u64 = 40 << 20;
+
+pub struct BackupOptions {
+    pub paths: Vec<PathBuf>,
+    pub excludes: Vec<String>,
+    pub mem_limit: Option<u64>,
+    pub read_mode: ReadMode,
+    pub workers: usize,
+    pub source: Arc<dyn Source>,
+    pub host: String,
+    pub tags: Vec<String>,
+}
+
+pub struct BackupResult {
+    pub snapshot_id: String,
+    pub snapshot: Snapshot,
+    pub warnings: Vec<String>,
+    pub read_mode: ReadMode,
+    pub budget: u64,
+    pub budget_peak: u64,
+}
+
+/// Memory the in-memory index takes, estimated per blob (hash map entry + id).
+fn index_reserve(blobs: usize) -> u64 {
+    blobs as u64 * 96
+}
+
+pub fn build_exclude(patterns: &[String]) -> Result<Option<Exclude>> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    // Like restic: a pattern without '/' matches a name anywhere, one with '/' the whole path.
+    let (mut names, mut paths) = (GlobSetBuilder::new(), GlobSetBuilder::new());
+    for p in patterns {
+        let g = Glob::new(p).map_err(|e| Error::Invalid(format!("exclude pattern {p:?}: {e}")))?;
+        if p.contains('/') {
+            paths.add(g);
+        } else {
+            names.add(g);
+        }
+    }
+    let build = |b: GlobSetBuilder| b.build().map_err(|e| Error::Invalid(e.to_string()));
+    let (names, paths): (GlobSet, GlobSet) = (build(names)?, build(paths)?);
+    Ok(Some(Arc::new(move |path: &Path, _is_dir: bool| {
+        paths.is_match(path) || path.file_name().is_some_and(|n| names.is_match(n))
+    })))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+pub fn default_host() -> String {
+    hostname()
+}
+
+pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
+    let started = Instant::now();
+    let time_ns = crate::clock::now_ns();
+    let (index, mut warnings) = repo.load_index()?;
+    let roots = stages::scan::normalize_roots(&opts.paths).map_err(|e| Error::io(".", e))?;
+    for r in &roots {
+        if std::fs::symlink_metadata(r).is_err() {
+            return Err(Error::Invalid(format!("{}: no such file or directory", r.display())));
+        }
+    }
+    let budget_bytes = match opts.mem_limit {
+        None => DEFAULT_BUDGET,
+        Some(limit) => {
+            let reserve = FIXED_RESERVE + index_reserve(index.blob_count());
+            if limit < reserve + (16 << 20) {
+                return Err(Error::Invalid(format!(
+                    "--mem-limit {} MiB is too small for this repository (needs at least {} MiB)",
+                    limit >> 20,
+                    (reserve + (16 << 20)) >> 20
+                )));
+            }
+            limit - reserve
+        }
+    };
+    let budget = MemoryBudget::new(budget_bytes);
+    let cancel = Cancel::default();
+    let workers = opts.workers.max(1);
+    let params = repo.chunk_params();
+    let dedup = Arc::new(SessionDedup::new(Arc::new(index)));
+
+    let (ev_tx, ev_rx) = bounded::<ScanEvent>(4096);
+    let (job_tx, job_rx) = bounded(1024);
+    let (fe_tx, fe_rx) = bounded::<FileEvent>(4096);
+    let (blk_txs, blk_rxs): (Vec<_>, Vec<_>) = (0..workers).map(|_| bounded(4)).unzip();
+    let (chunk_tx, chunk_rx) = bounded(64);
+    let (new_tx, new_rx) = bounded::<NewBlob>(64);
+    let (framed_tx, framed_rx) = bounded(64);
+    let (sealed_tx, sealed_rx) = bounded(64);
+
+    let sink = PackSink::new(
+        repo.backend.clone(),
+        repo.key.recipient.clone(),
+        repo.wk.catalog_key.clone(),
+        repo.config.pack_size,
+    );
+    let spawn_err = |e: std::io::Error| Error::Pipeline(format!("cannot start a stage: {e}"));
+    let write = stages::write::spawn(sink, sealed_rx, cancel.clone()).map_err(spawn_err)?;
+    let enc_cfg = EncryptConfig { workers, rotate_after: repo.config.pack_size };
+    let encrypt = stages::encrypt::spawn(enc_cfg, framed_rx, sealed_tx, cancel.clone()).map_err(spawn_err)?;
+    let comp_cfg = CompressConfig { workers, level: 1 };
+    let compress = stages::compress::spawn(comp_cfg, new_rx, framed_tx, cancel.clone()).map_err(spawn_err)?;
+
+    let hash = stages::hash::spawn(
+        workers,
+        *repo.wk.id_key.as_bytes(),
+        dedup.clone(),
+        chunk_rx,
+        new_tx.clone(),
+        fe_tx.clone(),
+        cancel.clone(),
+    )
+    .map_err(spawn_err)?;
+    let chunk = stages::chunk::spawn(params, blk_rxs, chunk_tx, fe_tx, cancel.clone()).map_err(spawn_err)?;
+    let read_cfg = ReadConfig {
+        mode: opts.read_mode,
+        segment: SEGMENT,
+        headroom: params.max as usize,
+        threads: 2,
+        depth: 64,
+    };
+    let read = stages::read::spawn(read_cfg, opts.source.clone(), budget.clone(), job_rx, blk_txs, cancel.clone())
+        .map_err(|e| Error::Pipeline(format!("cannot start the read stage: {e}")))?;
+    let mode = read.mode;
+    if let Some(w) = &read.fallback_reason {
+        warnings.push(w.clone());
+    }
+    let exclude = build_exclude(&opts.excludes)?;
+    let scan_cfg = ScanConfig { roots: roots.clone(), exclude };
+    let scan = stages::scan::spawn(scan_cfg, ev_tx, job_tx, cancel.clone()).map_err(spawn_err)?;
+
+    let root_frame = Frame { name: Vec::new(), meta: None, path: Vec::new(), nodes: Vec::new(), blobs: Vec::new() };
+    let mut builder = Builder {
+        stack: vec![root_frame],
+        pending: HashMap::new(),
+        links: HashMap::new(),
+        fevents: fe_rx,
+        trees: Some(new_tx),
+        dedup: dedup.clone(),
+        id_key: *repo.wk.id_key.as_bytes(),
+        budget: budget.clone(),
+        cancel: cancel.clone(),
+        errors: Vec::new(),
+        stats: Stats::default(),
+    };
+    let built = builder.run(&ev_rx);
+    if built.is_err() {
+        cancel.cancel();
+    }
+    // Shutdown is closing the inputs: each stage ends when its input closes, in pipeline order.
+    drop(ev_rx);
+    builder.trees = None;
+    scan.finish();
+    read.finish();
+    chunk.finish();
+    hash.finish();
+    compress.finish();
+    encrypt.finish();
+    let written = write.finish();
+    let root = built?;
+    let sink = written.map_err(|e| Error::Pipeline(format!("writing packs: {e}")))?;
+    if cancel.is_cancelled() {
+        return Err(Error::Pipeline("the backup was cancelled".into()));
+    }
+
+    if !sink.packs.is_empty() {
+        let (name, bytes) = encode_segment(&repo.wk.catalog_key, &sink.packs)?;
+        repo.backend.put(&name, &bytes)?;
+    }
+    let mut stats = builder.stats;
+    stats.new_blobs = sink.new_blobs;
+    stats.new_bytes = sink.new_raw_bytes;
+    stats.stored_bytes = sink.stored_bytes;
+    stats.errors = builder.errors.len() as u64;
+    stats.duration_ns = started.elapsed().as_nanos() as u64;
+    let snapshot = Snapshot {
+        version: crate::snapshot::VERSION,
+        time_ns,
+        host: opts.host,
+        user: std::env::var("USER").unwrap_or_default(),
+        paths: roots.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect(),
+        tags: opts.tags,
+        tree: root,
+        stats,
+        errors: builder.errors,
+        program: format!("bakare {}", env!("CARGO_PKG_VERSION")),
+    };
+    let snapshot_id = commit_snapshot(repo, &snapshot)?;
+    Ok(BackupResult {
+        snapshot_id,
+        snapshot,
+        warnings,
+        read_mode: mode,
+        budget: budget_bytes,
+        budget_peak: budget.peak(),
+    })
+}
+
+/// Writes the snapshot to pending/, then snapshots/, then removes the pending copy.
+fn commit_snapshot(repo: &Repository, snapshot: &Snapshot) -> Result<String> {
+    let bytes = snapshot.encode(&repo.key.recipient)?;
+    let id = blake3::hash(&bytes).to_hex().to_string();
+    let pending = format!("pending/{id}");
+    repo.backend.put(&pending, &bytes)?;
+    repo.backend.put(&format!("snapshots/{id}"), &bytes)?;
+    repo.backend.delete(&pending)?;
+    Ok(id)
+}
+
+struct Frame {
+    name: Vec<u8>,
+    meta: Option<Meta>,
+    /// Path from the snapshot root, for hard link targets.
+    path: Vec<u8>,
+    nodes: Vec<Node>,
+    blobs: Vec<BlobId>,
+}
+
+#[derive(Default)]
+struct PendingFile {
+    ids: Vec<Option<BlobId>>,
+    got: u32,
+    end: Option<(u32, u64)>,
+    failed: Option<(PathBuf, String)>,
+}
+
+impl PendingFile {
+    fn complete(&self) -> bool {
+        self.failed.is_some() || self.end.is_some_and(|(n, _)| n == self.got)
+    }
+}
+
+struct Builder {
+    stack: Vec<Frame>,
+    pending: HashMap<u64, PendingFile>,
+    /// First names of multiply-linked files: seq -> (path, content, size).
+    links: HashMap<u64, (Vec<u8>, Vec<BlobId>, u64)>,
+    fevents: Receiver<FileEvent>,
+    /// The compress stage's input, for tree blobs; None once the tree is complete.
+    trees: Option<Sender<NewBlob>>,
+    dedup: Arc<SessionDedup>,
+    id_key: [u8; 32],
+    budget: MemoryBudget,
+    cancel: Cancel,
+    errors: Vec<FileError>,
+    stats: Stats,
+}
+
+fn join_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = dir.to_vec();
+    if !p.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+impl Builder {
+    fn record(&mut self, ev: FileEvent) {
+        match ev {
+            FileEvent::ChunkId { seq, index, id, .. } => {
+                let p = self.pending.entry(seq).or_default();
+                let i = index as usize;
+                if p.ids.len() <= i {
+                    p.ids.resize(i + 1, None);
+                }
+                if p.ids[i].replace(id).is_none() {
+                    p.got += 1;
+                }
+            }
+            FileEvent::End { seq, chunks, size } => self.pending.entry(seq).or_default().end = Some((chunks, size)),
+            FileEvent::Failed { seq, path, why } => {
+                self.pending.entry(seq).or_default().failed = Some((path, why))
+            }
+        }
+    }
+
+    /// Waits for every chunk id of file `seq`, draining other files' events meanwhile.
+    fn wait_file(&mut self, seq: u64) -> Result<PendingFile> {
+        loop {
+            if self.pending.get(&seq).is_some_and(PendingFile::complete) {
+                return self.pending.remove(&seq).ok_or_else(|| Error::Pipeline("lost file".into()));
+            }
+            match self.fevents.recv_timeout(Duration::from_millis(100)) {
+                Ok(ev) => self.record(ev),
+                Err(RecvTimeoutError::Timeout) if self.cancel.is_cancelled() => {
+                    return Err(Error::Pipeline("cancelled".into()))
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Pipeline("the pipeline ended before every file was complete".into()))
+                }
+            }
+        }
+    }
+
+    fn abs_path(&self, name: &[u8]) -> Vec<u8> {
+        let top = self.stack.last().map(|f| f.path.as_slice()).unwrap_or_default();
+        let mut p = b"/".to_vec();
+        p.extend_from_slice(&join_path(top, name));
+        p
+    }
+
+    fn push(&mut self, node: Node) -> Result<()> {
+        let full = {
+            let Some(frame) = self.stack.last_mut() else {
+                return Err(Error::Pipeline("unbalanced scan events".into()));
+            };
+            frame.nodes.push(node);
+            frame.nodes.len() >= MAX_ENTRIES
+        };
+        if full {
+            self.flush_top()?;
+        }
+        Ok(())
+    }
+
+    /// Stores the top directory's pending entries as one tree blob.
+    fn flush_top(&mut self) -> Result<()> {
+        let Some(frame) = self.stack.last_mut() else { return Ok(()) };
+        if frame.nodes.is_empty() {
+            return Ok(());
+        }
+        let tree = Tree { nodes: std::mem::take(&mut frame.nodes) };
+        let data = tree.encode();
+        let id = stages::hash::blob_id(&self.id_key, &data);
+        frame.blobs.push(id);
+        if self.dedup.claim(&id, BlobKind::Tree) {
+            let permit = self.acquire(2 * data.len() as u64)?;
+            let blob = NewBlob { id, kind: BlobKind::Tree, data: Bytes::from(data), permit: Arc::new(permit) };
+            let sent = self.trees.as_ref().map(|t| t.send(blob).is_ok());
+            if sent != Some(true) {
+                return Err(Error::Pipeline("compress stage gone".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes budget without ever blocking the stages that feed this thread.
+    fn acquire(&mut self, bytes: u64) -> Result<stages::Permit> {
+        loop {
+            if let Some(p) = self.budget.try_acquire(bytes) {
+                return Ok(p);
+            }
+            match self.fevents.recv_timeout(Duration::from_millis(5)) {
+                Ok(ev) => self.record(ev),
+                Err(RecvTimeoutError::Timeout) if self.cancel.is_cancelled() => {
+                    return Err(Error::Pipeline("cancelled".into()))
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn error(&mut self, path: Vec<u8>, why: String) {
+        self.errors.push(FileError { path, why });
+    }
+
+    fn scan_event(&mut self, ev: ScanEvent) -> Result<()> {
+        match ev {
+            ScanEvent::Enter { name, meta } => {
+                self.stats.dirs += 1;
+                let name = name.as_bytes().to_vec();
+                let parent = self.stack.last().map(|f| f.path.clone()).unwrap_or_default();
+                let path = join_path(&parent, &name);
+                self.stack.push(Frame { name, meta: Some(meta), path, nodes: Vec::new(), blobs: Vec::new() });
+            }
+            ScanEvent::Leave => {
+                self.flush_top()?;
+                if self.stack.len() < 2 {
+                    return Err(Error::Pipeline("unbalanced scan events".into()));
+                }
+                let Some(frame) = self.stack.pop() else { return Ok(()) };
+                let Some(meta) = frame.meta else { return Ok(()) };
+                self.push(Node::new(frame.name, NodeKind::Dir { subtree: frame.blobs }, &meta))?;
+            }
+            ScanEvent::File { seq, name, meta } => {
+                let done = self.wait_file(seq)?;
+                let name = name.as_bytes().to_vec();
+                if let Some((path, why)) = done.failed {
+                    self.error(path.as_os_str().as_bytes().to_vec(), why);
+                    return Ok(());
+                }
+                let (_, size) = done.end.unwrap_or((0, 0));
+                let content: Vec<BlobId> = done.ids.into_iter().flatten().collect();
+                self.stats.files += 1;
+                self.stats.bytes += size;
+                if meta.nlink > 1 {
+                    let top = self.stack.last().map(|f| f.path.as_slice()).unwrap_or_default();
+                    self.links.insert(seq, (join_path(top, &name), content.clone(), size));
+                }
+                self.push(Node::new(name, NodeKind::File { size, content }, &meta))?;
+            }
+            ScanEvent::HardLink { first, name, meta } => {
+                let name = name.as_bytes().to_vec();
+                match self.links.get(&first) {
+                    Some((target, content, size)) => {
+                        let kind = NodeKind::HardLink { target: target.clone(), size: *size, content: content.clone() };
+                        self.stats.files += 1;
+                        self.push(Node::new(name, kind, &meta))?;
+                    }
+                    None => {
+                        let p = self.abs_path(&name);
+                        self.error(p, "hard link to a file that could not be saved".into());
+                    }
+                }
+            }
+            ScanEvent::Symlink { name, meta, target } => {
+                let kind = NodeKind::Symlink { target: target.as_bytes().to_vec() };
+                self.push(Node::new(name.as_bytes().to_vec(), kind, &meta))?;
+            }
+            ScanEvent::Special { name, meta } => {
+                let kind = match meta.kind {
+                    stages::FileKind::Fifo => NodeKind::Fifo,
+                    stages::FileKind::Socket => NodeKind::Socket,
+                    stages::FileKind::CharDev => NodeKind::CharDev { rdev: meta.rdev },
+                    _ => NodeKind::BlockDev { rdev: meta.rdev },
+                };
+                self.push(Node::new(name.as_bytes().to_vec(), kind, &meta))?;
+            }
+            ScanEvent::Error { path, why } => self.error(path.as_os_str().as_bytes().to_vec(), why),
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, events: &Receiver<ScanEvent>) -> Result<Vec<BlobId>> {
+        let fevents = self.fevents.clone();
+        let mut fevents_open = true;
+        loop {
+            if self.cancel.is_cancelled() {
+                return Err(Error::Pipeline("cancelled".into()));
+            }
+            let ev = if fevents_open {
+                select! {
+                    recv(events) -> ev => ev,
+                    recv(fevents) -> fe => {
+                        match fe {
+                            Ok(fe) => self.record(fe),
+                            Err(_) => fevents_open = false,
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                events.recv()
+            };
+            match ev {
+                Ok(ev) => self.scan_event(ev)?,
+                Err(_) => break,
+            }
+        }
+        if self.stack.len() != 1 {
+            return Err(Error::Pipeline("the scan ended inside a directory".into()));
+        }
+        self.flush_top()?;
+        Ok(self.stack.pop().map(|f| f.blobs).unwrap_or_default())
+    }
+}

@@ -1,0 +1,127 @@
+//! Key derivation and the two sealing schemes that are not per-pack blobs:
+//! - the catalog (pack trailers, index segments): XChaCha20-Poly1305 under a key derived from
+//!   the writer key, with a random 192-bit nonce (safe to pick at random), so that a backup-only
+//!   machine can read the index to dedup;
+//! - data keys wrapped for the recipient with age (X25519), readable only with the secret identity.
+use std::fmt;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use stages::encrypt::DataKey;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// A 32-byte secret derived from or equal to the writer key. Zeroized on drop; never printed.
+#[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
+pub struct Secret32([u8; 32]);
+
+impl fmt::Debug for Secret32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Secret32 {
+    pub fn random() -> Self {
+        let mut k = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut k);
+        Secret32(k)
+    }
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        Secret32(b)
+    }
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+    fn derive(&self, context: &str) -> Secret32 {
+        Secret32(blake3::derive_key(context, &self.0))
+    }
+}
+
+/// Everything derived from the writer key.
+#[derive(Clone, Debug)]
+pub struct WriterKeys {
+    pub id_key: Secret32,
+    pub catalog_key: Secret32,
+    pub chunk_seed: u64,
+}
+
+impl WriterKeys {
+    pub fn derive(writer: &Secret32) -> Self {
+        let seed = writer.derive("bakare 2026-11 chunker gear seed");
+        let mut s = [0u8; 8];
+        s.copy_from_slice(&seed.as_bytes()[..8]);
+        WriterKeys {
+            id_key: writer.derive("bakare 2026-11 blob id"),
+            catalog_key: writer.derive("bakare 2026-11 catalog"),
+            // never 0: fastcdc treats seed 0 as "unkeyed"
+            chunk_seed: u64::from_le_bytes(s) | 1,
+        }
+    }
+}
+
+const XNONCE: usize = 24;
+
+/// nonce || ciphertext+tag, with `magic` (the object's format tag) as associated data.
+pub fn seal_catalog(key: &Secret32, magic: &[u8], plain: &[u8]) -> Vec<u8> {
+    let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
+    let mut nonce = [0u8; XNONCE];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let mut out = nonce.to_vec();
+    // Encryption only fails for messages beyond 256 GiB.
+    if let Ok(ct) = cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad: magic }) {
+        out.extend_from_slice(&ct);
+    }
+    out
+}
+
+pub fn open_catalog(key: &Secret32, magic: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < XNONCE + 16 {
+        return None;
+    }
+    let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
+    let (nonce, ct) = sealed.split_at(XNONCE);
+    cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: magic }).ok()
+}
+
+/// Wraps a data key for the repository's recipient (one age file of ~200 bytes).
+pub fn wrap_key(recipient: &age::x25519::Recipient, key: &DataKey) -> Result<Vec<u8>, String> {
+    age::encrypt(recipient, key.as_bytes()).map_err(|e| format!("age encryption failed: {e}"))
+}
+
+pub fn unwrap_key(identity: &age::x25519::Identity, wrapped: &[u8]) -> Result<DataKey, String> {
+    let plain = zeroize::Zeroizing::new(
+        age::decrypt(identity, wrapped).map_err(|e| format!("cannot unwrap data key: {e}"))?,
+    );
+    let bytes: [u8; 32] =
+        plain.as_slice().try_into().map_err(|_| "wrapped data key has the wrong length")?;
+    Ok(DataKey::from_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_round_trip_and_tamper() {
+        let k = Secret32::random();
+        let s = seal_catalog(&k, b"MAGIC", b"index body");
+        assert_eq!(open_catalog(&k, b"MAGIC", &s).unwrap(), b"index body");
+        assert!(open_catalog(&k, b"OTHER", &s).is_none());
+        let mut t = s.clone();
+        t[30] ^= 1;
+        assert!(open_catalog(&k, b"MAGIC", &t).is_none());
+        assert!(open_catalog(&Secret32::random(), b"MAGIC", &s).is_none());
+        assert!(open_catalog(&k, b"MAGIC", &s[..10]).is_none());
+    }
+
+    #[test]
+    fn key_wrapping() {
+        let id = age::x25519::Identity::generate();
+        let dk = DataKey::random();
+        let w = wrap_key(&id.to_public(), &dk).unwrap();
+        assert_eq!(unwrap_key(&id, &w).unwrap().as_bytes(), dk.as_bytes());
+        assert!(unwrap_key(&age::x25519::Identity::generate(), &w).is_err());
+        assert!(format!("{:?}", Secret32::random()) == "[redacted]");
+    }
+}

@@ -1,0 +1,50 @@
+//! Hard errors: the repository or the run cannot go on. (A file that cannot be read is not an
+//! error here: it is an outcome recorded in the snapshot.)
+use std::path::PathBuf;
+
+use io::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{what} {name}: {why}")]
+    Corrupt { what: &'static str, name: String, why: String },
+    #[error("blob {0} failed authentication (corrupt or tampered)")]
+    BlobAuth(String),
+    #[error("blob {0} is not in the index")]
+    MissingBlob(String),
+    #[error("no repository at {0} (run `bakare init` first)")]
+    NoRepository(PathBuf),
+    #[error("a repository already exists at {0}")]
+    RepositoryExists(PathBuf),
+    #[error("key: {0}")]
+    Key(String),
+    #[error("this needs the repository's secret key, but {0} is a backup-only key (it can back up, not read back)")]
+    BackupOnlyKey(PathBuf),
+    #[error("no snapshot matches {0:?}")]
+    NoSnapshot(String),
+    #[error("snapshot prefix {0:?} is ambiguous")]
+    AmbiguousSnapshot(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pipeline: {0}")]
+    Pipeline(String),
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+    pub fn corrupt(what: &'static str, name: impl Into<String>, why: impl ToString) -> Self {
+        Error::Corrupt { what, name: name.into(), why: why.to_string() }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,181 @@
+//! The index: blob id -> (pack, offset, length). On disk, one segment per backup session:
+//! `"BKINDEX1" | seal_catalog("BKINDEX1", postcard(Vec<(PackId, Vec<BlobEntry>)>))`, named by the
+//! BLAKE3 of its bytes. The index is a cache of the pack trailers: a segment that fails
+//! authentication is reported and the packs it covered are read from their trailers instead.
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use io::Backend;
+use stages::{BlobId, BlobKind, Dedup};
+
+use crate::crypto::{open_catalog, seal_catalog, Secret32};
+use crate::error::{Error, Result};
+use crate::pack::{self, BlobEntry, PackId};
+
+pub const MAGIC: &[u8; 8] = b"BKINDEX1";
+
+pub type SegmentBody = Vec<(PackId, Vec<BlobEntry>)>;
+
+pub fn encode_segment(catalog_key: &Secret32, packs: &SegmentBody) -> Result<(String, Vec<u8>)> {
+    let body = postcard::to_allocvec(packs).map_err(|e| Error::Pipeline(e.to_string()))?;
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&seal_catalog(catalog_key, MAGIC, &body));
+    let name = format!("index/{}", blake3::hash(&out).to_hex());
+    Ok((name, out))
+}
+
+pub fn decode_segment(catalog_key: &Secret32, name: &str, data: &[u8]) -> Result<SegmentBody> {
+    if data.len() < 8 || &data[..8] != MAGIC {
+        return Err(Error::corrupt("index segment", name, "bad magic"));
+    }
+    let body = open_catalog(catalog_key, MAGIC, &data[8..])
+        .ok_or_else(|| Error::corrupt("index segment", name, "failed authentication"))?;
+    postcard::from_bytes(&body).map_err(|e| Error::corrupt("index segment", name, e))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loc {
+    pub pack: u32,
+    pub offset: u32,
+    pub len: u32,
+    pub raw_len: u32,
+    pub kind: BlobKind,
+}
+
+#[derive(Default)]
+pub struct Index {
+    packs: Vec<PackId>,
+    pack_pos: HashMap<PackId, u32>,
+    blobs: HashMap<BlobId, Loc>,
+}
+
+impl Index {
+    pub fn add_pack(&mut self, pack: PackId, entries: &[BlobEntry]) {
+        let p = *self.pack_pos.entry(pack).or_insert_with(|| {
+            self.packs.push(pack);
+            (self.packs.len() - 1) as u32
+        });
+        for e in entries {
+            let Some(kind) = e.kind() else { continue };
+            let loc = Loc { pack: p, offset: e.offset, len: e.len, raw_len: e.raw_len, kind };
+            self.blobs.entry(e.id).or_insert(loc);
+        }
+    }
+
+    pub fn get(&self, id: &BlobId) -> Option<Loc> {
+        self.blobs.get(id).copied()
+    }
+
+    pub fn contains(&self, id: &BlobId) -> bool {
+        self.blobs.contains_key(id)
+    }
+
+    pub fn pack_id(&self, idx: u32) -> Option<&PackId> {
+        self.packs.get(idx as usize)
+    }
+
+    pub fn has_pack(&self, id: &PackId) -> bool {
+        self.pack_pos.contains_key(id)
+    }
+
+    pub fn blob_count(&self) -> usize {
+        self.blobs.len()
+    }
+
+    pub fn pack_count(&self) -> usize {
+        self.packs.len()
+    }
+
+    /// Loads every segment; packs that no readable segment covers (a damaged segment, or a
+    /// session that crashed after writing packs but before its segment) are read from their
+    /// trailers. Returns the index and a warning per problem found.
+    pub fn load(backend: &dyn Backend, catalog_key: &Secret32) -> Result<(Index, Vec<String>)> {
+        let mut idx = Index::default();
+        let mut warnings = Vec::new();
+        let mut names = backend.list("index")?;
+        names.sort();
+        for name in names {
+            let seg = backend.get(&name).map_err(Error::from).and_then(|data| {
+                decode_segment(catalog_key, &name, &data)
+            });
+            match seg {
+                Ok(packs) => {
+                    for (p, entries) in packs {
+                        idx.add_pack(p, &entries);
+                    }
+                }
+                Err(e) => warnings.push(format!("{e}; reading pack trailers instead")),
+            }
+        }
+        let mut packs = backend.list("packs")?;
+        packs.sort();
+        for key in packs {
+            let Some(id) = pack::parse_pack_key(&key) else { continue };
+            if idx.has_pack(&id) {
+                continue;
+            }
+            match pack::read_trailer(backend, catalog_key, &key) {
+                Ok(entries) => idx.add_pack(id, &entries),
+                Err(e) => warnings.push(format!("{e}; its blobs are unavailable")),
+            }
+        }
+        Ok((idx, warnings))
+    }
+}
+
+/// Dedup for one backup session: blobs in the loaded index, plus those claimed by this session.
+pub struct SessionDedup {
+    pub index: Arc<Index>,
+    claimed: Mutex<HashSet<BlobId>>,
+}
+
+impl SessionDedup {
+    pub fn new(index: Arc<Index>) -> Self {
+        SessionDedup { index, claimed: Mutex::new(HashSet::new()) }
+    }
+}
+
+impl Dedup for SessionDedup {
+    fn claim(&self, id: &BlobId, _kind: BlobKind) -> bool {
+        if self.index.contains(id) {
+            return false;
+        }
+        // A poisoned lock only means another worker panicked; the set itself is intact.
+        let mut c = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        c.insert(*id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn segment_round_trip() {
+        let k = Secret32::random();
+        let e = BlobEntry { id: [9; 32], kind: 0, offset: 100, len: 50, raw_len: 40 };
+        let body = vec![([1u8; 32], vec![e])];
+        let (name, bytes) = encode_segment(&k, &body).unwrap();
+        assert!(name.starts_with("index/"));
+        assert_eq!(decode_segment(&k, &name, &bytes).unwrap(), body);
+        let mut t = bytes.clone();
+        let last = t.len() - 1;
+        t[last] ^= 1;
+        assert!(decode_segment(&k, &name, &t).is_err());
+        let mut idx = Index::default();
+        idx.add_pack([1; 32], &body[0].1);
+        let d = SessionDedup::new(Arc::new(idx));
+        assert!(!d.claim(&[9; 32], BlobKind::Data));
+        assert!(d.claim(&[8; 32], BlobKind::Data));
+        assert!(!d.claim(&[8; 32], BlobKind::Data));
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(g in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let k = Secret32::random();
+            let _ = decode_segment(&k, "x", &g);
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Key files. A full key holds the age identity (secret: restore, find, prune), its recipient
+//! and the writer key; a backup key holds only the recipient and the writer key (back up and
+//! dedup, never read back). Format (text, versioned, checksummed):
+//! ```text
+//! # comment lines
+//! bakare-key-v1
+//! repository: <32 hex>
+//! recipient: age1...
+//! writer: <64 hex>
+//! identity: AGE-SECRET-KEY-1...     (full keys only)
+//! checksum: <64 hex: BLAKE3 of the lines above, from bakare-key-v1 on, each ending in \n>
+//! ```
+//! Keys live outside the repository, in `$XDG_CONFIG_HOME/bakare/keys/<repository>.key`, 0600.
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use age::secrecy::ExposeSecret;
+
+use crate::crypto::{Secret32, WriterKeys};
+use crate::error::{Error, Result};
+
+const HEADER: &str = "bakare-key-v1";
+
+pub struct Key {
+    pub repo_id: [u8; 16],
+    pub recipient: age::x25519::Recipient,
+    pub writer: Secret32,
+    pub identity: Option<age::x25519::Identity>,
+    /// Where it was loaded from (for messages).
+    pub path: PathBuf,
+}
+
+impl Key {
+    pub fn generate(repo_id: [u8; 16]) -> Key {
+        let identity = age::x25519::Identity::generate();
+        Key {
+            repo_id,
+            recipient: identity.to_public(),
+            writer: Secret32::random(),
+            identity: Some(identity),
+            path: PathBuf::new(),
+        }
+    }
+
+    pub fn writer_keys(&self) -> WriterKeys {
+        WriterKeys::derive(&self.writer)
+    }
+
+    /// The secret identity, or a clear refusal for a backup-only key.
+    pub fn identity(&self) -> Result<&age::x25519::Identity> {
+        self.identity.as_ref().ok_or_else(|| Error::BackupOnlyKey(self.path.clone()))
+    }
+
+    /// Short fingerprint of the public key, shown to users and stored in the config.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.recipient)
+    }
+
+    pub fn backup_only(&self) -> Key {
+        Key {
+            repo_id: self.repo_id,
+            recipient: self.recipient.clone(),
+            writer: self.writer.clone(),
+            identity: None,
+            path: self.path.clone(),
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut body = format!(
+            "{HEADER}\nrepository: {}\nrecipient: {}\nwriter: {}\n",
+            hex::encode(self.repo_id),
+            self.recipient,
+            hex::encode(self.writer.as_bytes())
+        );
+        if let Some(id) = &self.identity {
+            body.push_str(&format!("identity: {}\n", id.to_string().expose_secret()));
+        }
+        let sum = blake3::hash(body.as_bytes()).to_hex();
+        let kind = if self.identity.is_some() {
+            "# bakare FULL key: it can read every backup. Keep a copy somewhere safe and private;\n# without it the backups cannot be restored.\n"
+        } else {
+            "# bakare BACKUP-ONLY key: it can add backups but not read them.\n"
+        };
+        format!("{kind}{body}checksum: {sum}\n")
+    }
+
+    pub fn decode(text: &str, path: &Path) -> Result<Key> {
+        let bad = |why: &str| Error::Key(format!("{}: {why}", path.display()));
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        if lines.first() != Some(&HEADER) {
+            return Err(bad("not a bakare key file (or an unsupported version)"));
+        }
+        let mut body = String::new();
+        let (mut repo, mut recipient, mut writer, mut identity, mut checksum) =
+            (None, None, None, None, None);
+        for line in &lines {
+            let (k, v) = match line.split_once(": ") {
+                Some(kv) => kv,
+                None if *line == HEADER => ("", ""),
+                None => return Err(bad("malformed line")),
+            };
+            if k != "checksum" {
+                body.push_str(line);
+                body.push('\n');
+            }
+            match k {
+                "" => {}
+                "repository" => repo = Some(v),
+                "recipient" => recipient = Some(v),
+                "writer" => writer = Some(v),
+                "identity" => identity = Some(v),
+                "checksum" => checksum = Some(v),
+                _ => return Err(bad("unknown field")),
+            }
+        }
+        let sum = blake3::hash(body.as_bytes()).to_hex();
+        if checksum != Some(sum.as_str()) {
+            return Err(bad("checksum mismatch (damaged or edited key file)"));
+        }
+        let repo_id: [u8; 16] = hex::decode(repo.ok_or_else(|| bad("no repository"))?)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| bad("bad repository id"))?;
+        let writer: [u8; 32] = hex::decode(writer.ok_or_else(|| bad("no writer key"))?)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| bad("bad writer key"))?;
+        let recipient = age::x25519::Recipient::from_str(recipient.ok_or_else(|| bad("no recipient"))?)
+            .map_err(|_| bad("bad recipient"))?;
+        let identity = match identity {
+            Some(s) => {
+                let id = age::x25519::Identity::from_str(s).map_err(|_| bad("bad identity"))?;
+                if id.to_public().to_string() != recipient.to_string() {
+                    return Err(bad("identity does not match recipient"));
+                }
+                Some(id)
+            }
+            None => None,
+        };
+        Ok(Key {
+            repo_id,
+            recipient,
+            writer: Secret32::from_bytes(writer),
+            identity,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Key> {
+        let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Key::decode(&text, path)
+    }
+
+    /// Writes the key file with mode 0600, never replacing an existing file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+        }
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        f.write_all(self.encode().as_bytes()).map_err(|e| Error::io(path, e))?;
+        f.sync_all().map_err(|e| Error::io(path, e))?;
+        Ok(())
+    }
+}
+
+pub fn fingerprint(recipient: &age::x25519::Recipient) -> String {
+    let h = blake3::hash(recipient.to_string().as_bytes());
+    let hx = h.to_hex();
+    format!("{}-{}-{}-{}", &hx[0..4], &hx[4..8], &hx[8..12], &hx[12..16])
+}
+
+/// Where keys are kept by default: `$XDG_CONFIG_HOME/bakare/keys`.
+pub fn key_dir() -> Result<PathBuf> {
+    dirs::config_dir()
+        .map(|d| d.join("bakare").join("keys"))
+        .ok_or_else(|| Error::Key("cannot find a config directory (set HOME or XDG_CONFIG_HOME)".into()))
+}
+
+pub fn default_key_path(repo_id: &[u8; 16]) -> Result<PathBuf> {
+    Ok(key_dir()?.join(format!("{}.key", hex::encode(repo_id))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_decode_and_checksum() {
+        let k = Key::generate([3; 16]);
+        let text = k.encode();
+        let d = Key::decode(&text, Path::new("k")).unwrap();
+        assert_eq!(d.writer, k.writer);
+        assert_eq!(d.recipient.to_string(), k.recipient.to_string());
+        assert!(d.identity.is_some());
+        let b = Key::decode(&k.backup_only().encode(), Path::new("b")).unwrap();
+        assert!(b.identity.is_none());
+        assert!(matches!(b.identity(), Err(Error::BackupOnlyKey(_))));
+        // flipping a character of the writer key is caught
+        let pos = text.find("writer: ").unwrap() + 9;
+        let mut t = text.into_bytes();
+        t[pos] = if t[pos] == b'0' { b'1' } else { b'0' };
+        assert!(Key::decode(std::str::from_utf8(&t).unwrap(), Path::new("k")).is_err());
+        assert!(Key::decode("garbage", Path::new("k")).is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! Opening and creating repositories, finding snapshots, and reading blobs back.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use io::{Backend, LocalBackend, StorageError};
+use stages::compress::unframe;
+use stages::encrypt::{self, DataKey};
+use stages::hash::blob_id;
+use stages::{BlobId, BlobKind};
+
+use crate::config::Config;
+use crate::crypto::{unwrap_key, WriterKeys};
+use crate::error::{Error, Result};
+use crate::index::Index;
+use crate::keys::{self, Key};
+use crate::pack;
+use crate::snapshot::Snapshot;
+use crate::tree::{Node, Tree};
+
+pub struct Repository {
+    pub backend: Arc<dyn Backend>,
+    pub location: PathBuf,
+    pub config: Config,
+    pub key: Key,
+    pub wk: WriterKeys,
+}
+
+/// Default pack size: 32 MiB (few files per GiB, small enough to rewrite cheaply in prune).
+pub const DEFAULT_PACK_SIZE: u64 = 32 << 20;
+/// Default grace period G: 24 h (design.md section 4).
+pub const DEFAULT_GRACE_SECS: u64 = 24 * 3600;
+
+impl Repository {
+    /// Creates a repository at `path` and its key (saved at `key_path`, or in the key directory).
+    pub fn init(path: &Path, key_path: Option<&Path>) -> Result<Repository> {
+        let backend = LocalBackend::new(path);
+        if backend.exists("config")? {
+            return Err(Error::RepositoryExists(path.to_path_buf()));
+        }
+        let mut repo_id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut repo_id);
+        let mut key = Key::generate(repo_id);
+        let kp = match key_path {
+            Some(p) => p.to_path_buf(),
+            None => keys::default_key_path(&repo_id)?,
+        };
+        key.save(&kp)?;
+        key.path = kp;
+        let config = Config {
+            repo_id,
+            chunk_min: stages::chunk::ChunkParams::DEFAULT_MIN,
+            chunk_avg: stages::chunk::ChunkParams::DEFAULT_AVG,
+            chunk_max: stages::chunk::ChunkParams::DEFAULT_MAX,
+            pack_size: DEFAULT_PACK_SIZE,
+            grace_secs: DEFAULT_GRACE_SECS,
+            key_fingerprint: key.fingerprint(),
+            created_ns: crate::clock::now_ns(),
+        };
+        for dir in ["packs", "index", "snapshots", "pending", "gc", "tmp"] {
+            std::fs::create_dir_all(path.join(dir)).map_err(|e| Error::io(path.join(dir), e))?;
+        }
+        backend.put("config", &config.encode())?;
+        let wk = key.writer_keys();
+        Ok(Repository { backend: Arc::new(backend), location: path.to_path_buf(), config, key, wk })
+    }
+
+    pub fn open(path: &Path, key_path: Option<&Path>) -> Result<Repository> {
+        let backend = LocalBackend::new(path);
+        let config = match backend.get("config") {
+            Ok(c) => Config::decode(&c)?,
+            Err(StorageError::NotFound { .. }) => return Err(Error::NoRepository(path.to_path_buf())),
+            Err(e) => return Err(e.into()),
+        };
+        let kp = match key_path {
+            Some(p) => p.to_path_buf(),
+            None => keys::default_key_path(&config.repo_id)?,
+        };
+        if !kp.exists() {
+            return Err(Error::Key(format!(
+                "no key for repository {} at {} (give one with --key or BAKARE_KEY)",
+                hex::encode(config.repo_id),
+                kp.display()
+            )));
+        }
+        let key = Key::load(&kp)?;
+        if key.repo_id != config.repo_id || key.fingerprint() != config.key_fingerprint {
+            return Err(Error::Key(format!(
+                "{} belongs to repository {}, not to {} ({})",
+                kp.display(),
+                hex::encode(key.repo_id),
+                hex::encode(config.repo_id),
+                path.display()
+            )));
+        }
+        let wk = key.writer_keys();
+        Ok(Repository { backend: Arc::new(backend), location: path.to_path_buf(), config, key, wk })
+    }
+
+    pub fn chunk_params(&self) -> stages::chunk::ChunkParams {
+        stages::chunk::ChunkParams {
+            min: self.config.chunk_min,
+            avg: self.config.chunk_avg,
+            max: self.config.chunk_max,
+            seed: self.wk.chunk_seed,
+        }
+    }
+
+    pub fn load_index(&self) -> Result<(Index, Vec<String>)> {
+        Index::load(self.backend.as_ref(), &self.wk.catalog_key)
+    }
+
+    /// All readable snapshots, oldest first, with a warning for each unreadable one.
+    pub fn snapshots(&self) -> Result<(Vec<(String, Snapshot)>, Vec<String>)> {
+        let identity = self.key.identity()?;
+        let mut out = Vec::new();
+        let mut warnings = Vec::new();
+        for name in self.backend.list("snapshots")? {
+            let id = name.trim_start_matches("snapshots/").to_string();
+            match self.backend.get(&name).map_err(Error::from).and_then(|d| {
+                Snapshot::decode(identity, &name, &d)
+            }) {
+                Ok(s) => out.push((id, s)),
+                Err(e) => warnings.push(e.to_string()),
+            }
+        }
+        out.sort_by(|a, b| a.1.time_ns.cmp(&b.1.time_ns).then(a.0.cmp(&b.0)));
+        Ok((out, warnings))
+    }
+
+    /// `latest`, or a unique prefix of a snapshot id.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(String, Snapshot)> {
+        let (mut all, _) = self.snapshots()?;
+        if spec == "latest" {
+            return all.pop().ok_or_else(|| Error::NoSnapshot(spec.into()));
+        }
+        let mut hits: Vec<(String, Snapshot)> =
+            all.into_iter().filter(|(id, _)| id.starts_with(spec)).collect();
+        match hits.len() {
+            0 => Err(Error::NoSnapshot(spec.into())),
+            1 => hits.pop().ok_or_else(|| Error::NoSnapshot(spec.into())),
+            _ => Err(Error::AmbiguousSnapshot(spec.into())),
+        }
+    }
+}
+
+/// Reads blobs back: locate in the index, fetch, unwrap the pack key (cached), decrypt,
+/// decompress, and check the keyed hash, so wrong bytes are never returned.
+pub struct BlobReader<'a> {
+    repo: &'a Repository,
+    pub index: &'a Index,
+    identity: &'a age::x25519::Identity,
+    keys: Mutex<HashMap<u32, DataKey>>,
+}
+
+impl<'a> BlobReader<'a> {
+    pub fn new(repo: &'a Repository, index: &'a Index) -> Result<Self> {
+        Ok(BlobReader { repo, index, identity: repo.key.identity()?, keys: Mutex::new(HashMap::new()) })
+    }
+
+    fn data_key(&self, pack_idx: u32, pack_key: &str) -> Result<DataKey> {
+        if let Some(k) = self.keys.lock().unwrap_or_else(|p| p.into_inner()).get(&pack_idx) {
+            return Ok(k.clone());
+        }
+        let wrapped = pack::read_wrapped_key(self.repo.backend.as_ref(), pack_key)?;
+        let k = unwrap_key(self.identity, &wrapped).map_err(|e| Error::corrupt("pack", pack_key, e))?;
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).insert(pack_idx, k.clone());
+        Ok(k)
+    }
+
+    pub fn read(&self, id: &BlobId, kind: BlobKind) -> Result<Vec<u8>> {
+        let hex = hex::encode(id);
+        let loc = self.index.get(id).ok_or_else(|| Error::MissingBlob(hex.clone()))?;
+        let pack_id = self.index.pack_id(loc.pack).ok_or_else(|| Error::MissingBlob(hex.clone()))?;
+        let pack_key = pack::pack_key(pack_id);
+        let key = self.data_key(loc.pack, &pack_key)?;
+        let sealed = self.repo.backend.get_range(&pack_key, u64::from(loc.offset), loc.len as usize)?;
+        let frame = encrypt::open(&key, id, kind, &sealed).map_err(|_| Error::BlobAuth(hex.clone()))?;
+        let plain = unframe(&frame).map_err(|e| Error::corrupt("blob", hex.clone(), e))?;
+        if blob_id(self.repo.wk.id_key.as_bytes(), &plain) != *id {
+            return Err(Error::BlobAuth(hex));
+        }
+        Ok(plain)
+    }
+
+    /// The entries of a directory stored as `ids` (one or more tree blobs).
+    pub fn tree(&self, ids: &[BlobId]) -> Result<Vec<Node>> {
+        let mut nodes = Vec::new();
+        for id in ids {
+            let data = self.read(id, BlobKind::Tree)?;
+            nodes.extend(Tree::decode(&hex::encode(id), &data)?.nodes);
+        }
+        Ok(nodes)
+    }
+}

@@ -1,0 +1,341 @@
+//! One function per command: open what it needs, call the engine, print, choose the exit code.
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use engine::backup::{self, BackupOptions};
+use engine::keys::Key;
+use engine::restore::{self, RestoreOptions};
+use engine::tree::{Node, NodeKind};
+use engine::{Error, Repository};
+use serde_json::json;
+use stages::read::ReadMode;
+
+use crate::output::{self, Out};
+use crate::{Cli, Command, IoMode, KeyCommand, LsArgs, RestoreArgs, RunArgs, EXIT_PARTIAL};
+
+fn default_repo() -> Result<PathBuf> {
+    dirs::data_dir()
+        .map(|d| d.join("bakare").join("repo"))
+        .context("cannot find a data directory for the default repository (set HOME, or use --repo)")
+}
+
+fn workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}
+
+pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
+    let repo_path = match &cli.repo {
+        Some(p) => p.clone(),
+        None => default_repo()?,
+    };
+    let key = cli.key.as_deref();
+    match cli.command {
+        Command::Init => init(&repo_path, key, cli.json),
+        Command::Run(args) => run(&repo_path, key, cli.json, args, source),
+        Command::Snapshots => snapshots(&Repository::open(&repo_path, key)?, cli.json),
+        Command::Ls(args) => ls(&Repository::open(&repo_path, key)?, cli.json, args),
+        Command::Restore(args) => restore(&Repository::open(&repo_path, key)?, cli.json, args),
+        Command::Key(cmd) => key_cmd(&Repository::open(&repo_path, key)?, cmd),
+    }
+}
+
+fn announce_init(repo: &Repository, json: bool) -> Result<()> {
+    let msg = format!(
+        "created repository {} at {}\nsecret key saved to {} (fingerprint {})\n\
+         Keep a copy of that key file somewhere safe: without it these backups cannot be restored.\n\
+         For machines that should only back up, export a key without the secret part:\n  \
+         bakare key export --backup-only FILE",
+        hex::encode(repo.config.repo_id),
+        repo.location.display(),
+        repo.key.path.display(),
+        repo.key.fingerprint()
+    );
+    if json {
+        eprintln!("{msg}");
+    } else {
+        println!("{msg}");
+    }
+    Ok(())
+}
+
+fn init(path: &Path, key: Option<&Path>, json: bool) -> Result<u8> {
+    let repo = Repository::init(path, key)?;
+    announce_init(&repo, json)?;
+    if json {
+        let v = json!({
+            "repository": hex::encode(repo.config.repo_id),
+            "path": repo.location.display().to_string(),
+            "key": repo.key.path.display().to_string(),
+            "fingerprint": repo.key.fingerprint(),
+        });
+        println!("{v}");
+    }
+    Ok(0)
+}
+
+fn run(path: &Path, key: Option<&Path>, json: bool, args: RunArgs, source: Arc<dyn io::Source>) -> Result<u8> {
+    let repo = match Repository::open(path, key) {
+        Ok(r) => r,
+        Err(Error::NoRepository(_)) if key.is_none() => {
+            let repo = Repository::init(path, None)?;
+            announce_init(&repo, json)?;
+            repo
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let read_mode = match args.io_mode {
+        IoMode::Auto => ReadMode::Auto,
+        IoMode::Uring => ReadMode::Uring,
+        IoMode::Pool => ReadMode::Pool,
+    };
+    let opts = BackupOptions {
+        paths: args.paths,
+        excludes: args.exclude,
+        mem_limit: args.mem_limit,
+        read_mode,
+        workers: args.workers.unwrap_or_else(workers),
+        source,
+        host: args.host.unwrap_or_else(backup::default_host),
+        tags: args.tag,
+    };
+    let r = backup::backup(&repo, opts)?;
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    let s = &r.snapshot.stats;
+    let secs = s.duration_ns as f64 / 1e9;
+    let rate = if secs > 0.0 { (s.bytes as f64 / secs) as u64 } else { 0 };
+    let mode = match r.read_mode {
+        ReadMode::Uring => "io_uring",
+        _ => "threads",
+    };
+    let mut out = Out::new();
+    if json {
+        let errors: Vec<_> = r
+            .snapshot
+            .errors
+            .iter()
+            .map(|e| json!({"path": String::from_utf8_lossy(&e.path), "error": e.why}))
+            .collect();
+        let v = json!({
+            "snapshot": r.snapshot_id,
+            "files": s.files, "dirs": s.dirs, "bytes_read": s.bytes,
+            "new_blobs": s.new_blobs, "new_bytes": s.new_bytes, "stored_bytes": s.stored_bytes,
+            "errors": errors, "seconds": secs, "bytes_per_second": rate,
+            "read_mode": mode, "budget": r.budget, "budget_peak": r.budget_peak,
+            "peak_rss": output::peak_rss(),
+        });
+        out.line(&v.to_string())?;
+    } else {
+        out.line(&format!("snapshot {} saved", &r.snapshot_id[..16]))?;
+        out.line(&format!(
+            "  {} files, {} directories, {} read in {:.1} s ({}/s, {mode})",
+            s.files,
+            s.dirs,
+            output::size(s.bytes),
+            secs,
+            output::size(rate)
+        ))?;
+        out.line(&format!(
+            "  new data: {} in {} blobs, stored as {} after dedup and compression",
+            output::size(s.new_bytes),
+            s.new_blobs,
+            output::size(s.stored_bytes)
+        ))?;
+        if !r.snapshot.errors.is_empty() {
+            out.line(&format!("  {} could not be saved:", r.snapshot.errors.len()))?;
+        }
+        for e in &r.snapshot.errors {
+            out.bytes(b"    ")?;
+            out.bytes(&e.path)?;
+            out.line(&format!(": {}", e.why))?;
+        }
+    }
+    out.finish()?;
+    Ok(if r.snapshot.errors.is_empty() { 0 } else { EXIT_PARTIAL })
+}
+
+fn snapshots(repo: &Repository, json: bool) -> Result<u8> {
+    let (all, warnings) = repo.snapshots()?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    let mut out = Out::new();
+    if json {
+        let v: Vec<_> = all
+            .iter()
+            .map(|(id, s)| {
+                json!({
+                    "id": id, "time": output::time(s.time_ns), "time_ns": s.time_ns,
+                    "host": s.host, "user": s.user, "tags": s.tags,
+                    "paths": s.paths.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>(),
+                    "files": s.stats.files, "bytes": s.stats.bytes, "errors": s.errors.len(),
+                })
+            })
+            .collect();
+        out.line(&serde_json::Value::Array(v).to_string())?;
+    } else {
+        out.line(&format!("{:<16}  {:<19}  {:<12}  {:>10}  {:>8}  paths", "id", "time (UTC)", "host", "size", "files"))?;
+        for (id, s) in &all {
+            let paths: Vec<_> = s.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+            out.line(&format!(
+                "{:<16}  {}  {:<12}  {:>10}  {:>8}  {}",
+                &id[..16],
+                output::time(s.time_ns),
+                s.host,
+                output::size(s.stats.bytes),
+                s.stats.files,
+                paths.join(" ")
+            ))?;
+        }
+        out.line(&format!("{} snapshots", all.len()))?;
+    }
+    out.finish()?;
+    Ok(0)
+}
+
+fn rel_components(p: &Path) -> Vec<&OsStr> {
+    p.components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ls(repo: &Repository, json: bool, args: LsArgs) -> Result<u8> {
+    let (id, snap) = repo.find_snapshot(&args.snapshot)?;
+    let (index, warnings) = repo.load_index()?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    let reader = engine::repo::BlobReader::new(repo, &index)?;
+    // Find the directory to list.
+    let mut tree = snap.tree.clone();
+    let mut base = PathBuf::from("/");
+    if let Some(p) = &args.path {
+        for comp in rel_components(p) {
+            let nodes = reader.tree(&tree)?;
+            let node = nodes.into_iter().find(|n| n.name == comp.as_bytes());
+            match node.map(|n| n.kind) {
+                Some(NodeKind::Dir { subtree }) => tree = subtree,
+                Some(_) => bail!("{} is not a directory in snapshot {}", p.display(), &id[..16]),
+                None => bail!("{} is not in snapshot {}", p.display(), &id[..16]),
+            }
+            base.push(comp);
+        }
+    }
+    let mut out = Out::new();
+    let mut stack = vec![(base, tree)];
+    let mut items = Vec::new();
+    while let Some((dir, tree)) = stack.pop() {
+        let nodes = reader.tree(&tree)?;
+        let mut subdirs = Vec::new();
+        for n in nodes {
+            let path = dir.join(OsStr::from_bytes(&n.name));
+            if json {
+                items.push(node_json(&path, &n));
+            } else if args.long {
+                out.bytes(long_prefix(&n).as_bytes())?;
+                out.path_line("", &path)?;
+            } else {
+                out.path_line("", &path)?;
+            }
+            if let (true, NodeKind::Dir { subtree }) = (args.recursive, &n.kind) {
+                subdirs.push((path, subtree.clone()));
+            }
+        }
+        stack.extend(subdirs.into_iter().rev());
+    }
+    if json {
+        out.line(&serde_json::Value::Array(items).to_string())?;
+    }
+    out.finish()?;
+    Ok(0)
+}
+
+fn node_json(path: &Path, n: &Node) -> serde_json::Value {
+    json!({
+        "path": path.to_string_lossy(),
+        "type": n.type_char().to_string(),
+        "mode": format!("{:o}", n.mode & 0o7777),
+        "size": n.size(),
+        "mtime": output::time(n.mtime_ns),
+        "uid": n.uid, "gid": n.gid,
+    })
+}
+
+fn long_prefix(n: &Node) -> String {
+    format!(
+        "{}{:04o} {:>6} {:>6} {:>12} {}  ",
+        n.type_char(),
+        n.mode & 0o7777,
+        n.uid,
+        n.gid,
+        n.size(),
+        output::time(n.mtime_ns)
+    )
+}
+
+fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
+    let (id, snap) = repo.find_snapshot(&args.snapshot)?;
+    let (index, warnings) = repo.load_index()?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    let opts = RestoreOptions { target: args.target.clone(), include: args.paths, workers: 4 };
+    let started = std::time::Instant::now();
+    let r = restore::restore(repo, &index, &snap, &opts)?;
+    let secs = started.elapsed().as_secs_f64();
+    let mut out = Out::new();
+    if json {
+        let errors: Vec<_> = r
+            .errors
+            .iter()
+            .map(|(p, why)| json!({"path": p.to_string_lossy(), "error": why}))
+            .collect();
+        let v = json!({"snapshot": id, "files": r.files, "dirs": r.dirs, "bytes": r.bytes, "seconds": secs, "errors": errors});
+        out.line(&v.to_string())?;
+    } else {
+        out.line(&format!(
+            "restored {} files, {} directories, {} from snapshot {} to {} in {:.1} s",
+            r.files,
+            r.dirs,
+            output::size(r.bytes),
+            &id[..16],
+            args.target.display(),
+            secs
+        ))?;
+        if !r.errors.is_empty() {
+            out.line(&format!("  {} could not be restored:", r.errors.len()))?;
+        }
+        for (p, why) in &r.errors {
+            out.path_line("    ", p)?;
+            out.line(&format!("      {why}"))?;
+        }
+    }
+    out.finish()?;
+    Ok(if r.errors.is_empty() { 0 } else { EXIT_PARTIAL })
+}
+
+fn key_cmd(repo: &Repository, cmd: KeyCommand) -> Result<u8> {
+    match cmd {
+        KeyCommand::Export { file, backup_only } => {
+            let k: Key = if backup_only { repo.key.backup_only() } else { Key::load(&repo.key.path)? };
+            if !backup_only {
+                k.identity()?;
+            }
+            k.save(&file).with_context(|| format!("writing {}", file.display()))?;
+            let kind = if backup_only { "backup-only key (can back up, cannot restore)" } else { "full key" };
+            println!("wrote {kind} to {}", file.display());
+        }
+        KeyCommand::Show => {
+            let kind = if repo.key.identity.is_some() { "full (can restore)" } else { "backup-only" };
+            println!("key {}: {kind}, fingerprint {}", repo.key.path.display(), repo.key.fingerprint());
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,96 @@
+//! Printing: human sizes and times, raw path bytes, and a stdout that treats a closed pipe
+//! (`bakare ls latest | head`) as the end of output, not as an error.
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+
+pub fn size(n: u64) -> String {
+    bytesize::ByteSize(n).display().iec().to_string()
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) for nanoseconds since the epoch.
+pub fn time(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm): a dozen
+/// lines, not worth a date-time dependency for one display format.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Writes to stdout; returns false once the reader has gone away.
+pub struct Out {
+    inner: io::BufWriter<io::Stdout>,
+    closed: bool,
+}
+
+impl Out {
+    pub fn new() -> Self {
+        Out { inner: io::BufWriter::new(io::stdout()), closed: false }
+    }
+
+    pub fn bytes(&mut self, b: &[u8]) -> io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        match self.inner.write_all(b) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    pub fn line(&mut self, s: &str) -> io::Result<()> {
+        self.bytes(s.as_bytes())?;
+        self.bytes(b"\n")
+    }
+
+    pub fn path_line(&mut self, prefix: &str, path: &std::path::Path) -> io::Result<()> {
+        self.bytes(prefix.as_bytes())?;
+        self.bytes(path.as_os_str().as_bytes())?;
+        self.bytes(b"\n")
+    }
+
+    pub fn finish(mut self) -> io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        match self.inner.flush() {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// Peak resident memory of this process (VmHWM), in bytes.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates() {
+        assert_eq!(super::time(0), "1970-01-01 00:00:00");
+        assert_eq!(super::time(1_795_962_372_000_000_000), "2026-11-29 14:26:12");
+        assert_eq!(super::time(951_782_400_000_000_000), "2000-02-29 00:00:00");
+    }
+}
