@@ -122,6 +122,7 @@ fn run(path: &Path, key: Option<&Path>, json: bool, args: RunArgs, source: Arc<d
             .collect();
         let v = json!({
             "snapshot": r.snapshot_id,
+            "tree": r.snapshot.tree.iter().map(hex::encode).collect::<Vec<_>>(),
             "files": s.files, "dirs": s.dirs, "bytes_read": s.bytes,
             "new_blobs": s.new_blobs, "new_bytes": s.new_bytes, "stored_bytes": s.stored_bytes,
             "errors": errors, "seconds": secs, "bytes_per_second": rate,

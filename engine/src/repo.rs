@@ -18,6 +18,9 @@ use crate::pack;
 use crate::snapshot::Snapshot;
 use crate::tree::{Node, Tree};
 
+/// Problems that did not stop an operation, to show the user.
+pub type Warnings = Vec<String>;
+
 pub struct Repository {
     pub backend: Arc<dyn Backend>,
     pub location: PathBuf,
@@ -111,7 +114,7 @@ impl Repository {
     }
 
     /// All readable snapshots, oldest first, with a warning for each unreadable one.
-    pub fn snapshots(&self) -> Result<(Vec<(String, Snapshot)>, Vec<String>)> {
+    pub fn snapshots(&self) -> Result<(Vec<(String, Snapshot)>, Warnings)> {
         let identity = self.key.identity()?;
         let mut out = Vec::new();
         let mut warnings = Vec::new();

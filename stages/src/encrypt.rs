@@ -84,7 +84,7 @@ fn aad(id: &BlobId, kind: BlobKind) -> [u8; 33] {
 }
 
 /// Seals a framed buffer in place: `[nonce][ciphertext][tag]`.
-fn seal(epoch: &KeyEpoch, counter: u64, id: &BlobId, kind: BlobKind, buf: &mut Vec<u8>) -> bool {
+pub fn seal(epoch: &KeyEpoch, counter: u64, id: &BlobId, kind: BlobKind, buf: &mut Vec<u8>) -> bool {
     let mut nonce = [0u8; NONCE_ROOM];
     nonce[..8].copy_from_slice(&counter.to_le_bytes());
     buf[..NONCE_ROOM].copy_from_slice(&nonce);

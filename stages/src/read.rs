@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -56,7 +56,43 @@ impl ReadHandle {
     }
 }
 
+/// Files larger than one segment keep their last block's unchunked tail, and with it that
+/// block's permit, until their next block arrives. Were many such files read at once, their
+/// tails could hold the whole budget while each waits for budget for its next block: a
+/// deadlock. So only as many large files are read at once as can each hold two blocks.
+struct LargeSlots {
+    max: usize,
+    used: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl LargeSlots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn try_take(&self) -> bool {
+        let mut u = self.lock();
+        let ok = *u < self.max;
+        if ok {
+            *u += 1;
+        }
+        ok
+    }
+    fn take(&self) {
+        let mut u = self.lock();
+        while *u >= self.max {
+            u = self.freed.wait(u).unwrap_or_else(|p| p.into_inner());
+        }
+        *u += 1;
+    }
+    fn give(&self) {
+        *self.lock() -= 1;
+        self.freed.notify_one();
+    }
+}
+
 struct Shared {
+    large: LargeSlots,
     cfg: ReadConfig,
     source: Arc<dyn Source>,
     budget: MemoryBudget,
@@ -65,6 +101,10 @@ struct Shared {
 }
 
 impl Shared {
+    fn is_large(&self, job: &ReadJob) -> bool {
+        job.meta.size > self.cfg.segment as u64
+    }
+
     fn send(&self, block: Block) {
         let i = (block.seq() % self.out.len() as u64) as usize;
         // A closed channel means the pipeline is shutting down; dropping the block is right.
@@ -174,13 +214,16 @@ pub fn spawn(
     cancel: Cancel,
 ) -> io::Result<ReadHandle> {
     let mode = cfg.mode;
-    let shared = Arc::new(Shared { cfg, source, budget, out, cancel });
+    let block = Shared::permit_bytes(cfg.headroom, cfg.segment);
+    let max = (budget.limit() / (4 * block)).max(1) as usize;
+    let large = LargeSlots { max, used: Mutex::new(0), freed: Condvar::new() };
+    let shared = Arc::new(Shared { large, cfg, source, budget, out, cancel });
     let mut fallback_reason = None;
     if mode != ReadMode::Pool {
         match Ring::new(shared.cfg.depth.max(1)) {
             Ok(ring) => {
                 let t = std::thread::Builder::new().name("read-uring".into()).spawn(move || {
-                    UringReader { s: shared, ring, files: HashMap::new(), ready: VecDeque::new() }
+                    UringReader { s: shared, ring, files: HashMap::new(), ready: VecDeque::new(), deferred: VecDeque::new() }
                         .run(jobs)
                 })?;
                 return Ok(ReadHandle { threads: vec![t], mode: ReadMode::Uring, fallback_reason });
@@ -205,18 +248,29 @@ fn pool_worker(s: &Shared, jobs: &Receiver<ReadJob>) {
         if s.cancel.is_cancelled() {
             continue;
         }
-        let Some(file) = s.open(&job) else { continue };
-        let mut offset = 0;
-        loop {
-            let (headroom, len) = s.shape(&job, offset);
-            let permit = s.budget.acquire(Shared::permit_bytes(headroom, len));
-            let mut buf = Shared::buffer(headroom, len);
-            buf.resize(headroom + len, 0);
-            let result = read_full(&file, &mut buf[headroom..], offset);
-            match s.completed(&job, &file, buf, headroom, offset, result, permit) {
-                Some(next) => offset = next,
-                None => break,
-            }
+        let large = s.is_large(&job);
+        if large {
+            s.large.take();
+        }
+        read_file(s, &job);
+        if large {
+            s.large.give();
+        }
+    }
+}
+
+fn read_file(s: &Shared, job: &ReadJob) {
+    let Some(file) = s.open(job) else { return };
+    let mut offset = 0;
+    loop {
+        let (headroom, len) = s.shape(job, offset);
+        let permit = s.budget.acquire(Shared::permit_bytes(headroom, len));
+        let mut buf = Shared::buffer(headroom, len);
+        buf.resize(headroom + len, 0);
+        let result = read_full(&file, &mut buf[headroom..], offset);
+        match s.completed(job, &file, buf, headroom, offset, result, permit) {
+            Some(next) => offset = next,
+            None => break,
         }
     }
 }
@@ -241,6 +295,8 @@ struct InFlight {
     next: u64,
     headroom: usize,
     permit: Option<Permit>,
+    /// Holds a large-file slot.
+    large: bool,
 }
 
 struct UringReader {
@@ -250,45 +306,73 @@ struct UringReader {
     files: HashMap<u64, InFlight>,
     /// Files whose next read waits for budget.
     ready: VecDeque<u64>,
+    /// Large files waiting for a slot.
+    deferred: VecDeque<ReadJob>,
 }
 
+/// Large files waiting for a slot while small files go ahead.
+const MAX_DEFERRED: usize = 16;
+
 impl UringReader {
+    /// The next job to start: a deferred large file once a slot frees, else a new job (waiting
+    /// for one only when nothing is in flight). Large files without a slot are deferred.
+    fn next_job(&mut self, jobs: &Receiver<ReadJob>, jobs_open: &mut bool) -> Option<(ReadJob, bool)> {
+        loop {
+            if !self.deferred.is_empty() && self.s.large.try_take() {
+                return self.deferred.pop_front().map(|j| (j, true));
+            }
+            if !*jobs_open || self.deferred.len() >= MAX_DEFERRED {
+                return None;
+            }
+            let job = if self.files.is_empty() && self.deferred.is_empty() {
+                jobs.recv().ok()
+            } else {
+                match jobs.try_recv() {
+                    Ok(j) => Some(j),
+                    Err(TryRecvError::Empty) => return None,
+                    Err(TryRecvError::Disconnected) => None,
+                }
+            };
+            let Some(job) = job else {
+                *jobs_open = false;
+                continue;
+            };
+            if !self.s.is_large(&job) {
+                return Some((job, false));
+            }
+            if self.s.large.try_take() {
+                return Some((job, true));
+            }
+            self.deferred.push_back(job);
+        }
+    }
+
     fn run(mut self, jobs: Receiver<ReadJob>) {
         let mut jobs_open = true;
         loop {
             self.submit_ready();
             // Take new files while there is room in the ring and nothing waits for budget.
-            while jobs_open && self.ready.is_empty() && self.files.len() < self.s.cfg.depth as usize
-            {
-                let job = if self.files.is_empty() {
-                    match jobs.recv() {
-                        Ok(j) => j,
-                        Err(_) => {
-                            jobs_open = false;
-                            break;
-                        }
-                    }
-                } else {
-                    match jobs.try_recv() {
-                        Ok(j) => j,
-                        Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Disconnected) => {
-                            jobs_open = false;
-                            break;
-                        }
-                    }
-                };
+            while self.ready.is_empty() && self.files.len() < self.s.cfg.depth as usize {
+                let Some((job, large)) = self.next_job(&jobs, &mut jobs_open) else { break };
                 if self.s.cancel.is_cancelled() {
+                    if large {
+                        self.s.large.give();
+                    }
                     continue;
                 }
-                let Some(file) = self.s.open(&job) else { continue };
+                let Some(file) = self.s.open(&job) else {
+                    if large {
+                        self.s.large.give();
+                    }
+                    continue;
+                };
                 let seq = job.seq;
-                self.files.insert(seq, InFlight { job, file, next: 0, headroom: 0, permit: None });
+                self.files.insert(seq, InFlight { job, file, next: 0, headroom: 0, permit: None, large });
                 self.ready.push_back(seq);
                 self.submit_ready();
             }
             if self.files.is_empty() {
-                if !jobs_open {
+                if !jobs_open && self.deferred.is_empty() {
                     return;
                 }
                 continue;
@@ -299,6 +383,9 @@ impl UringReader {
                     // The ring itself failed: fail every file in it rather than hang.
                     for (_, f) in self.files.drain() {
                         self.s.fail(&f.job, format!("io_uring failed: {e}"));
+                        if f.large {
+                            self.s.large.give();
+                        }
                     }
                     self.ready.clear();
                     continue;
@@ -308,10 +395,14 @@ impl UringReader {
                 let Some(mut f) = self.files.remove(&c.token) else { continue };
                 let Some(permit) = f.permit.take() else { continue };
                 let next = self.s.completed(&f.job, &c.file, c.buf, f.headroom, c.offset, c.result, permit);
-                if let Some(next) = next {
-                    f.next = next;
-                    self.files.insert(c.token, f);
-                    self.ready.push_back(c.token);
+                match next {
+                    Some(next) => {
+                        f.next = next;
+                        self.files.insert(c.token, f);
+                        self.ready.push_back(c.token);
+                    }
+                    None if f.large => self.s.large.give(),
+                    None => {}
                 }
             }
         }

@@ -1,0 +1,365 @@
+//! Test support: trees built from literals, the real binary run with its own HOME and
+//! repository, peak memory of a child measured by the kernel, and a byte-for-byte, metadata-for-
+//! metadata comparison of a source tree and its restored copy.
+//!
+//! Panicking is how test support reports failure, hence unwrap/expect here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A tree on disk, built from literals.
+pub struct TestDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for TestDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestDir {
+    pub fn new() -> Self {
+        TestDir { dir: tempfile::tempdir().unwrap() }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn at(&self, rel: impl AsRef<OsStr>) -> PathBuf {
+        let p = self.dir.path().join(rel.as_ref());
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent).unwrap();
+        }
+        p
+    }
+    pub fn file(self, rel: impl AsRef<OsStr>, data: impl AsRef<[u8]>) -> Self {
+        fs::write(self.at(rel), data).unwrap();
+        self
+    }
+    pub fn dir(self, rel: impl AsRef<OsStr>) -> Self {
+        fs::create_dir_all(self.at(rel)).unwrap();
+        self
+    }
+    pub fn symlink(self, rel: impl AsRef<OsStr>, target: impl AsRef<OsStr>) -> Self {
+        std::os::unix::fs::symlink(target.as_ref(), self.at(rel)).unwrap();
+        self
+    }
+    pub fn hardlink(self, rel: impl AsRef<OsStr>, existing: impl AsRef<OsStr>) -> Self {
+        fs::hard_link(self.dir.path().join(existing.as_ref()), self.at(rel)).unwrap();
+        self
+    }
+    pub fn fifo(self, rel: impl AsRef<OsStr>) -> Self {
+        let p = self.at(rel);
+        rustix_mkfifo(&p);
+        self
+    }
+}
+
+fn rustix_mkfifo(p: &Path) {
+    let status = Command::new("mkfifo").arg(p).status().unwrap();
+    assert!(status.success(), "mkfifo {}", p.display());
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so failures reproduce.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next().to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    }
+    /// Compressible text-like bytes.
+    pub fn text(&mut self, n: usize) -> Vec<u8> {
+        const WORDS: &[&str] = &["backup", "chunk", "pack", "the", "of", "index", "tree", "snapshot", "data", "restore", "\n"];
+        let mut v = Vec::with_capacity(n + 16);
+        while v.len() < n {
+            v.extend_from_slice(WORDS[self.below(WORDS.len() as u64) as usize].as_bytes());
+            v.push(b' ');
+        }
+        v.truncate(n);
+        v
+    }
+}
+
+/// Writes a random tree under `root`: odd name bytes, empty files, deep nesting, symlinks,
+/// hard links, duplicates and near-duplicates, FIFOs.
+pub fn random_tree(root: &Path, seed: u64, entries: usize) {
+    let mut rng = Rng::new(seed);
+    let mut dirs = vec![root.to_path_buf()];
+    let mut files: Vec<PathBuf> = Vec::new();
+    for i in 0..entries {
+        let parent = dirs[rng.below(dirs.len() as u64) as usize].clone();
+        let mut name = format!("e{i}-").into_bytes();
+        for _ in 0..rng.below(6) {
+            // any byte but '/' and NUL
+            let b = (rng.below(254) + 1) as u8;
+            name.push(if b == b'/' { b'_' } else { b });
+        }
+        let path = parent.join(OsString::from_vec(name));
+        match rng.below(12) {
+            0 | 1 => {
+                fs::create_dir(&path).unwrap();
+                dirs.push(path);
+            }
+            2 => fs::write(&path, b"").unwrap(),
+            3 if !files.is_empty() => {
+                let src = &files[rng.below(files.len() as u64) as usize];
+                fs::copy(src, &path).unwrap();
+            }
+            4 if !files.is_empty() => {
+                let src = &files[rng.below(files.len() as u64) as usize];
+                let mut data = fs::read(src).unwrap();
+                let at = rng.below(data.len() as u64 + 1) as usize;
+                data.splice(at..at, rng.bytes(3));
+                fs::write(&path, data).unwrap();
+            }
+            5 if !files.is_empty() => {
+                let src = &files[rng.below(files.len() as u64) as usize];
+                fs::hard_link(src, &path).unwrap();
+            }
+            6 => {
+                let len = rng.below(20) as usize + 1;
+                let raw = rng.bytes(len).into_iter().map(|b| if b == 0 { b'x' } else { b }).collect();
+                let target = OsString::from_vec(raw);
+                std::os::unix::fs::symlink(target, &path).unwrap();
+            }
+            7 => rustix_mkfifo(&path),
+            8 => {
+                let n = rng.below(3 << 20) as usize;
+                fs::write(&path, rng.bytes(n)).unwrap();
+                files.push(path);
+            }
+            _ => {
+                let n = rng.below(20_000) as usize;
+                fs::write(&path, rng.text(n)).unwrap();
+                files.push(path);
+            }
+        }
+    }
+}
+
+/// What a run of the binary gave back.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+    /// Peak resident memory of the child (ru_maxrss), in bytes.
+    pub peak_rss: u64,
+}
+
+impl Outcome {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout_str()))
+    }
+}
+
+/// The real binary, with a HOME (and so key directory) and repository of its own.
+pub struct Bakare {
+    pub bin: PathBuf,
+    pub home: tempfile::TempDir,
+    pub repo: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl Bakare {
+    pub fn new(bin: impl Into<PathBuf>) -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let repo = home.path().join("repo");
+        Bakare { bin: bin.into(), home, repo, env: Vec::new() }
+    }
+
+    pub fn command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(args)
+            .env("HOME", self.home.path())
+            .env("BAKARE_REPO", &self.repo)
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("BAKARE_KEY")
+            .env_remove("BAKARE_IO")
+            .env_remove("BAKARE_FAULTS");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Runs to completion and measures the child's peak memory with wait4.
+    pub fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Outcome {
+        run_measured(self.command(args))
+    }
+
+    /// Runs and asserts the exit code.
+    pub fn ok<S: AsRef<OsStr>>(&self, args: &[S]) -> Outcome {
+        let o = self.run(args);
+        assert_eq!(o.code, 0, "bakare {:?} failed: {}\n{}", args.iter().map(|a| a.as_ref().to_owned()).collect::<Vec<_>>(), o.stderr, o.stdout_str());
+        o
+    }
+}
+
+pub fn run_measured(mut cmd: Command) -> Outcome {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut v).unwrap();
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut err, &mut v).unwrap();
+        v
+    });
+    let (code, peak_rss) = wait_rusage(child.id() as i32);
+    Outcome {
+        code,
+        stdout: t_out.join().unwrap(),
+        stderr: String::from_utf8_lossy(&t_err.join().unwrap()).into_owned(),
+        peak_rss,
+    }
+}
+
+/// Waits for `pid` and returns (exit code or 128+signal, ru_maxrss in bytes).
+#[allow(unsafe_code)]
+fn wait_rusage(pid: i32) -> (i32, u64) {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 writes only into the two out-pointers, which point to live locals of the
+    // right types; `pid` is our own child, not yet reaped (std's Child was never waited on).
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    assert_eq!(r, pid, "wait4 failed: {}", std::io::Error::last_os_error());
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+    (code, ru.ru_maxrss as u64 * 1024)
+}
+
+/// Where a source path lands below a restore target (absolute paths are kept).
+pub fn restored_path(target: &Path, source: &Path) -> PathBuf {
+    target.join(source.strip_prefix("/").unwrap_or(source))
+}
+
+fn entries(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let mut names: Vec<OsString> = fs::read_dir(root.join(&rel)).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        for n in names {
+            let r = rel.join(&n);
+            if fs::symlink_metadata(root.join(&r)).unwrap().is_dir() {
+                stack.push(r.clone());
+            }
+            out.push(r);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Differences between two trees: names, types, bytes, symlink targets, modes, mtimes (ns),
+/// owners, and which names are hard links of each other. Empty when identical.
+pub fn tree_diff(src: &Path, dst: &Path) -> Vec<String> {
+    let mut diffs = Vec::new();
+    let (a, b) = (entries(src), entries(dst));
+    if a != b {
+        let only_a: Vec<_> = a.iter().filter(|p| !b.contains(p)).collect();
+        let only_b: Vec<_> = b.iter().filter(|p| !a.contains(p)).collect();
+        diffs.push(format!("names differ: only in source {only_a:?}, only in restore {only_b:?}"));
+        return diffs;
+    }
+    let mut links: HashMap<(u64, u64), (u64, u64)> = HashMap::new();
+    for rel in std::iter::once(PathBuf::new()).chain(a) {
+        let (pa, pb) = (src.join(&rel), dst.join(&rel));
+        let (ma, mb) = (fs::symlink_metadata(&pa).unwrap(), fs::symlink_metadata(&pb).unwrap());
+        let show = rel.display();
+        let (fa, fb) = (ma.file_type(), mb.file_type());
+        let kind = |f: fs::FileType| (f.is_dir(), f.is_file(), f.is_symlink(), f.is_fifo(), f.is_socket());
+        if kind(fa) != kind(fb) {
+            diffs.push(format!("{show}: type differs"));
+            continue;
+        }
+        if !fa.is_symlink() && ma.mode() != mb.mode() {
+            diffs.push(format!("{show}: mode {:o} vs {:o}", ma.mode(), mb.mode()));
+        }
+        if (ma.mtime(), ma.mtime_nsec()) != (mb.mtime(), mb.mtime_nsec()) {
+            diffs.push(format!("{show}: mtime {}.{} vs {}.{}", ma.mtime(), ma.mtime_nsec(), mb.mtime(), mb.mtime_nsec()));
+        }
+        if (ma.uid(), ma.gid()) != (mb.uid(), mb.gid()) {
+            diffs.push(format!("{show}: owner differs"));
+        }
+        if fa.is_file() {
+            if fs::read(&pa).unwrap() != fs::read(&pb).unwrap() {
+                diffs.push(format!("{show}: content differs"));
+            }
+            if ma.nlink() > 1 {
+                let key = (ma.dev(), ma.ino());
+                let got = (mb.dev(), mb.ino());
+                if let Some(prev) = links.insert(key, got) {
+                    if prev != got {
+                        diffs.push(format!("{show}: should be a hard link of an earlier name"));
+                    }
+                }
+            }
+        }
+        if fa.is_symlink() && fs::read_link(&pa).unwrap() != fs::read_link(&pb).unwrap() {
+            diffs.push(format!("{show}: symlink target differs"));
+        }
+    }
+    diffs
+}
+
+pub fn assert_same_tree(src: &Path, dst: &Path) {
+    let d = tree_diff(src, dst);
+    assert!(d.is_empty(), "restored tree differs from {}:\n{}", src.display(), d.join("\n"));
+}
+
+/// Total bytes of the files under `dir`.
+pub fn du(dir: &Path) -> u64 {
+    entries(dir).iter().filter_map(|r| fs::symlink_metadata(dir.join(r)).ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+}
+
+pub fn os(p: &Path) -> &OsStr {
+    p.as_os_str()
+}
+
+pub fn bytes_of(p: &Path) -> &[u8] {
+    p.as_os_str().as_bytes()
+}
+
+/// Arguments of mixed types (`&str`, `&Path`, `OsString`...) as one `Vec<OsString>`.
+#[macro_export]
+macro_rules! argv {
+    ($($a:expr),* $(,)?) => { vec![$(std::ffi::OsString::from($a)),*] };
+}
+
+/// Whether tests run as root (then ownership is restored and compared too).
+pub fn is_root() -> bool {
+    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
