@@ -76,7 +76,13 @@ fn init(path: &Path, key: Option<&Path>, json: bool) -> Result<u8> {
     Ok(0)
 }
 
-fn run(path: &Path, key: Option<&Path>, json: bool, args: RunArgs, source: Arc<dyn io::Source>) -> Result<u8> {
+fn run(
+    path: &Path,
+    key: Option<&Path>,
+    json: bool,
+    args: RunArgs,
+    source: Arc<dyn io::Source>,
+) -> Result<u8> {
     let repo = match Repository::open(path, key) {
         Ok(r) => r,
         Err(Error::NoRepository(_)) if key.is_none() => {
@@ -179,7 +185,10 @@ fn snapshots(repo: &Repository, json: bool) -> Result<u8> {
             .collect();
         out.line(&serde_json::Value::Array(v).to_string())?;
     } else {
-        out.line(&format!("{:<16}  {:<19}  {:<12}  {:>10}  {:>8}  paths", "id", "time (UTC)", "host", "size", "files"))?;
+        out.line(&format!(
+            "{:<16}  {:<19}  {:<12}  {:>10}  {:>8}  paths",
+            "id", "time (UTC)", "host", "size", "files"
+        ))?;
         for (id, s) in &all {
             let paths: Vec<_> = s.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
             out.line(&format!(
@@ -293,11 +302,8 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
     let secs = started.elapsed().as_secs_f64();
     let mut out = Out::new();
     if json {
-        let errors: Vec<_> = r
-            .errors
-            .iter()
-            .map(|(p, why)| json!({"path": p.to_string_lossy(), "error": why}))
-            .collect();
+        let errors: Vec<_> =
+            r.errors.iter().map(|(p, why)| json!({"path": p.to_string_lossy(), "error": why})).collect();
         let v = json!({"snapshot": id, "files": r.files, "dirs": r.dirs, "bytes": r.bytes, "seconds": secs, "errors": errors});
         out.line(&v.to_string())?;
     } else {

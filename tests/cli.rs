@@ -79,9 +79,9 @@ fn first_run_creates_the_default_repository_and_prints_a_summary() {
     assert!(list.contains("1 snapshots"), "{list}");
 }
 
-fn json_run(b: &Bakare, args: Vec<OsString>) -> serde_json::Value {
-    let mut a = argv!["--json", "run"];
-    a.extend(args);
+fn json_run(b: &Bakare, args: &[OsString]) -> serde_json::Value {
+    let mut a = argv!["--json", "run"].to_vec();
+    a.extend_from_slice(args);
     b.ok(&a).json()
 }
 
@@ -94,17 +94,17 @@ fn dedup_second_run_and_insertion_in_the_middle() {
     fs::write(src.path().join("big.bin"), &big).unwrap();
     fs::write(src.path().join("copy.bin"), &big).unwrap();
     b.ok(&argv!["init"]);
-    let first = json_run(&b, argv![src.path()]);
+    let first = json_run(&b, &argv![src.path()]);
     let stored = first["new_bytes"].as_u64().unwrap();
     // the copy deduplicates completely
     assert!(stored < (96 << 20) + (1 << 20), "stored {stored}");
-    let second = json_run(&b, argv![src.path()]);
+    let second = json_run(&b, &argv![src.path()]);
     assert!(second["new_bytes"].as_u64().unwrap() == 0, "{second}");
     // a few bytes inserted in the middle of the big file cost only the chunks around them
     let mut edited = big.clone();
     edited.splice(50 << 20..50 << 20, *b"INSERTED!");
     fs::write(src.path().join("big.bin"), &edited).unwrap();
-    let third = json_run(&b, argv![src.path()]);
+    let third = json_run(&b, &argv![src.path()]);
     let new = third["new_bytes"].as_u64().unwrap();
     assert!(new > 0 && new <= 10 << 20, "insertion stored {new} new bytes");
     let target = restore_all(&b, "latest");
@@ -116,7 +116,7 @@ fn compressible_data_is_compressed() {
     let b = bakare();
     let src = TestDir::new().file("log.txt", Rng::new(3).text(8 << 20));
     b.ok(&argv!["init"]);
-    let j = json_run(&b, argv![src.path()]);
+    let j = json_run(&b, &argv![src.path()]);
     let stored = j["stored_bytes"].as_u64().unwrap();
     assert!(stored < (8 << 20) / 3, "8 MiB of text stored as {stored} bytes");
 }
@@ -132,7 +132,10 @@ fn backup_key_backs_up_but_cannot_read() {
     assert!(!text.contains("AGE-SECRET-KEY"), "backup key holds the secret identity");
     let run = b.run(&argv!["--key", &key, "run", src.path()]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    for args in [argv!["--key", &key, "snapshots"], argv!["--key", &key, "restore", "latest", "--target", b.home.path().join("r")]] {
+    for args in [
+        argv!["--key", &key, "snapshots"].to_vec(),
+        argv!["--key", &key, "restore", "latest", "--target", b.home.path().join("r")].to_vec(),
+    ] {
         let o = b.run(&args);
         assert_eq!(o.code, 1);
         assert!(o.stderr.contains("backup-only key"), "{}", o.stderr);
@@ -169,7 +172,12 @@ fn repository_reveals_no_names_or_content() {
     b.ok(&argv!["run", src.path()]);
     for (path, bytes) in repo_files(&b.repo) {
         for needle in [&b"zebra"[..], b"swordfish", b"secret-name", b"plain.txt"] {
-            assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{} contains {:?}", path.display(), String::from_utf8_lossy(needle));
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{} contains {:?}",
+                path.display(),
+                String::from_utf8_lossy(needle)
+            );
         }
     }
 }
@@ -181,7 +189,8 @@ fn tampering_is_detected_and_never_restores_wrong_bytes() {
     let src = TestDir::new().file("a.bin", rng.bytes(3 << 20)).file("b.txt", rng.text(100_000));
     b.ok(&argv!["init"]);
     b.ok(&argv!["run", src.path()]);
-    let packs: Vec<_> = repo_files(&b.repo).into_iter().filter(|(p, _)| p.to_string_lossy().contains("/packs/")).collect();
+    let packs: Vec<_> =
+        repo_files(&b.repo).into_iter().filter(|(p, _)| p.to_string_lossy().contains("/packs/")).collect();
     let (pack, bytes) = packs.iter().max_by_key(|(_, b)| b.len()).unwrap();
     // flip one byte in the middle of the data of the largest pack
     let mut damaged = bytes.clone();
@@ -207,13 +216,18 @@ fn parallel_equals_sequential_and_io_modes_agree() {
     let b = bakare();
     let src = TempTree::random(5);
     b.ok(&argv!["init"]);
-    let trees: Vec<serde_json::Value> = [argv!["--workers", "1", "--io", "pool"], argv!["--workers", "4", "--io", "uring"], argv!["--workers", "3", "--io", "auto"]]
-        .into_iter()
-        .map(|mut a| {
-            a.push(src.path().into());
-            json_run(&b, a)["tree"].clone()
-        })
-        .collect();
+    let trees: Vec<serde_json::Value> = [
+        argv!["--workers", "1", "--io", "pool"],
+        argv!["--workers", "4", "--io", "uring"],
+        argv!["--workers", "3", "--io", "auto"],
+    ]
+    .into_iter()
+    .map(|a| {
+        let mut a = a.to_vec();
+        a.push(src.path().into());
+        json_run(&b, &a)["tree"].clone()
+    })
+    .collect();
     assert_eq!(trees[0], trees[1]);
     assert_eq!(trees[1], trees[2]);
     assert!(!trees[0].as_array().unwrap().is_empty());
@@ -263,8 +277,8 @@ fn snapshot_selection_and_clear_errors() {
     let again = b.run(&argv!["init"]);
     assert_eq!(again.code, 1);
     assert!(again.stderr.contains("already exists"), "{}", again.stderr);
-    let id = json_run(&b, argv![src.path()])["snapshot"].as_str().unwrap().to_string();
-    json_run(&b, argv![src.path()]);
+    let id = json_run(&b, &argv![src.path()])["snapshot"].as_str().unwrap().to_string();
+    json_run(&b, &argv![src.path()]);
     let list = b.ok(&argv!["--json", "snapshots"]).json();
     assert_eq!(list.as_array().unwrap().len(), 2);
     // a unique prefix works, a missing one is named

@@ -43,7 +43,8 @@ impl FaultySource {
                 "vanish" => (arg, Fault::Vanish),
                 "change" => (arg, Fault::Change),
                 "eio" => {
-                    let (name, off) = arg.rsplit_once('@').ok_or(format!("{rule:?}: eio needs NAME@OFFSET"))?;
+                    let (name, off) =
+                        arg.rsplit_once('@').ok_or(format!("{rule:?}: eio needs NAME@OFFSET"))?;
                     let offset = off.parse().map_err(|_| format!("{rule:?}: bad offset"))?;
                     (name, Fault::Eio { offset })
                 }
@@ -75,7 +76,13 @@ impl Source for FaultySource {
         self.inner.open(path)
     }
 
-    fn after_read(&self, path: &Path, offset: u64, buf: &mut [u8], res: io::Result<usize>) -> io::Result<usize> {
+    fn after_read(
+        &self,
+        path: &Path,
+        offset: u64,
+        buf: &mut [u8],
+        res: io::Result<usize>,
+    ) -> io::Result<usize> {
         match (self.fault(path), res) {
             (Some(Fault::Eio { offset: at }), Ok(n)) if offset + n as u64 > *at => {
                 Err(io::Error::from_raw_os_error(libc::EIO))

@@ -73,26 +73,27 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
         let mut v = Vec::with_capacity(n + 8);
         while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
+            v.extend_from_slice(&self.next_u64().to_le_bytes());
         }
         v.truncate(n);
         v
     }
     /// Compressible text-like bytes.
     pub fn text(&mut self, n: usize) -> Vec<u8> {
-        const WORDS: &[&str] = &["backup", "chunk", "pack", "the", "of", "index", "tree", "snapshot", "data", "restore", "\n"];
+        const WORDS: &[&str] =
+            &["backup", "chunk", "pack", "the", "of", "index", "tree", "snapshot", "data", "restore", "\n"];
         let mut v = Vec::with_capacity(n + 16);
         while v.len() < n {
             v.extend_from_slice(WORDS[self.below(WORDS.len() as u64) as usize].as_bytes());
@@ -175,7 +176,8 @@ impl Outcome {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout_str()))
+        serde_json::from_slice(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout_str()))
     }
 }
 
@@ -218,11 +220,20 @@ impl Bakare {
     /// Runs and asserts the exit code.
     pub fn ok<S: AsRef<OsStr>>(&self, args: &[S]) -> Outcome {
         let o = self.run(args);
-        assert_eq!(o.code, 0, "bakare {:?} failed: {}\n{}", args.iter().map(|a| a.as_ref().to_owned()).collect::<Vec<_>>(), o.stderr, o.stdout_str());
+        assert_eq!(
+            o.code,
+            0,
+            "bakare {:?} failed: {}\n{}",
+            args.iter().map(|a| a.as_ref().to_owned()).collect::<Vec<_>>(),
+            o.stderr,
+            o.stdout_str()
+        );
         o
     }
 }
 
+/// The child is reaped by `wait_rusage` (wait4), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
 pub fn run_measured(mut cmd: Command) -> Outcome {
     let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut out = child.stdout.take().unwrap();
@@ -269,7 +280,8 @@ fn entries(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        let mut names: Vec<OsString> = fs::read_dir(root.join(&rel)).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut names: Vec<OsString> =
+            fs::read_dir(root.join(&rel)).unwrap().map(|e| e.unwrap().file_name()).collect();
         names.sort();
         for n in names {
             let r = rel.join(&n);
@@ -309,7 +321,13 @@ pub fn tree_diff(src: &Path, dst: &Path) -> Vec<String> {
             diffs.push(format!("{show}: mode {:o} vs {:o}", ma.mode(), mb.mode()));
         }
         if (ma.mtime(), ma.mtime_nsec()) != (mb.mtime(), mb.mtime_nsec()) {
-            diffs.push(format!("{show}: mtime {}.{} vs {}.{}", ma.mtime(), ma.mtime_nsec(), mb.mtime(), mb.mtime_nsec()));
+            diffs.push(format!(
+                "{show}: mtime {}.{} vs {}.{}",
+                ma.mtime(),
+                ma.mtime_nsec(),
+                mb.mtime(),
+                mb.mtime_nsec()
+            ));
         }
         if (ma.uid(), ma.gid()) != (mb.uid(), mb.gid()) {
             diffs.push(format!("{show}: owner differs"));
@@ -342,7 +360,12 @@ pub fn assert_same_tree(src: &Path, dst: &Path) {
 
 /// Total bytes of the files under `dir`.
 pub fn du(dir: &Path) -> u64 {
-    entries(dir).iter().filter_map(|r| fs::symlink_metadata(dir.join(r)).ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+    entries(dir)
+        .iter()
+        .filter_map(|r| fs::symlink_metadata(dir.join(r)).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 pub fn os(p: &Path) -> &OsStr {
@@ -353,10 +376,10 @@ pub fn bytes_of(p: &Path) -> &[u8] {
     p.as_os_str().as_bytes()
 }
 
-/// Arguments of mixed types (`&str`, `&Path`, `OsString`...) as one `Vec<OsString>`.
+/// Arguments of mixed types (`&str`, `&Path`, `OsString`...) as one array of `OsString`.
 #[macro_export]
 macro_rules! argv {
-    ($($a:expr),* $(,)?) => { vec![$(std::ffi::OsString::from($a)),*] };
+    ($($a:expr),* $(,)?) => { [$(std::ffi::OsString::from($a)),*] };
 }
 
 /// Whether tests run as root (then ownership is restored and compared too).

@@ -33,7 +33,12 @@ fn check_mode(io: &str) {
     assert_eq!(o.code, 3, "io={io}: {}\n{}", o.stderr, o.stdout_str());
     let j = o.json();
     let errors = j["errors"].as_array().unwrap();
-    let named = |n: &str| errors.iter().find(|e| e["path"].as_str().unwrap().ends_with(n)).map(|e| e["error"].as_str().unwrap().to_string());
+    let named = |n: &str| {
+        errors
+            .iter()
+            .find(|e| e["path"].as_str().unwrap().ends_with(n))
+            .map(|e| e["error"].as_str().unwrap().to_string())
+    };
     assert!(named("vanishes.txt").unwrap().contains("vanished"), "{errors:?}");
     assert!(named("eio-small.txt").unwrap().contains("Input/output error"), "{errors:?}");
     assert!(named("eio-late.bin").unwrap().contains("offset"), "{errors:?}");
@@ -45,7 +50,11 @@ fn check_mode(io: &str) {
     fs::write(src.path().join("bad/vanishes.txt"), "back again").unwrap();
     let human = b.run(&argv!["run", "--io", io, src.path()]);
     assert_eq!(human.code, 3);
-    assert!(human.stdout_str().contains("could not be saved") && human.stdout_str().contains("eio-late.bin"), "{}", human.stdout_str());
+    assert!(
+        human.stdout_str().contains("could not be saved") && human.stdout_str().contains("eio-late.bin"),
+        "{}",
+        human.stdout_str()
+    );
 
     // Everything else restores byte for byte; failed files are absent, never half-written.
     let target = tempfile::tempdir().unwrap();

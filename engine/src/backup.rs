@@ -19,9 +19,7 @@ use stages::compress::CompressConfig;
 use stages::encrypt::EncryptConfig;
 use stages::read::{ReadConfig, ReadMode};
 use stages::scan::{Exclude, ScanConfig};
-use stages::{
-    BlobId, BlobKind, Cancel, Dedup, FileEvent, MemoryBudget, Meta, NewBlob, ScanEvent,
-};
+use stages::{BlobId, BlobKind, Cancel, Dedup, FileEvent, MemoryBudget, Meta, NewBlob, ScanEvent};
 
 use crate::error::{Error, Result};
 use crate::index::{encode_segment, SessionDedup};
@@ -166,8 +164,9 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
         threads: 2,
         depth: 64,
     };
-    let read = stages::read::spawn(read_cfg, opts.source.clone(), budget.clone(), job_rx, blk_txs, cancel.clone())
-        .map_err(|e| Error::Pipeline(format!("cannot start the read stage: {e}")))?;
+    let read =
+        stages::read::spawn(read_cfg, opts.source.clone(), budget.clone(), job_rx, blk_txs, cancel.clone())
+            .map_err(|e| Error::Pipeline(format!("cannot start the read stage: {e}")))?;
     let mode = read.mode;
     if let Some(w) = &read.fallback_reason {
         warnings.push(w.clone());
@@ -176,7 +175,8 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
     let scan_cfg = ScanConfig { roots: roots.clone(), exclude };
     let scan = stages::scan::spawn(scan_cfg, ev_tx, job_tx, cancel.clone()).map_err(spawn_err)?;
 
-    let root_frame = Frame { name: Vec::new(), meta: None, path: Vec::new(), nodes: Vec::new(), blobs: Vec::new() };
+    let root_frame =
+        Frame { name: Vec::new(), meta: None, path: Vec::new(), nodes: Vec::new(), blobs: Vec::new() };
     let mut builder = Builder {
         stack: vec![root_frame],
         pending: HashMap::new(),
@@ -315,7 +315,9 @@ impl Builder {
                     p.got += 1;
                 }
             }
-            FileEvent::End { seq, chunks, size } => self.pending.entry(seq).or_default().end = Some((chunks, size)),
+            FileEvent::End { seq, chunks, size } => {
+                self.pending.entry(seq).or_default().end = Some((chunks, size))
+            }
             FileEvent::Failed { seq, path, why } => {
                 self.pending.entry(seq).or_default().failed = Some((path, why))
             }
@@ -374,7 +376,8 @@ impl Builder {
         frame.blobs.push(id);
         if self.dedup.claim(&id, BlobKind::Tree) {
             let permit = self.acquire(2 * data.len() as u64)?;
-            let blob = NewBlob { id, kind: BlobKind::Tree, data: Bytes::from(data), permit: Arc::new(permit) };
+            let blob =
+                NewBlob { id, kind: BlobKind::Tree, data: Bytes::from(data), permit: Arc::new(permit) };
             let sent = self.trees.as_ref().map(|t| t.send(blob).is_ok());
             if sent != Some(true) {
                 return Err(Error::Pipeline("compress stage gone".into()));
@@ -442,7 +445,11 @@ impl Builder {
                 let name = name.as_bytes().to_vec();
                 match self.links.get(&first) {
                     Some((target, content, size)) => {
-                        let kind = NodeKind::HardLink { target: target.clone(), size: *size, content: content.clone() };
+                        let kind = NodeKind::HardLink {
+                            target: target.clone(),
+                            size: *size,
+                            content: content.clone(),
+                        };
                         self.stats.files += 1;
                         self.push(Node::new(name, kind, &meta))?;
                     }

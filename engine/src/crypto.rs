@@ -93,8 +93,7 @@ pub fn unwrap_key(identity: &age::x25519::Identity, wrapped: &[u8]) -> Result<Da
     let plain = zeroize::Zeroizing::new(
         age::decrypt(identity, wrapped).map_err(|e| format!("cannot unwrap data key: {e}"))?,
     );
-    let bytes: [u8; 32] =
-        plain.as_slice().try_into().map_err(|_| "wrapped data key has the wrong length")?;
+    let bytes: [u8; 32] = plain.as_slice().try_into().map_err(|_| "wrapped data key has the wrong length")?;
     Ok(DataKey::from_bytes(bytes))
 }
 

@@ -95,9 +95,10 @@ impl Index {
         let mut names = backend.list("index")?;
         names.sort();
         for name in names {
-            let seg = backend.get(&name).map_err(Error::from).and_then(|data| {
-                decode_segment(catalog_key, &name, &data)
-            });
+            let seg = backend
+                .get(&name)
+                .map_err(Error::from)
+                .and_then(|data| decode_segment(catalog_key, &name, &data));
             match seg {
                 Ok(packs) => {
                     for (p, entries) in packs {

@@ -2,18 +2,18 @@
 //! the pipeline stages together (backup, restore). Formats are specified in docs/format.md.
 #![forbid(unsafe_code)]
 
-pub mod error;
-pub mod crypto;
-pub mod keys;
-pub mod config;
-pub mod pack;
-pub mod index;
-pub mod tree;
-pub mod snapshot;
-pub mod repo;
 pub mod backup;
-pub mod restore;
 pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod index;
+pub mod keys;
+pub mod pack;
+pub mod repo;
+pub mod restore;
+pub mod snapshot;
+pub mod tree;
 
 pub use error::{Error, Result};
 pub use repo::Repository;

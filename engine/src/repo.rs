@@ -120,9 +120,12 @@ impl Repository {
         let mut warnings = Vec::new();
         for name in self.backend.list("snapshots")? {
             let id = name.trim_start_matches("snapshots/").to_string();
-            match self.backend.get(&name).map_err(Error::from).and_then(|d| {
-                Snapshot::decode(identity, &name, &d)
-            }) {
+            match self
+                .backend
+                .get(&name)
+                .map_err(Error::from)
+                .and_then(|d| Snapshot::decode(identity, &name, &d))
+            {
                 Ok(s) => out.push((id, s)),
                 Err(e) => warnings.push(e.to_string()),
             }

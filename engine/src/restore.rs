@@ -144,7 +144,11 @@ impl Restorer<'_> {
             written += data.len() as u64;
         }
         if written != size {
-            return Err(Error::corrupt("file", path.display().to_string(), format!("content is {written} bytes, expected {size}")));
+            return Err(Error::corrupt(
+                "file",
+                path.display().to_string(),
+                format!("content is {written} bytes, expected {size}"),
+            ));
         }
         f.set_len(size).map_err(|e| Error::io(path, e))?;
         close(f, path)?;
@@ -163,7 +167,10 @@ impl Restorer<'_> {
                 }
                 if job.node.nlink > 1 {
                     if let Ok(rel) = job.path.strip_prefix(&self.target) {
-                        self.linked.lock().unwrap_or_else(|p| p.into_inner()).insert(rel.as_os_str().as_bytes().to_vec());
+                        self.linked
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(rel.as_os_str().as_bytes().to_vec());
                     }
                 }
                 Some(n)
@@ -181,7 +188,12 @@ fn close(f: File, path: &Path) -> Result<()> {
     f.sync_data().map_err(|e| Error::io(path, e))
 }
 
-pub fn restore(repo: &Repository, index: &Index, snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestoreResult> {
+pub fn restore(
+    repo: &Repository,
+    index: &Index,
+    snapshot: &Snapshot,
+    opts: &RestoreOptions,
+) -> Result<RestoreResult> {
     let reader = BlobReader::new(repo, index)?;
     fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
     let want = if opts.include.is_empty() {
@@ -217,7 +229,8 @@ pub fn restore(repo: &Repository, index: &Index, snapshot: &Snapshot, opts: &Res
         }
         drop(rx);
         // Depth first with an explicit stack: memory grows with depth, not with width.
-        let mut stack: Vec<(PathBuf, Vec<BlobId>, Want)> = vec![(opts.target.clone(), snapshot.tree.clone(), want)];
+        let mut stack: Vec<(PathBuf, Vec<BlobId>, Want)> =
+            vec![(opts.target.clone(), snapshot.tree.clone(), want)];
         while let Some((dir, tree, want)) = stack.pop() {
             let nodes = match reader.tree(&tree) {
                 Ok(n) => n,

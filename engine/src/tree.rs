@@ -13,16 +13,31 @@ pub const MAX_ENTRIES: usize = 4096;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeKind {
-    File { size: u64, content: Vec<BlobId> },
-    Dir { subtree: Vec<BlobId> },
-    Symlink { target: Vec<u8> },
+    File {
+        size: u64,
+        content: Vec<BlobId>,
+    },
+    Dir {
+        subtree: Vec<BlobId>,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
     /// Another name of a file stored earlier in the same snapshot, at `target` (a path relative
     /// to the snapshot root). The content is repeated so a partial restore still has it.
-    HardLink { target: Vec<u8>, size: u64, content: Vec<BlobId> },
+    HardLink {
+        target: Vec<u8>,
+        size: u64,
+        content: Vec<BlobId>,
+    },
     Fifo,
     Socket,
-    CharDev { rdev: u64 },
-    BlockDev { rdev: u64 },
+    CharDev {
+        rdev: u64,
+    },
+    BlockDev {
+        rdev: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -121,10 +121,8 @@ impl Write for LocalStaged {
 impl Staged for LocalStaged {
     fn commit(mut self: Box<Self>, key: &str) -> Result<()> {
         let dest = LocalBackend::new(self.root.clone()).path(key)?;
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| StorageError::io(key, io::Error::other("committed twice")))?;
+        let file =
+            self.file.take().ok_or_else(|| StorageError::io(key, io::Error::other("committed twice")))?;
         file.sync_all().map_err(|e| StorageError::io(key, e))?;
         drop(file);
         let dir = dest.parent().unwrap_or(&self.root);

@@ -112,8 +112,7 @@ impl Ring {
     }
 
     fn reap(&mut self, done: &mut Vec<Completion>) {
-        let cqes: Vec<(u64, i32)> =
-            self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let cqes: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
         for (slot, res) in cqes {
             let Some(op) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
                 continue;

@@ -216,8 +216,7 @@ mod tests {
             buf.extend_from_slice(&data[off..off + len]);
             let last = off + len == data.len();
             let permit = budget.acquire(1);
-            btx.send(Block::Data { seq: 9, buf, start: headroom, offset: off as u64, last, permit })
-                .unwrap();
+            btx.send(Block::Data { seq: 9, buf, start: headroom, offset: off as u64, last, permit }).unwrap();
             off += len;
         }
         drop(btx);

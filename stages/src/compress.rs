@@ -163,8 +163,7 @@ pub fn spawn(
                 }
                 let buf = c.frame(&blob.data);
                 let raw_len = blob.data.len() as u32;
-                let framed =
-                    Framed { id: blob.id, kind: blob.kind, raw_len, buf, permit: blob.permit };
+                let framed = Framed { id: blob.id, kind: blob.kind, raw_len, buf, permit: blob.permit };
                 if out.send(framed).is_err() {
                     return;
                 }

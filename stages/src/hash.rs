@@ -48,8 +48,7 @@ pub fn spawn(
                 let id = blob_id(&id_key, &chunk.data);
                 let len = chunk.data.len() as u32;
                 if dedup.claim(&id, BlobKind::Data) {
-                    let blob =
-                        NewBlob { id, kind: BlobKind::Data, data: chunk.data, permit: chunk.permit };
+                    let blob = NewBlob { id, kind: BlobKind::Data, data: chunk.data, permit: chunk.permit };
                     if out.send(blob).is_err() {
                         return;
                     }

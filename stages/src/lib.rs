@@ -11,12 +11,12 @@
 pub mod budget;
 pub mod msg;
 
-pub mod scan;
-pub mod read;
 pub mod chunk;
-pub mod hash;
 pub mod compress;
 pub mod encrypt;
+pub mod hash;
+pub mod read;
+pub mod scan;
 pub mod write;
 
 pub use budget::{MemoryBudget, Permit};

@@ -75,17 +75,38 @@ pub struct Meta {
 #[derive(Debug)]
 pub enum ScanEvent {
     /// A directory begins; its entries follow until the matching `Leave`.
-    Enter { name: OsString, meta: Meta },
+    Enter {
+        name: OsString,
+        meta: Meta,
+    },
     Leave,
     /// A regular file whose content is read; `FileEvent`s with the same `seq` describe it.
-    File { seq: u64, name: OsString, meta: Meta },
+    File {
+        seq: u64,
+        name: OsString,
+        meta: Meta,
+    },
     /// A further name of a file already seen (hard link) as `File { seq: first }`.
-    HardLink { first: u64, name: OsString, meta: Meta },
-    Symlink { name: OsString, meta: Meta, target: OsString },
+    HardLink {
+        first: u64,
+        name: OsString,
+        meta: Meta,
+    },
+    Symlink {
+        name: OsString,
+        meta: Meta,
+        target: OsString,
+    },
     /// FIFOs, sockets, devices: recorded, never read.
-    Special { name: OsString, meta: Meta },
+    Special {
+        name: OsString,
+        meta: Meta,
+    },
     /// Something that could not be listed or stat'ed. The run goes on.
-    Error { path: PathBuf, why: String },
+    Error {
+        path: PathBuf,
+        why: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -108,7 +129,11 @@ pub enum Block {
         last: bool,
         permit: Permit,
     },
-    Failed { seq: u64, path: PathBuf, why: String },
+    Failed {
+        seq: u64,
+        path: PathBuf,
+        why: String,
+    },
 }
 
 impl Block {
@@ -161,10 +186,23 @@ pub struct Sealed {
 /// What the chunk and hash stages learn about each file, sent to the tree builder.
 #[derive(Debug)]
 pub enum FileEvent {
-    ChunkId { seq: u64, index: u32, id: BlobId, len: u32 },
+    ChunkId {
+        seq: u64,
+        index: u32,
+        id: BlobId,
+        len: u32,
+    },
     /// The file was fully chunked into `chunks` chunks of `size` bytes in all.
-    End { seq: u64, chunks: u32, size: u64 },
-    Failed { seq: u64, path: PathBuf, why: String },
+    End {
+        seq: u64,
+        chunks: u32,
+        size: u64,
+    },
+    Failed {
+        seq: u64,
+        path: PathBuf,
+        why: String,
+    },
 }
 
 /// The dedup decision, made once per blob id across all workers.

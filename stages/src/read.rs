@@ -12,9 +12,9 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use ::io::uring::Ring;
 use ::io::Source;
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use crate::budget::{MemoryBudget, Permit};
 use crate::msg::{Block, Cancel, ReadJob};
@@ -223,8 +223,14 @@ pub fn spawn(
         match Ring::new(shared.cfg.depth.max(1)) {
             Ok(ring) => {
                 let t = std::thread::Builder::new().name("read-uring".into()).spawn(move || {
-                    UringReader { s: shared, ring, files: HashMap::new(), ready: VecDeque::new(), deferred: VecDeque::new() }
-                        .run(jobs)
+                    UringReader {
+                        s: shared,
+                        ring,
+                        files: HashMap::new(),
+                        ready: VecDeque::new(),
+                        deferred: VecDeque::new(),
+                    }
+                    .run(jobs)
                 })?;
                 return Ok(ReadHandle { threads: vec![t], mode: ReadMode::Uring, fallback_reason });
             }
@@ -236,9 +242,9 @@ pub fn spawn(
     for i in 0..shared.cfg.threads.max(1) {
         let s = shared.clone();
         let jobs = jobs.clone();
-        threads.push(std::thread::Builder::new().name(format!("read-{i}")).spawn(move || {
-            pool_worker(&s, &jobs)
-        })?);
+        threads.push(
+            std::thread::Builder::new().name(format!("read-{i}")).spawn(move || pool_worker(&s, &jobs))?,
+        );
     }
     Ok(ReadHandle { threads, mode: ReadMode::Pool, fallback_reason })
 }
@@ -434,4 +440,3 @@ impl UringReader {
         }
     }
 }
-

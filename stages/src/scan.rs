@@ -132,9 +132,7 @@ impl Scanner {
                 self.emit(ScanEvent::File { seq, name, meta })
             }
             FileKind::Symlink => match fs::read_link(path) {
-                Ok(target) => {
-                    self.emit(ScanEvent::Symlink { name, meta, target: target.into_os_string() })
-                }
+                Ok(target) => self.emit(ScanEvent::Symlink { name, meta, target: target.into_os_string() }),
                 Err(e) => self.error(path, format!("cannot read symlink: {e}")),
             },
             _ => self.emit(ScanEvent::Special { name, meta }),
@@ -215,9 +213,8 @@ impl Scanner {
                 self.emit(ScanEvent::Leave)?;
             }
             for (i, name) in parents.iter().enumerate().skip(common) {
-                let dir: PathBuf = std::iter::once(OsString::from("/"))
-                    .chain(parents[..=i].iter().cloned())
-                    .collect();
+                let dir: PathBuf =
+                    std::iter::once(OsString::from("/")).chain(parents[..=i].iter().cloned()).collect();
                 match fs::symlink_metadata(&dir) {
                     Ok(md) => self.emit(ScanEvent::Enter { name: name.clone(), meta: meta_of(&md) })?,
                     Err(e) => {
@@ -301,7 +298,7 @@ mod tests {
         std::os::unix::fs::symlink("a/x", root.join("c")).unwrap();
         let (etx, erx) = crossbeam_channel::unbounded();
         let (jtx, jrx) = crossbeam_channel::unbounded();
-        let cfg = ScanConfig { roots: normalize_roots(&[root.clone()]).unwrap(), exclude: None };
+        let cfg = ScanConfig { roots: normalize_roots(std::slice::from_ref(&root)).unwrap(), exclude: None };
         spawn(cfg, etx, jtx, Cancel::default()).unwrap().finish();
         let evs: Vec<_> = erx.iter().collect();
         let n = names(&evs);
