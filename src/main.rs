@@ -7,5 +7,6 @@ use std::sync::Arc;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    bakare::keep_freed_memory_briefly();
     bakare::main_with(Arc::new(io::LocalSource::default()))
 }

@@ -131,18 +131,23 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
     let (chunk_tx, chunk_rx) = bounded(64);
     let (new_tx, new_rx) = bounded::<NewBlob>(64);
     let (framed_tx, framed_rx) = bounded(64);
-    let (sealed_tx, sealed_rx) = bounded(64);
+    let (sealed_txs, sealed_rxs): (Vec<_>, Vec<_>) = (0..workers).map(|_| bounded(32)).unzip();
 
-    let sink = PackSink::new(
-        repo.backend.clone(),
-        repo.key.recipient.clone(),
-        repo.wk.catalog_key.clone(),
-        repo.config.pack_size,
-    );
+    let sinks: Vec<PackSink> = (0..workers)
+        .map(|_| {
+            PackSink::new(
+                repo.backend.clone(),
+                repo.key.recipient.clone(),
+                repo.wk.catalog_key.clone(),
+                repo.config.pack_size,
+            )
+        })
+        .collect();
     let spawn_err = |e: std::io::Error| Error::Pipeline(format!("cannot start a stage: {e}"));
-    let write = stages::write::spawn(sink, sealed_rx, cancel.clone()).map_err(spawn_err)?;
+    let write = stages::write::spawn(sinks, sealed_rxs, cancel.clone()).map_err(spawn_err)?;
     let enc_cfg = EncryptConfig { workers, rotate_after: repo.config.pack_size };
-    let encrypt = stages::encrypt::spawn(enc_cfg, framed_rx, sealed_tx, cancel.clone()).map_err(spawn_err)?;
+    let encrypt =
+        stages::encrypt::spawn(enc_cfg, framed_rx, sealed_txs, cancel.clone()).map_err(spawn_err)?;
     let comp_cfg = CompressConfig { workers, level: 1 };
     let compress = stages::compress::spawn(comp_cfg, new_rx, framed_tx, cancel.clone()).map_err(spawn_err)?;
 
@@ -205,19 +210,20 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
     encrypt.finish();
     let written = write.finish();
     let root = built?;
-    let sink = written.map_err(|e| Error::Pipeline(format!("writing packs: {e}")))?;
+    let sinks = written.map_err(|e| Error::Pipeline(format!("writing packs: {e}")))?;
     if cancel.is_cancelled() {
         return Err(Error::Pipeline("the backup was cancelled".into()));
     }
 
-    if !sink.packs.is_empty() {
-        let (name, bytes) = encode_segment(&repo.wk.catalog_key, &sink.packs)?;
+    let packs: Vec<_> = sinks.iter().flat_map(|s| s.packs.iter().cloned()).collect();
+    if !packs.is_empty() {
+        let (name, bytes) = encode_segment(&repo.wk.catalog_key, &packs)?;
         repo.backend.put(&name, &bytes)?;
     }
     let mut stats = builder.stats;
-    stats.new_blobs = sink.new_blobs;
-    stats.new_bytes = sink.new_raw_bytes;
-    stats.stored_bytes = sink.stored_bytes;
+    stats.new_blobs = sinks.iter().map(|s| s.new_blobs).sum();
+    stats.new_bytes = sinks.iter().map(|s| s.new_raw_bytes).sum();
+    stats.stored_bytes = sinks.iter().map(|s| s.stored_bytes).sum();
     stats.errors = builder.errors.len() as u64;
     stats.duration_ns = started.elapsed().as_nanos() as u64;
     let snapshot = Snapshot {

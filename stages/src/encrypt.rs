@@ -143,12 +143,14 @@ impl EncryptHandle {
 pub fn spawn(
     cfg: EncryptConfig,
     input: Receiver<Framed>,
-    out: Sender<Sealed>,
+    outs: Vec<Sender<Sealed>>,
     cancel: Cancel,
 ) -> std::io::Result<EncryptHandle> {
     let mut threads = Vec::new();
     for i in 0..cfg.workers.max(1) {
-        let (input, out, cancel) = (input.clone(), out.clone(), cancel.clone());
+        // Worker i feeds writer i: all blobs of one key epoch reach the same writer.
+        let Some(out) = outs.get(i % outs.len().max(1)).cloned() else { break };
+        let (input, cancel) = (input.clone(), cancel.clone());
         threads.push(std::thread::Builder::new().name(format!("encrypt-{i}")).spawn(move || {
             let mut epoch = Arc::new(KeyEpoch::new());
             let (mut counter, mut sealed_bytes) = (0u64, 0u64);
