@@ -106,6 +106,7 @@ fn run(
         source,
         host: args.host.unwrap_or_else(backup::default_host),
         tags: args.tag,
+        cache_dir: if args.no_cache { None } else { args.cache_dir.or_else(engine::filescache::default_dir) },
     };
     let r = backup::backup(&repo, opts)?;
     for w in &r.warnings {
@@ -114,6 +115,7 @@ fn run(
     let s = &r.snapshot.stats;
     let secs = s.duration_ns as f64 / 1e9;
     let rate = if secs > 0.0 { (s.bytes as f64 / secs) as u64 } else { 0 };
+    let read_rate = if secs > 0.0 { (s.read_bytes as f64 / secs) as u64 } else { 0 };
     let mode = match r.read_mode {
         ReadMode::Uring => "io_uring",
         _ => "threads",
@@ -129,7 +131,8 @@ fn run(
         let v = json!({
             "snapshot": r.snapshot_id,
             "tree": r.snapshot.tree.iter().map(hex::encode).collect::<Vec<_>>(),
-            "files": s.files, "dirs": s.dirs, "bytes_read": s.bytes,
+            "files": s.files, "dirs": s.dirs, "bytes": s.bytes, "bytes_read": s.read_bytes,
+            "unchanged_files": s.unchanged_files,
             "new_blobs": s.new_blobs, "new_bytes": s.new_bytes, "stored_bytes": s.stored_bytes,
             "errors": errors, "seconds": secs, "bytes_per_second": rate,
             "read_mode": mode, "budget": r.budget, "budget_peak": r.budget_peak,
@@ -139,12 +142,18 @@ fn run(
     } else {
         out.line(&format!("snapshot {} saved", &r.snapshot_id[..16]))?;
         out.line(&format!(
-            "  {} files, {} directories, {} read in {:.1} s ({}/s, {mode})",
+            "  {} files ({}), {} directories in {:.1} s ({}/s)",
             s.files,
-            s.dirs,
             output::size(s.bytes),
+            s.dirs,
             secs,
             output::size(rate)
+        ))?;
+        out.line(&format!(
+            "  read {} ({}/s, {mode}); {} files unchanged since the last run, not read",
+            output::size(s.read_bytes),
+            output::size(read_rate),
+            s.unchanged_files
         ))?;
         out.line(&format!(
             "  new data: {} in {} blobs, stored as {} after dedup and compression",

@@ -76,6 +76,12 @@ pub struct RunArgs {
     /// Tags recorded in the snapshot
     #[arg(long)]
     pub tag: Vec<String>,
+    /// Read every file, ignoring the files cache of earlier runs
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Directory of the files caches [default: $XDG_CACHE_HOME/bakare]
+    #[arg(long, env = "BAKARE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -311,3 +311,78 @@ fn ls_output_is_closed_pipe_safe() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+fn set_old_mtimes(root: &Path) {
+    let status = std::process::Command::new("find")
+        .arg(root)
+        .args(["-exec", "touch", "-h", "-d", "2020-01-02 03:04:05", "{}", "+"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn unchanged_files_are_not_read_again() {
+    let b = bakare();
+    let src = TempTree::random(17);
+    let mut rng = Rng::new(5);
+    fs::write(src.path().join("big.bin"), rng.bytes(12 << 20)).unwrap();
+    set_old_mtimes(src.path());
+    b.ok(&argv!["init"]);
+    let first = json_run(&b, &argv![src.path()]);
+    let files = first["files"].as_u64().unwrap();
+    assert_eq!(first["unchanged_files"].as_u64().unwrap(), 0);
+    assert!(first["bytes_read"].as_u64().unwrap() > 12 << 20);
+
+    // Nothing changed: no file is read, the snapshot is the same.
+    let second = json_run(&b, &argv![src.path()]);
+    assert_eq!(second["bytes_read"].as_u64().unwrap(), 0, "{second}");
+    assert_eq!(second["tree"], first["tree"]);
+    let linked = second["files"].as_u64().unwrap() - second["unchanged_files"].as_u64().unwrap();
+    assert!(linked < files / 4, "only hard-link names are not looked up: {second}");
+
+    // One file changes: only it is read.
+    fs::write(src.path().join("big.bin"), rng.bytes(12 << 20)).unwrap();
+    let third = json_run(&b, &argv![src.path()]);
+    assert_eq!(third["bytes_read"].as_u64().unwrap(), 12 << 20, "{third}");
+
+    // A damaged cache costs a re-read, says so, and the snapshot is still right.
+    let cache_root = b.home.path().join(".cache/bakare");
+    let mut caches = Vec::new();
+    let mut stack = vec![cache_root];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p)
+            } else {
+                caches.push(p)
+            }
+        }
+    }
+    assert_eq!(caches.len(), 1, "{caches:?}");
+    let mut bytes = fs::read(&caches[0]).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    fs::write(&caches[0], &bytes).unwrap();
+    let o = b.ok(&argv!["--json", "run", src.path()]);
+    assert!(o.stderr.contains("files cache damaged"), "{}", o.stderr);
+    let fourth = o.json();
+    assert!(fourth["bytes_read"].as_u64().unwrap() > 0);
+    assert_eq!(fourth["new_bytes"].as_u64().unwrap(), 0, "dedup still avoids re-upload");
+    let target = restore_all(&b, "latest");
+    assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
+}
+
+#[test]
+fn files_modified_during_the_backup_second_are_read_again() {
+    let b = bakare();
+    let src = TestDir::new().file("fresh.txt", "written just now");
+    b.ok(&argv!["init"]);
+    json_run(&b, &argv![src.path()]);
+    // Its mtime is within the second the first backup started: it may have changed again
+    // without its mtime moving, so it is not trusted from the cache.
+    let again = json_run(&b, &argv![src.path()]);
+    assert_eq!(again["bytes_read"].as_u64().unwrap(), 16, "{again}");
+    assert_eq!(again["unchanged_files"].as_u64().unwrap(), 0);
+}

@@ -203,6 +203,8 @@ impl Bakare {
             .env("BAKARE_REPO", &self.repo)
             .env_remove("XDG_CONFIG_HOME")
             .env_remove("XDG_DATA_HOME")
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("BAKARE_CACHE_DIR")
             .env_remove("BAKARE_KEY")
             .env_remove("BAKARE_IO")
             .env_remove("BAKARE_FAULTS");

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,11 +18,12 @@ use io::Source;
 use stages::compress::CompressConfig;
 use stages::encrypt::EncryptConfig;
 use stages::read::{ReadConfig, ReadMode};
-use stages::scan::{Exclude, ScanConfig};
+use stages::scan::{Exclude, Known, ScanConfig};
 use stages::{BlobId, BlobKind, Cancel, Dedup, FileEvent, MemoryBudget, Meta, NewBlob, ScanEvent};
 
 use crate::error::{Error, Result};
-use crate::index::{encode_segment, SessionDedup};
+use crate::filescache::{self, CacheEntry, CacheReader, CacheWriter};
+use crate::index::{encode_segment, Index, SessionDedup};
 use crate::pack::PackSink;
 use crate::repo::Repository;
 use crate::snapshot::{FileError, Snapshot, Stats};
@@ -47,6 +48,8 @@ pub struct BackupOptions {
     pub source: Arc<dyn Source>,
     pub host: String,
     pub tags: Vec<String>,
+    /// Where files caches live; None disables the cache (every file is read).
+    pub cache_dir: Option<PathBuf>,
 }
 
 pub struct BackupResult {
@@ -177,7 +180,9 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
         warnings.push(w.clone());
     }
     let exclude = build_exclude(&opts.excludes)?;
-    let scan_cfg = ScanConfig { roots: roots.clone(), exclude };
+    let (known, cache_out, cache_problem) =
+        open_cache(repo, &opts, &roots, dedup.index.clone(), &mut warnings);
+    let scan_cfg = ScanConfig { roots: roots.clone(), exclude, known };
     let scan = stages::scan::spawn(scan_cfg, ev_tx, job_tx, cancel.clone()).map_err(spawn_err)?;
 
     let root_frame =
@@ -194,6 +199,8 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
         cancel: cancel.clone(),
         errors: Vec::new(),
         stats: Stats::default(),
+        cache: cache_out,
+        racy_ns: time_ns - 1_000_000_000,
     };
     let built = builder.run(&ev_rx);
     if built.is_err() {
@@ -210,6 +217,7 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
     encrypt.finish();
     let written = write.finish();
     let root = built?;
+    let mut builder = builder;
     let sinks = written.map_err(|e| Error::Pipeline(format!("writing packs: {e}")))?;
     if cancel.is_cancelled() {
         return Err(Error::Pipeline("the backup was cancelled".into()));
@@ -219,6 +227,9 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
     if !packs.is_empty() {
         let (name, bytes) = encode_segment(&repo.wk.catalog_key, &packs)?;
         repo.backend.put(&name, &bytes)?;
+    }
+    if let Some(p) = cache_problem.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        warnings.push(p);
     }
     let mut stats = builder.stats;
     stats.new_blobs = sinks.iter().map(|s| s.new_blobs).sum();
@@ -235,10 +246,15 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
         tags: opts.tags,
         tree: root,
         stats,
-        errors: builder.errors,
+        errors: std::mem::take(&mut builder.errors),
         program: format!("bakare {}", env!("CARGO_PKG_VERSION")),
     };
     let snapshot_id = commit_snapshot(repo, &snapshot)?;
+    if let Some(cache) = builder.cache {
+        if let Err(e) = cache.commit() {
+            warnings.push(format!("cannot save the files cache ({e}); the next run reads every file"));
+        }
+    }
     Ok(BackupResult {
         snapshot_id,
         snapshot,
@@ -247,6 +263,57 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
         budget: budget_bytes,
         budget_peak: budget.peak(),
     })
+}
+
+type CacheSetup = (Option<Known>, Option<CacheWriter>, Arc<Mutex<Option<String>>>);
+
+/// Opens the previous files cache (as the scan's `Known` lookup) and starts the next one.
+fn open_cache(
+    repo: &Repository,
+    opts: &BackupOptions,
+    roots: &[PathBuf],
+    index: Arc<Index>,
+    warnings: &mut Vec<String>,
+) -> CacheSetup {
+    let problem = Arc::new(Mutex::new(None));
+    let Some(dir) = &opts.cache_dir else { return (None, None, problem) };
+    let repo_id = repo.config.repo_id;
+    let path = filescache::cache_file(dir, &repo_id, &opts.host, roots);
+    let writer = match CacheWriter::create(&path, &repo_id) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warnings.push(format!(
+                "cannot write the files cache in {} ({e}); the next run reads every file",
+                dir.display()
+            ));
+            None
+        }
+    };
+    let mut reader = match CacheReader::open(&path, &repo_id) {
+        Ok(r) => r,
+        Err(why) => {
+            warnings.push(format!("{why}; reading every file"));
+            None
+        }
+    };
+    let Some(_) = reader else { return (None, writer, problem) };
+    let shared = problem.clone();
+    let known: Known = Box::new(move |path: &Path, meta: &Meta| {
+        let r = reader.as_mut()?;
+        let found = r.lookup(path.as_os_str().as_bytes());
+        if let Some(p) = r.problem.take() {
+            *shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
+        }
+        let e = found?;
+        let same = e.size == meta.size
+            && e.mtime_ns == meta.mtime_ns
+            && e.ctime_ns == meta.ctime_ns
+            && e.ino == meta.ino
+            && e.dev == meta.dev;
+        // Cached ids are dedup decisions like any other: each must be in the repository.
+        (same && e.content.iter().all(|id| index.contains(id))).then_some(e.content)
+    });
+    (Some(known), writer, problem)
 }
 
 /// Writes the snapshot to pending/, then snapshots/, then removes the pending copy.
@@ -297,6 +364,11 @@ struct Builder {
     cancel: Cancel,
     errors: Vec<FileError>,
     stats: Stats,
+    /// The files cache being written for the next run.
+    cache: Option<CacheWriter>,
+    /// Files modified at or after this instant are not cached: they may change again within the
+    /// same timestamp granularity without their mtime moving (the racy-timestamp problem).
+    racy_ns: i64,
 }
 
 fn join_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
@@ -408,6 +480,38 @@ impl Builder {
         }
     }
 
+    /// A file whose content is known: its node, its hard-link record, its files-cache entry.
+    fn file_done(
+        &mut self,
+        seq: u64,
+        name: Vec<u8>,
+        meta: Meta,
+        size: u64,
+        content: Vec<BlobId>,
+    ) -> Result<()> {
+        self.stats.files += 1;
+        self.stats.bytes += size;
+        if meta.nlink > 1 {
+            let top = self.stack.last().map(|f| f.path.as_slice()).unwrap_or_default();
+            self.links.insert(seq, (join_path(top, &name), content.clone(), size));
+        }
+        if meta.mtime_ns < self.racy_ns {
+            let entry = CacheEntry {
+                path: self.abs_path(&name),
+                size,
+                mtime_ns: meta.mtime_ns,
+                ctime_ns: meta.ctime_ns,
+                ino: meta.ino,
+                dev: meta.dev,
+                content: content.clone(),
+            };
+            if let Some(Err(_)) = self.cache.as_mut().map(|c| c.add(&entry)) {
+                self.cache = None; // a cache that cannot be written is simply not kept
+            }
+        }
+        self.push(Node::new(name, NodeKind::File { size, content }, &meta))
+    }
+
     fn error(&mut self, path: Vec<u8>, why: String) {
         self.errors.push(FileError { path, why });
     }
@@ -439,14 +543,15 @@ impl Builder {
                 }
                 let (_, size) = done.end.unwrap_or((0, 0));
                 let content: Vec<BlobId> = done.ids.into_iter().flatten().collect();
-                self.stats.files += 1;
-                self.stats.bytes += size;
-                if meta.nlink > 1 {
-                    let top = self.stack.last().map(|f| f.path.as_slice()).unwrap_or_default();
-                    self.links.insert(seq, (join_path(top, &name), content.clone(), size));
-                }
-                self.push(Node::new(name, NodeKind::File { size, content }, &meta))?;
+                self.stats.read_bytes += size;
+                self.file_done(seq, name, meta, size, content)?;
             }
+            ScanEvent::Unchanged { seq, name, meta, content } => {
+                self.stats.unchanged_files += 1;
+                let size = meta.size;
+                self.file_done(seq, name.as_bytes().to_vec(), meta, size, content)?;
+            }
+
             ScanEvent::HardLink { first, name, meta } => {
                 let name = name.as_bytes().to_vec();
                 match self.links.get(&first) {

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod filescache;
 pub mod index;
 pub mod keys;
 pub mod pack;

@@ -13,7 +13,11 @@ pub const VERSION: u8 = 1;
 pub struct Stats {
     pub files: u64,
     pub dirs: u64,
+    /// Total size of the files in the snapshot.
     pub bytes: u64,
+    /// Bytes actually read (files found unchanged through the files cache are not read).
+    pub read_bytes: u64,
+    pub unchanged_files: u64,
     pub new_blobs: u64,
     pub new_bytes: u64,
     pub stored_bytes: u64,

@@ -86,6 +86,13 @@ pub enum ScanEvent {
         name: OsString,
         meta: Meta,
     },
+    /// A regular file known unchanged since an earlier backup: its content is not read again.
+    Unchanged {
+        seq: u64,
+        name: OsString,
+        meta: Meta,
+        content: Vec<BlobId>,
+    },
     /// A further name of a file already seen (hard link) as `File { seq: first }`.
     HardLink {
         first: u64,

@@ -15,20 +15,28 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Sender;
 use walkdir::WalkDir;
 
-use crate::msg::{Cancel, FileKind, Meta, ReadJob, ScanEvent};
+use crate::msg::{BlobId, Cancel, FileKind, Meta, ReadJob, ScanEvent};
 
 /// Returns true for paths to leave out (and, for directories, not to descend into).
 pub type Exclude = Arc<dyn Fn(&Path, bool) -> bool + Send + Sync>;
+
+/// The content of a file that is known not to have changed since an earlier backup, or None.
+/// Called once per regular file, in scan order (so an implementation can walk a sorted cache
+/// in step with the scan).
+pub type Known = Box<dyn FnMut(&Path, &Meta) -> Option<Vec<BlobId>> + Send>;
 
 pub struct ScanConfig {
     /// Absolute paths to back up.
     pub roots: Vec<PathBuf>,
     pub exclude: Option<Exclude>,
+    pub known: Option<Known>,
 }
 
 pub struct ScanStats {
     pub files: u64,
     pub dirs: u64,
+    /// Files whose content came from `Known` without reading them.
+    pub unchanged: u64,
 }
 
 pub fn meta_of(md: &fs::Metadata) -> Meta {
@@ -93,6 +101,7 @@ pub fn normalize_roots(roots: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
 }
 
 struct Scanner {
+    known: Option<Known>,
     events: Sender<ScanEvent>,
     jobs: Sender<ReadJob>,
     cancel: Cancel,
@@ -125,6 +134,10 @@ impl Scanner {
                 }
                 let seq = self.next_seq;
                 self.next_seq += 1;
+                if let Some(content) = self.known.as_mut().and_then(|k| k(path, &meta)) {
+                    self.stats.unchanged += 1;
+                    return self.emit(ScanEvent::Unchanged { seq, name, meta, content });
+                }
                 // The job goes first: the tree builder may wait for this file's content, which
                 // must already be on its way.
                 let job = ReadJob { seq, path: path.to_path_buf(), meta: meta.clone() };
@@ -194,7 +207,8 @@ impl Scanner {
         Ok(())
     }
 
-    fn run(&mut self, cfg: ScanConfig) -> Result<(), Closed> {
+    fn run(&mut self, mut cfg: ScanConfig) -> Result<(), Closed> {
+        self.known = cfg.known.take();
         // Ancestors of the roots are entered (with their own metadata) so that the snapshot keeps
         // absolute paths: /home/u/docs is restored as TARGET/home/u/docs.
         let mut open: Vec<OsString> = Vec::new();
@@ -243,7 +257,7 @@ pub struct ScanHandle {
 impl ScanHandle {
     /// Waits for the scan to end. A panic in the scanner is reported as no files scanned.
     pub fn finish(self) -> ScanStats {
-        self.thread.join().unwrap_or(ScanStats { files: 0, dirs: 0 })
+        self.thread.join().unwrap_or(ScanStats { files: 0, dirs: 0, unchanged: 0 })
     }
 }
 
@@ -255,12 +269,13 @@ pub fn spawn(
 ) -> std::io::Result<ScanHandle> {
     let thread = std::thread::Builder::new().name("scan".into()).spawn(move || {
         let mut s = Scanner {
+            known: None,
             events,
             jobs,
             cancel,
             next_seq: 0,
             links: HashMap::new(),
-            stats: ScanStats { files: 0, dirs: 0 },
+            stats: ScanStats { files: 0, dirs: 0, unchanged: 0 },
         };
         let _ = s.run(cfg);
         s.stats
@@ -277,7 +292,9 @@ mod tests {
             .map(|e| match e {
                 ScanEvent::Enter { name, .. } => format!("+{}", name.to_string_lossy()),
                 ScanEvent::Leave => "-".into(),
-                ScanEvent::File { name, .. } => name.to_string_lossy().into(),
+                ScanEvent::File { name, .. } | ScanEvent::Unchanged { name, .. } => {
+                    name.to_string_lossy().into()
+                }
                 ScanEvent::HardLink { name, .. } => format!("={}", name.to_string_lossy()),
                 ScanEvent::Symlink { name, .. } => format!("@{}", name.to_string_lossy()),
                 ScanEvent::Special { name, .. } => format!("!{}", name.to_string_lossy()),
@@ -298,7 +315,11 @@ mod tests {
         std::os::unix::fs::symlink("a/x", root.join("c")).unwrap();
         let (etx, erx) = crossbeam_channel::unbounded();
         let (jtx, jrx) = crossbeam_channel::unbounded();
-        let cfg = ScanConfig { roots: normalize_roots(std::slice::from_ref(&root)).unwrap(), exclude: None };
+        let cfg = ScanConfig {
+            roots: normalize_roots(std::slice::from_ref(&root)).unwrap(),
+            exclude: None,
+            known: None,
+        };
         spawn(cfg, etx, jtx, Cancel::default()).unwrap().finish();
         let evs: Vec<_> = erx.iter().collect();
         let n = names(&evs);

@@ -1,0 +1,258 @@
+//! The files cache: for one repository and one source (host + paths), what each regular file
+//! looked like at the last backup (size, mtime, ctime, inode, device) and its chunk ids. A file
+//! that still looks the same is not read again: an unchanged file costs one stat.
+//!
+//! It is read as a stream in step with the scan (both are in the scan's order: depth first,
+//! names sorted), so it never sits whole in memory. It lives outside the repository
+//! (`$XDG_CACHE_HOME/bakare/<repository>/files-<source>`), is only a cache — losing it costs a
+//! re-read, dedup still prevents re-upload — and is never trusted blindly: every record carries
+//! a checksum, and every chunk id it gives must be in the repository's index.
+//!
+//! Format: `"BKFCACHE" | version u8 (1) | repository id [16]`, then records
+//! `len u32 LE | postcard(CacheEntry) | BLAKE3(body)[..8]`.
+use std::cmp::Ordering;
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use stages::BlobId;
+
+const MAGIC: &[u8; 8] = b"BKFCACHE";
+const VERSION: u8 = 1;
+const MAX_RECORD: u32 = 64 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheEntry {
+    pub path: Vec<u8>,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub dev: u64,
+    pub content: Vec<BlobId>,
+}
+
+/// The scan's order: paths compared component by component (depth first, sorted names).
+pub fn cmp_paths(a: &[u8], b: &[u8]) -> Ordering {
+    let mut x = a.split(|&c| c == b'/').filter(|c| !c.is_empty());
+    let mut y = b.split(|&c| c == b'/').filter(|c| !c.is_empty());
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(p), Some(q)) => match p.cmp(q) {
+                Ordering::Equal => {}
+                o => return o,
+            },
+        }
+    }
+}
+
+/// Where the cache of `roots` backed up from `host` into repository `repo_id` lives.
+pub fn cache_file(dir: &Path, repo_id: &[u8; 16], host: &str, roots: &[PathBuf]) -> PathBuf {
+    let mut h = blake3::Hasher::new();
+    h.update(host.as_bytes());
+    for r in roots {
+        h.update(b"\0");
+        h.update(std::os::unix::ffi::OsStrExt::as_bytes(r.as_os_str()));
+    }
+    let source = h.finalize().to_hex();
+    dir.join(hex::encode(repo_id)).join(format!("files-{}", &source[..32]))
+}
+
+pub fn default_dir() -> Option<PathBuf> {
+    dirs::cache_dir().map(|d| d.join("bakare"))
+}
+
+pub struct CacheReader {
+    r: BufReader<File>,
+    next: Option<CacheEntry>,
+    /// Why reading stopped early, if it did.
+    pub problem: Option<String>,
+}
+
+impl CacheReader {
+    /// Ok(None) when there is no cache yet; Err(why) when it is unusable.
+    pub fn open(path: &Path, repo_id: &[u8; 16]) -> Result<Option<CacheReader>, String> {
+        let f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("files cache {}: {e}", path.display())),
+        };
+        let mut r = BufReader::with_capacity(256 << 10, f);
+        let mut head = [0u8; 25];
+        if r.read_exact(&mut head).is_err()
+            || &head[..8] != MAGIC
+            || head[8] != VERSION
+            || head[9..] != repo_id[..]
+        {
+            return Err(format!("files cache {} is damaged or from another version", path.display()));
+        }
+        let mut c = CacheReader { r, next: None, problem: None };
+        c.advance();
+        Ok(Some(c))
+    }
+
+    fn read_record(&mut self) -> Result<Option<CacheEntry>, String> {
+        let mut len = [0u8; 4];
+        match self.r.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        }
+        let len = u32::from_le_bytes(len);
+        if len > MAX_RECORD {
+            return Err("record length out of range".into());
+        }
+        let mut body = vec![0u8; len as usize + 8];
+        self.r.read_exact(&mut body).map_err(|e| e.to_string())?;
+        let (body, sum) = body.split_at(len as usize);
+        if &blake3::hash(body).as_bytes()[..8] != sum {
+            return Err("record checksum mismatch".into());
+        }
+        postcard::from_bytes(body).map(Some).map_err(|e| e.to_string())
+    }
+
+    fn advance(&mut self) {
+        self.next = match self.read_record() {
+            Ok(e) => e,
+            Err(why) => {
+                self.problem = Some(format!("files cache damaged ({why}); the rest is read again"));
+                None
+            }
+        };
+    }
+
+    /// The entry for `path`, skipping entries of paths that are gone. Calls must come in scan
+    /// order.
+    pub fn lookup(&mut self, path: &[u8]) -> Option<CacheEntry> {
+        loop {
+            let order = cmp_paths(&self.next.as_ref()?.path, path);
+            match order {
+                Ordering::Less => self.advance(),
+                Ordering::Equal => {
+                    let e = self.next.take();
+                    self.advance();
+                    return e;
+                }
+                Ordering::Greater => return None,
+            }
+        }
+    }
+}
+
+pub struct CacheWriter {
+    w: BufWriter<File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+}
+
+impl CacheWriter {
+    pub fn create(dest: &Path, repo_id: &[u8; 16]) -> io::Result<CacheWriter> {
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir)?;
+        let tmp = ::io::durable::temp_path(dir);
+        let f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let mut w = BufWriter::with_capacity(256 << 10, f);
+        w.write_all(MAGIC)?;
+        w.write_all(&[VERSION])?;
+        w.write_all(repo_id)?;
+        Ok(CacheWriter { w, tmp, dest: dest.to_path_buf() })
+    }
+
+    pub fn add(&mut self, e: &CacheEntry) -> io::Result<()> {
+        let body = postcard::to_allocvec(e).map_err(io::Error::other)?;
+        self.w.write_all(&(body.len() as u32).to_le_bytes())?;
+        self.w.write_all(&body)?;
+        self.w.write_all(&blake3::hash(&body).as_bytes()[..8])
+    }
+
+    /// Replaces the previous cache (a local cache, not a repository object: replacing is fine).
+    pub fn commit(mut self) -> io::Result<()> {
+        self.w.flush()?;
+        self.w.get_ref().sync_all()?;
+        fs::rename(&self.tmp, &self.dest) // Drop then finds no temporary file to remove
+    }
+}
+
+impl Drop for CacheWriter {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(path: &str, size: u64) -> CacheEntry {
+        CacheEntry {
+            path: path.as_bytes().to_vec(),
+            size,
+            mtime_ns: 1,
+            ctime_ns: 2,
+            ino: 3,
+            dev: 4,
+            content: vec![[size as u8; 32]],
+        }
+    }
+
+    #[test]
+    fn scan_order() {
+        assert_eq!(cmp_paths(b"/a/b", b"/a-c"), Ordering::Less); // bytewise, "/a-c" would sort first
+        assert_eq!(cmp_paths(b"/a/b", b"/a/b"), Ordering::Equal);
+        assert_eq!(cmp_paths(b"/a", b"/a/b"), Ordering::Less);
+        assert_eq!(cmp_paths(b"/b", b"/a/z"), Ordering::Greater);
+    }
+
+    #[test]
+    fn streamed_lookup_in_scan_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c/files");
+        let id = [5u8; 16];
+        let mut w = CacheWriter::create(&p, &id).unwrap();
+        for (path, size) in [("/a/1", 1), ("/a/2", 2), ("/a/b/3", 3), ("/c", 4)] {
+            w.add(&entry(path, size)).unwrap();
+        }
+        w.commit().unwrap();
+        let mut r = CacheReader::open(&p, &id).unwrap().unwrap();
+        assert_eq!(r.lookup(b"/a/0"), None);
+        assert_eq!(r.lookup(b"/a/2").unwrap().size, 2); // /a/1 is gone: skipped
+        assert_eq!(r.lookup(b"/a/b/3").unwrap().size, 3);
+        assert_eq!(r.lookup(b"/b"), None);
+        assert_eq!(r.lookup(b"/c").unwrap().size, 4);
+        assert_eq!(r.lookup(b"/d"), None);
+        assert!(r.problem.is_none());
+        assert!(CacheReader::open(&p, &[6u8; 16]).is_err(), "another repository's cache");
+        assert!(CacheReader::open(&dir.path().join("none"), &id).unwrap().is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn damage_never_panics_and_never_lies(flip in 25usize..400, bit in 0u8..8) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("files");
+            let id = [1u8; 16];
+            let mut w = CacheWriter::create(&p, &id).unwrap();
+            let entries: Vec<_> = (0..10).map(|i| entry(&format!("/f{i}"), i)).collect();
+            for e in &entries {
+                w.add(e).unwrap();
+            }
+            w.commit().unwrap();
+            let mut bytes = fs::read(&p).unwrap();
+            let at = flip % bytes.len();
+            bytes[at] ^= 1 << bit;
+            fs::write(&p, &bytes).unwrap();
+            if let Ok(Some(mut r)) = CacheReader::open(&p, &id) {
+                for e in &entries {
+                    if let Some(got) = r.lookup(&e.path) {
+                        prop_assert_eq!(&got, e);
+                    }
+                }
+            }
+        }
+    }
+}
