@@ -52,6 +52,13 @@ fn round_trip_preserves_bytes_and_metadata() {
         .unwrap();
     assert!(touch.success());
     if is_root() {
+        // device files are recorded, never read, and restored as devices
+        let mknod = std::process::Command::new("mknod")
+            .arg(p.join("a/null-dev"))
+            .args(["c", "1", "3"])
+            .status()
+            .unwrap();
+        assert!(mknod.success());
         std::os::unix::fs::lchown(p.join("empty-file"), Some(1234), Some(5678)).unwrap();
         std::os::unix::fs::lchown(p.join("dangling"), Some(42), Some(43)).unwrap();
     }

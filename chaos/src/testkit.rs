@@ -314,7 +314,17 @@ pub fn tree_diff(src: &Path, dst: &Path) -> Vec<String> {
         let (ma, mb) = (fs::symlink_metadata(&pa).unwrap(), fs::symlink_metadata(&pb).unwrap());
         let show = rel.display();
         let (fa, fb) = (ma.file_type(), mb.file_type());
-        let kind = |f: fs::FileType| (f.is_dir(), f.is_file(), f.is_symlink(), f.is_fifo(), f.is_socket());
+        let kind = |f: fs::FileType| {
+            (
+                f.is_dir(),
+                f.is_file(),
+                f.is_symlink(),
+                f.is_fifo(),
+                f.is_socket(),
+                f.is_char_device(),
+                f.is_block_device(),
+            )
+        };
         if kind(fa) != kind(fb) {
             diffs.push(format!("{show}: type differs"));
             continue;
@@ -330,6 +340,9 @@ pub fn tree_diff(src: &Path, dst: &Path) -> Vec<String> {
                 mb.mtime(),
                 mb.mtime_nsec()
             ));
+        }
+        if (fa.is_char_device() || fa.is_block_device()) && ma.rdev() != mb.rdev() {
+            diffs.push(format!("{show}: device number differs"));
         }
         if (ma.uid(), ma.gid()) != (mb.uid(), mb.gid()) {
             diffs.push(format!("{show}: owner differs"));

@@ -122,8 +122,23 @@ pub fn unframe(frame: &[u8]) -> Result<Vec<u8>, FrameError> {
         CODEC_RAW if payload_len == raw_len => Ok(payload.to_vec()),
         CODEC_RAW => Err(FrameError::Malformed),
         CODEC_ZSTD => {
+            thread_local! {
+                // A decompression context per thread: creating one per blob showed in profiles.
+                static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                    const { std::cell::RefCell::new(None) };
+            }
             let mut out = vec![0u8; raw_len];
-            let n = zstd::bulk::decompress_to_buffer(payload, &mut out[..])
+            let n = DCTX
+                .with(|cell| {
+                    let mut slot = cell.borrow_mut();
+                    if slot.is_none() {
+                        *slot = Some(zstd::bulk::Decompressor::new()?);
+                    }
+                    match slot.as_mut() {
+                        Some(d) => d.decompress_to_buffer(payload, &mut out[..]),
+                        None => Err(std::io::Error::other("no zstd context")),
+                    }
+                })
                 .map_err(|e| FrameError::Decompress(e.to_string()))?;
             if n != raw_len {
                 return Err(FrameError::Malformed);
