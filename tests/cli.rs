@@ -240,11 +240,11 @@ fn parallel_equals_sequential_and_io_modes_agree() {
     assert!(!trees[0].as_array().unwrap().is_empty());
 }
 
-struct TempTree(tempfile::TempDir);
+struct TempTree(chaos::testkit::QuietDir);
 
 impl TempTree {
     fn random(seed: u64) -> Self {
-        let d = tempfile::tempdir().unwrap();
+        let d = chaos::testkit::quiet_dir();
         chaos::testkit::random_tree(d.path(), seed, 300);
         TempTree(d)
     }

@@ -401,3 +401,32 @@ macro_rules! argv {
 pub fn is_root() -> bool {
     fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }
+
+/// A directory whose ancestors nobody else touches while a test runs, for tests that compare
+/// snapshot tree ids: a snapshot records its sources' ancestors too, and /tmp's mtime moves
+/// whenever any other test creates a file there. Directly under `/` when permitted (root, as in
+/// CI); otherwise under the system's temporary directory.
+/// Tests in one process take turns holding it, so none creates or removes an entry of `/` while
+/// another compares trees.
+pub fn quiet_dir() -> QuietDir {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::Builder::new()
+        .prefix("bakare-test-")
+        .tempdir_in("/")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
+    QuietDir { dir, _turn: guard }
+}
+
+/// A quiet directory and this test's turn; the directory is removed before the turn passes on.
+pub struct QuietDir {
+    dir: tempfile::TempDir,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+impl QuietDir {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}

@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
@@ -18,6 +17,7 @@ use fastcdc::v2020::{FastCDC, Normalization};
 
 use crate::budget::Permit;
 use crate::msg::{Block, Cancel, Chunk, FileEvent};
+use crate::Workers;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkParams {
@@ -82,43 +82,28 @@ struct FileState {
     tail: Option<(Bytes, Arc<Permit>)>,
 }
 
-pub struct ChunkHandle {
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl ChunkHandle {
-    pub fn finish(self) {
-        for t in self.threads {
-            let _ = t.join();
-        }
-    }
-}
-
 pub fn spawn(
     params: ChunkParams,
     inputs: Vec<Receiver<Block>>,
     out: Sender<Chunk>,
     events: Sender<FileEvent>,
     cancel: Cancel,
-) -> std::io::Result<ChunkHandle> {
-    let mut threads = Vec::new();
-    for (i, input) in inputs.into_iter().enumerate() {
-        let (out, events, cancel) = (out.clone(), events.clone(), cancel.clone());
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("chunk-{i}"))
-                .spawn(move || worker(params, input, out, events, cancel))?,
-        );
-    }
-    Ok(ChunkHandle { threads })
+) -> std::io::Result<Workers> {
+    // Each worker owns one input queue: the read stage routes a file's blocks by its seq.
+    let inputs = Arc::new(inputs);
+    Workers::spawn("chunk", inputs.len(), move |i| {
+        if let Some(input) = inputs.get(i) {
+            worker(params, input, &out, &events, &cancel)
+        }
+    })
 }
 
 fn worker(
     params: ChunkParams,
-    input: Receiver<Block>,
-    out: Sender<Chunk>,
-    events: Sender<FileEvent>,
-    cancel: Cancel,
+    input: &Receiver<Block>,
+    out: &Sender<Chunk>,
+    events: &Sender<FileEvent>,
+    cancel: &Cancel,
 ) {
     let mut files: HashMap<u64, FileState> = HashMap::new();
     for block in input {

@@ -7,11 +7,10 @@
 //! raw: zstd on random data is pure waste.
 #![forbid(unsafe_code)]
 
-use std::thread::JoinHandle;
-
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::msg::{Cancel, Framed, NewBlob};
+use crate::Workers;
 
 pub const NONCE_ROOM: usize = 12;
 const HEADER: usize = 1 + 4 + 4;
@@ -149,43 +148,30 @@ pub fn unframe(frame: &[u8]) -> Result<Vec<u8>, FrameError> {
     }
 }
 
-pub struct CompressHandle {
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl CompressHandle {
-    pub fn finish(self) {
-        for t in self.threads {
-            let _ = t.join();
-        }
-    }
-}
-
 pub fn spawn(
     cfg: CompressConfig,
     input: Receiver<NewBlob>,
     out: Sender<Framed>,
     cancel: Cancel,
-) -> std::io::Result<CompressHandle> {
-    let mut threads = Vec::new();
-    for i in 0..cfg.workers.max(1) {
-        let (input, out, cancel) = (input.clone(), out.clone(), cancel.clone());
-        let mut c = Compressor::new(cfg.level)?;
-        threads.push(std::thread::Builder::new().name(format!("compress-{i}")).spawn(move || {
-            for blob in input {
-                if cancel.is_cancelled() {
-                    continue;
-                }
-                let buf = c.frame(&blob.data);
-                let raw_len = blob.data.len() as u32;
-                let framed = Framed { id: blob.id, kind: blob.kind, raw_len, buf, permit: blob.permit };
-                if out.send(framed).is_err() {
-                    return;
-                }
+) -> std::io::Result<Workers> {
+    Compressor::new(cfg.level)?; // fail here, not in a worker, if zstd refuses the level
+    Workers::spawn("compress", cfg.workers, move |_| {
+        let Ok(mut c) = Compressor::new(cfg.level) else {
+            cancel.cancel();
+            return;
+        };
+        for blob in &input {
+            if cancel.is_cancelled() {
+                continue;
             }
-        })?);
-    }
-    Ok(CompressHandle { threads })
+            let buf = c.frame(&blob.data);
+            let raw_len = blob.data.len() as u32;
+            let framed = Framed { id: blob.id, kind: blob.kind, raw_len, buf, permit: blob.permit };
+            if out.send(framed).is_err() {
+                return;
+            }
+        }
+    })
 }
 
 #[cfg(test)]

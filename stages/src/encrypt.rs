@@ -10,7 +10,6 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
@@ -20,6 +19,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::compress::NONCE_ROOM;
 use crate::msg::{BlobId, BlobKind, Cancel, Framed, Sealed};
+use crate::Workers;
 
 pub const TAG_LEN: usize = 16;
 
@@ -128,63 +128,49 @@ pub struct EncryptConfig {
     pub rotate_after: u64,
 }
 
-pub struct EncryptHandle {
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl EncryptHandle {
-    pub fn finish(self) {
-        for t in self.threads {
-            let _ = t.join();
-        }
-    }
-}
-
 pub fn spawn(
     cfg: EncryptConfig,
     input: Receiver<Framed>,
     outs: Vec<Sender<Sealed>>,
     cancel: Cancel,
-) -> std::io::Result<EncryptHandle> {
-    let mut threads = Vec::new();
-    for i in 0..cfg.workers.max(1) {
-        // Worker i feeds writer i: all blobs of one key epoch reach the same writer.
-        let Some(out) = outs.get(i % outs.len().max(1)).cloned() else { break };
-        let (input, cancel) = (input.clone(), cancel.clone());
-        threads.push(std::thread::Builder::new().name(format!("encrypt-{i}")).spawn(move || {
-            let mut epoch = Arc::new(KeyEpoch::new());
-            let (mut counter, mut sealed_bytes) = (0u64, 0u64);
-            for f in input {
-                if cancel.is_cancelled() {
-                    continue;
-                }
-                if sealed_bytes >= cfg.rotate_after {
-                    epoch = Arc::new(KeyEpoch::new());
-                    counter = 0;
-                    sealed_bytes = 0;
-                }
-                let mut buf = f.buf;
-                if !seal(&epoch, counter, &f.id, f.kind, &mut buf) {
-                    cancel.cancel(); // AES-GCM only fails on absurd lengths: a bug, stop.
-                    continue;
-                }
-                counter += 1;
-                sealed_bytes += buf.len() as u64;
-                let s = Sealed {
-                    id: f.id,
-                    kind: f.kind,
-                    raw_len: f.raw_len,
-                    epoch: epoch.clone(),
-                    bytes: buf,
-                    permit: f.permit,
-                };
-                if out.send(s).is_err() {
-                    return;
-                }
-            }
-        })?);
+) -> std::io::Result<Workers> {
+    if outs.is_empty() {
+        return Err(std::io::Error::other("encrypt stage needs at least one writer"));
     }
-    Ok(EncryptHandle { threads })
+    Workers::spawn("encrypt", cfg.workers, move |i| {
+        // Worker i feeds writer i: all blobs of one key epoch reach the same writer.
+        let out = &outs[i % outs.len()];
+        let mut epoch = Arc::new(KeyEpoch::new());
+        let (mut counter, mut sealed_bytes) = (0u64, 0u64);
+        for f in &input {
+            if cancel.is_cancelled() {
+                continue;
+            }
+            if sealed_bytes >= cfg.rotate_after {
+                epoch = Arc::new(KeyEpoch::new());
+                counter = 0;
+                sealed_bytes = 0;
+            }
+            let mut buf = f.buf;
+            if !seal(&epoch, counter, &f.id, f.kind, &mut buf) {
+                cancel.cancel(); // AES-GCM only fails on absurd lengths: a bug, stop.
+                continue;
+            }
+            counter += 1;
+            sealed_bytes += buf.len() as u64;
+            let s = Sealed {
+                id: f.id,
+                kind: f.kind,
+                raw_len: f.raw_len,
+                epoch: epoch.clone(),
+                bytes: buf,
+                permit: f.permit,
+            };
+            if out.send(s).is_err() {
+                return;
+            }
+        }
+    })
 }
 
 #[cfg(test)]
