@@ -107,8 +107,13 @@ fn run(
         host: args.host.unwrap_or_else(backup::default_host),
         tags: args.tag,
         cache_dir: if args.no_cache { None } else { args.cache_dir.or_else(engine::filescache::default_dir) },
+        progress: Arc::default(),
     };
-    let r = backup::backup(&repo, opts)?;
+    let show = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let display = crate::progress::Display::start(opts.progress.clone(), show);
+    let r = backup::backup(&repo, opts);
+    display.finish();
+    let r = r?;
     for w in &r.warnings {
         eprintln!("warning: {w}");
     }

@@ -393,3 +393,45 @@ fn files_modified_during_the_backup_second_are_read_again() {
     assert_eq!(again["bytes_read"].as_u64().unwrap(), 16, "{again}");
     assert_eq!(again["unchanged_files"].as_u64().unwrap(), 0);
 }
+
+#[test]
+fn the_repository_and_caches_are_never_backed_up_into_themselves() {
+    let b = bakare();
+    fs::write(b.home.path().join("notes.txt"), "mine").unwrap();
+    b.ok(&argv!["init"]);
+    b.ok(&argv!["run", b.home.path()]);
+    let o = b.ok(&argv!["--json", "run", b.home.path()]);
+    assert!(o.json()["errors"].as_array().unwrap().is_empty(), "{}", o.stdout_str());
+    let listing = b.ok(&argv!["ls", "-r", "latest", b.home.path()]).stdout_str();
+    assert!(listing.contains("notes.txt"), "{listing}");
+    assert!(!listing.contains("/repo/") && !listing.contains(".cache/bakare/"), "{listing}");
+}
+
+#[test]
+fn progress_shows_on_a_terminal_and_stays_quiet_otherwise() {
+    let b = bakare();
+    let src = TestDir::new().file("big.bin", Rng::new(1).bytes(64 << 20));
+    b.ok(&argv!["init"]);
+    let quiet = b.ok(&argv!["run", src.path()]);
+    // the progress line is "<done>/<total> files  <bytes>/<bytes>  <rate>/s ...", the summary is not
+    assert!(!quiet.stderr.contains("files  ") && !quiet.stdout_str().contains("files  "), "{}", quiet.stderr);
+    // `script` gives the command a terminal.
+    let cmdline = format!("{} run --no-cache {}", env!("CARGO_BIN_EXE_bakare"), src.path().display());
+    let mut c = b.command(&argv!["-qec", &cmdline, "/dev/null"]);
+    c.env("BAKARE_IO", "pool");
+    let c = {
+        let mut s = std::process::Command::new("script");
+        s.args(c.get_args());
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => s.env(k, v),
+                None => s.env_remove(k),
+            };
+        }
+        s
+    };
+    let tty = chaos::testkit::run_measured(c);
+    let screen = tty.stdout_str();
+    assert_eq!(tty.code, 0, "{screen}");
+    assert!(screen.contains(" files  ") && screen.contains("\x1b[2K"), "no progress line in {screen:?}");
+}

@@ -6,7 +6,7 @@
 //! stage. When the scan is over and every stage has drained, the packs are committed, then the
 //! session's index segment, then the snapshot (pending, then committed).
 use std::collections::HashMap;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use stages::compress::CompressConfig;
 use stages::encrypt::EncryptConfig;
 use stages::read::{ReadConfig, ReadMode};
 use stages::scan::{Exclude, Known, ScanConfig};
-use stages::{BlobId, BlobKind, Cancel, Dedup, FileEvent, MemoryBudget, Meta, NewBlob, ScanEvent};
+use stages::{BlobId, BlobKind, Cancel, Dedup, FileEvent, MemoryBudget, Meta, NewBlob, Progress, ScanEvent};
 
 use crate::error::{Error, Result};
 use crate::filescache::{self, CacheEntry, CacheReader, CacheWriter};
@@ -50,6 +50,8 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// Where files caches live; None disables the cache (every file is read).
     pub cache_dir: Option<PathBuf>,
+    /// Updated as the backup runs, for a progress display.
+    pub progress: Arc<Progress>,
 }
 
 pub struct BackupResult {
@@ -66,8 +68,10 @@ fn index_reserve(blobs: usize) -> u64 {
     blobs as u64 * 96
 }
 
-pub fn build_exclude(patterns: &[String]) -> Result<Option<Exclude>> {
-    if patterns.is_empty() {
+/// Patterns from the user, plus directories that are always left out (bakare's own repository
+/// and caches: backing them up would chase files that change while they are written).
+pub fn build_exclude(patterns: &[String], always: Vec<PathBuf>) -> Result<Option<Exclude>> {
+    if patterns.is_empty() && always.is_empty() {
         return Ok(None);
     }
     // Like restic: a pattern without '/' matches a name anywhere, one with '/' the whole path.
@@ -83,7 +87,9 @@ pub fn build_exclude(patterns: &[String]) -> Result<Option<Exclude>> {
     let build = |b: GlobSetBuilder| b.build().map_err(|e| Error::Invalid(e.to_string()));
     let (names, paths): (GlobSet, GlobSet) = (build(names)?, build(paths)?);
     Ok(Some(Arc::new(move |path: &Path, _is_dir: bool| {
-        paths.is_match(path) || path.file_name().is_some_and(|n| names.is_match(n))
+        always.iter().any(|a| a == path)
+            || paths.is_match(path)
+            || path.file_name().is_some_and(|n| names.is_match(n))
     })))
 }
 
@@ -179,10 +185,15 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
     if let Some(w) = &read.fallback_reason {
         warnings.push(w.clone());
     }
-    let exclude = build_exclude(&opts.excludes)?;
+    let own: Vec<PathBuf> = [Some(repo.location.clone()), opts.cache_dir.clone()]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| std::path::absolute(p).ok())
+        .collect();
+    let exclude = build_exclude(&opts.excludes, own)?;
     let (known, cache_out, cache_problem) =
         open_cache(repo, &opts, &roots, dedup.index.clone(), &mut warnings);
-    let scan_cfg = ScanConfig { roots: roots.clone(), exclude, known };
+    let scan_cfg = ScanConfig { roots: roots.clone(), exclude, known, progress: opts.progress.clone() };
     let scan = stages::scan::spawn(scan_cfg, ev_tx, job_tx, cancel.clone()).map_err(spawn_err)?;
 
     let root_frame =
@@ -201,6 +212,7 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
         stats: Stats::default(),
         cache: cache_out,
         racy_ns: time_ns - 1_000_000_000,
+        progress: opts.progress.clone(),
     };
     let built = builder.run(&ev_rx);
     if built.is_err() {
@@ -366,6 +378,7 @@ struct Builder {
     stats: Stats,
     /// The files cache being written for the next run.
     cache: Option<CacheWriter>,
+    progress: Arc<Progress>,
     /// Files modified at or after this instant are not cached: they may change again within the
     /// same timestamp granularity without their mtime moving (the racy-timestamp problem).
     racy_ns: i64,
@@ -383,7 +396,8 @@ fn join_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
 impl Builder {
     fn record(&mut self, ev: FileEvent) {
         match ev {
-            FileEvent::ChunkId { seq, index, id, .. } => {
+            FileEvent::ChunkId { seq, index, id, len } => {
+                Progress::add(&self.progress.bytes_done, u64::from(len));
                 let p = self.pending.entry(seq).or_default();
                 let i = index as usize;
                 if p.ids.len() <= i {
@@ -491,6 +505,11 @@ impl Builder {
     ) -> Result<()> {
         self.stats.files += 1;
         self.stats.bytes += size;
+        Progress::add(&self.progress.files_done, 1);
+        if self.stats.files % 64 == 1 || size > 1 << 20 {
+            let p = PathBuf::from(std::ffi::OsString::from_vec(self.abs_path(&name)));
+            *self.progress.current.lock().unwrap_or_else(|p| p.into_inner()) = p;
+        }
         if meta.nlink > 1 {
             let top = self.stack.last().map(|f| f.path.as_slice()).unwrap_or_default();
             self.links.insert(seq, (join_path(top, &name), content.clone(), size));
@@ -548,6 +567,7 @@ impl Builder {
             }
             ScanEvent::Unchanged { seq, name, meta, content } => {
                 self.stats.unchanged_files += 1;
+                Progress::add(&self.progress.bytes_done, meta.size);
                 let size = meta.size;
                 self.file_done(seq, name.as_bytes().to_vec(), meta, size, content)?;
             }

@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -41,6 +41,29 @@ impl Cancel {
     }
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters a progress display reads while a backup runs. Writers only add; nothing waits.
+#[derive(Default, Debug)]
+pub struct Progress {
+    /// Found by the scan so far (final once `scan_done`).
+    pub files_total: AtomicU64,
+    pub bytes_total: AtomicU64,
+    pub scan_done: AtomicBool,
+    /// Files whose content is known (read and chunked, or unchanged), and their bytes.
+    pub files_done: AtomicU64,
+    pub bytes_done: AtomicU64,
+    /// The last file completed.
+    pub current: std::sync::Mutex<PathBuf>,
+}
+
+impl Progress {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
     }
 }
 

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Sender;
 use walkdir::WalkDir;
 
-use crate::msg::{BlobId, Cancel, FileKind, Meta, ReadJob, ScanEvent};
+use crate::msg::{BlobId, Cancel, FileKind, Meta, Progress, ReadJob, ScanEvent};
 
 /// Returns true for paths to leave out (and, for directories, not to descend into).
 pub type Exclude = Arc<dyn Fn(&Path, bool) -> bool + Send + Sync>;
@@ -30,6 +30,7 @@ pub struct ScanConfig {
     pub roots: Vec<PathBuf>,
     pub exclude: Option<Exclude>,
     pub known: Option<Known>,
+    pub progress: Arc<Progress>,
 }
 
 pub struct ScanStats {
@@ -102,6 +103,7 @@ pub fn normalize_roots(roots: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
 
 struct Scanner {
     known: Option<Known>,
+    progress: Arc<Progress>,
     events: Sender<ScanEvent>,
     jobs: Sender<ReadJob>,
     cancel: Cancel,
@@ -126,6 +128,8 @@ impl Scanner {
             }
             FileKind::File => {
                 self.stats.files += 1;
+                Progress::add(&self.progress.files_total, 1);
+                Progress::add(&self.progress.bytes_total, meta.size);
                 if meta.nlink > 1 {
                     if let Some(&first) = self.links.get(&(meta.dev, meta.ino)) {
                         return self.emit(ScanEvent::HardLink { first, name, meta });
@@ -209,6 +213,7 @@ impl Scanner {
 
     fn run(&mut self, mut cfg: ScanConfig) -> Result<(), Closed> {
         self.known = cfg.known.take();
+        self.progress = cfg.progress.clone();
         // Ancestors of the roots are entered (with their own metadata) so that the snapshot keeps
         // absolute paths: /home/u/docs is restored as TARGET/home/u/docs.
         let mut open: Vec<OsString> = Vec::new();
@@ -270,6 +275,7 @@ pub fn spawn(
     let thread = std::thread::Builder::new().name("scan".into()).spawn(move || {
         let mut s = Scanner {
             known: None,
+            progress: Arc::default(),
             events,
             jobs,
             cancel,
@@ -277,7 +283,9 @@ pub fn spawn(
             links: HashMap::new(),
             stats: ScanStats { files: 0, dirs: 0, unchanged: 0 },
         };
+        let progress = cfg.progress.clone();
         let _ = s.run(cfg);
+        progress.scan_done.store(true, std::sync::atomic::Ordering::Relaxed);
         s.stats
     })?;
     Ok(ScanHandle { thread })
@@ -319,6 +327,7 @@ mod tests {
             roots: normalize_roots(std::slice::from_ref(&root)).unwrap(),
             exclude: None,
             known: None,
+            progress: Arc::default(),
         };
         spawn(cfg, etx, jtx, Cancel::default()).unwrap().finish();
         let evs: Vec<_> = erx.iter().collect();
