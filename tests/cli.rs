@@ -435,3 +435,23 @@ fn progress_shows_on_a_terminal_and_stays_quiet_otherwise() {
     assert_eq!(tty.code, 0, "{screen}");
     assert!(screen.contains(" files  ") && screen.contains("\x1b[2K"), "no progress line in {screen:?}");
 }
+
+#[test]
+fn sparse_files_restore_with_their_holes() {
+    use std::os::unix::fs::MetadataExt;
+    let b = bakare();
+    let src = TestDir::new();
+    let path = src.path().join("sparse.img");
+    let f = fs::File::create(&path).unwrap();
+    f.set_len(64 << 20).unwrap(); // 64 MiB, all hole
+    drop(f);
+    std::io::Write::write_all(&mut fs::OpenOptions::new().append(true).open(&path).unwrap(), b"tail")
+        .unwrap();
+    b.ok(&argv!["init"]);
+    b.ok(&argv!["run", src.path()]);
+    let target = restore_all(&b, "latest");
+    let restored = restored_path(target.path(), &path);
+    assert_eq!(fs::read(&restored).unwrap(), fs::read(&path).unwrap());
+    let blocks = fs::metadata(&restored).unwrap().blocks() * 512;
+    assert!(blocks < 8 << 20, "restored sparse file allocates {blocks} bytes");
+}
