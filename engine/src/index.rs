@@ -40,6 +40,8 @@ pub struct Loc {
     pub len: u32,
     pub raw_len: u32,
     pub kind: BlobKind,
+    /// Offset inside a bundle's plaintext, for a small blob sealed in a bundle.
+    pub inner: Option<u32>,
 }
 
 #[derive(Default)]
@@ -57,7 +59,10 @@ impl Index {
         });
         for e in entries {
             let Some(kind) = e.kind() else { continue };
-            let loc = Loc { pack: p, offset: e.offset, len: e.len, raw_len: e.raw_len, kind };
+            if kind == BlobKind::Bundle {
+                continue; // bundles are reached through their members
+            }
+            let loc = Loc { pack: p, offset: e.offset, len: e.len, raw_len: e.raw_len, kind, inner: e.inner };
             self.blobs.entry(e.id).or_insert(loc);
         }
     }
@@ -155,7 +160,7 @@ mod tests {
     #[test]
     fn segment_round_trip() {
         let k = Secret32::random();
-        let e = BlobEntry { id: [9; 32], kind: 0, offset: 100, len: 50, raw_len: 40 };
+        let e = BlobEntry { id: [9; 32], kind: 0, offset: 100, len: 50, raw_len: 40, inner: None };
         let body = vec![([1u8; 32], vec![e])];
         let (name, bytes) = encode_segment(&k, &body).unwrap();
         assert!(name.starts_with("index/"));

@@ -31,9 +31,12 @@ pub type PackId = [u8; 32];
 pub struct BlobEntry {
     pub id: BlobId,
     pub kind: u8,
+    /// Where the sealed blob (or the sealed bundle holding it) starts in the pack, and its size.
     pub offset: u32,
     pub len: u32,
     pub raw_len: u32,
+    /// For a blob inside a bundle: its offset in the bundle's plaintext (length `raw_len`).
+    pub inner: Option<u32>,
 }
 
 impl BlobEntry {
@@ -143,17 +146,29 @@ impl PackSink {
         let offset = u32::try_from(w.written).map_err(|_| Error::Pipeline("pack over 4 GiB".into()))?;
         w.write(&blob.bytes).map_err(|e| Error::Pipeline(format!("writing pack: {e}")))?;
         w.blob_bytes += blob.bytes.len() as u64;
-        w.entries.push(BlobEntry {
-            id: blob.id,
-            kind: blob.kind as u8,
-            offset,
-            len: blob.bytes.len() as u32,
-            raw_len: blob.raw_len,
-        });
-        if blob.kind == BlobKind::Data {
-            self.new_raw_bytes += u64::from(blob.raw_len);
+        let len = blob.bytes.len() as u32;
+        if blob.kind == BlobKind::Bundle {
+            for m in &blob.members {
+                let kind = BlobKind::Data as u8;
+                w.entries.push(BlobEntry {
+                    id: m.id,
+                    kind,
+                    offset,
+                    len,
+                    raw_len: m.len,
+                    inner: Some(m.offset),
+                });
+                self.new_raw_bytes += u64::from(m.len);
+                self.new_blobs += 1;
+            }
+        } else {
+            let kind = blob.kind as u8;
+            w.entries.push(BlobEntry { id: blob.id, kind, offset, len, raw_len: blob.raw_len, inner: None });
+            if blob.kind == BlobKind::Data {
+                self.new_raw_bytes += u64::from(blob.raw_len);
+            }
+            self.new_blobs += 1;
         }
-        self.new_blobs += 1;
         if w.blob_bytes >= self.pack_size {
             if let Some(w) = self.open.remove(&epoch) {
                 self.seal(w)?;

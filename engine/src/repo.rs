@@ -1,5 +1,5 @@
 //! Opening and creating repositories, finding snapshots, and reading blobs back.
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -7,7 +7,7 @@ use io::{Backend, LocalBackend, StorageError};
 use stages::compress::unframe;
 use stages::encrypt::{self, DataKey};
 use stages::hash::blob_id;
-use stages::{BlobId, BlobKind};
+use stages::{BlobId, BlobKind, BUNDLE_ID};
 
 use crate::config::Config;
 use crate::crypto::{unwrap_key, WriterKeys};
@@ -157,11 +157,20 @@ pub struct BlobReader<'a> {
     pub index: &'a Index,
     identity: &'a age::x25519::Identity,
     keys: Mutex<HashMap<u32, DataKey>>,
+    bundles: Mutex<VecDeque<BundleSlot>>,
 }
+
+type BundleSlot = ((u32, u32), Arc<Vec<u8>>);
 
 impl<'a> BlobReader<'a> {
     pub fn new(repo: &'a Repository, index: &'a Index) -> Result<Self> {
-        Ok(BlobReader { repo, index, identity: repo.key.identity()?, keys: Mutex::new(HashMap::new()) })
+        Ok(BlobReader {
+            repo,
+            index,
+            identity: repo.key.identity()?,
+            keys: Mutex::new(HashMap::new()),
+            bundles: Mutex::new(VecDeque::new()),
+        })
     }
 
     fn data_key(&self, pack_idx: u32, pack_key: &str) -> Result<DataKey> {
@@ -180,12 +189,57 @@ impl<'a> BlobReader<'a> {
         let pack_id = self.index.pack_id(loc.pack).ok_or_else(|| Error::MissingBlob(hex.clone()))?;
         let pack_key = pack::pack_key(pack_id);
         let key = self.data_key(loc.pack, &pack_key)?;
-        let sealed = self.repo.backend.get_range(&pack_key, u64::from(loc.offset), loc.len as usize)?;
-        let frame = encrypt::open(&key, id, kind, &sealed).map_err(|_| Error::BlobAuth(hex.clone()))?;
-        let plain = unframe(&frame).map_err(|e| Error::corrupt("blob", hex.clone(), e))?;
+        let plain = match loc.inner {
+            None => {
+                let sealed =
+                    self.repo.backend.get_range(&pack_key, u64::from(loc.offset), loc.len as usize)?;
+                let frame =
+                    encrypt::open(&key, id, kind, &sealed).map_err(|_| Error::BlobAuth(hex.clone()))?;
+                unframe(&frame).map_err(|e| Error::corrupt("blob", hex.clone(), e))?
+            }
+            Some(inner) => {
+                let bundle = self.bundle(&key, &pack_key, loc.pack, loc.offset, loc.len)?;
+                let (start, end) = (inner as usize, inner as usize + loc.raw_len as usize);
+                let part = bundle
+                    .get(start..end)
+                    .ok_or_else(|| Error::corrupt("blob", hex.clone(), "outside its bundle"))?;
+                part.to_vec()
+            }
+        };
         if blob_id(self.repo.wk.id_key.as_bytes(), &plain) != *id {
             return Err(Error::BlobAuth(hex));
         }
+        Ok(plain)
+    }
+
+    /// The plaintext of the bundle at `offset` in a pack; the last few are kept, since a
+    /// restore reads the small files of one bundle one after another.
+    fn bundle(
+        &self,
+        key: &DataKey,
+        pack_key: &str,
+        pack: u32,
+        offset: u32,
+        len: u32,
+    ) -> Result<Arc<Vec<u8>>> {
+        const KEEP: usize = 16;
+        let at = (pack, offset);
+        {
+            let cache = self.bundles.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, b)) = cache.iter().find(|(k, _)| *k == at) {
+                return Ok(b.clone());
+            }
+        }
+        let name = format!("bundle at {pack_key}+{offset}");
+        let sealed = self.repo.backend.get_range(pack_key, u64::from(offset), len as usize)?;
+        let frame = encrypt::open(key, &BUNDLE_ID, BlobKind::Bundle, &sealed)
+            .map_err(|_| Error::BlobAuth(name.clone()))?;
+        let plain = Arc::new(unframe(&frame).map_err(|e| Error::corrupt("blob", name, e))?);
+        let mut cache = self.bundles.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= KEEP {
+            cache.pop_front();
+        }
+        cache.push_back((at, plain.clone()));
         Ok(plain)
     }
 

@@ -164,7 +164,8 @@ pub fn spawn(
                 raw_len: f.raw_len,
                 epoch: epoch.clone(),
                 bytes: buf,
-                permit: f.permit,
+                members: f.members,
+                permits: f.permits,
             };
             if out.send(s).is_err() {
                 return;

@@ -18,6 +18,20 @@ pub type BlobId = [u8; 32];
 pub enum BlobKind {
     Data = 0,
     Tree = 1,
+    /// Small data blobs compressed and sealed together (see compress.rs); never in the index
+    /// itself: its members are.
+    Bundle = 2,
+}
+
+/// The id a bundle is sealed under (its members are checked by their own ids when read).
+pub const BUNDLE_ID: BlobId = [0; 32];
+
+/// A small blob inside a bundle: where its bytes sit in the bundle's plaintext.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: BlobId,
+    pub offset: u32,
+    pub len: u32,
 }
 
 impl BlobKind {
@@ -25,6 +39,7 @@ impl BlobKind {
         match b {
             0 => Some(BlobKind::Data),
             1 => Some(BlobKind::Tree),
+            2 => Some(BlobKind::Bundle),
             _ => None,
         }
     }
@@ -199,7 +214,9 @@ pub struct Framed {
     pub kind: BlobKind,
     pub raw_len: u32,
     pub buf: Vec<u8>,
-    pub permit: Arc<Permit>,
+    /// For a bundle: the blobs inside it.
+    pub members: Vec<Member>,
+    pub permits: Vec<Arc<Permit>>,
 }
 
 /// encrypt -> write: a sealed blob and the data key epoch it was sealed under.
@@ -210,7 +227,8 @@ pub struct Sealed {
     pub raw_len: u32,
     pub epoch: Arc<KeyEpoch>,
     pub bytes: Vec<u8>,
-    pub permit: Arc<Permit>,
+    pub members: Vec<Member>,
+    pub permits: Vec<Arc<Permit>>,
 }
 
 /// What the chunk and hash stages learn about each file, sent to the tree builder.
