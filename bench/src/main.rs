@@ -4,13 +4,14 @@
 //! bakare-bench corpus --kind mixed --size 300M --out /tmp/corpus --seed 1
 //! bakare-bench mutate --dir /tmp/corpus --percent 1 --seed 2
 //! bakare-bench run --corpus /tmp/corpus [--bakare target/release/bakare] [--mem-limit 512M] [--io pool]
+//! bakare-bench compare --corpus /tmp/corpus [--tools bakare,restic,borg] [--mutate-percent 1]
 //! ```
 #![deny(unsafe_code)]
 
 use std::path::PathBuf;
 
 use anyhow::Result;
-use bench::{corpus, harness, mutate};
+use bench::{compare, corpus, harness, mutate, peers};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -66,6 +67,33 @@ enum Cmd {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
+    /// bakare against the installed peers (bupstash, restic, rustic, borg) on a copy of CORPUS:
+    /// initial backup, unchanged re-run, run after a mutation, full restore; interleaved
+    Compare {
+        #[arg(long)]
+        corpus: PathBuf,
+        /// Tools to run, comma-separated; those not installed are skipped with a note
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "bakare,bupstash,restic,rustic,borg")]
+        tools: Vec<peers::Kind>,
+        /// Percentage of the files the mutation changes before the third step
+        #[arg(long, default_value_t = 1.0)]
+        mutate_percent: f64,
+        /// Seed of the mutation
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Directory for the corpus copy, repositories and restores [default: the system's temp dir]
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+        /// bakare binary [default: <workspace>/target/release/bakare]
+        #[arg(long)]
+        bakare: Option<PathBuf>,
+        /// Keep the work directory instead of deleting it
+        #[arg(long)]
+        keep: bool,
+        /// Count a step still running after this many seconds as failed, killing it (0: never)
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -90,6 +118,12 @@ fn main() -> Result<()> {
             let timeout = (timeout > 0).then(|| std::time::Duration::from_secs(timeout));
             harness::run(&harness::Options { corpus, bakare, mem_limit, io, workdir, keep, timeout })?;
         }
+        Cmd::Compare { corpus, tools, mutate_percent, seed, workdir, bakare, keep, timeout } => {
+            let timeout = (timeout > 0).then(|| std::time::Duration::from_secs(timeout));
+            let opts =
+                compare::Options { corpus, tools, mutate_percent, seed, workdir, bakare, keep, timeout };
+            compare::compare(&opts)?;
+        }
     }
     Ok(())
 }
@@ -104,5 +138,14 @@ mod tests {
         Cli::command().debug_assert();
         assert_eq!(parse_size_arg("300M").unwrap(), 300 << 20);
         assert_eq!(parse_size_arg("1000").unwrap(), 1000);
+        let cli =
+            Cli::try_parse_from(["b", "compare", "--corpus", "/c", "--tools", "restic,bakare"]).unwrap();
+        match cli.command {
+            Cmd::Compare { tools, mutate_percent, .. } => {
+                assert_eq!(tools, [peers::Kind::Restic, peers::Kind::Bakare]);
+                assert_eq!(mutate_percent, 1.0);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
     }
 }
