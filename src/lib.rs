@@ -132,19 +132,21 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
 /// `mi_option_purge_delay` in mimalloc.h (the same value in mimalloc v2 and v3).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Lets mimalloc keep freed pages for 100 ms before returning them to the OS. The pipeline frees
-/// and allocates multi-MiB buffers continuously; with mimalloc's default 10 ms delay most new
-/// buffers are faulted in and zeroed by the kernel again. Measured (bakare-bench, 2 cores):
-/// 1 GiB of random data 2.5 s -> 2.0 s, a 300 MiB mixed tree 1.5 s -> 0.9 s; peak RSS +7 MiB.
-/// Never purging was no faster and kept 50 MiB more. MIMALLOC_PURGE_DELAY overrides it.
+/// Makes mimalloc return freed pages to the OS at once. The byte budget bounds live data; the
+/// RSS ceiling also needs freed buffers to leave. With mimalloc's default 10 ms delay (or the
+/// 100 ms tried here) freed multi-MiB buffers of many sizes linger: on a 300 MiB mixed tree with
+/// --mem-limit 128M, peak RSS was 130 MiB (10 ms) and 159 MiB (100 ms), against 84 MiB with no
+/// delay. The price is page faults on new buffers: ~20 % slower on 1 GiB of random data (1.65-1.9
+/// s against 1.3 s), no measurable cost on the mixed tree. Reusing block buffers (a pool) would
+/// remove that cost; until then, the ceiling wins. MIMALLOC_PURGE_DELAY overrides it.
 #[allow(unsafe_code)]
-pub fn keep_freed_memory_briefly() {
+pub fn return_freed_memory_promptly() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
         return; // the user's own setting wins
     }
     // SAFETY: mi_option_set stores one integer in mimalloc's option table; it has no memory
     // effects on the caller and is valid to call at any time, from any thread.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 100) };
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
 }
 
 /// Runs the CLI reading files through `source`.

@@ -250,7 +250,22 @@ pub fn run_measured(mut cmd: Command) -> Outcome {
         std::io::Read::read_to_end(&mut err, &mut v).unwrap();
         v
     });
-    let (code, peak_rss) = wait_rusage(child.id() as i32);
+    // A hung child (a deadlock is a bug the tests must report, not wait out) is killed after
+    // ten minutes. The watchdog stops before the child is reaped, so it never signals a pid
+    // that could have been reused.
+    let pid = child.id() as i32;
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if stop_rx.recv_timeout(std::time::Duration::from_secs(600)).is_err() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            return true;
+        }
+        false
+    });
+    let (code, peak_rss) = wait_rusage(pid, move || {
+        let _ = stop_tx.send(());
+        watchdog.join().unwrap_or(false)
+    });
     Outcome {
         code,
         stdout: t_out.join().unwrap(),
@@ -259,14 +274,24 @@ pub fn run_measured(mut cmd: Command) -> Outcome {
     }
 }
 
-/// Waits for `pid` and returns (exit code or 128+signal, ru_maxrss in bytes).
+/// Waits for `pid` and returns (exit code or 128+signal, ru_maxrss in bytes). `before_reap`
+/// runs once the child has exited but before its pid is released; it returns whether the
+/// child was killed for hanging.
 #[allow(unsafe_code)]
-fn wait_rusage(pid: i32) -> (i32, u64) {
+fn wait_rusage(pid: i32, before_reap: impl FnOnce() -> bool) -> (i32, u64) {
+    // WNOWAIT: wait for the exit without reaping, so the pid stays ours meanwhile.
+    // SAFETY: an all-zero siginfo_t is a valid value of this plain C struct.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes only into `info`, a live local of the right type.
+    let w = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+    assert_eq!(w, 0, "waitid failed: {}", std::io::Error::last_os_error());
+    let hung = before_reap();
+    assert!(!hung, "the child process hung for ten minutes and was killed (a deadlock?)");
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value of this plain C struct.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: wait4 writes only into the two out-pointers, which point to live locals of the
-    // right types; `pid` is our own child, not yet reaped (std's Child was never waited on).
+    // right types; `pid` is our own child, exited and not yet reaped.
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
     assert_eq!(r, pid, "wait4 failed: {}", std::io::Error::last_os_error());
     let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };

@@ -36,8 +36,14 @@ pub const SEGMENT: usize = 8 << 20;
 pub const DEFAULT_BUDGET: u64 = 64 << 20;
 /// What --mem-limit keeps back from the data budget for everything that is not data in flight:
 /// the binary, thread stacks, allocator slack and channel buffers (measured: ~25 MiB RSS with an
-/// empty pipeline), plus the index (see `index_reserve`).
+/// empty pipeline), the compress workers' bundles (~1.5 MiB each), plus the index (see
+/// `index_reserve`).
 pub const FIXED_RESERVE: u64 = 40 << 20;
+
+/// The smallest data budget: two full blocks of a large file (the chunker keeps the tail of one
+/// while the next is read, each holding twice its 8 MiB plus 4 MiB of headroom). Less deadlocks
+/// as soon as a file spans several blocks.
+pub const MIN_BUDGET: u64 = 2 * 2 * (SEGMENT as u64 + (4 << 20));
 
 pub struct BackupOptions {
     pub paths: Vec<PathBuf>,
@@ -117,11 +123,11 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
         None => DEFAULT_BUDGET,
         Some(limit) => {
             let reserve = FIXED_RESERVE + index_reserve(index.blob_count());
-            if limit < reserve + (16 << 20) {
+            if limit < reserve + MIN_BUDGET {
                 return Err(Error::Invalid(format!(
                     "--mem-limit {} MiB is too small for this repository (needs at least {} MiB)",
                     limit >> 20,
-                    (reserve + (16 << 20)) >> 20
+                    (reserve + MIN_BUDGET).div_ceil(1 << 20)
                 )));
             }
             limit - reserve

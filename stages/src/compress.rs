@@ -9,9 +9,6 @@
 
 use crossbeam_channel::{Receiver, Sender};
 
-use std::sync::Arc;
-
-use crate::budget::Permit;
 use crate::msg::{BlobKind, Cancel, Framed, Member, NewBlob, BUNDLE_ID};
 use crate::Workers;
 
@@ -159,11 +156,16 @@ pub const SMALL_BLOB: usize = 32 * 1024;
 pub const BUNDLE_TARGET: usize = 512 * 1024;
 
 /// Small blobs gathered for one compressed frame.
+///
+/// A bundle holds copies, not the blobs' buffers, and lets go of their permits at once: a small
+/// blob can be the tail of a large file's 8 MiB block, and bundles pinning such blocks held the
+/// whole budget and deadlocked the pipeline under a small --mem-limit. A bundle's own memory is
+/// bounded by construction (BUNDLE_TARGET, plus its frame, per compress worker) and is part of
+/// the fixed reserve, not of the budget.
 #[derive(Default)]
 struct Bundle {
     data: Vec<u8>,
     members: Vec<Member>,
-    permits: Vec<Arc<Permit>>,
 }
 
 impl Bundle {
@@ -171,7 +173,7 @@ impl Bundle {
         let offset = self.data.len() as u32;
         self.data.extend_from_slice(&blob.data);
         self.members.push(Member { id: blob.id, offset, len: blob.data.len() as u32 });
-        self.permits.push(blob.permit);
+        // `blob` (its buffer slice and permit) is dropped here.
     }
 
     fn take(&mut self, c: &mut Compressor) -> Option<Framed> {
@@ -187,7 +189,7 @@ impl Bundle {
             raw_len,
             buf,
             members: b.members,
-            permits: b.permits,
+            permits: Vec::new(),
         })
     }
 }
