@@ -169,13 +169,7 @@ impl Entry {
 /// returns what each tool did.
 pub fn compare(opts: &Options) -> Result<Vec<ToolResult>> {
     let corpus = opts.corpus.canonicalize().with_context(|| format!("corpus {}", opts.corpus.display()))?;
-    let mut builder = tempfile::Builder::new();
-    let tmp = builder.prefix("bakare-compare-");
-    let work = match &opts.workdir {
-        Some(d) => tmp.tempdir_in(d),
-        None => tmp.tempdir(),
-    }
-    .context("creating the work directory")?;
+    let work = measure::work_dir("bakare-compare-", opts.workdir.as_deref())?;
     // A private copy: the mutation must not touch the caller's corpus. `cp -a` keeps times and
     // modes, so the copy is the corpus as far as every tool can tell.
     let src = work.path().join("corpus");

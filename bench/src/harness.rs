@@ -69,13 +69,7 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     let corpus = opts.corpus.canonicalize().with_context(|| format!("corpus {}", opts.corpus.display()))?;
     let (files, bytes) = measure::tree_size(&corpus)?;
-    let mut builder = tempfile::Builder::new();
-    let tmp = builder.prefix("bakare-bench-");
-    let work = match &opts.workdir {
-        Some(d) => tmp.tempdir_in(d),
-        None => tmp.tempdir(),
-    }
-    .context("creating a temporary directory")?;
+    let work = measure::work_dir("bakare-bench-", opts.workdir.as_deref())?;
     let (repo, home, target) =
         (work.path().join("repo"), work.path().join("home"), work.path().join("restore"));
     std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;

@@ -195,6 +195,17 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// A temporary work directory named `prefix…`, in `dir` or the system's temporary directory.
+pub fn work_dir(prefix: &str, dir: Option<&std::path::Path>) -> anyhow::Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    let tmp = builder.prefix(prefix);
+    let made = match dir {
+        Some(d) => tmp.tempdir_in(d),
+        None => tmp.tempdir(),
+    };
+    anyhow::Context::context(made, "creating the work directory")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
