@@ -1,33 +1,28 @@
-//! backup: wires the stages into one pipeline and builds the trees on the calling thread.
-//!
-//! The tree builder takes the scan's events in order and, for each file, waits for that file's
-//! chunk ids (FileEvents from the chunk and hash stages, drained continuously so those stages
-//! never block on it). Directories become tree blobs that join the data blobs at the compress
-//! stage. When the scan is over and every stage has drained, the packs are committed, then the
-//! session's index segment, then the snapshot (pending, then committed).
-use std::collections::HashMap;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+//! backup: wires the stages into one pipeline and runs the tree builder (builder.rs) on the
+//! calling thread. When the scan is over and every stage has drained, the packs are committed,
+//! then the session's index segment, then the snapshot (pending, then committed), and last the
+//! files cache for the next run.
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::Bytes;
-use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::bounded;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use io::Source;
 use stages::compress::CompressConfig;
 use stages::encrypt::EncryptConfig;
 use stages::read::{ReadConfig, ReadMode};
 use stages::scan::{Exclude, Known, ScanConfig};
-use stages::{BlobId, BlobKind, Cancel, Dedup, FileEvent, MemoryBudget, Meta, NewBlob, Progress, ScanEvent};
+use stages::{Cancel, FileEvent, MemoryBudget, Meta, NewBlob, Progress, ScanEvent};
 
+use crate::builder::{Builder, Wiring};
 use crate::error::{Error, Result};
-use crate::filescache::{self, CacheEntry, CacheReader, CacheWriter};
+use crate::filescache::{self, CacheReader, CacheWriter};
 use crate::index::{encode_segment, Index, SessionDedup};
 use crate::pack::PackSink;
 use crate::repo::Repository;
-use crate::snapshot::{FileError, Snapshot, Stats};
-use crate::tree::{Node, NodeKind, Tree, MAX_ENTRIES};
+use crate::snapshot::Snapshot;
 
 /// Bytes per read of a large file. 8 MiB: large enough that per-read overhead vanishes, small
 /// enough that a 64 MiB budget keeps several reads in flight.
@@ -202,24 +197,17 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
     let scan_cfg = ScanConfig { roots: roots.clone(), exclude, known, progress: opts.progress.clone() };
     let scan = stages::scan::spawn(scan_cfg, ev_tx, job_tx, cancel.clone()).map_err(spawn_err)?;
 
-    let root_frame =
-        Frame { name: Vec::new(), meta: None, path: Vec::new(), nodes: Vec::new(), blobs: Vec::new() };
-    let mut builder = Builder {
-        stack: vec![root_frame],
-        pending: HashMap::new(),
-        links: HashMap::new(),
+    let mut builder = Builder::new(Wiring {
         fevents: fe_rx,
-        trees: Some(new_tx),
+        trees: new_tx,
         dedup: dedup.clone(),
         id_key: *repo.wk.id_key.as_bytes(),
         budget: budget.clone(),
         cancel: cancel.clone(),
-        errors: Vec::new(),
-        stats: Stats::default(),
         cache: cache_out,
         racy_ns: time_ns - 1_000_000_000,
         progress: opts.progress.clone(),
-    };
+    });
     let built = builder.run(&ev_rx);
     if built.is_err() {
         cancel.cancel();
@@ -343,307 +331,4 @@ fn commit_snapshot(repo: &Repository, snapshot: &Snapshot) -> Result<String> {
     repo.backend.put(&format!("snapshots/{id}"), &bytes)?;
     repo.backend.delete(&pending)?;
     Ok(id)
-}
-
-struct Frame {
-    name: Vec<u8>,
-    meta: Option<Meta>,
-    /// Path from the snapshot root, for hard link targets.
-    path: Vec<u8>,
-    nodes: Vec<Node>,
-    blobs: Vec<BlobId>,
-}
-
-#[derive(Default)]
-struct PendingFile {
-    ids: Vec<Option<BlobId>>,
-    got: u32,
-    end: Option<(u32, u64)>,
-    failed: Option<(PathBuf, String)>,
-}
-
-impl PendingFile {
-    fn complete(&self) -> bool {
-        self.failed.is_some() || self.end.is_some_and(|(n, _)| n == self.got)
-    }
-}
-
-struct Builder {
-    stack: Vec<Frame>,
-    pending: HashMap<u64, PendingFile>,
-    /// First names of multiply-linked files: seq -> (path, content, size).
-    links: HashMap<u64, (Vec<u8>, Vec<BlobId>, u64)>,
-    fevents: Receiver<FileEvent>,
-    /// The compress stage's input, for tree blobs; None once the tree is complete.
-    trees: Option<Sender<NewBlob>>,
-    dedup: Arc<SessionDedup>,
-    id_key: [u8; 32],
-    budget: MemoryBudget,
-    cancel: Cancel,
-    errors: Vec<FileError>,
-    stats: Stats,
-    /// The files cache being written for the next run.
-    cache: Option<CacheWriter>,
-    progress: Arc<Progress>,
-    /// Files modified at or after this instant are not cached: they may change again within the
-    /// same timestamp granularity without their mtime moving (the racy-timestamp problem).
-    racy_ns: i64,
-}
-
-fn join_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = dir.to_vec();
-    if !p.is_empty() {
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
-}
-
-impl Builder {
-    fn record(&mut self, ev: FileEvent) {
-        match ev {
-            FileEvent::ChunkId { seq, index, id, len } => {
-                Progress::add(&self.progress.bytes_done, u64::from(len));
-                let p = self.pending.entry(seq).or_default();
-                let i = index as usize;
-                if p.ids.len() <= i {
-                    p.ids.resize(i + 1, None);
-                }
-                if p.ids[i].replace(id).is_none() {
-                    p.got += 1;
-                }
-            }
-            FileEvent::End { seq, chunks, size } => {
-                self.pending.entry(seq).or_default().end = Some((chunks, size))
-            }
-            FileEvent::Failed { seq, path, why } => {
-                self.pending.entry(seq).or_default().failed = Some((path, why))
-            }
-        }
-    }
-
-    /// Waits for every chunk id of file `seq`, draining other files' events meanwhile.
-    fn wait_file(&mut self, seq: u64) -> Result<PendingFile> {
-        loop {
-            if self.pending.get(&seq).is_some_and(PendingFile::complete) {
-                return self.pending.remove(&seq).ok_or_else(|| Error::Pipeline("lost file".into()));
-            }
-            match self.fevents.recv_timeout(Duration::from_millis(100)) {
-                Ok(ev) => self.record(ev),
-                Err(RecvTimeoutError::Timeout) if self.cancel.is_cancelled() => {
-                    return Err(Error::Pipeline("cancelled".into()))
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Pipeline("the pipeline ended before every file was complete".into()))
-                }
-            }
-        }
-    }
-
-    fn abs_path(&self, name: &[u8]) -> Vec<u8> {
-        let top = self.stack.last().map(|f| f.path.as_slice()).unwrap_or_default();
-        let mut p = b"/".to_vec();
-        p.extend_from_slice(&join_path(top, name));
-        p
-    }
-
-    fn push(&mut self, node: Node) -> Result<()> {
-        let full = {
-            let Some(frame) = self.stack.last_mut() else {
-                return Err(Error::Pipeline("unbalanced scan events".into()));
-            };
-            frame.nodes.push(node);
-            frame.nodes.len() >= MAX_ENTRIES
-        };
-        if full {
-            self.flush_top()?;
-        }
-        Ok(())
-    }
-
-    /// Stores the top directory's pending entries as one tree blob.
-    fn flush_top(&mut self) -> Result<()> {
-        let Some(frame) = self.stack.last_mut() else { return Ok(()) };
-        if frame.nodes.is_empty() {
-            return Ok(());
-        }
-        let tree = Tree { nodes: std::mem::take(&mut frame.nodes) };
-        let data = tree.encode();
-        let id = stages::hash::blob_id(&self.id_key, &data);
-        frame.blobs.push(id);
-        if self.dedup.claim(&id, BlobKind::Tree) {
-            let permit = self.acquire(2 * data.len() as u64)?;
-            let blob =
-                NewBlob { id, kind: BlobKind::Tree, data: Bytes::from(data), permit: Arc::new(permit) };
-            let sent = self.trees.as_ref().map(|t| t.send(blob).is_ok());
-            if sent != Some(true) {
-                return Err(Error::Pipeline("compress stage gone".into()));
-            }
-        }
-        Ok(())
-    }
-
-    /// Takes budget without ever blocking the stages that feed this thread.
-    fn acquire(&mut self, bytes: u64) -> Result<stages::Permit> {
-        loop {
-            if let Some(p) = self.budget.try_acquire(bytes) {
-                return Ok(p);
-            }
-            match self.fevents.recv_timeout(Duration::from_millis(5)) {
-                Ok(ev) => self.record(ev),
-                Err(RecvTimeoutError::Timeout) if self.cancel.is_cancelled() => {
-                    return Err(Error::Pipeline("cancelled".into()))
-                }
-                Err(_) => {}
-            }
-        }
-    }
-
-    /// A file whose content is known: its node, its hard-link record, its files-cache entry.
-    fn file_done(
-        &mut self,
-        seq: u64,
-        name: Vec<u8>,
-        meta: Meta,
-        size: u64,
-        content: Vec<BlobId>,
-    ) -> Result<()> {
-        self.stats.files += 1;
-        self.stats.bytes += size;
-        Progress::add(&self.progress.files_done, 1);
-        if self.stats.files % 64 == 1 || size > 1 << 20 {
-            let p = PathBuf::from(std::ffi::OsString::from_vec(self.abs_path(&name)));
-            *self.progress.current.lock().unwrap_or_else(|p| p.into_inner()) = p;
-        }
-        if meta.nlink > 1 {
-            let top = self.stack.last().map(|f| f.path.as_slice()).unwrap_or_default();
-            self.links.insert(seq, (join_path(top, &name), content.clone(), size));
-        }
-        if meta.mtime_ns < self.racy_ns {
-            let entry = CacheEntry {
-                path: self.abs_path(&name),
-                size,
-                mtime_ns: meta.mtime_ns,
-                ctime_ns: meta.ctime_ns,
-                ino: meta.ino,
-                dev: meta.dev,
-                content: content.clone(),
-            };
-            if let Some(Err(_)) = self.cache.as_mut().map(|c| c.add(&entry)) {
-                self.cache = None; // a cache that cannot be written is simply not kept
-            }
-        }
-        self.push(Node::new(name, NodeKind::File { size, content }, &meta))
-    }
-
-    fn error(&mut self, path: Vec<u8>, why: String) {
-        self.errors.push(FileError { path, why });
-    }
-
-    fn scan_event(&mut self, ev: ScanEvent) -> Result<()> {
-        match ev {
-            ScanEvent::Enter { name, meta } => {
-                self.stats.dirs += 1;
-                let name = name.as_bytes().to_vec();
-                let parent = self.stack.last().map(|f| f.path.clone()).unwrap_or_default();
-                let path = join_path(&parent, &name);
-                self.stack.push(Frame { name, meta: Some(meta), path, nodes: Vec::new(), blobs: Vec::new() });
-            }
-            ScanEvent::Leave => {
-                self.flush_top()?;
-                if self.stack.len() < 2 {
-                    return Err(Error::Pipeline("unbalanced scan events".into()));
-                }
-                let Some(frame) = self.stack.pop() else { return Ok(()) };
-                let Some(meta) = frame.meta else { return Ok(()) };
-                self.push(Node::new(frame.name, NodeKind::Dir { subtree: frame.blobs }, &meta))?;
-            }
-            ScanEvent::File { seq, name, meta } => {
-                let done = self.wait_file(seq)?;
-                let name = name.as_bytes().to_vec();
-                if let Some((path, why)) = done.failed {
-                    self.error(path.as_os_str().as_bytes().to_vec(), why);
-                    return Ok(());
-                }
-                let (_, size) = done.end.unwrap_or((0, 0));
-                let content: Vec<BlobId> = done.ids.into_iter().flatten().collect();
-                self.stats.read_bytes += size;
-                self.file_done(seq, name, meta, size, content)?;
-            }
-            ScanEvent::Unchanged { seq, name, meta, content } => {
-                self.stats.unchanged_files += 1;
-                Progress::add(&self.progress.bytes_done, meta.size);
-                let size = meta.size;
-                self.file_done(seq, name.as_bytes().to_vec(), meta, size, content)?;
-            }
-
-            ScanEvent::HardLink { first, name, meta } => {
-                let name = name.as_bytes().to_vec();
-                match self.links.get(&first) {
-                    Some((target, content, size)) => {
-                        let kind = NodeKind::HardLink {
-                            target: target.clone(),
-                            size: *size,
-                            content: content.clone(),
-                        };
-                        self.stats.files += 1;
-                        self.push(Node::new(name, kind, &meta))?;
-                    }
-                    None => {
-                        let p = self.abs_path(&name);
-                        self.error(p, "hard link to a file that could not be saved".into());
-                    }
-                }
-            }
-            ScanEvent::Symlink { name, meta, target } => {
-                let kind = NodeKind::Symlink { target: target.as_bytes().to_vec() };
-                self.push(Node::new(name.as_bytes().to_vec(), kind, &meta))?;
-            }
-            ScanEvent::Special { name, meta } => {
-                let kind = match meta.kind {
-                    stages::FileKind::Fifo => NodeKind::Fifo,
-                    stages::FileKind::Socket => NodeKind::Socket,
-                    stages::FileKind::CharDev => NodeKind::CharDev { rdev: meta.rdev },
-                    _ => NodeKind::BlockDev { rdev: meta.rdev },
-                };
-                self.push(Node::new(name.as_bytes().to_vec(), kind, &meta))?;
-            }
-            ScanEvent::Error { path, why } => self.error(path.as_os_str().as_bytes().to_vec(), why),
-        }
-        Ok(())
-    }
-
-    fn run(&mut self, events: &Receiver<ScanEvent>) -> Result<Vec<BlobId>> {
-        let fevents = self.fevents.clone();
-        let mut fevents_open = true;
-        loop {
-            if self.cancel.is_cancelled() {
-                return Err(Error::Pipeline("cancelled".into()));
-            }
-            let ev = if fevents_open {
-                select! {
-                    recv(events) -> ev => ev,
-                    recv(fevents) -> fe => {
-                        match fe {
-                            Ok(fe) => self.record(fe),
-                            Err(_) => fevents_open = false,
-                        }
-                        continue;
-                    }
-                }
-            } else {
-                events.recv()
-            };
-            match ev {
-                Ok(ev) => self.scan_event(ev)?,
-                Err(_) => break,
-            }
-        }
-        if self.stack.len() != 1 {
-            return Err(Error::Pipeline("the scan ended inside a directory".into()));
-        }
-        self.flush_top()?;
-        Ok(self.stack.pop().map(|f| f.blobs).unwrap_or_default())
-    }
 }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backup;
+mod builder;
 pub mod clock;
 pub mod config;
 pub mod crypto;
