@@ -257,7 +257,7 @@ pub fn run_measured(mut cmd: Command) -> Outcome {
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
         if stop_rx.recv_timeout(std::time::Duration::from_secs(600)).is_err() {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            kill_hung(pid);
             return true;
         }
         false
@@ -272,6 +272,14 @@ pub fn run_measured(mut cmd: Command) -> Outcome {
         stderr: String::from_utf8_lossy(&t_err.join().unwrap()).into_owned(),
         peak_rss,
     }
+}
+
+/// SIGKILL for a child that hung; called only before the child has been reaped.
+#[allow(unsafe_code)]
+fn kill_hung(pid: i32) {
+    // SAFETY: kill(2) takes plain integers; `pid` is our own unreaped child, so it cannot name
+    // another process.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 
 /// Waits for `pid` and returns (exit code or 128+signal, ru_maxrss in bytes). `before_reap`
