@@ -480,3 +480,23 @@ fn small_files_compress_together_and_stay_individually_restorable() {
     let all = restore_all(&b, "latest");
     assert_same_tree(src.path(), &restored_path(all.path(), src.path()));
 }
+
+#[test]
+fn roots_can_be_files_and_symlinks() {
+    let b = bakare();
+    let src = TestDir::new().file("d/f.txt", "hi").file("d/g.txt", "there").symlink("link", "d");
+    b.ok(&argv!["init"]);
+    // a file inside another root, a symlink to a directory (saved as the symlink), a dir
+    b.ok(&argv!["run", src.path().join("d/f.txt"), src.path().join("link"), src.path().join("d")]);
+    let target = restore_all(&b, "latest");
+    let root = restored_path(target.path(), src.path());
+    assert_eq!(fs::read_link(root.join("link")).unwrap(), Path::new("d"));
+    assert_eq!(fs::read(root.join("d/g.txt")).unwrap(), b"there");
+    assert_same_tree(&src.path().join("d"), &root.join("d"));
+    // only a file
+    let one = bakare();
+    one.ok(&argv!["init"]);
+    one.ok(&argv!["run", src.path().join("d/g.txt")]);
+    let t = restore_all(&one, "latest");
+    assert_eq!(fs::read(restored_path(t.path(), &src.path().join("d/g.txt"))).unwrap(), b"there");
+}

@@ -25,6 +25,8 @@ struct Frame {
     path: Vec<u8>,
     nodes: Vec<Node>,
     blobs: Vec<BlobId>,
+    /// The last name added (also across flushed tree blobs): names must strictly increase.
+    last: Option<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -87,8 +89,14 @@ pub(crate) struct Wiring {
 
 impl Builder {
     pub(crate) fn new(w: Wiring) -> Builder {
-        let root =
-            Frame { name: Vec::new(), meta: None, path: Vec::new(), nodes: Vec::new(), blobs: Vec::new() };
+        let root = Frame {
+            name: Vec::new(),
+            meta: None,
+            path: Vec::new(),
+            nodes: Vec::new(),
+            blobs: Vec::new(),
+            last: None,
+        };
         Builder {
             stack: vec![root],
             pending: HashMap::new(),
@@ -160,6 +168,16 @@ impl Builder {
             let Some(frame) = self.stack.last_mut() else {
                 return Err(Error::Pipeline("unbalanced scan events".into()));
             };
+            // A tree that a reader would refuse is never written: an entry out of order (a
+            // scan bug) is named as an error instead of spoiling its directory.
+            if frame.last.as_ref().is_some_and(|l| *l >= node.name) || !crate::tree::valid_name(&node.name) {
+                let mut path = b"/".to_vec();
+                path.extend_from_slice(&join_path(&frame.path, &node.name));
+                self.errors
+                    .push(FileError { path, why: "entry out of order in its directory; not saved".into() });
+                return Ok(());
+            }
+            frame.last = Some(node.name.clone());
             frame.nodes.push(node);
             frame.nodes.len() >= MAX_ENTRIES
         };
@@ -255,7 +273,14 @@ impl Builder {
                 let name = name.as_bytes().to_vec();
                 let parent = self.stack.last().map(|f| f.path.clone()).unwrap_or_default();
                 let path = join_path(&parent, &name);
-                self.stack.push(Frame { name, meta: Some(meta), path, nodes: Vec::new(), blobs: Vec::new() });
+                self.stack.push(Frame {
+                    name,
+                    meta: Some(meta),
+                    path,
+                    nodes: Vec::new(),
+                    blobs: Vec::new(),
+                    last: None,
+                });
             }
             ScanEvent::Leave => {
                 self.flush_top()?;

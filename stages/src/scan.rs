@@ -162,8 +162,11 @@ impl Scanner {
 
     fn walk(&mut self, root: &Path, exclude: &Option<Exclude>) -> Result<(), Closed> {
         let is_fs_root = root.parent().is_none();
+        // A root that is a symlink is saved as the symlink (walkdir would follow it by default,
+        // yielding the target's entries under a node recorded as a symlink).
         let walker = WalkDir::new(root)
             .follow_links(false)
+            .follow_root_links(false)
             .min_depth(usize::from(is_fs_root))
             .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
         let ex = exclude.clone();
