@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -404,24 +404,6 @@ pub fn tree_diff(src: &Path, dst: &Path) -> Vec<String> {
 pub fn assert_same_tree(src: &Path, dst: &Path) {
     let d = tree_diff(src, dst);
     assert!(d.is_empty(), "restored tree differs from {}:\n{}", src.display(), d.join("\n"));
-}
-
-/// Total bytes of the files under `dir`.
-pub fn du(dir: &Path) -> u64 {
-    entries(dir)
-        .iter()
-        .filter_map(|r| fs::symlink_metadata(dir.join(r)).ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum()
-}
-
-pub fn os(p: &Path) -> &OsStr {
-    p.as_os_str()
-}
-
-pub fn bytes_of(p: &Path) -> &[u8] {
-    p.as_os_str().as_bytes()
 }
 
 /// Arguments of mixed types (`&str`, `&Path`, `OsString`...) as one array of `OsString`.

@@ -49,12 +49,11 @@ pub enum FrameError {
 
 pub struct Compressor {
     ctx: zstd::bulk::Compressor<'static>,
-    level: i32,
 }
 
 impl Compressor {
     pub fn new(level: i32) -> std::io::Result<Self> {
-        Ok(Compressor { ctx: zstd::bulk::Compressor::new(level)?, level })
+        Ok(Compressor { ctx: zstd::bulk::Compressor::new(level)? })
     }
 
     fn worth_it(&mut self, data: &[u8]) -> bool {
@@ -98,10 +97,6 @@ impl Compressor {
         buf[NONCE_ROOM + 5..start].copy_from_slice(&payload.to_le_bytes());
         buf.resize(NONCE_ROOM + padded_len(buf.len() - NONCE_ROOM), 0);
         buf
-    }
-
-    pub fn level(&self) -> i32 {
-        self.level
     }
 }
 
