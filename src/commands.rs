@@ -39,6 +39,12 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
         Command::Ls(args) => ls(&Repository::open(&repo_path, key)?, cli.json, args),
         Command::Restore(args) => restore(&Repository::open(&repo_path, key)?, cli.json, args),
         Command::Key(cmd) => key_cmd(&Repository::open(&repo_path, key)?, cmd),
+        Command::Check(args) => {
+            crate::maintenance::check_cmd(&Repository::open(&repo_path, key)?, cli.json, args)
+        }
+        Command::Repair(cmd) => {
+            crate::maintenance::repair_cmd(&Repository::open(&repo_path, key)?, cli.json, cmd)
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 
 mod commands;
+mod maintenance;
 mod output;
 mod progress;
 
@@ -45,6 +46,45 @@ pub enum Command {
     /// Manage keys
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Verify the repository; name damaged objects and the files they affect (exit 3)
+    Check(CheckArgs),
+    /// Rebuild the index, or write snapshots that leave out damaged files
+    #[command(subcommand)]
+    Repair(RepairCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Also read every pack: check it against its name, decrypt and re-hash every blob
+    #[arg(long)]
+    pub read_data: bool,
+    /// Read only part of the packs: a random percentage (10%) or part n of m (1/5)
+    #[arg(long, value_parser = engine::check::Subset::parse, value_name = "10%|n/m")]
+    pub read_data_subset: Option<engine::check::Subset>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepairCommand {
+    /// Rebuild the index segments from the packs (works with a backup-only key)
+    Index {
+        /// Also read every pack and leave damaged blobs out, so the next backup stores them again
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Write a copy of each damaged snapshot without its damaged files, tagged `repaired`
+    Snapshots {
+        /// Only these snapshots (ids or unique prefixes) [default: every damaged one]
+        snapshots: Vec<String>,
+        /// Remove each damaged snapshot once its repaired copy is saved
+        #[arg(long)]
+        forget: bool,
+        /// Only say what would be left out
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+        /// Find damage from the structure alone, without reading every pack
+        #[arg(long)]
+        no_read_data: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

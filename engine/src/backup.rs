@@ -229,7 +229,11 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
         return Err(Error::Pipeline("the backup was cancelled".into()));
     }
 
-    let packs: Vec<_> = sinks.iter().flat_map(|s| s.packs.iter().cloned()).collect();
+    // The segment also lists the packs that only their trailers described (left by a session
+    // that crashed before its segment, or covered by a damaged segment): rule 1 holds for
+    // them too once this snapshot may reference their blobs.
+    let mut packs: Vec<_> = sinks.iter().flat_map(|s| s.packs.iter().cloned()).collect();
+    packs.extend(dedup.index.recovered.iter().cloned());
     if !packs.is_empty() {
         let (name, bytes) = encode_segment(&repo.wk.catalog_key, &packs)?;
         repo.backend.put(&name, &bytes)?;
@@ -323,7 +327,7 @@ fn open_cache(
 }
 
 /// Writes the snapshot to pending/, then snapshots/, then removes the pending copy.
-fn commit_snapshot(repo: &Repository, snapshot: &Snapshot) -> Result<String> {
+pub(crate) fn commit_snapshot(repo: &Repository, snapshot: &Snapshot) -> Result<String> {
     let bytes = snapshot.encode(&repo.key.recipient)?;
     let id = blake3::hash(&bytes).to_hex().to_string();
     let pending = format!("pending/{id}");

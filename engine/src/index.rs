@@ -49,6 +49,9 @@ pub struct Index {
     packs: Vec<PackId>,
     pack_pos: HashMap<PackId, u32>,
     blobs: HashMap<BlobId, Loc>,
+    /// Packs that no readable segment listed, as read from their trailers. The next backup
+    /// lists them in its own segment, so a damaged or missing segment heals itself.
+    pub recovered: Vec<(PackId, Vec<BlobEntry>)>,
 }
 
 impl Index {
@@ -91,37 +94,59 @@ impl Index {
         self.packs.len()
     }
 
+    /// Every blob and where it is, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&BlobId, &Loc)> {
+        self.blobs.iter()
+    }
+
     /// Loads every segment; packs that no readable segment covers (a damaged segment, or a
     /// session that crashed after writing packs but before its segment) are read from their
     /// trailers. Returns the index and a warning per problem found.
     pub fn load(backend: &dyn Backend, catalog_key: &Secret32) -> Result<(Index, Vec<String>)> {
         let mut idx = Index::default();
         let mut warnings = Vec::new();
+        // Segments first, then packs: a backup writes its packs before its segment, so every
+        // pack of a segment listed here is in the pack listing (unless it was lost).
         let mut names = backend.list("index")?;
         names.sort();
+        let mut segments = Vec::new();
         for name in names {
-            let seg = backend
+            match backend
                 .get(&name)
                 .map_err(Error::from)
-                .and_then(|data| decode_segment(catalog_key, &name, &data));
-            match seg {
-                Ok(packs) => {
-                    for (p, entries) in packs {
-                        idx.add_pack(p, &entries);
-                    }
-                }
+                .and_then(|data| decode_segment(catalog_key, &name, &data))
+            {
+                Ok(packs) => segments.push((name, packs)),
                 Err(e) => warnings.push(format!("{e}; reading pack trailers instead")),
             }
         }
         let mut packs = backend.list("packs")?;
         packs.sort();
+        let present: HashSet<PackId> = packs.iter().filter_map(|k| pack::parse_pack_key(k)).collect();
+        for (name, packs) in segments {
+            for (p, entries) in packs {
+                if present.contains(&p) {
+                    idx.add_pack(p, &entries);
+                } else {
+                    // Never dedup against data that is gone: treat its blobs as absent.
+                    warnings.push(format!(
+                        "{} (listed by {name}) is missing: its {} blobs are unavailable (see `bakare check`)",
+                        pack::pack_key(&p),
+                        entries.len()
+                    ));
+                }
+            }
+        }
         for key in packs {
             let Some(id) = pack::parse_pack_key(&key) else { continue };
             if idx.has_pack(&id) {
                 continue;
             }
             match pack::read_trailer(backend, catalog_key, &key) {
-                Ok(entries) => idx.add_pack(id, &entries),
+                Ok(entries) => {
+                    idx.add_pack(id, &entries);
+                    idx.recovered.push((id, entries));
+                }
                 Err(e) => warnings.push(format!("{e}; its blobs are unavailable")),
             }
         }

@@ -4,6 +4,7 @@
 
 pub mod backup;
 mod builder;
+pub mod check;
 pub mod clock;
 pub mod config;
 pub mod crypto;
@@ -12,10 +13,12 @@ pub mod filescache;
 pub mod index;
 pub mod keys;
 pub mod pack;
+pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod snapshot;
 pub mod tree;
+pub mod writer;
 
 pub use error::{Error, Result};
 pub use repo::Repository;

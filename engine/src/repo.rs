@@ -130,7 +130,9 @@ impl Repository {
                 Err(e) => warnings.push(e.to_string()),
             }
         }
-        out.sort_by(|a, b| a.1.time_ns.cmp(&b.1.time_ns).then(a.0.cmp(&b.0)));
+        // A repaired copy keeps its original's time; it sorts after it, so `latest` is the copy.
+        let repaired = |s: &Snapshot| s.tags.iter().any(|t| t == "repaired");
+        out.sort_by(|a, b| (a.1.time_ns, repaired(&a.1), &a.0).cmp(&(b.1.time_ns, repaired(&b.1), &b.0)));
         Ok((out, warnings))
     }
 

@@ -1,0 +1,581 @@
+//! `check`: verifies that every snapshot can be restored, and names exactly what is damaged.
+//!
+//! - Structure (always): every index segment authenticates and matches its name; every pack an
+//!   index lists exists; every pack exists in some segment (or is a leftover nothing uses);
+//!   every snapshot decrypts and matches its name; every tree of every snapshot (and pending
+//!   snapshot) decrypts and decodes, and every blob a file needs is in the index.
+//! - Data (`--read-data`, or a subset of the packs): every pack is read whole and hashed against
+//!   its name (no key needed), and every blob in it is decrypted, decompressed and hashed
+//!   against its id.
+//! - Without the secret key only what the writer key can read is checked: segments, trailers,
+//!   and pack files against their names.
+//!
+//! Trees are content-addressed, so a subtree found intact once is not walked again: checking
+//! thirty snapshots of one tree costs little more than checking one.
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use stages::compress::unframe;
+use stages::encrypt;
+use stages::hash::blob_id;
+use stages::{BlobId, BlobKind, BUNDLE_ID};
+
+use crate::crypto::unwrap_key;
+use crate::error::{Error, Result};
+use crate::index::{decode_segment, Index};
+use crate::pack::{self, BlobEntry, PackId};
+use crate::repo::{BlobReader, Repository};
+use crate::snapshot::Snapshot;
+use crate::tree::{NodeKind, Tree};
+
+/// Which packs `--read-data` reads.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Subset {
+    All,
+    /// A random fraction (0 < f <= 1) of the packs, different on every run.
+    Fraction(f64),
+    /// Part `n` of `m` (1-based): the packs whose id's first byte is `n - 1` modulo `m`, so
+    /// running 1/m ... m/m reads every pack once.
+    Part(u32, u32),
+}
+
+impl Subset {
+    /// Parses `10%`, `2.5%` or `n/m`.
+    pub fn parse(s: &str) -> std::result::Result<Subset, String> {
+        let bad = || format!("{s:?} is not a subset like 10% or 1/5");
+        if let Some(p) = s.strip_suffix('%') {
+            let f: f64 = p.trim().parse().map_err(|_| bad())?;
+            if !(f > 0.0 && f <= 100.0) {
+                return Err(format!("{s:?}: the percentage must be above 0 and at most 100"));
+            }
+            return Ok(Subset::Fraction(f / 100.0));
+        }
+        let (n, m) = s.split_once('/').ok_or_else(bad)?;
+        let (n, m): (u32, u32) = (n.trim().parse().map_err(|_| bad())?, m.trim().parse().map_err(|_| bad())?);
+        if m == 0 || n == 0 || n > m || m > 256 {
+            return Err(format!("{s:?}: need 1 <= n <= m <= 256"));
+        }
+        Ok(Subset::Part(n, m))
+    }
+
+    fn picks(&self, pack: &PackId, seed: &[u8; 32]) -> bool {
+        match *self {
+            Subset::All => true,
+            Subset::Fraction(f) => {
+                let h = blake3::keyed_hash(seed, pack);
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&h.as_bytes()[..8]);
+                (u64::from_le_bytes(b) as f64) < f * (u64::MAX as f64)
+            }
+            Subset::Part(n, m) => u32::from(pack[0]) % m == n - 1,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CheckOptions {
+    pub read_data: Option<Subset>,
+    pub workers: usize,
+}
+
+/// One damaged object: a repository file, or a blob inside a pack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    pub object: String,
+    pub why: String,
+}
+
+/// A file or directory of a snapshot that cannot be restored (whole or in part).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Affected {
+    /// `snapshots/<id>` or `pending/<id>`.
+    pub snapshot: String,
+    pub path: Vec<u8>,
+    pub why: String,
+}
+
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub damage: Vec<Damage>,
+    pub affected: Vec<Affected>,
+    /// Harmless findings (leftovers of interrupted backups, pending snapshots).
+    pub notes: Vec<String>,
+    pub snapshots: usize,
+    pub trees: u64,
+    pub packs: usize,
+    pub packs_read: usize,
+    pub bytes_read: u64,
+    pub blobs_verified: u64,
+    /// False with a backup-only key: snapshots and trees were not read.
+    pub snapshots_checked: bool,
+    /// Tree ids found intact (all they reference is present and undamaged).
+    pub(crate) clean_trees: HashSet<BlobId>,
+    /// Damaged copies of blobs found by reading data: (blob, pack holding the bad copy) -> why.
+    pub(crate) bad_blobs: HashMap<(BlobId, PackId), String>,
+}
+
+impl CheckReport {
+    pub fn is_clean(&self) -> bool {
+        self.damage.is_empty() && self.affected.is_empty()
+    }
+}
+
+/// The repository as check sees it: the index (segments plus trailers of uncovered packs) and
+/// what is wrong with it.
+pub(crate) struct Survey {
+    pub index: Index,
+    pub present: BTreeMap<PackId, String>,
+    pub missing_packs: HashSet<PackId>,
+    pub uncovered: Vec<PackId>,
+}
+
+fn name_matches(name: &str, data: &[u8]) -> bool {
+    name.rsplit('/').next() == Some(blake3::hash(data).to_hex().as_str())
+}
+
+/// Lists packs and reads every index segment (and the trailers of packs no segment lists).
+pub(crate) fn survey(repo: &Repository, report: &mut CheckReport) -> Result<Survey> {
+    let backend = repo.backend.as_ref();
+    let mut present = BTreeMap::new();
+    for key in backend.list("packs")? {
+        match pack::parse_pack_key(&key) {
+            Some(id) if pack::pack_key(&id) == key => {
+                present.insert(id, key);
+            }
+            _ => report
+                .damage
+                .push(Damage { object: key, why: "not a pack name (a stray file in packs/)".into() }),
+        }
+    }
+    report.packs = present.len();
+    let mut index = Index::default();
+    let mut covered = HashSet::new();
+    let mut missing_packs = HashSet::new();
+    let mut segments = backend.list("index")?;
+    segments.sort();
+    for name in segments {
+        let data = match backend.get(&name) {
+            Ok(d) => d,
+            Err(e) => {
+                report.damage.push(Damage { object: name, why: format!("cannot read: {e}") });
+                continue;
+            }
+        };
+        let body = decode_segment(&repo.wk.catalog_key, &name, &data);
+        let mut why = match &body {
+            Err(e) => Some(e.to_string()),
+            Ok(_) if !name_matches(&name, &data) => Some("content does not match its name".into()),
+            Ok(_) => None,
+        };
+        if let Ok(packs) = body {
+            for (p, entries) in packs {
+                covered.insert(p);
+                if !present.contains_key(&p) && missing_packs.insert(p) {
+                    report.damage.push(Damage {
+                        object: pack::pack_key(&p),
+                        why: format!("missing ({} blobs listed by {name} are lost)", entries.len()),
+                    });
+                }
+                index.add_pack(p, &entries);
+            }
+        }
+        if let Some(w) = why.take() {
+            report.damage.push(Damage {
+                object: name,
+                why: format!("{w} (the packs it lists are read from their trailers; `bakare repair index` rewrites it)"),
+            });
+        }
+    }
+    let mut uncovered = Vec::new();
+    for (id, key) in &present {
+        if covered.contains(id) {
+            continue;
+        }
+        uncovered.push(*id);
+        match pack::read_trailer(backend, &repo.wk.catalog_key, key) {
+            Ok(entries) => index.add_pack(*id, &entries),
+            Err(e) => report.damage.push(Damage { object: key.clone(), why: e.to_string() }),
+        }
+    }
+    Ok(Survey { index, present, missing_packs, uncovered })
+}
+
+/// What reading one pack found.
+#[derive(Default)]
+pub(crate) struct PackVerdict {
+    pub damage: Vec<Damage>,
+    pub bad_blobs: Vec<(BlobId, String)>,
+    pub bytes: u64,
+    pub blobs: u64,
+}
+
+/// Reads a pack whole: checks its name, header, trailer, and (with the identity) every blob.
+pub(crate) fn verify_pack(
+    repo: &Repository,
+    identity: Option<&age::x25519::Identity>,
+    index: &Index,
+    id: &PackId,
+    key: &str,
+) -> PackVerdict {
+    let mut v = PackVerdict::default();
+    let data = match repo.backend.get(key) {
+        Ok(d) => d,
+        Err(e) => {
+            v.damage.push(Damage { object: key.into(), why: format!("cannot read: {e}") });
+            return v;
+        }
+    };
+    v.bytes = data.len() as u64;
+    if blake3::hash(&data).as_bytes() != id {
+        v.damage.push(Damage {
+            object: key.into(),
+            why: "content does not match its name (bit rot, truncation or tampering)".into(),
+        });
+    }
+    // Which blobs to verify: the trailer's list, or the index's when the trailer is damaged.
+    let entries: Vec<BlobEntry> = match trailer_of(repo, key, &data) {
+        Ok(e) => e,
+        Err(e) => {
+            v.damage.push(Damage { object: key.into(), why: e.to_string() });
+            let pos = (0..index.pack_count() as u32).find(|&p| index.pack_id(p) == Some(id));
+            index
+                .iter()
+                .filter(|(_, l)| Some(l.pack) == pos)
+                .map(|(b, l)| BlobEntry {
+                    id: *b,
+                    kind: l.kind as u8,
+                    offset: l.offset,
+                    len: l.len,
+                    raw_len: l.raw_len,
+                    inner: l.inner,
+                })
+                .collect()
+        }
+    };
+    let Some(identity) = identity else { return v };
+    let data_key = match header_key(&data).and_then(|w| unwrap_key(identity, w).ok()) {
+        Some(k) => k,
+        None => {
+            v.damage.push(Damage { object: key.into(), why: "header (wrapped data key) is damaged".into() });
+            for e in &entries {
+                v.bad_blobs.push((e.id, format!("in {key}, whose data key is damaged")));
+            }
+            return v;
+        }
+    };
+    // Group bundle members by the sealed bundle that holds them.
+    let mut units: BTreeMap<(u32, u32), Vec<&BlobEntry>> = BTreeMap::new();
+    for e in &entries {
+        units.entry((e.offset, e.len)).or_default().push(e);
+    }
+    let id_key = repo.wk.id_key.as_bytes();
+    let mut bad = 0usize;
+    for ((offset, len), members) in units {
+        let sealed = data.get(offset as usize..offset as usize + len as usize);
+        let bundle = members.iter().any(|e| e.inner.is_some());
+        let plain = sealed.and_then(|s| {
+            let (bid, kind) = if bundle {
+                (BUNDLE_ID, BlobKind::Bundle)
+            } else {
+                (members[0].id, members[0].kind().unwrap_or(BlobKind::Data))
+            };
+            let frame = encrypt::open(&data_key, &bid, kind, s).ok()?;
+            unframe(&frame).ok()
+        });
+        for e in members {
+            v.blobs += 1;
+            let part = plain.as_ref().and_then(|p| match e.inner {
+                Some(i) => p.get(i as usize..i as usize + e.raw_len as usize),
+                None => Some(p.as_slice()),
+            });
+            if part.is_none_or(|p| blob_id(id_key, p) != e.id) {
+                bad += 1;
+                v.bad_blobs.push((e.id, format!("damaged (in {key} at offset {offset})")));
+            }
+        }
+    }
+    if bad > 0 {
+        v.damage.push(Damage { object: key.into(), why: format!("{bad} blobs fail authentication") });
+    }
+    v
+}
+
+fn header_key(data: &[u8]) -> Option<&[u8]> {
+    if data.get(..8)? != pack::MAGIC {
+        return None;
+    }
+    let n = u32::from_le_bytes(data.get(8..12)?.try_into().ok()?) as usize;
+    data.get(12..12 + n)
+}
+
+fn trailer_of(repo: &Repository, key: &str, data: &[u8]) -> Result<Vec<BlobEntry>> {
+    let bad = |why: &str| Error::corrupt("pack", key, why);
+    let size = data.len();
+    if size < 24 || &data[size - 8..] != pack::END {
+        return Err(bad("bad footer (truncated?)"));
+    }
+    let n = u32::from_le_bytes([data[size - 12], data[size - 11], data[size - 10], data[size - 9]]) as usize;
+    if n + 24 > size {
+        return Err(bad("trailer length out of range"));
+    }
+    pack::decode_trailer(&repo.wk.catalog_key, key, &data[size - 12 - n..size - 12])
+}
+
+/// Reads the selected packs in parallel.
+fn read_data(repo: &Repository, survey: &Survey, subset: Subset, workers: usize, report: &mut CheckReport) {
+    let identity = repo.key.identity().ok();
+    let mut seed = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+    let chosen: Vec<(&PackId, &String)> =
+        survey.present.iter().filter(|(id, _)| subset.picks(id, &seed)).collect();
+    report.packs_read = chosen.len();
+    let next = Mutex::new(chosen.into_iter());
+    let results = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..workers.max(1) {
+            s.spawn(|| loop {
+                let job = next.lock().unwrap_or_else(|p| p.into_inner()).next();
+                let Some((id, key)) = job else { break };
+                let v = verify_pack(repo, identity, &survey.index, id, key);
+                results.lock().unwrap_or_else(|p| p.into_inner()).push((*id, v));
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    results.sort_by_key(|r| r.0);
+    for (pack, v) in results {
+        report.damage.extend(v.damage);
+        report.bytes_read += v.bytes;
+        report.blobs_verified += v.blobs;
+        for (id, why) in v.bad_blobs {
+            report.bad_blobs.entry((id, pack)).or_insert(why);
+        }
+    }
+}
+
+/// Walks snapshot trees, recording damage and the referenced blobs.
+pub(crate) struct Walker<'a> {
+    pub reader: BlobReader<'a>,
+    survey: &'a Survey,
+    pub referenced: HashSet<BlobId>,
+    damaged_trees: HashSet<BlobId>,
+}
+
+impl<'a> Walker<'a> {
+    /// Why a blob a file needs cannot be read, if it cannot.
+    pub fn blob_problem(&self, report: &CheckReport, id: &BlobId) -> Option<String> {
+        let Some(loc) = self.survey.index.get(id) else {
+            return Some(format!("blob {} is in no pack", hex::encode(id)));
+        };
+        let pack = self.survey.index.pack_id(loc.pack)?;
+        // Only the copy the index points at matters (a good copy elsewhere heals a bad one).
+        if let Some(why) = report.bad_blobs.get(&(*id, *pack)) {
+            return Some(format!("blob {} is {why}", hex::encode(id)));
+        }
+        self.survey
+            .missing_packs
+            .contains(pack)
+            .then(|| format!("blob {} is in missing pack {}", hex::encode(id), hex::encode(pack)))
+    }
+
+    /// Checks the directory stored as `ids` at `path`; true when all of it is intact.
+    fn dir(&mut self, report: &mut CheckReport, snap: &str, path: &[u8], ids: &[BlobId]) -> bool {
+        let mut ok = true;
+        for id in ids {
+            self.referenced.insert(*id);
+            if report.clean_trees.contains(id) {
+                continue;
+            }
+            report.trees += 1;
+            let tree = self.reader.read(id, BlobKind::Tree).and_then(|d| Tree::decode(&hex::encode(id), &d));
+            let nodes = match tree {
+                Ok(t) => t.nodes,
+                Err(e) => {
+                    if self.damaged_trees.insert(*id) {
+                        report
+                            .damage
+                            .push(Damage { object: format!("tree {}", hex::encode(id)), why: e.to_string() });
+                    }
+                    let why = format!("directory contents lost: {e}");
+                    report.affected.push(Affected { snapshot: snap.into(), path: display_path(path), why });
+                    ok = false;
+                    continue;
+                }
+            };
+            let mut tree_ok = true;
+            for n in nodes {
+                let mut child = path.to_vec();
+                child.push(b'/');
+                child.extend_from_slice(&n.name);
+                match &n.kind {
+                    NodeKind::File { content, .. } | NodeKind::HardLink { content, .. } => {
+                        self.referenced.extend(content.iter().copied());
+                        if let Some(why) = content.iter().find_map(|b| self.blob_problem(report, b)) {
+                            report.affected.push(Affected { snapshot: snap.into(), path: child, why });
+                            tree_ok = false;
+                        }
+                    }
+                    NodeKind::Dir { subtree } if !self.dir(report, snap, &child, subtree) => {
+                        tree_ok = false;
+                    }
+                    _ => {}
+                }
+            }
+            if tree_ok {
+                report.clean_trees.insert(*id);
+            } else {
+                ok = false;
+            }
+        }
+        ok
+    }
+}
+
+fn display_path(p: &[u8]) -> Vec<u8> {
+    if p.is_empty() {
+        b"/".to_vec()
+    } else {
+        p.to_vec()
+    }
+}
+
+/// Every committed and pending snapshot that decodes, with its object name; damage for the rest.
+pub(crate) fn load_snapshots(
+    repo: &Repository,
+    identity: &age::x25519::Identity,
+    report: &mut CheckReport,
+) -> Result<Vec<(String, Snapshot)>> {
+    let mut out = Vec::new();
+    for dir in ["snapshots", "pending"] {
+        let mut names = repo.backend.list(dir)?;
+        names.sort();
+        for name in names {
+            let decoded = repo.backend.get(&name).map_err(Error::from).and_then(|d| {
+                if !name_matches(&name, &d) {
+                    return Err(Error::corrupt("snapshot", name.clone(), "content does not match its name"));
+                }
+                Snapshot::decode(identity, &name, &d)
+            });
+            match decoded {
+                Ok(s) => {
+                    if dir == "pending" {
+                        report.notes.push(format!(
+                            "{name}: a snapshot being committed (or left by a backup interrupted while committing)"
+                        ));
+                    }
+                    out.push((name, s));
+                }
+                Err(e) => {
+                    report.damage.push(Damage { object: name.clone(), why: e.to_string() });
+                    report.affected.push(Affected {
+                        snapshot: name,
+                        path: b"/".to_vec(),
+                        why: "the snapshot record is damaged".into(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn walker<'a>(repo: &'a Repository, survey: &'a Survey) -> Result<Walker<'a>> {
+    Ok(Walker {
+        reader: BlobReader::new(repo, &survey.index)?,
+        survey,
+        referenced: HashSet::new(),
+        damaged_trees: HashSet::new(),
+    })
+}
+
+pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
+    Ok(check_with_survey(repo, opts)?.0)
+}
+
+pub(crate) fn check_with_survey(repo: &Repository, opts: &CheckOptions) -> Result<(CheckReport, Survey)> {
+    let mut report = CheckReport::default();
+    let survey = survey(repo, &mut report)?;
+    if let Some(subset) = opts.read_data {
+        read_data(repo, &survey, subset, opts.workers, &mut report);
+    }
+    let identity = match repo.key.identity() {
+        Ok(i) => i,
+        Err(_) => {
+            if !survey.uncovered.is_empty() {
+                report.notes.push(format!(
+                    "{} packs are in no index segment (an interrupted backup, or a damaged segment)",
+                    survey.uncovered.len()
+                ));
+            }
+            report.notes.push(
+                "with a backup-only key, snapshots, trees and file contents cannot be read: \
+                 only index segments, pack trailers and pack names were checked"
+                    .into(),
+            );
+            return Ok((report, survey));
+        }
+    };
+    report.snapshots_checked = true;
+    let snaps = load_snapshots(repo, identity, &mut report)?;
+    report.snapshots = snaps.len();
+    let mut walker = walker(repo, &survey)?;
+    for (name, snap) in &snaps {
+        walker.dir(&mut report, name, b"", &snap.tree);
+    }
+    // Packs by use: referenced packs outside every segment need `repair index`; packs nothing
+    // references are leftovers (interrupted backups) that prune will collect.
+    let mut used = HashSet::new();
+    for b in &walker.referenced {
+        if let Some(p) = survey.index.get(b).and_then(|l| survey.index.pack_id(l.pack)) {
+            used.insert(*p);
+        }
+    }
+    drop(walker);
+    for p in &survey.uncovered {
+        if used.contains(p) {
+            report.damage.push(Damage {
+                object: pack::pack_key(p),
+                why: "snapshots use it but no index segment lists it (`bakare repair index` fixes this)"
+                    .into(),
+            });
+        }
+    }
+    let unused: Vec<_> = survey.present.keys().filter(|p| !used.contains(*p)).collect();
+    if !unused.is_empty() {
+        let bytes: u64 = unused.iter().filter_map(|p| repo.backend.size(&pack::pack_key(p)).ok()).sum();
+        report.notes.push(format!(
+            "{} packs ({} bytes) hold nothing any snapshot uses (left by interrupted backups, or garbage for prune)",
+            unused.len(),
+            bytes
+        ));
+    }
+    Ok((report, survey))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets() {
+        assert_eq!(Subset::parse("10%").unwrap(), Subset::Fraction(0.1));
+        assert_eq!(Subset::parse("2/5").unwrap(), Subset::Part(2, 5));
+        for bad in ["0%", "101%", "x%", "0/3", "4/3", "1/0", "abc", "1/300"] {
+            assert!(Subset::parse(bad).is_err(), "{bad}");
+        }
+        // Parts 1..m partition the packs.
+        let seed = [0u8; 32];
+        for b in 0..=255u8 {
+            let id = [b; 32];
+            let n = (1..=3).filter(|&n| Subset::Part(n, 3).picks(&id, &seed)).count();
+            assert_eq!(n, 1);
+        }
+        let hits = (0..1000u32)
+            .filter(|i| {
+                let id = *blake3::hash(&i.to_le_bytes()).as_bytes();
+                Subset::Fraction(0.25).picks(&id, &seed)
+            })
+            .count();
+        assert!((150..350).contains(&hits), "{hits}");
+    }
+}

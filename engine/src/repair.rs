@@ -1,0 +1,276 @@
+//! `repair index` rebuilds the index segments from the packs; `repair snapshots` writes new
+//! snapshots that leave out what is damaged, so what is intact stays restorable by normal means.
+//! Neither ever rewrites an object in place: new objects are written first, old ones removed
+//! only once nothing needs them.
+use std::collections::{HashMap, HashSet};
+
+use stages::BlobId;
+
+use crate::backup::commit_snapshot;
+use crate::check::{self, CheckOptions, CheckReport, Subset, Walker};
+use crate::error::{Error, Result};
+use crate::index::{decode_segment, encode_segment, Index, SegmentBody};
+use crate::pack::{self, BlobEntry, PackId};
+use crate::repo::Repository;
+use crate::snapshot::{FileError, Snapshot};
+use crate::tree::{NodeKind, Tree};
+use crate::writer::BlobWriter;
+
+/// Packs per rebuilt segment: segments stay a few MiB even for packs of tiny blobs.
+const PACKS_PER_SEGMENT: usize = 512;
+
+#[derive(Debug, Default)]
+pub struct IndexRepair {
+    pub packs: usize,
+    pub blobs: usize,
+    pub segments_written: usize,
+    pub segments_removed: usize,
+    /// Damaged blobs left out (with `read_data`).
+    pub dropped_blobs: usize,
+    /// Problems found on the way (damaged segments, unreadable trailers, missing packs).
+    pub problems: Vec<String>,
+}
+
+/// Rebuilds every index segment from the pack trailers (or, for a pack whose trailer is
+/// damaged, from an intact segment that lists it), then removes the old segments. With
+/// `read_data`, every pack is read and blobs that fail authentication are left out, so the
+/// next backup of the same data stores it again instead of deduplicating against the damaged
+/// copy, and the snapshots that referred to it become whole again.
+///
+/// Safe while backups run: segments are listed before packs, and a backup writes its packs
+/// before its segment, so every pack of a listed segment is seen; segments written after the
+/// listing are not touched.
+pub fn repair_index(repo: &Repository, read_data: bool) -> Result<IndexRepair> {
+    let backend = repo.backend.as_ref();
+    let mut out = IndexRepair::default();
+    let mut old = backend.list("index")?;
+    old.sort();
+    let mut from_segments: HashMap<PackId, Vec<BlobEntry>> = HashMap::new();
+    for name in &old {
+        match backend
+            .get(name)
+            .map_err(Error::from)
+            .and_then(|d| decode_segment(&repo.wk.catalog_key, name, &d))
+        {
+            Ok(packs) => from_segments.extend(packs),
+            Err(e) => out.problems.push(format!("{e} (replaced)")),
+        }
+    }
+    let mut packs = backend.list("packs")?;
+    packs.sort();
+    let mut present = HashSet::new();
+    let mut body: SegmentBody = Vec::new();
+    for key in packs {
+        let Some(id) = pack::parse_pack_key(&key) else {
+            out.problems.push(format!("{key}: not a pack name; ignored"));
+            continue;
+        };
+        present.insert(id);
+        match pack::read_trailer(backend, &repo.wk.catalog_key, &key) {
+            Ok(entries) => body.push((id, entries)),
+            Err(e) => match from_segments.remove(&id) {
+                Some(entries) => {
+                    out.problems.push(format!("{e}; its blobs are listed from the old index instead"));
+                    body.push((id, entries));
+                }
+                None => out.problems.push(format!("{e}; its blobs are lost")),
+            },
+        }
+    }
+    for (id, entries) in &from_segments {
+        if !present.contains(id) {
+            out.problems.push(format!(
+                "{} is missing; the {} blobs the index listed in it are lost",
+                pack::pack_key(id),
+                entries.len()
+            ));
+        }
+    }
+    if read_data {
+        let identity = repo.key.identity()?;
+        let empty = Index::default();
+        for (id, entries) in &mut body {
+            let v = check::verify_pack(repo, Some(identity), &empty, id, &pack::pack_key(id));
+            let bad: HashSet<BlobId> = v.bad_blobs.iter().map(|(b, _)| *b).collect();
+            if !bad.is_empty() {
+                out.problems.push(format!(
+                    "{}: {} damaged blobs left out of the index (a backup of the same data stores them again)",
+                    pack::pack_key(id),
+                    bad.len()
+                ));
+                out.dropped_blobs += bad.len();
+                entries.retain(|e| !bad.contains(&e.id));
+            }
+        }
+    }
+    out.packs = body.len();
+    out.blobs = body.iter().map(|(_, e)| e.len()).sum();
+    let mut written = HashSet::new();
+    for part in body.chunks(PACKS_PER_SEGMENT) {
+        let (name, bytes) = encode_segment(&repo.wk.catalog_key, &part.to_vec())?;
+        backend.put(&name, &bytes)?;
+        written.insert(name);
+        out.segments_written += 1;
+    }
+    for name in old {
+        if !written.contains(&name) {
+            backend.delete(&name)?;
+            out.segments_removed += 1;
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotRepairOptions {
+    /// Only these snapshots (ids or unique prefixes); empty = every damaged one.
+    pub snapshots: Vec<String>,
+    /// Remove each damaged snapshot once its repaired copy is committed.
+    pub forget: bool,
+    pub dry_run: bool,
+    /// Which packs to read to find damaged file data (None: structure only).
+    pub read_data: Option<Subset>,
+    pub workers: usize,
+}
+
+#[derive(Debug)]
+pub struct RepairedSnapshot {
+    pub old: String,
+    /// The new snapshot's id (None in a dry run).
+    pub new: Option<String>,
+    pub dropped: Vec<(Vec<u8>, String)>,
+}
+
+#[derive(Debug, Default)]
+pub struct SnapshotRepair {
+    pub repaired: Vec<RepairedSnapshot>,
+    pub unrepairable: Vec<(String, String)>,
+    pub forgotten: Vec<String>,
+    pub check: CheckReport,
+}
+
+struct Rewriter<'a, 'w> {
+    walker: &'w Walker<'a>,
+    report: &'w CheckReport,
+    writer: Option<&'w mut BlobWriter<'a>>,
+}
+
+impl Rewriter<'_, '_> {
+    /// The directory stored as `ids`, without its damaged parts (named in `dropped`).
+    fn dir(
+        &mut self,
+        ids: &[BlobId],
+        path: &[u8],
+        dropped: &mut Vec<(Vec<u8>, String)>,
+    ) -> Result<Vec<BlobId>> {
+        let mut out = Vec::new();
+        for id in ids {
+            if self.report.clean_trees.contains(id) {
+                out.push(*id);
+                continue;
+            }
+            let nodes = match self.walker.reader.tree(std::slice::from_ref(id)) {
+                Ok(n) => n,
+                Err(e) => {
+                    let p = if path.is_empty() { b"/".to_vec() } else { path.to_vec() };
+                    dropped.push((p, format!("directory contents lost: {e}")));
+                    continue;
+                }
+            };
+            let mut kept = Vec::with_capacity(nodes.len());
+            for mut n in nodes {
+                let mut child = path.to_vec();
+                child.push(b'/');
+                child.extend_from_slice(&n.name);
+                match &mut n.kind {
+                    NodeKind::File { content, .. } | NodeKind::HardLink { content, .. } => {
+                        if let Some(why) =
+                            content.iter().find_map(|b| self.walker.blob_problem(self.report, b))
+                        {
+                            dropped.push((child, why));
+                            continue;
+                        }
+                    }
+                    NodeKind::Dir { subtree } => {
+                        *subtree = self.dir(subtree, &child, dropped)?;
+                    }
+                    _ => {}
+                }
+                kept.push(n);
+            }
+            if let Some(w) = self.writer.as_deref_mut() {
+                out.push(w.put_tree(&Tree { nodes: kept })?);
+            }
+        }
+        if out.is_empty() {
+            if let Some(w) = self.writer.as_deref_mut() {
+                out.push(w.put_tree(&Tree::default())?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Finds damage (as `check` does) and writes, for each damaged snapshot, a copy without the
+/// damaged files and directories, tagged `repaired`, with what was left out in its error list.
+pub fn repair_snapshots(repo: &Repository, opts: &SnapshotRepairOptions) -> Result<SnapshotRepair> {
+    let identity = repo.key.identity()?;
+    let copts = CheckOptions { read_data: opts.read_data, workers: opts.workers };
+    let (report, survey) = check::check_with_survey(repo, &copts)?;
+    let mut out = SnapshotRepair::default();
+    let mut scratch = CheckReport::default();
+    let snaps = check::load_snapshots(repo, identity, &mut scratch)?;
+    let wanted = |name: &str| {
+        let id = name.trim_start_matches("snapshots/");
+        opts.snapshots.is_empty() || opts.snapshots.iter().any(|s| id.starts_with(s.as_str()))
+    };
+    for a in &report.affected {
+        let damaged_record = !snaps.iter().any(|(n, _)| *n == a.snapshot);
+        if damaged_record && a.snapshot.starts_with("snapshots/") && wanted(&a.snapshot) {
+            out.unrepairable.push((a.snapshot.clone(), "the snapshot record itself is damaged".into()));
+        }
+    }
+    let walker = check::walker(repo, &survey)?;
+    let mut writer = if opts.dry_run { None } else { Some(BlobWriter::new(repo, &survey.index)?) };
+    let mut new_snaps = Vec::new();
+    for (name, snap) in &snaps {
+        let damaged = report.affected.iter().any(|a| a.snapshot == *name);
+        if !name.starts_with("snapshots/") || !damaged || !wanted(name) {
+            continue;
+        }
+        let mut dropped = Vec::new();
+        let mut rw = Rewriter { walker: &walker, report: &report, writer: writer.as_mut() };
+        let tree = rw.dir(&snap.tree, b"", &mut dropped)?;
+        if dropped.iter().any(|(p, _)| p == b"/") {
+            out.unrepairable
+                .push((name.clone(), "its root directory is lost: nothing in it can be read".into()));
+            continue;
+        }
+        let mut s: Snapshot = snap.clone();
+        s.tree = tree;
+        if !s.tags.iter().any(|t| t == "repaired") {
+            s.tags.push("repaired".into());
+        }
+        s.errors.extend(dropped.iter().map(|(p, why)| FileError {
+            path: p.clone(),
+            why: format!("left out by `bakare repair snapshots`: {why}"),
+        }));
+        s.stats.errors = s.errors.len() as u64;
+        s.program = format!("bakare {} (repair snapshots)", env!("CARGO_PKG_VERSION"));
+        new_snaps.push((name.clone(), s, dropped));
+    }
+    // Packs and their segment first, then the snapshots that refer to them (rule 1).
+    if let Some(w) = writer {
+        w.finish()?;
+    }
+    for (old, s, dropped) in new_snaps {
+        let new = if opts.dry_run { None } else { Some(commit_snapshot(repo, &s)?) };
+        if opts.forget && !opts.dry_run {
+            repo.backend.delete(&old)?;
+            out.forgotten.push(old.clone());
+        }
+        out.repaired.push(RepairedSnapshot { old, new, dropped });
+    }
+    out.check = report;
+    Ok(out)
+}
