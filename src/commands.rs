@@ -35,15 +35,15 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
     match cli.command {
         Command::Init => init(&repo_path, key, cli.json),
         Command::Run(args) => run(&repo_path, key, cli.json, args, source),
-        Command::Snapshots => snapshots(&Repository::open(&repo_path, key)?, cli.json),
-        Command::Ls(args) => ls(&Repository::open(&repo_path, key)?, cli.json, args),
-        Command::Restore(args) => restore(&Repository::open(&repo_path, key)?, cli.json, args),
-        Command::Key(cmd) => key_cmd(&Repository::open(&repo_path, key)?, cmd),
+        Command::Snapshots => snapshots(&crate::open_repo(&repo_path, key)?, cli.json),
+        Command::Ls(args) => ls(&crate::open_repo(&repo_path, key)?, cli.json, args),
+        Command::Restore(args) => restore(&crate::open_repo(&repo_path, key)?, cli.json, args),
+        Command::Key(cmd) => key_cmd(&crate::open_repo(&repo_path, key)?, cmd),
         Command::Check(args) => {
-            crate::maintenance::check_cmd(&Repository::open(&repo_path, key)?, cli.json, args)
+            crate::maintenance::check_cmd(&crate::open_repo(&repo_path, key)?, cli.json, args)
         }
         Command::Repair(cmd) => {
-            crate::maintenance::repair_cmd(&Repository::open(&repo_path, key)?, cli.json, cmd)
+            crate::maintenance::repair_cmd(&crate::open_repo(&repo_path, key)?, cli.json, cmd)
         }
     }
 }
@@ -68,7 +68,7 @@ fn announce_init(repo: &Repository, json: bool) -> Result<()> {
 }
 
 fn init(path: &Path, key: Option<&Path>, json: bool) -> Result<u8> {
-    let repo = Repository::init(path, key)?;
+    let repo = crate::init_repo(path, key)?;
     announce_init(&repo, json)?;
     if json {
         let v = json!({
@@ -89,10 +89,10 @@ fn run(
     args: RunArgs,
     source: Arc<dyn io::Source>,
 ) -> Result<u8> {
-    let repo = match Repository::open(path, key) {
+    let repo = match crate::open_repo(path, key) {
         Ok(r) => r,
         Err(Error::NoRepository(_)) if key.is_none() => {
-            let repo = Repository::init(path, None)?;
+            let repo = crate::init_repo(path, None)?;
             announce_init(&repo, json)?;
             repo
         }

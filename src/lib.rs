@@ -189,6 +189,39 @@ pub fn return_freed_memory_promptly() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
 }
 
+/// Wraps the repository's storage (fault injection in the chaos suites).
+pub type BackendWrap = fn(Arc<dyn io::Backend>) -> Arc<dyn io::Backend>;
+
+static BACKEND_WRAP: std::sync::OnceLock<BackendWrap> = std::sync::OnceLock::new();
+
+fn wrapped(mut repo: engine::Repository) -> engine::Repository {
+    if let Some(wrap) = BACKEND_WRAP.get() {
+        repo.backend = wrap(repo.backend.clone());
+    }
+    repo
+}
+
+pub(crate) fn open_repo(
+    path: &std::path::Path,
+    key: Option<&std::path::Path>,
+) -> engine::Result<engine::Repository> {
+    engine::Repository::open(path, key).map(wrapped)
+}
+
+pub(crate) fn init_repo(
+    path: &std::path::Path,
+    key: Option<&std::path::Path>,
+) -> engine::Result<engine::Repository> {
+    engine::Repository::init(path, key).map(wrapped)
+}
+
+/// Runs the CLI reading files through `source`, with every repository's storage wrapped by
+/// `wrap` (the chaos suites' crash and pause points).
+pub fn main_with_backend(source: Arc<dyn io::Source>, wrap: BackendWrap) -> ExitCode {
+    let _ = BACKEND_WRAP.set(wrap);
+    main_with(source)
+}
+
 /// Runs the CLI reading files through `source`.
 pub fn main_with(source: Arc<dyn io::Source>) -> ExitCode {
     let cli = Cli::parse();

@@ -207,7 +207,8 @@ impl Bakare {
             .env_remove("BAKARE_CACHE_DIR")
             .env_remove("BAKARE_KEY")
             .env_remove("BAKARE_IO")
-            .env_remove("BAKARE_FAULTS");
+            .env_remove("BAKARE_FAULTS")
+            .env_remove("BAKARE_CRASH");
         for (k, v) in &self.env {
             c.env(k, v);
         }

@@ -160,7 +160,8 @@ fn run_case(w: &World, seed: u64, counts: &Counts, failures: &Mutex<Vec<String>>
         counts.no_op.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    let fail = |msg: String| failures.lock().unwrap().push(format!("case {seed:#x} ({damage:?} {name}): {msg}"));
+    let fail =
+        |msg: String| failures.lock().unwrap().push(format!("case {seed:#x} ({damage:?} {name}): {msg}"));
     let run = |args: &[std::ffi::OsString]| {
         let mut c = w.b.command(args);
         c.env("BAKARE_REPO", &repo);
@@ -229,7 +230,8 @@ fn run_case(w: &World, seed: u64, counts: &Counts, failures: &Mutex<Vec<String>>
 
 #[test]
 fn random_damage_is_detected_and_never_restores_wrong_bytes() {
-    let cases: u64 = std::env::var("BAKARE_CORRUPTION_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let cases: u64 =
+        std::env::var("BAKARE_CORRUPTION_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let w = build();
     assert!(w.objects.len() >= 8, "{:?}", w.objects);
     let counts = Counts::default();
@@ -244,7 +246,8 @@ fn random_damage_is_detected_and_never_restores_wrong_bytes() {
             });
         }
     });
-    let kinds: BTreeSet<_> = w.objects.iter().map(|o| o.iter().next().unwrap().to_string_lossy().into_owned()).collect();
+    let kinds: BTreeSet<_> =
+        w.objects.iter().map(|o| o.iter().next().unwrap().to_string_lossy().into_owned()).collect();
     let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
     eprintln!(
         "corruption suite: {} cases over {} objects ({kinds:?}): {} detected, {} snapshot deletions (undetectable, like forget), \

@@ -1,83 +1,182 @@
-//! Crash at any instant: a backup killed with SIGKILL at seeded random moments leaves a
-//! repository whose committed snapshots all restore byte for byte, and the next backup succeeds.
+//! Crash at any instant: backups killed with SIGKILL, at seeded random moments and at every
+//! step of the write path (before and after committing a pack, writing the index segment,
+//! the pending snapshot, the snapshot, removing the pending copy). After every kill: all
+//! committed snapshots still restore byte for byte, `check` finds no damage (only leftovers
+//! of the killed run), and the next backup succeeds. 50 cases.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
+use std::ops::Range;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use chaos::argv;
-use chaos::testkit::{assert_same_tree, restored_path, Bakare, Rng};
+use chaos::testkit::{restored_path, Bakare, Rng};
 
-fn add_round(src: &Path, rng: &mut Rng, round: usize) {
-    let dir = src.join(format!("round-{round:03}"));
-    fs::create_dir(&dir).unwrap();
-    for i in 0..20 {
-        let n = rng.below(4 << 20) as usize;
-        let data = if i % 2 == 0 { rng.bytes(n) } else { rng.text(n) };
-        fs::write(dir.join(format!("f{i}")), data).unwrap();
+/// Rounds kept in the source: older round directories are deleted, so the tree stays small.
+const KEEP: usize = 4;
+
+fn round_files(round: usize) -> Vec<(String, Vec<u8>)> {
+    let mut rng = Rng::new(0xC0FFEE ^ (round as u64) << 20);
+    let mut v = Vec::new();
+    for i in 0..2 {
+        let n = rng.below(600_000) as usize;
+        v.push((format!("r{i}.bin"), rng.bytes(n)));
     }
+    let n = rng.below(300_000) as usize;
+    v.push(("t.txt".into(), rng.text(n)));
+    let n = rng.below(2000) as usize;
+    v.push(("small.txt".into(), rng.text(n)));
+    v
 }
 
-/// Checks that snapshot `id` holds exactly the rounds that existed when it was taken.
-fn check_snapshot(b: &Bakare, src: &Path, id: &str, rounds: usize) {
+fn round_dir(round: usize) -> String {
+    format!("round-{round:03}")
+}
+
+/// Adds round `round` and drops the one that falls out of the window.
+fn next_round(src: &Path, round: usize) -> Range<usize> {
+    let dir = src.join(round_dir(round));
+    fs::create_dir(&dir).unwrap();
+    for (name, data) in round_files(round) {
+        fs::write(dir.join(name), data).unwrap();
+    }
+    if round >= KEEP {
+        fs::remove_dir_all(src.join(round_dir(round - KEEP))).unwrap();
+    }
+    round.saturating_sub(KEEP - 1)..round + 1
+}
+
+/// Restores `id` and checks it holds exactly the rounds in `rounds` (and the base files).
+fn verify(b: &Bakare, src: &Path, id: &str, rounds: &Range<usize>) {
     let target = tempfile::tempdir().unwrap();
     b.ok(&argv!["restore", id, "--target", target.path()]);
     let root = restored_path(target.path(), src);
-    for r in 0..rounds {
-        let name = format!("round-{r:03}");
-        assert_same_tree(&src.join(&name), &root.join(&name));
+    let mut dirs: Vec<String> = fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("round-"))
+        .collect();
+    dirs.sort();
+    let expected: Vec<String> = rounds.clone().map(round_dir).collect();
+    assert_eq!(dirs, expected, "snapshot {id}");
+    for r in rounds.clone() {
+        for (name, data) in round_files(r) {
+            let got = fs::read(root.join(round_dir(r)).join(&name)).unwrap();
+            assert!(got == data, "snapshot {id}: {}/{name} differs", round_dir(r));
+        }
+    }
+    for i in 0..40 {
+        let got = fs::read(root.join("base").join(format!("b{i}.txt"))).unwrap();
+        assert_eq!(got, fs::read(src.join("base").join(format!("b{i}.txt"))).unwrap());
     }
 }
 
+/// The write path's steps, in order, as crash points (see chaos::backend).
+const POINTS: [&str; 11] = [
+    "before:packs:1",
+    "after:packs:1",
+    "before:packs:2",
+    "before:index:1",
+    "after:index:1",
+    "before:pending:1",
+    "after:pending:1",
+    "before:snapshots:1",
+    "after:snapshots:1",
+    "before:unpend:1",
+    "after:unpend:1",
+];
+
 #[test]
 fn killed_backups_never_damage_committed_snapshots() {
-    let src = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("base")).unwrap();
+    let mut rng = Rng::new(0xDEAD);
+    for i in 0..40 {
+        let n = rng.below(5000) as usize;
+        fs::write(src.join("base").join(format!("b{i}.txt")), rng.text(n)).unwrap();
+    }
     let b = Bakare::new(env!("CARGO_BIN_EXE_bakare-faulty"));
     b.ok(&argv!["init"]);
-    let mut rng = Rng::new(0xC0FFEE);
     // (snapshot id, rounds it holds)
-    let mut committed: Vec<(String, usize)> = Vec::new();
-    let mut rounds = 0;
-    let cases = 10;
+    let mut committed: Vec<(String, Range<usize>)> = Vec::new();
+    let cases = 50;
+    let (mut killed, mut at_points) = (0, 0);
     for case in 0..cases {
-        add_round(src.path(), &mut rng, rounds);
-        rounds += 1;
-        let mut child = b
-            .command(&argv!["--json", "run", src.path()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let delay = Duration::from_millis(rng.below(600));
-        std::thread::sleep(delay);
-        let _ = child.kill(); // SIGKILL
-        let out = child.wait_with_output().unwrap();
-        if out.status.success() {
-            let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            committed.push((j["snapshot"].as_str().unwrap().to_string(), rounds));
+        let rounds = next_round(&src, case);
+        let before = committed.len();
+        let mut expect_commit = None;
+        if case % 5 < 3 {
+            // A random moment.
+            let mut child = b
+                .command(&argv!["--json", "run", &src])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(rng.below(150)));
+            let _ = child.kill(); // SIGKILL
+            let status = child.wait().unwrap();
+            killed += usize::from(!status.success());
+        } else {
+            // A step of the write path.
+            let point = POINTS[at_points % POINTS.len()];
+            at_points += 1;
+            let mut c = b.command(&argv!["--json", "run", &src]);
+            c.env("BAKARE_CRASH", point);
+            let o = chaos::testkit::run_measured(c);
+            let fired = o.stderr.contains("bakare-faulty:");
+            assert!(!fired || o.code == 128 + libc::SIGKILL, "case {case} {point}: {}", o.stderr);
+            assert!(fired || o.code == 0, "case {case} {point}: {}", o.stderr);
+            killed += usize::from(fired);
+            let durable = ["after:snapshots:1", "before:unpend:1", "after:unpend:1"].contains(&point);
+            expect_commit = Some(!fired || durable);
         }
-        // A run killed after its commit but before printing has committed a complete snapshot.
         let list = b.ok(&argv!["--json", "snapshots"]).json();
         for s in list.as_array().unwrap() {
             let id = s["id"].as_str().unwrap();
             if !committed.iter().any(|(c, _)| c == id) {
-                committed.push((id.to_string(), rounds));
+                committed.push((id.to_string(), rounds.clone()));
             }
         }
-        assert_eq!(list.as_array().unwrap().len(), committed.len(), "case {case}");
-        // Every snapshot committed so far still restores exactly.
-        for (id, r) in &committed {
-            check_snapshot(&b, src.path(), id, *r);
+        assert_eq!(list.as_array().unwrap().len(), committed.len(), "case {case}: a snapshot vanished");
+        if let Some(expect) = expect_commit {
+            assert_eq!(committed.len() > before, expect, "case {case}");
         }
-        // And the next backup succeeds.
-        if case % 3 == 2 {
-            let j = b.ok(&argv!["--json", "run", src.path()]).json();
-            committed.push((j["snapshot"].as_str().unwrap().to_string(), rounds));
+        // No damage: only leftovers of the killed run (unused packs, a pending snapshot).
+        let args = if case % 10 == 9 {
+            argv!["--json", "check", "--read-data"].to_vec()
+        } else {
+            argv!["--json", "check"].to_vec()
+        };
+        let c = b.ok(&args).json();
+        assert_eq!(c["ok"], true, "case {case}: {c}");
+        // The newest committed snapshot and one older one restore exactly.
+        if let Some((id, r)) = committed.last() {
+            verify(&b, &src, id, r);
+        }
+        if committed.len() > 1 {
+            let (id, r) = &committed[rng.below(committed.len() as u64 - 1) as usize];
+            verify(&b, &src, id, r);
+        }
+        // The next backup succeeds.
+        if case % 4 == 3 {
+            let j = b.ok(&argv!["--json", "run", &src]).json();
+            committed.push((j["snapshot"].as_str().unwrap().to_string(), rounds.clone()));
         }
     }
-    let j = b.ok(&argv!["--json", "run", src.path()]).json();
-    check_snapshot(&b, src.path(), j["snapshot"].as_str().unwrap(), rounds);
-    eprintln!("{cases} kill cases, {} snapshots committed and verified", committed.len() + 1);
+    let j = b.ok(&argv!["--json", "run", &src]).json();
+    let rounds = (cases - KEEP)..cases;
+    verify(&b, &src, j["snapshot"].as_str().unwrap(), &rounds);
+    for (id, r) in &committed {
+        verify(&b, &src, id, r);
+    }
+    assert_eq!(b.ok(&argv!["--json", "check", "--read-data"]).json()["ok"], true);
+    eprintln!(
+        "{cases} crash cases ({killed} runs killed, {at_points} at write-path steps): \
+         {} snapshots committed, all restore exactly, check clean",
+        committed.len() + 1
+    );
 }
