@@ -233,7 +233,7 @@ pub(crate) fn verify_pack(
         });
     }
     // Which blobs to verify: the trailer's list, or the index's when the trailer is damaged.
-    let entries: Vec<BlobEntry> = match trailer_of(repo, key, &data) {
+    let entries: Vec<BlobEntry> = match pack::trailer_from_bytes(&repo.wk.catalog_key, key, &data) {
         Ok(e) => e,
         Err(e) => {
             v.damage.push(Damage { object: key.into(), why: e.to_string() });
@@ -253,7 +253,7 @@ pub(crate) fn verify_pack(
         }
     };
     let Some(identity) = identity else { return v };
-    let data_key = match header_key(&data).and_then(|w| unwrap_key(identity, w).ok()) {
+    let data_key = match pack::header_key(&data).and_then(|w| unwrap_key(identity, w).ok()) {
         Some(k) => k,
         None => {
             v.damage.push(Damage { object: key.into(), why: "header (wrapped data key) is damaged".into() });
@@ -298,27 +298,6 @@ pub(crate) fn verify_pack(
         v.damage.push(Damage { object: key.into(), why: format!("{bad} blobs fail authentication") });
     }
     v
-}
-
-fn header_key(data: &[u8]) -> Option<&[u8]> {
-    if data.get(..8)? != pack::MAGIC {
-        return None;
-    }
-    let n = u32::from_le_bytes(data.get(8..12)?.try_into().ok()?) as usize;
-    data.get(12..12 + n)
-}
-
-fn trailer_of(repo: &Repository, key: &str, data: &[u8]) -> Result<Vec<BlobEntry>> {
-    let bad = |why: &str| Error::corrupt("pack", key, why);
-    let size = data.len();
-    if size < 24 || &data[size - 8..] != pack::END {
-        return Err(bad("bad footer (truncated?)"));
-    }
-    let n = u32::from_le_bytes([data[size - 12], data[size - 11], data[size - 10], data[size - 9]]) as usize;
-    if n + 24 > size {
-        return Err(bad("trailer length out of range"));
-    }
-    pack::decode_trailer(&repo.wk.catalog_key, key, &data[size - 12 - n..size - 12])
 }
 
 /// Reads the selected packs in parallel.

@@ -12,7 +12,7 @@
 //! `len u32 LE | postcard(CacheEntry) | BLAKE3(body)[..8]`.
 use std::cmp::Ordering;
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -67,7 +67,7 @@ pub fn default_dir() -> Option<PathBuf> {
 }
 
 pub struct CacheReader {
-    r: BufReader<File>,
+    r: Box<dyn BufRead + Send>,
     next: Option<CacheEntry>,
     /// Why reading stopped early, if it did.
     pub problem: Option<String>,
@@ -81,18 +81,25 @@ impl CacheReader {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("files cache {}: {e}", path.display())),
         };
-        let mut r = BufReader::with_capacity(256 << 10, f);
+        let r = BufReader::with_capacity(256 << 10, f);
+        Self::from_reader(Box::new(r), repo_id)
+            .map(Some)
+            .map_err(|why| format!("files cache {}: {why}", path.display()))
+    }
+
+    /// Reads a cache from any stream (the file, or a fuzzer's bytes).
+    pub fn from_reader(mut r: Box<dyn BufRead + Send>, repo_id: &[u8; 16]) -> Result<CacheReader, String> {
         let mut head = [0u8; 25];
         if r.read_exact(&mut head).is_err()
             || &head[..8] != MAGIC
             || head[8] != VERSION
             || head[9..] != repo_id[..]
         {
-            return Err(format!("files cache {} is damaged or from another version", path.display()));
+            return Err("damaged or from another version".into());
         }
         let mut c = CacheReader { r, next: None, problem: None };
         c.advance();
-        Ok(Some(c))
+        Ok(c)
     }
 
     fn read_record(&mut self) -> Result<Option<CacheEntry>, String> {
@@ -106,8 +113,13 @@ impl CacheReader {
         if len > MAX_RECORD {
             return Err("record length out of range".into());
         }
-        let mut body = vec![0u8; len as usize + 8];
-        self.r.read_exact(&mut body).map_err(|e| e.to_string())?;
+        // Grown as bytes arrive, so a damaged length field cannot make a huge allocation.
+        let want = u64::from(len) + 8;
+        let mut body = Vec::new();
+        (&mut self.r).take(want).read_to_end(&mut body).map_err(|e| e.to_string())?;
+        if body.len() as u64 != want {
+            return Err("record truncated".into());
+        }
         let (body, sum) = body.split_at(len as usize);
         if &blake3::hash(body).as_bytes()[..8] != sum {
             return Err("record checksum mismatch".into());

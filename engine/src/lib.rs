@@ -10,6 +10,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod filescache;
+pub mod fuzz;
 pub mod index;
 pub mod keys;
 pub mod pack;

@@ -213,6 +213,32 @@ pub fn decode_trailer(catalog_key: &Secret32, name: &str, sealed: &[u8]) -> Resu
     postcard::from_bytes(&body).map_err(|e| Error::corrupt("pack", name, e))
 }
 
+/// The wrapped data key in a whole pack's bytes.
+pub fn header_key(data: &[u8]) -> Option<&[u8]> {
+    if data.get(..8)? != MAGIC {
+        return None;
+    }
+    let n = u32::from_le_bytes(data.get(8..12)?.try_into().ok()?);
+    if n == 0 || n > MAX_WRAPPED {
+        return None;
+    }
+    data.get(12..12 + n as usize)
+}
+
+/// The blob list of a pack given whole.
+pub fn trailer_from_bytes(catalog_key: &Secret32, name: &str, data: &[u8]) -> Result<Vec<BlobEntry>> {
+    let bad = |why: &str| Error::corrupt("pack", name, why);
+    let size = data.len();
+    if size < 24 || &data[size - 8..] != END {
+        return Err(bad("bad footer (truncated?)"));
+    }
+    let n = u32::from_le_bytes([data[size - 12], data[size - 11], data[size - 10], data[size - 9]]) as usize;
+    if n + 24 > size {
+        return Err(bad("trailer length out of range"));
+    }
+    decode_trailer(catalog_key, name, &data[size - 12 - n..size - 12])
+}
+
 /// Reads a pack's blob list from its trailer.
 pub fn read_trailer(backend: &dyn Backend, catalog_key: &Secret32, key: &str) -> Result<Vec<BlobEntry>> {
     let size = backend.size(key)?;

@@ -1,0 +1,291 @@
+//! Entry points for fuzzing every decoder of an on-disk format, shared by the cargo-fuzz
+//! targets in `fuzz/` and the bounded run in CI (`chaos/tests/decoders.rs`). Each takes
+//! arbitrary bytes and must return without panicking, allocating without bound, or looping;
+//! it returns whether the input was accepted (so tests can tell that seeds are valid).
+//!
+//! Authenticated formats are fuzzed twice: as raw bytes (what a damaged disk gives: rejected
+//! by authentication), and, when the first byte is odd, with the rest sealed under the test
+//! keys first, so the fuzzer reaches the parser behind the authentication (what a holder of
+//! a backup-only key, who can write authentic objects, could feed a reader).
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use stages::BlobId;
+
+use crate::crypto::{seal_catalog, WriterKeys};
+use crate::keys::Key;
+
+struct Keys {
+    key: Key,
+    wk: WriterKeys,
+}
+
+fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let key = Key::generate([7; 16]);
+        let wk = key.writer_keys();
+        Keys { key, wk }
+    })
+}
+
+/// Splits off the mode byte: (sealed?, rest).
+fn mode(data: &[u8]) -> (bool, &[u8]) {
+    match data.split_first() {
+        Some((m, rest)) => (m & 1 == 1, rest),
+        None => (false, data),
+    }
+}
+
+pub fn config(data: &[u8]) -> bool {
+    crate::config::Config::decode(data).is_ok()
+}
+
+/// A whole pack: header, wrapped key, trailer, and every blob the trailer lists.
+pub fn pack(data: &[u8]) -> bool {
+    let k = keys();
+    let Some(wrapped) = crate::pack::header_key(data) else { return false };
+    let Ok(identity) = k.key.identity() else { return false };
+    let Ok(entries) = crate::pack::trailer_from_bytes(&k.wk.catalog_key, "fuzz", data) else { return false };
+    let Ok(dk) = crate::crypto::unwrap_key(identity, wrapped) else { return false };
+    let mut all = true;
+    for e in entries.iter().take(10_000) {
+        let (off, len) = (e.offset as usize, e.len as usize);
+        let kind = e.kind().unwrap_or(stages::BlobKind::Data);
+        let ok = data
+            .get(off..off.saturating_add(len))
+            .and_then(|sealed| stages::encrypt::open(&dk, &e.id, kind, sealed).ok())
+            .is_some_and(|frame| stages::compress::unframe(&frame).is_ok());
+        all &= ok;
+    }
+    all
+}
+
+pub fn pack_trailer(data: &[u8]) -> bool {
+    let k = keys();
+    match mode(data) {
+        (false, raw) => crate::pack::decode_trailer(&k.wk.catalog_key, "fuzz", raw).is_ok(),
+        (true, plain) => {
+            let sealed = seal_catalog(&k.wk.catalog_key, b"BKPKTRL1", plain);
+            crate::pack::decode_trailer(&k.wk.catalog_key, "fuzz", &sealed).is_ok()
+        }
+    }
+}
+
+pub fn index_segment(data: &[u8]) -> bool {
+    let k = keys();
+    match mode(data) {
+        (false, raw) => crate::index::decode_segment(&k.wk.catalog_key, "fuzz", raw).is_ok(),
+        (true, plain) => {
+            let mut seg = crate::index::MAGIC.to_vec();
+            seg.extend_from_slice(&seal_catalog(&k.wk.catalog_key, crate::index::MAGIC, plain));
+            let Ok(body) = crate::index::decode_segment(&k.wk.catalog_key, "fuzz", &seg) else {
+                return false;
+            };
+            let mut idx = crate::index::Index::default();
+            for (p, entries) in body.iter().take(10_000) {
+                idx.add_pack(*p, entries);
+            }
+            true
+        }
+    }
+}
+
+pub fn tree(data: &[u8]) -> bool {
+    crate::tree::Tree::decode("fuzz", data).is_ok()
+}
+
+pub fn snapshot(data: &[u8]) -> bool {
+    let k = keys();
+    let Ok(identity) = k.key.identity() else { return false };
+    match mode(data) {
+        (false, raw) => crate::snapshot::Snapshot::decode(identity, "fuzz", raw).is_ok(),
+        (true, plain) => {
+            let Ok(sealed) = age::encrypt(&k.key.recipient, plain) else { return false };
+            let mut s = crate::snapshot::MAGIC.to_vec();
+            s.extend_from_slice(&sealed);
+            crate::snapshot::Snapshot::decode(identity, "fuzz", &s).is_ok()
+        }
+    }
+}
+
+pub fn key_file(data: &[u8]) -> bool {
+    std::str::from_utf8(data).is_ok_and(|text| Key::decode(text, Path::new("fuzz.key")).is_ok())
+}
+
+/// The records of a files cache (after a valid header); accepted when every record is.
+pub fn files_cache(data: &[u8]) -> bool {
+    let repo_id = [7u8; 16];
+    let _ = crate::filescache::CacheReader::from_reader(Box::new(Cursor::new(data.to_vec())), &repo_id);
+    let mut bytes = b"BKFCACHE\x01".to_vec();
+    bytes.extend_from_slice(&repo_id);
+    bytes.extend_from_slice(data);
+    match crate::filescache::CacheReader::from_reader(Box::new(Cursor::new(bytes)), &repo_id) {
+        Ok(mut r) => {
+            // A path after every other in scan order: reads every record.
+            let _ = r.lookup(&[0xff; 64]);
+            r.problem.is_none()
+        }
+        Err(_) => false,
+    }
+}
+
+pub fn blob_frame(data: &[u8]) -> bool {
+    stages::compress::unframe(data).is_ok()
+}
+
+/// Every target by name.
+/// A fuzz entry point: arbitrary bytes in, whether they were accepted out.
+pub type Target = fn(&[u8]) -> bool;
+
+pub const TARGETS: [(&str, Target); 9] = [
+    ("config", config),
+    ("pack", pack),
+    ("pack_trailer", pack_trailer),
+    ("index_segment", index_segment),
+    ("tree", tree),
+    ("snapshot", snapshot),
+    ("key_file", key_file),
+    ("files_cache", files_cache),
+    ("blob_frame", blob_frame),
+];
+
+/// Valid inputs for each target (seeds to mutate): a real encoding of each format.
+pub fn samples(target: &str) -> Vec<Vec<u8>> {
+    let k = keys();
+    let id: BlobId = [3; 32];
+    let entry = crate::pack::BlobEntry { id, kind: 0, offset: 200, len: 64, raw_len: 40, inner: Some(8) };
+    let entries = vec![entry, crate::pack::BlobEntry { inner: None, kind: 1, ..entry }];
+    let sealed = |body: Vec<u8>| {
+        let mut v = vec![1u8];
+        v.extend(body);
+        v
+    };
+    let node = crate::tree::Node {
+        name: b"file\xff.txt".to_vec(),
+        kind: crate::tree::NodeKind::File { size: 5, content: vec![id, id] },
+        mode: 0o100644,
+        uid: 1000,
+        gid: 1000,
+        mtime_ns: 1_700_000_000_000_000_000,
+        ctime_ns: 1,
+        ino: 42,
+        nlink: 1,
+    };
+    let dir = crate::tree::Node {
+        name: b"sub".to_vec(),
+        kind: crate::tree::NodeKind::Dir { subtree: vec![id] },
+        ..node.clone()
+    };
+    let snap = crate::snapshot::Snapshot {
+        version: crate::snapshot::VERSION,
+        time_ns: 5,
+        host: "h".into(),
+        user: "u".into(),
+        paths: vec![b"/home/u".to_vec()],
+        tags: vec!["t".into()],
+        tree: vec![id],
+        stats: Default::default(),
+        errors: vec![crate::snapshot::FileError { path: b"/x".to_vec(), why: "gone".into() }],
+        program: "bakare".into(),
+    };
+    let postcard = |v: &dyn erased::Encode| v.encode();
+    match target {
+        "config" => {
+            let c = crate::config::Config {
+                repo_id: [7; 16],
+                chunk_min: 256 << 10,
+                chunk_avg: 1 << 20,
+                chunk_max: 4 << 20,
+                pack_size: 32 << 20,
+                grace_secs: 3600,
+                key_fingerprint: k.key.fingerprint(),
+                created_ns: 1,
+            };
+            vec![c.encode()]
+        }
+        "pack" => vec![sample_pack()],
+        "pack_trailer" => vec![sealed(postcard(&entries))],
+        "index_segment" => vec![sealed(postcard(&vec![([9u8; 32], entries.clone())]))],
+        "tree" => vec![crate::tree::Tree { nodes: vec![node, dir] }.encode()],
+        "snapshot" => {
+            let mut v = vec![sealed(postcard(&snap))];
+            if let Ok(enc) = snap.encode(&k.key.recipient) {
+                v.push([vec![0u8], enc].concat());
+            }
+            v
+        }
+        "key_file" => vec![k.key.encode().into_bytes(), k.key.backup_only().encode().into_bytes()],
+        "files_cache" => {
+            let e = crate::filescache::CacheEntry {
+                path: b"/a/b".to_vec(),
+                size: 9,
+                mtime_ns: 1,
+                ctime_ns: 2,
+                ino: 3,
+                dev: 4,
+                content: vec![id],
+            };
+            let body = postcard(&e);
+            let mut rec = (body.len() as u32).to_le_bytes().to_vec();
+            rec.extend_from_slice(&body);
+            rec.extend_from_slice(&blake3::hash(&body).as_bytes()[..8]);
+            vec![rec]
+        }
+        "blob_frame" => {
+            let frame = |data: &[u8]| -> Vec<u8> {
+                match stages::compress::Compressor::new(1) {
+                    Ok(mut c) => c.frame(data)[stages::compress::NONCE_ROOM..].to_vec(),
+                    Err(_) => Vec::new(),
+                }
+            };
+            vec![frame(&b"hello hello hello hello ".repeat(50)), frame(b"x")]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// A real one-blob pack sealed under the test keys.
+fn sample_pack() -> Vec<u8> {
+    let k = keys();
+    let epoch = stages::encrypt::KeyEpoch::new();
+    let Ok(wrapped) = crate::crypto::wrap_key(&k.key.recipient, &epoch.key) else { return Vec::new() };
+    let data = b"some file content".repeat(20);
+    let id = stages::hash::blob_id(k.wk.id_key.as_bytes(), &data);
+    let Ok(mut c) = stages::compress::Compressor::new(1) else { return Vec::new() };
+    let mut blob = c.frame(&data);
+    if !stages::encrypt::seal(&epoch, 0, &id, stages::BlobKind::Data, &mut blob) {
+        return Vec::new();
+    }
+    let mut pack = crate::pack::MAGIC.to_vec();
+    pack.extend_from_slice(&(wrapped.len() as u32).to_le_bytes());
+    pack.extend_from_slice(&wrapped);
+    let entry = crate::pack::BlobEntry {
+        id,
+        kind: 0,
+        offset: pack.len() as u32,
+        len: blob.len() as u32,
+        raw_len: data.len() as u32,
+        inner: None,
+    };
+    pack.extend_from_slice(&blob);
+    let body = postcard::to_allocvec(&vec![entry]).unwrap_or_default();
+    let trailer = seal_catalog(&k.wk.catalog_key, b"BKPKTRL1", &body);
+    pack.extend_from_slice(&trailer);
+    pack.extend_from_slice(&(trailer.len() as u32).to_le_bytes());
+    pack.extend_from_slice(crate::pack::END);
+    pack
+}
+
+mod erased {
+    /// postcard encoding of any serializable sample (plain data: cannot fail).
+    pub trait Encode {
+        fn encode(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Encode for T {
+        fn encode(&self) -> Vec<u8> {
+            postcard::to_allocvec(self).unwrap_or_default()
+        }
+    }
+}
