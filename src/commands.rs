@@ -42,6 +42,15 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
         Command::Check(args) => {
             crate::maintenance::check_cmd(&crate::open_repo(&repo_path, key)?, cli.json, args)
         }
+        Command::Forget(args) => {
+            crate::retention::forget_cmd(&crate::open_repo(&repo_path, key)?, cli.json, args)
+        }
+        Command::Prune(args) => {
+            crate::retention::prune_cmd(&crate::open_repo(&repo_path, key)?, cli.json, args)
+        }
+        Command::Config(args) => {
+            crate::retention::config_cmd(&crate::open_repo(&repo_path, key)?, cli.json, args)
+        }
         Command::Repair(cmd) => {
             crate::maintenance::repair_cmd(&crate::open_repo(&repo_path, key)?, cli.json, cmd)
         }

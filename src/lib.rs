@@ -5,6 +5,7 @@ mod commands;
 mod maintenance;
 mod output;
 mod progress;
+mod retention;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +52,76 @@ pub enum Command {
     /// Rebuild the index, or write snapshots that leave out damaged files
     #[command(subcommand)]
     Repair(RepairCommand),
+    /// Remove snapshots by a retention policy (or by id); data goes at the next prune
+    Forget(ForgetArgs),
+    /// Collect garbage in two phases: condemn what nothing uses, delete it a grace period later
+    Prune(PruneArgs),
+    /// Show the repository's settings; change the grace period
+    Config(ConfigArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Snapshots to remove (ids or unique prefixes), instead of a policy
+    pub snapshots: Vec<String>,
+    /// Keep the N newest snapshots
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<usize>,
+    /// Keep the newest snapshot of each of the last N hours that have one
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<usize>,
+    /// ... of the last N days
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<usize>,
+    /// ... of the last N (ISO) weeks
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<usize>,
+    /// ... of the last N months
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<usize>,
+    /// ... of the last N years
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<usize>,
+    /// Keep every snapshot younger than DURATION before the newest (30d, 12h, 6mo, 1y)
+    #[arg(long, value_name = "DURATION", value_parser = engine::forget::parse_span)]
+    pub keep_within: Option<jiff::Span>,
+    /// Only consider snapshots of this host (the policy applies per host and paths)
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only list what would be removed, and why
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Run prune afterwards
+    #[arg(long)]
+    pub prune: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Only report what would be condemned, repacked and deleted
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Rewrite packs with more than this percentage of unused bytes
+    #[arg(long, value_name = "PERCENT", default_value_t = 30.0, value_parser = parse_percent)]
+    pub repack_threshold: f64,
+    /// Delete condemned data now, without the grace period (unsafe while other machines back up)
+    #[arg(long)]
+    pub unsafe_now: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigArgs {
+    /// Set the grace period prune waits between condemning and deleting (e.g. 24h, 3d)
+    #[arg(long, value_name = "DURATION", value_parser = engine::forget::parse_span)]
+    pub grace: Option<jiff::Span>,
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim_end_matches('%').parse().map_err(|_| format!("{s:?} is not a percentage"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!("{s:?}: must be between 0 and 100"));
+    }
+    Ok(v)
 }
 
 #[derive(Args, Debug)]

@@ -149,14 +149,22 @@ fn a_damaged_blob_is_found_named_left_out_and_never_restored_wrong() {
 fn a_missing_pack_loses_only_its_own_files() {
     let b = bakare();
     let src = tree(3);
-    let snap = b.ok(&argv!["--json", "run", "--workers", "2", src.path()]).json()["snapshot"]
+    let snap = b.ok(&argv!["--json", "run", "--workers", "4", src.path()]).json()["snapshot"]
         .as_str()
         .unwrap()
         .to_string();
     let all = deps(&b);
-    // Delete the pack holding the big text file's data (not the trees').
-    let victim = all.iter().find(|f| f.path.ends_with(b"big/text.txt")).unwrap();
-    let pack = victim.content[0].0.clone();
+    // Delete a pack holding file data, preferably none of the trees (4 workers write 4 packs).
+    let tree_packs: std::collections::BTreeSet<&String> = all
+        .iter()
+        .flat_map(|f| {
+            f.objects.iter().filter(|o| o.starts_with("packs/") && !f.content.iter().any(|c| &c.0 == *o))
+        })
+        .collect();
+    let content_packs: Vec<&String> = all.iter().flat_map(|f| f.content.iter().map(|c| &c.0)).collect();
+    let pack =
+        content_packs.iter().find(|p| !tree_packs.contains(*p)).unwrap_or(&content_packs[0]).to_string();
+    let root_lost = tree_packs.contains(&pack);
     fs::remove_file(b.repo.join(&pack)).unwrap();
     let lost: Vec<String> = all
         .iter()
@@ -169,7 +177,7 @@ fn a_missing_pack_loses_only_its_own_files() {
     assert!(c["damage"][0]["why"].as_str().unwrap().contains("missing"), "{c}");
     // check names exactly what is lost: each lost file, or a directory above it.
     let named = affected_paths(&c);
-    let covers = |a: &str, p: &str| p == a || p.starts_with(&format!("{a}/"));
+    let covers = |a: &str, p: &str| a == "/" || p == a || p.starts_with(&format!("{a}/"));
     for p in &lost {
         assert!(named.iter().any(|a| covers(a, p)), "{p} lost but not named: {named:?}");
     }
@@ -185,6 +193,13 @@ fn a_missing_pack_loses_only_its_own_files() {
             Ok(bytes) => assert_eq!(bytes, fs::read(&p).unwrap(), "{p}: wrong bytes"),
             Err(_) => assert!(lost.contains(&p), "{p} does not depend on {pack} but was not restored"),
         }
+    }
+    if root_lost {
+        // Every tree is in the lost pack: nothing of the snapshot can be read, nor repaired.
+        let o = b.run(&argv!["repair", "snapshots", "--forget", "--no-read-data"]);
+        assert_eq!(o.code, 3);
+        assert!(o.stdout_str().contains("cannot be repaired"), "{}", o.stdout_str());
+        return;
     }
     // Repaired and forgotten: the repository checks clean and restores without errors.
     b.ok(&argv!["repair", "snapshots", "--forget", "--no-read-data"]);

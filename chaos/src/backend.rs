@@ -157,6 +157,9 @@ impl Backend for FaultyBackend {
         hit(&self.point, &self.seen, what, When::After);
         r
     }
+    fn replace(&self, key: &str, data: &[u8]) -> io::storage::Result<()> {
+        self.inner.replace(key, data)
+    }
     fn exists(&self, key: &str) -> Result<bool, StorageError> {
         self.inner.exists(key)
     }

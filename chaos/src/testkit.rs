@@ -208,7 +208,9 @@ impl Bakare {
             .env_remove("BAKARE_KEY")
             .env_remove("BAKARE_IO")
             .env_remove("BAKARE_FAULTS")
-            .env_remove("BAKARE_CRASH");
+            .env_remove("BAKARE_CRASH")
+            .env_remove("BAKARE_CLOCK_OFFSET_FILE")
+            .env_remove("BAKARE_FAKE_NOW_NS");
         for (k, v) in &self.env {
             c.env(k, v);
         }
@@ -444,5 +446,31 @@ pub struct QuietDir {
 impl QuietDir {
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// Time that tests move for every process they start (see engine::clock): a file holding an
+/// offset in nanoseconds, named by BAKARE_CLOCK_OFFSET_FILE.
+pub struct FakeClock {
+    pub path: PathBuf,
+}
+
+pub const HOUR_NS: i64 = 3_600_000_000_000;
+
+impl FakeClock {
+    /// Starts at offset 0 and makes `b`'s processes use it.
+    pub fn install(b: &mut Bakare) -> FakeClock {
+        let path = b.home.path().join("clock-offset");
+        fs::write(&path, "0").unwrap();
+        b.env.push(("BAKARE_CLOCK_OFFSET_FILE".into(), path.display().to_string()));
+        FakeClock { path }
+    }
+
+    /// Moves every clock forward (written atomically: a reader sees the old or new offset).
+    pub fn advance(&self, ns: i64) {
+        let now: i64 = fs::read_to_string(&self.path).unwrap().trim().parse().unwrap();
+        let tmp = self.path.with_extension("tmp");
+        fs::write(&tmp, (now + ns).to_string()).unwrap();
+        fs::rename(&tmp, &self.path).unwrap();
     }
 }

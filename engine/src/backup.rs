@@ -104,10 +104,56 @@ pub fn default_host() -> String {
     hostname()
 }
 
+/// How many times a backup whose view of the repository went stale (a suspend longer than
+/// half the grace period) is run again before giving up.
+const MAX_ATTEMPTS: u32 = 4;
+
+enum Attempt {
+    Committed(Box<BackupResult>),
+    /// The pending snapshot was written too late after the view was taken: prune may since
+    /// have condemned (and, a grace period later, deleted) data it references.
+    Stale {
+        age_ns: i64,
+    },
+}
+
+/// Backs up `opts.paths` and commits a snapshot by the protocol of design.md section 4: the
+/// view of the repository (index and condemnation records) is taken at the start; packs, then
+/// their index segment, then `pending/<id>`; then, only if the pending write finished less
+/// than G/2 after the view was taken (on a clock that counts suspended time), the snapshot is
+/// promoted to `snapshots/`. Otherwise the pending copy is removed and the backup runs again
+/// with a fresh view, which stores again whatever is now condemned or gone (unchanged data
+/// that is still live is found in the index, so a repeat costs little).
 pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
     let started = Instant::now();
     let time_ns = crate::clock::now_ns();
-    let (index, mut warnings) = repo.load_index()?;
+    let mut notes = Vec::new();
+    for n in 1..=MAX_ATTEMPTS {
+        match attempt(repo, &opts, time_ns, started)? {
+            Attempt::Committed(mut r) => {
+                notes.append(&mut r.warnings);
+                r.warnings = notes;
+                return Ok(*r);
+            }
+            Attempt::Stale { age_ns } => notes.push(format!(
+                "the view of the repository was {} s old when the snapshot was ready (suspended?), over half \
+                 the grace period: prune may have condemned data since, so the backup runs again (attempt {})",
+                age_ns / 1_000_000_000,
+                n + 1
+            )),
+        }
+    }
+    Err(Error::Pipeline(format!(
+        "the view of the repository went stale {MAX_ATTEMPTS} times in a row (is the machine suspending \
+         constantly, or the grace period tiny?); nothing was committed"
+    )))
+}
+
+fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Instant) -> Result<Attempt> {
+    // The view: taken before anything is read from the repository.
+    let view_ns = crate::clock::boot_ns();
+    let config = crate::config::Config::decode(&repo.backend.get("config")?)?;
+    let (index, mut warnings) = repo.load_dedup_index()?;
     let roots = stages::scan::normalize_roots(&opts.paths).map_err(|e| Error::io(".", e))?;
     for r in &roots {
         if std::fs::symlink_metadata(r).is_err() {
@@ -193,7 +239,7 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
         .collect();
     let exclude = build_exclude(&opts.excludes, own)?;
     let (known, cache_out, cache_problem) =
-        open_cache(repo, &opts, &roots, dedup.index.clone(), &mut warnings);
+        open_cache(repo, opts, &roots, dedup.index.clone(), &mut warnings);
     let scan_cfg = ScanConfig { roots: roots.clone(), exclude, known, progress: opts.progress.clone() };
     let scan = stages::scan::spawn(scan_cfg, ev_tx, job_tx, cancel.clone()).map_err(spawn_err)?;
 
@@ -250,29 +296,41 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
     let snapshot = Snapshot {
         version: crate::snapshot::VERSION,
         time_ns,
-        host: opts.host,
+        host: opts.host.clone(),
         user: std::env::var("USER").unwrap_or_default(),
         paths: roots.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect(),
-        tags: opts.tags,
+        tags: opts.tags.clone(),
         tree: root,
         stats,
         errors: std::mem::take(&mut builder.errors),
         program: format!("bakare {}", env!("CARGO_PKG_VERSION")),
     };
-    let snapshot_id = commit_snapshot(repo, &snapshot)?;
+    let bytes = snapshot.encode(&repo.key.recipient)?;
+    let snapshot_id = blake3::hash(&bytes).to_hex().to_string();
+    let pending = format!("pending/{snapshot_id}");
+    repo.backend.put(&pending, &bytes)?;
+    let age_ns = crate::clock::boot_ns() - view_ns;
+    if age_ns >= config.writer_grace_ns() / 2 {
+        repo.backend.delete(&pending)?;
+        return Ok(Attempt::Stale { age_ns });
+    }
+    // Promotion may be late (a suspend here is harmless): the pending copy already protects
+    // everything the snapshot references.
+    repo.backend.put(&format!("snapshots/{snapshot_id}"), &bytes)?;
+    repo.backend.delete(&pending)?;
     if let Some(cache) = builder.cache {
         if let Err(e) = cache.commit() {
             warnings.push(format!("cannot save the files cache ({e}); the next run reads every file"));
         }
     }
-    Ok(BackupResult {
+    Ok(Attempt::Committed(Box::new(BackupResult {
         snapshot_id,
         snapshot,
         warnings,
         read_mode: mode,
         budget: budget_bytes,
         budget_peak: budget.peak(),
-    })
+    })))
 }
 
 type CacheSetup = (Option<Known>, Option<CacheWriter>, Arc<Mutex<Option<String>>>);

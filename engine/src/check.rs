@@ -124,6 +124,8 @@ impl CheckReport {
 /// what is wrong with it.
 pub(crate) struct Survey {
     pub index: Index,
+    /// Packs prune has condemned (deleted a grace period later unless a snapshot needs them).
+    pub condemned: HashSet<PackId>,
     pub present: BTreeMap<PackId, String>,
     pub missing_packs: HashSet<PackId>,
     pub uncovered: Vec<PackId>,
@@ -148,7 +150,15 @@ pub(crate) fn survey(repo: &Repository, report: &mut CheckReport) -> Result<Surv
         }
     }
     report.packs = present.len();
+    let condemned = match crate::gc::load(backend, &repo.wk.catalog_key) {
+        Ok(records) => crate::gc::condemned_packs(&records),
+        Err(e) => {
+            report.damage.push(Damage { object: "gc/".into(), why: e.to_string() });
+            HashSet::new()
+        }
+    };
     let mut index = Index::default();
+    let mut late = Vec::new();
     let mut covered = HashSet::new();
     let mut missing_packs = HashSet::new();
     let mut segments = backend.list("index")?;
@@ -170,6 +180,13 @@ pub(crate) fn survey(repo: &Repository, report: &mut CheckReport) -> Result<Surv
         if let Ok(packs) = body {
             for (p, entries) in packs {
                 covered.insert(p);
+                if condemned.contains(&p) {
+                    // Read last, so surviving copies win; deleted ones are expected.
+                    if present.contains_key(&p) {
+                        late.push((p, entries));
+                    }
+                    continue;
+                }
                 if !present.contains_key(&p) && missing_packs.insert(p) {
                     report.damage.push(Damage {
                         object: pack::pack_key(&p),
@@ -193,11 +210,15 @@ pub(crate) fn survey(repo: &Repository, report: &mut CheckReport) -> Result<Surv
         }
         uncovered.push(*id);
         match pack::read_trailer(backend, &repo.wk.catalog_key, key) {
+            Ok(entries) if condemned.contains(id) => late.push((*id, entries)),
             Ok(entries) => index.add_pack(*id, &entries),
             Err(e) => report.damage.push(Damage { object: key.clone(), why: e.to_string() }),
         }
     }
-    Ok(Survey { index, present, missing_packs, uncovered })
+    for (p, entries) in late {
+        index.add_pack(p, &entries);
+    }
+    Ok(Survey { index, condemned, present, missing_packs, uncovered })
 }
 
 /// What reading one pack found.
@@ -511,7 +532,7 @@ pub(crate) fn check_with_survey(repo: &Repository, opts: &CheckOptions) -> Resul
     }
     drop(walker);
     for p in &survey.uncovered {
-        if used.contains(p) {
+        if used.contains(p) && !survey.condemned.contains(p) {
             report.damage.push(Damage {
                 object: pack::pack_key(p),
                 why: "snapshots use it but no index segment lists it (`bakare repair index` fixes this)"
@@ -519,7 +540,14 @@ pub(crate) fn check_with_survey(repo: &Repository, opts: &CheckOptions) -> Resul
             });
         }
     }
-    let unused: Vec<_> = survey.present.keys().filter(|p| !used.contains(*p)).collect();
+    let doomed = survey.present.keys().filter(|p| survey.condemned.contains(*p)).count();
+    if doomed > 0 {
+        report.notes.push(format!(
+            "{doomed} packs are condemned by prune (deleted after the grace period unless a snapshot needs them)"
+        ));
+    }
+    let unused: Vec<_> =
+        survey.present.keys().filter(|p| !used.contains(*p) && !survey.condemned.contains(*p)).collect();
     if !unused.is_empty() {
         let bytes: u64 = unused.iter().filter_map(|p| repo.backend.size(&pack::pack_key(p)).ok()).sum();
         report.notes.push(format!(

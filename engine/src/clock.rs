@@ -1,15 +1,41 @@
-//! The one place that reads the wall clock, so tests can replace it.
+//! The one place that reads clocks, so tests can move them.
+//!
+//! - `now_ns`: wall time (snapshot times, condemnation times, retention).
+//! - `boot_ns`: CLOCK_BOOTTIME, which keeps counting while the machine is suspended: the age of
+//!   a writer's view of the repository (design.md section 4, rule 4) must include the time a
+//!   laptop spent with its lid closed, which CLOCK_MONOTONIC leaves out.
+//!
+//! Tests move time for every process at once through `BAKARE_CLOCK_OFFSET_FILE`: a file holding
+//! a signed number of nanoseconds added to both clocks, read at every call (a paused writer
+//! sees the jump when it resumes, as after a real suspend). `BAKARE_FAKE_NOW_NS` pins the wall
+//! clock instead.
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Nanoseconds since the Unix epoch; `BAKARE_FAKE_NOW_NS` overrides it (tests).
+fn offset_ns() -> i64 {
+    let Some(path) = std::env::var_os("BAKARE_CLOCK_OFFSET_FILE") else { return 0 };
+    std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Nanoseconds since the Unix epoch.
 pub fn now_ns() -> i64 {
     if let Some(v) = std::env::var_os("BAKARE_FAKE_NOW_NS").and_then(|v| v.into_string().ok()) {
         if let Ok(n) = v.parse() {
             return n;
         }
     }
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
+    let real = match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_nanos() as i64,
         Err(e) => -(e.duration().as_nanos() as i64),
-    }
+    };
+    real.saturating_add(offset_ns())
+}
+
+/// Nanoseconds of CLOCK_BOOTTIME (since boot, suspended time included).
+pub fn boot_ns() -> i64 {
+    let t = rustix::time::clock_gettime_dynamic(rustix::time::DynamicClockId::Boottime)
+        .unwrap_or_else(|_| rustix::time::clock_gettime(rustix::time::ClockId::Monotonic));
+    (t.tv_sec as i64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as i64)
+        .saturating_add(offset_ns())
 }

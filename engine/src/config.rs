@@ -1,12 +1,15 @@
 //! The repository's `config` object: format version, id, chunker parameters, pack size, grace
 //! period and the public key's fingerprint. Not secret; checksummed:
 //! `"BKCONFIG" | version u8 | postcard(Config) | BLAKE3(all preceding bytes)`.
+//! Version 2 adds the previous grace period and when it changed (version 1 is still read).
+//! `config` is the one object that is replaced (atomically) rather than only created: when the
+//! grace period changes.
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"BKCONFIG";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
@@ -21,9 +24,56 @@ pub struct Config {
     /// Fingerprint of the recipient every pack key is wrapped for.
     pub key_fingerprint: String,
     pub created_ns: i64,
+    /// The grace period before the last change, and when it changed: until the old period has
+    /// passed since the change, writers and pruners still honour it (prune waits the longer,
+    /// writers refresh after half the shorter), since other processes may have read the old one.
+    pub grace_prev_secs: u64,
+    pub grace_changed_ns: i64,
+}
+
+/// Version 1: the same without the grace period's history.
+#[derive(Deserialize)]
+struct ConfigV1 {
+    repo_id: [u8; 16],
+    chunk_min: u32,
+    chunk_avg: u32,
+    chunk_max: u32,
+    pack_size: u64,
+    grace_secs: u64,
+    key_fingerprint: String,
+    created_ns: i64,
 }
 
 impl Config {
+    /// How long prune must wait after condemning before deleting, at wall time `now_ns`.
+    pub fn prune_grace_ns(&self, now_ns: i64) -> i64 {
+        let cur = secs_ns(self.grace_secs);
+        let prev = secs_ns(self.grace_prev_secs);
+        if now_ns < self.grace_changed_ns.saturating_add(prev) {
+            cur.max(prev)
+        } else {
+            cur
+        }
+    }
+
+    /// The grace period a writer assumes: the shorter of the current and previous ones.
+    pub fn writer_grace_ns(&self) -> i64 {
+        secs_ns(self.grace_secs).min(secs_ns(self.grace_prev_secs))
+    }
+
+    /// Sets a new grace period, remembering the old one.
+    pub fn set_grace(&mut self, secs: u64, now_ns: i64) {
+        // A change during a change: keep the longest period still in force as "previous".
+        self.grace_prev_secs = if now_ns < self.grace_changed_ns.saturating_add(secs_ns(self.grace_prev_secs))
+        {
+            self.grace_secs.max(self.grace_prev_secs)
+        } else {
+            self.grace_secs
+        };
+        self.grace_secs = secs;
+        self.grace_changed_ns = now_ns;
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
         out.push(VERSION);
@@ -39,14 +89,30 @@ impl Config {
         if data.len() < MAGIC.len() + 1 + 32 || &data[..8] != MAGIC {
             return Err(bad("not a bakare repository config"));
         }
-        if data[8] != VERSION {
+        if data[8] != VERSION && data[8] != 1 {
             return Err(bad(&format!("unsupported format version {}", data[8])));
         }
         let (body, sum) = data.split_at(data.len() - 32);
         if blake3::hash(body).as_bytes() != sum {
             return Err(bad("checksum mismatch"));
         }
-        let cfg: Config = postcard::from_bytes(&body[9..]).map_err(|e| bad(&e.to_string()))?;
+        let cfg: Config = if data[8] == 1 {
+            let v1: ConfigV1 = postcard::from_bytes(&body[9..]).map_err(|e| bad(&e.to_string()))?;
+            Config {
+                repo_id: v1.repo_id,
+                chunk_min: v1.chunk_min,
+                chunk_avg: v1.chunk_avg,
+                chunk_max: v1.chunk_max,
+                pack_size: v1.pack_size,
+                grace_secs: v1.grace_secs,
+                key_fingerprint: v1.key_fingerprint,
+                created_ns: v1.created_ns,
+                grace_prev_secs: v1.grace_secs,
+                grace_changed_ns: v1.created_ns,
+            }
+        } else {
+            postcard::from_bytes(&body[9..]).map_err(|e| bad(&e.to_string()))?
+        };
         let params = stages::chunk::ChunkParams {
             min: cfg.chunk_min,
             avg: cfg.chunk_avg,
@@ -58,6 +124,10 @@ impl Config {
         }
         Ok(cfg)
     }
+}
+
+fn secs_ns(s: u64) -> i64 {
+    i64::try_from(s).unwrap_or(i64::MAX / 1_000_000_000).saturating_mul(1_000_000_000)
 }
 
 #[cfg(test)]
@@ -75,7 +145,27 @@ mod tests {
             grace_secs: 86400,
             key_fingerprint: "abcd".into(),
             created_ns: 5,
+            grace_prev_secs: 86400,
+            grace_changed_ns: 5,
         }
+    }
+
+    #[test]
+    fn grace_changes_honour_the_old_period() {
+        let h = 3_600_000_000_000i64;
+        let mut c = sample();
+        assert_eq!(c.prune_grace_ns(10 * h), 24 * h);
+        c.set_grace(3600, 100 * h);
+        // For 24 h after the change prune still waits 24 h; writers use 1 h at once.
+        assert_eq!(c.prune_grace_ns(101 * h), 24 * h);
+        assert_eq!(c.writer_grace_ns(), h);
+        assert_eq!(c.prune_grace_ns(125 * h), h);
+        // Lengthening takes effect at once for prune.
+        c.set_grace(48 * 3600, 200 * h);
+        assert_eq!(c.prune_grace_ns(200 * h), 48 * h);
+        assert_eq!(c.writer_grace_ns(), h);
+        let e = c.encode();
+        assert_eq!(Config::decode(&e).unwrap(), c);
     }
 
     #[test]

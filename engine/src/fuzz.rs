@@ -202,6 +202,8 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
                 grace_secs: 3600,
                 key_fingerprint: k.key.fingerprint(),
                 created_ns: 1,
+                grace_prev_secs: 3600,
+                grace_changed_ns: 1,
             };
             vec![c.encode()]
         }

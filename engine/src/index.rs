@@ -103,6 +103,18 @@ impl Index {
     /// session that crashed after writing packs but before its segment) are read from their
     /// trailers. Returns the index and a warning per problem found.
     pub fn load(backend: &dyn Backend, catalog_key: &Secret32) -> Result<(Index, Vec<String>)> {
+        Index::load_with(backend, catalog_key, &HashSet::new(), Use::Read)
+    }
+
+    /// Like `load`, with the packs prune has condemned: a reader still reads them (after every
+    /// other copy of a blob); a writer treats their blobs as absent (design.md section 4,
+    /// rule 3), and so stores such data again.
+    pub fn load_with(
+        backend: &dyn Backend,
+        catalog_key: &Secret32,
+        condemned: &HashSet<PackId>,
+        usage: Use,
+    ) -> Result<(Index, Vec<String>)> {
         let mut idx = Index::default();
         let mut warnings = Vec::new();
         // Segments first, then packs: a backup writes its packs before its segment, so every
@@ -123,26 +135,34 @@ impl Index {
         let mut packs = backend.list("packs")?;
         packs.sort();
         let present: HashSet<PackId> = packs.iter().filter_map(|k| pack::parse_pack_key(k)).collect();
+        let mut late = Vec::new();
+        let mut covered = HashSet::new();
         for (name, packs) in segments {
             for (p, entries) in packs {
-                if present.contains(&p) {
-                    idx.add_pack(p, &entries);
-                } else {
+                covered.insert(p);
+                if !present.contains(&p) && condemned.contains(&p) {
+                    // Deleted by prune after a grace period; its segment goes next.
+                } else if !present.contains(&p) {
                     // Never dedup against data that is gone: treat its blobs as absent.
                     warnings.push(format!(
                         "{} (listed by {name}) is missing: its {} blobs are unavailable (see `bakare check`)",
                         pack::pack_key(&p),
                         entries.len()
                     ));
+                } else if condemned.contains(&p) {
+                    late.push((p, entries));
+                } else {
+                    idx.add_pack(p, &entries);
                 }
             }
         }
         for key in packs {
             let Some(id) = pack::parse_pack_key(&key) else { continue };
-            if idx.has_pack(&id) {
+            if covered.contains(&id) {
                 continue;
             }
             match pack::read_trailer(backend, catalog_key, &key) {
+                Ok(entries) if condemned.contains(&id) => late.push((id, entries)),
                 Ok(entries) => {
                     idx.add_pack(id, &entries);
                     idx.recovered.push((id, entries));
@@ -150,8 +170,22 @@ impl Index {
                 Err(e) => warnings.push(format!("{e}; its blobs are unavailable")),
             }
         }
+        if usage == Use::Read {
+            for (p, entries) in late {
+                idx.add_pack(p, &entries);
+            }
+        }
         Ok((idx, warnings))
     }
+}
+
+/// What an index is loaded for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Use {
+    /// Reading back: every copy counts, condemned ones last.
+    Read,
+    /// Deduplicating a backup against: condemned copies do not count.
+    Dedup,
 }
 
 /// Dedup for one backup session: blobs in the loaded index, plus those claimed by this session.

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"BKPACK01";
 pub const END: &[u8; 8] = b"BKPKEND1";
-const TRAILER_MAGIC: &[u8] = b"BKPKTRL1";
+pub const TRAILER_MAGIC: &[u8] = b"BKPKTRL1";
 const MAX_WRAPPED: u32 = 4096;
 
 pub type PackId = [u8; 32];

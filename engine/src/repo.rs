@@ -12,7 +12,7 @@ use stages::{BlobId, BlobKind, BUNDLE_ID};
 use crate::config::Config;
 use crate::crypto::{unwrap_key, WriterKeys};
 use crate::error::{Error, Result};
-use crate::index::Index;
+use crate::index::{Index, Use};
 use crate::keys::{self, Key};
 use crate::pack;
 use crate::snapshot::Snapshot;
@@ -50,6 +50,7 @@ impl Repository {
         };
         key.save(&kp)?;
         key.path = kp;
+        let now = crate::clock::now_ns();
         let config = Config {
             repo_id,
             chunk_min: stages::chunk::ChunkParams::DEFAULT_MIN,
@@ -58,7 +59,9 @@ impl Repository {
             pack_size: DEFAULT_PACK_SIZE,
             grace_secs: DEFAULT_GRACE_SECS,
             key_fingerprint: key.fingerprint(),
-            created_ns: crate::clock::now_ns(),
+            created_ns: now,
+            grace_prev_secs: DEFAULT_GRACE_SECS,
+            grace_changed_ns: now,
         };
         for dir in ["packs", "index", "snapshots", "pending", "gc", "tmp"] {
             std::fs::create_dir_all(path.join(dir)).map_err(|e| Error::io(path.join(dir), e))?;
@@ -109,8 +112,38 @@ impl Repository {
         }
     }
 
+    /// The index for reading back: every copy of every blob, copies in packs prune has
+    /// condemned last.
     pub fn load_index(&self) -> Result<(Index, Vec<String>)> {
-        Index::load(self.backend.as_ref(), &self.wk.catalog_key)
+        let mut warnings = Vec::new();
+        let condemned = match crate::gc::load(self.backend.as_ref(), &self.wk.catalog_key) {
+            Ok(records) => crate::gc::condemned_packs(&records),
+            Err(e) => {
+                warnings.push(format!("{e}; reading without it"));
+                Default::default()
+            }
+        };
+        let (idx, w) = Index::load_with(self.backend.as_ref(), &self.wk.catalog_key, &condemned, Use::Read)?;
+        warnings.extend(w);
+        Ok((idx, warnings))
+    }
+
+    /// The index a backup deduplicates against: blobs in condemned packs count as absent
+    /// (design.md section 4, rule 3). When the condemnation records cannot be read, nothing
+    /// counts as present: every blob is stored again rather than risk referencing doomed data.
+    pub fn load_dedup_index(&self) -> Result<(Index, Vec<String>)> {
+        match crate::gc::load(self.backend.as_ref(), &self.wk.catalog_key) {
+            Ok(records) => {
+                let condemned = crate::gc::condemned_packs(&records);
+                Index::load_with(self.backend.as_ref(), &self.wk.catalog_key, &condemned, Use::Dedup)
+            }
+            Err(e) => Ok((
+                Index::default(),
+                vec![format!(
+                    "{e}: cannot tell which packs prune condemned, so nothing is deduplicated this run"
+                )],
+            )),
+        }
     }
 
     /// All readable snapshots, oldest first, with a warning for each unreadable one.

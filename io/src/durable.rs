@@ -61,6 +61,26 @@ pub fn write_atomic(dest: &Path, data: &[u8]) -> io::Result<bool> {
     result
 }
 
+/// Writes `data` durably under `dest`, atomically replacing what was there (rename): only for
+/// the few objects that are settings, not content (the repository `config`).
+pub fn replace_atomic(dest: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = temp_path(dir);
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, dest)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

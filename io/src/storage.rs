@@ -55,7 +55,12 @@ pub trait Backend: Send + Sync {
     fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
     fn size(&self, key: &str) -> Result<u64>;
     fn list(&self, dir: &str) -> Result<Vec<String>>;
+    /// Removes an object; removing one that is already gone succeeds (several processes may
+    /// clean up the same leftover).
     fn delete(&self, key: &str) -> Result<()>;
+    /// Atomically replaces a settings object (only `config`): readers see the old or the new
+    /// bytes, never a mix.
+    fn replace(&self, key: &str, data: &[u8]) -> Result<()>;
     fn exists(&self, key: &str) -> Result<bool> {
         match self.size(key) {
             Ok(_) => Ok(true),
@@ -207,9 +212,18 @@ impl Backend for LocalBackend {
         Ok(out)
     }
 
+    fn replace(&self, key: &str, data: &[u8]) -> Result<()> {
+        let dest = self.path(key)?;
+        durable::replace_atomic(&dest, data).map_err(|e| StorageError::io(key, e))
+    }
+
     fn delete(&self, key: &str) -> Result<()> {
         let p = self.path(key)?;
-        fs::remove_file(&p).map_err(|e| StorageError::io(key, e))?;
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StorageError::io(key, e)),
+        }
         if let Some(dir) = p.parent() {
             durable::sync_dir(dir).map_err(|e| StorageError::io(key, e))?;
         }

@@ -1,0 +1,492 @@
+//! `prune`: two-phase garbage collection without locks (design.md section 4, rule 2;
+//! docs/concurrency.md has the argument).
+//!
+//! Every run does, in order:
+//! - **Phase 2** for each condemnation record at least the grace period G old: list pending,
+//!   then committed snapshots (in that order: a writer creates `snapshots/X` before removing
+//!   `pending/X`, so one listing or the other sees every snapshot); rescue each condemned pack
+//!   holding a blob some snapshot references and no surviving pack also holds; index the
+//!   rescued packs in a new segment; delete the condemned segments, then the other condemned
+//!   packs, then the record.
+//! - **Phase 1**: find the packs no snapshot (pending or committed) uses, and the packs mostly
+//!   unused (above the repack threshold), whose used blobs are first copied to new packs; write
+//!   index segments covering every pack that stays; then a record condemning the unused packs
+//!   and the superseded segments, timed when it is written. Nothing is deleted.
+//!
+//! Repacking copies sealed blobs byte for byte, under the same wrapped data key (the new pack
+//! repeats the old header), so nothing is decrypted and bundles stay whole.
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use stages::{BlobId, BlobKind};
+
+use crate::error::{Error, Result};
+use crate::gc::{self, GcRecord};
+use crate::index::{decode_segment, encode_segment, Index, SegmentBody};
+use crate::pack::{self, BlobEntry, PackId};
+use crate::repo::{BlobReader, Repository};
+use crate::snapshot::Snapshot;
+use crate::tree::{NodeKind, Tree};
+
+/// Packs per segment written by prune.
+const PACKS_PER_SEGMENT: usize = 512;
+
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    /// Repack a pack when more than this fraction of its bytes is unused (0..=1).
+    pub repack_threshold: f64,
+    pub dry_run: bool,
+    /// Run phase 2 on every record now, ignoring the grace period: unsafe while any other
+    /// process may be backing up.
+    pub unsafe_now: bool,
+    pub host: String,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions { repack_threshold: 0.3, dry_run: false, unsafe_now: false, host: String::new() }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct PhaseTwo {
+    pub record: String,
+    pub condemned: usize,
+    pub rescued: usize,
+    pub deleted_packs: usize,
+    pub deleted_segments: usize,
+    pub freed_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct PruneReport {
+    pub snapshots: usize,
+    pub pending: usize,
+    pub phase2: Vec<PhaseTwo>,
+    /// Records not yet due: (name, due time ns, packs, bytes).
+    pub waiting: Vec<(String, i64, usize, u64)>,
+    /// Phase 1: packs condemned now (unused, and repacked ones), and their bytes.
+    pub condemned_packs: usize,
+    pub condemned_bytes: u64,
+    pub repacked_packs: usize,
+    pub repacked_bytes_copied: u64,
+    pub new_packs: usize,
+    pub segments_written: usize,
+    pub segments_condemned: usize,
+    /// The phase 1 record written (None when there was nothing to condemn, or in a dry run).
+    pub record: Option<String>,
+    pub grace_ns: i64,
+    pub warnings: Vec<String>,
+}
+
+impl PruneReport {
+    pub fn freed_now(&self) -> u64 {
+        self.phase2.iter().map(|p| p.freed_bytes).sum()
+    }
+    pub fn freed_later(&self) -> u64 {
+        self.condemned_bytes + self.waiting.iter().map(|w| w.3).sum::<u64>()
+    }
+}
+
+/// The whole repository as prune sees it.
+struct View {
+    /// Every pack that exists, with its blobs (from segments, or from its trailer).
+    packs: BTreeMap<PackId, Vec<BlobEntry>>,
+    sizes: HashMap<PackId, u64>,
+    segments: Vec<String>,
+    /// Which segment(s) list each pack.
+    covered: HashSet<PackId>,
+    records: Vec<(String, GcRecord)>,
+}
+
+fn load_view(repo: &Repository, warnings: &mut Vec<String>) -> Result<View> {
+    let backend = repo.backend.as_ref();
+    let records = gc::load(backend, &repo.wk.catalog_key)?;
+    let mut segments = backend.list("index")?;
+    segments.sort();
+    let mut from_segments: SegmentBody = Vec::new();
+    for name in &segments {
+        match backend
+            .get(name)
+            .map_err(Error::from)
+            .and_then(|d| decode_segment(&repo.wk.catalog_key, name, &d))
+        {
+            Ok(body) => from_segments.extend(body),
+            Err(e) => warnings.push(format!("{e}; its packs are read from their trailers")),
+        }
+    }
+    let mut packs = BTreeMap::new();
+    let mut sizes = HashMap::new();
+    for key in backend.list("packs")? {
+        let Some(id) = pack::parse_pack_key(&key) else { continue };
+        sizes.insert(id, backend.size(&key)?);
+        packs.insert(id, Vec::new());
+    }
+    let mut covered = HashSet::new();
+    for (p, entries) in from_segments {
+        if let Some(slot) = packs.get_mut(&p) {
+            covered.insert(p);
+            *slot = entries;
+        }
+    }
+    for (id, entries) in packs.iter_mut() {
+        if covered.contains(id) {
+            continue;
+        }
+        match pack::read_trailer(backend, &repo.wk.catalog_key, &pack::pack_key(id)) {
+            Ok(e) => *entries = e,
+            // An unreadable pack is neither used nor condemned here: check reports it.
+            Err(e) => warnings.push(format!("{e}; left alone")),
+        }
+    }
+    Ok(View { packs, sizes, segments, covered, records })
+}
+
+/// Every blob referenced by `snapshots`, walking each distinct tree once.
+fn referenced(
+    repo: &Repository,
+    index: &Index,
+    snapshots: &[(String, Snapshot)],
+    warnings: &mut Vec<String>,
+) -> Result<HashSet<BlobId>> {
+    let reader = BlobReader::new(repo, index)?;
+    let mut seen: HashSet<BlobId> = HashSet::new();
+    for (name, snap) in snapshots {
+        // This snapshot's references are merged only when all of them could be read.
+        let mut mine: HashSet<BlobId> = HashSet::new();
+        let mut stack: Vec<BlobId> = snap.tree.clone();
+        let mut failed = None;
+        while let Some(id) = stack.pop() {
+            if seen.contains(&id) || !mine.insert(id) {
+                continue;
+            }
+            let tree = reader.read(&id, BlobKind::Tree).and_then(|d| Tree::decode(&hex::encode(id), &d));
+            let tree = match tree {
+                Ok(t) => t,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            for n in tree.nodes {
+                match n.kind {
+                    NodeKind::File { content, .. } | NodeKind::HardLink { content, .. } => {
+                        mine.extend(content)
+                    }
+                    NodeKind::Dir { subtree } => stack.extend(subtree),
+                    _ => {}
+                }
+            }
+        }
+        match failed {
+            None => seen.extend(mine),
+            // Without all of a committed snapshot's references, deleting anything is unsafe.
+            Some(e) if name.starts_with("snapshots/") => {
+                return Err(Error::Invalid(format!(
+                    "{name} cannot be read ({e}): prune stops without deleting anything \
+                     (see `bakare check`; `bakare repair snapshots` or `forget` it)"
+                )))
+            }
+            // A pending snapshot whose trees are gone was abandoned by a writer that found
+            // its view stale; it protects nothing.
+            Some(e) => warnings.push(format!("{name}: {e}; ignored (an abandoned pending snapshot)")),
+        }
+    }
+    Ok(seen)
+}
+
+fn read_roots(repo: &Repository, warnings: &mut Vec<String>) -> Result<(Vec<(String, Snapshot)>, usize)> {
+    let identity = repo.key.identity()?;
+    let mut out = Vec::new();
+    let mut pending = 0;
+    // Pending first, then committed (see the module doc).
+    for dir in ["pending", "snapshots"] {
+        let mut names = repo.backend.list(dir)?;
+        names.sort();
+        for name in names {
+            let data = match repo.backend.get(&name) {
+                Ok(d) => d,
+                // A pending snapshot promoted or abandoned since the listing.
+                Err(io::StorageError::NotFound { .. }) if dir == "pending" => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let s = match Snapshot::decode(identity, &name, &data) {
+                Ok(s) => s,
+                Err(e) if dir == "pending" => {
+                    warnings.push(format!("{e}; ignored"));
+                    continue;
+                }
+                Err(e) => {
+                    return Err(Error::Invalid(format!(
+                        "{e}: prune stops without deleting anything (see `bakare check`)"
+                    )))
+                }
+            };
+            pending += usize::from(dir == "pending");
+            out.push((name, s));
+        }
+    }
+    Ok((out, pending))
+}
+
+fn build_index(view: &View, condemned: &HashSet<PackId>) -> Index {
+    let mut idx = Index::default();
+    // Surviving copies first, so reads prefer them.
+    for (p, entries) in view.packs.iter().filter(|(p, _)| !condemned.contains(*p)) {
+        idx.add_pack(*p, entries);
+    }
+    for (p, entries) in view.packs.iter().filter(|(p, _)| condemned.contains(*p)) {
+        idx.add_pack(*p, entries);
+    }
+    idx
+}
+
+fn write_segments(repo: &Repository, body: &SegmentBody) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for part in body.chunks(PACKS_PER_SEGMENT) {
+        let (name, bytes) = encode_segment(&repo.wk.catalog_key, &part.to_vec())?;
+        repo.backend.put(&name, &bytes)?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// A new pack holding the sealed units of `src` that contain a used blob, under the same data
+/// key. Returns its id, entries and size.
+fn repack(
+    repo: &Repository,
+    src: &PackId,
+    entries: &[BlobEntry],
+    used: &HashSet<BlobId>,
+) -> Result<(PackId, Vec<BlobEntry>, u64)> {
+    let key = pack::pack_key(src);
+    let data = repo.backend.get(&key)?;
+    let header_len = pack::header_key(&data)
+        .map(|w| 12 + w.len())
+        .ok_or_else(|| Error::corrupt("pack", &key, "bad header"))?;
+    let mut units: BTreeMap<(u32, u32), Vec<&BlobEntry>> = BTreeMap::new();
+    for e in entries {
+        units.entry((e.offset, e.len)).or_default().push(e);
+    }
+    let mut out = data[..header_len].to_vec();
+    let mut kept = Vec::new();
+    for ((offset, len), members) in units {
+        if !members.iter().any(|e| used.contains(&e.id)) {
+            continue;
+        }
+        let unit = data
+            .get(offset as usize..offset as usize + len as usize)
+            .ok_or_else(|| Error::corrupt("pack", &key, "blob outside the pack"))?;
+        let new_offset = u32::try_from(out.len()).map_err(|_| Error::Pipeline("pack over 4 GiB".into()))?;
+        out.extend_from_slice(unit);
+        kept.extend(members.into_iter().map(|e| BlobEntry { offset: new_offset, ..*e }));
+    }
+    let body = postcard::to_allocvec(&kept).map_err(|e| Error::Pipeline(e.to_string()))?;
+    let trailer = crate::crypto::seal_catalog(&repo.wk.catalog_key, pack::TRAILER_MAGIC, &body);
+    out.extend_from_slice(&trailer);
+    out.extend_from_slice(&(trailer.len() as u32).to_le_bytes());
+    out.extend_from_slice(pack::END);
+    let id: PackId = *blake3::hash(&out).as_bytes();
+    repo.backend.put(&pack::pack_key(&id), &out)?;
+    Ok((id, kept, out.len() as u64))
+}
+
+pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
+    repo.key.identity()?;
+    let mut report = PruneReport::default();
+    // The grace period as stored now (another machine may have changed it).
+    let config = crate::config::Config::decode(&repo.backend.get("config")?)?;
+    let now = crate::clock::now_ns();
+    let grace = config.prune_grace_ns(now);
+    report.grace_ns = grace;
+
+    let mut warnings = Vec::new();
+    let view = load_view(repo, &mut warnings)?;
+    let (roots, pending) = read_roots(repo, &mut warnings)?;
+    report.snapshots = roots.len() - pending;
+    report.pending = pending;
+    let all_condemned = gc::condemned_packs(&view.records);
+    let index = build_index(&view, &all_condemned);
+    let used = referenced(repo, &index, &roots, &mut warnings)?;
+
+    // Which packs hold each used blob.
+    let mut holders: HashMap<BlobId, Vec<PackId>> = HashMap::new();
+    for (p, entries) in &view.packs {
+        for e in entries {
+            if used.contains(&e.id) {
+                holders.entry(e.id).or_default().push(*p);
+            }
+        }
+    }
+
+    // Phase 2.
+    let mut gone: HashSet<PackId> = HashSet::new();
+    let mut rescued_all: Vec<PackId> = Vec::new();
+    let mut live_records = Vec::new();
+    let mut deleted_segments: HashSet<String> = HashSet::new();
+    for (name, rec) in &view.records {
+        let due = rec.time_ns.saturating_add(grace);
+        if !(opts.unsafe_now || now >= due) {
+            let packs: Vec<_> = rec.packs.iter().filter(|p| view.packs.contains_key(*p)).collect();
+            let bytes = packs.iter().filter_map(|p| view.sizes.get(*p)).sum();
+            report.waiting.push((name.clone(), due, packs.len(), bytes));
+            live_records.push(rec);
+            continue;
+        }
+        let mut doomed: HashSet<PackId> =
+            rec.packs.iter().copied().filter(|p| view.packs.contains_key(p)).collect();
+        doomed.extend(gone.iter().copied());
+        // Rescue until nothing changes: a pack may go only when every used blob in it also
+        // lives in a pack that stays.
+        let mut rescued = Vec::new();
+        loop {
+            let save: Vec<PackId> = doomed
+                .iter()
+                .filter(|p| {
+                    view.packs[*p]
+                        .iter()
+                        .any(|e| holders.get(&e.id).is_some_and(|hs| hs.iter().all(|h| doomed.contains(h))))
+                })
+                .copied()
+                .collect();
+            if save.is_empty() {
+                break;
+            }
+            for p in save {
+                doomed.remove(&p);
+                if !gone.contains(&p) {
+                    rescued.push(p);
+                }
+            }
+        }
+        let mut outcome = PhaseTwo {
+            record: name.clone(),
+            condemned: rec.packs.len(),
+            rescued: rescued.len(),
+            ..Default::default()
+        };
+        if !opts.dry_run {
+            // Rescued packs need a segment that survives (theirs may be condemned).
+            let body: SegmentBody = rescued.iter().map(|p| (*p, view.packs[p].clone())).collect();
+            write_segments(repo, &body)?;
+            for s in &rec.segments {
+                if let Ok(sz) = repo.backend.size(s) {
+                    outcome.freed_bytes += sz;
+                }
+                repo.backend.delete(s)?;
+                deleted_segments.insert(s.clone());
+                outcome.deleted_segments += 1;
+            }
+        }
+        for p in &doomed {
+            if gone.contains(p) {
+                continue;
+            }
+            if !opts.dry_run {
+                repo.backend.delete(&pack::pack_key(p))?;
+            }
+            outcome.deleted_packs += 1;
+            outcome.freed_bytes += view.sizes.get(p).copied().unwrap_or(0);
+        }
+        gone.extend(doomed);
+        rescued_all.extend(rescued);
+        if !opts.dry_run {
+            repo.backend.delete(name)?;
+        }
+        report.phase2.push(outcome);
+    }
+
+    // Phase 1, over the packs no record still waiting condemns.
+    let waiting_condemned: HashSet<PackId> =
+        live_records.iter().flat_map(|r| r.packs.iter().copied()).collect();
+    let candidates: Vec<&PackId> = view
+        .packs
+        .keys()
+        .filter(|p| !gone.contains(*p) && !waiting_condemned.contains(*p) && !rescued_all.contains(*p))
+        .collect();
+    let mut condemn = Vec::new();
+    let mut to_repack = Vec::new();
+    for p in candidates {
+        let entries = &view.packs[p];
+        if entries.is_empty() {
+            continue; // unreadable: left alone
+        }
+        let mut units: HashMap<(u32, u32), bool> = HashMap::new();
+        for e in entries {
+            *units.entry((e.offset, e.len)).or_default() |= used.contains(&e.id);
+        }
+        let total: u64 = units.keys().map(|(_, l)| u64::from(*l)).sum();
+        let live: u64 = units.iter().filter(|(_, u)| **u).map(|((_, l), _)| u64::from(*l)).sum();
+        if live == 0 {
+            condemn.push(*p);
+        } else if total > 0 && (total - live) as f64 > opts.repack_threshold * total as f64 {
+            to_repack.push(*p);
+        }
+    }
+    let mut new_packs: Vec<(PackId, Vec<BlobEntry>)> = Vec::new();
+    for p in &to_repack {
+        if opts.dry_run {
+            report.repacked_packs += 1;
+            continue;
+        }
+        let (id, entries, size) = repack(repo, p, &view.packs[p], &used)?;
+        report.repacked_bytes_copied += size;
+        report.repacked_packs += 1;
+        if id != *p {
+            new_packs.push((id, entries));
+            condemn.push(*p);
+        }
+    }
+    report.new_packs = new_packs.len();
+    report.condemned_packs = condemn.len() + if opts.dry_run { to_repack.len() } else { 0 };
+    report.condemned_bytes = condemn
+        .iter()
+        .chain(if opts.dry_run { to_repack.iter() } else { [].iter() })
+        .filter_map(|p| view.sizes.get(p))
+        .sum();
+    // Compact the index when there is anything to condemn or several segments to merge.
+    let uncovered_live =
+        view.packs.keys().any(|p| !view.covered.contains(p) && !condemn.contains(p) && !gone.contains(p));
+    // Segments still in force: not deleted now, not already condemned by a waiting record.
+    let condemned_segments: HashSet<&String> = live_records.iter().flat_map(|r| r.segments.iter()).collect();
+    let segments: Vec<&String> = view
+        .segments
+        .iter()
+        .filter(|s| !deleted_segments.contains(*s) && !condemned_segments.contains(s))
+        .collect();
+    let rescue_segments = !rescued_all.is_empty();
+    if !opts.dry_run && (!condemn.is_empty() || segments.len() > 1 || uncovered_live || rescue_segments) {
+        let condemned_now: HashSet<PackId> = condemn.iter().copied().collect();
+        let mut body: SegmentBody = view
+            .packs
+            .iter()
+            .filter(|(p, e)| {
+                !e.is_empty()
+                    && !gone.contains(*p)
+                    && !condemned_now.contains(*p)
+                    && !waiting_condemned.contains(*p)
+            })
+            .map(|(p, e)| (*p, e.clone()))
+            .collect();
+        body.extend(new_packs);
+        let written = write_segments(repo, &body)?;
+        report.segments_written = written.len();
+        let superseded: Vec<String> =
+            segments.into_iter().filter(|s| !written.contains(s)).cloned().collect();
+        report.segments_condemned = superseded.len();
+        let rec = GcRecord {
+            version: gc::VERSION,
+            // T1 is when the record becomes visible: a writer that did not see it looked earlier.
+            time_ns: crate::clock::now_ns(),
+            host: opts.host.clone(),
+            packs: condemn,
+            segments: superseded,
+        };
+        if !rec.packs.is_empty() || !rec.segments.is_empty() {
+            let (name, bytes) = rec.encode(&repo.wk.catalog_key)?;
+            repo.backend.put(&name, &bytes)?;
+            report.record = Some(name);
+        }
+    }
+    report.warnings = warnings;
+    Ok(report)
+}
