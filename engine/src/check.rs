@@ -127,7 +127,10 @@ pub(crate) struct Survey {
     /// Packs prune has condemned (deleted a grace period later unless a snapshot needs them).
     pub condemned: HashSet<PackId>,
     pub present: BTreeMap<PackId, String>,
-    pub missing_packs: HashSet<PackId>,
+    /// Blobs that only missing packs hold (kept out of the index, so another copy wins).
+    pub missing_blobs: HashMap<BlobId, PackId>,
+    /// Why each missing pack was expected: the segment that lists it, and how many blobs.
+    pub missing_why: Vec<(PackId, String)>,
     pub uncovered: Vec<PackId>,
 }
 
@@ -161,6 +164,8 @@ pub(crate) fn survey(repo: &Repository, report: &mut CheckReport) -> Result<Surv
     let mut late = Vec::new();
     let mut covered = HashSet::new();
     let mut missing_packs = HashSet::new();
+    let mut missing_blobs = HashMap::new();
+    let mut missing_why = Vec::new();
     let mut segments = backend.list("index")?;
     segments.sort();
     for name in segments {
@@ -187,11 +192,14 @@ pub(crate) fn survey(repo: &Repository, report: &mut CheckReport) -> Result<Surv
                     }
                     continue;
                 }
-                if !present.contains_key(&p) && missing_packs.insert(p) {
-                    report.damage.push(Damage {
-                        object: pack::pack_key(&p),
-                        why: format!("missing ({} blobs listed by {name} are lost)", entries.len()),
-                    });
+                if !present.contains_key(&p) {
+                    if missing_packs.insert(p) {
+                        missing_why.push((p, format!("missing ({} blobs listed by {name})", entries.len())));
+                    }
+                    for e in &entries {
+                        missing_blobs.entry(e.id).or_insert(p);
+                    }
+                    continue;
                 }
                 index.add_pack(p, &entries);
             }
@@ -218,7 +226,8 @@ pub(crate) fn survey(repo: &Repository, report: &mut CheckReport) -> Result<Surv
     for (p, entries) in late {
         index.add_pack(p, &entries);
     }
-    Ok(Survey { index, condemned, present, missing_packs, uncovered })
+    missing_blobs.retain(|b, _| !index.contains(b));
+    Ok(Survey { index, condemned, present, missing_blobs, missing_why, uncovered })
 }
 
 /// What reading one pack found.
@@ -365,17 +374,14 @@ impl<'a> Walker<'a> {
     /// Why a blob a file needs cannot be read, if it cannot.
     pub fn blob_problem(&self, report: &CheckReport, id: &BlobId) -> Option<String> {
         let Some(loc) = self.survey.index.get(id) else {
-            return Some(format!("blob {} is in no pack", hex::encode(id)));
+            return Some(match self.survey.missing_blobs.get(id) {
+                Some(p) => format!("blob {} is in missing pack {}", hex::encode(id), hex::encode(p)),
+                None => format!("blob {} is in no pack", hex::encode(id)),
+            });
         };
         let pack = self.survey.index.pack_id(loc.pack)?;
         // Only the copy the index points at matters (a good copy elsewhere heals a bad one).
-        if let Some(why) = report.bad_blobs.get(&(*id, *pack)) {
-            return Some(format!("blob {} is {why}", hex::encode(id)));
-        }
-        self.survey
-            .missing_packs
-            .contains(pack)
-            .then(|| format!("blob {} is in missing pack {}", hex::encode(id), hex::encode(pack)))
+        report.bad_blobs.get(&(*id, *pack)).map(|why| format!("blob {} is {why}", hex::encode(id)))
     }
 
     /// Checks the directory stored as `ids` at `path`; true when all of it is intact.
@@ -501,6 +507,10 @@ pub(crate) fn check_with_survey(repo: &Repository, opts: &CheckOptions) -> Resul
     let identity = match repo.key.identity() {
         Ok(i) => i,
         Err(_) => {
+            // Without the trees nobody can tell whether a snapshot needs a missing pack.
+            for (p, why) in &survey.missing_why {
+                report.damage.push(Damage { object: pack::pack_key(p), why: why.clone() });
+            }
             if !survey.uncovered.is_empty() {
                 report.notes.push(format!(
                     "{} packs are in no index segment (an interrupted backup, or a damaged segment)",
@@ -528,9 +538,25 @@ pub(crate) fn check_with_survey(repo: &Repository, opts: &CheckOptions) -> Resul
     for b in &walker.referenced {
         if let Some(p) = survey.index.get(b).and_then(|l| survey.index.pack_id(l.pack)) {
             used.insert(*p);
+        } else if let Some(p) = survey.missing_blobs.get(b) {
+            used.insert(*p);
         }
     }
     drop(walker);
+    // A missing pack is damage when a snapshot needs it; otherwise its segment is a leftover
+    // (a backup that found its view stale and started again after prune deleted its packs).
+    for (p, why) in &survey.missing_why {
+        if used.contains(p) {
+            report
+                .damage
+                .push(Damage { object: pack::pack_key(p), why: format!("{why}; snapshots need it") });
+        } else {
+            report.notes.push(format!(
+                "{}: {why}, but no snapshot needs it (a leftover; the next prune drops it from the index)",
+                pack::pack_key(p)
+            ));
+        }
+    }
     for p in &survey.uncovered {
         if used.contains(p) && !survey.condemned.contains(p) {
             report.damage.push(Damage {
