@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use engine::backup::{self, BackupOptions};
 use engine::keys::Key;
+use engine::repo::Location;
 use engine::restore::{self, RestoreOptions};
 use engine::tree::{Node, NodeKind};
 use engine::{Error, Repository};
@@ -16,9 +17,9 @@ use stages::read::ReadMode;
 use crate::output::{self, Out};
 use crate::{Cli, Command, IoMode, KeyCommand, LsArgs, RestoreArgs, RunArgs, EXIT_PARTIAL};
 
-fn default_repo() -> Result<PathBuf> {
+fn default_repo() -> Result<Location> {
     dirs::data_dir()
-        .map(|d| d.join("bakare").join("repo"))
+        .map(|d| Location::Local(d.join("bakare").join("repo")))
         .context("cannot find a data directory for the default repository (set HOME, or use --repo)")
 }
 
@@ -28,7 +29,7 @@ fn workers() -> usize {
 
 pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
     let repo_path = match &cli.repo {
-        Some(p) => p.clone(),
+        Some(p) => Location::parse(p),
         None => default_repo()?,
     };
     let key = cli.key.as_deref();
@@ -64,7 +65,7 @@ fn announce_init(repo: &Repository, json: bool) -> Result<()> {
          For machines that should only back up, export a key without the secret part:\n  \
          bakare key export --backup-only FILE",
         hex::encode(repo.config.repo_id),
-        repo.location.display(),
+        repo.location,
         repo.key.path.display(),
         repo.key.fingerprint()
     );
@@ -76,13 +77,13 @@ fn announce_init(repo: &Repository, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn init(path: &Path, key: Option<&Path>, json: bool) -> Result<u8> {
+fn init(path: &Location, key: Option<&Path>, json: bool) -> Result<u8> {
     let repo = crate::init_repo(path, key)?;
     announce_init(&repo, json)?;
     if json {
         let v = json!({
             "repository": hex::encode(repo.config.repo_id),
-            "path": repo.location.display().to_string(),
+            "path": repo.location.to_string(),
             "key": repo.key.path.display().to_string(),
             "fingerprint": repo.key.fingerprint(),
         });
@@ -92,7 +93,7 @@ fn init(path: &Path, key: Option<&Path>, json: bool) -> Result<u8> {
 }
 
 fn run(
-    path: &Path,
+    path: &Location,
     key: Option<&Path>,
     json: bool,
     args: RunArgs,

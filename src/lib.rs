@@ -19,9 +19,10 @@ pub const EXIT_PARTIAL: u8 = 3;
 #[derive(Parser, Debug)]
 #[command(name = "bakare", version, about = "Fast, memory-bounded, encrypted, deduplicating backups")]
 pub struct Cli {
-    /// Repository directory [default: $XDG_DATA_HOME/bakare/repo]
+    /// Repository: a directory, or s3:http(s)://host:port/bucket/prefix
+    /// [default: $XDG_DATA_HOME/bakare/repo]
     #[arg(long, global = true, env = "BAKARE_REPO")]
-    pub repo: Option<PathBuf>,
+    pub repo: Option<std::ffi::OsString>,
     /// Key file [default: $XDG_CONFIG_HOME/bakare/keys/<repository id>.key]
     #[arg(long, global = true, env = "BAKARE_KEY")]
     pub key: Option<PathBuf>,
@@ -273,17 +274,17 @@ fn wrapped(mut repo: engine::Repository) -> engine::Repository {
 }
 
 pub(crate) fn open_repo(
-    path: &std::path::Path,
+    at: &engine::repo::Location,
     key: Option<&std::path::Path>,
 ) -> engine::Result<engine::Repository> {
-    engine::Repository::open(path, key).map(wrapped)
+    engine::Repository::open(at.clone(), key).map(wrapped)
 }
 
 pub(crate) fn init_repo(
-    path: &std::path::Path,
+    at: &engine::repo::Location,
     key: Option<&std::path::Path>,
 ) -> engine::Result<engine::Repository> {
-    engine::Repository::init(path, key).map(wrapped)
+    engine::Repository::init(at.clone(), key).map(wrapped)
 }
 
 /// Runs the CLI reading files through `source`, with every repository's storage wrapped by

@@ -232,7 +232,7 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
     if let Some(w) = &read.fallback_reason {
         warnings.push(w.clone());
     }
-    let own: Vec<PathBuf> = [Some(repo.location.clone()), opts.cache_dir.clone()]
+    let own: Vec<PathBuf> = [repo.location.local().map(Path::to_path_buf), opts.cache_dir.clone()]
         .into_iter()
         .flatten()
         .filter_map(|p| std::path::absolute(p).ok())

@@ -15,9 +15,9 @@ pub enum Error {
     #[error("blob {0} is not in the index")]
     MissingBlob(String),
     #[error("no repository at {0} (run `bakare init` first)")]
-    NoRepository(PathBuf),
+    NoRepository(String),
     #[error("a repository already exists at {0}")]
-    RepositoryExists(PathBuf),
+    RepositoryExists(String),
     #[error("key: {0}")]
     Key(String),
     #[error("this needs the repository's secret key, but {0} is a backup-only key (it can back up, not read back)")]

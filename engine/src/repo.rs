@@ -23,7 +23,7 @@ pub type Warnings = Vec<String>;
 
 pub struct Repository {
     pub backend: Arc<dyn Backend>,
-    pub location: PathBuf,
+    pub location: Location,
     pub config: Config,
     pub key: Key,
     pub wk: WriterKeys,
@@ -34,12 +34,72 @@ pub const DEFAULT_PACK_SIZE: u64 = 32 << 20;
 /// Default grace period G: 24 h (design.md section 4).
 pub const DEFAULT_GRACE_SECS: u64 = 24 * 3600;
 
+/// Where a repository lives: a local directory, or an S3-compatible bucket
+/// (`s3:http(s)://host:port/bucket/prefix`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    Local(PathBuf),
+    S3(String),
+}
+
+impl Location {
+    /// `s3:...` is a bucket; anything else a directory (any bytes).
+    pub fn parse(s: &std::ffi::OsStr) -> Location {
+        match s.to_str() {
+            Some(u) if u.starts_with("s3:") => Location::S3(u.to_string()),
+            _ => Location::Local(PathBuf::from(s)),
+        }
+    }
+
+    pub fn local(&self) -> Option<&Path> {
+        match self {
+            Location::Local(p) => Some(p),
+            Location::S3(_) => None,
+        }
+    }
+
+    pub fn backend(&self) -> Result<Arc<dyn Backend>> {
+        Ok(match self {
+            Location::Local(p) => Arc::new(LocalBackend::new(p)),
+            Location::S3(url) => Arc::new(io::S3Backend::open(url, &io::S3Tuning::from_env())?),
+        })
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Local(p) => write!(f, "{}", p.display()),
+            Location::S3(u) => f.write_str(u),
+        }
+    }
+}
+
+impl From<&Path> for Location {
+    fn from(p: &Path) -> Location {
+        Location::Local(p.to_path_buf())
+    }
+}
+
+impl From<PathBuf> for Location {
+    fn from(p: PathBuf) -> Location {
+        Location::Local(p)
+    }
+}
+
+impl From<&PathBuf> for Location {
+    fn from(p: &PathBuf) -> Location {
+        Location::Local(p.clone())
+    }
+}
+
 impl Repository {
-    /// Creates a repository at `path` and its key (saved at `key_path`, or in the key directory).
-    pub fn init(path: &Path, key_path: Option<&Path>) -> Result<Repository> {
-        let backend = LocalBackend::new(path);
+    /// Creates a repository and its key (saved at `key_path`, or in the key directory).
+    pub fn init(location: impl Into<Location>, key_path: Option<&Path>) -> Result<Repository> {
+        let location = location.into();
+        let backend = location.backend()?;
         if backend.exists("config")? {
-            return Err(Error::RepositoryExists(path.to_path_buf()));
+            return Err(Error::RepositoryExists(location.to_string()));
         }
         let mut repo_id = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut repo_id);
@@ -63,19 +123,22 @@ impl Repository {
             grace_prev_secs: DEFAULT_GRACE_SECS,
             grace_changed_ns: now,
         };
-        for dir in ["packs", "index", "snapshots", "pending", "gc", "tmp"] {
-            std::fs::create_dir_all(path.join(dir)).map_err(|e| Error::io(path.join(dir), e))?;
+        if let Some(path) = location.local() {
+            for dir in ["packs", "index", "snapshots", "pending", "gc", "tmp"] {
+                std::fs::create_dir_all(path.join(dir)).map_err(|e| Error::io(path.join(dir), e))?;
+            }
         }
         backend.put("config", &config.encode())?;
         let wk = key.writer_keys();
-        Ok(Repository { backend: Arc::new(backend), location: path.to_path_buf(), config, key, wk })
+        Ok(Repository { backend, location, config, key, wk })
     }
 
-    pub fn open(path: &Path, key_path: Option<&Path>) -> Result<Repository> {
-        let backend = LocalBackend::new(path);
+    pub fn open(location: impl Into<Location>, key_path: Option<&Path>) -> Result<Repository> {
+        let location = location.into();
+        let backend = location.backend()?;
         let config = match backend.get("config") {
             Ok(c) => Config::decode(&c)?,
-            Err(StorageError::NotFound { .. }) => return Err(Error::NoRepository(path.to_path_buf())),
+            Err(StorageError::NotFound { .. }) => return Err(Error::NoRepository(location.to_string())),
             Err(e) => return Err(e.into()),
         };
         let kp = match key_path {
@@ -96,11 +159,11 @@ impl Repository {
                 kp.display(),
                 hex::encode(key.repo_id),
                 hex::encode(config.repo_id),
-                path.display()
+                location
             )));
         }
         let wk = key.writer_keys();
-        Ok(Repository { backend: Arc::new(backend), location: path.to_path_buf(), config, key, wk })
+        Ok(Repository { backend, location, config, key, wk })
     }
 
     pub fn chunk_params(&self) -> stages::chunk::ChunkParams {

@@ -1,9 +1,11 @@
 //! io: the operating system underneath bakare. Durable writes, storage backends, the source that
 //! files are read from, and the io_uring ring (the only module here with `unsafe`).
 pub mod durable;
+pub mod s3;
 pub mod source;
 pub mod storage;
 pub mod uring;
 
+pub use s3::{S3Backend, S3Tuning};
 pub use source::{LocalSource, Source};
 pub use storage::{Backend, LocalBackend, Staged, StorageError};
