@@ -4,11 +4,14 @@
 
 pub mod backup;
 mod builder;
+pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod diff;
 pub mod error;
 pub mod filescache;
+pub mod find;
 pub mod index;
 pub mod keys;
 pub mod pack;
