@@ -38,6 +38,8 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
         Command::Snapshots => snapshots(&Repository::open(&repo_path, key)?, cli.json),
         Command::Ls(args) => ls(&Repository::open(&repo_path, key)?, cli.json, args),
         Command::Restore(args) => restore(&Repository::open(&repo_path, key)?, cli.json, args),
+        Command::Find(args) => crate::find::find(&Repository::open(&repo_path, key)?, cli.json, args),
+        Command::Diff(args) => crate::diff::diff(&Repository::open(&repo_path, key)?, cli.json, args),
         Command::Key(cmd) => key_cmd(&Repository::open(&repo_path, key)?, cmd),
     }
 }
@@ -310,7 +312,8 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
     for w in &warnings {
         eprintln!("warning: {w}");
     }
-    let opts = RestoreOptions { target: args.target.clone(), include: args.paths, workers: 4 };
+    let include = crate::find::restore_paths(repo, &index, &id, &snap, args.paths, args.glob)?;
+    let opts = RestoreOptions { target: args.target.clone(), include, workers: 4 };
     let started = std::time::Instant::now();
     let r = restore::restore(repo, &index, &snap, &opts)?;
     let secs = started.elapsed().as_secs_f64();

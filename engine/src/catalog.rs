@@ -230,8 +230,8 @@ impl Catalog {
     }
 
     /// Authenticates, parses and checks every reference, so a query can index without fear.
-    pub fn decode(key: &Secret32, repo_id: &[u8; 16], data: &[u8]) -> Result<Catalog> {
-        let bad = |why: &str| Error::corrupt("name catalog", "", why);
+    pub fn decode(key: &Secret32, repo_id: &[u8; 16], name: &str, data: &[u8]) -> Result<Catalog> {
+        let bad = |why: &str| Error::corrupt("name catalog", name, why);
         if data.len() < 24 || &data[..8] != MAGIC {
             return Err(bad("bad magic (damaged, or from another version)"));
         }
@@ -288,10 +288,11 @@ impl Catalog {
                 o.warnings.push(format!("cannot read the name catalog {}: {e}; rebuilding it", f.display()));
                 Catalog::empty(repo_id)
             }
-            Some((f, Ok(data))) => Catalog::decode(&key, &repo_id, &data).unwrap_or_else(|e| {
-                o.warnings.push(format!("{e} ({}); rebuilding it", f.display()));
-                Catalog::empty(repo_id)
-            }),
+            Some((f, Ok(data))) => Catalog::decode(&key, &repo_id, &f.display().to_string(), &data)
+                .unwrap_or_else(|e| {
+                    o.warnings.push(format!("{e}; rebuilding it"));
+                    Catalog::empty(repo_id)
+                }),
         };
         cat.sync(repo, &mut o)?;
         if let (true, Some(f)) = (o.added + o.dropped > 0, &file) {
@@ -691,14 +692,14 @@ mod tests {
         let key = Secret32::random();
         let c = sample();
         let data = c.encode(&key).unwrap();
-        let d = Catalog::decode(&key, &[7; 16], &data).unwrap();
+        let d = Catalog::decode(&key, &[7; 16], "c", &data).unwrap();
         assert_eq!(d, c);
         assert_eq!(d.full_paths(), vec![b"/".to_vec(), b"/a".to_vec(), b"/a/zebra-secret\xff".to_vec()]);
         assert_eq!(d.full_path(2), b"/a/zebra-secret\xff");
         assert_eq!(d.full_path(ROOT), b"/");
         assert!(d.snapshots[1].contains(0) && !d.snapshots[1].contains(1) && d.snapshots[1].contains(2));
-        assert!(Catalog::decode(&key, &[8; 16], &data).is_err(), "another repository");
-        assert!(Catalog::decode(&Secret32::random(), &[7; 16], &data).is_err(), "another key");
+        assert!(Catalog::decode(&key, &[8; 16], "c", &data).is_err(), "another repository");
+        assert!(Catalog::decode(&Secret32::random(), &[7; 16], "c", &data).is_err(), "another key");
         // names are not in the file in plain text
         assert!(!data.windows(5).any(|w| w == b"zebra"));
     }
@@ -839,13 +840,13 @@ mod tests {
             let mut d = MAGIC.to_vec();
             d.extend_from_slice(&[7; 16]);
             d.extend_from_slice(&g);
-            prop_assert!(Catalog::decode(&key, &[7; 16], &d).is_err());
-            prop_assert!(Catalog::decode(&key, &[7; 16], &g).is_err());
+            prop_assert!(Catalog::decode(&key, &[7; 16], "c", &d).is_err());
+            prop_assert!(Catalog::decode(&key, &[7; 16], "c", &g).is_err());
             // authentic bytes that are not a catalog
             let mut sealed = MAGIC.to_vec();
             sealed.extend_from_slice(&[7; 16]);
             sealed.extend_from_slice(&seal_catalog(&key, MAGIC, &g));
-            let _ = Catalog::decode(&key, &[7; 16], &sealed);
+            let _ = Catalog::decode(&key, &[7; 16], "c", &sealed);
         }
 
         #[test]
@@ -854,7 +855,7 @@ mod tests {
             let mut data = sample().encode(&key).unwrap();
             let i = at % data.len();
             data[i] ^= 1 << bit;
-            prop_assert!(Catalog::decode(&key, &[7; 16], &data).is_err());
+            prop_assert!(Catalog::decode(&key, &[7; 16], "c", &data).is_err());
         }
     }
 }

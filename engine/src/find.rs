@@ -17,7 +17,7 @@ use stages::BlobId;
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::repo::BlobReader;
-use crate::tree::NodeKind;
+use crate::tree::{Node, NodeKind};
 
 pub enum Matching {
     /// nucleo's fuzzy matching, with fzf's syntax (`'exact`, `^prefix`, `suffix$`, `!not`).
@@ -122,6 +122,19 @@ fn components(p: &[u8]) -> impl Iterator<Item = &[u8]> {
     p.split(|&c| c == b'/').filter(|c| !c.is_empty() && *c != b".")
 }
 
+/// The node at `path` in the tree `root` (`/` is the root itself, as a directory node).
+pub fn lookup(reader: &BlobReader, root: &[BlobId], path: &[u8]) -> Result<Option<Node>> {
+    let mut node = crate::diff::root_node(root);
+    for comp in components(path) {
+        let NodeKind::Dir { subtree } = &node.kind else { return Ok(None) };
+        match reader.tree(subtree)?.into_iter().find(|n| n.name == comp) {
+            Some(n) => node = n,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(node))
+}
+
 /// Whether `s` has glob syntax in it.
 pub fn has_glob_chars(s: &[u8]) -> bool {
     s.iter().any(|c| b"*?[{".contains(c))
@@ -191,7 +204,7 @@ fn fuzzy_score(
 /// The query with one letter left out, each way (for typos); none for short or special queries.
 fn typo_variants(q: &str) -> Vec<String> {
     let chars: Vec<char> = q.chars().collect();
-    if chars.len() < 4 || chars.iter().any(|c| c.is_whitespace() || "^$!'\\".contains(*c)) {
+    if chars.len() < 5 || chars.iter().any(|c| c.is_whitespace() || "^$!'\\".contains(*c)) {
         return Vec::new();
     }
     let mut out: Vec<String> = (0..chars.len())
@@ -357,11 +370,13 @@ pub fn expand_glob(reader: &BlobReader, root: &[BlobId], pattern: &str) -> Resul
     let mut base = Vec::new();
     let mut tree = root.to_vec();
     if !g.name_only {
-        let literal: Vec<&[u8]> = components(pattern.as_bytes()).take_while(|c| !has_glob_chars(c)).collect();
-        // The last component is what the pattern is about: keep it for the walk.
-        for comp in literal.iter().take(literal.len().saturating_sub(1)) {
+        let all: Vec<&[u8]> = components(pattern.as_bytes()).collect();
+        let literal = all.iter().take_while(|c| !has_glob_chars(c)).count();
+        // A pattern without glob characters names one path: walk its parent to match it.
+        let descend = if literal == all.len() { literal.saturating_sub(1) } else { literal };
+        for comp in &all[..descend] {
             let nodes = reader.tree(&tree)?;
-            match nodes.into_iter().find(|n| n.name == *comp).map(|n| n.kind) {
+            match nodes.into_iter().find(|n| n.name == **comp).map(|n| n.kind) {
                 Some(NodeKind::Dir { subtree }) => tree = subtree,
                 _ => return Ok(Vec::new()),
             }
@@ -533,8 +548,9 @@ mod tests {
 
     #[test]
     fn typo_variants_leave_one_letter_out() {
-        assert_eq!(typo_variants("abcd"), vec!["abc", "abd", "acd", "bcd"]);
-        assert!(typo_variants("abc").is_empty());
-        assert!(typo_variants("^abcd").is_empty());
+        assert_eq!(typo_variants("abcde"), vec!["abcd", "abce", "abde", "acde", "bcde"]);
+        assert_eq!(typo_variants("aabbc"), vec!["aabb", "aabc", "abbc"]);
+        assert!(typo_variants("main").is_empty(), "three letters match too much");
+        assert!(typo_variants("^abcde").is_empty());
     }
 }
