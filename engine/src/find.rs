@@ -14,7 +14,7 @@ use nucleo_matcher::pattern::{AtomKind, CaseMatching, Normalization, Pattern};
 use nucleo_matcher::{Config, Matcher, Utf32Str};
 use stages::BlobId;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Bitmap, Catalog, FullPaths};
 use crate::error::{Error, Result};
 use crate::repo::BlobReader;
 use crate::tree::{Node, NodeKind};
@@ -147,9 +147,9 @@ fn under(path: &[u8], prefix: &[u8]) -> bool {
 }
 
 /// Resolves `latest` or a unique id prefix among the catalog's snapshots.
-fn resolve(cat: &Catalog, spec: &str) -> Result<usize> {
+fn resolve(cat: &Catalog, by_time: &[usize], spec: &str) -> Result<usize> {
     if spec == "latest" {
-        return cat.snapshots.len().checked_sub(1).ok_or_else(|| Error::NoSnapshot(spec.into()));
+        return by_time.last().copied().ok_or_else(|| Error::NoSnapshot(spec.into()));
     }
     let mut hits = cat.snapshots.iter().enumerate().filter(|(_, s)| s.id.starts_with(spec));
     match (hits.next(), hits.next()) {
@@ -160,16 +160,14 @@ fn resolve(cat: &Catalog, spec: &str) -> Result<usize> {
 }
 
 /// Scores every candidate path, on a few threads (each with its own ~135 KB matcher).
-fn score_all<F>(paths: &[Vec<u8>], cands: &[u32], score: F) -> Vec<(u32, u32)>
+fn score_all<F>(paths: &FullPaths, cands: &[u32], score: F) -> Vec<(u32, u32)>
 where
     F: Fn(&mut Matcher, &mut Vec<char>, &[u8]) -> Option<u32> + Sync,
 {
     let run = |part: &[u32]| {
         let mut m = Matcher::new(Config::DEFAULT.match_paths());
         let mut buf = Vec::new();
-        part.iter()
-            .filter_map(|&p| score(&mut m, &mut buf, &paths[p as usize]).map(|s| (p, s)))
-            .collect::<Vec<_>>()
+        part.iter().filter_map(|&p| score(&mut m, &mut buf, paths.get(p)).map(|s| (p, s))).collect::<Vec<_>>()
     };
     /// Below this many paths one thread is quicker than starting others.
     const PER_THREAD: usize = 20_000;
@@ -226,35 +224,36 @@ fn chain<'a>(heads: &'a [u32], next: &'a [u32], path: u32) -> impl Iterator<Item
 }
 
 pub fn find(cat: &Catalog, q: &Query) -> Result<Found> {
-    // The snapshots searched.
+    // The snapshots searched (entry indices, oldest first).
+    let by_time = cat.by_time();
     let mut sel: Vec<usize> = if q.snapshots.is_empty() {
-        (0..cat.snapshots.len()).collect()
+        by_time.clone()
     } else {
-        q.snapshots.iter().map(|s| resolve(cat, s)).collect::<Result<_>>()?
+        let wanted = q.snapshots.iter().map(|s| resolve(cat, &by_time, s)).collect::<Result<Vec<_>>>()?;
+        by_time.iter().copied().filter(|i| wanted.contains(i)).collect()
     };
-    sel.sort_unstable();
-    sel.dedup();
     if let Some(h) = &q.host {
         sel.retain(|&i| cat.snapshots[i].host == *h);
     }
-    // Versions in any of them: +1 at each run's start, -1 at its end, then a running sum.
-    let nv = cat.versions.len();
-    let mut delta = vec![0i32; nv + 1];
-    for &i in &sel {
-        for &(a, b) in &cat.snapshots[i].runs {
-            delta[a as usize] += 1;
-            delta[b as usize] -= 1;
-        }
+    // Position of each selected entry in `sel`.
+    let mut pos = vec![usize::MAX; cat.snapshots.len()];
+    for (k, &i) in sel.iter().enumerate() {
+        pos[i] = k;
     }
+    let mut any = Bitmap::default();
+    cat.for_each_set(|i, set| {
+        if pos[i] != usize::MAX {
+            any.union_with(set);
+        }
+    });
     // Chains of candidate versions per path (heads[path] -> next[version] -> ...).
+    let nv = cat.versions.len();
     let mut heads = vec![u32::MAX; cat.path_count()];
     let mut next = vec![u32::MAX; nv];
-    let mut depth = 0i32;
     for (v, ver) in cat.versions.iter().enumerate() {
-        depth += delta[v];
         let time_ok =
             q.newer_ns.is_none_or(|t| ver.mtime_ns >= t) && q.older_ns.is_none_or(|t| ver.mtime_ns < t);
-        if depth > 0 && time_ok {
+        if time_ok && any.contains(v as u32) {
             next[v] = heads[ver.path as usize];
             heads[ver.path as usize] = v as u32;
         }
@@ -262,7 +261,7 @@ pub fn find(cat: &Catalog, q: &Query) -> Result<Found> {
     let paths = cat.full_paths();
     let cands: Vec<u32> = (0..heads.len() as u32)
         .filter(|&p| heads[p as usize] != u32::MAX)
-        .filter(|&p| q.path.as_deref().is_none_or(|prefix| under(&paths[p as usize], prefix)))
+        .filter(|&p| q.path.as_deref().is_none_or(|prefix| under(paths.get(p), prefix)))
         .collect();
 
     // (path, score, typo)
@@ -296,13 +295,13 @@ pub fn find(cat: &Catalog, q: &Query) -> Result<Found> {
             cands
                 .iter()
                 .filter_map(|&p| {
-                    let path = &paths[p as usize];
+                    let path = paths.get(p);
                     let folded;
                     let hay = if fold {
                         folded = String::from_utf8_lossy(path).to_lowercase().into_bytes();
                         &folded[..]
                     } else {
-                        &path[..]
+                        path
                     };
                     if contains(name_of(hay), &needle) {
                         Some((p, 2, false))
@@ -314,7 +313,7 @@ pub fn find(cat: &Catalog, q: &Query) -> Result<Found> {
         }
         Matching::Glob(pattern) => {
             let g = PathGlob::new(pattern)?;
-            cands.iter().filter(|&&p| g.is_match(&paths[p as usize])).map(|&p| (p, 0, false)).collect()
+            cands.iter().filter(|&&p| g.is_match(paths.get(p))).map(|&p| (p, 0, false)).collect()
         }
     };
 
@@ -322,7 +321,7 @@ pub fn find(cat: &Catalog, q: &Query) -> Result<Found> {
     let order = |a: &(u32, u32, bool, u32), b: &(u32, u32, bool, u32)| {
         (a.2, std::cmp::Reverse(a.1))
             .cmp(&(b.2, std::cmp::Reverse(b.1)))
-            .then_with(|| paths[a.0 as usize].cmp(&paths[b.0 as usize]))
+            .then_with(|| paths.get(a.0).cmp(paths.get(b.0)))
             .then_with(|| cat.versions[b.3 as usize].mtime_ns.cmp(&cat.versions[a.3 as usize].mtime_ns))
             .then(a.3.cmp(&b.3))
     };
@@ -337,6 +336,17 @@ pub fn find(cat: &Catalog, q: &Query) -> Result<Found> {
     hits.truncate(q.limit);
     hits.sort_unstable_by(order);
 
+    // Which selected snapshots hold each hit.
+    let mut held: Vec<Vec<usize>> = vec![Vec::new(); hits.len()];
+    cat.for_each_set(|i, set| {
+        if pos[i] != usize::MAX {
+            for (k, h) in hits.iter().enumerate() {
+                if set.contains(h.3) {
+                    held[k].push(pos[i]);
+                }
+            }
+        }
+    });
     let snapshots: Vec<SnapInfo> = sel
         .iter()
         .map(|&i| {
@@ -346,16 +356,18 @@ pub fn find(cat: &Catalog, q: &Query) -> Result<Found> {
         .collect();
     let hits = hits
         .into_iter()
-        .map(|(p, score, typo, v)| {
+        .zip(held)
+        .map(|((p, score, typo, v), mut snapshots)| {
+            snapshots.sort_unstable();
             let ver = &cat.versions[v as usize];
             Hit {
-                path: paths[p as usize].clone(),
+                path: paths.get(p).to_vec(),
                 kind: char::from(ver.kind),
                 size: ver.size,
                 mtime_ns: ver.mtime_ns,
                 score,
                 typo,
-                snapshots: (0..sel.len()).filter(|&j| cat.snapshots[sel[j]].contains(v)).collect(),
+                snapshots,
             }
         })
         .collect();
