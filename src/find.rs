@@ -173,30 +173,30 @@ pub fn find(repo: &Repository, json: bool, args: FindArgs) -> Result<u8> {
     let found = find::find(&cat, &q)?;
     let mut out = Out::new();
     if json {
-        let hits: Vec<_> = found
-            .hits
+        // Streamed hit by hit: with --limit 0 there may be hundreds of thousands.
+        let snaps: Vec<String> = found
+            .snapshots
             .iter()
-            .map(|h| {
-                let snaps: Vec<_> = h
-                    .snapshots
-                    .iter()
-                    .map(|&i| {
-                        let s = &found.snapshots[i];
-                        json!({"id": s.id, "time": output::time(s.time_ns), "host": s.host})
-                    })
-                    .collect();
-                let mut v = json!({
-                    "path": String::from_utf8_lossy(&h.path), "type": h.kind.to_string(),
-                    "size": h.size, "mtime": output::time(h.mtime_ns), "mtime_ns": h.mtime_ns,
-                    "score": h.score, "typo": h.typo, "snapshots": snaps,
-                });
-                if std::str::from_utf8(&h.path).is_err() {
-                    v["path_hex"] = json!(hex::encode(&h.path));
-                }
-                v
-            })
+            .map(|s| json!({"id": s.id, "time": output::time(s.time_ns), "host": s.host}).to_string())
             .collect();
-        out.line(&json!({"hits": hits, "total": found.total}).to_string())?;
+        out.bytes(b"{\"hits\":[")?;
+        for (n, h) in found.hits.iter().enumerate() {
+            let mut v = json!({
+                "path": String::from_utf8_lossy(&h.path), "type": h.kind.to_string(),
+                "size": h.size, "mtime": output::time(h.mtime_ns), "mtime_ns": h.mtime_ns,
+                "score": h.score, "typo": h.typo,
+            });
+            if std::str::from_utf8(&h.path).is_err() {
+                v["path_hex"] = json!(hex::encode(&h.path));
+            }
+            let mut text = v.to_string();
+            text.pop(); // the closing brace: the snapshots follow
+            let list: Vec<&str> = h.snapshots.iter().map(|&i| snaps[i].as_str()).collect();
+            text.push_str(&format!(",\"snapshots\":[{}]}}", list.join(",")));
+            out.bytes(if n == 0 { b"" } else { b"," })?;
+            out.bytes(text.as_bytes())?;
+        }
+        out.line(&format!("],\"total\":{}}}", found.total))?;
         out.finish()?;
         return Ok(0);
     }

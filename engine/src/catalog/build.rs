@@ -211,7 +211,10 @@ impl<'c> Builder<'c> {
     pub(super) fn new(cat: &'c mut Catalog) -> Self {
         let mut newest: HashMap<[u8; 16], usize> = HashMap::new();
         for (i, s) in cat.snapshots.iter().enumerate().filter(|(_, s)| s.complete) {
-            newest.insert(s.lineage, i);
+            let e = newest.entry(s.lineage).or_insert(i);
+            if cat.snapshots[*e].time_ns <= s.time_ns {
+                *e = i;
+            }
         }
         let mut latest = HashMap::new();
         cat.for_each_set(|i, set| {
@@ -303,7 +306,14 @@ impl<'c> Builder<'c> {
         let prev = self.latest.get(&lineage).map(|(b, p)| (*b, p));
         let (base, added, removed) = encode_set(&set, prev);
         let i = self.cat.snapshots.len() as u32;
-        if complete {
+        // The newest snapshot of a source is the best base and memo for the next one; an older
+        // one added late (its own catalog entry was dropped) does not replace it.
+        let newest = match self.latest.get(&lineage) {
+            Some((b, _)) => self.cat.snapshots[*b as usize].time_ns <= snap.time_ns,
+            None => true,
+        };
+        let memo_root = if complete && newest { root } else { None };
+        if memo_root.is_some() {
             if let Some((b, _)) = self.latest.get(&lineage) {
                 self.cat.snapshots[*b as usize].memo_root = None;
             }
@@ -318,7 +328,7 @@ impl<'c> Builder<'c> {
             added,
             removed,
             complete,
-            memo_root: if complete { root } else { None },
+            memo_root,
         });
         prune_memo(self.cat);
         self.index_memo();
