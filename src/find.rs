@@ -148,10 +148,12 @@ pub fn find(repo: &Repository, json: bool, args: FindArgs) -> Result<u8> {
     }
     if opened.added > 0 {
         eprintln!(
-            "name catalog: {} snapshot(s) added ({} directories read){}",
+            "name catalog: {} snapshot(s) added ({} directories read){}; {} versions of {} paths",
             opened.added,
             opened.decoded_dirs,
-            if opened.dropped > 0 { format!(", {} dropped", opened.dropped) } else { String::new() }
+            if opened.dropped > 0 { format!(", {} dropped", opened.dropped) } else { String::new() },
+            cat.versions.len(),
+            cat.path_count() - 1
         );
     }
     let matching = if args.glob {
