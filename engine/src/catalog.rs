@@ -26,6 +26,7 @@ mod build;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use age::secrecy::ExposeSecret;
@@ -420,7 +421,8 @@ impl Catalog {
         fs::create_dir_all(dir)?;
         let tmp = ::io::durable::temp_path(dir);
         let written = (|| {
-            let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            // 0600: sealed, but nobody else needs even its size.
+            let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
             f.write_all(&data)?;
             f.sync_all()?;
             drop(f);
