@@ -55,6 +55,8 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
         Command::Repair(cmd) => {
             crate::maintenance::repair_cmd(&crate::open_repo(&repo_path, key)?, cli.json, cmd)
         }
+        Command::Find(args) => crate::find::find(&crate::open_repo(&repo_path, key)?, cli.json, args),
+        Command::Diff(args) => crate::diff::diff(&crate::open_repo(&repo_path, key)?, cli.json, args),
     }
 }
 
@@ -326,7 +328,8 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
     for w in &warnings {
         eprintln!("warning: {w}");
     }
-    let opts = RestoreOptions { target: args.target.clone(), include: args.paths, workers: 4 };
+    let include = crate::find::restore_paths(repo, &index, &id, &snap, args.paths, args.glob)?;
+    let opts = RestoreOptions { target: args.target.clone(), include, workers: 4 };
     let started = std::time::Instant::now();
     let r = restore::restore(repo, &index, &snap, &opts)?;
     let secs = started.elapsed().as_secs_f64();

@@ -2,6 +2,8 @@
 #![deny(unsafe_code)]
 
 mod commands;
+mod diff;
+mod find;
 mod maintenance;
 mod output;
 mod progress;
@@ -45,6 +47,10 @@ pub enum Command {
     Ls(LsArgs),
     /// Restore a snapshot, or parts of it
     Restore(RestoreArgs),
+    /// Find files and directories by name across all snapshots (fuzzy, typo-tolerant)
+    Find(find::FindArgs),
+    /// What changed between two snapshots
+    Diff(diff::DiffArgs),
     /// Manage keys
     #[command(subcommand)]
     Key(KeyCommand),
@@ -218,8 +224,12 @@ pub struct RestoreArgs {
     /// Directory to restore into (paths keep their place below it)
     #[arg(long, short = 't')]
     pub target: PathBuf,
-    /// Only these paths of the snapshot (e.g. /home/me/docs)
+    /// Only these paths of the snapshot (e.g. /home/me/docs, as `find` prints them), or glob
+    /// patterns (/home/me/**/*.txt): a PATH with * ? [ { that is not itself in the snapshot
     pub paths: Vec<PathBuf>,
+    /// Every PATH is a glob pattern
+    #[arg(long)]
+    pub glob: bool,
 }
 
 #[derive(Subcommand, Debug)]

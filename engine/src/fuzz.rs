@@ -131,6 +131,18 @@ pub fn files_cache(data: &[u8]) -> bool {
     }
 }
 
+/// The local name catalog (a cache, but parsed like any other format).
+pub fn catalog(data: &[u8]) -> bool {
+    let k = keys();
+    let repo_id = [7u8; 16];
+    match mode(data) {
+        (false, raw) => {
+            crate::catalog::Catalog::decode(&k.wk.catalog_key, &repo_id, "fuzz", raw.to_vec()).is_ok()
+        }
+        (true, plain) => crate::catalog::Catalog::from_plain(&repo_id, "fuzz", plain).is_ok(),
+    }
+}
+
 pub fn blob_frame(data: &[u8]) -> bool {
     stages::compress::unframe(data).is_ok()
 }
@@ -139,7 +151,7 @@ pub fn blob_frame(data: &[u8]) -> bool {
 /// A fuzz entry point: arbitrary bytes in, whether they were accepted out.
 pub type Target = fn(&[u8]) -> bool;
 
-pub const TARGETS: [(&str, Target); 9] = [
+pub const TARGETS: [(&str, Target); 10] = [
     ("config", config),
     ("pack", pack),
     ("pack_trailer", pack_trailer),
@@ -148,6 +160,7 @@ pub const TARGETS: [(&str, Target); 9] = [
     ("snapshot", snapshot),
     ("key_file", key_file),
     ("files_cache", files_cache),
+    ("catalog", catalog),
     ("blob_frame", blob_frame),
 ];
 
@@ -234,6 +247,14 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
             rec.extend_from_slice(&body);
             rec.extend_from_slice(&blake3::hash(&body).as_bytes()[..8]);
             vec![rec]
+        }
+        "catalog" => {
+            let c = crate::catalog::Catalog::empty([7; 16]);
+            let mut v = vec![sealed(postcard(&c))];
+            if let Ok(enc) = c.encode(&k.wk.catalog_key) {
+                v.push([vec![0u8], enc].concat());
+            }
+            v
         }
         "blob_frame" => {
             let frame = |data: &[u8]| -> Vec<u8> {

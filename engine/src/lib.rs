@@ -4,12 +4,15 @@
 
 pub mod backup;
 mod builder;
+pub mod catalog;
 pub mod check;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod diff;
 pub mod error;
 pub mod filescache;
+pub mod find;
 pub mod forget;
 pub mod fuzz;
 pub mod gc;
