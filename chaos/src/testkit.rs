@@ -474,3 +474,107 @@ impl FakeClock {
         fs::rename(&tmp, &self.path).unwrap();
     }
 }
+
+/// A real S3-compatible server (s3s-fs, from crates.io) on a loopback port, storing objects as
+/// plain files under `data` (tests can damage them). Stopped when dropped.
+pub struct S3Server {
+    child: Option<std::process::Child>,
+    bin: PathBuf,
+    pub data: tempfile::TempDir,
+    pub port: u16,
+    pub bucket: String,
+}
+
+pub const S3_ACCESS_KEY: &str = "bakare-test";
+pub const S3_SECRET_KEY: &str = "bakare-test-secret";
+
+/// The s3s-fs binary: $BAKARE_S3S_FS, else `s3s-fs` on PATH or in ~/.cargo/bin.
+fn s3s_fs() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BAKARE_S3S_FS") {
+        return Some(PathBuf::from(p));
+    }
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cargo/bin"));
+    }
+    dirs.into_iter().map(|d| d.join("s3s-fs")).find(|p| p.is_file())
+}
+
+impl S3Server {
+    /// Starts a server, or returns None (after saying why) when s3s-fs is not installed,
+    /// unless BAKARE_REQUIRE_S3 is set (CI), which makes that a failure.
+    pub fn start() -> Option<S3Server> {
+        let Some(bin) = s3s_fs() else {
+            assert!(
+                std::env::var_os("BAKARE_REQUIRE_S3").is_none(),
+                "s3s-fs is not installed (cargo install s3s-fs --version 0.14.1 --locked --features binary)"
+            );
+            eprintln!(
+                "SKIPPED: s3s-fs is not installed; install it with \
+                 `cargo install s3s-fs --version 0.14.1 --locked --features binary` to run the S3 tests"
+            );
+            return None;
+        };
+        let data = tempfile::tempdir().unwrap();
+        let bucket = "bakare".to_string();
+        fs::create_dir(data.path().join(&bucket)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut s = S3Server { child: None, bin, data, port, bucket };
+        s.resume();
+        Some(s)
+    }
+
+    /// (Re)starts the server process on the same port and data.
+    pub fn resume(&mut self) {
+        let child = Command::new(&self.bin)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(self.data.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "s3s-fs did not start on port {}", self.port);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (its data stays).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The repository URL for `prefix` in the test bucket, through `port` (a proxy's, or ours).
+    pub fn url_via(&self, port: u16, prefix: &str) -> String {
+        format!("s3:http://127.0.0.1:{port}/{}/{prefix}", self.bucket)
+    }
+
+    pub fn url(&self, prefix: &str) -> String {
+        self.url_via(self.port, prefix)
+    }
+
+    /// Where the server keeps the object `key` of repository `prefix`.
+    pub fn object_path(&self, prefix: &str, key: &str) -> PathBuf {
+        self.data.path().join(&self.bucket).join(prefix).join(key)
+    }
+
+    /// Makes `b` use this server with credentials, for the repository `prefix`.
+    pub fn configure(&self, b: &mut Bakare, prefix: &str) {
+        b.env.push(("AWS_ACCESS_KEY_ID".into(), S3_ACCESS_KEY.into()));
+        b.env.push(("AWS_SECRET_ACCESS_KEY".into(), S3_SECRET_KEY.into()));
+        b.env.push(("BAKARE_REPO".into(), self.url(prefix)));
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -268,9 +268,11 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
     compress.finish();
     encrypt.finish();
     let written = write.finish();
+    // A failed write (storage gone) stops the pipeline early; it is the cause to report, not
+    // the incomplete files the builder then sees.
+    let sinks = written.map_err(|e| Error::Pipeline(format!("writing packs: {e}")))?;
     let root = built?;
     let mut builder = builder;
-    let sinks = written.map_err(|e| Error::Pipeline(format!("writing packs: {e}")))?;
     if cancel.is_cancelled() {
         return Err(Error::Pipeline("the backup was cancelled".into()));
     }
