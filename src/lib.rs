@@ -65,6 +65,21 @@ pub enum Command {
     Prune(PruneArgs),
     /// Show the repository's settings; change the grace period
     Config(ConfigArgs),
+    /// Copy the objects another repository location lacks, without any key (relay a NAS to the cloud)
+    Sync(SyncArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// Source repository (a directory or s3:...)
+    #[arg(long)]
+    pub from: std::ffi::OsString,
+    /// Destination (created as a copy of the source's config when empty)
+    #[arg(long)]
+    pub to: std::ffi::OsString,
+    /// Objects copied at once
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
 }
 
 #[derive(Args, Debug)]
@@ -275,6 +290,15 @@ pub fn return_freed_memory_promptly() {
 pub type BackendWrap = fn(Arc<dyn io::Backend>) -> Arc<dyn io::Backend>;
 
 static BACKEND_WRAP: std::sync::OnceLock<BackendWrap> = std::sync::OnceLock::new();
+
+/// A storage location, wrapped like a repository's (for sync, which opens no repository).
+pub(crate) fn open_backend(at: &engine::repo::Location) -> engine::Result<Arc<dyn io::Backend>> {
+    let b = at.backend()?;
+    Ok(match BACKEND_WRAP.get() {
+        Some(wrap) => wrap(b),
+        None => b,
+    })
+}
 
 fn wrapped(mut repo: engine::Repository) -> engine::Repository {
     if let Some(wrap) = BACKEND_WRAP.get() {

@@ -2,7 +2,7 @@
 //! step of the write path (before and after committing a pack, writing the index segment,
 //! the pending snapshot, the snapshot, removing the pending copy). After every kill: all
 //! committed snapshots still restore byte for byte, `check` finds no damage (only leftovers
-//! of the killed run), and the next backup succeeds. 50 cases.
+//! of the killed run), and the next backup succeeds. 50 cases. Also: a sync killed mid-way.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
@@ -71,6 +71,43 @@ fn verify(b: &Bakare, src: &Path, id: &str, rounds: &Range<usize>) {
         let got = fs::read(root.join("base").join(format!("b{i}.txt"))).unwrap();
         assert_eq!(got, fs::read(src.join("base").join(format!("b{i}.txt"))).unwrap());
     }
+}
+
+/// A relay killed mid-sync leaves a valid destination (never a snapshot without its data), and
+/// the next sync resumes where it stopped.
+#[test]
+fn an_interrupted_sync_leaves_a_valid_destination_and_resumes() {
+    let b = Bakare::new(env!("CARGO_BIN_EXE_bakare-faulty"));
+    let src = chaos::testkit::TestDir::new().file("d/a.txt", "a").file("d/b.txt", "b");
+    // Several packs: four workers, and a few backups.
+    for i in 0..3 {
+        fs::write(src.path().join(format!("round{i}.bin")), Rng::new(i).bytes(2 << 20)).unwrap();
+        b.ok(&argv!["run", "--workers", "4", src.path()]);
+    }
+    let dest = b.home.path().join("mirror");
+    // Killed after the third object written to the destination.
+    let mut c = b.command(&argv!["sync", "--from", &b.repo, "--to", &dest, "--jobs", "1"]);
+    c.env("BAKARE_CRASH", "after:packs:3");
+    let o = chaos::testkit::run_measured(c);
+    assert_eq!(o.code, 128 + 9, "{}", o.stderr);
+    // What is there is a valid repository: no snapshot yet, nothing damaged.
+    let c = b.ok(&argv!["--repo", &dest, "--json", "check"]).json();
+    assert_eq!(c["ok"], true, "{c}");
+    assert_eq!(c["snapshots"], 0);
+    let j = b.ok(&argv!["--json", "sync", "--from", &b.repo, "--to", &dest]).json();
+    assert!(j["already_present"].as_u64().unwrap() >= 3, "resumed: {j}");
+    assert_eq!(j["snapshots"], 3, "{j}");
+    let c = b.ok(&argv!["--repo", &dest, "--json", "check", "--read-data"]).json();
+    assert_eq!(c["ok"], true, "{c}");
+    let t = tempfile::tempdir().unwrap();
+    b.ok(&argv!["--repo", &dest, "restore", "latest", "--target", t.path()]);
+    chaos::testkit::assert_same_tree(src.path(), &restored_path(t.path(), src.path()));
+    // A different repository is refused.
+    let other = Bakare::new(env!("CARGO_BIN_EXE_bakare-faulty"));
+    other.ok(&argv!["init"]);
+    let o = b.run(&argv!["sync", "--from", &b.repo, "--to", &other.repo]);
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("another repository"), "{}", o.stderr);
 }
 
 /// The write path's steps, in order, as crash points (see chaos::backend).

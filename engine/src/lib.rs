@@ -24,6 +24,7 @@ pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod snapshot;
+pub mod sync;
 pub mod tree;
 pub mod writer;
 
