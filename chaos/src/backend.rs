@@ -160,6 +160,9 @@ impl Backend for FaultyBackend {
     fn replace(&self, key: &str, data: &[u8]) -> io::storage::Result<()> {
         self.inner.replace(key, data)
     }
+    fn remote(&self) -> bool {
+        self.inner.remote()
+    }
     fn exists(&self, key: &str) -> Result<bool, StorageError> {
         self.inner.exists(key)
     }

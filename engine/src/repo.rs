@@ -256,7 +256,17 @@ pub struct BlobReader<'a> {
     identity: &'a age::x25519::Identity,
     keys: Mutex<HashMap<u32, DataKey>>,
     bundles: Mutex<VecDeque<BundleSlot>>,
+    /// Remote backends: recently fetched windows of packs (pack, start) -> bytes, and pack sizes.
+    windows: Mutex<VecDeque<BundleSlot>>,
+    sizes: Mutex<HashMap<u32, u64>>,
 }
+
+/// Bytes fetched at once from a remote pack: restores read blobs in the order they were
+/// written, so one request serves many blobs (one request per 1 MiB blob made a restore from
+/// a local S3 server 24 MB/s).
+const WINDOW: u64 = 8 << 20;
+/// Windows kept: several restore workers read different parts at once.
+const WINDOWS_KEPT: usize = 8;
 
 type BundleSlot = ((u32, u32), Arc<Vec<u8>>);
 
@@ -268,6 +278,8 @@ impl<'a> BlobReader<'a> {
             identity: repo.key.identity()?,
             keys: Mutex::new(HashMap::new()),
             bundles: Mutex::new(VecDeque::new()),
+            windows: Mutex::new(VecDeque::new()),
+            sizes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -289,8 +301,7 @@ impl<'a> BlobReader<'a> {
         let key = self.data_key(loc.pack, &pack_key)?;
         let plain = match loc.inner {
             None => {
-                let sealed =
-                    self.repo.backend.get_range(&pack_key, u64::from(loc.offset), loc.len as usize)?;
+                let sealed = self.range(loc.pack, &pack_key, loc.offset, loc.len)?;
                 let frame =
                     encrypt::open(&key, id, kind, &sealed).map_err(|_| Error::BlobAuth(hex.clone()))?;
                 unframe(&frame).map_err(|e| Error::corrupt("blob", hex.clone(), e))?
@@ -308,6 +319,44 @@ impl<'a> BlobReader<'a> {
             return Err(Error::BlobAuth(hex));
         }
         Ok(plain)
+    }
+
+    /// `len` bytes at `offset` of a pack: directly from a local backend; from a remote one
+    /// through a window of up to 8 MiB that later reads of the same region reuse.
+    fn range(&self, pack: u32, pack_key: &str, offset: u32, len: u32) -> Result<Vec<u8>> {
+        let (start, end) = (u64::from(offset), u64::from(offset) + u64::from(len));
+        if !self.repo.backend.remote() || u64::from(len) >= WINDOW {
+            return Ok(self.repo.backend.get_range(pack_key, start, len as usize)?);
+        }
+        {
+            let w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+            for ((p, at), bytes) in w.iter() {
+                let at = u64::from(*at);
+                if *p == pack && at <= start && end <= at + bytes.len() as u64 {
+                    return Ok(bytes[(start - at) as usize..(end - at) as usize].to_vec());
+                }
+            }
+        }
+        let size = {
+            let known = self.sizes.lock().unwrap_or_else(|p| p.into_inner()).get(&pack).copied();
+            match known {
+                Some(s) => s,
+                None => {
+                    let s = self.repo.backend.size(pack_key)?;
+                    self.sizes.lock().unwrap_or_else(|p| p.into_inner()).insert(pack, s);
+                    s
+                }
+            }
+        };
+        let wend = (start + WINDOW).min(size).max(end);
+        let bytes = Arc::new(self.repo.backend.get_range(pack_key, start, (wend - start) as usize)?);
+        let out = bytes[..len as usize].to_vec();
+        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() >= WINDOWS_KEPT {
+            w.pop_front();
+        }
+        w.push_back(((pack, offset), bytes));
+        Ok(out)
     }
 
     /// The plaintext of the bundle at `offset` in a pack; the last few are kept, since a
@@ -329,7 +378,7 @@ impl<'a> BlobReader<'a> {
             }
         }
         let name = format!("bundle at {pack_key}+{offset}");
-        let sealed = self.repo.backend.get_range(pack_key, u64::from(offset), len as usize)?;
+        let sealed = self.range(pack, pack_key, offset, len)?;
         let frame = encrypt::open(key, &BUNDLE_ID, BlobKind::Bundle, &sealed)
             .map_err(|_| Error::BlobAuth(name.clone()))?;
         let plain = Arc::new(unframe(&frame).map_err(|e| Error::corrupt("blob", name, e))?);

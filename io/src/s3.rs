@@ -338,6 +338,10 @@ impl Backend for S3Backend {
         }
     }
 
+    fn remote(&self) -> bool {
+        true
+    }
+
     fn replace(&self, key: &str, data: &[u8]) -> Result<()> {
         let path = self.path(key)?;
         self.rt

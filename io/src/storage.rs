@@ -64,6 +64,11 @@ pub trait Backend: Send + Sync {
     /// Atomically replaces a settings object (only `config`): readers see the old or the new
     /// bytes, never a mix.
     fn replace(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// Whether every request costs a network round trip: readers then fetch larger ranges and
+    /// keep them, rather than one request per blob.
+    fn remote(&self) -> bool {
+        false
+    }
     fn exists(&self, key: &str) -> Result<bool> {
         match self.size(key) {
             Ok(_) => Ok(true),
