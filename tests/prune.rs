@@ -94,6 +94,12 @@ fn prune_condemns_then_deletes_after_the_grace_period() {
     b.ok(&argv!["forget", &first]);
     let before = repo_bytes(&b.repo, "packs");
 
+    // A dry run says the same and changes nothing.
+    let dry = b.ok(&argv!["--json", "prune", "--dry-run"]).json();
+    assert_eq!(dry["condemned_packs"], 1, "{dry}");
+    assert_eq!(repo_bytes(&b.repo, "packs"), before);
+    assert_eq!(fs::read_dir(b.repo.join("gc")).unwrap().count(), 0);
+
     // Phase 1: the pack holding old.bin (and keep.bin) is mostly garbage: keep.bin is copied
     // to a new pack, the old pack is condemned, nothing is deleted.
     let p = b.ok(&argv!["--json", "prune"]).json();
