@@ -3,23 +3,25 @@
 //! silent for longer than the client's timeout, slow, or a reply cut short.
 //!
 //! Threads, not async: one accept thread, and two pump threads per connection (one each way).
-//! Which connection is faulted, how, and after how many bytes depends only on the seed and the
-//! connection's index, so a failing run can be replayed. A connection that fails in any way
+//! Faults are drawn per exchange (a request and its reply; the first on a connection, and each
+//! later one on a kept-alive connection, see `pump`): whether it is faulted, how, and after how
+//! many bytes depends only on the seed and the exchange's index, so a run can be replayed as far
+//! as the client's order of requests is. A connection that fails in any way
 //! ends that connection only; the proxy keeps accepting until it is dropped.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::testkit::Rng;
 
-/// What happens to a faulted connection.
+/// What happens to a faulted exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultKind {
-    /// Accepted, then closed without connecting to the server.
+    /// Closed without forwarding anything (a new connection: without connecting to the server).
     Drop,
     /// After some bytes (either way), closed with a TCP RST (SO_LINGER 0).
     Reset,
@@ -39,12 +41,12 @@ pub struct ProxyConfig {
     /// Where connections are forwarded.
     pub upstream: SocketAddr,
     pub seed: u64,
-    /// Faulted connections per thousand.
+    /// Faulted exchanges per thousand.
     pub fault_permille: u64,
-    /// Kinds a faulted connection draws from, uniformly.
+    /// Kinds a faulted exchange draws from, uniformly.
     pub kinds: Vec<FaultKind>,
     /// Reset, stall and truncate strike after a number of bytes drawn below this. Small values
-    /// (below a request's headers) make sure that no request on a faulted connection completes.
+    /// (below a request's headers) make sure that no faulted request completes.
     pub fault_within: u64,
     /// How long a stalled connection stays silent; longer than the client's request timeout.
     pub stall: Duration,
@@ -69,6 +71,8 @@ impl ProxyConfig {
 #[derive(Default, Debug)]
 pub struct ProxyStats {
     pub connections: AtomicU64,
+    /// Requests with their replies (see `pump`); faults are drawn for each.
+    pub exchanges: AtomicU64,
     pub dropped: AtomicU64,
     pub reset: AtomicU64,
     pub stalled: AtomicU64,
@@ -99,9 +103,10 @@ impl ProxyStats {
     pub fn summary(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "{} connections, {} faulted (drop {}, reset {}, stall {}, delay {}, truncate {}), \
+            "{} connections, {} exchanges, {} faulted (drop {}, reset {}, stall {}, delay {}, truncate {}), \
              {} upstream errors, {:.1} MiB to the server, {:.1} MiB to the client",
             g(&self.connections),
+            g(&self.exchanges),
             self.faulted(),
             g(&self.dropped),
             g(&self.reset),
@@ -150,7 +155,7 @@ impl Drop for Proxy {
     }
 }
 
-/// The fate of one connection, drawn from the seed and its index.
+/// The fate of one exchange, drawn from the seed and its index.
 #[derive(Clone, Copy, Debug)]
 struct Plan {
     fault: Option<FaultKind>,
@@ -165,23 +170,39 @@ fn plan(cfg: &ProxyConfig, index: u64) -> Plan {
     Plan { fault: kind.filter(|_| faulted), after: rng.below(cfg.fault_within) }
 }
 
+/// What every connection of one proxy shares.
+struct Shared {
+    cfg: ProxyConfig,
+    stats: Arc<ProxyStats>,
+    /// Index of the next exchange, for its plan.
+    next: AtomicU64,
+}
+
+impl Shared {
+    /// Draws (and counts) the plan of the next exchange.
+    fn draw(&self) -> Plan {
+        self.stats.exchanges.fetch_add(1, Ordering::Relaxed);
+        let p = plan(&self.cfg, self.next.fetch_add(1, Ordering::Relaxed));
+        if let Some(k) = p.fault {
+            self.stats.kind(k).fetch_add(1, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
 fn accept_loop(listener: TcpListener, cfg: ProxyConfig, stats: Arc<ProxyStats>, stop: Arc<AtomicBool>) {
-    let mut index = 0u64;
+    let shared = Arc::new(Shared { cfg, stats, next: AtomicU64::new(0) });
     for client in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             return;
         }
         // A failed accept (e.g. the client gave up already) ends that connection only.
         let Ok(client) = client else { continue };
-        stats.connections.fetch_add(1, Ordering::Relaxed);
-        let p = plan(&cfg, index);
-        index += 1;
-        let (cfg, conn_stats) = (cfg.clone(), stats.clone());
-        let spawned = std::thread::Builder::new()
-            .name("chaos-conn".into())
-            .spawn(move || connection(client, p, &cfg, &conn_stats));
+        shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let s = shared.clone();
+        let spawned = std::thread::Builder::new().name("chaos-conn".into()).spawn(move || connection(client, s));
         if spawned.is_err() {
-            stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -190,28 +211,34 @@ fn accept_loop(listener: TcpListener, cfg: ProxyConfig, stats: Arc<ProxyStats>, 
 struct Conn {
     client: TcpStream,
     server: TcpStream,
-    plan: Plan,
-    stall: Duration,
-    /// Bytes forwarded either way, for reset and stall.
+    shared: Arc<Shared>,
+    plan: Mutex<Plan>,
+    /// Bytes of this exchange forwarded either way, for reset and stall.
     moved: AtomicU64,
+    /// Bytes of this exchange's reply forwarded, for truncate.
+    replied: AtomicU64,
     /// Set once a fault has struck: the other pump then leaves without touching the sockets, so
     /// a reset is not turned into a clean close by its half-close.
     struck: AtomicBool,
 }
 
-fn connection(client: TcpStream, plan: Plan, cfg: &ProxyConfig, stats: &ProxyStats) {
-    if let Some(k) = plan.fault {
-        stats.kind(k).fetch_add(1, Ordering::Relaxed);
+impl Conn {
+    fn plan(&self) -> Plan {
+        *self.plan.lock().unwrap_or_else(|p| p.into_inner())
     }
-    match plan.fault {
+}
+
+fn connection(client: TcpStream, shared: Arc<Shared>) {
+    let first = shared.draw();
+    match first.fault {
         Some(FaultKind::Drop) => return,
-        Some(FaultKind::Delay) => std::thread::sleep(cfg.delay),
+        Some(FaultKind::Delay) => std::thread::sleep(shared.cfg.delay),
         _ => {}
     }
-    let server = match TcpStream::connect_timeout(&cfg.upstream, Duration::from_secs(5)) {
+    let server = match TcpStream::connect_timeout(&shared.cfg.upstream, Duration::from_secs(5)) {
         Ok(s) => s,
         Err(_) => {
-            stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
             return;
         }
     };
@@ -220,21 +247,33 @@ fn connection(client: TcpStream, plan: Plan, cfg: &ProxyConfig, stats: &ProxySta
     let conn = Arc::new(Conn {
         client,
         server,
-        plan,
-        stall: cfg.stall,
+        shared,
+        plan: Mutex::new(first),
         moved: AtomicU64::new(0),
+        replied: AtomicU64::new(0),
         struck: AtomicBool::new(false),
     });
     let up = {
         let conn = conn.clone();
         std::thread::Builder::new().name("chaos-up".into()).spawn(move || pump(&conn, true))
     };
-    let (down_bytes, up_bytes) = (pump(&conn, false), up.ok().and_then(|h| h.join().ok()).unwrap_or(0));
-    stats.bytes_to_client.fetch_add(down_bytes, Ordering::Relaxed);
-    stats.bytes_to_server.fetch_add(up_bytes, Ordering::Relaxed);
+    if up.is_err() {
+        // Without the other pump, this connection cannot work: close it.
+        let _ = conn.client.shutdown(Shutdown::Both);
+        let _ = conn.server.shutdown(Shutdown::Both);
+    }
+    let down = pump(&conn, false);
+    let up = up.ok().and_then(|h| h.join().ok()).unwrap_or(0);
+    conn.shared.stats.bytes_to_client.fetch_add(down, Ordering::Relaxed);
+    conn.shared.stats.bytes_to_server.fetch_add(up, Ordering::Relaxed);
 }
 
 /// Copies one way until EOF, an error or a fault; returns the bytes forwarded.
+///
+/// Clients keep connections alive across requests, so faulting whole connections would fault
+/// few requests. An HTTP/1.1 client sends its next request only after it has read the whole
+/// reply to the last one (hyper does not pipeline), so bytes from the client after bytes from the
+/// server start a new exchange, which gets a plan of its own, as a new connection would.
 fn pump(c: &Conn, to_server: bool) -> u64 {
     let (mut from, mut to) = if to_server { (&c.client, &c.server) } else { (&c.server, &c.client) };
     let mut buf = vec![0u8; 64 << 10];
@@ -253,14 +292,30 @@ fn pump(c: &Conn, to_server: bool) -> u64 {
         if c.struck.load(Ordering::SeqCst) {
             return forwarded;
         }
+        if to_server && c.replied.load(Ordering::SeqCst) > 0 {
+            let p = c.shared.draw();
+            *c.plan.lock().unwrap_or_else(|p| p.into_inner()) = p;
+            c.moved.store(0, Ordering::SeqCst);
+            c.replied.store(0, Ordering::SeqCst);
+            match p.fault {
+                Some(FaultKind::Drop) => {
+                    strike(c, FaultKind::Drop);
+                    return forwarded;
+                }
+                Some(FaultKind::Delay) => std::thread::sleep(c.shared.cfg.delay),
+                _ => {}
+            }
+        }
+        let plan = c.plan();
         // Where in this buffer the fault strikes, if it does.
-        let limit = match c.plan.fault {
+        let limit = match plan.fault {
             Some(FaultKind::Reset | FaultKind::Stall) => {
                 let before = c.moved.fetch_add(n as u64, Ordering::SeqCst);
-                (before + n as u64 > c.plan.after).then(|| c.plan.after.saturating_sub(before) as usize)
+                (before + n as u64 > plan.after).then(|| plan.after.saturating_sub(before) as usize)
             }
             Some(FaultKind::Truncate) if !to_server => {
-                (forwarded + n as u64 > c.plan.after).then(|| (c.plan.after - forwarded) as usize)
+                let before = c.replied.load(Ordering::SeqCst);
+                (before + n as u64 > plan.after).then(|| plan.after.saturating_sub(before) as usize)
             }
             _ => None,
         };
@@ -270,27 +325,30 @@ fn pump(c: &Conn, to_server: bool) -> u64 {
             return forwarded;
         }
         forwarded += send as u64;
-        if limit.is_some() {
-            strike(c);
+        if !to_server {
+            c.replied.fetch_add(send as u64, Ordering::SeqCst);
+        }
+        if let (Some(_), Some(kind)) = (limit, plan.fault) {
+            strike(c, kind);
             return forwarded;
         }
     }
 }
 
-fn strike(c: &Conn) {
+fn strike(c: &Conn, kind: FaultKind) {
     if c.struck.swap(true, Ordering::SeqCst) {
         return;
     }
-    match c.plan.fault {
-        Some(FaultKind::Reset) => {
+    match kind {
+        FaultKind::Reset => {
             // SO_LINGER 0: the last close of the client socket sends RST instead of FIN. Only
             // the read side is shut here, to wake the other pump without sending anything; the
             // socket closes (and resets) when both pumps have let go of it.
             let _ = socket2::SockRef::from(&c.client).set_linger(Some(Duration::ZERO));
             let _ = c.client.shutdown(Shutdown::Read);
         }
-        Some(FaultKind::Stall) => {
-            std::thread::sleep(c.stall);
+        FaultKind::Stall => {
+            std::thread::sleep(c.shared.cfg.stall);
             let _ = c.client.shutdown(Shutdown::Both);
         }
         _ => {
