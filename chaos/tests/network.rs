@@ -192,6 +192,7 @@ struct LossyNet {
     server: Option<Child>,
     data: tempfile::TempDir,
     addr: String,
+    iptables: String,
 }
 
 impl LossyNet {
@@ -219,6 +220,7 @@ impl LossyNet {
             server: None,
             data: tempfile::tempdir().map_err(|e| e.to_string())?,
             addr: format!("{net}.2:9000"),
+            iptables: iptables.clone(),
         };
         let inside = |args: &[&str]| {
             let mut v = vec!["ip", "netns", "exec", ns.as_str()];
@@ -255,6 +257,17 @@ impl LossyNet {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(me)
+    }
+
+    /// Packets the DROP rule has dropped so far.
+    fn dropped(&self) -> u64 {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.ns, &self.iptables, "-L", "INPUT", "-v", "-n", "-x"])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        let line = out.lines().find(|l| l.contains("DROP") && l.contains("statistic")).unwrap_or_else(|| panic!("{out}"));
+        line.split_whitespace().next().unwrap().parse().unwrap()
     }
 
     fn configure(&self, b: &mut Bakare, prefix: &str) {
@@ -307,8 +320,10 @@ fn real_packet_loss_backup_and_restore_are_identical() {
     b.ok(&argv!["restore", &id, "--target", target.path()]);
     let restore = t0.elapsed();
     assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
+    let dropped = net.dropped();
     eprintln!(
-        "10% packet loss ({}): {:.1} MiB backed up in {:.1} s ({:.1} MiB/s), restored in {:.1} s ({:.1} MiB/s)",
+        "10% packet loss ({}, {dropped} packets dropped): {:.1} MiB backed up in {:.1} s ({:.1} MiB/s), \
+         restored in {:.1} s ({:.1} MiB/s)",
         net.ns,
         total as f64 / (1 << 20) as f64,
         backup.as_secs_f64(),
@@ -316,4 +331,6 @@ fn real_packet_loss_backup_and_restore_are_identical() {
         restore.as_secs_f64(),
         mib_s(total, restore)
     );
+    // The loss was real: otherwise this test proves nothing.
+    assert!(dropped > 100, "only {dropped} packets dropped");
 }
