@@ -51,6 +51,10 @@ pub struct ProxyConfig {
     /// How long a stalled connection stays silent; longer than the client's request timeout.
     pub stall: Duration,
     pub delay: Duration,
+    /// Fault only requests with this HTTP method (e.g. "PUT"): others are never faulted. Their
+    /// first bytes are needed to tell, so with it a dropped first exchange has connected to the
+    /// server already.
+    pub only_method: Option<String>,
 }
 
 impl ProxyConfig {
@@ -63,6 +67,7 @@ impl ProxyConfig {
             fault_within: 4 << 20,
             stall: Duration::from_secs(8),
             delay: Duration::from_millis(500),
+            only_method: None,
         }
     }
 }
@@ -179,10 +184,17 @@ struct Shared {
 }
 
 impl Shared {
-    /// Draws (and counts) the plan of the next exchange.
-    fn draw(&self) -> Plan {
+    /// Draws (and counts) the plan of the next exchange, whose request starts with `head`
+    /// (None: not read yet).
+    fn draw(&self, head: Option<&[u8]>) -> Plan {
         self.stats.exchanges.fetch_add(1, Ordering::Relaxed);
-        let p = plan(&self.cfg, self.next.fetch_add(1, Ordering::Relaxed));
+        let mut p = plan(&self.cfg, self.next.fetch_add(1, Ordering::Relaxed));
+        if let Some(m) = &self.cfg.only_method {
+            let matches = head.is_some_and(|h| h.starts_with(m.as_bytes()) && h.get(m.len()) == Some(&b' '));
+            if !matches {
+                p.fault = None;
+            }
+        }
         if let Some(k) = p.fault {
             self.stats.kind(k).fetch_add(1, Ordering::Relaxed);
         }
@@ -200,7 +212,8 @@ fn accept_loop(listener: TcpListener, cfg: ProxyConfig, stats: Arc<ProxyStats>, 
         let Ok(client) = client else { continue };
         shared.stats.connections.fetch_add(1, Ordering::Relaxed);
         let s = shared.clone();
-        let spawned = std::thread::Builder::new().name("chaos-conn".into()).spawn(move || connection(client, s));
+        let spawned =
+            std::thread::Builder::new().name("chaos-conn".into()).spawn(move || connection(client, s));
         if spawned.is_err() {
             shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -217,6 +230,8 @@ struct Conn {
     moved: AtomicU64,
     /// Bytes of this exchange's reply forwarded, for truncate.
     replied: AtomicU64,
+    /// The first exchange's plan is still to be drawn, from its request.
+    fresh: AtomicBool,
     /// Set once a fault has struck: the other pump then leaves without touching the sockets, so
     /// a reset is not turned into a clean close by its half-close.
     struck: AtomicBool,
@@ -229,7 +244,9 @@ impl Conn {
 }
 
 fn connection(client: TcpStream, shared: Arc<Shared>) {
-    let first = shared.draw();
+    // Without a method filter, the first exchange's fate is known before its request is read.
+    let fresh = shared.cfg.only_method.is_some();
+    let first = if fresh { Plan { fault: None, after: 0 } } else { shared.draw(None) };
     match first.fault {
         Some(FaultKind::Drop) => return,
         Some(FaultKind::Delay) => std::thread::sleep(shared.cfg.delay),
@@ -251,6 +268,7 @@ fn connection(client: TcpStream, shared: Arc<Shared>) {
         plan: Mutex::new(first),
         moved: AtomicU64::new(0),
         replied: AtomicU64::new(0),
+        fresh: AtomicBool::new(fresh),
         struck: AtomicBool::new(false),
     });
     let up = {
@@ -292,8 +310,8 @@ fn pump(c: &Conn, to_server: bool) -> u64 {
         if c.struck.load(Ordering::SeqCst) {
             return forwarded;
         }
-        if to_server && c.replied.load(Ordering::SeqCst) > 0 {
-            let p = c.shared.draw();
+        if to_server && (c.fresh.swap(false, Ordering::SeqCst) || c.replied.load(Ordering::SeqCst) > 0) {
+            let p = c.shared.draw(Some(&buf[..n]));
             *c.plan.lock().unwrap_or_else(|p| p.into_inner()) = p;
             c.moved.store(0, Ordering::SeqCst);
             c.replied.store(0, Ordering::SeqCst);
