@@ -57,7 +57,7 @@ fn upstream(server: &S3Server) -> SocketAddr {
 }
 
 #[test]
-fn ten_percent_of_connections_faulted_backup_restore_and_check_complete() {
+fn ten_percent_of_exchanges_faulted_backup_restore_and_check_complete() {
     let Some(server) = S3Server::start() else { return };
     let (src, total) = corpus(61, 5, (30, 40), 300);
 
@@ -117,14 +117,14 @@ fn ten_percent_of_connections_faulted_backup_restore_and_check_complete() {
 }
 
 #[test]
-fn every_connection_faulted_fails_within_the_budget_and_leaves_a_valid_repository() {
+fn every_exchange_faulted_fails_within_the_budget_and_leaves_a_valid_repository() {
     let Some(server) = S3Server::start() else { return };
     let (src, _) = corpus(62, 1, (20, 20), 50);
     let mut b = bakare();
     server.configure(&mut b, "dead");
     b.ok(&argv!["init"]);
 
-    // Every connection fails before a request could complete: fault_within is smaller than a
+    // Every exchange fails before its request could complete: fault_within is smaller than a
     // signed request's headers. Delay is left out: it would let the connection through.
     let mut cfg = ProxyConfig::new(upstream(&server), 0xDEAD, 1000);
     cfg.kinds = vec![FaultKind::Drop, FaultKind::Reset, FaultKind::Stall, FaultKind::Truncate];
@@ -172,8 +172,9 @@ fn every_connection_faulted_fails_within_the_budget_and_leaves_a_valid_repositor
 
 #[test]
 fn uploads_reset_or_stalled_after_sending_are_retried_whole() {
-    // object_store does not retry a PUT whose connection broke after the request was sent (it
-    // cannot know PUTs are idempotent); the backend's own retry layer must (io/src/s3.rs).
+    // object_store does not retry a create-only PUT whose connection broke after the request
+    // was sent (it cannot know that repeating it is harmless); the backend's own retry layer
+    // must (io/src/s3.rs).
     let Some(server) = S3Server::start() else { return };
     let (src, _) = corpus(64, 2, (30, 30), 100);
     // Half the PUTs break within their first 2 KiB, so that small (create-only) objects, whose

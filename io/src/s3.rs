@@ -118,10 +118,13 @@ pub struct S3Backend {
 
 /// Whole-operation retries, around object_store's per-request ones.
 ///
-/// Why a second layer: object_store retries a request that failed before it was sent, and a
-/// streamed GET body that broke off, but not a request without `idempotent` set (every PUT,
-/// multipart parts included) that timed out or whose connection was reset after it was sent,
-/// nor a reply it could not decode. Each operation here is safe to repeat as a whole: a GET,
+/// Why a second layer: object_store retries a request that failed before it was sent, an
+/// idempotent one (GET, HEAD, overwriting PUT, multipart part) that timed out or broke after it
+/// was sent, and a streamed GET body that broke off; but not a create-only PUT (`If-None-Match`)
+/// that timed out or whose connection was reset after it was sent (it cannot know that repeating
+/// it is harmless), nor a failure it cannot classify. chaos/tests/network.rs
+/// (`uploads_reset_or_stalled_after_sending_are_retried_whole`) fails without this layer: the
+/// snapshot's PUT is reset and the run ends. Each operation here is safe to repeat as a whole: a GET,
 /// HEAD or LIST reads; a create-only PUT that did land the first time answers "already exists",
 /// which is success; packs and `replace` write the same bytes to the same name again; a DELETE of
 /// something gone is success. The backoff has full jitter so that writers that failed together
