@@ -83,7 +83,7 @@ pub struct ProxyStats {
     pub stalled: AtomicU64,
     pub delayed: AtomicU64,
     pub truncated: AtomicU64,
-    /// Connections to the server that failed (not a fault of ours).
+    /// Connections that could not be served (the server refused, or no thread): not faults of ours.
     pub upstream_errors: AtomicU64,
     pub bytes_to_server: AtomicU64,
     pub bytes_to_client: AtomicU64,
