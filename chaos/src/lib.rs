@@ -2,6 +2,7 @@
 //! CLI's end-to-end tests) use to build trees, run the real binary and compare restored bytes.
 pub mod backend;
 pub mod oracle;
+pub mod proxy;
 pub mod source;
 pub mod testkit;
 

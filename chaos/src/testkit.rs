@@ -489,7 +489,7 @@ pub const S3_ACCESS_KEY: &str = "bakare-test";
 pub const S3_SECRET_KEY: &str = "bakare-test-secret";
 
 /// The s3s-fs binary: $BAKARE_S3S_FS, else `s3s-fs` on PATH or in ~/.cargo/bin.
-fn s3s_fs() -> Option<PathBuf> {
+pub fn s3s_fs() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("BAKARE_S3S_FS") {
         return Some(PathBuf::from(p));
     }

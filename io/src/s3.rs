@@ -8,7 +8,9 @@
 //!   repeated upload is harmless;
 //! - every request has a connect timeout and an overall timeout, and is retried with
 //!   exponential backoff and jitter (object_store's retry layer) within a bounded total time;
-//!   a failure that outlasts it ends the operation with an error naming the object.
+//!   every operation is also retried whole (`Retry`, below) within the same budget, for the
+//!   failures object_store does not retry; a failure that outlasts both ends the operation with
+//!   an error naming the object and saying how long it was retried.
 //!
 //! URL: `s3:http(s)://host[:port]/bucket[/prefix]`. Credentials: AWS_ACCESS_KEY_ID,
 //! AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN), AWS_REGION or AWS_DEFAULT_REGION (default
@@ -18,7 +20,7 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -110,6 +112,84 @@ pub struct S3Backend {
     prefix: String,
     rt: Arc<tokio::runtime::Runtime>,
     display: String,
+    max_retries: usize,
+    retry_budget: Duration,
+}
+
+/// Whole-operation retries, around object_store's per-request ones.
+///
+/// Why a second layer: object_store retries a request that failed before it was sent, an
+/// idempotent one (GET, HEAD, overwriting PUT, multipart part) that timed out or broke after it
+/// was sent, and a streamed GET body that broke off; but not a create-only PUT (`If-None-Match`)
+/// that timed out or whose connection was reset after it was sent (it cannot know that repeating
+/// it is harmless), nor a failure it cannot classify. chaos/tests/network.rs
+/// (`uploads_reset_or_stalled_after_sending_are_retried_whole`) fails without this layer: the
+/// snapshot's PUT is reset and the run ends. Each operation here is safe to repeat as a whole: a GET,
+/// HEAD or LIST reads; a create-only PUT that did land the first time answers "already exists",
+/// which is success; packs and `replace` write the same bytes to the same name again; a DELETE of
+/// something gone is success. The backoff has full jitter so that writers that failed together
+/// do not retry together; no attempt starts later than the retry budget after the first one (an
+/// attempt started in time may itself use object_store's retries, so the worst case is about
+/// twice the budget).
+struct Retry {
+    start: Instant,
+    attempts: usize,
+    max_retries: usize,
+    budget: Duration,
+}
+
+impl Retry {
+    fn new(b: &S3Backend) -> Retry {
+        Retry { start: Instant::now(), attempts: 1, max_retries: b.max_retries, budget: b.retry_budget }
+    }
+
+    /// After a failed attempt: waits and returns true when another attempt is due.
+    async fn again(&mut self, e: &object_store::Error) -> bool {
+        if !transient(e) || self.attempts > self.max_retries {
+            return false;
+        }
+        let cap = Duration::from_millis(200).saturating_mul(1 << self.attempts.min(5) as u32);
+        let sleep = cap.mul_f64(rand::random::<f64>());
+        if self.start.elapsed() + sleep > self.budget {
+            return false;
+        }
+        tokio::time::sleep(sleep).await;
+        self.attempts += 1;
+        true
+    }
+
+    /// The error that ends the operation, saying how hard it was tried.
+    fn fail(&self, key: &str, e: object_store::Error) -> StorageError {
+        match remote(key, e) {
+            StorageError::Remote { key, why } if self.attempts > 1 => StorageError::Remote {
+                key,
+                why: format!(
+                    "{why} (retries exhausted: {} attempts over {:.1} s)",
+                    self.attempts,
+                    self.start.elapsed().as_secs_f64()
+                ),
+            },
+            other => other,
+        }
+    }
+}
+
+/// Whether trying again could help: not for answers about the object or the credentials.
+fn transient(e: &object_store::Error) -> bool {
+    use object_store::Error as E;
+    !matches!(
+        e,
+        E::NotFound { .. }
+            | E::AlreadyExists { .. }
+            | E::Precondition { .. }
+            | E::NotModified { .. }
+            | E::NotImplemented
+            | E::NotSupported { .. }
+            | E::PermissionDenied { .. }
+            | E::Unauthenticated { .. }
+            | E::InvalidPath { .. }
+            | E::UnknownConfigurationKey { .. }
+    )
 }
 
 fn profile_credentials() -> Option<(String, String, Option<String>)> {
@@ -197,7 +277,14 @@ impl S3Backend {
             if u.prefix.is_empty() { "" } else { "/" },
             u.prefix
         );
-        Ok(S3Backend { store: Arc::new(store), prefix: u.prefix, rt: Arc::new(rt), display })
+        Ok(S3Backend {
+            store: Arc::new(store),
+            prefix: u.prefix,
+            rt: Arc::new(rt),
+            display,
+            max_retries: tuning.max_retries,
+            retry_budget: tuning.retry_budget,
+        })
     }
 
     pub fn display(&self) -> &str {
@@ -237,27 +324,65 @@ impl S3Backend {
         if len <= MULTIPART_ABOVE {
             let mut data = Vec::with_capacity(len as usize);
             file.read_to_end(&mut data).map_err(|e| StorageError::io(key, e))?;
-            return self
-                .rt
-                .block_on(self.store.put(&path, PutPayload::from(data)))
-                .map(|_| ())
-                .map_err(|e| remote(key, e));
-        }
-        let store = self.store.clone();
-        self.rt.block_on(async move {
-            let upload = store.put_multipart(&path).await.map_err(|e| remote(key, e))?;
-            let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
-            let mut buf = vec![0u8; PART];
-            loop {
-                let n = file.read(&mut buf).map_err(|e| StorageError::io(key, e))?;
-                if n == 0 {
-                    break;
+            let payload = PutPayload::from(bytes::Bytes::from(data));
+            return self.rt.block_on(async {
+                let mut r = Retry::new(self);
+                loop {
+                    match self.store.put(&path, payload.clone()).await {
+                        Ok(_) => return Ok(()),
+                        Err(e) if r.again(&e).await => {}
+                        Err(e) => return Err(r.fail(key, e)),
+                    }
                 }
-                w.wait_for_capacity(2).await.map_err(|e| remote(key, e))?;
-                w.write(&buf[..n]);
+            });
+        }
+        self.rt.block_on(async {
+            let mut r = Retry::new(self);
+            loop {
+                // Every attempt uploads the whole pack again, from its staged file.
+                file.seek(SeekFrom::Start(0)).map_err(|e| StorageError::io(key, e))?;
+                match self.multipart(key, &path, &mut file).await? {
+                    Ok(()) => return Ok(()),
+                    Err(e) if r.again(&e).await => {}
+                    Err(e) => return Err(r.fail(key, e)),
+                }
             }
-            w.finish().await.map(|_| ()).map_err(|e| remote(key, e))
         })
+    }
+
+    /// One multipart upload of `file`: local read errors end the operation (outer `Err`),
+    /// remote ones are for the caller to retry (inner `Err`). A failed upload is aborted, so
+    /// its parts do not linger on the server.
+    async fn multipart(
+        &self,
+        key: &str,
+        path: &ObjPath,
+        file: &mut File,
+    ) -> Result<std::result::Result<(), object_store::Error>> {
+        let upload = match self.store.put_multipart(path).await {
+            Ok(u) => u,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
+        let mut buf = vec![0u8; PART];
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = w.abort().await;
+                    return Err(StorageError::io(key, e));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = w.wait_for_capacity(2).await {
+                let _ = w.abort().await;
+                return Ok(Err(e));
+            }
+            w.write(&buf[..n]);
+        }
+        Ok(w.finish().await.map(|_| ()))
     }
 }
 
@@ -282,13 +407,31 @@ impl Staged for S3Staged {
     }
 }
 
+/// Runs `$op` (an expression giving a future) until it succeeds or `Retry` gives up; the value
+/// is the final `Result<T, object_store::Error>` and the `Retry`, for the caller to map.
+macro_rules! retried {
+    ($self:ident, $op:expr) => {
+        $self.rt.block_on(async {
+            let mut r = Retry::new($self);
+            loop {
+                match $op.await {
+                    Ok(v) => break (Ok(v), r),
+                    Err(e) if r.again(&e).await => {}
+                    Err(e) => break (Err(e), r),
+                }
+            }
+        })
+    };
+}
+
 impl Backend for S3Backend {
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
         let path = self.path(key)?;
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.rt.block_on(self.store.put_opts(&path, PutPayload::from(data.to_vec()), opts)) {
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-            Err(e) => Err(remote(key, e)),
+        let payload = PutPayload::from(bytes::Bytes::copy_from_slice(data));
+        let opts = || PutOptions { mode: PutMode::Create, ..Default::default() };
+        match retried!(self, self.store.put_opts(&path, payload.clone(), opts())) {
+            (Ok(_), _) | (Err(object_store::Error::AlreadyExists { .. }), _) => Ok(()),
+            (Err(e), r) => Err(r.fail(key, e)),
         }
     }
 
@@ -299,18 +442,18 @@ impl Backend for S3Backend {
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         let path = self.path(key)?;
-        self.rt
-            .block_on(async { self.store.get(&path).await?.bytes().await })
-            .map(|b| b.to_vec())
-            .map_err(|e| remote(key, e))
+        match retried!(self, async { self.store.get(&path).await?.bytes().await }) {
+            (Ok(b), _) => Ok(b.to_vec()),
+            (Err(e), r) => Err(r.fail(key, e)),
+        }
     }
 
     fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         let path = self.path(key)?;
-        let data = self
-            .rt
-            .block_on(self.store.get_range(&path, offset..offset + len as u64))
-            .map_err(|e| remote(key, e))?;
+        let data = match retried!(self, self.store.get_range(&path, offset..offset + len as u64)) {
+            (Ok(d), _) => d,
+            (Err(e), r) => return Err(r.fail(key, e)),
+        };
         if data.len() != len {
             let e = io::Error::new(io::ErrorKind::UnexpectedEof, "object shorter than expected");
             return Err(StorageError::Io { key: key.to_string(), source: e });
@@ -320,21 +463,28 @@ impl Backend for S3Backend {
 
     fn size(&self, key: &str) -> Result<u64> {
         let path = self.path(key)?;
-        self.rt.block_on(self.store.head(&path)).map(|m| m.size).map_err(|e| remote(key, e))
+        match retried!(self, self.store.head(&path)) {
+            (Ok(m), _) => Ok(m.size),
+            (Err(e), r) => Err(r.fail(key, e)),
+        }
     }
 
     fn list(&self, dir: &str) -> Result<Vec<String>> {
         let path = self.path(dir)?;
-        let metas: Vec<_> =
-            self.rt.block_on(self.store.list(Some(&path)).try_collect()).map_err(|e| remote(dir, e))?;
+        // The whole listing is retried: a page that failed leaves no usable cursor.
+        let metas: Vec<object_store::ObjectMeta> =
+            match retried!(self, self.store.list(Some(&path)).try_collect::<Vec<_>>()) {
+                (Ok(m), _) => m,
+                (Err(e), r) => return Err(r.fail(dir, e)),
+            };
         Ok(metas.into_iter().map(|m| self.key_of(&m.location)).collect())
     }
 
     fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key)?;
-        match self.rt.block_on(self.store.delete(&path)) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(remote(key, e)),
+        match retried!(self, self.store.delete(&path)) {
+            (Ok(()), _) | (Err(object_store::Error::NotFound { .. }), _) => Ok(()),
+            (Err(e), r) => Err(r.fail(key, e)),
         }
     }
 
@@ -344,10 +494,11 @@ impl Backend for S3Backend {
 
     fn replace(&self, key: &str, data: &[u8]) -> Result<()> {
         let path = self.path(key)?;
-        self.rt
-            .block_on(self.store.put(&path, PutPayload::from(data.to_vec())))
-            .map(|_| ())
-            .map_err(|e| remote(key, e))
+        let payload = PutPayload::from(bytes::Bytes::copy_from_slice(data));
+        match retried!(self, self.store.put(&path, payload.clone())) {
+            (Ok(_), _) => Ok(()),
+            (Err(e), r) => Err(r.fail(key, e)),
+        }
     }
 }
 
