@@ -178,7 +178,7 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
     let cancel = Cancel::default();
     let workers = opts.workers.max(1);
     let params = repo.chunk_params();
-    let dedup = Arc::new(SessionDedup::new(Arc::new(index)));
+    let dedup = Arc::new(SessionDedup::new(Arc::new(index)).with_budget(budget.clone(), MIN_BUDGET));
 
     let (ev_tx, ev_rx) = bounded::<ScanEvent>(4096);
     let (job_tx, job_rx) = bounded(1024);

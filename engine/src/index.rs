@@ -192,11 +192,26 @@ pub enum Use {
 pub struct SessionDedup {
     pub index: Arc<Index>,
     claimed: Mutex<HashSet<BlobId>>,
+    /// The set of claimed ids grows with every new blob and lives to the end of the run; its
+    /// memory is taken from the data budget as it grows (down to `floor`), so that a run with
+    /// millions of new blobs still holds its memory ceiling.
+    budget: Option<(stages::MemoryBudget, u64)>,
 }
+
+/// Bytes a claimed id costs in the set (32-byte key in a hash table kept at most 7/8 full,
+/// doubling as it grows).
+pub const CLAIM_BYTES: u64 = 64;
+const CLAIMS_PER_SHRINK: usize = 4096;
 
 impl SessionDedup {
     pub fn new(index: Arc<Index>) -> Self {
-        SessionDedup { index, claimed: Mutex::new(HashSet::new()) }
+        SessionDedup { index, claimed: Mutex::new(HashSet::new()), budget: None }
+    }
+
+    /// Charges the growth of the claimed set to `budget`, never lowering it below `floor`.
+    pub fn with_budget(mut self, budget: stages::MemoryBudget, floor: u64) -> Self {
+        self.budget = Some((budget, floor));
+        self
     }
 }
 
@@ -207,7 +222,13 @@ impl Dedup for SessionDedup {
         }
         // A poisoned lock only means another worker panicked; the set itself is intact.
         let mut c = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
-        c.insert(*id)
+        let new = c.insert(*id);
+        if new && c.len() % CLAIMS_PER_SHRINK == 0 {
+            if let Some((b, floor)) = &self.budget {
+                b.shrink(CLAIMS_PER_SHRINK as u64 * CLAIM_BYTES, *floor);
+            }
+        }
+        new
     }
 }
 

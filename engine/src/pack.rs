@@ -87,7 +87,12 @@ pub struct PackSink {
     pub stored_bytes: u64,
     pub new_raw_bytes: u64,
     pub new_blobs: u64,
+    /// Segments this sink wrote during the session (the rest are in `packs`).
+    pub flushed_segments: u64,
 }
+
+/// Index entries a sink keeps before writing them as a segment.
+const FLUSH_ENTRIES: usize = 65_536;
 
 impl PackSink {
     pub fn new(
@@ -106,7 +111,23 @@ impl PackSink {
             stored_bytes: 0,
             new_raw_bytes: 0,
             new_blobs: 0,
+            flushed_segments: 0,
         }
+    }
+
+    /// Writes the index segment for the packs sealed so far and forgets their entries, so a
+    /// session's index entries never pile up in memory (a million small files would hold
+    /// ~60 MiB of entries, and encoding them at the end as much again). Rule 1 holds: the
+    /// packs are committed before their segment.
+    fn flush_segment(&mut self) -> Result<()> {
+        if self.packs.is_empty() {
+            return Ok(());
+        }
+        let (name, bytes) = crate::index::encode_segment(&self.catalog_key, &self.packs)?;
+        self.backend.put(&name, &bytes)?;
+        self.packs.clear();
+        self.flushed_segments += 1;
+        Ok(())
     }
 
     fn seal(&mut self, mut w: PackWriter) -> Result<()> {
@@ -120,6 +141,9 @@ impl PackSink {
         w.staged.commit(&pack_key(&id))?;
         self.stored_bytes += w.written;
         self.packs.push((id, w.entries));
+        if self.packs.iter().map(|(_, e)| e.len()).sum::<usize>() >= FLUSH_ENTRIES {
+            self.flush_segment()?;
+        }
         Ok(())
     }
 

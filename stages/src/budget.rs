@@ -13,11 +13,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 struct State {
     used: u64,
     peak: u64,
+    /// Lowered by `shrink` as long-lived structures (the session's dedup set) grow.
+    limit: u64,
 }
 
 #[derive(Debug)]
 struct Inner {
-    limit: u64,
     state: Mutex<State>,
     freed: Condvar,
 }
@@ -38,15 +39,22 @@ impl MemoryBudget {
     pub fn new(limit: u64) -> Self {
         MemoryBudget {
             inner: Arc::new(Inner {
-                limit: limit.max(1),
-                state: Mutex::new(State { used: 0, peak: 0 }),
+                state: Mutex::new(State { used: 0, peak: 0, limit: limit.max(1) }),
                 freed: Condvar::new(),
             }),
         }
     }
 
     pub fn limit(&self) -> u64 {
-        self.inner.limit
+        self.lock().limit
+    }
+
+    /// Lowers the limit for good by `bytes`, but not below `floor`: memory that something other
+    /// than data in flight now holds until the end of the run. Never waits; data already in
+    /// flight drains, and new requests wait until they fit the lower limit.
+    pub fn shrink(&self, bytes: u64, floor: u64) {
+        let mut st = self.lock();
+        st.limit = st.limit.saturating_sub(bytes).max(floor.min(st.limit)).max(1);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -56,7 +64,7 @@ impl MemoryBudget {
     }
 
     fn fits(&self, st: &State, bytes: u64) -> bool {
-        st.used + bytes <= self.inner.limit || st.used == 0
+        st.used + bytes <= st.limit || st.used == 0
     }
 
     /// Blocks until `bytes` fit.
@@ -122,6 +130,19 @@ mod tests {
         assert_eq!(t.join().unwrap(), 50);
         assert_eq!(b.used(), 0);
         assert_eq!(b.peak(), 60);
+    }
+
+    #[test]
+    fn shrinking_lowers_the_limit_down_to_a_floor() {
+        let b = MemoryBudget::new(100);
+        let p = b.acquire(80);
+        b.shrink(30, 50);
+        assert_eq!(b.limit(), 70);
+        assert!(b.try_acquire(1).is_none(), "80 held is over the new limit");
+        drop(p);
+        assert!(b.try_acquire(70).is_some());
+        b.shrink(1000, 50);
+        assert_eq!(b.limit(), 50);
     }
 
     #[test]
