@@ -223,7 +223,7 @@ impl Dedup for SessionDedup {
         // A poisoned lock only means another worker panicked; the set itself is intact.
         let mut c = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
         let new = c.insert(*id);
-        if new && c.len() % CLAIMS_PER_SHRINK == 0 {
+        if new && c.len().is_multiple_of(CLAIMS_PER_SHRINK) {
             if let Some((b, floor)) = &self.budget {
                 b.shrink(CLAIMS_PER_SHRINK as u64 * CLAIM_BYTES, *floor);
             }
