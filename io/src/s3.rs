@@ -216,7 +216,7 @@ fn remote(key: &str, e: object_store::Error) -> StorageError {
 
 impl S3Backend {
     pub fn open(url: &str, tuning: &S3Tuning) -> Result<S3Backend> {
-        let u = S3Url::parse(url).map_err(|why| StorageError::Remote { key: String::new(), why })?;
+        let u = S3Url::parse(url).map_err(StorageError::Setup)?;
         let region = std::env::var("AWS_REGION")
             .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
             .unwrap_or_else(|_| "us-east-1".into());
@@ -256,14 +256,11 @@ impl S3Backend {
                     }
                 }
                 None => {
-                    return Err(StorageError::Remote {
-                        key: String::new(),
-                        why: "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials".into(),
-                    })
+                    return Err(StorageError::Setup("no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials".into()))
                 }
             },
         }
-        let store = b.build().map_err(|e| remote("", e))?;
+        let store = b.build().map_err(|e| StorageError::Setup(format!("S3 repository {url}: {e}")))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("bakare-s3")

@@ -28,6 +28,9 @@ pub enum StorageError {
     },
     #[error("invalid object key {key:?}")]
     BadKey { key: String },
+    /// A storage location that cannot be used as given (a bad URL, no credentials).
+    #[error("{0}")]
+    Setup(String),
     /// A remote store failed after its retries (or refused the request).
     #[error("object {key}: {why}")]
     Remote { key: String, why: String },
