@@ -180,7 +180,7 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
     let params = repo.chunk_params();
     let dedup = Arc::new(SessionDedup::new(Arc::new(index)).with_budget(budget.clone(), MIN_BUDGET));
 
-    let (ev_tx, ev_rx) = bounded::<ScanEvent>(4096);
+    let (ev_tx, ev_rx) = bounded::<Vec<ScanEvent>>(16);
     let (job_tx, job_rx) = bounded(1024);
     let (fe_tx, fe_rx) = bounded::<FileEvent>(4096);
     let (blk_txs, blk_rxs): (Vec<_>, Vec<_>) = (0..workers).map(|_| bounded(4)).unzip();

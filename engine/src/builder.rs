@@ -346,7 +346,7 @@ impl Builder {
         Ok(())
     }
 
-    pub(crate) fn run(&mut self, events: &Receiver<ScanEvent>) -> Result<Vec<BlobId>> {
+    pub(crate) fn run(&mut self, events: &Receiver<Vec<ScanEvent>>) -> Result<Vec<BlobId>> {
         let fevents = self.fevents.clone();
         let mut fevents_open = true;
         loop {
@@ -368,7 +368,11 @@ impl Builder {
                 events.recv()
             };
             match ev {
-                Ok(ev) => self.scan_event(ev)?,
+                Ok(batch) => {
+                    for ev in batch {
+                        self.scan_event(ev)?;
+                    }
+                }
                 Err(_) => break,
             }
         }
