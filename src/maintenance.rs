@@ -93,7 +93,7 @@ pub fn repair_cmd(repo: &Repository, json: bool, cmd: RepairCommand) -> Result<u
     let mut out = Out::new();
     match cmd {
         RepairCommand::Index { read_data } => {
-            let r = repair::repair_index(repo, read_data)?;
+            let r = repair::repair_index(repo, read_data, workers())?;
             if json {
                 let v = json!({
                     "packs": r.packs, "blobs": r.blobs, "segments_written": r.segments_written,

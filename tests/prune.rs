@@ -6,26 +6,16 @@ use std::fs;
 use std::path::Path;
 
 use chaos::argv;
-use chaos::testkit::{assert_same_tree, restored_path, Bakare, FakeClock, Rng, TestDir, HOUR_NS};
+use chaos::testkit::{
+    assert_same_tree, bytes_under, restored_path, Bakare, FakeClock, Rng, TestDir, HOUR_NS,
+};
 
 fn bakare() -> Bakare {
     Bakare::new(env!("CARGO_BIN_EXE_bakare"))
 }
 
 fn repo_bytes(repo: &Path, dir: &str) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![repo.join(dir)];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                total += e.metadata().unwrap().len();
-            }
-        }
-    }
-    total
+    bytes_under(&repo.join(dir))
 }
 
 fn snapshot_ids(b: &Bakare) -> Vec<String> {

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use chaos::argv;
-use chaos::testkit::{assert_same_tree, restored_path, Bakare, Rng, S3Server, TestDir};
+use chaos::testkit::{assert_same_tree, files_under, restored_path, Bakare, Rng, S3Server, TestDir};
 
 fn tree(seed: u64) -> TestDir {
     let mut rng = Rng::new(seed);
@@ -22,22 +22,6 @@ fn restore_from(b: &Bakare, repo: &str, src: &Path) {
     let t = tempfile::tempdir().unwrap();
     b.ok(&argv!["--repo", repo, "restore", "latest", "--target", t.path()]);
     assert_same_tree(src, &restored_path(t.path(), src));
-}
-
-fn count(dir: &Path) -> usize {
-    let mut n = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                n += 1;
-            }
-        }
-    }
-    n
 }
 
 #[test]
@@ -79,7 +63,7 @@ fn sync_relays_without_a_key_and_resumes() {
     let o = relay.run(&argv!["sync", "--from", &b.repo, "--to", &dest2]);
     assert_eq!(o.code, 1);
     assert!(o.stderr.contains("does not match its name"), "{}", o.stderr);
-    assert!(!dest2.join("snapshots").exists() || count(&dest2.join("snapshots")) == 0);
+    assert!(!dest2.join("snapshots").exists() || files_under(&dest2.join("snapshots")).is_empty());
 }
 
 #[test]

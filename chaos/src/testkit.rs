@@ -333,6 +333,28 @@ fn entries(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The regular files below `root`, relative to it, sorted.
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    entries(root).into_iter().filter(|r| fs::symlink_metadata(root.join(r)).unwrap().is_file()).collect()
+}
+
+/// Total size of the regular files below `root`.
+pub fn bytes_under(root: &Path) -> u64 {
+    files_under(root).iter().map(|r| fs::metadata(root.join(r)).unwrap().len()).sum()
+}
+
+/// Copies the directories and regular files below `from` to `to` (contents only).
+pub fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for r in entries(from) {
+        if fs::symlink_metadata(from.join(&r)).unwrap().is_dir() {
+            fs::create_dir_all(to.join(&r)).unwrap();
+        } else {
+            fs::copy(from.join(&r), to.join(&r)).unwrap();
+        }
+    }
+}
+
 /// Differences between two trees: names, types, bytes, symlink targets, modes, mtimes (ns),
 /// owners, and which names are hard links of each other. Empty when identical.
 pub fn tree_diff(src: &Path, dst: &Path) -> Vec<String> {

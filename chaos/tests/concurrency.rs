@@ -17,7 +17,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use chaos::argv;
-use chaos::testkit::{assert_same_tree, restored_path, Bakare, FakeClock, Rng, HOUR_NS};
+use chaos::testkit::{assert_same_tree, copy_tree, restored_path, Bakare, FakeClock, Rng, HOUR_NS};
 
 fn faulty() -> Bakare {
     Bakare::new(env!("CARGO_BIN_EXE_bakare-faulty"))
@@ -198,18 +198,6 @@ fn a_writer_suspended_at_any_step_survives_forget_and_prune() {
         // condemned: phase 2 must have rescued them.
         if i < 4 {
             assert!(rescued >= 1, "{step}: nothing rescued");
-        }
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &to.join(e.file_name()));
-        } else {
-            fs::copy(e.path(), to.join(e.file_name())).unwrap();
         }
     }
 }

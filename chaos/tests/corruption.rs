@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use chaos::argv;
 use chaos::oracle::{file_deps, key_file, FileDeps};
-use chaos::testkit::{Bakare, Rng};
+use chaos::testkit::{copy_tree, files_under, Bakare, Rng};
 
 fn write_state(root: &Path, rng: &mut Rng, round: usize) {
     for d in ["docs/notes", "media", "code/src/deep"] {
@@ -38,31 +38,6 @@ fn write_state(root: &Path, rng: &mut Rng, round: usize) {
     fs::write(&big, data).unwrap();
     fs::create_dir_all(root.join(format!("round{round}"))).unwrap();
     fs::write(root.join(format!("round{round}/new.txt")), rng.text(4000)).unwrap();
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &t);
-        } else {
-            fs::copy(e.path(), &t).unwrap();
-        }
-    }
-}
-
-fn files_below(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
-    for e in fs::read_dir(root.join(rel)).unwrap() {
-        let e = e.unwrap();
-        let r = rel.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            files_below(root, &r, out);
-        } else {
-            out.push(r);
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -135,8 +110,7 @@ fn build() -> World {
         states.push((j["snapshot"].as_str().unwrap().to_string(), state));
     }
     let deps = file_deps(&b.repo, &key_file(b.home.path()));
-    let mut objects = Vec::new();
-    files_below(&b.repo, Path::new(""), &mut objects);
+    let mut objects = files_under(&b.repo);
     objects.retain(|p| !p.starts_with("tmp"));
     objects.sort();
     World { b, src, states, deps, objects, _dir: dir }

@@ -240,7 +240,7 @@ pub(crate) struct PackVerdict {
 }
 
 /// Reads a pack whole: checks its name, header, trailer, and (with the identity) every blob.
-pub(crate) fn verify_pack(
+fn verify_pack(
     repo: &Repository,
     identity: Option<&age::x25519::Identity>,
     index: &Index,
@@ -330,29 +330,38 @@ pub(crate) fn verify_pack(
     v
 }
 
-/// Reads the selected packs in parallel.
-fn read_data(repo: &Repository, survey: &Survey, subset: Subset, workers: usize, report: &mut CheckReport) {
+/// Reads `packs` whole with `workers` threads (`verify_pack` each); results sorted by pack.
+pub(crate) fn verify_packs(
+    repo: &Repository,
+    index: &Index,
+    packs: Vec<PackId>,
+    workers: usize,
+) -> Vec<(PackId, PackVerdict)> {
     let identity = repo.key.identity().ok();
-    let mut seed = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
-    let chosen: Vec<(&PackId, &String)> =
-        survey.present.iter().filter(|(id, _)| subset.picks(id, &seed)).collect();
-    report.packs_read = chosen.len();
-    let next = Mutex::new(chosen.into_iter());
+    let next = Mutex::new(packs.into_iter());
     let results = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..workers.max(1) {
             s.spawn(|| loop {
                 let job = next.lock().unwrap_or_else(|p| p.into_inner()).next();
-                let Some((id, key)) = job else { break };
-                let v = verify_pack(repo, identity, &survey.index, id, key);
-                results.lock().unwrap_or_else(|p| p.into_inner()).push((*id, v));
+                let Some(id) = job else { break };
+                let v = verify_pack(repo, identity, index, &id, &pack::pack_key(&id));
+                results.lock().unwrap_or_else(|p| p.into_inner()).push((id, v));
             });
         }
     });
     let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
     results.sort_by_key(|r| r.0);
-    for (pack, v) in results {
+    results
+}
+
+/// Reads the selected packs in parallel.
+fn read_data(repo: &Repository, survey: &Survey, subset: Subset, workers: usize, report: &mut CheckReport) {
+    let mut seed = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+    let chosen: Vec<PackId> = survey.present.keys().filter(|id| subset.picks(id, &seed)).copied().collect();
+    report.packs_read = chosen.len();
+    for (pack, v) in verify_packs(repo, &survey.index, chosen, workers) {
         report.damage.extend(v.damage);
         report.bytes_read += v.bytes;
         report.blobs_verified += v.blobs;

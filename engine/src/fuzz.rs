@@ -203,7 +203,6 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
         errors: vec![crate::snapshot::FileError { path: b"/x".to_vec(), why: "gone".into() }],
         program: "bakare".into(),
     };
-    let postcard = |v: &dyn erased::Encode| v.encode();
     match target {
         "config" => {
             let c = crate::config::Config {
@@ -221,11 +220,11 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
             vec![c.encode()]
         }
         "pack" => vec![sample_pack()],
-        "pack_trailer" => vec![sealed(postcard(&entries))],
-        "index_segment" => vec![sealed(postcard(&vec![([9u8; 32], entries.clone())]))],
+        "pack_trailer" => vec![sealed(encode(&entries))],
+        "index_segment" => vec![sealed(encode(&vec![([9u8; 32], entries.clone())]))],
         "tree" => vec![crate::tree::Tree { nodes: vec![node, dir] }.encode()],
         "snapshot" => {
-            let mut v = vec![sealed(postcard(&snap))];
+            let mut v = vec![sealed(encode(&snap))];
             if let Ok(enc) = snap.encode(&k.key.recipient) {
                 v.push([vec![0u8], enc].concat());
             }
@@ -242,7 +241,7 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
                 dev: 4,
                 content: vec![id],
             };
-            let body = postcard(&e);
+            let body = encode(&e);
             let mut rec = (body.len() as u32).to_le_bytes().to_vec();
             rec.extend_from_slice(&body);
             rec.extend_from_slice(&blake3::hash(&body).as_bytes()[..8]);
@@ -250,7 +249,7 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
         }
         "catalog" => {
             let c = crate::catalog::Catalog::empty([7; 16]);
-            let mut v = vec![sealed(postcard(&c))];
+            let mut v = vec![sealed(encode(&c))];
             if let Ok(enc) = c.encode(&k.wk.catalog_key) {
                 v.push([vec![0u8], enc].concat());
             }
@@ -301,14 +300,7 @@ fn sample_pack() -> Vec<u8> {
     pack
 }
 
-mod erased {
-    /// postcard encoding of any serializable sample (plain data: cannot fail).
-    pub trait Encode {
-        fn encode(&self) -> Vec<u8>;
-    }
-    impl<T: serde::Serialize> Encode for T {
-        fn encode(&self) -> Vec<u8> {
-            postcard::to_allocvec(self).unwrap_or_default()
-        }
-    }
+/// postcard bytes of a sample (plain data: serializing cannot fail).
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).unwrap_or_default()
 }

@@ -101,14 +101,10 @@ impl Index {
 
     /// Loads every segment; packs that no readable segment covers (a damaged segment, or a
     /// session that crashed after writing packs but before its segment) are read from their
-    /// trailers. Returns the index and a warning per problem found.
-    pub fn load(backend: &dyn Backend, catalog_key: &Secret32) -> Result<(Index, Vec<String>)> {
-        Index::load_with(backend, catalog_key, &HashSet::new(), Use::Read)
-    }
-
-    /// Like `load`, with the packs prune has condemned: a reader still reads them (after every
-    /// other copy of a blob); a writer treats their blobs as absent (design.md section 4,
-    /// rule 3), and so stores such data again.
+    /// trailers. Returns the index and a warning per problem found. Packs prune has condemned
+    /// are handled as `usage` says: a reader still reads them (after every other copy of a
+    /// blob); a writer treats their blobs as absent (design.md section 4, rule 3), and so stores
+    /// such data again.
     pub fn load_with(
         backend: &dyn Backend,
         catalog_key: &Secret32,

@@ -40,7 +40,7 @@ pub struct IndexRepair {
 /// Safe while backups run: segments are listed before packs, and a backup writes its packs
 /// before its segment, so every pack of a listed segment is seen; segments written after the
 /// listing are not touched.
-pub fn repair_index(repo: &Repository, read_data: bool) -> Result<IndexRepair> {
+pub fn repair_index(repo: &Repository, read_data: bool, workers: usize) -> Result<IndexRepair> {
     let backend = repo.backend.as_ref();
     let mut out = IndexRepair::default();
     let mut old = backend.list("index")?;
@@ -87,20 +87,22 @@ pub fn repair_index(repo: &Repository, read_data: bool) -> Result<IndexRepair> {
         }
     }
     if read_data {
-        let identity = repo.key.identity()?;
-        let empty = Index::default();
+        repo.key.identity()?;
+        let ids: Vec<PackId> = body.iter().map(|(id, _)| *id).collect();
+        let verdicts: HashMap<PackId, HashSet<BlobId>> =
+            check::verify_packs(repo, &Index::default(), ids, workers)
+                .into_iter()
+                .map(|(id, v)| (id, v.bad_blobs.into_iter().map(|(b, _)| b).collect()))
+                .collect();
         for (id, entries) in &mut body {
-            let v = check::verify_pack(repo, Some(identity), &empty, id, &pack::pack_key(id));
-            let bad: HashSet<BlobId> = v.bad_blobs.iter().map(|(b, _)| *b).collect();
-            if !bad.is_empty() {
-                out.problems.push(format!(
-                    "{}: {} damaged blobs left out of the index (a backup of the same data stores them again)",
-                    pack::pack_key(id),
-                    bad.len()
-                ));
-                out.dropped_blobs += bad.len();
-                entries.retain(|e| !bad.contains(&e.id));
-            }
+            let Some(bad) = verdicts.get(id).filter(|b| !b.is_empty()) else { continue };
+            out.problems.push(format!(
+                "{}: {} damaged blobs left out of the index (a backup of the same data stores them again)",
+                pack::pack_key(id),
+                bad.len()
+            ));
+            out.dropped_blobs += bad.len();
+            entries.retain(|e| !bad.contains(&e.id));
         }
     }
     out.packs = body.len();

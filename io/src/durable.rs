@@ -43,8 +43,13 @@ pub fn publish(tmp: &Path, dest: &Path) -> io::Result<bool> {
     Ok(created)
 }
 
-/// Writes `data` durably under `dest` (see module doc). Parent directories are created.
-pub fn write_atomic(dest: &Path, data: &[u8]) -> io::Result<bool> {
+/// Writes `data` to a new temporary file beside `dest`, synced, then hands it to `place`
+/// (which moves it to `dest`); the temporary file is removed if anything fails.
+fn write_then<T>(
+    dest: &Path,
+    data: &[u8],
+    place: impl FnOnce(&Path, &Path) -> io::Result<T>,
+) -> io::Result<T> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let tmp = temp_path(dir);
@@ -53,37 +58,41 @@ pub fn write_atomic(dest: &Path, data: &[u8]) -> io::Result<bool> {
         f.write_all(data)?;
         f.sync_all()?;
         drop(f);
-        publish(&tmp, dest)
+        place(&tmp, dest)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Writes `data` durably under `dest` (see module doc). Parent directories are created.
+pub fn write_atomic(dest: &Path, data: &[u8]) -> io::Result<bool> {
+    write_then(dest, data, publish)
 }
 
 /// Writes `data` durably under `dest`, atomically replacing what was there (rename): only for
 /// the few objects that are settings, not content (the repository `config`).
 pub fn replace_atomic(dest: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let tmp = temp_path(dir);
-    let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, dest)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    write_then(dest, data, |tmp, dest| {
+        fs::rename(tmp, dest)?;
+        sync_dir(dest.parent().unwrap_or(Path::new(".")))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replace_atomic_replaces_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config");
+        replace_atomic(&p, b"one").unwrap();
+        replace_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 
     #[test]
     fn write_atomic_never_replaces() {
