@@ -59,6 +59,11 @@ pub trait Backend: Send + Sync {
     fn stage(&self) -> Result<Box<dyn Staged>>;
     fn get(&self, key: &str) -> Result<Vec<u8>>;
     fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// `get_range` into `buf` (replacing its contents), so a reader can reuse one buffer.
+    fn get_range_into(&self, key: &str, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<()> {
+        *buf = self.get_range(key, offset, len)?;
+        Ok(())
+    }
     fn size(&self, key: &str) -> Result<u64>;
     fn list(&self, dir: &str) -> Result<Vec<String>>;
     /// Removes an object; removing one that is already gone succeeds (several processes may
@@ -180,15 +185,23 @@ impl Backend for LocalBackend {
     }
 
     fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.get_range_into(key, offset, len, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn get_range_into(&self, key: &str, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<()> {
         let mut f = File::open(self.path(key)?).map_err(|e| StorageError::io(key, e))?;
         f.seek(SeekFrom::Start(offset)).map_err(|e| StorageError::io(key, e))?;
-        let mut buf = Vec::with_capacity(len);
-        f.take(len as u64).read_to_end(&mut buf).map_err(|e| StorageError::io(key, e))?;
+        buf.clear();
+        buf.reserve(len);
+        // Reads into the spare capacity: a reused buffer is not zeroed first.
+        f.take(len as u64).read_to_end(buf).map_err(|e| StorageError::io(key, e))?;
         if buf.len() != len {
             let e = io::Error::new(io::ErrorKind::UnexpectedEof, "object shorter than expected");
             return Err(StorageError::Io { key: key.to_string(), source: e });
         }
-        Ok(buf)
+        Ok(())
     }
 
     fn size(&self, key: &str) -> Result<u64> {

@@ -9,6 +9,7 @@
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::budget::MemoryBudget;
 use crate::msg::{BlobKind, Cancel, Framed, Member, NewBlob, BUNDLE_ID};
 use crate::Workers;
 
@@ -73,8 +74,19 @@ impl Compressor {
 
     /// Frames `data`, compressed when that pays.
     pub fn frame(&mut self, data: &[u8]) -> Vec<u8> {
+        self.frame_into(data, Vec::new())
+    }
+
+    /// What `frame_into` may need for `len` bytes (compressed or not), sealing tag included.
+    pub fn frame_capacity(len: usize) -> usize {
+        let raw = padded_len(HEADER + len) + NONCE_ROOM + 16;
+        raw.max(NONCE_ROOM + HEADER + zstd::zstd_safe::compress_bound(len))
+    }
+
+    /// `frame`, into `buf` (emptied first): a recycled buffer saves the allocation.
+    pub fn frame_into(&mut self, data: &[u8], mut buf: Vec<u8>) -> Vec<u8> {
         let start = NONCE_ROOM + HEADER;
-        let mut buf = Vec::new();
+        buf.clear();
         let mut codec = CODEC_RAW;
         if self.worth_it(data) {
             buf.resize(start + zstd::zstd_safe::compress_bound(data.len()), 0);
@@ -102,6 +114,15 @@ impl Compressor {
 
 /// Reverses `Compressor::frame` on a decrypted frame (without the nonce room).
 pub fn unframe(frame: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let mut out = Vec::new();
+    unframe_into(frame, &mut out)?;
+    Ok(out)
+}
+
+/// `unframe` into `out` (emptied first), so that a reader can reuse one buffer for every blob;
+/// zstd writes into its spare capacity, which is never zeroed first.
+pub fn unframe_into(frame: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
+    out.clear();
     if frame.len() < HEADER {
         return Err(FrameError::Malformed);
     }
@@ -113,7 +134,10 @@ pub fn unframe(frame: &[u8]) -> Result<Vec<u8>, FrameError> {
     }
     let payload = frame.get(HEADER..HEADER + payload_len).ok_or(FrameError::Malformed)?;
     match codec {
-        CODEC_RAW if payload_len == raw_len => Ok(payload.to_vec()),
+        CODEC_RAW if payload_len == raw_len => {
+            out.extend_from_slice(payload);
+            Ok(())
+        }
         CODEC_RAW => Err(FrameError::Malformed),
         CODEC_ZSTD => {
             thread_local! {
@@ -121,7 +145,7 @@ pub fn unframe(frame: &[u8]) -> Result<Vec<u8>, FrameError> {
                 static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
                     const { std::cell::RefCell::new(None) };
             }
-            let mut out = vec![0u8; raw_len];
+            out.reserve(raw_len);
             let n = DCTX
                 .with(|cell| {
                     let mut slot = cell.borrow_mut();
@@ -129,15 +153,18 @@ pub fn unframe(frame: &[u8]) -> Result<Vec<u8>, FrameError> {
                         *slot = Some(zstd::bulk::Decompressor::new()?);
                     }
                     match slot.as_mut() {
-                        Some(d) => d.decompress_to_buffer(payload, &mut out[..]),
+                        // Bounded by the capacity (at least `raw_len`); a frame that holds more
+                        // or less than it claims fails below.
+                        Some(d) => d.decompress_to_buffer(payload, out),
                         None => Err(std::io::Error::other("no zstd context")),
                     }
                 })
                 .map_err(|e| FrameError::Decompress(e.to_string()))?;
-            if n != raw_len {
+            if n != raw_len || out.len() != raw_len {
+                out.clear();
                 return Err(FrameError::Malformed);
             }
-            Ok(out)
+            Ok(())
         }
         c => Err(FrameError::Codec(c)),
     }
@@ -175,12 +202,12 @@ impl Bundle {
         // `blob` (its buffer slice and permit) is dropped here.
     }
 
-    fn take(&mut self, c: &mut Compressor) -> Option<Framed> {
+    fn take(&mut self, c: &mut Compressor, budget: &MemoryBudget) -> Option<Framed> {
         if self.members.is_empty() {
             return None;
         }
         let b = std::mem::take(self);
-        let buf = c.frame(&b.data);
+        let buf = c.frame_into(&b.data, budget.take_buffer(Compressor::frame_capacity(b.data.len())));
         let raw_len = b.data.len() as u32;
         Some(Framed {
             id: BUNDLE_ID,
@@ -193,8 +220,10 @@ impl Bundle {
     }
 }
 
+/// `budget` lends recycled buffers for the frames (the write stage gives them back).
 pub fn spawn(
     cfg: CompressConfig,
+    budget: MemoryBudget,
     input: Receiver<NewBlob>,
     out: Sender<Framed>,
     cancel: Cancel,
@@ -213,7 +242,7 @@ pub fn spawn(
             if blob.kind == BlobKind::Data && blob.data.len() < SMALL_BLOB {
                 bundle.add(blob);
                 if bundle.data.len() >= BUNDLE_TARGET {
-                    if let Some(f) = bundle.take(&mut cb) {
+                    if let Some(f) = bundle.take(&mut cb, &budget) {
                         if out.send(f).is_err() {
                             return;
                         }
@@ -221,7 +250,8 @@ pub fn spawn(
                 }
                 continue;
             }
-            let buf = c.frame(&blob.data);
+            let buf =
+                c.frame_into(&blob.data, budget.take_buffer(Compressor::frame_capacity(blob.data.len())));
             let raw_len = blob.data.len() as u32;
             let framed = Framed {
                 id: blob.id,
@@ -236,7 +266,7 @@ pub fn spawn(
             }
         }
         // The input is closed: what is gathered goes out now.
-        if let Some(f) = bundle.take(&mut cb) {
+        if let Some(f) = bundle.take(&mut cb, &budget) {
             if !cancel.is_cancelled() {
                 let _ = out.send(f);
             }

@@ -108,17 +108,31 @@ pub fn hex_id(id: &[u8]) -> String {
 
 /// Opens a sealed blob; returns the framed plaintext (see compress::unframe).
 pub fn open(key: &DataKey, id: &BlobId, kind: BlobKind, sealed: &[u8]) -> Result<Vec<u8>, AuthError> {
+    let mut buf = sealed.to_vec();
+    let frame = open_in_place(key, id, kind, &mut buf)?;
+    buf.truncate(frame.end);
+    buf.drain(..frame.start);
+    Ok(buf)
+}
+
+/// Opens a sealed blob where it lies: on success `sealed[range]` is the framed plaintext.
+pub fn open_in_place(
+    key: &DataKey,
+    id: &BlobId,
+    kind: BlobKind,
+    sealed: &mut [u8],
+) -> Result<std::ops::Range<usize>, AuthError> {
     if sealed.len() < NONCE_ROOM + TAG_LEN {
         return Err(AuthError(*id));
     }
     let cipher = Aes256Gcm::new(key.as_bytes().into());
-    let (nonce, rest) = sealed.split_at(NONCE_ROOM);
-    let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-    let mut buf = ct.to_vec();
+    let (nonce, rest) = sealed.split_at_mut(NONCE_ROOM);
+    let end = rest.len() - TAG_LEN;
+    let (ct, tag) = rest.split_at_mut(end);
     cipher
-        .decrypt_in_place_detached(Nonce::from_slice(nonce), &aad(id, kind), &mut buf, tag.into())
+        .decrypt_in_place_detached(Nonce::from_slice(nonce), &aad(id, kind), ct, (&*tag).into())
         .map_err(|_| AuthError(*id))?;
-    Ok(buf)
+    Ok(NONCE_ROOM..NONCE_ROOM + end)
 }
 
 #[derive(Clone, Copy, Debug)]
