@@ -1,19 +1,19 @@
-//! scan: roots -> ScanEvent (tree shape) + ReadJob (files to read). Workers: 1.
-//! Holds one sorted directory listing per open depth (walkdir) and the (dev, inode) of files with
+//! scan: roots -> ScanEvent (tree shape) + ReadJob (files to read). Workers: 1, plus `LISTERS`
+//! threads that list directories ahead of it (io::dir: getdents and a stat per entry through
+//! the directory's descriptor). Holds one sorted listing per open depth, up to
+//! `LISTINGS_AHEAD` listings requested ahead, and the (dev, inode) of files with
 //! several links. Depth-first, sorted by name bytes, so the same input gives the same trees.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
-use walkdir::WalkDir;
 
 use crate::msg::{BlobId, Cancel, FileKind, Meta, Progress, ReadJob, ScanEvent};
 
@@ -72,6 +72,34 @@ pub fn meta_of(md: &fs::Metadata) -> Meta {
     }
 }
 
+/// `meta_of` for a stat taken through a directory descriptor (io::dir). The casts are for the
+/// architectures where these fields have other widths.
+#[allow(clippy::unnecessary_cast)]
+pub fn meta_of_stat(st: &rustix::fs::Stat) -> Meta {
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => FileKind::Dir,
+        libc::S_IFLNK => FileKind::Symlink,
+        libc::S_IFIFO => FileKind::Fifo,
+        libc::S_IFSOCK => FileKind::Socket,
+        libc::S_IFCHR => FileKind::CharDev,
+        libc::S_IFBLK => FileKind::BlockDev,
+        _ => FileKind::File,
+    };
+    Meta {
+        kind,
+        mode: st.st_mode,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size: if kind == FileKind::File { st.st_size as u64 } else { 0 },
+        mtime_ns: st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64,
+        ctime_ns: st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64,
+        ino: st.st_ino,
+        dev: st.st_dev,
+        nlink: st.st_nlink as u64,
+        rdev: st.st_rdev,
+    }
+}
+
 /// Makes roots absolute and lexically normal, drops duplicates and roots inside other roots, and
 /// sorts them component-wise (the order the tree builder needs).
 pub fn normalize_roots(roots: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
@@ -99,6 +127,105 @@ pub fn normalize_roots(roots: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
         }
     }
     Ok(kept)
+}
+
+/// Threads listing directories ahead of the walk, and how many listings may be requested ahead
+/// (each holds one directory's entries until the walk reaches it).
+const LISTERS: usize = 2;
+const LISTINGS_AHEAD: usize = 8;
+
+type Listing = std::io::Result<Vec<::io::dir::Entry>>;
+
+/// Lists directories on other threads: the scan asks for the directories it will enter next
+/// while it handles the entries before them, so the stat calls of several directories run at
+/// once, and the output keeps the walk's order.
+struct Lister {
+    jobs: Option<crossbeam_channel::Sender<(PathBuf, Sender<Listing>)>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Lister {
+    fn start(n: usize) -> std::io::Result<Lister> {
+        let (tx, rx) = crossbeam_channel::unbounded::<(PathBuf, Sender<Listing>)>();
+        let mut threads = Vec::new();
+        for i in 0..n {
+            let rx = rx.clone();
+            threads.push(std::thread::Builder::new().name(format!("list-{i}")).spawn(move || {
+                for (path, reply) in rx {
+                    let _ = reply.send(::io::dir::list(&path));
+                }
+            })?);
+        }
+        Ok(Lister { jobs: Some(tx), threads })
+    }
+
+    fn request(&self, path: PathBuf) -> Option<crossbeam_channel::Receiver<Listing>> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.jobs.as_ref()?.send((path, tx)).ok()?;
+        Some(rx)
+    }
+
+    fn list_now(&self, path: &Path) -> Listing {
+        ::io::dir::list(path)
+    }
+}
+
+impl Drop for Lister {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One directory being walked: its remaining entries, and its remaining subdirectories (not
+/// excluded) with their listings when requested ahead.
+struct Frame {
+    path: PathBuf,
+    entries: std::vec::IntoIter<::io::dir::Entry>,
+    subdirs: std::collections::VecDeque<(OsString, Option<crossbeam_channel::Receiver<Listing>>)>,
+    /// How many of `subdirs` (from the front) have been requested.
+    submitted: usize,
+    /// Whether an Enter event was emitted for it (not for the file system root).
+    entered: bool,
+}
+
+impl Frame {
+    fn new(path: PathBuf, entries: Vec<::io::dir::Entry>, entered: bool, exclude: &Option<Exclude>) -> Frame {
+        let subdirs = entries
+            .iter()
+            .filter(|e| e.stat.as_ref().is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR))
+            .filter(|e| !exclude.as_ref().is_some_and(|f| f(&path.join(&e.name), true)))
+            .map(|e| (e.name.clone(), None))
+            .collect();
+        Frame { path, entries: entries.into_iter(), subdirs, submitted: 0, entered }
+    }
+}
+
+/// Requests listings in the order the walk will need them: the deepest directory's remaining
+/// subdirectories first, then its parent's, and so on, up to `LISTINGS_AHEAD` at once.
+#[derive(Default)]
+struct Ahead {
+    outstanding: usize,
+}
+
+impl Ahead {
+    fn top_up(&mut self, frames: &mut [Frame], lister: &Lister) {
+        for f in frames.iter_mut().rev() {
+            while self.outstanding < LISTINGS_AHEAD && f.submitted < f.subdirs.len() {
+                let (name, slot) = &mut f.subdirs[f.submitted];
+                *slot = lister.request(f.path.join(&*name));
+                if slot.is_some() {
+                    self.outstanding += 1;
+                }
+                f.submitted += 1;
+            }
+            if self.outstanding >= LISTINGS_AHEAD {
+                return;
+            }
+        }
+    }
 }
 
 /// Events travel to the tree builder in batches: one channel handoff per event (and a wakeup
@@ -178,56 +305,86 @@ impl Scanner {
         self.emit(ScanEvent::Error { path: path.to_path_buf(), why })
     }
 
-    fn walk(&mut self, root: &Path, exclude: &Option<Exclude>) -> Result<(), Closed> {
-        let is_fs_root = root.parent().is_none();
-        // A root that is a symlink is saved as the symlink (walkdir would follow it by default,
-        // yielding the target's entries under a node recorded as a symlink).
-        let walker = WalkDir::new(root)
-            .follow_links(false)
-            .follow_root_links(false)
-            .min_depth(usize::from(is_fs_root))
-            .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
-        let ex = exclude.clone();
-        let walker = walker.into_iter().filter_entry(move |e| match &ex {
-            Some(f) if e.depth() > 0 => !f(e.path(), e.file_type().is_dir()),
-            _ => true,
-        });
-        // Depths of the directories this walk has entered and not yet left.
-        let mut open: Vec<usize> = Vec::new();
-        for item in walker {
+    fn walk(&mut self, root: &Path, exclude: &Option<Exclude>, lister: &Lister) -> Result<(), Closed> {
+        let mut frames: Vec<Frame> = Vec::new();
+        if root.parent().is_none() {
+            // The file system root: its entries go straight into the snapshot's root.
+            match lister.list_now(root) {
+                Ok(entries) => frames.push(Frame::new(root.to_path_buf(), entries, false, exclude)),
+                Err(e) => return self.error(root, format!("cannot list: {e}")),
+            }
+        } else {
+            // A root that is a symlink is saved as the symlink, not followed.
+            let meta = match fs::symlink_metadata(root) {
+                Ok(md) => meta_of(&md),
+                Err(e) => return self.error(root, format!("cannot stat: {e}")),
+            };
+            let name = root.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+            let is_dir = meta.kind == FileKind::Dir;
+            self.entry(root, name, meta)?;
+            if !is_dir {
+                return Ok(());
+            }
+            match lister.list_now(root) {
+                Ok(entries) => frames.push(Frame::new(root.to_path_buf(), entries, true, exclude)),
+                Err(e) => {
+                    // The directory was entered: it stays, empty.
+                    self.error(root, format!("cannot list: {e}"))?;
+                    return self.emit(ScanEvent::Leave);
+                }
+            }
+        }
+        let mut ahead = Ahead::default();
+        while let Some(top) = frames.last_mut() {
             if self.cancel.is_cancelled() {
                 return Err(Closed);
             }
-            let entry = match item {
-                Ok(e) => e,
-                Err(e) => {
-                    let path = e.path().unwrap_or(root).to_path_buf();
-                    let why = e.io_error().map_or_else(|| e.to_string(), |io| io.to_string());
-                    // An unreadable directory was already entered: it stays, empty.
-                    self.error(&path, format!("cannot list or stat: {why}"))?;
-                    continue;
+            let Some(entry) = top.entries.next() else {
+                let done = frames.pop();
+                if done.is_some_and(|f| f.entered) {
+                    self.emit(ScanEvent::Leave)?;
                 }
+                continue;
             };
-            while open.last().is_some_and(|&d| d >= entry.depth()) {
-                open.pop();
-                self.emit(ScanEvent::Leave)?;
-            }
-            let meta = match entry.metadata() {
-                Ok(md) => meta_of(&md),
+            let path = top.path.join(&entry.name);
+            let meta = match entry.stat {
+                Ok(st) => meta_of_stat(&st),
                 Err(e) => {
-                    self.error(entry.path(), format!("cannot stat: {e}"))?;
+                    self.error(&path, format!("cannot stat: {e}"))?;
                     continue;
                 }
             };
             let is_dir = meta.kind == FileKind::Dir;
-            let name = entry.file_name().to_os_string();
-            self.entry(entry.path(), name, meta)?;
-            if is_dir {
-                open.push(entry.depth());
+            if !is_dir && exclude.as_ref().is_some_and(|f| f(&path, false)) {
+                continue;
             }
-        }
-        for _ in open {
-            self.emit(ScanEvent::Leave)?;
+            if is_dir && top.subdirs.front().map(|(n, _)| n) != Some(&entry.name) {
+                continue; // excluded when its parent was listed
+            }
+            let listing = if is_dir {
+                let slot = top.subdirs.pop_front().and_then(|(_, slot)| slot);
+                if slot.is_some() {
+                    ahead.outstanding -= 1;
+                }
+                top.submitted = top.submitted.saturating_sub(1);
+                Some(slot.map_or_else(
+                    || lister.list_now(&path),
+                    |rx| rx.recv().unwrap_or_else(|_| lister.list_now(&path)),
+                ))
+            } else {
+                None
+            };
+            self.entry(&path, entry.name, meta)?;
+            if let Some(listing) = listing {
+                match listing {
+                    Ok(entries) => frames.push(Frame::new(path, entries, true, exclude)),
+                    Err(e) => {
+                        self.error(&path, format!("cannot list: {e}"))?;
+                        self.emit(ScanEvent::Leave)?;
+                    }
+                }
+            }
+            ahead.top_up(&mut frames, lister);
         }
         Ok(())
     }
@@ -235,6 +392,7 @@ impl Scanner {
     fn run(&mut self, mut cfg: ScanConfig) -> Result<(), Closed> {
         self.known = cfg.known.take();
         self.progress = cfg.progress.clone();
+        let lister = Lister::start(LISTERS).map_err(|_| Closed)?;
         // Ancestors of the roots are entered (with their own metadata) so that the snapshot keeps
         // absolute paths: /home/u/docs is restored as TARGET/home/u/docs.
         let mut open: Vec<OsString> = Vec::new();
@@ -267,7 +425,7 @@ impl Scanner {
             if open.len() < parents.len() {
                 continue; // an ancestor failed; the error is recorded
             }
-            self.walk(root, &cfg.exclude)?;
+            self.walk(root, &cfg.exclude, &lister)?;
         }
         for _ in open {
             self.emit(ScanEvent::Leave)?;
@@ -363,6 +521,70 @@ mod tests {
             &["+src", "+a", "x", "-", "+b", "+inner", "-", "=x2", "z", "-", "@c", "-"]
         );
         assert_eq!(jrx.iter().count(), 2);
+    }
+
+    /// The reference order: depth first, names sorted bytewise, excluded directories left out.
+    fn reference(dir: &Path, skip: &Path, out: &mut Vec<String>) {
+        let mut names: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+        for n in names {
+            let p = dir.join(&n);
+            if p == skip {
+                continue;
+            }
+            if p.is_dir() {
+                out.push(format!("+{}", n.to_string_lossy()));
+                reference(&p, skip, out);
+                out.push("-".into());
+            } else {
+                out.push(n.to_string_lossy().into());
+            }
+        }
+    }
+
+    #[test]
+    fn listing_ahead_keeps_the_walk_order_on_a_wide_deep_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("src");
+        let mut x = 7u64;
+        let mut next = move |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        // ~300 directories up to 4 deep, more than LISTINGS_AHEAD at every level.
+        let mut dirs = vec![root.clone()];
+        fs::create_dir_all(&root).unwrap();
+        for i in 0..300 {
+            let parent = dirs[next(dirs.len() as u64) as usize].clone();
+            if parent.components().count() - root.components().count() >= 4 {
+                continue;
+            }
+            let d = parent.join(format!("d{}", next(1000)));
+            if fs::create_dir(&d).is_ok() {
+                fs::write(d.join(format!("f{i}")), b"x").unwrap();
+                dirs.push(d);
+            }
+        }
+        let skip = dirs[dirs.len() / 2].clone();
+        let mut want = Vec::new();
+        reference(&root, &skip, &mut want);
+        let (etx, erx) = crossbeam_channel::unbounded();
+        let (jtx, jrx) = crossbeam_channel::unbounded();
+        let skip2 = skip.clone();
+        let cfg = ScanConfig {
+            roots: normalize_roots(std::slice::from_ref(&root)).unwrap(),
+            exclude: Some(Arc::new(move |p: &Path, _| p == skip2)),
+            known: None,
+            progress: Arc::default(),
+        };
+        let stats = spawn(cfg, etx, jtx, Cancel::default()).unwrap().finish();
+        let n = names(&erx.iter().flatten().collect::<Vec<_>>());
+        let depth = root.components().count() - 2;
+        assert_eq!(&n[depth + 1..n.len() - depth - 1], &want[..]);
+        assert_eq!(jrx.iter().count() as u64, stats.files);
+        assert!(!n.iter().any(|e| e == "E"), "no errors");
     }
 
     #[test]
