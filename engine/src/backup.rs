@@ -200,13 +200,12 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
         })
         .collect();
     let spawn_err = |e: std::io::Error| Error::Pipeline(format!("cannot start a stage: {e}"));
-    let write = stages::write::spawn(sinks, budget.clone(), sealed_rxs, cancel.clone()).map_err(spawn_err)?;
+    let write = stages::write::spawn(sinks, sealed_rxs, cancel.clone()).map_err(spawn_err)?;
     let enc_cfg = EncryptConfig { workers, rotate_after: repo.config.pack_size };
     let encrypt =
         stages::encrypt::spawn(enc_cfg, framed_rx, sealed_txs, cancel.clone()).map_err(spawn_err)?;
     let comp_cfg = CompressConfig { workers, level: 1 };
-    let compress = stages::compress::spawn(comp_cfg, budget.clone(), new_rx, framed_tx, cancel.clone())
-        .map_err(spawn_err)?;
+    let compress = stages::compress::spawn(comp_cfg, new_rx, framed_tx, cancel.clone()).map_err(spawn_err)?;
 
     let hash = stages::hash::spawn(
         workers,

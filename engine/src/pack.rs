@@ -147,7 +147,7 @@ impl PackSink {
         Ok(())
     }
 
-    fn add_blob(&mut self, blob: &Sealed) -> Result<()> {
+    fn add_blob(&mut self, blob: Sealed) -> Result<()> {
         let epoch = blob.epoch.id;
         if !self.open.contains_key(&epoch) {
             let wrapped = wrap_key(&self.recipient, &blob.epoch.key).map_err(Error::Pipeline)?;
@@ -203,7 +203,7 @@ impl PackSink {
 }
 
 impl BlobSink for PackSink {
-    fn add(&mut self, blob: &Sealed) -> std::result::Result<(), SinkError> {
+    fn add(&mut self, blob: Sealed) -> std::result::Result<(), SinkError> {
         Ok(self.add_blob(blob)?)
     }
 

@@ -71,7 +71,7 @@ impl<'a> BlobWriter<'a> {
             members: Vec::new(),
             permits: Vec::new(),
         };
-        self.sink.add(&sealed).map_err(|e| Error::Pipeline(format!("writing pack: {e}")))?;
+        self.sink.add(sealed).map_err(|e| Error::Pipeline(format!("writing pack: {e}")))?;
         Ok(id)
     }
 

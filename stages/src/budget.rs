@@ -5,13 +5,6 @@
 //!
 //! Full-budget policy: a request larger than the whole budget is admitted only when nothing else
 //! is held (an empty pipeline), otherwise it could never be satisfied and would deadlock.
-//!
-//! The budget also keeps a few idle large buffers for reuse (`recycle` / `take_buffer`). The
-//! allocator returns freed large buffers to the OS at once (so that RSS follows the budget), and
-//! every new one is then faulted in and zeroed by the kernel again: that was ~20 % of a first
-//! backup's CPU on the mixed corpus (`clear_page_erms`). Idle buffers count against the limit
-//! like permits do, and are dropped first whenever a request would otherwise wait, so reuse
-//! never costs the ceiling or blocks anyone.
 #![forbid(unsafe_code)]
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -22,15 +15,7 @@ struct State {
     peak: u64,
     /// Lowered by `shrink` as long-lived structures (the session's dedup set) grow.
     limit: u64,
-    /// Idle buffers kept for reuse, and their capacity in bytes (held against `limit`).
-    idle: Vec<Vec<u8>>,
-    idle_bytes: u64,
 }
-
-/// Smaller buffers come from the allocator's own free lists, which it keeps: not worth pooling.
-pub const RECYCLE_MIN: usize = 256 << 10;
-/// At most this many idle buffers are kept.
-const MAX_IDLE: usize = 8;
 
 #[derive(Debug)]
 struct Inner {
@@ -54,13 +39,7 @@ impl MemoryBudget {
     pub fn new(limit: u64) -> Self {
         MemoryBudget {
             inner: Arc::new(Inner {
-                state: Mutex::new(State {
-                    used: 0,
-                    peak: 0,
-                    limit: limit.max(1),
-                    idle: Vec::new(),
-                    idle_bytes: 0,
-                }),
+                state: Mutex::new(State { used: 0, peak: 0, limit: limit.max(1) }),
                 freed: Condvar::new(),
             }),
         }
@@ -84,24 +63,14 @@ impl MemoryBudget {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether `bytes` fit, after dropping as many idle buffers as that takes.
-    fn fits(&self, st: &mut State, bytes: u64) -> bool {
-        loop {
-            let held = st.used + st.idle_bytes;
-            if held + bytes <= st.limit || held == 0 {
-                return true;
-            }
-            match st.idle.pop() {
-                Some(b) => st.idle_bytes -= b.capacity() as u64,
-                None => return false,
-            }
-        }
+    fn fits(&self, st: &State, bytes: u64) -> bool {
+        st.used + bytes <= st.limit || st.used == 0
     }
 
     /// Blocks until `bytes` fit.
     pub fn acquire(&self, bytes: u64) -> Permit {
         let mut st = self.lock();
-        while !self.fits(&mut st, bytes) {
+        while !self.fits(&st, bytes) {
             st = self.inner.freed.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         self.grant(&mut st, bytes)
@@ -109,52 +78,7 @@ impl MemoryBudget {
 
     pub fn try_acquire(&self, bytes: u64) -> Option<Permit> {
         let mut st = self.lock();
-        self.fits(&mut st, bytes).then(|| self.grant(&mut st, bytes))
-    }
-
-    /// An empty buffer with room for `cap` bytes: an idle one when one has between `cap` and
-    /// twice `cap` (callers' permits cover twice what they read), else a new allocation.
-    pub fn take_buffer(&self, cap: usize) -> Vec<u8> {
-        if cap >= RECYCLE_MIN {
-            let mut st = self.lock();
-            let best = (st.idle.iter().enumerate())
-                .filter(|(_, b)| b.capacity() >= cap && b.capacity() <= 2 * cap)
-                .min_by_key(|(_, b)| b.capacity())
-                .map(|(i, _)| i);
-            if let Some(i) = best {
-                let b = st.idle.swap_remove(i);
-                st.idle_bytes -= b.capacity() as u64;
-                drop(st);
-                self.inner.freed.notify_all();
-                return b;
-            }
-        }
-        Vec::with_capacity(cap)
-    }
-
-    /// Keeps a buffer that is no longer used, when it is large enough to be worth it and fits
-    /// under the limit; otherwise frees it.
-    pub fn recycle(&self, mut buf: Vec<u8>) {
-        let cap = buf.capacity();
-        if cap < RECYCLE_MIN {
-            return;
-        }
-        let mut st = self.lock();
-        if st.idle.len() < MAX_IDLE && st.used + st.idle_bytes + cap as u64 <= st.limit {
-            buf.clear();
-            st.idle_bytes += cap as u64;
-            st.idle.push(buf);
-        }
-    }
-
-    /// Frees every idle buffer (at the end of a run).
-    pub fn drop_idle(&self) {
-        let idle = {
-            let mut st = self.lock();
-            st.idle_bytes = 0;
-            std::mem::take(&mut st.idle)
-        };
-        drop(idle);
+        self.fits(&st, bytes).then(|| self.grant(&mut st, bytes))
     }
 
     fn grant(&self, st: &mut State, bytes: u64) -> Permit {
@@ -167,11 +91,6 @@ impl MemoryBudget {
         self.lock().used
     }
 
-    /// Bytes held by idle buffers.
-    pub fn idle_bytes(&self) -> u64 {
-        self.lock().idle_bytes
-    }
-
     /// The most bytes ever held at once.
     pub fn peak(&self) -> u64 {
         self.lock().peak
@@ -181,38 +100,6 @@ impl MemoryBudget {
 impl Permit {
     pub fn bytes(&self) -> u64 {
         self.bytes
-    }
-
-    pub fn budget(&self) -> &MemoryBudget {
-        &self.budget
-    }
-}
-
-/// A buffer that goes back to its budget's idle list when the last `Bytes` made from it drops.
-struct Recycled {
-    buf: Vec<u8>,
-    budget: MemoryBudget,
-}
-
-impl AsRef<[u8]> for Recycled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Recycled {
-    fn drop(&mut self) {
-        self.budget.recycle(std::mem::take(&mut self.buf));
-    }
-}
-
-impl MemoryBudget {
-    /// `buf` as shared bytes that return it to this budget's idle list once all are dropped.
-    pub fn bytes_from(&self, buf: Vec<u8>) -> bytes::Bytes {
-        if buf.capacity() < RECYCLE_MIN {
-            return bytes::Bytes::from(buf);
-        }
-        bytes::Bytes::from_owner(Recycled { buf, budget: self.clone() })
     }
 }
 
@@ -256,39 +143,6 @@ mod tests {
         assert!(b.try_acquire(70).is_some());
         b.shrink(1000, 50);
         assert_eq!(b.limit(), 50);
-    }
-
-    #[test]
-    fn idle_buffers_are_reused_and_never_block_a_request() {
-        let b = MemoryBudget::new(4 * RECYCLE_MIN as u64);
-        let buf = b.take_buffer(RECYCLE_MIN + 4096);
-        let ptr = buf.as_ptr();
-        b.recycle(buf);
-        let again = b.take_buffer(RECYCLE_MIN + 1000);
-        assert_eq!(again.as_ptr(), ptr, "the idle buffer is handed out again");
-        assert!(b.take_buffer(3 * RECYCLE_MIN).capacity() >= 3 * RECYCLE_MIN, "too small: a new one");
-        b.recycle(again);
-        // The idle buffer holds a quarter of the limit; a request for all of it still fits.
-        let all = b.try_acquire(4 * RECYCLE_MIN as u64).expect("idle buffers make room");
-        assert_eq!(b.idle_bytes(), 0, "it was dropped to make room");
-        b.recycle(vec![0u8; RECYCLE_MIN]);
-        assert_eq!(b.idle_bytes(), 0, "no room under the limit: not kept");
-        drop(all);
-        assert_eq!(b.used(), 0);
-        b.recycle(Vec::with_capacity(RECYCLE_MIN / 2));
-        assert_eq!(b.idle_bytes(), 0, "too small to keep");
-        b.recycle(Vec::with_capacity(RECYCLE_MIN));
-        assert_eq!(b.idle_bytes(), RECYCLE_MIN as u64);
-        let mut v = b.take_buffer(RECYCLE_MIN + 1);
-        v.resize(10, 7);
-        let shared = b.bytes_from(v);
-        let part = shared.slice(1..);
-        drop(shared);
-        assert_eq!(b.idle_bytes(), RECYCLE_MIN as u64, "still referenced");
-        drop(part);
-        assert!(b.idle_bytes() > RECYCLE_MIN as u64, "back when the last reference drops");
-        b.drop_idle();
-        assert_eq!(b.idle_bytes(), 0);
     }
 
     #[test]

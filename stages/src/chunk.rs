@@ -135,7 +135,7 @@ fn worker(
                         begin = 0;
                     }
                 }
-                let data = permit.budget().bytes_from(buf).slice(begin..);
+                let data = Bytes::from(buf).slice(begin..);
                 let permit = Arc::new(permit);
                 let (cuts, tail_start) = cut(&params, &data, !last);
                 for (off, len) in cuts {

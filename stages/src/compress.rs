@@ -9,7 +9,6 @@
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::budget::MemoryBudget;
 use crate::msg::{BlobKind, Cancel, Framed, Member, NewBlob, BUNDLE_ID};
 use crate::Workers;
 
@@ -74,19 +73,8 @@ impl Compressor {
 
     /// Frames `data`, compressed when that pays.
     pub fn frame(&mut self, data: &[u8]) -> Vec<u8> {
-        self.frame_into(data, Vec::new())
-    }
-
-    /// What `frame_into` may need for `len` bytes (compressed or not), sealing tag included.
-    pub fn frame_capacity(len: usize) -> usize {
-        let raw = padded_len(HEADER + len) + NONCE_ROOM + 16;
-        raw.max(NONCE_ROOM + HEADER + zstd::zstd_safe::compress_bound(len))
-    }
-
-    /// `frame`, into `buf` (emptied first): a recycled buffer saves the allocation.
-    pub fn frame_into(&mut self, data: &[u8], mut buf: Vec<u8>) -> Vec<u8> {
         let start = NONCE_ROOM + HEADER;
-        buf.clear();
+        let mut buf = Vec::new();
         let mut codec = CODEC_RAW;
         if self.worth_it(data) {
             buf.resize(start + zstd::zstd_safe::compress_bound(data.len()), 0);
@@ -202,12 +190,12 @@ impl Bundle {
         // `blob` (its buffer slice and permit) is dropped here.
     }
 
-    fn take(&mut self, c: &mut Compressor, budget: &MemoryBudget) -> Option<Framed> {
+    fn take(&mut self, c: &mut Compressor) -> Option<Framed> {
         if self.members.is_empty() {
             return None;
         }
         let b = std::mem::take(self);
-        let buf = c.frame_into(&b.data, budget.take_buffer(Compressor::frame_capacity(b.data.len())));
+        let buf = c.frame(&b.data);
         let raw_len = b.data.len() as u32;
         Some(Framed {
             id: BUNDLE_ID,
@@ -220,10 +208,8 @@ impl Bundle {
     }
 }
 
-/// `budget` lends recycled buffers for the frames (the write stage gives them back).
 pub fn spawn(
     cfg: CompressConfig,
-    budget: MemoryBudget,
     input: Receiver<NewBlob>,
     out: Sender<Framed>,
     cancel: Cancel,
@@ -242,7 +228,7 @@ pub fn spawn(
             if blob.kind == BlobKind::Data && blob.data.len() < SMALL_BLOB {
                 bundle.add(blob);
                 if bundle.data.len() >= BUNDLE_TARGET {
-                    if let Some(f) = bundle.take(&mut cb, &budget) {
+                    if let Some(f) = bundle.take(&mut cb) {
                         if out.send(f).is_err() {
                             return;
                         }
@@ -250,8 +236,7 @@ pub fn spawn(
                 }
                 continue;
             }
-            let buf =
-                c.frame_into(&blob.data, budget.take_buffer(Compressor::frame_capacity(blob.data.len())));
+            let buf = c.frame(&blob.data);
             let raw_len = blob.data.len() as u32;
             let framed = Framed {
                 id: blob.id,
@@ -266,7 +251,7 @@ pub fn spawn(
             }
         }
         // The input is closed: what is gathered goes out now.
-        if let Some(f) = bundle.take(&mut cb, &budget) {
+        if let Some(f) = bundle.take(&mut cb) {
             if !cancel.is_cancelled() {
                 let _ = out.send(f);
             }

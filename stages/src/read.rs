@@ -127,8 +127,8 @@ impl Shared {
         2 * (headroom + len) as u64
     }
 
-    fn buffer(&self, headroom: usize, len: usize) -> Vec<u8> {
-        let mut buf = self.budget.take_buffer(headroom + len);
+    fn buffer(headroom: usize, len: usize) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(headroom + len);
         buf.resize(headroom, 0);
         buf
     }
@@ -271,7 +271,7 @@ fn read_file(s: &Shared, job: &ReadJob) {
     loop {
         let (headroom, len) = s.shape(job, offset);
         let permit = s.budget.acquire(Shared::permit_bytes(headroom, len));
-        let mut buf = s.buffer(headroom, len);
+        let mut buf = Shared::buffer(headroom, len);
         buf.resize(headroom + len, 0);
         let result = read_full(&file, &mut buf[headroom..], offset);
         match s.completed(job, &file, buf, headroom, offset, result, permit) {
@@ -436,7 +436,7 @@ impl UringReader {
             self.ready.pop_front();
             f.permit = Some(permit);
             f.headroom = headroom;
-            self.ring.read(f.file.clone(), self.s.buffer(headroom, len), f.next, seq);
+            self.ring.read(f.file.clone(), Shared::buffer(headroom, len), f.next, seq);
         }
     }
 }

@@ -8,14 +8,13 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::Receiver;
 
-use crate::budget::MemoryBudget;
 use crate::msg::{Cancel, Sealed};
 
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Where sealed blobs go; engine implements it with its pack format.
 pub trait BlobSink: Send {
-    fn add(&mut self, blob: &Sealed) -> Result<(), SinkError>;
+    fn add(&mut self, blob: Sealed) -> Result<(), SinkError>;
     /// Seals and commits every open pack.
     fn finish(&mut self) -> Result<(), SinkError>;
 }
@@ -52,31 +51,24 @@ impl<S> WriteHandle<S> {
 /// (one key epoch) is always written by one thread, and packs are hashed, written and fsynced
 /// in parallel: a single writer was measured to be the bottleneck (pack hashing, write(2) and
 /// fsync for every byte stored, ~1.7 s of one core per GiB here).
-///
-/// Written buffers go back to `budget` for the compress stage to reuse.
 pub fn spawn<S: BlobSink + 'static>(
     sinks: Vec<S>,
-    budget: MemoryBudget,
     inputs: Vec<Receiver<Sealed>>,
     cancel: Cancel,
 ) -> std::io::Result<WriteHandle<S>> {
     let mut threads = Vec::new();
     for (i, (mut sink, input)) in sinks.into_iter().zip(inputs).enumerate() {
         let cancel = cancel.clone();
-        let budget = budget.clone();
         threads.push(std::thread::Builder::new().name(format!("write-{i}")).spawn(move || {
             let mut result = Ok(());
             for blob in input {
                 if result.is_err() || cancel.is_cancelled() {
                     continue; // drain
                 }
-                if let Err(e) = sink.add(&blob) {
+                if let Err(e) = sink.add(blob) {
                     cancel.cancel();
                     result = Err(e);
                 }
-                let Sealed { bytes, permits, .. } = blob;
-                drop(permits); // first, so that the buffer fits under the limit again
-                budget.recycle(bytes);
             }
             if result.is_ok() && !cancel.is_cancelled() {
                 result = sink.finish();
