@@ -87,29 +87,29 @@ impl Want {
     }
 }
 
-/// Sets atime and mtime by path without following or opening it (opening a FIFO would block).
-fn set_times(path: &Path, mtime_ns: i64) -> std::io::Result<()> {
-    use rustix::fs::{utimensat, AtFlags, Timestamps, CWD};
+/// Both times of a restored node: its mtime.
+fn timestamps(mtime_ns: i64) -> rustix::fs::Timestamps {
     let t = rustix::fs::Timespec {
         tv_sec: mtime_ns.div_euclid(1_000_000_000),
         tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
     };
-    let ts = Timestamps { last_access: t, last_modification: t };
-    utimensat(CWD, path, &ts, AtFlags::SYMLINK_NOFOLLOW).map_err(std::io::Error::from)
+    rustix::fs::Timestamps { last_access: t, last_modification: t }
+}
+
+/// Sets atime and mtime by path without following or opening it (opening a FIFO would block).
+fn set_times(path: &Path, mtime_ns: i64) -> std::io::Result<()> {
+    use rustix::fs::{utimensat, AtFlags, CWD};
+    utimensat(CWD, path, &timestamps(mtime_ns), AtFlags::SYMLINK_NOFOLLOW).map_err(std::io::Error::from)
 }
 
 /// `apply_meta` through an open file: no path lookups.
 fn apply_meta_fd(f: &fs::File, node: &Node, as_root: bool) -> std::io::Result<()> {
-    use rustix::fs::{fchown, futimens, Gid, Timestamps, Uid};
+    use rustix::fs::{fchown, futimens, Gid, Uid};
     if as_root {
         fchown(f, Some(Uid::from_raw(node.uid)), Some(Gid::from_raw(node.gid)))?;
     }
     f.set_permissions(fs::Permissions::from_mode(node.mode & 0o7777))?;
-    let t = rustix::fs::Timespec {
-        tv_sec: node.mtime_ns.div_euclid(1_000_000_000),
-        tv_nsec: node.mtime_ns.rem_euclid(1_000_000_000) as _,
-    };
-    futimens(f, &Timestamps { last_access: t, last_modification: t })?;
+    futimens(f, &timestamps(node.mtime_ns))?;
     Ok(())
 }
 

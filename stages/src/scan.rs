@@ -164,10 +164,6 @@ impl Lister {
         self.jobs.as_ref()?.send((path, tx)).ok()?;
         Some(rx)
     }
-
-    fn list_now(&self, path: &Path) -> Listing {
-        ::io::dir::list(path)
-    }
 }
 
 impl Drop for Lister {
@@ -309,7 +305,7 @@ impl Scanner {
         let mut frames: Vec<Frame> = Vec::new();
         if root.parent().is_none() {
             // The file system root: its entries go straight into the snapshot's root.
-            match lister.list_now(root) {
+            match ::io::dir::list(root) {
                 Ok(entries) => frames.push(Frame::new(root.to_path_buf(), entries, false, exclude)),
                 Err(e) => return self.error(root, format!("cannot list: {e}")),
             }
@@ -325,7 +321,7 @@ impl Scanner {
             if !is_dir {
                 return Ok(());
             }
-            match lister.list_now(root) {
+            match ::io::dir::list(root) {
                 Ok(entries) => frames.push(Frame::new(root.to_path_buf(), entries, true, exclude)),
                 Err(e) => {
                     // The directory was entered: it stays, empty.
@@ -368,8 +364,8 @@ impl Scanner {
                 }
                 top.submitted = top.submitted.saturating_sub(1);
                 Some(slot.map_or_else(
-                    || lister.list_now(&path),
-                    |rx| rx.recv().unwrap_or_else(|_| lister.list_now(&path)),
+                    || ::io::dir::list(&path),
+                    |rx| rx.recv().unwrap_or_else(|_| ::io::dir::list(&path)),
                 ))
             } else {
                 None
