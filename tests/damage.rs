@@ -174,7 +174,16 @@ fn a_missing_pack_loses_only_its_own_files() {
     let o = b.run(&argv!["--json", "check"]);
     assert_eq!(o.code, 3);
     let c = o.json();
-    assert!(c["damage"][0]["why"].as_str().unwrap().contains("missing"), "{c}");
+    // The pack is named missing; trees it held (if any) are named as in the missing pack.
+    let damage = c["damage"].as_array().unwrap();
+    assert!(
+        damage.iter().any(|d| d["object"] == pack.as_str() && d["why"].to_string().contains("missing")),
+        "{c}"
+    );
+    let pack_id = pack.rsplit('/').next().unwrap();
+    for d in damage.iter().filter(|d| d["object"] != pack.as_str()) {
+        assert!(d["why"].to_string().contains(&format!("in missing pack {pack_id}")), "{c}");
+    }
     // check names exactly what is lost: each lost file, or a directory above it.
     let named = affected_paths(&c);
     let covers = |a: &str, p: &str| a == "/" || p == a || p.starts_with(&format!("{a}/"));

@@ -402,14 +402,22 @@ impl<'a> Walker<'a> {
                 continue;
             }
             report.trees += 1;
-            let tree = self.reader.read(id, BlobKind::Tree).and_then(|d| Tree::decode(&hex::encode(id), &d));
+            // A tree the index lacks is named the way a file's blob is (e.g. "in missing pack").
+            let tree = match self.survey.index.get(id) {
+                None => Err(self.blob_problem(report, id).unwrap_or_default()),
+                Some(_) => self
+                    .reader
+                    .read(id, BlobKind::Tree)
+                    .and_then(|d| Tree::decode(&hex::encode(id), &d))
+                    .map_err(|e| e.to_string()),
+            };
             let nodes = match tree {
                 Ok(t) => t.nodes,
                 Err(e) => {
                     if self.damaged_trees.insert(*id) {
                         report
                             .damage
-                            .push(Damage { object: format!("tree {}", hex::encode(id)), why: e.to_string() });
+                            .push(Damage { object: format!("tree {}", hex::encode(id)), why: e.clone() });
                     }
                     let why = format!("directory contents lost: {e}");
                     report.affected.push(Affected { snapshot: snap.into(), path: display_path(path), why });
