@@ -156,7 +156,7 @@ fn run(
             "snapshot": r.snapshot_id,
             "tree": r.snapshot.tree.iter().map(hex::encode).collect::<Vec<_>>(),
             "files": s.files, "dirs": s.dirs, "bytes": s.bytes, "bytes_read": s.read_bytes,
-            "unchanged_files": s.unchanged_files,
+            "unchanged_files": s.unchanged_files, "reused_dirs": r.reused_dirs,
             "new_blobs": s.new_blobs, "new_bytes": s.new_bytes, "stored_bytes": s.stored_bytes,
             "errors": errors, "seconds": secs, "bytes_per_second": rate,
             "read_mode": mode, "budget": r.budget, "budget_peak": r.budget_peak,
@@ -174,10 +174,11 @@ fn run(
             output::size(rate)
         ))?;
         out.line(&format!(
-            "  read {} ({}/s, {mode}); {} files unchanged since the last run, not read",
+            "  read {} ({}/s, {mode}); {} files unchanged since the last run, not read; {} directories unchanged",
             output::size(s.read_bytes),
             output::size(read_rate),
-            s.unchanged_files
+            s.unchanged_files,
+            r.reused_dirs
         ))?;
         out.line(&format!(
             "  new data: {} in {} blobs, stored as {} after dedup and compression",

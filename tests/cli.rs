@@ -382,6 +382,58 @@ fn unchanged_files_are_not_read_again() {
 }
 
 #[test]
+fn unchanged_directories_reuse_their_trees_and_changed_ones_do_not() {
+    let b = bakare();
+    // Tree ids are compared: the source's ancestors must not change meanwhile.
+    let src = chaos::testkit::quiet_dir();
+    let files = [("a/1.txt", "one"), ("a/b/2.txt", "two"), ("a/b/3.txt", "three")];
+    let files = files.into_iter().chain([("c/4.txt", "four"), ("c/5.txt", "five"), ("d/6.txt", "six")]);
+    for (rel, data) in files {
+        let p = src.path().join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    }
+    std::os::unix::fs::symlink("../c/4.txt", src.path().join("d/link")).unwrap();
+    set_old_mtimes(src.path());
+    // touch moved every ctime to now: a tree is only recorded for reuse once its entries'
+    // timestamps are safely in the past (here: over a second before the backup starts).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    b.ok(&argv!["init"]);
+    let first = json_run(&b, &argv![src.path()]);
+    assert_eq!(first["reused_dirs"], 0);
+    // a/b, a and c are reused; d holds a symlink (not in the files cache), and the root
+    // holds d.
+    let second = json_run(&b, &argv![src.path()]);
+    assert_eq!(second["reused_dirs"], 3, "{second}");
+    assert_eq!(second["tree"], first["tree"]);
+
+    // A changed file: its directory and theirs up to the root are encoded again, c is reused.
+    fs::write(src.path().join("a/b/2.txt"), "two, changed").unwrap();
+    let third = json_run(&b, &argv![src.path()]);
+    assert_eq!(third["reused_dirs"], 1, "{third}");
+    assert_ne!(third["tree"], first["tree"]);
+    // A removed file, with its directory's mtime put back: its ctime still moved.
+    fs::remove_file(src.path().join("c/5.txt")).unwrap();
+    let touch = std::process::Command::new("touch")
+        .args(["-d", "2020-01-02 03:04:05"])
+        .arg(src.path().join("c"))
+        .status()
+        .unwrap();
+    assert!(touch.success());
+    let fourth = json_run(&b, &argv![src.path()]);
+    assert_eq!(fourth["reused_dirs"], 0, "{fourth}");
+    let target = restore_all(&b, "latest");
+    assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
+    // The run after a full re-encode reuses what is now settled again, and stores the same tree.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let fifth = json_run(&b, &argv![src.path()]);
+    let sixth = json_run(&b, &argv![src.path()]);
+    assert_eq!(sixth["reused_dirs"], 3, "{sixth}");
+    assert_eq!(sixth["tree"], fifth["tree"]);
+    assert_eq!(fifth["tree"], fourth["tree"]);
+}
+
+#[test]
 fn files_modified_during_the_backup_second_are_read_again() {
     let b = bakare();
     let src = TestDir::new().file("fresh.txt", "written just now");

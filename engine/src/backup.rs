@@ -14,11 +14,12 @@ use stages::compress::CompressConfig;
 use stages::encrypt::EncryptConfig;
 use stages::read::{ReadConfig, ReadMode};
 use stages::scan::{Exclude, Known, ScanConfig};
-use stages::{Cancel, FileEvent, MemoryBudget, Meta, NewBlob, Progress, ScanEvent};
+use stages::StoredDir;
+use stages::{BlobId, Cancel, FileEvent, MemoryBudget, Meta, NewBlob, Progress, ScanEvent};
 
 use crate::builder::{Builder, Wiring};
 use crate::error::{Error, Result};
-use crate::filescache::{self, CacheReader, CacheWriter};
+use crate::filescache::{self, CacheReader, CacheWriter, DirEntry};
 use crate::index::{encode_segment, Index, SessionDedup};
 use crate::pack::PackSink;
 use crate::repo::Repository;
@@ -62,6 +63,8 @@ pub struct BackupResult {
     pub read_mode: ReadMode,
     pub budget: u64,
     pub budget_peak: u64,
+    /// Directories whose tree was reused from the last run (unchanged, not encoded again).
+    pub reused_dirs: u64,
 }
 
 /// Memory the in-memory index takes, estimated per blob (hash map entry + id).
@@ -332,10 +335,51 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
         read_mode: mode,
         budget: budget_bytes,
         budget_peak: budget.peak(),
+        reused_dirs: builder.reused_dirs,
     })))
 }
 
-type CacheSetup = (Option<Known>, Option<CacheWriter>, Arc<Mutex<Option<String>>>);
+type CacheSetup = (Option<Box<dyn Known>>, Option<CacheWriter>, Arc<Mutex<Option<String>>>);
+
+/// The previous run's files cache, walked in step with the scan.
+struct CacheLookup {
+    reader: CacheReader,
+    index: Arc<Index>,
+    problem: Arc<Mutex<Option<String>>>,
+}
+
+impl CacheLookup {
+    fn keep_problem(&mut self) {
+        if let Some(p) = self.reader.problem.take() {
+            *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
+        }
+    }
+}
+
+impl Known for CacheLookup {
+    fn file(&mut self, path: &Path, meta: &Meta) -> Option<Vec<BlobId>> {
+        let found = self.reader.lookup(path.as_os_str().as_bytes());
+        self.keep_problem();
+        let e = found?;
+        let same = e.size == meta.size
+            && e.mtime_ns == meta.mtime_ns
+            && e.ctime_ns == meta.ctime_ns
+            && e.ino == meta.ino
+            && e.dev == meta.dev;
+        // Cached ids are dedup decisions like any other: each must be in the repository.
+        (same && e.content.iter().all(|id| self.index.contains(id))).then_some(e.content)
+    }
+
+    fn dir(&mut self, path: &Path, meta: &Meta) -> Option<StoredDir> {
+        let found = self.reader.dir(path.as_os_str().as_bytes());
+        self.keep_problem();
+        let DirEntry { mtime_ns, ctime_ns, ino, dev, entries, tree, .. } = found?;
+        // Any entry added, removed or renamed moves the directory's mtime and ctime.
+        let same =
+            mtime_ns == meta.mtime_ns && ctime_ns == meta.ctime_ns && ino == meta.ino && dev == meta.dev;
+        (same && tree.iter().all(|id| self.index.contains(id))).then_some(StoredDir { entries, tree })
+    }
+}
 
 /// Opens the previous files cache (as the scan's `Known` lookup) and starts the next one.
 fn open_cache(
@@ -359,31 +403,16 @@ fn open_cache(
             None
         }
     };
-    let mut reader = match CacheReader::open(&path, &repo_id) {
+    let reader = match CacheReader::open(&path, &repo_id) {
         Ok(r) => r,
         Err(why) => {
             warnings.push(format!("{why}; reading every file"));
             None
         }
     };
-    let Some(_) = reader else { return (None, writer, problem) };
-    let shared = problem.clone();
-    let known: Known = Box::new(move |path: &Path, meta: &Meta| {
-        let r = reader.as_mut()?;
-        let found = r.lookup(path.as_os_str().as_bytes());
-        if let Some(p) = r.problem.take() {
-            *shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
-        }
-        let e = found?;
-        let same = e.size == meta.size
-            && e.mtime_ns == meta.mtime_ns
-            && e.ctime_ns == meta.ctime_ns
-            && e.ino == meta.ino
-            && e.dev == meta.dev;
-        // Cached ids are dedup decisions like any other: each must be in the repository.
-        (same && e.content.iter().all(|id| index.contains(id))).then_some(e.content)
-    });
-    (Some(known), writer, problem)
+    let Some(reader) = reader else { return (None, writer, problem) };
+    let lookup = CacheLookup { reader, index, problem: problem.clone() };
+    (Some(Box::new(lookup)), writer, problem)
 }
 
 /// Writes the snapshot to pending/, then snapshots/, then removes the pending copy.

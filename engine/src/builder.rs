@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
-use stages::{BlobId, BlobKind, Cancel, Dedup, FileEvent, MemoryBudget, Meta, NewBlob, Progress, ScanEvent};
+use stages::{
+    BlobId, BlobKind, Cancel, Dedup, FileEvent, MemoryBudget, Meta, NewBlob, Progress, ScanEvent, StoredDir,
+};
 
 use crate::error::{Error, Result};
-use crate::filescache::{CacheEntry, CacheWriter};
+use crate::filescache::{CacheEntry, CacheWriter, DirEntry, Record};
 use crate::index::SessionDedup;
 use crate::snapshot::{FileError, Stats};
 use crate::tree::{Node, NodeKind, Tree, MAX_ENTRIES};
@@ -27,6 +29,23 @@ struct Frame {
     blobs: Vec<BlobId>,
     /// The last name added (also across flushed tree blobs): names must strictly increase.
     last: Option<Vec<u8>>,
+    /// Entries added.
+    count: u64,
+    /// Whether every entry so far is as the last run stored it (an unchanged file, or a
+    /// directory whose stored tree was reused): then so is this directory's tree.
+    unchanged: bool,
+    /// Whether every entry so far can be recognised as unchanged by the next run: a file or
+    /// directory whose timestamps are safely in the past (a change within the same clock tick
+    /// would not move them, and a reused tree would keep the entry's old mode or owner).
+    /// Only then is the directory's tree recorded for reuse.
+    settled: bool,
+}
+
+impl Frame {
+    fn new(name: Vec<u8>, meta: Option<Meta>, path: Vec<u8>) -> Frame {
+        let (nodes, blobs) = (Vec::new(), Vec::new());
+        Frame { name, meta, path, nodes, blobs, last: None, count: 0, unchanged: true, settled: true }
+    }
 }
 
 #[derive(Default)]
@@ -45,6 +64,8 @@ impl PendingFile {
 
 pub(crate) struct Builder {
     stack: Vec<Frame>,
+    /// Directories whose tree the last run stored was reused.
+    pub(crate) reused_dirs: u64,
     pending: HashMap<u64, PendingFile>,
     /// First names of multiply-linked files: seq -> (path, content, size).
     links: HashMap<u64, (Vec<u8>, Vec<BlobId>, u64)>,
@@ -89,16 +110,9 @@ pub(crate) struct Wiring {
 
 impl Builder {
     pub(crate) fn new(w: Wiring) -> Builder {
-        let root = Frame {
-            name: Vec::new(),
-            meta: None,
-            path: Vec::new(),
-            nodes: Vec::new(),
-            blobs: Vec::new(),
-            last: None,
-        };
         Builder {
-            stack: vec![root],
+            stack: vec![Frame::new(Vec::new(), None, Vec::new())],
+            reused_dirs: 0,
             pending: HashMap::new(),
             links: HashMap::new(),
             fevents: w.fevents,
@@ -171,6 +185,7 @@ impl Builder {
             // A tree that a reader would refuse is never written: an entry out of order (a
             // scan bug) is named as an error instead of spoiling its directory.
             if frame.last.as_ref().is_some_and(|l| *l >= node.name) || !crate::tree::valid_name(&node.name) {
+                (frame.unchanged, frame.settled) = (false, false);
                 let mut path = b"/".to_vec();
                 path.extend_from_slice(&join_path(&frame.path, &node.name));
                 self.errors
@@ -178,6 +193,7 @@ impl Builder {
                 return Ok(());
             }
             frame.last = Some(node.name.clone());
+            frame.count += 1;
             frame.nodes.push(node);
             frame.nodes.len() >= MAX_ENTRIES
         };
@@ -225,6 +241,12 @@ impl Builder {
         }
     }
 
+    fn cache_add(&mut self, record: &Record) {
+        if let Some(Err(_)) = self.cache.as_mut().map(|c| c.add(record)) {
+            self.cache = None; // a cache that cannot be written is simply not kept
+        }
+    }
+
     /// A file whose content is known: its node, its hard-link record, its files-cache entry.
     fn file_done(
         &mut self,
@@ -245,6 +267,11 @@ impl Builder {
             let top = self.stack.last().map(|f| f.path.as_slice()).unwrap_or_default();
             self.links.insert(seq, (join_path(top, &name), content.clone(), size));
         }
+        if !self.settled(&meta) {
+            if let Some(f) = self.stack.last_mut() {
+                f.settled = false;
+            }
+        }
         if meta.mtime_ns < self.racy_ns {
             let entry = CacheEntry {
                 path: self.abs_path(&name),
@@ -255,15 +282,56 @@ impl Builder {
                 dev: meta.dev,
                 content: content.clone(),
             };
-            if let Some(Err(_)) = self.cache.as_mut().map(|c| c.add(&entry)) {
-                self.cache = None; // a cache that cannot be written is simply not kept
-            }
+            self.cache_add(&Record::File(entry));
         }
         self.push(Node::new(name, NodeKind::File { size, content }, &meta))
     }
 
     fn error(&mut self, path: Vec<u8>, why: String) {
+        self.uncached();
         self.errors.push(FileError { path, why });
+    }
+
+    /// The current directory's tree differs from the one the last run stored.
+    fn changed(&mut self) {
+        if let Some(f) = self.stack.last_mut() {
+            f.unchanged = false;
+        }
+    }
+
+    /// The current directory has an entry the files cache does not describe (a symlink, a
+    /// special file, a hard link, an error): its tree is neither reused nor recorded.
+    fn uncached(&mut self) {
+        if let Some(f) = self.stack.last_mut() {
+            (f.unchanged, f.settled) = (false, false);
+        }
+    }
+
+    fn settled(&self, meta: &Meta) -> bool {
+        meta.mtime_ns < self.racy_ns && meta.ctime_ns < self.racy_ns
+    }
+
+    /// Ends the top directory: its tree is the stored one when it and everything in it are
+    /// unchanged, else it is encoded from its entries. Returns the frame and whether it reused.
+    fn close_dir(&mut self, stored: Option<StoredDir>) -> Result<(Frame, bool)> {
+        if self.stack.len() < 2 {
+            return Err(Error::Pipeline("unbalanced scan events".into()));
+        }
+        let top = self.stack.last_mut().ok_or_else(|| Error::Pipeline("unbalanced scan events".into()))?;
+        // Without a flushed part, the entries make exactly one tree: the stored one if they are
+        // the same entries (each unchanged, and as many).
+        let reuse = stored.filter(|s| top.unchanged && top.blobs.is_empty() && s.entries == top.count);
+        let reused = reuse.is_some();
+        match reuse {
+            Some(s) => {
+                top.nodes.clear();
+                top.blobs = s.tree;
+                self.reused_dirs += 1;
+            }
+            None => self.flush_top()?,
+        }
+        let frame = self.stack.pop().ok_or_else(|| Error::Pipeline("unbalanced scan events".into()))?;
+        Ok((frame, reused))
     }
 
     fn scan_event(&mut self, ev: ScanEvent) -> Result<()> {
@@ -273,25 +341,30 @@ impl Builder {
                 let name = name.as_bytes().to_vec();
                 let parent = self.stack.last().map(|f| f.path.clone()).unwrap_or_default();
                 let path = join_path(&parent, &name);
-                self.stack.push(Frame {
-                    name,
-                    meta: Some(meta),
-                    path,
-                    nodes: Vec::new(),
-                    blobs: Vec::new(),
-                    last: None,
-                });
+                self.stack.push(Frame::new(name, Some(meta), path));
             }
-            ScanEvent::Leave => {
-                self.flush_top()?;
-                if self.stack.len() < 2 {
-                    return Err(Error::Pipeline("unbalanced scan events".into()));
+            ScanEvent::Leave { stored } => {
+                let (frame, reused) = self.close_dir(stored)?;
+                if !reused {
+                    self.changed();
                 }
-                let Some(frame) = self.stack.pop() else { return Ok(()) };
                 let Some(meta) = frame.meta else { return Ok(()) };
+                let recorded = frame.settled && self.settled(&meta);
+                if !recorded {
+                    self.uncached();
+                }
+                if recorded {
+                    let mut path = b"/".to_vec();
+                    path.extend_from_slice(&frame.path);
+                    let (mtime_ns, ctime_ns, ino, dev) = (meta.mtime_ns, meta.ctime_ns, meta.ino, meta.dev);
+                    let tree = frame.blobs.clone();
+                    let dir = DirEntry { path, mtime_ns, ctime_ns, ino, dev, entries: frame.count, tree };
+                    self.cache_add(&Record::Dir(dir));
+                }
                 self.push(Node::new(frame.name, NodeKind::Dir { subtree: frame.blobs }, &meta))?;
             }
             ScanEvent::File { seq, name, meta } => {
+                self.changed();
                 let done = self.wait_file(seq)?;
                 let name = name.as_bytes().to_vec();
                 if let Some((path, why)) = done.failed {
@@ -305,12 +378,16 @@ impl Builder {
             }
             ScanEvent::Unchanged { seq, name, meta, content } => {
                 self.stats.unchanged_files += 1;
+                if meta.nlink > 1 {
+                    self.uncached(); // its other names are stored as links to the first one seen
+                }
                 Progress::add(&self.progress.bytes_done, meta.size);
                 let size = meta.size;
                 self.file_done(seq, name.as_bytes().to_vec(), meta, size, content)?;
             }
 
             ScanEvent::HardLink { first, name, meta } => {
+                self.uncached();
                 let name = name.as_bytes().to_vec();
                 match self.links.get(&first) {
                     Some((target, content, size)) => {
@@ -329,10 +406,12 @@ impl Builder {
                 }
             }
             ScanEvent::Symlink { name, meta, target } => {
+                self.uncached();
                 let kind = NodeKind::Symlink { target: target.as_bytes().to_vec() };
                 self.push(Node::new(name.as_bytes().to_vec(), kind, &meta))?;
             }
             ScanEvent::Special { name, meta } => {
+                self.uncached();
                 let kind = match meta.kind {
                     stages::FileKind::Fifo => NodeKind::Fifo,
                     stages::FileKind::Socket => NodeKind::Socket,

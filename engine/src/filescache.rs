@@ -8,8 +8,14 @@
 //! re-read, dedup still prevents re-upload — and is never trusted blindly: every record carries
 //! a checksum, and every chunk id it gives must be in the repository's index.
 //!
-//! Format: `"BKFCACHE" | version u8 (1) | repository id [16]`, then records
-//! `len u32 LE | postcard(CacheEntry) | BLAKE3(body)[..8]`.
+//! A directory's record comes after everything inside it (where the scan is when it leaves the
+//! directory): its own stamp, how many entries its tree had and the tree's blob ids. When the
+//! directory and every entry in it are unchanged, the next run reuses that tree instead of
+//! encoding and hashing it again.
+//!
+//! Format: `"BKFCACHE" | version u8 (2) | repository id [16]`, then records
+//! `len u32 LE | postcard(Record) | BLAKE3(body)[..8]`. Version 1 (files only) is read as no
+//! cache: the run after an upgrade reads every file once.
 use std::cmp::Ordering;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
@@ -19,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use stages::BlobId;
 
 const MAGIC: &[u8; 8] = b"BKFCACHE";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const MAX_RECORD: u32 = 64 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,15 +39,50 @@ pub struct CacheEntry {
     pub content: Vec<BlobId>,
 }
 
+/// A directory as the last run left it: its stamp, and the tree it was stored as.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub path: Vec<u8>,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub dev: u64,
+    /// Entries in its tree.
+    pub entries: u64,
+    pub tree: Vec<BlobId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    File(CacheEntry),
+    /// Written when the scan leaves the directory: after everything inside it.
+    Dir(DirEntry),
+}
+
+impl Record {
+    fn position(&self) -> (&[u8], bool) {
+        match self {
+            Record::File(e) => (&e.path, false),
+            Record::Dir(d) => (&d.path, true),
+        }
+    }
+}
+
 /// The scan's order: paths compared component by component (depth first, sorted names).
 pub fn cmp_paths(a: &[u8], b: &[u8]) -> Ordering {
-    let mut x = a.split(|&c| c == b'/').filter(|c| !c.is_empty());
-    let mut y = b.split(|&c| c == b'/').filter(|c| !c.is_empty());
+    cmp_positions((a, false), (b, false))
+}
+
+/// The scan's order of records: a path, or (`true`) the end of the directory at that path,
+/// which comes after everything inside the directory.
+fn cmp_positions(a: (&[u8], bool), b: (&[u8], bool)) -> Ordering {
+    let mut x = a.0.split(|&c| c == b'/').filter(|c| !c.is_empty());
+    let mut y = b.0.split(|&c| c == b'/').filter(|c| !c.is_empty());
     loop {
         match (x.next(), y.next()) {
-            (None, None) => return Ordering::Equal,
-            (None, Some(_)) => return Ordering::Less,
-            (Some(_), None) => return Ordering::Greater,
+            (None, None) => return a.1.cmp(&b.1),
+            (None, Some(_)) => return if a.1 { Ordering::Greater } else { Ordering::Less },
+            (Some(_), None) => return if b.1 { Ordering::Less } else { Ordering::Greater },
             (Some(p), Some(q)) => match p.cmp(q) {
                 Ordering::Equal => {}
                 o => return o,
@@ -68,7 +109,8 @@ pub fn default_dir() -> Option<PathBuf> {
 
 pub struct CacheReader {
     r: Box<dyn BufRead + Send>,
-    next: Option<CacheEntry>,
+    next: Option<Record>,
+    body: Vec<u8>,
     /// Why reading stopped early, if it did.
     pub problem: Option<String>,
 }
@@ -97,12 +139,12 @@ impl CacheReader {
         {
             return Err("damaged or from another version".into());
         }
-        let mut c = CacheReader { r, next: None, problem: None };
+        let mut c = CacheReader { r, next: None, body: Vec::new(), problem: None };
         c.advance();
         Ok(c)
     }
 
-    fn read_record(&mut self) -> Result<Option<CacheEntry>, String> {
+    fn read_record(&mut self) -> Result<Option<Record>, String> {
         let mut len = [0u8; 4];
         match self.r.read_exact(&mut len) {
             Ok(()) => {}
@@ -115,8 +157,9 @@ impl CacheReader {
         }
         // Grown as bytes arrive, so a damaged length field cannot make a huge allocation.
         let want = u64::from(len) + 8;
-        let mut body = Vec::new();
-        (&mut self.r).take(want).read_to_end(&mut body).map_err(|e| e.to_string())?;
+        let body = &mut self.body;
+        body.clear();
+        (&mut self.r).take(want).read_to_end(body).map_err(|e| e.to_string())?;
         if body.len() as u64 != want {
             return Err("record truncated".into());
         }
@@ -137,12 +180,10 @@ impl CacheReader {
         };
     }
 
-    /// The entry for `path`, skipping entries of paths that are gone. Calls must come in scan
-    /// order.
-    pub fn lookup(&mut self, path: &[u8]) -> Option<CacheEntry> {
+    /// The record at `position`, skipping records of paths that are gone.
+    fn seek(&mut self, position: (&[u8], bool)) -> Option<Record> {
         loop {
-            let order = cmp_paths(&self.next.as_ref()?.path, path);
-            match order {
+            match cmp_positions(self.next.as_ref()?.position(), position) {
                 Ordering::Less => self.advance(),
                 Ordering::Equal => {
                     let e = self.next.take();
@@ -151,6 +192,22 @@ impl CacheReader {
                 }
                 Ordering::Greater => return None,
             }
+        }
+    }
+
+    /// The entry of the file at `path`. Calls (to this and `dir`) must come in scan order.
+    pub fn lookup(&mut self, path: &[u8]) -> Option<CacheEntry> {
+        match self.seek((path, false))? {
+            Record::File(e) => Some(e),
+            Record::Dir(_) => None,
+        }
+    }
+
+    /// The record of the directory at `path`, asked for when the scan leaves it.
+    pub fn dir(&mut self, path: &[u8]) -> Option<DirEntry> {
+        match self.seek((path, true))? {
+            Record::Dir(d) => Some(d),
+            Record::File(_) => None,
         }
     }
 }
@@ -174,7 +231,7 @@ impl CacheWriter {
         Ok(CacheWriter { w, tmp, dest: dest.to_path_buf() })
     }
 
-    pub fn add(&mut self, e: &CacheEntry) -> io::Result<()> {
+    pub fn add(&mut self, e: &Record) -> io::Result<()> {
         let body = postcard::to_allocvec(e).map_err(io::Error::other)?;
         self.w.write_all(&(body.len() as u32).to_le_bytes())?;
         self.w.write_all(&body)?;
@@ -227,7 +284,7 @@ mod tests {
         let id = [5u8; 16];
         let mut w = CacheWriter::create(&p, &id).unwrap();
         for (path, size) in [("/a/1", 1), ("/a/2", 2), ("/a/b/3", 3), ("/c", 4)] {
-            w.add(&entry(path, size)).unwrap();
+            w.add(&Record::File(entry(path, size))).unwrap();
         }
         w.commit().unwrap();
         let mut r = CacheReader::open(&p, &id).unwrap().unwrap();
@@ -242,6 +299,49 @@ mod tests {
         assert!(CacheReader::open(&dir.path().join("none"), &id).unwrap().is_none());
     }
 
+    fn dir(path: &str, entries: u64) -> Record {
+        let tree = vec![[entries as u8; 32]];
+        Record::Dir(DirEntry { path: path.into(), mtime_ns: 1, ctime_ns: 2, ino: 3, dev: 4, entries, tree })
+    }
+
+    #[test]
+    fn a_directory_record_comes_after_everything_inside_it() {
+        assert_eq!(cmp_positions((b"/a", true), (b"/a/z/y", false)), Ordering::Greater);
+        assert_eq!(cmp_positions((b"/a", true), (b"/a/z", true)), Ordering::Greater);
+        assert_eq!(cmp_positions((b"/a", true), (b"/a", false)), Ordering::Greater);
+        assert_eq!(cmp_positions((b"/a", true), (b"/b", false)), Ordering::Less);
+        assert_eq!(cmp_positions((b"/a/b", false), (b"/a", true)), Ordering::Less);
+        assert_eq!(cmp_positions((b"/a", true), (b"/a", true)), Ordering::Equal);
+        // Written as the scan goes: /d/1, /d/e/2, end of /d/e, /d/f, end of /d.
+        let dir_ = tempfile::tempdir().unwrap();
+        let p = dir_.path().join("files");
+        let id = [5u8; 16];
+        let mut w = CacheWriter::create(&p, &id).unwrap();
+        let recs = [
+            Record::File(entry("/d/1", 1)),
+            Record::File(entry("/d/e/2", 2)),
+            dir("/d/e", 1),
+            Record::File(entry("/d/f", 3)),
+            dir("/d", 3),
+        ];
+        for r in &recs {
+            w.add(r).unwrap();
+        }
+        w.commit().unwrap();
+        let mut r = CacheReader::open(&p, &id).unwrap().unwrap();
+        assert_eq!(r.lookup(b"/d/1").unwrap().size, 1);
+        // /d/e/2 is gone and /d/e/new is new: the directory's record is still found.
+        assert_eq!(r.lookup(b"/d/e/new"), None);
+        assert_eq!(r.dir(b"/d/e").map(Record::Dir), Some(recs[2].clone()));
+        assert_eq!(r.lookup(b"/d/f").unwrap().size, 3);
+        assert_eq!(r.dir(b"/d").map(Record::Dir), Some(recs[4].clone()));
+        let mut r = CacheReader::open(&p, &id).unwrap().unwrap();
+        // Skipping a whole directory (its files and its record) on the way to a later path.
+        assert_eq!(r.lookup(b"/d/f").unwrap().size, 3);
+        assert_eq!(r.dir(b"/d/e"), None, "asked out of order: not found, never wrong");
+        assert_eq!(r.dir(b"/d").map(Record::Dir), Some(recs[4].clone()));
+    }
+
     proptest! {
         #[test]
         fn damage_never_panics_and_never_lies(flip in 25usize..400, bit in 0u8..8) {
@@ -251,7 +351,7 @@ mod tests {
             let mut w = CacheWriter::create(&p, &id).unwrap();
             let entries: Vec<_> = (0..10).map(|i| entry(&format!("/f{i}"), i)).collect();
             for e in &entries {
-                w.add(e).unwrap();
+                w.add(&Record::File(e.clone())).unwrap();
             }
             w.commit().unwrap();
             let mut bytes = fs::read(&p).unwrap();

@@ -118,7 +118,7 @@ pub fn key_file(data: &[u8]) -> bool {
 pub fn files_cache(data: &[u8]) -> bool {
     let repo_id = [7u8; 16];
     let _ = crate::filescache::CacheReader::from_reader(Box::new(Cursor::new(data.to_vec())), &repo_id);
-    let mut bytes = b"BKFCACHE\x01".to_vec();
+    let mut bytes = b"BKFCACHE\x02".to_vec();
     bytes.extend_from_slice(&repo_id);
     bytes.extend_from_slice(data);
     match crate::filescache::CacheReader::from_reader(Box::new(Cursor::new(bytes)), &repo_id) {
@@ -232,19 +232,26 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
         }
         "key_file" => vec![k.key.encode().into_bytes(), k.key.backup_only().encode().into_bytes()],
         "files_cache" => {
-            let e = crate::filescache::CacheEntry {
+            use crate::filescache::{CacheEntry, DirEntry, Record};
+            let (mtime_ns, ctime_ns, ino, dev) = (1, 2, 3, 4);
+            let file = CacheEntry {
                 path: b"/a/b".to_vec(),
                 size: 9,
-                mtime_ns: 1,
-                ctime_ns: 2,
-                ino: 3,
-                dev: 4,
+                mtime_ns,
+                ctime_ns,
+                ino,
+                dev,
                 content: vec![id],
             };
-            let body = encode(&e);
-            let mut rec = (body.len() as u32).to_le_bytes().to_vec();
-            rec.extend_from_slice(&body);
-            rec.extend_from_slice(&blake3::hash(&body).as_bytes()[..8]);
+            let dir =
+                DirEntry { path: b"/a".to_vec(), mtime_ns, ctime_ns, ino, dev, entries: 1, tree: vec![id] };
+            let mut rec = Vec::new();
+            for r in [Record::File(file), Record::Dir(dir)] {
+                let body = encode(&r);
+                rec.extend_from_slice(&(body.len() as u32).to_le_bytes());
+                rec.extend_from_slice(&body);
+                rec.extend_from_slice(&blake3::hash(&body).as_bytes()[..8]);
+            }
             vec![rec]
         }
         "catalog" => {

@@ -109,6 +109,14 @@ pub struct Meta {
     pub rdev: u64,
 }
 
+/// A directory's tree as an earlier backup stored it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredDir {
+    /// Entries in the tree.
+    pub entries: u64,
+    pub tree: Vec<BlobId>,
+}
+
 /// The shape of the tree, in deterministic order (sorted names, depth first).
 #[derive(Debug)]
 pub enum ScanEvent {
@@ -117,7 +125,11 @@ pub enum ScanEvent {
         name: OsString,
         meta: Meta,
     },
-    Leave,
+    /// The directory ends. `stored`: the tree an earlier backup stored it as, when the directory
+    /// itself has not changed since (the builder reuses it if every entry is unchanged too).
+    Leave {
+        stored: Option<StoredDir>,
+    },
     /// A regular file whose content is read; `FileEvent`s with the same `seq` describe it.
     File {
         seq: u64,

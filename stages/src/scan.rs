@@ -15,21 +15,27 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
 
-use crate::msg::{BlobId, Cancel, FileKind, Meta, Progress, ReadJob, ScanEvent};
+use crate::msg::{BlobId, Cancel, FileKind, Meta, Progress, ReadJob, ScanEvent, StoredDir};
 
 /// Returns true for paths to leave out (and, for directories, not to descend into).
 pub type Exclude = Arc<dyn Fn(&Path, bool) -> bool + Send + Sync>;
 
-/// The content of a file that is known not to have changed since an earlier backup, or None.
-/// Called once per regular file, in scan order (so an implementation can walk a sorted cache
-/// in step with the scan).
-pub type Known = Box<dyn FnMut(&Path, &Meta) -> Option<Vec<BlobId>> + Send>;
+/// What an earlier backup of the same source stored. Asked in scan order (so an implementation
+/// can walk a sorted cache in step with the scan): for each regular file as the scan reaches
+/// it, for each directory as the scan leaves it.
+pub trait Known: Send {
+    /// The content of a file that has not changed since, or None.
+    fn file(&mut self, path: &Path, meta: &Meta) -> Option<Vec<BlobId>>;
+    /// The tree of a directory (stat'ed as `meta` when it was entered) that has not changed
+    /// since, or None. Its entries may have: the tree builder checks those.
+    fn dir(&mut self, path: &Path, meta: &Meta) -> Option<StoredDir>;
+}
 
 pub struct ScanConfig {
     /// Absolute paths to back up.
     pub roots: Vec<PathBuf>,
     pub exclude: Option<Exclude>,
-    pub known: Option<Known>,
+    pub known: Option<Box<dyn Known>>,
     pub progress: Arc<Progress>,
 }
 
@@ -183,12 +189,17 @@ struct Frame {
     subdirs: std::collections::VecDeque<(OsString, Option<crossbeam_channel::Receiver<Listing>>)>,
     /// How many of `subdirs` (from the front) have been requested.
     submitted: usize,
-    /// Whether an Enter event was emitted for it (not for the file system root).
-    entered: bool,
+    /// Its metadata when an Enter event was emitted for it (not for the file system root).
+    entered: Option<Meta>,
 }
 
 impl Frame {
-    fn new(path: PathBuf, entries: Vec<::io::dir::Entry>, entered: bool, exclude: &Option<Exclude>) -> Frame {
+    fn new(
+        path: PathBuf,
+        entries: Vec<::io::dir::Entry>,
+        entered: Option<Meta>,
+        exclude: &Option<Exclude>,
+    ) -> Frame {
         let subdirs = entries
             .iter()
             .filter(|e| e.stat.as_ref().is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR))
@@ -230,7 +241,7 @@ impl Ahead {
 const BATCH: usize = 256;
 
 struct Scanner {
-    known: Option<Known>,
+    known: Option<Box<dyn Known>>,
     progress: Arc<Progress>,
     events: Sender<Vec<ScanEvent>>,
     batch: Vec<ScanEvent>,
@@ -279,7 +290,7 @@ impl Scanner {
                 }
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                if let Some(content) = self.known.as_mut().and_then(|k| k(path, &meta)) {
+                if let Some(content) = self.known.as_mut().and_then(|k| k.file(path, &meta)) {
                     self.stats.unchanged += 1;
                     return self.emit(ScanEvent::Unchanged { seq, name, meta, content });
                 }
@@ -306,7 +317,7 @@ impl Scanner {
         if root.parent().is_none() {
             // The file system root: its entries go straight into the snapshot's root.
             match ::io::dir::list(root) {
-                Ok(entries) => frames.push(Frame::new(root.to_path_buf(), entries, false, exclude)),
+                Ok(entries) => frames.push(Frame::new(root.to_path_buf(), entries, None, exclude)),
                 Err(e) => return self.error(root, format!("cannot list: {e}")),
             }
         } else {
@@ -317,16 +328,16 @@ impl Scanner {
             };
             let name = root.file_name().map(|n| n.to_os_string()).unwrap_or_default();
             let is_dir = meta.kind == FileKind::Dir;
-            self.entry(root, name, meta)?;
+            self.entry(root, name, meta.clone())?;
             if !is_dir {
                 return Ok(());
             }
             match ::io::dir::list(root) {
-                Ok(entries) => frames.push(Frame::new(root.to_path_buf(), entries, true, exclude)),
+                Ok(entries) => frames.push(Frame::new(root.to_path_buf(), entries, Some(meta), exclude)),
                 Err(e) => {
                     // The directory was entered: it stays, empty.
                     self.error(root, format!("cannot list: {e}"))?;
-                    return self.emit(ScanEvent::Leave);
+                    return self.emit(ScanEvent::Leave { stored: None });
                 }
             }
         }
@@ -336,9 +347,9 @@ impl Scanner {
                 return Err(Closed);
             }
             let Some(entry) = top.entries.next() else {
-                let done = frames.pop();
-                if done.is_some_and(|f| f.entered) {
-                    self.emit(ScanEvent::Leave)?;
+                if let Some(Frame { path, entered: Some(meta), .. }) = frames.pop() {
+                    let stored = self.known.as_mut().and_then(|k| k.dir(&path, &meta));
+                    self.emit(ScanEvent::Leave { stored })?;
                 }
                 continue;
             };
@@ -370,13 +381,14 @@ impl Scanner {
             } else {
                 None
             };
+            let dir_meta = is_dir.then(|| meta.clone());
             self.entry(&path, entry.name, meta)?;
             if let Some(listing) = listing {
                 match listing {
-                    Ok(entries) => frames.push(Frame::new(path, entries, true, exclude)),
+                    Ok(entries) => frames.push(Frame::new(path, entries, dir_meta, exclude)),
                     Err(e) => {
                         self.error(&path, format!("cannot list: {e}"))?;
-                        self.emit(ScanEvent::Leave)?;
+                        self.emit(ScanEvent::Leave { stored: None })?;
                     }
                 }
             }
@@ -404,7 +416,7 @@ impl Scanner {
             let common = open.iter().zip(parents).take_while(|(a, b)| a == b).count();
             while open.len() > common {
                 open.pop();
-                self.emit(ScanEvent::Leave)?;
+                self.emit(ScanEvent::Leave { stored: None })?;
             }
             for (i, name) in parents.iter().enumerate().skip(common) {
                 let dir: PathBuf =
@@ -424,7 +436,7 @@ impl Scanner {
             self.walk(root, &cfg.exclude, &lister)?;
         }
         for _ in open {
-            self.emit(ScanEvent::Leave)?;
+            self.emit(ScanEvent::Leave { stored: None })?;
         }
         Ok(())
     }
@@ -477,7 +489,7 @@ mod tests {
         evs.iter()
             .map(|e| match e {
                 ScanEvent::Enter { name, .. } => format!("+{}", name.to_string_lossy()),
-                ScanEvent::Leave => "-".into(),
+                ScanEvent::Leave { .. } => "-".into(),
                 ScanEvent::File { name, .. } | ScanEvent::Unchanged { name, .. } => {
                     name.to_string_lossy().into()
                 }
