@@ -13,6 +13,13 @@ pub trait Source: Send + Sync {
     /// Opens a regular file for reading.
     fn open(&self, path: &Path) -> io::Result<File>;
 
+    /// When opening is a plain open(2) of the path for reading, its flags: the read stage may
+    /// then batch opens through io_uring (retrying through `open` when the ring's open fails
+    /// for any reason but a missing file). None: every open goes through `open`.
+    fn open_flags(&self) -> Option<i32> {
+        None
+    }
+
     /// Sees the outcome of every read of `path` at `offset` before the pipeline does, and may
     /// replace it. The real source passes it through.
     fn after_read(
@@ -33,9 +40,16 @@ pub struct LocalSource {
     noatime_refused: AtomicBool,
 }
 
+const BASE_FLAGS: i32 = libc::O_NOFOLLOW | libc::O_CLOEXEC;
+
 impl Source for LocalSource {
+    fn open_flags(&self) -> Option<i32> {
+        let noatime = if self.noatime_refused.load(Ordering::Relaxed) { 0 } else { libc::O_NOATIME };
+        Some(BASE_FLAGS | noatime)
+    }
+
     fn open(&self, path: &Path) -> io::Result<File> {
-        let base = libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let base = BASE_FLAGS;
         if !self.noatime_refused.load(Ordering::Relaxed) {
             match OpenOptions::new().read(true).custom_flags(base | libc::O_NOATIME).open(path) {
                 // O_NOATIME is only allowed for the file's owner (or CAP_FOWNER).

@@ -4,27 +4,67 @@
 //! dropped or moved by the caller.
 
 use std::collections::VecDeque;
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::Arc;
 
 use io_uring::{opcode, types, IoUring};
 
+/// What an operation needs kept alive (and unmoved on the heap) until the kernel completes it.
+enum Kind {
+    Read {
+        file: Arc<File>,
+        buf: Vec<u8>,
+        offset: u64,
+    },
+    Open {
+        path: CString,
+        flags: i32,
+    },
+    Statx {
+        file: Arc<File>,
+        buf: Box<libc::statx>,
+    },
+    /// Before submission the descriptor is owned here; after, the kernel closes it.
+    Close {
+        fd: Option<OwnedFd>,
+    },
+}
+
 struct Op {
-    file: Arc<File>,
-    buf: Vec<u8>,
-    offset: u64,
+    kind: Kind,
     token: u64,
 }
 
-/// A completed read: the buffer has `len` valid bytes from its start on success.
+/// A file's size and timestamps, as statx gave them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+pub enum Outcome {
+    /// The buffer has the bytes read appended to its previous contents.
+    Read {
+        file: Arc<File>,
+        buf: Vec<u8>,
+        offset: u64,
+        result: io::Result<usize>,
+    },
+    Open(io::Result<File>),
+    Statx {
+        file: Arc<File>,
+        result: io::Result<Stamp>,
+    },
+    Closed(io::Result<()>),
+}
+
 pub struct Completion {
     pub token: u64,
-    pub file: Arc<File>,
-    pub buf: Vec<u8>,
-    pub offset: u64,
-    pub result: io::Result<usize>,
+    pub outcome: Outcome,
 }
 
 pub struct Ring {
@@ -35,14 +75,30 @@ pub struct Ring {
     /// Operations waiting for room in the submission queue.
     backlog: VecDeque<Op>,
     in_kernel: usize,
+    file_ops: bool,
 }
+
+/// An empty path: statx of the descriptor itself (with AT_EMPTY_PATH).
+const EMPTY: &std::ffi::CStr = c"";
 
 impl Ring {
     /// Fails with the kernel's error (EPERM under seccomp or sysctl, ENOSYS, EINVAL) when io_uring
     /// cannot be used; callers fall back to plain reads.
     pub fn new(entries: u32) -> io::Result<Ring> {
         let ring = IoUring::new(entries)?;
-        Ok(Ring { ring, slots: Vec::new(), free: Vec::new(), backlog: VecDeque::new(), in_kernel: 0 })
+        let mut probe = io_uring::Probe::new();
+        let file_ops = ring.submitter().register_probe(&mut probe).is_ok()
+            && [opcode::OpenAt::CODE, opcode::Statx::CODE, opcode::Close::CODE]
+                .iter()
+                .all(|&op| probe.is_supported(op));
+        let (slots, free, backlog) = (Vec::new(), Vec::new(), VecDeque::new());
+        Ok(Ring { ring, slots, free, backlog, in_kernel: 0, file_ops })
+    }
+
+    /// Whether this kernel's io_uring can open, statx and close (5.6 and later); without them
+    /// only `read` may be used.
+    pub fn file_ops(&self) -> bool {
+        self.file_ops
     }
 
     /// Operations queued or in the kernel.
@@ -53,7 +109,48 @@ impl Ring {
     /// Queues a read at `offset` into the spare capacity of `buf`: on completion the bytes read
     /// follow the buffer's existing contents (which callers use as headroom).
     pub fn read(&mut self, file: Arc<File>, buf: Vec<u8>, offset: u64, token: u64) {
-        self.backlog.push_back(Op { file, buf, offset, token });
+        self.backlog.push_back(Op { kind: Kind::Read { file, buf, offset }, token });
+    }
+
+    /// Queues an open(2) of `path` for reading with `flags` (O_RDONLY is implied).
+    pub fn open(&mut self, path: CString, flags: i32, token: u64) {
+        self.backlog.push_back(Op { kind: Kind::Open { path, flags }, token });
+    }
+
+    /// Queues a statx of the open file (size, mtime, ctime).
+    pub fn statx(&mut self, file: Arc<File>, token: u64) {
+        // SAFETY: libc::statx is plain old data; all zeroes is a valid value.
+        let buf = Box::new(unsafe { std::mem::zeroed::<libc::statx>() });
+        self.backlog.push_back(Op { kind: Kind::Statx { file, buf }, token });
+    }
+
+    /// Queues the closing of a file.
+    pub fn close(&mut self, file: File, token: u64) {
+        self.backlog.push_back(Op { kind: Kind::Close { fd: Some(OwnedFd::from(file)) }, token });
+    }
+
+    fn entry(kind: &mut Kind) -> io_uring::squeue::Entry {
+        match kind {
+            Kind::Read { file, buf, offset } => {
+                let spare = buf.spare_capacity_mut();
+                let len = u32::try_from(spare.len()).unwrap_or(u32::MAX);
+                let ptr = spare.as_mut_ptr().cast::<u8>();
+                opcode::Read::new(types::Fd(file.as_raw_fd()), ptr, len).offset(*offset).build()
+            }
+            Kind::Open { path, flags } => opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+                .flags(*flags | libc::O_RDONLY)
+                .build(),
+            Kind::Statx { file, buf } => {
+                let ptr: *mut libc::statx = &mut **buf;
+                opcode::Statx::new(types::Fd(file.as_raw_fd()), EMPTY.as_ptr(), ptr.cast::<types::statx>())
+                    .flags(libc::AT_EMPTY_PATH)
+                    .mask(libc::STATX_BASIC_STATS)
+                    .build()
+            }
+            Kind::Close { fd } => {
+                opcode::Close::new(types::Fd(fd.as_ref().map_or(-1, AsRawFd::as_raw_fd))).build()
+            }
+        }
     }
 
     fn push_backlog(&mut self) {
@@ -69,23 +166,23 @@ impl Ring {
                     self.slots.len() - 1
                 }
             };
-            let spare = op.buf.spare_capacity_mut();
-            let len = u32::try_from(spare.len()).unwrap_or(u32::MAX);
-            let ptr = spare.as_mut_ptr().cast::<u8>();
-            let entry = opcode::Read::new(types::Fd(op.file.as_raw_fd()), ptr, len)
-                .offset(op.offset)
-                .build()
-                .user_data(slot as u64);
-            // SAFETY: the buffer pointer and fd stay valid until the completion for `slot` is
-            // reaped, because `op` (owning both the Vec and an Arc of the File) is stored in
-            // `self.slots[slot]` and only removed in `reap`, after the kernel reported completion.
-            // Moving the Vec into the table does not move its heap allocation. The kernel writes
-            // at most `len` bytes into the Vec's spare capacity, which nothing else touches.
+            let entry = Self::entry(&mut op.kind).user_data(slot as u64);
+            // SAFETY: every pointer in the entry (buffer, path, statx buffer) and every
+            // descriptor stays valid until the completion for `slot` is reaped, because `op`
+            // (owning the Vec, CString or Box, and an Arc of the File) is stored in
+            // `self.slots[slot]` and only removed in `reap`, after the kernel reported
+            // completion. Moving the op into the table does not move those heap allocations.
+            // The kernel writes at most `len` bytes into the Vec's spare capacity, which nothing
+            // else touches. A descriptor to close is released from Rust's ownership once the
+            // close is pushed (below), so it is closed exactly once, by the kernel.
             let pushed = unsafe { self.ring.submission().push(&entry) };
             if pushed.is_err() {
                 self.free.push(slot);
                 self.backlog.push_front(op);
                 break;
+            }
+            if let Kind::Close { fd } = &mut op.kind {
+                let _ = fd.take().map(IntoRawFd::into_raw_fd);
             }
             self.slots[slot] = Some(op);
             self.in_kernel += 1;
@@ -119,17 +216,42 @@ impl Ring {
             };
             self.free.push(slot as usize);
             self.in_kernel -= 1;
-            let mut buf = op.buf;
-            let result = if res < 0 {
-                Err(io::Error::from_raw_os_error(-res))
-            } else {
-                let n = (res as usize).min(buf.capacity() - buf.len());
-                // SAFETY: the kernel initialised exactly `n` bytes of spare capacity directly
-                // after the buffer's previous length for this completed read.
-                unsafe { buf.set_len(buf.len() + n) };
-                Ok(n)
+            let err = (res < 0).then(|| io::Error::from_raw_os_error(-res));
+            let outcome = match op.kind {
+                Kind::Read { file, mut buf, offset } => {
+                    let result = match err {
+                        Some(e) => Err(e),
+                        None => {
+                            let n = (res as usize).min(buf.capacity() - buf.len());
+                            // SAFETY: the kernel initialised exactly `n` bytes of spare capacity
+                            // directly after the buffer's previous length for this read.
+                            unsafe { buf.set_len(buf.len() + n) };
+                            Ok(n)
+                        }
+                    };
+                    Outcome::Read { file, buf, offset, result }
+                }
+                Kind::Open { .. } => Outcome::Open(match err {
+                    Some(e) => Err(e),
+                    // SAFETY: a successful openat returns a new descriptor that nothing else
+                    // owns; the File takes ownership of it.
+                    None => Ok(unsafe { File::from_raw_fd(res) }),
+                }),
+                Kind::Statx { file, buf } => {
+                    let ns = |t: libc::statx_timestamp| t.tv_sec * 1_000_000_000 + i64::from(t.tv_nsec);
+                    let result = match err {
+                        Some(e) => Err(e),
+                        None => Ok(Stamp {
+                            size: buf.stx_size,
+                            mtime_ns: ns(buf.stx_mtime),
+                            ctime_ns: ns(buf.stx_ctime),
+                        }),
+                    };
+                    Outcome::Statx { file, result }
+                }
+                Kind::Close { .. } => Outcome::Closed(err.map_or(Ok(()), Err)),
             };
-            done.push(Completion { token: op.token, file: op.file, buf, offset: op.offset, result });
+            done.push(Completion { token: op.token, outcome });
         }
     }
 }
@@ -140,10 +262,10 @@ impl Drop for Ring {
         while self.in_kernel > 0 {
             let mut sink = Vec::new();
             if self.ring.submit_and_wait(1).is_err() {
-                // The ring is unusable: leak the remaining buffers rather than free memory the
-                // kernel might still write.
+                // The ring is unusable: leak the remaining operations rather than free memory
+                // the kernel might still write.
                 for slot in self.slots.drain(..).flatten() {
-                    std::mem::forget(slot.buf);
+                    std::mem::forget(slot);
                 }
                 return;
             }
@@ -175,11 +297,52 @@ mod tests {
         while ring.in_flight() > 0 {
             for c in ring.complete(1).unwrap() {
                 let i = c.token as u8;
-                assert_eq!(c.result.unwrap(), 1000 + i as usize);
-                assert!(c.buf.iter().all(|&b| b == i));
+                let Outcome::Read { buf, result, .. } = c.outcome else { panic!("not a read") };
+                assert_eq!(result.unwrap(), 1000 + i as usize);
+                assert!(buf.iter().all(|&b| b == i));
                 got += 1;
             }
         }
         assert_eq!(got, 20);
+    }
+
+    #[test]
+    fn opens_stats_and_closes() {
+        let Ok(mut ring) = Ring::new(4) else { return };
+        if !ring.file_ops() {
+            return; // a kernel before 5.6: the read stage opens files itself
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"12345").unwrap();
+        let md = std::fs::metadata(&p).unwrap();
+        let c = |p: &std::path::Path| CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        ring.open(c(&p), libc::O_CLOEXEC, 1);
+        ring.open(c(&dir.path().join("missing")), libc::O_CLOEXEC, 2);
+        let mut file = None;
+        for d in ring.complete(2).unwrap() {
+            match (d.token, d.outcome) {
+                (1, Outcome::Open(Ok(f))) => file = Some(Arc::new(f)),
+                (2, Outcome::Open(Err(e))) => assert_eq!(e.kind(), io::ErrorKind::NotFound),
+                _ => panic!("unexpected completion"),
+            }
+        }
+        let file = file.unwrap();
+        ring.statx(file.clone(), 3);
+        let d = ring.complete(1).unwrap().pop().unwrap();
+        let Outcome::Statx { file: same, result } = d.outcome else { panic!("not a statx") };
+        drop(same);
+        let st = result.unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            st,
+            Stamp {
+                size: 5,
+                mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec()
+            }
+        );
+        ring.close(Arc::try_unwrap(file).unwrap(), 4);
+        assert!(matches!(ring.complete(1).unwrap().pop().unwrap().outcome, Outcome::Closed(Ok(()))));
     }
 }

@@ -5,14 +5,16 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use ::io::uring::Ring;
+use ::io::uring::{Outcome, Ring, Stamp};
 use ::io::Source;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
@@ -155,19 +157,17 @@ impl Shared {
         }
     }
 
-    /// Handles a finished read of `want` bytes at `offset`. Returns the next offset to read, or
-    /// None when the file is done (sent whole, or failed).
-    #[allow(clippy::too_many_arguments)]
-    fn completed(
+    /// Turns a finished read at `offset` into its block: (block, next offset, last). None when
+    /// the file failed (reported).
+    fn block(
         &self,
         job: &ReadJob,
-        file: &File,
         mut buf: Vec<u8>,
         headroom: usize,
         offset: u64,
         result: io::Result<usize>,
         permit: Permit,
-    ) -> Option<u64> {
+    ) -> Option<(Block, u64, bool)> {
         let res = self.source.after_read(&job.path, offset, &mut buf[headroom..], result);
         let n = match res {
             Ok(0) => {
@@ -183,23 +183,48 @@ impl Shared {
         buf.truncate(headroom + n);
         let next = offset + n as u64;
         let last = next >= job.meta.size;
+        Some((Block::Data { seq: job.seq, buf, start: headroom, offset, last, permit }, next, last))
+    }
+
+    /// Handles a finished read (the plain path). Returns the next offset to read, or None when
+    /// the file is done (sent whole, or failed).
+    #[allow(clippy::too_many_arguments)]
+    fn completed(
+        &self,
+        job: &ReadJob,
+        file: &File,
+        buf: Vec<u8>,
+        headroom: usize,
+        offset: u64,
+        result: io::Result<usize>,
+        permit: Permit,
+    ) -> Option<u64> {
+        let (block, next, last) = self.block(job, buf, headroom, offset, result, permit)?;
         if last {
-            if let Err(why) = unchanged(file, job) {
+            let stamp = stamp_of(file).map_err(|e| format!("cannot stat after reading: {e}"));
+            if let Err(why) = stamp.and_then(|st| unchanged(&st, job)) {
                 self.fail(job, why);
                 return None;
             }
         }
-        self.send(Block::Data { seq: job.seq, buf, start: headroom, offset, last, permit });
+        self.send(block);
         (!last).then_some(next)
     }
 }
 
+fn stamp_of(file: &File) -> io::Result<Stamp> {
+    let md = file.metadata()?;
+    let ns = |s: i64, n: i64| s * 1_000_000_000 + n;
+    Ok(Stamp {
+        size: md.size(),
+        mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+        ctime_ns: ns(md.ctime(), md.ctime_nsec()),
+    })
+}
+
 /// A file whose size, mtime or ctime moved while it was read is not saved half old, half new.
-fn unchanged(file: &File, job: &ReadJob) -> Result<(), String> {
-    let md = file.metadata().map_err(|e| format!("cannot stat after reading: {e}"))?;
-    let mtime = md.mtime() * 1_000_000_000 + md.mtime_nsec();
-    let ctime = md.ctime() * 1_000_000_000 + md.ctime_nsec();
-    if md.size() != job.meta.size || mtime != job.meta.mtime_ns || ctime != job.meta.ctime_ns {
+fn unchanged(st: &Stamp, job: &ReadJob) -> Result<(), String> {
+    if st.size != job.meta.size || st.mtime_ns != job.meta.mtime_ns || st.ctime_ns != job.meta.ctime_ns {
         return Err("changed while being read".into());
     }
     Ok(())
@@ -297,13 +322,19 @@ fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 
 struct InFlight {
     job: ReadJob,
-    file: Arc<File>,
+    /// None while the ring opens it.
+    file: Option<Arc<File>>,
     next: u64,
     headroom: usize,
     permit: Option<Permit>,
     /// Holds a large-file slot.
     large: bool,
+    /// The file's last block, held until a statx shows the file did not change while read.
+    last: Option<Block>,
 }
+
+/// The token of close operations (their completions need no handling).
+const CLOSE: u64 = u64::MAX;
 
 struct UringReader {
     s: Arc<Shared>,
@@ -353,6 +384,109 @@ impl UringReader {
         }
     }
 
+    /// Starts a file: opened through the ring when the source allows it (each step of a small
+    /// file, open, read, statx and close, then shares a system call with other files' steps),
+    /// else opened here.
+    fn start(&mut self, job: ReadJob, large: bool) {
+        let seq = job.seq;
+        let flags = self.s.source.open_flags().filter(|_| job.meta.size > 0 && self.ring.file_ops());
+        let path = flags.and_then(|_| CString::new(job.path.as_os_str().as_bytes()).ok());
+        let file = match (flags, path) {
+            (Some(flags), Some(path)) => {
+                self.ring.open(path, flags, seq);
+                None
+            }
+            _ => match self.s.open(&job) {
+                Some(file) => Some(file),
+                None => {
+                    if large {
+                        self.s.large.give();
+                    }
+                    return;
+                }
+            },
+        };
+        let ready = file.is_some();
+        self.files.insert(seq, InFlight { job, file, next: 0, headroom: 0, permit: None, large, last: None });
+        if ready {
+            self.ready.push_back(seq);
+        }
+    }
+
+    /// A file is done (sent whole, or failed): its slot is freed and it is closed in the ring.
+    fn end(&mut self, mut f: InFlight) {
+        if f.large {
+            self.s.large.give();
+        }
+        if let Some(file) = f.file.take().and_then(|a| Arc::try_unwrap(a).ok()) {
+            if self.ring.file_ops() {
+                self.ring.close(file, CLOSE);
+            }
+        }
+    }
+
+    fn opened(&mut self, seq: u64, res: io::Result<File>) {
+        let Some(mut f) = self.files.remove(&seq) else { return };
+        let file = match res {
+            Ok(file) => Some(Arc::new(file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.s.fail(&f.job, "vanished before it could be read".into());
+                None
+            }
+            // Any other refusal (O_NOATIME on another user's file, ...) is retried by the
+            // source itself, which adapts or names the reason.
+            Err(_) => self.s.open(&f.job),
+        };
+        match file {
+            Some(file) => {
+                f.file = Some(file);
+                self.files.insert(seq, f);
+                self.ready.push_back(seq);
+            }
+            None => self.end(f),
+        }
+    }
+
+    fn read_done(&mut self, seq: u64, file: Arc<File>, buf: Vec<u8>, offset: u64, result: io::Result<usize>) {
+        let Some(mut f) = self.files.remove(&seq) else { return };
+        let Some(permit) = f.permit.take() else { return };
+        match self.s.block(&f.job, buf, f.headroom, offset, result, permit) {
+            None => {
+                drop(file);
+                self.end(f);
+            }
+            Some((block, _, true)) if self.ring.file_ops() => {
+                f.last = Some(block);
+                self.ring.statx(file, seq);
+                self.files.insert(seq, f);
+            }
+            Some((block, _, true)) => {
+                f.last = Some(block);
+                let stamp = stamp_of(&file);
+                self.files.insert(seq, f);
+                self.verified(seq, file, stamp);
+            }
+            Some((block, next, false)) => {
+                self.s.send(block);
+                f.next = next;
+                self.files.insert(seq, f);
+                self.ready.push_back(seq);
+            }
+        }
+    }
+
+    fn verified(&mut self, seq: u64, file: Arc<File>, result: io::Result<Stamp>) {
+        drop(file);
+        let Some(mut f) = self.files.remove(&seq) else { return };
+        let check = result.map_err(|e| format!("cannot stat after reading: {e}"));
+        match (check.and_then(|st| unchanged(&st, &f.job)), f.last.take()) {
+            (Ok(()), Some(block)) => self.s.send(block),
+            (Err(why), _) => self.s.fail(&f.job, why),
+            (Ok(()), None) => {}
+        }
+        self.end(f);
+    }
+
     fn run(mut self, jobs: Receiver<ReadJob>) {
         let mut jobs_open = true;
         loop {
@@ -366,18 +500,10 @@ impl UringReader {
                     }
                     continue;
                 }
-                let Some(file) = self.s.open(&job) else {
-                    if large {
-                        self.s.large.give();
-                    }
-                    continue;
-                };
-                let seq = job.seq;
-                self.files.insert(seq, InFlight { job, file, next: 0, headroom: 0, permit: None, large });
-                self.ready.push_back(seq);
+                self.start(job, large);
                 self.submit_ready();
             }
-            if self.files.is_empty() {
+            if self.files.is_empty() && self.ring.in_flight() == 0 {
                 if !jobs_open && self.deferred.is_empty() {
                     return;
                 }
@@ -398,17 +524,13 @@ impl UringReader {
                 }
             };
             for c in done {
-                let Some(mut f) = self.files.remove(&c.token) else { continue };
-                let Some(permit) = f.permit.take() else { continue };
-                let next = self.s.completed(&f.job, &c.file, c.buf, f.headroom, c.offset, c.result, permit);
-                match next {
-                    Some(next) => {
-                        f.next = next;
-                        self.files.insert(c.token, f);
-                        self.ready.push_back(c.token);
+                match c.outcome {
+                    Outcome::Open(res) => self.opened(c.token, res),
+                    Outcome::Read { file, buf, offset, result } => {
+                        self.read_done(c.token, file, buf, offset, result)
                     }
-                    None if f.large => self.s.large.give(),
-                    None => {}
+                    Outcome::Statx { file, result } => self.verified(c.token, file, result),
+                    Outcome::Closed(_) => {}
                 }
             }
         }
@@ -436,7 +558,8 @@ impl UringReader {
             self.ready.pop_front();
             f.permit = Some(permit);
             f.headroom = headroom;
-            self.ring.read(f.file.clone(), Shared::buffer(headroom, len), f.next, seq);
+            let Some(file) = f.file.clone() else { continue };
+            self.ring.read(file, Shared::buffer(headroom, len), f.next, seq);
         }
     }
 }
