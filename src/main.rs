@@ -7,6 +7,6 @@ use std::sync::Arc;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    bakare::return_freed_memory_promptly();
+    bakare::configure_allocator();
     bakare::main_with(Arc::new(io::LocalSource::default()))
 }

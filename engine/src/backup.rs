@@ -2,7 +2,7 @@
 //! calling thread. When the scan is over and every stage has drained, the packs are committed,
 //! then the session's index segment, then the snapshot (pending, then committed), and last the
 //! files cache for the next run.
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -90,10 +90,15 @@ pub fn build_exclude(patterns: &[String], always: Vec<PathBuf>) -> Result<Option
     }
     let build = |b: GlobSetBuilder| b.build().map_err(|e| Error::Invalid(e.to_string()));
     let (names, paths): (GlobSet, GlobSet) = (build(names)?, build(paths)?);
+    // Called for every entry: compared as bytes (the scan's paths are normalised, so are
+    // these), and empty pattern sets are not consulted at all.
+    let always: Vec<Vec<u8>> =
+        always.iter().map(|a| a.components().collect::<PathBuf>().into_os_string().into_vec()).collect();
     Ok(Some(Arc::new(move |path: &Path, _is_dir: bool| {
-        always.iter().any(|a| a == path)
-            || paths.is_match(path)
-            || path.file_name().is_some_and(|n| names.is_match(n))
+        let bytes = path.as_os_str().as_bytes();
+        always.iter().any(|a| *a == bytes)
+            || (!paths.is_empty() && paths.is_match(path))
+            || (!names.is_empty() && path.file_name().is_some_and(|n| names.is_match(n)))
     })))
 }
 

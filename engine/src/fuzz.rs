@@ -250,7 +250,7 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
                 let body = encode(&r);
                 rec.extend_from_slice(&(body.len() as u32).to_le_bytes());
                 rec.extend_from_slice(&body);
-                rec.extend_from_slice(&blake3::hash(&body).as_bytes()[..8]);
+                rec.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&body).to_le_bytes());
             }
             vec![rec]
         }
