@@ -262,7 +262,7 @@ pub struct BlobReader<'a> {
     pub index: &'a Index,
     identity: &'a age::x25519::Identity,
     keys: Mutex<HashMap<u32, DataKey>>,
-    bundles: Mutex<VecDeque<BundleSlot>>,
+    bundles: Mutex<BundleCache>,
     /// Remote backends: recently fetched windows of packs (pack, start) -> bytes, and pack sizes.
     windows: Mutex<VecDeque<BundleSlot>>,
     sizes: Mutex<HashMap<u32, u64>>,
@@ -277,6 +277,43 @@ const WINDOWS_KEPT: usize = 8;
 
 type BundleSlot = ((u32, u32), Arc<Vec<u8>>);
 
+/// Decompressed bundles kept by a reader (see `BlobReader::bundle`).
+const BUNDLES_KEPT_BYTES: usize = 48 << 20;
+
+/// The most recently used bundles, by (pack, offset), up to a number of bytes.
+struct BundleCache {
+    /// Least recently used first.
+    slots: VecDeque<BundleSlot>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl BundleCache {
+    fn new(limit: usize) -> Self {
+        BundleCache { slots: VecDeque::new(), bytes: 0, limit }
+    }
+
+    fn get(&mut self, at: (u32, u32)) -> Option<Arc<Vec<u8>>> {
+        let i = self.slots.iter().position(|(k, _)| *k == at)?;
+        let slot = self.slots.remove(i)?;
+        let b = slot.1.clone();
+        self.slots.push_back(slot);
+        Some(b)
+    }
+
+    fn insert(&mut self, at: (u32, u32), plain: Arc<Vec<u8>>) {
+        if self.get(at).is_some() {
+            return; // another worker decompressed it meanwhile
+        }
+        self.bytes += plain.len();
+        self.slots.push_back((at, plain));
+        while self.bytes > self.limit && self.slots.len() > 1 {
+            let Some((_, old)) = self.slots.pop_front() else { break };
+            self.bytes -= old.len();
+        }
+    }
+}
+
 impl<'a> BlobReader<'a> {
     pub fn new(repo: &'a Repository, index: &'a Index) -> Result<Self> {
         Ok(BlobReader {
@@ -284,7 +321,7 @@ impl<'a> BlobReader<'a> {
             index,
             identity: repo.key.identity()?,
             keys: Mutex::new(HashMap::new()),
-            bundles: Mutex::new(VecDeque::new()),
+            bundles: Mutex::new(BundleCache::new(BUNDLES_KEPT_BYTES)),
             windows: Mutex::new(VecDeque::new()),
             sizes: Mutex::new(HashMap::new()),
         })
@@ -394,8 +431,12 @@ impl<'a> BlobReader<'a> {
         Ok(out)
     }
 
-    /// The plaintext of the bundle at `offset` in a pack; the last few are kept, since a
-    /// restore reads the small files of one bundle one after another.
+    /// The plaintext of the bundle at `offset` in a pack. The most recently used bundles are
+    /// kept, up to `BUNDLES_KEPT_BYTES`: a restore reads the small files of one bundle one after
+    /// another, but files deduplicated against older data (copies, moved directories) reach
+    /// back into any bundle. On the mixed corpus, keeping 16 bundles decompressed each of its
+    /// 81 bundles 11 times on average (462 MiB of zstd output for 40 MiB of bundles), half of
+    /// the restore's CPU.
     fn bundle(
         &self,
         key: &DataKey,
@@ -404,24 +445,16 @@ impl<'a> BlobReader<'a> {
         offset: u32,
         len: u32,
     ) -> Result<Arc<Vec<u8>>> {
-        const KEEP: usize = 16;
         let at = (pack, offset);
-        {
-            let cache = self.bundles.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((_, b)) = cache.iter().find(|(k, _)| *k == at) {
-                return Ok(b.clone());
-            }
+        if let Some(b) = self.bundles.lock().unwrap_or_else(|p| p.into_inner()).get(at) {
+            return Ok(b);
         }
         let name = format!("bundle at {pack_key}+{offset}");
         let sealed = self.range(pack, pack_key, offset, len)?;
         let frame = encrypt::open(key, &BUNDLE_ID, BlobKind::Bundle, &sealed)
             .map_err(|_| Error::BlobAuth(name.clone()))?;
         let plain = Arc::new(unframe(&frame).map_err(|e| Error::corrupt("blob", name, e))?);
-        let mut cache = self.bundles.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= KEEP {
-            cache.pop_front();
-        }
-        cache.push_back((at, plain.clone()));
+        self.bundles.lock().unwrap_or_else(|p| p.into_inner()).insert(at, plain.clone());
         Ok(plain)
     }
 
@@ -433,5 +466,29 @@ impl<'a> BlobReader<'a> {
             nodes.extend(Tree::decode(&hex::encode(id), &data)?.nodes);
         }
         Ok(nodes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bundle_cache_keeps_the_most_recently_used_within_its_bytes() {
+        let mut c = BundleCache::new(300);
+        let b = |n: usize| Arc::new(vec![n as u8; n]);
+        c.insert((0, 1), b(100));
+        c.insert((0, 2), b(100));
+        c.insert((0, 3), b(100));
+        assert_eq!(c.get((0, 1)).map(|v| v.len()), Some(100)); // now the most recent
+        c.insert((1, 1), b(100)); // over 300: the least recently used, (0, 2), goes
+        assert!(c.get((0, 2)).is_none());
+        assert!(c.get((0, 1)).is_some() && c.get((0, 3)).is_some() && c.get((1, 1)).is_some());
+        assert_eq!(c.bytes, 300);
+        c.insert((0, 3), b(100)); // already there: not counted twice
+        assert_eq!(c.bytes, 300);
+        c.insert((2, 0), b(1000)); // larger than the limit alone: kept, everything else goes
+        assert_eq!((c.slots.len(), c.bytes), (1, 1000));
+        assert_eq!(c.get((2, 0)).map(|v| v[0]), Some(232)); // 1000 as u8
     }
 }
