@@ -375,6 +375,10 @@ impl Known for CacheLookup {
         (same && e.content.iter().all(|id| self.index.contains(id))).then_some(e.content)
     }
 
+    fn record(&mut self, out: &mut Vec<u8>) {
+        self.reader.last_record(out);
+    }
+
     fn dir(&mut self, path: &Path, meta: &Meta) -> Option<StoredDir> {
         let found = self.reader.dir(path.as_os_str().as_bytes());
         self.keep_problem();

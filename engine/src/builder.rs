@@ -363,6 +363,22 @@ impl Builder {
                 }
                 self.push(Node::new(frame.name, NodeKind::Dir { subtree: frame.blobs }, &meta))?;
             }
+            ScanEvent::Reused { name, meta, stored, files, bytes, dirs, records } => {
+                // Everything in it is as the last run stored it: its tree, its counts, and
+                // its files cache records, written again as they are.
+                self.stats.dirs += dirs;
+                self.stats.files += files;
+                self.stats.unchanged_files += files;
+                self.stats.bytes += bytes;
+                self.reused_dirs += dirs;
+                Progress::add(&self.progress.files_done, files);
+                Progress::add(&self.progress.bytes_done, bytes);
+                if let Some(Err(_)) = self.cache.as_mut().map(|c| c.add_raw(&records)) {
+                    self.cache = None;
+                }
+                let node = Node::new(name.as_bytes().to_vec(), NodeKind::Dir { subtree: stored.tree }, &meta);
+                self.push(node)?;
+            }
             ScanEvent::File { seq, name, meta } => {
                 self.changed();
                 let done = self.wait_file(seq)?;

@@ -117,6 +117,8 @@ pub struct CacheReader {
     r: Box<dyn BufRead + Send>,
     next: Option<Record>,
     body: Vec<u8>,
+    /// The stored bytes (after the length) of the record `seek` last returned.
+    last: Vec<u8>,
     /// Why reading stopped early, if it did.
     pub problem: Option<String>,
 }
@@ -145,7 +147,7 @@ impl CacheReader {
         {
             return Err("damaged or from another version".into());
         }
-        let mut c = CacheReader { r, next: None, body: Vec::new(), problem: None };
+        let mut c = CacheReader { r, next: None, body: Vec::new(), last: Vec::new(), problem: None };
         c.advance();
         Ok(c)
     }
@@ -193,6 +195,7 @@ impl CacheReader {
                 Ordering::Less => self.advance(),
                 Ordering::Equal => {
                     let e = self.next.take();
+                    std::mem::swap(&mut self.last, &mut self.body);
                     self.advance();
                     return e;
                 }
@@ -207,6 +210,14 @@ impl CacheReader {
             Record::File(e) => Some(e),
             Record::Dir(_) => None,
         }
+    }
+
+    /// Appends the record `lookup` or `dir` last returned to `out`, exactly as stored
+    /// (for `CacheWriter::add_raw`).
+    pub fn last_record(&self, out: &mut Vec<u8>) {
+        let len = self.last.len().saturating_sub(8) as u32;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&self.last);
     }
 
     /// The record of the directory at `path`, asked for when the scan leaves it.
@@ -242,6 +253,12 @@ impl CacheWriter {
         self.w.write_all(&(body.len() as u32).to_le_bytes())?;
         self.w.write_all(&body)?;
         self.w.write_all(&checksum(&body))
+    }
+
+    /// Writes records as `CacheReader::last_record` gave them (read, checked and decoded by
+    /// this version before, so written again without being encoded and summed again).
+    pub fn add_raw(&mut self, records: &[u8]) -> io::Result<()> {
+        self.w.write_all(records)
     }
 
     /// Replaces the previous cache (a local cache, not a repository object: replacing is fine).
@@ -341,6 +358,22 @@ mod tests {
         assert_eq!(r.dir(b"/d/e").map(Record::Dir), Some(recs[2].clone()));
         assert_eq!(r.lookup(b"/d/f").unwrap().size, 3);
         assert_eq!(r.dir(b"/d").map(Record::Dir), Some(recs[4].clone()));
+        // Records copied as they are make the same cache.
+        let mut r = CacheReader::open(&p, &id).unwrap().unwrap();
+        let mut raw = Vec::new();
+        for (i, path) in [b"/d/1".as_slice(), b"/d/e/2"].into_iter().enumerate() {
+            assert_eq!(r.lookup(path).map(Record::File), Some(recs[i].clone()));
+            r.last_record(&mut raw);
+        }
+        assert!(r.dir(b"/d/e").is_some());
+        r.last_record(&mut raw);
+        let copy = dir_.path().join("copy");
+        let mut w = CacheWriter::create(&copy, &id).unwrap();
+        w.add_raw(&raw).unwrap();
+        w.add(&recs[3]).unwrap();
+        w.add(&recs[4]).unwrap();
+        w.commit().unwrap();
+        assert_eq!(fs::read(&copy).unwrap(), fs::read(&p).unwrap());
         let mut r = CacheReader::open(&p, &id).unwrap().unwrap();
         // Skipping a whole directory (its files and its record) on the way to a later path.
         assert_eq!(r.lookup(b"/d/f").unwrap().size, 3);

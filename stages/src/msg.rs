@@ -130,6 +130,19 @@ pub enum ScanEvent {
     Leave {
         stored: Option<StoredDir>,
     },
+    /// A directory that, with everything in it, is as the last run stored it: its stored tree
+    /// is taken whole. Stands for the directory's Enter, entries and Leave. `files`, `bytes`
+    /// and `dirs` (itself included) are what it holds; `records` are the files cache's own
+    /// records of it and everything in it, to be written again as they are.
+    Reused {
+        name: OsString,
+        meta: Meta,
+        stored: StoredDir,
+        files: u64,
+        bytes: u64,
+        dirs: u64,
+        records: Vec<u8>,
+    },
     /// A regular file whose content is read; `FileEvent`s with the same `seq` describe it.
     File {
         seq: u64,

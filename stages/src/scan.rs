@@ -29,7 +29,27 @@ pub trait Known: Send {
     /// The tree of a directory (stat'ed as `meta` when it was entered) that has not changed
     /// since, or None. Its entries may have: the tree builder checks those.
     fn dir(&mut self, path: &Path, meta: &Meta) -> Option<StoredDir>;
+    /// Appends the stored record of the entry `file` or `dir` last found to `out`, as it is
+    /// stored: a directory found unchanged passes its entries' records on whole.
+    fn record(&mut self, out: &mut Vec<u8>);
 }
+
+/// A directory whose events are held back while everything in it is unchanged so far: if it is
+/// still unchanged when the scan leaves it, one `ScanEvent::Reused` replaces them all.
+struct Held {
+    name: OsString,
+    /// Its Enter event, then its entries' (a reused subdirectory is one event).
+    events: Vec<ScanEvent>,
+    records: Vec<u8>,
+    entries: u64,
+    files: u64,
+    bytes: u64,
+    dirs: u64,
+}
+
+/// Events one directory may hold back (beyond, it is passed on as it goes): the tree builder
+/// splits larger directories across tree blobs, which it cannot take whole anyway.
+const MAX_HELD: usize = 4096;
 
 pub struct ScanConfig {
     /// Absolute paths to back up.
@@ -191,6 +211,7 @@ struct Frame {
     submitted: usize,
     /// Its metadata when an Enter event was emitted for it (not for the file system root).
     entered: Option<Meta>,
+    held: Option<Held>,
 }
 
 impl Frame {
@@ -206,7 +227,7 @@ impl Frame {
             .filter(|e| !exclude.as_ref().is_some_and(|f| f(&path.join(&e.name), true)))
             .map(|e| (e.name.clone(), None))
             .collect();
-        Frame { path, entries: entries.into_iter(), subdirs, submitted: 0, entered }
+        Frame { path, entries: entries.into_iter(), subdirs, submitted: 0, entered, held: None }
     }
 }
 
@@ -257,8 +278,11 @@ struct Closed;
 
 impl Scanner {
     fn emit(&mut self, ev: ScanEvent) -> Result<(), Closed> {
+        // A reused directory carries its files cache records (~75 bytes per file): batched like
+        // the others, a no-change run held all of them at once (+7 MiB on 100,000 files).
+        let heavy = matches!(&ev, ScanEvent::Reused { records, .. } if records.len() > 4096);
         self.batch.push(ev);
-        if self.batch.len() >= BATCH {
+        if self.batch.len() >= BATCH || heavy {
             self.flush()?;
         }
         Ok(())
@@ -272,11 +296,12 @@ impl Scanner {
         self.events.send(batch).map_err(|_| Closed)
     }
 
-    fn entry(&mut self, path: &Path, name: OsString, meta: Meta) -> Result<(), Closed> {
-        match meta.kind {
+    /// The event for one entry (a file to read is sent to the read stage first).
+    fn entry(&mut self, path: &Path, name: OsString, meta: Meta) -> Result<ScanEvent, Closed> {
+        Ok(match meta.kind {
             FileKind::Dir => {
                 self.stats.dirs += 1;
-                self.emit(ScanEvent::Enter { name, meta })
+                ScanEvent::Enter { name, meta }
             }
             FileKind::File => {
                 self.stats.files += 1;
@@ -284,7 +309,7 @@ impl Scanner {
                 Progress::add(&self.progress.bytes_total, meta.size);
                 if meta.nlink > 1 {
                     if let Some(&first) = self.links.get(&(meta.dev, meta.ino)) {
-                        return self.emit(ScanEvent::HardLink { first, name, meta });
+                        return Ok(ScanEvent::HardLink { first, name, meta });
                     }
                     self.links.insert((meta.dev, meta.ino), self.next_seq);
                 }
@@ -292,19 +317,97 @@ impl Scanner {
                 self.next_seq += 1;
                 if let Some(content) = self.known.as_mut().and_then(|k| k.file(path, &meta)) {
                     self.stats.unchanged += 1;
-                    return self.emit(ScanEvent::Unchanged { seq, name, meta, content });
+                    return Ok(ScanEvent::Unchanged { seq, name, meta, content });
                 }
                 // The job goes first: the tree builder may wait for this file's content, which
                 // must already be on its way.
                 let job = ReadJob { seq, path: path.to_path_buf(), meta: meta.clone() };
                 self.jobs.send(job).map_err(|_| Closed)?;
-                self.emit(ScanEvent::File { seq, name, meta })
+                ScanEvent::File { seq, name, meta }
             }
             FileKind::Symlink => match fs::read_link(path) {
-                Ok(target) => self.emit(ScanEvent::Symlink { name, meta, target: target.into_os_string() }),
-                Err(e) => self.error(path, format!("cannot read symlink: {e}")),
+                Ok(target) => ScanEvent::Symlink { name, meta, target: target.into_os_string() },
+                Err(e) => {
+                    ScanEvent::Error { path: path.to_path_buf(), why: format!("cannot read symlink: {e}") }
+                }
             },
-            _ => self.emit(ScanEvent::Special { name, meta }),
+            _ => ScanEvent::Special { name, meta },
+        })
+    }
+
+    /// Passes an event on, or holds it back in the innermost directory while everything there
+    /// is unchanged. Anything else releases every held directory (none of them can be reused
+    /// now), outermost first, which keeps the events in order.
+    fn place(&mut self, frames: &mut [Frame], ev: ScanEvent) -> Result<(), Closed> {
+        let Some(h) = frames.last_mut().and_then(|f| f.held.as_mut()) else { return self.emit(ev) };
+        let (files, bytes, dirs) = match &ev {
+            ScanEvent::Unchanged { meta, .. } if meta.nlink <= 1 => (1, meta.size, 0),
+            ScanEvent::Reused { files, bytes, dirs, .. } => (*files, *bytes, *dirs),
+            _ => {
+                self.release(frames)?;
+                return self.emit(ev);
+            }
+        };
+        if let (ScanEvent::Unchanged { .. }, Some(k)) = (&ev, self.known.as_mut()) {
+            k.record(&mut h.records);
+        }
+        if let ScanEvent::Reused { records, .. } = &ev {
+            h.records.extend_from_slice(records);
+        }
+        h.entries += 1;
+        h.files += files;
+        h.bytes += bytes;
+        h.dirs += dirs;
+        h.events.push(ev);
+        if h.events.len() > MAX_HELD {
+            self.release(frames)?;
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, frames: &mut [Frame]) -> Result<(), Closed> {
+        for f in frames.iter_mut() {
+            if let Some(h) = f.held.take() {
+                for ev in h.events {
+                    self.emit(ev)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves the innermost directory: one `Reused` event if it and everything in it are
+    /// unchanged, else its held events (and all others) and a Leave.
+    fn leave(&mut self, frames: &mut Vec<Frame>) -> Result<(), Closed> {
+        let Some(top) = frames.last_mut() else { return Ok(()) };
+        let Some(meta) = top.entered.clone() else {
+            frames.pop();
+            return Ok(());
+        };
+        let path = std::mem::take(&mut top.path);
+        let stored = self.known.as_mut().and_then(|k| k.dir(&path, &meta));
+        let held = match (&stored, &top.held) {
+            (Some(s), Some(h)) if s.entries == h.entries => top.held.take(),
+            _ => None,
+        };
+        match (held, stored) {
+            (Some(mut h), Some(stored)) => {
+                frames.pop();
+                if let Some(k) = self.known.as_mut() {
+                    k.record(&mut h.records);
+                }
+                let (files, bytes, dirs, records) = (h.files, h.bytes, h.dirs + 1, h.records);
+                let ev = ScanEvent::Reused { name: h.name, meta, stored, files, bytes, dirs, records };
+                self.place(frames, ev)
+            }
+            (held, stored) => {
+                if let Some(top) = frames.last_mut() {
+                    top.held = held.or(top.held.take());
+                }
+                self.release(frames)?;
+                frames.pop();
+                self.place(frames, ScanEvent::Leave { stored })
+            }
         }
     }
 
@@ -328,7 +431,8 @@ impl Scanner {
             };
             let name = root.file_name().map(|n| n.to_os_string()).unwrap_or_default();
             let is_dir = meta.kind == FileKind::Dir;
-            self.entry(root, name, meta.clone())?;
+            let ev = self.entry(root, name, meta.clone())?;
+            self.emit(ev)?;
             if !is_dir {
                 return Ok(());
             }
@@ -347,17 +451,15 @@ impl Scanner {
                 return Err(Closed);
             }
             let Some(entry) = top.entries.next() else {
-                if let Some(Frame { path, entered: Some(meta), .. }) = frames.pop() {
-                    let stored = self.known.as_mut().and_then(|k| k.dir(&path, &meta));
-                    self.emit(ScanEvent::Leave { stored })?;
-                }
+                self.leave(&mut frames)?;
                 continue;
             };
             let path = top.path.join(&entry.name);
             let meta = match entry.stat {
                 Ok(st) => meta_of_stat(&st),
                 Err(e) => {
-                    self.error(&path, format!("cannot stat: {e}"))?;
+                    let why = format!("cannot stat: {e}");
+                    self.place(&mut frames, ScanEvent::Error { path, why })?;
                     continue;
                 }
             };
@@ -382,15 +484,30 @@ impl Scanner {
                 None
             };
             let dir_meta = is_dir.then(|| meta.clone());
-            self.entry(&path, entry.name, meta)?;
-            if let Some(listing) = listing {
-                match listing {
-                    Ok(entries) => frames.push(Frame::new(path, entries, dir_meta, exclude)),
-                    Err(e) => {
-                        self.error(&path, format!("cannot list: {e}"))?;
-                        self.emit(ScanEvent::Leave { stored: None })?;
+            let ev = self.entry(&path, entry.name, meta)?;
+            match listing {
+                // With a files cache, a directory holds its events back until it is known
+                // whether it changed (it starts with its own Enter).
+                Some(Ok(entries)) => {
+                    let mut frame = Frame::new(path, entries, dir_meta, exclude);
+                    match (&ev, self.known.is_some()) {
+                        (ScanEvent::Enter { name, .. }, true) => {
+                            let name = name.clone();
+                            let (records, entries, files, bytes, dirs) = (Vec::new(), 0, 0, 0, 0);
+                            frame.held =
+                                Some(Held { name, events: vec![ev], records, entries, files, bytes, dirs });
+                        }
+                        _ => self.place(&mut frames, ev)?,
                     }
+                    frames.push(frame);
                 }
+                Some(Err(e)) => {
+                    self.place(&mut frames, ev)?;
+                    let why = format!("cannot list: {e}");
+                    self.place(&mut frames, ScanEvent::Error { path, why })?;
+                    self.place(&mut frames, ScanEvent::Leave { stored: None })?;
+                }
+                None => self.place(&mut frames, ev)?,
             }
             ahead.top_up(&mut frames, lister);
         }
@@ -497,8 +614,81 @@ mod tests {
                 ScanEvent::Symlink { name, .. } => format!("@{}", name.to_string_lossy()),
                 ScanEvent::Special { name, .. } => format!("!{}", name.to_string_lossy()),
                 ScanEvent::Error { .. } => "E".into(),
+                ScanEvent::Reused { name, files, dirs, records, .. } => {
+                    format!("*{}:{files}:{dirs}:{}", name.to_string_lossy(), String::from_utf8_lossy(records))
+                }
             })
             .collect()
+    }
+
+    /// Every file is unchanged except those named `changed*`; every directory has its stored
+    /// tree with as many entries as it has now, except those named `grown*` (one fewer). A
+    /// record is the entry's name and a ';'.
+    struct FakeCache {
+        last: Vec<u8>,
+    }
+
+    impl Known for FakeCache {
+        fn file(&mut self, path: &Path, _: &Meta) -> Option<Vec<BlobId>> {
+            let name = path.file_name()?.to_string_lossy().into_owned();
+            self.last = format!("{name};").into_bytes();
+            (!name.starts_with("changed")).then(Vec::new)
+        }
+        fn dir(&mut self, path: &Path, _: &Meta) -> Option<StoredDir> {
+            let name = path.file_name()?.to_string_lossy().into_owned();
+            self.last = format!("{name}/;").into_bytes();
+            let n = fs::read_dir(path).ok()?.count() as u64;
+            Some(StoredDir {
+                entries: if name.starts_with("grown") { n - 1 } else { n },
+                tree: vec![[1; 32]],
+            })
+        }
+        fn record(&mut self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.last);
+        }
+    }
+
+    #[test]
+    fn unchanged_directories_become_one_event_and_changed_ones_release_theirs_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("src");
+        for d in ["a/b", "c", "grown", "d/e/f"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for f in ["a/1", "a/b/2", "a/b/3", "c/4", "c/changed", "grown/5", "d/6", "d/e/7", "d/e/f/8", "d/e/z"]
+        {
+            fs::write(root.join(f), f).unwrap();
+        }
+        let (etx, erx) = crossbeam_channel::unbounded();
+        let (jtx, jrx) = crossbeam_channel::unbounded();
+        let cfg = ScanConfig {
+            roots: normalize_roots(std::slice::from_ref(&root)).unwrap(),
+            exclude: None,
+            known: Some(Box::new(FakeCache { last: Vec::new() })),
+            progress: Arc::default(),
+        };
+        spawn(cfg, etx, jtx, Cancel::default()).unwrap().finish();
+        let n = names(&erx.iter().flatten().collect::<Vec<_>>());
+        let start = n.iter().position(|e| e == "+src").unwrap();
+        let expected = [
+            "+src",
+            // a and a/b are unchanged: one event carrying every record, innermost first.
+            "*a:3:2:1;2;3;b/;a/;",
+            // c holds a changed file: its held events come out in order, then the rest.
+            "+c",
+            "4",
+            "changed",
+            "-",
+            // d, with d/e and d/e/f in it, is unchanged: one event for all three.
+            "*d:4:3:6;7;8;f/;z;e/;d/;",
+            // grown has one entry more than its stored tree: passed on as it is.
+            "+grown",
+            "5",
+            "-",
+            "-",
+        ];
+        assert_eq!(&n[start..start + expected.len()], &expected);
+        assert_eq!(jrx.iter().count(), 1, "only the changed file is read");
     }
 
     #[test]
