@@ -22,7 +22,7 @@ use stages::{BlobId, BlobKind, BUNDLE_ID};
 
 use crate::crypto::unwrap_key;
 use crate::error::{Error, Result};
-use crate::index::{decode_segment, Index};
+use crate::index::{decode_segment, Index, IndexBuilder};
 use crate::pack::{self, BlobEntry, PackId};
 use crate::repo::{BlobReader, Repository};
 use crate::snapshot::Snapshot;
@@ -160,7 +160,7 @@ pub(crate) fn survey(repo: &Repository, report: &mut CheckReport) -> Result<Surv
             HashSet::new()
         }
     };
-    let mut index = Index::default();
+    let mut index = IndexBuilder::default();
     let mut late = Vec::new();
     let mut covered = HashSet::new();
     let mut missing_packs = HashSet::new();
@@ -226,6 +226,7 @@ pub(crate) fn survey(repo: &Repository, report: &mut CheckReport) -> Result<Surv
     for (p, entries) in late {
         index.add_pack(p, &entries);
     }
+    let index = index.build();
     missing_blobs.retain(|b, _| !index.contains(b));
     Ok(Survey { index, condemned, present, missing_blobs, missing_why, uncovered })
 }

@@ -83,10 +83,11 @@ pub fn index_segment(data: &[u8]) -> bool {
             let Ok(body) = crate::index::decode_segment(&k.wk.catalog_key, "fuzz", &seg) else {
                 return false;
             };
-            let mut idx = crate::index::Index::default();
+            let mut idx = crate::index::IndexBuilder::default();
             for (p, entries) in body.iter().take(10_000) {
                 idx.add_pack(*p, entries);
             }
+            let _ = idx.build();
             true
         }
     }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use io::Backend;
 // Blob ids are keyed BLAKE3 hashes: uniformly spread and not chosen by the files' owners, so a
 // fast unkeyed hash suffices (SipHash was ~4 % of a no-change run).
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 use stages::{BlobId, BlobKind, Dedup};
 
 use crate::crypto::{open_catalog, seal_catalog, Secret32};
@@ -47,17 +47,41 @@ pub struct Loc {
     pub inner: Option<u32>,
 }
 
-#[derive(Default)]
-pub struct Index {
-    packs: Vec<PackId>,
-    pack_pos: HashMap<PackId, u32>,
-    blobs: FxHashMap<BlobId, Loc>,
-    /// Packs that no readable segment listed, as read from their trailers. The next backup
-    /// lists them in its own segment, so a damaged or missing segment heals itself.
-    pub recovered: Vec<(PackId, Vec<BlobEntry>)>,
+/// Where a blob is, packed: 56 bytes with its id. (A hash map took ~128 bytes per blob at a
+/// million blobs: its table is rounded up to a power of two, and doubles while it grows.)
+#[derive(Clone, Copy)]
+struct Slot {
+    id: BlobId,
+    pack: u32,
+    offset: u32,
+    len: u32,
+    raw_len: u32,
+    /// `NOT_INNER` for a blob that is not in a bundle.
+    inner: u32,
+    kind: u8,
 }
 
-impl Index {
+/// Bundles are far smaller than 4 GiB: no member starts at this offset.
+const NOT_INNER: u32 = u32::MAX;
+
+impl Slot {
+    fn loc(&self) -> Option<Loc> {
+        let kind = BlobKind::from_u8(self.kind)?;
+        let inner = (self.inner != NOT_INNER).then_some(self.inner);
+        Some(Loc { pack: self.pack, offset: self.offset, len: self.len, raw_len: self.raw_len, kind, inner })
+    }
+}
+
+/// The index while it is being read: packs and their entries in the order they count (of a
+/// blob's copies, the one in the pack added first wins). `build` makes the lookup table.
+#[derive(Default)]
+pub struct IndexBuilder {
+    packs: Vec<PackId>,
+    pack_pos: HashMap<PackId, u32>,
+    slots: Vec<Slot>,
+}
+
+impl IndexBuilder {
     pub fn add_pack(&mut self, pack: PackId, entries: &[BlobEntry]) {
         let p = *self.pack_pos.entry(pack).or_insert_with(|| {
             self.packs.push(pack);
@@ -68,17 +92,80 @@ impl Index {
             if kind == BlobKind::Bundle {
                 continue; // bundles are reached through their members
             }
-            let loc = Loc { pack: p, offset: e.offset, len: e.len, raw_len: e.raw_len, kind, inner: e.inner };
-            self.blobs.entry(e.id).or_insert(loc);
+            let inner = e.inner.unwrap_or(NOT_INNER);
+            let (offset, len, raw_len) = (e.offset, e.len, e.raw_len);
+            self.slots.push(Slot { id: e.id, pack: p, offset, len, raw_len, inner, kind: kind as u8 });
         }
     }
 
+    /// Sorts the blobs by id, keeping of each the copy in the pack added first (then the one
+    /// first in that pack), and indexes them by their ids' leading bits: ids are keyed hashes, evenly
+    /// spread, so each bucket holds a few blobs side by side in memory.
+    pub fn build(self) -> Index {
+        let IndexBuilder { packs, pack_pos, mut slots } = self;
+        // Unstable (no scratch memory); ties are broken by pack index, which is the order in
+        // which the packs were added, then by position in the pack.
+        slots
+            .sort_unstable_by(|a, b| a.id.cmp(&b.id).then(a.pack.cmp(&b.pack)).then(a.offset.cmp(&b.offset)));
+        slots.dedup_by(|later, first| later.id == first.id);
+        slots.shrink_to_fit();
+        // About four blobs per bucket.
+        let bits = (usize::BITS - (slots.len() / 4).leading_zeros()).min(24);
+        let mut dir = vec![0u32; (1usize << bits) + 1];
+        for s in &slots {
+            dir[bucket(&s.id, bits) + 1] += 1;
+        }
+        for i in 1..dir.len() {
+            dir[i] += dir[i - 1];
+        }
+        Index { packs, pack_pos, slots, dir, bits, recovered: Vec::new() }
+    }
+}
+
+/// The leading `bits` bits of an id.
+fn bucket(id: &BlobId, bits: u32) -> usize {
+    let lead = u64::from_be_bytes([id[0], id[1], id[2], id[3], id[4], id[5], id[6], id[7]]);
+    lead.checked_shr(64 - bits).unwrap_or(0) as usize
+}
+
+/// blob id -> where it is: a sorted table, with a directory by the ids' leading bits.
+pub struct Index {
+    packs: Vec<PackId>,
+    pack_pos: HashMap<PackId, u32>,
+    slots: Vec<Slot>,
+    /// Slots `dir[b]..dir[b + 1]` have ids whose leading `bits` bits are `b`.
+    dir: Vec<u32>,
+    bits: u32,
+    /// Packs that no readable segment listed, as read from their trailers. The next backup
+    /// lists them in its own segment, so a damaged or missing segment heals itself.
+    pub recovered: Vec<(PackId, Vec<BlobEntry>)>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        IndexBuilder::default().build()
+    }
+}
+
+impl Index {
+    fn slot(&self, id: &BlobId) -> Option<&Slot> {
+        let b = bucket(id, self.bits);
+        let (start, end) = (*self.dir.get(b)? as usize, *self.dir.get(b + 1)? as usize);
+        let range = self.slots.get(start..end)?;
+        range.binary_search_by(|s| s.id.cmp(id)).ok().and_then(|i| range.get(i))
+    }
+
     pub fn get(&self, id: &BlobId) -> Option<Loc> {
-        self.blobs.get(id).copied()
+        self.slot(id).and_then(Slot::loc)
     }
 
     pub fn contains(&self, id: &BlobId) -> bool {
-        self.blobs.contains_key(id)
+        self.slot(id).is_some()
+    }
+
+    /// Every blob and where it is, by id.
+    pub fn iter(&self) -> impl Iterator<Item = (&BlobId, Loc)> {
+        self.slots.iter().filter_map(|s| Some((&s.id, s.loc()?)))
     }
 
     pub fn pack_id(&self, idx: u32) -> Option<&PackId> {
@@ -90,16 +177,11 @@ impl Index {
     }
 
     pub fn blob_count(&self) -> usize {
-        self.blobs.len()
+        self.slots.len()
     }
 
     pub fn pack_count(&self) -> usize {
         self.packs.len()
-    }
-
-    /// Every blob and where it is, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&BlobId, &Loc)> {
-        self.blobs.iter()
     }
 
     /// Loads every segment; packs that no readable segment covers (a damaged segment, or a
@@ -114,7 +196,8 @@ impl Index {
         condemned: &HashSet<PackId>,
         usage: Use,
     ) -> Result<(Index, Vec<String>)> {
-        let mut idx = Index::default();
+        let mut idx = IndexBuilder::default();
+        let mut recovered = Vec::new();
         let mut warnings = Vec::new();
         // Segments first, then packs: a backup writes its packs before its segment, so every
         // pack of a segment listed here is in the pack listing (unless it was lost).
@@ -164,7 +247,7 @@ impl Index {
                 Ok(entries) if condemned.contains(&id) => late.push((id, entries)),
                 Ok(entries) => {
                     idx.add_pack(id, &entries);
-                    idx.recovered.push((id, entries));
+                    recovered.push((id, entries));
                 }
                 Err(e) => warnings.push(format!("{e}; its blobs are unavailable")),
             }
@@ -174,6 +257,8 @@ impl Index {
                 idx.add_pack(p, &entries);
             }
         }
+        let mut idx = idx.build();
+        idx.recovered = recovered;
         Ok((idx, warnings))
     }
 }
@@ -248,15 +333,64 @@ mod tests {
         let last = t.len() - 1;
         t[last] ^= 1;
         assert!(decode_segment(&k, &name, &t).is_err());
-        let mut idx = Index::default();
+        let mut idx = IndexBuilder::default();
         idx.add_pack([1; 32], &body[0].1);
-        let d = SessionDedup::new(Arc::new(idx));
+        let d = SessionDedup::new(Arc::new(idx.build()));
         assert!(!d.claim(&[9; 32], BlobKind::Data));
         assert!(d.claim(&[8; 32], BlobKind::Data));
         assert!(!d.claim(&[8; 32], BlobKind::Data));
     }
 
     proptest! {
+        /// The table answers like a map that keeps, of each blob's copies, the one in the pack
+        /// added first (then the one first in that pack).
+        #[test]
+        fn lookups_match_a_map_that_keeps_the_first_copy(
+            packs in proptest::collection::vec(
+                proptest::collection::vec((0u8..40, any::<u8>(), 0u32..1000, proptest::option::of(0u32..9), 0u8..4), 0..30),
+                0..12,
+            ),
+        ) {
+            let mut b = IndexBuilder::default();
+            let mut expect: HashMap<BlobId, Loc> = HashMap::new();
+            for (n, entries) in packs.iter().enumerate() {
+                // Few distinct ids (40 x 256 spread over the leading byte), so copies collide.
+                let entries: Vec<BlobEntry> = entries
+                    .iter()
+                    .map(|&(a, c, offset, inner, kind)| {
+                        let mut id = [a; 32];
+                        id[31] = c;
+                        BlobEntry { id, kind, offset, len: offset + 1, raw_len: 7, inner }
+                    })
+                    .collect();
+                let pack = [n as u8 % 7; 32]; // some packs are added again
+                b.add_pack(pack, &entries);
+                let p = b.pack_pos[&pack];
+                for e in &entries {
+                    match e.kind() {
+                        Some(BlobKind::Bundle) | None => {}
+                        Some(kind) => {
+                            let loc = Loc { pack: p, offset: e.offset, len: e.len, raw_len: 7, kind, inner: e.inner };
+                            // The copy in the pack added first wins, then the one first in it.
+                            let first = expect.entry(e.id).or_insert(loc);
+                            if (loc.pack, loc.offset) < (first.pack, first.offset) {
+                                *first = loc;
+                            }
+                        }
+                    }
+                }
+            }
+            let idx = b.build();
+            prop_assert_eq!(idx.blob_count(), expect.len());
+            for (id, loc) in &expect {
+                prop_assert_eq!(idx.get(id), Some(*loc));
+            }
+            for a in 0u8..=255 {
+                let id = [a; 32];
+                prop_assert_eq!(idx.contains(&id), expect.contains_key(&id));
+            }
+        }
+
         #[test]
         fn garbage_never_panics(g in proptest::collection::vec(any::<u8>(), 0..400)) {
             let k = Secret32::random();

@@ -21,7 +21,7 @@ use stages::{BlobId, BlobKind};
 
 use crate::error::{Error, Result};
 use crate::gc::{self, GcRecord};
-use crate::index::{decode_segment, encode_segment, Index, SegmentBody};
+use crate::index::{decode_segment, encode_segment, Index, IndexBuilder, SegmentBody};
 use crate::pack::{self, BlobEntry, PackId};
 use crate::repo::{BlobReader, Repository};
 use crate::snapshot::Snapshot;
@@ -229,7 +229,7 @@ fn read_roots(repo: &Repository, warnings: &mut Vec<String>) -> Result<(Vec<(Str
 }
 
 fn build_index(view: &View, condemned: &HashSet<PackId>) -> Index {
-    let mut idx = Index::default();
+    let mut idx = IndexBuilder::default();
     // Surviving copies first, so reads prefer them.
     for (p, entries) in view.packs.iter().filter(|(p, _)| !condemned.contains(*p)) {
         idx.add_pack(*p, entries);
@@ -237,7 +237,7 @@ fn build_index(view: &View, condemned: &HashSet<PackId>) -> Index {
     for (p, entries) in view.packs.iter().filter(|(p, _)| condemned.contains(*p)) {
         idx.add_pack(*p, entries);
     }
-    idx
+    idx.build()
 }
 
 fn write_segments(repo: &Repository, body: &SegmentBody) -> Result<Vec<String>> {
