@@ -199,28 +199,30 @@ impl Index {
         let mut idx = IndexBuilder::default();
         let mut recovered = Vec::new();
         let mut warnings = Vec::new();
-        // Segments first, then packs: a backup writes its packs before its segment, so every
-        // pack of a segment listed here is in the pack listing (unless it was lost).
+        // Segments are listed first, then packs: a backup writes its packs before its segment,
+        // so every pack of a segment listed here is in the pack listing (unless it was lost).
+        // Each segment is then decoded and added on its own (never all of them at once: at a
+        // million blobs that doubled the memory of the index while it loaded).
         let mut names = backend.list("index")?;
         names.sort();
-        let mut segments = Vec::new();
-        for name in names {
-            match backend
-                .get(&name)
-                .map_err(Error::from)
-                .and_then(|data| decode_segment(catalog_key, &name, &data))
-            {
-                Ok(packs) => segments.push((name, packs)),
-                Err(e) => warnings.push(format!("{e}; reading pack trailers instead")),
-            }
-        }
         let mut packs = backend.list("packs")?;
         packs.sort();
         let present: HashSet<PackId> = packs.iter().filter_map(|k| pack::parse_pack_key(k)).collect();
         let mut late = Vec::new();
         let mut covered = HashSet::new();
-        for (name, packs) in segments {
-            for (p, entries) in packs {
+        for name in names {
+            let segment = backend
+                .get(&name)
+                .map_err(Error::from)
+                .and_then(|data| decode_segment(catalog_key, &name, &data));
+            let segment = match segment {
+                Ok(packs) => packs,
+                Err(e) => {
+                    warnings.push(format!("{e}; reading pack trailers instead"));
+                    continue;
+                }
+            };
+            for (p, entries) in segment {
                 covered.insert(p);
                 if !present.contains(&p) && condemned.contains(&p) {
                     // Deleted by prune after a grace period; its segment goes next.
