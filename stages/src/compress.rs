@@ -49,11 +49,51 @@ pub enum FrameError {
 
 pub struct Compressor {
     ctx: zstd::bulk::Compressor<'static>,
+    /// For a compressor of bundles: zstd's output, kept from one bundle to the next, of which
+    /// the frame is an exact-size copy. (A fresh output buffer of the worst-case size was zeroed
+    /// and faulted in for every bundle.) Other blobs (up to 4 MiB) get a buffer of their own: a
+    /// scratch for them would hold as much per worker for good.
+    scratch: Option<Vec<u8>>,
 }
+
+/// Bundles are sealed at `BUNDLE_TARGET` plus at most one small blob.
+const SCRATCH_INPUT: usize = BUNDLE_TARGET + SMALL_BLOB;
 
 impl Compressor {
     pub fn new(level: i32) -> std::io::Result<Self> {
-        Ok(Compressor { ctx: zstd::bulk::Compressor::new(level)? })
+        Ok(Compressor { ctx: zstd::bulk::Compressor::new(level)?, scratch: None })
+    }
+
+    /// A compressor for bundles (see `scratch`).
+    pub fn for_bundles(level: i32) -> std::io::Result<Self> {
+        Ok(Compressor { ctx: zstd::bulk::Compressor::new(level)?, scratch: Some(Vec::new()) })
+    }
+
+    /// `data` compressed, appended to `buf` (which holds `start` bytes of header room), when
+    /// that makes it smaller.
+    fn compress_into(&mut self, data: &[u8], buf: &mut Vec<u8>, start: usize) -> bool {
+        let bound = zstd::zstd_safe::compress_bound(data.len());
+        if let Some(scratch) = self.scratch.as_mut().filter(|_| data.len() <= SCRATCH_INPUT) {
+            if scratch.len() < bound {
+                scratch.resize(bound, 0);
+            }
+            return match self.ctx.compress_to_buffer(data, &mut scratch[..bound]) {
+                Ok(n) if n < data.len() => {
+                    buf.reserve_exact(padded_len(HEADER + n) + NONCE_ROOM + 16 - buf.len());
+                    buf.extend_from_slice(&scratch[..n]);
+                    true
+                }
+                _ => false,
+            };
+        }
+        buf.resize(start + bound, 0);
+        match self.ctx.compress_to_buffer(data, &mut buf[start..]) {
+            Ok(n) if n < data.len() => {
+                buf.truncate(start + n);
+                true
+            }
+            _ => false,
+        }
     }
 
     fn worth_it(&mut self, data: &[u8]) -> bool {
@@ -74,16 +114,10 @@ impl Compressor {
     /// Frames `data`, compressed when that pays.
     pub fn frame(&mut self, data: &[u8]) -> Vec<u8> {
         let start = NONCE_ROOM + HEADER;
-        let mut buf = Vec::new();
+        let mut buf = vec![0; start];
         let mut codec = CODEC_RAW;
-        if self.worth_it(data) {
-            buf.resize(start + zstd::zstd_safe::compress_bound(data.len()), 0);
-            if let Ok(n) = self.ctx.compress_to_buffer(data, &mut buf[start..]) {
-                if n < data.len() {
-                    codec = CODEC_ZSTD;
-                    buf.truncate(start + n);
-                }
-            }
+        if self.worth_it(data) && self.compress_into(data, &mut buf, start) {
+            codec = CODEC_ZSTD;
         }
         if codec == CODEC_RAW {
             buf.clear();
@@ -194,17 +228,13 @@ impl Bundle {
         if self.members.is_empty() {
             return None;
         }
-        let b = std::mem::take(self);
-        let buf = c.frame(&b.data);
-        let raw_len = b.data.len() as u32;
-        Some(Framed {
-            id: BUNDLE_ID,
-            kind: BlobKind::Bundle,
-            raw_len,
-            buf,
-            members: b.members,
-            permits: Vec::new(),
-        })
+        let buf = c.frame(&self.data);
+        let raw_len = self.data.len() as u32;
+        // The gathering buffer is kept for the next bundle (the allocator returns freed memory
+        // to the kernel at once, so a new one was faulted in and zeroed again as it grew).
+        self.data.clear();
+        let members = std::mem::take(&mut self.members);
+        Some(Framed { id: BUNDLE_ID, kind: BlobKind::Bundle, raw_len, buf, members, permits: Vec::new() })
     }
 }
 
@@ -216,7 +246,8 @@ pub fn spawn(
 ) -> std::io::Result<Workers> {
     Compressor::new(cfg.level)?; // fail here, not in a worker, if zstd refuses the level
     Workers::spawn("compress", cfg.workers, move |_| {
-        let (Ok(mut c), Ok(mut cb)) = (Compressor::new(cfg.level), Compressor::new(BUNDLE_LEVEL)) else {
+        let (Ok(mut c), Ok(mut cb)) = (Compressor::new(cfg.level), Compressor::for_bundles(BUNDLE_LEVEL))
+        else {
             cancel.cancel();
             return;
         };
