@@ -198,7 +198,8 @@ pub struct RunArgs {
     /// Leave out matching paths (glob; without '/', matches a name anywhere)
     #[arg(long, short = 'e')]
     pub exclude: Vec<String>,
-    /// How files are read: io_uring, a thread pool, or auto (io_uring when the kernel allows)
+    /// How files are read: io_uring, a thread pool, or auto (io_uring when the kernel allows,
+    /// threads for paths on tmpfs)
     #[arg(long = "io", value_enum, env = "BAKARE_IO", default_value = "auto")]
     pub io_mode: IoMode,
     /// Workers per CPU stage [default: number of CPUs]

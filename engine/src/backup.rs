@@ -103,6 +103,28 @@ pub fn build_exclude(patterns: &[String], always: Vec<PathBuf>) -> Result<Option
     })))
 }
 
+/// `Auto` reads through io_uring, which keeps a disk busy with many reads in flight (99,803
+/// small files, cold page cache on ext4: 2.24-2.58 s, against 4.49-4.56 s for the read
+/// threads) — unless every root is on a memory file system (tmpfs, ramfs). There is no disk to
+/// keep busy there, and the kernel hands each ring read of a tmpfs file to one of its worker
+/// threads: the read threads were faster (the same files: 0.87-1.01 s against 1.21-1.27 s; a
+/// million files: 26.0 s against 30.9 s). `--io uring` still forces the ring.
+#[allow(clippy::unnecessary_cast)] // statfs's f_type is i64 here, narrower on other targets
+fn read_mode_for(mode: ReadMode, roots: &[PathBuf]) -> ReadMode {
+    /// statfs(2)'s f_type of ramfs (linux/magic.h; libc has tmpfs's only).
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let in_memory = |p: &PathBuf| {
+        rustix::fs::statfs(p.as_path()).is_ok_and(|s| {
+            let t = s.f_type as i64;
+            t == libc::TMPFS_MAGIC as i64 || t == RAMFS_MAGIC
+        })
+    };
+    if mode == ReadMode::Auto && !roots.is_empty() && roots.iter().all(in_memory) {
+        return ReadMode::Pool;
+    }
+    mode
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -228,7 +250,7 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
     .map_err(spawn_err)?;
     let chunk = stages::chunk::spawn(params, blk_rxs, chunk_tx, fe_tx, cancel.clone()).map_err(spawn_err)?;
     let read_cfg = ReadConfig {
-        mode: opts.read_mode,
+        mode: read_mode_for(opts.read_mode, &roots),
         segment: SEGMENT,
         headroom: params.max as usize,
         threads: 2,
@@ -434,4 +456,26 @@ pub(crate) fn commit_snapshot(repo: &Repository, snapshot: &Snapshot) -> Result<
     repo.backend.put(&format!("snapshots/{id}"), &bytes)?;
     repo.backend.delete(&pending)?;
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::unnecessary_cast)]
+    fn auto_reads_memory_file_systems_with_threads_and_disks_with_io_uring() {
+        let shm = PathBuf::from("/dev/shm");
+        let tmpfs = rustix::fs::statfs("/dev/shm").is_ok_and(|s| s.f_type as i64 == libc::TMPFS_MAGIC as i64);
+        let proc_ = PathBuf::from("/proc"); // procfs: not a memory file system of files to read
+        assert_eq!(read_mode_for(ReadMode::Auto, std::slice::from_ref(&proc_)), ReadMode::Auto);
+        assert_eq!(read_mode_for(ReadMode::Auto, &[]), ReadMode::Auto);
+        if tmpfs {
+            assert_eq!(read_mode_for(ReadMode::Auto, std::slice::from_ref(&shm)), ReadMode::Pool);
+            // Every root must be in memory.
+            assert_eq!(read_mode_for(ReadMode::Auto, &[shm.clone(), proc_]), ReadMode::Auto);
+            // A forced mode stays.
+            assert_eq!(read_mode_for(ReadMode::Uring, &[shm]), ReadMode::Uring);
+        }
+    }
 }

@@ -23,7 +23,8 @@ use crate::msg::{Block, Cancel, ReadJob};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadMode {
-    /// io_uring, falling back to the pool when the kernel refuses it.
+    /// io_uring, falling back to the pool when the kernel refuses it. (The engine picks the
+    /// pool itself for sources on memory file systems.)
     Auto,
     Uring,
     Pool,
