@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
-use stages::{
-    BlobId, BlobKind, Cancel, Dedup, FileEvent, MemoryBudget, Meta, NewBlob, Progress, ScanEvent, StoredDir,
-};
+use stages::{BlobId, BlobKind, Cancel, Dedup, FileEvent, MemoryBudget, Meta, NewBlob, Progress, ScanEvent};
 
 use crate::error::{Error, Result};
 use crate::filescache::{CacheEntry, CacheWriter, DirEntry, Record};
@@ -31,9 +29,6 @@ struct Frame {
     last: Option<Vec<u8>>,
     /// Entries added.
     count: u64,
-    /// Whether every entry so far is as the last run stored it (an unchanged file, or a
-    /// directory whose stored tree was reused): then so is this directory's tree.
-    unchanged: bool,
     /// Whether every entry so far can be recognised as unchanged by the next run: a file or
     /// directory whose timestamps are safely in the past (a change within the same clock tick
     /// would not move them, and a reused tree would keep the entry's old mode or owner).
@@ -44,7 +39,7 @@ struct Frame {
 impl Frame {
     fn new(name: Vec<u8>, meta: Option<Meta>, path: Vec<u8>) -> Frame {
         let (nodes, blobs) = (Vec::new(), Vec::new());
-        Frame { name, meta, path, nodes, blobs, last: None, count: 0, unchanged: true, settled: true }
+        Frame { name, meta, path, nodes, blobs, last: None, count: 0, settled: true }
     }
 }
 
@@ -64,7 +59,7 @@ impl PendingFile {
 
 pub(crate) struct Builder {
     stack: Vec<Frame>,
-    /// Directories whose tree the last run stored was reused.
+    /// Directories whose tree the last run stored was reused (`ScanEvent::Reused`).
     pub(crate) reused_dirs: u64,
     pending: HashMap<u64, PendingFile>,
     /// First names of multiply-linked files: seq -> (path, content, size).
@@ -185,7 +180,7 @@ impl Builder {
             // A tree that a reader would refuse is never written: an entry out of order (a
             // scan bug) is named as an error instead of spoiling its directory.
             if frame.last.as_ref().is_some_and(|l| *l >= node.name) || !crate::tree::valid_name(&node.name) {
-                (frame.unchanged, frame.settled) = (false, false);
+                frame.settled = false;
                 let mut path = b"/".to_vec();
                 path.extend_from_slice(&join_path(&frame.path, &node.name));
                 self.errors
@@ -241,9 +236,10 @@ impl Builder {
         }
     }
 
-    fn cache_add(&mut self, record: &Record) {
-        if let Some(Err(_)) = self.cache.as_mut().map(|c| c.add(record)) {
-            self.cache = None; // a cache that cannot be written is simply not kept
+    /// Writes to the next files cache; a cache that cannot be written is simply not kept.
+    fn cache_write(&mut self, write: impl FnOnce(&mut CacheWriter) -> std::io::Result<()>) {
+        if let Some(Err(_)) = self.cache.as_mut().map(write) {
+            self.cache = None;
         }
     }
 
@@ -282,7 +278,7 @@ impl Builder {
                 dev: meta.dev,
                 content: content.clone(),
             };
-            self.cache_add(&Record::File(entry));
+            self.cache_write(|c| c.add(&Record::File(entry)));
         }
         self.push(Node::new(name, NodeKind::File { size, content }, &meta))
     }
@@ -292,46 +288,16 @@ impl Builder {
         self.errors.push(FileError { path, why });
     }
 
-    /// The current directory's tree differs from the one the last run stored.
-    fn changed(&mut self) {
-        if let Some(f) = self.stack.last_mut() {
-            f.unchanged = false;
-        }
-    }
-
     /// The current directory has an entry the files cache does not describe (a symlink, a
-    /// special file, a hard link, an error): its tree is neither reused nor recorded.
+    /// special file, a hard link, an error): its tree is not recorded for reuse.
     fn uncached(&mut self) {
         if let Some(f) = self.stack.last_mut() {
-            (f.unchanged, f.settled) = (false, false);
+            f.settled = false;
         }
     }
 
     fn settled(&self, meta: &Meta) -> bool {
         meta.mtime_ns < self.racy_ns && meta.ctime_ns < self.racy_ns
-    }
-
-    /// Ends the top directory: its tree is the stored one when it and everything in it are
-    /// unchanged, else it is encoded from its entries. Returns the frame and whether it reused.
-    fn close_dir(&mut self, stored: Option<StoredDir>) -> Result<(Frame, bool)> {
-        if self.stack.len() < 2 {
-            return Err(Error::Pipeline("unbalanced scan events".into()));
-        }
-        let top = self.stack.last_mut().ok_or_else(|| Error::Pipeline("unbalanced scan events".into()))?;
-        // Without a flushed part, the entries make exactly one tree: the stored one if they are
-        // the same entries (each unchanged, and as many).
-        let reuse = stored.filter(|s| top.unchanged && top.blobs.is_empty() && s.entries == top.count);
-        let reused = reuse.is_some();
-        match reuse {
-            Some(s) => {
-                top.nodes.clear();
-                top.blobs = s.tree;
-                self.reused_dirs += 1;
-            }
-            None => self.flush_top()?,
-        }
-        let frame = self.stack.pop().ok_or_else(|| Error::Pipeline("unbalanced scan events".into()))?;
-        Ok((frame, reused))
     }
 
     fn scan_event(&mut self, ev: ScanEvent) -> Result<()> {
@@ -343,23 +309,24 @@ impl Builder {
                 let path = join_path(&parent, &name);
                 self.stack.push(Frame::new(name, Some(meta), path));
             }
-            ScanEvent::Leave { stored } => {
-                let (frame, reused) = self.close_dir(stored)?;
-                if !reused {
-                    self.changed();
+            ScanEvent::Leave => {
+                self.flush_top()?;
+                if self.stack.len() < 2 {
+                    return Err(Error::Pipeline("unbalanced scan events".into()));
                 }
+                let Some(frame) = self.stack.pop() else { return Ok(()) };
                 let Some(meta) = frame.meta else { return Ok(()) };
-                let recorded = frame.settled && self.settled(&meta);
-                if !recorded {
-                    self.uncached();
-                }
-                if recorded {
+                // Recorded for the next run's reuse (`ScanEvent::Reused`) only when it and
+                // everything in it are settled.
+                if frame.settled && self.settled(&meta) {
                     let mut path = b"/".to_vec();
                     path.extend_from_slice(&frame.path);
                     let (mtime_ns, ctime_ns, ino, dev) = (meta.mtime_ns, meta.ctime_ns, meta.ino, meta.dev);
                     let tree = frame.blobs.clone();
                     let dir = DirEntry { path, mtime_ns, ctime_ns, ino, dev, entries: frame.count, tree };
-                    self.cache_add(&Record::Dir(dir));
+                    self.cache_write(|c| c.add(&Record::Dir(dir)));
+                } else {
+                    self.uncached();
                 }
                 self.push(Node::new(frame.name, NodeKind::Dir { subtree: frame.blobs }, &meta))?;
             }
@@ -373,14 +340,11 @@ impl Builder {
                 self.reused_dirs += dirs;
                 Progress::add(&self.progress.files_done, files);
                 Progress::add(&self.progress.bytes_done, bytes);
-                if let Some(Err(_)) = self.cache.as_mut().map(|c| c.add_raw(&records)) {
-                    self.cache = None;
-                }
+                self.cache_write(|c| c.add_raw(&records));
                 let node = Node::new(name.as_bytes().to_vec(), NodeKind::Dir { subtree: stored.tree }, &meta);
                 self.push(node)?;
             }
             ScanEvent::File { seq, name, meta } => {
-                self.changed();
                 let done = self.wait_file(seq)?;
                 let name = name.as_bytes().to_vec();
                 if let Some((path, why)) = done.failed {

@@ -49,9 +49,8 @@ impl Source for LocalSource {
     }
 
     fn open(&self, path: &Path) -> io::Result<File> {
-        let base = BASE_FLAGS;
         if !self.noatime_refused.load(Ordering::Relaxed) {
-            match OpenOptions::new().read(true).custom_flags(base | libc::O_NOATIME).open(path) {
+            match OpenOptions::new().read(true).custom_flags(BASE_FLAGS | libc::O_NOATIME).open(path) {
                 // O_NOATIME is only allowed for the file's owner (or CAP_FOWNER).
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                     self.noatime_refused.store(true, Ordering::Relaxed)
@@ -59,6 +58,6 @@ impl Source for LocalSource {
                 other => return other,
             }
         }
-        OpenOptions::new().read(true).custom_flags(base).open(path)
+        OpenOptions::new().read(true).custom_flags(BASE_FLAGS).open(path)
     }
 }

@@ -125,11 +125,7 @@ pub enum ScanEvent {
         name: OsString,
         meta: Meta,
     },
-    /// The directory ends. `stored`: the tree an earlier backup stored it as, when the directory
-    /// itself has not changed since (the builder reuses it if every entry is unchanged too).
-    Leave {
-        stored: Option<StoredDir>,
-    },
+    Leave,
     /// A directory that, with everything in it, is as the last run stored it: its stored tree
     /// is taken whole. Stands for the directory's Enter, entries and Leave. `files`, `bytes`
     /// and `dirs` (itself included) are what it holds; `records` are the files cache's own

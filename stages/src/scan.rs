@@ -27,7 +27,8 @@ pub trait Known: Send {
     /// The content of a file that has not changed since, or None.
     fn file(&mut self, path: &Path, meta: &Meta) -> Option<Vec<BlobId>>;
     /// The tree of a directory (stat'ed as `meta` when it was entered) that has not changed
-    /// since, or None. Its entries may have: the tree builder checks those.
+    /// since, or None. Its entries may have: the scan reuses the tree only if every entry is
+    /// unchanged too, and there are as many.
     fn dir(&mut self, path: &Path, meta: &Meta) -> Option<StoredDir>;
     /// Appends the stored record of the entry `file` or `dir` last found to `out`, as it is
     /// stored: a directory found unchanged passes its entries' records on whole.
@@ -50,6 +51,10 @@ struct Held {
 /// Events one directory may hold back (beyond, it is passed on as it goes): the tree builder
 /// splits larger directories across tree blobs, which it cannot take whole anyway.
 const MAX_HELD: usize = 4096;
+/// Bytes of cache records one directory may hold back: a directory high above a large
+/// unchanged tree would otherwise hold the records of all of it (~75 bytes per file; its
+/// reused subdirectories' records are held twice, in their events and in its own).
+const MAX_HELD_RECORDS: usize = 1 << 20;
 
 pub struct ScanConfig {
     /// Absolute paths to back up.
@@ -359,7 +364,7 @@ impl Scanner {
         h.bytes += bytes;
         h.dirs += dirs;
         h.events.push(ev);
-        if h.events.len() > MAX_HELD {
+        if h.events.len() > MAX_HELD || h.records.len() > MAX_HELD_RECORDS {
             self.release(frames)?;
         }
         Ok(())
@@ -376,6 +381,21 @@ impl Scanner {
         Ok(())
     }
 
+    /// Enters a directory whose Enter event is `ev`: with a files cache, the directory holds
+    /// its events back (starting with the Enter) until it is known whether it changed.
+    fn enter(&mut self, frames: &mut Vec<Frame>, mut frame: Frame, ev: ScanEvent) -> Result<(), Closed> {
+        match (&ev, self.known.is_some()) {
+            (ScanEvent::Enter { name, .. }, true) => {
+                let name = name.clone();
+                let (records, entries, files, bytes, dirs) = (Vec::new(), 0, 0, 0, 0);
+                frame.held = Some(Held { name, events: vec![ev], records, entries, files, bytes, dirs });
+            }
+            _ => self.place(frames, ev)?,
+        }
+        frames.push(frame);
+        Ok(())
+    }
+
     /// Leaves the innermost directory: one `Reused` event if it and everything in it are
     /// unchanged, else its held events (and all others) and a Leave.
     fn leave(&mut self, frames: &mut Vec<Frame>) -> Result<(), Closed> {
@@ -385,7 +405,10 @@ impl Scanner {
             return Ok(());
         };
         let path = std::mem::take(&mut top.path);
-        let stored = self.known.as_mut().and_then(|k| k.dir(&path, &meta));
+        let stored = match &top.held {
+            Some(_) => self.known.as_mut().and_then(|k| k.dir(&path, &meta)),
+            None => None,
+        };
         let held = match (&stored, &top.held) {
             (Some(s), Some(h)) if s.entries == h.entries => top.held.take(),
             _ => None,
@@ -400,13 +423,13 @@ impl Scanner {
                 let ev = ScanEvent::Reused { name: h.name, meta, stored, files, bytes, dirs, records };
                 self.place(frames, ev)
             }
-            (held, stored) => {
+            (held, _) => {
                 if let Some(top) = frames.last_mut() {
                     top.held = held.or(top.held.take());
                 }
                 self.release(frames)?;
                 frames.pop();
-                self.place(frames, ScanEvent::Leave { stored })
+                self.place(frames, ScanEvent::Leave)
             }
         }
     }
@@ -432,16 +455,19 @@ impl Scanner {
             let name = root.file_name().map(|n| n.to_os_string()).unwrap_or_default();
             let is_dir = meta.kind == FileKind::Dir;
             let ev = self.entry(root, name, meta.clone())?;
-            self.emit(ev)?;
             if !is_dir {
-                return Ok(());
+                return self.emit(ev);
             }
             match ::io::dir::list(root) {
-                Ok(entries) => frames.push(Frame::new(root.to_path_buf(), entries, Some(meta), exclude)),
+                Ok(entries) => {
+                    let frame = Frame::new(root.to_path_buf(), entries, Some(meta), exclude);
+                    self.enter(&mut frames, frame, ev)?;
+                }
                 Err(e) => {
                     // The directory was entered: it stays, empty.
+                    self.emit(ev)?;
                     self.error(root, format!("cannot list: {e}"))?;
-                    return self.emit(ScanEvent::Leave { stored: None });
+                    return self.emit(ScanEvent::Leave);
                 }
             }
         }
@@ -486,26 +512,14 @@ impl Scanner {
             let dir_meta = is_dir.then(|| meta.clone());
             let ev = self.entry(&path, entry.name, meta)?;
             match listing {
-                // With a files cache, a directory holds its events back until it is known
-                // whether it changed (it starts with its own Enter).
                 Some(Ok(entries)) => {
-                    let mut frame = Frame::new(path, entries, dir_meta, exclude);
-                    match (&ev, self.known.is_some()) {
-                        (ScanEvent::Enter { name, .. }, true) => {
-                            let name = name.clone();
-                            let (records, entries, files, bytes, dirs) = (Vec::new(), 0, 0, 0, 0);
-                            frame.held =
-                                Some(Held { name, events: vec![ev], records, entries, files, bytes, dirs });
-                        }
-                        _ => self.place(&mut frames, ev)?,
-                    }
-                    frames.push(frame);
+                    self.enter(&mut frames, Frame::new(path, entries, dir_meta, exclude), ev)?
                 }
                 Some(Err(e)) => {
                     self.place(&mut frames, ev)?;
                     let why = format!("cannot list: {e}");
                     self.place(&mut frames, ScanEvent::Error { path, why })?;
-                    self.place(&mut frames, ScanEvent::Leave { stored: None })?;
+                    self.place(&mut frames, ScanEvent::Leave)?;
                 }
                 None => self.place(&mut frames, ev)?,
             }
@@ -533,7 +547,7 @@ impl Scanner {
             let common = open.iter().zip(parents).take_while(|(a, b)| a == b).count();
             while open.len() > common {
                 open.pop();
-                self.emit(ScanEvent::Leave { stored: None })?;
+                self.emit(ScanEvent::Leave)?;
             }
             for (i, name) in parents.iter().enumerate().skip(common) {
                 let dir: PathBuf =
@@ -553,7 +567,7 @@ impl Scanner {
             self.walk(root, &cfg.exclude, &lister)?;
         }
         for _ in open {
-            self.emit(ScanEvent::Leave { stored: None })?;
+            self.emit(ScanEvent::Leave)?;
         }
         Ok(())
     }
@@ -606,7 +620,7 @@ mod tests {
         evs.iter()
             .map(|e| match e {
                 ScanEvent::Enter { name, .. } => format!("+{}", name.to_string_lossy()),
-                ScanEvent::Leave { .. } => "-".into(),
+                ScanEvent::Leave => "-".into(),
                 ScanEvent::File { name, .. } | ScanEvent::Unchanged { name, .. } => {
                     name.to_string_lossy().into()
                 }
