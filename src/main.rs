@@ -6,7 +6,12 @@ use std::sync::Arc;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> ExitCode {
+/// Before main: the allocator's options must be set before its first allocation.
+#[ctor::ctor(unsafe, priority = early)]
+fn configure_allocator() {
     bakare::configure_allocator();
+}
+
+fn main() -> ExitCode {
     bakare::main_with(Arc::new(io::LocalSource::default()))
 }
