@@ -340,7 +340,7 @@ impl Builder {
                 self.reused_dirs += dirs;
                 Progress::add(&self.progress.files_done, files);
                 Progress::add(&self.progress.bytes_done, bytes);
-                self.cache_write(|c| c.add_raw(&records));
+                self.cache_write(|c| records.pieces().try_for_each(|p| c.add_raw(p)));
                 let node = Node::new(name.as_bytes().to_vec(), NodeKind::Dir { subtree: stored.tree }, &meta);
                 self.push(node)?;
             }

@@ -5,7 +5,7 @@
 //! - data keys wrapped for the recipient with age (X25519), readable only with the secret identity.
 use std::fmt;
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use stages::encrypt::DataKey;
@@ -82,6 +82,26 @@ pub fn open_catalog(key: &Secret32, magic: &[u8], sealed: &[u8]) -> Option<Vec<u
     let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
     let (nonce, ct) = sealed.split_at(XNONCE);
     cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: magic }).ok()
+}
+
+/// `open_catalog` in place: the plaintext of `data[at..]` (which holds the nonce, the
+/// ciphertext and the tag), decrypted where it lies. For large objects (index segments), where a
+/// second copy of the plaintext was the peak of loading.
+pub fn open_catalog_in_place<'a>(
+    key: &Secret32,
+    magic: &[u8],
+    data: &'a mut [u8],
+    at: usize,
+) -> Option<&'a [u8]> {
+    let sealed = data.get_mut(at..)?;
+    if sealed.len() < XNONCE + 16 {
+        return None;
+    }
+    let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
+    let (nonce, rest) = sealed.split_at_mut(XNONCE);
+    let (ct, tag) = rest.split_at_mut(rest.len() - 16);
+    cipher.decrypt_in_place_detached(XNonce::from_slice(nonce), magic, ct, (&*tag).into()).ok()?;
+    Some(ct)
 }
 
 /// Wraps a data key for the repository's recipient (one age file of ~200 bytes).

@@ -117,6 +117,44 @@ pub struct StoredDir {
     pub tree: Vec<BlobId>,
 }
 
+/// Files cache records carried by a reused directory, in scan order: pieces, so that a
+/// directory's records are its subdirectories' pieces moved up the tree, never copied again at
+/// each level (copied, a tree three levels deep held its records three times over).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Records {
+    pieces: Vec<Vec<u8>>,
+    len: usize,
+}
+
+impl Records {
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends `piece` (records back to back).
+    pub fn push(&mut self, piece: Vec<u8>) {
+        if !piece.is_empty() {
+            self.len += piece.len();
+            self.pieces.push(piece);
+        }
+    }
+
+    /// Appends `other`'s pieces, moved.
+    pub fn append(&mut self, other: Records) {
+        self.len += other.len;
+        self.pieces.extend(other.pieces);
+    }
+
+    pub fn pieces(&self) -> impl Iterator<Item = &[u8]> {
+        self.pieces.iter().map(Vec::as_slice)
+    }
+}
+
 /// The shape of the tree, in deterministic order (sorted names, depth first).
 #[derive(Debug)]
 pub enum ScanEvent {
@@ -137,7 +175,7 @@ pub enum ScanEvent {
         files: u64,
         bytes: u64,
         dirs: u64,
-        records: Vec<u8>,
+        records: Records,
     },
     /// A regular file whose content is read; `FileEvent`s with the same `seq` describe it.
     File {

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
 
-use crate::msg::{BlobId, Cancel, FileKind, Meta, Progress, ReadJob, ScanEvent, StoredDir};
+use crate::msg::{BlobId, Cancel, FileKind, Meta, Progress, ReadJob, Records, ScanEvent, StoredDir};
 
 /// Returns true for paths to leave out (and, for directories, not to descend into).
 pub type Exclude = Arc<dyn Fn(&Path, bool) -> bool + Send + Sync>;
@@ -41,7 +41,13 @@ struct Held {
     name: OsString,
     /// Its Enter event, then its entries' (a reused subdirectory is one event).
     events: Vec<ScanEvent>,
-    records: Vec<u8>,
+    /// The cache records of its unchanged files, back to back.
+    own: Vec<u8>,
+    /// Where each reused subdirectory's records go in `own` (in the order of their events):
+    /// they stay in the events until this directory is reused too, and are moved then.
+    cuts: Vec<usize>,
+    /// Bytes of records held: `own` and the reused subdirectories'.
+    held_bytes: usize,
     entries: u64,
     files: u64,
     bytes: u64,
@@ -51,10 +57,33 @@ struct Held {
 /// Events one directory may hold back (beyond, it is passed on as it goes): the tree builder
 /// splits larger directories across tree blobs, which it cannot take whole anyway.
 const MAX_HELD: usize = 4096;
-/// Bytes of cache records one directory may hold back: a directory high above a large
-/// unchanged tree would otherwise hold the records of all of it (~75 bytes per file; its
-/// reused subdirectories' records are held twice, in their events and in its own).
+/// Bytes of cache records one directory may hold back (its own and its reused subdirectories'):
+/// a directory high above a large unchanged tree would otherwise hold the records of all of it
+/// (~75 bytes per file).
 const MAX_HELD_RECORDS: usize = 1 << 20;
+
+impl Held {
+    /// Its records and its reused subdirectories', in scan order, for its own `Reused` event
+    /// (its events are dropped: that one event stands for them all).
+    fn records(&mut self) -> Records {
+        let mut out = Records::default();
+        let mut cuts = self.cuts.iter();
+        let mut at = 0;
+        for ev in self.events.drain(..) {
+            if let ScanEvent::Reused { records, .. } = ev {
+                let cut = cuts.next().copied().unwrap_or(at);
+                out.push(self.own.get(at..cut).unwrap_or_default().to_vec());
+                out.append(records);
+                at = cut;
+            }
+        }
+        out.push(match at {
+            0 => std::mem::take(&mut self.own),
+            _ => self.own.get(at..).unwrap_or_default().to_vec(),
+        });
+        out
+    }
+}
 
 pub struct ScanConfig {
     /// Absolute paths to back up.
@@ -353,18 +382,21 @@ impl Scanner {
                 return self.emit(ev);
             }
         };
+        let before = h.own.len();
         if let (ScanEvent::Unchanged { .. }, Some(k)) = (&ev, self.known.as_mut()) {
-            k.record(&mut h.records);
+            k.record(&mut h.own);
         }
+        h.held_bytes += h.own.len() - before;
         if let ScanEvent::Reused { records, .. } = &ev {
-            h.records.extend_from_slice(records);
+            h.cuts.push(h.own.len());
+            h.held_bytes += records.len();
         }
         h.entries += 1;
         h.files += files;
         h.bytes += bytes;
         h.dirs += dirs;
         h.events.push(ev);
-        if h.events.len() > MAX_HELD || h.records.len() > MAX_HELD_RECORDS {
+        if h.events.len() > MAX_HELD || h.held_bytes > MAX_HELD_RECORDS {
             self.release(frames)?;
         }
         Ok(())
@@ -387,8 +419,10 @@ impl Scanner {
         match (&ev, self.known.is_some()) {
             (ScanEvent::Enter { name, .. }, true) => {
                 let name = name.clone();
-                let (records, entries, files, bytes, dirs) = (Vec::new(), 0, 0, 0, 0);
-                frame.held = Some(Held { name, events: vec![ev], records, entries, files, bytes, dirs });
+                let (own, cuts, held_bytes, entries, files, bytes, dirs) =
+                    (Vec::new(), Vec::new(), 0, 0, 0, 0, 0);
+                let events = vec![ev];
+                frame.held = Some(Held { name, events, own, cuts, held_bytes, entries, files, bytes, dirs });
             }
             _ => self.place(frames, ev)?,
         }
@@ -417,9 +451,10 @@ impl Scanner {
             (Some(mut h), Some(stored)) => {
                 frames.pop();
                 if let Some(k) = self.known.as_mut() {
-                    k.record(&mut h.records);
+                    k.record(&mut h.own);
                 }
-                let (files, bytes, dirs, records) = (h.files, h.bytes, h.dirs + 1, h.records);
+                let records = h.records();
+                let (files, bytes, dirs) = (h.files, h.bytes, h.dirs + 1);
                 let ev = ScanEvent::Reused { name: h.name, meta, stored, files, bytes, dirs, records };
                 self.place(frames, ev)
             }
@@ -629,7 +664,12 @@ mod tests {
                 ScanEvent::Special { name, .. } => format!("!{}", name.to_string_lossy()),
                 ScanEvent::Error { .. } => "E".into(),
                 ScanEvent::Reused { name, files, dirs, records, .. } => {
-                    format!("*{}:{files}:{dirs}:{}", name.to_string_lossy(), String::from_utf8_lossy(records))
+                    let records: Vec<u8> = records.pieces().flatten().copied().collect();
+                    format!(
+                        "*{}:{files}:{dirs}:{}",
+                        name.to_string_lossy(),
+                        String::from_utf8_lossy(&records)
+                    )
                 }
             })
             .collect()
