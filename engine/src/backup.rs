@@ -213,12 +213,13 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
 
     let (ev_tx, ev_rx) = bounded::<Vec<ScanEvent>>(16);
     let (job_tx, job_rx) = bounded(1024);
-    let (fe_tx, fe_rx) = bounded::<FileEvent>(4096);
+    let (fe_tx, fe_rx) = bounded::<Vec<FileEvent>>(256);
     let (blk_txs, blk_rxs): (Vec<_>, Vec<_>) = (0..workers).map(|_| bounded(4)).unzip();
-    let (chunk_tx, chunk_rx) = bounded(64);
-    let (new_tx, new_rx) = bounded::<NewBlob>(64);
-    let (framed_tx, framed_rx) = bounded(64);
-    let (sealed_txs, sealed_rxs): (Vec<_>, Vec<_>) = (0..workers).map(|_| bounded(32)).unzip();
+    // Batches of up to 64 (`stages::batch`).
+    let (chunk_tx, chunk_rx) = bounded(4);
+    let (new_tx, new_rx) = bounded::<Vec<NewBlob>>(4);
+    let (framed_tx, framed_rx) = bounded(8);
+    let (sealed_txs, sealed_rxs): (Vec<_>, Vec<_>) = (0..workers).map(|_| bounded(8)).unzip();
 
     let sinks: Vec<PackSink> = (0..workers)
         .map(|_| {

@@ -64,9 +64,9 @@ pub(crate) struct Builder {
     pending: HashMap<u64, PendingFile>,
     /// First names of multiply-linked files: seq -> (path, content, size).
     links: HashMap<u64, (Vec<u8>, Vec<BlobId>, u64)>,
-    fevents: Receiver<FileEvent>,
+    fevents: Receiver<Vec<FileEvent>>,
     /// The compress stage's input, for tree blobs; None once the tree is complete.
-    pub(crate) trees: Option<Sender<NewBlob>>,
+    pub(crate) trees: Option<Sender<Vec<NewBlob>>>,
     dedup: Arc<SessionDedup>,
     id_key: [u8; 32],
     budget: MemoryBudget,
@@ -92,8 +92,8 @@ fn join_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
 
 /// What the builder is connected to.
 pub(crate) struct Wiring {
-    pub fevents: Receiver<FileEvent>,
-    pub trees: Sender<NewBlob>,
+    pub fevents: Receiver<Vec<FileEvent>>,
+    pub trees: Sender<Vec<NewBlob>>,
     pub dedup: Arc<SessionDedup>,
     pub id_key: [u8; 32],
     pub budget: MemoryBudget,
@@ -124,7 +124,13 @@ impl Builder {
         }
     }
 
-    fn record(&mut self, ev: FileEvent) {
+    fn record(&mut self, evs: Vec<FileEvent>) {
+        for ev in evs {
+            self.record_one(ev);
+        }
+    }
+
+    fn record_one(&mut self, ev: FileEvent) {
         match ev {
             FileEvent::ChunkId { seq, index, id, len } => {
                 Progress::add(&self.progress.bytes_done, u64::from(len));
@@ -212,7 +218,7 @@ impl Builder {
             let permit = self.acquire(2 * data.len() as u64)?;
             let blob =
                 NewBlob { id, kind: BlobKind::Tree, data: Bytes::from(data), permit: Arc::new(permit) };
-            let sent = self.trees.as_ref().map(|t| t.send(blob).is_ok());
+            let sent = self.trees.as_ref().map(|t| t.send(vec![blob]).is_ok());
             if sent != Some(true) {
                 return Err(Error::Pipeline("compress stage gone".into()));
             }

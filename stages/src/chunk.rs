@@ -15,6 +15,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use fastcdc::v2020::{FastCDC, Normalization};
 
+use crate::batch::{recv_or_flush, Batcher, BYTES, ITEMS};
 use crate::budget::Permit;
 use crate::msg::{Block, Cancel, Chunk, FileEvent};
 use crate::Workers;
@@ -84,29 +85,40 @@ struct FileState {
 
 pub fn spawn(
     params: ChunkParams,
-    inputs: Vec<Receiver<Block>>,
-    out: Sender<Chunk>,
-    events: Sender<FileEvent>,
+    inputs: Vec<Receiver<Vec<Block>>>,
+    out: Sender<Vec<Chunk>>,
+    events: Sender<Vec<FileEvent>>,
     cancel: Cancel,
 ) -> std::io::Result<Workers> {
     // Each worker owns one input queue: the read stage routes a file's blocks by its seq.
     let inputs = Arc::new(inputs);
     Workers::spawn("chunk", inputs.len(), move |i| {
         if let Some(input) = inputs.get(i) {
-            worker(params, input, &out, &events, &cancel)
+            let mut out = Batcher::new(out.clone(), ITEMS, BYTES);
+            let mut events = Batcher::new(events.clone(), ITEMS, usize::MAX);
+            worker(params, input, &mut out, &mut events, &cancel);
+            let _ = out.flush().and_then(|()| events.flush());
         }
     })
 }
 
 fn worker(
     params: ChunkParams,
-    input: &Receiver<Block>,
-    out: &Sender<Chunk>,
-    events: &Sender<FileEvent>,
+    input: &Receiver<Vec<Block>>,
+    out: &mut Batcher<Chunk>,
+    events: &mut Batcher<FileEvent>,
     cancel: &Cancel,
 ) {
     let mut files: HashMap<u64, FileState> = HashMap::new();
-    for block in input {
+    let mut blocks = Vec::new().into_iter();
+    loop {
+        let Some(block) = blocks.next() else {
+            match recv_or_flush(input, || out.flush().and_then(|()| events.flush())) {
+                Some(batch) => blocks = batch.into_iter(),
+                None => return,
+            }
+            continue;
+        };
         if cancel.is_cancelled() {
             files.clear();
             continue;
@@ -114,7 +126,9 @@ fn worker(
         match block {
             Block::Failed { seq, path, why } => {
                 files.remove(&seq);
-                let _ = events.send(FileEvent::Failed { seq, path, why });
+                if events.push(FileEvent::Failed { seq, path, why }, 0).is_err() {
+                    return;
+                }
             }
             Block::Data { seq, mut buf, start, offset, last, permit } => {
                 let st = files.entry(seq).or_insert(FileState { index: 0, tail: None });
@@ -146,7 +160,7 @@ fn worker(
                         permit: permit.clone(),
                     };
                     st.index += 1;
-                    if out.send(chunk).is_err() {
+                    if out.push(chunk, len).is_err() {
                         return;
                     }
                 }
@@ -154,7 +168,9 @@ fn worker(
                     let chunks = st.index;
                     files.remove(&seq);
                     let size = offset + (data.len() - carried) as u64;
-                    let _ = events.send(FileEvent::End { seq, chunks, size });
+                    if events.push(FileEvent::End { seq, chunks, size }, 0).is_err() {
+                        return;
+                    }
                 } else if tail_start < data.len() {
                     st.tail = Some((data.slice(tail_start..), permit));
                 }
@@ -201,20 +217,22 @@ mod tests {
             buf.extend_from_slice(&data[off..off + len]);
             let last = off + len == data.len();
             let permit = budget.acquire(1);
-            btx.send(Block::Data { seq: 9, buf, start: headroom, offset: off as u64, last, permit }).unwrap();
+            btx.send(vec![Block::Data { seq: 9, buf, start: headroom, offset: off as u64, last, permit }])
+                .unwrap();
             off += len;
         }
         drop(btx);
         h.finish();
-        let chunks: Vec<Chunk> = crx.iter().collect();
+        let chunks: Vec<Chunk> = crx.iter().flatten().collect();
         let got: Vec<usize> = chunks.iter().map(|c| c.data.len()).collect();
         let want: Vec<usize> = whole.iter().map(|c| c.1).collect();
         assert_eq!(got, want);
         let joined: Vec<u8> = chunks.iter().flat_map(|c| c.data.iter().copied()).collect();
         assert_eq!(joined, data);
-        match erx.recv().unwrap() {
-            FileEvent::End { seq, chunks: n, size } => {
-                assert_eq!((seq, n as usize, size), (9, want.len(), data.len() as u64))
+        let events: Vec<FileEvent> = erx.iter().flatten().collect();
+        match &events[..] {
+            [FileEvent::End { seq, chunks: n, size }] => {
+                assert_eq!((*seq, *n as usize, *size), (9, want.len(), data.len() as u64))
             }
             other => panic!("{other:?}"),
         }

@@ -240,7 +240,7 @@ impl Bundle {
 
 pub fn spawn(
     cfg: CompressConfig,
-    input: Receiver<NewBlob>,
+    input: Receiver<Vec<NewBlob>>,
     out: Sender<Framed>,
     cancel: Cancel,
 ) -> std::io::Result<Workers> {
@@ -252,7 +252,7 @@ pub fn spawn(
             return;
         };
         let mut bundle = Bundle::default();
-        for blob in &input {
+        for blob in input.iter().flatten() {
             if cancel.is_cancelled() {
                 continue;
             }

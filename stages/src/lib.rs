@@ -8,6 +8,7 @@
 //! `MemoryBudget`. See docs/pipeline.md.
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod budget;
 pub mod msg;
 
@@ -19,6 +20,7 @@ pub mod read;
 pub mod scan;
 pub mod write;
 
+pub use batch::{Batcher, Closed};
 pub use budget::{MemoryBudget, Permit};
 pub use msg::*;
 

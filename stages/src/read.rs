@@ -18,6 +18,7 @@ use ::io::uring::{Outcome, Ring, Stamp};
 use ::io::Source;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
+use crate::batch::{recv_or_flush, Batcher, BYTES, ITEMS};
 use crate::budget::{MemoryBudget, Permit};
 use crate::msg::{Block, Cancel, ReadJob};
 
@@ -99,7 +100,10 @@ struct Shared {
     cfg: ReadConfig,
     source: Arc<dyn Source>,
     budget: MemoryBudget,
-    out: Vec<Sender<Block>>,
+    /// Blocks for each chunk worker, sent in batches (`crate::batch`): every reader thread
+    /// flushes them all before it waits (for a job, for budget, for a large-file slot, for the
+    /// ring), so no block sits in a batch while the readers sleep.
+    out: Vec<Mutex<Batcher<Block>>>,
     cancel: Cancel,
 }
 
@@ -110,8 +114,37 @@ impl Shared {
 
     fn send(&self, block: Block) {
         let i = (block.seq() % self.out.len() as u64) as usize;
-        // A closed channel means the pipeline is shutting down; dropping the block is right.
-        let _ = self.out[i].send(block);
+        let weight = match &block {
+            Block::Data { buf, .. } => buf.len(),
+            Block::Failed { .. } => 0,
+        };
+        if let Some(out) = self.out.get(i) {
+            // A closed channel means the pipeline is shutting down; dropping the block is right.
+            let _ = out.lock().unwrap_or_else(|p| p.into_inner()).push(block, weight);
+        }
+    }
+
+    /// Sends every gathered block: called before any wait.
+    fn flush(&self) {
+        for out in &self.out {
+            let _ = out.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        }
+    }
+
+    /// Budget for a read, flushing first if it has to wait.
+    fn acquire(&self, bytes: u64) -> Permit {
+        self.budget.try_acquire(bytes).unwrap_or_else(|| {
+            self.flush();
+            self.budget.acquire(bytes)
+        })
+    }
+
+    /// The next job, flushing first if it has to wait.
+    fn next_job(&self, jobs: &Receiver<ReadJob>) -> Option<ReadJob> {
+        recv_or_flush(jobs, || {
+            self.flush();
+            Ok(())
+        })
     }
 
     fn fail(&self, job: &ReadJob, why: String) {
@@ -236,13 +269,14 @@ pub fn spawn(
     source: Arc<dyn Source>,
     budget: MemoryBudget,
     jobs: Receiver<ReadJob>,
-    out: Vec<Sender<Block>>,
+    out: Vec<Sender<Vec<Block>>>,
     cancel: Cancel,
 ) -> io::Result<ReadHandle> {
     let mode = cfg.mode;
     let block = Shared::permit_bytes(cfg.headroom, cfg.segment);
     let max = (budget.limit() / (4 * block)).max(1) as usize;
     let large = LargeSlots { max, used: Mutex::new(0), freed: Condvar::new() };
+    let out = out.into_iter().map(|tx| Mutex::new(Batcher::new(tx, ITEMS, BYTES))).collect();
     let shared = Arc::new(Shared { large, cfg, source, budget, out, cancel });
     let mut fallback_reason = None;
     if mode != ReadMode::Pool {
@@ -276,12 +310,13 @@ pub fn spawn(
 }
 
 fn pool_worker(s: &Shared, jobs: &Receiver<ReadJob>) {
-    for job in jobs {
+    while let Some(job) = s.next_job(jobs) {
         if s.cancel.is_cancelled() {
             continue;
         }
         let large = s.is_large(&job);
-        if large {
+        if large && !s.large.try_take() {
+            s.flush();
             s.large.take();
         }
         read_file(s, &job);
@@ -289,6 +324,7 @@ fn pool_worker(s: &Shared, jobs: &Receiver<ReadJob>) {
             s.large.give();
         }
     }
+    s.flush();
 }
 
 fn read_file(s: &Shared, job: &ReadJob) {
@@ -296,7 +332,7 @@ fn read_file(s: &Shared, job: &ReadJob) {
     let mut offset = 0;
     loop {
         let (headroom, len) = s.shape(job, offset);
-        let permit = s.budget.acquire(Shared::permit_bytes(headroom, len));
+        let permit = s.acquire(Shared::permit_bytes(headroom, len));
         let mut buf = Shared::buffer(headroom, len);
         buf.resize(headroom + len, 0);
         let result = read_full(&file, &mut buf[headroom..], offset);
@@ -363,7 +399,7 @@ impl UringReader {
                 return None;
             }
             let job = if self.files.is_empty() && self.deferred.is_empty() {
-                jobs.recv().ok()
+                self.s.next_job(jobs)
             } else {
                 match jobs.try_recv() {
                     Ok(j) => Some(j),
@@ -506,10 +542,12 @@ impl UringReader {
             }
             if self.files.is_empty() && self.ring.in_flight() == 0 {
                 if !jobs_open && self.deferred.is_empty() {
+                    self.s.flush();
                     return;
                 }
                 continue;
             }
+            self.s.flush();
             let done = match self.ring.complete(1) {
                 Ok(d) => d,
                 Err(e) => {
@@ -549,7 +587,7 @@ impl UringReader {
             let (headroom, len) = self.s.shape(&f.job, f.next);
             let bytes = Shared::permit_bytes(headroom, len);
             let permit = if self.ring.in_flight() == 0 {
-                self.s.budget.acquire(bytes)
+                self.s.acquire(bytes)
             } else {
                 match self.s.budget.try_acquire(bytes) {
                     Some(p) => p,
