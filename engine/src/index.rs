@@ -54,7 +54,7 @@ pub fn for_each_pack(
     serde::Deserializer::deserialize_seq(&mut de, PackVisitor(f))
         .map_err(|e| Error::corrupt("index segment", name, e))?;
     match de.finalize() {
-        Ok(rest) if rest.is_empty() => Ok(()),
+        Ok([]) => Ok(()),
         Ok(_) => Err(Error::corrupt("index segment", name, "trailing bytes")),
         Err(e) => Err(Error::corrupt("index segment", name, e)),
     }
