@@ -252,6 +252,13 @@ impl Index {
         let present: HashSet<PackId> = packs.iter().filter_map(|k| pack::parse_pack_key(k)).collect();
         let mut late = Vec::new();
         let mut covered = HashSet::new();
+        if !backend.remote() {
+            // A bound on the blobs (an entry takes at least 37 bytes of a segment), so that the
+            // table is allocated once instead of doubling, and being copied, as it fills (the
+            // copy was the peak of a no-change run). Untouched, the excess costs no memory.
+            let bytes: u64 = names.iter().filter_map(|n| backend.size(n).ok()).sum();
+            idx.slots.reserve_exact(usize::try_from(bytes / 37).unwrap_or(0));
+        }
         for name in names {
             let data = match backend.get(&name) {
                 Ok(data) => data,
@@ -260,9 +267,6 @@ impl Index {
                     continue;
                 }
             };
-            // A bound on the segment's blobs (an entry takes at least 37 bytes): the table grows
-            // once per segment instead of doubling (and copying) as it fills.
-            idx.slots.reserve(data.len() / 37);
             let added = for_each_pack(catalog_key, &name, data, |p, entries| {
                 covered.insert(p);
                 if !present.contains(&p) && condemned.contains(&p) {
