@@ -12,6 +12,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use io::Source;
 use stages::compress::CompressConfig;
 use stages::encrypt::EncryptConfig;
+use stages::pool::BufferPool;
 use stages::read::{ReadConfig, ReadMode};
 use stages::scan::{Exclude, Known, ScanConfig};
 use stages::StoredDir;
@@ -26,10 +27,12 @@ use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 
 /// Bytes per read of a large file. 8 MiB: large enough that per-read overhead vanishes, small
-/// enough that a 64 MiB budget keeps several reads in flight.
+/// enough that the budget keeps two reads in flight.
 pub const SEGMENT: usize = 8 << 20;
-/// The data budget when no --mem-limit is given.
-pub const DEFAULT_BUDGET: u64 = 64 << 20;
+/// The data budget when no --mem-limit is given. With read buffers reused (`stages::pool`) the
+/// smallest budget is also the fastest measured: first backup of the mixed corpus 0.79–0.86 s at
+/// 68–71 MiB peak RSS, against 0.82–0.90 s at 74–81 MiB with 64 MiB.
+pub const DEFAULT_BUDGET: u64 = MIN_BUDGET;
 /// What --mem-limit keeps back from the data budget for everything that is not data in flight:
 /// the binary, thread stacks, allocator slack and channel buffers (measured: ~25 MiB RSS with an
 /// empty pipeline), the compress workers' bundles (~1.5 MiB each), plus the index (see
@@ -249,7 +252,10 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
         cancel.clone(),
     )
     .map_err(spawn_err)?;
-    let chunk = stages::chunk::spawn(params, blk_rxs, chunk_tx, fe_tx, cancel.clone()).map_err(spawn_err)?;
+    // Buffers for the blocks of large files, reused (`stages::pool`).
+    let pool = BufferPool::new(budget.clone(), params.max as usize + SEGMENT);
+    let chunk = stages::chunk::spawn(params, blk_rxs, chunk_tx, fe_tx, pool.clone(), cancel.clone())
+        .map_err(spawn_err)?;
     let read_cfg = ReadConfig {
         mode: read_mode_for(opts.read_mode, &roots),
         segment: SEGMENT,
@@ -257,9 +263,16 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
         threads: 2,
         depth: 64,
     };
-    let read =
-        stages::read::spawn(read_cfg, opts.source.clone(), budget.clone(), job_rx, blk_txs, cancel.clone())
-            .map_err(|e| Error::Pipeline(format!("cannot start the read stage: {e}")))?;
+    let read = stages::read::spawn(
+        read_cfg,
+        opts.source.clone(),
+        budget.clone(),
+        job_rx,
+        blk_txs,
+        pool,
+        cancel.clone(),
+    )
+    .map_err(|e| Error::Pipeline(format!("cannot start the read stage: {e}")))?;
     let mode = read.mode;
     if let Some(w) = &read.fallback_reason {
         warnings.push(w.clone());

@@ -17,6 +17,7 @@ enum Kind {
     Read {
         file: Arc<File>,
         buf: Vec<u8>,
+        want: usize,
         offset: u64,
     },
     Open {
@@ -106,10 +107,11 @@ impl Ring {
         self.in_kernel + self.backlog.len()
     }
 
-    /// Queues a read at `offset` into the spare capacity of `buf`: on completion the bytes read
-    /// follow the buffer's existing contents (which callers use as headroom).
-    pub fn read(&mut self, file: Arc<File>, buf: Vec<u8>, offset: u64, token: u64) {
-        self.backlog.push_back(Op { kind: Kind::Read { file, buf, offset }, token });
+    /// Queues a read of at most `want` bytes at `offset` into the spare capacity of `buf`: on
+    /// completion the bytes read follow the buffer's existing contents (which callers use as
+    /// headroom).
+    pub fn read(&mut self, file: Arc<File>, buf: Vec<u8>, want: usize, offset: u64, token: u64) {
+        self.backlog.push_back(Op { kind: Kind::Read { file, buf, want, offset }, token });
     }
 
     /// Queues an open(2) of `path` for reading with `flags` (O_RDONLY is implied).
@@ -131,9 +133,9 @@ impl Ring {
 
     fn entry(kind: &mut Kind) -> io_uring::squeue::Entry {
         match kind {
-            Kind::Read { file, buf, offset } => {
+            Kind::Read { file, buf, want, offset } => {
                 let spare = buf.spare_capacity_mut();
-                let len = u32::try_from(spare.len()).unwrap_or(u32::MAX);
+                let len = u32::try_from(spare.len().min(*want)).unwrap_or(u32::MAX);
                 let ptr = spare.as_mut_ptr().cast::<u8>();
                 opcode::Read::new(types::Fd(file.as_raw_fd()), ptr, len).offset(*offset).build()
             }
@@ -218,7 +220,7 @@ impl Ring {
             self.in_kernel -= 1;
             let err = (res < 0).then(|| io::Error::from_raw_os_error(-res));
             let outcome = match op.kind {
-                Kind::Read { file, mut buf, offset } => {
+                Kind::Read { file, mut buf, offset, .. } => {
                     let result = match err {
                         Some(e) => Err(e),
                         None => {
@@ -291,7 +293,7 @@ mod tests {
             files.push(Arc::new(File::open(&p).unwrap()));
         }
         for (i, f) in files.iter().enumerate() {
-            ring.read(f.clone(), Vec::with_capacity(4096), 0, i as u64);
+            ring.read(f.clone(), Vec::with_capacity(4096), 4096, 0, i as u64);
         }
         let mut got = 0;
         while ring.in_flight() > 0 {

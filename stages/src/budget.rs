@@ -15,6 +15,8 @@ struct State {
     peak: u64,
     /// Lowered by `shrink` as long-lived structures (the session's dedup set) grow.
     limit: u64,
+    /// Threads waiting in `acquire_or`.
+    waiting: u64,
 }
 
 #[derive(Debug)]
@@ -39,7 +41,7 @@ impl MemoryBudget {
     pub fn new(limit: u64) -> Self {
         MemoryBudget {
             inner: Arc::new(Inner {
-                state: Mutex::new(State { used: 0, peak: 0, limit: limit.max(1) }),
+                state: Mutex::new(State { used: 0, peak: 0, limit: limit.max(1), waiting: 0 }),
                 freed: Condvar::new(),
             }),
         }
@@ -74,6 +76,30 @@ impl MemoryBudget {
             st = self.inner.freed.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         self.grant(&mut st, bytes)
+    }
+
+    /// Blocks until `bytes` fit; if they do not fit at once, `before_waiting` runs first, after
+    /// this thread counts as waiting (`waiting`), so that memory it frees (idle buffers) cannot
+    /// be taken back for idling while this thread waits.
+    pub fn acquire_or(&self, bytes: u64, before_waiting: impl FnOnce()) -> Permit {
+        let mut st = self.lock();
+        if self.fits(&st, bytes) {
+            return self.grant(&mut st, bytes);
+        }
+        st.waiting += 1;
+        drop(st);
+        before_waiting();
+        let mut st = self.lock();
+        while !self.fits(&st, bytes) {
+            st = self.inner.freed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.waiting -= 1;
+        self.grant(&mut st, bytes)
+    }
+
+    /// Whether a thread waits in `acquire_or`.
+    pub fn waiting(&self) -> bool {
+        self.lock().waiting > 0
     }
 
     pub fn try_acquire(&self, bytes: u64) -> Option<Permit> {

@@ -18,6 +18,7 @@ use fastcdc::v2020::{FastCDC, Normalization};
 use crate::batch::{recv_or_flush, Batcher, BYTES, ITEMS};
 use crate::budget::Permit;
 use crate::msg::{Block, Cancel, Chunk, FileEvent};
+use crate::pool::{BufferPool, Pooled};
 use crate::Workers;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +89,7 @@ pub fn spawn(
     inputs: Vec<Receiver<Vec<Block>>>,
     out: Sender<Vec<Chunk>>,
     events: Sender<Vec<FileEvent>>,
+    pool: Arc<BufferPool>,
     cancel: Cancel,
 ) -> std::io::Result<Workers> {
     // Each worker owns one input queue: the read stage routes a file's blocks by its seq.
@@ -96,7 +98,7 @@ pub fn spawn(
         if let Some(input) = inputs.get(i) {
             let mut out = Batcher::new(out.clone(), ITEMS, BYTES);
             let mut events = Batcher::new(events.clone(), ITEMS, usize::MAX);
-            worker(params, input, &mut out, &mut events, &cancel);
+            worker(params, input, &mut out, &mut events, &pool, &cancel);
             let _ = out.flush().and_then(|()| events.flush());
         }
     })
@@ -107,6 +109,7 @@ fn worker(
     input: &Receiver<Vec<Block>>,
     out: &mut Batcher<Chunk>,
     events: &mut Batcher<FileEvent>,
+    pool: &Arc<BufferPool>,
     cancel: &Cancel,
 ) {
     let mut files: HashMap<u64, FileState> = HashMap::new();
@@ -130,7 +133,7 @@ fn worker(
                     return;
                 }
             }
-            Block::Data { seq, mut buf, start, offset, last, permit } => {
+            Block::Data { seq, mut buf, start, offset, last, permit, mut pooled } => {
                 let st = files.entry(seq).or_insert(FileState { index: 0, tail: None });
                 let mut begin = start;
                 let mut carried = 0;
@@ -145,11 +148,19 @@ fn worker(
                         let mut joined = Vec::with_capacity(tail.len() + buf.len() - start);
                         joined.extend_from_slice(&tail);
                         joined.extend_from_slice(&buf[start..]);
-                        buf = joined;
+                        let old = std::mem::replace(&mut buf, joined);
+                        if let Some(p) = pooled.take() {
+                            pool.give(old, p);
+                        }
                         begin = 0;
                     }
                 }
-                let data = Bytes::from(buf).slice(begin..);
+                let data = match pooled {
+                    // The buffer goes back to the pool when its last chunk is dropped.
+                    Some(p) => Bytes::from_owner(Pooled::new(buf, p, pool.clone())),
+                    None => Bytes::from(buf),
+                }
+                .slice(begin..);
                 let permit = Arc::new(permit);
                 let (cuts, tail_start) = cut(&params, &data, !last);
                 for (off, len) in cuts {
@@ -207,7 +218,8 @@ mod tests {
         let (btx, brx) = crossbeam_channel::unbounded();
         let (ctx, crx) = crossbeam_channel::unbounded();
         let (etx, erx) = crossbeam_channel::unbounded();
-        let h = spawn(params, vec![brx], ctx, etx, Cancel::default()).unwrap();
+        let pool = BufferPool::new(budget.clone(), 1 << 20);
+        let h = spawn(params, vec![brx], ctx, etx, pool, Cancel::default()).unwrap();
         let seg = 3 << 20;
         let mut off = 0;
         while off < data.len() {
@@ -217,8 +229,16 @@ mod tests {
             buf.extend_from_slice(&data[off..off + len]);
             let last = off + len == data.len();
             let permit = budget.acquire(1);
-            btx.send(vec![Block::Data { seq: 9, buf, start: headroom, offset: off as u64, last, permit }])
-                .unwrap();
+            btx.send(vec![Block::Data {
+                seq: 9,
+                buf,
+                start: headroom,
+                offset: off as u64,
+                last,
+                permit,
+                pooled: None,
+            }])
+            .unwrap();
             off += len;
         }
         drop(btx);

@@ -11,6 +11,7 @@
 pub mod batch;
 pub mod budget;
 pub mod msg;
+pub mod pool;
 
 pub mod chunk;
 pub mod compress;

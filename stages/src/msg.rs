@@ -231,7 +231,11 @@ pub enum Block {
         start: usize,
         offset: u64,
         last: bool,
+        /// For the bytes of this block as they go downstream (and its headroom).
         permit: Permit,
+        /// For a buffer from the read pool (`crate::pool`): the permit for its whole capacity,
+        /// which goes back to the pool with it.
+        pooled: Option<Permit>,
     },
     Failed {
         seq: u64,

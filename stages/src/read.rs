@@ -21,6 +21,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use crate::batch::{recv_or_flush, Batcher, BYTES, ITEMS};
 use crate::budget::{MemoryBudget, Permit};
 use crate::msg::{Block, Cancel, ReadJob};
+use crate::pool::BufferPool;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadMode {
@@ -104,6 +105,8 @@ struct Shared {
     /// flushes them all before it waits (for a job, for budget, for a large-file slot, for the
     /// ring), so no block sits in a batch while the readers sleep.
     out: Vec<Mutex<Batcher<Block>>>,
+    /// Buffers for the blocks of large files, kept for reuse (`crate::pool`).
+    pool: Arc<BufferPool>,
     cancel: Cancel,
 }
 
@@ -131,12 +134,44 @@ impl Shared {
         }
     }
 
-    /// Budget for a read, flushing first if it has to wait.
+    /// Budget for a read, flushing first (and freeing idle pooled buffers) if it has to wait.
     fn acquire(&self, bytes: u64) -> Permit {
         self.budget.try_acquire(bytes).unwrap_or_else(|| {
             self.flush();
-            self.budget.acquire(bytes)
+            self.budget.acquire_or(bytes, || self.pool.reclaim())
         })
+    }
+
+    fn get(&self, bytes: u64, wait: bool) -> Option<Permit> {
+        if wait {
+            Some(self.acquire(bytes))
+        } else {
+            self.budget.try_acquire(bytes)
+        }
+    }
+
+    /// Budget and a buffer for a read of `len` bytes after `headroom`: (buffer, permit for the
+    /// data, permit for a pooled buffer). A block of a large file gets a pooled buffer, whose
+    /// own permit covers its whole capacity (possibly resident from an earlier block); its
+    /// contents are stale, its length anything. Any other block gets a new buffer of `headroom`
+    /// zeroes, and one permit for twice its size, as before. Without `wait`, None when the
+    /// budget is short.
+    fn reserve(&self, job: &ReadJob, headroom: usize, len: usize, wait: bool) -> Option<Reserved> {
+        if self.is_large(job) && headroom + len <= self.pool.cap() {
+            if wait {
+                self.flush();
+            }
+            let (buf, pooled) = self.pool.take(wait)?;
+            let Some(permit) = self.get((headroom + len) as u64, wait) else {
+                self.pool.give(buf, pooled);
+                return None;
+            };
+            return Some(Reserved { buf, permit, pooled: Some(pooled) });
+        }
+        let permit = self.get(Self::permit_bytes(headroom, len), wait)?;
+        let mut buf = Vec::with_capacity(headroom + len);
+        buf.resize(headroom, 0);
+        Some(Reserved { buf, permit, pooled: None })
     }
 
     /// The next job, flushing first if it has to wait.
@@ -163,18 +198,13 @@ impl Shared {
         2 * (headroom + len) as u64
     }
 
-    fn buffer(headroom: usize, len: usize) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(headroom + len);
-        buf.resize(headroom, 0);
-        buf
-    }
-
     /// Opens a job's file; files of size zero need no reading and are done at once.
     fn open(&self, job: &ReadJob) -> Option<Arc<File>> {
         if job.meta.size == 0 {
             let permit = self.budget.acquire(0);
             let last = true;
-            self.send(Block::Data { seq: job.seq, buf: Vec::new(), start: 0, offset: 0, last, permit });
+            let (buf, pooled) = (Vec::new(), None);
+            self.send(Block::Data { seq: job.seq, buf, start: 0, offset: 0, last, permit, pooled });
             return None;
         }
         match self.source.open(&job.path) {
@@ -193,6 +223,7 @@ impl Shared {
 
     /// Turns a finished read at `offset` into its block: (block, next offset, last). None when
     /// the file failed (reported).
+    #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         job: &ReadJob,
@@ -201,6 +232,7 @@ impl Shared {
         offset: u64,
         result: io::Result<usize>,
         permit: Permit,
+        pooled: Option<Permit>,
     ) -> Option<(Block, u64, bool)> {
         let res = self.source.after_read(&job.path, offset, &mut buf[headroom..], result);
         let n = match res {
@@ -217,7 +249,7 @@ impl Shared {
         buf.truncate(headroom + n);
         let next = offset + n as u64;
         let last = next >= job.meta.size;
-        Some((Block::Data { seq: job.seq, buf, start: headroom, offset, last, permit }, next, last))
+        Some((Block::Data { seq: job.seq, buf, start: headroom, offset, last, permit, pooled }, next, last))
     }
 
     /// Handles a finished read (the plain path). Returns the next offset to read, or None when
@@ -232,8 +264,9 @@ impl Shared {
         offset: u64,
         result: io::Result<usize>,
         permit: Permit,
+        pooled: Option<Permit>,
     ) -> Option<u64> {
-        let (block, next, last) = self.block(job, buf, headroom, offset, result, permit)?;
+        let (block, next, last) = self.block(job, buf, headroom, offset, result, permit, pooled)?;
         if last {
             let stamp = stamp_of(file).map_err(|e| format!("cannot stat after reading: {e}"));
             if let Err(why) = stamp.and_then(|st| unchanged(&st, job)) {
@@ -270,6 +303,7 @@ pub fn spawn(
     budget: MemoryBudget,
     jobs: Receiver<ReadJob>,
     out: Vec<Sender<Vec<Block>>>,
+    pool: Arc<BufferPool>,
     cancel: Cancel,
 ) -> io::Result<ReadHandle> {
     let mode = cfg.mode;
@@ -277,7 +311,7 @@ pub fn spawn(
     let max = (budget.limit() / (4 * block)).max(1) as usize;
     let large = LargeSlots { max, used: Mutex::new(0), freed: Condvar::new() };
     let out = out.into_iter().map(|tx| Mutex::new(Batcher::new(tx, ITEMS, BYTES))).collect();
-    let shared = Arc::new(Shared { large, cfg, source, budget, out, cancel });
+    let shared = Arc::new(Shared { large, cfg, source, budget, out, pool, cancel });
     let mut fallback_reason = None;
     if mode != ReadMode::Pool {
         match Ring::new(shared.cfg.depth.max(1)) {
@@ -332,15 +366,22 @@ fn read_file(s: &Shared, job: &ReadJob) {
     let mut offset = 0;
     loop {
         let (headroom, len) = s.shape(job, offset);
-        let permit = s.acquire(Shared::permit_bytes(headroom, len));
-        let mut buf = Shared::buffer(headroom, len);
+        let Some(Reserved { mut buf, permit, pooled }) = s.reserve(job, headroom, len, true) else { break };
+        // A pooled buffer's stale bytes are overwritten, not zeroed first.
         buf.resize(headroom + len, 0);
         let result = read_full(&file, &mut buf[headroom..], offset);
-        match s.completed(job, &file, buf, headroom, offset, result, permit) {
+        match s.completed(job, &file, buf, headroom, offset, result, permit, pooled) {
             Some(next) => offset = next,
             None => break,
         }
     }
+}
+
+/// A read's buffer and budget (`Shared::reserve`).
+struct Reserved {
+    buf: Vec<u8>,
+    permit: Permit,
+    pooled: Option<Permit>,
 }
 
 /// pread until `buf` is full or the file ends.
@@ -364,6 +405,7 @@ struct InFlight {
     next: u64,
     headroom: usize,
     permit: Option<Permit>,
+    pooled: Option<Permit>,
     /// Holds a large-file slot.
     large: bool,
     /// The file's last block, held until a statx shows the file did not change while read.
@@ -444,7 +486,10 @@ impl UringReader {
             },
         };
         let ready = file.is_some();
-        self.files.insert(seq, InFlight { job, file, next: 0, headroom: 0, permit: None, large, last: None });
+        self.files.insert(
+            seq,
+            InFlight { job, file, next: 0, headroom: 0, permit: None, pooled: None, large, last: None },
+        );
         if ready {
             self.ready.push_back(seq);
         }
@@ -487,7 +532,8 @@ impl UringReader {
     fn read_done(&mut self, seq: u64, file: Arc<File>, buf: Vec<u8>, offset: u64, result: io::Result<usize>) {
         let Some(mut f) = self.files.remove(&seq) else { return };
         let Some(permit) = f.permit.take() else { return };
-        match self.s.block(&f.job, buf, f.headroom, offset, result, permit) {
+        let pooled = f.pooled.take();
+        match self.s.block(&f.job, buf, f.headroom, offset, result, permit, pooled) {
             None => {
                 drop(file);
                 self.end(f);
@@ -585,20 +631,20 @@ impl UringReader {
                 continue;
             };
             let (headroom, len) = self.s.shape(&f.job, f.next);
-            let bytes = Shared::permit_bytes(headroom, len);
-            let permit = if self.ring.in_flight() == 0 {
-                self.s.acquire(bytes)
-            } else {
-                match self.s.budget.try_acquire(bytes) {
-                    Some(p) => p,
-                    None => return,
-                }
+            let wait = self.ring.in_flight() == 0;
+            let Some(Reserved { mut buf, permit, pooled }) = self.s.reserve(&f.job, headroom, len, wait)
+            else {
+                return;
             };
             self.ready.pop_front();
             f.permit = Some(permit);
+            f.pooled = pooled;
             f.headroom = headroom;
             let Some(file) = f.file.clone() else { continue };
-            self.ring.read(file, Shared::buffer(headroom, len), f.next, seq);
+            // The ring reads after the buffer's length: `headroom` bytes, stale ones included.
+            buf.truncate(headroom);
+            buf.resize(headroom, 0);
+            self.ring.read(file, buf, len, f.next, seq);
         }
     }
 }
