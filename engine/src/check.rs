@@ -176,10 +176,11 @@ pub(crate) fn survey(repo: &Repository, report: &mut CheckReport) -> Result<Surv
                 continue;
             }
         };
-        let body = decode_segment(&repo.wk.catalog_key, &name, &data);
+        let matches = name_matches(&name, &data);
+        let body = decode_segment(&repo.wk.catalog_key, &name, data);
         let mut why = match &body {
             Err(e) => Some(e.to_string()),
-            Ok(_) if !name_matches(&name, &data) => Some("content does not match its name".into()),
+            Ok(_) if !matches => Some("content does not match its name".into()),
             Ok(_) => None,
         };
         if let Ok(packs) = body {

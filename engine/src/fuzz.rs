@@ -76,11 +76,11 @@ pub fn pack_trailer(data: &[u8]) -> bool {
 pub fn index_segment(data: &[u8]) -> bool {
     let k = keys();
     match mode(data) {
-        (false, raw) => crate::index::decode_segment(&k.wk.catalog_key, "fuzz", raw).is_ok(),
+        (false, raw) => crate::index::decode_segment(&k.wk.catalog_key, "fuzz", raw.to_vec()).is_ok(),
         (true, plain) => {
             let mut seg = crate::index::MAGIC.to_vec();
             seg.extend_from_slice(&seal_catalog(&k.wk.catalog_key, crate::index::MAGIC, plain));
-            let Ok(body) = crate::index::decode_segment(&k.wk.catalog_key, "fuzz", &seg) else {
+            let Ok(body) = crate::index::decode_segment(&k.wk.catalog_key, "fuzz", seg) else {
                 return false;
             };
             let mut idx = crate::index::IndexBuilder::default();

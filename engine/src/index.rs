@@ -27,9 +27,9 @@ pub fn encode_segment(catalog_key: &Secret32, packs: &SegmentBody) -> Result<(St
     Ok((name, out))
 }
 
-pub fn decode_segment(catalog_key: &Secret32, name: &str, data: &[u8]) -> Result<SegmentBody> {
+pub fn decode_segment(catalog_key: &Secret32, name: &str, data: Vec<u8>) -> Result<SegmentBody> {
     let mut body = Vec::new();
-    for_each_pack(catalog_key, name, data.to_vec(), |p, entries| body.push((p, entries)))?;
+    for_each_pack(catalog_key, name, data, |p, entries| body.push((p, entries)))?;
     Ok(body)
 }
 
@@ -378,11 +378,11 @@ mod tests {
         let body = vec![([1u8; 32], vec![e])];
         let (name, bytes) = encode_segment(&k, &body).unwrap();
         assert!(name.starts_with("index/"));
-        assert_eq!(decode_segment(&k, &name, &bytes).unwrap(), body);
+        assert_eq!(decode_segment(&k, &name, bytes.clone()).unwrap(), body);
         let mut t = bytes.clone();
         let last = t.len() - 1;
         t[last] ^= 1;
-        assert!(decode_segment(&k, &name, &t).is_err());
+        assert!(decode_segment(&k, &name, t).is_err());
         let mut idx = IndexBuilder::default();
         idx.add_pack([1; 32], &body[0].1);
         let d = SessionDedup::new(Arc::new(idx.build()));
@@ -444,7 +444,7 @@ mod tests {
         #[test]
         fn garbage_never_panics(g in proptest::collection::vec(any::<u8>(), 0..400)) {
             let k = Secret32::random();
-            let _ = decode_segment(&k, "x", &g);
+            let _ = decode_segment(&k, "x", g);
         }
     }
 }

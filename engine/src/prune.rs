@@ -108,7 +108,7 @@ fn load_view(repo: &Repository, warnings: &mut Vec<String>) -> Result<View> {
         match backend
             .get(name)
             .map_err(Error::from)
-            .and_then(|d| decode_segment(&repo.wk.catalog_key, name, &d))
+            .and_then(|d| decode_segment(&repo.wk.catalog_key, name, d))
         {
             Ok(body) => from_segments.extend(body),
             Err(e) => warnings.push(format!("{e}; its packs are read from their trailers")),

@@ -50,7 +50,7 @@ pub fn repair_index(repo: &Repository, read_data: bool, workers: usize) -> Resul
         match backend
             .get(name)
             .map_err(Error::from)
-            .and_then(|d| decode_segment(&repo.wk.catalog_key, name, &d))
+            .and_then(|d| decode_segment(&repo.wk.catalog_key, name, d))
         {
             Ok(packs) => from_segments.extend(packs),
             Err(e) => out.problems.push(format!("{e} (replaced)")),

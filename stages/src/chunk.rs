@@ -15,7 +15,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use fastcdc::v2020::{FastCDC, Normalization};
 
-use crate::batch::{recv_or_flush, Batcher, BYTES, ITEMS};
+use crate::batch::{recv_or_flush, Batcher, Closed, BYTES, ITEMS};
 use crate::budget::Permit;
 use crate::msg::{Block, Cancel, Chunk, FileEvent};
 use crate::pool::{BufferPool, Pooled};
@@ -113,81 +113,80 @@ fn worker(
     cancel: &Cancel,
 ) {
     let mut files: HashMap<u64, FileState> = HashMap::new();
-    let mut blocks = Vec::new().into_iter();
-    loop {
-        let Some(block) = blocks.next() else {
-            match recv_or_flush(input, || out.flush().and_then(|()| events.flush())) {
-                Some(batch) => blocks = batch.into_iter(),
-                None => return,
+    while let Some(batch) = recv_or_flush(input, || out.flush().and_then(|()| events.flush())) {
+        for block in batch {
+            if cancel.is_cancelled() {
+                files.clear();
+                continue;
             }
-            continue;
-        };
-        if cancel.is_cancelled() {
-            files.clear();
-            continue;
-        }
-        match block {
-            Block::Failed { seq, path, why } => {
-                files.remove(&seq);
-                if events.push(FileEvent::Failed { seq, path, why }, 0).is_err() {
-                    return;
-                }
-            }
-            Block::Data { seq, mut buf, start, offset, last, permit, mut pooled } => {
-                let st = files.entry(seq).or_insert(FileState { index: 0, tail: None });
-                let mut begin = start;
-                let mut carried = 0;
-                if let Some((tail, _tail_permit)) = st.tail.take() {
-                    carried = tail.len();
-                    // The read stage leaves `max` bytes of headroom in every block after the
-                    // first, and a tail is always shorter than `max`.
-                    if tail.len() <= start {
-                        begin = start - tail.len();
-                        buf[begin..start].copy_from_slice(&tail);
-                    } else {
-                        let mut joined = Vec::with_capacity(tail.len() + buf.len() - start);
-                        joined.extend_from_slice(&tail);
-                        joined.extend_from_slice(&buf[start..]);
-                        let old = std::mem::replace(&mut buf, joined);
-                        if let Some(p) = pooled.take() {
-                            pool.give(old, p);
-                        }
-                        begin = 0;
-                    }
-                }
-                let data = match pooled {
-                    // The buffer goes back to the pool when its last chunk is dropped.
-                    Some(p) => Bytes::from_owner(Pooled::new(buf, p, pool.clone())),
-                    None => Bytes::from(buf),
-                }
-                .slice(begin..);
-                let permit = Arc::new(permit);
-                let (cuts, tail_start) = cut(&params, &data, !last);
-                for (off, len) in cuts {
-                    let chunk = Chunk {
-                        seq,
-                        index: st.index,
-                        data: data.slice(off..off + len),
-                        permit: permit.clone(),
-                    };
-                    st.index += 1;
-                    if out.push(chunk, len).is_err() {
-                        return;
-                    }
-                }
-                if last {
-                    let chunks = st.index;
-                    files.remove(&seq);
-                    let size = offset + (data.len() - carried) as u64;
-                    if events.push(FileEvent::End { seq, chunks, size }, 0).is_err() {
-                        return;
-                    }
-                } else if tail_start < data.len() {
-                    st.tail = Some((data.slice(tail_start..), permit));
-                }
+            if chunk_block(&params, block, &mut files, out, events, pool).is_err() {
+                return;
             }
         }
     }
+}
+
+/// Cuts one block into chunks (its file's state in `files`); Err when downstream is gone.
+fn chunk_block(
+    params: &ChunkParams,
+    block: Block,
+    files: &mut HashMap<u64, FileState>,
+    out: &mut Batcher<Chunk>,
+    events: &mut Batcher<FileEvent>,
+    pool: &Arc<BufferPool>,
+) -> Result<(), Closed> {
+    let (seq, mut buf, start, offset, last, permit, mut pooled) = match block {
+        Block::Failed { seq, path, why } => {
+            files.remove(&seq);
+            return events.push(FileEvent::Failed { seq, path, why }, 0);
+        }
+        Block::Data { seq, buf, start, offset, last, permit, pooled } => {
+            (seq, buf, start, offset, last, permit, pooled)
+        }
+    };
+    let st = files.entry(seq).or_insert(FileState { index: 0, tail: None });
+    let mut begin = start;
+    let mut carried = 0;
+    if let Some((tail, _tail_permit)) = st.tail.take() {
+        carried = tail.len();
+        // The read stage leaves `max` bytes of headroom in every block after the first, and a
+        // tail is always shorter than `max`.
+        if tail.len() <= start {
+            begin = start - tail.len();
+            buf[begin..start].copy_from_slice(&tail);
+        } else {
+            let mut joined = Vec::with_capacity(tail.len() + buf.len() - start);
+            joined.extend_from_slice(&tail);
+            joined.extend_from_slice(&buf[start..]);
+            let old = std::mem::replace(&mut buf, joined);
+            if let Some(p) = pooled.take() {
+                pool.give(old, p);
+            }
+            begin = 0;
+        }
+    }
+    let data = match pooled {
+        // The buffer goes back to the pool when its last chunk is dropped.
+        Some(p) => Bytes::from_owner(Pooled::new(buf, p, pool.clone())),
+        None => Bytes::from(buf),
+    }
+    .slice(begin..);
+    let permit = Arc::new(permit);
+    let (cuts, tail_start) = cut(params, &data, !last);
+    for (off, len) in cuts {
+        let chunk = Chunk { seq, index: st.index, data: data.slice(off..off + len), permit: permit.clone() };
+        st.index += 1;
+        out.push(chunk, len)?;
+    }
+    if last {
+        let chunks = st.index;
+        files.remove(&seq);
+        let size = offset + (data.len() - carried) as u64;
+        events.push(FileEvent::End { seq, chunks, size }, 0)?;
+    } else if tail_start < data.len() {
+        st.tail = Some((data.slice(tail_start..), permit));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -207,7 +206,9 @@ mod tests {
             .collect()
     }
 
-    /// Chunking one buffer whole and chunking it as a stream of blocks gives the same chunks.
+    /// Chunking one buffer whole and chunking it as a stream of blocks gives the same chunks,
+    /// with blocks after the first in pooled buffers (which go back to the pool, permits and
+    /// all, once their chunks are dropped).
     #[test]
     fn streamed_equals_whole() {
         let params = ChunkParams::with_seed(42);
@@ -218,27 +219,25 @@ mod tests {
         let (btx, brx) = crossbeam_channel::unbounded();
         let (ctx, crx) = crossbeam_channel::unbounded();
         let (etx, erx) = crossbeam_channel::unbounded();
-        let pool = BufferPool::new(budget.clone(), 1 << 20);
-        let h = spawn(params, vec![brx], ctx, etx, pool, Cancel::default()).unwrap();
         let seg = 3 << 20;
+        let pool = BufferPool::new(budget.clone(), params.max as usize + seg);
+        let h = spawn(params, vec![brx], ctx, etx, pool.clone(), Cancel::default()).unwrap();
         let mut off = 0;
         while off < data.len() {
             let len = seg.min(data.len() - off);
             let headroom = if off == 0 { 0 } else { params.max as usize };
-            let mut buf = vec![0u8; headroom];
+            let (mut buf, pooled) = match off {
+                0 => (Vec::new(), None),
+                _ => pool.take(false).map(|(b, p)| (b, Some(p))).unwrap(),
+            };
+            buf.clear();
+            buf.resize(headroom, 0);
             buf.extend_from_slice(&data[off..off + len]);
             let last = off + len == data.len();
             let permit = budget.acquire(1);
-            btx.send(vec![Block::Data {
-                seq: 9,
-                buf,
-                start: headroom,
-                offset: off as u64,
-                last,
-                permit,
-                pooled: None,
-            }])
-            .unwrap();
+            let start = headroom;
+            btx.send(vec![Block::Data { seq: 9, buf, start, offset: off as u64, last, permit, pooled }])
+                .unwrap();
             off += len;
         }
         drop(btx);
@@ -257,6 +256,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         drop(chunks);
+        assert_eq!(budget.used() % (params.max as u64 + seg as u64), 0, "only idle pooled buffers");
+        assert!(budget.used() > 0, "pooled buffers came back");
+        pool.reclaim();
         assert_eq!(budget.used(), 0);
     }
 

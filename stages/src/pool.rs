@@ -88,7 +88,8 @@ impl BufferPool {
         drop(freed);
     }
 
-    pub fn idle(&self) -> usize {
+    #[cfg(test)]
+    fn idle(&self) -> usize {
         self.lock().len()
     }
 }

@@ -46,8 +46,8 @@ struct Held {
     /// Where each reused subdirectory's records go in `own` (in the order of their events):
     /// they stay in the events until this directory is reused too, and are moved then.
     cuts: Vec<usize>,
-    /// Bytes of records held: `own` and the reused subdirectories'.
-    held_bytes: usize,
+    /// Bytes of records the reused subdirectories' events hold.
+    child_bytes: usize,
     entries: u64,
     files: u64,
     bytes: u64,
@@ -382,21 +382,19 @@ impl Scanner {
                 return self.emit(ev);
             }
         };
-        let before = h.own.len();
         if let (ScanEvent::Unchanged { .. }, Some(k)) = (&ev, self.known.as_mut()) {
             k.record(&mut h.own);
         }
-        h.held_bytes += h.own.len() - before;
         if let ScanEvent::Reused { records, .. } = &ev {
             h.cuts.push(h.own.len());
-            h.held_bytes += records.len();
+            h.child_bytes += records.len();
         }
         h.entries += 1;
         h.files += files;
         h.bytes += bytes;
         h.dirs += dirs;
         h.events.push(ev);
-        if h.events.len() > MAX_HELD || h.held_bytes > MAX_HELD_RECORDS {
+        if h.events.len() > MAX_HELD || h.own.len() + h.child_bytes > MAX_HELD_RECORDS {
             self.release(frames)?;
         }
         Ok(())
@@ -419,10 +417,10 @@ impl Scanner {
         match (&ev, self.known.is_some()) {
             (ScanEvent::Enter { name, .. }, true) => {
                 let name = name.clone();
-                let (own, cuts, held_bytes, entries, files, bytes, dirs) =
+                let (own, cuts, child_bytes, entries, files, bytes, dirs) =
                     (Vec::new(), Vec::new(), 0, 0, 0, 0, 0);
                 let events = vec![ev];
-                frame.held = Some(Held { name, events, own, cuts, held_bytes, entries, files, bytes, dirs });
+                frame.held = Some(Held { name, events, own, cuts, child_bytes, entries, files, bytes, dirs });
             }
             _ => self.place(frames, ev)?,
         }
