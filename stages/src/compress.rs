@@ -86,8 +86,14 @@ impl Compressor {
                 _ => false,
             };
         }
-        buf.resize(start + bound, 0);
-        match self.ctx.compress_to_buffer(data, &mut buf[start..]) {
+        // zstd writes into the spare capacity after `start` (through a cursor), so the bound is
+        // not zeroed first: zeroing it touched, and so faulted in, about three times the pages
+        // that a text chunk's compressed bytes need.
+        buf.truncate(start);
+        buf.reserve_exact(padded_len(HEADER + bound) + NONCE_ROOM + 16 - buf.len());
+        let mut out = std::io::Cursor::new(&mut *buf);
+        out.set_position(start as u64);
+        match self.ctx.compress_to_buffer(data, &mut out) {
             Ok(n) if n < data.len() => {
                 buf.truncate(start + n);
                 true
