@@ -278,9 +278,12 @@ const WINDOWS_KEPT: usize = 8;
 type BundleSlot = ((u32, u32), Arc<Vec<u8>>);
 
 /// Decompressed bundles kept by a reader (see `BlobReader::bundle`): the most recent ones,
-/// and those read again after they had left the recent ones.
+/// and those read again after they had left the recent ones. A reread part of 24 MiB restores
+/// as fast as one of 48 on every corpus measured (3 GiB mixed: 3.15-3.25 s against 3.19-3.67 s;
+/// 300 MiB mixed 0.31 s; 100,000 files 1.08 s), and the restore of the 3 GiB corpus peaks at
+/// 86 MiB instead of 108.
 const RECENT_BUNDLES_BYTES: usize = 8 << 20;
-const REREAD_BUNDLES_BYTES: usize = 48 << 20;
+const REREAD_BUNDLES_BYTES: usize = 24 << 20;
 /// Bundles remembered (by position only) after leaving the recent ones.
 const GHOSTS: usize = 4096;
 
