@@ -75,6 +75,32 @@ pub fn seal_catalog(key: &Secret32, magic: &[u8], plain: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `prefix`, then `value` encoded (postcard) and sealed as by `seal_catalog`, in one buffer of
+/// exactly its final size: encoded into place and encrypted there. Encoding into a growing
+/// buffer and sealing a copy of it held up to three times an index segment at once; two sinks
+/// flushing 65,536 entries each at the same moment was the peak of a backup of 300,000 files.
+pub fn seal_catalog_value<T: serde::Serialize + ?Sized>(
+    key: &Secret32,
+    magic: &[u8],
+    prefix: &[u8],
+    value: &T,
+) -> Result<Vec<u8>, String> {
+    let len = postcard::experimental::serialized_size(value).map_err(|e| e.to_string())?;
+    let mut nonce = [0u8; XNONCE];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let mut out = Vec::with_capacity(prefix.len() + XNONCE + len + 16);
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(&nonce);
+    let start = out.len();
+    let mut out = postcard::to_extend(value, out).map_err(|e| e.to_string())?;
+    let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
+    let tag = cipher
+        .encrypt_in_place_detached(XNonce::from_slice(&nonce), magic, &mut out[start..])
+        .map_err(|_| format!("cannot seal {len} bytes"))?;
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
 pub fn open_catalog(key: &Secret32, magic: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
     if sealed.len() < XNONCE + 16 {
         return None;
@@ -120,6 +146,18 @@ pub fn unwrap_key(identity: &age::x25519::Identity, wrapped: &[u8]) -> Result<Da
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sealed_value_opens_to_its_encoding_after_its_prefix_in_a_buffer_of_its_size() {
+        let k = Secret32::random();
+        let value: Vec<(u32, String)> = (0..1000).map(|i| (i * 7919, format!("entry {i}"))).collect();
+        let sealed = seal_catalog_value(&k, b"MAGIC", b"PREFIX", &value).unwrap();
+        assert_eq!(sealed.capacity(), sealed.len(), "sized exactly, never grown");
+        assert_eq!(&sealed[..6], b"PREFIX");
+        let plain = open_catalog(&k, b"MAGIC", &sealed[6..]).unwrap();
+        assert_eq!(plain, postcard::to_allocvec(&value).unwrap());
+        assert!(open_catalog(&k, b"OTHER", &sealed[6..]).is_none());
+    }
 
     #[test]
     fn catalog_round_trip_and_tamper() {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use stages::write::{BlobSink, SinkError};
 use stages::{BlobId, BlobKind, Sealed};
 
-use crate::crypto::{open_catalog, seal_catalog, wrap_key, Secret32};
+use crate::crypto::{open_catalog, seal_catalog_value, wrap_key, Secret32};
 use crate::error::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"BKPACK01";
@@ -131,8 +131,8 @@ impl PackSink {
     }
 
     fn seal(&mut self, mut w: PackWriter) -> Result<()> {
-        let body = postcard::to_allocvec(&w.entries).map_err(|e| Error::Pipeline(e.to_string()))?;
-        let trailer = seal_catalog(&self.catalog_key, TRAILER_MAGIC, &body);
+        let trailer =
+            seal_catalog_value(&self.catalog_key, TRAILER_MAGIC, &[], &w.entries).map_err(Error::Pipeline)?;
         let io = |e| Error::Pipeline(format!("writing pack: {e}"));
         w.write(&trailer).map_err(io)?;
         w.write(&(trailer.len() as u32).to_le_bytes()).map_err(io)?;
