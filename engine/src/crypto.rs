@@ -77,8 +77,8 @@ pub fn seal_catalog(key: &Secret32, magic: &[u8], plain: &[u8]) -> Vec<u8> {
 
 /// `prefix`, then `value` encoded (postcard) and sealed as by `seal_catalog`, in one buffer of
 /// exactly its final size: encoded into place and encrypted there. Encoding into a growing
-/// buffer and sealing a copy of it held up to three times an index segment at once; two sinks
-/// flushing 65,536 entries each at the same moment was the peak of a backup of 300,000 files.
+/// buffer and sealing a copy of it held up to three times an index segment at once (two sinks
+/// flushing their segments together were a peak of a backup of 300,000 files).
 pub fn seal_catalog_value<T: serde::Serialize + ?Sized>(
     key: &Secret32,
     magic: &[u8],

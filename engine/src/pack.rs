@@ -91,8 +91,10 @@ pub struct PackSink {
     pub flushed_segments: u64,
 }
 
-/// Index entries a sink keeps before writing them as a segment.
-const FLUSH_ENTRIES: usize = 65_536;
+/// Index entries a sink keeps before writing them as a segment. A pack of tiny files holds
+/// ~37,000 entries: with 65,536 the first pack's entries waited for the second's, and a first
+/// backup of 300,000 files peaked at 49-50 MiB instead of 44-45.
+const FLUSH_ENTRIES: usize = 16_384;
 
 impl PackSink {
     pub fn new(
