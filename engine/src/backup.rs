@@ -402,6 +402,11 @@ impl Known for CacheLookup {
     fn file(&mut self, path: &Path, meta: &Meta) -> Option<Vec<BlobId>> {
         let found = self.reader.lookup(path.as_os_str().as_bytes());
         self.keep_problem();
+        // The next file's ids are checked against the index soon: their slots are random
+        // places in a table of tens of MiB, so start fetching them while this file is handled.
+        for id in self.reader.next_content().unwrap_or_default().iter().take(4) {
+            self.index.prefetch(id);
+        }
         let e = found?;
         let same = e.size == meta.size
             && e.mtime_ns == meta.mtime_ns

@@ -212,6 +212,14 @@ impl CacheReader {
         }
     }
 
+    /// The content of the next file record, read ahead already (`seek` keeps one record ahead).
+    pub fn next_content(&self) -> Option<&[BlobId]> {
+        match self.next.as_ref()? {
+            Record::File(e) => Some(&e.content),
+            Record::Dir(_) => None,
+        }
+    }
+
     /// Appends the record `lookup` or `dir` last returned to `out`, exactly as stored
     /// (for `CacheWriter::add_raw`).
     pub fn last_record(&self, out: &mut Vec<u8>) {
@@ -313,9 +321,11 @@ mod tests {
         let mut r = CacheReader::open(&p, &id).unwrap().unwrap();
         assert_eq!(r.lookup(b"/a/0"), None);
         assert_eq!(r.lookup(b"/a/2").unwrap().size, 2); // /a/1 is gone: skipped
+        assert_eq!(r.next_content(), Some(&[[3u8; 32]][..]), "the next record's content");
         assert_eq!(r.lookup(b"/a/b/3").unwrap().size, 3);
         assert_eq!(r.lookup(b"/b"), None);
         assert_eq!(r.lookup(b"/c").unwrap().size, 4);
+        assert_eq!(r.next_content(), None, "nothing after the last record");
         assert_eq!(r.lookup(b"/d"), None);
         assert!(r.problem.is_none());
         assert!(CacheReader::open(&p, &[6u8; 16]).is_err(), "another repository's cache");

@@ -202,6 +202,14 @@ impl Index {
         range.iter().find(|s| lead(&s.id) == want && s.id == *id)
     }
 
+    /// Starts bringing the slots where `id` would be into the cache, for a lookup soon after.
+    pub fn prefetch(&self, id: &BlobId) {
+        let b = bucket(id, self.bits);
+        if let Some(slot) = self.dir.get(b).and_then(|&start| self.slots.get(start as usize)) {
+            ::io::cpu::prefetch(slot);
+        }
+    }
+
     pub fn get(&self, id: &BlobId) -> Option<Loc> {
         self.slot(id).and_then(Slot::loc)
     }
