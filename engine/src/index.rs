@@ -202,10 +202,13 @@ impl Index {
         range.iter().find(|s| lead(&s.id) == want && s.id == *id)
     }
 
-    /// Starts bringing the slots where `id` would be into the cache, for a lookup soon after.
+    /// Starts bringing the slots where `id` would be into the cache, for a lookup soon after:
+    /// its bucket, up to eight slots (a bucket holds about four).
     pub fn prefetch(&self, id: &BlobId) {
         let b = bucket(id, self.bits);
-        if let Some(slot) = self.dir.get(b).and_then(|&start| self.slots.get(start as usize)) {
+        let (Some(&start), Some(&end)) = (self.dir.get(b), self.dir.get(b + 1)) else { return };
+        let end = end.min(start.saturating_add(8));
+        for slot in self.slots.get(start as usize..end as usize).unwrap_or_default() {
             ::io::cpu::prefetch(slot);
         }
     }
