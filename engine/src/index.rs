@@ -143,9 +143,15 @@ impl IndexBuilder {
     pub fn build(self) -> Index {
         let IndexBuilder { packs, pack_pos, mut slots } = self;
         // Unstable (no scratch memory); ties are broken by pack index, which is the order in
-        // which the packs were added, then by position in the pack.
-        slots
-            .sort_unstable_by(|a, b| a.id.cmp(&b.id).then(a.pack.cmp(&b.pack)).then(a.offset.cmp(&b.offset)));
+        // which the packs were added, then by position in the pack. The ids' leading eight bytes
+        // are compared as one integer first: they differ almost always, and comparing whole ids
+        // called memcmp for every comparison (a third of the sort's time).
+        slots.sort_unstable_by(|a, b| {
+            (lead(&a.id).cmp(&lead(&b.id)))
+                .then_with(|| a.id.cmp(&b.id))
+                .then(a.pack.cmp(&b.pack))
+                .then(a.offset.cmp(&b.offset))
+        });
         slots.dedup_by(|later, first| later.id == first.id);
         slots.shrink_to_fit();
         // About four blobs per bucket.
