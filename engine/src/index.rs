@@ -1,4 +1,4 @@
-//! The index: blob id -> (pack, offset, length). On disk, one segment per backup session:
+//! The index: blob id -> (pack, offset, length). On disk, segments written by backup sessions:
 //! `"BKINDEX1" | seal_catalog("BKINDEX1", postcard(Vec<(PackId, Vec<BlobEntry>)>))`, named by the
 //! BLAKE3 of its bytes. The index is a cache of the pack trailers: a segment that fails
 //! authentication is reported and the packs it covered are read from their trailers instead.
@@ -6,8 +6,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use io::Backend;
-// Blob ids are keyed BLAKE3 hashes: uniformly spread and not chosen by the files' owners, so a
-// fast unkeyed hash suffices (SipHash was ~4 % of a no-change run).
 use stages::{BlobId, BlobKind, Dedup};
 
 use crate::crypto::{seal_catalog_value, Secret32};
