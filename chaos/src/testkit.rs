@@ -541,15 +541,32 @@ impl S3Server {
         let data = tempfile::tempdir().unwrap();
         let bucket = "bakare".to_string();
         fs::create_dir(data.path().join(&bucket)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut s = S3Server { child: None, bin, data, port, bucket };
-        s.resume();
-        Some(s)
+        let mut s = S3Server { child: None, bin, data, port: 0, bucket };
+        // A port found free by binding port 0 is free only until something else binds it, and
+        // tests run in parallel, each starting servers and proxies. A server that cannot bind
+        // its port exits: then another port is tried. (Without this check, a server that lost
+        // its port was taken for started whenever the port answered, and a test once spent its
+        // whole retry budget on a port that was not its server's.)
+        for _ in 0..5 {
+            s.port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            if s.try_resume() {
+                return Some(s);
+            }
+        }
+        panic!("s3s-fs could not start on any of five free ports");
     }
 
     /// (Re)starts the server process on the same port and data.
     pub fn resume(&mut self) {
-        let child = Command::new(&self.bin)
+        assert!(self.try_resume(), "s3s-fs did not start on port {} (or exited)", self.port);
+    }
+
+    /// Starts the server on `self.port`; false if it exited (the port was taken) or never
+    /// answered. It counts as started once the port answers and the process is still running
+    /// a moment later: one that failed to bind has exited by then.
+    fn try_resume(&mut self) -> bool {
+        use std::time::{Duration, Instant};
+        let mut child = Command::new(&self.bin)
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
             .arg(self.data.path())
@@ -557,11 +574,26 @@ impl S3Server {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "s3s-fs did not start on port {}", self.port);
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(10);
+        loop {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return false;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                std::thread::sleep(Duration::from_millis(200).saturating_sub(started.elapsed()));
+                if matches!(child.try_wait(), Ok(None)) {
+                    self.child = Some(child);
+                    return true;
+                }
+                return false;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
