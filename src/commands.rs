@@ -273,9 +273,9 @@ fn ls(repo: &Repository, json: bool, args: LsArgs) -> Result<u8> {
         }
     }
     let mut out = Out::new();
-    let mut stack = vec![(base, tree)];
+    let mut stack = vec![(base, tree, 1)];
     let mut items = Vec::new();
-    while let Some((dir, tree)) = stack.pop() {
+    while let Some((dir, tree, depth)) = stack.pop() {
         let nodes = reader.tree(&tree)?;
         let mut subdirs = Vec::new();
         for n in nodes {
@@ -289,7 +289,14 @@ fn ls(repo: &Repository, json: bool, args: LsArgs) -> Result<u8> {
                 out.path_line("", &path)?;
             }
             if let (true, NodeKind::Dir { subtree }) = (args.recursive, &n.kind) {
-                subdirs.push((path, subtree.clone()));
+                if depth >= engine::tree::MAX_DEPTH {
+                    bail!(
+                        "{}: deeper than {} levels (a damaged snapshot)",
+                        path.display(),
+                        engine::tree::MAX_DEPTH
+                    );
+                }
+                subdirs.push((path, subtree.clone(), depth + 1));
             }
         }
         stack.extend(subdirs.into_iter().rev());
@@ -331,7 +338,13 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
         eprintln!("warning: {w}");
     }
     let include = crate::find::restore_paths(repo, &index, &id, &snap, args.paths, args.glob)?;
-    let opts = RestoreOptions { target: args.target.clone(), include, workers: 4 };
+    let opts = RestoreOptions {
+        target: args.target.clone(),
+        include,
+        workers: 4,
+        owner: !args.no_owner,
+        special: !args.no_special,
+    };
     let started = std::time::Instant::now();
     let r = restore::restore(repo, &index, &snap, &opts)?;
     let secs = started.elapsed().as_secs_f64();
@@ -339,7 +352,7 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
     if json {
         let errors: Vec<_> =
             r.errors.iter().map(|(p, why)| json!({"path": p.to_string_lossy(), "error": why})).collect();
-        let v = json!({"snapshot": id, "files": r.files, "dirs": r.dirs, "bytes": r.bytes, "seconds": secs, "errors": errors});
+        let v = json!({"snapshot": id, "files": r.files, "dirs": r.dirs, "bytes": r.bytes, "seconds": secs, "errors": errors, "notes": r.notes});
         out.line(&v.to_string())?;
     } else {
         out.line(&format!(
@@ -351,6 +364,9 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
             args.target.display(),
             secs
         ))?;
+        for note in &r.notes {
+            out.line(&format!("  note: {note}"))?;
+        }
         if !r.errors.is_empty() {
             out.line(&format!("  {} could not be restored:", r.errors.len()))?;
         }

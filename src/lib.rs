@@ -246,6 +246,13 @@ pub struct RestoreArgs {
     /// Every PATH is a glob pattern
     #[arg(long)]
     pub glob: bool,
+    /// Do not restore owners or set-id bits (as root: files belong to root, without set-id
+    /// bits). Not running as root, owners and set-id bits are never restored.
+    #[arg(long)]
+    pub no_owner: bool,
+    /// Do not restore FIFOs, sockets or device nodes (device nodes need root in any case)
+    #[arg(long)]
+    pub no_special: bool,
 }
 
 #[derive(Subcommand, Debug)]

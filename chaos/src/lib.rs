@@ -1,6 +1,7 @@
 //! chaos: fault injection that wraps bakare's real parts, and the test kit its suites (and the
 //! CLI's end-to-end tests) use to build trees, run the real binary and compare restored bytes.
 pub mod backend;
+pub mod hostile;
 pub mod oracle;
 pub mod proxy;
 pub mod source;

@@ -439,7 +439,12 @@ macro_rules! argv {
 
 /// Whether tests run as root (then ownership is restored and compared too).
 pub fn is_root() -> bool {
-    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    my_uid() == 0
+}
+
+/// The user the tests run as.
+pub fn my_uid() -> u32 {
+    fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
 }
 
 /// A directory whose ancestors nobody else touches while a test runs, for tests that compare

@@ -185,12 +185,16 @@ impl Builder {
             };
             // A tree that a reader would refuse is never written: an entry out of order (a
             // scan bug) is named as an error instead of spoiling its directory.
-            if frame.last.as_ref().is_some_and(|l| *l >= node.name) || !crate::tree::valid_name(&node.name) {
+            let problem = if frame.last.as_ref().is_some_and(|l| *l >= node.name) {
+                Some("entry out of order in its directory".to_string())
+            } else {
+                node.problem()
+            };
+            if let Some(why) = problem {
                 frame.settled = false;
                 let mut path = b"/".to_vec();
                 path.extend_from_slice(&join_path(&frame.path, &node.name));
-                self.errors
-                    .push(FileError { path, why: "entry out of order in its directory; not saved".into() });
+                self.errors.push(FileError { path, why: format!("{why}; not saved") });
                 return Ok(());
             }
             frame.last = Some(node.name.clone());

@@ -26,7 +26,7 @@ use crate::index::{decode_segment, Index, IndexBuilder};
 use crate::pack::{self, BlobEntry, PackId};
 use crate::repo::{BlobReader, Repository};
 use crate::snapshot::Snapshot;
-use crate::tree::{NodeKind, Tree};
+use crate::tree::{Listing, NodeKind, Tree, MAX_DEPTH, MAX_DIR_BLOBS, MAX_SNAPSHOT_NODES};
 
 /// Which packs `--read-data` reads.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -108,8 +108,9 @@ pub struct CheckReport {
     pub blobs_verified: u64,
     /// False with a backup-only key: snapshots and trees were not read.
     pub snapshots_checked: bool,
-    /// Tree ids found intact (all they reference is present and undamaged).
-    pub(crate) clean_trees: HashSet<BlobId>,
+    /// Tree ids found intact (all they reference is present and undamaged), with the extent
+    /// of what they hold.
+    pub(crate) clean_trees: HashMap<BlobId, Extent>,
     /// Damaged copies of blobs found by reading data: (blob, pack holding the bad copy) -> why.
     pub(crate) bad_blobs: HashMap<(BlobId, PackId), String>,
 }
@@ -379,6 +380,8 @@ pub(crate) struct Walker<'a> {
     survey: &'a Survey,
     pub referenced: HashSet<BlobId>,
     damaged_trees: HashSet<BlobId>,
+    /// Intact directories stored in several blobs, by `list_key`.
+    clean_dirs: HashMap<[u8; 32], Extent>,
 }
 
 impl<'a> Walker<'a> {
@@ -395,12 +398,49 @@ impl<'a> Walker<'a> {
         report.bad_blobs.get(&(*id, *pack)).map(|why| format!("blob {} is {why}", hex::encode(id)))
     }
 
-    /// Checks the directory stored as `ids` at `path`; true when all of it is intact.
-    fn dir(&mut self, report: &mut CheckReport, snap: &str, path: &[u8], ids: &[BlobId]) -> bool {
+    /// Checks the directory stored as `ids` at `path`, `depth` levels below the snapshot root
+    /// (which is 1): its extent when all of it is intact and within the limits of
+    /// `tree::MAX_DEPTH`, None otherwise (the damage is recorded). Recursion stops at the
+    /// depth limit, so a hostile chain of directories cannot overflow the stack.
+    fn dir(
+        &mut self,
+        report: &mut CheckReport,
+        snap: &str,
+        path: &[u8],
+        ids: &[BlobId],
+        depth: usize,
+    ) -> Option<Extent> {
+        let lost = |report: &mut CheckReport, why: String| {
+            report.affected.push(Affected { snapshot: snap.into(), path: display_path(path), why });
+        };
+        if depth > MAX_DEPTH {
+            lost(report, format!("deeper than {MAX_DEPTH} levels: restore refuses it"));
+            if let Some(id) = ids.first() {
+                if self.damaged_trees.insert(*id) {
+                    let why = format!("a directory deeper than {MAX_DEPTH} levels");
+                    report.damage.push(Damage { object: format!("tree {}", hex::encode(id)), why });
+                }
+            }
+            return None;
+        }
+        // A directory of several blobs is checked as a whole (names ordered across blobs);
+        // one found intact is not walked again.
+        let whole = (ids.len() > 1).then(|| list_key(ids));
+        if let Some(e) = whole.as_ref().and_then(|k| self.clean_dirs.get(k)) {
+            return within_depth(*e, depth).then_some(*e);
+        }
+        if ids.len() > MAX_DIR_BLOBS {
+            lost(report, format!("stored in {} tree blobs: restore refuses it", ids.len()));
+            return None;
+        }
+        let mut listing = Listing::default();
+        let mut extent = Extent::default();
         let mut ok = true;
         for id in ids {
             self.referenced.insert(*id);
-            if report.clean_trees.contains(id) {
+            let cached = report.clean_trees.get(id).copied();
+            if let (Some(e), None) = (cached, &whole) {
+                extent = e;
                 continue;
             }
             report.trees += 1;
@@ -411,22 +451,28 @@ impl<'a> Walker<'a> {
                     .reader
                     .read(id, BlobKind::Tree)
                     .and_then(|d| Tree::decode(&hex::encode(id), &d))
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| listing.admit(&t.nodes).map(|()| t.nodes)),
             };
             let nodes = match tree {
-                Ok(t) => t.nodes,
+                Ok(nodes) => nodes,
                 Err(e) => {
                     if self.damaged_trees.insert(*id) {
                         report
                             .damage
                             .push(Damage { object: format!("tree {}", hex::encode(id)), why: e.clone() });
                     }
-                    let why = format!("directory contents lost: {e}");
-                    report.affected.push(Affected { snapshot: snap.into(), path: display_path(path), why });
+                    lost(report, format!("directory contents lost: {e}"));
                     ok = false;
-                    continue;
+                    // Restore refuses the rest of a directory whose blobs break its order.
+                    break;
                 }
             };
+            if let Some(e) = cached {
+                extent = extent.and(e);
+                continue;
+            }
+            let mut own = Extent { height: 1, nodes: nodes.len() as u64 };
             let mut tree_ok = true;
             for n in nodes {
                 let mut child = path.to_vec();
@@ -440,20 +486,69 @@ impl<'a> Walker<'a> {
                             tree_ok = false;
                         }
                     }
-                    NodeKind::Dir { subtree } if !self.dir(report, snap, &child, subtree) => {
-                        tree_ok = false;
-                    }
+                    NodeKind::Dir { subtree } => match self.dir(report, snap, &child, subtree, depth + 1) {
+                        Some(e) => own = own.above(e),
+                        None => tree_ok = false,
+                    },
                     _ => {}
                 }
             }
             if tree_ok {
-                report.clean_trees.insert(*id);
+                report.clean_trees.insert(*id, own);
             } else {
                 ok = false;
             }
+            extent = extent.and(own);
         }
-        ok
+        if !ok {
+            return None;
+        }
+        if let Some(k) = whole {
+            self.clean_dirs.insert(k, extent);
+        }
+        if !within_depth(extent, depth) {
+            lost(report, format!("holds directories deeper than {MAX_DEPTH} levels: restore refuses them"));
+            return None;
+        }
+        Some(extent)
     }
+}
+
+/// How deep an intact directory goes (1: no subdirectories) and how many entries it holds,
+/// its subdirectories' included (saturating: shared subtrees can describe exponentially many).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Extent {
+    pub height: u32,
+    pub nodes: u64,
+}
+
+impl Extent {
+    /// Another blob of the same directory.
+    fn and(self, other: Extent) -> Extent {
+        Extent { height: self.height.max(other.height), nodes: self.nodes.saturating_add(other.nodes) }
+    }
+
+    /// A subdirectory of this blob.
+    fn above(self, sub: Extent) -> Extent {
+        Extent {
+            height: self.height.max(sub.height.saturating_add(1)),
+            nodes: self.nodes.saturating_add(sub.nodes),
+        }
+    }
+}
+
+/// Whether a directory of `extent` at `depth` stays within `MAX_DEPTH`.
+fn within_depth(extent: Extent, depth: usize) -> bool {
+    depth + (extent.height.max(1) as usize) - 1 <= MAX_DEPTH
+}
+
+/// One key for a directory's whole list of tree blobs.
+fn list_key(ids: &[BlobId]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    for id in ids {
+        h.update(id);
+    }
+    *h.finalize().as_bytes()
 }
 
 fn display_path(p: &[u8]) -> Vec<u8> {
@@ -510,6 +605,7 @@ pub(crate) fn walker<'a>(repo: &'a Repository, survey: &'a Survey) -> Result<Wal
         survey,
         referenced: HashSet::new(),
         damaged_trees: HashSet::new(),
+        clean_dirs: HashMap::new(),
     })
 }
 
@@ -549,7 +645,12 @@ pub(crate) fn check_with_survey(repo: &Repository, opts: &CheckOptions) -> Resul
     report.snapshots = snaps.len();
     let mut walker = walker(repo, &survey)?;
     for (name, snap) in &snaps {
-        walker.dir(&mut report, name, b"", &snap.tree);
+        let extent = walker.dir(&mut report, name, b"", &snap.tree, 1);
+        if let Some(e) = extent.filter(|e| e.nodes > MAX_SNAPSHOT_NODES) {
+            let why = format!("its trees describe {} entries, more than {MAX_SNAPSHOT_NODES}", e.nodes);
+            report.damage.push(Damage { object: name.clone(), why: why.clone() });
+            report.affected.push(Affected { snapshot: name.clone(), path: b"/".to_vec(), why });
+        }
     }
     // Packs by use: referenced packs outside every segment need `repair index`; packs nothing
     // references are leftovers (interrupted backups) that prune will collect.

@@ -208,6 +208,12 @@ pub fn diff(
         path.push(b'/');
         path.extend_from_slice(&name);
         if let Some((xs, ys)) = w.entry(&path, x.as_ref(), y.as_ref()) {
+            if stack.len() >= crate::tree::MAX_DEPTH {
+                w.sum.unreadable += 1;
+                let why = format!("deeper than {} levels: not compared", crate::tree::MAX_DEPTH);
+                w.warnings.push(format!("{}: {why}", String::from_utf8_lossy(&path)));
+                continue;
+            }
             stack.push((path, merge(xs, ys).into_iter()));
         }
     }

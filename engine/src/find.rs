@@ -397,8 +397,8 @@ pub fn expand_glob(reader: &BlobReader, root: &[BlobId], pattern: &str) -> Resul
         }
     }
     let mut out = Vec::new();
-    let mut stack = vec![(base, tree)];
-    while let Some((dir, tree)) = stack.pop() {
+    let mut stack = vec![(base, tree, 1)];
+    while let Some((dir, tree, depth)) = stack.pop() {
         let mut subdirs = Vec::new();
         for n in reader.tree(&tree)? {
             let mut path = dir.clone();
@@ -407,7 +407,11 @@ pub fn expand_glob(reader: &BlobReader, root: &[BlobId], pattern: &str) -> Resul
             if g.is_match(&path) {
                 out.push(path);
             } else if let NodeKind::Dir { subtree } = n.kind {
-                subdirs.push((path, subtree));
+                if depth >= crate::tree::MAX_DEPTH {
+                    let why = format!("deeper than {} levels", crate::tree::MAX_DEPTH);
+                    return Err(Error::corrupt("tree", String::from_utf8_lossy(&path), why));
+                }
+                subdirs.push((path, subtree, depth + 1));
             }
         }
         stack.extend(subdirs.into_iter().rev());

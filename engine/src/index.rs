@@ -166,7 +166,7 @@ impl IndexBuilder {
 }
 
 /// An id's leading eight bytes, as an integer in the ids' order.
-fn lead(id: &BlobId) -> u64 {
+pub(crate) fn lead(id: &BlobId) -> u64 {
     u64::from_be_bytes([id[0], id[1], id[2], id[3], id[4], id[5], id[6], id[7]])
 }
 

@@ -18,17 +18,18 @@ pub mod fuzz;
 pub mod gc;
 pub mod index;
 pub mod keys;
+pub mod ops;
 pub mod pack;
 pub mod prune;
 pub mod repair;
 pub mod repo;
-pub mod restore;
 pub mod snapshot;
 pub mod sync;
 pub mod tree;
 pub mod writer;
 
 pub use error::{Error, Result};
+pub use ops::restore;
 pub use repo::Repository;
 pub use stages::BlobId;
 

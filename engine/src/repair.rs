@@ -163,11 +163,16 @@ impl Rewriter<'_, '_> {
         &mut self,
         ids: &[BlobId],
         path: &[u8],
+        depth: usize,
         dropped: &mut Vec<(Vec<u8>, String)>,
     ) -> Result<Vec<BlobId>> {
         let mut out = Vec::new();
+        if depth > crate::tree::MAX_DEPTH {
+            dropped.push((path.to_vec(), format!("deeper than {} levels", crate::tree::MAX_DEPTH)));
+            return Ok(out);
+        }
         for id in ids {
-            if self.report.clean_trees.contains(id) {
+            if self.report.clean_trees.contains_key(id) {
                 out.push(*id);
                 continue;
             }
@@ -194,7 +199,7 @@ impl Rewriter<'_, '_> {
                         }
                     }
                     NodeKind::Dir { subtree } => {
-                        *subtree = self.dir(subtree, &child, dropped)?;
+                        *subtree = self.dir(subtree, &child, depth + 1, dropped)?;
                     }
                     _ => {}
                 }
@@ -242,7 +247,7 @@ pub fn repair_snapshots(repo: &Repository, opts: &SnapshotRepairOptions) -> Resu
         }
         let mut dropped = Vec::new();
         let mut rw = Rewriter { walker: &walker, report: &report, writer: writer.as_mut() };
-        let tree = rw.dir(&snap.tree, b"", &mut dropped)?;
+        let tree = rw.dir(&snap.tree, b"", 1, &mut dropped)?;
         if dropped.iter().any(|(p, _)| p == b"/") {
             out.unrepairable
                 .push((name.clone(), "its root directory is lost: nothing in it can be read".into()));

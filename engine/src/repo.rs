@@ -16,7 +16,7 @@ use crate::index::{Index, Use};
 use crate::keys::{self, Key};
 use crate::pack;
 use crate::snapshot::Snapshot;
-use crate::tree::{Node, Tree};
+use crate::tree::{Listing, Node, Tree};
 
 /// Problems that did not stop an operation, to show the user.
 pub type Warnings = Vec<String>;
@@ -503,13 +503,22 @@ impl<'a> BlobReader<'a> {
         Ok(plain)
     }
 
-    /// The entries of a directory stored as `ids` (one or more tree blobs).
+    /// The entries of a directory stored as `ids` (one or more tree blobs), checked as one
+    /// directory (`Listing`).
     pub fn tree(&self, ids: &[BlobId]) -> Result<Vec<Node>> {
         let mut nodes = Vec::new();
+        let mut listing = Listing::default();
         for id in ids {
-            let data = self.read(id, BlobKind::Tree)?;
-            nodes.extend(Tree::decode(&hex::encode(id), &data)?.nodes);
+            nodes.extend(self.tree_blob(id, &mut listing)?);
         }
+        Ok(nodes)
+    }
+
+    /// One of a directory's tree blobs, admitted to its `listing` (blobs in order).
+    pub fn tree_blob(&self, id: &BlobId, listing: &mut Listing) -> Result<Vec<Node>> {
+        let name = hex::encode(id);
+        let nodes = Tree::decode(&name, &self.read(id, BlobKind::Tree)?)?.nodes;
+        listing.admit(&nodes).map_err(|why| Error::corrupt("tree", name, why))?;
         Ok(nodes)
     }
 }

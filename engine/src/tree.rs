@@ -11,6 +11,23 @@ pub const VERSION: u8 = 1;
 /// level and keeps tree blobs far below the blob size limit).
 pub const MAX_ENTRIES: usize = 4096;
 
+// Limits every reader enforces on repository content (docs/security.md): a hostile writer
+// controls every byte of a tree, so nothing is walked or allocated because a tree says so.
+/// Longest name: NAME_MAX on Linux; no file system there stores a longer one.
+pub const MAX_NAME: usize = 255;
+/// Longest symlink target: PATH_MAX less its NUL, as readlink returns at most.
+pub const MAX_LINK_TARGET: usize = 4095;
+/// Deepest directory a walk enters. Path-based tools stop near PATH_MAX (2,048 levels of
+/// one-byte names); a restore holds one open directory per level.
+pub const MAX_DEPTH: usize = 1024;
+/// Most entries in one directory (ext4 with large_dir holds ~10 million).
+pub const MAX_DIR_ENTRIES: u64 = 1 << 24;
+/// Most tree blobs one directory is stored in (its entries fill them up to `MAX_ENTRIES`).
+pub const MAX_DIR_BLOBS: usize = (MAX_DIR_ENTRIES as usize).div_ceil(MAX_ENTRIES);
+/// Most entries a walk of one snapshot visits: directories that share subtrees can describe
+/// exponentially many paths in a few blobs.
+pub const MAX_SNAPSHOT_NODES: u64 = 1 << 32;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeKind {
     File {
@@ -69,6 +86,36 @@ impl Node {
         }
     }
 
+    /// Why a reader must refuse this entry, if it must: a name a restore cannot create safely
+    /// inside its target, a symlink or hard link target no file system stores, or a size its
+    /// content cannot hold.
+    pub fn problem(&self) -> Option<String> {
+        if !valid_name(&self.name) {
+            return Some(format!("invalid name {:?}", String::from_utf8_lossy(&self.name)));
+        }
+        match &self.kind {
+            NodeKind::Symlink { target } if target.is_empty() || target.len() > MAX_LINK_TARGET => {
+                Some(format!("symlink target of {} bytes", target.len()))
+            }
+            NodeKind::Symlink { target } if target.contains(&0) => {
+                Some("symlink target with a NUL byte".into())
+            }
+            NodeKind::HardLink { target, .. } if !valid_relative_path(target) => Some(format!(
+                "hard link to {:?}, not a path inside the snapshot",
+                String::from_utf8_lossy(target)
+            )),
+            NodeKind::File { size, content } | NodeKind::HardLink { size, content, .. }
+                if *size > (content.len() as u64).saturating_mul(stages::compress::MAX_BLOB as u64) =>
+            {
+                Some(format!("claims {size} bytes in {} blobs", content.len()))
+            }
+            NodeKind::Dir { subtree } if subtree.len() > MAX_DIR_BLOBS => {
+                Some(format!("directory stored in {} tree blobs", subtree.len()))
+            }
+            _ => None,
+        }
+    }
+
     pub fn size(&self) -> u64 {
         match &self.kind {
             NodeKind::File { size, .. } | NodeKind::HardLink { size, .. } => *size,
@@ -107,10 +154,18 @@ impl Tree {
         match data.split_first() {
             Some((&VERSION, body)) => {
                 let t: Tree = postcard::from_bytes(body).map_err(|e| Error::corrupt("tree", name, e))?;
-                let valid = t.nodes.iter().all(|n| valid_name(&n.name))
-                    && t.nodes.windows(2).all(|w| w[0].name < w[1].name);
-                if !valid {
-                    return Err(Error::corrupt("tree", name, "invalid or unsorted names"));
+                if t.nodes.len() > MAX_ENTRIES {
+                    return Err(Error::corrupt(
+                        "tree",
+                        name,
+                        format!("{} entries in one blob", t.nodes.len()),
+                    ));
+                }
+                if let Some(why) = t.nodes.iter().find_map(Node::problem) {
+                    return Err(Error::corrupt("tree", name, why));
+                }
+                if !t.nodes.windows(2).all(|w| w[0].name < w[1].name) {
+                    return Err(Error::corrupt("tree", name, "names not sorted or not unique"));
                 }
                 Ok(t)
             }
@@ -120,9 +175,68 @@ impl Tree {
     }
 }
 
-/// A name a restore can safely create inside its target: no separators, not `.` or `..`.
+/// A name a restore can safely create inside its target: no separators, not `.` or `..`, no
+/// longer than a Linux file system stores.
 pub fn valid_name(name: &[u8]) -> bool {
-    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name != b"."
+        && name != b".."
+        && !name.contains(&b'/')
+        && !name.contains(&0)
+}
+
+/// A path relative to the snapshot root made of valid names (`a/b/c`): what a hard link names.
+pub fn valid_relative_path(path: &[u8]) -> bool {
+    path.split(|&b| b == b'/').count() <= MAX_DEPTH + 1 && path.split(|&b| b == b'/').all(valid_name)
+}
+
+/// The rules one directory obeys across all the tree blobs it is stored in, checked as its
+/// blobs are read one after another (`Tree::decode` checks each blob alone): names strictly
+/// increasing across blobs (so unique), at most `MAX_DIR_ENTRIES` entries, and no non-empty
+/// subtree listed twice (two real directories never have equal trees: their entries' inode
+/// numbers differ; a repeated one only multiplies what a walk visits).
+#[derive(Default)]
+pub struct Listing {
+    last: Option<Vec<u8>>,
+    entries: u64,
+    /// The leading 8 bytes of each subdirectory's first tree blob id (keyed hashes: equal
+    /// prefixes of different ids are chance, 2^-64 a pair).
+    subtrees: rustc_hash::FxHashSet<u64>,
+}
+
+impl Listing {
+    /// Admits the next blob's entries, or says why the directory is damaged.
+    pub fn admit(&mut self, nodes: &[Node]) -> std::result::Result<(), String> {
+        self.entries += nodes.len() as u64;
+        if self.entries > MAX_DIR_ENTRIES {
+            return Err(format!("more than {MAX_DIR_ENTRIES} entries in one directory"));
+        }
+        if let (Some(last), Some(first)) = (&self.last, nodes.first()) {
+            if *last >= first.name {
+                return Err(format!(
+                    "name {:?} repeated or out of order across the directory's tree blobs",
+                    String::from_utf8_lossy(&first.name)
+                ));
+            }
+        }
+        for n in nodes {
+            if let NodeKind::Dir { subtree } = &n.kind {
+                if let Some(first) = subtree.first() {
+                    if !self.subtrees.insert(crate::index::lead(first)) {
+                        return Err(format!(
+                            "subtree of {:?} listed twice in one directory",
+                            String::from_utf8_lossy(&n.name)
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(n) = nodes.last() {
+            self.last = Some(n.name.clone());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -145,6 +259,51 @@ mod tests {
         };
         let t = Tree { nodes: vec![n] };
         assert!(Tree::decode("t", &t.encode()).is_err());
+    }
+
+    fn named(name: &str, kind: NodeKind) -> Node {
+        Node { name: name.into(), kind, mode: 0, uid: 0, gid: 0, mtime_ns: 0, ctime_ns: 0, ino: 0, nlink: 1 }
+    }
+
+    #[test]
+    fn a_listing_is_ordered_and_unique_across_blobs() {
+        let f = |n: &str| named(n, NodeKind::Fifo);
+        let mut l = Listing::default();
+        l.admit(&[f("a"), f("b")]).unwrap();
+        l.admit(&[f("c")]).unwrap();
+        l.admit(&[]).unwrap();
+        assert!(l.admit(&[f("c")]).unwrap_err().contains("repeated or out of order"));
+        let mut l = Listing::default();
+        l.admit(&[f("b")]).unwrap();
+        assert!(l.admit(&[f("a")]).is_err());
+    }
+
+    #[test]
+    fn a_listing_refuses_a_subtree_twice_but_not_empty_directories() {
+        let d = |n: &str, s: Vec<BlobId>| named(n, NodeKind::Dir { subtree: s });
+        let mut l = Listing::default();
+        l.admit(&[d("a", vec![]), d("b", vec![]), d("c", vec![[1; 32]])]).unwrap();
+        assert!(l.admit(&[d("d", vec![[1; 32]])]).unwrap_err().contains("listed twice"));
+    }
+
+    #[test]
+    fn entries_no_file_system_holds_are_refused() {
+        let long = named(&"x".repeat(MAX_NAME + 1), NodeKind::Fifo);
+        assert!(long.problem().is_some());
+        assert!(named(&"x".repeat(MAX_NAME), NodeKind::Fifo).problem().is_none());
+        let link = |t: &[u8]| named("l", NodeKind::Symlink { target: t.to_vec() });
+        assert!(link(b"").problem().is_some());
+        assert!(link(&vec![b'a'; MAX_LINK_TARGET + 1]).problem().is_some());
+        assert!(link(b"../anywhere/is/fine").problem().is_none());
+        let hard = |t: &[u8]| named("h", NodeKind::HardLink { target: t.to_vec(), size: 0, content: vec![] });
+        for bad in [&b"/etc/passwd"[..], b"../x", b"a//b", b"a/./b", b""] {
+            assert!(hard(bad).problem().is_some(), "{bad:?}");
+        }
+        assert!(hard(b"home/u/f").problem().is_none());
+        let file = |size: u64, n: usize| named("f", NodeKind::File { size, content: vec![[0; 32]; n] });
+        assert!(file(1 << 60, 1).problem().is_some());
+        assert!(file(stages::compress::MAX_BLOB as u64, 1).problem().is_none());
+        assert!(file(1, 0).problem().is_some());
     }
 
     proptest! {

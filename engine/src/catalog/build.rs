@@ -427,12 +427,18 @@ impl<'c> Builder<'c> {
         }
         let mut stack = vec![self.open_dir(reader, ROOT, root, lost, set)];
         loop {
+            let depth = stack.len();
             let top = stack.last_mut()?;
             if let Some((path, subtree)) = top.todo.next() {
                 match self.memo.get(&(path, tree_key(&subtree))).copied() {
                     Some(m) => {
                         top.children.push(m);
                         self.mark(m, set);
+                    }
+                    None if depth >= crate::tree::MAX_DEPTH => {
+                        let why = format!("deeper than {} levels", crate::tree::MAX_DEPTH);
+                        lost.push((path, Error::corrupt("tree", hex::encode(subtree.first()?), why)));
+                        top.damaged = true;
                     }
                     None => {
                         let f = self.open_dir(reader, path, &subtree, lost, set);

@@ -1,0 +1,481 @@
+//! The hostile-repository suite (docs/security.md): snapshots crafted with only a backup-only
+//! key, through the engine's own writer, restored and checked by the owner. For every case: a
+//! sentinel directory beside the target is unchanged byte for byte and mode for mode, nothing
+//! appears outside the target, the restore's peak memory stays bounded, `check` names the
+//! damage, and restore exits 3 naming what it refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use chaos::argv;
+use chaos::hostile::{dir, forge, node, symlink, Forger};
+use chaos::testkit::{is_root, restored_path, Bakare, Outcome, TestDir};
+use engine::tree::{NodeKind, MAX_DEPTH};
+use engine::BlobId;
+
+/// Peak RSS any hostile restore or check may reach: the default budget's restores of real
+/// corpora peak at 80-86 MiB (bench/README.md); these repositories are tiny, so anything near
+/// this means a structure grew because the repository said so.
+const RSS_LIMIT: u64 = 128 << 20;
+
+struct World {
+    b: Bakare,
+    /// A backup-only key: all the attacker holds.
+    backup_key: PathBuf,
+    /// Holds `target` and `sentinel` and nothing else.
+    world: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> World {
+        let b = Bakare::new(env!("CARGO_BIN_EXE_bakare-faulty"));
+        b.ok(&argv!["init"]);
+        let backup_key = b.home.path().join("backup.key");
+        b.ok(&argv!["key", "export", "--backup-only", &backup_key]);
+        let world = tempfile::tempdir().unwrap();
+        let s = world.path().join("sentinel");
+        fs::create_dir(&s).unwrap();
+        fs::write(s.join("secret"), b"the owner's data").unwrap();
+        fs::create_dir(s.join("sub")).unwrap();
+        fs::write(s.join("sub/bin"), b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(s.join("sub"), fs::Permissions::from_mode(0o750)).unwrap();
+        fs::set_permissions(s.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+        World { b, backup_key, world }
+    }
+
+    fn sentinel(&self) -> PathBuf {
+        self.world.path().join("sentinel")
+    }
+
+    fn target(&self) -> PathBuf {
+        self.world.path().join("target")
+    }
+
+    fn forge(&self, build: impl FnOnce(&mut Forger, &Path) -> Vec<BlobId>) -> String {
+        let sentinel = self.sentinel();
+        forge(&self.b.repo, &self.backup_key, |f| build(f, &sentinel))
+    }
+
+    /// Every path, type, mode, size, mtime and content under the world but outside the target.
+    fn outside(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.world.path().to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let mut names: Vec<_> = fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).collect();
+            names.sort();
+            for p in names {
+                if p == self.target() {
+                    continue;
+                }
+                let md = fs::symlink_metadata(&p).unwrap();
+                let content = if md.is_file() {
+                    blake3::hash(&fs::read(&p).unwrap()).to_hex().to_string()
+                } else {
+                    String::new()
+                };
+                out.push(format!(
+                    "{} {:o} {} {} {} {content}",
+                    p.display(),
+                    md.mode(),
+                    md.len(),
+                    md.mtime(),
+                    md.uid()
+                ));
+                if md.is_dir() {
+                    stack.push(p);
+                }
+            }
+        }
+        out.push(format!("{:o}", fs::metadata(self.world.path()).unwrap().mode()));
+        out
+    }
+
+    /// Restores `snap` as the owner; asserts confinement and bounded memory.
+    fn restore(&self, snap: &str, extra: &[&str]) -> Outcome {
+        let before = self.outside();
+        let mut args = argv!["restore", snap, "--target", self.target()].to_vec();
+        args.extend(extra.iter().map(Into::into));
+        let o = self.b.run(&args);
+        eprintln!("restore: exit {}, peak RSS {} KiB", o.code, o.peak_rss >> 10);
+        assert_eq!(self.outside(), before, "something outside the target changed: {}", o.stdout_str());
+        assert!(o.peak_rss < RSS_LIMIT, "restore peaked at {} MiB", o.peak_rss >> 20);
+        o
+    }
+
+    /// Restores `snap`: exit 3, and the output names every one of `refused`.
+    fn refused(&self, snap: &str, refused: &[&str]) -> Outcome {
+        let o = self.restore(snap, &[]);
+        let out = o.stdout_str();
+        assert_eq!(o.code, 3, "{out}\n{}", o.stderr);
+        for r in refused {
+            assert!(out.contains(r), "restore does not name {r:?}:\n{out}");
+        }
+        o
+    }
+
+    /// `check`: finds damage, and names each of `what` in it.
+    fn check_names(&self, what: &[&str]) {
+        let o = self.b.run(&argv!["--json", "check"]);
+        assert!(o.peak_rss < RSS_LIMIT, "check peaked at {} MiB", o.peak_rss >> 20);
+        assert_eq!(o.code, 3, "check found no damage: {}", o.stdout_str());
+        let text = o.stdout_str();
+        for w in what {
+            assert!(text.contains(w), "check does not name {w:?}: {text}");
+        }
+    }
+}
+
+#[test]
+fn a_name_twice_across_blobs_never_lets_a_symlink_lead_outside() {
+    let w = World::new();
+    // `a` is a symlink to the sentinel in the first blob and a directory holding a file in the
+    // second: restoring the second through the first would write into the sentinel.
+    let snap = w.forge(|f, sentinel| {
+        let inner = vec![f.file("secret", b"overwritten"), f.file("planted", b"x")];
+        let sub = f.tree(inner);
+        let first = f.tree(vec![symlink("a", sentinel.as_os_str().as_encoded_bytes())]);
+        let second = f.tree(vec![dir("a", vec![sub])]);
+        vec![first, second]
+    });
+    w.refused(&snap, &["repeated or out of order"]);
+    // What came before the broken blob is restored, as a symlink, and not followed.
+    assert!(fs::symlink_metadata(w.target().join("a")).unwrap().file_type().is_symlink());
+    w.check_names(&["repeated or out of order"]);
+    // The other order: a file first, then a directory of the same name.
+    let w = World::new();
+    let snap = w.forge(|f, _| {
+        let a = f.file("a", b"file");
+        let x = f.file("x", b"y");
+        let sub = f.tree(vec![x]);
+        vec![f.tree(vec![a]), f.tree(vec![dir("a", vec![sub])])]
+    });
+    w.refused(&snap, &["repeated or out of order"]);
+    assert_eq!(fs::read(w.target().join("a")).unwrap(), b"file");
+}
+
+#[test]
+fn names_that_leave_a_directory_are_refused() {
+    for bad in [&b".."[..], b".", b"x/../../escape", b"/abs", b"nul\0byte", b""] {
+        let w = World::new();
+        let snap = w.forge(|f, _| {
+            let ok = f.file("ok", b"fine");
+            let evil = f.file(bad, b"escaped");
+            let sub = f.tree(vec![evil]);
+            vec![f.tree(vec![dir("d", vec![sub]), ok])]
+        });
+        let o = w.refused(&snap, &["invalid name"]);
+        assert_eq!(fs::read(w.target().join("ok")).unwrap(), b"fine", "{}", o.stdout_str());
+        assert!(w.target().join("d").is_dir());
+        w.check_names(&["invalid name"]);
+    }
+}
+
+#[test]
+fn symlinks_then_entries_beneath_them_stay_inside() {
+    let w = World::new();
+    // An absolute and a relative link to the sentinel, each followed (in a later blob) by a
+    // directory of the same name with files in it, and hard links through them.
+    let snap = w.forge(|f, sentinel| {
+        let secret = f.file("secret", b"overwritten");
+        let payload = f.tree(vec![secret]);
+        let first = f.tree(vec![
+            symlink("abs", sentinel.as_os_str().as_encoded_bytes()),
+            symlink("rel", "../sentinel"),
+        ]);
+        let second = f.tree(vec![dir("abs", vec![payload]), dir("rel", vec![payload])]);
+        vec![first, second]
+    });
+    w.refused(&snap, &["repeated or out of order"]);
+    w.check_names(&["repeated or out of order"]);
+}
+
+#[test]
+fn hard_links_never_reach_outside_the_target() {
+    let w = World::new();
+    let snap = w.forge(|f, sentinel| {
+        let content = vec![f.data(b"linked")];
+        let link = |name: &str, target: &[u8]| {
+            let mut n =
+                node(name, NodeKind::HardLink { target: target.to_vec(), size: 6, content: content.clone() });
+            n.nlink = 2;
+            n
+        };
+        let sentinel_secret = sentinel.join("secret");
+        let inside =
+            f.tree(vec![symlink("l", sentinel.as_os_str().as_encoded_bytes()), link("l1", b"a/l/secret")]);
+        let outside = f.tree(vec![link("abs", sentinel_secret.as_os_str().as_encoded_bytes())]);
+        let dotdot = f.tree(vec![link("up", b"../sentinel/secret")]);
+        vec![f.tree(vec![dir("a", vec![inside]), dir("b", vec![outside]), dir("c", vec![dotdot])])]
+    });
+    let o = w.refused(&snap, &["not a path inside the snapshot"]);
+    // The link through a symlink gets its own copy of the content, never the sentinel's inode.
+    let l1 = w.target().join("a/l1");
+    assert_eq!(fs::read(&l1).unwrap(), b"linked", "{}", o.stdout_str());
+    assert_ne!(fs::metadata(&l1).unwrap().ino(), fs::metadata(w.sentinel().join("secret")).unwrap().ino());
+    w.check_names(&["not a path inside the snapshot"]);
+}
+
+#[test]
+fn devices_and_set_id_bits_need_root_and_stay_inside() {
+    let w = World::new();
+    let snap = w.forge(|f, _| {
+        let mut dev = node("null", NodeKind::CharDev { rdev: rustix_makedev(1, 3) });
+        dev.mode = 0o666;
+        let mut suid = f.file("suid", b"#!/bin/sh\n");
+        suid.mode = 0o4755;
+        vec![f.tree(vec![dev, suid])]
+    });
+    let o = w.restore(&snap, &[]);
+    assert_eq!(o.code, 0, "{}", o.stdout_str());
+    let suid = fs::metadata(w.target().join("suid")).unwrap();
+    let null = fs::symlink_metadata(w.target().join("null"));
+    if is_root() {
+        assert_eq!(suid.mode() & 0o7777, 0o4755);
+        assert!(std::os::unix::fs::FileTypeExt::is_char_device(&null.unwrap().file_type()));
+        // --no-owner and --no-special turn both off, saying so.
+        fs::remove_dir_all(w.target()).unwrap();
+        let o = w.restore(&snap, &["--no-owner", "--no-special"]);
+        assert_eq!(o.code, 0);
+        let out = o.stdout_str();
+        assert!(out.contains("1 set-user-id or set-group-id bits not restored"), "{out}");
+        assert!(out.contains("1 FIFOs, sockets or device nodes not restored (--no-special)"), "{out}");
+        assert_eq!(fs::metadata(w.target().join("suid")).unwrap().mode() & 0o7777, 0o755);
+        assert!(fs::symlink_metadata(w.target().join("null")).is_err());
+    } else {
+        eprintln!("not root: checking the non-root behaviour only");
+        assert_eq!(suid.mode() & 0o7777, 0o755);
+        assert!(null.is_err());
+        let out = o.stdout_str();
+        assert!(out.contains("1 device nodes not restored (only as root)"), "{out}");
+    }
+}
+
+fn rustix_makedev(major: u64, minor: u64) -> u64 {
+    ((major & 0xfffff000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffffff00) << 12) | (minor & 0xff)
+}
+
+#[test]
+fn one_subtree_listed_ten_thousand_times_is_refused_at_once() {
+    let w = World::new();
+    let snap = w.forge(|f, _| {
+        // Each level lists the next one 10,000 times: 10^12 paths in three blobs.
+        let file = f.file("f", b"x");
+        let leaf = f.tree(vec![file]);
+        let fan = |f: &mut Forger, sub: BlobId| {
+            let nodes: Vec<_> = (0..10_000).map(|i| dir(format!("d{i:05}"), vec![sub])).collect();
+            let mut ids = Vec::new();
+            for chunk in nodes.chunks(engine::tree::MAX_ENTRIES) {
+                ids.push(f.tree(chunk.to_vec()));
+            }
+            ids
+        };
+        let mid = fan(f, leaf);
+        let mid_first = mid[0];
+        let _ = mid;
+        fan(f, mid_first)
+    });
+    w.refused(&snap, &["listed twice"]);
+    // Nothing but the first subdirectory of the first blob was admitted.
+    assert_eq!(fs::read_dir(w.target()).map(|d| d.count()).unwrap_or(0), 0);
+    w.check_names(&["listed twice"]);
+}
+
+#[test]
+fn a_chain_far_deeper_than_the_limit_is_cut_at_the_limit() {
+    let w = World::new();
+    let depth = 100_000;
+    let snap = w.forge(|f, _| {
+        let bottom = f.file("bottom", b"x");
+        let mut t = f.tree(vec![bottom]);
+        for _ in 0..depth {
+            t = f.tree(vec![dir("d", vec![t])]);
+        }
+        vec![t]
+    });
+    let o = w.refused(&snap, &[&format!("deeper than {MAX_DEPTH} levels")]);
+    // MAX_DEPTH - 1 levels below the target's root directory are restored.
+    let mut p = w.target();
+    for _ in 0..MAX_DEPTH - 1 {
+        p.push("d");
+    }
+    assert!(fs::symlink_metadata(&p).unwrap().is_dir(), "{}", o.stdout_str());
+    assert!(fs::symlink_metadata(p.join("d")).is_err());
+    w.check_names(&[&format!("deeper than {MAX_DEPTH} levels")]);
+    // ls -r and find stop with the same reason rather than growing without bound.
+    let ls = w.b.run(&argv!["ls", &snap, "-r"]);
+    assert_eq!(ls.code, 1);
+    assert!(ls.stderr.contains("deeper than"), "{}", ls.stderr);
+    assert!(ls.peak_rss < RSS_LIMIT);
+}
+
+#[test]
+fn a_file_claiming_two_to_the_sixty_bytes_is_refused() {
+    let w = World::new();
+    let snap = w.forge(|f, _| {
+        let mut big = f.file("big", b"small");
+        if let NodeKind::File { size, .. } = &mut big.kind {
+            *size = 1 << 60;
+        }
+        // Within what its blobs could hold, but not what they hold: restored, then removed.
+        let mut short = f.file("short", b"12345");
+        if let NodeKind::File { size, .. } = &mut short.kind {
+            *size = 6;
+        }
+        let ok = f.file("ok", b"fine");
+        let a = f.tree(vec![big]);
+        vec![f.tree(vec![dir("a", vec![a]), ok, short])]
+    });
+    w.refused(&snap, &["claims 1152921504606846976 bytes in 1 blobs", "content is 5 bytes, expected 6"]);
+    assert_eq!(fs::read(w.target().join("ok")).unwrap(), b"fine");
+    assert!(fs::symlink_metadata(w.target().join("short")).is_err(), "a file with wrong bytes is never left");
+    w.check_names(&["claims 1152921504606846976 bytes"]);
+}
+
+/// A real backup of `src`, and where its `rel` lands below the target.
+fn backed_up(w: &World, src: &TestDir) -> PathBuf {
+    w.b.ok(&argv!["run", src.path()]);
+    restored_path(&w.target(), src.path())
+}
+
+#[test]
+fn links_planted_in_the_target_are_never_followed() {
+    let w = World::new();
+    let src = TestDir::new().file("docs/a.txt", "new").file("top.txt", "t").dir("empty");
+    let at = backed_up(&w, &src);
+    // At a file's place: the link itself is replaced; what it points to is untouched.
+    fs::create_dir_all(&at).unwrap();
+    std::os::unix::fs::symlink(w.sentinel().join("secret"), at.join("top.txt")).unwrap();
+    let o = w.restore("latest", &[]);
+    assert_eq!(o.code, 0, "{}", o.stdout_str());
+    assert_eq!(fs::read(at.join("top.txt")).unwrap(), b"t");
+    assert!(!fs::symlink_metadata(at.join("top.txt")).unwrap().file_type().is_symlink());
+    // At a directory's place: refused and named, the rest restored.
+    fs::remove_dir_all(w.target()).unwrap();
+    fs::create_dir_all(&at).unwrap();
+    std::os::unix::fs::symlink(w.sentinel(), at.join("docs")).unwrap();
+    let o = w.refused("latest", &["docs", "not followed"]);
+    assert_eq!(fs::read(at.join("top.txt")).unwrap(), b"t", "{}", o.stdout_str());
+    // At the target's own child (the first component of every restored path).
+    fs::remove_dir_all(w.target()).unwrap();
+    fs::create_dir_all(w.target()).unwrap();
+    let first = at.strip_prefix(w.target()).unwrap().components().next().unwrap();
+    std::os::unix::fs::symlink(w.sentinel(), w.target().join(first)).unwrap();
+    w.refused("latest", &["not followed"]);
+}
+
+#[test]
+fn a_directory_swapped_for_a_link_while_restoring_changes_nothing_outside() {
+    let w = World::new();
+    let mut src = TestDir::new();
+    for i in 0..2000 {
+        src = src.file(format!("docs/f{i:04}"), format!("content {i}"));
+    }
+    let at = backed_up(&w, &src);
+    let docs = at.join("docs");
+    let aside = at.join("aside");
+    for round in 0..3 {
+        let _ = fs::remove_dir_all(w.target());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let racer = {
+            let (stop, docs, aside, sentinel) = (stop.clone(), docs.clone(), aside.clone(), w.sentinel());
+            std::thread::spawn(move || {
+                let mut swaps = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if fs::rename(&docs, &aside).is_ok() {
+                        if std::os::unix::fs::symlink(&sentinel, &docs).is_ok() {
+                            swaps += 1;
+                            std::thread::yield_now();
+                            let _ = fs::remove_file(&docs);
+                        }
+                        let _ = fs::rename(&aside, &docs);
+                    }
+                    std::thread::yield_now();
+                }
+                swaps
+            })
+        };
+        // `restore` itself asserts that nothing outside the target changed.
+        let o = w.restore("latest", &[]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let swaps = racer.join().unwrap();
+        assert!(o.code == 0 || o.code == 3, "round {round}: {}", o.stderr);
+        eprintln!("round {round}: {swaps} swaps, exit {}", o.code);
+    }
+}
+
+/// Runs `restore` as an unprivileged user: as `nobody` on copies of the repository and key
+/// when the tests run as root (as in CI), as the tests' own user otherwise.
+fn restore_unprivileged(w: &World, snap: &str, target: &Path) -> Outcome {
+    if !is_root() {
+        return w.b.run(&argv!["restore", snap, "--target", target]);
+    }
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    let shared = w.world.path().join("nobody");
+    chaos::testkit::copy_tree(&w.b.repo, &shared.join("repo"));
+    fs::copy(chaos::oracle::key_file(w.b.home.path()), shared.join("key")).unwrap();
+    fs::create_dir(target).unwrap();
+    for p in walk(&shared).into_iter().chain([target.to_path_buf()]) {
+        std::os::unix::fs::lchown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    fs::set_permissions(w.world.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = w.b.command(&argv![
+        "--repo",
+        shared.join("repo"),
+        "--key",
+        shared.join("key"),
+        "restore",
+        snap,
+        "--target",
+        target
+    ]);
+    cmd.env("HOME", &shared).uid(NOBODY).gid(NOBODY);
+    chaos::testkit::run_measured(cmd)
+}
+
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if fs::symlink_metadata(&out[i]).unwrap().is_dir() {
+            let mut more: Vec<_> = fs::read_dir(&out[i]).unwrap().map(|e| e.unwrap().path()).collect();
+            out.append(&mut more);
+        }
+        i += 1;
+    }
+    out
+}
+
+#[test]
+fn not_root_owners_set_id_bits_and_devices_are_noted_not_errors() {
+    let w = World::new();
+    let snap = w.forge(|f, _| {
+        let mut dev = node("null", NodeKind::CharDev { rdev: rustix_makedev(1, 3) });
+        dev.mode = 0o666;
+        let fifo = node("pipe", NodeKind::Fifo);
+        let mut suid = f.file("suid", b"#!/bin/sh\n");
+        suid.mode = 0o6755;
+        let mut theirs = f.file("theirs", b"someone else's");
+        theirs.uid = 4242;
+        vec![f.tree(vec![dev, fifo, suid, theirs])]
+    });
+    let target = w.world.path().join("unprivileged");
+    let o = restore_unprivileged(&w, &snap, &target);
+    let out = o.stdout_str();
+    assert_eq!(o.code, 0, "{out}\n{}", o.stderr);
+    for note in [
+        "note: 1 device nodes not restored (only as root)",
+        "note: 1 set-user-id or set-group-id bits not restored",
+        "entries keep the restoring user as owner",
+    ] {
+        assert!(out.contains(note), "{note:?} missing:\n{out}");
+    }
+    assert!(fs::symlink_metadata(target.join("null")).is_err());
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &fs::symlink_metadata(target.join("pipe")).unwrap().file_type()
+    ));
+    assert_eq!(fs::metadata(target.join("suid")).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(fs::read(target.join("theirs")).unwrap(), b"someone else's");
+}

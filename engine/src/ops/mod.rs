@@ -1,0 +1,2 @@
+//! ops: what commands do, one module each, on top of the repository model.
+pub mod restore;

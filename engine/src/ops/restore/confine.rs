@@ -1,0 +1,192 @@
+//! confine: the only file system calls restore makes below its target. Each takes an open
+//! directory handle and one validated name (`tree::valid_name`: no `/`, not `.` or `..`), never
+//! a path string, and none follows a symlink: a link planted in the target, before or during
+//! the restore, is refused or replaced, never written through (docs/security.md).
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timestamps};
+use rustix::io::Errno;
+
+fn err(e: Errno) -> io::Error {
+    io::Error::from(e)
+}
+
+/// A directory that this restore may write into: created here (mode 0700 until its own
+/// metadata is applied) or already there as a real directory. Anything else in its place (a
+/// symlink, a file) is refused, not followed and not removed.
+pub fn child_dir(parent: impl AsFd, name: &[u8]) -> io::Result<(OwnedFd, bool)> {
+    let created = match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) => true,
+        Err(Errno::EXIST) => false,
+        Err(e) => return Err(err(e)),
+    };
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rustix::fs::openat(&parent, name, flags, Mode::empty()) {
+        Ok(fd) => Ok((fd, created)),
+        Err(Errno::LOOP | Errno::NOTDIR) => Err(io::Error::other(
+            "something that is not a directory (a symlink or a file) is in its place; not followed",
+        )),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Removes whatever non-directory entry is at `name` (a symlink itself, never what it points
+/// to), so that the entry can be created anew.
+pub fn clear(dir: impl AsFd, name: &[u8]) -> io::Result<()> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(Errno::ISDIR | Errno::PERM) => Err(io::Error::other("a directory is in its place")),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// A new regular file, mode 0600 until its metadata is applied. Fails if anything exists at
+/// `name` (O_EXCL), so a link planted after `clear` is never opened.
+pub fn create_file(dir: impl AsFd, name: &[u8]) -> io::Result<std::fs::File> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600)).map_err(err)?;
+    Ok(std::fs::File::from(fd))
+}
+
+pub fn symlink(dir: impl AsFd, name: &[u8], target: &[u8]) -> io::Result<()> {
+    rustix::fs::symlinkat(target, dir, name).map_err(err)
+}
+
+/// A FIFO, socket or device node with exactly `mode` (the restore runs under umask 0).
+pub fn node(dir: impl AsFd, name: &[u8], kind: FileType, mode: u32, dev: u64) -> io::Result<()> {
+    rustix::fs::mknodat(dir, name, kind, Mode::from_raw_mode(mode), dev).map_err(err)
+}
+
+/// Owner (when given) and times of the entry `name` itself, not of what a symlink names.
+pub fn entry_meta(
+    dir: impl AsFd,
+    name: &[u8],
+    owner: Option<(u32, u32)>,
+    times: &Timestamps,
+) -> io::Result<()> {
+    use rustix::fs::{Gid, Uid};
+    if let Some((uid, gid)) = owner {
+        let (u, g) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+        rustix::fs::chownat(&dir, name, u, g, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?;
+    }
+    rustix::fs::utimensat(&dir, name, times, AtFlags::SYMLINK_NOFOLLOW).map_err(err)
+}
+
+/// Owner (when given), mode and times through an open handle: chown first, since it clears
+/// set-id bits.
+pub fn fd_meta(fd: impl AsFd, owner: Option<(u32, u32)>, mode: u32, times: &Timestamps) -> io::Result<()> {
+    use rustix::fs::{Gid, Uid};
+    if let Some((uid, gid)) = owner {
+        rustix::fs::fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(err)?;
+    }
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(err)?;
+    rustix::fs::futimens(&fd, times).map_err(err)
+}
+
+/// The directory at `rel` (`a/b/c`, valid names) below `root`, resolved without following any
+/// symlink or leaving `root`: openat2 with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS where the
+/// kernel has it (5.6+), else one `openat(O_NOFOLLOW | O_DIRECTORY)` per component.
+pub fn open_beneath(root: impl AsFd, rel: &[u8]) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let rel: &[u8] = if rel.is_empty() { b"." } else { rel };
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    match rustix::fs::openat2(&root, rel, flags, Mode::empty(), resolve) {
+        Err(Errno::NOSYS | Errno::PERM) => {} // an old kernel, or a seccomp filter
+        other => return other.map_err(err),
+    }
+    let mut fd = rustix::fs::openat(&root, ".", flags, Mode::empty()).map_err(err)?;
+    for name in rel.split(|&b| b == b'/').filter(|n| !n.is_empty() && *n != b".") {
+        if !crate::tree::valid_name(name) {
+            return Err(io::Error::other("not a path of names"));
+        }
+        fd = rustix::fs::openat(&fd, name, flags, Mode::empty()).map_err(err)?;
+    }
+    Ok(fd)
+}
+
+/// A new name `name` in `dir` for the regular file `from_name` in `from`, only if that is
+/// still the file with inode `ino` that this restore created.
+pub fn link(from: impl AsFd, from_name: &[u8], ino: u64, dir: impl AsFd, name: &[u8]) -> io::Result<()> {
+    let st = rustix::fs::statat(&from, from_name, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_ino != ino {
+        return Err(io::Error::other("the first name is no longer the file restored there"));
+    }
+    rustix::fs::linkat(from, from_name, dir, name, AtFlags::empty()).map_err(err)
+}
+
+/// Sets the process umask for as long as it lives, then puts the old one back.
+pub struct Umask(Mode);
+
+impl Umask {
+    /// Umask 0: every mode restore creates is explicit (0600 files and 0700 directories until
+    /// their own modes are applied; special files exactly as stored).
+    pub fn clear() -> Umask {
+        Umask(rustix::process::umask(Mode::empty()))
+    }
+}
+
+impl Drop for Umask {
+    fn drop(&mut self) {
+        rustix::process::umask(self.0);
+    }
+}
+
+/// A restore holds one open directory per level it is in (`tree::MAX_DEPTH`), plus those with
+/// files in flight: raise the soft limit on open files to the hard one.
+pub fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        let _ = setrlimit(Resource::Nofile, l);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink as ln;
+
+    fn open(p: &std::path::Path) -> OwnedFd {
+        rustix::fs::open(p, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap()
+    }
+
+    #[test]
+    fn a_symlink_in_a_directorys_place_is_refused_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        ln(outside.path(), t.path().join("d")).unwrap();
+        let e = child_dir(open(t.path()), b"d").unwrap_err();
+        assert!(e.to_string().contains("not followed"), "{e}");
+        // A real directory already there is used.
+        std::fs::create_dir(t.path().join("e")).unwrap();
+        assert!(!child_dir(open(t.path()), b"e").unwrap().1);
+        assert!(child_dir(open(t.path()), b"f").unwrap().1);
+    }
+
+    #[test]
+    fn files_are_never_opened_through_a_link() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("x"), b"keep").unwrap();
+        ln(outside.path().join("x"), t.path().join("x")).unwrap();
+        assert!(create_file(open(t.path()), b"x").is_err());
+        clear(open(t.path()), b"x").unwrap();
+        create_file(open(t.path()), b"x").unwrap();
+        assert_eq!(std::fs::read(outside.path().join("x")).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn open_beneath_refuses_links_on_the_way() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("a/b")).unwrap();
+        ln(outside.path(), t.path().join("a/l")).unwrap();
+        let root = open(t.path());
+        assert!(open_beneath(&root, b"a/b").is_ok());
+        assert!(open_beneath(&root, b"").is_ok());
+        assert!(open_beneath(&root, b"a/l").is_err());
+        assert!(open_beneath(&root, b"a/../..").is_err());
+    }
+}
