@@ -344,6 +344,12 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
         workers: 4,
         owner: !args.no_owner,
         special: !args.no_special,
+        overwrite: match args.overwrite {
+            crate::Overwrite::Always => restore::Overwrite::Always,
+            crate::Overwrite::IfChanged => restore::Overwrite::IfChanged,
+            crate::Overwrite::IfNewer => restore::Overwrite::IfNewer,
+            crate::Overwrite::Never => restore::Overwrite::Never,
+        },
     };
     let started = std::time::Instant::now();
     let r = restore::restore(repo, &index, &snap, &opts)?;
@@ -352,7 +358,7 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
     if json {
         let errors: Vec<_> =
             r.errors.iter().map(|(p, why)| json!({"path": p.to_string_lossy(), "error": why})).collect();
-        let v = json!({"snapshot": id, "files": r.files, "dirs": r.dirs, "bytes": r.bytes, "seconds": secs, "errors": errors, "notes": r.notes});
+        let v = json!({"snapshot": id, "files": r.files, "dirs": r.dirs, "bytes": r.bytes, "seconds": secs, "errors": errors, "notes": r.notes, "replaced": r.replaced, "kept": r.kept});
         out.line(&v.to_string())?;
     } else {
         out.line(&format!(
@@ -364,6 +370,14 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
             args.target.display(),
             secs
         ))?;
+        if r.replaced > 0 || r.kept > 0 {
+            out.line(&format!(
+                "  already in the target: {} files replaced, {} kept (--overwrite {})",
+                r.replaced,
+                r.kept,
+                clap::ValueEnum::to_possible_value(&args.overwrite).map(|v| v.get_name().to_string()).unwrap_or_default()
+            ))?;
+        }
         for note in &r.notes {
             out.line(&format!("  note: {note}"))?;
         }

@@ -246,6 +246,11 @@ pub struct RestoreArgs {
     /// Every PATH is a glob pattern
     #[arg(long)]
     pub glob: bool,
+    /// When a file is already in the target: replace it `always`; only `if-changed` (its size,
+    /// mtime or content differ from the snapshot's; content is read back and compared); only
+    /// `if-newer` (the snapshot's is newer); or `never`
+    #[arg(long, value_enum, default_value = "if-changed")]
+    pub overwrite: Overwrite,
     /// Do not restore owners or set-id bits (as root: files belong to root, without set-id
     /// bits). Not running as root, owners and set-id bits are never restored.
     #[arg(long)]
@@ -253,6 +258,14 @@ pub struct RestoreArgs {
     /// Do not restore FIFOs, sockets or device nodes (device nodes need root in any case)
     #[arg(long)]
     pub no_special: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Overwrite {
+    Always,
+    IfChanged,
+    IfNewer,
+    Never,
 }
 
 #[derive(Subcommand, Debug)]

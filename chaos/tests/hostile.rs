@@ -479,3 +479,20 @@ fn not_root_owners_set_id_bits_and_devices_are_noted_not_errors() {
     assert_eq!(fs::metadata(target.join("suid")).unwrap().mode() & 0o7777, 0o755);
     assert_eq!(fs::read(target.join("theirs")).unwrap(), b"someone else's");
 }
+
+#[test]
+fn check_names_a_snapshot_whose_shared_subtrees_describe_too_many_entries() {
+    let w = World::new();
+    // 34 levels of two distinct directories, each holding both of the next level's: 2^34
+    // paths in 68 tree blobs. Check visits each directory once.
+    let snap = w.forge(|f, _| {
+        let (mut a, mut b) = (f.tree(vec![]), f.tree(vec![node("leaf", NodeKind::Fifo)]));
+        for level in 0..34 {
+            let ta = f.tree(vec![node(format!("a{level}"), NodeKind::Fifo), dir("x", vec![a]), dir("y", vec![b])]);
+            let tb = f.tree(vec![node(format!("b{level}"), NodeKind::Fifo), dir("x", vec![a]), dir("y", vec![b])]);
+            (a, b) = (ta, tb);
+        }
+        vec![a]
+    });
+    w.check_names(&["more than 4294967296", &snap]);
+}

@@ -503,6 +503,16 @@ impl<'a> BlobReader<'a> {
         Ok(plain)
     }
 
+    /// The plaintext length of blob `id`, if the index has it.
+    pub fn raw_len(&self, id: &BlobId) -> Option<u32> {
+        self.index.get(id).map(|l| l.raw_len)
+    }
+
+    /// Whether `data` is the plaintext of blob `id` (its keyed hash is the id).
+    pub fn matches(&self, id: &BlobId, data: &[u8]) -> bool {
+        blob_id(self.repo.wk.id_key.as_bytes(), data) == *id
+    }
+
     /// The entries of a directory stored as `ids` (one or more tree blobs), checked as one
     /// directory (`Listing`).
     pub fn tree(&self, ids: &[BlobId]) -> Result<Vec<Node>> {

@@ -49,6 +49,46 @@ pub fn create_file(dir: impl AsFd, name: &[u8]) -> io::Result<std::fs::File> {
     Ok(std::fs::File::from(fd))
 }
 
+/// A new regular file (mode 0600) under the temporary name of `name` in `dir`, for `rename` to
+/// put in place once it is complete: an interrupted restore never leaves a truncated file under
+/// a final name. The temporary name is derived from `name`, so the next restore of the same
+/// file replaces what an interrupted one left.
+pub fn create_temp(dir: impl AsFd, name: &[u8]) -> io::Result<(std::fs::File, Vec<u8>)> {
+    let hash = blake3::hash(name);
+    let tmp = format!(".bakare-restore-{}", &hash.to_hex()[..32]).into_bytes();
+    match create_file(&dir, &tmp) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            clear(&dir, &tmp)?;
+            create_file(&dir, &tmp).map(|f| (f, tmp))
+        }
+        other => other.map(|f| (f, tmp)),
+    }
+}
+
+/// Moves `from` to `to` within `dir`, replacing whatever non-directory entry `to` is (a
+/// symlink itself, never what it names).
+pub fn rename(dir: impl AsFd, from: &[u8], to: &[u8]) -> io::Result<()> {
+    match rustix::fs::renameat(&dir, from, &dir, to) {
+        Err(Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST) => Err(io::Error::other("a directory is in its place")),
+        other => other.map_err(err),
+    }
+}
+
+/// What is at `name` in `dir` (the entry itself, not what a symlink names), if anything.
+pub fn stat(dir: impl AsFd, name: &[u8]) -> io::Result<Option<rustix::fs::Stat>> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// The regular file at `name` in `dir`, for reading, never through a symlink.
+pub fn open_read(dir: impl AsFd, name: &[u8]) -> io::Result<std::fs::File> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    Ok(std::fs::File::from(rustix::fs::openat(dir, name, flags, Mode::empty()).map_err(err)?))
+}
+
 pub fn symlink(dir: impl AsFd, name: &[u8], target: &[u8]) -> io::Result<()> {
     rustix::fs::symlinkat(target, dir, name).map_err(err)
 }

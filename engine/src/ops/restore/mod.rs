@@ -40,6 +40,22 @@ pub struct RestoreOptions {
     pub owner: bool,
     /// Restore FIFOs, sockets and device nodes (device nodes only when running as root).
     pub special: bool,
+    pub overwrite: Overwrite,
+}
+
+/// What to do with an entry already in the target where restore would create one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overwrite {
+    /// Replace it.
+    Always,
+    /// Replace it unless it is a file with the snapshot's size, mtime and content (read back
+    /// and compared blob by blob); a file kept gets the snapshot's metadata.
+    #[default]
+    IfChanged,
+    /// Replace it only when the snapshot's version is newer (mtime); otherwise leave it as is.
+    IfNewer,
+    /// Leave it as it is.
+    Never,
 }
 
 #[derive(Debug, Default)]
@@ -48,6 +64,10 @@ pub struct RestoreResult {
     pub dirs: u64,
     pub bytes: u64,
     pub errors: Vec<(PathBuf, String)>,
+    /// Files that were in the target and were replaced.
+    pub replaced: u64,
+    /// Files that were in the target and were left there (`Overwrite`).
+    pub kept: u64,
     /// What was deliberately left out (not errors): ownership, set-id bits and device nodes
     /// when not running as root, special files with `--no-special`.
     pub notes: Vec<String>,
@@ -169,6 +189,9 @@ struct Restorer<'a> {
     /// Device nodes may be made (running as root).
     devices: bool,
     special: bool,
+    overwrite: Overwrite,
+    replaced: AtomicU64,
+    kept: AtomicU64,
     errors: Mutex<Vec<(PathBuf, String)>>,
     /// Restored files that have other names (hard link targets): path relative to the target,
     /// and the inode this restore created there.
@@ -213,21 +236,41 @@ impl Restorer<'_> {
         confine::fd_meta(fd, self.owner_of(node), self.mode_of(node), &timestamps(node.mtime_ns))
     }
 
-    /// Writes a file's content and its metadata; all-zero blobs become holes (sparse files
-    /// stay sparse). Returns the bytes written, or the metadata error after a good write.
-    fn write_file(
-        &self,
-        job: &FileJob,
-        content: &[BlobId],
-        size: u64,
-        scratch: &mut Scratch,
-    ) -> Result<(u64, Option<String>)> {
+    /// Writes a file's content and its metadata under a temporary name, then renames it into
+    /// place: an interrupted restore never leaves a truncated file under a final name, and a
+    /// file that cannot be restored leaves what was there before. All-zero blobs become holes
+    /// (sparse files stay sparse). Returns the bytes written, or the metadata error after a
+    /// good write.
+    fn write_file(&self, job: &FileJob, content: &[BlobId], size: u64, scratch: &mut Scratch) -> Result<(u64, Option<String>)> {
         let (dir, name) = (&job.dir, job.node.name.as_slice());
-        let path = || dir.child_path(name);
-        if !job.fresh {
-            confine::clear(&dir.fd, name).map_err(|e| Error::io(path(), e))?;
+        let (mut f, tmp) = confine::create_temp(&dir.fd, name).map_err(|e| Error::io(dir.path.clone(), e))?;
+        let written = self.fill(&mut f, job, content, size, scratch);
+        let placed = written.and_then(|n| {
+            let node = &job.node;
+            let meta = confine::fd_meta(&f, self.owner_of(node), self.mode_of(node), &timestamps(node.mtime_ns));
+            confine::rename(&dir.fd, &tmp, name).map_err(|e| Error::io(dir.child_path(name), e))?;
+            Ok((n, meta.err().map(|e| e.to_string())))
+        });
+        match placed {
+            Ok(done) => {
+                if job.node.nlink > 1 {
+                    if let Ok(md) = f.metadata() {
+                        use std::os::unix::fs::MetadataExt;
+                        lock(&self.linked).insert(dir.child_rel(name), md.ino());
+                    }
+                }
+                Ok(done)
+            }
+            Err(e) => {
+                let _ = confine::clear(&dir.fd, &tmp);
+                Err(e)
+            }
         }
-        let mut f = confine::create_file(&dir.fd, name).map_err(|e| Error::io(path(), e))?;
+    }
+
+    /// The content of `job` into `f`, checked against its size.
+    fn fill(&self, f: &mut std::fs::File, job: &FileJob, content: &[BlobId], size: u64, scratch: &mut Scratch) -> Result<u64> {
+        let path = || job.dir.child_path(&job.node.name);
         let mut written = 0u64;
         let mut hole_at_end = false;
         for id in content {
@@ -254,15 +297,52 @@ impl Restorer<'_> {
         if hole_at_end {
             f.set_len(size).map_err(|e| Error::io(path(), e))?;
         }
-        if job.node.nlink > 1 {
-            if let Ok(md) = f.metadata() {
-                use std::os::unix::fs::MetadataExt;
-                lock(&self.linked).insert(dir.child_rel(name), md.ino());
+        Ok(written)
+    }
+
+    /// Whether the entry already at the job's name stays (`Overwrite`); counts what it decides.
+    fn keep_existing(&self, job: &FileJob, content: &[BlobId], size: u64) -> std::io::Result<bool> {
+        use rustix::fs::FileType;
+        let (dir, node) = (&job.dir, &job.node);
+        let Some(st) = confine::stat(&dir.fd, &node.name)? else { return Ok(false) };
+        let file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
+        let mtime_ns = i64::from(st.st_mtime).saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64);
+        let keep = match self.overwrite {
+            Overwrite::Always => false,
+            Overwrite::Never => true,
+            Overwrite::IfNewer => file && mtime_ns >= node.mtime_ns,
+            Overwrite::IfChanged => {
+                file && st.st_size as u64 == size
+                    && mtime_ns == node.mtime_ns
+                    && self.same_content(dir, &node.name, content)?
+            }
+        };
+        if keep {
+            self.kept.fetch_add(1, Relaxed);
+            if self.overwrite == Overwrite::IfChanged {
+                let f = confine::open_read(&dir.fd, &node.name)?;
+                confine::fd_meta(&f, self.owner_of(node), self.mode_of(node), &timestamps(node.mtime_ns))?;
+            }
+        } else {
+            self.replaced.fetch_add(1, Relaxed);
+        }
+        Ok(keep)
+    }
+
+    /// Whether the regular file `name` in `dir` holds exactly the blobs `content`: read back
+    /// blob by blob (lengths from the index) and each hashed against its id.
+    fn same_content(&self, dir: &DirHandle, name: &[u8], content: &[BlobId]) -> std::io::Result<bool> {
+        use std::io::Read;
+        let mut f = confine::open_read(&dir.fd, name)?;
+        let mut buf = Vec::new();
+        for id in content {
+            let Some(len) = self.reader.raw_len(id) else { return Ok(false) };
+            buf.resize(len as usize, 0);
+            if f.read_exact(&mut buf).is_err() || !self.reader.matches(id, &buf) {
+                return Ok(false);
             }
         }
-        let node = &job.node;
-        let meta = confine::fd_meta(&f, self.owner_of(node), self.mode_of(node), &timestamps(node.mtime_ns));
-        Ok((written, meta.err().map(|e| e.to_string())))
+        Ok(f.read(&mut [0u8; 1])? == 0)
     }
 
     fn file(&self, job: &FileJob, scratch: &mut Scratch) -> Option<u64> {
@@ -271,6 +351,16 @@ impl Restorer<'_> {
             _ => return None,
         };
         let path = || job.dir.child_path(&job.node.name);
+        if !job.fresh {
+            match self.keep_existing(job, content, size) {
+                Ok(true) => return None,
+                Ok(false) => {}
+                Err(e) => {
+                    self.fail(&path(), format!("cannot compare with what is there: {e}"));
+                    return None;
+                }
+            }
+        }
         match self.write_file(job, content, size, scratch) {
             Ok((n, meta)) => {
                 if let Some(e) = meta {
@@ -279,8 +369,6 @@ impl Restorer<'_> {
                 Some(n)
             }
             Err(e) => {
-                // Never left with wrong bytes (`clear` removes no directory).
-                let _ = confine::clear(&job.dir.fd, &job.node.name);
                 self.fail(&path(), e);
                 None
             }
@@ -309,6 +397,9 @@ impl Restorer<'_> {
             return;
         }
         if !fresh {
+            if self.overwrite == Overwrite::Never && matches!(confine::stat(&dir.fd, name), Ok(Some(_))) {
+                return;
+            }
             if let Err(e) = confine::clear(&dir.fd, name) {
                 return self.fail(&path(), e);
             }
@@ -401,6 +492,9 @@ pub fn restore(
         owner: as_root && opts.owner,
         devices: as_root,
         special: opts.special,
+        overwrite: opts.overwrite,
+        replaced: AtomicU64::new(0),
+        kept: AtomicU64::new(0),
         errors: Mutex::new(Vec::new()),
         linked: Mutex::new(HashMap::new()),
         deferred: Mutex::new(Vec::new()),
@@ -540,6 +634,8 @@ pub fn restore(
             r.fail(&path, format!("cannot set directory metadata: {e}"));
         }
     }
+    result.replaced = r.replaced.load(Relaxed);
+    result.kept = r.kept.load(Relaxed);
     result.notes = r.notes();
     result.errors = r.errors.into_inner().unwrap_or_else(|p| p.into_inner());
     Ok(result)
@@ -577,6 +673,10 @@ fn hard_links<'a>(
             }
         }
         let Some((_, dir)) = &parent else { continue };
+        if r.overwrite == Overwrite::Never && matches!(confine::stat(&dir.fd, &node.name), Ok(Some(_))) {
+            r.kept.fetch_add(1, Relaxed);
+            continue;
+        }
         if let Some(&ino) = linked.get(target.as_slice()) {
             let (from_dir, from_name) = match target.iter().rposition(|&b| b == b'/') {
                 Some(i) => (&target[..i], &target[i + 1..]),

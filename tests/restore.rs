@@ -1,0 +1,116 @@
+//! Restoring into a target that already holds files: the `--overwrite` modes, what they count,
+//! and restores interrupted at any instant (never a truncated file under its final name; the
+//! next restore finishes the job).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use chaos::argv;
+use chaos::testkit::{assert_same_tree, restored_path, Bakare, Rng, TestDir};
+
+fn bakare() -> Bakare {
+    Bakare::new(env!("CARGO_BIN_EXE_bakare"))
+}
+
+/// Writes `data` over `p` and gives it back its mtime: same size and mtime, other content.
+fn change_keeping_mtime(p: &Path, data: &[u8]) {
+    let mtime = fs::metadata(p).unwrap().modified().unwrap();
+    fs::write(p, data).unwrap();
+    fs::File::options().write(true).open(p).unwrap().set_modified(mtime).unwrap();
+}
+
+fn touch_newer(p: &Path, data: &[u8]) {
+    fs::write(p, data).unwrap();
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    fs::File::options().write(true).open(p).unwrap().set_modified(later).unwrap();
+}
+
+/// (replaced, kept) as `restore --json` reports them.
+fn counts(o: &chaos::testkit::Outcome) -> (u64, u64) {
+    let v = o.json();
+    (v["replaced"].as_u64().unwrap(), v["kept"].as_u64().unwrap())
+}
+
+#[test]
+fn each_overwrite_mode_replaces_what_it_says_and_counts_it() {
+    let b = bakare();
+    b.ok(&argv!["init"]);
+    let src = TestDir::new().file("a", "snapshot a").file("b", "snapshot b").file("c", "snapshot c");
+    b.ok(&argv!["run", src.path()]);
+    let target = tempfile::tempdir().unwrap();
+    let at = restored_path(target.path(), src.path());
+    let restore = |mode: &str| {
+        let o = b.run(&argv!["--json", "restore", "latest", "--target", target.path(), "--overwrite", mode]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        o
+    };
+    // A fresh restore replaces nothing.
+    assert_eq!(counts(&restore("if-changed")), (0, 0));
+    let spoil = || {
+        change_keeping_mtime(&at.join("a"), b"changed! a"); // same size and mtime
+        touch_newer(&at.join("b"), b"newer b");
+        fs::write(at.join("extra"), "not in the snapshot").unwrap();
+    };
+    spoil();
+    assert_eq!(counts(&restore("never")), (0, 3));
+    assert_eq!(fs::read(at.join("a")).unwrap(), b"changed! a");
+    // if-newer: `b` is newer in the target, `a` and `c` as new: all kept.
+    assert_eq!(counts(&restore("if-newer")), (0, 3));
+    assert_eq!(fs::read(at.join("b")).unwrap(), b"newer b");
+    // if-changed reads `a` back: same size and mtime, other bytes, so it is replaced.
+    assert_eq!(counts(&restore("if-changed")), (2, 1));
+    assert_eq!(fs::read(at.join("a")).unwrap(), b"snapshot a");
+    assert_eq!(fs::read(at.join("b")).unwrap(), b"snapshot b");
+    spoil();
+    assert_eq!(counts(&restore("always")), (3, 0));
+    assert_eq!(fs::read(at.join("extra")).unwrap(), b"not in the snapshot");
+    fs::remove_file(at.join("extra")).unwrap();
+    // The default is if-changed, and the text output says what it did.
+    change_keeping_mtime(&at.join("c"), b"changed! c");
+    let o = b.ok(&argv!["restore", "latest", "--target", target.path()]);
+    assert!(o.stdout_str().contains("already in the target: 1 files replaced, 2 kept (--overwrite if-changed)"), "{}", o.stdout_str());
+    assert_same_tree(src.path(), &at);
+}
+
+#[test]
+fn an_interrupted_restore_leaves_no_truncated_file_and_the_next_one_finishes() {
+    let b = bakare();
+    b.ok(&argv!["init"]);
+    let mut rng = Rng::new(7);
+    let mut src = TestDir::new();
+    for i in 0..24 {
+        src = src.file(format!("d{}/f{i:02}.bin", i % 3), rng.bytes(3 << 20));
+    }
+    b.ok(&argv!["run", src.path()]);
+    for (round, delay_ms) in [20u64, 60, 120, 250].into_iter().enumerate() {
+        let target = tempfile::tempdir().unwrap();
+        let at = restored_path(target.path(), src.path());
+        let mut child = b
+            .command(&argv!["restore", "latest", "--target", target.path()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        child.wait().unwrap();
+        // Every file under a final name is complete.
+        let mut complete = 0;
+        for d in ["d0", "d1", "d2"] {
+            let Ok(entries) = fs::read_dir(at.join(d)) else { continue };
+            for e in entries {
+                let name = e.unwrap().file_name();
+                if name.to_string_lossy().starts_with(".bakare-restore-") {
+                    continue;
+                }
+                let rel = Path::new(d).join(&name);
+                assert!(fs::read(at.join(&rel)).unwrap() == fs::read(src.path().join(&rel)).unwrap(), "round {round}: {} is not complete", rel.display());
+                complete += 1;
+            }
+        }
+        eprintln!("round {round}: killed after {delay_ms} ms with {complete} of 24 files in place");
+        b.ok(&argv!["restore", "latest", "--target", target.path()]);
+        assert_same_tree(src.path(), &at);
+    }
+}
