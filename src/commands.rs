@@ -375,7 +375,9 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
                 "  already in the target: {} files replaced, {} kept (--overwrite {})",
                 r.replaced,
                 r.kept,
-                clap::ValueEnum::to_possible_value(&args.overwrite).map(|v| v.get_name().to_string()).unwrap_or_default()
+                clap::ValueEnum::to_possible_value(&args.overwrite)
+                    .map(|v| v.get_name().to_string())
+                    .unwrap_or_default()
             ))?;
         }
         for note in &r.notes {

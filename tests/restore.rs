@@ -70,7 +70,11 @@ fn each_overwrite_mode_replaces_what_it_says_and_counts_it() {
     // The default is if-changed, and the text output says what it did.
     change_keeping_mtime(&at.join("c"), b"changed! c");
     let o = b.ok(&argv!["restore", "latest", "--target", target.path()]);
-    assert!(o.stdout_str().contains("already in the target: 1 files replaced, 2 kept (--overwrite if-changed)"), "{}", o.stdout_str());
+    assert!(
+        o.stdout_str().contains("already in the target: 1 files replaced, 2 kept (--overwrite if-changed)"),
+        "{}",
+        o.stdout_str()
+    );
     assert_same_tree(src.path(), &at);
 }
 
@@ -105,7 +109,11 @@ fn an_interrupted_restore_leaves_no_truncated_file_and_the_next_one_finishes() {
                     continue;
                 }
                 let rel = Path::new(d).join(&name);
-                assert!(fs::read(at.join(&rel)).unwrap() == fs::read(src.path().join(&rel)).unwrap(), "round {round}: {} is not complete", rel.display());
+                assert!(
+                    fs::read(at.join(&rel)).unwrap() == fs::read(src.path().join(&rel)).unwrap(),
+                    "round {round}: {} is not complete",
+                    rel.display()
+                );
                 complete += 1;
             }
         }
@@ -113,4 +121,66 @@ fn an_interrupted_restore_leaves_no_truncated_file_and_the_next_one_finishes() {
         b.ok(&argv!["restore", "latest", "--target", target.path()]);
         assert_same_tree(src.path(), &at);
     }
+}
+
+/// A tmpfs of `size` bytes mounted at a new directory for as long as it lives (needs root).
+struct SmallFs(tempfile::TempDir);
+
+impl SmallFs {
+    fn mount(size: &str) -> SmallFs {
+        let d = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(d.path())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount tmpfs");
+        SmallFs(d)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_the_restore_with_one_message_and_a_second_run_finishes() {
+    if !chaos::testkit::root_or_skip("mounting a small tmpfs") {
+        return;
+    }
+    let b = bakare();
+    b.ok(&argv!["init"]);
+    let mut rng = Rng::new(3);
+    let mut src = TestDir::new();
+    for i in 0..200 {
+        src = src.file(format!("f{i:03}"), rng.bytes(64 << 10));
+    }
+    b.ok(&argv!["run", src.path()]);
+    let fs_ = SmallFs::mount("1m");
+    let o = b.run(&argv!["--json", "restore", "latest", "--target", fs_.0.path()]);
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    let errors = o.json()["errors"].as_array().unwrap().clone();
+    // At most FULL_IN_A_ROW - 1 files named, then the one message, instead of ~185 lines.
+    assert!(errors.len() <= 8, "{errors:?}");
+    let last = errors.last().unwrap()["error"].as_str().unwrap();
+    assert!(last.contains("the file system is full: 8 files in a row"), "{last}");
+    // No partial file under a final name.
+    let at = restored_path(fs_.0.path(), src.path());
+    for e in fs::read_dir(&at).unwrap() {
+        let e = e.unwrap();
+        if !e.file_name().to_string_lossy().starts_with(".bakare-restore-") {
+            assert_eq!(fs::read(e.path()).unwrap(), fs::read(src.path().join(e.file_name())).unwrap());
+        }
+    }
+    // With room again, the same restore into the same target finishes the job.
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(fs_.0.path())
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    b.ok(&argv!["restore", "latest", "--target", fs_.0.path()]);
+    assert_same_tree(src.path(), &at);
 }

@@ -442,6 +442,20 @@ pub fn is_root() -> bool {
     my_uid() == 0
 }
 
+/// Whether a test that needs root can run. Without root it says visibly that it skipped,
+/// unless BAKARE_REQUIRE_ROOT is set (CI runs as root and sets it), which makes that a failure.
+pub fn root_or_skip(what: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("BAKARE_REQUIRE_ROOT").is_none(),
+        "{what} needs root, and BAKARE_REQUIRE_ROOT is set"
+    );
+    eprintln!("SKIPPED: {what} needs root");
+    false
+}
+
 /// The user the tests run as.
 pub fn my_uid() -> u32 {
     fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)

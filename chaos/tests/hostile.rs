@@ -488,8 +488,10 @@ fn check_names_a_snapshot_whose_shared_subtrees_describe_too_many_entries() {
     let snap = w.forge(|f, _| {
         let (mut a, mut b) = (f.tree(vec![]), f.tree(vec![node("leaf", NodeKind::Fifo)]));
         for level in 0..34 {
-            let ta = f.tree(vec![node(format!("a{level}"), NodeKind::Fifo), dir("x", vec![a]), dir("y", vec![b])]);
-            let tb = f.tree(vec![node(format!("b{level}"), NodeKind::Fifo), dir("x", vec![a]), dir("y", vec![b])]);
+            let ta =
+                f.tree(vec![node(format!("a{level}"), NodeKind::Fifo), dir("x", vec![a]), dir("y", vec![b])]);
+            let tb =
+                f.tree(vec![node(format!("b{level}"), NodeKind::Fifo), dir("x", vec![a]), dir("y", vec![b])]);
             (a, b) = (ta, tb);
         }
         vec![a]

@@ -69,7 +69,9 @@ pub fn create_temp(dir: impl AsFd, name: &[u8]) -> io::Result<(std::fs::File, Ve
 /// symlink itself, never what it names).
 pub fn rename(dir: impl AsFd, from: &[u8], to: &[u8]) -> io::Result<()> {
     match rustix::fs::renameat(&dir, from, &dir, to) {
-        Err(Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST) => Err(io::Error::other("a directory is in its place")),
+        Err(Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST) => {
+            Err(io::Error::other("a directory is in its place"))
+        }
         other => other.map_err(err),
     }
 }

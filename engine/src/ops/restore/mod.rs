@@ -126,6 +126,10 @@ fn timestamps(mtime_ns: i64) -> rustix::fs::Timestamps {
 const BATCH_FILES: usize = 64;
 const BATCH_BYTES: u64 = 4 << 20;
 
+/// A restore stops after this many files in a row failed because the target's file system is
+/// full, with one message, instead of naming every remaining file.
+const FULL_IN_A_ROW: u64 = 8;
+
 /// An open directory inside the target. Its own metadata is applied when the last handle on
 /// it is dropped: after the walk has left it and every file in it is written (file jobs and
 /// subdirectories hold it).
@@ -184,6 +188,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 struct Restorer<'a> {
     reader: &'a BlobReader<'a>,
+    target: &'a Path,
     /// Owners and set-id bits are restored (running as root, and asked to).
     owner: bool,
     /// Device nodes may be made (running as root).
@@ -193,6 +198,9 @@ struct Restorer<'a> {
     replaced: AtomicU64,
     kept: AtomicU64,
     errors: Mutex<Vec<(PathBuf, String)>>,
+    /// Files that failed in a row with ENOSPC; at `FULL_IN_A_ROW` the restore stops.
+    full: AtomicU64,
+    stop: AtomicBool,
     /// Restored files that have other names (hard link targets): path relative to the target,
     /// and the inode this restore created there.
     linked: Mutex<HashMap<Vec<u8>, u64>>,
@@ -208,6 +216,25 @@ struct Restorer<'a> {
 impl Restorer<'_> {
     fn fail(&self, path: &Path, why: impl ToString) {
         lock(&self.errors).push((path.to_path_buf(), why.to_string()));
+    }
+
+    /// Counts files that failed in a row because the file system is full, and stops the
+    /// restore at `FULL_IN_A_ROW` (a success resets the count).
+    fn full(&self, failed: Option<&Error>) -> bool {
+        let enospc = |e: &Error| matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull);
+        if !failed.is_some_and(enospc) {
+            self.full.store(0, Relaxed);
+            return false;
+        }
+        if self.full.fetch_add(1, Relaxed) + 1 == FULL_IN_A_ROW {
+            self.stop.store(true, Relaxed);
+            let why = format!(
+                "the file system is full: {FULL_IN_A_ROW} files in a row could not be written (ENOSPC); \
+                 restore stopped. Free space and run it again: files already in place are kept"
+            );
+            self.fail(self.target, why);
+        }
+        true
     }
 
     /// The owner to set, if any.
@@ -241,13 +268,20 @@ impl Restorer<'_> {
     /// file that cannot be restored leaves what was there before. All-zero blobs become holes
     /// (sparse files stay sparse). Returns the bytes written, or the metadata error after a
     /// good write.
-    fn write_file(&self, job: &FileJob, content: &[BlobId], size: u64, scratch: &mut Scratch) -> Result<(u64, Option<String>)> {
+    fn write_file(
+        &self,
+        job: &FileJob,
+        content: &[BlobId],
+        size: u64,
+        scratch: &mut Scratch,
+    ) -> Result<(u64, Option<String>)> {
         let (dir, name) = (&job.dir, job.node.name.as_slice());
         let (mut f, tmp) = confine::create_temp(&dir.fd, name).map_err(|e| Error::io(dir.path.clone(), e))?;
         let written = self.fill(&mut f, job, content, size, scratch);
         let placed = written.and_then(|n| {
             let node = &job.node;
-            let meta = confine::fd_meta(&f, self.owner_of(node), self.mode_of(node), &timestamps(node.mtime_ns));
+            let meta =
+                confine::fd_meta(&f, self.owner_of(node), self.mode_of(node), &timestamps(node.mtime_ns));
             confine::rename(&dir.fd, &tmp, name).map_err(|e| Error::io(dir.child_path(name), e))?;
             Ok((n, meta.err().map(|e| e.to_string())))
         });
@@ -269,7 +303,14 @@ impl Restorer<'_> {
     }
 
     /// The content of `job` into `f`, checked against its size.
-    fn fill(&self, f: &mut std::fs::File, job: &FileJob, content: &[BlobId], size: u64, scratch: &mut Scratch) -> Result<u64> {
+    fn fill(
+        &self,
+        f: &mut std::fs::File,
+        job: &FileJob,
+        content: &[BlobId],
+        size: u64,
+        scratch: &mut Scratch,
+    ) -> Result<u64> {
         let path = || job.dir.child_path(&job.node.name);
         let mut written = 0u64;
         let mut hole_at_end = false;
@@ -306,7 +347,8 @@ impl Restorer<'_> {
         let (dir, node) = (&job.dir, &job.node);
         let Some(st) = confine::stat(&dir.fd, &node.name)? else { return Ok(false) };
         let file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
-        let mtime_ns = i64::from(st.st_mtime).saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64);
+        let mtime_ns =
+            i64::from(st.st_mtime).saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64);
         let keep = match self.overwrite {
             Overwrite::Always => false,
             Overwrite::Never => true,
@@ -361,7 +403,14 @@ impl Restorer<'_> {
                 }
             }
         }
-        match self.write_file(job, content, size, scratch) {
+        if self.stop.load(Relaxed) {
+            return None;
+        }
+        let written = self.write_file(job, content, size, scratch);
+        if self.full(written.as_ref().err()) && self.stop.load(Relaxed) {
+            return None;
+        }
+        match written {
             Ok((n, meta)) => {
                 if let Some(e) = meta {
                     self.fail(&path(), format!("restored, but cannot set metadata: {e}"));
@@ -489,6 +538,7 @@ pub fn restore(
     };
     let r = Restorer {
         reader: &reader,
+        target: &opts.target,
         owner: as_root && opts.owner,
         devices: as_root,
         special: opts.special,
@@ -496,6 +546,8 @@ pub fn restore(
         replaced: AtomicU64::new(0),
         kept: AtomicU64::new(0),
         errors: Mutex::new(Vec::new()),
+        full: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
         linked: Mutex::new(HashMap::new()),
         deferred: Mutex::new(Vec::new()),
         setid_dropped: AtomicU64::new(0),
@@ -560,6 +612,9 @@ pub fn restore(
                 }
                 continue;
             };
+            if r.stop.load(Relaxed) {
+                break;
+            }
             visited += 1;
             if visited > MAX_SNAPSHOT_NODES {
                 r.fail(
