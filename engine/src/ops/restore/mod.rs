@@ -347,8 +347,10 @@ impl Restorer<'_> {
         let (dir, node) = (&job.dir, &job.node);
         let Some(st) = confine::stat(&dir.fd, &node.name)? else { return Ok(false) };
         let file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
+        // st_mtime is i64 here, narrower on some targets.
+        #[allow(clippy::unnecessary_cast)]
         let mtime_ns =
-            i64::from(st.st_mtime).saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64);
+            (st.st_mtime as i64).saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64);
         let keep = match self.overwrite {
             Overwrite::Always => false,
             Overwrite::Never => true,
