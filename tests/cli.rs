@@ -552,3 +552,46 @@ fn roots_can_be_files_and_symlinks() {
     let t = restore_all(&one, "latest");
     assert_eq!(fs::read(restored_path(t.path(), &src.path().join("d/g.txt"))).unwrap(), b"there");
 }
+
+/// Every directory and file under `root`, with its permission bits.
+fn modes_under(root: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = fs::symlink_metadata(&p).unwrap();
+        out.push((p.clone(), md.mode() & 0o777));
+        if md.is_dir() {
+            stack.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    out
+}
+
+#[test]
+fn local_state_is_private_and_key_export_leaves_existing_directories_alone() {
+    let b = bakare();
+    b.ok(&argv!["init"]);
+    let src = TestDir::new().file("a/b.txt", "x");
+    b.ok(&argv!["run", src.path()]);
+    b.ok(&argv!["find", "b.txt"]); // builds the name catalog
+    for root in [b.home.path().join(".config/bakare"), b.home.path().join(".cache/bakare")] {
+        let modes = modes_under(&root);
+        assert!(modes.len() > 2, "{modes:?}");
+        for (p, mode) in modes {
+            let want = if p.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(mode, want, "{}", p.display());
+        }
+    }
+    // An existing directory keeps its mode.
+    let shared = tempfile::tempdir().unwrap();
+    fs::set_permissions(shared.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    b.ok(&argv!["key", "export", "--backup-only", shared.path().join("backup.key")]);
+    assert_eq!(fs::metadata(shared.path()).unwrap().permissions().mode() & 0o777, 0o755);
+    assert_eq!(fs::metadata(shared.path().join("backup.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    // A secret key readable by others is used, with a warning.
+    let key = chaos::oracle::key_file(b.home.path());
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let o = b.ok(&argv!["snapshots"]);
+    assert!(o.stderr.contains("holds a secret key but is readable by others (mode 644)"), "{}", o.stderr);
+}

@@ -424,7 +424,7 @@ impl Catalog {
     fn save(&self, key: &Secret32, dest: &Path) -> std::io::Result<()> {
         let data = self.encode(key).map_err(std::io::Error::other)?;
         let dir = dest.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir)?;
+        ::io::durable::create_private_dir_all(dir)?;
         let tmp = ::io::durable::temp_path(dir);
         let written = (|| {
             // 0600: sealed, but nobody else needs even its size.

@@ -8,9 +8,27 @@
 //! Tests move time for every process at once through `BAKARE_CLOCK_OFFSET_FILE`: a file holding
 //! a signed number of nanoseconds added to both clocks, read at every call (a paused writer
 //! sees the jump when it resumes, as after a real suspend). `BAKARE_FAKE_NOW_NS` pins the wall
-//! clock instead.
+//! clock instead. Both exist only with the `test-hooks` feature, which the test suites enable
+//! (through `chaos`) and release builds do not: a release binary never reads them
+//! (`tests/hooks.rs`).
 use std::time::{SystemTime, UNIX_EPOCH};
 
+#[cfg(not(feature = "test-hooks"))]
+fn offset_ns() -> i64 {
+    0
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn fake_now_ns() -> Option<i64> {
+    None
+}
+
+#[cfg(feature = "test-hooks")]
+fn fake_now_ns() -> Option<i64> {
+    std::env::var_os("BAKARE_FAKE_NOW_NS").and_then(|v| v.into_string().ok()).and_then(|v| v.parse().ok())
+}
+
+#[cfg(feature = "test-hooks")]
 fn offset_ns() -> i64 {
     let Some(path) = std::env::var_os("BAKARE_CLOCK_OFFSET_FILE") else { return 0 };
     std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
@@ -18,10 +36,8 @@ fn offset_ns() -> i64 {
 
 /// Nanoseconds since the Unix epoch.
 pub fn now_ns() -> i64 {
-    if let Some(v) = std::env::var_os("BAKARE_FAKE_NOW_NS").and_then(|v| v.into_string().ok()) {
-        if let Ok(n) = v.parse() {
-            return n;
-        }
+    if let Some(n) = fake_now_ns() {
+        return n;
     }
     let real = match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_nanos() as i64,

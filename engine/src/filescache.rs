@@ -21,6 +21,7 @@
 use std::cmp::Ordering;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -246,9 +247,10 @@ pub struct CacheWriter {
 impl CacheWriter {
     pub fn create(dest: &Path, repo_id: &[u8; 16]) -> io::Result<CacheWriter> {
         let dir = dest.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir)?;
+        ::io::durable::create_private_dir_all(dir)?;
         let tmp = ::io::durable::temp_path(dir);
-        let f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        // 0600: paths, sizes and inodes of the user's files are nobody else's business.
+        let f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         let mut w = BufWriter::with_capacity(256 << 10, f);
         w.write_all(MAGIC)?;
         w.write_all(&[VERSION])?;

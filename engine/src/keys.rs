@@ -13,7 +13,7 @@
 //! Keys live outside the repository, in `$XDG_CONFIG_HOME/bakare/keys/<repository>.key`, 0600.
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -152,14 +152,19 @@ impl Key {
 
     pub fn load(path: &Path) -> Result<Key> {
         let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Key::decode(&text, path)
+        let key = Key::decode(&text, path)?;
+        if let Some(why) = loose_mode(path, &key) {
+            eprintln!("warning: {why}");
+        }
+        Ok(key)
     }
 
     /// Writes the key file with mode 0600, never replacing an existing file.
     pub fn save(&self, path: &Path) -> Result<()> {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+        // Directories it creates are 0700; one that exists keeps its mode (`key export` to
+        // /tmp/x.key must not make /tmp private).
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            ::io::durable::create_private_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -171,6 +176,18 @@ impl Key {
         f.sync_all().map_err(|e| Error::io(path, e))?;
         Ok(())
     }
+}
+
+/// Why a secret key file's permissions are too loose (group or others may read it), if they are.
+fn loose_mode(path: &Path, key: &Key) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = fs::metadata(path).ok()?.mode() & 0o777;
+    (key.identity.is_some() && mode & 0o077 != 0).then(|| {
+        format!(
+            "{} holds a secret key but is readable by others (mode {mode:o}): chmod 600 it",
+            path.display()
+        )
+    })
 }
 
 pub fn fingerprint(recipient: &age::x25519::Recipient) -> String {

@@ -8,6 +8,13 @@ use std::path::{Path, PathBuf};
 
 use rand::RngCore;
 
+/// Creates `dir` and its missing parents with mode 0700 (local state: caches, keys), leaving
+/// the mode of directories that already exist alone.
+pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
 /// A random temporary name in `dir`, so that concurrent writers (threads or processes on other
 /// computers sharing the directory) never collide.
 pub fn temp_path(dir: &Path) -> PathBuf {

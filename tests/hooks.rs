@@ -1,0 +1,47 @@
+//! Test hooks are compiled only for tests: the binary built for this suite obeys the clock
+//! hooks (so this test can fail), and a release binary built without dev-dependencies (as
+//! `cargo build --release` or `cargo install` build it; .ci/run builds one and names it in
+//! BAKARE_RELEASE_BIN) ignores every hook variable.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use chaos::argv;
+use chaos::testkit::{Bakare, TestDir};
+
+/// 2001-09-09, far from any real clock.
+const FAKE_NOW_NS: i64 = 1_000_000_000_000_000_000;
+
+/// The time of the one snapshot a backup with every hook variable set gets.
+fn snapshot_time_with_hooks(bin: PathBuf) -> i64 {
+    let mut b = Bakare::new(bin);
+    let offset = b.home.path().join("offset");
+    std::fs::write(&offset, (90_000_000_000_000i64).to_string()).unwrap(); // +25 h
+    b.env.push(("BAKARE_FAKE_NOW_NS".into(), FAKE_NOW_NS.to_string()));
+    b.env.push(("BAKARE_CLOCK_OFFSET_FILE".into(), offset.display().to_string()));
+    b.ok(&argv!["init"]);
+    let src = TestDir::new().file("f", "x");
+    b.ok(&argv!["run", src.path()]);
+    let list = b.ok(&argv!["--json", "snapshots"]).json();
+    list.as_array().unwrap()[0]["time_ns"].as_i64().unwrap()
+}
+
+#[test]
+fn release_binaries_ignore_test_hooks() {
+    // This suite's binary has the hooks: the fake clock shows in the snapshot.
+    assert_eq!(snapshot_time_with_hooks(env!("CARGO_BIN_EXE_bakare").into()), FAKE_NOW_NS);
+    let Some(release) = std::env::var_os("BAKARE_RELEASE_BIN").map(PathBuf::from) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must build a release binary and set BAKARE_RELEASE_BIN"
+        );
+        eprintln!(
+            "SKIPPED: set BAKARE_RELEASE_BIN to a release build of bakare to check it ignores test hooks"
+        );
+        return;
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    let t = snapshot_time_with_hooks(release);
+    // Neither pinned nor moved 25 h: the real clock, within the minutes a slow machine takes.
+    assert!((t - now).abs() < 600_000_000_000, "release binary took {t}, real clock {now}");
+}
