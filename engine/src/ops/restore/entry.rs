@@ -1,0 +1,401 @@
+//! entry: what restore does for one entry of the target: a file written under a temporary
+//! name and renamed into place (or kept, `Overwrite`), a symlink or special file, a
+//! directory's metadata once everything in it is done; and what it counts on the way.
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use stages::{BlobId, BlobKind};
+
+use super::{confine, Overwrite};
+use crate::error::{Error, Result};
+use crate::repo::{BlobReader, Scratch};
+use crate::tree::{Node, NodeKind};
+
+/// Both times of a restored node: its mtime.
+pub(super) fn timestamps(mtime_ns: i64) -> rustix::fs::Timestamps {
+    let t = rustix::fs::Timespec {
+        tv_sec: mtime_ns.div_euclid(1_000_000_000),
+        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
+    };
+    rustix::fs::Timestamps { last_access: t, last_modification: t }
+}
+
+/// A restore stops after this many files in a row failed because the target's file system is
+/// full, with one message, instead of naming every remaining file.
+pub(super) const FULL_IN_A_ROW: u64 = 8;
+
+/// An open directory inside the target. Its own metadata is applied when the last handle on
+/// it is dropped: after the walk has left it and every file in it is written (file jobs and
+/// subdirectories hold it).
+pub(super) struct DirHandle<'a> {
+    pub(super) fd: OwnedFd,
+    /// For messages.
+    pub(super) path: PathBuf,
+    /// Relative to the target (`a/b`), for the hard links made at the end.
+    pub(super) rel: Vec<u8>,
+    /// Its entry in the snapshot; None for the target itself and for handles of the last phase.
+    pub(super) node: Option<Node>,
+    /// Hard links will be made in it at the end: its metadata waits for them.
+    pub(super) has_links: AtomicBool,
+    pub(super) r: &'a Restorer<'a>,
+    pub(super) _parent: Option<Arc<DirHandle<'a>>>,
+}
+
+impl DirHandle<'_> {
+    pub(super) fn child_path(&self, name: &[u8]) -> PathBuf {
+        self.path.join(OsStr::from_bytes(name))
+    }
+
+    pub(super) fn child_rel(&self, name: &[u8]) -> Vec<u8> {
+        let mut rel = self.rel.clone();
+        if !rel.is_empty() {
+            rel.push(b'/');
+        }
+        rel.extend_from_slice(name);
+        rel
+    }
+}
+
+impl Drop for DirHandle<'_> {
+    fn drop(&mut self) {
+        let Some(node) = self.node.take() else { return };
+        if self.has_links.load(Relaxed) {
+            let rel = std::mem::take(&mut self.rel);
+            let path = std::mem::take(&mut self.path);
+            lock(&self.r.deferred).push((rel, path, node));
+        } else if let Err(e) = self.r.dir_meta(&self.fd, &node) {
+            self.r.fail(&self.path, format!("cannot set directory metadata: {e}"));
+        }
+    }
+}
+
+pub(super) struct FileJob<'a> {
+    pub(super) dir: Arc<DirHandle<'a>>,
+    pub(super) node: Node,
+    /// Its directory was created by this restore: nothing can be in the way.
+    pub(super) fresh: bool,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(super) struct Restorer<'a> {
+    pub(super) reader: &'a BlobReader<'a>,
+    pub(super) target: &'a Path,
+    /// Owners and set-id bits are restored (running as root, and asked to).
+    pub(super) owner: bool,
+    /// Device nodes may be made (running as root).
+    pub(super) devices: bool,
+    pub(super) special: bool,
+    pub(super) overwrite: Overwrite,
+    pub(super) replaced: AtomicU64,
+    pub(super) kept: AtomicU64,
+    pub(super) errors: Mutex<Vec<(PathBuf, String)>>,
+    /// Files that failed in a row with ENOSPC; at `FULL_IN_A_ROW` the restore stops.
+    pub(super) full: AtomicU64,
+    pub(super) stop: AtomicBool,
+    /// Restored files that have other names (hard link targets): path relative to the target,
+    /// and the inode this restore created there.
+    pub(super) linked: Mutex<HashMap<Vec<u8>, u64>>,
+    /// Directories whose metadata waits for their hard links: (relative path, path, entry).
+    pub(super) deferred: Mutex<Vec<(Vec<u8>, PathBuf, Node)>>,
+    pub(super) setid_dropped: AtomicU64,
+    pub(super) owners_skipped: AtomicU64,
+    pub(super) devices_skipped: AtomicU64,
+    pub(super) specials_skipped: AtomicU64,
+    pub(super) euid: u32,
+}
+
+impl Restorer<'_> {
+    pub(super) fn fail(&self, path: &Path, why: impl ToString) {
+        lock(&self.errors).push((path.to_path_buf(), why.to_string()));
+    }
+
+    /// Counts files that failed in a row because the file system is full, and stops the
+    /// restore at `FULL_IN_A_ROW` (a success resets the count).
+    pub(super) fn full(&self, failed: Option<&Error>) -> bool {
+        let enospc = |e: &Error| matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull);
+        if !failed.is_some_and(enospc) {
+            self.full.store(0, Relaxed);
+            return false;
+        }
+        if self.full.fetch_add(1, Relaxed) + 1 == FULL_IN_A_ROW {
+            self.stop.store(true, Relaxed);
+            let why = format!(
+                "the file system is full: {FULL_IN_A_ROW} files in a row could not be written (ENOSPC); \
+                 restore stopped. Free space and run it again: files already in place are kept"
+            );
+            self.fail(self.target, why);
+        }
+        true
+    }
+
+    /// The owner to set, if any.
+    pub(super) fn owner_of(&self, node: &Node) -> Option<(u32, u32)> {
+        if self.owner {
+            Some((node.uid, node.gid))
+        } else {
+            if node.uid != self.euid {
+                self.owners_skipped.fetch_add(1, Relaxed);
+            }
+            None
+        }
+    }
+
+    /// The permission bits to set: set-id bits only with the owner.
+    pub(super) fn mode_of(&self, node: &Node) -> u32 {
+        let mode = node.mode & 0o7777;
+        if !self.owner && mode & 0o6000 != 0 {
+            self.setid_dropped.fetch_add(1, Relaxed);
+            return mode & 0o1777;
+        }
+        mode
+    }
+
+    pub(super) fn dir_meta(&self, fd: &OwnedFd, node: &Node) -> std::io::Result<()> {
+        confine::fd_meta(fd, self.owner_of(node), self.mode_of(node), &timestamps(node.mtime_ns))
+    }
+
+    /// Writes a file's content and its metadata under a temporary name, then renames it into
+    /// place: an interrupted restore never leaves a truncated file under a final name, and a
+    /// file that cannot be restored leaves what was there before. All-zero blobs become holes
+    /// (sparse files stay sparse). Returns the bytes written, or the metadata error after a
+    /// good write.
+    pub(super) fn write_file(
+        &self,
+        job: &FileJob,
+        content: &[BlobId],
+        size: u64,
+        scratch: &mut Scratch,
+    ) -> Result<(u64, Option<String>)> {
+        let (dir, name) = (&job.dir, job.node.name.as_slice());
+        let (mut f, tmp) = confine::create_temp(&dir.fd, name).map_err(|e| Error::io(dir.path.clone(), e))?;
+        let written = self.fill(&mut f, job, content, size, scratch);
+        let placed = written.and_then(|n| {
+            let node = &job.node;
+            let meta =
+                confine::fd_meta(&f, self.owner_of(node), self.mode_of(node), &timestamps(node.mtime_ns));
+            confine::rename(&dir.fd, &tmp, name).map_err(|e| Error::io(dir.child_path(name), e))?;
+            Ok((n, meta.err().map(|e| e.to_string())))
+        });
+        match placed {
+            Ok(done) => {
+                if job.node.nlink > 1 {
+                    if let Ok(md) = f.metadata() {
+                        use std::os::unix::fs::MetadataExt;
+                        lock(&self.linked).insert(dir.child_rel(name), md.ino());
+                    }
+                }
+                Ok(done)
+            }
+            Err(e) => {
+                let _ = confine::clear(&dir.fd, &tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// The content of `job` into `f`, checked against its size.
+    pub(super) fn fill(
+        &self,
+        f: &mut std::fs::File,
+        job: &FileJob,
+        content: &[BlobId],
+        size: u64,
+        scratch: &mut Scratch,
+    ) -> Result<u64> {
+        let path = || job.dir.child_path(&job.node.name);
+        let mut written = 0u64;
+        let mut hole_at_end = false;
+        for id in content {
+            let n = self.reader.read_with(id, BlobKind::Data, scratch, |data| {
+                hole_at_end = data.len() >= 4096 && data.iter().all(|&b| b == 0);
+                if hole_at_end {
+                    f.seek(SeekFrom::Current(data.len() as i64))?;
+                } else {
+                    f.write_all(data)?;
+                }
+                Ok::<_, std::io::Error>(data.len() as u64)
+            })?;
+            written += n.map_err(|e| Error::io(path(), e))?;
+        }
+        if written != size {
+            return Err(Error::corrupt(
+                "file",
+                path().display().to_string(),
+                format!("content is {written} bytes, expected {size}"),
+            ));
+        }
+        // No fsync per file: a restore that is interrupted is simply run again, and syncing
+        // every file made restoring many small files several times slower.
+        if hole_at_end {
+            f.set_len(size).map_err(|e| Error::io(path(), e))?;
+        }
+        Ok(written)
+    }
+
+    /// Whether the entry already at the job's name stays (`Overwrite`); counts what it decides.
+    pub(super) fn keep_existing(
+        &self,
+        job: &FileJob,
+        content: &[BlobId],
+        size: u64,
+    ) -> std::io::Result<bool> {
+        use rustix::fs::FileType;
+        let (dir, node) = (&job.dir, &job.node);
+        let Some(st) = confine::stat(&dir.fd, &node.name)? else { return Ok(false) };
+        let file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
+        // st_mtime is i64 here, narrower on some targets.
+        #[allow(clippy::unnecessary_cast)]
+        let mtime_ns =
+            (st.st_mtime as i64).saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64);
+        let keep = match self.overwrite {
+            Overwrite::Always => false,
+            Overwrite::Never => true,
+            Overwrite::IfNewer => file && mtime_ns >= node.mtime_ns,
+            Overwrite::IfChanged => {
+                file && st.st_size as u64 == size
+                    && mtime_ns == node.mtime_ns
+                    && self.same_content(dir, &node.name, content)?
+            }
+        };
+        if keep {
+            self.kept.fetch_add(1, Relaxed);
+            if self.overwrite == Overwrite::IfChanged {
+                let f = confine::open_read(&dir.fd, &node.name)?;
+                confine::fd_meta(&f, self.owner_of(node), self.mode_of(node), &timestamps(node.mtime_ns))?;
+            }
+        } else {
+            self.replaced.fetch_add(1, Relaxed);
+        }
+        Ok(keep)
+    }
+
+    /// Whether the regular file `name` in `dir` holds exactly the blobs `content`: read back
+    /// blob by blob (lengths from the index) and each hashed against its id.
+    pub(super) fn same_content(
+        &self,
+        dir: &DirHandle,
+        name: &[u8],
+        content: &[BlobId],
+    ) -> std::io::Result<bool> {
+        use std::io::Read;
+        let mut f = confine::open_read(&dir.fd, name)?;
+        let mut buf = Vec::new();
+        for id in content {
+            let Some(len) = self.reader.raw_len(id) else { return Ok(false) };
+            buf.resize(len as usize, 0);
+            if f.read_exact(&mut buf).is_err() || !self.reader.matches(id, &buf) {
+                return Ok(false);
+            }
+        }
+        Ok(f.read(&mut [0u8; 1])? == 0)
+    }
+
+    pub(super) fn file(&self, job: &FileJob, scratch: &mut Scratch) -> Option<u64> {
+        let (content, size) = match &job.node.kind {
+            NodeKind::File { content, size } | NodeKind::HardLink { content, size, .. } => (content, *size),
+            _ => return None,
+        };
+        let path = || job.dir.child_path(&job.node.name);
+        if !job.fresh {
+            match self.keep_existing(job, content, size) {
+                Ok(true) => return None,
+                Ok(false) => {}
+                Err(e) => {
+                    self.fail(&path(), format!("cannot compare with what is there: {e}"));
+                    return None;
+                }
+            }
+        }
+        if self.stop.load(Relaxed) {
+            return None;
+        }
+        let written = self.write_file(job, content, size, scratch);
+        if self.full(written.as_ref().err()) && self.stop.load(Relaxed) {
+            return None;
+        }
+        match written {
+            Ok((n, meta)) => {
+                if let Some(e) = meta {
+                    self.fail(&path(), format!("restored, but cannot set metadata: {e}"));
+                }
+                Some(n)
+            }
+            Err(e) => {
+                self.fail(&path(), e);
+                None
+            }
+        }
+    }
+
+    /// A symlink, FIFO, socket or device node.
+    pub(super) fn special(&self, dir: &DirHandle, node: &Node, fresh: bool) {
+        use rustix::fs::FileType;
+        let name = node.name.as_slice();
+        let path = || dir.child_path(name);
+        let kind = match &node.kind {
+            NodeKind::Symlink { .. } => None,
+            NodeKind::Fifo => Some((FileType::Fifo, 0)),
+            NodeKind::Socket => Some((FileType::Socket, 0)),
+            NodeKind::CharDev { rdev } => Some((FileType::CharacterDevice, *rdev)),
+            NodeKind::BlockDev { rdev } => Some((FileType::BlockDevice, *rdev)),
+            _ => return,
+        };
+        if kind.is_some() && !self.special {
+            self.specials_skipped.fetch_add(1, Relaxed);
+            return;
+        }
+        if matches!(kind, Some((FileType::CharacterDevice | FileType::BlockDevice, _))) && !self.devices {
+            self.devices_skipped.fetch_add(1, Relaxed);
+            return;
+        }
+        if !fresh {
+            if self.overwrite == Overwrite::Never && matches!(confine::stat(&dir.fd, name), Ok(Some(_))) {
+                return;
+            }
+            if let Err(e) = confine::clear(&dir.fd, name) {
+                return self.fail(&path(), e);
+            }
+        }
+        let made = match (&node.kind, kind) {
+            (NodeKind::Symlink { target }, _) => confine::symlink(&dir.fd, name, target),
+            (_, Some((ft, dev))) => confine::node(&dir.fd, name, ft, self.mode_of(node), dev),
+            _ => return,
+        };
+        if let Err(e) = made {
+            return self.fail(&path(), e);
+        }
+        if let Err(e) = confine::entry_meta(&dir.fd, name, self.owner_of(node), &timestamps(node.mtime_ns)) {
+            self.fail(&path(), format!("created, but cannot set metadata: {e}"));
+        }
+    }
+
+    pub(super) fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        let mut say = |n: &AtomicU64, what: &str| {
+            let n = n.load(Relaxed);
+            if n > 0 {
+                notes.push(format!("{n} {what}"));
+            }
+        };
+        say(
+            &self.owners_skipped,
+            "entries keep the restoring user as owner (owners are restored only as root, without --no-owner)",
+        );
+        say(
+            &self.setid_dropped,
+            "set-user-id or set-group-id bits not restored (only as root, without --no-owner)",
+        );
+        say(&self.devices_skipped, "device nodes not restored (only as root)");
+        say(&self.specials_skipped, "FIFOs, sockets or device nodes not restored (--no-special)");
+        notes
+    }
+}
