@@ -344,6 +344,8 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
         workers: 4,
         owner: !args.no_owner,
         special: !args.no_special,
+        delete: args.delete,
+        dry_run: args.dry_run,
         overwrite: match args.overwrite {
             crate::Overwrite::Always => restore::Overwrite::Always,
             crate::Overwrite::IfChanged => restore::Overwrite::IfChanged,
@@ -358,11 +360,17 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
     if json {
         let errors: Vec<_> =
             r.errors.iter().map(|(p, why)| json!({"path": p.to_string_lossy(), "error": why})).collect();
-        let v = json!({"snapshot": id, "files": r.files, "dirs": r.dirs, "bytes": r.bytes, "seconds": secs, "errors": errors, "notes": r.notes, "replaced": r.replaced, "kept": r.kept});
+        let v = json!({
+            "snapshot": id, "dry_run": args.dry_run, "files": r.files, "dirs": r.dirs,
+            "bytes": r.bytes, "seconds": secs, "errors": errors, "notes": r.notes,
+            "replaced": r.replaced, "kept": r.kept, "deleted": r.deleted,
+            "deleted_bytes": r.deleted_bytes,
+        });
         out.line(&v.to_string())?;
     } else {
+        let (done, would) = if args.dry_run { ("would restore", "would be ") } else { ("restored", "") };
         out.line(&format!(
-            "restored {} files, {} directories, {} from snapshot {} to {} in {:.1} s",
+            "{done} {} files, {} directories, {} from snapshot {} to {} in {:.1} s",
             r.files,
             r.dirs,
             output::size(r.bytes),
@@ -372,13 +380,17 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
         ))?;
         if r.replaced > 0 || r.kept > 0 {
             out.line(&format!(
-                "  already in the target: {} files replaced, {} kept (--overwrite {})",
+                "  already in the target: {} files {would}replaced, {} kept (--overwrite {})",
                 r.replaced,
                 r.kept,
                 clap::ValueEnum::to_possible_value(&args.overwrite)
                     .map(|v| v.get_name().to_string())
                     .unwrap_or_default()
             ))?;
+        }
+        if args.delete {
+            let (n, size) = (r.deleted, output::size(r.deleted_bytes));
+            out.line(&format!("  not in the snapshot: {n} entries ({size} of files) {would}deleted"))?;
         }
         for note in &r.notes {
             out.line(&format!("  note: {note}"))?;

@@ -251,6 +251,13 @@ pub struct RestoreArgs {
     /// `if-newer` (the snapshot's is newer); or `never`
     #[arg(long, value_enum, default_value = "if-changed")]
     pub overwrite: Overwrite,
+    /// Remove files and directories in the target that the snapshot does not have (only below
+    /// the paths restored; symlinks are removed, never followed)
+    #[arg(long)]
+    pub delete: bool,
+    /// Change nothing: print what would be created, replaced, kept and deleted, with sizes
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
     /// Do not restore owners or set-id bits (as root: files belong to root, without set-id
     /// bits). Not running as root, owners and set-id bits are never restored.
     #[arg(long)]

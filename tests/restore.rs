@@ -184,3 +184,96 @@ fn a_full_disk_stops_the_restore_with_one_message_and_a_second_run_finishes() {
     b.ok(&argv!["restore", "latest", "--target", fs_.0.path()]);
     assert_same_tree(src.path(), &at);
 }
+
+/// Every path below `root` with its type, mode, size, mtime and content hash.
+fn state(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = fs::symlink_metadata(&p).unwrap();
+        let content = if md.is_file() { format!("{:?}", fs::read(&p).unwrap()) } else { String::new() };
+        out.push(format!("{} {:o} {} {} {content}", p.display(), md.mode(), md.len(), md.mtime_nsec()));
+        if md.is_dir() {
+            stack.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn delete_removes_what_the_snapshot_lacks_and_never_follows_a_link() {
+    let b = bakare();
+    b.ok(&argv!["init"]);
+    let src = TestDir::new().file("keep/a", "a").file("keep/sub/b", "bb").file("top", "t");
+    b.ok(&argv!["run", src.path()]);
+    let target = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("precious"), "outside").unwrap();
+    let at = restored_path(target.path(), src.path());
+    b.ok(&argv!["restore", "latest", "--target", target.path()]);
+    let litter = || {
+        fs::write(at.join("extra.txt"), "12345").unwrap();
+        fs::create_dir_all(at.join("keep/old/deeper")).unwrap();
+        fs::write(at.join("keep/old/deeper/f"), "123").unwrap();
+        std::os::unix::fs::symlink(outside.path(), at.join("keep/sub/link")).unwrap();
+        fs::write(at.join("keep/.bakare-restore-0123456789abcdef0123456789abcdef"), "leftover").unwrap();
+    };
+    litter();
+    let before = state(target.path());
+    // A dry run counts, and changes nothing.
+    let o = b.ok(&argv!["--json", "restore", "latest", "--target", target.path(), "--delete", "--dry-run"]);
+    let v = o.json();
+    assert_eq!((v["deleted"].as_u64(), v["deleted_bytes"].as_u64()), (Some(5), Some(8)), "{v}");
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(state(target.path()), before);
+    // Partial: only below the path restored.
+    let part = at.join("keep/sub");
+    let o = b.ok(&argv![
+        "--json",
+        "restore",
+        "latest",
+        "--target",
+        target.path(),
+        "--delete",
+        &part.strip_prefix(target.path()).map(|p| Path::new("/").join(p)).unwrap()
+    ]);
+    assert_eq!(o.json()["deleted"].as_u64(), Some(1));
+    assert!(fs::symlink_metadata(at.join("keep/sub/link")).is_err());
+    assert!(at.join("extra.txt").exists() && at.join("keep/old").exists());
+    // Everything: the tree is the snapshot's again, and what the link named is untouched.
+    let o = b.ok(&argv!["restore", "latest", "--target", target.path(), "--delete"]);
+    assert!(
+        o.stdout_str().contains("not in the snapshot: 4 entries (8 B of files) deleted"),
+        "{}",
+        o.stdout_str()
+    );
+    assert_same_tree(src.path(), &at);
+    assert_eq!(fs::read(outside.path().join("precious")).unwrap(), b"outside");
+}
+
+#[test]
+fn a_dry_run_counts_what_a_restore_would_do_and_changes_nothing() {
+    let b = bakare();
+    b.ok(&argv!["init"]);
+    let src = TestDir::new().file("a", "snapshot a").file("b", "snapshot b").file("d/c", "cc");
+    b.ok(&argv!["run", src.path()]);
+    // Into a target that does not exist: not even the target is created.
+    let parent = tempfile::tempdir().unwrap();
+    let missing = parent.path().join("new");
+    let v = b.ok(&argv!["--json", "restore", "latest", "--target", &missing, "--dry-run"]).json();
+    assert_eq!((v["files"].as_u64(), v["bytes"].as_u64()), (Some(3), Some(22)), "{v}");
+    assert!(!missing.exists());
+    // Into a target with one file changed: one replaced, two kept, nothing touched.
+    let target = tempfile::tempdir().unwrap();
+    b.ok(&argv!["restore", "latest", "--target", target.path()]);
+    let at = restored_path(target.path(), src.path());
+    change_keeping_mtime(&at.join("a"), b"changed! a");
+    let before = state(target.path());
+    let o = b.ok(&argv!["restore", "latest", "--target", target.path(), "-n"]);
+    let text = o.stdout_str();
+    assert!(text.starts_with("would restore 1 files"), "{text}");
+    assert!(text.contains("already in the target: 1 files would be replaced, 2 kept"), "{text}");
+    assert_eq!(state(target.path()), before);
+}

@@ -49,13 +49,16 @@ pub fn create_file(dir: impl AsFd, name: &[u8]) -> io::Result<std::fs::File> {
     Ok(std::fs::File::from(fd))
 }
 
+/// How the temporary names of files being restored begin.
+pub const TEMP_PREFIX: &[u8] = b".bakare-restore-";
+
 /// A new regular file (mode 0600) under the temporary name of `name` in `dir`, for `rename` to
 /// put in place once it is complete: an interrupted restore never leaves a truncated file under
 /// a final name. The temporary name is derived from `name`, so the next restore of the same
 /// file replaces what an interrupted one left.
 pub fn create_temp(dir: impl AsFd, name: &[u8]) -> io::Result<(std::fs::File, Vec<u8>)> {
     let hash = blake3::hash(name);
-    let tmp = format!(".bakare-restore-{}", &hash.to_hex()[..32]).into_bytes();
+    let tmp = format!("{}{}", String::from_utf8_lossy(TEMP_PREFIX), &hash.to_hex()[..32]).into_bytes();
     match create_file(&dir, &tmp) {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             clear(&dir, &tmp)?;
@@ -157,6 +160,85 @@ pub fn link(from: impl AsFd, from_name: &[u8], ino: u64, dir: impl AsFd, name: &
     rustix::fs::linkat(from, from_name, dir, name, AtFlags::empty()).map_err(err)
 }
 
+/// The names in `dir` (without `.` and `..`), sorted.
+pub fn names(dir: impl AsFd) -> io::Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for e in rustix::fs::Dir::read_from(&dir).map_err(err)? {
+        let e = e.map_err(err)?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            out.push(n.to_vec());
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// What removing an entry (and everything below it) takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub entries: u64,
+    /// Bytes of the regular files among them.
+    pub bytes: u64,
+}
+
+/// Removes `name` in `dir` and, for a directory, everything in it (or, with `dry`, only counts
+/// it). Never follows a symlink: a link is removed itself. Stops below `tree::MAX_DEPTH` levels.
+pub fn remove_tree(dir: impl AsFd, name: &[u8], dry: bool) -> io::Result<Removed> {
+    let mut n = Removed::default();
+    remove_at(dir.as_fd(), name, dry, 0, &mut n)?;
+    Ok(n)
+}
+
+fn remove_at(
+    dir: std::os::fd::BorrowedFd,
+    name: &[u8],
+    dry: bool,
+    depth: usize,
+    n: &mut Removed,
+) -> io::Result<()> {
+    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?;
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => {
+            if depth >= crate::tree::MAX_DEPTH {
+                return Err(io::Error::other(format!("deeper than {} levels", crate::tree::MAX_DEPTH)));
+            }
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let sub = rustix::fs::openat(dir, name, flags, Mode::empty()).map_err(err)?;
+            for child in names(&sub)? {
+                remove_at(sub.as_fd(), &child, dry, depth + 1, n)?;
+            }
+            if !dry {
+                rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(err)?;
+            }
+        }
+        kind => {
+            if kind == FileType::RegularFile {
+                n.bytes += st.st_size as u64;
+            }
+            if !dry {
+                rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(err)?;
+            }
+        }
+    }
+    n.entries += 1;
+    Ok(())
+}
+
+/// The real directory at `name` in `parent`, opened, if there is one; None if nothing is
+/// there; an error if something else is (as `child_dir` would refuse it).
+pub fn existing_dir(parent: impl AsFd, name: &[u8]) -> io::Result<Option<OwnedFd>> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rustix::fs::openat(&parent, name, flags, Mode::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(Errno::LOOP | Errno::NOTDIR) => Err(io::Error::other(
+            "something that is not a directory (a symlink or a file) is in its place; not followed",
+        )),
+        Err(e) => Err(err(e)),
+    }
+}
+
 /// Sets the process umask for as long as it lives, then puts the old one back.
 pub struct Umask(Mode);
 
@@ -217,6 +299,22 @@ mod tests {
         clear(open(t.path()), b"x").unwrap();
         create_file(open(t.path()), b"x").unwrap();
         assert_eq!(std::fs::read(outside.path().join("x")).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn remove_tree_removes_links_not_what_they_name() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("keep"), b"keep").unwrap();
+        std::fs::create_dir_all(t.path().join("x/y")).unwrap();
+        std::fs::write(t.path().join("x/y/f"), b"12345").unwrap();
+        ln(outside.path(), t.path().join("x/link")).unwrap();
+        let counted = remove_tree(open(t.path()), b"x", true).unwrap();
+        assert_eq!(counted, Removed { entries: 4, bytes: 5 });
+        assert!(t.path().join("x/y/f").exists(), "a dry run removes nothing");
+        assert_eq!(remove_tree(open(t.path()), b"x", false).unwrap(), counted);
+        assert!(!t.path().join("x").exists());
+        assert_eq!(std::fs::read(outside.path().join("keep")).unwrap(), b"keep");
     }
 
     #[test]

@@ -95,6 +95,10 @@ pub(super) struct Restorer<'a> {
     pub(super) devices: bool,
     pub(super) special: bool,
     pub(super) overwrite: Overwrite,
+    pub(super) delete: bool,
+    pub(super) dry_run: bool,
+    pub(super) deleted: AtomicU64,
+    pub(super) deleted_bytes: AtomicU64,
     pub(super) replaced: AtomicU64,
     pub(super) kept: AtomicU64,
     pub(super) errors: Mutex<Vec<(PathBuf, String)>>,
@@ -157,6 +161,57 @@ impl Restorer<'_> {
             return mode & 0o1777;
         }
         mode
+    }
+
+    /// The directory `name` in `dir`, opened (and created unless this is a dry run), and
+    /// whether it is new. In a dry run a directory that does not exist yet gets a stand-in
+    /// handle that nothing uses: below it everything is new.
+    pub(super) fn child_dir(
+        &self,
+        dir: &DirHandle,
+        name: &[u8],
+        parent_fresh: bool,
+    ) -> std::io::Result<(OwnedFd, bool)> {
+        if !self.dry_run {
+            return confine::child_dir(&dir.fd, name);
+        }
+        let existing = if parent_fresh { None } else { confine::existing_dir(&dir.fd, name)? };
+        match existing {
+            Some(fd) => Ok((fd, false)),
+            None => Ok((dir.fd.try_clone()?, true)),
+        }
+    }
+
+    /// The names in the target's directory, for `delete`; leftovers of an interrupted restore
+    /// (temporary names) are removed at once, before any file of this directory is written.
+    pub(super) fn existing_names(&self, dir: &DirHandle) -> Option<Vec<Vec<u8>>> {
+        match confine::names(&dir.fd) {
+            Ok(mut names) => {
+                names.retain(|n| {
+                    let leftover = n.starts_with(confine::TEMP_PREFIX);
+                    if leftover && !self.dry_run {
+                        let _ = confine::clear(&dir.fd, n);
+                    }
+                    !leftover
+                });
+                Some(names)
+            }
+            Err(e) => {
+                self.fail(&dir.path, format!("cannot list it to delete what the snapshot lacks: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Removes `name` (and all below it) from `dir`: the snapshot does not have it.
+    pub(super) fn delete(&self, dir: &DirHandle, name: &[u8]) {
+        match confine::remove_tree(&dir.fd, name, self.dry_run) {
+            Ok(n) => {
+                self.deleted.fetch_add(n.entries, Relaxed);
+                self.deleted_bytes.fetch_add(n.bytes, Relaxed);
+            }
+            Err(e) => self.fail(&dir.child_path(name), format!("cannot delete it: {e}")),
+        }
     }
 
     pub(super) fn dir_meta(&self, fd: &OwnedFd, node: &Node) -> std::io::Result<()> {
@@ -268,7 +323,7 @@ impl Restorer<'_> {
         };
         if keep {
             self.kept.fetch_add(1, Relaxed);
-            if self.overwrite == Overwrite::IfChanged {
+            if self.overwrite == Overwrite::IfChanged && !self.dry_run {
                 let f = confine::open_read(&dir.fd, &node.name)?;
                 confine::fd_meta(&f, self.owner_of(node), self.mode_of(node), &timestamps(node.mtime_ns))?;
             }
@@ -318,6 +373,9 @@ impl Restorer<'_> {
         if self.stop.load(Relaxed) {
             return None;
         }
+        if self.dry_run {
+            return Some(size);
+        }
         let written = self.write_file(job, content, size, scratch);
         if self.full(written.as_ref().err()) && self.stop.load(Relaxed) {
             return None;
@@ -349,6 +407,9 @@ impl Restorer<'_> {
             NodeKind::BlockDev { rdev } => Some((FileType::BlockDevice, *rdev)),
             _ => return,
         };
+        if self.dry_run {
+            return;
+        }
         if kind.is_some() && !self.special {
             self.specials_skipped.fetch_add(1, Relaxed);
             return;

@@ -41,6 +41,10 @@ pub struct RestoreOptions {
     /// Restore FIFOs, sockets and device nodes (device nodes only when running as root).
     pub special: bool,
     pub overwrite: Overwrite,
+    /// Remove what the target holds and the snapshot does not (below the restored paths only).
+    pub delete: bool,
+    /// Change nothing: count what would be created, replaced, kept and deleted.
+    pub dry_run: bool,
 }
 
 /// What to do with an entry already in the target where restore would create one.
@@ -68,6 +72,10 @@ pub struct RestoreResult {
     pub replaced: u64,
     /// Files that were in the target and were left there (`Overwrite`).
     pub kept: u64,
+    /// Entries removed by `delete` (everything below a removed directory counts), and the
+    /// bytes of the files among them.
+    pub deleted: u64,
+    pub deleted_bytes: u64,
     /// What was deliberately left out (not errors): ownership, set-id bits and device nodes
     /// when not running as root, special files with `--no-special`.
     pub notes: Vec<String>,
@@ -124,10 +132,15 @@ struct Frame<'a> {
     listing: Listing,
     want: Want,
     fresh: bool,
+    /// With `delete`: the target's names in this directory not yet matched by the snapshot's.
+    extra: Option<std::iter::Peekable<std::vec::IntoIter<Vec<u8>>>>,
 }
 
 impl<'a> Frame<'a> {
-    fn new(dir: Arc<DirHandle<'a>>, blobs: Vec<BlobId>, want: Want, fresh: bool) -> Self {
+    fn new(r: &Restorer, dir: Arc<DirHandle<'a>>, blobs: Vec<BlobId>, want: Want, fresh: bool) -> Self {
+        // Only where everything is restored: a partial restore deletes nothing beside its paths.
+        let extra =
+            (r.delete && !fresh && matches!(want, Want::All)).then(|| r.existing_names(&dir)).flatten();
         Frame {
             dir,
             blobs: blobs.into_iter(),
@@ -135,6 +148,19 @@ impl<'a> Frame<'a> {
             listing: Listing::default(),
             want,
             fresh,
+            extra: extra.map(|v| v.into_iter().peekable()),
+        }
+    }
+
+    /// Removes the target's entries that sort before `name` (all that remain, for None), and
+    /// steps over `name` itself.
+    fn delete_until(&mut self, r: &Restorer, name: Option<&[u8]>) {
+        let Some(extra) = &mut self.extra else { return };
+        while let Some(n) = extra.next_if(|n| name.is_none_or(|name| n.as_slice() < name)) {
+            r.delete(&self.dir, &n);
+        }
+        if let Some(name) = name {
+            extra.next_if(|n| n.as_slice() == name);
         }
     }
 }
@@ -148,10 +174,15 @@ pub fn restore(
     opts: &RestoreOptions,
 ) -> Result<RestoreResult> {
     let reader = BlobReader::new(repo, index)?;
-    std::fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
+    // A dry run into a target that does not exist yet: everything would be created, and no
+    // handle is ever used (the root frame is fresh).
+    let missing = opts.dry_run && !opts.target.is_dir();
+    if !opts.dry_run {
+        std::fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
+    }
     // The target itself is the user's choice: it may be a link.
     let root = rustix::fs::open(
-        &opts.target,
+        if missing { Path::new("/") } else { &opts.target },
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
@@ -171,6 +202,10 @@ pub fn restore(
         devices: as_root,
         special: opts.special,
         overwrite: opts.overwrite,
+        delete: opts.delete,
+        dry_run: opts.dry_run,
+        deleted: AtomicU64::new(0),
+        deleted_bytes: AtomicU64::new(0),
         replaced: AtomicU64::new(0),
         kept: AtomicU64::new(0),
         errors: Mutex::new(Vec::new()),
@@ -218,7 +253,7 @@ pub fn restore(
         };
         // Depth first, one frame per level: memory grows with depth (one tree blob each), not
         // with the size of the snapshot.
-        let mut stack = vec![Frame::new(Arc::new(top), snapshot.tree.clone(), want, false)];
+        let mut stack = vec![Frame::new(&r, Arc::new(top), snapshot.tree.clone(), want, missing)];
         let mut batch: Vec<FileJob> = Vec::new();
         let mut batch_bytes = 0u64;
         let mut visited = 0u64;
@@ -235,6 +270,9 @@ pub fn restore(
                         }
                     },
                     None => {
+                        if !r.stop.load(Relaxed) {
+                            frame.delete_until(&r, None);
+                        }
                         stack.pop();
                     }
                 }
@@ -251,6 +289,7 @@ pub fn restore(
                 );
                 break;
             }
+            frame.delete_until(&r, Some(&node.name));
             let Some(child_want) = frame.want.child(&node.name) else { continue };
             let dir = &frame.dir;
             match &mut node.kind {
@@ -260,7 +299,7 @@ pub fn restore(
                         r.fail(&path, format!("deeper than {MAX_DEPTH} levels: refused"));
                         continue;
                     }
-                    let (fd, created) = match confine::child_dir(&dir.fd, &node.name) {
+                    let (fd, created) = match r.child_dir(dir, &node.name, frame.fresh) {
                         Ok(d) => d,
                         Err(e) => {
                             r.fail(&path, e);
@@ -272,13 +311,13 @@ pub fn restore(
                         fd,
                         rel: dir.child_rel(&node.name),
                         path,
-                        node: Some(node),
+                        node: (!r.dry_run).then_some(node),
                         has_links: AtomicBool::new(false),
                         r: &r,
                         _parent: Some(dir.clone()),
                     };
                     result.dirs += 1;
-                    stack.push(Frame::new(Arc::new(child), subtree, child_want, created));
+                    stack.push(Frame::new(&r, Arc::new(child), subtree, child_want, created));
                 }
                 NodeKind::File { size, .. } => {
                     batch_bytes += *size;
@@ -317,6 +356,8 @@ pub fn restore(
             r.fail(&path, format!("cannot set directory metadata: {e}"));
         }
     }
+    result.deleted = r.deleted.load(Relaxed);
+    result.deleted_bytes = r.deleted_bytes.load(Relaxed);
     result.replaced = r.replaced.load(Relaxed);
     result.kept = r.kept.load(Relaxed);
     result.notes = r.notes();
@@ -337,6 +378,10 @@ fn hard_links<'a>(
     let mut parent: Option<(Vec<u8>, Arc<DirHandle>)> = None;
     for (rel, path, node) in links {
         let NodeKind::HardLink { target, .. } = &node.kind else { continue };
+        if r.dry_run {
+            result.files += 1;
+            continue;
+        }
         if parent.as_ref().is_none_or(|(p, _)| *p != rel) {
             let opened = confine::open_beneath(root, &rel).map(|fd| DirHandle {
                 fd,
