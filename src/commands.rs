@@ -346,6 +346,7 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
         special: !args.no_special,
         delete: args.delete,
         dry_run: args.dry_run,
+        verify: args.verify,
         overwrite: match args.overwrite {
             crate::Overwrite::Always => restore::Overwrite::Always,
             crate::Overwrite::IfChanged => restore::Overwrite::IfChanged,
@@ -364,7 +365,7 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
             "snapshot": id, "dry_run": args.dry_run, "files": r.files, "dirs": r.dirs,
             "bytes": r.bytes, "seconds": secs, "errors": errors, "notes": r.notes,
             "replaced": r.replaced, "kept": r.kept, "deleted": r.deleted,
-            "deleted_bytes": r.deleted_bytes,
+            "deleted_bytes": r.deleted_bytes, "verified": r.verified,
         });
         out.line(&v.to_string())?;
     } else {
@@ -387,6 +388,9 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
                     .map(|v| v.get_name().to_string())
                     .unwrap_or_default()
             ))?;
+        }
+        if args.verify {
+            out.line(&format!("  verified {} files: read back, equal to the snapshot", r.verified))?;
         }
         if args.delete {
             let (n, size) = (r.deleted, output::size(r.deleted_bytes));

@@ -258,6 +258,10 @@ pub struct RestoreArgs {
     /// Change nothing: print what would be created, replaced, kept and deleted, with sizes
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+    /// Read every restored file back and compare it with the snapshot (a file that differs is
+    /// removed and named)
+    #[arg(long)]
+    pub verify: bool,
     /// Do not restore owners or set-id bits (as root: files belong to root, without set-id
     /// bits). Not running as root, owners and set-id bits are never restored.
     #[arg(long)]

@@ -96,6 +96,9 @@ pub(super) struct Restorer<'a> {
     pub(super) special: bool,
     pub(super) overwrite: Overwrite,
     pub(super) delete: bool,
+    /// Read every restored file back and compare it with the snapshot.
+    pub(super) verify: bool,
+    pub(super) verified: AtomicU64,
     pub(super) dry_run: bool,
     pub(super) deleted: AtomicU64,
     pub(super) deleted_bytes: AtomicU64,
@@ -385,6 +388,22 @@ impl Restorer<'_> {
                 if let Some(e) = meta {
                     self.fail(&path(), format!("restored, but cannot set metadata: {e}"));
                 }
+                #[cfg(feature = "test-hooks")]
+                spoil_for_test(&job.dir, &job.node.name);
+                if self.verify {
+                    match self.same_content(&job.dir, &job.node.name, content) {
+                        Ok(true) => {
+                            self.verified.fetch_add(1, Relaxed);
+                        }
+                        Ok(false) => {
+                            // Never left with wrong bytes.
+                            let _ = confine::clear(&job.dir.fd, &job.node.name);
+                            self.fail(&path(), "read back, it differs from the snapshot: removed");
+                            return None;
+                        }
+                        Err(e) => self.fail(&path(), format!("cannot read it back to verify it: {e}")),
+                    }
+                }
                 Some(n)
             }
             Err(e) => {
@@ -458,5 +477,21 @@ impl Restorer<'_> {
         say(&self.devices_skipped, "device nodes not restored (only as root)");
         say(&self.specials_skipped, "FIFOs, sockets or device nodes not restored (--no-special)");
         notes
+    }
+}
+
+/// Test hook (`test-hooks` only): spoils the just-restored file named by
+/// BAKARE_TEST_SPOIL_RESTORED, as a disk that returns other bytes than were written would.
+#[cfg(feature = "test-hooks")]
+fn spoil_for_test(dir: &DirHandle, name: &[u8]) {
+    use std::os::unix::ffi::OsStrExt as _;
+    if std::env::var_os("BAKARE_TEST_SPOIL_RESTORED").is_some_and(|v| v.as_bytes() == name) {
+        let flags = rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOFOLLOW;
+        if let Ok(fd) = rustix::fs::openat(&dir.fd, name, flags, rustix::fs::Mode::empty()) {
+            let mut b = [0u8; 1];
+            if rustix::io::pread(&fd, &mut b, 0).is_ok() {
+                let _ = rustix::io::pwrite(&fd, &[b[0] ^ 0x20], 0);
+            }
+        }
     }
 }

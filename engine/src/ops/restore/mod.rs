@@ -45,6 +45,8 @@ pub struct RestoreOptions {
     pub delete: bool,
     /// Change nothing: count what would be created, replaced, kept and deleted.
     pub dry_run: bool,
+    /// Read every restored file back and compare it with the snapshot's blob ids.
+    pub verify: bool,
 }
 
 /// What to do with an entry already in the target where restore would create one.
@@ -76,6 +78,8 @@ pub struct RestoreResult {
     /// bytes of the files among them.
     pub deleted: u64,
     pub deleted_bytes: u64,
+    /// Files read back and found equal to the snapshot (`verify`).
+    pub verified: u64,
     /// What was deliberately left out (not errors): ownership, set-id bits and device nodes
     /// when not running as root, special files with `--no-special`.
     pub notes: Vec<String>,
@@ -203,6 +207,8 @@ pub fn restore(
         special: opts.special,
         overwrite: opts.overwrite,
         delete: opts.delete,
+        verify: opts.verify,
+        verified: AtomicU64::new(0),
         dry_run: opts.dry_run,
         deleted: AtomicU64::new(0),
         deleted_bytes: AtomicU64::new(0),
@@ -357,6 +363,7 @@ pub fn restore(
         }
     }
     result.deleted = r.deleted.load(Relaxed);
+    result.verified = r.verified.load(Relaxed);
     result.deleted_bytes = r.deleted_bytes.load(Relaxed);
     result.replaced = r.replaced.load(Relaxed);
     result.kept = r.kept.load(Relaxed);
