@@ -347,6 +347,7 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
         delete: args.delete,
         dry_run: args.dry_run,
         verify: args.verify,
+        exclude: args.exclude.clone(),
         overwrite: match args.overwrite {
             crate::Overwrite::Always => restore::Overwrite::Always,
             crate::Overwrite::IfChanged => restore::Overwrite::IfChanged,
@@ -365,7 +366,7 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
             "snapshot": id, "dry_run": args.dry_run, "files": r.files, "dirs": r.dirs,
             "bytes": r.bytes, "seconds": secs, "errors": errors, "notes": r.notes,
             "replaced": r.replaced, "kept": r.kept, "deleted": r.deleted,
-            "deleted_bytes": r.deleted_bytes, "verified": r.verified,
+            "deleted_bytes": r.deleted_bytes, "verified": r.verified, "excluded": r.excluded,
         });
         out.line(&v.to_string())?;
     } else {
@@ -388,6 +389,9 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
                     .map(|v| v.get_name().to_string())
                     .unwrap_or_default()
             ))?;
+        }
+        if r.excluded > 0 {
+            out.line(&format!("  {} entries left out by --exclude", r.excluded))?;
         }
         if args.verify {
             out.line(&format!("  verified {} files: read back, equal to the snapshot", r.verified))?;

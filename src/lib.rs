@@ -258,6 +258,10 @@ pub struct RestoreArgs {
     /// Change nothing: print what would be created, replaced, kept and deleted, with sizes
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+    /// Leave out matching entries (glob; without '/', a name anywhere; with '/', the path in the
+    /// snapshot, as `find` prints it)
+    #[arg(long, short = 'e')]
+    pub exclude: Vec<String>,
     /// Read every restored file back and compare it with the snapshot (a file that differs is
     /// removed and named)
     #[arg(long)]

@@ -308,3 +308,39 @@ fn verify_reads_every_file_back_and_removes_one_that_differs() {
     assert!(!at.join("b").exists());
     assert_eq!(fs::read(at.join("a")).unwrap(), b"aaaa");
 }
+
+#[test]
+fn exclude_leaves_out_names_and_paths_and_delete_keeps_what_it_left_out() {
+    let b = bakare();
+    b.ok(&argv!["init"]);
+    let src = TestDir::new()
+        .file("keep.txt", "k")
+        .file("x.tmp", "t")
+        .file("sub/y.tmp", "t")
+        .file("sub/z.txt", "z")
+        .file("build/out.o", "o");
+    b.ok(&argv!["run", src.path()]);
+    let target = tempfile::tempdir().unwrap();
+    let at = restored_path(target.path(), src.path());
+    let build = Path::new("/").join(at.strip_prefix(target.path()).unwrap()).join("build");
+    let o = b.ok(&argv![
+        "--json",
+        "restore",
+        "latest",
+        "--target",
+        target.path(),
+        "-e",
+        "*.tmp",
+        "--exclude",
+        &build
+    ]);
+    assert_eq!(o.json()["excluded"].as_u64(), Some(3));
+    assert!(at.join("keep.txt").exists() && at.join("sub/z.txt").exists());
+    for gone in ["x.tmp", "sub/y.tmp", "build"] {
+        assert!(!at.join(gone).exists(), "{gone}");
+    }
+    // What the target has where an excluded entry would be is not the restore's business.
+    fs::write(at.join("x.tmp"), "mine").unwrap();
+    b.ok(&argv!["restore", "latest", "--target", target.path(), "-e", "*.tmp", "--delete"]);
+    assert_eq!(fs::read(at.join("x.tmp")).unwrap(), b"mine");
+}

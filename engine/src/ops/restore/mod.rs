@@ -15,6 +15,7 @@ mod confine;
 mod entry;
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,9 @@ pub struct RestoreOptions {
     pub dry_run: bool,
     /// Read every restored file back and compare it with the snapshot's blob ids.
     pub verify: bool,
+    /// Leave out entries matching these patterns (as `run --exclude`: without `/`, a name
+    /// anywhere; with `/`, the entry's path in the snapshot).
+    pub exclude: Vec<String>,
 }
 
 /// What to do with an entry already in the target where restore would create one.
@@ -80,6 +84,8 @@ pub struct RestoreResult {
     pub deleted_bytes: u64,
     /// Files read back and found equal to the snapshot (`verify`).
     pub verified: u64,
+    /// Entries left out by `exclude` (a directory counts once).
+    pub excluded: u64,
     /// What was deliberately left out (not errors): ownership, set-id bits and device nodes
     /// when not running as root, special files with `--no-special`.
     pub notes: Vec<String>,
@@ -178,6 +184,7 @@ pub fn restore(
     opts: &RestoreOptions,
 ) -> Result<RestoreResult> {
     let reader = BlobReader::new(repo, index)?;
+    let exclude = crate::backup::build_exclude(&opts.exclude, Vec::new())?;
     // A dry run into a target that does not exist yet: everything would be created, and no
     // handle is ever used (the root frame is fresh).
     let missing = opts.dry_run && !opts.target.is_dir();
@@ -298,6 +305,14 @@ pub fn restore(
             frame.delete_until(&r, Some(&node.name));
             let Some(child_want) = frame.want.child(&node.name) else { continue };
             let dir = &frame.dir;
+            if let Some(ex) = &exclude {
+                let mut path = b"/".to_vec();
+                path.extend_from_slice(&dir.child_rel(&node.name));
+                if ex(Path::new(OsStr::from_bytes(&path)), matches!(node.kind, NodeKind::Dir { .. })) {
+                    result.excluded += 1;
+                    continue;
+                }
+            }
             match &mut node.kind {
                 NodeKind::Dir { subtree } => {
                     let path = dir.child_path(&node.name);
