@@ -498,3 +498,25 @@ fn check_names_a_snapshot_whose_shared_subtrees_describe_too_many_entries() {
     });
     w.check_names(&["more than 4294967296", &snap]);
 }
+
+#[test]
+fn big_tree_blobs_stacked_deep_are_refused_before_they_fill_memory() {
+    let w = World::new();
+    // 20 levels; each holds its subdirectory `d` first, then 1,900 symlinks with 4,000-byte
+    // targets (~8 MiB of entries): a walk holding every level would hold ~160 MiB.
+    let levels = 20;
+    let snap = w.forge(|f, _| {
+        let mut t = f.tree(vec![]);
+        for level in 0..levels {
+            let mut nodes = vec![dir("d", vec![t])];
+            for i in 0..1900 {
+                nodes.push(symlink(format!("l{i:04}"), format!("{level:04}{i:04}").repeat(500)));
+            }
+            t = f.tree(nodes);
+        }
+        vec![t]
+    });
+    let o = w.refused(&snap, &["take more than 64 MiB: refused"]);
+    // The levels that fit are restored.
+    assert!(w.target().join("d/d/d/d/l0000").symlink_metadata().is_ok(), "{}", o.stdout_str());
+}

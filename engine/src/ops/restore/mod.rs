@@ -128,6 +128,27 @@ impl Want {
     }
 }
 
+/// At most this many bytes of tree entries are held by the directories being walked (one
+/// blob each, up to `MAX_DEPTH` of them): real trees hold well under a MiB per level; a hostile
+/// one could otherwise stack 1,024 blobs of 16 MiB.
+const MAX_HELD: usize = 64 << 20;
+
+/// What a blob's entries take in memory, roughly: their names, link targets and content lists.
+fn entries_size(nodes: &[Node]) -> usize {
+    nodes
+        .iter()
+        .map(|n| {
+            let extra = match &n.kind {
+                NodeKind::File { content, .. } | NodeKind::HardLink { content, .. } => content.len() * 32,
+                NodeKind::Dir { subtree } => subtree.len() * 32,
+                NodeKind::Symlink { target } => target.len(),
+                _ => 0,
+            };
+            std::mem::size_of::<Node>() + n.name.len() + extra
+        })
+        .sum()
+}
+
 /// Files go to the workers in batches (up to this many, or `BATCH_BYTES` of content): one
 /// channel handoff per small file cost more than creating it (100,000 files: 115,000
 /// `sched_yield`s from waiting workers).
@@ -142,6 +163,8 @@ struct Frame<'a> {
     listing: Listing,
     want: Want,
     fresh: bool,
+    /// Estimated bytes of the current blob's entries (`entries_size`).
+    held: usize,
     /// With `delete`: the target's names in this directory not yet matched by the snapshot's.
     extra: Option<std::iter::Peekable<std::vec::IntoIter<Vec<u8>>>>,
 }
@@ -158,6 +181,7 @@ impl<'a> Frame<'a> {
             listing: Listing::default(),
             want,
             fresh,
+            held: 0,
             extra: extra.map(|v| v.into_iter().peekable()),
         }
     }
@@ -270,15 +294,32 @@ pub fn restore(
         let mut batch: Vec<FileJob> = Vec::new();
         let mut batch_bytes = 0u64;
         let mut visited = 0u64;
+        // Bytes of tree entries the frames hold (each its current blob's), at most `MAX_HELD`.
+        let mut held = 0usize;
         loop {
             let depth = stack.len();
             let Some(frame) = stack.last_mut() else { break };
             let Some(mut node) = frame.nodes.next() else {
                 match frame.blobs.next() {
                     Some(id) => match reader.tree_blob(&id, &mut frame.listing) {
-                        Ok(nodes) => frame.nodes = nodes.into_iter(),
+                        Ok(nodes) => {
+                            held = held - frame.held + entries_size(&nodes);
+                            frame.held = entries_size(&nodes);
+                            frame.nodes = nodes.into_iter();
+                            if held > MAX_HELD {
+                                let why = format!(
+                                    "its entries and those of the directories above it take more than \
+                                     {} MiB: refused",
+                                    MAX_HELD >> 20
+                                );
+                                r.fail(&frame.dir.path, why);
+                                held -= frame.held;
+                                stack.pop();
+                            }
+                        }
                         Err(e) => {
                             r.fail(&frame.dir.path, format!("directory contents refused or lost: {e}"));
+                            held -= frame.held;
                             stack.pop();
                         }
                     },
@@ -286,6 +327,7 @@ pub fn restore(
                         if !r.stop.load(Relaxed) {
                             frame.delete_until(&r, None);
                         }
+                        held -= frame.held;
                         stack.pop();
                     }
                 }
@@ -340,8 +382,9 @@ pub fn restore(
                     result.dirs += 1;
                     stack.push(Frame::new(&r, Arc::new(child), subtree, child_want, created));
                 }
-                NodeKind::File { size, .. } => {
-                    batch_bytes += *size;
+                NodeKind::File { size, content } => {
+                    // A job holds its content list too (a hostile one can be megabytes long).
+                    batch_bytes += size.saturating_add(content.len() as u64 * 32);
                     batch.push(FileJob { dir: dir.clone(), node, fresh: frame.fresh });
                     if batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES {
                         batch_bytes = 0;
