@@ -595,3 +595,22 @@ fn local_state_is_private_and_key_export_leaves_existing_directories_alone() {
     let o = b.ok(&argv!["snapshots"]);
     assert!(o.stderr.contains("holds a secret key but is readable by others (mode 644)"), "{}", o.stderr);
 }
+
+#[test]
+fn cp_al_copies_with_equal_trees_restore_in_full() {
+    // `cp -al photos photos.1 && cp -al photos photos.2`: the copies' trees are equal (same
+    // inodes, hard links to the same first name). Each must come back.
+    let b = bakare();
+    b.ok(&argv!["init"]);
+    let mut src = TestDir::new().file("photos/a.jpg", "a").file("photos/b.jpg", "bb").file("zz.txt", "z");
+    for copy in ["photos.1", "photos.2"] {
+        src = src
+            .hardlink(format!("{copy}/a.jpg"), "photos/a.jpg")
+            .hardlink(format!("{copy}/b.jpg"), "photos/b.jpg");
+    }
+    b.ok(&argv!["run", src.path()]);
+    let check = b.run(&argv!["check"]);
+    assert_eq!(check.code, 0, "{}", check.stdout_str());
+    let target = restore_all(&b, "latest");
+    assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
+}

@@ -26,7 +26,9 @@ use crate::index::{decode_segment, Index, IndexBuilder};
 use crate::pack::{self, BlobEntry, PackId};
 use crate::repo::{BlobReader, Repository};
 use crate::snapshot::Snapshot;
-use crate::tree::{Listing, NodeKind, Tree, MAX_DEPTH, MAX_DIR_BLOBS, MAX_SNAPSHOT_NODES};
+use crate::tree::{
+    amplification_limit, Listing, NodeKind, Tree, MAX_AMPLIFICATION, MAX_DEPTH, MAX_DIR_BLOBS,
+};
 
 /// Which packs `--read-data` reads.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -382,6 +384,8 @@ pub(crate) struct Walker<'a> {
     damaged_trees: HashSet<BlobId>,
     /// Intact directories stored in several blobs, by `list_key`.
     clean_dirs: HashMap<[u8; 32], Extent>,
+    /// Entries of the distinct tree blobs decoded.
+    entries: u64,
 }
 
 impl<'a> Walker<'a> {
@@ -472,6 +476,7 @@ impl<'a> Walker<'a> {
                 extent = extent.and(e);
                 continue;
             }
+            self.entries += nodes.len() as u64;
             let mut own = Extent { height: 1, nodes: nodes.len() as u64 };
             let mut tree_ok = true;
             for n in nodes {
@@ -606,6 +611,7 @@ pub(crate) fn walker<'a>(repo: &'a Repository, survey: &'a Survey) -> Result<Wal
         referenced: HashSet::new(),
         damaged_trees: HashSet::new(),
         clean_dirs: HashMap::new(),
+        entries: 0,
     })
 }
 
@@ -646,8 +652,13 @@ pub(crate) fn check_with_survey(repo: &Repository, opts: &CheckOptions) -> Resul
     let mut walker = walker(repo, &survey)?;
     for (name, snap) in &snaps {
         let extent = walker.dir(&mut report, name, b"", &snap.tree, 1);
-        if let Some(e) = extent.filter(|e| e.nodes > MAX_SNAPSHOT_NODES) {
-            let why = format!("its trees describe {} entries, more than {MAX_SNAPSHOT_NODES}", e.nodes);
+        let limit = amplification_limit(walker.entries);
+        if let Some(e) = extent.filter(|e| e.nodes > limit) {
+            let why = format!(
+                "its trees share subtrees so that they describe {} entries, more than {MAX_AMPLIFICATION} \
+                 for each of the {} stored: restore refuses the rest",
+                e.nodes, walker.entries
+            );
             report.damage.push(Damage { object: name.clone(), why: why.clone() });
             report.affected.push(Affected { snapshot: name.clone(), path: b"/".to_vec(), why });
         }

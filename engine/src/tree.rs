@@ -105,8 +105,10 @@ impl Node {
                 String::from_utf8_lossy(target)
             )),
             NodeKind::File { size, content } | NodeKind::HardLink { size, content, .. }
-                if *size > (content.len() as u64).saturating_mul(stages::compress::MAX_BLOB as u64) =>
+                if *size > (content.len() as u64).saturating_mul(stages::compress::MAX_BLOB as u64)
+                    || content.len() as u64 > *size =>
             {
+                // Every blob holds at least one byte and at most MAX_BLOB.
                 Some(format!("claims {size} bytes in {} blobs", content.len()))
             }
             NodeKind::Dir { subtree } if subtree.len() > MAX_DIR_BLOBS => {
@@ -193,16 +195,27 @@ pub fn valid_relative_path(path: &[u8]) -> bool {
 
 /// The rules one directory obeys across all the tree blobs it is stored in, checked as its
 /// blobs are read one after another (`Tree::decode` checks each blob alone): names strictly
-/// increasing across blobs (so unique), at most `MAX_DIR_ENTRIES` entries, and no non-empty
-/// subtree listed twice (two real directories never have equal trees: their entries' inode
-/// numbers differ; a repeated one only multiplies what a walk visits).
+/// increasing across blobs (so unique), and at most `MAX_DIR_ENTRIES` entries.
+///
+/// One subtree may appear several times, in one directory too: `cp -al` copies and bind mounts
+/// of one directory have equal trees. What sharing can multiply is bounded per walk instead
+/// (`amplification_limit`).
 #[derive(Default)]
 pub struct Listing {
     last: Option<Vec<u8>>,
     entries: u64,
-    /// The leading 8 bytes of each subdirectory's first tree blob id (keyed hashes: equal
-    /// prefixes of different ids are chance, 2^-64 a pair).
-    subtrees: rustc_hash::FxHashSet<u64>,
+}
+
+/// Most entries a walk visits per distinct stored entry. Shared subtrees are real (rsnapshot
+/// keeps hundreds of `cp -al` copies of one tree), but a few crafted blobs that each list the
+/// next level twice describe 2^depth paths: a walk stops when it has visited more than this
+/// many times the entries of the distinct tree blobs it read (and `AMPLIFICATION_SLACK`).
+pub const MAX_AMPLIFICATION: u64 = 1024;
+pub const AMPLIFICATION_SLACK: u64 = 1 << 14;
+
+/// How many entries a walk that has read tree blobs holding `distinct` entries may visit.
+pub fn amplification_limit(distinct: u64) -> u64 {
+    distinct.saturating_mul(MAX_AMPLIFICATION).max(AMPLIFICATION_SLACK).min(MAX_SNAPSHOT_NODES)
 }
 
 impl Listing {
@@ -218,18 +231,6 @@ impl Listing {
                     "name {:?} repeated or out of order across the directory's tree blobs",
                     String::from_utf8_lossy(&first.name)
                 ));
-            }
-        }
-        for n in nodes {
-            if let NodeKind::Dir { subtree } = &n.kind {
-                if let Some(first) = subtree.first() {
-                    if !self.subtrees.insert(crate::index::lead(first)) {
-                        return Err(format!(
-                            "subtree of {:?} listed twice in one directory",
-                            String::from_utf8_lossy(&n.name)
-                        ));
-                    }
-                }
             }
         }
         if let Some(n) = nodes.last() {
@@ -279,11 +280,12 @@ mod tests {
     }
 
     #[test]
-    fn a_listing_refuses_a_subtree_twice_but_not_empty_directories() {
+    fn a_listing_admits_a_subtree_twice() {
+        // `cp -al` copies: equal subtrees side by side are real.
         let d = |n: &str, s: Vec<BlobId>| named(n, NodeKind::Dir { subtree: s });
         let mut l = Listing::default();
-        l.admit(&[d("a", vec![]), d("b", vec![]), d("c", vec![[1; 32]])]).unwrap();
-        assert!(l.admit(&[d("d", vec![[1; 32]])]).unwrap_err().contains("listed twice"));
+        l.admit(&[d("a", vec![[1; 32]]), d("b", vec![[1; 32]])]).unwrap();
+        l.admit(&[d("c", vec![[1; 32]])]).unwrap();
     }
 
     #[test]
@@ -304,6 +306,9 @@ mod tests {
         assert!(file(1 << 60, 1).problem().is_some());
         assert!(file(stages::compress::MAX_BLOB as u64, 1).problem().is_none());
         assert!(file(1, 0).problem().is_some());
+        assert!(file(0, 1).problem().is_some(), "an empty file has no blobs");
+        assert!(file(3, 4).problem().is_some());
+        assert!(file(0, 0).problem().is_none());
     }
 
     proptest! {

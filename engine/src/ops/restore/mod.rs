@@ -9,7 +9,7 @@
 //! directory handle and one entry name (`confine`), never a path string, and no symlink is
 //! followed. Trees are hostile input: each directory is checked across all its blobs
 //! (`tree::Listing`) as it is read, one blob at a time, and walks are bounded in depth and in
-//! entries (`tree::MAX_DEPTH`, `tree::MAX_SNAPSHOT_NODES`); what breaks a rule is named and
+//! entries (`tree::MAX_DEPTH`, `tree::amplification_limit`); what breaks a rule is named and
 //! refused, and the rest is restored.
 mod confine;
 mod entry;
@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::repo::{BlobReader, Repository, Scratch};
 use crate::snapshot::Snapshot;
-use crate::tree::{Listing, Node, NodeKind, MAX_DEPTH, MAX_SNAPSHOT_NODES};
+use crate::tree::{amplification_limit, Listing, Node, NodeKind, MAX_AMPLIFICATION, MAX_DEPTH};
 use entry::{lock, DirHandle, FileJob, Restorer};
 
 pub struct RestoreOptions {
@@ -294,6 +294,8 @@ pub fn restore(
         let mut batch: Vec<FileJob> = Vec::new();
         let mut batch_bytes = 0u64;
         let mut visited = 0u64;
+        // Entries of the distinct tree blobs read (by their ids' leading bytes).
+        let (mut seen, mut distinct) = (rustc_hash::FxHashSet::<u64>::default(), 0u64);
         // Bytes of tree entries the frames hold (each its current blob's), at most `MAX_HELD`.
         let mut held = 0usize;
         loop {
@@ -303,6 +305,9 @@ pub fn restore(
                 match frame.blobs.next() {
                     Some(id) => match reader.tree_blob(&id, &mut frame.listing) {
                         Ok(nodes) => {
+                            if seen.insert(crate::index::lead(&id)) {
+                                distinct += nodes.len() as u64;
+                            }
                             held = held - frame.held + entries_size(&nodes);
                             frame.held = entries_size(&nodes);
                             frame.nodes = nodes.into_iter();
@@ -337,11 +342,12 @@ pub fn restore(
                 break;
             }
             visited += 1;
-            if visited > MAX_SNAPSHOT_NODES {
-                r.fail(
-                    &opts.target,
-                    format!("the snapshot has more than {MAX_SNAPSHOT_NODES} entries: the rest is refused"),
+            if visited > amplification_limit(distinct) {
+                let why = format!(
+                    "its trees share subtrees so that it holds more than {MAX_AMPLIFICATION} entries for each \
+                     one stored ({visited} for {distinct}): the rest is refused"
                 );
+                r.fail(&opts.target, why);
                 break;
             }
             frame.delete_until(&r, Some(&node.name));
