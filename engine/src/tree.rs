@@ -215,7 +215,7 @@ pub const AMPLIFICATION_SLACK: u64 = 1 << 14;
 
 /// How many entries a walk that has read tree blobs holding `distinct` entries may visit.
 pub fn amplification_limit(distinct: u64) -> u64 {
-    distinct.saturating_mul(MAX_AMPLIFICATION).max(AMPLIFICATION_SLACK).min(MAX_SNAPSHOT_NODES)
+    distinct.saturating_mul(MAX_AMPLIFICATION).clamp(AMPLIFICATION_SLACK, MAX_SNAPSHOT_NODES)
 }
 
 impl Listing {
