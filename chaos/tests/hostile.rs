@@ -510,3 +510,38 @@ fn big_tree_blobs_stacked_deep_are_refused_before_they_fill_memory() {
     // The levels that fit are restored.
     assert!(w.target().join("d/d/d/d/l0000").symlink_metadata().is_ok(), "{}", o.stdout_str());
 }
+
+#[test]
+fn not_root_hard_links_below_a_directory_without_search_permission_are_made() {
+    // `p` (mode 0600: its owner cannot enter it) holds `q`, which holds a file and a hard
+    // link to it. The link is made before any directory above it gets its own mode.
+    let w = World::new();
+    let src = TestDir::new().file("p/q/f", "linked").hardlink("p/q/g", "p/q/f");
+    fs::set_permissions(src.path().join("p"), fs::Permissions::from_mode(0o600)).unwrap();
+    w.b.ok(&argv!["run", src.path()]);
+    fs::set_permissions(src.path().join("p"), fs::Permissions::from_mode(0o700)).unwrap();
+    let target = w.world.path().join("unprivileged");
+    let o = restore_unprivileged(&w, "latest", &target);
+    assert_eq!(o.code, 0, "{}\n{}", o.stdout_str(), o.stderr);
+    let p = restored_path(&target, src.path()).join("p");
+    assert_eq!(fs::symlink_metadata(&p).unwrap().mode() & 0o777, 0o600);
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).unwrap();
+    let (f, g) = (fs::metadata(p.join("q/f")).unwrap(), fs::metadata(p.join("q/g")).unwrap());
+    assert_eq!((f.ino(), f.nlink()), (g.ino(), 2));
+}
+
+#[test]
+fn paths_longer_than_the_limit_are_refused() {
+    let w = World::new();
+    // 100 levels of 255-byte names: a 25,600-byte path. Restore stops at 16 KiB.
+    let name = "n".repeat(255);
+    let snap = w.forge(|f, _| {
+        let mut t = f.tree(vec![node("leaf", NodeKind::Fifo)]);
+        for _ in 0..100 {
+            t = f.tree(vec![dir(&name, vec![t])]);
+        }
+        vec![t]
+    });
+    w.refused(&snap, &["its path is longer than 16384 bytes: refused"]);
+    w.check_names(&["a directory path longer than 16384 bytes"]);
+}

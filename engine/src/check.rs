@@ -27,7 +27,7 @@ use crate::pack::{self, BlobEntry, PackId};
 use crate::repo::{BlobReader, Repository};
 use crate::snapshot::Snapshot;
 use crate::tree::{
-    amplification_limit, Listing, NodeKind, Tree, MAX_AMPLIFICATION, MAX_DEPTH, MAX_DIR_BLOBS,
+    amplification_limit, Listing, NodeKind, Tree, MAX_AMPLIFICATION, MAX_DEPTH, MAX_DIR_BLOBS, MAX_PATH,
 };
 
 /// Which packs `--read-data` reads.
@@ -490,6 +490,15 @@ impl<'a> Walker<'a> {
                             report.affected.push(Affected { snapshot: snap.into(), path: child, why });
                             tree_ok = false;
                         }
+                    }
+                    NodeKind::Dir { .. } if child.len() > MAX_PATH => {
+                        let why = format!("its path is longer than {MAX_PATH} bytes: restore refuses it");
+                        report.affected.push(Affected { snapshot: snap.into(), path: child, why });
+                        if self.damaged_trees.insert(*id) {
+                            let why = format!("a directory path longer than {MAX_PATH} bytes");
+                            report.damage.push(Damage { object: format!("tree {}", hex::encode(id)), why });
+                        }
+                        tree_ok = false;
                     }
                     NodeKind::Dir { subtree } => match self.dir(report, snap, &child, subtree, depth + 1) {
                         Some(e) => own = own.above(e),

@@ -20,6 +20,9 @@ pub const MAX_LINK_TARGET: usize = 4095;
 /// Deepest directory a walk enters. Path-based tools stop near PATH_MAX (2,048 levels of
 /// one-byte names); a restore holds one open directory per level.
 pub const MAX_DEPTH: usize = 1024;
+/// Longest path below a snapshot's root that a walk enters (4 times PATH_MAX): a walk keeps
+/// the path of every level it is in, so 1,024 levels of 255-byte names would hold ~130 MiB.
+pub const MAX_PATH: usize = 16 << 10;
 /// Most entries in one directory (ext4 with large_dir holds ~10 million).
 pub const MAX_DIR_ENTRIES: u64 = 1 << 24;
 /// Most tree blobs one directory is stored in (its entries fill them up to `MAX_ENTRIES`).

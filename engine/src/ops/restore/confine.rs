@@ -103,19 +103,40 @@ pub fn node(dir: impl AsFd, name: &[u8], kind: FileType, mode: u32, dev: u64) ->
     rustix::fs::mknodat(dir, name, kind, Mode::from_raw_mode(mode), dev).map_err(err)
 }
 
-/// Owner (when given) and times of the entry `name` itself, not of what a symlink names.
+/// The entry `name` in `dir` as this restore just made it: opened without following it
+/// (O_PATH), and refused unless it is still of `kind` with no other name. A local user who can
+/// write in `dir` could otherwise swap it, between its creation and a call by name, for a hard
+/// link to a file elsewhere, and have that file's owner and times changed.
+fn made(dir: impl AsFd, name: &[u8], kind: FileType) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+        .map_err(err)?;
+    let st = rustix::fs::fstat(&fd).map_err(err)?;
+    if FileType::from_raw_mode(st.st_mode) != kind || st.st_nlink != 1 {
+        return Err(io::Error::other("it was replaced while being restored; left as it is"));
+    }
+    Ok(fd)
+}
+
+/// Owner (when given) and times of the entry `name` of `kind` that this restore just created,
+/// through a handle on it (`made`), never what a symlink names.
 pub fn entry_meta(
     dir: impl AsFd,
     name: &[u8],
+    kind: FileType,
     owner: Option<(u32, u32)>,
     times: &Timestamps,
 ) -> io::Result<()> {
     use rustix::fs::{Gid, Uid};
+    let fd = made(&dir, name, kind)?;
     if let Some((uid, gid)) = owner {
         let (u, g) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
-        rustix::fs::chownat(&dir, name, u, g, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?;
+        rustix::fs::chownat(&fd, "", u, g, AtFlags::EMPTY_PATH).map_err(err)?;
     }
-    rustix::fs::utimensat(&dir, name, times, AtFlags::SYMLINK_NOFOLLOW).map_err(err)
+    match rustix::fs::utimensat(&fd, "", times, AtFlags::EMPTY_PATH) {
+        // Kernels before AT_EMPTY_PATH in utimensat: by name (the times alone are at stake).
+        Err(Errno::INVAL) => rustix::fs::utimensat(&dir, name, times, AtFlags::SYMLINK_NOFOLLOW).map_err(err),
+        other => other.map_err(err),
+    }
 }
 
 /// Owner (when given), mode and times through an open handle: chown first, since it clears
@@ -151,13 +172,27 @@ pub fn open_beneath(root: impl AsFd, rel: &[u8]) -> io::Result<OwnedFd> {
 }
 
 /// A new name `name` in `dir` for the regular file `from_name` in `from`, only if that is
-/// still the file with inode `ino` that this restore created.
+/// still the file with inode `ino` that this restore created: it is opened (O_PATH, not
+/// followed) and checked, and the link made from that handle where the kernel allows it
+/// (AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH: root), so it cannot be swapped in between.
 pub fn link(from: impl AsFd, from_name: &[u8], ino: u64, dir: impl AsFd, name: &[u8]) -> io::Result<()> {
-    let st = rustix::fs::statat(&from, from_name, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?;
+    let fd = rustix::fs::openat(
+        &from,
+        from_name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err)?;
+    let st = rustix::fs::fstat(&fd).map_err(err)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_ino != ino {
         return Err(io::Error::other("the first name is no longer the file restored there"));
     }
-    rustix::fs::linkat(from, from_name, dir, name, AtFlags::empty()).map_err(err)
+    match rustix::fs::linkat(&fd, "", &dir, name, AtFlags::EMPTY_PATH) {
+        Err(Errno::NOENT | Errno::PERM) => {
+            rustix::fs::linkat(from, from_name, dir, name, AtFlags::empty()).map_err(err)
+        }
+        other => other.map_err(err),
+    }
 }
 
 /// The names in `dir` (without `.` and `..`), sorted.

@@ -48,6 +48,18 @@ pub(super) struct DirHandle<'a> {
 }
 
 impl DirHandle<'_> {
+    /// Hard links will be made in this directory at the end: its metadata, and that of every
+    /// directory above it (a read-only ancestor would stop the links), waits for them.
+    pub(super) fn mark_links(&self) {
+        let mut d = Some(self);
+        while let Some(h) = d {
+            if h.has_links.swap(true, Relaxed) {
+                break; // marked before, and so were its ancestors
+            }
+            d = h._parent.as_deref();
+        }
+    }
+
     pub(super) fn child_path(&self, name: &[u8]) -> PathBuf {
         self.path.join(OsStr::from_bytes(name))
     }
@@ -453,7 +465,10 @@ impl Restorer<'_> {
         if let Err(e) = made {
             return self.fail(&path(), e);
         }
-        if let Err(e) = confine::entry_meta(&dir.fd, name, self.owner_of(node), &timestamps(node.mtime_ns)) {
+        let made = kind.map_or(FileType::Symlink, |(ft, _)| ft);
+        if let Err(e) =
+            confine::entry_meta(&dir.fd, name, made, self.owner_of(node), &timestamps(node.mtime_ns))
+        {
             self.fail(&path(), format!("created, but cannot set metadata: {e}"));
         }
     }

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::repo::{BlobReader, Repository, Scratch};
 use crate::snapshot::Snapshot;
-use crate::tree::{amplification_limit, Listing, Node, NodeKind, MAX_AMPLIFICATION, MAX_DEPTH};
+use crate::tree::{amplification_limit, Listing, Node, NodeKind, MAX_AMPLIFICATION, MAX_DEPTH, MAX_PATH};
 use entry::{lock, DirHandle, FileJob, Restorer};
 
 pub struct RestoreOptions {
@@ -213,7 +213,8 @@ pub fn restore(
     // handle is ever used (the root frame is fresh).
     let missing = opts.dry_run && !opts.target.is_dir();
     if !opts.dry_run {
-        std::fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
+        // 0700 where it creates the target: nobody else enters it while it fills.
+        ::io::durable::create_private_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
     }
     // The target itself is the user's choice: it may be a link.
     let root = rustix::fs::open(
@@ -368,6 +369,10 @@ pub fn restore(
                         r.fail(&path, format!("deeper than {MAX_DEPTH} levels: refused"));
                         continue;
                     }
+                    if dir.rel.len() + node.name.len() >= MAX_PATH {
+                        r.fail(&path, format!("its path is longer than {MAX_PATH} bytes: refused"));
+                        continue;
+                    }
                     let (fd, created) = match r.child_dir(dir, &node.name, frame.fresh) {
                         Ok(d) => d,
                         Err(e) => {
@@ -400,7 +405,7 @@ pub fn restore(
                     }
                 }
                 NodeKind::HardLink { .. } => {
-                    dir.has_links.store(true, Relaxed);
+                    dir.mark_links();
                     links.push((dir.rel.clone(), dir.child_path(&node.name), node));
                 }
                 _ => r.special(dir, &node, frame.fresh),
