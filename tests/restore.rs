@@ -1,6 +1,6 @@
 //! Restoring into a target that already holds files: the `--overwrite` modes, what they count,
-//! and restores interrupted at any instant (never a truncated file under its final name; the
-//! next restore finishes the job).
+//! and restores interrupted at any instant (never a truncated file that looks complete under
+//! its final name, never an existing file half replaced; the next restore finishes the job).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
@@ -99,8 +99,9 @@ fn an_interrupted_restore_leaves_no_truncated_file_and_the_next_one_finishes() {
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
         child.wait().unwrap();
-        // Every file under a final name is complete.
-        let mut complete = 0;
+        // Every file under a final name is complete, or does not look it: it lacks the
+        // snapshot's mtime, which restore sets last.
+        let (mut complete, mut partial) = (0, 0);
         for d in ["d0", "d1", "d2"] {
             let Ok(entries) = fs::read_dir(at.join(d)) else { continue };
             for e in entries {
@@ -109,15 +110,23 @@ fn an_interrupted_restore_leaves_no_truncated_file_and_the_next_one_finishes() {
                     continue;
                 }
                 let rel = Path::new(d).join(&name);
-                assert!(
-                    fs::read(at.join(&rel)).unwrap() == fs::read(src.path().join(&rel)).unwrap(),
-                    "round {round}: {} is not complete",
-                    rel.display()
-                );
-                complete += 1;
+                if fs::read(at.join(&rel)).unwrap() == fs::read(src.path().join(&rel)).unwrap() {
+                    complete += 1;
+                } else {
+                    let mtime = |p: &Path| fs::metadata(p).unwrap().modified().unwrap();
+                    assert_ne!(
+                        mtime(&at.join(&rel)),
+                        mtime(&src.path().join(&rel)),
+                        "round {round}: {} looks complete",
+                        rel.display()
+                    );
+                    partial += 1;
+                }
             }
         }
-        eprintln!("round {round}: killed after {delay_ms} ms with {complete} of 24 files in place");
+        eprintln!(
+            "round {round}: killed after {delay_ms} ms: {complete} of 24 files complete, {partial} partial"
+        );
         b.ok(&argv!["restore", "latest", "--target", target.path()]);
         assert_same_tree(src.path(), &at);
     }
@@ -343,4 +352,46 @@ fn exclude_leaves_out_names_and_paths_and_delete_keeps_what_it_left_out() {
     fs::write(at.join("x.tmp"), "mine").unwrap();
     b.ok(&argv!["restore", "latest", "--target", target.path(), "-e", "*.tmp", "--delete"]);
     assert_eq!(fs::read(at.join("x.tmp")).unwrap(), b"mine");
+}
+
+#[test]
+fn an_interrupted_restore_over_existing_files_never_leaves_them_half_replaced() {
+    let b = bakare();
+    b.ok(&argv!["init"]);
+    let mut rng = Rng::new(9);
+    let mut src = TestDir::new();
+    for i in 0..12 {
+        src = src.file(format!("f{i:02}.bin"), rng.bytes(4 << 20));
+    }
+    b.ok(&argv!["run", src.path()]);
+    let target = tempfile::tempdir().unwrap();
+    let at = restored_path(target.path(), src.path());
+    b.ok(&argv!["restore", "latest", "--target", target.path()]);
+    // Other versions in place: each file is either that old version or the snapshot's, whole.
+    let old = |i: usize| format!("old version {i}").into_bytes();
+    for delay_ms in [5u64, 15, 30, 60] {
+        for i in 0..12 {
+            fs::write(at.join(format!("f{i:02}.bin")), old(i)).unwrap();
+        }
+        let mut child = b
+            .command(&argv!["restore", "latest", "--target", target.path(), "--overwrite", "always"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        child.wait().unwrap();
+        let replaced = (0..12)
+            .filter(|&i| {
+                let name = format!("f{i:02}.bin");
+                let now = fs::read(at.join(&name)).unwrap();
+                let new = now == fs::read(src.path().join(&name)).unwrap();
+                assert!(new || now == old(i), "{name} is half replaced");
+                new
+            })
+            .count();
+        eprintln!("killed after {delay_ms} ms: {replaced} of 12 files replaced");
+    }
+    b.ok(&argv!["restore", "latest", "--target", target.path()]);
+    assert_same_tree(src.path(), &at);
 }

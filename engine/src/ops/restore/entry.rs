@@ -233,11 +233,8 @@ impl Restorer<'_> {
         confine::fd_meta(fd, self.owner_of(node), self.mode_of(node), &timestamps(node.mtime_ns))
     }
 
-    /// Writes a file's content and its metadata under a temporary name, then renames it into
-    /// place: an interrupted restore never leaves a truncated file under a final name, and a
-    /// file that cannot be restored leaves what was there before. All-zero blobs become holes
-    /// (sparse files stay sparse). Returns the bytes written, or the metadata error after a
-    /// good write.
+    /// Writes a file's content, then its metadata. All-zero blobs become holes (sparse files
+    /// stay sparse). Returns the bytes written, or the metadata error after a good write.
     pub(super) fn write_file(
         &self,
         job: &FileJob,
@@ -246,13 +243,25 @@ impl Restorer<'_> {
         scratch: &mut Scratch,
     ) -> Result<(u64, Option<String>)> {
         let (dir, name) = (&job.dir, job.node.name.as_slice());
-        let (mut f, tmp) = confine::create_temp(&dir.fd, name).map_err(|e| Error::io(dir.path.clone(), e))?;
+        // In a directory this restore created, the file is written under its own name: until
+        // its metadata comes last, it never has the snapshot's mtime, so an interrupted restore
+        // leaves nothing that looks complete, and the next one (--overwrite if-changed) replaces
+        // it. Elsewhere it replaces what is there only once complete (a temporary name renamed
+        // into place). Renaming every file cost 20 % on a restore of 300,000 small files.
+        let (mut f, tmp) = if job.fresh {
+            (confine::create_file(&dir.fd, name).map_err(|e| Error::io(dir.child_path(name), e))?, None)
+        } else {
+            let (f, tmp) = confine::create_temp(&dir.fd, name).map_err(|e| Error::io(dir.path.clone(), e))?;
+            (f, Some(tmp))
+        };
         let written = self.fill(&mut f, job, content, size, scratch);
         let placed = written.and_then(|n| {
             let node = &job.node;
             let meta =
                 confine::fd_meta(&f, self.owner_of(node), self.mode_of(node), &timestamps(node.mtime_ns));
-            confine::rename(&dir.fd, &tmp, name).map_err(|e| Error::io(dir.child_path(name), e))?;
+            if let Some(tmp) = &tmp {
+                confine::rename(&dir.fd, tmp, name).map_err(|e| Error::io(dir.child_path(name), e))?;
+            }
             Ok((n, meta.err().map(|e| e.to_string())))
         });
         match placed {
@@ -266,7 +275,7 @@ impl Restorer<'_> {
                 Ok(done)
             }
             Err(e) => {
-                let _ = confine::clear(&dir.fd, &tmp);
+                let _ = confine::clear(&dir.fd, tmp.as_deref().unwrap_or(name));
                 Err(e)
             }
         }
