@@ -162,12 +162,15 @@ fn names_that_leave_a_directory_are_refused() {
         let snap = w.forge(|f, _| {
             let ok = f.file("ok", b"fine");
             let evil = f.file(bad, b"escaped");
-            let sub = f.tree(vec![evil]);
+            let sibling = f.file("zz", b"beside it");
+            let sub = f.tree(vec![evil, sibling]);
             vec![f.tree(vec![dir("d", vec![sub]), ok])]
         });
         let o = w.refused(&snap, &["invalid name"]);
         assert_eq!(fs::read(w.target().join("ok")).unwrap(), b"fine", "{}", o.stdout_str());
-        assert!(w.target().join("d").is_dir());
+        // One bad entry costs only itself.
+        assert_eq!(fs::read(w.target().join("d/zz")).unwrap(), b"beside it");
+        assert_eq!(fs::read_dir(w.target().join("d")).unwrap().count(), 1);
         w.check_names(&["invalid name"]);
     }
 }

@@ -449,17 +449,36 @@ impl<'a> Walker<'a> {
             }
             report.trees += 1;
             // A tree the index lacks is named the way a file's blob is (e.g. "in missing pack").
+            let mut blob_refused = false;
             let tree = match self.survey.index.get(id) {
                 None => Err(self.blob_problem(report, id).unwrap_or_default()),
                 Some(_) => self
                     .reader
                     .read(id, BlobKind::Tree)
-                    .and_then(|d| Tree::decode(&hex::encode(id), &d))
+                    .and_then(|d| Tree::decode_entries(&hex::encode(id), &d))
                     .map_err(|e| e.to_string())
-                    .and_then(|t| listing.admit(&t.nodes).map(|()| t.nodes)),
+                    .and_then(|(nodes, refused)| listing.admit(&nodes).map(|()| (nodes, refused))),
             };
             let nodes = match tree {
-                Ok(nodes) => nodes,
+                Ok((nodes, refused)) => {
+                    // One bad entry costs only itself: named, and the rest checked.
+                    for bad in &refused {
+                        let mut p = path.to_vec();
+                        p.push(b'/');
+                        p.extend_from_slice(&bad.name);
+                        let why = format!("refused by restore: {}", bad.why);
+                        report.affected.push(Affected { snapshot: snap.into(), path: p, why });
+                    }
+                    if let Some(bad) = refused.first() {
+                        ok = false;
+                        blob_refused = true;
+                        if self.damaged_trees.insert(*id) {
+                            let why = format!("{} entries refused, the first: {}", refused.len(), bad.why);
+                            report.damage.push(Damage { object: format!("tree {}", hex::encode(id)), why });
+                        }
+                    }
+                    nodes
+                }
                 Err(e) => {
                     if self.damaged_trees.insert(*id) {
                         report
@@ -478,7 +497,7 @@ impl<'a> Walker<'a> {
             }
             self.entries += nodes.len() as u64;
             let mut own = Extent { height: 1, nodes: nodes.len() as u64 };
-            let mut tree_ok = true;
+            let mut tree_ok = !blob_refused;
             for n in nodes {
                 let mut child = path.to_vec();
                 child.push(b'/');

@@ -16,7 +16,7 @@ use crate::index::{Index, Use};
 use crate::keys::{self, Key};
 use crate::pack;
 use crate::snapshot::Snapshot;
-use crate::tree::{Listing, Node, Tree};
+use crate::tree::{Listing, Node, Refused, Tree};
 
 /// Problems that did not stop an operation, to show the user.
 pub type Warnings = Vec<String>;
@@ -519,17 +519,22 @@ impl<'a> BlobReader<'a> {
         let mut nodes = Vec::new();
         let mut listing = Listing::default();
         for id in ids {
-            nodes.extend(self.tree_blob(id, &mut listing)?);
+            let (valid, refused) = self.tree_blob(id, &mut listing)?;
+            if let Some(r) = refused.into_iter().next() {
+                return Err(Error::corrupt("tree", hex::encode(id), r.why));
+            }
+            nodes.extend(valid);
         }
         Ok(nodes)
     }
 
-    /// One of a directory's tree blobs, admitted to its `listing` (blobs in order).
-    pub fn tree_blob(&self, id: &BlobId, listing: &mut Listing) -> Result<Vec<Node>> {
+    /// One of a directory's tree blobs, admitted to its `listing` (blobs in order): its valid
+    /// entries, and those refused (`Tree::decode_entries`).
+    pub fn tree_blob(&self, id: &BlobId, listing: &mut Listing) -> Result<(Vec<Node>, Vec<Refused>)> {
         let name = hex::encode(id);
-        let nodes = Tree::decode(&name, &self.read(id, BlobKind::Tree)?)?.nodes;
+        let (nodes, refused) = Tree::decode_entries(&name, &self.read(id, BlobKind::Tree)?)?;
         listing.admit(&nodes).map_err(|why| Error::corrupt("tree", name, why))?;
-        Ok(nodes)
+        Ok((nodes, refused))
     }
 }
 

@@ -13,8 +13,9 @@ pub const MAX_ENTRIES: usize = 4096;
 
 // Limits every reader enforces on repository content (docs/security.md): a hostile writer
 // controls every byte of a tree, so nothing is walked or allocated because a tree says so.
-/// Longest name: NAME_MAX on Linux; no file system there stores a longer one.
-pub const MAX_NAME: usize = 255;
+/// Longest name. NAME_MAX is 255 bytes on most Linux file systems, but NTFS (ntfs-3g, ntfs3)
+/// and some FUSE file systems hold 255 UTF-16 units, up to 765 bytes of UTF-8: those are real.
+pub const MAX_NAME: usize = 1024;
 /// Longest symlink target: PATH_MAX less its NUL, as readlink returns at most.
 pub const MAX_LINK_TARGET: usize = 4095;
 /// Deepest directory a walk enters. Path-based tools stop near PATH_MAX (2,048 levels of
@@ -155,29 +156,56 @@ impl Tree {
         out
     }
 
+    /// The blob's entries, all of them valid (`Node::problem`), or an error naming the first
+    /// that is not.
     pub fn decode(name: &str, data: &[u8]) -> Result<Tree> {
+        let (nodes, refused) = Tree::decode_entries(name, data)?;
+        match refused.into_iter().next() {
+            Some(r) => Err(Error::corrupt("tree", name, r.why)),
+            None => Ok(Tree { nodes }),
+        }
+    }
+
+    /// The blob's valid entries, and the others, each with why it is refused: one bad entry
+    /// costs only itself. The blob as a whole must decode, hold at most `MAX_ENTRIES` entries,
+    /// and list them in strictly increasing name order, or it is refused whole.
+    pub fn decode_entries(name: &str, data: &[u8]) -> Result<(Vec<Node>, Vec<Refused>)> {
         match data.split_first() {
             Some((&VERSION, body)) => {
                 let t: Tree = postcard::from_bytes(body).map_err(|e| Error::corrupt("tree", name, e))?;
                 if t.nodes.len() > MAX_ENTRIES {
-                    return Err(Error::corrupt(
-                        "tree",
-                        name,
-                        format!("{} entries in one blob", t.nodes.len()),
-                    ));
-                }
-                if let Some(why) = t.nodes.iter().find_map(Node::problem) {
+                    let why = format!("{} entries in one blob", t.nodes.len());
                     return Err(Error::corrupt("tree", name, why));
                 }
                 if !t.nodes.windows(2).all(|w| w[0].name < w[1].name) {
                     return Err(Error::corrupt("tree", name, "names not sorted or not unique"));
                 }
-                Ok(t)
+                let mut refused = Vec::new();
+                let nodes = t
+                    .nodes
+                    .into_iter()
+                    .filter_map(|n| match n.problem() {
+                        None => Some(n),
+                        Some(why) => {
+                            refused.push(Refused { name: n.name, why });
+                            None
+                        }
+                    })
+                    .collect();
+                Ok((nodes, refused))
             }
             Some((v, _)) => Err(Error::corrupt("tree", name, format!("unknown version {v}"))),
             None => Err(Error::corrupt("tree", name, "empty")),
         }
     }
+}
+
+/// An entry of a tree blob that readers refuse (`Node::problem`), by name (lossy for a name
+/// that is itself the problem).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub name: Vec<u8>,
+    pub why: String,
 }
 
 /// A name a restore can safely create inside its target: no separators, not `.` or `..`, no

@@ -305,7 +305,13 @@ pub fn restore(
             let Some(mut node) = frame.nodes.next() else {
                 match frame.blobs.next() {
                     Some(id) => match reader.tree_blob(&id, &mut frame.listing) {
-                        Ok(nodes) => {
+                        Ok((nodes, refused)) => {
+                            for bad in refused {
+                                let name = String::from_utf8_lossy(&bad.name);
+                                let why =
+                                    format!("entry {name:?} refused: {} (tree {})", bad.why, hex::encode(id));
+                                r.fail(&frame.dir.path, why);
+                            }
                             if seen.insert(crate::index::lead(&id)) {
                                 distinct += nodes.len() as u64;
                             }
