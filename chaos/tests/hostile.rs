@@ -548,3 +548,23 @@ fn paths_longer_than_the_limit_are_refused() {
     w.refused(&snap, &["its path is longer than 16384 bytes: refused"]);
     w.check_names(&["a directory path longer than 16384 bytes"]);
 }
+
+#[test]
+fn a_damaged_leaf_shared_by_two_to_the_forty_paths_is_checked_once() {
+    // 40 levels each listing the next twice, above a directory whose file's blob is missing:
+    // check walks each directory once, however many paths lead to it.
+    let w = World::new();
+    let snap = w.forge(|f, _| {
+        let mut missing = node("lost", NodeKind::File { size: 1, content: vec![[7u8; 32]] });
+        missing.nlink = 1;
+        let mut t = f.tree(vec![missing]);
+        for _ in 0..40 {
+            t = f.tree(vec![dir("a", vec![t]), dir("b", vec![t])]);
+        }
+        vec![t]
+    });
+    let started = std::time::Instant::now();
+    w.check_names(&["is in no pack", "named above"]);
+    eprintln!("check took {:?}", started.elapsed());
+    let _ = snap;
+}

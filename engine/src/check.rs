@@ -386,6 +386,8 @@ pub(crate) struct Walker<'a> {
     clean_dirs: HashMap<[u8; 32], Extent>,
     /// Entries of the distinct tree blobs decoded.
     entries: u64,
+    /// Damaged directories, by `list_key`.
+    damaged_dirs: HashSet<[u8; 32]>,
 }
 
 impl<'a> Walker<'a> {
@@ -432,6 +434,13 @@ impl<'a> Walker<'a> {
         let whole = (ids.len() > 1).then(|| list_key(ids));
         if let Some(e) = whole.as_ref().and_then(|k| self.clean_dirs.get(k)) {
             return within_depth(*e, depth).then_some(*e);
+        }
+        // A damaged directory is walked once: shared by many paths (a crafted tree can list
+        // one 2^40 times), it is named again at each, not walked again.
+        let key = list_key(ids);
+        if self.damaged_dirs.contains(&key) {
+            lost(report, "directory contents damaged (named above)".into());
+            return None;
         }
         if ids.len() > MAX_DIR_BLOBS {
             lost(report, format!("stored in {} tree blobs: restore refuses it", ids.len()));
@@ -534,6 +543,7 @@ impl<'a> Walker<'a> {
             extent = extent.and(own);
         }
         if !ok {
+            self.damaged_dirs.insert(key);
             return None;
         }
         if let Some(k) = whole {
@@ -640,6 +650,7 @@ pub(crate) fn walker<'a>(repo: &'a Repository, survey: &'a Survey) -> Result<Wal
         damaged_trees: HashSet::new(),
         clean_dirs: HashMap::new(),
         entries: 0,
+        damaged_dirs: HashSet::new(),
     })
 }
 
@@ -679,6 +690,9 @@ pub(crate) fn check_with_survey(repo: &Repository, opts: &CheckOptions) -> Resul
     report.snapshots = snaps.len();
     let mut walker = walker(repo, &survey)?;
     for (name, snap) in &snaps {
+        // Each snapshot names every file its damage affects; within one, a damaged directory
+        // reached by several paths is walked once.
+        walker.damaged_dirs.clear();
         let extent = walker.dir(&mut report, name, b"", &snap.tree, 1);
         let limit = amplification_limit(walker.entries);
         if let Some(e) = extent.filter(|e| e.nodes > limit) {
