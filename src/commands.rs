@@ -275,8 +275,12 @@ fn ls(repo: &Repository, json: bool, args: LsArgs) -> Result<u8> {
     let mut out = Out::new();
     let mut stack = vec![(base, tree, 1)];
     let mut items = Vec::new();
+    let mut amplification = engine::tree::Amplification::default();
     while let Some((dir, tree, depth)) = stack.pop() {
         let nodes = reader.tree(&tree)?;
+        if let Err(why) = amplification.visit(tree.first(), nodes.len()) {
+            bail!("{}: {why} (a damaged snapshot)", dir.display());
+        }
         let mut subdirs = Vec::new();
         for n in nodes {
             let path = dir.join(OsStr::from_bytes(&n.name));

@@ -288,10 +288,14 @@ fn subtrees_listed_twice_at_every_level_stop_at_the_amplification_limit() {
         }
         vec![t]
     });
-    let o = w.refused(&snap, &["more than 1024 entries for each one stored"]);
+    let o = w.refused(&snap, &["shared subtrees describe more than 1024 entries per stored one"]);
     let created = walk(&w.target()).len() as u64;
     assert!(created <= 1024 * 36, "{created} entries created: {}", o.stdout_str());
     w.check_names(&["more than 1024 for each of the"]);
+    // ls -r stops there too.
+    let ls = w.b.run(&argv!["ls", &snap, "-r"]);
+    assert_eq!(ls.code, 1);
+    assert!(ls.stderr.contains("entries per stored one"), "{}", ls.stderr);
 }
 
 #[test]
@@ -566,5 +570,9 @@ fn a_damaged_leaf_shared_by_two_to_the_forty_paths_is_checked_once() {
     let started = std::time::Instant::now();
     w.check_names(&["is in no pack", "named above"]);
     eprintln!("check took {:?}", started.elapsed());
-    let _ = snap;
+    // The name catalog behind `find` decodes a directory once per path: it stops at the
+    // amplification limit and says so.
+    let o = w.b.run(&argv!["find", "lost", "--snapshot", &snap]);
+    assert!(o.peak_rss < RSS_LIMIT, "find peaked at {} MiB", o.peak_rss >> 20);
+    assert!(o.stderr.contains("entries per stored one"), "{}\n{}", o.stdout_str(), o.stderr);
 }

@@ -4,7 +4,7 @@
 //! so a diff of millions of files does not sit in memory.
 use stages::BlobId;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::repo::{BlobReader, Warnings};
 use crate::tree::{Node, NodeKind};
 
@@ -131,6 +131,7 @@ struct Walk<'r, 'a, F> {
     emit: F,
     sum: Summary,
     warnings: Warnings,
+    amplification: crate::tree::Amplification,
 }
 
 impl<F: FnMut(Entry)> Walk<'_, '_, F> {
@@ -152,7 +153,11 @@ impl<F: FnMut(Entry)> Walk<'_, '_, F> {
 
     fn list(&mut self, path: &[u8], ids: Option<&[BlobId]>) -> Vec<Node> {
         let Some(ids) = ids else { return Vec::new() };
-        match self.reader.tree(ids) {
+        let listed = self.reader.tree(ids).and_then(|n| {
+            let over = self.amplification.visit(ids.first(), n.len());
+            over.map(|()| n).map_err(|why| Error::corrupt("tree", String::from_utf8_lossy(path), why))
+        });
+        match listed {
             Ok(n) => n,
             Err(e) => {
                 self.sum.unreadable += 1;
@@ -191,7 +196,13 @@ pub fn diff(
     b: Option<&Node>,
     emit: impl FnMut(Entry),
 ) -> Result<(Summary, Warnings)> {
-    let mut w = Walk { reader, emit, sum: Summary::default(), warnings: Vec::new() };
+    let mut w = Walk {
+        reader,
+        emit,
+        sum: Summary::default(),
+        warnings: Vec::new(),
+        amplification: Default::default(),
+    };
     // Depth first with an explicit stack of directories, each with the pairs still to compare.
     type Level = (Vec<u8>, std::vec::IntoIter<(Option<Node>, Option<Node>)>);
     let mut stack: Vec<Level> = Vec::new();

@@ -398,9 +398,14 @@ pub fn expand_glob(reader: &BlobReader, root: &[BlobId], pattern: &str) -> Resul
     }
     let mut out = Vec::new();
     let mut stack = vec![(base, tree, 1)];
+    let mut amplification = crate::tree::Amplification::default();
     while let Some((dir, tree, depth)) = stack.pop() {
         let mut subdirs = Vec::new();
-        for n in reader.tree(&tree)? {
+        let nodes = reader.tree(&tree)?;
+        if let Err(why) = amplification.visit(tree.first(), nodes.len()) {
+            return Err(Error::corrupt("tree", String::from_utf8_lossy(&dir), why));
+        }
+        for n in nodes {
             let mut path = dir.clone();
             path.push(b'/');
             path.extend_from_slice(&n.name);

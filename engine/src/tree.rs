@@ -244,6 +244,34 @@ pub struct Listing {
 pub const MAX_AMPLIFICATION: u64 = 1024;
 pub const AMPLIFICATION_SLACK: u64 = 1 << 14;
 
+/// A walk's count of the entries it visited against those of the distinct tree blobs it read:
+/// every walker of snapshot trees (restore, check, the name catalog, `ls -r`, `diff`, glob
+/// expansion) stops at `amplification_limit`.
+#[derive(Default)]
+pub struct Amplification {
+    seen: rustc_hash::FxHashSet<u64>,
+    distinct: u64,
+    visited: u64,
+}
+
+impl Amplification {
+    /// Counts a tree blob (or a directory stored from `id` on) of `entries` entries; an error
+    /// once the walk has visited more than the limit.
+    pub fn visit(&mut self, id: Option<&BlobId>, entries: usize) -> std::result::Result<(), String> {
+        self.visited += entries as u64;
+        if id.is_some_and(|id| self.seen.insert(crate::index::lead(id))) {
+            self.distinct += entries as u64;
+        }
+        if self.visited > amplification_limit(self.distinct) {
+            return Err(format!(
+                "shared subtrees describe more than {MAX_AMPLIFICATION} entries per stored one ({} for {})",
+                self.visited, self.distinct
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// How many entries a walk that has read tree blobs holding `distinct` entries may visit.
 pub fn amplification_limit(distinct: u64) -> u64 {
     distinct.saturating_mul(MAX_AMPLIFICATION).clamp(AMPLIFICATION_SLACK, MAX_SNAPSHOT_NODES)

@@ -426,6 +426,10 @@ impl<'c> Builder<'c> {
             return Some(m);
         }
         let mut stack = vec![self.open_dir(reader, ROOT, root, lost, set)];
+        // Entries decoded, against those of the distinct trees among them: shared subtrees
+        // are decoded once per path, so a crafted tree could describe 2^depth paths.
+        let mut amplification = crate::tree::Amplification::default();
+        let mut over: Option<String> = None;
         loop {
             let depth = stack.len();
             let top = stack.last_mut()?;
@@ -440,8 +444,14 @@ impl<'c> Builder<'c> {
                         lost.push((path, Error::corrupt("tree", hex::encode(subtree.first()?), why)));
                         top.damaged = true;
                     }
+                    None if over.is_some() => {
+                        let why = over.clone().unwrap_or_default();
+                        lost.push((path, Error::corrupt("tree", hex::encode(subtree.first()?), why)));
+                        top.damaged = true;
+                    }
                     None => {
                         let f = self.open_dir(reader, path, &subtree, lost, set);
+                        over = amplification.visit(subtree.first(), f.entries.len()).err();
                         stack.push(f);
                     }
                 }

@@ -9,7 +9,7 @@
 //! directory handle and one entry name (`confine`), never a path string, and no symlink is
 //! followed. Trees are hostile input: each directory is checked across all its blobs
 //! (`tree::Listing`) as it is read, one blob at a time, and walks are bounded in depth and in
-//! entries (`tree::MAX_DEPTH`, `tree::amplification_limit`); what breaks a rule is named and
+//! entries (`tree::MAX_DEPTH`, `tree::Amplification`); what breaks a rule is named and
 //! refused, and the rest is restored.
 mod confine;
 mod entry;
@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::repo::{BlobReader, Repository, Scratch};
 use crate::snapshot::Snapshot;
-use crate::tree::{amplification_limit, Listing, Node, NodeKind, MAX_AMPLIFICATION, MAX_DEPTH, MAX_PATH};
+use crate::tree::{Amplification, Listing, Node, NodeKind, MAX_DEPTH, MAX_PATH};
 use entry::{lock, DirHandle, FileJob, Restorer};
 
 pub struct RestoreOptions {
@@ -294,9 +294,7 @@ pub fn restore(
         let mut stack = vec![Frame::new(&r, Arc::new(top), snapshot.tree.clone(), want, missing)];
         let mut batch: Vec<FileJob> = Vec::new();
         let mut batch_bytes = 0u64;
-        let mut visited = 0u64;
-        // Entries of the distinct tree blobs read (by their ids' leading bytes).
-        let (mut seen, mut distinct) = (rustc_hash::FxHashSet::<u64>::default(), 0u64);
+        let mut amplification = Amplification::default();
         // Bytes of tree entries the frames hold (each its current blob's), at most `MAX_HELD`.
         let mut held = 0usize;
         loop {
@@ -312,8 +310,9 @@ pub fn restore(
                                     format!("entry {name:?} refused: {} (tree {})", bad.why, hex::encode(id));
                                 r.fail(&frame.dir.path, why);
                             }
-                            if seen.insert(crate::index::lead(&id)) {
-                                distinct += nodes.len() as u64;
+                            if let Err(why) = amplification.visit(Some(&id), nodes.len()) {
+                                r.fail(&opts.target, format!("{why}: the rest is refused"));
+                                break;
                             }
                             held = held - frame.held + entries_size(&nodes);
                             frame.held = entries_size(&nodes);
@@ -346,15 +345,6 @@ pub fn restore(
                 continue;
             };
             if r.stop.load(Relaxed) {
-                break;
-            }
-            visited += 1;
-            if visited > amplification_limit(distinct) {
-                let why = format!(
-                    "its trees share subtrees so that it holds more than {MAX_AMPLIFICATION} entries for each \
-                     one stored ({visited} for {distinct}): the rest is refused"
-                );
-                r.fail(&opts.target, why);
                 break;
             }
             frame.delete_until(&r, Some(&node.name));
