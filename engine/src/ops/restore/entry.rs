@@ -26,6 +26,9 @@ pub(super) fn timestamps(mtime_ns: i64) -> rustix::fs::Timestamps {
     rustix::fs::Timestamps { last_access: t, last_modification: t }
 }
 
+/// Failures named one by one; the rest are counted.
+pub(super) const MAX_ERRORS: usize = 10_000;
+
 /// A restore stops after this many files in a row failed because the target's file system is
 /// full, with one message, instead of naming every remaining file.
 pub(super) const FULL_IN_A_ROW: u64 = 8;
@@ -117,6 +120,8 @@ pub(super) struct Restorer<'a> {
     pub(super) replaced: AtomicU64,
     pub(super) kept: AtomicU64,
     pub(super) errors: Mutex<Vec<(PathBuf, String)>>,
+    /// Failures past `MAX_ERRORS`, counted only.
+    pub(super) unlisted: AtomicU64,
     /// Files that failed in a row with ENOSPC; at `FULL_IN_A_ROW` the restore stops.
     pub(super) full: AtomicU64,
     pub(super) stop: AtomicBool,
@@ -133,8 +138,15 @@ pub(super) struct Restorer<'a> {
 }
 
 impl Restorer<'_> {
+    /// Names a failure; past `MAX_ERRORS` only counts it (a hostile snapshot can fail in
+    /// millions of places, each with a long path).
     pub(super) fn fail(&self, path: &Path, why: impl ToString) {
-        lock(&self.errors).push((path.to_path_buf(), why.to_string()));
+        let mut errors = lock(&self.errors);
+        if errors.len() < MAX_ERRORS {
+            errors.push((path.to_path_buf(), why.to_string()));
+        } else {
+            self.unlisted.fetch_add(1, Relaxed);
+        }
     }
 
     /// Counts files that failed in a row because the file system is full, and stops the

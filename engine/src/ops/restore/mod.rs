@@ -247,6 +247,7 @@ pub fn restore(
         replaced: AtomicU64::new(0),
         kept: AtomicU64::new(0),
         errors: Mutex::new(Vec::new()),
+        unlisted: AtomicU64::new(0),
         full: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         linked: Mutex::new(HashMap::new()),
@@ -433,7 +434,11 @@ pub fn restore(
     result.replaced = r.replaced.load(Relaxed);
     result.kept = r.kept.load(Relaxed);
     result.notes = r.notes();
+    let unlisted = r.unlisted.load(Relaxed);
     result.errors = r.errors.into_inner().unwrap_or_else(|p| p.into_inner());
+    if unlisted > 0 {
+        result.errors.push((opts.target.clone(), format!("and {unlisted} more failures, not listed")));
+    }
     Ok(result)
 }
 
