@@ -14,6 +14,19 @@ fn bakare() -> Bakare {
     Bakare::new(env!("CARGO_BIN_EXE_bakare"))
 }
 
+/// A repository holding one backup of `n` random files of `size` bytes, named by `name`.
+fn backup_of(n: usize, size: usize, seed: u64, name: impl Fn(usize) -> String) -> (Bakare, TestDir) {
+    let b = bakare();
+    b.ok(&argv!["init"]);
+    let mut rng = Rng::new(seed);
+    let mut src = TestDir::new();
+    for i in 0..n {
+        src = src.file(name(i), rng.bytes(size));
+    }
+    b.ok(&argv!["run", src.path()]);
+    (b, src)
+}
+
 /// Writes `data` over `p` and gives it back its mtime: same size and mtime, other content.
 fn change_keeping_mtime(p: &Path, data: &[u8]) {
     let mtime = fs::metadata(p).unwrap().modified().unwrap();
@@ -80,14 +93,7 @@ fn each_overwrite_mode_replaces_what_it_says_and_counts_it() {
 
 #[test]
 fn an_interrupted_restore_leaves_no_truncated_file_and_the_next_one_finishes() {
-    let b = bakare();
-    b.ok(&argv!["init"]);
-    let mut rng = Rng::new(7);
-    let mut src = TestDir::new();
-    for i in 0..24 {
-        src = src.file(format!("d{}/f{i:02}.bin", i % 3), rng.bytes(3 << 20));
-    }
-    b.ok(&argv!["run", src.path()]);
+    let (b, src) = backup_of(24, 3 << 20, 7, |i| format!("d{}/f{i:02}.bin", i % 3));
     for (round, delay_ms) in [20u64, 60, 120, 250].into_iter().enumerate() {
         let target = tempfile::tempdir().unwrap();
         let at = restored_path(target.path(), src.path());
@@ -159,14 +165,7 @@ fn a_full_disk_stops_the_restore_with_one_message_and_a_second_run_finishes() {
     if !chaos::testkit::root_or_skip("mounting a small tmpfs") {
         return;
     }
-    let b = bakare();
-    b.ok(&argv!["init"]);
-    let mut rng = Rng::new(3);
-    let mut src = TestDir::new();
-    for i in 0..200 {
-        src = src.file(format!("f{i:03}"), rng.bytes(64 << 10));
-    }
-    b.ok(&argv!["run", src.path()]);
+    let (b, src) = backup_of(200, 64 << 10, 3, |i| format!("f{i:03}"));
     let fs_ = SmallFs::mount("1m");
     let o = b.run(&argv!["--json", "restore", "latest", "--target", fs_.0.path()]);
     assert_eq!(o.code, 3, "{}", o.stderr);
@@ -356,14 +355,7 @@ fn exclude_leaves_out_names_and_paths_and_delete_keeps_what_it_left_out() {
 
 #[test]
 fn an_interrupted_restore_over_existing_files_never_leaves_them_half_replaced() {
-    let b = bakare();
-    b.ok(&argv!["init"]);
-    let mut rng = Rng::new(9);
-    let mut src = TestDir::new();
-    for i in 0..12 {
-        src = src.file(format!("f{i:02}.bin"), rng.bytes(4 << 20));
-    }
-    b.ok(&argv!["run", src.path()]);
+    let (b, src) = backup_of(12, 4 << 20, 9, |i| format!("f{i:02}.bin"));
     let target = tempfile::tempdir().unwrap();
     let at = restored_path(target.path(), src.path());
     b.ok(&argv!["restore", "latest", "--target", target.path()]);

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use stages::{BlobId, BlobKind};
 
-use super::{confine, Overwrite};
+use super::{confine, Overwrite, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::repo::{BlobReader, Scratch};
 use crate::tree::{Node, NodeKind};
@@ -103,18 +103,12 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 pub(super) struct Restorer<'a> {
     pub(super) reader: &'a BlobReader<'a>,
-    pub(super) target: &'a Path,
+    pub(super) opts: &'a RestoreOptions,
     /// Owners and set-id bits are restored (running as root, and asked to).
     pub(super) owner: bool,
     /// Device nodes may be made (running as root).
     pub(super) devices: bool,
-    pub(super) special: bool,
-    pub(super) overwrite: Overwrite,
-    pub(super) delete: bool,
-    /// Read every restored file back and compare it with the snapshot.
-    pub(super) verify: bool,
     pub(super) verified: AtomicU64,
-    pub(super) dry_run: bool,
     pub(super) deleted: AtomicU64,
     pub(super) deleted_bytes: AtomicU64,
     pub(super) replaced: AtomicU64,
@@ -163,7 +157,7 @@ impl Restorer<'_> {
                 "the file system is full: {FULL_IN_A_ROW} files in a row could not be written (ENOSPC); \
                  restore stopped. Free space and run it again: files already in place are kept"
             );
-            self.fail(self.target, why);
+            self.fail(&self.opts.target, why);
         }
         true
     }
@@ -199,7 +193,7 @@ impl Restorer<'_> {
         name: &[u8],
         parent_fresh: bool,
     ) -> std::io::Result<(OwnedFd, bool)> {
-        if !self.dry_run {
+        if !self.opts.dry_run {
             return confine::child_dir(&dir.fd, name);
         }
         let existing = if parent_fresh { None } else { confine::existing_dir(&dir.fd, name)? };
@@ -216,7 +210,7 @@ impl Restorer<'_> {
             Ok(mut names) => {
                 names.retain(|n| {
                     let leftover = n.starts_with(confine::TEMP_PREFIX);
-                    if leftover && !self.dry_run {
+                    if leftover && !self.opts.dry_run {
                         let _ = confine::clear(&dir.fd, n);
                     }
                     !leftover
@@ -232,7 +226,7 @@ impl Restorer<'_> {
 
     /// Removes `name` (and all below it) from `dir`: the snapshot does not have it.
     pub(super) fn delete(&self, dir: &DirHandle, name: &[u8]) {
-        match confine::remove_tree(&dir.fd, name, self.dry_run) {
+        match confine::remove_tree(&dir.fd, name, self.opts.dry_run) {
             Ok(n) => {
                 self.deleted.fetch_add(n.entries, Relaxed);
                 self.deleted_bytes.fetch_add(n.bytes, Relaxed);
@@ -347,7 +341,7 @@ impl Restorer<'_> {
         #[allow(clippy::unnecessary_cast)]
         let mtime_ns =
             (st.st_mtime as i64).saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64);
-        let keep = match self.overwrite {
+        let keep = match self.opts.overwrite {
             Overwrite::Always => false,
             Overwrite::Never => true,
             Overwrite::IfNewer => file && mtime_ns >= node.mtime_ns,
@@ -359,7 +353,7 @@ impl Restorer<'_> {
         };
         if keep {
             self.kept.fetch_add(1, Relaxed);
-            if self.overwrite == Overwrite::IfChanged && !self.dry_run {
+            if self.opts.overwrite == Overwrite::IfChanged && !self.opts.dry_run {
                 let f = confine::open_read(&dir.fd, &node.name)?;
                 confine::fd_meta(&f, self.owner_of(node), self.mode_of(node), &timestamps(node.mtime_ns))?;
             }
@@ -409,7 +403,7 @@ impl Restorer<'_> {
         if self.stop.load(Relaxed) {
             return None;
         }
-        if self.dry_run {
+        if self.opts.dry_run {
             return Some(size);
         }
         let written = self.write_file(job, content, size, scratch);
@@ -423,7 +417,7 @@ impl Restorer<'_> {
                 }
                 #[cfg(feature = "test-hooks")]
                 spoil_for_test(&job.dir, &job.node.name);
-                if self.verify {
+                if self.opts.verify {
                     match self.same_content(&job.dir, &job.node.name, content) {
                         Ok(true) => {
                             self.verified.fetch_add(1, Relaxed);
@@ -459,10 +453,10 @@ impl Restorer<'_> {
             NodeKind::BlockDev { rdev } => Some((FileType::BlockDevice, *rdev)),
             _ => return,
         };
-        if self.dry_run {
+        if self.opts.dry_run {
             return;
         }
-        if kind.is_some() && !self.special {
+        if kind.is_some() && !self.opts.special {
             self.specials_skipped.fetch_add(1, Relaxed);
             return;
         }
@@ -471,7 +465,8 @@ impl Restorer<'_> {
             return;
         }
         if !fresh {
-            if self.overwrite == Overwrite::Never && matches!(confine::stat(&dir.fd, name), Ok(Some(_))) {
+            if self.opts.overwrite == Overwrite::Never && matches!(confine::stat(&dir.fd, name), Ok(Some(_)))
+            {
                 return;
             }
             if let Err(e) = confine::clear(&dir.fd, name) {

@@ -173,7 +173,7 @@ impl<'a> Frame<'a> {
     fn new(r: &Restorer, dir: Arc<DirHandle<'a>>, blobs: Vec<BlobId>, want: Want, fresh: bool) -> Self {
         // Only where everything is restored: a partial restore deletes nothing beside its paths.
         let extra =
-            (r.delete && !fresh && matches!(want, Want::All)).then(|| r.existing_names(&dir)).flatten();
+            (r.opts.delete && !fresh && matches!(want, Want::All)).then(|| r.existing_names(&dir)).flatten();
         Frame {
             dir,
             blobs: blobs.into_iter(),
@@ -233,15 +233,10 @@ pub fn restore(
     };
     let r = Restorer {
         reader: &reader,
-        target: &opts.target,
+        opts,
         owner: as_root && opts.owner,
         devices: as_root,
-        special: opts.special,
-        overwrite: opts.overwrite,
-        delete: opts.delete,
-        verify: opts.verify,
         verified: AtomicU64::new(0),
-        dry_run: opts.dry_run,
         deleted: AtomicU64::new(0),
         deleted_bytes: AtomicU64::new(0),
         replaced: AtomicU64::new(0),
@@ -382,7 +377,7 @@ pub fn restore(
                         fd,
                         rel: dir.child_rel(&node.name),
                         path,
-                        node: (!r.dry_run).then_some(node),
+                        node: (!r.opts.dry_run).then_some(node),
                         has_links: AtomicBool::new(false),
                         r: &r,
                         _parent: Some(dir.clone()),
@@ -455,7 +450,7 @@ fn hard_links<'a>(
     let mut parent: Option<(Vec<u8>, Arc<DirHandle>)> = None;
     for (rel, path, node) in links {
         let NodeKind::HardLink { target, .. } = &node.kind else { continue };
-        if r.dry_run {
+        if r.opts.dry_run {
             result.files += 1;
             continue;
         }
@@ -478,7 +473,7 @@ fn hard_links<'a>(
             }
         }
         let Some((_, dir)) = &parent else { continue };
-        if r.overwrite == Overwrite::Never && matches!(confine::stat(&dir.fd, &node.name), Ok(Some(_))) {
+        if r.opts.overwrite == Overwrite::Never && matches!(confine::stat(&dir.fd, &node.name), Ok(Some(_))) {
             r.kept.fetch_add(1, Relaxed);
             continue;
         }
