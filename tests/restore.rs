@@ -94,7 +94,8 @@ fn each_overwrite_mode_replaces_what_it_says_and_counts_it() {
 #[test]
 fn an_interrupted_restore_leaves_no_truncated_file_and_the_next_one_finishes() {
     let (b, src) = backup_of(24, 3 << 20, 7, |i| format!("d{}/f{i:02}.bin", i % 3));
-    for (round, delay_ms) in [20u64, 60, 120, 250].into_iter().enumerate() {
+    let mut mid_run = 0;
+    for (round, delay_ms) in [5u64, 20, 60, 120, 250].into_iter().enumerate() {
         let target = tempfile::tempdir().unwrap();
         let at = restored_path(target.path(), src.path());
         let mut child = b
@@ -103,6 +104,7 @@ fn an_interrupted_restore_leaves_no_truncated_file_and_the_next_one_finishes() {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
+        mid_run += usize::from(child.try_wait().unwrap().is_none());
         let _ = child.kill();
         child.wait().unwrap();
         // Every file under a final name is complete, or does not look it: it lacks the
@@ -126,6 +128,9 @@ fn an_interrupted_restore_leaves_no_truncated_file_and_the_next_one_finishes() {
                         "round {round}: {} looks complete",
                         rel.display()
                     );
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = fs::metadata(at.join(&rel)).unwrap().permissions().mode() & 0o7777;
+                    assert_eq!(mode, 0, "round {round}: {} is unfinished, so mode 0", rel.display());
                     partial += 1;
                 }
             }
@@ -133,9 +138,12 @@ fn an_interrupted_restore_leaves_no_truncated_file_and_the_next_one_finishes() {
         eprintln!(
             "round {round}: killed after {delay_ms} ms: {complete} of 24 files complete, {partial} partial"
         );
-        b.ok(&argv!["restore", "latest", "--target", target.path()]);
+        // Even `--overwrite if-newer` takes an unfinished file for older than the snapshot's.
+        let mode = if round % 2 == 0 { "if-changed" } else { "if-newer" };
+        b.ok(&argv!["restore", "latest", "--target", target.path(), "--overwrite", mode]);
         assert_same_tree(src.path(), &at);
     }
+    assert!(mid_run > 0, "no restore was still running when killed");
 }
 
 /// A tmpfs of `size` bytes mounted at a new directory for as long as it lives (needs root).
@@ -201,7 +209,8 @@ fn state(root: &Path) -> Vec<String> {
     while let Some(p) = stack.pop() {
         let md = fs::symlink_metadata(&p).unwrap();
         let content = if md.is_file() { format!("{:?}", fs::read(&p).unwrap()) } else { String::new() };
-        out.push(format!("{} {:o} {} {} {content}", p.display(), md.mode(), md.len(), md.mtime_nsec()));
+        let when = (md.mtime(), md.mtime_nsec(), md.uid(), md.gid());
+        out.push(format!("{} {:o} {} {when:?} {content}", p.display(), md.mode(), md.len()));
         if md.is_dir() {
             stack.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
         }
@@ -347,10 +356,28 @@ fn exclude_leaves_out_names_and_paths_and_delete_keeps_what_it_left_out() {
     for gone in ["x.tmp", "sub/y.tmp", "build"] {
         assert!(!at.join(gone).exists(), "{gone}");
     }
-    // What the target has where an excluded entry would be is not the restore's business.
+    // What the target has where an excluded entry would be, or that matches a pattern, is not
+    // the restore's business: --delete leaves it.
     fs::write(at.join("x.tmp"), "mine").unwrap();
-    b.ok(&argv!["restore", "latest", "--target", target.path(), "-e", "*.tmp", "--delete"]);
+    fs::write(at.join("only-here.tmp"), "mine too").unwrap();
+    fs::create_dir_all(at.join("build/cache")).unwrap();
+    fs::write(at.join("gone.txt"), "not in the snapshot, not excluded").unwrap();
+    let o = b.ok(&argv![
+        "--json",
+        "restore",
+        "latest",
+        "--target",
+        target.path(),
+        "-e",
+        "*.tmp",
+        "-e",
+        &build,
+        "--delete"
+    ]);
+    assert_eq!(o.json()["deleted"].as_u64(), Some(1));
     assert_eq!(fs::read(at.join("x.tmp")).unwrap(), b"mine");
+    assert_eq!(fs::read(at.join("only-here.tmp")).unwrap(), b"mine too");
+    assert!(at.join("build/cache").is_dir() && !at.join("gone.txt").exists());
 }
 
 #[test]
@@ -361,6 +388,7 @@ fn an_interrupted_restore_over_existing_files_never_leaves_them_half_replaced() 
     b.ok(&argv!["restore", "latest", "--target", target.path()]);
     // Other versions in place: each file is either that old version or the snapshot's, whole.
     let old = |i: usize| format!("old version {i}").into_bytes();
+    let mut mid_run = 0;
     for delay_ms in [5u64, 15, 30, 60] {
         for i in 0..12 {
             fs::write(at.join(format!("f{i:02}.bin")), old(i)).unwrap();
@@ -371,6 +399,7 @@ fn an_interrupted_restore_over_existing_files_never_leaves_them_half_replaced() 
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
+        mid_run += usize::from(child.try_wait().unwrap().is_none());
         let _ = child.kill();
         child.wait().unwrap();
         let replaced = (0..12)
@@ -384,6 +413,57 @@ fn an_interrupted_restore_over_existing_files_never_leaves_them_half_replaced() 
             .count();
         eprintln!("killed after {delay_ms} ms: {replaced} of 12 files replaced");
     }
+    assert!(mid_run > 0, "no restore was still running when killed");
     b.ok(&argv!["restore", "latest", "--target", target.path()]);
     assert_same_tree(src.path(), &at);
+}
+
+#[test]
+fn if_newer_keeps_newer_links_and_specials_in_the_target() {
+    let b = bakare();
+    b.ok(&argv!["init"]);
+    let src = TestDir::new().file("a", "snapshot").hardlink("b", "a").symlink("cfg", "a");
+    b.ok(&argv!["run", src.path()]);
+    let target = tempfile::tempdir().unwrap();
+    let at = restored_path(target.path(), src.path());
+    b.ok(&argv!["restore", "latest", "--target", target.path()]);
+    // The target's `b` is now a file of its own, newer; `cfg` a newer regular file.
+    fs::remove_file(at.join("b")).unwrap();
+    touch_newer(&at.join("b"), b"my newer b");
+    fs::remove_file(at.join("cfg")).unwrap();
+    touch_newer(&at.join("cfg"), b"my newer cfg");
+    let o = b.ok(&argv!["--json", "restore", "latest", "--target", target.path(), "--overwrite", "if-newer"]);
+    assert_eq!(fs::read(at.join("b")).unwrap(), b"my newer b");
+    assert_eq!(fs::read(at.join("cfg")).unwrap(), b"my newer cfg");
+    assert_eq!(counts(&o), (0, 3), "{}", o.stdout_str());
+    // if-changed puts both back as the snapshot has them: a link and a symlink.
+    let o = b.ok(&argv!["--json", "restore", "latest", "--target", target.path()]);
+    assert_eq!(counts(&o), (2, 1));
+    assert_same_tree(src.path(), &at);
+}
+
+#[test]
+fn delete_never_enters_another_file_system() {
+    if !chaos::testkit::root_or_skip("mounting a tmpfs below a target") {
+        return;
+    }
+    let b = bakare();
+    b.ok(&argv!["init"]);
+    let src = TestDir::new().file("a", "a");
+    b.ok(&argv!["run", src.path()]);
+    let target = tempfile::tempdir().unwrap();
+    let at = restored_path(target.path(), src.path());
+    b.ok(&argv!["restore", "latest", "--target", target.path()]);
+    let disk = at.join("usb");
+    fs::create_dir(&disk).unwrap();
+    let mounted =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&disk).status().unwrap();
+    assert!(mounted.success());
+    fs::write(disk.join("photos.jpg"), "precious").unwrap();
+    let o = b.run(&argv!["restore", "latest", "--target", target.path(), "--delete"]);
+    let kept = fs::read(disk.join("photos.jpg"));
+    let _ = std::process::Command::new("umount").arg(&disk).status();
+    assert_eq!(o.code, 3, "{}", o.stdout_str());
+    assert!(o.stdout_str().contains("another file system is mounted there"), "{}", o.stdout_str());
+    assert_eq!(kept.unwrap(), b"precious");
 }

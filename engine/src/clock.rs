@@ -9,26 +9,27 @@
 //! a signed number of nanoseconds added to both clocks, read at every call (a paused writer
 //! sees the jump when it resumes, as after a real suspend). `BAKARE_FAKE_NOW_NS` pins the wall
 //! clock instead. Both exist only with the `test-hooks` feature, which the test suites enable
-//! (through `chaos`) and release builds do not: a release binary never reads them
-//! (`tests/hooks.rs`).
+//! (through `chaos`), and only in builds with debug assertions: a release binary never reads
+//! them, even one built beside the tests (`cargo build --release --workspace`, `cargo bench`),
+//! where cargo unifies the feature in (`tests/hooks.rs`).
 use std::time::{SystemTime, UNIX_EPOCH};
 
-#[cfg(not(feature = "test-hooks"))]
+#[cfg(not(all(feature = "test-hooks", debug_assertions)))]
 fn offset_ns() -> i64 {
     0
 }
 
-#[cfg(not(feature = "test-hooks"))]
+#[cfg(not(all(feature = "test-hooks", debug_assertions)))]
 fn fake_now_ns() -> Option<i64> {
     None
 }
 
-#[cfg(feature = "test-hooks")]
+#[cfg(all(feature = "test-hooks", debug_assertions))]
 fn fake_now_ns() -> Option<i64> {
     std::env::var_os("BAKARE_FAKE_NOW_NS").and_then(|v| v.into_string().ok()).and_then(|v| v.parse().ok())
 }
 
-#[cfg(feature = "test-hooks")]
+#[cfg(all(feature = "test-hooks", debug_assertions))]
 fn offset_ns() -> i64 {
     let Some(path) = std::env::var_os("BAKARE_CLOCK_OFFSET_FILE") else { return 0 };
     std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)

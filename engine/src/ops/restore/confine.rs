@@ -41,28 +41,34 @@ pub fn clear(dir: impl AsFd, name: &[u8]) -> io::Result<()> {
     }
 }
 
-/// A new regular file, mode 0600 until its metadata is applied. Fails if anything exists at
+/// A new regular file with `mode` until its metadata is applied. Fails if anything exists at
 /// `name` (O_EXCL), so a link planted after `clear` is never opened.
-pub fn create_file(dir: impl AsFd, name: &[u8]) -> io::Result<std::fs::File> {
-    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600)).map_err(err)?;
+pub fn create_file(dir: impl AsFd, name: &[u8], mode: u32) -> io::Result<std::fs::File> {
+    // Read too: `--verify` reads it back through the same handle.
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(mode)).map_err(err)?;
     Ok(std::fs::File::from(fd))
 }
 
 /// How the temporary names of files being restored begin.
 pub const TEMP_PREFIX: &[u8] = b".bakare-restore-";
 
+/// The temporary name of `name` in its directory.
+pub fn temp_name(name: &[u8]) -> Vec<u8> {
+    let hash = blake3::hash(name);
+    format!("{}{}", String::from_utf8_lossy(TEMP_PREFIX), &hash.to_hex()[..32]).into_bytes()
+}
+
 /// A new regular file (mode 0600) under the temporary name of `name` in `dir`, for `rename` to
 /// put in place once it is complete: an interrupted restore never leaves a truncated file under
 /// a final name. The temporary name is derived from `name`, so the next restore of the same
 /// file replaces what an interrupted one left.
 pub fn create_temp(dir: impl AsFd, name: &[u8]) -> io::Result<(std::fs::File, Vec<u8>)> {
-    let hash = blake3::hash(name);
-    let tmp = format!("{}{}", String::from_utf8_lossy(TEMP_PREFIX), &hash.to_hex()[..32]).into_bytes();
-    match create_file(&dir, &tmp) {
+    let tmp = temp_name(name);
+    match create_file(&dir, &tmp, 0o600) {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             clear(&dir, &tmp)?;
-            create_file(&dir, &tmp).map(|f| (f, tmp))
+            create_file(&dir, &tmp, 0o600).map(|f| (f, tmp))
         }
         other => other.map(|f| (f, tmp)),
     }
@@ -218,21 +224,29 @@ pub struct Removed {
 }
 
 /// Removes `name` in `dir` and, for a directory, everything in it (or, with `dry`, only counts
-/// it). Never follows a symlink: a link is removed itself. Stops below `tree::MAX_DEPTH` levels.
-pub fn remove_tree(dir: impl AsFd, name: &[u8], dry: bool) -> io::Result<Removed> {
+/// it). Never follows a symlink: a link is removed itself. Never enters another file system (a
+/// disk mounted below is an error, not emptied). Stops below `tree::MAX_DEPTH` levels. What was
+/// removed is counted even when it stops on an error.
+pub fn remove_tree(dir: impl AsFd, name: &[u8], dry: bool) -> (Removed, io::Result<()>) {
     let mut n = Removed::default();
-    remove_at(dir.as_fd(), name, dry, 0, &mut n)?;
-    Ok(n)
+    let dev = rustix::fs::fstat(&dir).map(|st| st.st_dev);
+    let done = dev.map_err(err).and_then(|dev| remove_at(dir.as_fd(), name, dry, dev, 0, &mut n));
+    (n, done)
 }
 
 fn remove_at(
     dir: std::os::fd::BorrowedFd,
     name: &[u8],
     dry: bool,
+    dev: u64,
     depth: usize,
     n: &mut Removed,
 ) -> io::Result<()> {
     let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?;
+    #[allow(clippy::unnecessary_cast)] // st_dev's width differs across targets
+    if st.st_dev as u64 != dev {
+        return Err(io::Error::other("another file system is mounted there; not entered"));
+    }
     match FileType::from_raw_mode(st.st_mode) {
         FileType::Directory => {
             if depth >= crate::tree::MAX_DEPTH {
@@ -241,7 +255,7 @@ fn remove_at(
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             let sub = rustix::fs::openat(dir, name, flags, Mode::empty()).map_err(err)?;
             for child in names(&sub)? {
-                remove_at(sub.as_fd(), &child, dry, depth + 1, n)?;
+                remove_at(sub.as_fd(), &child, dry, dev, depth + 1, n)?;
             }
             if !dry {
                 rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(err)?;
@@ -330,9 +344,9 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("x"), b"keep").unwrap();
         ln(outside.path().join("x"), t.path().join("x")).unwrap();
-        assert!(create_file(open(t.path()), b"x").is_err());
+        assert!(create_file(open(t.path()), b"x", 0o600).is_err());
         clear(open(t.path()), b"x").unwrap();
-        create_file(open(t.path()), b"x").unwrap();
+        create_file(open(t.path()), b"x", 0o600).unwrap();
         assert_eq!(std::fs::read(outside.path().join("x")).unwrap(), b"keep");
     }
 
@@ -344,10 +358,11 @@ mod tests {
         std::fs::create_dir_all(t.path().join("x/y")).unwrap();
         std::fs::write(t.path().join("x/y/f"), b"12345").unwrap();
         ln(outside.path(), t.path().join("x/link")).unwrap();
-        let counted = remove_tree(open(t.path()), b"x", true).unwrap();
-        assert_eq!(counted, Removed { entries: 4, bytes: 5 });
+        let counted = remove_tree(open(t.path()), b"x", true);
+        assert_eq!(counted.0, Removed { entries: 4, bytes: 5 });
+        assert!(counted.1.is_ok());
         assert!(t.path().join("x/y/f").exists(), "a dry run removes nothing");
-        assert_eq!(remove_tree(open(t.path()), b"x", false).unwrap(), counted);
+        assert_eq!(remove_tree(open(t.path()), b"x", false).0, counted.0);
         assert!(!t.path().join("x").exists());
         assert_eq!(std::fs::read(outside.path().join("keep")).unwrap(), b"keep");
     }

@@ -26,6 +26,11 @@ pub(super) fn timestamps(mtime_ns: i64) -> rustix::fs::Timestamps {
     rustix::fs::Timestamps { last_access: t, last_modification: t }
 }
 
+/// The mode of a file restore is still writing under its final name (in a directory it
+/// created): no file it finishes has it, so one found with it, and not the snapshot's size, is
+/// what an interrupted restore left.
+pub(super) const UNFINISHED: u32 = 0;
+
 /// Failures named one by one; the rest are counted.
 pub(super) const MAX_ERRORS: usize = 10_000;
 
@@ -226,12 +231,11 @@ impl Restorer<'_> {
 
     /// Removes `name` (and all below it) from `dir`: the snapshot does not have it.
     pub(super) fn delete(&self, dir: &DirHandle, name: &[u8]) {
-        match confine::remove_tree(&dir.fd, name, self.opts.dry_run) {
-            Ok(n) => {
-                self.deleted.fetch_add(n.entries, Relaxed);
-                self.deleted_bytes.fetch_add(n.bytes, Relaxed);
-            }
-            Err(e) => self.fail(&dir.child_path(name), format!("cannot delete it: {e}")),
+        let (n, done) = confine::remove_tree(&dir.fd, name, self.opts.dry_run);
+        self.deleted.fetch_add(n.entries, Relaxed);
+        self.deleted_bytes.fetch_add(n.bytes, Relaxed);
+        if let Err(e) = done {
+            self.fail(&dir.child_path(name), format!("cannot delete it: {e}"));
         }
     }
 
@@ -255,7 +259,9 @@ impl Restorer<'_> {
         // it. Elsewhere it replaces what is there only once complete (a temporary name renamed
         // into place). Renaming every file cost 20 % on a restore of 300,000 small files.
         let (mut f, tmp) = if job.fresh {
-            (confine::create_file(&dir.fd, name).map_err(|e| Error::io(dir.child_path(name), e))?, None)
+            // Mode 0 until complete (`UNFINISHED`): the next restore replaces it whatever its mtime.
+            let f = confine::create_file(&dir.fd, name, 0).map_err(|e| Error::io(dir.child_path(name), e))?;
+            (f, None)
         } else {
             let (f, tmp) = confine::create_temp(&dir.fd, name).map_err(|e| Error::io(dir.path.clone(), e))?;
             (f, Some(tmp))
@@ -263,6 +269,24 @@ impl Restorer<'_> {
         let written = self.fill(&mut f, job, content, size, scratch);
         let placed = written.and_then(|n| {
             let node = &job.node;
+            #[cfg(all(feature = "test-hooks", debug_assertions))]
+            spoil_for_test(&f, name);
+            // Before it takes the place of anything: a file that reads back wrong is removed,
+            // and what was there stays.
+            if self.opts.verify {
+                use std::io::Seek as _;
+                let read_back = f.rewind().and_then(|()| self.same_content(&mut f, content));
+                match read_back {
+                    Ok(true) => {
+                        self.verified.fetch_add(1, Relaxed);
+                    }
+                    Ok(false) => {
+                        let why = "read back, it differs from the snapshot (removed)";
+                        return Err(Error::corrupt("file", dir.child_path(name).display().to_string(), why));
+                    }
+                    Err(e) => return Err(Error::io(dir.child_path(name), e)),
+                }
+            }
             let meta =
                 confine::fd_meta(&f, self.owner_of(node), self.mode_of(node), &timestamps(node.mtime_ns));
             if let Some(tmp) = &tmp {
@@ -337,6 +361,11 @@ impl Restorer<'_> {
         let (dir, node) = (&job.dir, &job.node);
         let Some(st) = confine::stat(&dir.fd, &node.name)? else { return Ok(false) };
         let file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
+        if file && st.st_mode & 0o7777 == UNFINISHED && st.st_size as u64 != size {
+            // Left by an interrupted restore: never kept, even by `if-newer` or `never`.
+            self.replaced.fetch_add(1, Relaxed);
+            return Ok(false);
+        }
         // st_mtime is i64 here, narrower on some targets.
         #[allow(clippy::unnecessary_cast)]
         let mtime_ns =
@@ -345,17 +374,32 @@ impl Restorer<'_> {
             Overwrite::Always => false,
             Overwrite::Never => true,
             Overwrite::IfNewer => file && mtime_ns >= node.mtime_ns,
-            Overwrite::IfChanged => {
-                file && st.st_size as u64 == size
-                    && mtime_ns == node.mtime_ns
-                    && self.same_content(dir, &node.name, content)?
+            Overwrite::IfChanged if file && st.st_size as u64 == size && mtime_ns == node.mtime_ns => {
+                // One handle for comparing and for the metadata: the file looked at, with no
+                // other name than the snapshot gives it (a hard link to a file elsewhere,
+                // planted by someone who can write here, is replaced, not chowned).
+                let mut f = confine::open_read(&dir.fd, &node.name)?;
+                let now = rustix::fs::fstat(&f)?;
+                let same = now.st_ino == st.st_ino && now.st_dev == st.st_dev;
+                let keep =
+                    same && (now.st_nlink == 1 || node.nlink > 1) && self.same_content(&mut f, content)?;
+                if keep && !self.opts.dry_run {
+                    confine::fd_meta(
+                        &f,
+                        self.owner_of(node),
+                        self.mode_of(node),
+                        &timestamps(node.mtime_ns),
+                    )?;
+                }
+                keep
             }
+            Overwrite::IfChanged => false,
         };
         if keep {
             self.kept.fetch_add(1, Relaxed);
-            if self.opts.overwrite == Overwrite::IfChanged && !self.opts.dry_run {
-                let f = confine::open_read(&dir.fd, &node.name)?;
-                confine::fd_meta(&f, self.owner_of(node), self.mode_of(node), &timestamps(node.mtime_ns))?;
+            if file && node.nlink > 1 {
+                // Its other names in the snapshot link to it, as to a file written now.
+                lock(&self.linked).insert(dir.child_rel(&node.name), st.st_ino);
             }
         } else {
             self.replaced.fetch_add(1, Relaxed);
@@ -365,14 +409,8 @@ impl Restorer<'_> {
 
     /// Whether the regular file `name` in `dir` holds exactly the blobs `content`: read back
     /// blob by blob (lengths from the index) and each hashed against its id.
-    pub(super) fn same_content(
-        &self,
-        dir: &DirHandle,
-        name: &[u8],
-        content: &[BlobId],
-    ) -> std::io::Result<bool> {
+    pub(super) fn same_content(&self, f: &mut std::fs::File, content: &[BlobId]) -> std::io::Result<bool> {
         use std::io::Read;
-        let mut f = confine::open_read(&dir.fd, name)?;
         let mut buf = Vec::new();
         for id in content {
             let Some(len) = self.reader.raw_len(id) else { return Ok(false) };
@@ -400,6 +438,19 @@ impl Restorer<'_> {
                 }
             }
         }
+        self.write_new(job, content, size, scratch)
+    }
+
+    /// Writes the job's file (counted, named when it fails): what `file` does once it has
+    /// decided to.
+    pub(super) fn write_new(
+        &self,
+        job: &FileJob,
+        content: &[BlobId],
+        size: u64,
+        scratch: &mut Scratch,
+    ) -> Option<u64> {
+        let path = || job.dir.child_path(&job.node.name);
         if self.stop.load(Relaxed) {
             return None;
         }
@@ -414,22 +465,6 @@ impl Restorer<'_> {
             Ok((n, meta)) => {
                 if let Some(e) = meta {
                     self.fail(&path(), format!("restored, but cannot set metadata: {e}"));
-                }
-                #[cfg(feature = "test-hooks")]
-                spoil_for_test(&job.dir, &job.node.name);
-                if self.opts.verify {
-                    match self.same_content(&job.dir, &job.node.name, content) {
-                        Ok(true) => {
-                            self.verified.fetch_add(1, Relaxed);
-                        }
-                        Ok(false) => {
-                            // Never left with wrong bytes.
-                            let _ = confine::clear(&job.dir.fd, &job.node.name);
-                            self.fail(&path(), "read back, it differs from the snapshot: removed");
-                            return None;
-                        }
-                        Err(e) => self.fail(&path(), format!("cannot read it back to verify it: {e}")),
-                    }
                 }
                 Some(n)
             }
@@ -465,9 +500,10 @@ impl Restorer<'_> {
             return;
         }
         if !fresh {
-            if self.opts.overwrite == Overwrite::Never && matches!(confine::stat(&dir.fd, name), Ok(Some(_)))
-            {
-                return;
+            match self.keep_special(dir, node, kind.map(|(ft, _)| ft)) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => return self.fail(&path(), format!("cannot compare with what is there: {e}")),
             }
             if let Err(e) = confine::clear(&dir.fd, name) {
                 return self.fail(&path(), e);
@@ -487,6 +523,37 @@ impl Restorer<'_> {
         {
             self.fail(&path(), format!("created, but cannot set metadata: {e}"));
         }
+    }
+
+    /// Whether what is already at a symlink's or special file's name stays (`Overwrite`):
+    /// `if-changed` keeps the same kind (a symlink with the same target), `if-newer` anything
+    /// as new. Counted with the files.
+    fn keep_special(
+        &self,
+        dir: &DirHandle,
+        node: &Node,
+        kind: Option<rustix::fs::FileType>,
+    ) -> std::io::Result<bool> {
+        use rustix::fs::FileType;
+        let Some(st) = confine::stat(&dir.fd, &node.name)? else { return Ok(false) };
+        let there = FileType::from_raw_mode(st.st_mode);
+        #[allow(clippy::unnecessary_cast)] // st_mtime is i64 here, narrower on some targets
+        let mtime_ns =
+            (st.st_mtime as i64).saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64);
+        let keep = match (self.opts.overwrite, &node.kind) {
+            (Overwrite::Always, _) => false,
+            (Overwrite::Never, _) => true,
+            (Overwrite::IfNewer, _) => mtime_ns >= node.mtime_ns,
+            (Overwrite::IfChanged, NodeKind::Symlink { target }) => {
+                there == FileType::Symlink
+                    && rustix::fs::readlinkat(&dir.fd, node.name.as_slice(), Vec::new())
+                        .is_ok_and(|t| t.as_bytes() == target.as_slice())
+            }
+            (Overwrite::IfChanged, _) => Some(there) == kind,
+        };
+        let counter = if keep { &self.kept } else { &self.replaced };
+        counter.fetch_add(1, Relaxed);
+        Ok(keep)
     }
 
     pub(super) fn notes(&self) -> Vec<String> {
@@ -511,18 +578,15 @@ impl Restorer<'_> {
     }
 }
 
-/// Test hook (`test-hooks` only): spoils the just-restored file named by
-/// BAKARE_TEST_SPOIL_RESTORED, as a disk that returns other bytes than were written would.
-#[cfg(feature = "test-hooks")]
-fn spoil_for_test(dir: &DirHandle, name: &[u8]) {
+/// Test hook (`test-hooks`, debug builds only): spoils the just-written file named by
+/// BAKARE_TEST_SPOIL_RESTORED, as a write path that changed its bytes would.
+#[cfg(all(feature = "test-hooks", debug_assertions))]
+fn spoil_for_test(f: &std::fs::File, name: &[u8]) {
     use std::os::unix::ffi::OsStrExt as _;
     if std::env::var_os("BAKARE_TEST_SPOIL_RESTORED").is_some_and(|v| v.as_bytes() == name) {
-        let flags = rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOFOLLOW;
-        if let Ok(fd) = rustix::fs::openat(&dir.fd, name, flags, rustix::fs::Mode::empty()) {
-            let mut b = [0u8; 1];
-            if rustix::io::pread(&fd, &mut b, 0).is_ok() {
-                let _ = rustix::io::pwrite(&fd, &[b[0] ^ 0x20], 0);
-            }
+        let mut b = [0u8; 1];
+        if rustix::io::pread(f, &mut b, 0).is_ok() {
+            let _ = rustix::io::pwrite(f, &[b[0] ^ 0x20], 0);
         }
     }
 }

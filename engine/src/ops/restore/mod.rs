@@ -165,6 +165,8 @@ struct Frame<'a> {
     fresh: bool,
     /// Estimated bytes of the current blob's entries (`entries_size`).
     held: usize,
+    /// Names of this directory's entries that were refused (`--delete` spares them).
+    refused: Vec<Vec<u8>>,
     /// With `delete`: the target's names in this directory not yet matched by the snapshot's.
     extra: Option<std::iter::Peekable<std::vec::IntoIter<Vec<u8>>>>,
 }
@@ -182,16 +184,21 @@ impl<'a> Frame<'a> {
             want,
             fresh,
             held: 0,
+            refused: Vec::new(),
             extra: extra.map(|v| v.into_iter().peekable()),
         }
     }
 
     /// Removes the target's entries that sort before `name` (all that remain, for None), and
-    /// steps over `name` itself.
-    fn delete_until(&mut self, r: &Restorer, name: Option<&[u8]>) {
+    /// steps over `name` itself. Spared: what `keep` says (excluded names: what the restore
+    /// leaves out, it leaves alone) and the names of entries the snapshot has but that were
+    /// refused.
+    fn delete_until(&mut self, r: &Restorer, name: Option<&[u8]>, keep: &dyn Fn(&[u8]) -> bool) {
         let Some(extra) = &mut self.extra else { return };
         while let Some(n) = extra.next_if(|n| name.is_none_or(|name| n.as_slice() < name)) {
-            r.delete(&self.dir, &n);
+            if !keep(&n) && !self.refused.contains(&n) {
+                r.delete(&self.dir, &n);
+            }
         }
         if let Some(name) = name {
             extra.next_if(|n| n.as_slice() == name);
@@ -291,6 +298,15 @@ pub fn restore(
         let mut batch: Vec<FileJob> = Vec::new();
         let mut batch_bytes = 0u64;
         let mut amplification = Amplification::default();
+        // Whether the entry `name` of `dir` matches an exclude pattern (its path as in the
+        // snapshot, the same below the target).
+        let excluded = |dir: &DirHandle, name: &[u8]| {
+            exclude.as_ref().is_some_and(|ex| {
+                let mut path = b"/".to_vec();
+                path.extend_from_slice(&dir.child_rel(name));
+                ex(Path::new(OsStr::from_bytes(&path)), false)
+            })
+        };
         // Bytes of tree entries the frames hold (each its current blob's), at most `MAX_HELD`.
         let mut held = 0usize;
         loop {
@@ -305,6 +321,9 @@ pub fn restore(
                                 let why =
                                     format!("entry {name:?} refused: {} (tree {})", bad.why, hex::encode(id));
                                 r.fail(&frame.dir.path, why);
+                                if frame.extra.is_some() {
+                                    frame.refused.push(bad.name);
+                                }
                             }
                             if let Err(why) = amplification.visit(Some(&id), nodes.len()) {
                                 r.fail(&opts.target, format!("{why}: the rest is refused"));
@@ -332,7 +351,8 @@ pub fn restore(
                     },
                     None => {
                         if !r.stop.load(Relaxed) {
-                            frame.delete_until(&r, None);
+                            let dir = frame.dir.clone();
+                            frame.delete_until(&r, None, &|n| excluded(&dir, n));
                         }
                         held -= frame.held;
                         stack.pop();
@@ -343,16 +363,15 @@ pub fn restore(
             if r.stop.load(Relaxed) {
                 break;
             }
-            frame.delete_until(&r, Some(&node.name));
+            if frame.extra.is_some() {
+                let dir = frame.dir.clone();
+                frame.delete_until(&r, Some(&node.name), &|n| excluded(&dir, n));
+            }
             let Some(child_want) = frame.want.child(&node.name) else { continue };
             let dir = &frame.dir;
-            if let Some(ex) = &exclude {
-                let mut path = b"/".to_vec();
-                path.extend_from_slice(&dir.child_rel(&node.name));
-                if ex(Path::new(OsStr::from_bytes(&path)), matches!(node.kind, NodeKind::Dir { .. })) {
-                    result.excluded += 1;
-                    continue;
-                }
+            if excluded(dir, &node.name) {
+                result.excluded += 1;
+                continue;
             }
             match &mut node.kind {
                 NodeKind::Dir { subtree } => {
@@ -449,11 +468,11 @@ fn hard_links<'a>(
     let mut scratch = Scratch::default();
     let mut parent: Option<(Vec<u8>, Arc<DirHandle>)> = None;
     for (rel, path, node) in links {
-        let NodeKind::HardLink { target, .. } = &node.kind else { continue };
-        if r.opts.dry_run {
-            result.files += 1;
-            continue;
+        if r.stop.load(Relaxed) {
+            break;
         }
+        let NodeKind::HardLink { target, content, size } = &node.kind else { continue };
+        let (target, content, size) = (target.clone(), content.clone(), *size);
         if parent.as_ref().is_none_or(|(p, _)| *p != rel) {
             let opened = confine::open_beneath(root, &rel).map(|fd| DirHandle {
                 fd,
@@ -466,6 +485,11 @@ fn hard_links<'a>(
             });
             match opened {
                 Ok(h) => parent = Some((rel, Arc::new(h))),
+                // A dry run's directory that would be created: the link would be new.
+                Err(_) if r.opts.dry_run => {
+                    result.files += 1;
+                    continue;
+                }
                 Err(e) => {
                     r.fail(&path, format!("cannot open its directory: {e}"));
                     continue;
@@ -473,8 +497,17 @@ fn hard_links<'a>(
             }
         }
         let Some((_, dir)) = &parent else { continue };
-        if r.opts.overwrite == Overwrite::Never && matches!(confine::stat(&dir.fd, &node.name), Ok(Some(_))) {
-            r.kept.fetch_add(1, Relaxed);
+        let job = FileJob { dir: dir.clone(), node, fresh: false };
+        match r.keep_existing(&job, &content, size) {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => {
+                r.fail(&path, format!("cannot compare with what is there: {e}"));
+                continue;
+            }
+        }
+        if r.opts.dry_run {
+            result.files += 1;
             continue;
         }
         if let Some(&ino) = linked.get(target.as_slice()) {
@@ -482,16 +515,22 @@ fn hard_links<'a>(
                 Some(i) => (&target[..i], &target[i + 1..]),
                 None => (&target[..0], &target[..]),
             };
-            let made = confine::clear(&dir.fd, &node.name)
+            // Linked under a temporary name, then renamed over what is there: what was there
+            // stays until the link is made.
+            let name = job.node.name.as_slice();
+            let tmp = confine::temp_name(name);
+            let made = confine::clear(&dir.fd, &tmp)
                 .and_then(|()| confine::open_beneath(root, from_dir))
-                .and_then(|from| confine::link(&from, from_name, ino, &dir.fd, &node.name));
+                .and_then(|from| confine::link(&from, from_name, ino, &dir.fd, &tmp))
+                .and_then(|()| confine::rename(&dir.fd, &tmp, name));
             if made.is_ok() {
                 result.files += 1;
                 continue;
             }
+            let _ = confine::clear(&dir.fd, &tmp);
         }
-        let job = FileJob { dir: dir.clone(), node, fresh: false };
-        if let Some(n) = r.file(&job, &mut scratch) {
+        // Not linkable: its own copy of the content.
+        if let Some(n) = r.write_new(&job, &content, size, &mut scratch) {
             result.files += 1;
             result.bytes += n;
         }
