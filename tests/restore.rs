@@ -282,6 +282,9 @@ fn a_dry_run_counts_what_a_restore_would_do_and_changes_nothing() {
     let v = b.ok(&argv!["--json", "restore", "latest", "--target", &missing, "--dry-run"]).json();
     assert_eq!((v["files"].as_u64(), v["bytes"].as_u64()), (Some(3), Some(22)), "{v}");
     assert!(!missing.exists());
+    // `/` as the path to restore is everything.
+    let v = b.ok(&argv!["--json", "restore", "latest", "--target", &missing, "--dry-run", "/"]).json();
+    assert_eq!(v["files"].as_u64(), Some(3), "{v}");
     // Into a target with one file changed: one replaced, two kept, nothing touched.
     let target = tempfile::tempdir().unwrap();
     b.ok(&argv!["restore", "latest", "--target", target.path()]);

@@ -233,7 +233,8 @@ pub fn restore(
     confine::raise_fd_limit();
     let _umask = confine::Umask::clear();
     let as_root = rustix::process::geteuid().is_root();
-    let want = if opts.include.is_empty() {
+    // No paths, or the root among them (`restore ID -t T /`): everything.
+    let want = if opts.include.is_empty() || opts.include.iter().any(|p| components(p).is_empty()) {
         Want::All
     } else {
         Want::Some(opts.include.iter().map(|p| components(p)).collect())
