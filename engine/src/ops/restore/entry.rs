@@ -27,8 +27,9 @@ pub(super) fn timestamps(mtime_ns: i64) -> rustix::fs::Timestamps {
 }
 
 /// The mode of a file restore is still writing under its final name (in a directory it
-/// created): no file it finishes has it, so one found with it, and not the snapshot's size, is
-/// what an interrupted restore left.
+/// created): a file found with it and without the snapshot's size and mtime (which restore
+/// sets last) is what an interrupted restore left, and is replaced whatever `--overwrite`
+/// says. (A real file of mode 000 that differs from the snapshot is replaced too.)
 pub(super) const UNFINISHED: u32 = 0;
 
 /// Failures named one by one; the rest are counted.
@@ -361,15 +362,15 @@ impl Restorer<'_> {
         let (dir, node) = (&job.dir, &job.node);
         let Some(st) = confine::stat(&dir.fd, &node.name)? else { return Ok(false) };
         let file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
-        if file && st.st_mode & 0o7777 == UNFINISHED && st.st_size as u64 != size {
+        let mtime_ns = mtime_ns(&st);
+        if file
+            && st.st_mode & 0o7777 == UNFINISHED
+            && (st.st_size as u64 != size || mtime_ns != node.mtime_ns)
+        {
             // Left by an interrupted restore: never kept, even by `if-newer` or `never`.
             self.replaced.fetch_add(1, Relaxed);
             return Ok(false);
         }
-        // st_mtime is i64 here, narrower on some targets.
-        #[allow(clippy::unnecessary_cast)]
-        let mtime_ns =
-            (st.st_mtime as i64).saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64);
         let keep = match self.opts.overwrite {
             Overwrite::Always => false,
             Overwrite::Never => true,
@@ -537,9 +538,7 @@ impl Restorer<'_> {
         use rustix::fs::FileType;
         let Some(st) = confine::stat(&dir.fd, &node.name)? else { return Ok(false) };
         let there = FileType::from_raw_mode(st.st_mode);
-        #[allow(clippy::unnecessary_cast)] // st_mtime is i64 here, narrower on some targets
-        let mtime_ns =
-            (st.st_mtime as i64).saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64);
+        let mtime_ns = mtime_ns(&st);
         let keep = match (self.opts.overwrite, &node.kind) {
             (Overwrite::Always, _) => false,
             (Overwrite::Never, _) => true,
@@ -576,6 +575,12 @@ impl Restorer<'_> {
         say(&self.specials_skipped, "FIFOs, sockets or device nodes not restored (--no-special)");
         notes
     }
+}
+
+/// An entry's mtime in nanoseconds since the epoch.
+#[allow(clippy::unnecessary_cast)] // st_mtime is i64 here, narrower on some targets
+fn mtime_ns(st: &rustix::fs::Stat) -> i64 {
+    (st.st_mtime as i64).saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64)
 }
 
 /// Test hook (`test-hooks`, debug builds only): spoils the just-written file named by
