@@ -33,31 +33,28 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
         None => default_repo()?,
     };
     let key = cli.key.as_deref();
+    let trust_all = cli.trust_all;
+    let open = || -> Result<Repository> {
+        let mut repo = crate::open_repo(&repo_path, key)?;
+        repo.trust_all = trust_all;
+        Ok(repo)
+    };
     match cli.command {
         Command::Init => init(&repo_path, key, cli.json),
         Command::Run(args) => run(&repo_path, key, cli.json, args, source),
-        Command::Snapshots => snapshots(&crate::open_repo(&repo_path, key)?, cli.json),
-        Command::Ls(args) => ls(&crate::open_repo(&repo_path, key)?, cli.json, args),
-        Command::Restore(args) => restore(&crate::open_repo(&repo_path, key)?, cli.json, args),
-        Command::Key(cmd) => key_cmd(&crate::open_repo(&repo_path, key)?, cmd),
-        Command::Check(args) => {
-            crate::maintenance::check_cmd(&crate::open_repo(&repo_path, key)?, cli.json, args)
-        }
-        Command::Forget(args) => {
-            crate::retention::forget_cmd(&crate::open_repo(&repo_path, key)?, cli.json, args)
-        }
-        Command::Prune(args) => {
-            crate::retention::prune_cmd(&crate::open_repo(&repo_path, key)?, cli.json, args)
-        }
-        Command::Config(args) => {
-            crate::retention::config_cmd(&crate::open_repo(&repo_path, key)?, cli.json, args)
-        }
-        Command::Repair(cmd) => {
-            crate::maintenance::repair_cmd(&crate::open_repo(&repo_path, key)?, cli.json, cmd)
-        }
+        Command::Snapshots => snapshots(&open()?, cli.json),
+        Command::Ls(args) => ls(&open()?, cli.json, args),
+        Command::Restore(args) => restore(&open()?, cli.json, args),
+        Command::Key(cmd) => key_cmd(&open()?, cli.json, cmd),
+        Command::Check(args) => crate::maintenance::check_cmd(&open()?, cli.json, args),
+        Command::Forget(args) => crate::retention::forget_cmd(&open()?, cli.json, args),
+        Command::Prune(args) => crate::retention::prune_cmd(&open()?, cli.json, args),
+        Command::Config(args) => crate::retention::config_cmd(&open()?, cli.json, args),
+        Command::Repair(cmd) => crate::maintenance::repair_cmd(&open()?, cli.json, cmd),
         Command::Sync(args) => sync(cli.json, args),
-        Command::Find(args) => crate::find::find(&crate::open_repo(&repo_path, key)?, cli.json, args),
-        Command::Diff(args) => crate::diff::diff(&crate::open_repo(&repo_path, key)?, cli.json, args),
+        Command::Migrate(args) => crate::maintenance::migrate_cmd(&repo_path, key, cli.json, args),
+        Command::Find(args) => crate::find::find(&open()?, cli.json, args),
+        Command::Diff(args) => crate::diff::diff(&open()?, cli.json, args),
     }
 }
 
@@ -208,9 +205,10 @@ fn snapshots(repo: &Repository, json: bool) -> Result<u8> {
     if json {
         let v: Vec<_> = all
             .iter()
-            .map(|(id, s)| {
+            .map(|e| {
+                let (id, s) = (&e.id, &e.snapshot);
                 json!({
-                    "id": id, "time": output::time(s.time_ns), "time_ns": s.time_ns,
+                    "id": id, "time": output::time(s.time_ns), "time_ns": s.time_ns, "writer": e.writer(),
                     "host": s.host, "user": s.user, "tags": s.tags,
                     "paths": s.paths.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>(),
                     "files": s.stats.files, "bytes": s.stats.bytes, "errors": s.errors.len(),
@@ -220,16 +218,18 @@ fn snapshots(repo: &Repository, json: bool) -> Result<u8> {
         out.line(&serde_json::Value::Array(v).to_string())?;
     } else {
         out.line(&format!(
-            "{:<16}  {:<19}  {:<12}  {:>10}  {:>8}  paths",
-            "id", "time (UTC)", "host", "size", "files"
+            "{:<16}  {:<19}  {:<12}  {:<12}  {:>10}  {:>8}  paths",
+            "id", "time (UTC)", "host", "writer", "size", "files"
         ))?;
-        for (id, s) in &all {
+        for e in &all {
+            let (id, s) = (&e.id, &e.snapshot);
             let paths: Vec<_> = s.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
             out.line(&format!(
-                "{:<16}  {}  {:<12}  {:>10}  {:>8}  {}",
-                &id[..16],
+                "{:<16}  {}  {:<12}  {:<12}  {:>10}  {:>8}  {}",
+                &id[..16.min(id.len())],
                 output::time(s.time_ns),
                 s.host,
+                e.writer(),
                 output::size(s.stats.bytes),
                 s.stats.files,
                 paths.join(" ")
@@ -251,7 +251,7 @@ fn rel_components(p: &Path) -> Vec<&OsStr> {
 }
 
 fn ls(repo: &Repository, json: bool, args: LsArgs) -> Result<u8> {
-    let (id, snap) = repo.find_snapshot(&args.snapshot)?;
+    let engine::repo::SnapshotEntry { id, snapshot: snap, .. } = repo.find_snapshot(&args.snapshot)?;
     let (index, warnings) = repo.load_index()?;
     for w in &warnings {
         eprintln!("warning: {w}");
@@ -336,7 +336,17 @@ fn long_prefix(n: &Node) -> String {
 }
 
 fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
-    let (id, snap) = repo.find_snapshot(&args.snapshot)?;
+    let found = repo.find_snapshot(&args.snapshot)?;
+    if !json {
+        eprintln!(
+            "restoring snapshot {} of {} from {}, written by {}",
+            &found.id[..16.min(found.id.len())],
+            output::time(found.snapshot.time_ns),
+            found.snapshot.host,
+            found.writer()
+        );
+    }
+    let engine::repo::SnapshotEntry { id, snapshot: snap, .. } = found;
     let (index, warnings) = repo.load_index()?;
     for w in &warnings {
         eprintln!("warning: {w}");
@@ -419,20 +429,95 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
     Ok(if r.errors.is_empty() { 0 } else { EXIT_PARTIAL })
 }
 
-fn key_cmd(repo: &Repository, cmd: KeyCommand) -> Result<u8> {
+fn key_cmd(repo: &Repository, json: bool, cmd: KeyCommand) -> Result<u8> {
+    use engine::ops::writers;
     match cmd {
-        KeyCommand::Export { file, backup_only } => {
-            let k: Key = if backup_only { repo.key.backup_only() } else { Key::load(&repo.key.path)? };
-            if !backup_only {
-                k.identity()?;
+        KeyCommand::Export { file, backup_only: true, name } => {
+            let name = match name {
+                Some(n) => n,
+                None => file
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(|n| n.strip_suffix(".key").unwrap_or(n).to_string())
+                    .filter(|n| engine::keys::valid_writer_name(n))
+                    .context("give the writer a name with --name (letters, digits, '.', '_', '-', '@')")?,
+            };
+            if file.exists() {
+                bail!("{} exists: not replacing it", file.display());
             }
+            let k = writers::export_backup_key(repo, &name)?;
             k.save(&file).with_context(|| format!("writing {}", file.display()))?;
-            let kind = if backup_only { "backup-only key (can back up, cannot restore)" } else { "full key" };
-            println!("wrote {kind} to {}", file.display());
+            println!(
+                "wrote backup-only key for writer {name} (fingerprint {}) to {}: it can back up, not restore",
+                engine::signing::fingerprint(&k.snapshot_signer()?.public()),
+                file.display()
+            );
+        }
+        KeyCommand::Export { file, backup_only: false, name } => {
+            if name.is_some() {
+                bail!("--name names a backup-only key's writer: add --backup-only");
+            }
+            let k = Key::load(&repo.key.path)?;
+            k.identity()?;
+            k.save(&file).with_context(|| format!("writing {}", file.display()))?;
+            println!("wrote full key to {}", file.display());
         }
         KeyCommand::Show => {
-            let kind = if repo.key.identity.is_some() { "full (can restore)" } else { "backup-only" };
+            let kind = match (&repo.key.identity, &repo.key.name) {
+                (Some(_), _) => "full (can restore)".to_string(),
+                (None, Some(n)) => format!("backup-only, writer {n}"),
+                (None, None) => "backup-only".to_string(),
+            };
             println!("key {}: {kind}, fingerprint {}", repo.key.path.display(), repo.key.fingerprint());
+        }
+        KeyCommand::List => {
+            let (all, warnings) = writers::list(repo)?;
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            let mut out = Out::new();
+            let time = |t: Option<i64>| t.map(output::time).unwrap_or_else(|| "-".into());
+            if json {
+                let v: Vec<_> = all
+                    .iter()
+                    .map(|l| {
+                        json!({
+                            "name": l.writer.name, "fingerprint": engine::signing::fingerprint(&l.writer.key),
+                            "registered": output::time(l.writer.registered_ns),
+                            "revoked": l.writer.revoked_ns.map(output::time),
+                            "snapshots": l.snapshots, "last_snapshot": l.last_snapshot_ns.map(output::time),
+                        })
+                    })
+                    .collect();
+                out.line(&serde_json::Value::Array(v).to_string())?;
+            } else {
+                out.line(&format!(
+                    "{:<20}  {:<19}  {:<19}  {:<19}  {:>9}  last snapshot",
+                    "writer", "fingerprint", "registered (UTC)", "revoked", "snapshots"
+                ))?;
+                for l in &all {
+                    out.line(&format!(
+                        "{:<20}  {:<19}  {}  {:<19}  {:>9}  {}",
+                        l.writer.name,
+                        engine::signing::fingerprint(&l.writer.key),
+                        output::time(l.writer.registered_ns),
+                        time(l.writer.revoked_ns),
+                        l.snapshots,
+                        time(l.last_snapshot_ns)
+                    ))?;
+                }
+            }
+            out.finish()?;
+        }
+        KeyCommand::Revoke { name } => {
+            let gone = writers::revoke(repo, &name)?;
+            for w in gone {
+                println!(
+                    "revoked writer {} ({}): its snapshots are ignored unless --trust-all; forget them when you are sure",
+                    w.name,
+                    engine::signing::fingerprint(&w.key)
+                );
+            }
         }
     }
     Ok(0)

@@ -58,8 +58,8 @@ fn detail(e: &Entry) -> String {
 }
 
 pub fn diff(repo: &Repository, json: bool, args: DiffArgs) -> Result<u8> {
-    let (ida, a) = repo.find_snapshot(&args.a)?;
-    let (idb, b) = repo.find_snapshot(&args.b)?;
+    let engine::repo::SnapshotEntry { id: ida, snapshot: a, .. } = repo.find_snapshot(&args.a)?;
+    let engine::repo::SnapshotEntry { id: idb, snapshot: b, .. } = repo.find_snapshot(&args.b)?;
     let (index, warnings) = repo.load_index()?;
     for w in &warnings {
         eprintln!("warning: {w}");

@@ -31,6 +31,10 @@ pub struct Cli {
     /// Machine-readable output
     #[arg(long, global = true)]
     pub json: bool,
+    /// Show and use every snapshot, also those not signed by the owner or a registered writer
+    /// in good standing, or dated in the future (for forensics: they may be forgeries)
+    #[arg(long, global = true)]
+    pub trust_all: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -65,6 +69,8 @@ pub enum Command {
     Prune(PruneArgs),
     /// Show the repository's settings; change the grace period
     Config(ConfigArgs),
+    /// Bring a repository made by an older bakare to the current format (once, with the full key)
+    Migrate(MigrateArgs),
     /// Copy the objects another repository location lacks, without any key (relay a NAS to the cloud)
     Sync(SyncArgs),
 }
@@ -283,16 +289,32 @@ pub enum Overwrite {
     Never,
 }
 
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// Say what would change, change nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum KeyCommand {
-    /// Write the key to FILE; with --backup-only, without the secret identity
+    /// Write the key to FILE; with --backup-only, a new key without the secret identity,
+    /// registered as a writer whose snapshots the owner trusts
     Export {
         file: PathBuf,
         #[arg(long)]
         backup_only: bool,
+        /// The writer's name (backup-only keys) [default: FILE's name without .key]
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Show the key's fingerprint and kind
     Show,
+    /// List the registered writers: name, fingerprint, registered, revoked, last snapshot
+    List,
+    /// Revoke a writer: its snapshots are ignored (unless --trust-all) and it cannot add
+    /// trusted ones; prune keeps their data until they are forgotten
+    Revoke { name: String },
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -377,7 +399,7 @@ pub(crate) fn open_backend(at: &engine::repo::Location) -> engine::Result<Arc<dy
     })
 }
 
-fn wrapped(mut repo: engine::Repository) -> engine::Repository {
+pub(crate) fn wrapped(mut repo: engine::Repository) -> engine::Repository {
     if let Some(wrap) = BACKEND_WRAP.get() {
         repo.backend = wrap(repo.backend.clone());
     }

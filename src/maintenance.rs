@@ -162,3 +162,63 @@ pub fn repair_cmd(repo: &Repository, json: bool, cmd: RepairCommand) -> Result<u
         }
     }
 }
+
+pub fn migrate_cmd(
+    at: &engine::repo::Location,
+    key: Option<&std::path::Path>,
+    json: bool,
+    args: crate::MigrateArgs,
+) -> Result<u8> {
+    let repo = engine::Repository::open_with(at.clone(), key, true).map(crate::wrapped)?;
+    let r = engine::ops::migrate::migrate(&repo, args.dry_run)?;
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    let mut out = Out::new();
+    let would = if args.dry_run { "would " } else { "" };
+    if json {
+        let adopted: Vec<_> = r
+            .adopted
+            .iter()
+            .map(|(old, new, s)| {
+                json!({"old": old, "new": new, "time": output::time(s.time_ns), "host": s.host})
+            })
+            .collect();
+        let v = json!({
+            "dry_run": args.dry_run, "config_from": r.config_from, "config_to": engine::config::VERSION,
+            "records_removed": r.records_removed, "adopted": adopted,
+        });
+        out.line(&v.to_string())?;
+    } else {
+        if r.config_from == engine::config::VERSION {
+            out.line("config: signed already")?;
+        } else {
+            out.line(&format!(
+                "config: {would}sign it (format {} to {})",
+                r.config_from,
+                engine::config::VERSION
+            ))?;
+        }
+        for rec in &r.records_removed {
+            out.line(&format!("{would}remove {rec}"))?;
+        }
+        for (old, new, s) in &r.adopted {
+            let to =
+                if new.is_empty() { String::new() } else { format!(" -> {}", &new[..16.min(new.len())]) };
+            out.line(&format!(
+                "{would}adopt unsigned snapshot {}{to} ({}, {})",
+                &old[..16.min(old.len())],
+                output::time(s.time_ns),
+                s.host
+            ))?;
+        }
+        out.line(&format!(
+            "{} snapshots {would}adopted as the owner's. Backup-only keys exported before this \
+             version cannot write here any more: export a new one per machine \
+             (bakare key export --backup-only --name NAME FILE).",
+            r.adopted.len()
+        ))?;
+    }
+    out.finish()?;
+    Ok(0)
+}

@@ -38,15 +38,20 @@ pub fn forget_cmd(repo: &Repository, json: bool, args: ForgetArgs) -> Result<u8>
         }
         let mut chosen = Vec::new();
         for spec in &args.snapshots {
-            chosen.push(repo.find_snapshot(spec)?.0);
+            chosen.push(repo.find_snapshot(spec)?.id);
         }
         all.iter()
-            .filter(|(id, _)| chosen.contains(id))
-            .map(|(id, _)| forget::Decision { id: id.clone(), keep: false, reasons: vec!["named".into()] })
+            .filter(|e| chosen.contains(&e.id))
+            .map(|e| forget::Decision { id: e.id.clone(), keep: false, reasons: vec!["named".into()] })
             .collect()
     } else {
-        let scope: Vec<_> =
-            all.iter().filter(|(_, s)| args.host.as_ref().is_none_or(|h| *h == s.host)).cloned().collect();
+        // Only trusted snapshots count toward a policy (unless --trust-all): a forged one must
+        // not push a real one out of keep-last. Untrusted ones stay until named.
+        let scope: Vec<_> = all
+            .iter()
+            .filter(|e| args.host.as_ref().is_none_or(|h| *h == e.snapshot.host))
+            .map(|e| (e.id.clone(), e.snapshot.clone()))
+            .collect();
         forget::apply(&scope, &policy, &jiff::tz::TimeZone::system())?
     };
     let mut removed = 0;
@@ -57,7 +62,7 @@ pub fn forget_cmd(repo: &Repository, json: bool, args: ForgetArgs) -> Result<u8>
         removed += 1;
     }
     let mut out = Out::new();
-    let by_id = |id: &str| all.iter().find(|(i, _)| i == id).map(|(_, s)| s);
+    let by_id = |id: &str| all.iter().find(|e| e.id == id).map(|e| &e.snapshot);
     if json {
         let v: Vec<_> = decisions
             .iter()
@@ -186,18 +191,19 @@ pub fn prune_cmd(repo: &Repository, json: bool, args: PruneArgs) -> Result<u8> {
 }
 
 pub fn config_cmd(repo: &Repository, json: bool, args: ConfigArgs) -> Result<u8> {
-    let mut config = engine::config::Config::decode(&repo.backend.get("config")?)?;
+    let mut config = repo.fresh_config()?;
     if let Some(span) = args.grace {
         repo.key.identity()?;
         let now = engine::clock::now_ns();
         let zoned = jiff::Timestamp::from_nanosecond(i128::from(now))?.to_zoned(jiff::tz::TimeZone::UTC);
         let secs = span.total((jiff::Unit::Second, &zoned))?;
-        if !(1.0..=10.0 * 365.0 * 86400.0).contains(&secs) {
-            bail!("--grace {span:#}: must be between 1 second and 10 years");
+        let min = engine::config::MIN_GRACE_SECS as f64;
+        if !(min..=10.0 * 365.0 * 86400.0).contains(&secs) {
+            bail!("--grace {span:#}: must be between 1 hour and 10 years");
         }
         let old = config.grace_secs;
         config.set_grace(secs as u64, now);
-        repo.backend.replace("config", &config.encode())?;
+        repo.backend.replace("config", &config.encode(&repo.key.owner_signer()?))?;
         if (secs as u64) < old {
             eprintln!(
                 "note: prune keeps waiting the old grace period ({}) for {} more, since other machines may have read it",

@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::path::Path;
 
+use engine::gc::{self, GcRecord};
 use engine::index::Index;
+use engine::signing::SigningKey;
 use engine::snapshot::{Snapshot, Stats, VERSION};
 use engine::tree::{Node, NodeKind, Tree};
 use engine::writer::BlobWriter;
@@ -58,9 +60,31 @@ impl Forger<'_> {
     }
 }
 
+/// How a forged object is signed: what a backup-only key's holder can do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signed {
+    /// With the writer key the stolen backup-only key carries (a registered writer).
+    Writer,
+    /// With a key of the attacker's own, never registered.
+    Stranger,
+    /// Not at all (the format of before signatures).
+    Unsigned,
+}
+
 /// Opens `repo` with `key` (a backup-only key, in the suite), lets `build` write blobs and
 /// return the root directory's tree blobs, and commits a snapshot of them. Returns its id.
 pub fn forge(repo: &Path, key: &Path, build: impl FnOnce(&mut Forger) -> Vec<BlobId>) -> String {
+    forge_snapshot(repo, key, Signed::Writer, engine::clock::now_ns(), build)
+}
+
+/// `forge`, signed as `how` and dated `time_ns`.
+pub fn forge_snapshot(
+    repo: &Path,
+    key: &Path,
+    how: Signed,
+    time_ns: i64,
+    build: impl FnOnce(&mut Forger) -> Vec<BlobId>,
+) -> String {
     let r = Repository::open(repo, Some(key)).unwrap();
     let index = Index::default();
     let mut f = Forger { w: BlobWriter::new(&r, &index).unwrap() };
@@ -68,7 +92,7 @@ pub fn forge(repo: &Path, key: &Path, build: impl FnOnce(&mut Forger) -> Vec<Blo
     f.w.finish().unwrap();
     let snap = Snapshot {
         version: VERSION,
-        time_ns: engine::clock::now_ns(),
+        time_ns,
         host: "hostile".into(),
         user: "mallory".into(),
         paths: vec![b"/".to_vec()],
@@ -78,8 +102,70 @@ pub fn forge(repo: &Path, key: &Path, build: impl FnOnce(&mut Forger) -> Vec<Blo
         errors: vec![],
         program: "forged".into(),
     };
-    let bytes = snap.encode(&r.key.recipient).unwrap();
+    let bytes = match how {
+        Signed::Writer => snap.encode(&r.key.recipient, &r.key.snapshot_signer().unwrap(), &r.config.repo_id),
+        Signed::Stranger => snap.encode(&r.key.recipient, &SigningKey::generate(), &r.config.repo_id),
+        Signed::Unsigned => snap.encode_unsigned(&r.key.recipient),
+    }
+    .unwrap();
     let id = blake3::hash(&bytes).to_hex().to_string();
     r.backend.put(&format!("snapshots/{id}"), &bytes).unwrap();
     id
+}
+
+/// A condemnation record for `packs`, dated 1970, sealed with the catalog key the backup-only
+/// key derives, and signed as `how` (never by the owner: the attacker cannot). Returns its name.
+pub fn forge_gc_record(repo: &Path, key: &Path, packs: Vec<[u8; 32]>, how: Signed) -> String {
+    let r = Repository::open(repo, Some(key)).unwrap();
+    let rec = GcRecord { version: gc::VERSION, time_ns: 0, host: "hostile".into(), packs, segments: vec![] };
+    let (name, bytes) = match how {
+        Signed::Unsigned => {
+            let body = postcard::to_allocvec(&rec).unwrap();
+            let mut out = b"BKGCREC1".to_vec();
+            out.extend_from_slice(&engine::crypto::seal_catalog(&r.wk.catalog_key, b"BKGCREC1", &body));
+            (format!("gc/{}", blake3::hash(&out).to_hex()), out)
+        }
+        Signed::Writer => {
+            rec.encode(&r.wk.catalog_key, &r.key.snapshot_signer().unwrap(), &r.config.repo_id).unwrap()
+        }
+        Signed::Stranger => {
+            rec.encode(&r.wk.catalog_key, &SigningKey::generate(), &r.config.repo_id).unwrap()
+        }
+    };
+    r.backend.put(&name, &bytes).unwrap();
+    name
+}
+
+/// Replaces `config` with a copy whose grace period is 0, signed as `how` (`Unsigned`: the
+/// checksummed form of format 2, which anyone can recompute).
+pub fn forge_config(repo: &Path, key: &Path, how: Signed) {
+    let r = Repository::open(repo, Some(key)).unwrap();
+    let mut c = r.config.clone();
+    c.grace_secs = 0;
+    c.grace_prev_secs = 0;
+    let bytes = match how {
+        Signed::Unsigned => {
+            let mut out = engine::config::MAGIC.to_vec();
+            out.push(2);
+            out.extend_from_slice(&postcard::to_allocvec(&c).unwrap());
+            let sum = blake3::hash(&out);
+            out.extend_from_slice(sum.as_bytes());
+            out
+        }
+        Signed::Writer => c.encode(&r.key.snapshot_signer().unwrap()),
+        Signed::Stranger => c.encode(&SigningKey::generate()),
+    };
+    r.backend.replace("config", &bytes).unwrap();
+}
+
+/// A decoy pack (and its index segment) claiming to hold each of `ids` as data, with garbage in
+/// their place.
+pub fn decoy(repo: &Path, key: &Path, ids: &[BlobId]) {
+    let r = Repository::open(repo, Some(key)).unwrap();
+    let index = Index::default();
+    let mut w = BlobWriter::new(&r, &index).unwrap();
+    for id in ids {
+        w.put_claiming(BlobKind::Data, *id, b"garbage in place of the owner's data").unwrap();
+    }
+    w.finish().unwrap();
 }

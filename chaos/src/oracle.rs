@@ -48,7 +48,7 @@ pub fn file_deps(repo: &Path, key: &Path) -> Vec<FileDeps> {
     let (snaps, w) = repo.snapshots().unwrap();
     assert!(w.is_empty(), "{w:?}");
     let mut out = Vec::new();
-    for (id, snap) in snaps {
+    for engine::repo::SnapshotEntry { id, snapshot: snap, .. } in snaps {
         let base: BTreeSet<String> = ["config".to_string(), format!("snapshots/{id}")].into();
         let mut stack = vec![(Vec::new(), snap.tree.clone(), base)];
         while let Some((path, tree, mut deps)) = stack.pop() {

@@ -186,7 +186,8 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
 fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Instant) -> Result<Attempt> {
     // The view: taken before anything is read from the repository.
     let view_ns = crate::clock::boot_ns();
-    let config = crate::config::Config::decode(&repo.backend.get("config")?)?;
+    let config = repo.fresh_config()?;
+    let signer = repo.key.snapshot_signer()?;
     let (index, mut warnings) = repo.load_dedup_index()?;
     let roots = stages::scan::normalize_roots(&opts.paths).map_err(|e| Error::io(".", e))?;
     for r in &roots {
@@ -352,7 +353,7 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
         errors: std::mem::take(&mut builder.errors),
         program: format!("bakare {}", env!("CARGO_PKG_VERSION")),
     };
-    let bytes = snapshot.encode(&repo.key.recipient)?;
+    let bytes = snapshot.encode(&repo.key.recipient, &signer, &repo.config.repo_id)?;
     let snapshot_id = blake3::hash(&bytes).to_hex().to_string();
     let pending = format!("pending/{snapshot_id}");
     repo.backend.put(&pending, &bytes)?;
@@ -468,7 +469,7 @@ fn open_cache(
 
 /// Writes the snapshot to pending/, then snapshots/, then removes the pending copy.
 pub(crate) fn commit_snapshot(repo: &Repository, snapshot: &Snapshot) -> Result<String> {
-    let bytes = snapshot.encode(&repo.key.recipient)?;
+    let bytes = snapshot.encode(&repo.key.recipient, &repo.key.snapshot_signer()?, &repo.config.repo_id)?;
     let id = blake3::hash(&bytes).to_hex().to_string();
     let pending = format!("pending/{id}");
     repo.backend.put(&pending, &bytes)?;

@@ -156,8 +156,16 @@ pub(crate) fn survey(repo: &Repository, report: &mut CheckReport) -> Result<Surv
         }
     }
     report.packs = present.len();
-    let condemned = match crate::gc::load(backend, &repo.wk.catalog_key) {
-        Ok(records) => crate::gc::condemned_packs(&records),
+    let condemned = match crate::gc::load(backend, repo.gc_keys()) {
+        Ok(records) => {
+            for (name, why) in records.refused {
+                report.damage.push(Damage {
+                    object: name,
+                    why: format!("{why}: it condemns nothing (prune removes it)"),
+                });
+            }
+            crate::gc::condemned_packs(&records.valid)
+        }
         Err(e) => {
             report.damage.push(Damage { object: "gc/".into(), why: e.to_string() });
             HashSet::new()
@@ -609,6 +617,11 @@ pub(crate) fn load_snapshots(
     report: &mut CheckReport,
 ) -> Result<Vec<(String, Snapshot)>> {
     let mut out = Vec::new();
+    let (registry, warnings) = repo.registry()?;
+    for w in warnings {
+        report.damage.push(Damage { object: "writers/".into(), why: w });
+    }
+    let now = crate::clock::now_ns();
     for dir in ["snapshots", "pending"] {
         let mut names = repo.backend.list(dir)?;
         names.sort();
@@ -617,10 +630,39 @@ pub(crate) fn load_snapshots(
                 if !name_matches(&name, &d) {
                     return Err(Error::corrupt("snapshot", name.clone(), "content does not match its name"));
                 }
-                Snapshot::decode(identity, &name, &d)
+                Snapshot::decode(identity, &repo.config.repo_id, &name, &d)
             });
             match decoded {
-                Ok(s) => {
+                Ok((s, signer)) => {
+                    let standing = match &signer {
+                        crate::snapshot::Signer::Key(k) => registry.standing(k),
+                        crate::snapshot::Signer::Nobody => crate::writers::Standing::Unknown,
+                    };
+                    let entry = crate::repo::SnapshotEntry {
+                        id: name.clone(),
+                        snapshot: s,
+                        signer,
+                        standing: standing.clone(),
+                    };
+                    match (entry.distrust(now), &standing) {
+                        (None, _) => {}
+                        // A writer's snapshot, from before or after its revocation, or one
+                        // dated ahead: genuine signatures; not used by default.
+                        (
+                            Some(why),
+                            crate::writers::Standing::Revoked(_)
+                            | crate::writers::Standing::Registered(_)
+                            | crate::writers::Standing::Owner,
+                        ) => report.notes.push(format!("{name}: {why}: not used without --trust-all")),
+                        (Some(why), crate::writers::Standing::Unknown) => report.damage.push(Damage {
+                            object: name.clone(),
+                            why: format!(
+                                "{why}: not from the owner or a registered writer (forged, or from \
+                                 before snapshots were signed: `bakare migrate` adopts those)"
+                            ),
+                        }),
+                    }
+                    let s = entry.snapshot;
                     if dir == "pending" {
                         report.notes.push(format!(
                             "{name}: a snapshot being committed (or left by a backup interrupted while committing)"

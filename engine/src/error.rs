@@ -34,6 +34,8 @@ pub enum Error {
     },
     #[error("pipeline: {0}")]
     Pipeline(String),
+    #[error("{0}")]
+    Legacy(String),
     #[error("invalid argument: {0}")]
     Invalid(String),
 }

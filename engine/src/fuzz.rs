@@ -39,7 +39,9 @@ fn mode(data: &[u8]) -> (bool, &[u8]) {
 }
 
 pub fn config(data: &[u8]) -> bool {
-    crate::config::Config::decode(data).is_ok()
+    let owner = crate::signing::SigningKey::from_seed(&[7; 32]).public();
+    crate::config::Config::decode(data, &owner).is_ok()
+        | crate::config::Config::decode_unverified(data).is_ok()
 }
 
 /// A whole pack: header, wrapped key, trailer, and every blob the trailer lists.
@@ -101,12 +103,13 @@ pub fn snapshot(data: &[u8]) -> bool {
     let k = keys();
     let Ok(identity) = k.key.identity() else { return false };
     match mode(data) {
-        (false, raw) => crate::snapshot::Snapshot::decode(identity, "fuzz", raw).is_ok(),
+        (false, raw) => crate::snapshot::Snapshot::decode(identity, &k.key.repo_id, "fuzz", raw).is_ok(),
         (true, plain) => {
+            // Unsigned, so that the bytes reach the snapshot's own decoder.
             let Ok(sealed) = age::encrypt(&k.key.recipient, plain) else { return false };
-            let mut s = crate::snapshot::MAGIC.to_vec();
+            let mut s = crate::snapshot::MAGIC_V1.to_vec();
             s.extend_from_slice(&sealed);
-            crate::snapshot::Snapshot::decode(identity, "fuzz", &s).is_ok()
+            crate::snapshot::Snapshot::decode(identity, &k.key.repo_id, "fuzz", &s).is_ok()
         }
     }
 }
@@ -218,7 +221,7 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
                 grace_prev_secs: 3600,
                 grace_changed_ns: 1,
             };
-            vec![c.encode()]
+            vec![c.encode(&crate::signing::SigningKey::from_seed(&[7; 32]))]
         }
         "pack" => vec![sample_pack()],
         "pack_trailer" => vec![sealed(encode(&entries))],
@@ -226,12 +229,18 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
         "tree" => vec![crate::tree::Tree { nodes: vec![node, dir] }.encode()],
         "snapshot" => {
             let mut v = vec![sealed(encode(&snap))];
-            if let Ok(enc) = snap.encode(&k.key.recipient) {
+            if let Ok(enc) = snap.encode_unsigned(&k.key.recipient) {
                 v.push([vec![0u8], enc].concat());
             }
             v
         }
-        "key_file" => vec![k.key.encode().into_bytes(), k.key.backup_only().encode().into_bytes()],
+        "key_file" => {
+            let mut v = vec![k.key.encode().into_bytes()];
+            if let Ok(b) = k.key.backup_only("fuzz") {
+                v.push(b.encode().into_bytes());
+            }
+            v
+        }
         "files_cache" => {
             use crate::filescache::{CacheEntry, DirEntry, Record};
             let (mtime_ns, ctime_ns, ino, dev) = (1, 2, 3, 4);

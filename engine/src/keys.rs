@@ -8,6 +8,11 @@
 //! recipient: age1...
 //! writer: <64 hex>
 //! identity: AGE-SECRET-KEY-1...     (full keys only)
+//! owner: <64 hex>      (backup-only keys: the owner's Ed25519 public key, to check config
+//!                       and condemnation records)
+//! name: <writer name>  (backup-only keys: as registered by the owner)
+//! signer: <64 hex>     (backup-only keys: the seed of the writer's own Ed25519 key, which
+//!                       signs its snapshots)
 //! checksum: <64 hex: BLAKE3 of the lines above, from bakare-key-v1 on, each ending in \n>
 //! ```
 //! Keys live outside the repository, in `$XDG_CONFIG_HOME/bakare/keys/<repository>.key`, 0600.
@@ -21,6 +26,7 @@ use age::secrecy::ExposeSecret;
 
 use crate::crypto::{Secret32, WriterKeys};
 use crate::error::{Error, Result};
+use crate::signing::{PublicKey, SigningKey};
 
 const HEADER: &str = "bakare-key-v1";
 
@@ -29,8 +35,19 @@ pub struct Key {
     pub recipient: age::x25519::Recipient,
     pub writer: Secret32,
     pub identity: Option<age::x25519::Identity>,
+    /// Backup-only keys: the owner's public signing key, the writer's name and its own
+    /// signing key (None in backup-only keys made before writers were registered: those are
+    /// refused, and the owner exports new ones).
+    pub owner: Option<PublicKey>,
+    pub name: Option<String>,
+    pub signer: Option<SigningKey>,
     /// Where it was loaded from (for messages).
     pub path: PathBuf,
+}
+
+/// A writer's name: 1 to 64 of `A-Z a-z 0-9 . _ - @`.
+pub fn valid_writer_name(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
 }
 
 impl Key {
@@ -41,8 +58,39 @@ impl Key {
             recipient: identity.to_public(),
             writer: Secret32::random(),
             identity: Some(identity),
+            owner: None,
+            name: None,
+            signer: None,
             path: PathBuf::new(),
         }
+    }
+
+    /// The owner's public signing key: derived from the identity, or as a backup-only key
+    /// carries it.
+    pub fn owner_public(&self) -> Option<PublicKey> {
+        match &self.identity {
+            Some(id) => Some(SigningKey::owner(id).public()),
+            None => self.owner,
+        }
+    }
+
+    /// The owner's signing key (full keys only).
+    pub fn owner_signer(&self) -> Result<SigningKey> {
+        Ok(SigningKey::owner(self.identity()?))
+    }
+
+    /// The key that signs this key's snapshots: the owner's, or the writer's own.
+    pub fn snapshot_signer(&self) -> Result<SigningKey> {
+        if let Some(id) = &self.identity {
+            return Ok(SigningKey::owner(id));
+        }
+        self.signer.clone().ok_or_else(|| {
+            Error::Key(format!(
+                "{} is a backup-only key from before writers were registered; the owner must export \
+                 a new one (bakare key export --backup-only --name NAME FILE)",
+                self.path.display()
+            ))
+        })
     }
 
     pub fn writer_keys(&self) -> WriterKeys {
@@ -59,14 +107,24 @@ impl Key {
         fingerprint(&self.recipient)
     }
 
-    pub fn backup_only(&self) -> Key {
-        Key {
+    /// A new backup-only key named `name`, with a signing key of its own (which the owner
+    /// registers).
+    pub fn backup_only(&self, name: &str) -> Result<Key> {
+        if !valid_writer_name(name) {
+            return Err(Error::Invalid(format!(
+                "writer name {name:?}: use 1 to 64 letters, digits, '.', '_', '-' or '@'"
+            )));
+        }
+        Ok(Key {
             repo_id: self.repo_id,
             recipient: self.recipient.clone(),
             writer: self.writer.clone(),
             identity: None,
+            owner: Some(self.owner_signer()?.public()),
+            name: Some(name.to_string()),
+            signer: Some(SigningKey::generate()),
             path: self.path.clone(),
-        }
+        })
     }
 
     pub fn encode(&self) -> String {
@@ -78,6 +136,15 @@ impl Key {
         );
         if let Some(id) = &self.identity {
             body.push_str(&format!("identity: {}\n", id.to_string().expose_secret()));
+        }
+        if let Some(owner) = &self.owner {
+            body.push_str(&format!("owner: {}\n", hex::encode(owner)));
+        }
+        if let Some(name) = &self.name {
+            body.push_str(&format!("name: {name}\n"));
+        }
+        if let Some(signer) = &self.signer {
+            body.push_str(&format!("signer: {}\n", hex::encode(*signer.seed())));
         }
         let sum = blake3::hash(body.as_bytes()).to_hex();
         let kind = if self.identity.is_some() {
@@ -97,6 +164,7 @@ impl Key {
         let mut body = String::new();
         let (mut repo, mut recipient, mut writer, mut identity, mut checksum) =
             (None, None, None, None, None);
+        let (mut owner, mut name, mut signer) = (None, None, None);
         for line in &lines {
             let (k, v) = match line.split_once(": ") {
                 Some(kv) => kv,
@@ -113,6 +181,9 @@ impl Key {
                 "recipient" => recipient = Some(v),
                 "writer" => writer = Some(v),
                 "identity" => identity = Some(v),
+                "owner" => owner = Some(v),
+                "name" => name = Some(v),
+                "signer" => signer = Some(v),
                 "checksum" => checksum = Some(v),
                 _ => return Err(bad("unknown field")),
             }
@@ -125,10 +196,16 @@ impl Key {
             .ok()
             .and_then(|v| v.try_into().ok())
             .ok_or_else(|| bad("bad repository id"))?;
-        let writer: [u8; 32] = hex::decode(writer.ok_or_else(|| bad("no writer key"))?)
-            .ok()
-            .and_then(|v| v.try_into().ok())
-            .ok_or_else(|| bad("bad writer key"))?;
+        let hex32 = |v: &str| -> Option<[u8; 32]> { hex::decode(v).ok().and_then(|v| v.try_into().ok()) };
+        let writer =
+            hex32(writer.ok_or_else(|| bad("no writer key"))?).ok_or_else(|| bad("bad writer key"))?;
+        let owner = owner.map(|v| hex32(v).ok_or_else(|| bad("bad owner key"))).transpose()?;
+        let signer = signer
+            .map(|v| hex32(v).map(|s| SigningKey::from_seed(&s)).ok_or_else(|| bad("bad signer key")))
+            .transpose()?;
+        if let Some(n) = name.filter(|n| !valid_writer_name(n)) {
+            return Err(bad(&format!("bad writer name {n:?}")));
+        }
         let recipient = age::x25519::Recipient::from_str(recipient.ok_or_else(|| bad("no recipient"))?)
             .map_err(|_| bad("bad recipient"))?;
         let identity = match identity {
@@ -136,6 +213,9 @@ impl Key {
                 let id = age::x25519::Identity::from_str(s).map_err(|_| bad("bad identity"))?;
                 if id.to_public().to_string() != recipient.to_string() {
                     return Err(bad("identity does not match recipient"));
+                }
+                if owner.is_some_and(|o| o != SigningKey::owner(&id).public()) {
+                    return Err(bad("owner key does not match identity"));
                 }
                 Some(id)
             }
@@ -146,6 +226,9 @@ impl Key {
             recipient,
             writer: Secret32::from_bytes(writer),
             identity,
+            owner,
+            name: name.map(str::to_string),
+            signer,
             path: path.to_path_buf(),
         })
     }
@@ -219,8 +302,13 @@ mod tests {
         assert_eq!(d.writer, k.writer);
         assert_eq!(d.recipient.to_string(), k.recipient.to_string());
         assert!(d.identity.is_some());
-        let b = Key::decode(&k.backup_only().encode(), Path::new("b")).unwrap();
+        let b = Key::decode(&k.backup_only("laptop").unwrap().encode(), Path::new("b")).unwrap();
         assert!(b.identity.is_none());
+        assert_eq!(b.owner_public(), k.owner_public());
+        assert_eq!(b.name.as_deref(), Some("laptop"));
+        assert_ne!(b.snapshot_signer().unwrap().public(), k.snapshot_signer().unwrap().public());
+        assert!(k.backup_only("no/slash").is_err());
+        assert!(b.backup_only("x").is_err(), "a backup-only key cannot make others");
         assert!(matches!(b.identity(), Err(Error::BackupOnlyKey(_))));
         // flipping a character of the writer key is caught
         let pos = text.find("writer: ").unwrap() + 9;

@@ -96,11 +96,13 @@ struct View {
     /// Which segment(s) list each pack.
     covered: HashSet<PackId>,
     records: Vec<(String, GcRecord)>,
+    /// Records that do not count: not the owner's (forged), damaged, or unsigned from before.
+    refused: Vec<(String, String)>,
 }
 
 fn load_view(repo: &Repository, warnings: &mut Vec<String>) -> Result<View> {
     let backend = repo.backend.as_ref();
-    let records = gc::load(backend, &repo.wk.catalog_key)?;
+    let gc::Records { valid: records, refused } = gc::load(backend, repo.gc_keys())?;
     let mut segments = backend.list("index")?;
     segments.sort();
     let mut from_segments: SegmentBody = Vec::new();
@@ -138,7 +140,7 @@ fn load_view(repo: &Repository, warnings: &mut Vec<String>) -> Result<View> {
             Err(e) => warnings.push(format!("{e}; left alone")),
         }
     }
-    Ok(View { packs, sizes, segments, covered, records })
+    Ok(View { packs, sizes, segments, covered, records, refused })
 }
 
 /// Every blob referenced by `snapshots`, walking each distinct tree once.
@@ -209,8 +211,9 @@ fn read_roots(repo: &Repository, warnings: &mut Vec<String>) -> Result<(Vec<(Str
                 Err(io::StorageError::NotFound { .. }) if dir == "pending" => continue,
                 Err(e) => return Err(e.into()),
             };
-            let s = match Snapshot::decode(identity, &name, &data) {
-                Ok(s) => s,
+            // Whoever signed it: a snapshot nobody trusts still keeps its data (any doubt keeps).
+            let s = match Snapshot::decode(identity, &repo.config.repo_id, &name, &data) {
+                Ok((s, _)) => s,
                 Err(e) if dir == "pending" => {
                     warnings.push(format!("{e}; ignored"));
                     continue;
@@ -226,6 +229,44 @@ fn read_roots(repo: &Repository, warnings: &mut Vec<String>) -> Result<(Vec<(Str
         }
     }
     Ok((out, pending))
+}
+
+/// Copies of blobs read back and authenticated by this prune, and those that failed.
+#[derive(Default)]
+struct Verified {
+    seen: HashMap<(BlobId, PackId), bool>,
+    failures: Vec<String>,
+}
+
+impl Verified {
+    /// Whether pack `holder` really holds blob `e.id`: its entry there is read, decrypted and
+    /// hashed (once per blob and pack). Any error counts as no.
+    fn holds(&mut self, repo: &Repository, view: &View, holder: PackId, e: &BlobEntry) -> bool {
+        if let Some(ok) = self.seen.get(&(e.id, holder)) {
+            return *ok;
+        }
+        let ok = match (view.packs.get(&holder).and_then(|es| es.iter().find(|x| x.id == e.id)), e.kind()) {
+            (Some(entry), Some(kind)) => {
+                let mut b = IndexBuilder::default();
+                b.add_pack(holder, std::slice::from_ref(entry));
+                let index = b.build();
+                match BlobReader::new(repo, &index).and_then(|r| r.read(&e.id, kind)) {
+                    Ok(_) => true,
+                    Err(err) => {
+                        self.failures.push(format!(
+                            "{}: its copy of blob {} does not verify ({err}); the condemned copy is kept",
+                            pack::pack_key(&holder),
+                            hex::encode(e.id)
+                        ));
+                        false
+                    }
+                }
+            }
+            _ => false,
+        };
+        self.seen.insert((e.id, holder), ok);
+        ok
+    }
 }
 
 fn build_index(view: &View, condemned: &HashSet<PackId>) -> Index {
@@ -294,7 +335,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     repo.key.identity()?;
     let mut report = PruneReport::default();
     // The grace period as stored now (another machine may have changed it).
-    let config = crate::config::Config::decode(&repo.backend.get("config")?)?;
+    let config = repo.fresh_config()?;
     let now = crate::clock::now_ns();
     let grace = config.prune_grace_ns(now);
     report.grace_ns = grace;
@@ -304,6 +345,15 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let (roots, pending) = read_roots(repo, &mut warnings)?;
     report.snapshots = roots.len() - pending;
     report.pending = pending;
+    // A record that is not the owner's condemns nothing; it goes (a record holds no data).
+    for (name, why) in &view.refused {
+        if opts.dry_run {
+            warnings.push(format!("{name}: {why}: ignored; prune removes it"));
+        } else {
+            repo.backend.delete(name)?;
+            warnings.push(format!("{name}: {why}: ignored and removed"));
+        }
+    }
     let all_condemned = gc::condemned_packs(&view.records);
     let index = build_index(&view, &all_condemned);
     let used = referenced(repo, &index, &roots, &mut warnings)?;
@@ -319,6 +369,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     }
 
     // Phase 2.
+    let mut verified = Verified::default();
     let mut gone: HashSet<PackId> = HashSet::new();
     let mut rescued_all: Vec<PackId> = Vec::new();
     let mut live_records = Vec::new();
@@ -336,15 +387,18 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             rec.packs.iter().copied().filter(|p| view.packs.contains_key(p)).collect();
         doomed.extend(gone.iter().copied());
         // Rescue until nothing changes: a pack may go only when every used blob in it also
-        // lives in a pack that stays.
+        // lives in a pack that stays, and that copy has been read and authenticated here: an
+        // index entry is only a claim (a backup-only key can write one for any id).
         let mut rescued = Vec::new();
         loop {
             let save: Vec<PackId> = doomed
                 .iter()
                 .filter(|p| {
-                    view.packs[*p]
-                        .iter()
-                        .any(|e| holders.get(&e.id).is_some_and(|hs| hs.iter().all(|h| doomed.contains(h))))
+                    view.packs[*p].iter().any(|e| {
+                        holders.get(&e.id).is_some_and(|hs| {
+                            !hs.iter().any(|h| !doomed.contains(h) && verified.holds(repo, &view, *h, e))
+                        })
+                    })
                 })
                 .copied()
                 .collect();
@@ -394,6 +448,8 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         }
         report.phase2.push(outcome);
     }
+
+    warnings.append(&mut verified.failures);
 
     // Phase 1, over the packs no record still waiting condemns.
     let waiting_condemned: HashSet<PackId> =
@@ -482,7 +538,8 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             segments: superseded,
         };
         if !rec.packs.is_empty() || !rec.segments.is_empty() {
-            let (name, bytes) = rec.encode(&repo.wk.catalog_key)?;
+            let (name, bytes) =
+                rec.encode(&repo.wk.catalog_key, &repo.key.owner_signer()?, &repo.config.repo_id)?;
             repo.backend.put(&name, &bytes)?;
             report.record = Some(name);
         }

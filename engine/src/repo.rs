@@ -15,8 +15,11 @@ use crate::error::{Error, Result};
 use crate::index::{Index, Use};
 use crate::keys::{self, Key};
 use crate::pack;
+use crate::signing::PublicKey;
+use crate::snapshot::Signer;
 use crate::snapshot::Snapshot;
 use crate::tree::{Listing, Node, Refused, Tree};
+use crate::writers::{Registry, Standing};
 
 /// Problems that did not stop an operation, to show the user.
 pub type Warnings = Vec<String>;
@@ -27,6 +30,55 @@ pub struct Repository {
     pub config: Config,
     pub key: Key,
     pub wk: WriterKeys,
+    /// The owner's public signing key (from the key file, never from the repository).
+    pub owner: PublicKey,
+    /// List and use snapshots whatever their signer (`--trust-all`, for forensics).
+    pub trust_all: bool,
+}
+
+/// How far in the future a snapshot may be dated before it is distrusted: clocks of different
+/// machines disagree, but not by a day.
+pub const FUTURE_SKEW_NS: i64 = 3600 * 1_000_000_000;
+
+/// A snapshot as listed: its id, contents, who signed it and where that signer stands.
+#[derive(Clone, Debug)]
+pub struct SnapshotEntry {
+    pub id: String,
+    pub snapshot: Snapshot,
+    pub signer: Signer,
+    pub standing: Standing,
+}
+
+impl SnapshotEntry {
+    /// The writer, as shown to users.
+    pub fn writer(&self) -> String {
+        match (&self.standing, &self.signer) {
+            (Standing::Owner, _) => crate::writers::OWNER.to_string(),
+            (Standing::Registered(n), _) => n.clone(),
+            (Standing::Revoked(n), _) => format!("{n} (revoked)"),
+            (Standing::Unknown, Signer::Key(k)) => format!("unknown {}", crate::signing::fingerprint(k)),
+            (Standing::Unknown, Signer::Nobody) => "unsigned".to_string(),
+        }
+    }
+
+    /// Why this snapshot is not trusted by default, if it is not.
+    pub fn distrust(&self, now_ns: i64) -> Option<String> {
+        let why = match (&self.standing, &self.signer) {
+            (Standing::Owner | Standing::Registered(_), _) => {
+                if self.snapshot.time_ns > now_ns.saturating_add(FUTURE_SKEW_NS) {
+                    "dated in the future".to_string()
+                } else {
+                    return None;
+                }
+            }
+            (Standing::Revoked(n), _) => format!("signed by revoked writer {n}"),
+            (Standing::Unknown, Signer::Key(k)) => {
+                format!("signed by an unregistered key {}", crate::signing::fingerprint(k))
+            }
+            (Standing::Unknown, Signer::Nobody) => "unsigned".to_string(),
+        };
+        Some(why)
+    }
 }
 
 /// Default pack size: 32 MiB (few files per GiB, small enough to rewrite cheaply in prune).
@@ -104,6 +156,7 @@ impl Repository {
         let mut repo_id = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut repo_id);
         let mut key = Key::generate(repo_id);
+        let owner_key = key.owner_signer()?;
         let kp = match key_path {
             Some(p) => p.to_path_buf(),
             None => keys::default_key_path(&repo_id)?,
@@ -124,23 +177,36 @@ impl Repository {
             grace_changed_ns: now,
         };
         if let Some(path) = location.local() {
-            for dir in ["packs", "index", "snapshots", "pending", "gc", "tmp"] {
+            for dir in ["packs", "index", "snapshots", "pending", "gc", "writers", "tmp"] {
                 std::fs::create_dir_all(path.join(dir)).map_err(|e| Error::io(path.join(dir), e))?;
             }
         }
-        backend.put("config", &config.encode())?;
+        backend.put("config", &config.encode(&owner_key))?;
         let wk = key.writer_keys();
-        Ok(Repository { backend, location, config, key, wk })
+        let owner = owner_key.public();
+        Ok(Repository { backend, location, config, key, wk, owner, trust_all: false })
     }
 
     pub fn open(location: impl Into<Location>, key_path: Option<&Path>) -> Result<Repository> {
+        Repository::open_with(location, key_path, false)
+    }
+
+    /// `legacy`: also open a repository whose config is not signed yet (for `migrate`, with a
+    /// full key); otherwise such a repository is refused with a message that says to migrate.
+    pub fn open_with(
+        location: impl Into<Location>,
+        key_path: Option<&Path>,
+        legacy: bool,
+    ) -> Result<Repository> {
         let location = location.into();
         let backend = location.backend()?;
-        let config = match backend.get("config") {
-            Ok(c) => Config::decode(&c)?,
+        let raw = match backend.get("config") {
+            Ok(c) => c,
             Err(StorageError::NotFound { .. }) => return Err(Error::NoRepository(location.to_string())),
             Err(e) => return Err(e.into()),
         };
+        // Unverified only to learn which key to load; verified below with that key.
+        let (config, _) = Config::decode_unverified(&raw)?;
         let kp = match key_path {
             Some(p) => p.to_path_buf(),
             None => keys::default_key_path(&config.repo_id)?,
@@ -162,8 +228,34 @@ impl Repository {
                 location
             )));
         }
+        let owner = key.owner_public().ok_or_else(|| {
+            Error::Key(format!(
+                "{} is a backup-only key from before writers were registered: it cannot tell the \
+                 owner's objects from forgeries; the owner must export a new one \
+                 (bakare key export --backup-only --name NAME FILE)",
+                kp.display()
+            ))
+        })?;
+        let config = match Config::decode(&raw, &owner) {
+            Ok(c) => c,
+            Err(Error::Legacy(_)) if legacy => {
+                key.identity()?;
+                config
+            }
+            Err(e) => return Err(e),
+        };
         let wk = key.writer_keys();
-        Ok(Repository { backend, location, config, key, wk })
+        Ok(Repository { backend, location, config, key, wk, owner, trust_all: false })
+    }
+
+    /// The keys condemnation records are read with.
+    pub fn gc_keys(&self) -> crate::gc::Keys<'_> {
+        crate::gc::Keys { catalog: &self.wk.catalog_key, owner: &self.owner, repo_id: &self.config.repo_id }
+    }
+
+    /// The config as stored now, checked to be the owner's.
+    pub fn fresh_config(&self) -> Result<Config> {
+        Config::decode(&self.backend.get("config")?, &self.owner)
     }
 
     pub fn chunk_params(&self) -> stages::chunk::ChunkParams {
@@ -179,8 +271,9 @@ impl Repository {
     /// condemned last.
     pub fn load_index(&self) -> Result<(Index, Vec<String>)> {
         let mut warnings = Vec::new();
-        let condemned = match crate::gc::load(self.backend.as_ref(), &self.wk.catalog_key) {
-            Ok(records) => crate::gc::condemned_packs(&records),
+        // Records that do not count (check and prune name them) are left out here.
+        let condemned = match crate::gc::load(self.backend.as_ref(), self.gc_keys()) {
+            Ok(records) => crate::gc::condemned_packs(&records.valid),
             Err(e) => {
                 warnings.push(format!("{e}; reading without it"));
                 Default::default()
@@ -195,9 +288,9 @@ impl Repository {
     /// (design.md section 4, rule 3). When the condemnation records cannot be read, nothing
     /// counts as present: every blob is stored again rather than risk referencing doomed data.
     pub fn load_dedup_index(&self) -> Result<(Index, Vec<String>)> {
-        match crate::gc::load(self.backend.as_ref(), &self.wk.catalog_key) {
+        match crate::gc::load(self.backend.as_ref(), self.gc_keys()) {
             Ok(records) => {
-                let condemned = crate::gc::condemned_packs(&records);
+                let condemned = crate::gc::condemned_packs(&records.valid);
                 Index::load_with(self.backend.as_ref(), &self.wk.catalog_key, &condemned, Use::Dedup)
             }
             Err(e) => Ok((
@@ -209,43 +302,102 @@ impl Repository {
         }
     }
 
-    /// All readable snapshots, oldest first, with a warning for each unreadable one.
-    pub fn snapshots(&self) -> Result<(Vec<(String, Snapshot)>, Warnings)> {
+    /// The writer registry (needs the secret identity).
+    pub fn registry(&self) -> Result<(Registry, Warnings)> {
+        Registry::load(self.backend.as_ref(), self.key.identity()?, &self.config.repo_id)
+    }
+
+    /// Every readable snapshot whoever signed it, oldest first, with a warning for each
+    /// unreadable one. For check, key list and prune's view; commands that show or use
+    /// snapshots call `snapshots`.
+    pub fn all_snapshots(&self) -> Result<(Vec<SnapshotEntry>, Warnings)> {
         let identity = self.key.identity()?;
+        let (registry, mut warnings) = self.registry()?;
         let mut out = Vec::new();
-        let mut warnings = Vec::new();
         for name in self.backend.list("snapshots")? {
             let id = name.trim_start_matches("snapshots/").to_string();
             match self
                 .backend
                 .get(&name)
                 .map_err(Error::from)
-                .and_then(|d| Snapshot::decode(identity, &name, &d))
+                .and_then(|d| Snapshot::decode(identity, &self.config.repo_id, &name, &d))
             {
-                Ok(s) => out.push((id, s)),
+                Ok((snapshot, signer)) => {
+                    let standing = match &signer {
+                        Signer::Key(k) => registry.standing(k),
+                        Signer::Nobody => Standing::Unknown,
+                    };
+                    out.push(SnapshotEntry { id, snapshot, signer, standing })
+                }
                 Err(e) => warnings.push(e.to_string()),
             }
         }
         // A repaired copy keeps its original's time; it sorts after it, so `latest` is the copy.
         let repaired = |s: &Snapshot| s.tags.iter().any(|t| t == "repaired");
-        out.sort_by(|a, b| (a.1.time_ns, repaired(&a.1), &a.0).cmp(&(b.1.time_ns, repaired(&b.1), &b.0)));
+        out.sort_by(|a, b| {
+            (a.snapshot.time_ns, repaired(&a.snapshot), &a.id).cmp(&(
+                b.snapshot.time_ns,
+                repaired(&b.snapshot),
+                &b.id,
+            ))
+        });
         Ok((out, warnings))
     }
 
-    /// `latest`, or a unique prefix of a snapshot id.
-    pub fn find_snapshot(&self, spec: &str) -> Result<(String, Snapshot)> {
-        let (mut all, _) = self.snapshots()?;
-        if spec == "latest" {
-            return all.pop().ok_or_else(|| Error::NoSnapshot(spec.into()));
+    /// The snapshots to show and use: those signed by the owner or a writer in good standing
+    /// and not dated in the future, unless `trust_all`. Each one left out is named in a warning
+    /// with the reason.
+    pub fn snapshots(&self) -> Result<(Vec<SnapshotEntry>, Warnings)> {
+        let (all, mut warnings) = self.all_snapshots()?;
+        if self.trust_all {
+            return Ok((all, warnings));
         }
-        let mut hits: Vec<(String, Snapshot)> =
-            all.into_iter().filter(|(id, _)| id.starts_with(spec)).collect();
-        match hits.len() {
-            0 => Err(Error::NoSnapshot(spec.into())),
-            1 => hits.pop().ok_or_else(|| Error::NoSnapshot(spec.into())),
-            _ => Err(Error::AmbiguousSnapshot(spec.into())),
+        let now = crate::clock::now_ns();
+        let mut kept = Vec::with_capacity(all.len());
+        let mut ignored = 0usize;
+        for e in all {
+            match e.distrust(now) {
+                None => kept.push(e),
+                Some(why) => {
+                    ignored += 1;
+                    if ignored <= 20 {
+                        warnings
+                            .push(format!("snapshot {} ignored: {why} (--trust-all uses it)", short(&e.id)));
+                    }
+                }
+            }
         }
+        if ignored > 20 {
+            warnings.push(format!("{} more snapshots ignored for the same reasons", ignored - 20));
+        }
+        Ok((kept, warnings))
     }
+
+    /// `latest`, or a unique prefix of a snapshot id, among `snapshots()`.
+    pub fn find_snapshot(&self, spec: &str) -> Result<SnapshotEntry> {
+        let (mut all, warnings) = self.snapshots()?;
+        let found = if spec == "latest" {
+            all.pop().ok_or_else(|| Error::NoSnapshot(spec.into()))
+        } else {
+            let mut hits: Vec<SnapshotEntry> = all.into_iter().filter(|e| e.id.starts_with(spec)).collect();
+            match hits.len() {
+                0 => Err(Error::NoSnapshot(spec.into())),
+                1 => hits.pop().ok_or_else(|| Error::NoSnapshot(spec.into())),
+                _ => Err(Error::AmbiguousSnapshot(spec.into())),
+            }
+        };
+        // What was left out matters most when nothing matched, or `latest` was asked for.
+        if found.is_err() || spec == "latest" {
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+        }
+        found
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 /// One reading thread's reusable buffers (see `BlobReader::read_with`).

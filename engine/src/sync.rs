@@ -11,7 +11,8 @@
 //!
 //! Sync only adds: what the source's prune deletes stays in the destination (prune it there,
 //! with the secret key). Pending snapshots and condemnation records are the source's own state
-//! and are not copied.
+//! and are not copied. The writer registry is copied before the snapshots, so the copy trusts
+//! the same writers.
 use std::collections::HashSet;
 use std::sync::Mutex;
 
@@ -32,6 +33,8 @@ pub struct SyncReport {
     pub packs: Copied,
     pub segments: Copied,
     pub snapshots: Copied,
+    /// Writer registry records (`writers/`).
+    pub writers: Copied,
     /// Objects the destination already had.
     pub present: u64,
     /// Objects that vanished from the source during the sync (pruned there).
@@ -110,10 +113,10 @@ pub fn sync(from: &dyn Backend, to: &dyn Backend, workers: usize) -> Result<Sync
         }
         e => e.into(),
     })?;
-    let src = Config::decode(&src_config)?;
+    let (src, _) = Config::decode_unverified(&src_config)?;
     match to.get("config") {
         Ok(d) => {
-            let dst = Config::decode(&d)?;
+            let (dst, _) = Config::decode_unverified(&d)?;
             if dst.repo_id != src.repo_id {
                 return Err(Error::Invalid(format!(
                     "the destination is another repository ({}, not {}): refusing to mix them",
@@ -130,6 +133,7 @@ pub fn sync(from: &dyn Backend, to: &dyn Backend, workers: usize) -> Result<Sync
     }
     // Listed in this order on purpose (module doc).
     let snapshots = from.list("snapshots")?;
+    let writers = from.list("writers")?;
     let segments = from.list("index")?;
     let packs = from.list("packs")?;
     let mut missing = |dir: &str, keys: Vec<String>| -> Result<Vec<String>> {
@@ -142,9 +146,12 @@ pub fn sync(from: &dyn Backend, to: &dyn Backend, workers: usize) -> Result<Sync
     let packs = missing("packs", packs)?;
     let segments = missing("index", segments)?;
     let snapshots = missing("snapshots", snapshots)?;
+    let writers = missing("writers", writers)?;
     let mut vanished = Vec::new();
     copy_all(from, to, packs, workers, &mut report.packs, &mut vanished)?;
     copy_all(from, to, segments, workers, &mut report.segments, &mut vanished)?;
+    // The writer registry before the snapshots it vouches for.
+    copy_all(from, to, writers, workers, &mut report.writers, &mut vanished)?;
     copy_all(from, to, snapshots, workers, &mut report.snapshots, &mut vanished)?;
     report.vanished = vanished;
     Ok(report)

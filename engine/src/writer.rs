@@ -75,6 +75,29 @@ impl<'a> BlobWriter<'a> {
         Ok(id)
     }
 
+    /// Stores `data` under an id of the caller's choosing, as a backup-only key's holder could:
+    /// the hostile-writer suite builds decoy copies with it. Tests only.
+    #[cfg(feature = "test-hooks")]
+    pub fn put_claiming(&mut self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<()> {
+        let raw_len =
+            u32::try_from(data.len()).map_err(|_| Error::Pipeline("blob larger than 4 GiB".into()))?;
+        let mut bytes = self.compressor.frame(data);
+        if !seal(&self.epoch, self.counter, &id, kind, &mut bytes) {
+            return Err(Error::Pipeline(format!("cannot seal blob {}", hex::encode(id))));
+        }
+        self.counter += 1;
+        let sealed = Sealed {
+            id,
+            kind,
+            raw_len,
+            epoch: self.epoch.clone(),
+            bytes,
+            members: Vec::new(),
+            permits: Vec::new(),
+        };
+        self.sink.add(sealed).map_err(|e| Error::Pipeline(format!("writing pack: {e}")))
+    }
+
     pub fn put_tree(&mut self, tree: &Tree) -> Result<BlobId> {
         self.put(BlobKind::Tree, &tree.encode())
     }

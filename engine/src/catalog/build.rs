@@ -611,7 +611,7 @@ mod tests {
         // A backup-only key is refused.
         let mut backup_only =
             Repository::open(dir.path().join("repo"), Some(&dir.path().join("key"))).unwrap();
-        backup_only.key = backup_only.key.backup_only();
+        backup_only.key = backup_only.key.backup_only("test").unwrap();
         assert!(matches!(Catalog::open(&backup_only, Some(&cache)), Err(Error::BackupOnlyKey(_))));
     }
 }

@@ -1,2 +1,4 @@
 //! ops: what commands do, one module each, on top of the repository model.
+pub mod migrate;
 pub mod restore;
+pub mod writers;

@@ -1,0 +1,284 @@
+//! The hostile-writer suite (docs/security.md, issue #15): what the holder of a stolen
+//! backup-only key can write (forged condemnation records, a forged config, forged snapshots,
+//! decoy copies of the owner's blobs), built through the engine's own code with only that key.
+//! For each: the owner's `check` names it, the owner's `prune` deletes no byte a trusted
+//! snapshot needs (every trusted snapshot restores exactly afterwards), and `latest` is not
+//! hijacked.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::PathBuf;
+
+use chaos::argv;
+use chaos::hostile::{decoy, forge_config, forge_gc_record, forge_snapshot, Forger, Signed};
+use chaos::testkit::{assert_same_tree, files_under, random_tree, restored_path, Bakare, FakeClock, HOUR_NS};
+use engine::BlobId;
+
+struct Setup {
+    b: Bakare,
+    /// The backup-only key of writer "laptop": all the attacker holds.
+    key: PathBuf,
+    /// (snapshot id, the directory it saved), oldest first: one by the owner, one by laptop.
+    snaps: Vec<(String, tempfile::TempDir)>,
+}
+
+fn snapshot_of(o: &chaos::testkit::Outcome) -> String {
+    o.json()["snapshot"].as_str().unwrap().to_string()
+}
+
+fn setup() -> Setup {
+    let b = Bakare::new(env!("CARGO_BIN_EXE_bakare-faulty"));
+    b.ok(&argv!["init"]);
+    let key = b.home.path().join("laptop.key");
+    b.ok(&argv!["key", "export", "--backup-only", &key]);
+    let (s1, s2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    random_tree(s1.path(), 1, 30);
+    random_tree(s2.path(), 2, 30);
+    let id1 = snapshot_of(&b.ok(&argv!["--json", "run", s1.path()]));
+    let id2 = snapshot_of(&b.ok(&argv!["--key", &key, "--json", "run", s2.path()]));
+    Setup { b, key, snaps: vec![(id1, s1), (id2, s2)] }
+}
+
+impl Setup {
+    fn packs(&self) -> BTreeSet<PathBuf> {
+        files_under(&self.b.repo.join("packs")).into_iter().collect()
+    }
+
+    fn pack_ids(&self) -> Vec<[u8; 32]> {
+        self.packs()
+            .iter()
+            .map(|p| hex::decode(p.file_name().unwrap().to_str().unwrap()).unwrap().try_into().unwrap())
+            .collect()
+    }
+
+    /// Every trusted snapshot restores byte for byte.
+    fn all_restore_exactly(&self) {
+        for (id, src) in &self.snaps {
+            let target = tempfile::tempdir().unwrap();
+            self.b.ok(&argv!["restore", id, "--target", target.path()]);
+            assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
+        }
+    }
+
+    fn listed(&self, extra: &[&str]) -> BTreeSet<String> {
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend(["--json", "snapshots"]);
+        let o = self.b.ok(&args);
+        o.json().as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect()
+    }
+
+    fn real(&self) -> BTreeSet<String> {
+        self.snaps.iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    fn forge(&self, how: Signed, time_ns: i64) -> String {
+        forge_snapshot(&self.b.repo, &self.key, how, time_ns, |f: &mut Forger| {
+            let n = f.file("pwned", b"the attacker's file");
+            vec![f.tree(vec![n])]
+        })
+    }
+}
+
+#[test]
+fn forged_condemnation_records_condemn_nothing_and_prune_removes_them() {
+    let s = setup();
+    let before = s.packs();
+    let forged: Vec<String> = [Signed::Writer, Signed::Stranger, Signed::Unsigned]
+        .into_iter()
+        .map(|how| forge_gc_record(&s.b.repo, &s.key, s.pack_ids(), how))
+        .collect();
+    let o = s.b.run(&argv!["--json", "check"]);
+    assert_eq!(o.code, 3, "{}", o.stdout_str());
+    let c = o.json();
+    for name in &forged {
+        let d = c["damage"].as_array().unwrap().iter().find(|d| d["object"] == name.as_str());
+        let why = d.unwrap_or_else(|| panic!("{name} not named: {c}"))["why"].as_str().unwrap();
+        assert!(why.contains("not signed by the owner") || why.contains("unsigned"), "{why}");
+    }
+    // Even without waiting for the grace period, nothing the forged records condemn goes.
+    let o = s.b.ok(&argv!["--json", "prune", "--unsafe-now"]);
+    let after = s.packs();
+    assert!(before.is_subset(&after), "prune deleted {:?}", before.difference(&after).collect::<Vec<_>>());
+    let remaining: Vec<PathBuf> = files_under(&s.b.repo.join("gc"));
+    for name in &forged {
+        assert!(
+            !remaining.iter().any(|p| name.ends_with(p.file_name().unwrap().to_str().unwrap())),
+            "{name} kept"
+        );
+        assert!(o.stderr.contains(name.as_str()) || o.stdout_str().contains(name.as_str()), "{}", o.stderr);
+    }
+    s.all_restore_exactly();
+    assert_eq!(s.b.ok(&argv!["--json", "check"]).json()["ok"], true);
+}
+
+#[test]
+fn a_forged_config_is_refused_by_owner_and_writer_alike() {
+    let s = setup();
+    let config = s.b.repo.join("config");
+    let original = fs::read(&config).unwrap();
+    let before = s.packs();
+    for how in [Signed::Writer, Signed::Stranger, Signed::Unsigned] {
+        fs::write(&config, &original).unwrap();
+        forge_config(&s.b.repo, &s.key, how);
+        let expect =
+            if how == Signed::Unsigned { "bakare migrate" } else { "not signed by this repository's owner" };
+        for args in [
+            argv!["snapshots"].to_vec(),
+            argv!["prune"].to_vec(),
+            argv!["--key", &s.key, "run", s.snaps[1].1.path()].to_vec(),
+        ] {
+            let o = s.b.run(&args);
+            assert_eq!(o.code, 1, "{args:?} with a config signed {how:?}: {}", o.stderr);
+            assert!(o.stderr.contains(expect), "{args:?}: {}", o.stderr);
+        }
+        assert_eq!(s.packs(), before);
+    }
+    // migrate never signs a config someone else signed
+    fs::write(&config, &original).unwrap();
+    forge_config(&s.b.repo, &s.key, Signed::Stranger);
+    let o = s.b.run(&argv!["migrate"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    fs::write(&config, &original).unwrap();
+    s.all_restore_exactly();
+}
+
+#[test]
+fn forged_snapshots_are_ignored_named_by_check_and_never_latest() {
+    let s = setup();
+    let year_2100 = 4_102_444_800_000_000_000;
+    let future = s.forge(Signed::Writer, year_2100);
+    let unsigned = s.forge(Signed::Unsigned, engine::clock::now_ns());
+    let stranger = s.forge(Signed::Stranger, engine::clock::now_ns());
+    assert_eq!(s.listed(&[]), s.real());
+    let o = s.b.ok(&argv!["snapshots"]);
+    for (id, why) in [
+        (&future, "dated in the future"),
+        (&unsigned, "unsigned"),
+        (&stranger, "signed by an unregistered key"),
+    ] {
+        assert!(o.stderr.contains(&format!("snapshot {} ignored: {why}", &id[..12])), "{}", o.stderr);
+    }
+    // latest is the laptop's real snapshot, not the one dated 2100
+    let target = tempfile::tempdir().unwrap();
+    s.b.ok(&argv!["restore", "latest", "--target", target.path()]);
+    assert_same_tree(s.snaps[1].1.path(), &restored_path(target.path(), s.snaps[1].1.path()));
+    assert!(!target.path().join("pwned").exists());
+    // a forged id is not found either, unless asked for
+    assert_eq!(s.b.run(&argv!["ls", &stranger]).code, 1);
+    assert_eq!(s.b.ok(&argv!["--trust-all", "ls", &stranger]).stdout_str().trim(), "/pwned");
+    let all = s.listed(&["--trust-all"]);
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert!(s.b.ok(&argv!["--json", "find", "pwned"]).json()["hits"].as_array().is_none_or(|h| h.is_empty()));
+    // check: the unsigned and the stranger's are damage; the future one is a note
+    let o = s.b.run(&argv!["--json", "check"]);
+    assert_eq!(o.code, 3);
+    let c = o.json();
+    let damaged: BTreeSet<String> = c["damage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["object"].as_str()?.strip_prefix("snapshots/").map(str::to_string))
+        .collect();
+    assert_eq!(damaged, [unsigned.clone(), stranger.clone()].into(), "{c}");
+    assert!(c["notes"].to_string().contains(&future), "{c}");
+    // forgotten by policy: only trusted snapshots count, and forged ones are not removed by it
+    s.b.ok(&argv!["forget", "--keep-last", "2"]);
+    assert_eq!(s.listed(&["--trust-all"]).len(), 5);
+    // naming them removes them
+    s.b.ok(&argv!["--trust-all", "forget", &future, &unsigned, &stranger]);
+    assert_eq!(s.listed(&["--trust-all"]), s.real());
+}
+
+#[test]
+fn a_revoked_writers_snapshots_are_ignored_and_a_new_key_is_trusted() {
+    let s = setup();
+    let writers = s.b.ok(&argv!["--json", "key", "list"]).json();
+    let names: Vec<&str> = writers.as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["owner", "laptop"]);
+    assert_eq!(writers[1]["snapshots"], 1);
+    assert!(writers[1]["revoked"].is_null());
+
+    s.b.ok(&argv!["key", "revoke", "laptop"]);
+    let writers = s.b.ok(&argv!["--json", "key", "list"]).json();
+    assert!(writers[1]["revoked"].is_string(), "{writers}");
+    assert_eq!(s.listed(&[]), [s.snaps[0].0.clone()].into());
+    let o = s.b.ok(&argv!["snapshots"]);
+    assert!(o.stderr.contains("signed by revoked writer laptop"), "{}", o.stderr);
+    // latest is the owner's now
+    let target = tempfile::tempdir().unwrap();
+    s.b.ok(&argv!["restore", "latest", "--target", target.path()]);
+    assert_same_tree(s.snaps[0].1.path(), &restored_path(target.path(), s.snaps[0].1.path()));
+    // the revoked key can still write (it holds storage credentials), but nobody trusts it
+    let o = s.b.ok(&argv!["--key", &s.key, "--json", "run", s.snaps[1].1.path()]);
+    assert!(!s.listed(&[]).contains(&snapshot_of(&o)));
+    assert_eq!(s.b.run(&argv!["key", "revoke", "laptop"]).code, 1);
+    // a new key of the same name is a new writer
+    let key2 = s.b.home.path().join("laptop2.key");
+    s.b.ok(&argv!["key", "export", "--backup-only", "--name", "laptop", &key2]);
+    assert_eq!(
+        s.b.run(&argv!["key", "export", "--backup-only", "--name", "laptop", s.b.home.path().join("x.key")])
+            .code,
+        1
+    );
+    let o = s.b.ok(&argv!["--key", &key2, "--json", "run", s.snaps[1].1.path()]);
+    assert!(s.listed(&[]).contains(&snapshot_of(&o)));
+    // the old snapshot is still there for forensics
+    assert!(s.listed(&["--trust-all"]).contains(&s.snaps[1].0));
+}
+
+/// The attack of issue #15, item 1: prune condemns the packs of a forgotten snapshot; a decoy
+/// pack claims their blobs; the owner's next backup deduplicates against the decoy. Phase 2
+/// must not delete the condemned packs on the decoy's word: it reads the other copy first.
+#[test]
+fn prune_keeps_condemned_packs_whose_surviving_copies_are_decoys() {
+    let mut b = Bakare::new(env!("CARGO_BIN_EXE_bakare-faulty"));
+    let clock = FakeClock::install(&mut b);
+    b.ok(&argv!["init"]);
+    let key = b.home.path().join("laptop.key");
+    b.ok(&argv!["key", "export", "--backup-only", &key]);
+    let src = tempfile::tempdir().unwrap();
+    random_tree(src.path(), 3, 20);
+    fs::write(src.path().join("big"), chaos::testkit::Rng::new(9).bytes(3 << 20)).unwrap();
+    let first = snapshot_of(&b.ok(&argv!["--json", "run", src.path()]));
+    b.ok(&argv!["forget", &first]);
+    let p = b.ok(&argv!["--json", "prune"]).json();
+    assert!(p["condemned_packs"].as_u64().unwrap() >= 1, "{p}");
+    let condemned: BTreeSet<PathBuf> = files_under(&b.repo.join("packs")).into_iter().collect();
+
+    // The attacker claims every data blob it can see in the index, with garbage. (Claiming the
+    // trees' ids too makes prune stop without deleting anything: it cannot read the snapshots.)
+    let ids: Vec<BlobId> = {
+        let r = engine::Repository::open(&b.repo, Some(&key)).unwrap();
+        let (index, _) = r.load_index().unwrap();
+        index.iter().filter(|(_, loc)| loc.kind == stages::BlobKind::Data).map(|(id, _)| *id).collect()
+    };
+    decoy(&b.repo, &key, &ids);
+    let decoys: Vec<PathBuf> =
+        files_under(&b.repo.join("packs")).into_iter().filter(|p| !condemned.contains(p)).collect();
+    assert!(!decoys.is_empty());
+    let second = snapshot_of(&b.ok(&argv!["--json", "run", src.path()]));
+
+    clock.advance(25 * HOUR_NS);
+    let o = b.ok(&argv!["--json", "prune"]);
+    let j = o.json();
+    assert!(j["deleted"][0]["rescued"].as_u64().unwrap() >= 1, "{j}");
+    assert!(o.stderr.contains("does not verify"), "{}", o.stderr);
+    let now: BTreeSet<PathBuf> = files_under(&b.repo.join("packs")).into_iter().collect();
+    assert!(condemned.iter().any(|p| now.contains(p)), "every condemned pack went: {}", o.stderr);
+
+    // check --read-data names the decoys; once they are removed and the index rebuilt, the
+    // snapshot restores exactly: nothing was lost.
+    let c = b.run(&argv!["--json", "check", "--read-data"]);
+    assert_eq!(c.code, 3);
+    let c = c.json();
+    for d in &decoys {
+        let name = d.file_name().unwrap().to_str().unwrap();
+        assert!(c["damage"].to_string().contains(name), "decoy {name} not named: {c}");
+        fs::remove_file(b.repo.join("packs").join(d)).unwrap();
+    }
+    b.ok(&argv!["repair", "index"]);
+    let target = tempfile::tempdir().unwrap();
+    b.ok(&argv!["restore", &second, "--target", target.path()]);
+    assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
+}

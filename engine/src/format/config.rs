@@ -1,0 +1,265 @@
+//! The repository's `config` object: format version, id, chunker parameters, pack size, grace
+//! period and the public key's fingerprint. Not secret; signed by the owner (version 3):
+//! `"BKCONFIG" | 3 | postcard(Config) | owner's public key (32) | signature (64)`.
+//! Versions 1 and 2 (`... | BLAKE3(all preceding bytes)`, which anyone can recompute) are read
+//! only by `bakare migrate`, which signs them. Version 2 added the previous grace period and
+//! when it changed. `config` is the one object that is replaced (atomically) rather than only
+//! created: when the grace period changes, and by `migrate`.
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::signing::{self, PublicKey, Purpose, SigningKey};
+
+pub const MAGIC: &[u8; 8] = b"BKCONFIG";
+pub const VERSION: u8 = 3;
+/// The shortest grace period prune honours without `--unsafe-now`: writers need time to
+/// notice a condemnation, and a forged short period must not make prune delete at once.
+pub const MIN_GRACE_SECS: u64 = 3600;
+
+/// How a config object is authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seal {
+    /// Versions 1 and 2: a checksum, which proves nothing about who wrote it.
+    Checksum(u8),
+    /// Version 3: signed by this key (verified; whether it is the owner's is the caller's check).
+    Signed(PublicKey),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    pub repo_id: [u8; 16],
+    pub chunk_min: u32,
+    pub chunk_avg: u32,
+    pub chunk_max: u32,
+    /// Target size of a pack file.
+    pub pack_size: u64,
+    /// Prune's grace period G (design.md section 4), in seconds.
+    pub grace_secs: u64,
+    /// Fingerprint of the recipient every pack key is wrapped for.
+    pub key_fingerprint: String,
+    pub created_ns: i64,
+    /// The grace period before the last change, and when it changed: until the old period has
+    /// passed since the change, writers and pruners still honour it (prune waits the longer,
+    /// writers refresh after half the shorter), since other processes may have read the old one.
+    pub grace_prev_secs: u64,
+    pub grace_changed_ns: i64,
+}
+
+/// Version 1: the same without the grace period's history.
+#[derive(Deserialize)]
+struct ConfigV1 {
+    repo_id: [u8; 16],
+    chunk_min: u32,
+    chunk_avg: u32,
+    chunk_max: u32,
+    pack_size: u64,
+    grace_secs: u64,
+    key_fingerprint: String,
+    created_ns: i64,
+}
+
+impl Config {
+    /// How long prune must wait after condemning before deleting, at wall time `now_ns`.
+    pub fn prune_grace_ns(&self, now_ns: i64) -> i64 {
+        let cur = secs_ns(self.grace_secs);
+        let prev = secs_ns(self.grace_prev_secs);
+        let g = if now_ns < self.grace_changed_ns.saturating_add(prev) { cur.max(prev) } else { cur };
+        g.max(secs_ns(MIN_GRACE_SECS))
+    }
+
+    /// The grace period a writer assumes: the shorter of the current and previous ones.
+    pub fn writer_grace_ns(&self) -> i64 {
+        secs_ns(self.grace_secs).min(secs_ns(self.grace_prev_secs))
+    }
+
+    /// Sets a new grace period, remembering the old one.
+    pub fn set_grace(&mut self, secs: u64, now_ns: i64) {
+        // A change during a change: keep the longest period still in force as "previous".
+        self.grace_prev_secs = if now_ns < self.grace_changed_ns.saturating_add(secs_ns(self.grace_prev_secs))
+        {
+            self.grace_secs.max(self.grace_prev_secs)
+        } else {
+            self.grace_secs
+        };
+        self.grace_secs = secs;
+        self.grace_changed_ns = now_ns;
+    }
+
+    /// Version 3, signed by the owner.
+    pub fn encode(&self, owner: &SigningKey) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.push(VERSION);
+        // Serializing plain fields into a Vec cannot fail.
+        out.extend_from_slice(&postcard::to_allocvec(self).unwrap_or_default());
+        signing::seal(owner, Purpose::Config, &self.repo_id, out)
+    }
+
+    /// The config, if the owner signed it: what every command reads.
+    pub fn decode(data: &[u8], owner: &PublicKey) -> Result<Config> {
+        match Config::decode_unverified(data)? {
+            (c, Seal::Signed(k)) if k == *owner => Ok(c),
+            (_, Seal::Signed(_)) => Err(Error::corrupt(
+                "config",
+                "config",
+                "not signed by this repository's owner (forged, or another repository's): refusing it",
+            )),
+            (_, Seal::Checksum(v)) => Err(Error::Legacy(format!(
+                "the repository's config is format version {v}, from before owner-signed control objects; \
+                 run `bakare migrate` once with the full key"
+            ))),
+        }
+    }
+
+    /// The config and how it is sealed, without knowing the owner's key: to find the key, to
+    /// copy a repository, and for `migrate`. A version 3 signature is verified against the key
+    /// it names.
+    pub fn decode_unverified(data: &[u8]) -> Result<(Config, Seal)> {
+        let bad = |why: &str| Error::corrupt("config", "config", why);
+        if data.len() < MAGIC.len() + 1 + 32 || &data[..8] != MAGIC {
+            return Err(bad("not a bakare repository config"));
+        }
+        let version = data[8];
+        let (body, seal) = match version {
+            1 | 2 => {
+                let (body, sum) = data.split_at(data.len() - 32);
+                if blake3::hash(body).as_bytes() != sum {
+                    return Err(bad("checksum mismatch"));
+                }
+                (&body[9..], Seal::Checksum(version))
+            }
+            VERSION => {
+                // The repository id is both inside what is signed and part of the signature's
+                // message, so it is read first and confirmed after.
+                let Some(body) = data.len().checked_sub(96).and_then(|split| data.get(9..split)) else {
+                    return Err(bad("truncated"));
+                };
+                let cfg: Config = postcard::from_bytes(body).map_err(|e| bad(&e.to_string()))?;
+                let (_, key) = signing::open(Purpose::Config, &cfg.repo_id, data)
+                    .ok_or_else(|| bad("signature does not verify (damaged or edited)"))?;
+                (body, Seal::Signed(key))
+            }
+            v => return Err(bad(&format!("unsupported format version {v}"))),
+        };
+        let cfg: Config = if version == 1 {
+            let v1: ConfigV1 = postcard::from_bytes(body).map_err(|e| bad(&e.to_string()))?;
+            Config {
+                repo_id: v1.repo_id,
+                chunk_min: v1.chunk_min,
+                chunk_avg: v1.chunk_avg,
+                chunk_max: v1.chunk_max,
+                pack_size: v1.pack_size,
+                grace_secs: v1.grace_secs,
+                key_fingerprint: v1.key_fingerprint,
+                created_ns: v1.created_ns,
+                grace_prev_secs: v1.grace_secs,
+                grace_changed_ns: v1.created_ns,
+            }
+        } else {
+            postcard::from_bytes(body).map_err(|e| bad(&e.to_string()))?
+        };
+        let params = stages::chunk::ChunkParams {
+            min: cfg.chunk_min,
+            avg: cfg.chunk_avg,
+            max: cfg.chunk_max,
+            seed: 1,
+        };
+        if !params.is_valid() || cfg.pack_size == 0 {
+            return Err(bad("chunker or pack parameters out of range"));
+        }
+        Ok((cfg, seal))
+    }
+}
+
+fn secs_ns(s: u64) -> i64 {
+    i64::try_from(s).unwrap_or(i64::MAX / 1_000_000_000).saturating_mul(1_000_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Config {
+        Config {
+            repo_id: [1; 16],
+            chunk_min: 256 << 10,
+            chunk_avg: 1 << 20,
+            chunk_max: 4 << 20,
+            pack_size: 32 << 20,
+            grace_secs: 86400,
+            key_fingerprint: "abcd".into(),
+            created_ns: 5,
+            grace_prev_secs: 86400,
+            grace_changed_ns: 5,
+        }
+    }
+
+    #[test]
+    fn grace_changes_honour_the_old_period() {
+        let h = 3_600_000_000_000i64;
+        let mut c = sample();
+        assert_eq!(c.prune_grace_ns(10 * h), 24 * h);
+        c.set_grace(3600, 100 * h);
+        // For 24 h after the change prune still waits 24 h; writers use 1 h at once.
+        assert_eq!(c.prune_grace_ns(101 * h), 24 * h);
+        assert_eq!(c.writer_grace_ns(), h);
+        assert_eq!(c.prune_grace_ns(125 * h), h);
+        // Lengthening takes effect at once for prune.
+        c.set_grace(48 * 3600, 200 * h);
+        assert_eq!(c.prune_grace_ns(200 * h), 48 * h);
+        assert_eq!(c.writer_grace_ns(), h);
+        let k = SigningKey::generate();
+        assert_eq!(Config::decode(&c.encode(&k), &k.public()).unwrap(), c);
+        // A forged short period never shortens prune's wait below the minimum.
+        c.grace_secs = 0;
+        c.grace_prev_secs = 0;
+        assert_eq!(c.prune_grace_ns(300 * h), h);
+    }
+
+    /// Version 2, as bakare wrote it before configs were signed.
+    fn v2(c: &Config) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.push(2);
+        out.extend_from_slice(&postcard::to_allocvec(c).unwrap());
+        let sum = blake3::hash(&out);
+        out.extend_from_slice(sum.as_bytes());
+        out
+    }
+
+    #[test]
+    fn round_trip_and_damage() {
+        let c = sample();
+        let owner = SigningKey::generate();
+        let e = c.encode(&owner);
+        assert_eq!(Config::decode(&e, &owner.public()).unwrap(), c);
+        assert_eq!(Config::decode_unverified(&e).unwrap(), (c.clone(), Seal::Signed(owner.public())));
+        for i in 0..e.len() {
+            let mut d = e.clone();
+            d[i] ^= 0x10;
+            assert!(Config::decode(&d, &owner.public()).is_err(), "byte {i}");
+        }
+        // signed by anyone else: refused, however valid its signature
+        let forged = c.encode(&SigningKey::generate());
+        let err = Config::decode(&forged, &owner.public()).unwrap_err().to_string();
+        assert!(err.contains("not signed by this repository's owner"), "{err}");
+        // the old checksummed form is read only as what it is
+        let old = v2(&c);
+        assert_eq!(Config::decode_unverified(&old).unwrap(), (c.clone(), Seal::Checksum(2)));
+        let err = Config::decode(&old, &owner.public()).unwrap_err().to_string();
+        assert!(err.contains("bakare migrate"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(g in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let owner = SigningKey::from_seed(&[5; 32]);
+            let _ = Config::decode(&g, &owner.public());
+            for mut m in [sample().encode(&owner), v2(&sample())] {
+                let n = g.len().min(m.len());
+                m[..n].copy_from_slice(&g[..n]);
+                let _ = Config::decode(&m, &owner.public());
+                let _ = Config::decode_unverified(&m);
+            }
+        }
+    }
+}

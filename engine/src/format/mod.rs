@@ -1,0 +1,7 @@
+//! What is stored: the repository's small objects and how they are authenticated
+//! (docs/format.md). Packs, index segments and trees still live beside the engine's modules.
+pub mod config;
+pub mod gc;
+pub mod signing;
+pub mod snapshot;
+pub mod writers;
