@@ -62,8 +62,8 @@ fn announce_init(repo: &Repository, json: bool) -> Result<()> {
     let msg = format!(
         "created repository {} at {}\nsecret key saved to {} (fingerprint {})\n\
          Keep a copy of that key file somewhere safe: without it these backups cannot be restored.\n\
-         For machines that should only back up, export a key without the secret part:\n  \
-         bakare key export --backup-only FILE",
+         For machines that should only back up, export a key without the secret part, one per machine:\n  \
+         bakare key export --backup-only --name NAME FILE",
         hex::encode(repo.config.repo_id),
         repo.location,
         repo.key.path.display(),

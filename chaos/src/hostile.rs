@@ -169,3 +169,31 @@ pub fn decoy(repo: &Path, key: &Path, ids: &[BlobId]) {
     }
     w.finish().unwrap();
 }
+
+/// Turns `repo` back into format 2, as bakare wrote it before signatures: a checksummed config,
+/// unsigned snapshots (re-encrypted, so they get new ids) and an unsigned condemnation record
+/// for `packs`. Needs the full key. Returns the new snapshot ids.
+pub fn downgrade(repo: &Path, full_key: &Path, packs: Vec<[u8; 32]>) -> Vec<String> {
+    let r = Repository::open(repo, Some(full_key)).unwrap();
+    let mut out = engine::config::MAGIC.to_vec();
+    out.push(2);
+    out.extend_from_slice(&postcard::to_allocvec(&r.config).unwrap());
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(sum.as_bytes());
+    let (snaps, _) = r.all_snapshots().unwrap();
+    let mut ids = Vec::new();
+    for e in snaps {
+        let bytes = e.snapshot.encode_unsigned(&r.key.recipient).unwrap();
+        let id = blake3::hash(&bytes).to_hex().to_string();
+        r.backend.put(&format!("snapshots/{id}"), &bytes).unwrap();
+        r.backend.delete(&format!("snapshots/{}", e.id)).unwrap();
+        ids.push(id);
+    }
+    let rec = GcRecord { version: 1, time_ns: 0, host: "old".into(), packs, segments: vec![] };
+    let body = postcard::to_allocvec(&rec).unwrap();
+    let mut old = b"BKGCREC1".to_vec();
+    old.extend_from_slice(&engine::crypto::seal_catalog(&r.wk.catalog_key, b"BKGCREC1", &body));
+    r.backend.put(&format!("gc/{}", blake3::hash(&old).to_hex()), &old).unwrap();
+    r.backend.replace("config", &out).unwrap();
+    ids
+}

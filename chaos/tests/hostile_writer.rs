@@ -11,7 +11,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use chaos::argv;
-use chaos::hostile::{decoy, forge_config, forge_gc_record, forge_snapshot, Forger, Signed};
+use chaos::hostile::{decoy, downgrade, forge_config, forge_gc_record, forge_snapshot, Forger, Signed};
 use chaos::testkit::{assert_same_tree, files_under, random_tree, restored_path, Bakare, FakeClock, HOUR_NS};
 use engine::BlobId;
 
@@ -281,4 +281,59 @@ fn prune_keeps_condemned_packs_whose_surviving_copies_are_decoys() {
     let target = tempfile::tempdir().unwrap();
     b.ok(&argv!["restore", &second, "--target", target.path()]);
     assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
+}
+
+/// Issue #15's upgrade path: a repository of format 2 and the backup-only keys of before keep
+/// working after one owner step (`migrate`, then new backup-only keys), never silently trusted.
+#[test]
+fn an_old_repository_works_after_one_migrate() {
+    let s = setup();
+    let full = s.b.home.path().join("full.key");
+    s.b.ok(&argv!["key", "export", &full]);
+    let before = s.packs();
+    let old_ids = downgrade(&s.b.repo, &full, s.pack_ids());
+    // A backup-only key of before: no owner key, no writer key.
+    let old_key = s.b.home.path().join("old.key");
+    let text = fs::read_to_string(&s.key).unwrap();
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.starts_with("owner: ") && !l.starts_with("name: ") && !l.starts_with("signer: "))
+        .filter(|l| !l.starts_with("checksum: "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let body: String = kept.lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect();
+    fs::write(&old_key, format!("{kept}checksum: {}\n", blake3::hash(body.as_bytes()).to_hex())).unwrap();
+
+    for args in [argv!["snapshots"].to_vec(), argv!["prune", "--unsafe-now"].to_vec()] {
+        let o = s.b.run(&args);
+        assert_eq!(o.code, 1, "{args:?}");
+        assert!(o.stderr.contains("run `bakare migrate`"), "{}", o.stderr);
+    }
+    let dry = s.b.ok(&argv!["--json", "migrate", "--dry-run"]).json();
+    assert_eq!(dry["config_from"], 2);
+    assert_eq!(dry["adopted"].as_array().unwrap().len(), 2, "{dry}");
+    assert_eq!(dry["records_removed"].as_array().unwrap().len(), 1, "{dry}");
+    assert_eq!(s.b.run(&argv!["snapshots"]).code, 1, "a dry run changes nothing");
+
+    let m = s.b.ok(&argv!["--json", "migrate"]).json();
+    let olds: BTreeSet<String> =
+        m["adopted"].as_array().unwrap().iter().map(|a| a["old"].as_str().unwrap().into()).collect();
+    assert_eq!(olds, old_ids.iter().cloned().collect());
+    // adopted: listed, signed by the owner, restorable; nothing condemned by the old record went
+    let listed = s.b.ok(&argv!["--json", "snapshots"]).json();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert!(listed.as_array().unwrap().iter().all(|e| e["writer"] == "owner"), "{listed}");
+    s.b.ok(&argv!["prune", "--unsafe-now"]);
+    assert!(before.is_subset(&s.packs()));
+    assert_eq!(s.b.ok(&argv!["--json", "check"]).json()["ok"], true);
+    let again = s.b.ok(&argv!["--json", "migrate"]).json();
+    assert_eq!((again["config_from"].as_u64(), again["adopted"].as_array().unwrap().len()), (Some(3), 0));
+    // the old backup-only key is refused with what to do; a new one works
+    let o = s.b.run(&argv!["--key", &old_key, "run", s.snaps[1].1.path()]);
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("from before writers were registered"), "{}", o.stderr);
+    let new_key = s.b.home.path().join("laptop-new.key");
+    s.b.ok(&argv!["key", "export", "--backup-only", &new_key]);
+    s.b.ok(&argv!["--key", &new_key, "run", s.snaps[1].1.path()]);
+    assert_eq!(s.b.ok(&argv!["--json", "snapshots"]).json().as_array().unwrap().len(), 3);
 }

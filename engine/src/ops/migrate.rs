@@ -37,8 +37,20 @@ pub fn migrate(repo: &Repository, dry_run: bool) -> Result<MigrateReport> {
             ))
         }
     };
-    if report.config_from != crate::config::VERSION && !dry_run {
-        repo.backend.replace("config", &config.encode(&owner))?;
+    if report.config_from != crate::config::VERSION {
+        let mut config = config;
+        // Format 2 allowed periods down to 1 s; prune no longer honours less than the minimum.
+        if config.grace_secs < crate::config::MIN_GRACE_SECS {
+            report.warnings.push(format!(
+                "the grace period was {} s; it is {} s now (the minimum)",
+                config.grace_secs,
+                crate::config::MIN_GRACE_SECS
+            ));
+            config.set_grace(crate::config::MIN_GRACE_SECS, crate::clock::now_ns());
+        }
+        if !dry_run {
+            repo.backend.replace("config", &config.encode(&owner))?;
+        }
     }
     let records = crate::gc::load(repo.backend.as_ref(), repo.gc_keys())?;
     for (name, why) in records.refused {
