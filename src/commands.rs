@@ -34,13 +34,18 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
     };
     let key = cli.key.as_deref();
     let trust_all = cli.trust_all;
+    let command = cli.passphrase_command.clone();
+    engine::keys::set_passphrase_source(Box::new(move |path| {
+        crate::passphrase::existing(command.as_deref(), path)
+            .map_err(|e| engine::Error::Key(format!("{e:#}")))
+    }));
     let open = || -> Result<Repository> {
         let mut repo = crate::open_repo(&repo_path, key)?;
         repo.trust_all = trust_all;
         Ok(repo)
     };
     match cli.command {
-        Command::Init => init(&repo_path, key, cli.json),
+        Command::Init(args) => init(&repo_path, key, cli.json, args, cli.passphrase_command.as_deref()),
         Command::Run(args) => run(&repo_path, key, cli.json, args, source),
         Command::Snapshots => snapshots(&open()?, cli.json),
         Command::Ls(args) => ls(&open()?, cli.json, args),
@@ -77,8 +82,15 @@ fn announce_init(repo: &Repository, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn init(path: &Location, key: Option<&Path>, json: bool) -> Result<u8> {
-    let repo = crate::init_repo(path, key)?;
+fn init(
+    path: &Location,
+    key: Option<&Path>,
+    json: bool,
+    args: crate::InitArgs,
+    command: Option<&str>,
+) -> Result<u8> {
+    let passphrase = if args.passphrase { Some(crate::passphrase::new(command)?) } else { None };
+    let repo = crate::init_repo(path, key, passphrase)?;
     announce_init(&repo, json)?;
     if json {
         let v = json!({
@@ -102,7 +114,7 @@ fn run(
     let repo = match crate::open_repo(path, key) {
         Ok(r) => r,
         Err(Error::NoRepository(_)) if key.is_none() => {
-            let repo = crate::init_repo(path, None)?;
+            let repo = crate::init_repo(path, None, None)?;
             announce_init(&repo, json)?;
             repo
         }
@@ -508,6 +520,15 @@ fn key_cmd(repo: &Repository, json: bool, cmd: KeyCommand) -> Result<u8> {
                 }
             }
             out.finish()?;
+        }
+        KeyCommand::Passwd { remove } => {
+            let mut k = Key::load(&repo.key.path)?;
+            k.identity()?;
+            k.passphrase =
+                if remove { None } else { Some(crate::passphrase::new_from("BAKARE_NEW_PASSPHRASE", None)?) };
+            k.rewrite().with_context(|| format!("rewriting {}", k.path.display()))?;
+            let what = if remove { "no passphrase now" } else { "protected by the new passphrase" };
+            println!("{}: {what}", k.path.display());
         }
         KeyCommand::Revoke { name } => {
             let gone = writers::revoke(repo, &name)?;

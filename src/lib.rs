@@ -6,6 +6,7 @@ mod diff;
 mod find;
 mod maintenance;
 mod output;
+mod passphrase;
 mod progress;
 mod retention;
 
@@ -35,6 +36,10 @@ pub struct Cli {
     /// in good standing, or dated in the future (for forensics: they may be forgeries)
     #[arg(long, global = true)]
     pub trust_all: bool,
+    /// A command that prints the passphrase of a protected key (otherwise BAKARE_PASSPHRASE,
+    /// or a prompt on the terminal)
+    #[arg(long, global = true, env = "BAKARE_PASSPHRASE_COMMAND")]
+    pub passphrase_command: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -42,7 +47,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a repository and its keypair
-    Init,
+    Init(InitArgs),
     /// Back up paths (creates the default repository on first use)
     Run(RunArgs),
     /// List snapshots
@@ -290,6 +295,14 @@ pub enum Overwrite {
 }
 
 #[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Protect the secret key with a passphrase (asked for on the terminal, or taken from
+    /// BAKARE_PASSPHRASE or --passphrase-command); backup-only keys never need one
+    #[arg(long)]
+    pub passphrase: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct MigrateArgs {
     /// Say what would change, change nothing
     #[arg(long, short = 'n')]
@@ -312,6 +325,13 @@ pub enum KeyCommand {
     Show,
     /// List the registered writers: name, fingerprint, registered, revoked, last snapshot
     List,
+    /// Add, change or remove the passphrase of the secret key file (the new one is asked for
+    /// twice on the terminal, or taken from BAKARE_NEW_PASSPHRASE)
+    Passwd {
+        /// Store the secret key without a passphrase
+        #[arg(long)]
+        remove: bool,
+    },
     /// Revoke a writer: its snapshots are ignored (unless --trust-all) and it cannot add
     /// trusted ones; prune keeps their data until they are forgotten
     Revoke { name: String },
@@ -416,8 +436,9 @@ pub(crate) fn open_repo(
 pub(crate) fn init_repo(
     at: &engine::repo::Location,
     key: Option<&std::path::Path>,
+    passphrase: Option<engine::secrecy::SecretString>,
 ) -> engine::Result<engine::Repository> {
-    engine::Repository::init(at.clone(), key).map(wrapped)
+    engine::Repository::init_with(at.clone(), key, passphrase).map(wrapped)
 }
 
 /// Runs the CLI reading files through `source`, with every repository's storage wrapped by

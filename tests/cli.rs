@@ -614,3 +614,47 @@ fn cp_al_copies_with_equal_trees_restore_in_full() {
     let target = restore_all(&b, "latest");
     assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
 }
+
+/// `init --passphrase`, `key passwd`, `--passphrase-command`: the secret key file holds no
+/// clear identity, every owner command needs the passphrase (and names what to do without
+/// one), and a backup-only key needs none.
+#[test]
+fn a_passphrase_protects_the_secret_key_and_backup_only_keys_need_none() {
+    let mut b = bakare();
+    let src = TestDir::new().file("a", b"alpha").file("d/b", vec![7u8; 100_000]);
+    b.env.push(("BAKARE_PASSPHRASE".into(), "correct horse".into()));
+    let init = b.ok(&argv!["--json", "init", "--passphrase"]).json();
+    let key = PathBuf::from(init["key"].as_str().unwrap());
+    let text = fs::read_to_string(&key).unwrap();
+    assert!(!text.contains("AGE-SECRET-KEY") && text.contains("identity-sealed: "), "{text}");
+    b.ok(&argv!["run", src.path()]);
+    let backup_key = b.home.path().join("laptop.key");
+    b.ok(&argv!["key", "export", "--backup-only", &backup_key]);
+    b.env.clear();
+
+    let o = b.run(&argv!["snapshots"]);
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("protected by a passphrase: set BAKARE_PASSPHRASE"), "{}", o.stderr);
+    let mut wrong = b.command(&argv!["snapshots"]);
+    wrong.env("BAKARE_PASSPHRASE", "battery staple");
+    let o = chaos::testkit::run_measured(wrong);
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("wrong passphrase"), "{}", o.stderr);
+    b.ok(&argv!["--passphrase-command", "printf 'correct horse\\n'", "snapshots"]);
+    // the backup-only key backs up unattended
+    b.ok(&argv!["--key", &backup_key, "run", src.path()]);
+
+    // change it, then remove it
+    let mut passwd = b.command(&argv!["key", "passwd"]);
+    passwd.env("BAKARE_PASSPHRASE", "correct horse").env("BAKARE_NEW_PASSPHRASE", "new one");
+    assert_eq!(chaos::testkit::run_measured(passwd).code, 0);
+    assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(b.run(&argv!["--passphrase-command", "echo correct horse", "snapshots"]).code, 1);
+    let mut remove = b.command(&argv!["key", "passwd", "--remove"]);
+    remove.env("BAKARE_PASSPHRASE", "new one");
+    assert_eq!(chaos::testkit::run_measured(remove).code, 0);
+    assert!(fs::read_to_string(&key).unwrap().contains("identity: AGE-SECRET-KEY"));
+    let target = b.home.path().join("r");
+    b.ok(&argv!["restore", "latest", "--target", &target]);
+    assert_same_tree(src.path(), &restored_path(&target, src.path()));
+}

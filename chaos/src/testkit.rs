@@ -210,7 +210,10 @@ impl Bakare {
             .env_remove("BAKARE_FAULTS")
             .env_remove("BAKARE_CRASH")
             .env_remove("BAKARE_CLOCK_OFFSET_FILE")
-            .env_remove("BAKARE_FAKE_NOW_NS");
+            .env_remove("BAKARE_FAKE_NOW_NS")
+            .env_remove("BAKARE_PASSPHRASE")
+            .env_remove("BAKARE_PASSPHRASE_COMMAND")
+            .env_remove("BAKARE_NEW_PASSPHRASE");
         for (k, v) in &self.env {
             c.env(k, v);
         }

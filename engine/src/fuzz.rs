@@ -235,9 +235,11 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
             v
         }
         "key_file" => {
-            let mut v = vec![k.key.encode().into_bytes()];
-            if let Ok(b) = k.key.backup_only("fuzz") {
-                v.push(b.encode().into_bytes());
+            let mut v = Vec::new();
+            for key in [Ok(k.key.clone()), k.key.backup_only("fuzz")].into_iter().flatten() {
+                if let Ok(text) = key.encode() {
+                    v.push(text.into_bytes());
+                }
             }
             v
         }

@@ -7,7 +7,8 @@
 //! repository: <32 hex>
 //! recipient: age1...
 //! writer: <64 hex>
-//! identity: AGE-SECRET-KEY-1...     (full keys only)
+//! identity: AGE-SECRET-KEY-1...     (full keys only; or, protected by a passphrase:)
+//! identity-sealed: <hex of the identity encrypted with age's scrypt passphrase recipient>
 //! owner: <64 hex>      (backup-only keys: the owner's Ed25519 public key, to check config
 //!                       and condemnation records)
 //! name: <writer name>  (backup-only keys: as registered by the owner)
@@ -22,7 +23,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use age::secrecy::ExposeSecret;
+use std::sync::OnceLock;
+
+use age::secrecy::{ExposeSecret, SecretString};
 
 use crate::crypto::{Secret32, WriterKeys};
 use crate::error::{Error, Result};
@@ -30,6 +33,7 @@ use crate::signing::{PublicKey, SigningKey};
 
 const HEADER: &str = "bakare-key-v1";
 
+#[derive(Clone)]
 pub struct Key {
     pub repo_id: [u8; 16],
     pub recipient: age::x25519::Recipient,
@@ -41,8 +45,28 @@ pub struct Key {
     pub owner: Option<PublicKey>,
     pub name: Option<String>,
     pub signer: Option<SigningKey>,
+    /// The passphrase the identity is sealed with in the key file (None: stored in clear).
+    pub passphrase: Option<SecretString>,
     /// Where it was loaded from (for messages).
     pub path: PathBuf,
+}
+
+/// Where a sealed identity's passphrase comes from: set once by the CLI (environment, a
+/// command, or a prompt on the terminal). Without one, only `BAKARE_PASSPHRASE` is read.
+pub type PassphraseSource = Box<dyn Fn(&Path) -> Result<SecretString> + Send + Sync>;
+static PASSPHRASE_SOURCE: OnceLock<PassphraseSource> = OnceLock::new();
+
+pub fn set_passphrase_source(f: PassphraseSource) {
+    let _ = PASSPHRASE_SOURCE.set(f);
+}
+
+fn passphrase_for(path: &Path) -> Result<SecretString> {
+    match PASSPHRASE_SOURCE.get() {
+        Some(f) => f(path),
+        None => std::env::var("BAKARE_PASSPHRASE").map(SecretString::from).map_err(|_| {
+            Error::Key(format!("{} is protected by a passphrase: set BAKARE_PASSPHRASE", path.display()))
+        }),
+    }
 }
 
 /// A writer's name: 1 to 64 of `A-Z a-z 0-9 . _ - @`.
@@ -61,6 +85,7 @@ impl Key {
             owner: None,
             name: None,
             signer: None,
+            passphrase: None,
             path: PathBuf::new(),
         }
     }
@@ -123,19 +148,31 @@ impl Key {
             owner: Some(self.owner_signer()?.public()),
             name: Some(name.to_string()),
             signer: Some(SigningKey::generate()),
+            passphrase: None,
             path: self.path.clone(),
         })
     }
 
-    pub fn encode(&self) -> String {
+    /// The key file's text. A sealed identity is sealed again (new salt) with its passphrase;
+    /// that costs about a second (scrypt, tuned by age to the machine).
+    pub fn encode(&self) -> Result<String> {
         let mut body = format!(
             "{HEADER}\nrepository: {}\nrecipient: {}\nwriter: {}\n",
             hex::encode(self.repo_id),
             self.recipient,
             hex::encode(self.writer.as_bytes())
         );
-        if let Some(id) = &self.identity {
-            body.push_str(&format!("identity: {}\n", id.to_string().expose_secret()));
+        match (&self.identity, &self.passphrase) {
+            (Some(id), None) => body.push_str(&format!("identity: {}\n", id.to_string().expose_secret())),
+            (Some(id), Some(pass)) => {
+                let sealed = age::encrypt(
+                    &age::scrypt::Recipient::new(pass.clone()),
+                    id.to_string().expose_secret().as_bytes(),
+                )
+                .map_err(|e| Error::Key(format!("cannot seal the identity: {e}")))?;
+                body.push_str(&format!("identity-sealed: {}\n", hex::encode(sealed)));
+            }
+            (None, _) => {}
         }
         if let Some(owner) = &self.owner {
             body.push_str(&format!("owner: {}\n", hex::encode(owner)));
@@ -152,10 +189,16 @@ impl Key {
         } else {
             "# bakare BACKUP-ONLY key: it can add backups but not read them.\n"
         };
-        format!("{kind}{body}checksum: {sum}\n")
+        Ok(format!("{kind}{body}checksum: {sum}\n"))
     }
 
-    pub fn decode(text: &str, path: &Path) -> Result<Key> {
+    /// A key file's key; a sealed identity is opened with the passphrase `passphrase` gives
+    /// (asked for only then).
+    pub fn decode_with(
+        text: &str,
+        path: &Path,
+        passphrase: &dyn Fn(&Path) -> Result<SecretString>,
+    ) -> Result<Key> {
         let bad = |why: &str| Error::Key(format!("{}: {why}", path.display()));
         let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         if lines.first() != Some(&HEADER) {
@@ -164,7 +207,7 @@ impl Key {
         let mut body = String::new();
         let (mut repo, mut recipient, mut writer, mut identity, mut checksum) =
             (None, None, None, None, None);
-        let (mut owner, mut name, mut signer) = (None, None, None);
+        let (mut owner, mut name, mut signer, mut sealed) = (None, None, None, None);
         for line in &lines {
             let (k, v) = match line.split_once(": ") {
                 Some(kv) => kv,
@@ -184,6 +227,7 @@ impl Key {
                 "owner" => owner = Some(v),
                 "name" => name = Some(v),
                 "signer" => signer = Some(v),
+                "identity-sealed" => sealed = Some(v),
                 "checksum" => checksum = Some(v),
                 _ => return Err(bad("unknown field")),
             }
@@ -208,6 +252,28 @@ impl Key {
         }
         let recipient = age::x25519::Recipient::from_str(recipient.ok_or_else(|| bad("no recipient"))?)
             .map_err(|_| bad("bad recipient"))?;
+        let mut pass = None;
+        let opened;
+        let identity = match (identity, sealed) {
+            (Some(_), Some(_)) => return Err(bad("both a clear and a sealed identity")),
+            (None, Some(hx)) => {
+                let ct = hex::decode(hx).map_err(|_| bad("bad sealed identity"))?;
+                let p = passphrase(path)?;
+                let plain =
+                    age::decrypt(&age::scrypt::Identity::new(p.clone()), &ct).map_err(|e| match e {
+                        age::DecryptError::DecryptionFailed | age::DecryptError::NoMatchingKeys => {
+                            bad("wrong passphrase")
+                        }
+                        e => bad(&format!("cannot open the sealed identity: {e}")),
+                    })?;
+                pass = Some(p);
+                opened = zeroize::Zeroizing::new(
+                    String::from_utf8(plain).map_err(|_| bad("the sealed identity is not text"))?,
+                );
+                Some(opened.as_str())
+            }
+            (id, None) => id,
+        };
         let identity = match identity {
             Some(s) => {
                 let id = age::x25519::Identity::from_str(s).map_err(|_| bad("bad identity"))?;
@@ -229,13 +295,21 @@ impl Key {
             owner,
             name: name.map(str::to_string),
             signer,
+            passphrase: pass,
             path: path.to_path_buf(),
+        })
+    }
+
+    /// A key file's key, without a passphrase (a sealed identity is refused).
+    pub fn decode(text: &str, path: &Path) -> Result<Key> {
+        Key::decode_with(text, path, &|p| {
+            Err(Error::Key(format!("{} is protected by a passphrase", p.display())))
         })
     }
 
     pub fn load(path: &Path) -> Result<Key> {
         let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let key = Key::decode(&text, path)?;
+        let key = Key::decode_with(&text, path, &passphrase_for)?;
         if let Some(why) = loose_mode(path, &key) {
             eprintln!("warning: {why}");
         }
@@ -249,15 +323,39 @@ impl Key {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             ::io::durable::create_private_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
+        let text = self.encode()?;
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(path)
             .map_err(|e| Error::io(path, e))?;
-        f.write_all(self.encode().as_bytes()).map_err(|e| Error::io(path, e))?;
+        f.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))?;
         f.sync_all().map_err(|e| Error::io(path, e))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            ::io::durable::sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+        }
         Ok(())
+    }
+
+    /// Rewrites the key file at `self.path` (a new passphrase, or none): a temporary file
+    /// (0600) beside it, fsynced, renamed over it, and the directory fsynced; the old file stays
+    /// whole until the rename.
+    pub fn rewrite(&self) -> Result<()> {
+        let path = &self.path;
+        let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(d) => d.to_path_buf(),
+            None => PathBuf::from("."),
+        };
+        let tmp = ::io::durable::temp_path(&dir);
+        let mut temp = self.clone();
+        temp.path = tmp.clone();
+        let written = temp.save(&tmp).and_then(|()| fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written?;
+        ::io::durable::sync_dir(&dir).map_err(|e| Error::io(&dir, e))
     }
 }
 
@@ -297,12 +395,12 @@ mod tests {
     #[test]
     fn encode_decode_and_checksum() {
         let k = Key::generate([3; 16]);
-        let text = k.encode();
+        let text = k.encode().unwrap();
         let d = Key::decode(&text, Path::new("k")).unwrap();
         assert_eq!(d.writer, k.writer);
         assert_eq!(d.recipient.to_string(), k.recipient.to_string());
         assert!(d.identity.is_some());
-        let b = Key::decode(&k.backup_only("laptop").unwrap().encode(), Path::new("b")).unwrap();
+        let b = Key::decode(&k.backup_only("laptop").unwrap().encode().unwrap(), Path::new("b")).unwrap();
         assert!(b.identity.is_none());
         assert_eq!(b.owner_public(), k.owner_public());
         assert_eq!(b.name.as_deref(), Some("laptop"));
@@ -316,5 +414,27 @@ mod tests {
         t[pos] = if t[pos] == b'0' { b'1' } else { b'0' };
         assert!(Key::decode(std::str::from_utf8(&t).unwrap(), Path::new("k")).is_err());
         assert!(Key::decode("garbage", Path::new("k")).is_err());
+    }
+
+    #[test]
+    fn a_sealed_identity_opens_with_its_passphrase_only() {
+        let mut k = Key::generate([4; 16]);
+        k.passphrase = Some(SecretString::from("correct horse".to_string()));
+        let text = k.encode().unwrap();
+        assert!(!text.contains("AGE-SECRET-KEY"), "{text}");
+        let right = |_: &Path| Ok(SecretString::from("correct horse".to_string()));
+        let wrong = |_: &Path| Ok(SecretString::from("battery staple".to_string()));
+        let d = Key::decode_with(&text, Path::new("k"), &right).unwrap();
+        assert_eq!(
+            d.identity.unwrap().to_string().expose_secret(),
+            k.identity.as_ref().unwrap().to_string().expose_secret()
+        );
+        let e = Key::decode_with(&text, Path::new("k"), &wrong).err().unwrap().to_string();
+        assert!(e.contains("wrong passphrase"), "{e}");
+        assert!(Key::decode(&text, Path::new("k"))
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("protected by a passphrase"));
     }
 }

@@ -26,6 +26,7 @@ pub mod sync;
 pub mod tree;
 pub mod writer;
 
+pub use age::secrecy;
 pub use error::{Error, Result};
 pub use format::{config, gc, signing, snapshot, writers};
 pub use ops::restore;

@@ -148,6 +148,15 @@ impl From<&PathBuf> for Location {
 impl Repository {
     /// Creates a repository and its key (saved at `key_path`, or in the key directory).
     pub fn init(location: impl Into<Location>, key_path: Option<&Path>) -> Result<Repository> {
+        Repository::init_with(location, key_path, None)
+    }
+
+    /// `init`, with the key file's identity sealed with `passphrase` when one is given.
+    pub fn init_with(
+        location: impl Into<Location>,
+        key_path: Option<&Path>,
+        passphrase: Option<age::secrecy::SecretString>,
+    ) -> Result<Repository> {
         let location = location.into();
         let backend = location.backend()?;
         if backend.exists("config")? {
@@ -156,6 +165,7 @@ impl Repository {
         let mut repo_id = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut repo_id);
         let mut key = Key::generate(repo_id);
+        key.passphrase = passphrase;
         let owner_key = key.owner_signer()?;
         let kp = match key_path {
             Some(p) => p.to_path_buf(),
