@@ -197,3 +197,20 @@ pub fn downgrade(repo: &Path, full_key: &Path, packs: Vec<[u8; 32]>) -> Vec<Stri
     r.backend.replace("config", &out).unwrap();
     ids
 }
+
+/// Index segments (`copies` of them, so that one sorts after the genuine segments) listing each
+/// pack of the repository with its trees only, its data left out: a backup-only key holds the catalog
+/// key, so it can read the real segments and write such lies.
+pub fn forge_segments_hiding_blobs(repo: &Path, key: &Path, copies: usize) {
+    let r = Repository::open(repo, Some(key)).unwrap();
+    let mut body = Vec::new();
+    for k in r.backend.list("packs").unwrap() {
+        let id = engine::pack::parse_pack_key(&k).unwrap();
+        let entries = engine::pack::read_trailer(r.backend.as_ref(), &r.wk.catalog_key, &k).unwrap();
+        body.push((id, entries.into_iter().filter(|e| e.kind() == Some(BlobKind::Tree)).collect::<Vec<_>>()));
+    }
+    for _ in 0..copies {
+        let (name, bytes) = engine::index::encode_segment(&r.wk.catalog_key, &body).unwrap();
+        r.backend.put(&name, &bytes).unwrap();
+    }
+}

@@ -11,7 +11,10 @@ use std::fs;
 use std::path::PathBuf;
 
 use chaos::argv;
-use chaos::hostile::{decoy, downgrade, forge_config, forge_gc_record, forge_snapshot, Forger, Signed};
+use chaos::hostile::{
+    decoy, downgrade, forge_config, forge_gc_record, forge_segments_hiding_blobs, forge_snapshot, Forger,
+    Signed,
+};
 use chaos::testkit::{assert_same_tree, files_under, random_tree, restored_path, Bakare, FakeClock, HOUR_NS};
 use engine::BlobId;
 
@@ -336,4 +339,22 @@ fn an_old_repository_works_after_one_migrate() {
     s.b.ok(&argv!["key", "export", "--backup-only", &new_key]);
     s.b.ok(&argv!["--key", &new_key, "run", s.snaps[1].1.path()]);
     assert_eq!(s.b.ok(&argv!["--json", "snapshots"]).json().as_array().unwrap().len(), 3);
+}
+
+/// Index segments that list the owner's packs with their blobs left out: prune must not take
+/// the left-out blobs for unused (segments' entries are merged, and a pack's own trailer is
+/// read before it goes).
+#[test]
+fn segments_hiding_blobs_make_prune_delete_nothing() {
+    let s = setup();
+    let before = s.packs();
+    forge_segments_hiding_blobs(&s.b.repo, &s.key, 32);
+    s.b.ok(&argv!["prune", "--unsafe-now"]);
+    s.b.ok(&argv!["prune", "--unsafe-now"]);
+    assert!(
+        before.is_subset(&s.packs()),
+        "prune deleted {:?}",
+        before.difference(&s.packs()).collect::<Vec<_>>()
+    );
+    s.all_restore_exactly();
 }

@@ -123,12 +123,20 @@ fn load_view(repo: &Repository, warnings: &mut Vec<String>) -> Result<View> {
         sizes.insert(id, backend.size(&key)?);
         packs.insert(id, Vec::new());
     }
+    // Every segment's entries for a pack, merged: a segment written with a backup-only key
+    // (which holds the catalog key) could otherwise list a pack with some of its blobs left
+    // out, and prune would take them for unused. Claims can only add entries here; what a
+    // pack really holds is checked against its own trailer before it is deleted (phase 2).
     let mut covered = HashSet::new();
     for (p, entries) in from_segments {
         if let Some(slot) = packs.get_mut(&p) {
             covered.insert(p);
-            *slot = entries;
+            slot.extend(entries);
         }
+    }
+    for slot in packs.values_mut() {
+        slot.sort_unstable_by_key(|e| (e.offset, e.inner, e.id, e.len, e.raw_len, e.kind));
+        slot.dedup();
     }
     for (id, entries) in packs.iter_mut() {
         if covered.contains(id) {
@@ -419,6 +427,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
 
     // Phase 2.
     let mut verified = Verified::default();
+    let mut own: HashMap<PackId, Vec<BlobEntry>> = HashMap::new();
     let mut gone: HashSet<PackId> = HashSet::new();
     let mut rescued_all: Vec<PackId> = Vec::new();
     let mut live_records = Vec::new();
@@ -434,6 +443,26 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         }
         let mut doomed: HashSet<PackId> =
             rec.packs.iter().copied().filter(|p| view.packs.contains_key(p)).collect();
+        // What each pack about to go holds, by its own trailer (the pack's name is the hash of
+        // its bytes, so its trailer is what its writer wrote): a used blob the segments left out
+        // still counts. A pack whose trailer cannot be read stays (any doubt keeps).
+        for p in doomed.clone() {
+            match pack::read_trailer(repo.backend.as_ref(), &repo.wk.catalog_key, &pack::pack_key(&p)) {
+                Ok(entries) => {
+                    for e in entries.iter().filter(|e| used.contains(&e.id)) {
+                        let hs = holders.entry(e.id).or_default();
+                        if !hs.contains(&p) {
+                            hs.push(p);
+                        }
+                    }
+                    own.insert(p, entries);
+                }
+                Err(e) => {
+                    doomed.remove(&p);
+                    warnings.push(format!("{e}: its trailer cannot be read, so it is kept"));
+                }
+            }
+        }
         doomed.extend(gone.iter().copied());
         // Rescue until nothing changes: a pack may go only when every used blob in it also
         // lives in a pack that stays, and that copy has been read and authenticated here: an
@@ -444,7 +473,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             let save: Vec<PackId> = doomed
                 .iter()
                 .filter(|p| {
-                    view.packs[*p].iter().any(|e| {
+                    own.get(*p).unwrap_or(&view.packs[*p]).iter().any(|e| {
                         holders.get(&e.id).is_some_and(|hs| {
                             !hs.iter().any(|h| !doomed.contains(h) && verified.holds(repo, &view, *h, e))
                         })
@@ -470,7 +499,8 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         };
         if !opts.dry_run {
             // Rescued packs need a segment that survives (theirs may be condemned).
-            let body: SegmentBody = rescued.iter().map(|p| (*p, view.packs[p].clone())).collect();
+            let body: SegmentBody =
+                rescued.iter().map(|p| (*p, own.get(p).unwrap_or(&view.packs[p]).clone())).collect();
             write_segments(repo, &body)?;
             for s in &rec.segments {
                 if let Ok(sz) = repo.backend.size(s) {
