@@ -140,6 +140,10 @@ pub struct PruneArgs {
     /// Delete condemned data now, without the grace period (unsafe while other machines back up)
     #[arg(long)]
     pub unsafe_now: bool,
+    /// Where prune remembers when it first saw each condemnation record
+    /// [default: $XDG_CACHE_HOME/bakare]
+    #[arg(long, env = "BAKARE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -184,9 +184,13 @@ pub fn migrate_cmd(
                 json!({"old": old, "new": new, "time": output::time(s.time_ns), "host": s.host})
             })
             .collect();
+        let config = r.config.as_ref().map(|c| {
+            json!({"chunk_min": c.chunk_min, "chunk_avg": c.chunk_avg, "chunk_max": c.chunk_max,
+                   "pack_size": c.pack_size, "grace_seconds": c.grace_secs})
+        });
         let v = json!({
             "dry_run": args.dry_run, "config_from": r.config_from, "config_to": engine::config::VERSION,
-            "records_removed": r.records_removed, "adopted": adopted,
+            "config": config, "records_removed": r.records_removed, "adopted": adopted, "left_unsigned": r.left,
         });
         out.line(&v.to_string())?;
     } else {
@@ -204,10 +208,10 @@ pub fn migrate_cmd(
         }
         for (old, new, s) in &r.adopted {
             let to =
-                if new.is_empty() { String::new() } else { format!(" -> {}", &new[..16.min(new.len())]) };
+                if new.is_empty() { String::new() } else { format!(" -> {}", new.get(..16).unwrap_or(new)) };
             out.line(&format!(
                 "{would}adopt unsigned snapshot {}{to} ({}, {})",
-                &old[..16.min(old.len())],
+                old.get(..16).unwrap_or(old),
                 output::time(s.time_ns),
                 s.host
             ))?;

@@ -45,25 +45,33 @@ pub fn new_from(var: &str, command: Option<&str>) -> Result<SecretString> {
     checked(SecretString::from(a))
 }
 
+/// A command given explicitly wins over the variable. Error messages never quote the command:
+/// it may hold the passphrase itself.
 fn from_env_or_command(var: &str, command: Option<&str>) -> Result<Option<SecretString>> {
-    if let Some(v) = std::env::var_os(var) {
-        let v = v.into_string().map_err(|_| anyhow::anyhow!("{var} is not valid UTF-8"))?;
-        return checked(SecretString::from(v)).map(Some);
+    if let Some(cmd) = command {
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(cmd)
+            .stdin(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running the passphrase command")?;
+        let stdout = zeroize::Zeroizing::new(out.stdout);
+        if !out.status.success() {
+            bail!("the passphrase command failed ({})", out.status);
+        }
+        let text =
+            std::str::from_utf8(&stdout).context("the passphrase command printed something not UTF-8")?;
+        let line = text.lines().next().unwrap_or("").to_string();
+        return checked(SecretString::from(line)).map(Some);
     }
-    let Some(cmd) = command else { return Ok(None) };
-    let out = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdin(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running the passphrase command {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("the passphrase command {cmd:?} failed ({})", out.status);
+    match std::env::var_os(var) {
+        Some(v) => {
+            let v = v.into_string().map_err(|_| anyhow::anyhow!("{var} is not valid UTF-8"))?;
+            checked(SecretString::from(v)).map(Some)
+        }
+        None => Ok(None),
     }
-    let text = String::from_utf8(out.stdout).context("the passphrase command printed something not UTF-8")?;
-    let line = text.lines().next().unwrap_or("").to_string();
-    checked(SecretString::from(line)).map(Some)
 }
 
 fn checked(p: SecretString) -> Result<SecretString> {

@@ -47,12 +47,12 @@ pub fn forget_cmd(repo: &Repository, json: bool, args: ForgetArgs) -> Result<u8>
     } else {
         // Only trusted snapshots count toward a policy (unless --trust-all): a forged one must
         // not push a real one out of keep-last. Untrusted ones stay until named.
-        let scope: Vec<_> = all
+        let (scope, writers): (Vec<_>, Vec<String>) = all
             .iter()
             .filter(|e| args.host.as_ref().is_none_or(|h| *h == e.snapshot.host))
-            .map(|e| (e.id.clone(), e.snapshot.clone()))
-            .collect();
-        forget::apply(&scope, &policy, &jiff::tz::TimeZone::system())?
+            .map(|e| ((e.id.clone(), e.snapshot.clone()), e.writer()))
+            .unzip();
+        forget::apply_by(&scope, &|i| writers[i].clone(), &policy, &jiff::tz::TimeZone::system())?
     };
     let mut removed = 0;
     for d in decisions.iter().filter(|d| !d.keep) {
@@ -101,7 +101,7 @@ pub fn forget_cmd(repo: &Repository, json: bool, args: ForgetArgs) -> Result<u8>
         return prune_cmd(
             repo,
             json,
-            PruneArgs { dry_run: false, repack_threshold: 30.0, unsafe_now: false },
+            PruneArgs { dry_run: false, repack_threshold: 30.0, unsafe_now: false, cache_dir: None },
         );
     }
     Ok(0)
@@ -119,6 +119,7 @@ pub fn prune_cmd(repo: &Repository, json: bool, args: PruneArgs) -> Result<u8> {
         dry_run: args.dry_run,
         unsafe_now: args.unsafe_now,
         host: engine::backup::default_host(),
+        state_dir: args.cache_dir.clone().or_else(engine::filescache::default_dir),
     };
     let r = prune::prune(repo, &opts)?;
     for w in &r.warnings {

@@ -85,14 +85,26 @@ pub fn forge_snapshot(
     time_ns: i64,
     build: impl FnOnce(&mut Forger) -> Vec<BlobId>,
 ) -> String {
+    forge_snapshot_with(repo, key, how, |s| s.time_ns = time_ns, build)
+}
+
+/// `forge`, signed as `how`, with the record changed by `edit` (host, paths, time: a writer
+/// chooses them all).
+pub fn forge_snapshot_with(
+    repo: &Path,
+    key: &Path,
+    how: Signed,
+    edit: impl FnOnce(&mut Snapshot),
+    build: impl FnOnce(&mut Forger) -> Vec<BlobId>,
+) -> String {
     let r = Repository::open(repo, Some(key)).unwrap();
     let index = Index::default();
     let mut f = Forger { w: BlobWriter::new(&r, &index).unwrap() };
     let tree = build(&mut f);
     f.w.finish().unwrap();
-    let snap = Snapshot {
+    let mut snap = Snapshot {
         version: VERSION,
-        time_ns,
+        time_ns: engine::clock::now_ns(),
         host: "hostile".into(),
         user: "mallory".into(),
         paths: vec![b"/".to_vec()],
@@ -102,6 +114,7 @@ pub fn forge_snapshot(
         errors: vec![],
         program: "forged".into(),
     };
+    edit(&mut snap);
     let bytes = match how {
         Signed::Writer => snap.encode(&r.key.recipient, &r.key.snapshot_signer().unwrap(), &r.config.repo_id),
         Signed::Stranger => snap.encode(&r.key.recipient, &SigningKey::generate(), &r.config.repo_id),
@@ -171,8 +184,8 @@ pub fn decoy(repo: &Path, key: &Path, ids: &[BlobId]) {
 }
 
 /// Turns `repo` back into format 2, as bakare wrote it before signatures: a checksummed config,
-/// unsigned snapshots (re-encrypted, so they get new ids) and an unsigned condemnation record
-/// for `packs`. Needs the full key. Returns the new snapshot ids.
+/// unsigned snapshots (re-encrypted, so they get new ids), no writer registry, and an unsigned
+/// condemnation record for `packs`. Needs the full key. Returns the new snapshot ids.
 pub fn downgrade(repo: &Path, full_key: &Path, packs: Vec<[u8; 32]>) -> Vec<String> {
     let r = Repository::open(repo, Some(full_key)).unwrap();
     let mut out = engine::config::MAGIC.to_vec();
@@ -188,6 +201,9 @@ pub fn downgrade(repo: &Path, full_key: &Path, packs: Vec<[u8; 32]>) -> Vec<Stri
         r.backend.put(&format!("snapshots/{id}"), &bytes).unwrap();
         r.backend.delete(&format!("snapshots/{}", e.id)).unwrap();
         ids.push(id);
+    }
+    for w in r.backend.list("writers").unwrap() {
+        r.backend.delete(&w).unwrap();
     }
     let rec = GcRecord { version: 1, time_ns: 0, host: "old".into(), packs, segments: vec![] };
     let body = postcard::to_allocvec(&rec).unwrap();

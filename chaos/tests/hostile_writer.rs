@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use chaos::argv;
 use chaos::hostile::{
-    decoy, downgrade, forge_config, forge_gc_record, forge_segments_hiding_blobs, forge_snapshot, Forger,
-    Signed,
+    decoy, downgrade, forge_config, forge_gc_record, forge_segments_hiding_blobs, forge_snapshot,
+    forge_snapshot_with, Forger, Signed,
 };
 use chaos::testkit::{assert_same_tree, files_under, random_tree, restored_path, Bakare, FakeClock, HOUR_NS};
 use engine::BlobId;
@@ -137,11 +137,18 @@ fn a_forged_config_is_refused_by_owner_and_writer_alike() {
         }
         assert_eq!(s.packs(), before);
     }
-    // migrate never signs a config someone else signed
-    fs::write(&config, &original).unwrap();
-    forge_config(&s.b.repo, &s.key, Signed::Stranger);
-    let o = s.b.run(&argv!["migrate"]);
-    assert_eq!(o.code, 1, "{}", o.stderr);
+    // migrate never signs a config someone else signed, nor a checksummed one put in place of
+    // a signed one (the repository holds a writer's snapshots and the writer registry)
+    for (how, why) in [
+        (Signed::Stranger, "not signed by this repository's owner"),
+        (Signed::Unsigned, "replaced by someone else"),
+    ] {
+        fs::write(&config, &original).unwrap();
+        forge_config(&s.b.repo, &s.key, how);
+        let o = s.b.run(&argv!["migrate"]);
+        assert_eq!(o.code, 1, "{}", o.stderr);
+        assert!(o.stderr.contains(why), "{}", o.stderr);
+    }
     fs::write(&config, &original).unwrap();
     s.all_restore_exactly();
 }
@@ -188,9 +195,22 @@ fn forged_snapshots_are_ignored_named_by_check_and_never_latest() {
     // forgotten by policy: only trusted snapshots count, and forged ones are not removed by it
     s.b.ok(&argv!["forget", "--keep-last", "2"]);
     assert_eq!(s.listed(&["--trust-all"]).len(), 5);
+    // migrate adopts nothing on a repository of format 3: an unsigned snapshot was planted
+    let m = s.b.ok(&argv!["--json", "migrate"]).json();
+    assert!(m["adopted"].as_array().unwrap().is_empty(), "{m}");
+    assert_eq!(m["left_unsigned"], serde_json::json!([unsigned.clone()]), "{m}");
+    // a copy of a real snapshot under another name does not count
+    let copy = "0".repeat(64);
+    fs::copy(s.b.repo.join("snapshots").join(&s.snaps[0].0), s.b.repo.join("snapshots").join(&copy)).unwrap();
+    assert!(!s.listed(&["--trust-all"]).contains(&copy));
+    fs::remove_file(s.b.repo.join("snapshots").join(&copy)).unwrap();
     // naming them removes them
     s.b.ok(&argv!["--trust-all", "forget", &future, &unsigned, &stranger]);
     assert_eq!(s.listed(&["--trust-all"]), s.real());
+    // and prune then keeps everything the real ones need
+    s.b.ok(&argv!["prune", "--unsafe-now"]);
+    s.b.ok(&argv!["prune", "--unsafe-now"]);
+    s.all_restore_exactly();
 }
 
 #[test]
@@ -357,4 +377,73 @@ fn segments_hiding_blobs_make_prune_delete_nothing() {
         before.difference(&s.packs()).collect::<Vec<_>>()
     );
     s.all_restore_exactly();
+}
+
+/// A condemnation record the owner signed long ago, put back after prune processed it (anyone
+/// who can read and write the storage can): prune waits its grace period again, counted from
+/// when it first saw the record, instead of acting on its old date at once.
+#[test]
+fn a_replayed_condemnation_record_waits_its_grace_period_again() {
+    let mut b = Bakare::new(env!("CARGO_BIN_EXE_bakare-faulty"));
+    let clock = FakeClock::install(&mut b);
+    b.ok(&argv!["init"]);
+    let src = tempfile::tempdir().unwrap();
+    random_tree(src.path(), 5, 20);
+    let first = snapshot_of(&b.ok(&argv!["--json", "run", src.path()]));
+    b.ok(&argv!["forget", &first]);
+    let record = b.ok(&argv!["--json", "prune"]).json()["record"].as_str().unwrap().to_string();
+    let bytes = fs::read(b.repo.join(&record)).unwrap();
+    clock.advance(25 * HOUR_NS);
+    let p = b.ok(&argv!["--json", "prune"]).json();
+    assert_eq!(p["deleted"][0]["record"], record.as_str(), "{p}");
+    assert!(!b.repo.join(&record).exists());
+
+    let second = snapshot_of(&b.ok(&argv!["--json", "run", src.path()]));
+    fs::write(b.repo.join(&record), &bytes).unwrap();
+    let p = b.ok(&argv!["--json", "prune"]).json();
+    assert!(p["deleted"].as_array().unwrap().is_empty(), "{p}");
+    assert_eq!(p["waiting"][0]["record"], record.as_str(), "{p}");
+    clock.advance(25 * HOUR_NS);
+    let p = b.ok(&argv!["--json", "prune"]).json();
+    assert_eq!(p["deleted"][0]["record"], record.as_str(), "{p}");
+    let target = tempfile::tempdir().unwrap();
+    b.ok(&argv!["restore", &second, "--target", target.path()]);
+    assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
+}
+
+/// A writer chooses the host and paths it records: its snapshots, however many and however
+/// recent, never push another machine's out of a retention policy.
+#[test]
+fn a_writer_cannot_crowd_the_owners_snapshots_out_of_a_policy() {
+    let s = setup();
+    let owner = s.b.ok(&argv!["--json", "snapshots"]).json()[0].clone();
+    assert_eq!(owner["writer"], "owner");
+    let host = owner["host"].as_str().unwrap().to_string();
+    let paths: Vec<Vec<u8>> =
+        owner["paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().as_bytes().to_vec()).collect();
+    for _ in 0..3 {
+        forge_snapshot_with(
+            &s.b.repo,
+            &s.key,
+            Signed::Writer,
+            |snap| {
+                snap.host = host.clone();
+                snap.paths = paths.clone();
+            },
+            |f: &mut Forger| {
+                let n = f.file("pwned", b"x");
+                vec![f.tree(vec![n])]
+            },
+        );
+    }
+    let f = s.b.ok(&argv!["--json", "forget", "--keep-last", "1", "--dry-run"]).json();
+    let removed: Vec<String> = f["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["keep"] == false)
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!removed.contains(&s.snaps[0].0), "the owner's snapshot would go: {f}");
+    assert_eq!(removed.len(), 2, "{f}");
 }

@@ -657,8 +657,8 @@ pub(crate) fn load_snapshots(
                         (Some(why), crate::writers::Standing::Unknown) => report.damage.push(Damage {
                             object: name.clone(),
                             why: format!(
-                                "{why}: not from the owner or a registered writer (forged, or from \
-                                 before snapshots were signed: `bakare migrate` adopts those)"
+                                "{why}: not from the owner or a registered writer (forged; or, in a \
+                                 repository not yet migrated, from before snapshots were signed)"
                             ),
                         }),
                     }

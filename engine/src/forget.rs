@@ -67,17 +67,31 @@ fn bucket(ts: Timestamp, tz: &TimeZone, rule: &str) -> String {
 
 /// Decides for every snapshot (id, record); the result is in the input's order.
 pub fn apply(snapshots: &[(String, Snapshot)], policy: &Policy, tz: &TimeZone) -> Result<Vec<Decision>> {
+    apply_by(snapshots, &|_| String::new(), policy, tz)
+}
+
+/// `apply`, with snapshots grouped by `writer(i)` too: a writer chooses the host and paths
+/// it records, so without this a writer could fill another machine's group with snapshots of
+/// its own and push that machine's real ones out of `--keep-last`.
+pub fn apply_by(
+    snapshots: &[(String, Snapshot)],
+    writer: &dyn Fn(usize) -> String,
+    policy: &Policy,
+    tz: &TimeZone,
+) -> Result<Vec<Decision>> {
     if policy.is_empty() {
         return Err(Error::Invalid(
             "no retention rule given (e.g. --keep-last 7 --keep-daily 14); refusing to forget everything"
                 .into(),
         ));
     }
-    let mut groups: BTreeMap<(String, Vec<Vec<u8>>), Vec<usize>> = BTreeMap::new();
+    /// (writer, host, sorted paths)
+    type Group = (String, String, Vec<Vec<u8>>);
+    let mut groups: BTreeMap<Group, Vec<usize>> = BTreeMap::new();
     for (i, (_, s)) in snapshots.iter().enumerate() {
         let mut paths = s.paths.clone();
         paths.sort();
-        groups.entry((s.host.clone(), paths)).or_default().push(i);
+        groups.entry((writer(i), s.host.clone(), paths)).or_default().push(i);
     }
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); snapshots.len()];
     for members in groups.values() {

@@ -69,9 +69,12 @@ fn passphrase_for(path: &Path) -> Result<SecretString> {
     }
 }
 
-/// A writer's name: 1 to 64 of `A-Z a-z 0-9 . _ - @`.
+/// A writer's name: 1 to 64 of `A-Z a-z 0-9 . _ - @`, and not `owner` (what the owner's own
+/// snapshots show).
 pub fn valid_writer_name(s: &str) -> bool {
-    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+    (1..=64).contains(&s.len())
+        && s != crate::writers::OWNER
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
 }
 
 impl Key {
@@ -359,15 +362,15 @@ impl Key {
     }
 }
 
-/// Why a secret key file's permissions are too loose (group or others may read it), if they are.
+/// Why a key file's permissions are too loose (group or others may read it), if they are.
+/// Every key file holds secrets: a full key the identity; a backup-only key the writer key and
+/// the writer's signing key, with which a reader could sign snapshots as that writer.
 fn loose_mode(path: &Path, key: &Key) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let mode = fs::metadata(path).ok()?.mode() & 0o777;
-    (key.identity.is_some() && mode & 0o077 != 0).then(|| {
-        format!(
-            "{} holds a secret key but is readable by others (mode {mode:o}): chmod 600 it",
-            path.display()
-        )
+    let what = if key.identity.is_some() { "a secret key" } else { "a backup-only key's secrets" };
+    (mode & 0o077 != 0).then(|| {
+        format!("{} holds {what} but is readable by others (mode {mode:o}): chmod 600 it", path.display())
     })
 }
 

@@ -39,11 +39,20 @@ pub struct PruneOptions {
     /// process may be backing up.
     pub unsafe_now: bool,
     pub host: String,
+    /// Where this machine keeps when it first saw each condemnation record (`format::seen`);
+    /// None: every record counts as first seen now, so nothing becomes due.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for PruneOptions {
     fn default() -> Self {
-        PruneOptions { repack_threshold: 0.3, dry_run: false, unsafe_now: false, host: String::new() }
+        PruneOptions {
+            repack_threshold: 0.3,
+            dry_run: false,
+            unsafe_now: false,
+            host: String::new(),
+            state_dir: crate::filescache::default_dir(),
+        }
     }
 }
 
@@ -431,14 +440,20 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let mut gone: HashSet<PackId> = HashSet::new();
     let mut rescued_all: Vec<PackId> = Vec::new();
     let mut live_records = Vec::new();
+    let mut live_names: Vec<&str> = Vec::new();
     let mut deleted_segments: HashSet<String> = HashSet::new();
+    let mut seen = crate::format::seen::Seen::load(opts.state_dir.as_deref(), &repo.config.repo_id);
     for (name, rec) in &view.records {
-        let due = rec.time_ns.saturating_add(grace);
+        // From the later of its own time and when this machine first saw it: a record put back
+        // after it was processed must wait its grace period again.
+        let since = rec.time_ns.max(seen.first_seen(name, now));
+        let due = since.saturating_add(grace);
         if !(opts.unsafe_now || now >= due) {
             let packs: Vec<_> = rec.packs.iter().filter(|p| view.packs.contains_key(*p)).collect();
             let bytes = packs.iter().filter_map(|p| view.sizes.get(*p)).sum();
             report.waiting.push((name.clone(), due, packs.len(), bytes));
             live_records.push(rec);
+            live_names.push(name.as_str());
             continue;
         }
         let mut doomed: HashSet<PackId> =
@@ -621,7 +636,16 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             let (name, bytes) =
                 rec.encode(&repo.wk.catalog_key, &repo.key.owner_signer()?, &repo.config.repo_id)?;
             repo.backend.put(&name, &bytes)?;
+            seen.first_seen(&name, rec.time_ns);
             report.record = Some(name);
+        }
+    }
+    if !opts.dry_run {
+        live_names.extend(report.record.as_deref());
+        if let Err(e) = seen.save(&live_names) {
+            warnings.push(format!(
+                "cannot save when condemnation records were first seen ({e}): the next prune waits their grace period again"
+            ));
         }
     }
     report.warnings = warnings;

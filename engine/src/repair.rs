@@ -227,6 +227,8 @@ pub fn repair_snapshots(repo: &Repository, opts: &SnapshotRepairOptions) -> Resu
     let mut out = SnapshotRepair::default();
     let mut scratch = CheckReport::default();
     let snaps = check::load_snapshots(repo, identity, &mut scratch)?;
+    let trusted: std::collections::HashSet<String> =
+        repo.snapshots()?.0.into_iter().map(|e| format!("snapshots/{}", e.id)).collect();
     let wanted = |name: &str| {
         let id = name.trim_start_matches("snapshots/");
         opts.snapshots.is_empty() || opts.snapshots.iter().any(|s| id.starts_with(s.as_str()))
@@ -243,6 +245,17 @@ pub fn repair_snapshots(repo: &Repository, opts: &SnapshotRepairOptions) -> Resu
     for (name, snap) in &snaps {
         let damaged = report.affected.iter().any(|a| a.snapshot == *name);
         if !name.starts_with("snapshots/") || !damaged || !wanted(name) {
+            continue;
+        }
+        // The repaired copy is signed by the owner: repairing a snapshot nobody trusts would
+        // turn it into the owner's.
+        if !trusted.contains(name.as_str()) {
+            out.unrepairable.push((
+                name.clone(),
+                "not signed by the owner or a writer in good standing: repairing it would sign it as the \
+                 owner's (--trust-all does, if you are sure)"
+                    .into(),
+            ));
             continue;
         }
         let mut dropped = Vec::new();

@@ -326,10 +326,20 @@ impl Repository {
         let mut out = Vec::new();
         for name in self.backend.list("snapshots")? {
             let id = name.trim_start_matches("snapshots/").to_string();
+            // A copy under another name (anyone can make one) is not a snapshot of its own: it
+            // would count twice toward a retention policy.
+            let named = |d: Vec<u8>| {
+                if blake3::hash(&d).to_hex().as_str() == id {
+                    Ok(d)
+                } else {
+                    Err(Error::corrupt("snapshot", name.clone(), "content does not match its name; ignored"))
+                }
+            };
             match self
                 .backend
                 .get(&name)
                 .map_err(Error::from)
+                .and_then(named)
                 .and_then(|d| Snapshot::decode(identity, &self.config.repo_id, &name, &d))
             {
                 Ok((snapshot, signer)) => {
