@@ -20,6 +20,7 @@ use stages::encrypt;
 use stages::hash::blob_id;
 use stages::{BlobId, BlobKind, BUNDLE_ID};
 
+use crate::commit::{self, PendingState};
 use crate::crypto::unwrap_key;
 use crate::error::{Error, Result};
 use crate::index::{decode_segment, Index, IndexBuilder};
@@ -602,13 +603,24 @@ fn display_path(p: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Every committed and pending snapshot that decodes, with its object name; damage for the rest.
+/// Every committed snapshot and every pending one still in flight that decodes, with its object
+/// name; damage for the rest. Pending copies that prune removes (commit.rs: the same bytes are
+/// committed, or the writer gave it up) are notes, not snapshots: the committed copy is walked
+/// once, and a given-up snapshot may reference data that is gone.
 pub(crate) fn load_snapshots(
     repo: &Repository,
     identity: &age::x25519::Identity,
     report: &mut CheckReport,
 ) -> Result<Vec<(String, Snapshot)>> {
     let mut out = Vec::new();
+    let mut committed: HashMap<String, Vec<u8>> = HashMap::new();
+    let markers: HashSet<String> = repo
+        .backend
+        .list("abandoned")?
+        .iter()
+        .filter_map(|n| commit::id_of("abandoned", n))
+        .map(str::to_string)
+        .collect();
     for dir in ["snapshots", "pending"] {
         let mut names = repo.backend.list(dir)?;
         names.sort();
@@ -617,16 +629,49 @@ pub(crate) fn load_snapshots(
                 if !name_matches(&name, &d) {
                     return Err(Error::corrupt("snapshot", name.clone(), "content does not match its name"));
                 }
-                Snapshot::decode(identity, &name, &d)
+                Snapshot::decode(identity, &name, &d).map(|s| (s, d))
             });
             match decoded {
-                Ok(s) => {
-                    if dir == "pending" {
-                        report.notes.push(format!(
-                            "{name}: a snapshot being committed (or left by a backup interrupted while committing)"
-                        ));
+                Ok((s, data)) => {
+                    let id = commit::id_of(dir, &name).unwrap_or_default().to_string();
+                    if dir == "snapshots" {
+                        committed.insert(id, data);
+                        out.push((name, s));
+                        continue;
                     }
-                    out.push((name, s));
+                    let marker = if markers.contains(&id) {
+                        match repo.backend.get(&commit::abandoned_key(&id)) {
+                            Ok(m) => Some(m),
+                            Err(io::StorageError::NotFound { .. }) => None,
+                            Err(e) => return Err(e.into()),
+                        }
+                    } else {
+                        None
+                    };
+                    let state = commit::classify(
+                        &data,
+                        &s,
+                        committed.get(&id).map(Vec::as_slice),
+                        marker.as_deref(),
+                    )?;
+                    report.notes.push(match state {
+                        PendingState::Committed => {
+                            format!("{name}: the pending copy of a committed snapshot (the next prune removes it)")
+                        }
+                        PendingState::Abandoned => {
+                            format!("{name}: given up by its writer (the next prune removes it)")
+                        }
+                        PendingState::BadMarker => format!(
+                            "{name}: a snapshot being committed; {} does not prove that its writer gave it up",
+                            commit::abandoned_key(&id)
+                        ),
+                        PendingState::InFlight => format!(
+                            "{name}: a snapshot being committed (or left by a backup interrupted while committing)"
+                        ),
+                    });
+                    if !state.removable() {
+                        out.push((name, s));
+                    }
                 }
                 Err(e) => {
                     report.damage.push(Damage { object: name.clone(), why: e.to_string() });
