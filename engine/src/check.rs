@@ -614,6 +614,7 @@ pub(crate) fn load_snapshots(
 ) -> Result<Vec<(String, Snapshot)>> {
     let mut out = Vec::new();
     let mut committed: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut copies = 0;
     let markers: HashSet<String> = repo
         .backend
         .list("abandoned")?
@@ -655,8 +656,10 @@ pub(crate) fn load_snapshots(
                         marker.as_deref(),
                     )?;
                     report.notes.push(match state {
+                        // Every backup leaves one: counted in one note below.
                         PendingState::Committed => {
-                            format!("{name}: the pending copy of a committed snapshot (the next prune removes it)")
+                            copies += 1;
+                            continue;
                         }
                         PendingState::Abandoned => {
                             format!("{name}: given up by its writer (the next prune removes it)")
@@ -683,6 +686,11 @@ pub(crate) fn load_snapshots(
                 }
             }
         }
+    }
+    if copies > 0 {
+        report.notes.push(format!(
+            "{copies} pending copies of committed snapshots (backups leave them; the next prune removes them)"
+        ));
     }
     Ok(out)
 }
