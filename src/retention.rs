@@ -57,7 +57,7 @@ pub fn forget_cmd(repo: &Repository, json: bool, args: ForgetArgs) -> Result<u8>
     let mut removed = 0;
     for d in decisions.iter().filter(|d| !d.keep) {
         if !args.dry_run {
-            repo.backend.delete(&format!("snapshots/{}", d.id))?;
+            engine::commit::remove_snapshot(repo, &d.id)?;
         }
         removed += 1;
     }
@@ -142,6 +142,7 @@ pub fn prune_cmd(repo: &Repository, json: bool, args: PruneArgs) -> Result<u8> {
             "new_packs": r.new_packs, "segments_written": r.segments_written,
             "segments_condemned": r.segments_condemned, "record": r.record,
             "freed_now": r.freed_now(), "freed_later": r.freed_later(),
+            "pending_removed": r.pending_removed, "abandoned_removed": r.abandoned_removed,
         });
         out.line(&v.to_string())?;
     } else {
@@ -181,6 +182,13 @@ pub fn prune_cmd(repo: &Repository, json: bool, args: PruneArgs) -> Result<u8> {
             r.segments_written,
             r.segments_condemned
         ))?;
+        if r.pending_removed + r.abandoned_removed > 0 {
+            let verb = if args.dry_run { "would remove" } else { "removed" };
+            out.line(&format!(
+                "{verb} {} pending copies of committed snapshots and {} pending snapshots their writers gave up",
+                r.pending_removed, r.abandoned_removed
+            ))?;
+        }
         out.line(&format!(
             "freed now: {}; freed later (after the grace period, by a later prune): {}",
             output::size(r.freed_now()),

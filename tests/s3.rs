@@ -1,13 +1,17 @@
 //! Repositories on a real S3-compatible server (s3s-fs, started on loopback by the test): every
 //! command works, damage is detected, and a server that goes away fails the run cleanly, with
 //! the next run reusing what landed. Skipped, with a message, where s3s-fs is not installed
-//! (CI installs it and sets BAKARE_REQUIRE_S3, which turns the skip into a failure).
+//! (CI installs it and sets BAKARE_REQUIRE_S3, which turns the skip into a failure). Also:
+//! backups with credentials that cannot delete (docs/remote.md, "Put-only credentials").
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 
 use chaos::argv;
-use chaos::testkit::{assert_same_tree, restored_path, Bakare, FakeClock, Rng, S3Server, TestDir, HOUR_NS};
+use chaos::proxy::{Proxy, ProxyConfig};
+use chaos::testkit::{
+    assert_same_tree, restored_path, Bakare, FakeClock, Rng, S3Server, TestDir, HOUR_NS, S3_ACCESS_KEY,
+};
 
 fn bakare() -> Bakare {
     Bakare::new(env!("CARGO_BIN_EXE_bakare"))
@@ -138,4 +142,96 @@ fn a_server_that_goes_away_fails_the_run_cleanly_and_the_next_run_resumes() {
     b.ok(&argv!["restore", "latest", "--target", t.path()]);
     assert_same_tree(src.path(), &restored_path(t.path(), src.path()));
     assert_eq!(b.ok(&argv!["--json", "check", "--read-data"]).json()["ok"], true);
+}
+
+/// Objects the server holds under `dir` of repository `prefix`.
+fn objects(server: &S3Server, prefix: &str, dir: &str) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(server.object_path(prefix, dir))
+        .map(|d| d.map(|e| e.unwrap().file_name().into_string().unwrap()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Put-only credentials (docs/remote.md): a backup machine whose every DELETE is refused with
+/// 403 AccessDenied (the chaos proxy playing a bucket policy that denies s3:DeleteObject), with
+/// a backup-only key, backs up twice without sending a single DELETE; both snapshots restore
+/// exactly, also read through the same proxy. The owner's prune, straight to the server,
+/// removes the pending copies the backups leave. Through the proxy, prune fails at its first
+/// DELETE with the HTTP status and the S3 error code, and not the reply body, which names the
+/// access key id.
+#[test]
+fn backups_need_no_delete_permission() {
+    let Some(server) = S3Server::start() else { return };
+    let mut cfg = ProxyConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], server.port)), 0, 0);
+    cfg.deny_method = Some("DELETE".into());
+    let proxy = Proxy::start(cfg).unwrap();
+    let denied = || proxy.stats.denied.load(std::sync::atomic::Ordering::Relaxed);
+    let put_only = server.url_via(proxy.port, "putonly");
+
+    // The owner, with full credentials, straight to the server.
+    let mut owner = bakare();
+    server.configure(&mut owner, "putonly");
+    owner.ok(&argv!["init"]);
+    let key = owner.home.path().join("backup.key");
+    owner.ok(&argv!["key", "export", "--backup-only", &key]);
+    // The backup machine: another home, the backup-only key, deletes refused.
+    let mut machine = bakare();
+    server.configure(&mut machine, "putonly");
+    machine.env.push(("BAKARE_REPO".into(), put_only.clone()));
+    machine.env.push(("BAKARE_KEY".into(), key.display().to_string()));
+
+    let mut rng = Rng::new(9);
+    let src = TestDir::new().file("a.txt", rng.text(20_000)).file("b.bin", rng.bytes(3 << 20));
+    let first = machine.ok(&argv!["--json", "run", src.path()]);
+    assert!(first.stderr.contains("is plain http"), "{}", first.stderr);
+    assert_eq!(first.stderr.matches("is plain http").count(), 1, "{}", first.stderr);
+    let first = first.json()["snapshot"].as_str().unwrap().to_string();
+    let first_a = fs::read(src.path().join("a.txt")).unwrap();
+    fs::write(src.path().join("a.txt"), rng.text(30_000)).unwrap();
+    let second =
+        machine.ok(&argv!["--json", "run", src.path()]).json()["snapshot"].as_str().unwrap().to_string();
+    assert_eq!(denied(), 0, "a backup sent a DELETE: {}", proxy.stats.summary());
+    let mut both = vec![first.clone(), second.clone()];
+    both.sort();
+    assert_eq!(objects(&server, "putonly", "snapshots"), both);
+    assert_eq!(objects(&server, "putonly", "pending"), both, "the pending copies stay");
+
+    // Reading needs no DELETE either: both restore exactly through the proxy.
+    let restore_via_proxy = |id: &str| {
+        let t = tempfile::tempdir().unwrap();
+        let mut c = owner.command(&argv!["restore", id, "--target", t.path()]);
+        c.env("BAKARE_REPO", &put_only);
+        let o = chaos::testkit::run_measured(c);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        t
+    };
+    let t = restore_via_proxy(&first);
+    let restored = restored_path(t.path(), src.path());
+    assert!(fs::read(restored.join("a.txt")).unwrap() == first_a, "a.txt of the first snapshot differs");
+    assert!(fs::read(restored.join("b.bin")).unwrap() == fs::read(src.path().join("b.bin")).unwrap());
+    let t = restore_via_proxy(&second);
+    assert_same_tree(src.path(), &restored_path(t.path(), src.path()));
+
+    // The owner's prune through the proxy fails at its first DELETE, saying why but not
+    // repeating the body.
+    let mut c = owner.command(&argv!["prune"]);
+    c.env("BAKARE_REPO", &put_only);
+    let o = chaos::testkit::run_measured(c);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert_eq!(denied(), 1, "{}", proxy.stats.summary());
+    assert!(o.stderr.contains("HTTP 403, S3 error code AccessDenied"), "{}", o.stderr);
+    for secret in [S3_ACCESS_KEY, "AWSAccessKeyId", "<"] {
+        assert!(!o.stderr.contains(secret), "{secret} in: {}", o.stderr);
+    }
+
+    // Straight to the server, it removes them; the snapshots stay, whole.
+    let p = owner.ok(&argv!["--json", "prune"]).json();
+    assert_eq!(p["pending_removed"], 2, "{p}");
+    assert_eq!(objects(&server, "putonly", "pending"), Vec::<String>::new());
+    assert_eq!(objects(&server, "putonly", "snapshots"), both);
+    let t = tempfile::tempdir().unwrap();
+    owner.ok(&argv!["restore", &second, "--target", t.path()]);
+    assert_same_tree(src.path(), &restored_path(t.path(), src.path()));
+    assert_eq!(owner.ok(&argv!["--json", "check", "--read-data"]).json()["ok"], true);
 }

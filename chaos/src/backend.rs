@@ -2,8 +2,9 @@
 //! path, from `BAKARE_CRASH=WHEN:WHAT:N[:ACTION]`:
 //! - WHEN: `before` or `after` the operation;
 //! - WHAT: `packs` (committing a pack: "before" leaves the complete temporary file unlinked),
-//!   `index`, `pending`, `snapshots` (writing such an object), or `unpend` (removing the pending
-//!   copy of a committed snapshot);
+//!   `index`, `pending`, `snapshots`, `abandoned` (writing such an object; the last one only
+//!   when a writer gives up a pending snapshot). A writer deletes nothing, so there is no
+//!   step to stop at there;
 //! - N: the N-th such operation of the process (1-based);
 //! - ACTION: `kill` (SIGKILL to itself, the default) or `stop` (SIGSTOP to itself: the test
 //!   resumes it with SIGCONT, as a laptop lid would).
@@ -45,7 +46,7 @@ impl CrashPoint {
             "after" => When::After,
             _ => return Err(bad()),
         };
-        if !["packs", "index", "pending", "snapshots", "unpend"].contains(&parts[1]) {
+        if !["packs", "index", "pending", "snapshots", "abandoned"].contains(&parts[1]) {
             return Err(bad());
         }
         let nth: u64 = parts[2].parse().map_err(|_| bad())?;
@@ -151,11 +152,7 @@ impl Backend for FaultyBackend {
         self.inner.list(dir)
     }
     fn delete(&self, key: &str) -> io::storage::Result<()> {
-        let what = if kind_of(key) == "pending" { "unpend" } else { "delete" };
-        hit(&self.point, &self.seen, what, When::Before);
-        let r = self.inner.delete(key);
-        hit(&self.point, &self.seen, what, When::After);
-        r
+        self.inner.delete(key)
     }
     fn replace(&self, key: &str, data: &[u8]) -> io::storage::Result<()> {
         self.inner.replace(key, data)
@@ -177,7 +174,15 @@ mod tests {
         let p = CrashPoint::parse("after:pending:2:stop").unwrap();
         assert_eq!(p, CrashPoint { when: When::After, what: "pending".into(), nth: 2, action: Action::Stop });
         assert_eq!(CrashPoint::parse("before:packs:1").unwrap().action, Action::Kill);
-        for bad in ["", "during:packs:1", "before:nope:1", "before:packs:x", "before:packs:1:explode"] {
+        assert_eq!(CrashPoint::parse("after:abandoned:1").unwrap().what, "abandoned");
+        for bad in [
+            "",
+            "during:packs:1",
+            "before:nope:1",
+            "before:packs:x",
+            "before:packs:1:explode",
+            "before:unpend:1",
+        ] {
             assert!(CrashPoint::parse(bad).is_err(), "{bad}");
         }
     }

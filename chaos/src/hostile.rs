@@ -202,7 +202,8 @@ pub fn downgrade(repo: &Path, full_key: &Path, packs: Vec<[u8; 32]>) -> Vec<Stri
         r.backend.delete(&format!("snapshots/{}", e.id)).unwrap();
         ids.push(id);
     }
-    for w in r.backend.list("writers").unwrap() {
+    // Format 2 had no registry, and its writers removed their pending copies.
+    for w in r.backend.list("writers").unwrap().into_iter().chain(r.backend.list("pending").unwrap()) {
         r.backend.delete(&w).unwrap();
     }
     let rec = GcRecord { version: 1, time_ns: 0, host: "old".into(), packs, segments: vec![] };

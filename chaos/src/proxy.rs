@@ -8,6 +8,9 @@
 //! many bytes depends only on the seed and the exchange's index, so a run can be replayed as far
 //! as the client's order of requests is. A connection that fails in any way
 //! ends that connection only; the proxy keeps accepting until it is dropped.
+//!
+//! Optionally it also plays a bucket policy: every request with a given method (e.g. DELETE,
+//! for put-only credentials) is answered 403 AccessDenied and never reaches the server.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -55,6 +58,10 @@ pub struct ProxyConfig {
     /// first bytes are needed to tell, so with it a dropped first exchange has connected to the
     /// server already.
     pub only_method: Option<String>,
+    /// Answer every request with this HTTP method with 403 AccessDenied instead of forwarding
+    /// it, as S3 does for credentials a bucket policy denies it (e.g. "DELETE": put-only
+    /// credentials). Not a fault: counted in `ProxyStats::denied`, whatever `fault_permille`.
+    pub deny_method: Option<String>,
 }
 
 impl ProxyConfig {
@@ -68,6 +75,7 @@ impl ProxyConfig {
             stall: Duration::from_secs(8),
             delay: Duration::from_millis(500),
             only_method: None,
+            deny_method: None,
         }
     }
 }
@@ -83,6 +91,8 @@ pub struct ProxyStats {
     pub stalled: AtomicU64,
     pub delayed: AtomicU64,
     pub truncated: AtomicU64,
+    /// Requests answered 403 by `ProxyConfig::deny_method`.
+    pub denied: AtomicU64,
     /// Connections that could not be served (the server refused, or no thread): not faults of ours.
     pub upstream_errors: AtomicU64,
     pub bytes_to_server: AtomicU64,
@@ -109,7 +119,7 @@ impl ProxyStats {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
             "{} connections, {} exchanges, {} faulted (drop {}, reset {}, stall {}, delay {}, truncate {}), \
-             {} upstream errors, {:.1} MiB to the server, {:.1} MiB to the client",
+             {} denied, {} upstream errors, {:.1} MiB to the server, {:.1} MiB to the client",
             g(&self.connections),
             g(&self.exchanges),
             self.faulted(),
@@ -118,6 +128,7 @@ impl ProxyStats {
             g(&self.stalled),
             g(&self.delayed),
             g(&self.truncated),
+            g(&self.denied),
             g(&self.upstream_errors),
             g(&self.bytes_to_server) as f64 / (1 << 20) as f64,
             g(&self.bytes_to_client) as f64 / (1 << 20) as f64,
@@ -183,14 +194,23 @@ struct Shared {
     next: AtomicU64,
 }
 
+/// Whether the request starting with `head` uses `method`.
+fn is_method(head: &[u8], method: &str) -> bool {
+    head.starts_with(method.as_bytes()) && head.get(method.len()) == Some(&b' ')
+}
+
 impl Shared {
+    fn denies(&self, head: &[u8]) -> bool {
+        self.cfg.deny_method.as_deref().is_some_and(|m| is_method(head, m))
+    }
+
     /// Draws (and counts) the plan of the next exchange, whose request starts with `head`
     /// (None: not read yet).
     fn draw(&self, head: Option<&[u8]>) -> Plan {
         self.stats.exchanges.fetch_add(1, Ordering::Relaxed);
         let mut p = plan(&self.cfg, self.next.fetch_add(1, Ordering::Relaxed));
         if let Some(m) = &self.cfg.only_method {
-            let matches = head.is_some_and(|h| h.starts_with(m.as_bytes()) && h.get(m.len()) == Some(&b' '));
+            let matches = head.is_some_and(|h| is_method(h, m));
             if !matches {
                 p.fault = None;
             }
@@ -245,7 +265,7 @@ impl Conn {
 
 fn connection(client: TcpStream, shared: Arc<Shared>) {
     // Without a method filter, the first exchange's fate is known before its request is read.
-    let fresh = shared.cfg.only_method.is_some();
+    let fresh = shared.cfg.only_method.is_some() || shared.cfg.deny_method.is_some();
     let first = if fresh { Plan { fault: None, after: 0 } } else { shared.draw(None) };
     match first.fault {
         Some(FaultKind::Drop) => return,
@@ -311,6 +331,10 @@ fn pump(c: &Conn, to_server: bool) -> u64 {
             return forwarded;
         }
         if to_server && (c.fresh.swap(false, Ordering::SeqCst) || c.replied.load(Ordering::SeqCst) > 0) {
+            if c.shared.denies(&buf[..n]) {
+                deny(c, &buf[..n]);
+                return forwarded;
+            }
             let p = c.shared.draw(Some(&buf[..n]));
             *c.plan.lock().unwrap_or_else(|p| p.into_inner()) = p;
             c.moved.store(0, Ordering::SeqCst);
@@ -353,6 +377,59 @@ fn pump(c: &Conn, to_server: bool) -> u64 {
     }
 }
 
+/// The access key id in a request's AWS signature (`Credential=<id>/<date>/...`).
+fn access_key_id(head: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(head);
+    let (_, rest) = text.split_once("Credential=")?;
+    let id = rest.split('/').next()?;
+    (!id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())).then(|| id.to_string())
+}
+
+/// The reply S3 gives a request a bucket policy denies. The body names the access key id, as
+/// AWS's bodies for InvalidAccessKeyId and SignatureDoesNotMatch do, so that tests can check
+/// that bakare never repeats a reply body.
+fn access_denied(head: &[u8]) -> Vec<u8> {
+    let key = access_key_id(head).unwrap_or_default();
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code>\
+         <Message>Access Denied</Message><AWSAccessKeyId>{key}</AWSAccessKeyId>\
+         <RequestId>chaos-proxy</RequestId></Error>"
+    );
+    let mut reply = format!(
+        "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    reply.extend_from_slice(body.as_bytes());
+    reply
+}
+
+/// Answers the request starting with `first` with 403 AccessDenied, without forwarding any of
+/// it, and closes the connection. The request's headers are read to their end first, and the
+/// client's side drained after the reply: closing a socket with unread bytes sends RST, which
+/// could destroy the reply before the client reads it.
+fn deny(c: &Conn, first: &[u8]) {
+    c.shared.stats.denied.fetch_add(1, Ordering::Relaxed);
+    c.struck.store(true, Ordering::SeqCst);
+    let mut head = first.to_vec();
+    let mut from = &c.client;
+    let _ = c.client.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < (64 << 10) {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let mut to = &c.client;
+    let _ = to.write_all(&access_denied(&head));
+    let _ = c.client.shutdown(Shutdown::Write);
+    while matches!(from.read(&mut buf), Ok(n) if n > 0) {}
+    // Wakes the other pump, which leaves without touching the sockets (`struck`).
+    let _ = c.server.shutdown(Shutdown::Both);
+}
+
 fn strike(c: &Conn, kind: FaultKind) {
     if c.struck.swap(true, Ordering::SeqCst) {
         return;
@@ -379,6 +456,19 @@ fn strike(c: &Conn, kind: FaultKind) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn denied_requests_get_s3s_reply_naming_the_key_id() {
+        let head = b"DELETE /bakare/repo/pending/ab HTTP/1.1\r\nauthorization: AWS4-HMAC-SHA256 \
+                     Credential=bakare-test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host\r\n\r\n";
+        assert!(is_method(head, "DELETE") && !is_method(head, "DEL") && !is_method(head, "PUT"));
+        assert_eq!(access_key_id(head).as_deref(), Some("bakare-test"));
+        let reply = String::from_utf8(access_denied(head)).unwrap_or_default();
+        let (headers, body) = reply.split_once("\r\n\r\n").unwrap_or_default();
+        assert!(headers.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{headers}");
+        assert!(headers.contains(&format!("Content-Length: {}\r\n", body.len())), "{headers}");
+        assert!(body.contains("<Code>AccessDenied</Code>") && body.contains("bakare-test"), "{body}");
+    }
 
     #[test]
     fn plans_are_seeded_and_about_the_fraction() {

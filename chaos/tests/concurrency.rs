@@ -6,7 +6,8 @@
 //!   while another process forgets the snapshot it deduplicated against and prunes (phase 1);
 //!   the clock moves past the grace period; prune runs phase 2; the writer resumes (SIGCONT,
 //!   and its clock too has jumped, as after a suspend). It must complete (exit 0 or 3), its
-//!   snapshot restore byte for byte, and check find no damage.
+//!   snapshot restore byte for byte, and check find no damage. Writers delete nothing: the
+//!   owner's next prune removes every pending copy, committed or given up by its writer.
 //! - A seeded soak mixes writers paused at random steps, forgets, prunes and clock jumps
 //!   (BAKARE_SOAK_ROUNDS, default 30, and BAKARE_SOAK_SEED for longer or other runs).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -138,14 +139,27 @@ const STEPS: [&str; 7] = [
     "before:pending:1",   // about to write the pending snapshot
     "after:pending:1",    // pending written, view age not yet checked
     "before:snapshots:1", // checked, about to promote
-    "before:unpend:1",    // promoted, pending copy not yet removed
+    "after:snapshots:1",  // promoted (the pending copy stays, for the owner's prune)
 ];
+
+/// Objects under `dir` of a local repository (none when the directory does not exist).
+fn objects(b: &Bakare, dir: &str) -> usize {
+    fs::read_dir(b.repo.join(dir)).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Writers delete nothing: once every writer has finished, a prune leaves no pending snapshot
+/// and no abandonment marker behind.
+fn no_leftovers(b: &Bakare, what: &str) {
+    assert_eq!(objects(b, "pending"), 0, "{what}: pending snapshots left");
+    assert_eq!(objects(b, "abandoned"), 0, "{what}: abandonment markers left");
+}
 
 /// One interleaving: the writer is suspended at `step` while another computer forgets the
 /// snapshot the writer deduplicated against and runs prune phase 1. With `late`, the writer
 /// resumes only after the grace period and phase 2 (its view is stale: it must back up again);
-/// otherwise it resumes and commits before them (phase 2 must rescue what it uses).
-fn interleaving(step: &str, late: bool) -> u64 {
+/// otherwise it resumes and commits before them (phase 2 must rescue what it uses). Returns
+/// the packs phase 2 rescued and the pending snapshots the next prune removed as abandoned.
+fn interleaving(step: &str, late: bool) -> (u64, u64) {
     let mut b = faulty();
     let clock = FakeClock::install(&mut b);
     b.ok(&argv!["init"]);
@@ -177,6 +191,8 @@ fn interleaving(step: &str, late: bool) -> u64 {
     let p = b.ok(&argv!["--json", "prune"]).json();
     let rescued =
         p["deleted"].as_array().unwrap().iter().map(|d| d["rescued"].as_u64().unwrap()).sum::<u64>();
+    let abandoned = p["abandoned_removed"].as_u64().unwrap();
+    no_leftovers(&b, &what);
     restores_exactly(&b, &id, &src);
     check_clean(&b, &what);
     // After another full prune cycle everything the writer committed is still there.
@@ -185,21 +201,74 @@ fn interleaving(step: &str, late: bool) -> u64 {
     b.ok(&argv!["prune"]);
     restores_exactly(&b, &id, &src);
     check_clean(&b, &what);
-    eprintln!("{what}: writer ok, {rescued} packs rescued");
-    rescued
+    eprintln!("{what}: writer ok, {rescued} packs rescued, {abandoned} abandoned pending snapshots removed");
+    (rescued, abandoned)
 }
 
 #[test]
 fn a_writer_suspended_at_any_step_survives_forget_and_prune() {
     for (i, step) in STEPS.iter().enumerate() {
-        interleaving(step, true);
-        let rescued = interleaving(step, false);
+        // Resumed after phase 2 at a step before its view-age check (the first five), the
+        // writer gives its pending snapshot up, backs up again, and the owner's prune removes
+        // the abandoned one; past the check, it promotes what it has.
+        let (_, abandoned) = interleaving(step, true);
+        assert_eq!(abandoned, u64::from(i < 5), "{step}: abandoned pending snapshots removed");
+        let (rescued, abandoned) = interleaving(step, false);
+        assert_eq!(abandoned, 0, "{step}: resumed in time, nothing abandoned");
         // Suspended before its pending snapshot existed, the writer used packs that phase 1
         // condemned: phase 2 must have rescued them.
         if i < 4 {
             assert!(rescued >= 1, "{step}: nothing rescued");
         }
     }
+}
+
+/// A pending snapshot without its committed copy stays a root of prune unless its writer proved
+/// it gave it up: a marker anyone with a backup key could write (one that does not prove it)
+/// changes nothing, and the data the pending snapshot references outlives full prune cycles.
+#[test]
+fn a_pending_snapshot_goes_only_when_committed_or_given_up_by_its_writer() {
+    let mut b = faulty();
+    let clock = FakeClock::install(&mut b);
+    b.ok(&argv!["init"]);
+    let dir = tempfile::tempdir().unwrap();
+    let src = make_tree(&dir.path().join("src"), 3, 300);
+    // Killed right after its pending snapshot: in flight, as far as anyone can tell.
+    let mut c = b.command(&argv!["--json", "run", "--workers", "1", &src]);
+    c.env("BAKARE_CRASH", "after:pending:1");
+    let o = chaos::testkit::run_measured(c);
+    assert_eq!(o.code, 128 + libc::SIGKILL, "{}", o.stderr);
+    let names: Vec<String> = fs::read_dir(b.repo.join("pending"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let id = &names[0];
+    let markers = b.repo.join("abandoned");
+    fs::create_dir_all(&markers).unwrap();
+    // The right magic and length, but a proof computed without the snapshot's plaintext.
+    let mut forged = b"BKABAND1".to_vec();
+    forged.extend_from_slice(&[0x5a; 32]);
+    fs::write(markers.join(id), &forged).unwrap();
+    // A marker whose pending snapshot is gone goes.
+    let orphan = "00".repeat(32);
+    fs::write(markers.join(&orphan), &forged).unwrap();
+    let o = b.ok(&argv!["--json", "prune"]);
+    let p = o.json();
+    assert_eq!((p["pending"].as_u64(), p["abandoned_removed"].as_u64()), (Some(1), Some(0)), "{p}");
+    assert!(o.stderr.contains(&format!("abandoned/{id}: does not prove")), "{}", o.stderr);
+    assert!(b.repo.join("pending").join(id).is_file() && markers.join(id).is_file());
+    assert!(!markers.join(&orphan).exists(), "the orphan marker stays");
+    let c = b.ok(&argv!["--json", "check"]).json();
+    assert!(c.to_string().contains("does not prove that its writer gave it up"), "{c}");
+    // Two full prune cycles: nothing the pending snapshot references is deleted (check reads
+    // all of its data).
+    for _ in 0..2 {
+        clock.advance(25 * HOUR_NS);
+        b.ok(&argv!["prune"]);
+    }
+    assert!(b.repo.join("pending").join(id).is_file());
+    check_clean(&b, "a pending snapshot with a forged marker, after two prune cycles");
 }
 
 /// Compares file contents only (the copy's metadata differs).
@@ -276,6 +345,7 @@ fn seeded_soak_of_writers_forgets_prunes_and_suspends() {
     }
     clock.advance(25 * HOUR_NS);
     b.ok(&argv!["prune"]);
+    no_leftovers(&b, "after the soak");
     // Every snapshot still in the repository restores what it saved, exactly.
     let list = b.ok(&argv!["--json", "snapshots"]).json();
     let snaps = list.as_array().unwrap();

@@ -1,7 +1,7 @@
 //! backup: wires the stages into one pipeline and runs the tree builder (builder.rs) on the
 //! calling thread. When the scan is over and every stage has drained, the packs are committed,
-//! then the session's index segment, then the snapshot (pending, then committed), and last the
-//! files cache for the next run.
+//! then the session's index segment, then the snapshot (pending, then committed: commit.rs), and
+//! last the files cache for the next run.
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,7 @@ use stages::StoredDir;
 use stages::{BlobId, Cancel, FileEvent, MemoryBudget, Meta, NewBlob, Progress, ScanEvent};
 
 use crate::builder::{Builder, Wiring};
+use crate::commit;
 use crate::error::{Error, Result};
 use crate::filescache::{self, CacheReader, CacheWriter, DirEntry};
 use crate::index::{encode_segment, Index, SessionDedup};
@@ -148,6 +149,8 @@ enum Attempt {
     /// have condemned (and, a grace period later, deleted) data it references.
     Stale {
         age_ns: i64,
+        /// Why the abandonment marker could not be written, if it could not.
+        unmarked: Option<String>,
     },
 }
 
@@ -155,9 +158,10 @@ enum Attempt {
 /// view of the repository (index and condemnation records) is taken at the start; packs, then
 /// their index segment, then `pending/<id>`; then, only if the pending write finished less
 /// than G/2 after the view was taken (on a clock that counts suspended time), the snapshot is
-/// promoted to `snapshots/`. Otherwise the pending copy is removed and the backup runs again
-/// with a fresh view, which stores again whatever is now condemned or gone (unchanged data
-/// that is still live is found in the index, so a repeat costs little).
+/// promoted to `snapshots/`. Otherwise the pending copy is marked abandoned and the backup runs
+/// again with a fresh view, which stores again whatever is now condemned or gone (unchanged
+/// data that is still live is found in the index, so a repeat costs little). Nothing is ever
+/// deleted (commit.rs): credentials that can create and read are enough.
 pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
     let started = Instant::now();
     let time_ns = crate::clock::now_ns();
@@ -169,12 +173,16 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
                 r.warnings = notes;
                 return Ok(*r);
             }
-            Attempt::Stale { age_ns } => notes.push(format!(
-                "the view of the repository was {} s old when the snapshot was ready (suspended?), over half \
-                 the grace period: prune may have condemned data since, so the backup runs again (attempt {})",
-                age_ns / 1_000_000_000,
-                n + 1
-            )),
+            Attempt::Stale { age_ns, unmarked } => {
+                notes.push(format!(
+                    "the view of the repository was {} s old when the snapshot was ready (suspended?), over \
+                     half the grace period: prune may have condemned data since, so the backup runs again \
+                     (attempt {})",
+                    age_ns / 1_000_000_000,
+                    n + 1
+                ));
+                notes.extend(unmarked);
+            }
         }
     }
     Err(Error::Pipeline(format!(
@@ -354,18 +362,23 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
         program: format!("bakare {}", env!("CARGO_PKG_VERSION")),
     };
     let bytes = snapshot.encode(&repo.key.recipient, &signer, &repo.config.repo_id)?;
-    let snapshot_id = blake3::hash(&bytes).to_hex().to_string();
-    let pending = format!("pending/{snapshot_id}");
-    repo.backend.put(&pending, &bytes)?;
+    let snapshot_id = commit::write_pending(repo, &bytes)?;
     let age_ns = crate::clock::boot_ns() - view_ns;
     if age_ns >= config.writer_grace_ns() / 2 {
-        repo.backend.delete(&pending)?;
-        return Ok(Attempt::Stale { age_ns });
+        // Given up for good: this attempt returns here, and the next one seals a snapshot of
+        // its own (age encryption is randomized, so its bytes and id differ).
+        let unmarked = commit::abandon(repo, &snapshot_id, &snapshot).err().map(|e| {
+            format!(
+                "cannot mark pending/{snapshot_id} as abandoned ({e}): prune keeps it, and the \
+                 data it references, for good (docs/concurrency.md, Leftovers)"
+            )
+        });
+        return Ok(Attempt::Stale { age_ns, unmarked });
     }
     // Promotion may be late (a suspend here is harmless): the pending copy already protects
-    // everything the snapshot references.
-    repo.backend.put(&format!("snapshots/{snapshot_id}"), &bytes)?;
-    repo.backend.delete(&pending)?;
+    // everything the snapshot references. The pending copy is left for the owner's prune, so
+    // a backup never needs delete permission.
+    commit::promote(repo, &snapshot_id, &bytes)?;
     if let Some(cache) = builder.cache {
         if let Err(e) = cache.commit() {
             warnings.push(format!("cannot save the files cache ({e}); the next run reads every file"));
@@ -465,17 +478,6 @@ fn open_cache(
     let Some(reader) = reader else { return (None, writer, problem) };
     let lookup = CacheLookup { reader, index, problem: problem.clone() };
     (Some(Box::new(lookup)), writer, problem)
-}
-
-/// Writes the snapshot to pending/, then snapshots/, then removes the pending copy.
-pub(crate) fn commit_snapshot(repo: &Repository, snapshot: &Snapshot) -> Result<String> {
-    let bytes = snapshot.encode(&repo.key.recipient, &repo.key.snapshot_signer()?, &repo.config.repo_id)?;
-    let id = blake3::hash(&bytes).to_hex().to_string();
-    let pending = format!("pending/{id}");
-    repo.backend.put(&pending, &bytes)?;
-    repo.backend.put(&format!("snapshots/{id}"), &bytes)?;
-    repo.backend.delete(&pending)?;
-    Ok(id)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use stages::encrypt;
 use stages::hash::blob_id;
 use stages::{BlobId, BlobKind, BUNDLE_ID};
 
+use crate::commit::{self, PendingState};
 use crate::crypto::unwrap_key;
 use crate::error::{Error, Result};
 use crate::index::{decode_segment, Index, IndexBuilder};
@@ -610,7 +611,10 @@ fn display_path(p: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Every committed and pending snapshot that decodes, with its object name; damage for the rest.
+/// Every committed snapshot and every pending one still in flight that decodes, with its object
+/// name; damage for the rest. Pending copies that prune removes (commit.rs: the same bytes are
+/// committed, or the writer gave it up) are notes, not snapshots: the committed copy is walked
+/// once, and a given-up snapshot may reference data that is gone.
 pub(crate) fn load_snapshots(
     repo: &Repository,
     identity: &age::x25519::Identity,
@@ -622,6 +626,15 @@ pub(crate) fn load_snapshots(
         report.damage.push(Damage { object: "writers/".into(), why: w });
     }
     let now = crate::clock::now_ns();
+    let mut committed: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut copies = 0;
+    let markers: HashSet<String> = repo
+        .backend
+        .list("abandoned")?
+        .iter()
+        .filter_map(|n| commit::id_of("abandoned", n))
+        .map(str::to_string)
+        .collect();
     for dir in ["snapshots", "pending"] {
         let mut names = repo.backend.list(dir)?;
         names.sort();
@@ -630,45 +643,52 @@ pub(crate) fn load_snapshots(
                 if !name_matches(&name, &d) {
                     return Err(Error::corrupt("snapshot", name.clone(), "content does not match its name"));
                 }
-                Snapshot::decode(identity, &repo.config.repo_id, &name, &d)
+                Snapshot::decode(identity, &repo.config.repo_id, &name, &d).map(|s| (s, d))
             });
             match decoded {
-                Ok((s, signer)) => {
-                    let standing = match &signer {
-                        crate::snapshot::Signer::Key(k) => registry.standing(k),
-                        crate::snapshot::Signer::Nobody => crate::writers::Standing::Unknown,
-                    };
-                    let entry = crate::repo::SnapshotEntry {
-                        id: name.clone(),
-                        snapshot: s,
-                        signer,
-                        standing: standing.clone(),
-                    };
-                    match (entry.distrust(now), &standing) {
-                        (None, _) => {}
-                        // A writer's snapshot, from before or after its revocation, or one
-                        // dated ahead: genuine signatures; not used by default.
-                        (
-                            Some(why),
-                            crate::writers::Standing::Revoked(_)
-                            | crate::writers::Standing::Registered(_)
-                            | crate::writers::Standing::Owner,
-                        ) => report.notes.push(format!("{name}: {why}: not used without --trust-all")),
-                        (Some(why), crate::writers::Standing::Unknown) => report.damage.push(Damage {
-                            object: name.clone(),
-                            why: format!(
-                                "{why}: not from the owner or a registered writer (forged; or, in a \
-                                 repository not yet migrated, from before snapshots were signed)"
-                            ),
-                        }),
+                Ok(((s, signer), data)) => {
+                    let s = trust_note(&registry, now, &name, s, signer, report);
+                    let id = commit::id_of(dir, &name).unwrap_or_default().to_string();
+                    if dir == "snapshots" {
+                        committed.insert(id, data);
+                        out.push((name, s));
+                        continue;
                     }
-                    let s = entry.snapshot;
-                    if dir == "pending" {
-                        report.notes.push(format!(
+                    let marker = if markers.contains(&id) {
+                        match repo.backend.get(&commit::abandoned_key(&id)) {
+                            Ok(m) => Some(m),
+                            Err(io::StorageError::NotFound { .. }) => None,
+                            Err(e) => return Err(e.into()),
+                        }
+                    } else {
+                        None
+                    };
+                    let state = commit::classify(
+                        &data,
+                        &s,
+                        committed.get(&id).map(Vec::as_slice),
+                        marker.as_deref(),
+                    )?;
+                    report.notes.push(match state {
+                        // Every backup leaves one: counted in one note below.
+                        PendingState::Committed => {
+                            copies += 1;
+                            continue;
+                        }
+                        PendingState::Abandoned => {
+                            format!("{name}: given up by its writer (the next prune removes it)")
+                        }
+                        PendingState::BadMarker => format!(
+                            "{name}: a snapshot being committed; {} does not prove that its writer gave it up",
+                            commit::abandoned_key(&id)
+                        ),
+                        PendingState::InFlight => format!(
                             "{name}: a snapshot being committed (or left by a backup interrupted while committing)"
-                        ));
+                        ),
+                    });
+                    if !state.removable() {
+                        out.push((name, s));
                     }
-                    out.push((name, s));
                 }
                 Err(e) => {
                     report.damage.push(Damage { object: name.clone(), why: e.to_string() });
@@ -681,7 +701,47 @@ pub(crate) fn load_snapshots(
             }
         }
     }
+    if copies > 0 {
+        report.notes.push(format!(
+            "{copies} pending copies of committed snapshots (backups leave them; the next prune removes them)"
+        ));
+    }
     Ok(out)
+}
+
+/// Names a snapshot nobody trusts: damage when no known key signed it (forged; or, in a
+/// repository not yet migrated, from before snapshots were signed), a note when its signer is
+/// known but revoked, or it is dated ahead.
+fn trust_note(
+    registry: &crate::writers::Registry,
+    now: i64,
+    name: &str,
+    snapshot: Snapshot,
+    signer: crate::snapshot::Signer,
+    report: &mut CheckReport,
+) -> Snapshot {
+    use crate::writers::Standing;
+    let standing = match &signer {
+        crate::snapshot::Signer::Key(k) => registry.standing(k),
+        crate::snapshot::Signer::Nobody => Standing::Unknown,
+    };
+    let entry =
+        crate::repo::SnapshotEntry { id: name.to_string(), snapshot, signer, standing: standing.clone() };
+    match (entry.distrust(now), &standing) {
+        (None, _) => {}
+        // Genuine signatures, of a writer revoked since, or dated ahead: not used by default.
+        (Some(why), Standing::Revoked(_) | Standing::Registered(_) | Standing::Owner) => {
+            report.notes.push(format!("{name}: {why}: not used without --trust-all"))
+        }
+        (Some(why), Standing::Unknown) => report.damage.push(Damage {
+            object: name.to_string(),
+            why: format!(
+                "{why}: not from the owner or a registered writer (forged; or, in a repository not yet \
+                 migrated, from before snapshots were signed)"
+            ),
+        }),
+    }
+    entry.snapshot
 }
 
 pub(crate) fn walker<'a>(repo: &'a Repository, survey: &'a Survey) -> Result<Walker<'a>> {

@@ -7,6 +7,7 @@ mod builder;
 pub mod catalog;
 pub mod check;
 pub mod clock;
+pub mod commit;
 pub mod crypto;
 pub mod diff;
 pub mod error;

@@ -3,8 +3,9 @@
 //!
 //! Every run does, in order:
 //! - **Phase 2** for each condemnation record at least the grace period G old: list pending,
-//!   then committed snapshots (in that order: a writer creates `snapshots/X` before removing
-//!   `pending/X`, so one listing or the other sees every snapshot); rescue each condemned pack
+//!   then committed snapshots (in that order: `pending/X` is removed only once `snapshots/X`
+//!   holds the same bytes, or once its writer proved it will never promote it, so one listing
+//!   or the other sees every snapshot that is or will be committed); rescue each condemned pack
 //!   holding a blob some snapshot references and no surviving pack also holds; index the
 //!   rescued packs in a new segment; delete the condemned segments, then the other condemned
 //!   packs, then the record.
@@ -12,6 +13,10 @@
 //!   unused (above the repack threshold), whose used blobs are first copied to new packs; write
 //!   index segments covering every pack that stays; then a record condemning the unused packs
 //!   and the superseded segments, timed when it is written. Nothing is deleted.
+//! - **Leftovers**: writers delete nothing (commit.rs), so prune removes the pending copies of
+//!   committed snapshots (same bytes in `snapshots/`) and the pending snapshots whose writers
+//!   gave them up (a valid `abandoned/<id>`), with those markers. Any other pending snapshot
+//!   stays a root.
 //!
 //! Repacking copies sealed blobs byte for byte, under the same wrapped data key (the new pack
 //! repeats the old header), so nothing is decrypted and bundles stay whole.
@@ -19,6 +24,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use stages::{BlobId, BlobKind};
 
+use crate::commit::{self, PendingState};
 use crate::error::{Error, Result};
 use crate::gc::{self, GcRecord};
 use crate::index::{decode_segment, encode_segment, Index, IndexBuilder, SegmentBody};
@@ -84,6 +90,10 @@ pub struct PruneReport {
     /// The phase 1 record written (None when there was nothing to condemn, or in a dry run).
     pub record: Option<String>,
     pub grace_ns: i64,
+    /// Pending copies of committed snapshots removed (writers leave them: commit.rs).
+    pub pending_removed: usize,
+    /// Pending snapshots their writers gave up, removed with their markers.
+    pub abandoned_removed: usize,
     pub warnings: Vec<String>,
 }
 
@@ -205,47 +215,122 @@ fn referenced(
                      (see `bakare check`; `bakare repair snapshots` or `forget` it)"
                 )))
             }
-            // A pending snapshot whose trees are gone was abandoned by a writer that found
-            // its view stale; it protects nothing.
+            // A pending snapshot whose trees are gone was written too late: its writer found
+            // its view stale and gave it up (or was killed before it could say so, commit.rs);
+            // it protects nothing.
             Some(e) => warnings.push(format!("{name}: {e}; ignored (an abandoned pending snapshot)")),
         }
     }
     Ok(seen)
 }
 
-fn read_roots(repo: &Repository, warnings: &mut Vec<String>) -> Result<(Vec<(String, Snapshot)>, usize)> {
+/// What prune starts from: the snapshots whose references are live, and the pending copies
+/// it may remove (commit.rs).
+struct Roots {
+    /// Committed snapshots, and pending ones not known to be finished with.
+    roots: Vec<(String, Snapshot)>,
+    /// How many of the roots are pending.
+    pending: usize,
+    /// Pending copies that may go: their id and why.
+    leftovers: Vec<(String, PendingState)>,
+    /// `abandoned/<id>` markers whose pending copy is gone already.
+    orphan_markers: Vec<String>,
+}
+
+fn read_roots(repo: &Repository, warnings: &mut Vec<String>) -> Result<Roots> {
     let identity = repo.key.identity()?;
-    let mut out = Vec::new();
-    let mut pending = 0;
-    // Pending first, then committed (see the module doc).
-    for dir in ["pending", "snapshots"] {
-        let mut names = repo.backend.list(dir)?;
-        names.sort();
-        for name in names {
-            let data = match repo.backend.get(&name) {
-                Ok(d) => d,
-                // A pending snapshot promoted or abandoned since the listing.
-                Err(io::StorageError::NotFound { .. }) if dir == "pending" => continue,
-                Err(e) => return Err(e.into()),
-            };
-            // Whoever signed it: a snapshot nobody trusts still keeps its data (any doubt keeps).
-            let s = match Snapshot::decode(identity, &repo.config.repo_id, &name, &data) {
-                Ok((s, _)) => s,
-                Err(e) if dir == "pending" => {
-                    warnings.push(format!("{e}; ignored"));
-                    continue;
-                }
-                Err(e) => {
-                    return Err(Error::Invalid(format!(
-                        "{e}: prune stops without deleting anything (see `bakare check`)"
-                    )))
-                }
-            };
-            pending += usize::from(dir == "pending");
-            out.push((name, s));
+    // Markers, then pending, then committed snapshots (see the module doc). A writer creates
+    // `abandoned/X` only after `pending/X`: a marker listed here whose pending copy the next
+    // listing lacks lost its pending copy before that listing.
+    let markers: HashSet<String> = repo
+        .backend
+        .list("abandoned")?
+        .iter()
+        .filter_map(|n| commit::id_of("abandoned", n))
+        .map(str::to_string)
+        .collect();
+    let mut pending_names = repo.backend.list("pending")?;
+    pending_names.sort();
+    let listed: HashSet<&str> = pending_names.iter().filter_map(|n| commit::id_of("pending", n)).collect();
+    let mut pending = Vec::new();
+    for name in &pending_names {
+        let data = match repo.backend.get(name) {
+            Ok(d) => d,
+            // Removed since the listing (by another prune, or by forget with its snapshot).
+            Err(io::StorageError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        // Whoever signed it: a snapshot nobody trusts still keeps its data (any doubt keeps).
+        match Snapshot::decode(identity, &repo.config.repo_id, name, &data).map(|(s, _)| s) {
+            Ok(s) => pending.push((name.clone(), data, s)),
+            Err(e) => warnings.push(format!("{e}; ignored")),
         }
     }
-    Ok((out, pending))
+    let mut roots = Vec::new();
+    let mut committed: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut names = repo.backend.list("snapshots")?;
+    names.sort();
+    for name in names {
+        let data = repo.backend.get(&name)?;
+        let s =
+            Snapshot::decode(identity, &repo.config.repo_id, &name, &data).map(|(s, _)| s).map_err(|e| {
+                Error::Invalid(format!("{e}: prune stops without deleting anything (see `bakare check`)"))
+            })?;
+        if let Some(id) = commit::id_of("snapshots", &name) {
+            committed.insert(id.to_string(), data);
+        }
+        roots.push((name, s));
+    }
+    let mut out = Roots { roots, pending: 0, leftovers: Vec::new(), orphan_markers: Vec::new() };
+    for (name, data, s) in pending {
+        let Some(id) = commit::id_of("pending", &name) else { continue };
+        let marker = if markers.contains(id) {
+            match repo.backend.get(&commit::abandoned_key(id)) {
+                Ok(m) => Some(m),
+                Err(io::StorageError::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
+        let state = commit::classify(&data, &s, committed.get(id).map(Vec::as_slice), marker.as_deref())?;
+        if state.removable() {
+            out.leftovers.push((id.to_string(), state));
+            continue;
+        }
+        if state == PendingState::BadMarker {
+            warnings.push(format!(
+                "{}: does not prove that the writer of {name} gave it up (damaged, or forged by a holder \
+                 of a backup key); the pending snapshot is kept",
+                commit::abandoned_key(id)
+            ));
+        }
+        out.pending += 1;
+        out.roots.push((name, s));
+    }
+    out.orphan_markers = markers.iter().filter(|m| !listed.contains(m.as_str())).cloned().collect();
+    out.orphan_markers.sort();
+    Ok(out)
+}
+
+/// Removes the pending copies that may go, then markers left without a pending copy; returns
+/// (pending copies of committed snapshots, abandoned pending snapshots) removed.
+fn remove_leftovers(repo: &Repository, roots: &Roots) -> Result<(usize, usize)> {
+    let (mut copies, mut abandoned) = (0, 0);
+    for (id, state) in &roots.leftovers {
+        repo.backend.delete(&commit::pending_key(id))?;
+        if *state == PendingState::Abandoned {
+            // The marker after its pending copy: a marker left alone is harmless.
+            repo.backend.delete(&commit::abandoned_key(id))?;
+            abandoned += 1;
+        } else {
+            copies += 1;
+        }
+    }
+    for id in &roots.orphan_markers {
+        repo.backend.delete(&commit::abandoned_key(id))?;
+    }
+    Ok((copies, abandoned))
 }
 
 /// Copies of blobs read back and authenticated by this prune, and those that failed.
@@ -408,9 +493,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
 
     let mut warnings = Vec::new();
     let view = load_view(repo, &mut warnings)?;
-    let (roots, pending) = read_roots(repo, &mut warnings)?;
-    report.snapshots = roots.len() - pending;
-    report.pending = pending;
+    let roots = read_roots(repo, &mut warnings)?;
+    report.snapshots = roots.roots.len() - roots.pending;
+    report.pending = roots.pending;
     // A record that is not the owner's condemns nothing; it goes (a record holds no data).
     for (name, why) in &view.refused {
         if opts.dry_run {
@@ -422,7 +507,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     }
     let all_condemned = gc::condemned_packs(&view.records);
     let index = build_index(&view, &all_condemned);
-    let used = referenced(repo, &index, &roots, &mut warnings)?;
+    let used = referenced(repo, &index, &roots.roots, &mut warnings)?;
 
     // Which packs hold each used blob.
     let mut holders: HashMap<BlobId, Vec<PackId>> = HashMap::new();
@@ -647,6 +732,15 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
                 "cannot save when condemnation records were first seen ({e}): the next prune waits their grace period again"
             ));
         }
+    }
+    // Last: removing a pending copy frees nothing by itself (its data goes through phases 1
+    // and 2 like any other), and a prune stopped before this point leaves it for the next one.
+    if opts.dry_run {
+        let n = |st| roots.leftovers.iter().filter(|(_, s)| *s == st).count();
+        (report.pending_removed, report.abandoned_removed) =
+            (n(PendingState::Committed), n(PendingState::Abandoned));
+    } else {
+        (report.pending_removed, report.abandoned_removed) = remove_leftovers(repo, &roots)?;
     }
     report.warnings = warnings;
     Ok(report)

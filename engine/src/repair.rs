@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 
 use stages::BlobId;
 
-use crate::backup::commit_snapshot;
 use crate::check::{self, CheckOptions, CheckReport, Subset, Walker};
+use crate::commit::{self, commit_snapshot};
 use crate::error::{Error, Result};
 use crate::index::{decode_segment, encode_segment, Index, SegmentBody};
 use crate::pack::{self, BlobEntry, PackId};
@@ -286,7 +286,11 @@ pub fn repair_snapshots(repo: &Repository, opts: &SnapshotRepairOptions) -> Resu
     for (old, s, dropped) in new_snaps {
         let new = if opts.dry_run { None } else { Some(commit_snapshot(repo, &s)?) };
         if opts.forget && !opts.dry_run {
-            repo.backend.delete(&old)?;
+            // A committed snapshot goes with its pending copy, if one is left.
+            match commit::id_of("snapshots", &old) {
+                Some(id) => commit::remove_snapshot(repo, id)?,
+                None => repo.backend.delete(&old)?,
+            }
             out.forgotten.push(old.clone());
         }
         out.repaired.push(RepairedSnapshot { old, new, dropped });

@@ -10,7 +10,9 @@
 //!   exponential backoff and jitter (object_store's retry layer) within a bounded total time;
 //!   every operation is also retried whole (`Retry`, below) within the same budget, for the
 //!   failures object_store does not retry; a failure that outlasts both ends the operation with
-//!   an error naming the object and saying how long it was retried.
+//!   an error naming the object and saying how long it was retried;
+//! - errors give the HTTP status and the S3 error code, never the server's reply body (it can
+//!   hold the access key id); an `http://` endpoint is warned about once per process.
 //!
 //! URL: `s3:http(s)://host[:port]/bucket[/prefix]`. Credentials: AWS_ACCESS_KEY_ID,
 //! AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN), AWS_REGION or AWS_DEFAULT_REGION (default
@@ -19,6 +21,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -210,13 +213,74 @@ fn profile_credentials() -> Option<(String, String, Option<String>)> {
 fn remote(key: &str, e: object_store::Error) -> StorageError {
     match e {
         object_store::Error::NotFound { .. } => StorageError::NotFound { key: key.to_string() },
-        e => StorageError::Remote { key: key.to_string(), why: e.to_string() },
+        e => StorageError::Remote { key: key.to_string(), why: without_reply_body(&e.to_string()) },
     }
 }
+
+/// Where object_store's description of a failed request goes on with the server's reply:
+/// "Server returned non-2xx status code: 403 Forbidden: <body>", or "Server returned error
+/// response: <body>" (object_store 0.12, client/retry.rs).
+const REPLY: &str = "Server returned";
+
+/// A failed request's description without the server's reply body, which is not ours to print:
+/// S3 error bodies can hold the access key id (InvalidAccessKeyId, SignatureDoesNotMatch), the
+/// string that was signed and the canonical request. What stays is object_store's account of
+/// the request (method, URL, time, retries), the HTTP status and the S3 error code.
+fn without_reply_body(text: &str) -> String {
+    let Some(at) = text.find(REPLY) else { return text.to_string() };
+    let (request, reply) = text.split_at(at);
+    let request = request.trim_end_matches([' ', '-', ':']);
+    let status = reply
+        .split_once("status code: ")
+        .map(|(_, rest)| rest.chars().take_while(char::is_ascii_digit).take(3).collect::<String>())
+        .filter(|s| s.len() == 3);
+    let answer = match (status, s3_error_code(reply)) {
+        (Some(s), Some(c)) => format!("HTTP {s}, S3 error code {c}"),
+        (Some(s), None) => format!("HTTP {s}"),
+        (None, Some(c)) => format!("an error, S3 error code {c}"),
+        (None, None) => "an error".to_string(),
+    };
+    format!("{request}: the server answered {answer}")
+}
+
+/// The `<Code>` of an S3 error body, if it is a plain code: 1 to 64 ASCII letters and digits
+/// (every S3 error code is one, e.g. AccessDenied). Anything else is not repeated.
+fn s3_error_code(body: &str) -> Option<&str> {
+    const MAX: usize = 64;
+    let (_, after) = body.split_once("<Code>")?;
+    let end = after.find("</Code>").filter(|&end| end <= MAX)?;
+    let code = &after[..end];
+    (!code.is_empty() && code.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(code)
+}
+
+/// Credentials and session tokens cross an http:// connection in clear: requests are signed,
+/// not encrypted, and the signature's header names the access key id.
+fn plain_http_warning(endpoint: &str) -> Option<String> {
+    endpoint.starts_with("http://").then(|| {
+        format!(
+            "{endpoint} is plain http: the access key id, any session token and all repository data \
+             travel unencrypted (the data itself is sealed, the names and sizes of objects are not); \
+             use https unless the server is on this machine"
+        )
+    })
+}
+
+/// Whether this is the first call for `flag`: the warning is said once per process, however
+/// many repositories the process opens.
+fn first_time(flag: &AtomicBool) -> bool {
+    !flag.swap(true, Ordering::Relaxed)
+}
+
+static HTTP_WARNED: AtomicBool = AtomicBool::new(false);
 
 impl S3Backend {
     pub fn open(url: &str, tuning: &S3Tuning) -> Result<S3Backend> {
         let u = S3Url::parse(url).map_err(StorageError::Setup)?;
+        if let Some(w) = plain_http_warning(&u.endpoint) {
+            if first_time(&HTTP_WARNED) {
+                eprintln!("warning: {w}");
+            }
+        }
         let region = std::env::var("AWS_REGION")
             .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
             .unwrap_or_else(|_| "us-east-1".into());
@@ -513,5 +577,85 @@ mod tests {
         for bad in ["s3:ftp://h/b", "s3:http://h", "s3:http:///b", "s3:h/b", "s3:http://h/"] {
             assert!(S3Url::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// What object_store 0.12 says about a request AWS refused for a bad signature: its
+    /// description, then the server's reply body.
+    fn refused(body: &str) -> String {
+        format!(
+            "Generic S3 error: Error performing PUT http://s3.example.com/bucket/repo/pending/ab12 in \
+             31.2ms - Server returned non-2xx status code: 403 Forbidden: {body}"
+        )
+    }
+
+    const SIGNATURE_BODY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error>\
+        <Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match \
+        the signature you provided.</Message><AWSAccessKeyId>AKIAIOSFODNN7EXAMPLE</AWSAccessKeyId>\
+        <StringToSign>AWS4-HMAC-SHA256\n20260101T000000Z</StringToSign><RequestId>4442587FB7D0A2F9</RequestId>\
+        </Error>";
+
+    #[test]
+    fn s3_error_codes_are_plain_words_or_nothing() {
+        assert_eq!(s3_error_code(SIGNATURE_BODY), Some("SignatureDoesNotMatch"));
+        assert_eq!(s3_error_code("<Error><Code>AccessDenied</Code></Error>"), Some("AccessDenied"));
+        assert_eq!(s3_error_code("<Code>NoSuchKey</Code>"), Some("NoSuchKey"));
+        let localized = "<Code>AccessDenied</Code><Message>Zugriff für ÄÖÜ verweigert ééééééééé</Message>";
+        assert_eq!(s3_error_code(localized), Some("AccessDenied"));
+        let long = format!("<Code>{}</Code>", "A".repeat(65));
+        let max = format!("<Code>{}</Code>", "A".repeat(64));
+        assert_eq!(s3_error_code(&max).map(str::len), Some(64));
+        for bad in [
+            "",
+            "no xml at all",
+            "<Code></Code>",
+            "<Code>Access Denied</Code>",
+            "<Code>AKIA/secret</Code>",
+            "<Code><![CDATA[x]]></Code>",
+            "<Code>Unterminated",
+            "<Code>Ünicode</Code>",
+            long.as_str(),
+        ] {
+            assert_eq!(s3_error_code(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn error_messages_keep_status_and_code_but_never_the_body() {
+        let why = without_reply_body(&refused(SIGNATURE_BODY));
+        assert_eq!(
+            why,
+            "Generic S3 error: Error performing PUT http://s3.example.com/bucket/repo/pending/ab12 in 31.2ms: \
+             the server answered HTTP 403, S3 error code SignatureDoesNotMatch"
+        );
+        for secret in ["AKIAIOSFODNN7EXAMPLE", "AWS4-HMAC-SHA256", "StringToSign", "<", "signature you"] {
+            assert!(!why.contains(secret), "{secret} in {why}");
+        }
+        // Through the whole error path, retries included.
+        let e = StorageError::Remote { key: "pending/ab12".into(), why };
+        assert!(!e.to_string().contains("AKIA"), "{e}");
+        // A body that is not S3's XML: the status only.
+        let why = without_reply_body(&refused("AKIAIOSFODNN7EXAMPLE is not allowed"));
+        assert!(why.ends_with("the server answered HTTP 403") && !why.contains("AKIA"), "{why}");
+        // A 200 with an error body (object_store: "error response"): the code only.
+        let text = "Generic S3 error: Error performing POST http://h/b/k in 2ms - Server returned error \
+                    response: <Error><Code>InternalError</Code><Message>AKIAIOSFODNN7EXAMPLE</Message></Error>";
+        let why = without_reply_body(text);
+        assert!(why.ends_with("the server answered an error, S3 error code InternalError"), "{why}");
+        assert!(!why.contains("AKIA"), "{why}");
+        // No reply at all (a connection that broke): nothing to hide, said as it was.
+        let text =
+            "Generic S3 error: Error performing GET http://h/b/k in 1s - HTTP error: error sending request";
+        assert_eq!(without_reply_body(text), text);
+    }
+
+    #[test]
+    fn plain_http_is_warned_about_once_per_process() {
+        let w = plain_http_warning("http://s3.example.com:9000").unwrap();
+        assert!(w.contains("https") && w.contains("unencrypted"), "{w}");
+        assert_eq!(plain_http_warning("https://s3.example.com"), None);
+        let flag = AtomicBool::new(false);
+        assert!(first_time(&flag));
+        assert!(!first_time(&flag));
+        assert!(!first_time(&flag));
     }
 }

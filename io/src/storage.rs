@@ -67,7 +67,8 @@ pub trait Backend: Send + Sync {
     fn size(&self, key: &str) -> Result<u64>;
     fn list(&self, dir: &str) -> Result<Vec<String>>;
     /// Removes an object; removing one that is already gone succeeds (several processes may
-    /// clean up the same leftover).
+    /// clean up the same leftover). Only the owner's commands (prune, forget, repair) delete:
+    /// a backup must work with credentials that cannot.
     fn delete(&self, key: &str) -> Result<()>;
     /// Atomically replaces a settings object (only `config`): readers see the old or the new
     /// bytes, never a mix.

@@ -1,6 +1,6 @@
 //! The chaos proxy on its own, for trying bakare against a bad network by hand:
 //! `bakare-proxy HOST:PORT [--seed N] [--permille N] [--kinds drop,reset,stall,delay,truncate]
-//! [--within BYTES] [--stall-ms N] [--delay-ms N] [--method PUT]`
+//! [--within BYTES] [--stall-ms N] [--delay-ms N] [--method PUT] [--deny DELETE]`
 //! prints the port it listens on, then its counters every ten seconds, until killed.
 use std::process::ExitCode;
 use std::time::Duration;
@@ -37,6 +37,7 @@ fn config(args: &[String]) -> Result<ProxyConfig, String> {
             "--delay-ms" => cfg.delay = Duration::from_millis(num()?),
             "--kinds" => cfg.kinds = value.split(',').map(kind).collect::<Result<_, _>>()?,
             "--method" => cfg.only_method = Some(value.clone()),
+            "--deny" => cfg.deny_method = Some(value.clone()),
             other => return Err(format!("unknown option {other}")),
         }
     }
