@@ -37,12 +37,30 @@ pub fn forget_cmd(repo: &Repository, json: bool, args: ForgetArgs) -> Result<u8>
             bail!("give either snapshot ids or a retention policy, not both");
         }
         let mut chosen = Vec::new();
+        let mut unreadable = Vec::new();
         for spec in &args.snapshots {
-            chosen.push(repo.find_snapshot(spec)?.id);
+            match repo.find_snapshot(spec) {
+                Ok(e) => chosen.push(e.id),
+                // An object in snapshots/ that does not decode (damaged, or planted: prune stops
+                // on it) can be named by its whole id.
+                Err(engine::Error::NoSnapshot(_))
+                    if spec.len() == 64
+                        && spec.bytes().all(|b| b.is_ascii_hexdigit())
+                        && repo.backend.exists(&format!("snapshots/{spec}"))? =>
+                {
+                    unreadable.push(spec.clone())
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         all.iter()
             .filter(|e| chosen.contains(&e.id))
             .map(|e| forget::Decision { id: e.id.clone(), keep: false, reasons: vec!["named".into()] })
+            .chain(unreadable.into_iter().map(|id| forget::Decision {
+                id,
+                keep: false,
+                reasons: vec!["named (it cannot be read)".into()],
+            }))
             .collect()
     } else {
         // Only trusted snapshots count toward a policy (unless --trust-all): a forged one must

@@ -204,6 +204,16 @@ fn forged_snapshots_are_ignored_named_by_check_and_never_latest() {
     fs::copy(s.b.repo.join("snapshots").join(&s.snaps[0].0), s.b.repo.join("snapshots").join(&copy)).unwrap();
     assert!(!s.listed(&["--trust-all"]).contains(&copy));
     fs::remove_file(s.b.repo.join("snapshots").join(&copy)).unwrap();
+    // an object in snapshots/ that does not decode stops prune (it cannot tell what that
+    // snapshot needs) until the owner forgets it by its whole id
+    let garbage = b"BKSNAP02 not a snapshot";
+    let junk = blake3::hash(garbage).to_hex().to_string();
+    fs::write(s.b.repo.join("snapshots").join(&junk), garbage).unwrap();
+    let o = s.b.run(&argv!["prune", "--unsafe-now"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains(&junk), "{}", o.stderr);
+    s.b.ok(&argv!["forget", &junk]);
+    assert!(!s.b.repo.join("snapshots").join(&junk).exists());
     // naming them removes them
     s.b.ok(&argv!["--trust-all", "forget", &future, &unsigned, &stranger]);
     assert_eq!(s.listed(&["--trust-all"]), s.real());

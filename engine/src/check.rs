@@ -628,13 +628,7 @@ pub(crate) fn load_snapshots(
     let now = crate::clock::now_ns();
     let mut committed: HashMap<String, Vec<u8>> = HashMap::new();
     let mut copies = 0;
-    let markers: HashSet<String> = repo
-        .backend
-        .list("abandoned")?
-        .iter()
-        .filter_map(|n| commit::id_of("abandoned", n))
-        .map(str::to_string)
-        .collect();
+    let markers = commit::markers(repo)?;
     for dir in ["snapshots", "pending"] {
         let mut names = repo.backend.list(dir)?;
         names.sort();

@@ -34,6 +34,17 @@ pub fn id_of<'a>(dir: &str, name: &'a str) -> Option<&'a str> {
     name.strip_prefix(dir)?.strip_prefix('/').filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
+/// The ids of every `abandoned/` marker.
+pub fn markers(repo: &Repository) -> Result<std::collections::HashSet<String>> {
+    Ok(repo
+        .backend
+        .list("abandoned")?
+        .iter()
+        .filter_map(|n| id_of("abandoned", n))
+        .map(str::to_string)
+        .collect())
+}
+
 /// The proof that the writer of `snapshot` gave it up: a key derived from its plaintext, which
 /// only its writer (before encrypting) and the owner (after decrypting) know. Another holder of
 /// a backup key sees only the ciphertext; guessing the plaintext means guessing, among the rest,

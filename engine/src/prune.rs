@@ -242,13 +242,7 @@ fn read_roots(repo: &Repository, warnings: &mut Vec<String>) -> Result<Roots> {
     // Markers, then pending, then committed snapshots (see the module doc). A writer creates
     // `abandoned/X` only after `pending/X`: a marker listed here whose pending copy the next
     // listing lacks lost its pending copy before that listing.
-    let markers: HashSet<String> = repo
-        .backend
-        .list("abandoned")?
-        .iter()
-        .filter_map(|n| commit::id_of("abandoned", n))
-        .map(str::to_string)
-        .collect();
+    let markers = commit::markers(repo)?;
     let mut pending_names = repo.backend.list("pending")?;
     pending_names.sort();
     let listed: HashSet<&str> = pending_names.iter().filter_map(|n| commit::id_of("pending", n)).collect();
@@ -374,18 +368,23 @@ impl Verified {
             };
             for e in &entries {
                 let Some(kind) = e.kind() else { continue };
-                let ok = match reader.read(&e.id, kind) {
-                    Ok(_) => true,
-                    Err(err) => {
-                        self.failures.push(format!(
-                            "{}: its copy of blob {} does not verify ({err}); the condemned copy is kept",
-                            pack::pack_key(&h),
-                            hex::encode(e.id)
-                        ));
-                        false
-                    }
-                };
+                let ok = self.judge(h, &e.id, reader.read(&e.id, kind).map(drop));
                 self.seen.insert((e.id, h), ok);
+            }
+        }
+    }
+
+    /// Whether a read of blob `id` from pack `holder` verified; a failure is named.
+    fn judge(&mut self, holder: PackId, id: &BlobId, read: Result<()>) -> bool {
+        match read {
+            Ok(()) => true,
+            Err(err) => {
+                self.failures.push(format!(
+                    "{}: its copy of blob {} does not verify ({err}); the condemned copy is kept",
+                    pack::pack_key(&holder),
+                    hex::encode(id)
+                ));
+                false
             }
         }
     }
@@ -401,17 +400,11 @@ impl Verified {
                 let mut b = IndexBuilder::default();
                 b.add_pack(holder, std::slice::from_ref(entry));
                 let index = b.build();
-                match BlobReader::new(repo, &index).and_then(|r| r.read(&e.id, kind)) {
-                    Ok(_) => true,
-                    Err(err) => {
-                        self.failures.push(format!(
-                            "{}: its copy of blob {} does not verify ({err}); the condemned copy is kept",
-                            pack::pack_key(&holder),
-                            hex::encode(e.id)
-                        ));
-                        false
-                    }
-                }
+                self.judge(
+                    holder,
+                    &e.id,
+                    BlobReader::new(repo, &index).and_then(|r| r.read(&e.id, kind)).map(drop),
+                )
             }
             _ => false,
         };

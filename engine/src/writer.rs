@@ -53,25 +53,7 @@ impl<'a> BlobWriter<'a> {
         if self.index.contains(&id) || !self.written.insert(id) {
             return Ok(id);
         }
-        let raw_len =
-            u32::try_from(data.len()).map_err(|_| Error::Pipeline("blob larger than 4 GiB".into()))?;
-        let mut bytes = self.compressor.frame(data);
-        // One data key for the whole writer: when the sink seals a full pack, the next pack
-        // wraps the same key again, and the counter keeps every nonce unique under it.
-        if !seal(&self.epoch, self.counter, &id, kind, &mut bytes) {
-            return Err(Error::Pipeline(format!("cannot seal blob {}", hex::encode(id))));
-        }
-        self.counter += 1;
-        let sealed = Sealed {
-            id,
-            kind,
-            raw_len,
-            epoch: self.epoch.clone(),
-            bytes,
-            members: Vec::new(),
-            permits: Vec::new(),
-        };
-        self.sink.add(sealed).map_err(|e| Error::Pipeline(format!("writing pack: {e}")))?;
+        self.store(kind, id, data)?;
         Ok(id)
     }
 
@@ -79,9 +61,16 @@ impl<'a> BlobWriter<'a> {
     /// the hostile-writer suite builds decoy copies with it. Tests only.
     #[cfg(feature = "test-hooks")]
     pub fn put_claiming(&mut self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<()> {
+        self.store(kind, id, data)
+    }
+
+    /// Frames, seals and packs `data` as blob `id`.
+    fn store(&mut self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<()> {
         let raw_len =
             u32::try_from(data.len()).map_err(|_| Error::Pipeline("blob larger than 4 GiB".into()))?;
         let mut bytes = self.compressor.frame(data);
+        // One data key for the whole writer: when the sink seals a full pack, the next pack
+        // wraps the same key again, and the counter keeps every nonce unique under it.
         if !seal(&self.epoch, self.counter, &id, kind, &mut bytes) {
             return Err(Error::Pipeline(format!("cannot seal blob {}", hex::encode(id))));
         }
