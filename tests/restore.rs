@@ -178,8 +178,10 @@ fn a_full_disk_stops_the_restore_with_one_message_and_a_second_run_finishes() {
     let o = b.run(&argv!["--json", "restore", "latest", "--target", fs_.0.path()]);
     assert_eq!(o.code, 3, "{}", o.stderr);
     let errors = o.json()["errors"].as_array().unwrap().clone();
-    // At most FULL_IN_A_ROW - 1 files named, then the one message, instead of ~185 lines.
-    assert!(errors.len() <= 8, "{errors:?}");
+    // A few files named, then the one message, instead of ~185 lines. Usually 7; more when a
+    // file fits in the space another's failed write gave back, which resets the count (the
+    // workers run in parallel), so the bound is twice that.
+    assert!(errors.len() <= 16, "{errors:?}");
     let last = errors.last().unwrap()["error"].as_str().unwrap();
     assert!(last.contains("the file system is full: 8 files in a row"), "{last}");
     // No partial file under a final name.

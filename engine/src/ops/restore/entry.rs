@@ -149,22 +149,35 @@ impl Restorer<'_> {
         }
     }
 
-    /// Counts files that failed in a row because the file system is full, and stops the
-    /// restore at `FULL_IN_A_ROW` (a success resets the count).
-    pub(super) fn full(&self, failed: Option<&Error>) -> bool {
-        let enospc = |e: &Error| matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull);
-        if !failed.is_some_and(enospc) {
+    /// Records a file that failed because the file system is full (true), or resets the count
+    /// of such failures in a row (false: it did not fail so). The failures are listed until
+    /// `FULL_IN_A_ROW` in a row; that one is replaced by the message that stops the restore,
+    /// and files still in flight after it are, like those never started, covered by that
+    /// message. All under the errors' lock, so that nothing is listed after it.
+    pub(super) fn full(&self, path: &Path, failed: Option<&Error>) -> bool {
+        let enospc = |e: &&Error| matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull);
+        let Some(e) = failed.filter(enospc) else {
             self.full.store(0, Relaxed);
             return false;
+        };
+        let mut errors = lock(&self.errors);
+        if self.stop.load(Relaxed) {
+            return true;
         }
-        if self.full.fetch_add(1, Relaxed) + 1 == FULL_IN_A_ROW {
-            self.stop.store(true, Relaxed);
-            let why = format!(
-                "the file system is full: {FULL_IN_A_ROW} files in a row could not be written (ENOSPC); \
-                 restore stopped. Free space and run it again: files already in place are kept"
-            );
-            self.fail(&self.opts.target, why);
+        if self.full.fetch_add(1, Relaxed) + 1 < FULL_IN_A_ROW {
+            if errors.len() < MAX_ERRORS {
+                errors.push((path.to_path_buf(), e.to_string()));
+            } else {
+                self.unlisted.fetch_add(1, Relaxed);
+            }
+            return true;
         }
+        self.stop.store(true, Relaxed);
+        let why = format!(
+            "the file system is full: {FULL_IN_A_ROW} files in a row could not be written (ENOSPC); \
+             restore stopped. Free space and run it again: files already in place are kept"
+        );
+        errors.push((self.opts.target.clone(), why));
         true
     }
 
@@ -459,7 +472,7 @@ impl Restorer<'_> {
             return Some(size);
         }
         let written = self.write_file(job, content, size, scratch);
-        if self.full(written.as_ref().err()) && self.stop.load(Relaxed) {
+        if self.full(&path(), written.as_ref().err()) {
             return None;
         }
         match written {
