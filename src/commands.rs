@@ -269,14 +269,13 @@ fn ls(repo: &Repository, json: bool, args: LsArgs) -> Result<u8> {
         eprintln!("warning: {w}");
     }
     let reader = engine::repo::BlobReader::new(repo, &index)?;
+    let tally = engine::repo::Tally::default();
     // Find the directory to list.
     let mut tree = snap.tree.clone();
     let mut base = PathBuf::from("/");
     if let Some(p) = &args.path {
         for comp in rel_components(p) {
-            let nodes = reader.tree(&tree)?;
-            let node = nodes.into_iter().find(|n| n.name == comp.as_bytes());
-            match node.map(|n| n.kind) {
+            match reader.entry(&tree, comp.as_bytes())?.map(|n| n.kind) {
                 Some(NodeKind::Dir { subtree }) => tree = subtree,
                 Some(_) => bail!("{} is not a directory in snapshot {}", p.display(), &id[..16]),
                 None => bail!("{} is not in snapshot {}", p.display(), &id[..16]),
@@ -284,41 +283,50 @@ fn ls(repo: &Repository, json: bool, args: LsArgs) -> Result<u8> {
             base.push(comp);
         }
     }
+    // Depth first, each entry before what it holds (as `find`), one tree blob held per level:
+    // a directory of millions of entries is listed in the memory of one blob.
     let mut out = Out::new();
-    let mut stack = vec![(base, tree, 1)];
-    let mut items = Vec::new();
-    let mut amplification = engine::tree::Amplification::default();
-    while let Some((dir, tree, depth)) = stack.pop() {
-        let nodes = reader.tree(&tree)?;
-        if let Err(why) = amplification.visit(tree.first(), nodes.len()) {
-            bail!("{}: {why} (a damaged snapshot)", dir.display());
-        }
-        let mut subdirs = Vec::new();
-        for n in nodes {
-            let path = dir.join(OsStr::from_bytes(&n.name));
-            if json {
-                items.push(node_json(&path, &n));
-            } else if args.long {
-                out.bytes(long_prefix(&n).as_bytes())?;
-                out.path_line("", &path)?;
-            } else {
-                out.path_line("", &path)?;
+    if json {
+        out.bytes(b"[")?;
+    }
+    let mut first = true;
+    let mut stack = vec![(base, reader.entries(&tree, &tally))];
+    while let Some((dir, entries)) = stack.last_mut() {
+        let n = match entries.next() {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                stack.pop();
+                continue;
             }
-            if let (true, NodeKind::Dir { subtree }) = (args.recursive, &n.kind) {
-                if depth >= engine::tree::MAX_DEPTH {
-                    bail!(
-                        "{}: deeper than {} levels (a damaged snapshot)",
-                        path.display(),
-                        engine::tree::MAX_DEPTH
-                    );
-                }
-                subdirs.push((path, subtree.clone(), depth + 1));
+            Err(e) => bail!("{}: {e} (a damaged snapshot)", dir.display()),
+        };
+        let path = dir.join(OsStr::from_bytes(&n.name));
+        if json {
+            if !first {
+                out.bytes(b",")?;
             }
+            out.bytes(node_json(&path, &n).to_string().as_bytes())?;
+        } else if args.long {
+            out.bytes(long_prefix(&n).as_bytes())?;
+            out.path_line("", &path)?;
+        } else {
+            out.path_line("", &path)?;
         }
-        stack.extend(subdirs.into_iter().rev());
+        first = false;
+        if let (true, NodeKind::Dir { subtree }) = (args.recursive, &n.kind) {
+            if stack.len() >= engine::tree::MAX_DEPTH {
+                bail!(
+                    "{}: deeper than {} levels (a damaged snapshot)",
+                    path.display(),
+                    engine::tree::MAX_DEPTH
+                );
+            }
+            let entries = reader.entries(subtree, &tally);
+            stack.push((path, entries));
+        }
     }
     if json {
-        out.line(&serde_json::Value::Array(items).to_string())?;
+        out.line("]")?;
     }
     out.finish()?;
     Ok(0)
@@ -374,6 +382,7 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
         dry_run: args.dry_run,
         verify: args.verify,
         exclude: args.exclude.clone(),
+        mem_limit: args.mem_limit,
         overwrite: match args.overwrite {
             crate::Overwrite::Always => restore::Overwrite::Always,
             crate::Overwrite::IfChanged => restore::Overwrite::IfChanged,

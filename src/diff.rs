@@ -85,14 +85,23 @@ pub fn diff(repo: &Repository, json: bool, args: DiffArgs) -> Result<u8> {
         bail!("{} is in neither snapshot", String::from_utf8_lossy(&base));
     }
     let mut out = Out::new();
-    let mut changes = Vec::new();
+    // JSON is written as it comes too: one object, its changes streamed into their array.
+    if json {
+        let head = json!({"a": ida, "b": idb}).to_string();
+        out.bytes(format!("{},\"changes\":[", head.trim_end_matches('}')).as_bytes())?;
+    }
+    let mut first = true;
     let mut failed: Option<std::io::Error> = None;
     let (sum, warnings) = diff::diff(&reader, &base, na.as_ref(), nb.as_ref(), |e| {
         if json {
-            changes.push(json!({
+            let change = json!({
                 "change": e.change.symbol().to_string(), "path": String::from_utf8_lossy(&e.path),
                 "old": side_json(&e.old), "new": side_json(&e.new),
-            }));
+            });
+            let sep = if std::mem::take(&mut first) { "" } else { "," };
+            if let Err(err) = out.bytes(format!("{sep}{change}").as_bytes()) {
+                failed.get_or_insert(err);
+            }
             return;
         }
         let dir = e.new.as_ref().or(e.old.as_ref()).is_some_and(|s| s.kind == 'd');
@@ -121,7 +130,7 @@ pub fn diff(repo: &Repository, json: bool, args: DiffArgs) -> Result<u8> {
         "unreadable_directories": sum.unreadable,
     });
     if json {
-        out.line(&json!({"a": ida, "b": idb, "changes": changes, "summary": summary}).to_string())?;
+        out.line(&format!("],\"summary\":{summary}}}"))?;
     } else {
         out.line(&format!(
             "{} added, {} removed, {} modified, {} type changed, {} metadata only; +{} -{} (snapshots {} -> {})",

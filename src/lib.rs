@@ -288,6 +288,10 @@ pub struct RestoreArgs {
     /// Do not restore FIFOs, sockets or device nodes (device nodes need root in any case)
     #[arg(long)]
     pub no_special: bool,
+    /// Memory ceiling for the whole process, e.g. 256M, 1G (K/M/G are binary units); without
+    /// it, a restore holds at most ~280 MiB besides the index
+    #[arg(long, value_parser = parse_size_arg)]
+    pub mem_limit: Option<u64>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -455,7 +459,9 @@ pub fn main_with_backend(source: Arc<dyn io::Source>, wrap: BackendWrap) -> Exit
 /// Runs the CLI reading files through `source`.
 pub fn main_with(source: Arc<dyn io::Source>) -> ExitCode {
     let cli = Cli::parse();
-    match commands::dispatch(cli, source) {
+    let done = commands::dispatch(cli, source);
+    engine::hooks::report_peak_rss();
+    match done {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let mut msg = format!("bakare: error: {e}");

@@ -167,8 +167,11 @@ pub struct Outcome {
     pub code: i32,
     pub stdout: Vec<u8>,
     pub stderr: String,
-    /// Peak resident memory of the child (ru_maxrss), in bytes.
+    /// Peak resident memory of the child, in bytes: as it reported it (VmHWM), or else its
+    /// ru_maxrss, which also counts the test process's own peak (`run_measured`).
     pub peak_rss: u64,
+    /// Whether the child reported its peak itself (binaries built with the test hooks).
+    pub peak_reported: bool,
 }
 
 impl Outcome {
@@ -243,6 +246,10 @@ impl Bakare {
 /// The child is reaped by `wait_rusage` (wait4), not by `Child::wait`.
 #[allow(clippy::zombie_processes)]
 pub fn run_measured(mut cmd: Command) -> Outcome {
+    // The child's own peak (`engine::hooks::report_peak_rss`); its ru_maxrss counts this
+    // process's peak too, and is only the fallback (a binary without the hooks, a crash).
+    let peak_file = tempfile::NamedTempFile::new().unwrap();
+    cmd.env("BAKARE_TEST_PEAK_RSS_FILE", peak_file.path());
     let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
@@ -268,15 +275,19 @@ pub fn run_measured(mut cmd: Command) -> Outcome {
         }
         false
     });
-    let (code, peak_rss) = wait_rusage(pid, move || {
+    let (code, ru_maxrss) = wait_rusage(pid, move || {
         let _ = stop_tx.send(());
         watchdog.join().unwrap_or(false)
     });
+    let reported = std::fs::read_to_string(peak_file.path()).ok().and_then(|s| s.trim().parse().ok());
+    let peak_reported = reported.is_some();
+    let peak_rss = reported.unwrap_or(ru_maxrss);
     Outcome {
         code,
         stdout: t_out.join().unwrap(),
         stderr: String::from_utf8_lossy(&t_err.join().unwrap()).into_owned(),
         peak_rss,
+        peak_reported,
     }
 }
 

@@ -576,3 +576,76 @@ fn a_damaged_leaf_shared_by_two_to_the_forty_paths_is_checked_once() {
     assert!(o.peak_rss < RSS_LIMIT, "find peaked at {} MiB", o.peak_rss >> 20);
     assert!(o.stderr.contains("entries per stored one"), "{}\n{}", o.stdout_str(), o.stderr);
 }
+
+/// A directory of 2^20 entries in 256 tree blobs: an honest tree can be that wide (a maildir),
+/// and decoded whole its entries alone take ~140 MiB. Every walk holds one of its blobs at a
+/// time: `ls -r`, `ls --json`, `diff` (both ways, text and JSON), `check` and a restore of
+/// one entry each go through all of it under the RSS limit, and list every entry.
+#[test]
+fn a_directory_of_a_million_entries_is_walked_one_blob_at_a_time() {
+    use engine::tree::MAX_ENTRIES;
+    const BLOBS: usize = 256;
+    let n = BLOBS * MAX_ENTRIES;
+    let w = World::new();
+    let name = |i: usize| format!("e{i:07}");
+    let wide = w.forge(|f, _| {
+        let blobs = (0..BLOBS)
+            .map(|b| {
+                f.tree(
+                    (b * MAX_ENTRIES..(b + 1) * MAX_ENTRIES).map(|i| node(name(i), NodeKind::Fifo)).collect(),
+                )
+            })
+            .collect();
+        vec![f.tree(vec![dir("big", blobs)])]
+    });
+    let narrow = w.forge(|f, _| {
+        let empty = f.tree(Vec::new());
+        vec![f.tree(vec![dir("big", vec![empty])])]
+    });
+    let bounded = |o: &Outcome, what: &str| {
+        assert_eq!(o.code, 0, "{what}: {}", o.stderr);
+        assert!(o.peak_rss < RSS_LIMIT, "{what} peaked at {} MiB", o.peak_rss >> 20);
+        eprintln!("{what}: peak RSS {} MiB", o.peak_rss >> 20);
+    };
+
+    let o = w.b.run(&argv!["ls", "-r", &wide]);
+    bounded(&o, "ls -r");
+    let out = o.stdout_str();
+    assert_eq!(out.lines().count(), n + 1);
+    assert_eq!(out.lines().nth(1), Some("/big/e0000000"));
+    assert_eq!(out.lines().last().map(String::from), Some(format!("/big/{}", name(n - 1))));
+
+    let o = w.b.run(&argv!["--json", "ls", "-r", &wide]);
+    bounded(&o, "ls --json");
+    let out = o.stdout_str();
+    assert!(out.starts_with("[{") && out.ends_with("}]\n"), "one array");
+    assert_eq!(out.matches("\"path\":").count(), n + 1);
+
+    for (a, b, sign) in [(&narrow, &wide, "+ "), (&wide, &narrow, "- ")] {
+        let o = w.b.run(&argv!["diff", a, b]);
+        bounded(&o, "diff");
+        let out = o.stdout_str();
+        assert_eq!(out.lines().filter(|l| l.starts_with(sign)).count(), n, "{sign}");
+        let o = w.b.run(&argv!["--json", "diff", a, b]);
+        bounded(&o, "diff --json");
+        let out = o.stdout_str();
+        assert_eq!(out.matches("\"change\":").count(), n);
+        // One object: its head and its summary parse (the changes between are counted above).
+        let summary = out.rsplit_once(",\"summary\":").unwrap().1.trim_end().strip_suffix('}').unwrap();
+        let summary: serde_json::Value = serde_json::from_str(summary).unwrap();
+        let key = if sign == "+ " { "added" } else { "removed" };
+        assert_eq!(summary[key].as_u64(), Some(n as u64));
+        assert!(out.starts_with("{\"a\":\""), "{}", &out[..80]);
+    }
+
+    let o = w.b.run(&argv!["check"]);
+    bounded(&o, "check");
+
+    let o = w.restore(&wide, &["/big/e0765432"]);
+    bounded(&o, "restore of one entry");
+    let back = w.target().join("big");
+    let names: Vec<_> = fs::read_dir(&back).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("e0765432")]);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(fs::symlink_metadata(back.join("e0765432")).unwrap().file_type().is_fifo());
+}

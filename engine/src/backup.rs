@@ -73,7 +73,7 @@ pub struct BackupResult {
 
 /// Memory the in-memory index takes, estimated per blob: a 56-byte slot, its share of the
 /// directory, and the segment being decoded while the table is built.
-fn index_reserve(blobs: usize) -> u64 {
+pub(crate) fn index_reserve(blobs: usize) -> u64 {
     blobs as u64 * 64
 }
 

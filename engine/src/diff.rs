@@ -4,8 +4,8 @@
 //! so a diff of millions of files does not sit in memory.
 use stages::BlobId;
 
-use crate::error::{Error, Result};
-use crate::repo::{BlobReader, Warnings};
+use crate::error::Result;
+use crate::repo::{BlobReader, Entries, Tally, Warnings};
 use crate::tree::{Node, NodeKind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,34 +107,50 @@ fn subtree(n: Option<&Node>) -> Option<&[BlobId]> {
     }
 }
 
-/// Pairs of entries with the same name, in name order (both lists are sorted by name).
-fn merge(a: Vec<Node>, b: Vec<Node>) -> Vec<(Option<Node>, Option<Node>)> {
-    let mut out = Vec::with_capacity(a.len().max(b.len()));
-    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
-    loop {
-        let order = match (a.peek(), b.peek()) {
-            (None, None) => return out,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some(x), Some(y)) => x.name.cmp(&y.name),
-        };
-        out.push(match order {
-            std::cmp::Ordering::Less => (a.next(), None),
-            std::cmp::Ordering::Greater => (None, b.next()),
-            std::cmp::Ordering::Equal => (a.next(), b.next()),
-        });
-    }
-}
-
 struct Walk<'r, 'a, F> {
     reader: &'r BlobReader<'a>,
+    tally: &'r Tally,
     emit: F,
     sum: Summary,
     warnings: Warnings,
-    amplification: crate::tree::Amplification,
 }
 
-impl<F: FnMut(Entry)> Walk<'_, '_, F> {
+/// One side of a directory being compared: its entries, read one tree blob at a time, and the
+/// next one. A side that cannot be read (or no longer) has no more entries.
+struct Stream<'r, 'a> {
+    entries: Option<Entries<'r, 'a>>,
+    next: Option<Node>,
+}
+
+impl Stream<'_, '_> {
+    fn peek<F>(&mut self, w: &mut Walk<'_, '_, F>, path: &[u8]) -> Option<&Node> {
+        if self.next.is_none() {
+            if let Some(entries) = &mut self.entries {
+                match entries.next() {
+                    Ok(n) => self.next = n,
+                    Err(e) => {
+                        w.sum.unreadable += 1;
+                        let path = String::from_utf8_lossy(if path.is_empty() { b"/" } else { path });
+                        w.warnings.push(format!("{path}: cannot read the directory: {e}"));
+                    }
+                }
+                if self.next.is_none() {
+                    self.entries = None;
+                }
+            }
+        }
+        self.next.as_ref()
+    }
+}
+
+/// A pair of directories being compared.
+struct Level<'r, 'a> {
+    path: Vec<u8>,
+    old: Stream<'r, 'a>,
+    new: Stream<'r, 'a>,
+}
+
+impl<'r, 'a, F: FnMut(Entry)> Walk<'r, 'a, F> {
     fn note(&mut self, change: Change, path: &[u8], old: Option<&Node>, new: Option<&Node>) {
         let s = &mut self.sum;
         match change {
@@ -151,25 +167,12 @@ impl<F: FnMut(Entry)> Walk<'_, '_, F> {
         (self.emit)(Entry { change, path: path.to_vec(), old: old.map(side), new: new.map(side) });
     }
 
-    fn list(&mut self, path: &[u8], ids: Option<&[BlobId]>) -> Vec<Node> {
-        let Some(ids) = ids else { return Vec::new() };
-        let listed = self.reader.tree(ids).and_then(|n| {
-            let over = self.amplification.visit(ids.first(), n.len());
-            over.map(|()| n).map_err(|why| Error::corrupt("tree", String::from_utf8_lossy(path), why))
-        });
-        match listed {
-            Ok(n) => n,
-            Err(e) => {
-                self.sum.unreadable += 1;
-                self.warnings
-                    .push(format!("{}: cannot read the directory: {e}", String::from_utf8_lossy(path)));
-                Vec::new()
-            }
-        }
+    fn stream(&self, ids: Option<&[BlobId]>) -> Stream<'r, 'a> {
+        Stream { entries: ids.map(|ids| self.reader.entries(ids, self.tally)), next: None }
     }
 
-    /// Compares one pair of entries; returns the directories to walk below it (old, new).
-    fn entry(&mut self, path: &[u8], a: Option<&Node>, b: Option<&Node>) -> Option<(Vec<Node>, Vec<Node>)> {
+    /// Compares one pair of entries; returns the directories to walk below it.
+    fn entry(&mut self, path: &[u8], a: Option<&Node>, b: Option<&Node>) -> Option<Level<'r, 'a>> {
         let (sa, sb) = (subtree(a), subtree(b));
         match (a, b) {
             (None, None) => return None,
@@ -183,7 +186,7 @@ impl<F: FnMut(Entry)> Walk<'_, '_, F> {
         if sa.is_none() && sb.is_none() || sa == sb {
             return None; // not directories, or identical trees: nothing below to compare
         }
-        Some((self.list(path, sa), self.list(path, sb)))
+        Some(Level { path: path.to_vec(), old: self.stream(sa), new: self.stream(sb) })
     }
 }
 
@@ -196,36 +199,42 @@ pub fn diff(
     b: Option<&Node>,
     emit: impl FnMut(Entry),
 ) -> Result<(Summary, Warnings)> {
-    let mut w = Walk {
-        reader,
-        emit,
-        sum: Summary::default(),
-        warnings: Vec::new(),
-        amplification: Default::default(),
-    };
-    // Depth first with an explicit stack of directories, each with the pairs still to compare.
-    type Level = (Vec<u8>, std::vec::IntoIter<(Option<Node>, Option<Node>)>);
+    let tally = Tally::default();
+    let mut w = Walk { reader, tally: &tally, emit, sum: Summary::default(), warnings: Vec::new() };
+    // Depth first with an explicit stack of directory pairs, each holding one tree blob a side.
     let mut stack: Vec<Level> = Vec::new();
-    if let Some((x, y)) = w.entry(base, a, b) {
-        stack.push((base.to_vec(), merge(x, y).into_iter()));
+    if let Some(mut level) = w.entry(base, a, b) {
+        level.path = base.to_vec();
+        stack.push(level);
     }
-    while let Some((dir, pairs)) = stack.last_mut() {
-        let Some((x, y)) = pairs.next() else {
-            stack.pop();
-            continue;
+    while let Some(level) = stack.last_mut() {
+        let x = level.old.peek(&mut w, &level.path).map(|n| n.name.clone());
+        let order = match (x, level.new.peek(&mut w, &level.path)) {
+            (None, None) => {
+                stack.pop();
+                continue;
+            }
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) => x.cmp(&y.name),
         };
-        let name = x.as_ref().or(y.as_ref()).map(|n| n.name.clone()).unwrap_or_default();
-        let mut path = if dir.as_slice() == b"/" { Vec::new() } else { dir.clone() };
+        let (x, y) = match order {
+            std::cmp::Ordering::Less => (level.old.next.take(), None),
+            std::cmp::Ordering::Greater => (None, level.new.next.take()),
+            std::cmp::Ordering::Equal => (level.old.next.take(), level.new.next.take()),
+        };
+        let name = x.as_ref().or(y.as_ref()).map(|n| n.name.as_slice()).unwrap_or_default();
+        let mut path = if level.path.as_slice() == b"/" { Vec::new() } else { level.path.clone() };
         path.push(b'/');
-        path.extend_from_slice(&name);
-        if let Some((xs, ys)) = w.entry(&path, x.as_ref(), y.as_ref()) {
+        path.extend_from_slice(name);
+        if let Some(below) = w.entry(&path, x.as_ref(), y.as_ref()) {
             if stack.len() >= crate::tree::MAX_DEPTH {
                 w.sum.unreadable += 1;
                 let why = format!("deeper than {} levels: not compared", crate::tree::MAX_DEPTH);
                 w.warnings.push(format!("{}: {why}", String::from_utf8_lossy(&path)));
                 continue;
             }
-            stack.push((path, merge(xs, ys).into_iter()));
+            stack.push(below);
         }
     }
     Ok((w.sum, w.warnings))
@@ -285,22 +294,5 @@ mod tests {
         d1.mtime_ns = 1;
         d2.mtime_ns = 2;
         assert!(same_meta(&d1, &d2), "a directory's mtime is not a change of its own");
-    }
-
-    #[test]
-    fn merge_pairs_names() {
-        let m = merge(vec![file("a", 1, 1), file("c", 1, 1)], vec![file("b", 1, 1), file("c", 2, 2)]);
-        let names: Vec<_> = m
-            .iter()
-            .map(|(x, y)| (x.as_ref().map(|n| n.name.clone()), y.as_ref().map(|n| n.name.clone())))
-            .collect();
-        assert_eq!(
-            names,
-            vec![
-                (Some(b"a".to_vec()), None),
-                (None, Some(b"b".to_vec())),
-                (Some(b"c".to_vec()), Some(b"c".to_vec()))
-            ]
-        );
     }
 }

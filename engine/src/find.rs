@@ -127,7 +127,7 @@ pub fn lookup(reader: &BlobReader, root: &[BlobId], path: &[u8]) -> Result<Optio
     let mut node = crate::diff::root_node(root);
     for comp in components(path) {
         let NodeKind::Dir { subtree } = &node.kind else { return Ok(None) };
-        match reader.tree(subtree)?.into_iter().find(|n| n.name == comp) {
+        match reader.entry(subtree, comp)? {
             Some(n) => node = n,
             None => return Ok(None),
         }
@@ -379,6 +379,7 @@ pub fn find(cat: &Catalog, q: &Query) -> Result<Found> {
 /// literal prefix of the pattern.
 pub fn expand_glob(reader: &BlobReader, root: &[BlobId], pattern: &str) -> Result<Vec<Vec<u8>>> {
     let g = PathGlob::new(pattern)?;
+    let tally = crate::repo::Tally::default();
     let mut base = Vec::new();
     let mut tree = root.to_vec();
     if !g.name_only {
@@ -387,8 +388,7 @@ pub fn expand_glob(reader: &BlobReader, root: &[BlobId], pattern: &str) -> Resul
         // A pattern without glob characters names one path: walk its parent to match it.
         let descend = if literal == all.len() { literal.saturating_sub(1) } else { literal };
         for comp in &all[..descend] {
-            let nodes = reader.tree(&tree)?;
-            match nodes.into_iter().find(|n| n.name == **comp).map(|n| n.kind) {
+            match reader.entry(&tree, comp)?.map(|n| n.kind) {
                 Some(NodeKind::Dir { subtree }) => tree = subtree,
                 _ => return Ok(Vec::new()),
             }
@@ -396,30 +396,27 @@ pub fn expand_glob(reader: &BlobReader, root: &[BlobId], pattern: &str) -> Resul
             base.extend_from_slice(comp);
         }
     }
+    // Depth first, one tree blob held per level (`Entries`).
     let mut out = Vec::new();
-    let mut stack = vec![(base, tree, 1)];
-    let mut amplification = crate::tree::Amplification::default();
-    while let Some((dir, tree, depth)) = stack.pop() {
-        let mut subdirs = Vec::new();
-        let nodes = reader.tree(&tree)?;
-        if let Err(why) = amplification.visit(tree.first(), nodes.len()) {
-            return Err(Error::corrupt("tree", String::from_utf8_lossy(&dir), why));
-        }
-        for n in nodes {
-            let mut path = dir.clone();
-            path.push(b'/');
-            path.extend_from_slice(&n.name);
-            if g.is_match(&path) {
-                out.push(path);
-            } else if let NodeKind::Dir { subtree } = n.kind {
-                if depth >= crate::tree::MAX_DEPTH {
-                    let why = format!("deeper than {} levels", crate::tree::MAX_DEPTH);
-                    return Err(Error::corrupt("tree", String::from_utf8_lossy(&path), why));
-                }
-                subdirs.push((path, subtree, depth + 1));
+    let mut stack = vec![(base, reader.entries(&tree, &tally))];
+    while let Some((dir, entries)) = stack.last_mut() {
+        let Some(n) = entries.next()? else {
+            stack.pop();
+            continue;
+        };
+        let mut path = dir.clone();
+        path.push(b'/');
+        path.extend_from_slice(&n.name);
+        if g.is_match(&path) {
+            out.push(path);
+        } else if let NodeKind::Dir { subtree } = n.kind {
+            if stack.len() >= crate::tree::MAX_DEPTH {
+                let why = format!("deeper than {} levels", crate::tree::MAX_DEPTH);
+                return Err(Error::corrupt("tree", String::from_utf8_lossy(&path), why));
             }
+            let entries = reader.entries(&subtree, &tally);
+            stack.push((path, entries));
         }
-        stack.extend(subdirs.into_iter().rev());
     }
     Ok(out)
 }

@@ -16,6 +16,7 @@ pub mod find;
 pub mod forget;
 pub mod format;
 pub mod fuzz;
+pub mod hooks;
 pub mod index;
 pub mod keys;
 pub mod ops;

@@ -1,4 +1,5 @@
 //! Opening and creating repositories, finding snapshots, and reading blobs back.
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,7 +19,7 @@ use crate::pack;
 use crate::signing::PublicKey;
 use crate::snapshot::Signer;
 use crate::snapshot::Snapshot;
-use crate::tree::{Listing, Node, Refused, Tree};
+use crate::tree::{entries_size, Amplification, Listing, Node, Refused, Tree, MAX_HELD};
 use crate::writers::{Registry, Standing};
 
 /// Problems that did not stop an operation, to show the user.
@@ -437,6 +438,7 @@ pub struct BlobReader<'a> {
     bundles: Mutex<BundleCache>,
     /// Remote backends: recently fetched windows of packs (pack, start) -> bytes, and pack sizes.
     windows: Mutex<VecDeque<BundleSlot>>,
+    windows_kept: usize,
     sizes: Mutex<HashMap<u32, u64>>,
 }
 
@@ -444,7 +446,7 @@ pub struct BlobReader<'a> {
 /// written, so one request serves many blobs (one request per 1 MiB blob made a restore from
 /// a local S3 server 24 MB/s).
 const WINDOW: u64 = 8 << 20;
-/// Windows kept: several restore workers read different parts at once.
+/// Windows kept by default: several restore workers read different parts at once.
 const WINDOWS_KEPT: usize = 8;
 
 type BundleSlot = ((u32, u32), Arc<Vec<u8>>);
@@ -534,13 +536,27 @@ impl BundleCache {
 
 impl<'a> BlobReader<'a> {
     pub fn new(repo: &'a Repository, index: &'a Index) -> Result<Self> {
+        Self::with_cache(
+            repo,
+            index,
+            WINDOWS_KEPT * WINDOW as usize + RECENT_BUNDLES_BYTES + REREAD_BUNDLES_BYTES,
+        )
+    }
+
+    /// A reader whose caches hold about `bytes`: bundles get a third (at most their default
+    /// 32 MiB, a quarter of it for the recent part), windows of remote packs the rest (at
+    /// least one).
+    pub fn with_cache(repo: &'a Repository, index: &'a Index, bytes: usize) -> Result<Self> {
+        let bundles = (bytes / 3).min(RECENT_BUNDLES_BYTES + REREAD_BUNDLES_BYTES);
+        let windows = ((bytes - bundles) / WINDOW as usize).clamp(1, WINDOWS_KEPT);
         Ok(BlobReader {
             repo,
             index,
             identity: repo.key.identity()?,
             keys: Mutex::new(HashMap::new()),
-            bundles: Mutex::new(BundleCache::new(RECENT_BUNDLES_BYTES, REREAD_BUNDLES_BYTES)),
+            bundles: Mutex::new(BundleCache::new(bundles / 4, bundles - bundles / 4)),
             windows: Mutex::new(VecDeque::new()),
+            windows_kept: windows,
             sizes: Mutex::new(HashMap::new()),
         })
     }
@@ -642,7 +658,7 @@ impl<'a> BlobReader<'a> {
         let bytes = Arc::new(self.repo.backend.get_range(pack_key, start, (wend - start) as usize)?);
         let out = bytes[..len as usize].to_vec();
         let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        if w.len() >= WINDOWS_KEPT {
+        if w.len() >= self.windows_kept {
             w.pop_front();
         }
         w.push_back(((pack, offset), bytes));
@@ -686,18 +702,42 @@ impl<'a> BlobReader<'a> {
     }
 
     /// The entries of a directory stored as `ids` (one or more tree blobs), checked as one
-    /// directory (`Listing`).
+    /// directory (`Listing`), all at once: for tests and small directories. Walks use
+    /// `entries`, which holds one blob at a time.
     pub fn tree(&self, ids: &[BlobId]) -> Result<Vec<Node>> {
+        let tally = Tally::default();
+        let mut entries = self.entries(ids, &tally);
         let mut nodes = Vec::new();
-        let mut listing = Listing::default();
-        for id in ids {
-            let (valid, refused) = self.tree_blob(id, &mut listing)?;
-            if let Some(r) = refused.into_iter().next() {
-                return Err(Error::corrupt("tree", hex::encode(id), r.why));
-            }
-            nodes.extend(valid);
+        while let Some(n) = entries.next()? {
+            nodes.push(n);
         }
         Ok(nodes)
+    }
+
+    /// The entry `name` of the directory stored as `ids`, read up to where it would be.
+    pub fn entry(&self, ids: &[BlobId], name: &[u8]) -> Result<Option<Node>> {
+        let tally = Tally::default();
+        let mut entries = self.entries(ids, &tally);
+        while let Some(n) = entries.next()? {
+            match n.name.as_slice().cmp(name) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => return Ok(Some(n)),
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        Ok(None)
+    }
+
+    /// The entries of a directory stored as `ids`, read one tree blob at a time (`Entries`).
+    pub fn entries<'r>(&'r self, ids: &[BlobId], tally: &'r Tally) -> Entries<'r, 'a> {
+        Entries {
+            reader: self,
+            tally,
+            blobs: ids.to_vec().into_iter(),
+            nodes: Vec::new().into_iter(),
+            listing: Listing::default(),
+            held: 0,
+        }
     }
 
     /// One of a directory's tree blobs, admitted to its `listing` (blobs in order): its valid
@@ -707,6 +747,86 @@ impl<'a> BlobReader<'a> {
         let (nodes, refused) = Tree::decode_entries(&name, &self.read(id, BlobKind::Tree)?)?;
         listing.admit(&nodes).map_err(|why| Error::corrupt("tree", name, why))?;
         Ok((nodes, refused))
+    }
+}
+
+/// What the directories one walk has open share: its count against shared subtrees
+/// (`Amplification`) and the bytes of tree entries they hold (at most `MAX_HELD`).
+#[derive(Default)]
+pub struct Tally {
+    amplification: RefCell<Amplification>,
+    held: Cell<usize>,
+}
+
+/// One directory's entries, read one tree blob at a time and checked as one directory
+/// (`Listing`): a walk holds one blob's entries per directory it is in, never a whole
+/// directory (one may list 16 million entries). An entry that breaks a rule ends it with an
+/// error naming the tree blob (and so does the walk's `Tally`); it yields nothing after that.
+pub struct Entries<'r, 'a> {
+    reader: &'r BlobReader<'a>,
+    tally: &'r Tally,
+    blobs: std::vec::IntoIter<BlobId>,
+    nodes: std::vec::IntoIter<Node>,
+    listing: Listing,
+    /// Estimated bytes of the current blob's entries (`entries_size`), counted in the tally.
+    held: usize,
+}
+
+impl Entries<'_, '_> {
+    /// The next entry, in name order; None at the end.
+    #[allow(clippy::should_implement_trait)] // fallible: an Iterator of Results would go on
+    pub fn next(&mut self) -> Result<Option<Node>> {
+        loop {
+            if let Some(n) = self.nodes.next() {
+                return Ok(Some(n));
+            }
+            let Some(id) = self.blobs.next() else {
+                self.release();
+                return Ok(None);
+            };
+            match self.read(&id) {
+                Ok(nodes) => self.nodes = nodes.into_iter(),
+                Err(e) => {
+                    self.blobs = Vec::new().into_iter();
+                    self.release();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn read(&mut self, id: &BlobId) -> Result<Vec<Node>> {
+        let name = || hex::encode(id);
+        let (nodes, refused) = self.reader.tree_blob(id, &mut self.listing)?;
+        if let Some(r) = refused.into_iter().next() {
+            return Err(Error::corrupt("tree", name(), r.why));
+        }
+        let visit = self.tally.amplification.borrow_mut().visit(Some(id), nodes.len());
+        visit.map_err(|why| Error::corrupt("tree", name(), why))?;
+        let size = entries_size(&nodes);
+        let held = self.tally.held.get() - self.held + size;
+        self.tally.held.set(held);
+        self.held = size;
+        if held > MAX_HELD {
+            let why = format!(
+                "its entries and those of the directories above it take more than {} MiB",
+                MAX_HELD >> 20
+            );
+            return Err(Error::corrupt("tree", name(), why));
+        }
+        Ok(nodes)
+    }
+
+    fn release(&mut self) {
+        self.tally.held.set(self.tally.held.get() - self.held);
+        self.held = 0;
+        self.nodes = Vec::new().into_iter();
+    }
+}
+
+impl Drop for Entries<'_, '_> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 

@@ -31,6 +31,26 @@ pub const MAX_DIR_BLOBS: usize = (MAX_DIR_ENTRIES as usize).div_ceil(MAX_ENTRIES
 /// Most entries a walk of one snapshot visits: directories that share subtrees can describe
 /// exponentially many paths in a few blobs.
 pub const MAX_SNAPSHOT_NODES: u64 = 1 << 32;
+/// At most this many bytes of tree entries are held by the directories a walk is in (one
+/// blob each, up to `MAX_DEPTH` of them): real trees hold well under a MiB per level; a hostile
+/// one could otherwise stack 1,024 blobs of 16 MiB.
+pub const MAX_HELD: usize = 64 << 20;
+
+/// What a blob's entries take in memory, roughly: their names, link targets and content lists.
+pub fn entries_size(nodes: &[Node]) -> usize {
+    nodes
+        .iter()
+        .map(|n| {
+            let extra = match &n.kind {
+                NodeKind::File { content, .. } | NodeKind::HardLink { content, .. } => content.len() * 32,
+                NodeKind::Dir { subtree } => subtree.len() * 32,
+                NodeKind::Symlink { target } => target.len(),
+                _ => 0,
+            };
+            std::mem::size_of::<Node>() + n.name.len() + extra
+        })
+        .sum()
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeKind {

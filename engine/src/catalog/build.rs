@@ -11,7 +11,7 @@ use stages::BlobId;
 use super::bitmap::{normalize, Bitmap, Run};
 use super::{Catalog, DirMemo, SnapEntry, Version, ROOT};
 use crate::error::Error;
-use crate::repo::BlobReader;
+use crate::repo::{BlobReader, Tally};
 use crate::snapshot::Snapshot;
 use crate::tree::{Node, NodeKind};
 
@@ -353,49 +353,51 @@ impl<'c> Builder<'c> {
             damaged: false,
         };
         self.decoded += 1;
-        match reader.tree(ids) {
-            Err(e) => {
-                lost.push((path, e));
-                f.damaged = true;
+        // What this directory held before, by name: unchanged entries (most of them) are
+        // recognised without a lookup in the large maps.
+        let mut before: Vec<(u32, u32)> = Vec::new();
+        if let Some(m) = self.by_path.get(&path).and_then(|&m| self.cat.memo.get(m as usize)) {
+            for &(a, b) in &m.entries {
+                before.extend((a..b).filter_map(|v| self.cat.versions.get(v as usize).map(|x| (x.path, v))));
             }
-            Ok(nodes) => {
-                let mut todo = Vec::new();
-                f.entries.reserve(nodes.len());
-                // What this directory held before, by name: unchanged entries (most of them)
-                // are recognised without a lookup in the large maps.
-                let mut before: Vec<(u32, u32)> = Vec::new();
-                if let Some(m) = self.by_path.get(&path).and_then(|&m| self.cat.memo.get(m as usize)) {
-                    for &(a, b) in &m.entries {
-                        before.extend(
-                            (a..b).filter_map(|v| self.cat.versions.get(v as usize).map(|x| (x.path, v))),
-                        );
-                    }
-                    before.sort_unstable_by(|x, y| self.cat.name(x.0).cmp(self.cat.name(y.0)));
+            before.sort_unstable_by(|x, y| self.cat.name(x.0).cmp(self.cat.name(y.0)));
+        }
+        // One tree blob at a time: a directory of millions of entries costs its catalog
+        // entries, not its decoded nodes.
+        let tally = Tally::default();
+        let mut entries = reader.entries(ids, &tally);
+        let mut todo = Vec::new();
+        let mut at = 0;
+        loop {
+            let n = match entries.next() {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(e) => {
+                    lost.push((path, e));
+                    f.damaged = true;
+                    break;
                 }
-                let mut at = 0;
-                for n in nodes {
-                    while before.get(at).is_some_and(|b| self.cat.name(b.0) < n.name.as_slice()) {
-                        at += 1;
-                    }
-                    let known = before.get(at).filter(|b| self.cat.name(b.0) == n.name.as_slice()).copied();
-                    let p = match known {
-                        Some((p, _)) => p,
-                        None => self.path(path, &n.name),
-                    };
-                    let ver = version_of(p, &n);
-                    let v = match known {
-                        Some((_, v)) if self.cat.versions.get(v as usize) == Some(&ver) => v,
-                        _ => self.version(ver),
-                    };
-                    f.entries.push((v, v + 1));
-                    set.insert(v);
-                    if let NodeKind::Dir { subtree } = n.kind {
-                        todo.push((p, subtree));
-                    }
-                }
-                f.todo = todo.into_iter();
+            };
+            while before.get(at).is_some_and(|b| self.cat.name(b.0) < n.name.as_slice()) {
+                at += 1;
+            }
+            let known = before.get(at).filter(|b| self.cat.name(b.0) == n.name.as_slice()).copied();
+            let p = match known {
+                Some((p, _)) => p,
+                None => self.path(path, &n.name),
+            };
+            let ver = version_of(p, &n);
+            let v = match known {
+                Some((_, v)) if self.cat.versions.get(v as usize) == Some(&ver) => v,
+                _ => self.version(ver),
+            };
+            f.entries.push((v, v + 1));
+            set.insert(v);
+            if let NodeKind::Dir { subtree } = n.kind {
+                todo.push((p, subtree));
             }
         }
+        f.todo = todo.into_iter();
         f
     }
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use stages::{BlobId, BlobKind};
 
+use super::spill::Spill;
 use super::{confine, Overwrite, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::repo::{BlobReader, Scratch};
@@ -88,8 +89,11 @@ impl Drop for DirHandle<'_> {
         let Some(node) = self.node.take() else { return };
         if self.has_links.load(Relaxed) {
             let rel = std::mem::take(&mut self.rel);
-            let path = std::mem::take(&mut self.path);
-            lock(&self.r.deferred).push((rel, path, node));
+            let size = rel.len() + std::mem::size_of::<Node>() + node.name.len();
+            if let Err(e) = lock(&self.r.deferred).push((rel, node), size) {
+                let why = format!("cannot keep its metadata for after its hard links: {e}");
+                self.r.fail(&self.path, why);
+            }
         } else if let Err(e) = self.r.dir_meta(&self.fd, &node) {
             self.r.fail(&self.path, format!("cannot set directory metadata: {e}"));
         }
@@ -101,6 +105,41 @@ pub(super) struct FileJob<'a> {
     pub(super) node: Node,
     /// Its directory was created by this restore: nothing can be in the way.
     pub(super) fresh: bool,
+}
+
+/// The files this restore created that have other names: the inode each got, by a keyed
+/// 64-bit hash of its path relative to the target (a collision or a crafted path can only
+/// fail the inode check a link makes, and the content is restored instead). At most `cap`
+/// are tracked: the other names of files past it are restored as copies, and counted.
+pub(super) struct Linked {
+    map: HashMap<u64, u64>,
+    keys: std::collections::hash_map::RandomState,
+    cap: usize,
+    pub(super) untracked: u64,
+}
+
+impl Linked {
+    pub(super) fn new(cap: usize) -> Self {
+        Linked { map: HashMap::new(), keys: Default::default(), cap, untracked: 0 }
+    }
+
+    fn key(&self, rel: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        self.keys.hash_one(rel)
+    }
+
+    pub(super) fn insert(&mut self, rel: &[u8], ino: u64) {
+        let key = self.key(rel);
+        if self.map.len() < self.cap || self.map.contains_key(&key) {
+            self.map.insert(key, ino);
+        } else {
+            self.untracked += 1;
+        }
+    }
+
+    pub(super) fn get(&self, rel: &[u8]) -> Option<u64> {
+        self.map.get(&self.key(rel)).copied()
+    }
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -125,11 +164,11 @@ pub(super) struct Restorer<'a> {
     /// Files that failed in a row with ENOSPC; at `FULL_IN_A_ROW` the restore stops.
     pub(super) full: AtomicU64,
     pub(super) stop: AtomicBool,
-    /// Restored files that have other names (hard link targets): path relative to the target,
-    /// and the inode this restore created there.
-    pub(super) linked: Mutex<HashMap<Vec<u8>, u64>>,
-    /// Directories whose metadata waits for their hard links: (relative path, path, entry).
-    pub(super) deferred: Mutex<Vec<(Vec<u8>, PathBuf, Node)>>,
+    /// Restored files that have other names (hard link targets).
+    pub(super) linked: Mutex<Linked>,
+    /// Directories whose metadata waits for their hard links: (relative path, entry), each
+    /// after those below it (a handle goes after its children's).
+    pub(super) deferred: Mutex<Spill<(Vec<u8>, Node)>>,
     pub(super) setid_dropped: AtomicU64,
     pub(super) owners_skipped: AtomicU64,
     pub(super) devices_skipped: AtomicU64,
@@ -313,7 +352,7 @@ impl Restorer<'_> {
                 if job.node.nlink > 1 {
                     if let Ok(md) = f.metadata() {
                         use std::os::unix::fs::MetadataExt;
-                        lock(&self.linked).insert(dir.child_rel(name), md.ino());
+                        lock(&self.linked).insert(&dir.child_rel(name), md.ino());
                     }
                 }
                 Ok(done)
@@ -413,7 +452,7 @@ impl Restorer<'_> {
             self.kept.fetch_add(1, Relaxed);
             if file && node.nlink > 1 {
                 // Its other names in the snapshot link to it, as to a file written now.
-                lock(&self.linked).insert(dir.child_rel(&node.name), st.st_ino);
+                lock(&self.linked).insert(&dir.child_rel(&node.name), st.st_ino);
             }
         } else {
             self.replaced.fetch_add(1, Relaxed);
@@ -586,6 +625,13 @@ impl Restorer<'_> {
         );
         say(&self.devices_skipped, "device nodes not restored (only as root)");
         say(&self.specials_skipped, "FIFOs, sockets or device nodes not restored (--no-special)");
+        let untracked = lock(&self.linked).untracked;
+        if untracked > 0 {
+            notes.push(format!(
+                "{untracked} files with other names were past what the memory limit tracks: their other \
+                 names are restored as copies"
+            ));
+        }
         notes
     }
 }

@@ -13,8 +13,8 @@
 //! refused, and the rest is restored.
 mod confine;
 mod entry;
+mod spill;
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -29,8 +29,9 @@ use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::repo::{BlobReader, Repository, Scratch};
 use crate::snapshot::Snapshot;
-use crate::tree::{Amplification, Listing, Node, NodeKind, MAX_DEPTH, MAX_PATH};
+use crate::tree::{entries_size, Amplification, Listing, Node, NodeKind, MAX_DEPTH, MAX_HELD, MAX_PATH};
 use entry::{lock, DirHandle, FileJob, Restorer};
+use spill::Spill;
 
 pub struct RestoreOptions {
     pub target: PathBuf,
@@ -51,6 +52,54 @@ pub struct RestoreOptions {
     /// Leave out entries matching these patterns (as `run --exclude`: without `/`, a name
     /// anywhere; with `/`, the entry's path in the snapshot).
     pub exclude: Vec<String>,
+    /// Memory ceiling for the whole process (`--mem-limit`); None: `Memory::DEFAULT`.
+    pub mem_limit: Option<u64>,
+}
+
+/// How restore spends memory besides the index and the fixed reserve (`--mem-limit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Memory {
+    /// The reader's caches of pack windows and bundles (`BlobReader::with_cache`).
+    pub cache: usize,
+    /// Bytes of tree entries the walk's open directories may hold (`tree::MAX_HELD` at most).
+    pub held: usize,
+    /// Workers writing files (each holds a blob, sealed and plain).
+    pub workers: usize,
+    /// What each of the two lists of hard links keeps in memory before it spills to a
+    /// temporary file (`spill`).
+    pub spill: usize,
+    /// Most files with other names whose restored inode is tracked (~48 bytes each).
+    pub linked: usize,
+}
+
+impl Memory {
+    /// Without --mem-limit: about 280 MiB at most, of which a restore of ordinary trees uses
+    /// little (the 3 GiB mixed corpus peaks under 100 MiB).
+    pub const DEFAULT: Memory =
+        Memory { cache: 96 << 20, held: MAX_HELD, workers: 4, spill: 16 << 20, linked: 1 << 20 };
+
+    /// A plan within `bytes`, for workers of `worker` bytes each; None when `bytes` cannot
+    /// hold one worker and the smallest of everything else (`Memory::least`).
+    pub fn within(bytes: u64, worker: u64) -> Option<Memory> {
+        if bytes < Memory::least(worker) {
+            return None;
+        }
+        let quarter = bytes / 4;
+        let clamp = |v: u64, lo: usize, hi: usize| (v.min(hi as u64) as usize).max(lo);
+        Some(Memory {
+            workers: clamp(quarter / worker.max(1), 1, Memory::DEFAULT.workers),
+            cache: clamp(quarter, 8 << 20, Memory::DEFAULT.cache),
+            held: clamp(quarter, 4 << 20, Memory::DEFAULT.held),
+            spill: clamp(bytes / 16, 1 << 20, Memory::DEFAULT.spill),
+            linked: clamp(bytes / 16 / 48, 4096, Memory::DEFAULT.linked),
+        })
+    }
+
+    /// The least `within` takes: one worker, one 8 MiB cache, 4 MiB of tree entries and the
+    /// lists' smallest parts, each at most a quarter (a sixteenth for the lists).
+    pub fn least(worker: u64) -> u64 {
+        (4 * worker).max(32 << 20)
+    }
 }
 
 /// What to do with an entry already in the target where restore would create one.
@@ -128,27 +177,6 @@ impl Want {
     }
 }
 
-/// At most this many bytes of tree entries are held by the directories being walked (one
-/// blob each, up to `MAX_DEPTH` of them): real trees hold well under a MiB per level; a hostile
-/// one could otherwise stack 1,024 blobs of 16 MiB.
-const MAX_HELD: usize = 64 << 20;
-
-/// What a blob's entries take in memory, roughly: their names, link targets and content lists.
-fn entries_size(nodes: &[Node]) -> usize {
-    nodes
-        .iter()
-        .map(|n| {
-            let extra = match &n.kind {
-                NodeKind::File { content, .. } | NodeKind::HardLink { content, .. } => content.len() * 32,
-                NodeKind::Dir { subtree } => subtree.len() * 32,
-                NodeKind::Symlink { target } => target.len(),
-                _ => 0,
-            };
-            std::mem::size_of::<Node>() + n.name.len() + extra
-        })
-        .sum()
-}
-
 /// Files go to the workers in batches (up to this many, or `BATCH_BYTES` of content): one
 /// channel handoff per small file cost more than creating it (100,000 files: 115,000
 /// `sched_yield`s from waiting workers).
@@ -214,7 +242,23 @@ pub fn restore(
     snapshot: &Snapshot,
     opts: &RestoreOptions,
 ) -> Result<RestoreResult> {
-    let reader = BlobReader::new(repo, index)?;
+    let memory = match opts.mem_limit {
+        None => Memory::DEFAULT,
+        Some(limit) => {
+            let reserve = crate::backup::FIXED_RESERVE + crate::backup::index_reserve(index.blob_count());
+            // A worker holds a blob sealed and plain, and the read of a pack range.
+            let worker = 2 * u64::from(repo.chunk_params().max) + (1 << 20);
+            let plan = limit.checked_sub(reserve).and_then(|rest| Memory::within(rest, worker));
+            plan.ok_or_else(|| {
+                Error::Invalid(format!(
+                    "--mem-limit {} MiB is too small to restore from this repository (needs at least {} MiB)",
+                    limit >> 20,
+                    (reserve + Memory::least(worker)).div_ceil(1 << 20)
+                ))
+            })?
+        }
+    };
+    let reader = BlobReader::with_cache(repo, index, memory.cache)?;
     let exclude = crate::backup::build_exclude(&opts.exclude, Vec::new())?;
     // A dry run into a target that does not exist yet: everything would be created, and no
     // handle is ever used (the root frame is fresh).
@@ -253,8 +297,8 @@ pub fn restore(
         unlisted: AtomicU64::new(0),
         full: AtomicU64::new(0),
         stop: AtomicBool::new(false),
-        linked: Mutex::new(HashMap::new()),
-        deferred: Mutex::new(Vec::new()),
+        linked: Mutex::new(entry::Linked::new(memory.linked)),
+        deferred: Mutex::new(Spill::new(memory.spill)),
         setid_dropped: AtomicU64::new(0),
         owners_skipped: AtomicU64::new(0),
         devices_skipped: AtomicU64::new(0),
@@ -262,11 +306,13 @@ pub fn restore(
         euid: rustix::process::geteuid().as_raw(),
     };
     let mut result = RestoreResult::default();
-    let mut links: Vec<(Vec<u8>, PathBuf, Node)> = Vec::new();
+    // Hard links, made once every file is restored: (their directory relative to the
+    // target, entry).
+    let mut links: Spill<(Vec<u8>, Node)> = Spill::new(memory.spill);
     let totals = Mutex::new((0u64, 0u64));
     let walk = std::thread::scope(|s| -> Result<()> {
         let (tx, rx) = bounded::<Vec<FileJob>>(8);
-        for _ in 0..opts.workers.max(1) {
+        for _ in 0..opts.workers.clamp(1, memory.workers) {
             let rx = rx.clone();
             let (r, totals) = (&r, &totals);
             s.spawn(move || {
@@ -333,11 +379,11 @@ pub fn restore(
                             held = held - frame.held + entries_size(&nodes);
                             frame.held = entries_size(&nodes);
                             frame.nodes = nodes.into_iter();
-                            if held > MAX_HELD {
+                            if held > memory.held {
                                 let why = format!(
                                     "its entries and those of the directories above it take more than \
                                      {} MiB: refused",
-                                    MAX_HELD >> 20
+                                    memory.held >> 20
                                 );
                                 r.fail(&frame.dir.path, why);
                                 held -= frame.held;
@@ -418,7 +464,12 @@ pub fn restore(
                 }
                 NodeKind::HardLink { .. } => {
                     dir.mark_links();
-                    links.push((dir.rel.clone(), dir.child_path(&node.name), node));
+                    let size = std::mem::size_of::<Node>()
+                        + dir.rel.len()
+                        + entries_size(std::slice::from_ref(&node));
+                    if let Err(e) = links.push((dir.rel.clone(), node), size) {
+                        r.fail(&dir.path, format!("cannot keep the list of hard links: {e}"));
+                    }
                 }
                 _ => r.special(dir, &node, frame.fresh),
             }
@@ -433,15 +484,30 @@ pub fn restore(
     let (files, bytes) = *lock(&totals);
     result.files = files;
     result.bytes = bytes;
-    hard_links(&r, &root, links, &mut result);
-    // Deepest first: a read-only parent must not stop its children's metadata.
-    let mut deferred = std::mem::take(&mut *lock(&r.deferred));
-    deferred.sort_by_key(|(rel, _, _)| std::cmp::Reverse(rel.iter().filter(|&&b| b == b'/').count()));
-    for (rel, path, node) in deferred {
-        let applied = confine::open_beneath(&root, &rel).and_then(|fd| r.dir_meta(&fd, &node));
-        if let Err(e) = applied {
-            r.fail(&path, format!("cannot set directory metadata: {e}"));
+    match links.drain() {
+        Ok(links) => hard_links(&r, &root, links, &mut result),
+        Err(e) => r.fail(&opts.target, format!("cannot read back the list of hard links: {e}")),
+    }
+    // In the order the walk left them, each directory after those below it: a read-only
+    // parent must not stop its children's metadata.
+    let deferred = std::mem::replace(&mut *lock(&r.deferred), Spill::new(0));
+    match deferred.drain() {
+        Ok(deferred) => {
+            for item in deferred {
+                let (rel, node) = match item {
+                    Ok(item) => item,
+                    Err(e) => {
+                        r.fail(&opts.target, format!("cannot read back directories' metadata: {e}"));
+                        break;
+                    }
+                };
+                let applied = confine::open_beneath(&root, &rel).and_then(|fd| r.dir_meta(&fd, &node));
+                if let Err(e) = applied {
+                    r.fail(&target_path(&opts.target, &rel), format!("cannot set directory metadata: {e}"));
+                }
+            }
         }
+        Err(e) => r.fail(&opts.target, format!("cannot read back directories' metadata: {e}")),
     }
     result.deleted = r.deleted.load(Relaxed);
     result.verified = r.verified.load(Relaxed);
@@ -457,21 +523,39 @@ pub fn restore(
     Ok(result)
 }
 
+/// Where `rel` (relative to the target, possibly empty) is, for messages.
+fn target_path(target: &Path, rel: &[u8]) -> PathBuf {
+    if rel.is_empty() {
+        target.to_path_buf()
+    } else {
+        target.join(OsStr::from_bytes(rel))
+    }
+}
+
 /// Each hard link becomes a link to its first name when this restore created that file (and
 /// it is still the same file); otherwise its content is restored.
 fn hard_links<'a>(
     r: &'a Restorer<'a>,
     root: &OwnedFd,
-    links: Vec<(Vec<u8>, PathBuf, Node)>,
+    links: spill::Drain<(Vec<u8>, Node)>,
     result: &mut RestoreResult,
 ) {
-    let linked = std::mem::take(&mut *lock(&r.linked));
+    let linked = std::mem::replace(&mut *lock(&r.linked), entry::Linked::new(0));
+    lock(&r.linked).untracked = linked.untracked; // for the notes
     let mut scratch = Scratch::default();
     let mut parent: Option<(Vec<u8>, Arc<DirHandle>)> = None;
-    for (rel, path, node) in links {
+    for item in links {
+        let (rel, node) = match item {
+            Ok(item) => item,
+            Err(e) => {
+                r.fail(&r.opts.target, format!("cannot read back the list of hard links: {e}"));
+                break;
+            }
+        };
         if r.stop.load(Relaxed) {
             break;
         }
+        let path = target_path(&r.opts.target, &rel).join(OsStr::from_bytes(&node.name));
         let NodeKind::HardLink { target, content, size } = &node.kind else { continue };
         let (target, content, size) = (target.clone(), content.clone(), *size);
         if parent.as_ref().is_none_or(|(p, _)| *p != rel) {
@@ -511,7 +595,7 @@ fn hard_links<'a>(
             result.files += 1;
             continue;
         }
-        if let Some(&ino) = linked.get(target.as_slice()) {
+        if let Some(ino) = linked.get(&target) {
             let (from_dir, from_name) = match target.iter().rposition(|&b| b == b'/') {
                 Some(i) => (&target[..i], &target[i + 1..]),
                 None => (&target[..0], &target[..]),
@@ -535,5 +619,36 @@ fn hard_links<'a>(
             result.files += 1;
             result.bytes += n;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_plans_fit_their_limit_and_a_gigabyte_is_the_default() {
+        let worker = 9 << 20;
+        assert_eq!(Memory::least(worker), 36 << 20);
+        assert_eq!(Memory::within((36 << 20) - 1, worker), None);
+        let m = Memory::within(36 << 20, worker).unwrap();
+        assert_eq!((m.workers, m.cache, m.held), (1, 9 << 20, 9 << 20));
+        let total = |m: Memory| m.cache + m.held + m.workers * worker as usize + 2 * m.spill + m.linked * 48;
+        for mib in [36u64, 40, 64, 100, 200, 300] {
+            let m = Memory::within(mib << 20, worker).unwrap();
+            assert!(total(m) as u64 <= mib << 20, "{mib} MiB: {m:?} takes {}", total(m));
+        }
+        assert_eq!(Memory::within(1 << 30, worker), Some(Memory::DEFAULT));
+    }
+
+    #[test]
+    fn hard_link_targets_past_the_cap_are_counted_not_tracked() {
+        let mut l = entry::Linked::new(2);
+        l.insert(b"a", 1);
+        l.insert(b"b", 2);
+        l.insert(b"c", 3);
+        l.insert(b"a", 4); // already tracked: updated
+        assert_eq!((l.get(b"a"), l.get(b"b"), l.get(b"c")), (Some(4), Some(2), None));
+        assert_eq!(l.untracked, 1);
     }
 }
