@@ -457,3 +457,49 @@ fn a_writer_cannot_crowd_the_owners_snapshots_out_of_a_policy() {
     assert!(!removed.contains(&s.snaps[0].0), "the owner's snapshot would go: {f}");
     assert_eq!(removed.len(), 2, "{f}");
 }
+
+/// What a storage reader without any key learns from a pack: not where its blobs start (each
+/// nonce is a keyed hash of the blob's position, not the plain counter that used to stand in
+/// front of every blob), and not how many blobs it holds (the trailer is padded: a pack of one
+/// file and one of 60 have trailers of one length).
+#[test]
+fn packs_show_no_blob_boundaries_or_counts_without_a_key() {
+    use chaos::testkit::{Rng, TestDir};
+    let b = Bakare::new(env!("CARGO_BIN_EXE_bakare-faulty"));
+    b.ok(&argv!["init"]);
+    let one = TestDir::new().file("only", Rng::new(1).bytes(300_000));
+    b.ok(&argv!["run", one.path()]);
+    let first: BTreeSet<PathBuf> = files_under(&b.repo.join("packs")).into_iter().collect();
+    let mut rng = Rng::new(2);
+    let mut many = TestDir::new();
+    for i in 0..60 {
+        many = many.file(format!("f{i:02}"), rng.bytes(300_000));
+    }
+    b.ok(&argv!["run", many.path()]);
+    let all: BTreeSet<PathBuf> = files_under(&b.repo.join("packs")).into_iter().collect();
+    assert!(!first.is_empty() && all.len() > first.len());
+    let mut trailers = BTreeSet::new();
+    for p in &all {
+        let data = fs::read(b.repo.join("packs").join(p)).unwrap();
+        // The old framing: a little-endian counter in 8 bytes, then 4 zero bytes.
+        let counters: Vec<u64> = (1..=60u64)
+            .filter(|k| {
+                let mut pattern = k.to_le_bytes().to_vec();
+                pattern.extend_from_slice(&[0; 4]);
+                data.windows(12).any(|w| w == pattern.as_slice())
+            })
+            .collect();
+        assert!(counters.is_empty(), "{}: counters {counters:?} in the clear", p.display());
+        let foot = &data[data.len() - 12..];
+        assert_eq!(&foot[4..], b"BKPKEND1");
+        trailers.insert(u32::from_le_bytes(foot[..4].try_into().unwrap()));
+    }
+    // 24 bytes of nonce, 4,096 of padded plaintext, 16 of tag.
+    assert_eq!(trailers, BTreeSet::from([4136]), "one trailer length for 1 and for 60 files");
+    // And everything still reads back.
+    let o = b.ok(&argv!["check", "--read-data"]);
+    assert!(o.stdout_str().contains("no damage found"), "{}", o.stdout_str());
+    let target = tempfile::tempdir().unwrap();
+    b.ok(&argv!["restore", "latest", "--target", target.path()]);
+    assert_same_tree(many.path(), &restored_path(target.path(), many.path()));
+}

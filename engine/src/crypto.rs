@@ -85,20 +85,47 @@ pub fn seal_catalog_value<T: serde::Serialize + ?Sized>(
     prefix: &[u8],
     value: &T,
 ) -> Result<Vec<u8>, String> {
+    seal_catalog_padded(key, magic, prefix, value, 0)
+}
+
+/// `seal_catalog_value` with the plaintext followed by zeros up to `padded_len(len, min)`
+/// (postcard decoders stop at the value's end, so readers need not know): the sealed length
+/// tells little about what the value holds. For pack trailers, whose length would otherwise
+/// give a pack's number of blobs to anyone holding it.
+pub fn seal_catalog_padded<T: serde::Serialize + ?Sized>(
+    key: &Secret32,
+    magic: &[u8],
+    prefix: &[u8],
+    value: &T,
+    min: usize,
+) -> Result<Vec<u8>, String> {
     let len = postcard::experimental::serialized_size(value).map_err(|e| e.to_string())?;
+    let padded = if min == 0 { len } else { padded_len(len, min) };
     let mut nonce = [0u8; XNONCE];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let mut out = Vec::with_capacity(prefix.len() + XNONCE + len + 16);
+    let mut out = Vec::with_capacity(prefix.len() + XNONCE + padded + 16);
     out.extend_from_slice(prefix);
     out.extend_from_slice(&nonce);
     let start = out.len();
     let mut out = postcard::to_extend(value, out).map_err(|e| e.to_string())?;
+    out.resize(start + padded.max(len), 0);
     let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
     let tag = cipher
         .encrypt_in_place_detached(XNonce::from_slice(&nonce), magic, &mut out[start..])
         .map_err(|_| format!("cannot seal {len} bytes"))?;
     out.extend_from_slice(&tag);
     Ok(out)
+}
+
+/// `len` rounded up as Padmé does (Nikitin et al., 2019): at least `min`, then to a multiple
+/// of 2^(e - s), where 2^e <= len and s is the bit length of e, which costs at most ~12 %
+/// and leaves O(log log len) bits of the length visible.
+pub fn padded_len(len: usize, min: usize) -> usize {
+    let len = len.max(min).max(2);
+    let e = usize::BITS - 1 - len.leading_zeros(); // floor(log2 len)
+    let s = u32::BITS - e.leading_zeros(); // bit length of e
+    let mask = (1usize << (e - s)) - 1;
+    (len + mask) & !mask
 }
 
 pub fn open_catalog(key: &Secret32, magic: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
@@ -157,6 +184,25 @@ mod tests {
         let plain = open_catalog(&k, b"MAGIC", &sealed[6..]).unwrap();
         assert_eq!(plain, postcard::to_allocvec(&value).unwrap());
         assert!(open_catalog(&k, b"OTHER", &sealed[6..]).is_none());
+    }
+
+    #[test]
+    fn padded_values_open_to_their_value_and_their_length_says_little() {
+        assert_eq!([padded_len(1, 4096), padded_len(4096, 4096), padded_len(4097, 4096)], [4096, 4096, 4352]);
+        for len in [5000usize, 70_000, 1 << 20, 3_000_001] {
+            let p = padded_len(len, 0);
+            assert!(p >= len && p - len <= len / 8, "{len} -> {p}");
+        }
+        let k = Secret32::random();
+        let few: Vec<u64> = vec![1, 2, 3];
+        let many: Vec<u64> = (0..500).collect();
+        let (a, b) = (
+            seal_catalog_padded(&k, b"M", &[], &few, 4096).unwrap(),
+            seal_catalog_padded(&k, b"M", &[], &many, 4096).unwrap(),
+        );
+        assert_eq!(a.len(), b.len());
+        let back: Vec<u64> = postcard::from_bytes(&open_catalog(&k, b"M", &b).unwrap()).unwrap();
+        assert_eq!(back, many);
     }
 
     #[test]

@@ -17,13 +17,16 @@ use serde::{Deserialize, Serialize};
 use stages::write::{BlobSink, SinkError};
 use stages::{BlobId, BlobKind, Sealed};
 
-use crate::crypto::{open_catalog, seal_catalog_value, wrap_key, Secret32};
+use crate::crypto::{open_catalog, seal_catalog_padded, wrap_key, Secret32};
 use crate::error::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"BKPACK01";
 pub const END: &[u8; 8] = b"BKPKEND1";
 pub const TRAILER_MAGIC: &[u8] = b"BKPKTRL1";
 const MAX_WRAPPED: u32 = 4096;
+/// A trailer's plaintext is padded to at least this (~70 entries) and then as Padmé pads
+/// (`crypto::padded_len`): its length does not give the pack's number of blobs.
+const TRAILER_MIN: usize = 4096;
 
 pub type PackId = [u8; 32];
 
@@ -43,6 +46,11 @@ impl BlobEntry {
     pub fn kind(&self) -> Option<BlobKind> {
         BlobKind::from_u8(self.kind)
     }
+}
+
+/// A pack's trailer: its entries, sealed with the catalog key and padded (`TRAILER_MIN`).
+pub fn seal_trailer(catalog_key: &Secret32, entries: &[BlobEntry]) -> Result<Vec<u8>> {
+    seal_catalog_padded(catalog_key, TRAILER_MAGIC, &[], entries, TRAILER_MIN).map_err(Error::Pipeline)
 }
 
 pub fn pack_key(id: &PackId) -> String {
@@ -133,8 +141,7 @@ impl PackSink {
     }
 
     fn seal(&mut self, mut w: PackWriter) -> Result<()> {
-        let trailer =
-            seal_catalog_value(&self.catalog_key, TRAILER_MAGIC, &[], &w.entries).map_err(Error::Pipeline)?;
+        let trailer = seal_trailer(&self.catalog_key, &w.entries)?;
         let io = |e| Error::Pipeline(format!("writing pack: {e}"));
         w.write(&trailer).map_err(io)?;
         w.write(&(trailer.len() as u32).to_le_bytes()).map_err(io)?;

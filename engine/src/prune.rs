@@ -465,8 +465,7 @@ fn repack(
         out.extend_from_slice(unit);
         kept.extend(members.into_iter().map(|e| BlobEntry { offset: new_offset, ..*e }));
     }
-    let body = postcard::to_allocvec(&kept).map_err(|e| Error::Pipeline(e.to_string()))?;
-    let trailer = crate::crypto::seal_catalog(&repo.wk.catalog_key, pack::TRAILER_MAGIC, &body);
+    let trailer = pack::seal_trailer(&repo.wk.catalog_key, &kept)?;
     out.extend_from_slice(&trailer);
     out.extend_from_slice(&(trailer.len() as u32).to_le_bytes());
     out.extend_from_slice(pack::END);

@@ -733,7 +733,7 @@ impl<'a> BlobReader<'a> {
         Entries {
             reader: self,
             tally,
-            blobs: ids.to_vec().into_iter(),
+            blobs: Vec::from(ids).into_iter(),
             nodes: Vec::new().into_iter(),
             listing: Listing::default(),
             held: 0,

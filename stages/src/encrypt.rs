@@ -2,9 +2,13 @@
 //!
 //! Each worker seals blobs under its own random data key (AES-256-GCM) and starts a new key
 //! after `rotate_after` bytes; the write stage puts each epoch's blobs into one pack, whose header
-//! carries that key wrapped for the repository's recipient. Nonces are a per-key counter, so they
-//! cannot repeat: a key is never reused across epochs or processes (it is random and 256 bits).
-//! The blob id and kind are the associated data, so a blob cannot be swapped for another.
+//! carries that key wrapped for the repository's recipient. Each blob's nonce is a keyed hash of
+//! its position under the key (`KeyEpoch::nonce`): never stored as a plain counter, which would
+//! show anyone holding the pack where every blob starts, so its size. (96-bit pseudorandom
+//! nonces under one key repeat with probability n^2 / 2^97: under 2^-60 for the ~10^5 blobs a
+//! pack-sized epoch holds.) A key is never reused across epochs or processes (it is random and
+//! 256 bits). The blob id and kind are the associated data, so a blob cannot be swapped for
+//! another.
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -65,7 +69,12 @@ pub struct KeyEpoch {
     pub id: u64,
     pub key: DataKey,
     cipher: LessSafeKey,
+    /// Derived from the key: what its blobs' nonces are hashed with.
+    nonce_key: [u8; 32],
 }
+
+/// The BLAKE3 context the nonce key is derived with.
+const NONCE_CONTEXT: &str = "bakare 2026-12-06 blob nonce v1";
 
 impl fmt::Debug for KeyEpoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -77,7 +86,23 @@ impl KeyEpoch {
     pub fn new() -> Self {
         let key = DataKey::random();
         let cipher = key.cipher();
-        KeyEpoch { id: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed), key, cipher }
+        let nonce_key = blake3::derive_key(NONCE_CONTEXT, key.as_bytes());
+        KeyEpoch { id: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed), key, cipher, nonce_key }
+    }
+
+    /// The nonce of the blob sealed `counter`-th under this key: the first 96 bits of a keyed
+    /// BLAKE3 of the counter. Readers take the nonce as stored, whatever made it.
+    pub fn nonce(&self, counter: u64) -> [u8; NONCE_ROOM] {
+        let h = blake3::keyed_hash(&self.nonce_key, &counter.to_le_bytes());
+        let mut nonce = [0u8; NONCE_ROOM];
+        nonce.copy_from_slice(&h.as_bytes()[..NONCE_ROOM]);
+        nonce
+    }
+}
+
+impl Drop for KeyEpoch {
+    fn drop(&mut self) {
+        self.nonce_key.zeroize();
     }
 }
 
@@ -96,8 +121,7 @@ fn aad(id: &BlobId, kind: BlobKind) -> [u8; 33] {
 
 /// Seals a framed buffer in place: `[nonce][ciphertext][tag]`.
 pub fn seal(epoch: &KeyEpoch, counter: u64, id: &BlobId, kind: BlobKind, buf: &mut Vec<u8>) -> bool {
-    let mut nonce = [0u8; NONCE_ROOM];
-    nonce[..8].copy_from_slice(&counter.to_le_bytes());
+    let nonce = epoch.nonce(counter);
     buf[..NONCE_ROOM].copy_from_slice(&nonce);
     let n = Nonce::assume_unique_for_key(nonce);
     match epoch.cipher.seal_in_place_separate_tag(n, Aad::from(aad(id, kind)), &mut buf[NONCE_ROOM..]) {
@@ -237,5 +261,32 @@ mod tests {
             assert!(open(&epoch.key, &id, BlobKind::Data, &t).is_err(), "byte {i}");
         }
         assert!(format!("{:?}", epoch.key).contains("redacted"));
+    }
+
+    #[test]
+    fn nonces_are_keyed_hashes_of_the_position_and_any_stored_nonce_opens() {
+        let (epoch, other) = (KeyEpoch::new(), KeyEpoch::new());
+        let nonces: std::collections::HashSet<_> = (0..10_000u64).map(|c| epoch.nonce(c)).collect();
+        assert_eq!(nonces.len(), 10_000);
+        assert_ne!(epoch.nonce(0), other.nonce(0));
+        assert!((0..10_000u64).all(|c| epoch.nonce(c)[..8] != c.to_le_bytes()));
+        let id = [1u8; 32];
+        let data = b"written before nonces were hashed".repeat(10);
+        let mut buf = Compressor::new(1).unwrap().frame(&data);
+        assert!(seal(&epoch, 7, &id, BlobKind::Data, &mut buf));
+        assert_eq!(buf[..NONCE_ROOM], epoch.nonce(7));
+        // A blob sealed with a counter nonce, as before: readers take the nonce as stored.
+        let mut old = Compressor::new(1).unwrap().frame(&data);
+        let mut nonce = [0u8; NONCE_ROOM];
+        nonce[..8].copy_from_slice(&5u64.to_le_bytes());
+        old[..NONCE_ROOM].copy_from_slice(&nonce);
+        let n = Nonce::assume_unique_for_key(nonce);
+        let tag = epoch.cipher.seal_in_place_separate_tag(
+            n,
+            Aad::from(aad(&id, BlobKind::Data)),
+            &mut old[NONCE_ROOM..],
+        );
+        old.extend_from_slice(tag.unwrap().as_ref());
+        assert_eq!(unframe(&open(&epoch.key, &id, BlobKind::Data, &old).unwrap()).unwrap(), data);
     }
 }
