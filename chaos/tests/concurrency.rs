@@ -365,3 +365,90 @@ fn seeded_soak_of_writers_forgets_prunes_and_suspends() {
         snaps.len()
     );
 }
+
+/// Two writers, two prunes and a forget, all running at once in loops while every clock jumps
+/// 4 h every 2 s (a whole grace period in 12 s), so phase 2 runs beside everything else: every
+/// prune and forget exits 0 (one that finds an object another deleted goes on; a snapshot
+/// committed after its view was loaded is read through a fresh index), every backup commits,
+/// every snapshot left restores exactly what its writer saw, and `check --read-data` is clean.
+/// BAKARE_SOAK_SECONDS (default 30) sets how long the loops run.
+#[test]
+fn writers_prunes_and_forgets_run_at_the_same_time() {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let secs = std::env::var("BAKARE_SOAK_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let mut b = faulty();
+    let clock = FakeClock::install(&mut b);
+    b.ok(&argv!["init"]);
+    let dir = tempfile::tempdir().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let (prunes, forgets, jumps) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let (b, dir) = (&b, dir.path());
+    let saved: Vec<(String, PathBuf)> = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..2u64)
+            .map(|h| {
+                s.spawn(move || {
+                    let mut saved = Vec::new();
+                    let mut round = 0;
+                    while Instant::now() < deadline {
+                        let src = make_tree(&dir.join(format!("host{h}")), round % 3, 100 * h + round);
+                        let state = dir.join(format!("state-{h}-{round}"));
+                        copy_tree(&src, &state);
+                        let w = spawn_writer(b, &src, None, &dir.join(format!("cache{h}")));
+                        saved.push((finish_writer(w, &format!("host {h}, round {round}")), state));
+                        round += 1;
+                    }
+                    saved
+                })
+            })
+            .collect();
+        for _ in 0..2 {
+            s.spawn(|| {
+                while Instant::now() < deadline {
+                    let o = b.run(&argv!["prune"]);
+                    assert_eq!(o.code, 0, "prune beside the others: {}\n{}", o.stdout_str(), o.stderr);
+                    prunes.fetch_add(1, Relaxed);
+                }
+            });
+        }
+        s.spawn(|| {
+            while Instant::now() < deadline {
+                let o = b.run(&argv!["forget", "--keep-last", "2"]);
+                assert_eq!(o.code, 0, "forget beside the others: {}", o.stderr);
+                forgets.fetch_add(1, Relaxed);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        s.spawn(|| {
+            while Instant::now() < deadline {
+                std::thread::sleep(Duration::from_secs(2));
+                clock.advance(4 * HOUR_NS);
+                jumps.fetch_add(1, Relaxed);
+            }
+        });
+        writers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
+    // A full cycle after the loops: everything condemned goes.
+    clock.advance(25 * HOUR_NS);
+    b.ok(&argv!["prune"]);
+    clock.advance(25 * HOUR_NS);
+    b.ok(&argv!["prune"]);
+    let list = b.ok(&argv!["--json", "snapshots"]).json();
+    let snaps = list.as_array().unwrap();
+    assert!(!snaps.is_empty());
+    for snap in snaps {
+        let id = snap["id"].as_str().unwrap();
+        let (_, state) = saved.iter().find(|(i, _)| i == id).expect("a snapshot nobody committed");
+        let path = PathBuf::from(snap["paths"][0].as_str().unwrap());
+        let t = tempfile::tempdir().unwrap();
+        b.ok(&argv!["restore", id, "--target", t.path()]);
+        same_contents(state, &restored_path(t.path(), &path));
+    }
+    check_clean(b, "after writers, prunes and forgets at once");
+    let (p, f, j) = (prunes.load(Relaxed), forgets.load(Relaxed), jumps.load(Relaxed));
+    eprintln!(
+        "{} backups, {p} prunes, {f} forgets, {j} clock jumps of 4 h in {secs} s; {} snapshots left, all restore exactly",
+        saved.len(),
+        snaps.len()
+    );
+    assert!(p >= 4 && j >= 6, "the loops ran too little to test anything: {p} prunes, {j} jumps");
+}

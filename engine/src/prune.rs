@@ -132,6 +132,9 @@ fn load_view(repo: &Repository, warnings: &mut Vec<String>) -> Result<View> {
             .and_then(|d| decode_segment(&repo.wk.catalog_key, name, d))
         {
             Ok(body) => from_segments.extend(body),
+            // Superseded and deleted since the listing by another prune, which indexed its
+            // packs anew first; those not listed yet are read from their trailers.
+            Err(Error::Storage(io::StorageError::NotFound { .. })) => {}
             Err(e) => warnings.push(format!("{e}; its packs are read from their trailers")),
         }
     }
@@ -139,7 +142,12 @@ fn load_view(repo: &Repository, warnings: &mut Vec<String>) -> Result<View> {
     let mut sizes = HashMap::new();
     for key in backend.list("packs")? {
         let Some(id) = pack::parse_pack_key(&key) else { continue };
-        sizes.insert(id, backend.size(&key)?);
+        match backend.size(&key) {
+            Ok(size) => sizes.insert(id, size),
+            // Deleted since the listing, by another prune's phase 2.
+            Err(io::StorageError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
         packs.insert(id, Vec::new());
     }
     // Every segment's entries for a pack, merged: a segment written with a backup-only key
@@ -170,16 +178,51 @@ fn load_view(repo: &Repository, warnings: &mut Vec<String>) -> Result<View> {
     Ok(View { packs, sizes, segments, covered, records, refused })
 }
 
-/// Every blob referenced by `snapshots`, walking each distinct tree once.
+/// Every blob referenced by `snapshots`, walking each distinct tree once. A snapshot whose
+/// trees this prune's index cannot read is tried again with the index as it is now: it may
+/// have been committed after the view was loaded (its segment is newer), or another prune may
+/// have deleted the copy the view's index names (a surviving copy is in a newer segment).
 fn referenced(
     repo: &Repository,
     index: &Index,
     snapshots: &[(String, Snapshot)],
     warnings: &mut Vec<String>,
 ) -> Result<HashSet<BlobId>> {
-    let reader = BlobReader::new(repo, index)?;
     let mut seen: HashSet<BlobId> = HashSet::new();
-    for (name, snap) in snapshots {
+    let reader = BlobReader::new(repo, index)?;
+    let failed = walk_references(&reader, snapshots.iter(), &mut seen);
+    if failed.is_empty() {
+        return Ok(seen);
+    }
+    let (now, _) = repo.load_index()?;
+    let reader = BlobReader::new(repo, &now)?;
+    let again = walk_references(&reader, failed.iter().map(|(i, _)| &snapshots[*i]), &mut seen);
+    for (i, e) in again {
+        let name = &snapshots[failed[i].0].0;
+        // Without all of a committed snapshot's references, deleting anything is unsafe.
+        if name.starts_with("snapshots/") {
+            return Err(Error::Invalid(format!(
+                "{name} cannot be read ({e}): prune stops without deleting anything \
+                 (see `bakare check`; `bakare repair snapshots` or `forget` it)"
+            )));
+        }
+        // A pending snapshot whose trees are gone was written too late: its writer found
+        // its view stale and gave it up (or was killed before it could say so, commit.rs);
+        // it protects nothing.
+        warnings.push(format!("{name}: {e}; ignored (an abandoned pending snapshot)"));
+    }
+    Ok(seen)
+}
+
+/// Adds the blobs each of `snapshots` references to `seen` (a snapshot's only when all of them
+/// could be read); returns the position among `snapshots` and the error of those that failed.
+fn walk_references<'s>(
+    reader: &BlobReader,
+    snapshots: impl Iterator<Item = &'s (String, Snapshot)>,
+    seen: &mut HashSet<BlobId>,
+) -> Vec<(usize, Error)> {
+    let mut failures = Vec::new();
+    for (at, (_, snap)) in snapshots.enumerate() {
         // This snapshot's references are merged only when all of them could be read.
         let mut mine: HashSet<BlobId> = HashSet::new();
         let mut stack: Vec<BlobId> = snap.tree.clone();
@@ -208,20 +251,10 @@ fn referenced(
         }
         match failed {
             None => seen.extend(mine),
-            // Without all of a committed snapshot's references, deleting anything is unsafe.
-            Some(e) if name.starts_with("snapshots/") => {
-                return Err(Error::Invalid(format!(
-                    "{name} cannot be read ({e}): prune stops without deleting anything \
-                     (see `bakare check`; `bakare repair snapshots` or `forget` it)"
-                )))
-            }
-            // A pending snapshot whose trees are gone was written too late: its writer found
-            // its view stale and gave it up (or was killed before it could say so, commit.rs);
-            // it protects nothing.
-            Some(e) => warnings.push(format!("{name}: {e}; ignored (an abandoned pending snapshot)")),
+            Some(e) => failures.push((at, e)),
         }
     }
-    Ok(seen)
+    failures
 }
 
 /// What prune starts from: the snapshots whose references are live, and the pending copies
@@ -265,7 +298,12 @@ fn read_roots(repo: &Repository, warnings: &mut Vec<String>) -> Result<Roots> {
     let mut names = repo.backend.list("snapshots")?;
     names.sort();
     for name in names {
-        let data = repo.backend.get(&name)?;
+        let data = match repo.backend.get(&name) {
+            Ok(d) => d,
+            // Forgotten since the listing: its data is no longer protected by it.
+            Err(io::StorageError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
         let s =
             Snapshot::decode(identity, &repo.config.repo_id, &name, &data).map(|(s, _)| s).map_err(|e| {
                 Error::Invalid(format!("{e}: prune stops without deleting anything (see `bakare check`)"))
@@ -344,12 +382,14 @@ impl Verified {
         repo: &Repository,
         view: &View,
         doomed: &HashSet<PackId>,
+        condemned: &HashSet<PackId>,
         holders: &HashMap<BlobId, Vec<PackId>>,
     ) {
         let mut by_pack: BTreeMap<PackId, HashSet<BlobId>> = BTreeMap::new();
         for p in doomed {
             for e in &view.packs[p] {
-                for h in holders.get(&e.id).into_iter().flatten().filter(|h| !doomed.contains(*h)) {
+                let stays = |h: &&PackId| !doomed.contains(*h) && !condemned.contains(*h);
+                for h in holders.get(&e.id).into_iter().flatten().filter(stays) {
                     if !self.seen.contains_key(&(e.id, *h)) {
                         by_pack.entry(*h).or_default().insert(e.id);
                     }
@@ -484,6 +524,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     report.grace_ns = grace;
 
     let mut warnings = Vec::new();
+    // This prune's own view age, on the boot clock (suspends count): phase 2 deletes only
+    // while it is under G/2 (docs/concurrency.md, two prunes at once).
+    let view_ns = crate::clock::boot_ns();
     let view = load_view(repo, &mut warnings)?;
     let roots = read_roots(repo, &mut warnings)?;
     report.snapshots = roots.roots.len() - roots.pending;
@@ -533,6 +576,15 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             live_names.push(name.as_str());
             continue;
         }
+        if !opts.dry_run && !opts.unsafe_now && crate::clock::boot_ns().saturating_sub(view_ns) > grace / 2 {
+            warnings.push(format!(
+                "{name}: this prune's view of the repository is older than half the grace period \
+                 (was it suspended?): it deletes nothing more; the next prune does it"
+            ));
+            live_records.push(rec);
+            live_names.push(name.as_str());
+            continue;
+        }
         let mut doomed: HashSet<PackId> =
             rec.packs.iter().copied().filter(|p| view.packs.contains_key(p)).collect();
         // What each pack about to go holds, by its own trailer (the pack's name is the hash of
@@ -549,6 +601,10 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
                     }
                     own.insert(p, entries);
                 }
+                // Deleted already, by another prune's phase 2.
+                Err(Error::Storage(io::StorageError::NotFound { .. })) => {
+                    doomed.remove(&p);
+                }
                 Err(e) => {
                     doomed.remove(&p);
                     warnings.push(format!("{e}: its trailer cannot be read, so it is kept"));
@@ -558,16 +614,20 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         doomed.extend(gone.iter().copied());
         // Rescue until nothing changes: a pack may go only when every used blob in it also
         // lives in a pack that stays, and that copy has been read and authenticated here: an
-        // index entry is only a claim (a backup-only key can write one for any id).
+        // index entry is only a claim (a backup-only key can write one for any id). A pack
+        // that stays is one no record in this view condemns, due or waiting: another prune
+        // may be deleting a pack whose record is due for it and not yet for this one
+        // (docs/concurrency.md, two prunes at once).
         let mut rescued = Vec::new();
-        verified.prefetch(repo, &view, &doomed, &holders);
+        verified.prefetch(repo, &view, &doomed, &all_condemned, &holders);
         loop {
+            let stays = |h: &PackId| !doomed.contains(h) && !all_condemned.contains(h);
             let save: Vec<PackId> = doomed
                 .iter()
                 .filter(|p| {
                     own.get(*p).unwrap_or(&view.packs[*p]).iter().any(|e| {
                         holders.get(&e.id).is_some_and(|hs| {
-                            !hs.iter().any(|h| !doomed.contains(h) && verified.holds(repo, &view, *h, e))
+                            !hs.iter().any(|h| stays(h) && verified.holds(repo, &view, *h, e))
                         })
                     })
                 })
@@ -656,7 +716,13 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             report.repacked_packs += 1;
             continue;
         }
-        let (id, entries, size) = repack(repo, p, &view.packs[p], &used)?;
+        let (id, entries, size) = match repack(repo, p, &view.packs[p], &used) {
+            Ok(r) => r,
+            // Deleted since the view was loaded: another prune's phase 2 found it condemned
+            // and every used blob in it held elsewhere.
+            Err(Error::Storage(io::StorageError::NotFound { .. })) => continue,
+            Err(e) => return Err(e),
+        };
         report.repacked_bytes_copied += size;
         report.repacked_packs += 1;
         if id != *p {

@@ -350,6 +350,8 @@ impl Repository {
                     };
                     out.push(SnapshotEntry { id, snapshot, signer, standing })
                 }
+                // Forgotten since the listing.
+                Err(Error::Storage(io::StorageError::NotFound { .. })) => {}
                 Err(e) => warnings.push(e.to_string()),
             }
         }
