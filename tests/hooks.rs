@@ -42,8 +42,8 @@ fn release_binaries_ignore_test_hooks() {
             std::env::var_os("CI").is_none(),
             "CI must build a release binary and set BAKARE_RELEASE_BIN"
         );
-        eprintln!(
-            "SKIPPED: set BAKARE_RELEASE_BIN to a release build of bakare to check it ignores test hooks"
+        chaos::testkit::skipped(
+            "set BAKARE_RELEASE_BIN to a release build of bakare to check it ignores test hooks",
         );
         return;
     };

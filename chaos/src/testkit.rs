@@ -456,6 +456,15 @@ pub fn is_root() -> bool {
     my_uid() == 0
 }
 
+/// Says that a test skipped, and why, where the test runner shows it: written straight to
+/// the process's stderr, which libtest does not capture (it captures `eprintln!`, and shows
+/// what a passing test printed only with --nocapture). Every skip goes through here, and
+/// each has a variable that turns it into a failure in CI (`.ci/run`).
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("SKIPPED: {why}\n").as_bytes());
+}
+
 /// Whether a test that needs root can run. Without root it says visibly that it skipped,
 /// unless BAKARE_REQUIRE_ROOT is set (CI runs as root and sets it), which makes that a failure.
 pub fn root_or_skip(what: &str) -> bool {
@@ -466,7 +475,7 @@ pub fn root_or_skip(what: &str) -> bool {
         std::env::var_os("BAKARE_REQUIRE_ROOT").is_none(),
         "{what} needs root, and BAKARE_REQUIRE_ROOT is set"
     );
-    eprintln!("SKIPPED: {what} needs root");
+    skipped(&format!("{what} needs root"));
     false
 }
 
@@ -565,9 +574,9 @@ impl S3Server {
                 std::env::var_os("BAKARE_REQUIRE_S3").is_none(),
                 "s3s-fs is not installed (cargo install s3s-fs --version 0.14.1 --locked --features binary)"
             );
-            eprintln!(
-                "SKIPPED: s3s-fs is not installed; install it with \
-                 `cargo install s3s-fs --version 0.14.1 --locked --features binary` to run the S3 tests"
+            skipped(
+                "s3s-fs is not installed; install it with \
+                 `cargo install s3s-fs --version 0.14.1 --locked --features binary` to run the S3 tests",
             );
             return None;
         };
