@@ -2,9 +2,9 @@
 //! path, from `BAKARE_CRASH=WHEN:WHAT:N[:ACTION]`:
 //! - WHEN: `before` or `after` the operation;
 //! - WHAT: `packs` (committing a pack: "before" leaves the complete temporary file unlinked),
-//!   `index`, `pending`, `snapshots`, `abandoned` (writing such an object; the last one only
-//!   when a writer gives up a pending snapshot). A writer deletes nothing, so there is no
-//!   step to stop at there;
+//!   `index`, `pending`, `snapshots`, `abandoned`, `gc` (writing such an object; `abandoned`
+//!   only when a writer gives up a pending snapshot, `gc` when prune condemns), or `delete`
+//!   (deleting any object: prune, forget and repair delete; a writer never does);
 //! - N: the N-th such operation of the process (1-based);
 //! - ACTION: `kill` (SIGKILL to itself, the default) or `stop` (SIGSTOP to itself: the test
 //!   resumes it with SIGCONT, as a laptop lid would).
@@ -46,7 +46,7 @@ impl CrashPoint {
             "after" => When::After,
             _ => return Err(bad()),
         };
-        if !["packs", "index", "pending", "snapshots", "abandoned"].contains(&parts[1]) {
+        if !["packs", "index", "pending", "snapshots", "abandoned", "gc", "delete"].contains(&parts[1]) {
             return Err(bad());
         }
         let nth: u64 = parts[2].parse().map_err(|_| bad())?;
@@ -78,16 +78,26 @@ impl FaultyBackend {
     }
 }
 
-fn hit(point: &CrashPoint, seen: &AtomicU64, what: &str, when: When) {
+/// Counts an operation of kind `what` (at "before") and acts if it is the chosen one; returns
+/// its number, which the same operation's "after" passes back to `hit_after`. (Reading the
+/// counter again at "after" would take another operation's number when two run at once: two
+/// pack writers committing together made `after:packs:1` miss.)
+fn hit_before(point: &CrashPoint, seen: &AtomicU64, what: &str) -> u64 {
     if point.what != what {
-        return;
+        return 0;
     }
-    // Count each operation once (at "before"), act at the chosen side of the N-th.
-    let n = if when == When::Before {
-        seen.fetch_add(1, Ordering::SeqCst) + 1
-    } else {
-        seen.load(Ordering::SeqCst)
-    };
+    let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+    act(point, what, When::Before, n);
+    n
+}
+
+fn hit_after(point: &CrashPoint, what: &str, n: u64) {
+    if point.what == what {
+        act(point, what, When::After, n);
+    }
+}
+
+fn act(point: &CrashPoint, what: &str, when: When, n: u64) {
     if n == point.nth && when == point.when {
         let sig = match point.action {
             Action::Kill => libc::SIGKILL,
@@ -121,18 +131,18 @@ impl Write for FaultyStaged {
 impl Staged for FaultyStaged {
     fn commit(self: Box<Self>, key: &str) -> io::storage::Result<()> {
         let FaultyStaged { inner, point, seen } = *self;
-        hit(&point, &seen, kind_of(key), When::Before);
+        let n = hit_before(&point, &seen, kind_of(key));
         let r = inner.commit(key);
-        hit(&point, &seen, kind_of(key), When::After);
+        hit_after(&point, kind_of(key), n);
         r
     }
 }
 
 impl Backend for FaultyBackend {
     fn put(&self, key: &str, data: &[u8]) -> io::storage::Result<()> {
-        hit(&self.point, &self.seen, kind_of(key), When::Before);
+        let n = hit_before(&self.point, &self.seen, kind_of(key));
         let r = self.inner.put(key, data);
-        hit(&self.point, &self.seen, kind_of(key), When::After);
+        hit_after(&self.point, kind_of(key), n);
         r
     }
     fn stage(&self) -> io::storage::Result<Box<dyn Staged>> {
@@ -152,7 +162,10 @@ impl Backend for FaultyBackend {
         self.inner.list(dir)
     }
     fn delete(&self, key: &str) -> io::storage::Result<()> {
-        self.inner.delete(key)
+        let n = hit_before(&self.point, &self.seen, "delete");
+        let r = self.inner.delete(key);
+        hit_after(&self.point, "delete", n);
+        r
     }
     fn replace(&self, key: &str, data: &[u8]) -> io::storage::Result<()> {
         self.inner.replace(key, data)
@@ -175,6 +188,7 @@ mod tests {
         assert_eq!(p, CrashPoint { when: When::After, what: "pending".into(), nth: 2, action: Action::Stop });
         assert_eq!(CrashPoint::parse("before:packs:1").unwrap().action, Action::Kill);
         assert_eq!(CrashPoint::parse("after:abandoned:1").unwrap().what, "abandoned");
+        assert_eq!(CrashPoint::parse("before:delete:3").unwrap().what, "delete");
         for bad in [
             "",
             "during:packs:1",

@@ -110,11 +110,11 @@ fn an_interrupted_sync_leaves_a_valid_destination_and_resumes() {
     assert!(o.stderr.contains("another repository"), "{}", o.stderr);
 }
 
-/// The write path's steps, in order, as crash points (see chaos::backend).
-const POINTS: [&str; 9] = [
+/// The write path's steps, in order, as crash points (see chaos::backend): each run stores
+/// new data, so every one of them is reached.
+const POINTS: [&str; 8] = [
     "before:packs:1",
     "after:packs:1",
-    "before:packs:2",
     "before:index:1",
     "after:index:1",
     "before:pending:1",
@@ -136,9 +136,17 @@ fn killed_backups_never_damage_committed_snapshots() {
     let b = Bakare::new(env!("CARGO_BIN_EXE_bakare-faulty"));
     b.ok(&argv!["init"]);
     // (snapshot id, rounds it holds)
-    let mut committed: Vec<(String, Range<usize>)> = Vec::new();
     let cases = 50;
-    let (mut killed, mut at_points) = (0, 0);
+    let (mut killed, mut at_points, mut at_random, mut mid_run) = (0, 0, 0, 0);
+    // How long a whole run takes here (process start to exit), so that a random moment falls
+    // inside one: a first run, then the runs each case makes in full.
+    let timed = |b: &Bakare| {
+        let t0 = std::time::Instant::now();
+        let j = b.ok(&argv!["--json", "run", &src]).json();
+        (j["snapshot"].as_str().unwrap().to_string(), t0.elapsed().as_millis() as u64)
+    };
+    let (first, mut lifetime_ms) = timed(&b);
+    let mut committed: Vec<(String, Range<usize>)> = vec![(first, 0..0)];
     for case in 0..cases {
         let rounds = next_round(&src, case);
         let before = committed.len();
@@ -151,7 +159,11 @@ fn killed_backups_never_damage_committed_snapshots() {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            std::thread::sleep(Duration::from_millis(rng.below(150)));
+            // Within the first half of a run's lifetime.
+            std::thread::sleep(Duration::from_millis(1 + rng.below(lifetime_ms / 2)));
+            at_random += 1;
+            // Whether the kill interrupts anything: the run must still be going.
+            mid_run += usize::from(child.try_wait().unwrap().is_none());
             let _ = child.kill(); // SIGKILL
             let status = child.wait().unwrap();
             killed += usize::from(!status.success());
@@ -163,11 +175,15 @@ fn killed_backups_never_damage_committed_snapshots() {
             c.env("BAKARE_CRASH", point);
             let o = chaos::testkit::run_measured(c);
             let fired = o.stderr.contains("bakare-faulty:");
-            assert!(!fired || o.code == 128 + libc::SIGKILL, "case {case} {point}: {}", o.stderr);
-            assert!(fired || o.code == 0, "case {case} {point}: {}", o.stderr);
-            killed += usize::from(fired);
-            let durable = point == "after:snapshots:1";
-            expect_commit = Some(!fired || durable);
+            assert!(
+                fired && o.code == 128 + libc::SIGKILL,
+                "case {case} {point} did not fire: exit {}, {}\n{}",
+                o.code,
+                o.stdout_str(),
+                o.stderr
+            );
+            killed += 1;
+            expect_commit = Some(point == "after:snapshots:1");
         }
         let list = b.ok(&argv!["--json", "snapshots"]).json();
         for s in list.as_array().unwrap() {
@@ -198,8 +214,9 @@ fn killed_backups_never_damage_committed_snapshots() {
         }
         // The next backup succeeds.
         if case % 4 == 3 {
-            let j = b.ok(&argv!["--json", "run", &src]).json();
-            committed.push((j["snapshot"].as_str().unwrap().to_string(), rounds.clone()));
+            let (id, ms) = timed(&b);
+            lifetime_ms = (lifetime_ms + ms) / 2;
+            committed.push((id, rounds.clone()));
         }
     }
     let j = b.ok(&argv!["--json", "run", &src]).json();
@@ -210,8 +227,96 @@ fn killed_backups_never_damage_committed_snapshots() {
     }
     assert_eq!(b.ok(&argv!["--json", "check", "--read-data"]).json()["ok"], true);
     eprintln!(
-        "{cases} crash cases ({killed} runs killed, {at_points} at write-path steps): \
-         {} snapshots committed, all restore exactly, check clean",
+        "{cases} crash cases ({killed} runs killed: {mid_run} of {at_random} at random moments were \
+         still running (runs take ~{lifetime_ms} ms), {at_points} at write-path steps): {} snapshots \
+         committed, all restore exactly, check clean",
         committed.len() + 1
     );
+    assert!(mid_run * 5 >= at_random * 4, "only {mid_run} of {at_random} random kills interrupted a run");
+}
+
+/// Runs `args` killed at its first, second, ... operation of kind `what` (before it, then
+/// after it) until a run gets through; after every kill, `after` runs. Returns the kills.
+fn kill_at_each(b: &Bakare, args: &[&str], what: &str, mut after: impl FnMut(&str)) -> usize {
+    let mut kills = 0;
+    for n in 1.. {
+        for when in ["before", "after"] {
+            let point = format!("{when}:{what}:{n}");
+            let mut c = b.command(args);
+            c.env("BAKARE_CRASH", &point);
+            let o = chaos::testkit::run_measured(c);
+            if !o.stderr.contains("bakare-faulty:") {
+                assert_eq!(o.code, 0, "{args:?} with {point} never reached: {}", o.stderr);
+                return kills;
+            }
+            assert_eq!(o.code, 128 + libc::SIGKILL, "{args:?} {point}: {}", o.stderr);
+            kills += 1;
+            after(&format!("{args:?} killed {point}"));
+        }
+    }
+    unreachable!()
+}
+
+/// Forget, prune (both phases) and `repair index` killed at each object they write or delete:
+/// eight backups are forgotten down to three and pruned through a full cycle, every command
+/// killed at its first step, then its second, and so on until a run gets through. After every
+/// kill `check` finds no damage and the three snapshots kept restore exactly; at the end
+/// `check --read-data` is clean and the forgotten data is gone.
+#[test]
+fn killed_forgets_prunes_and_repairs_never_damage_what_they_keep() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("base")).unwrap();
+    let mut rng = Rng::new(0xBEEF);
+    for i in 0..40 {
+        let n = rng.below(5000) as usize;
+        fs::write(src.join("base").join(format!("b{i}.txt")), rng.text(n)).unwrap();
+    }
+    let mut b = Bakare::new(env!("CARGO_BIN_EXE_bakare-faulty"));
+    let clock = chaos::testkit::FakeClock::install(&mut b);
+    b.ok(&argv!["init"]);
+    let mut snaps = Vec::new();
+    for round in 0..8 {
+        let rounds = next_round(&src, round);
+        let j = b.ok(&argv!["--json", "run", &src]).json();
+        snaps.push((j["snapshot"].as_str().unwrap().to_string(), rounds));
+    }
+    let kept = snaps[5..].to_vec();
+    let packs_before = chaos::testkit::bytes_under(&b.repo.join("packs"));
+    let intact = |what: &str| {
+        let c = b.ok(&argv!["--json", "check"]).json();
+        assert_eq!(c["ok"], true, "{what}: {c}");
+        for (id, rounds) in &kept {
+            verify(&b, &src, id, rounds);
+        }
+    };
+    let mut report = Vec::new();
+    let mut step = |args: &[&str], what: &str| {
+        let kills = kill_at_each(&b, args, what, &intact);
+        assert!(kills > 0, "{args:?} never reached a {what} step: nothing was tested");
+        report.push(format!("{} {what}: {kills} kills", args.join(" ")));
+    };
+    step(&["forget", "--keep-last", "3"], "delete");
+    let left = b.ok(&argv!["--json", "snapshots"]).json();
+    let ids: Vec<&str> = left.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, kept.iter().map(|(i, _)| i.as_str()).collect::<Vec<_>>());
+    // Phase 1: new segments and a condemnation record.
+    step(&["prune"], "gc");
+    step(&["repair", "index"], "index");
+    // Phase 2, a grace period later: segments, packs and records deleted.
+    clock.advance(25 * chaos::testkit::HOUR_NS);
+    step(&["prune"], "delete");
+    clock.advance(25 * chaos::testkit::HOUR_NS);
+    b.ok(&argv!["prune"]);
+    clock.advance(25 * chaos::testkit::HOUR_NS);
+    b.ok(&argv!["prune"]);
+    let c = b.ok(&argv!["--json", "check", "--read-data"]).json();
+    assert_eq!(c["ok"], true, "{c}");
+    intact("after the last prune");
+    let packs_after = chaos::testkit::bytes_under(&b.repo.join("packs"));
+    assert!(
+        packs_after < packs_before,
+        "the forgotten data is gone: {packs_before} -> {packs_after} bytes of packs"
+    );
+    eprintln!("{}", report.join("; "));
 }
