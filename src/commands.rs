@@ -291,44 +291,47 @@ fn ls(repo: &Repository, json: bool, args: LsArgs) -> Result<u8> {
     }
     let mut first = true;
     let mut stack = vec![(base, reader.entries(&tree, &tally))];
-    while let Some((dir, entries)) = stack.last_mut() {
-        let n = match entries.next() {
-            Ok(Some(n)) => n,
-            Ok(None) => {
-                stack.pop();
-                continue;
+    let mut walk = || -> Result<()> {
+        while let Some((dir, entries)) = stack.last_mut() {
+            let n = match entries.next() {
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    stack.pop();
+                    continue;
+                }
+                Err(e) => bail!("{}: {e} (a damaged snapshot)", dir.display()),
+            };
+            let path = dir.join(OsStr::from_bytes(&n.name));
+            if json {
+                if !first {
+                    out.bytes(b",")?;
+                }
+                out.bytes(node_json(&path, &n).to_string().as_bytes())?;
+            } else if args.long {
+                out.bytes(long_prefix(&n).as_bytes())?;
+                out.path_line("", &path)?;
+            } else {
+                out.path_line("", &path)?;
             }
-            Err(e) => bail!("{}: {e} (a damaged snapshot)", dir.display()),
-        };
-        let path = dir.join(OsStr::from_bytes(&n.name));
-        if json {
-            if !first {
-                out.bytes(b",")?;
+            first = false;
+            if let (true, NodeKind::Dir { subtree }) = (args.recursive, &n.kind) {
+                if stack.len() >= engine::tree::MAX_DEPTH {
+                    let max = engine::tree::MAX_DEPTH;
+                    bail!("{}: deeper than {max} levels (a damaged snapshot)", path.display());
+                }
+                let entries = reader.entries(subtree, &tally);
+                stack.push((path, entries));
             }
-            out.bytes(node_json(&path, &n).to_string().as_bytes())?;
-        } else if args.long {
-            out.bytes(long_prefix(&n).as_bytes())?;
-            out.path_line("", &path)?;
-        } else {
-            out.path_line("", &path)?;
         }
-        first = false;
-        if let (true, NodeKind::Dir { subtree }) = (args.recursive, &n.kind) {
-            if stack.len() >= engine::tree::MAX_DEPTH {
-                bail!(
-                    "{}: deeper than {} levels (a damaged snapshot)",
-                    path.display(),
-                    engine::tree::MAX_DEPTH
-                );
-            }
-            let entries = reader.entries(subtree, &tally);
-            stack.push((path, entries));
-        }
-    }
+        Ok(())
+    };
+    let walked = walk();
+    // Closed whatever happened: what was listed stays valid JSON.
     if json {
         out.line("]")?;
     }
     out.finish()?;
+    walked?;
     Ok(0)
 }
 

@@ -83,10 +83,6 @@ fn memory_ceiling_holds_for_huge_files_and_many_small_ones() {
     eprintln!("{}", report.join("\n"));
 }
 
-fn parse(s: &str) -> u64 {
-    s.trim_end_matches('M').parse::<u64>().unwrap() * MIB
-}
-
 /// A tight budget must be slow, never stuck: large files with small tails (whose chunks share
 /// the large blocks' permits), large files of several blocks (the chunker keeps each block's
 /// tail until the next one is read) with small files read around them, and a budget smaller

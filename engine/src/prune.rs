@@ -525,8 +525,14 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
 
     let mut warnings = Vec::new();
     // This prune's own view age, on the boot clock (suspends count): phase 2 deletes only
-    // while it is under G/2 (docs/concurrency.md, two prunes at once).
+    // while it is under half the shortest grace period any prune may be using (during a
+    // change, another may already act on the new one; docs/concurrency.md, two prunes at
+    // once). Checked before every deletion.
     let view_ns = crate::clock::boot_ns();
+    let guard_ns = config.writer_grace_ns().max(crate::config::MIN_GRACE_SECS as i64 * 1_000_000_000) / 2;
+    let young =
+        || opts.dry_run || opts.unsafe_now || crate::clock::boot_ns().saturating_sub(view_ns) <= guard_ns;
+    let mut stale = false;
     let view = load_view(repo, &mut warnings)?;
     let roots = read_roots(repo, &mut warnings)?;
     report.snapshots = roots.roots.len() - roots.pending;
@@ -576,11 +582,8 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             live_names.push(name.as_str());
             continue;
         }
-        if !opts.dry_run && !opts.unsafe_now && crate::clock::boot_ns().saturating_sub(view_ns) > grace / 2 {
-            warnings.push(format!(
-                "{name}: this prune's view of the repository is older than half the grace period \
-                 (was it suspended?): it deletes nothing more; the next prune does it"
-            ));
+        if stale || !young() {
+            stale = true;
             live_records.push(rec);
             live_names.push(name.as_str());
             continue;
@@ -604,6 +607,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
                 // Deleted already, by another prune's phase 2.
                 Err(Error::Storage(io::StorageError::NotFound { .. })) => {
                     doomed.remove(&p);
+                    gone.insert(p);
                 }
                 Err(e) => {
                     doomed.remove(&p);
@@ -655,6 +659,10 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
                 rescued.iter().map(|p| (*p, own.get(p).unwrap_or(&view.packs[p]).clone())).collect();
             write_segments(repo, &body)?;
             for s in &rec.segments {
+                if !young() {
+                    stale = true;
+                    break;
+                }
                 if let Ok(sz) = repo.backend.size(s) {
                     outcome.freed_bytes += sz;
                 }
@@ -667,18 +675,35 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             if gone.contains(p) {
                 continue;
             }
+            if stale || !young() {
+                stale = true;
+                break;
+            }
             if !opts.dry_run {
                 repo.backend.delete(&pack::pack_key(p))?;
             }
+            gone.insert(*p);
             outcome.deleted_packs += 1;
             outcome.freed_bytes += view.sizes.get(p).copied().unwrap_or(0);
         }
-        gone.extend(doomed);
         rescued_all.extend(rescued);
+        report.phase2.push(outcome);
+        if stale {
+            // Kept: the next prune finishes it.
+            live_records.push(rec);
+            live_names.push(name.as_str());
+            continue;
+        }
         if !opts.dry_run {
             repo.backend.delete(name)?;
         }
-        report.phase2.push(outcome);
+    }
+    if stale {
+        warnings.push(
+            "this prune's view of the repository grew older than half the grace period (was it \
+             suspended?): it stopped deleting; the next prune finishes the job"
+                .into(),
+        );
     }
 
     warnings.append(&mut verified.failures);
@@ -720,7 +745,10 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             Ok(r) => r,
             // Deleted since the view was loaded: another prune's phase 2 found it condemned
             // and every used blob in it held elsewhere.
-            Err(Error::Storage(io::StorageError::NotFound { .. })) => continue,
+            Err(Error::Storage(io::StorageError::NotFound { .. })) => {
+                gone.insert(*p);
+                continue;
+            }
             Err(e) => return Err(e),
         };
         report.repacked_bytes_copied += size;

@@ -90,10 +90,7 @@ impl Drop for DirHandle<'_> {
         if self.has_links.load(Relaxed) {
             let rel = std::mem::take(&mut self.rel);
             let size = rel.len() + std::mem::size_of::<Node>() + node.name.len();
-            if let Err(e) = lock(&self.r.deferred).push((rel, node), size) {
-                let why = format!("cannot keep its metadata for after its hard links: {e}");
-                self.r.fail(&self.path, why);
-            }
+            lock(&self.r.deferred).push((rel, node), size);
         } else if let Err(e) = self.r.dir_meta(&self.fd, &node) {
             self.r.fail(&self.path, format!("cannot set directory metadata: {e}"));
         }

@@ -68,15 +68,19 @@ pub struct Memory {
     /// What each of the two lists of hard links keeps in memory before it spills to a
     /// temporary file (`spill`).
     pub spill: usize,
-    /// Most files with other names whose restored inode is tracked (~48 bytes each).
+    /// Most files with other names whose restored inode is tracked (~48 bytes each); without
+    /// --mem-limit, all of them.
     pub linked: usize,
 }
 
 impl Memory {
-    /// Without --mem-limit: about 280 MiB at most, of which a restore of ordinary trees uses
-    /// little (the 3 GiB mixed corpus peaks under 100 MiB).
+    /// Without --mem-limit: about 230 MiB at most, and ~48 bytes per file with other names
+    /// (every one is tracked, so every hard link is restored as a link), of which a restore of
+    /// ordinary trees uses little (the 3 GiB mixed corpus peaks under 100 MiB).
     pub const DEFAULT: Memory =
-        Memory { cache: 96 << 20, held: MAX_HELD, workers: 4, spill: 16 << 20, linked: 1 << 20 };
+        Memory { cache: 96 << 20, held: MAX_HELD, workers: 4, spill: 16 << 20, linked: usize::MAX };
+    /// The most `within` tracks: what 48 MiB holds.
+    const LINKED_MAX: usize = 1 << 20;
 
     /// A plan within `bytes`, for workers of `worker` bytes each; None when `bytes` cannot
     /// hold one worker and the smallest of everything else (`Memory::least`).
@@ -89,16 +93,18 @@ impl Memory {
         Some(Memory {
             workers: clamp(quarter / worker.max(1), 1, Memory::DEFAULT.workers),
             cache: clamp(quarter, 8 << 20, Memory::DEFAULT.cache),
-            held: clamp(quarter, 4 << 20, Memory::DEFAULT.held),
+            // A real directory's blob of 4,096 entries holds up to ~16 MiB of content lists
+            // (files of ~100 MB each): at least that much.
+            held: clamp(bytes / 3, 16 << 20, Memory::DEFAULT.held),
             spill: clamp(bytes / 16, 1 << 20, Memory::DEFAULT.spill),
-            linked: clamp(bytes / 16 / 48, 4096, Memory::DEFAULT.linked),
+            linked: clamp(bytes / 16 / 48, 4096, Memory::LINKED_MAX),
         })
     }
 
-    /// The least `within` takes: one worker, one 8 MiB cache, 4 MiB of tree entries and the
-    /// lists' smallest parts, each at most a quarter (a sixteenth for the lists).
+    /// The least `within` takes: one worker, a 12 MiB cache, 16 MiB of tree entries and the
+    /// lists' parts, each at most its share.
     pub fn least(worker: u64) -> u64 {
-        (4 * worker).max(32 << 20)
+        (4 * worker).max(48 << 20)
     }
 }
 
@@ -380,9 +386,14 @@ pub fn restore(
                             frame.held = entries_size(&nodes);
                             frame.nodes = nodes.into_iter();
                             if held > memory.held {
+                                let more = if opts.mem_limit.is_some() {
+                                    " (a larger --mem-limit allows more)"
+                                } else {
+                                    ""
+                                };
                                 let why = format!(
                                     "its entries and those of the directories above it take more than \
-                                     {} MiB: refused",
+                                     {} MiB: refused{more}",
                                     memory.held >> 20
                                 );
                                 r.fail(&frame.dir.path, why);
@@ -467,9 +478,7 @@ pub fn restore(
                     let size = std::mem::size_of::<Node>()
                         + dir.rel.len()
                         + entries_size(std::slice::from_ref(&node));
-                    if let Err(e) = links.push((dir.rel.clone(), node), size) {
-                        r.fail(&dir.path, format!("cannot keep the list of hard links: {e}"));
-                    }
+                    links.push((dir.rel.clone(), node), size);
                 }
                 _ => r.special(dir, &node, frame.fresh),
             }
@@ -484,6 +493,7 @@ pub fn restore(
     let (files, bytes) = *lock(&totals);
     result.files = files;
     result.bytes = bytes;
+    let mut spill_failed: Vec<String> = links.failed.iter().map(|e| format!("hard links: {e}")).collect();
     match links.drain() {
         Ok(links) => hard_links(&r, &root, links, &mut result),
         Err(e) => r.fail(&opts.target, format!("cannot read back the list of hard links: {e}")),
@@ -491,6 +501,7 @@ pub fn restore(
     // In the order the walk left them, each directory after those below it: a read-only
     // parent must not stop its children's metadata.
     let deferred = std::mem::replace(&mut *lock(&r.deferred), Spill::new(0));
+    spill_failed.extend(deferred.failed.iter().map(|e| format!("directories waiting for them: {e}")));
     match deferred.drain() {
         Ok(deferred) => {
             for item in deferred {
@@ -515,6 +526,12 @@ pub fn restore(
     result.replaced = r.replaced.load(Relaxed);
     result.kept = r.kept.load(Relaxed);
     result.notes = r.notes();
+    for why in spill_failed {
+        result.notes.push(format!(
+            "a list could not go to a temporary file and was kept in memory, past the memory limit \
+             ({why})"
+        ));
+    }
     let unlisted = r.unlisted.load(Relaxed);
     result.errors = r.errors.into_inner().unwrap_or_else(|p| p.into_inner());
     if unlisted > 0 {
@@ -629,16 +646,18 @@ mod tests {
     #[test]
     fn memory_plans_fit_their_limit_and_a_gigabyte_is_the_default() {
         let worker = 9 << 20;
-        assert_eq!(Memory::least(worker), 36 << 20);
-        assert_eq!(Memory::within((36 << 20) - 1, worker), None);
-        let m = Memory::within(36 << 20, worker).unwrap();
-        assert_eq!((m.workers, m.cache, m.held), (1, 9 << 20, 9 << 20));
+        assert_eq!(Memory::least(worker), 48 << 20);
+        assert_eq!(Memory::within((48 << 20) - 1, worker), None);
+        let m = Memory::within(48 << 20, worker).unwrap();
+        assert_eq!((m.workers, m.cache, m.held), (1, 12 << 20, 16 << 20));
         let total = |m: Memory| m.cache + m.held + m.workers * worker as usize + 2 * m.spill + m.linked * 48;
-        for mib in [36u64, 40, 64, 100, 200, 300] {
+        for mib in [48u64, 64, 100, 200, 300, 1024] {
             let m = Memory::within(mib << 20, worker).unwrap();
             assert!(total(m) as u64 <= mib << 20, "{mib} MiB: {m:?} takes {}", total(m));
         }
-        assert_eq!(Memory::within(1 << 30, worker), Some(Memory::DEFAULT));
+        // A gigabyte is the default, except that the default tracks every hard-linked file.
+        let gib = Memory::within(1 << 30, worker).unwrap();
+        assert_eq!(Memory { linked: usize::MAX, ..gib }, Memory::DEFAULT);
     }
 
     #[test]
