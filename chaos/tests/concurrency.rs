@@ -371,12 +371,25 @@ fn seeded_soak_of_writers_forgets_prunes_and_suspends() {
 /// prune and forget exits 0 (one that finds an object another deleted goes on; a snapshot
 /// committed after its view was loaded is read through a fresh index), every backup commits,
 /// every snapshot left restores exactly what its writer saw, and `check --read-data` is clean.
-/// BAKARE_SOAK_SECONDS (default 30) sets how long the loops run.
+/// BAKARE_SOAK_SECONDS (default 30, 20 on S3) sets how long the loops run.
 #[test]
 fn writers_prunes_and_forgets_run_at_the_same_time() {
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    let secs = std::env::var("BAKARE_SOAK_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    soak_at_once(faulty(), 30);
+}
+
+/// The same on a real S3 server (s3s-fs): listings, NotFound and deletions as object storage
+/// gives them.
+#[test]
+fn writers_prunes_and_forgets_run_at_the_same_time_on_s3() {
+    let Some(server) = chaos::testkit::S3Server::start() else { return };
     let mut b = faulty();
+    server.configure(&mut b, "soak");
+    soak_at_once(b, 20);
+}
+
+fn soak_at_once(mut b: Bakare, default_secs: u64) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let secs = std::env::var("BAKARE_SOAK_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(default_secs);
     let clock = FakeClock::install(&mut b);
     b.ok(&argv!["init"]);
     let dir = tempfile::tempdir().unwrap();
