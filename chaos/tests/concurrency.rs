@@ -288,6 +288,23 @@ fn same_contents(a: &Path, b: &Path) {
     }
 }
 
+/// Every snapshot still in the repository restores exactly what its writer saw (`saved`:
+/// snapshot id, a copy of the source taken before the backup); returns how many there are.
+fn every_snapshot_restores_what_it_saved(b: &Bakare, saved: &[(String, PathBuf)]) -> usize {
+    let list = b.ok(&argv!["--json", "snapshots"]).json();
+    let snaps = list.as_array().unwrap();
+    assert!(!snaps.is_empty());
+    for snap in snaps {
+        let id = snap["id"].as_str().unwrap();
+        let (_, state) = saved.iter().find(|(i, _)| i == id).expect("a snapshot nobody committed");
+        let path = PathBuf::from(snap["paths"][0].as_str().unwrap());
+        let t = tempfile::tempdir().unwrap();
+        b.ok(&argv!["restore", id, "--target", t.path()]);
+        same_contents(state, &restored_path(t.path(), &path));
+    }
+    snaps.len()
+}
+
 #[test]
 fn seeded_soak_of_writers_forgets_prunes_and_suspends() {
     let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
@@ -346,23 +363,11 @@ fn seeded_soak_of_writers_forgets_prunes_and_suspends() {
     clock.advance(25 * HOUR_NS);
     b.ok(&argv!["prune"]);
     no_leftovers(&b, "after the soak");
-    // Every snapshot still in the repository restores what it saved, exactly.
-    let list = b.ok(&argv!["--json", "snapshots"]).json();
-    let snaps = list.as_array().unwrap();
-    assert!(!snaps.is_empty());
-    for s in snaps {
-        let id = s["id"].as_str().unwrap();
-        let (_, state) = saved.iter().find(|(i, _)| i == id).expect("a snapshot nobody committed");
-        let path = PathBuf::from(s["paths"][0].as_str().unwrap());
-        let t = tempfile::tempdir().unwrap();
-        b.ok(&argv!["restore", id, "--target", t.path()]);
-        same_contents(state, &restored_path(t.path(), &path));
-    }
+    let left = every_snapshot_restores_what_it_saved(&b, &saved);
     check_clean(&b, "after the soak");
     eprintln!(
-        "soak: {rounds} rounds, {} snapshots committed, {} remain, all restore exactly",
+        "soak: {rounds} rounds, {} snapshots committed, {left} remain, all restore exactly",
         saved.len(),
-        snaps.len()
     );
 }
 
@@ -445,23 +450,12 @@ fn soak_at_once(mut b: Bakare, default_secs: u64) {
     b.ok(&argv!["prune"]);
     clock.advance(25 * HOUR_NS);
     b.ok(&argv!["prune"]);
-    let list = b.ok(&argv!["--json", "snapshots"]).json();
-    let snaps = list.as_array().unwrap();
-    assert!(!snaps.is_empty());
-    for snap in snaps {
-        let id = snap["id"].as_str().unwrap();
-        let (_, state) = saved.iter().find(|(i, _)| i == id).expect("a snapshot nobody committed");
-        let path = PathBuf::from(snap["paths"][0].as_str().unwrap());
-        let t = tempfile::tempdir().unwrap();
-        b.ok(&argv!["restore", id, "--target", t.path()]);
-        same_contents(state, &restored_path(t.path(), &path));
-    }
+    let left = every_snapshot_restores_what_it_saved(b, &saved);
     check_clean(b, "after writers, prunes and forgets at once");
     let (p, f, j) = (prunes.load(Relaxed), forgets.load(Relaxed), jumps.load(Relaxed));
     eprintln!(
-        "{} backups, {p} prunes, {f} forgets, {j} clock jumps of 4 h in {secs} s; {} snapshots left, all restore exactly",
+        "{} backups, {p} prunes, {f} forgets, {j} clock jumps of 4 h in {secs} s; {left} snapshots left, all restore exactly",
         saved.len(),
-        snaps.len()
     );
     assert!(p >= 4 && j >= 6, "the loops ran too little to test anything: {p} prunes, {j} jumps");
 }

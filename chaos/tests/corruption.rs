@@ -3,8 +3,13 @@
 //! `check --read-data` detects it (deleting a snapshot record is indistinguishable from
 //! `forget`, and deleting the pending copy that a backup leaves beside its committed snapshot
 //! loses nothing: both are counted apart); no restore ever yields a file whose bytes differ from the
-//! source; every file whose restore does not depend on the damaged object restores; and every
-//! lost file is named by `check`. 200 cases by default; BAKARE_CORRUPTION_CASES=N for more.
+//! source; every file whose restore does not depend on the damaged object restores; every
+//! lost file is named by `check`, and every file below a path `check` names did fail to
+//! restore (nothing is named that is not lost). A damage that changes nothing (zeroing zeros)
+//! is counted apart, not as detected. A failed case keeps its damaged repository and a copy of
+//! the key and says how to look at them: the seed alone cannot rebuild the repository (keys and
+//! age's encryption draw fresh randomness). 200 cases by default; BAKARE_CORRUPTION_CASES=N for
+//! more.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -174,6 +179,8 @@ fn run_case(w: &World, seed: u64, counts: &Counts, failures: &Mutex<Vec<String>>
     } else {
         Vec::new()
     };
+    // What really failed to restore: (snapshot object, path).
+    let mut lost: BTreeSet<(String, String)> = BTreeSet::new();
     for (snap, state) in &w.states {
         let target = case_dir.path().join(format!("restore-{}", &snap[..8]));
         let r = run(&argv!["restore", snap, "--target", &target]);
@@ -193,6 +200,7 @@ fn run_case(w: &World, seed: u64, counts: &Counts, failures: &Mutex<Vec<String>>
                 }
                 Err(_) => {
                     counts.lost.fetch_add(1, Ordering::Relaxed);
+                    lost.insert((format!("snapshots/{snap}"), p.clone()));
                     if !f.objects.contains(&name) {
                         fail(format!("{p} does not depend on {name} but was not restored"));
                     }
@@ -207,6 +215,29 @@ fn run_case(w: &World, seed: u64, counts: &Counts, failures: &Mutex<Vec<String>>
                 }
             }
         }
+    }
+    // And the other way: every file below a path check names as lost did fail to restore
+    // (naming `/` for one lost file would pass the check above and mislead its reader).
+    for (snap_obj, a) in &named {
+        let below = |p: &str| p == a || a == "/" || p.starts_with(&format!("{a}/"));
+        for f in w.deps.iter().filter(|f| format!("snapshots/{}", f.snapshot) == *snap_obj) {
+            let p = String::from_utf8(f.path.clone()).unwrap();
+            if below(&p) && !lost.contains(&(snap_obj.clone(), p.clone())) {
+                fail(format!("check named {a} in {snap_obj} as lost, but {p} restored"));
+            }
+        }
+    }
+    // A failed case leaves its damaged repository for a look (the seed alone cannot rebuild
+    // it: keys, pack keys and age's encryption draw fresh randomness every run).
+    if failures.lock().unwrap().iter().any(|f| f.starts_with(&format!("case {seed:#x} "))) {
+        let kept = case_dir.keep();
+        let key = kept.join("bakare.key");
+        fs::copy(key_file(w.b.home.path()), &key).unwrap();
+        fail(format!(
+            "its damaged repository is kept: bakare --repo {} --key {} check --read-data",
+            kept.join("repo").display(),
+            key.display()
+        ));
     }
 }
 

@@ -48,6 +48,18 @@ fn next_round(src: &Path, round: usize) -> Range<usize> {
     round.saturating_sub(KEEP - 1)..round + 1
 }
 
+/// `<dir>/src` with the 40 base files every snapshot holds (`verify` compares them).
+fn base_tree(dir: &Path, seed: u64) -> std::path::PathBuf {
+    let src = dir.join("src");
+    fs::create_dir_all(src.join("base")).unwrap();
+    let mut rng = Rng::new(seed);
+    for i in 0..40 {
+        let n = rng.below(5000) as usize;
+        fs::write(src.join("base").join(format!("b{i}.txt")), rng.text(n)).unwrap();
+    }
+    src
+}
+
 /// Restores `id` and checks it holds exactly the rounds in `rounds` (and the base files).
 fn verify(b: &Bakare, src: &Path, id: &str, rounds: &Range<usize>) {
     let target = tempfile::tempdir().unwrap();
@@ -126,13 +138,8 @@ const POINTS: [&str; 8] = [
 #[test]
 fn killed_backups_never_damage_committed_snapshots() {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    fs::create_dir_all(src.join("base")).unwrap();
+    let src = base_tree(dir.path(), 0xDEAD);
     let mut rng = Rng::new(0xDEAD);
-    for i in 0..40 {
-        let n = rng.below(5000) as usize;
-        fs::write(src.join("base").join(format!("b{i}.txt")), rng.text(n)).unwrap();
-    }
     let b = Bakare::new(env!("CARGO_BIN_EXE_bakare-faulty"));
     b.ok(&argv!["init"]);
     // (snapshot id, rounds it holds)
@@ -265,13 +272,7 @@ fn kill_at_each(b: &Bakare, args: &[&str], what: &str, mut after: impl FnMut(&st
 #[test]
 fn killed_forgets_prunes_and_repairs_never_damage_what_they_keep() {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    fs::create_dir_all(src.join("base")).unwrap();
-    let mut rng = Rng::new(0xBEEF);
-    for i in 0..40 {
-        let n = rng.below(5000) as usize;
-        fs::write(src.join("base").join(format!("b{i}.txt")), rng.text(n)).unwrap();
-    }
+    let src = base_tree(dir.path(), 0xBEEF);
     let mut b = Bakare::new(env!("CARGO_BIN_EXE_bakare-faulty"));
     let clock = chaos::testkit::FakeClock::install(&mut b);
     b.ok(&argv!["init"]);
