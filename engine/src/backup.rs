@@ -458,7 +458,7 @@ fn open_cache(
     let Some(dir) = &opts.cache_dir else { return (None, None, problem) };
     let repo_id = repo.config.repo_id;
     let path = filescache::cache_file(dir, &repo_id, &opts.host, roots);
-    let writer = match CacheWriter::create(&path, &repo_id) {
+    let writer = match CacheWriter::create(&path, &repo_id, filescache::cache_key(&repo.wk.catalog_key)) {
         Ok(w) => Some(w),
         Err(e) => {
             warnings.push(format!(
@@ -468,7 +468,7 @@ fn open_cache(
             None
         }
     };
-    let reader = match CacheReader::open(&path, &repo_id) {
+    let reader = match CacheReader::open(&path, &repo_id, filescache::cache_key(&repo.wk.catalog_key)) {
         Ok(r) => r,
         Err(why) => {
             warnings.push(format!("{why}; reading every file"));

@@ -33,7 +33,7 @@ impl Secret32 {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
-    fn derive(&self, context: &str) -> Secret32 {
+    pub fn derive(&self, context: &str) -> Secret32 {
         Secret32(blake3::derive_key(context, &self.0))
     }
 }

@@ -13,11 +13,16 @@
 //! directory and every entry in it are unchanged, the next run reuses that tree instead of
 //! encoding and hashing it again.
 //!
-//! Format: `"BKFCACHE" | version u8 (2) | repository id [16]`, then records
-//! `len u32 LE | postcard(Record) | XXH3-64(body) LE`. Version 1 (files only, BLAKE3 sums) is
-//! read as no cache: the run after an upgrade reads every file once. (XXH3 rather than BLAKE3:
-//! a checksum against damage is all a local cache needs, and BLAKE3 on ~100-byte records was
-//! 7 % of a no-change run over 100,000 files.)
+//! Format: `"BKFCACHE" | version u8 (3) | repository id [16] | nonce prefix [8]`, then the
+//! records sealed in blocks of up to 64 KiB of plaintext: `len u32 LE | AES-256-GCM(files
+//! cache key, nonce = prefix | block index u32 BE, aad = header | index u32 LE | last u8)`.
+//! The key is derived from the writer key, so only the machine's own key reads it: paths,
+//! sizes, times and inodes are not left in the clear beside the repository's secrets. The last
+//! block says it is last, so a cut file is seen as cut. Inside, records are
+//! `len u32 LE | postcard(Record) | XXH3-64(body) LE`. Versions 1 and 2 (unsealed) are read as
+//! no cache: the run after an upgrade reads every file once. (XXH3 rather than BLAKE3: a
+//! checksum against damage is all a local cache needs, and BLAKE3 on ~100-byte records was 7 %
+//! of a no-change run over 100,000 files.)
 use std::cmp::Ordering;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
@@ -25,11 +30,167 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use stages::encrypt::BlockCipher;
 use stages::BlobId;
 
 const MAGIC: &[u8; 8] = b"BKFCACHE";
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 const MAX_RECORD: u32 = 64 << 20;
+/// Plaintext bytes per sealed block.
+const BLOCK: usize = 64 << 10;
+/// `MAGIC | VERSION | repository id | nonce prefix`.
+const HEADER: usize = 8 + 1 + 16 + 8;
+
+/// The key the files cache is sealed with, from the writer's catalog key.
+pub fn cache_key(catalog_key: &crate::crypto::Secret32) -> BlockCipher {
+    BlockCipher::new(catalog_key.derive("bakare 2026-12 files cache").as_bytes())
+}
+
+fn block_nonce(head: &[u8; HEADER], index: u32) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[..8].copy_from_slice(&head[HEADER - 8..]);
+    n[8..].copy_from_slice(&index.to_be_bytes());
+    n
+}
+
+fn block_aad(head: &[u8; HEADER], index: u32, last: bool) -> [u8; HEADER + 5] {
+    let mut a = [0u8; HEADER + 5];
+    a[..HEADER].copy_from_slice(head);
+    a[HEADER..HEADER + 4].copy_from_slice(&index.to_le_bytes());
+    a[HEADER + 4] = u8::from(last);
+    a
+}
+
+/// Plaintext written through it is sealed a block at a time (`BLOCK`).
+struct Sealer {
+    out: BufWriter<File>,
+    cipher: BlockCipher,
+    head: [u8; HEADER],
+    block: Vec<u8>,
+    index: u32,
+}
+
+impl Sealer {
+    fn seal_block(&mut self, last: bool) -> io::Result<()> {
+        let mut buf = std::mem::take(&mut self.block);
+        let nonce = block_nonce(&self.head, self.index);
+        self.cipher.seal(nonce, &block_aad(&self.head, self.index, last), &mut buf);
+        self.out.write_all(&(buf.len() as u32).to_le_bytes())?;
+        self.out.write_all(&buf)?;
+        self.index = self.index.checked_add(1).ok_or_else(|| io::Error::other("files cache too large"))?;
+        buf.clear();
+        self.block = buf;
+        Ok(())
+    }
+
+    /// Seals what is left as the last block and hands back the file.
+    fn finish(mut self) -> io::Result<File> {
+        self.seal_block(true)?;
+        self.out.into_inner().map_err(|e| e.into_error())
+    }
+}
+
+impl Write for Sealer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(BLOCK - self.block.len());
+        self.block.extend_from_slice(&buf[..n]);
+        if self.block.len() == BLOCK {
+            self.seal_block(false)?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// The plaintext of a sealed files cache, a block at a time. A block that fails
+/// authentication, or a file that ends before its last block, is an error (the reader then
+/// reads the rest of the tree's files again).
+struct Unsealer {
+    r: Box<dyn BufRead + Send>,
+    cipher: BlockCipher,
+    head: [u8; HEADER],
+    /// The current block: sealed as read, then its plaintext.
+    buf: Vec<u8>,
+    /// What of the plaintext is still to be read.
+    plain: std::ops::Range<usize>,
+    index: u32,
+    done: bool,
+}
+
+impl Unsealer {
+    /// Reads and checks the header: the records' plaintext follows.
+    fn new(
+        mut r: Box<dyn BufRead + Send>,
+        repo_id: &[u8; 16],
+        cipher: BlockCipher,
+    ) -> Result<Unsealer, String> {
+        let mut head = [0u8; HEADER];
+        if r.read_exact(&mut head).is_err()
+            || &head[..8] != MAGIC
+            || head[8] != VERSION
+            || head[9..25] != repo_id[..]
+        {
+            return Err("damaged or from another version".into());
+        }
+        let buf = Vec::with_capacity(BLOCK + 16);
+        Ok(Unsealer { r, cipher, head, buf, plain: 0..0, index: 0, done: false })
+    }
+
+    fn next_block(&mut self) -> io::Result<()> {
+        let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
+        let mut len = [0u8; 4];
+        match self.r.read_exact(&mut len) {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(bad("cut short")),
+            other => other?,
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        if !(16..=BLOCK + 16).contains(&len) {
+            return Err(bad("block length out of range"));
+        }
+        self.buf.resize(len, 0);
+        self.r.read_exact(&mut self.buf).map_err(|_| bad("cut short"))?;
+        let nonce = block_nonce(&self.head, self.index);
+        // The block the file ends with must be the one sealed as last: a file cut at a block
+        // boundary ends with one that is not, and fails here.
+        let last = self.r.fill_buf()?.is_empty();
+        let aad = block_aad(&self.head, self.index, last);
+        let plain_len = match self.cipher.open(nonce, &aad, &mut self.buf) {
+            Some(p) => p.len(),
+            None if last => return Err(bad("cut short or damaged: its last block failed authentication")),
+            None => return Err(bad("a block failed authentication")),
+        };
+        self.plain = 0..plain_len;
+        self.index = self.index.checked_add(1).ok_or_else(|| bad("too many blocks"))?;
+        self.done = last;
+        Ok(())
+    }
+}
+
+impl Read for Unsealer {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let avail = self.fill_buf()?;
+        let n = avail.len().min(out.len());
+        out[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for Unsealer {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.plain.is_empty() && !self.done {
+            self.next_block()?;
+        }
+        Ok(&self.buf[self.plain.clone()])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.plain.start = (self.plain.start + n).min(self.plain.end);
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheEntry {
@@ -125,32 +286,34 @@ pub struct CacheReader {
 }
 
 impl CacheReader {
-    /// Ok(None) when there is no cache yet; Err(why) when it is unusable.
-    pub fn open(path: &Path, repo_id: &[u8; 16]) -> Result<Option<CacheReader>, String> {
+    /// Ok(None) when there is no cache yet; Err(why) when it is unusable. `cipher` is the
+    /// machine's `cache_key`.
+    pub fn open(path: &Path, repo_id: &[u8; 16], cipher: BlockCipher) -> Result<Option<CacheReader>, String> {
         let f = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("files cache {}: {e}", path.display())),
         };
         let r = BufReader::with_capacity(256 << 10, f);
-        Self::from_reader(Box::new(r), repo_id)
+        Self::from_sealed(Box::new(r), repo_id, cipher)
             .map(Some)
             .map_err(|why| format!("files cache {}: {why}", path.display()))
     }
 
-    /// Reads a cache from any stream (the file, or a fuzzer's bytes).
-    pub fn from_reader(mut r: Box<dyn BufRead + Send>, repo_id: &[u8; 16]) -> Result<CacheReader, String> {
-        let mut head = [0u8; 25];
-        if r.read_exact(&mut head).is_err()
-            || &head[..8] != MAGIC
-            || head[8] != VERSION
-            || head[9..] != repo_id[..]
-        {
-            return Err("damaged or from another version".into());
-        }
+    /// A whole cache from any stream (the file, or a fuzzer's bytes), header first.
+    pub fn from_sealed(
+        r: Box<dyn BufRead + Send>,
+        repo_id: &[u8; 16],
+        cipher: BlockCipher,
+    ) -> Result<CacheReader, String> {
+        Ok(Self::from_records(Box::new(Unsealer::new(r, repo_id, cipher)?)))
+    }
+
+    /// Records in the clear, as the sealed blocks hold them.
+    pub fn from_records(r: Box<dyn BufRead + Send>) -> CacheReader {
         let mut c = CacheReader { r, next: None, body: Vec::new(), last: Vec::new(), problem: None };
         c.advance();
-        Ok(c)
+        c
     }
 
     fn read_record(&mut self) -> Result<Option<Record>, String> {
@@ -239,23 +402,30 @@ impl CacheReader {
 }
 
 pub struct CacheWriter {
-    w: BufWriter<File>,
-    tmp: PathBuf,
+    w: Sealer,
+    /// Removed unless committed (a failed run leaves no temporary file behind).
+    tmp: TempName,
     dest: PathBuf,
 }
 
 impl CacheWriter {
-    pub fn create(dest: &Path, repo_id: &[u8; 16]) -> io::Result<CacheWriter> {
+    /// A new cache for `dest`, sealed with `cipher` (`cache_key`), written under a temporary
+    /// name until `commit`.
+    pub fn create(dest: &Path, repo_id: &[u8; 16], cipher: BlockCipher) -> io::Result<CacheWriter> {
         let dir = dest.parent().unwrap_or(Path::new("."));
         ::io::durable::create_private_dir_all(dir)?;
         let tmp = ::io::durable::temp_path(dir);
         // 0600: paths, sizes and inodes of the user's files are nobody else's business.
         let f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        let mut w = BufWriter::with_capacity(256 << 10, f);
-        w.write_all(MAGIC)?;
-        w.write_all(&[VERSION])?;
-        w.write_all(repo_id)?;
-        Ok(CacheWriter { w, tmp, dest: dest.to_path_buf() })
+        let mut out = BufWriter::with_capacity(256 << 10, f);
+        let mut head = [0u8; HEADER];
+        head[..8].copy_from_slice(MAGIC);
+        head[8] = VERSION;
+        head[9..25].copy_from_slice(repo_id);
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut head[25..]);
+        out.write_all(&head)?;
+        let w = Sealer { out, cipher, head, block: Vec::with_capacity(BLOCK + 16), index: 0 };
+        Ok(CacheWriter { w, tmp: TempName(Some(tmp)), dest: dest.to_path_buf() })
     }
 
     pub fn add(&mut self, e: &Record) -> io::Result<()> {
@@ -272,16 +442,40 @@ impl CacheWriter {
     }
 
     /// Replaces the previous cache (a local cache, not a repository object: replacing is fine).
-    pub fn commit(mut self) -> io::Result<()> {
-        self.w.flush()?;
-        self.w.get_ref().sync_all()?;
-        fs::rename(&self.tmp, &self.dest) // Drop then finds no temporary file to remove
+    pub fn commit(self) -> io::Result<()> {
+        let CacheWriter { w, mut tmp, dest } = self;
+        w.finish()?.sync_all()?;
+        if let Some(path) = &tmp.0 {
+            fs::rename(path, &dest)?;
+        }
+        tmp.0 = None; // renamed: nothing left to remove
+        Ok(())
     }
 }
 
-impl Drop for CacheWriter {
+/// A whole sealed cache file holding `records` (as `CacheReader::last_record` gives them), for
+/// the fuzzers' samples.
+pub fn sealed_sample(
+    repo_id: &[u8; 16],
+    catalog_key: &crate::crypto::Secret32,
+    records: &[u8],
+) -> Option<Vec<u8>> {
+    let dir = tempfile::tempdir().ok()?;
+    let p = dir.path().join("files");
+    let mut w = CacheWriter::create(&p, repo_id, cache_key(catalog_key)).ok()?;
+    w.add_raw(records).ok()?;
+    w.commit().ok()?;
+    fs::read(&p).ok()
+}
+
+/// A temporary file, removed when dropped (unless taken out).
+struct TempName(Option<PathBuf>);
+
+impl Drop for TempName {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.tmp);
+        if let Some(p) = &self.0 {
+            let _ = fs::remove_file(p);
+        }
     }
 }
 
@@ -289,6 +483,56 @@ impl Drop for CacheWriter {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn key() -> BlockCipher {
+        BlockCipher::new(&[9; 32])
+    }
+
+    #[test]
+    fn the_cache_is_sealed_and_damage_or_a_cut_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c/files");
+        let id = [5u8; 16];
+        let mut w = CacheWriter::create(&p, &id, key()).unwrap();
+        // Enough records for several blocks.
+        for i in 0..5000u64 {
+            w.add(&Record::File(entry(&format!("/home/secret-name-{i:05}"), i))).unwrap();
+        }
+        w.commit().unwrap();
+        let bytes = fs::read(&p).unwrap();
+        assert!(bytes.len() > 3 * BLOCK);
+        assert!(!bytes.windows(11).any(|w| w == b"secret-name"), "no path in the clear");
+        let mut r = CacheReader::open(&p, &id, key()).unwrap().unwrap();
+        assert_eq!(r.lookup(b"/home/secret-name-04999").unwrap().size, 4999);
+        assert!(r.problem.is_none());
+        // Another key reads nothing: the first block fails.
+        let mut r = CacheReader::open(&p, &id, BlockCipher::new(&[8; 32])).unwrap().unwrap();
+        assert_eq!(r.lookup(b"/home/secret-name-00000"), None);
+        assert!(r.problem.as_deref().unwrap_or("").contains("failed authentication"), "{:?}", r.problem);
+        let reread = |data: &[u8]| {
+            let mut r =
+                CacheReader::from_sealed(Box::new(std::io::Cursor::new(data.to_vec())), &id, key()).unwrap();
+            let found = r.lookup(b"/home/secret-name-04999").is_some();
+            (found, r.problem)
+        };
+        // A flipped byte in the second block: records before it are found, the rest is not.
+        let mut flipped = bytes.clone();
+        flipped[HEADER + BLOCK + 100] ^= 1;
+        let (found, problem) = reread(&flipped);
+        assert!(!found && problem.unwrap().contains("failed authentication"));
+        // Cut at a block boundary: every block that is there opens, but the last one is missing.
+        let first_len = u32::from_le_bytes(bytes[HEADER..HEADER + 4].try_into().unwrap()) as usize;
+        let (found, problem) = reread(&bytes[..HEADER + 4 + first_len]);
+        assert!(!found && problem.unwrap().contains("cut short or damaged"));
+        // Something after the last block: then it is not the last, and fails.
+        let (found, problem) = reread(&[bytes.clone(), vec![0; 3]].concat());
+        assert!(!found && problem.unwrap().contains("failed authentication"));
+        // The unsealed version 2 is no cache.
+        let mut v2 = bytes[..25].to_vec();
+        v2[8] = 2;
+        assert!(CacheReader::from_sealed(Box::new(std::io::Cursor::new(v2)), &id, key()).is_err());
+        assert_eq!(reread(&bytes), (true, None));
+    }
 
     fn entry(path: &str, size: u64) -> CacheEntry {
         CacheEntry {
@@ -315,12 +559,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c/files");
         let id = [5u8; 16];
-        let mut w = CacheWriter::create(&p, &id).unwrap();
+        let mut w = CacheWriter::create(&p, &id, key()).unwrap();
         for (path, size) in [("/a/1", 1), ("/a/2", 2), ("/a/b/3", 3), ("/c", 4)] {
             w.add(&Record::File(entry(path, size))).unwrap();
         }
         w.commit().unwrap();
-        let mut r = CacheReader::open(&p, &id).unwrap().unwrap();
+        let mut r = CacheReader::open(&p, &id, key()).unwrap().unwrap();
         assert_eq!(r.lookup(b"/a/0"), None);
         assert_eq!(r.lookup(b"/a/2").unwrap().size, 2); // /a/1 is gone: skipped
         assert_eq!(r.next_content(), Some(&[[3u8; 32]][..]), "the next record's content");
@@ -330,8 +574,8 @@ mod tests {
         assert_eq!(r.next_content(), None, "nothing after the last record");
         assert_eq!(r.lookup(b"/d"), None);
         assert!(r.problem.is_none());
-        assert!(CacheReader::open(&p, &[6u8; 16]).is_err(), "another repository's cache");
-        assert!(CacheReader::open(&dir.path().join("none"), &id).unwrap().is_none());
+        assert!(CacheReader::open(&p, &[6u8; 16], key()).is_err(), "another repository's cache");
+        assert!(CacheReader::open(&dir.path().join("none"), &id, key()).unwrap().is_none());
     }
 
     fn dir(path: &str, entries: u64) -> Record {
@@ -351,7 +595,7 @@ mod tests {
         let dir_ = tempfile::tempdir().unwrap();
         let p = dir_.path().join("files");
         let id = [5u8; 16];
-        let mut w = CacheWriter::create(&p, &id).unwrap();
+        let mut w = CacheWriter::create(&p, &id, key()).unwrap();
         let recs = [
             Record::File(entry("/d/1", 1)),
             Record::File(entry("/d/e/2", 2)),
@@ -363,7 +607,7 @@ mod tests {
             w.add(r).unwrap();
         }
         w.commit().unwrap();
-        let mut r = CacheReader::open(&p, &id).unwrap().unwrap();
+        let mut r = CacheReader::open(&p, &id, key()).unwrap().unwrap();
         assert_eq!(r.lookup(b"/d/1").unwrap().size, 1);
         // /d/e/2 is gone and /d/e/new is new: the directory's record is still found.
         assert_eq!(r.lookup(b"/d/e/new"), None);
@@ -371,7 +615,7 @@ mod tests {
         assert_eq!(r.lookup(b"/d/f").unwrap().size, 3);
         assert_eq!(r.dir(b"/d").map(Record::Dir), Some(recs[4].clone()));
         // Records copied as they are make the same cache.
-        let mut r = CacheReader::open(&p, &id).unwrap().unwrap();
+        let mut r = CacheReader::open(&p, &id, key()).unwrap().unwrap();
         let mut raw = Vec::new();
         for (i, path) in [b"/d/1".as_slice(), b"/d/e/2"].into_iter().enumerate() {
             assert_eq!(r.lookup(path).map(Record::File), Some(recs[i].clone()));
@@ -380,13 +624,21 @@ mod tests {
         assert!(r.dir(b"/d/e").is_some());
         r.last_record(&mut raw);
         let copy = dir_.path().join("copy");
-        let mut w = CacheWriter::create(&copy, &id).unwrap();
+        let mut w = CacheWriter::create(&copy, &id, key()).unwrap();
         w.add_raw(&raw).unwrap();
         w.add(&recs[3]).unwrap();
         w.add(&recs[4]).unwrap();
         w.commit().unwrap();
-        assert_eq!(fs::read(&copy).unwrap(), fs::read(&p).unwrap());
-        let mut r = CacheReader::open(&p, &id).unwrap().unwrap();
+        // (The same records: each file has its own nonce prefix, so the bytes differ.)
+        let plain = |path: &Path| {
+            let f = BufReader::new(File::open(path).unwrap());
+            let mut v = Vec::new();
+            Unsealer::new(Box::new(f), &id, key()).unwrap().read_to_end(&mut v).unwrap();
+            v
+        };
+        assert_eq!(plain(&copy), plain(&p));
+        assert_ne!(fs::read(&copy).unwrap(), fs::read(&p).unwrap());
+        let mut r = CacheReader::open(&p, &id, key()).unwrap().unwrap();
         // Skipping a whole directory (its files and its record) on the way to a later path.
         assert_eq!(r.lookup(b"/d/f").unwrap().size, 3);
         assert_eq!(r.dir(b"/d/e"), None, "asked out of order: not found, never wrong");
@@ -399,7 +651,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let p = dir.path().join("files");
             let id = [1u8; 16];
-            let mut w = CacheWriter::create(&p, &id).unwrap();
+            let mut w = CacheWriter::create(&p, &id, key()).unwrap();
             let entries: Vec<_> = (0..10).map(|i| entry(&format!("/f{i}"), i)).collect();
             for e in &entries {
                 w.add(&Record::File(e.clone())).unwrap();
@@ -409,7 +661,7 @@ mod tests {
             let at = flip % bytes.len();
             bytes[at] ^= 1 << bit;
             fs::write(&p, &bytes).unwrap();
-            if let Ok(Some(mut r)) = CacheReader::open(&p, &id) {
+            if let Ok(Some(mut r)) = CacheReader::open(&p, &id, key()) {
                 for e in &entries {
                     if let Some(got) = r.lookup(&e.path) {
                         prop_assert_eq!(&got, e);

@@ -118,21 +118,28 @@ pub fn key_file(data: &[u8]) -> bool {
     std::str::from_utf8(data).is_ok_and(|text| Key::decode(text, Path::new("fuzz.key")).is_ok())
 }
 
-/// The records of a files cache (after a valid header); accepted when every record is.
+/// A files cache: raw, a whole sealed file (header and blocks) under the test key; with the
+/// mode bit, its records in the clear (what the blocks hold). Accepted when every record is.
 pub fn files_cache(data: &[u8]) -> bool {
     let repo_id = [7u8; 16];
-    let _ = crate::filescache::CacheReader::from_reader(Box::new(Cursor::new(data.to_vec())), &repo_id);
-    let mut bytes = b"BKFCACHE\x02".to_vec();
-    bytes.extend_from_slice(&repo_id);
-    bytes.extend_from_slice(data);
-    match crate::filescache::CacheReader::from_reader(Box::new(Cursor::new(bytes)), &repo_id) {
-        Ok(mut r) => {
-            // A path after every other in scan order: reads every record.
-            let _ = r.lookup(&[0xff; 64]);
-            r.problem.is_none()
+    let cipher = || crate::filescache::cache_key(&keys().wk.catalog_key);
+    let r = match mode(data) {
+        (false, raw) => {
+            match crate::filescache::CacheReader::from_sealed(
+                Box::new(Cursor::new(raw.to_vec())),
+                &repo_id,
+                cipher(),
+            ) {
+                Ok(r) => r,
+                Err(_) => return false,
+            }
         }
-        Err(_) => false,
-    }
+        (true, plain) => crate::filescache::CacheReader::from_records(Box::new(Cursor::new(plain.to_vec()))),
+    };
+    let mut r = r;
+    // A path after every other in scan order: reads every record.
+    let _ = r.lookup(&[0xff; 64]);
+    r.problem.is_none()
 }
 
 /// The local name catalog (a cache, but parsed like any other format).
@@ -264,7 +271,12 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
                 rec.extend_from_slice(&body);
                 rec.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&body).to_le_bytes());
             }
-            vec![rec]
+            let mut v = vec![sealed(rec.clone())];
+            // And the whole file, sealed as a backup writes it.
+            if let Some(file) = crate::filescache::sealed_sample(&[7; 16], &k.wk.catalog_key, &rec) {
+                v.push([vec![0u8], file].concat());
+            }
+            v
         }
         "catalog" => {
             let c = crate::catalog::Catalog::empty([7; 16]);
