@@ -195,3 +195,40 @@ fn forget_and_prune_need_the_secret_key() {
     // Backing up with it still works.
     b.ok(&argv!["--key", &bk, "run", src.path()]);
 }
+
+/// An old owner-signed config put back (with a shorter grace period than the one writers may
+/// be counting on): a prune on a machine that saw the newer one deletes nothing and says why,
+/// until the owner writes a new config; then it deletes again.
+#[test]
+fn an_old_config_put_back_stops_deletions_until_the_owner_writes_a_new_one() {
+    let mut b = bakare();
+    let clock = FakeClock::install(&mut b);
+    b.ok(&argv!["init"]);
+    // A 1 h config (in force alone once the old 24 h have passed since the change)...
+    b.ok(&argv!["config", "--grace", "1h"]);
+    let old = fs::read(b.repo.join("config")).unwrap();
+    // ...replaced by a 30 h one, which writers now count on.
+    clock.advance(HOUR_NS);
+    b.ok(&argv!["config", "--grace", "30h"]);
+    let src = TestDir::new().file("a.bin", Rng::new(3).bytes(1 << 20));
+    let first = b.ok(&argv!["--json", "run", src.path()]).json()["snapshot"].as_str().unwrap().to_string();
+    b.ok(&argv!["forget", &first]);
+    // Phase 1 condemns the pack; this machine now knows the 30 h config.
+    b.ok(&argv!["prune"]);
+    let packs = repo_bytes(&b.repo, "packs");
+    assert!(packs > 0);
+    // Someone with storage credentials puts the 1 h config back; 25 h later it alone would
+    // let prune delete (its change is over 24 h old), 5 h before the 30 h are up.
+    fs::write(b.repo.join("config"), &old).unwrap();
+    clock.advance(25 * HOUR_NS);
+    let o = b.ok(&argv!["--json", "prune"]);
+    assert_eq!(o.json()["freed_now"], 0, "{}", o.stdout_str());
+    assert!(o.stderr.contains("an old config was put back"), "{}", o.stderr);
+    assert_eq!(repo_bytes(&b.repo, "packs"), packs);
+    // The owner writes a new config: prune deletes again.
+    b.ok(&argv!["config", "--grace", "1h"]);
+    clock.advance(2 * HOUR_NS);
+    let p = b.ok(&argv!["--json", "prune"]).json();
+    assert!(p["freed_now"].as_u64().unwrap() > 0, "{p}");
+    assert!(repo_bytes(&b.repo, "packs") < packs);
+}

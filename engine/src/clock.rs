@@ -56,3 +56,8 @@ pub fn boot_ns() -> i64 {
         .saturating_add(t.tv_nsec as i64)
         .saturating_add(offset_ns())
 }
+
+/// `ns` since the epoch as a UTC time (RFC 3339), for messages.
+pub fn format_ns(ns: i64) -> String {
+    jiff::Timestamp::from_nanosecond(i128::from(ns)).map_or_else(|_| format!("{ns} ns"), |t| t.to_string())
+}

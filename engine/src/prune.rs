@@ -569,6 +569,18 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let mut live_names: Vec<&str> = Vec::new();
     let mut deleted_segments: HashSet<String> = HashSet::new();
     let mut seen = crate::format::seen::Seen::load(opts.state_dir.as_deref(), &repo.config.repo_id);
+    // An older config than one seen before was put back: writers that read the newer one may
+    // count on its grace period, so nothing is deleted until the owner writes a new config.
+    let replayed = seen.config_older_than_seen(config.grace_changed_ns).filter(|_| !opts.unsafe_now);
+    if let Some(newer) = replayed {
+        warnings.push(format!(
+            "config: its grace period last changed at {}, before that of a config this machine saw \
+             ({}): an old config was put back (or written from a clock far behind); prune deletes \
+             nothing until the owner writes a new one (`bakare config --grace ...`)",
+            crate::clock::format_ns(config.grace_changed_ns),
+            crate::clock::format_ns(newer)
+        ));
+    }
     for (name, rec) in &view.records {
         // From the later of its own time and when this machine first saw it: a record put back
         // after it was processed must wait its grace period again.
@@ -582,8 +594,8 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             live_names.push(name.as_str());
             continue;
         }
-        if stale || !young() {
-            stale = true;
+        if replayed.is_some() || stale || !young() {
+            stale = replayed.is_none();
             live_records.push(rec);
             live_names.push(name.as_str());
             continue;

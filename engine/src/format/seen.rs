@@ -4,9 +4,13 @@
 //! one) would be due at once. Prune counts the grace period from the later of the record's
 //! time and when it first saw it.
 //!
-//! Text: `bakare-gc-seen-v1`, then one `<record name> <first seen, ns>` per line. A file that
-//! does not parse is treated as empty: every record counts as first seen now, which only
-//! delays deletions.
+//! It also keeps the newest config this machine has seen (`grace_changed_ns`): an older config
+//! put back (with a shorter grace period that writers reading the newer one do not expect)
+//! makes prune delete nothing until the owner writes a new one.
+//!
+//! Text: `bakare-gc-seen-v1`, then one `<record name> <first seen, ns>` per line, and
+//! `config <grace_changed_ns>`. A file that does not parse is treated as empty: every record
+//! counts as first seen now, which only delays deletions.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -16,13 +20,28 @@ const HEADER: &str = "bakare-gc-seen-v1";
 pub struct Seen {
     pub file: Option<PathBuf>,
     pub first: BTreeMap<String, i64>,
+    /// The newest config seen: when its grace period last changed.
+    pub config: Option<i64>,
 }
 
 impl Seen {
     pub fn load(dir: Option<&Path>, repo_id: &[u8; 16]) -> Seen {
         let file = dir.map(|d| d.join(hex::encode(repo_id)).join("gc-seen"));
         let text = file.as_deref().and_then(|f| std::fs::read_to_string(f).ok()).unwrap_or_default();
-        Seen { file, first: parse(&text).unwrap_or_default() }
+        let (first, config) = parse(&text).unwrap_or_default();
+        Seen { file, first, config }
+    }
+
+    /// Notes a config whose grace period last changed at `changed_ns`; returns the newer one
+    /// seen before, if this one is older (put back, or written from a clock far behind).
+    pub fn config_older_than_seen(&mut self, changed_ns: i64) -> Option<i64> {
+        match self.config {
+            Some(newest) if changed_ns < newest => Some(newest),
+            _ => {
+                self.config = Some(changed_ns);
+                None
+            }
+        }
     }
 
     /// When `name` was first seen; now, if never before.
@@ -38,6 +57,9 @@ impl Seen {
         for (k, v) in &self.first {
             text.push_str(&format!("{k} {v}\n"));
         }
+        if let Some(c) = self.config {
+            text.push_str(&format!("config {c}\n"));
+        }
         if let Some(dir) = file.parent() {
             ::io::durable::create_private_dir_all(dir)?;
         }
@@ -45,20 +67,26 @@ impl Seen {
     }
 }
 
-fn parse(text: &str) -> Option<BTreeMap<String, i64>> {
+type Parsed = (BTreeMap<String, i64>, Option<i64>);
+
+fn parse(text: &str) -> Option<Parsed> {
     let mut lines = text.lines();
     if lines.next()? != HEADER {
         return None;
     }
-    let mut out = BTreeMap::new();
+    let (mut out, mut config) = (BTreeMap::new(), None);
     for line in lines {
         let (k, v) = line.split_once(' ')?;
-        if !k.starts_with("gc/") {
-            return None;
+        let v: i64 = v.parse().ok()?;
+        match k {
+            "config" => config = Some(v),
+            _ if k.starts_with("gc/") => {
+                out.insert(k.to_string(), v);
+            }
+            _ => return None,
         }
-        out.insert(k.to_string(), v.parse().ok()?);
     }
-    Some(out)
+    Some((out, config))
 }
 
 #[cfg(test)]
@@ -76,6 +104,13 @@ mod tests {
         let mut t = Seen::load(Some(dir.path()), &[1; 16]);
         assert_eq!(t.first_seen("gc/a", 99), 10);
         assert_eq!(t.first_seen("gc/b", 99), 99, "gone from the repository: forgotten");
+        // The newest config seen stays; an older one is named.
+        assert_eq!(t.config_older_than_seen(100), None);
+        assert_eq!(t.config_older_than_seen(200), None);
+        t.save(&["gc/a"]).unwrap();
+        let mut u = Seen::load(Some(dir.path()), &[1; 16]);
+        assert_eq!(u.config_older_than_seen(150), Some(200));
+        assert_eq!(u.config_older_than_seen(200), None);
         std::fs::write(dir.path().join(hex::encode([1u8; 16])).join("gc-seen"), "garbage").unwrap();
         assert!(Seen::load(Some(dir.path()), &[1; 16]).first.is_empty());
     }
