@@ -84,3 +84,22 @@ fn sync_relays_a_local_repository_to_s3() {
     b.ok(&argv!["sync", "--from", &url, "--to", &back]);
     restore_from(&b, back.to_str().unwrap(), src.path());
 }
+
+/// A copy made by `sync` has the repository's id but its own config and records: the owner
+/// pruning both, after changing the source's grace period, is never told that an old config
+/// was put back (the local prune state is kept per place, not per id).
+#[test]
+fn pruning_a_repository_and_its_copy_keeps_their_states_apart() {
+    let b = Bakare::new(env!("CARGO_BIN_EXE_bakare"));
+    let src = tree(2);
+    b.ok(&argv!["run", src.path()]);
+    let dest = b.home.path().join("mirror");
+    b.ok(&argv!["sync", "--from", &b.repo, "--to", &dest]);
+    b.ok(&argv!["config", "--grace", "48h"]);
+    for _ in 0..2 {
+        for repo in [b.repo.clone(), dest.clone()] {
+            let o = b.ok(&argv!["--repo", &repo, "prune"]);
+            assert!(!o.stderr.contains("put back"), "{}: {}", repo.display(), o.stderr);
+        }
+    }
+}

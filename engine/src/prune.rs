@@ -529,7 +529,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     // change, another may already act on the new one; docs/concurrency.md, two prunes at
     // once). Checked before every deletion.
     let view_ns = crate::clock::boot_ns();
-    let guard_ns = config.writer_grace_ns().max(crate::config::MIN_GRACE_SECS as i64 * 1_000_000_000) / 2;
+    let guard_ns = config.shortest_grace_ns(now) / 2;
     let young =
         || opts.dry_run || opts.unsafe_now || crate::clock::boot_ns().saturating_sub(view_ns) <= guard_ns;
     let mut stale = false;
@@ -568,7 +568,14 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let mut live_records = Vec::new();
     let mut live_names: Vec<&str> = Vec::new();
     let mut deleted_segments: HashSet<String> = HashSet::new();
-    let mut seen = crate::format::seen::Seen::load(opts.state_dir.as_deref(), &repo.config.repo_id);
+    let place = match &repo.location {
+        crate::repo::Location::Local(p) => {
+            use std::os::unix::ffi::OsStrExt;
+            std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).as_os_str().as_bytes().to_vec()
+        }
+        crate::repo::Location::S3(url) => url.as_bytes().to_vec(),
+    };
+    let mut seen = crate::format::seen::Seen::load(opts.state_dir.as_deref(), &repo.config.repo_id, &place);
     // An older config than one seen before was put back: writers that read the newer one may
     // count on its grace period, so nothing is deleted until the owner writes a new config.
     let replayed = seen.config_older_than_seen(config.grace_changed_ns).filter(|_| !opts.unsafe_now);

@@ -67,6 +67,16 @@ impl Config {
         g.max(secs_ns(MIN_GRACE_SECS))
     }
 
+    /// The shortest grace period some prune may act on at `now_ns`: during a change, the
+    /// shorter of the current and previous ones (another prune may already use the new one),
+    /// after it the current one; never under `MIN_GRACE_SECS`.
+    pub fn shortest_grace_ns(&self, now_ns: i64) -> i64 {
+        let cur = secs_ns(self.grace_secs);
+        let prev = secs_ns(self.grace_prev_secs);
+        let g = if now_ns < self.grace_changed_ns.saturating_add(prev) { cur.min(prev) } else { cur };
+        g.max(secs_ns(MIN_GRACE_SECS))
+    }
+
     /// The grace period a writer assumes: the shorter of the current and previous ones.
     pub fn writer_grace_ns(&self) -> i64 {
         secs_ns(self.grace_secs).min(secs_ns(self.grace_prev_secs))
@@ -82,7 +92,9 @@ impl Config {
             self.grace_secs
         };
         self.grace_secs = secs;
-        self.grace_changed_ns = now_ns;
+        // Never earlier than the change before: a clock behind the last writer's would make
+        // this config look older than that one (prune would take it for one put back).
+        self.grace_changed_ns = now_ns.max(self.grace_changed_ns.saturating_add(1));
     }
 
     /// Version 3, signed by the owner.
@@ -208,6 +220,12 @@ mod tests {
         c.set_grace(48 * 3600, 200 * h);
         assert_eq!(c.prune_grace_ns(200 * h), 48 * h);
         assert_eq!(c.writer_grace_ns(), h);
+        // The shortest in force: the 1 h during the change, then the 48 h alone.
+        assert_eq!(c.shortest_grace_ns(200 * h + h / 2), h);
+        assert_eq!(c.shortest_grace_ns(300 * h), 48 * h);
+        // A change from a clock behind the last one is still stamped after it.
+        c.set_grace(24 * 3600, 150 * h);
+        assert_eq!(c.grace_changed_ns, 200 * h + 1);
         let k = SigningKey::generate();
         assert_eq!(Config::decode(&c.encode(&k), &k.public()).unwrap(), c);
         // A forged short period never shortens prune's wait below the minimum.

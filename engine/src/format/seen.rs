@@ -1,5 +1,7 @@
 //! When this machine first saw each condemnation record (local state, not in the repository):
-//! `$XDG_CACHE_HOME/bakare/<repository id>/gc-seen`. A record's own time is only what it says;
+//! `$XDG_CACHE_HOME/bakare/<repository id>/gc-seen-<BLAKE3(location)[..16 hex]>`, one per
+//! place the repository is kept: a copy made by `sync` has the same id but its own records and
+//! config, and pruning both must not mix them. A record's own time is only what it says;
 //! an old record put back after prune deleted it (anyone with storage credentials can copy
 //! one) would be due at once. Prune counts the grace period from the later of the record's
 //! time and when it first saw it.
@@ -25,8 +27,10 @@ pub struct Seen {
 }
 
 impl Seen {
-    pub fn load(dir: Option<&Path>, repo_id: &[u8; 16]) -> Seen {
-        let file = dir.map(|d| d.join(hex::encode(repo_id)).join("gc-seen"));
+    /// The state of the repository `repo_id` kept at `location` (its path or URL, as bytes).
+    pub fn load(dir: Option<&Path>, repo_id: &[u8; 16], location: &[u8]) -> Seen {
+        let place = blake3::hash(location).to_hex();
+        let file = dir.map(|d| d.join(hex::encode(repo_id)).join(format!("gc-seen-{}", &place[..16])));
         let text = file.as_deref().and_then(|f| std::fs::read_to_string(f).ok()).unwrap_or_default();
         let (first, config) = parse(&text).unwrap_or_default();
         Seen { file, first, config }
@@ -97,22 +101,25 @@ mod tests {
     #[test]
     fn first_sightings_persist_and_forgotten_records_go() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Seen::load(Some(dir.path()), &[1; 16]);
+        let mut s = Seen::load(Some(dir.path()), &[1; 16], b"/r");
         assert_eq!(s.first_seen("gc/a", 10), 10);
         assert_eq!(s.first_seen("gc/b", 20), 20);
         s.save(&["gc/a"]).unwrap();
-        let mut t = Seen::load(Some(dir.path()), &[1; 16]);
+        let mut t = Seen::load(Some(dir.path()), &[1; 16], b"/r");
         assert_eq!(t.first_seen("gc/a", 99), 10);
         assert_eq!(t.first_seen("gc/b", 99), 99, "gone from the repository: forgotten");
         // The newest config seen stays; an older one is named.
         assert_eq!(t.config_older_than_seen(100), None);
         assert_eq!(t.config_older_than_seen(200), None);
         t.save(&["gc/a"]).unwrap();
-        let mut u = Seen::load(Some(dir.path()), &[1; 16]);
+        let mut u = Seen::load(Some(dir.path()), &[1; 16], b"/r");
         assert_eq!(u.config_older_than_seen(150), Some(200));
         assert_eq!(u.config_older_than_seen(200), None);
-        std::fs::write(dir.path().join(hex::encode([1u8; 16])).join("gc-seen"), "garbage").unwrap();
-        assert!(Seen::load(Some(dir.path()), &[1; 16]).first.is_empty());
+        // Another place with the same repository id (a copy made by `sync`) has its own.
+        assert_eq!(Seen::load(Some(dir.path()), &[1; 16], b"/copy").config, None);
+        let file = Seen::load(Some(dir.path()), &[1; 16], b"/r").file.unwrap();
+        std::fs::write(file, "garbage").unwrap();
+        assert!(Seen::load(Some(dir.path()), &[1; 16], b"/r").first.is_empty());
     }
 
     proptest! {
