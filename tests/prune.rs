@@ -224,6 +224,9 @@ fn an_old_config_put_back_stops_deletions_until_the_owner_writes_a_new_one() {
     let o = b.ok(&argv!["--json", "prune"]);
     assert_eq!(o.json()["freed_now"], 0, "{}", o.stdout_str());
     assert!(o.stderr.contains("an old config was put back"), "{}", o.stderr);
+    // Held back, the record is listed as waiting: what it would free is counted for later.
+    assert_eq!(o.json()["waiting"].as_array().unwrap().len(), 1, "{}", o.stdout_str());
+    assert!(o.json()["freed_later"].as_u64().unwrap() > 0, "{}", o.stdout_str());
     assert_eq!(repo_bytes(&b.repo, "packs"), packs);
     // The owner writes a new config: prune deletes again.
     b.ok(&argv!["config", "--grace", "1h"]);

@@ -603,6 +603,10 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         }
         if replayed.is_some() || stale || !young() {
             stale = replayed.is_none();
+            // Due, and held back: listed as waiting (due now), so freed_later counts it.
+            let packs: Vec<_> = rec.packs.iter().filter(|p| view.packs.contains_key(*p)).collect();
+            let bytes = packs.iter().filter_map(|p| view.sizes.get(*p)).sum();
+            report.waiting.push((name.clone(), now, packs.len(), bytes));
             live_records.push(rec);
             live_names.push(name.as_str());
             continue;
@@ -708,7 +712,11 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         rescued_all.extend(rescued);
         report.phase2.push(outcome);
         if stale {
-            // Kept: the next prune finishes it.
+            // Kept: the next prune finishes it. What it deleted is in `deleted`; what is left,
+            // in `waiting`.
+            let left: Vec<_> = doomed.iter().filter(|p| !gone.contains(*p)).collect();
+            let bytes = left.iter().filter_map(|p| view.sizes.get(*p)).sum();
+            report.waiting.push((name.clone(), now, left.len(), bytes));
             live_records.push(rec);
             live_names.push(name.as_str());
             continue;
