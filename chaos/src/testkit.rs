@@ -200,7 +200,12 @@ impl Bakare {
     }
 
     pub fn command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
-        let mut c = Command::new(&self.bin);
+        self.command_of(&self.bin, args)
+    }
+
+    /// `command`, running the binary at `bin` (a copy another user can reach, say).
+    pub fn command_of<S: AsRef<OsStr>>(&self, bin: &Path, args: &[S]) -> Command {
+        let mut c = Command::new(bin);
         c.args(args)
             .env("HOME", self.home.path())
             .env("BAKARE_REPO", &self.repo)

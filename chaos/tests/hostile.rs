@@ -437,16 +437,24 @@ fn restore_unprivileged(w: &World, snap: &str, target: &Path) -> Outcome {
         std::os::unix::fs::lchown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
     }
     fs::set_permissions(w.world.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cmd = w.b.command(&argv![
-        "--repo",
-        shared.join("repo"),
-        "--key",
-        shared.join("key"),
-        "restore",
-        snap,
-        "--target",
-        target
-    ]);
+    // The built binary may sit below a directory only its owner enters (a checkout in a
+    // `mktemp -d`): `nobody` runs a copy.
+    let bin = shared.join("bakare");
+    fs::copy(&w.b.bin, &bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = w.b.command_of(
+        &bin,
+        &argv![
+            "--repo",
+            shared.join("repo"),
+            "--key",
+            shared.join("key"),
+            "restore",
+            snap,
+            "--target",
+            target
+        ],
+    );
     cmd.env("HOME", &shared).uid(NOBODY).gid(NOBODY);
     chaos::testkit::run_measured(cmd)
 }
