@@ -28,10 +28,18 @@ fn workers() -> usize {
 }
 
 pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
+    // Generated from the command line alone: before anything reads a repository location, sets
+    // up keys or installs signal handlers.
+    match &cli.command {
+        Command::Completions(args) => return crate::generate::completions(args),
+        Command::Man(args) => return crate::generate::man_pages(args, cli.json),
+        _ => {}
+    }
     let repo_path = match &cli.repo {
-        Some(p) => Location::parse(p),
+        Some(p) => Location::parse(p)?,
         None => default_repo()?,
     };
+    let default = cli.repo.is_none();
     let key = cli.key.as_deref();
     let trust_all = cli.trust_all;
     let command = cli.passphrase_command.clone();
@@ -44,9 +52,14 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
         repo.trust_all = trust_all;
         Ok(repo)
     };
+    crate::interrupt::install(if matches!(cli.command, Command::Run(_)) {
+        crate::interrupt::RUN
+    } else {
+        crate::interrupt::OTHER
+    })?;
     match cli.command {
         Command::Init(args) => init(&repo_path, key, cli.json, args, cli.passphrase_command.as_deref()),
-        Command::Run(args) => run(&repo_path, key, cli.json, args, source),
+        Command::Run(args) => run(&repo_path, default, key, cli.json, args, source),
         Command::Snapshots => snapshots(&open()?, cli.json),
         Command::Ls(args) => ls(&open()?, cli.json, args),
         Command::Restore(args) => restore(&open()?, cli.json, args),
@@ -60,6 +73,9 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
         Command::Migrate(args) => crate::maintenance::migrate_cmd(&repo_path, key, cli.json, args),
         Command::Find(args) => crate::find::find(&open()?, cli.json, args),
         Command::Diff(args) => crate::diff::diff(&open()?, cli.json, args),
+        // Handled above, before any setup; here for completeness.
+        Command::Completions(args) => crate::generate::completions(&args),
+        Command::Man(args) => crate::generate::man_pages(&args, cli.json),
     }
 }
 
@@ -90,7 +106,7 @@ fn init(
     command: Option<&str>,
 ) -> Result<u8> {
     let passphrase = if args.passphrase { Some(crate::passphrase::new(command)?) } else { None };
-    let repo = crate::init_repo(path, key, passphrase)?;
+    let repo = crate::init_repo(path, key, passphrase, args.force)?;
     announce_init(&repo, json)?;
     if json {
         let v = json!({
@@ -104,8 +120,12 @@ fn init(
     Ok(0)
 }
 
+/// `default`: `path` is the default repository, which `run` creates on first use. Any other
+/// location without a repository is an error: a typo or an unmounted disk must not receive
+/// backups, with a new key, while the real repository gets none.
 fn run(
     path: &Location,
+    default: bool,
     key: Option<&Path>,
     json: bool,
     args: RunArgs,
@@ -113,11 +133,15 @@ fn run(
 ) -> Result<u8> {
     let repo = match crate::open_repo(path, key) {
         Ok(r) => r,
-        Err(Error::NoRepository(_)) if key.is_none() => {
-            let repo = crate::init_repo(path, None, None)?;
+        Err(Error::NoRepository(_)) if key.is_none() && default => {
+            let repo = crate::init_repo(path, None, None, false)?;
             announce_init(&repo, json)?;
             repo
         }
+        Err(Error::NoRepository(at)) if !default => anyhow::bail!(
+            "no repository at {at}: `run` creates only the default repository; one named with \
+             --repo or BAKARE_REPO is created by `bakare init` (is the path right, the disk mounted?)"
+        ),
         Err(e) => return Err(e.into()),
     };
     let read_mode = match args.io_mode {
@@ -140,6 +164,9 @@ fn run(
     let show = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let display = crate::progress::Display::start(opts.progress.clone(), show);
     let r = backup::backup(&repo, opts);
+    if r.is_ok() {
+        crate::interrupt::committed();
+    }
     display.finish();
     let r = r?;
     for w in &r.warnings {
@@ -557,7 +584,7 @@ fn key_cmd(repo: &Repository, json: bool, cmd: KeyCommand) -> Result<u8> {
 }
 
 fn sync(json: bool, args: crate::SyncArgs) -> Result<u8> {
-    let (from, to) = (Location::parse(&args.from), Location::parse(&args.to));
+    let (from, to) = (Location::parse(&args.from)?, Location::parse(&args.to)?);
     if from == to {
         bail!("--from and --to are the same place");
     }

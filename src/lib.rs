@@ -4,6 +4,8 @@
 mod commands;
 mod diff;
 mod find;
+mod generate;
+mod interrupt;
 mod maintenance;
 mod output;
 mod passphrase;
@@ -22,8 +24,9 @@ pub const EXIT_PARTIAL: u8 = 3;
 #[derive(Parser, Debug)]
 #[command(name = "bakare", version, about = "Fast, memory-bounded, encrypted, deduplicating backups")]
 pub struct Cli {
-    /// Repository: a directory, or s3:http(s)://host:port/bucket/prefix
-    /// [default: $XDG_DATA_HOME/bakare/repo]
+    /// Repository: a directory, or s3:https://host[:port]/bucket[/prefix] or s3:host/bucket[/prefix]
+    /// [default: $XDG_DATA_HOME/bakare/repo; `run` creates it on first use, any other
+    /// repository is created by `bakare init`]
     #[arg(long, global = true, env = "BAKARE_REPO")]
     pub repo: Option<std::ffi::OsString>,
     /// Key file [default: $XDG_CONFIG_HOME/bakare/keys/<repository id>.key]
@@ -78,6 +81,10 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Copy the objects another repository location lacks, without any key (relay a NAS to the cloud)
     Sync(SyncArgs),
+    /// Print a shell completion script to stdout (bash, zsh, fish, elvish, powershell)
+    Completions(generate::CompletionsArgs),
+    /// Write a man page for every command and subcommand into DIR (bakare.1, bakare-run.1, ...)
+    Man(generate::ManArgs),
 }
 
 #[derive(Args, Debug)]
@@ -169,6 +176,10 @@ pub struct CheckArgs {
     /// Read only part of the packs: a random percentage (10%) or part n of m (1/5)
     #[arg(long, value_parser = engine::check::Subset::parse, value_name = "10%|n/m")]
     pub read_data_subset: Option<engine::check::Subset>,
+    /// With --read-data: read only the packs this writer stored (a name from `key list`), to
+    /// find what a compromised writer damaged and which snapshots it affects
+    #[arg(long, value_name = "NAME")]
+    pub writer: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -308,6 +319,9 @@ pub struct InitArgs {
     /// BAKARE_PASSPHRASE or --passphrase-command); backup-only keys never need one
     #[arg(long)]
     pub passphrase: bool,
+    /// Create the repository in a directory that holds other files
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -445,8 +459,9 @@ pub(crate) fn init_repo(
     at: &engine::repo::Location,
     key: Option<&std::path::Path>,
     passphrase: Option<engine::secrecy::SecretString>,
+    force: bool,
 ) -> engine::Result<engine::Repository> {
-    engine::Repository::init_with(at.clone(), key, passphrase).map(wrapped)
+    engine::Repository::init_with(at.clone(), key, passphrase, force).map(wrapped)
 }
 
 /// Runs the CLI reading files through `source`, with every repository's storage wrapped by

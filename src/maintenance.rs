@@ -76,6 +76,7 @@ fn print_report(out: &mut Out, r: &CheckReport) -> std::io::Result<()> {
 pub fn check_cmd(repo: &Repository, json: bool, args: CheckArgs) -> Result<u8> {
     let opts = CheckOptions {
         read_data: read_data_choice(args.read_data, args.read_data_subset),
+        writer: args.writer,
         workers: workers(),
     };
     let r = check::check(repo, &opts)?;
@@ -191,6 +192,8 @@ pub fn migrate_cmd(
         let v = json!({
             "dry_run": args.dry_run, "config_from": r.config_from, "config_to": engine::config::VERSION,
             "config": config, "records_removed": r.records_removed, "adopted": adopted, "left_unsigned": r.left,
+            "segments_signed": r.segments_signed, "roster_written": r.roster_written,
+            "segments_left_unsigned": r.segments_left_unsigned,
         });
         out.line(&v.to_string())?;
     } else {
@@ -205,6 +208,16 @@ pub fn migrate_cmd(
         }
         for rec in &r.records_removed {
             out.line(&format!("{would}remove {rec}"))?;
+        }
+        if r.segments_signed > 0 {
+            out.line(&format!(
+                "{would}sign {} unsigned index segments as the owner's (backups deduplicate against \
+                 their packs again; `bakare repair index --read-data` instead vouches only for what it reads)",
+                r.segments_signed
+            ))?;
+        }
+        if r.roster_written > 0 {
+            out.line(&format!("{would}write {} roster entries for registered writers", r.roster_written))?;
         }
         for (old, new, s) in &r.adopted {
             let to =

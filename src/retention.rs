@@ -161,6 +161,7 @@ pub fn prune_cmd(repo: &Repository, json: bool, args: PruneArgs) -> Result<u8> {
             "segments_condemned": r.segments_condemned, "record": r.record,
             "freed_now": r.freed_now(), "freed_later": r.freed_later(),
             "pending_removed": r.pending_removed, "abandoned_removed": r.abandoned_removed,
+            "temp_removed": r.temp_removed, "temp_bytes": r.temp_bytes, "temp_kept": r.temp_kept,
         });
         out.line(&v.to_string())?;
     } else {
@@ -205,6 +206,15 @@ pub fn prune_cmd(repo: &Repository, json: bool, args: PruneArgs) -> Result<u8> {
             out.line(&format!(
                 "{verb} {} pending copies of committed snapshots and {} pending snapshots their writers gave up",
                 r.pending_removed, r.abandoned_removed
+            ))?;
+        }
+        if r.temp_removed + r.temp_kept > 0 {
+            let verb = if args.dry_run { "would remove" } else { "removed" };
+            out.line(&format!(
+                "{verb} {} temporary files of interrupted writes ({}); {} younger than the grace period kept",
+                r.temp_removed,
+                output::size(r.temp_bytes),
+                r.temp_kept
             ))?;
         }
         out.line(&format!(

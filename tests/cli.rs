@@ -71,6 +71,7 @@ fn round_trip_preserves_bytes_and_metadata() {
 
 #[test]
 fn first_run_creates_the_default_repository_and_prints_a_summary() {
+    // The default repository: neither --repo nor BAKARE_REPO.
     let b = bakare();
     let src = odd_tree();
     let out = b.ok(&argv!["run", src.path()]);
@@ -657,4 +658,147 @@ fn a_passphrase_protects_the_secret_key_and_backup_only_keys_need_none() {
     let target = b.home.path().join("r");
     b.ok(&argv!["restore", "latest", "--target", &target]);
     assert_same_tree(src.path(), &restored_path(&target, src.path()));
+}
+
+/// Issue #17: `run` creates only the default repository. Any other location that holds none (a
+/// typo, an unmounted disk, a directory of someone's files, an existing repository's `packs/`)
+/// is an error naming `bakare init`, and nothing is created there; `init` refuses a non-empty
+/// directory unless `--force`. Unknown schemes are refused (nothing on disk) with what is
+/// supported; `./name:...` is a directory.
+#[test]
+fn repositories_are_created_only_when_asked() {
+    let mut b = bakare();
+    b.repo = b.home.path().join("repo"); // given with BAKARE_REPO
+    let src = odd_tree();
+    let o = b.run(&argv!["run", src.path()]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("bakare init"), "{}", o.stderr);
+    assert!(!b.repo.exists());
+    let unmounted = b.home.path().join("mnt/nas-not-mounted/bakare");
+    let o = b.run(&argv!["--repo", &unmounted, "run", src.path()]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(!b.home.path().join("mnt").exists());
+
+    let docs = b.home.path().join("docs");
+    fs::create_dir(&docs).unwrap();
+    fs::write(docs.join("letter.txt"), "dear").unwrap();
+    assert_eq!(b.run(&argv!["--repo", &docs, "run", src.path()]).code, 1);
+    let o = b.run(&argv!["--repo", &docs, "init"]);
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("not empty") && o.stderr.contains("--force"), "{}", o.stderr);
+    assert_eq!(fs::read_dir(&docs).unwrap().count(), 1);
+    b.ok(&argv!["--repo", &docs, "init", "--force"]);
+    b.ok(&argv!["--repo", &docs, "run", src.path()]);
+
+    b.ok(&argv!["init"]);
+    let packs = b.repo.join("packs");
+    let before = fs::read_dir(&packs).unwrap().count();
+    assert_eq!(b.run(&argv!["--repo", &packs, "run", src.path()]).code, 1);
+    assert_eq!(fs::read_dir(&packs).unwrap().count(), before);
+    assert_eq!(b.ok(&argv!["--json", "check"]).json()["ok"], true);
+
+    let cwd = tempfile::tempdir().unwrap();
+    for url in [
+        "sftp:user@host:/p",
+        "rest:http://host:8000/",
+        "rclone:remote:path",
+        "b2:bucket:p",
+        "azure:c:/",
+        "gs:b:/",
+        "swift:c:/",
+        "backup:2024",
+    ] {
+        for cmd in [argv!["init"].to_vec(), argv!["run", src.path()].to_vec()] {
+            let mut c = b.command(&[argv!["--repo", url].to_vec(), cmd].concat());
+            c.current_dir(cwd.path());
+            let o = chaos::testkit::run_measured(c);
+            assert_eq!(o.code, 1, "{url}: {}", o.stderr);
+            assert!(o.stderr.contains("not a kind of repository bakare supports"), "{url}: {}", o.stderr);
+            assert!(o.stderr.contains(&format!("./{url}")), "{url}: {}", o.stderr);
+        }
+    }
+    assert_eq!(fs::read_dir(cwd.path()).unwrap().count(), 0, "nothing created");
+    let mut c = b.command(&argv!["--repo", "./backup:2024", "init"]);
+    c.current_dir(cwd.path());
+    assert_eq!(chaos::testkit::run_measured(c).code, 0);
+    assert!(cwd.path().join("backup:2024/config").exists());
+}
+
+/// A repository location bakare cannot even parse: a command that touched the repository
+/// setup would fail on it.
+const UNPARSABLE_REPO: &str = "sftp:user@host:/p";
+
+/// Issue #17: `completions SHELL` prints a script naming the commands and their flags, for
+/// every shell clap_complete supports, and bash's parses (`bash -n`). It is generated from the
+/// command line alone: no repository is opened or created (even one that cannot be parsed),
+/// HOME is left untouched. An unknown shell is a usage error (exit 2).
+#[test]
+fn completions_for_every_shell_need_no_repository() {
+    let b = bakare();
+    // fish names long flags without their dashes
+    let shells = [
+        ("bash", "--mem-limit"),
+        ("zsh", "--mem-limit"),
+        ("fish", "-l mem-limit"),
+        ("elvish", "--mem-limit"),
+        ("powershell", "--mem-limit"),
+    ];
+    for (shell, flag) in shells {
+        let script = b.ok(&argv!["--repo", UNPARSABLE_REPO, "completions", shell]).stdout_str();
+        assert!(!script.is_empty(), "{shell}: empty script");
+        assert!(script.contains("restore"), "{shell}: no `restore` in {} bytes", script.len());
+        assert!(script.contains(flag), "{shell}: no `{flag}` in {} bytes", script.len());
+    }
+    bash_parses(&b.ok(&argv!["completions", "bash"]).stdout);
+
+    let o = b.run(&argv!["completions", "tcsh"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("possible values"), "{}", o.stderr);
+    assert!(!Bakare::default_repo(b.home.path()).exists());
+    assert_eq!(fs::read_dir(b.home.path()).unwrap().count(), 0, "HOME untouched");
+}
+
+/// `bash -n`: the script parses (skipped, visibly, without bash).
+fn bash_parses(script: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bakare.bash");
+    fs::write(&file, script).unwrap();
+    match std::process::Command::new("bash").arg("-n").arg(&file).output() {
+        Ok(o) => assert!(o.status.success(), "bash -n: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => chaos::testkit::skipped(&format!("bash -n on the completion script: no bash ({e})")),
+    }
+}
+
+/// Issue #17: `man DIR` writes one page per command and subcommand (bakare.1, bakare-run.1,
+/// bakare-key-export.1...), creating DIR, and replaces them when run again; it refuses a DIR
+/// that is a file and leaves it alone. Like `completions`, it needs no repository and leaves
+/// HOME untouched.
+#[test]
+fn man_writes_a_page_per_command_and_needs_no_repository() {
+    let b = bakare();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("share/man/man1");
+    b.ok(&argv!["--repo", UNPARSABLE_REPO, "man", &dir]);
+    for name in ["bakare.1", "bakare-run.1", "bakare-restore.1", "bakare-key-export.1"] {
+        let page = fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(page.starts_with(".TH") || page.starts_with(".ie"), "{name}: {page}");
+    }
+    // roff escapes hyphens: --mem-limit is written \-\-mem\-limit
+    let run = fs::read_to_string(dir.join("bakare-run.1")).unwrap();
+    assert!(run.contains(r"\-\-mem\-limit"), "{run}");
+    assert!(!dir.join("bakare-help.1").exists(), "the pages are the help");
+
+    let again = b.ok(&argv!["--json", "man", &dir]).json();
+    let pages = again["pages"].as_array().unwrap();
+    assert!(pages.iter().any(|p| p == "bakare-repair-snapshots.1"), "{again}");
+    assert_eq!(pages.len(), fs::read_dir(&dir).unwrap().count(), "{again}");
+
+    let file = out.path().join("not-a-dir");
+    fs::write(&file, "mine").unwrap();
+    let o = b.run(&argv!["man", &file]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("is not a directory"), "{}", o.stderr);
+    assert_eq!(fs::read_to_string(&file).unwrap(), "mine");
+    assert!(!Bakare::default_repo(b.home.path()).exists());
+    assert_eq!(fs::read_dir(b.home.path()).unwrap().count(), 0, "HOME untouched");
 }

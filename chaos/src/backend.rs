@@ -176,6 +176,12 @@ impl Backend for FaultyBackend {
     fn exists(&self, key: &str) -> Result<bool, StorageError> {
         self.inner.exists(key)
     }
+    fn leftovers(&self) -> io::storage::Result<Vec<io::Leftover>> {
+        self.inner.leftovers()
+    }
+    fn remove_leftover(&self, name: &str) -> io::storage::Result<bool> {
+        self.inner.remove_leftover(name)
+    }
 }
 
 #[cfg(test)]

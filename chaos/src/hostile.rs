@@ -171,6 +171,40 @@ pub fn forge_config(repo: &Path, key: &Path, how: Signed) {
     r.backend.replace("config", &bytes).unwrap();
 }
 
+/// A decoy pack claiming to hold each of `ids` as data, with garbage in their place, listed by
+/// an index segment signed as `how`: by the writer (what `decoy` writes), by a stranger's key,
+/// or unsigned in the format of before 2026-12. Returns the decoy pack's file name.
+pub fn decoy_signed(repo: &Path, key: &Path, ids: &[BlobId], how: Signed) -> String {
+    let before: std::collections::BTreeSet<String> = list(repo, "index").into_iter().collect();
+    let packs_before: std::collections::BTreeSet<String> = list(repo, "packs").into_iter().collect();
+    decoy(repo, key, ids);
+    let r = Repository::open(repo, Some(key)).unwrap();
+    for name in list(repo, "index").into_iter().filter(|n| !before.contains(n)) {
+        let (_, body) =
+            engine::index::decode_segment(r.segment_keys(), &name, r.backend.get(&name).unwrap()).unwrap();
+        let bytes = match how {
+            Signed::Writer => continue,
+            Signed::Stranger => {
+                let sealer =
+                    engine::index::SegmentSealer { signer: SigningKey::generate(), ..r.sealer().unwrap() };
+                sealer.own(&body).unwrap().1
+            }
+            Signed::Unsigned => {
+                let m = engine::index::MAGIC_V1;
+                engine::crypto::seal_catalog_value(&r.wk.catalog_key, m, m, &body).unwrap()
+            }
+        };
+        r.backend.put(&format!("index/{}", blake3::hash(&bytes).to_hex()), &bytes).unwrap();
+        r.backend.delete(&name).unwrap();
+    }
+    let pack = list(repo, "packs").into_iter().find(|n| !packs_before.contains(n)).unwrap();
+    pack.rsplit('/').next().unwrap().to_string()
+}
+
+fn list(repo: &Path, dir: &str) -> Vec<String> {
+    io::Backend::list(&io::LocalBackend::new(repo), dir).unwrap()
+}
+
 /// A decoy pack (and its index segment) claiming to hold each of `ids` as data, with garbage in
 /// their place.
 pub fn decoy(repo: &Path, key: &Path, ids: &[BlobId]) {
@@ -202,8 +236,17 @@ pub fn downgrade(repo: &Path, full_key: &Path, packs: Vec<[u8; 32]>) -> Vec<Stri
         r.backend.delete(&format!("snapshots/{}", e.id)).unwrap();
         ids.push(id);
     }
+    // Format 2's index segments were unsigned, and no migrate had vouched for them.
+    unsign_index(&r);
     // Format 2 had no registry, and its writers removed their pending copies.
-    for w in r.backend.list("writers").unwrap().into_iter().chain(r.backend.list("pending").unwrap()) {
+    for w in r
+        .backend
+        .list("writers")
+        .unwrap()
+        .into_iter()
+        .chain(r.backend.list("roster").unwrap())
+        .chain(r.backend.list("pending").unwrap())
+    {
         r.backend.delete(&w).unwrap();
     }
     let rec = GcRecord { version: 1, time_ns: 0, host: "old".into(), packs, segments: vec![] };
@@ -213,6 +256,20 @@ pub fn downgrade(repo: &Path, full_key: &Path, packs: Vec<[u8; 32]>) -> Vec<Stri
     r.backend.put(&format!("gc/{}", blake3::hash(&old).to_hex()), &old).unwrap();
     r.backend.replace("config", &out).unwrap();
     ids
+}
+
+/// Turns every index segment of `r` back into the unsigned form of before 2026-12, and removes
+/// the mark that says the owner signed the index: a repository from before signed segments.
+pub fn unsign_index(r: &Repository) {
+    r.backend.delete(engine::index::MARK).unwrap();
+    for name in r.backend.list("index").unwrap() {
+        let (_, body) =
+            engine::index::decode_segment(r.segment_keys(), &name, r.backend.get(&name).unwrap()).unwrap();
+        let m = engine::index::MAGIC_V1;
+        let bytes = engine::crypto::seal_catalog_value(&r.wk.catalog_key, m, m, &body).unwrap();
+        r.backend.put(&format!("index/{}", blake3::hash(&bytes).to_hex()), &bytes).unwrap();
+        r.backend.delete(&name).unwrap();
+    }
 }
 
 /// Index segments (`copies` of them, so that one sorts after the genuine segments) listing each
@@ -227,7 +284,7 @@ pub fn forge_segments_hiding_blobs(repo: &Path, key: &Path, copies: usize) {
         body.push((id, entries.into_iter().filter(|e| e.kind() == Some(BlobKind::Tree)).collect::<Vec<_>>()));
     }
     for _ in 0..copies {
-        let (name, bytes) = engine::index::encode_segment(&r.wk.catalog_key, &body).unwrap();
+        let (name, bytes) = r.sealer().unwrap().own(&body).unwrap();
         r.backend.put(&name, &bytes).unwrap();
     }
 }

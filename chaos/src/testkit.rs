@@ -184,7 +184,9 @@ impl Outcome {
     }
 }
 
-/// The real binary, with a HOME (and so key directory) and repository of its own.
+/// The real binary, with a HOME (and so key directory) and repository of its own: the default
+/// repository of that HOME, which `run` creates on first use (any other location is set with
+/// BAKARE_REPO, and only `init` creates it).
 pub struct Bakare {
     pub bin: PathBuf,
     pub home: tempfile::TempDir,
@@ -195,8 +197,13 @@ pub struct Bakare {
 impl Bakare {
     pub fn new(bin: impl Into<PathBuf>) -> Self {
         let home = tempfile::tempdir().unwrap();
-        let repo = home.path().join("repo");
+        let repo = Self::default_repo(home.path());
         Bakare { bin: bin.into(), home, repo, env: Vec::new() }
+    }
+
+    /// Where the binary puts its default repository, for HOME `home` (no XDG_DATA_HOME).
+    pub fn default_repo(home: &Path) -> PathBuf {
+        home.join(".local/share/bakare/repo")
     }
 
     pub fn command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
@@ -206,10 +213,13 @@ impl Bakare {
     /// `command`, running the binary at `bin` (a copy another user can reach, say).
     pub fn command_of<S: AsRef<OsStr>>(&self, bin: &Path, args: &[S]) -> Command {
         let mut c = Command::new(bin);
-        c.args(args)
-            .env("HOME", self.home.path())
-            .env("BAKARE_REPO", &self.repo)
-            .env_remove("XDG_CONFIG_HOME")
+        c.args(args).env("HOME", self.home.path());
+        if self.repo == Self::default_repo(self.home.path()) {
+            c.env_remove("BAKARE_REPO");
+        } else {
+            c.env("BAKARE_REPO", &self.repo);
+        }
+        c.env_remove("XDG_CONFIG_HOME")
             .env_remove("XDG_DATA_HOME")
             .env_remove("XDG_CACHE_HOME")
             .env_remove("BAKARE_CACHE_DIR")

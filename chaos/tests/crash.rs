@@ -321,3 +321,137 @@ fn killed_forgets_prunes_and_repairs_never_damage_what_they_keep() {
     );
     eprintln!("{}", report.join("; "));
 }
+
+/// Issue #17: an interrupted run says so, and the next run resumes. The run stops itself after
+/// committing its second pack (as a laptop lid would), gets SIGINT, and is resumed: it prints
+/// one line and ends by SIGINT. Its first pack was listed by an index segment at once (the
+/// segment age is 0 here, a minute by default), so the next run stores at most what the
+/// interrupted one did not list; the snapshot restores exactly.
+#[test]
+fn an_interrupted_run_says_so_and_the_next_run_resumes() {
+    use std::os::unix::process::ExitStatusExt;
+    let b = Bakare::new(env!("CARGO_BIN_EXE_bakare-faulty"));
+    b.ok(&argv!["init"]);
+    let src = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(17);
+    for i in 0..3 {
+        fs::write(src.path().join(format!("big-{i}")), rng.bytes(40 << 20)).unwrap();
+    }
+    let total = 120u64 << 20;
+    let mut c = b.command(&argv!["--json", "run", "--workers", "1", src.path()]);
+    c.env("BAKARE_CRASH", "after:packs:2:stop")
+        .env("BAKARE_TEST_SEGMENT_AGE_MS", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let pid = child.id() as i32;
+    let stopped = || {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit(')').next().and_then(|s| s.trim_start().chars().next()) == Some('T')
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !stopped() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before its second pack");
+        assert!(std::time::Instant::now() < deadline, "the run never stopped");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: kill(2) on our own child; no memory is involved.
+    unsafe {
+        assert_eq!(libc::kill(pid, libc::SIGINT), 0);
+        assert_eq!(libc::kill(pid, libc::SIGCONT), 0);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGINT), "{stderr}");
+    assert!(stderr.contains("interrupted by SIGINT"), "{stderr}");
+    assert!(stderr.contains("the next run of the same paths resumes"), "{stderr}");
+    assert!(b.ok(&argv!["--json", "snapshots"]).json().as_array().unwrap().is_empty());
+
+    let j = b.ok(&argv!["--json", "run", "--workers", "1", src.path()]).json();
+    let new = j["new_bytes"].as_u64().unwrap();
+    assert!(new <= total - (30 << 20), "stored {new} of {total} bytes again: {j}");
+    let target = tempfile::tempdir().unwrap();
+    b.ok(&argv!["restore", "latest", "--target", target.path()]);
+    chaos::testkit::assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
+}
+
+fn temp_files(repo: &Path) -> Vec<std::path::PathBuf> {
+    chaos::testkit::files_under(repo)
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".tmp-"))
+        .collect()
+}
+
+/// Issue #17: the temporary files a killed run leaves (a whole pack in `tmp/`, a half-written
+/// object beside its destination) are named by `check` and removed by `prune` once older than
+/// the grace period; younger ones are kept, since a writer suspended mid-write may still
+/// commit them.
+#[test]
+fn prune_removes_temporary_files_of_killed_runs_after_the_grace_period() {
+    let mut b = Bakare::new(env!("CARGO_BIN_EXE_bakare-faulty"));
+    let clock = chaos::testkit::FakeClock::install(&mut b);
+    b.ok(&argv!["init"]);
+    let src = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(23);
+    for i in 0..2 {
+        fs::write(src.path().join(format!("f{i}")), rng.bytes(1 << 20)).unwrap();
+    }
+    let mut c = b.command(&argv!["run", src.path()]);
+    c.env("BAKARE_CRASH", "before:packs:1");
+    assert_ne!(chaos::testkit::run_measured(c).code, 0);
+    fs::write(b.repo.join("index/.tmp-0123456789abcdef01234567"), b"half a segment").unwrap();
+    // Not ours, and never touched: a name `durable::temp_path` does not make, one in a
+    // directory of the user's (a repository made with `init --force`), and a link to a file
+    // outside the repository.
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("precious"), b"mine").unwrap();
+    let theirs = [
+        b.repo.join("index/.tmp-notours"),
+        b.repo.join("photos/.tmp-0123456789abcdef01234567"),
+        b.repo.join("tmp/.tmp-aaaaaaaaaaaaaaaaaaaaaaaa"),
+    ];
+    fs::create_dir(b.repo.join("photos")).unwrap();
+    fs::write(&theirs[0], b"x").unwrap();
+    fs::write(&theirs[1], b"x").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("precious"), &theirs[2]).unwrap();
+    // (each writer thread stages its own pack in tmp/)
+    let ours = || -> Vec<std::path::PathBuf> {
+        temp_files(&b.repo)
+            .into_iter()
+            .filter(|p| !theirs.iter().any(|t| t.ends_with(p)) && !p.starts_with("photos"))
+            .collect()
+    };
+    let left = ours();
+    let n = left.len() as u64;
+    assert!(n >= 2 && left.iter().any(|p| p.starts_with("tmp")), "{left:?}");
+
+    let c = b.run(&argv!["--json", "check"]).json();
+    assert!(c["notes"].to_string().contains(&format!("{n} temporary files of interrupted writes")), "{c}");
+    let p = b.ok(&argv!["--json", "prune"]).json();
+    assert_eq!((p["temp_removed"].as_u64(), p["temp_kept"].as_u64()), (Some(0), Some(n)), "{p}");
+    assert_eq!(ours(), left);
+    let p = b.ok(&argv!["--json", "prune", "--dry-run"]).json();
+    assert_eq!(p["temp_removed"], 0, "{p}");
+
+    clock.advance(25 * chaos::testkit::HOUR_NS);
+    let p = b.ok(&argv!["--json", "prune", "--dry-run"]).json();
+    assert_eq!(p["temp_removed"], n, "{p}");
+    assert_eq!(ours(), left, "a dry run removes nothing");
+    let p = b.ok(&argv!["--json", "prune"]).json();
+    assert_eq!(p["temp_removed"], n, "{p}");
+    assert!(p["temp_bytes"].as_u64().unwrap() > 1 << 20, "{p}");
+    assert!(left.iter().all(|p| !b.repo.join(p).exists()));
+    for t in &theirs {
+        assert!(t.symlink_metadata().is_ok(), "{} was removed", t.display());
+    }
+    assert_eq!(fs::read(outside.path().join("precious")).unwrap(), b"mine");
+    for t in &theirs {
+        fs::remove_file(t).unwrap();
+    }
+    let c = b.ok(&argv!["--json", "check"]).json();
+    assert!(!c["notes"].to_string().contains("temporary files"), "{c}");
+    b.ok(&argv!["run", src.path()]);
+    let target = tempfile::tempdir().unwrap();
+    b.ok(&argv!["restore", "latest", "--target", target.path()]);
+    chaos::testkit::assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
+}

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use chaos::argv;
 use chaos::hostile::{
-    decoy, downgrade, forge_config, forge_gc_record, forge_segments_hiding_blobs, forge_snapshot,
-    forge_snapshot_with, Forger, Signed,
+    decoy, decoy_signed, downgrade, forge_config, forge_gc_record, forge_segments_hiding_blobs,
+    forge_snapshot, forge_snapshot_with, Forger, Signed,
 };
 use chaos::testkit::{assert_same_tree, files_under, random_tree, restored_path, Bakare, FakeClock, HOUR_NS};
 use engine::BlobId;
@@ -346,9 +346,14 @@ fn an_old_repository_works_after_one_migrate() {
     assert_eq!(dry["config_from"], 2);
     assert_eq!(dry["adopted"].as_array().unwrap().len(), 2, "{dry}");
     assert_eq!(dry["records_removed"].as_array().unwrap().len(), 1, "{dry}");
+    let segments = files_under(&s.b.repo.join("index"));
+    assert_eq!(dry["segments_signed"].as_u64(), Some(segments.len() as u64), "{dry}");
     assert_eq!(s.b.run(&argv!["snapshots"]).code, 1, "a dry run changes nothing");
 
+    assert_eq!(files_under(&s.b.repo.join("index")), segments, "a dry run changes nothing");
     let m = s.b.ok(&argv!["--json", "migrate"]).json();
+    // The unsigned segments are the owner's word now: backups deduplicate against them again.
+    assert_eq!(m["segments_signed"].as_u64(), Some(segments.len() as u64), "{m}");
     let olds: BTreeSet<String> =
         m["adopted"].as_array().unwrap().iter().map(|a| a["old"].as_str().unwrap().into()).collect();
     assert_eq!(olds, old_ids.iter().cloned().collect());
@@ -361,6 +366,7 @@ fn an_old_repository_works_after_one_migrate() {
     assert_eq!(s.b.ok(&argv!["--json", "check"]).json()["ok"], true);
     let again = s.b.ok(&argv!["--json", "migrate"]).json();
     assert_eq!((again["config_from"].as_u64(), again["adopted"].as_array().unwrap().len()), (Some(3), 0));
+    assert_eq!(again["segments_signed"], 0, "{again}");
     // the old backup-only key is refused with what to do; a new one works
     let o = s.b.run(&argv!["--key", &old_key, "run", s.snaps[1].1.path()]);
     assert_eq!(o.code, 1);
@@ -369,6 +375,9 @@ fn an_old_repository_works_after_one_migrate() {
     s.b.ok(&argv!["key", "export", "--backup-only", &new_key]);
     s.b.ok(&argv!["--key", &new_key, "run", s.snaps[1].1.path()]);
     assert_eq!(s.b.ok(&argv!["--json", "snapshots"]).json().as_array().unwrap().len(), 3);
+    // (the signed segments at work: the owner's data is not stored again)
+    let again = s.b.ok(&argv!["--json", "run", s.snaps[0].1.path()]).json();
+    assert_eq!(again["new_bytes"], 0, "{again}");
 }
 
 /// Index segments that list the owner's packs with their blobs left out: prune must not take
@@ -502,4 +511,281 @@ fn packs_show_no_blob_boundaries_or_counts_without_a_key() {
     let target = tempfile::tempdir().unwrap();
     b.ok(&argv!["restore", "latest", "--target", target.path()]);
     assert_same_tree(many.path(), &restored_path(target.path(), many.path()));
+}
+
+/// Issue #15, item 4: dedup poisoning is contained. Decoys (garbage under the ids of files the
+/// owner is about to back up) are planted three ways. Backups deduplicate only against packs a
+/// writer in good standing vouches for: the decoys listed by a stranger's segment and by an
+/// unsigned one poison nothing; the one a registered writer vouches for does (the residual
+/// risk) until the writer is revoked. `check --writer NAME --read-data` reads that writer's
+/// packs and names the snapshots its garbage damaged; after `key revoke`, the owner's next
+/// backup stores the data again, and then every snapshot restores exactly, the damaged one too
+/// (a vouched-for copy is read before others). Another writer learns of the revocation from
+/// the roster and stops deduplicating against the revoked writer too, while still
+/// deduplicating against the owner's data.
+#[test]
+fn poisoned_ids_are_stored_again_once_their_writer_is_revoked() {
+    let b = Bakare::new(env!("CARGO_BIN_EXE_bakare-faulty"));
+    b.ok(&argv!["init"]);
+    let laptop = b.home.path().join("laptop.key");
+    b.ok(&argv!["key", "export", "--backup-only", "--name", "laptop", &laptop]);
+    let desktop = b.home.path().join("desktop.key");
+    b.ok(&argv!["key", "export", "--backup-only", "--name", "desktop", &desktop]);
+    let src = tempfile::tempdir().unwrap();
+    random_tree(src.path(), 5, 10);
+    let mut rng = chaos::testkit::Rng::new(11);
+    // Under the minimum chunk size: one blob each, whose id the attacker can compute.
+    let files: Vec<(&str, Vec<u8>)> = ["f", "g", "h"].iter().map(|n| (*n, rng.bytes(100_000))).collect();
+    for (n, data) in &files {
+        fs::write(src.path().join(n), data).unwrap();
+    }
+    let id_key = *engine::Repository::open(&b.repo, Some(&laptop)).unwrap().wk.id_key.as_bytes();
+    let id = |i: usize| stages::hash::blob_id(&id_key, &files[i].1);
+    let laptop_decoy = decoy_signed(&b.repo, &laptop, &[id(0)], Signed::Writer);
+    decoy_signed(&b.repo, &laptop, &[id(1)], Signed::Stranger);
+    decoy_signed(&b.repo, &laptop, &[id(2)], Signed::Unsigned);
+
+    let first = b.ok(&argv!["--json", "run", src.path()]);
+    let first_id = snapshot_of(&first);
+    assert!(first.stderr.contains("listed only by unsigned index segments"), "{}", first.stderr);
+    // g and h were stored; f was taken from laptop's decoy.
+    let target = tempfile::tempdir().unwrap();
+    let o = b.run(&argv!["restore", &first_id, "--target", target.path()]);
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    let restored = restored_path(target.path(), src.path());
+    assert_eq!(fs::read(restored.join("g")).unwrap(), files[1].1);
+    assert_eq!(fs::read(restored.join("h")).unwrap(), files[2].1);
+    assert!(fs::read(restored.join("f")).map_or(true, |d| d != files[0].1));
+
+    // What laptop stored, read back: its decoy, and the owner's snapshot that needs it.
+    let c = b.run(&argv!["--json", "check", "--read-data", "--writer", "laptop"]);
+    assert_eq!(c.code, 3, "{}", c.stderr);
+    let c = c.json();
+    assert_eq!(c["packs_read"], 1, "{c}");
+    assert!(c["damage"].to_string().contains(&laptop_decoy), "{c}");
+    let affected = c["affected"].as_array().unwrap();
+    assert_eq!(affected.len(), 1, "{c}");
+    assert_eq!(affected[0]["snapshot"], format!("snapshots/{first_id}"));
+    assert!(affected[0]["path"].as_str().unwrap().ends_with("/f"), "{c}");
+    assert_eq!(b.run(&argv!["check", "--read-data", "--writer", "nobody-such"]).code, 1);
+    assert_ne!(b.run(&argv!["check", "--writer", "laptop"]).code, 0);
+
+    // Writers deduplicate against each other's data: desktop finds laptop on the roster.
+    let lp = tempfile::tempdir().unwrap();
+    let l = rng.bytes(100_000);
+    fs::write(lp.path().join("l"), &l).unwrap();
+    b.ok(&argv!["--key", &laptop, "run", lp.path()]);
+    let d = b.ok(&argv!["--key", &desktop, "--json", "run", lp.path()]).json();
+    assert_eq!(d["new_bytes"], 0, "{d}");
+
+    // Prune and `repair index` rewrite the index, signed by the owner: each pack keeps its
+    // writer's word (were laptop's packs relayed as the owner's, revoking laptop would not
+    // stop the poisoning below).
+    let p = b.ok(&argv!["--json", "prune"]).json();
+    assert!(p["segments_written"].as_u64().unwrap() >= 2, "{p}");
+    b.ok(&argv!["repair", "index"]);
+    b.ok(&argv!["key", "revoke", "laptop"]);
+    let second = b.ok(&argv!["--json", "run", src.path()]);
+    // (new_bytes counts file data: trees of the parent directories change with /tmp's mtime)
+    assert_eq!(second.json()["new_bytes"], 100_000, "f's blob is stored again: {}", second.json());
+    for snap in [snapshot_of(&second), first_id.clone()] {
+        let target = tempfile::tempdir().unwrap();
+        b.ok(&argv!["restore", &snap, "--target", target.path()]);
+        assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
+    }
+    let c = b.ok(&argv!["--json", "check"]).json();
+    assert!(c["notes"].to_string().contains("vouched for by no writer in good standing"), "{c}");
+
+    // desktop reads the revocation from the roster: it stores laptop's data again, and a decoy
+    // laptop plants now poisons nothing, while the owner's data still deduplicates.
+    let more = tempfile::tempdir().unwrap();
+    let k = rng.bytes(100_000);
+    fs::write(more.path().join("k"), &k).unwrap();
+    decoy_signed(&b.repo, &laptop, &[stages::hash::blob_id(&id_key, &k)], Signed::Writer);
+    let d = b.ok(&argv!["--key", &desktop, "--json", "run", src.path(), lp.path(), more.path()]).json();
+    assert_eq!(d["new_bytes"], 200_000, "l and k are stored, src deduplicates: {d}");
+    let target = tempfile::tempdir().unwrap();
+    b.ok(&argv!["restore", "latest", "--target", target.path()]);
+    assert_eq!(fs::read(restored_path(target.path(), more.path()).join("k")).unwrap(), k);
+    assert_eq!(fs::read(restored_path(target.path(), lp.path()).join("l")).unwrap(), l);
+}
+
+/// The owner and a registered writer "laptop", with the id of `data` as the attacker computes it.
+fn owner_and_laptop() -> (Bakare, PathBuf) {
+    let b = Bakare::new(env!("CARGO_BIN_EXE_bakare-faulty"));
+    b.ok(&argv!["init"]);
+    let laptop = b.home.path().join("laptop.key");
+    b.ok(&argv!["key", "export", "--backup-only", "--name", "laptop", &laptop]);
+    (b, laptop)
+}
+
+fn blob_id_of(b: &Bakare, key: &std::path::Path, data: &[u8]) -> BlobId {
+    let r = engine::Repository::open(&b.repo, Some(key)).unwrap();
+    stages::hash::blob_id(r.wk.id_key.as_bytes(), data)
+}
+
+/// Backs up a directory holding only `data` (as "f"); returns what it stored anew.
+fn new_bytes_backing_up(b: &Bakare, data: &[u8]) -> u64 {
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("f"), data).unwrap();
+    b.ok(&argv!["--json", "run", d.path()]).json()["new_bytes"].as_u64().unwrap()
+}
+
+/// A stranger's segment lists one of the owner's packs with an extra, forged entry (the id of
+/// a file the owner will back up, at the offset of a real blob). Prune rewrites the index as
+/// the owner, but keeps each segment's word apart: the forged entry stays the stranger's, so
+/// the owner's next backup stores the file rather than reference garbage.
+#[test]
+fn prune_keeps_each_segments_word_apart() {
+    let (b, laptop) = owner_and_laptop();
+    let mut rng = chaos::testkit::Rng::new(3);
+    assert_eq!(new_bytes_backing_up(&b, &rng.bytes(100_000)), 100_000);
+    let f = rng.bytes(100_000);
+    let x = blob_id_of(&b, &laptop, &f);
+    let r = engine::Repository::open(&b.repo, Some(&laptop)).unwrap();
+    let mut body = Vec::new();
+    for key in r.backend.list("packs").unwrap() {
+        let mut entries = engine::pack::read_trailer(r.backend.as_ref(), &r.wk.catalog_key, &key).unwrap();
+        if let Some(y) = entries.iter().find(|e| e.raw_len == 100_000).cloned() {
+            entries.push(engine::pack::BlobEntry { id: x, ..y });
+            body.push((engine::pack::parse_pack_key(&key).unwrap(), entries));
+        }
+    }
+    assert_eq!(body.len(), 1);
+    for signer in [engine::signing::SigningKey::generate(), r.key.snapshot_signer().unwrap()] {
+        let sealer = engine::index::SegmentSealer { signer, ..r.sealer().unwrap() };
+        let (name, bytes) = sealer.own(&body).unwrap();
+        r.backend.put(&name, &bytes).unwrap();
+    }
+    b.ok(&argv!["key", "revoke", "laptop"]);
+    // A second segment of the owner's, so that prune has segments to merge.
+    assert_eq!(new_bytes_backing_up(&b, &rng.bytes(50_000)), 50_000);
+    let p = b.ok(&argv!["--json", "prune"]).json();
+    assert!(p["segments_written"].as_u64().unwrap() >= 1, "{p}");
+    assert_eq!(new_bytes_backing_up(&b, &f), 100_000);
+    let target = tempfile::tempdir().unwrap();
+    b.ok(&argv!["restore", "latest", "--target", target.path()]);
+    let found = chaos::testkit::files_under(target.path())
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "f"))
+        .unwrap();
+    assert_eq!(fs::read(target.path().join(found)).unwrap(), f);
+}
+
+/// A decoy pack whose trailer is damaged, listed by an unsigned segment: `repair index
+/// --read-data` cannot read its blobs, so it must not vouch for it as the owner.
+#[test]
+fn repair_vouches_only_for_what_it_read() {
+    let (b, laptop) = owner_and_laptop();
+    let f = chaos::testkit::Rng::new(4).bytes(100_000);
+    let x = blob_id_of(&b, &laptop, &f);
+    let r = engine::Repository::open(&b.repo, Some(&laptop)).unwrap();
+    let name = decoy_signed(&b.repo, &laptop, &[x], Signed::Unsigned);
+    let key = format!("packs/{}/{name}", &name[..2]);
+    let entries = engine::pack::read_trailer(r.backend.as_ref(), &r.wk.catalog_key, &key).unwrap();
+    let mut data = r.backend.get(&key).unwrap();
+    let n = data.len();
+    data[n - 8 - 4 - 5] ^= 1; // inside the sealed trailer
+    let id: [u8; 32] = *blake3::hash(&data).as_bytes();
+    for s in r.backend.list("index").unwrap() {
+        r.backend.delete(&s).unwrap();
+    }
+    r.backend.delete(&key).unwrap();
+    r.backend.put(&engine::pack::pack_key(&id), &data).unwrap();
+    let m = engine::index::MAGIC_V1;
+    let bytes = engine::crypto::seal_catalog_value(&r.wk.catalog_key, m, m, &vec![(id, entries)]).unwrap();
+    r.backend.put(&format!("index/{}", blake3::hash(&bytes).to_hex()), &bytes).unwrap();
+    let o = b.run(&argv!["--json", "repair", "index", "--read-data"]);
+    assert!(o.stdout_str().contains("listed from the old index instead"), "{}", o.stdout_str());
+    assert_eq!(new_bytes_backing_up(&b, &f), 100_000);
+    // and migrate, after it, does not vouch for what repair could not read
+    assert_eq!(b.ok(&argv!["--json", "migrate"]).json()["segments_signed"], 0);
+    assert_eq!(new_bytes_backing_up(&b, &f), 0, "stored once above");
+}
+
+/// `migrate` vouches for unsigned segments once, for a repository from before signed
+/// segments. In a repository made since (or migrated already), an unsigned segment was planted:
+/// migrate leaves it unvouched and says so, and backups store the data it claims.
+#[test]
+fn migrate_vouches_for_unsigned_segments_once() {
+    let (b, laptop) = owner_and_laptop();
+    let f = chaos::testkit::Rng::new(5).bytes(100_000);
+    decoy_signed(&b.repo, &laptop, &[blob_id_of(&b, &laptop, &f)], Signed::Unsigned);
+    b.ok(&argv!["key", "revoke", "laptop"]);
+    let o = b.ok(&argv!["--json", "migrate"]);
+    let m = o.json();
+    assert_eq!(
+        (m["segments_signed"].as_u64(), m["segments_left_unsigned"].as_u64()),
+        (Some(0), Some(1)),
+        "{m}"
+    );
+    assert!(o.stderr.contains("appeared after the owner signed the index"), "{}", o.stderr);
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("f"), &f).unwrap();
+    let o = b.ok(&argv!["--json", "run", d.path()]);
+    assert!(o.stderr.contains("planted?"), "{}", o.stderr);
+    assert_eq!(o.json()["new_bytes"], 100_000);
+    // A mark that is not the owner's (whoever can delete and write put it there) counts as
+    // signed: it can keep old data from being deduplicated against, never make migrate vouch.
+    fs::write(b.repo.join(engine::index::MARK), b"BKIXMARK not the owner's").unwrap();
+    let o = b.ok(&argv!["--json", "migrate"]);
+    assert_eq!(o.json()["segments_signed"], 0);
+    assert!(o.stderr.contains("is not the owner's mark"), "{}", o.stderr);
+    // And with no mark at all, a revoked writer's unsigned segments are not vouched for either.
+    fs::remove_file(b.repo.join(engine::index::MARK)).unwrap();
+    let o = b.ok(&argv!["--json", "migrate"]);
+    assert_eq!(o.json()["segments_signed"], 0, "{}", o.stderr);
+    assert!(o.stderr.contains("may include a revoked writer's"), "{}", o.stderr);
+}
+
+/// A repository from before signed segments, pruned before the owner migrates: prune relays
+/// the unsigned segments' packs as unsigned (not as nobody's), so `migrate` still vouches for
+/// them and backups deduplicate against the old data again.
+#[test]
+fn prune_before_migrate_keeps_unsigned_packs_for_migrate() {
+    let (b, _) = owner_and_laptop();
+    let mut rng = chaos::testkit::Rng::new(6);
+    let a = tempfile::tempdir().unwrap();
+    fs::write(a.path().join("a"), rng.bytes(100_000)).unwrap();
+    b.ok(&argv!["run", a.path()]);
+    fs::write(a.path().join("b"), rng.bytes(100_000)).unwrap();
+    b.ok(&argv!["run", a.path()]);
+    let full = b.home.path().join("full.key");
+    b.ok(&argv!["key", "export", &full]);
+    chaos::hostile::unsign_index(&engine::Repository::open(&b.repo, Some(&full)).unwrap());
+    let p = b.ok(&argv!["--json", "prune"]).json();
+    assert!(p["segments_written"].as_u64().unwrap() >= 1, "{p}");
+    b.ok(&argv!["prune", "--unsafe-now"]);
+    let m = b.ok(&argv!["--json", "migrate"]).json();
+    assert!(m["segments_signed"].as_u64().unwrap() >= 1, "{m}");
+    let o = b.ok(&argv!["--json", "run", "--no-cache", a.path()]);
+    assert_eq!(o.json()["new_bytes"], 0, "{}", o.stderr);
+}
+
+/// Once compacted, the index stays: prunes with nothing to do write no segments (one set per
+/// voucher is as compact as it gets).
+#[test]
+fn prune_with_nothing_to_do_writes_nothing() {
+    let (b, laptop) = owner_and_laptop();
+    let mut rng = chaos::testkit::Rng::new(7);
+    for key in [None, Some(&laptop)] {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("f"), rng.bytes(100_000)).unwrap();
+        let mut args = argv!["run", d.path()].to_vec();
+        if let Some(k) = key {
+            args.splice(0..0, argv!["--key", k]);
+        }
+        b.ok(&args);
+        b.ok(&args);
+    }
+    let first = b.ok(&argv!["--json", "prune"]).json();
+    assert!(first["segments_written"].as_u64().unwrap() >= 2, "{first}");
+    for _ in 0..2 {
+        let p = b.ok(&argv!["--json", "prune"]).json();
+        assert_eq!(
+            (p["segments_written"].as_u64(), p["segments_condemned"].as_u64()),
+            (Some(0), Some(0)),
+            "{p}"
+        );
+    }
 }

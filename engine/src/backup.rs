@@ -22,7 +22,7 @@ use crate::builder::{Builder, Wiring};
 use crate::commit;
 use crate::error::{Error, Result};
 use crate::filescache::{self, CacheReader, CacheWriter, DirEntry};
-use crate::index::{encode_segment, Index, SessionDedup};
+use crate::index::{Index, SessionDedup, Voucher};
 use crate::pack::PackSink;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
@@ -233,12 +233,13 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
     let (framed_tx, framed_rx) = bounded(8);
     let (sealed_txs, sealed_rxs): (Vec<_>, Vec<_>) = (0..workers).map(|_| bounded(8)).unzip();
 
+    let sealer = repo.sealer()?;
     let sinks: Vec<PackSink> = (0..workers)
         .map(|_| {
             PackSink::new(
                 repo.backend.clone(),
                 repo.key.recipient.clone(),
-                repo.wk.catalog_key.clone(),
+                sealer.clone(),
                 repo.config.pack_size,
             )
         })
@@ -331,13 +332,16 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
         return Err(Error::Pipeline("the backup was cancelled".into()));
     }
 
-    // The segment also lists the packs that only their trailers described (left by a session
-    // that crashed before its segment, or covered by a damaged segment): rule 1 holds for
-    // them too once this snapshot may reference their blobs.
-    let mut packs: Vec<_> = sinks.iter().flat_map(|s| s.packs.iter().cloned()).collect();
-    packs.extend(dedup.index.recovered.iter().cloned());
+    let packs: Vec<_> = sinks.iter().flat_map(|s| s.packs.iter().cloned()).collect();
     if !packs.is_empty() {
-        let (name, bytes) = encode_segment(&repo.wk.catalog_key, &packs)?;
+        let (name, bytes) = sealer.own(&packs)?;
+        repo.backend.put(&name, &bytes)?;
+    }
+    // The packs that only their trailers described (left by a session that crashed before its
+    // segment, or covered by a damaged segment) are listed too, vouched for by nobody: who
+    // wrote them is unknown, so no backup deduplicates against them (this one did not).
+    if !dedup.index.recovered.is_empty() {
+        let (name, bytes) = sealer.seal(&Voucher::Nobody, &dedup.index.recovered)?;
         repo.backend.put(&name, &bytes)?;
     }
     if let Some(p) = cache_problem.lock().unwrap_or_else(|p| p.into_inner()).take() {

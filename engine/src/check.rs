@@ -23,7 +23,7 @@ use stages::{BlobId, BlobKind, BUNDLE_ID};
 use crate::commit::{self, PendingState};
 use crate::crypto::unwrap_key;
 use crate::error::{Error, Result};
-use crate::index::{decode_segment, Index, IndexBuilder};
+use crate::index::{decode_segment, Index, IndexBuilder, Trusted, Voucher};
 use crate::pack::{self, BlobEntry, PackId};
 use crate::repo::{BlobReader, Repository};
 use crate::snapshot::Snapshot;
@@ -78,6 +78,9 @@ impl Subset {
 #[derive(Clone, Debug, Default)]
 pub struct CheckOptions {
     pub read_data: Option<Subset>,
+    /// With `read_data`: read only the packs this writer (by name, as `key list` shows it)
+    /// vouched for, to find what a compromised writer damaged.
+    pub writer: Option<String>,
     pub workers: usize,
 }
 
@@ -136,6 +139,9 @@ pub(crate) struct Survey {
     /// Why each missing pack was expected: the segment that lists it, and how many blobs.
     pub missing_why: Vec<(PackId, String)>,
     pub uncovered: Vec<PackId>,
+    /// Every word segments give for each pack (`Nobody` for packs known only by their
+    /// trailers).
+    pub vouchers: HashMap<PackId, Vec<crate::index::Voucher>>,
 }
 
 fn name_matches(name: &str, data: &[u8]) -> bool {
@@ -178,6 +184,17 @@ pub(crate) fn survey(repo: &Repository, report: &mut CheckReport) -> Result<Surv
     let mut missing_packs = HashSet::new();
     let mut missing_blobs = HashMap::new();
     let mut missing_why = Vec::new();
+    let trusted = match repo.trusted() {
+        Ok((t, warnings)) => {
+            report.notes.extend(warnings);
+            t
+        }
+        Err(e) => {
+            report.damage.push(Damage { object: "writers/".into(), why: e.to_string() });
+            Trusted::default()
+        }
+    };
+    let mut vouchers: HashMap<PackId, Vec<Voucher>> = HashMap::new();
     let mut segments = backend.list("index")?;
     segments.sort();
     for name in segments {
@@ -189,19 +206,24 @@ pub(crate) fn survey(repo: &Repository, report: &mut CheckReport) -> Result<Surv
             }
         };
         let matches = name_matches(&name, &data);
-        let body = decode_segment(&repo.wk.catalog_key, &name, data);
+        let body = decode_segment(repo.segment_keys(), &name, data);
         let mut why = match &body {
             Err(e) => Some(e.to_string()),
             Ok(_) if !matches => Some("content does not match its name".into()),
             Ok(_) => None,
         };
-        if let Ok(packs) = body {
+        if let Ok((voucher, packs)) = body {
+            let vouched = trusted.vouches(&voucher);
             for (p, entries) in packs {
                 covered.insert(p);
+                let v = vouchers.entry(p).or_default();
+                if !v.contains(&voucher) {
+                    v.push(voucher);
+                }
                 if condemned.contains(&p) {
                     // Read last, so surviving copies win; deleted ones are expected.
                     if present.contains_key(&p) {
-                        late.push((p, entries));
+                        late.push((p, entries, vouched));
                     }
                     continue;
                 }
@@ -214,7 +236,7 @@ pub(crate) fn survey(repo: &Repository, report: &mut CheckReport) -> Result<Surv
                     }
                     continue;
                 }
-                index.add_pack(p, &entries);
+                index.add_pack_vouched(p, &entries, vouched);
             }
         }
         if let Some(w) = why.take() {
@@ -230,18 +252,30 @@ pub(crate) fn survey(repo: &Repository, report: &mut CheckReport) -> Result<Surv
             continue;
         }
         uncovered.push(*id);
+        vouchers.insert(*id, vec![Voucher::Nobody]);
         match pack::read_trailer(backend, &repo.wk.catalog_key, key) {
-            Ok(entries) if condemned.contains(id) => late.push((*id, entries)),
-            Ok(entries) => index.add_pack(*id, &entries),
+            Ok(entries) if condemned.contains(id) => late.push((*id, entries, false)),
+            Ok(entries) => index.add_pack_vouched(*id, &entries, false),
             Err(e) => report.damage.push(Damage { object: key.clone(), why: e.to_string() }),
         }
     }
-    for (p, entries) in late {
-        index.add_pack(p, &entries);
+    for (p, entries, vouched) in late {
+        index.add_pack_with(p, &entries, vouched, true);
     }
     let index = index.build();
     missing_blobs.retain(|b, _| !index.contains(b));
-    Ok(Survey { index, condemned, present, missing_blobs, missing_why, uncovered })
+    let unvouched = present
+        .keys()
+        .filter(|p| !vouchers.get(*p).is_some_and(|v| v.iter().any(|v| trusted.vouches(v))))
+        .count();
+    if unvouched > 0 {
+        report.notes.push(format!(
+            "{unvouched} packs are vouched for by no writer in good standing (a revoked or unregistered \
+             writer's, unsigned index segments of before 2026-12, or packs found only by their trailers): \
+             backups do not deduplicate against them"
+        ));
+    }
+    Ok(Survey { index, condemned, present, missing_blobs, missing_why, uncovered, vouchers })
 }
 
 /// What reading one pack found.
@@ -370,10 +404,27 @@ pub(crate) fn verify_packs(
 }
 
 /// Reads the selected packs in parallel.
-fn read_data(repo: &Repository, survey: &Survey, subset: Subset, workers: usize, report: &mut CheckReport) {
+/// With `only`, just the packs that one of those keys vouched for.
+fn read_data(
+    repo: &Repository,
+    survey: &Survey,
+    subset: Subset,
+    only: Option<&HashSet<crate::signing::PublicKey>>,
+    workers: usize,
+    report: &mut CheckReport,
+) {
     let mut seed = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
-    let chosen: Vec<PackId> = survey.present.keys().filter(|id| subset.picks(id, &seed)).copied().collect();
+    let by_writer = |id: &PackId| {
+        only.is_none_or(|keys| {
+            survey
+                .vouchers
+                .get(id)
+                .is_some_and(|v| v.iter().filter_map(Voucher::key).any(|k| keys.contains(k)))
+        })
+    };
+    let chosen: Vec<PackId> =
+        survey.present.keys().filter(|id| by_writer(id) && subset.picks(id, &seed)).copied().collect();
     report.packs_read = chosen.len();
     for (pack, v) in verify_packs(repo, &survey.index, chosen, workers) {
         report.damage.extend(v.damage);
@@ -750,15 +801,74 @@ pub(crate) fn walker<'a>(repo: &'a Repository, survey: &'a Survey) -> Result<Wal
     })
 }
 
+/// The owner's mark that the index is signed (`index::MARK`): damage when it is not the
+/// owner's, or missing from a repository whose segments are all signed (made since, or
+/// migrated: someone deleted it); a note when unsigned segments still wait for `migrate`.
+fn index_mark(repo: &Repository, survey: &Survey, report: &mut CheckReport) -> Result<()> {
+    let unsigned = survey.vouchers.values().any(|v| v.contains(&Voucher::Unsigned));
+    let mark = crate::index::signed_mark(repo.backend.as_ref(), &repo.owner, &repo.config.repo_id)?;
+    let why = match (mark, unsigned) {
+        (crate::index::Mark::Forged, _) => {
+            "not the owner's mark (damaged or forged): it counts as signed, so `migrate` vouches for no unsigned segment"
+        }
+        (crate::index::Mark::Absent, false) => {
+            "missing, though every index segment is signed (deleted?): `bakare migrate` writes it again"
+        }
+        (crate::index::Mark::Absent, true) => {
+            report.notes.push(
+                "index segments of before 2026-12 are unsigned: backups do not deduplicate against their packs \
+                 until the owner runs `bakare migrate`"
+                    .into(),
+            );
+            return Ok(());
+        }
+        (crate::index::Mark::Signed(_), _) => return Ok(()),
+    };
+    report.damage.push(Damage { object: crate::index::MARK.into(), why: why.into() });
+    Ok(())
+}
+
+/// The keys of every writer ever registered as `name` (`owner` is the owner), revoked or not.
+fn writer_keys(repo: &Repository, name: &str) -> Result<HashSet<crate::signing::PublicKey>> {
+    if name == crate::writers::OWNER {
+        return Ok(HashSet::from([repo.owner]));
+    }
+    let (registry, _) = repo.registry()?;
+    let keys: HashSet<_> = registry.writers.values().filter(|w| w.name == name).map(|w| w.key).collect();
+    if keys.is_empty() {
+        return Err(Error::Invalid(format!(
+            "no writer named {name:?} was ever registered (bakare key list shows them)"
+        )));
+    }
+    Ok(keys)
+}
+
 pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
     Ok(check_with_survey(repo, opts)?.0)
 }
 
 pub(crate) fn check_with_survey(repo: &Repository, opts: &CheckOptions) -> Result<(CheckReport, Survey)> {
     let mut report = CheckReport::default();
+    let only = match &opts.writer {
+        None => None,
+        Some(_) if opts.read_data.is_none() => {
+            return Err(Error::Invalid("--writer needs --read-data: it names what to read".into()))
+        }
+        Some(name) => Some(writer_keys(repo, name)?),
+    };
     let survey = survey(repo, &mut report)?;
+    index_mark(repo, &survey, &mut report)?;
+    match repo.backend.leftovers() {
+        Ok(t) if !t.is_empty() => report.notes.push(format!(
+            "{} temporary files of interrupted writes ({} bytes): `bakare prune` removes those older than the grace period",
+            t.len(),
+            t.iter().map(|t| t.size).sum::<u64>()
+        )),
+        Ok(_) => {}
+        Err(e) => report.notes.push(format!("cannot look for temporary files of interrupted writes: {e}")),
+    }
     if let Some(subset) = opts.read_data {
-        read_data(repo, &survey, subset, opts.workers, &mut report);
+        read_data(repo, &survey, subset, only.as_ref(), opts.workers, &mut report);
     }
     let identity = match repo.key.identity() {
         Ok(i) => i,

@@ -77,20 +77,33 @@ pub fn pack_trailer(data: &[u8]) -> bool {
 
 pub fn index_segment(data: &[u8]) -> bool {
     let k = keys();
+    let signer = crate::signing::SigningKey::from_seed(&[5; 32]);
+    let keys = crate::index::SegmentKeys { catalog: &k.wk.catalog_key, repo_id: &[7; 16], owner: &[9; 32] };
     match mode(data) {
-        (false, raw) => crate::index::decode_segment(&k.wk.catalog_key, "fuzz", raw.to_vec()).is_ok(),
+        (false, raw) => crate::index::decode_segment(keys, "fuzz", raw.to_vec()).is_ok(),
         (true, plain) => {
-            let mut seg = crate::index::MAGIC.to_vec();
-            seg.extend_from_slice(&seal_catalog(&k.wk.catalog_key, crate::index::MAGIC, plain));
-            let Ok(body) = crate::index::decode_segment(&k.wk.catalog_key, "fuzz", seg) else {
-                return false;
-            };
-            let mut idx = crate::index::IndexBuilder::default();
-            for (p, entries) in body.iter().take(10_000) {
-                idx.add_pack(*p, entries);
+            // As an unsigned segment of before, and as a signed one (voucher, then packs).
+            let mut old = crate::index::MAGIC_V1.to_vec();
+            old.extend_from_slice(&seal_catalog(&k.wk.catalog_key, crate::index::MAGIC_V1, plain));
+            let signed = crate::signing::seal(
+                &signer,
+                crate::signing::Purpose::IndexSegment,
+                &[7; 16],
+                plain.to_vec(),
+            );
+            let mut new = crate::index::MAGIC.to_vec();
+            new.extend_from_slice(&seal_catalog(&k.wk.catalog_key, crate::index::MAGIC, &signed));
+            let mut any = false;
+            for seg in [old, new] {
+                let Ok((voucher, body)) = crate::index::decode_segment(keys, "fuzz", seg) else { continue };
+                let mut idx = crate::index::IndexBuilder::default();
+                for (p, entries) in body.iter().take(10_000) {
+                    idx.add_pack_vouched(*p, entries, voucher != crate::index::Voucher::Nobody);
+                }
+                let _ = idx.build();
+                any = true;
             }
-            let _ = idx.build();
-            true
+            any
         }
     }
 }

@@ -21,3 +21,19 @@ pub fn report_peak_rss() {
 
 #[cfg(not(all(feature = "test-hooks", debug_assertions)))]
 pub fn report_peak_rss() {}
+
+/// How long a backup's sealed packs may wait before an index segment lists them. Tests set
+/// BAKARE_TEST_SEGMENT_AGE_MS (0: a segment after every pack) to see an interrupted run's
+/// packs reused without waiting a minute.
+#[cfg(all(feature = "test-hooks", debug_assertions))]
+pub fn segment_age() -> std::time::Duration {
+    std::env::var("BAKARE_TEST_SEGMENT_AGE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(crate::pack::SEGMENT_AGE, std::time::Duration::from_millis)
+}
+
+#[cfg(not(all(feature = "test-hooks", debug_assertions)))]
+pub fn segment_age() -> std::time::Duration {
+    crate::pack::SEGMENT_AGE
+}

@@ -1,57 +1,306 @@
-//! The index: blob id -> (pack, offset, length). On disk, segments written by backup sessions:
-//! `"BKINDEX1" | seal_catalog("BKINDEX1", postcard(Vec<(PackId, Vec<BlobEntry>)>))`, named by the
-//! BLAKE3 of its bytes. The index is a cache of the pack trailers: a segment that fails
-//! authentication is reported and the packs it covered are read from their trailers instead.
+//! The index: blob id -> (pack, offset, length). On disk, segments written by backup sessions
+//! (and rewritten by prune and `repair index`), named by the BLAKE3 of their bytes:
+//!
+//! - `"BKINDEX2" | seal_catalog("BKINDEX2", seal(signer, IndexSegment, vouched_by (32) |
+//!   postcard(Vec<(PackId, Vec<BlobEntry>)>)))`: signed by the writer that wrote it. `vouched_by`
+//!   is who stored the packs it lists: the signer itself, or, in a segment the owner signed, the
+//!   writer whose packs the owner relays (prune and repair rewrite segments but never sign for a
+//!   writer), or [`NOBODY`] for packs of unknown origin (found only by their trailers).
+//! - `"BKINDEX1" | seal_catalog("BKINDEX1", postcard(...))`: unsigned, from before 2026-12; read
+//!   alike, vouched for by nobody until the owner's `migrate` signs it.
+//!
+//! Backups deduplicate only against packs vouched for by a writer in good standing (the owner,
+//! a registered writer not revoked, or the writer itself): a writer that stored garbage under
+//! real ids poisons nothing once it is revoked (docs/security.md). The index is a cache of the
+//! pack trailers: a segment that fails authentication is reported and the packs it covered
+//! are read from their trailers instead.
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use io::Backend;
 use stages::{BlobId, BlobKind, Dedup};
 
-use crate::crypto::{seal_catalog_value, Secret32};
+use crate::crypto::{seal_catalog, Secret32};
 use crate::error::{Error, Result};
 use crate::pack::{self, BlobEntry, PackId};
+use crate::signing::{self, PublicKey, Purpose, SigningKey};
 
-pub const MAGIC: &[u8; 8] = b"BKINDEX1";
+pub const MAGIC: &[u8; 8] = b"BKINDEX2";
+/// Unsigned segments, from before 2026-12.
+pub const MAGIC_V1: &[u8; 8] = b"BKINDEX1";
+/// `vouched_by` of packs whose writer nobody knows (not a valid Ed25519 key, so never a signer).
+pub const NOBODY: PublicKey = [0; 32];
+/// `vouched_by` of packs the owner relays from an unsigned segment of before 2026-12 (prune
+/// and repair rewrite the index before `migrate` vouches for them). Not a valid key either.
+pub const UNSIGNED: PublicKey = [0xff; 32];
 
 pub type SegmentBody = Vec<(PackId, Vec<BlobEntry>)>;
 
-pub fn encode_segment(catalog_key: &Secret32, packs: &SegmentBody) -> Result<(String, Vec<u8>)> {
-    let out = seal_catalog_value(catalog_key, MAGIC, MAGIC, packs).map_err(Error::Pipeline)?;
-    let name = format!("index/{}", blake3::hash(&out).to_hex());
-    Ok((name, out))
+/// Who stands behind the packs a segment lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Voucher {
+    /// An unsigned segment of before 2026-12.
+    Unsigned,
+    /// Signed, but for packs of unknown origin (or a writer claiming to relay another's).
+    Nobody,
+    /// The writer (or owner) with this key stored them.
+    Key(PublicKey),
 }
 
-pub fn decode_segment(catalog_key: &Secret32, name: &str, data: Vec<u8>) -> Result<SegmentBody> {
+impl Voucher {
+    pub fn key(&self) -> Option<&PublicKey> {
+        match self {
+            Voucher::Key(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// As stored in a segment's `vouched_by`.
+    pub fn stored(&self) -> PublicKey {
+        match self {
+            Voucher::Key(k) => *k,
+            Voucher::Nobody => NOBODY,
+            Voucher::Unsigned => UNSIGNED,
+        }
+    }
+}
+
+/// What segments are opened with: the catalog key decrypts; the repository id and the owner's
+/// key tell whose word a segment carries.
+#[derive(Clone, Copy)]
+pub struct SegmentKeys<'a> {
+    pub catalog: &'a Secret32,
+    pub repo_id: &'a [u8; 16],
+    pub owner: &'a PublicKey,
+}
+
+/// What segments are written with: the catalog key and the writer's signing key.
+#[derive(Clone)]
+pub struct SegmentSealer {
+    pub catalog: Secret32,
+    pub signer: SigningKey,
+    pub repo_id: [u8; 16],
+}
+
+impl SegmentSealer {
+    /// A segment for packs the signer stored itself.
+    pub fn own(&self, packs: &SegmentBody) -> Result<(String, Vec<u8>)> {
+        self.seal(&Voucher::Key(self.signer.public()), packs)
+    }
+
+    /// A segment saying `voucher` stored `packs`. Only the owner's word about another writer
+    /// counts; a writer saying so is read as `Nobody`.
+    pub fn seal(&self, voucher: &Voucher, packs: &SegmentBody) -> Result<(String, Vec<u8>)> {
+        let plain = postcard::to_extend(packs, voucher.stored().to_vec())
+            .map_err(|e| Error::Pipeline(format!("encoding an index segment: {e}")))?;
+        let signed = signing::seal(&self.signer, Purpose::IndexSegment, &self.repo_id, plain);
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&seal_catalog(&self.catalog, MAGIC, &signed));
+        let name = format!("index/{}", blake3::hash(&out).to_hex());
+        Ok((name, out))
+    }
+}
+
+/// The object saying that the owner's `migrate` vouched for the unsigned segments of before
+/// (it does so once): `"BKIXMARK" | signed(owner, time_ns as 8 bytes LE)`. Unsigned segments
+/// found after it were planted, and stay unvouched.
+pub const MARK: &str = "index-signed";
+const MARK_MAGIC: &[u8; 8] = b"BKIXMARK";
+
+/// What the mark says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// No mark: a repository from before signed segments whose owner has not migrated yet.
+    Absent,
+    /// The owner signed the index at this time.
+    Signed(i64),
+    /// Something is there that is not the owner's mark. It counts as signed: a mark anyone can
+    /// write must never make `migrate` vouch for what is unsigned (the worst it can do is keep
+    /// old data from being deduplicated against).
+    Forged,
+}
+
+/// The mark, as stored.
+pub fn signed_mark(backend: &dyn Backend, owner: &PublicKey, repo_id: &[u8; 16]) -> Result<Mark> {
+    let data = match backend.get(MARK) {
+        Ok(d) => d,
+        Err(io::StorageError::NotFound { .. }) => return Ok(Mark::Absent),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(signed) = data.strip_prefix(MARK_MAGIC) else { return Ok(Mark::Forged) };
+    Ok(match signing::open(Purpose::Marker, repo_id, signed) {
+        Some((body, signer)) if signer == *owner => {
+            body.try_into().ok().map(i64::from_le_bytes).map_or(Mark::Forged, Mark::Signed)
+        }
+        _ => Mark::Forged,
+    })
+}
+
+/// Writes the mark (never replacing one).
+pub fn put_signed_mark(
+    backend: &dyn Backend,
+    owner: &SigningKey,
+    repo_id: &[u8; 16],
+    time_ns: i64,
+) -> Result<()> {
+    let mut out = MARK_MAGIC.to_vec();
+    out.extend_from_slice(&signing::seal(owner, Purpose::Marker, repo_id, time_ns.to_le_bytes().to_vec()));
+    backend.put(MARK, &out)?;
+    Ok(())
+}
+
+/// Packs per segment when prune or `repair index` rewrites the index.
+pub const PACKS_PER_SEGMENT: usize = 512;
+
+/// A pack as one segment lists it: whose word, and the entries that word covers.
+pub type Claim = (Voucher, PackId, Vec<BlobEntry>);
+
+/// Groups `claims` by voucher: the segments `put_vouched` writes for them.
+pub fn by_voucher(
+    claims: impl IntoIterator<Item = Claim>,
+) -> std::collections::BTreeMap<PublicKey, SegmentBody> {
+    let mut groups: std::collections::BTreeMap<PublicKey, SegmentBody> = Default::default();
+    for (v, p, entries) in claims {
+        groups.entry(v.stored()).or_default().push((p, entries));
+    }
+    groups
+}
+
+/// `entries` (a pack's own trailer, its writer's word) under each voucher whose segment listed
+/// their ids in this pack; entries no segment listed are nobody's. A voucher's word never
+/// covers more than what it listed (two writers listing one pack keep apart what each said).
+pub fn split_by_claims(
+    pack: PackId,
+    entries: &[BlobEntry],
+    claims: &[(Voucher, HashSet<BlobId>)],
+) -> Vec<Claim> {
+    let mut out: Vec<Claim> = claims
+        .iter()
+        .map(|(v, ids)| {
+            (*v, pack, entries.iter().filter(|e| ids.contains(&e.id)).copied().collect::<Vec<_>>())
+        })
+        .filter(|(_, _, e)| !e.is_empty())
+        .collect();
+    let rest: Vec<BlobEntry> =
+        entries.iter().filter(|e| !claims.iter().any(|(_, ids)| ids.contains(&e.id))).copied().collect();
+    if !rest.is_empty() {
+        out.push((Voucher::Nobody, pack, rest));
+    }
+    out
+}
+
+/// How many segments `put_vouched` writes for these groups.
+pub fn segments_for(groups: &std::collections::BTreeMap<PublicKey, SegmentBody>) -> usize {
+    groups.values().map(|g| g.len().div_ceil(PACKS_PER_SEGMENT)).sum()
+}
+
+/// Writes `groups` (from `by_voucher`) as segments signed by `sealer` (the owner's), one set
+/// per voucher, so that each pack keeps the word of whoever vouched for it, for exactly the
+/// entries that word covered (a pack several segments list keeps each claim apart: merged, a
+/// stranger's extra entries would pass for the owner's). Returns the names written.
+pub fn put_vouched(
+    backend: &dyn Backend,
+    sealer: &SegmentSealer,
+    groups: std::collections::BTreeMap<PublicKey, SegmentBody>,
+) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for (by, packs) in groups {
+        let voucher = match by {
+            NOBODY => Voucher::Nobody,
+            UNSIGNED => Voucher::Unsigned,
+            k => Voucher::Key(k),
+        };
+        for part in packs.chunks(PACKS_PER_SEGMENT) {
+            let (name, bytes) = sealer.seal(&voucher, &part.to_vec())?;
+            backend.put(&name, &bytes)?;
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+pub fn decode_segment(keys: SegmentKeys, name: &str, data: Vec<u8>) -> Result<(Voucher, SegmentBody)> {
     let mut body = Vec::new();
-    for_each_pack(catalog_key, name, data, |p, entries| body.push((p, entries)))?;
-    Ok(body)
+    let v = for_each_pack(keys, name, data, |_, p, entries| body.push((p, entries)))?;
+    Ok((v, body))
 }
 
 /// Decodes the segment `data`, handing each pack's entries to `f` as they are decoded: the
 /// plaintext is decrypted where it lies and only one pack's entries exist at a time. (Loading
 /// a segment of 100,000 blobs whole took the raw bytes, a decrypted copy and every entry at
 /// once: most of a no-change run's peak memory.) `f` is called only once the segment is
-/// authenticated; if decoding fails midway, the packs handed over so far are valid entries of
-/// an authentic segment.
+/// authenticated (and its signature verified); if decoding fails midway, the packs handed over
+/// so far are valid entries of an authentic segment. Returns who vouches for its packs.
 pub fn for_each_pack(
-    catalog_key: &Secret32,
+    keys: SegmentKeys,
     name: &str,
     mut data: Vec<u8>,
-    f: impl FnMut(PackId, Vec<BlobEntry>),
-) -> Result<()> {
-    if data.len() < 8 || &data[..8] != MAGIC {
-        return Err(Error::corrupt("index segment", name, "bad magic"));
-    }
-    let body = crate::crypto::open_catalog_in_place(catalog_key, MAGIC, &mut data, 8)
-        .ok_or_else(|| Error::corrupt("index segment", name, "failed authentication"))?;
+    mut f: impl FnMut(Voucher, PackId, Vec<BlobEntry>),
+) -> Result<Voucher> {
+    let bad = |why: &str| Error::corrupt("index segment", name, why);
+    let magic: &[u8; 8] = match data.get(..8) {
+        Some(m) if m == MAGIC => MAGIC,
+        Some(m) if m == MAGIC_V1 => MAGIC_V1,
+        _ => return Err(bad("bad magic")),
+    };
+    let plain = crate::crypto::open_catalog_in_place(keys.catalog, magic, &mut data, 8)
+        .ok_or_else(|| bad("failed authentication"))?;
+    let (voucher, body) = if magic == MAGIC_V1 {
+        (Voucher::Unsigned, plain)
+    } else {
+        let (signed, signer) = signing::open(Purpose::IndexSegment, keys.repo_id, plain)
+            .ok_or_else(|| bad("its signature does not verify"))?;
+        let (by, body) = signed.split_first_chunk::<32>().ok_or_else(|| bad("too short"))?;
+        let voucher = if *by == NOBODY {
+            Voucher::Nobody
+        } else if *by == UNSIGNED {
+            if signer == *keys.owner {
+                Voucher::Unsigned
+            } else {
+                Voucher::Nobody
+            }
+        } else if *by == signer || signer == *keys.owner {
+            Voucher::Key(*by)
+        } else {
+            Voucher::Nobody // a writer cannot vouch for another
+        };
+        (voucher, body)
+    };
     let mut de = postcard::Deserializer::from_bytes(body);
-    serde::Deserializer::deserialize_seq(&mut de, PackVisitor(f))
+    serde::Deserializer::deserialize_seq(&mut de, PackVisitor(|p, e| f(voucher, p, e)))
         .map_err(|e| Error::corrupt("index segment", name, e))?;
     match de.finalize() {
-        Ok([]) => Ok(()),
-        Ok(_) => Err(Error::corrupt("index segment", name, "trailing bytes")),
+        Ok([]) => Ok(voucher),
+        Ok(_) => Err(bad("trailing bytes")),
         Err(e) => Err(Error::corrupt("index segment", name, e)),
+    }
+}
+
+/// The writers whose packs a backup deduplicates against: the owner, registered writers not
+/// revoked, and the writer itself.
+#[derive(Clone, Debug, Default)]
+pub struct Trusted(pub HashSet<PublicKey>);
+
+impl Trusted {
+    pub fn vouches(&self, v: &Voucher) -> bool {
+        v.key().is_some_and(|k| self.0.contains(k))
+    }
+
+    /// Of two vouchers for one pack (segments can overlap), the one that counts: the owner's,
+    /// then a trusted writer's, then any key's, then an unsigned segment's.
+    pub fn better(&self, owner: &PublicKey, a: Voucher, b: Voucher) -> Voucher {
+        let rank = |v: &Voucher| match v {
+            Voucher::Key(k) if k == owner => 4,
+            v if self.vouches(v) => 3,
+            Voucher::Key(_) => 2,
+            Voucher::Unsigned => 1,
+            Voucher::Nobody => 0,
+        };
+        if rank(&b) > rank(&a) {
+            b
+        } else {
+            a
+        }
     }
 }
 
@@ -95,22 +344,31 @@ struct Slot {
     raw_len: u32,
     /// `NOT_INNER` for a blob that is not in a bundle.
     inner: u32,
+    /// The blob's kind, with `UNVOUCHED` set when no writer in good standing vouches for its
+    /// pack.
     kind: u8,
 }
+
+/// Set in `Slot::kind` for a copy that no writer in good standing vouches for.
+const UNVOUCHED: u8 = 0x40;
+/// Set in `Slot::kind` for a copy in a pack prune has condemned: read only after every other.
+/// The higher bit, so that the copies sort live first, then vouched-for first.
+const LATE: u8 = 0x80;
 
 /// Bundles are far smaller than 4 GiB: no member starts at this offset.
 const NOT_INNER: u32 = u32::MAX;
 
 impl Slot {
     fn loc(&self) -> Option<Loc> {
-        let kind = BlobKind::from_u8(self.kind)?;
+        let kind = BlobKind::from_u8(self.kind & !(UNVOUCHED | LATE))?;
         let inner = (self.inner != NOT_INNER).then_some(self.inner);
         Some(Loc { pack: self.pack, offset: self.offset, len: self.len, raw_len: self.raw_len, kind, inner })
     }
 }
 
 /// The index while it is being read: packs and their entries in the order they count (of a
-/// blob's copies, the one in the pack added first wins). `build` makes the lookup table.
+/// blob's copies, a vouched-for one wins over others, then the one in the pack added first).
+/// `build` makes the lookup table.
 #[derive(Default)]
 pub struct IndexBuilder {
     packs: Vec<PackId>,
@@ -120,6 +378,18 @@ pub struct IndexBuilder {
 
 impl IndexBuilder {
     pub fn add_pack(&mut self, pack: PackId, entries: &[BlobEntry]) {
+        self.add_pack_vouched(pack, entries, true);
+    }
+
+    /// Adds a pack whose copies count after vouched-for ones unless `vouched`.
+    pub fn add_pack_vouched(&mut self, pack: PackId, entries: &[BlobEntry], vouched: bool) {
+        self.add_pack_with(pack, entries, vouched, false);
+    }
+
+    /// `add_pack_vouched`, for a pack prune has condemned when `late`: its copies count after
+    /// every other, and never for a writer.
+    pub fn add_pack_with(&mut self, pack: PackId, entries: &[BlobEntry], vouched: bool, late: bool) {
+        let flag = if vouched { 0 } else { UNVOUCHED } | if late { LATE } else { 0 };
         let p = *self.pack_pos.entry(pack).or_insert_with(|| {
             self.packs.push(pack);
             (self.packs.len() - 1) as u32
@@ -131,22 +401,23 @@ impl IndexBuilder {
             }
             let inner = e.inner.unwrap_or(NOT_INNER);
             let (offset, len, raw_len) = (e.offset, e.len, e.raw_len);
-            self.slots.push(Slot { id: e.id, pack: p, offset, len, raw_len, inner, kind: kind as u8 });
+            self.slots.push(Slot { id: e.id, pack: p, offset, len, raw_len, inner, kind: kind as u8 | flag });
         }
     }
 
-    /// Sorts the blobs by id, keeping of each the copy in the pack added first (then the one
-    /// first in that pack), and indexes them by their ids' leading bits: ids are keyed hashes, evenly
+    /// Sorts the blobs by id, keeping of each a vouched-for copy if there is one, and of those
+    /// the copy in the pack added first (then the one first in that pack), and indexes them by their ids' leading bits: ids are keyed hashes, evenly
     /// spread, so each bucket holds a few blobs side by side in memory.
     pub fn build(self) -> Index {
         let IndexBuilder { packs, pack_pos, mut slots } = self;
-        // Unstable (no scratch memory); ties are broken by pack index, which is the order in
-        // which the packs were added, then by position in the pack. The ids' leading eight bytes
+        // Unstable (no scratch memory); ties are broken by whether the copy is vouched for, then
+        // by pack index, which is the order in which the packs were added, then by position. The ids' leading eight bytes
         // are compared as one integer first: they differ almost always, and comparing whole ids
         // called memcmp for every comparison (a third of the sort's time).
         slots.sort_unstable_by(|a, b| {
             (lead(&a.id).cmp(&lead(&b.id)))
                 .then_with(|| a.id.cmp(&b.id))
+                .then((a.kind & (LATE | UNVOUCHED)).cmp(&(b.kind & (LATE | UNVOUCHED))))
                 .then(a.pack.cmp(&b.pack))
                 .then(a.offset.cmp(&b.offset))
         });
@@ -227,6 +498,12 @@ impl Index {
         self.slot(id).is_some()
     }
 
+    /// Whether a writer may reference the blob: a copy vouched for by a writer in good standing
+    /// and not condemned. (In an index loaded for a writer every copy is.)
+    pub fn contains_vouched(&self, id: &BlobId) -> bool {
+        self.slot(id).is_some_and(|s| s.kind & (UNVOUCHED | LATE) == 0)
+    }
+
     /// Every blob and where it is, by id.
     pub fn iter(&self) -> impl Iterator<Item = (&BlobId, Loc)> {
         self.slots.iter().filter_map(|s| Some((&s.id, s.loc()?)))
@@ -253,10 +530,13 @@ impl Index {
     /// trailers. Returns the index and a warning per problem found. Packs prune has condemned
     /// are handled as `usage` says: a reader still reads them (after every other copy of a
     /// blob); a writer treats their blobs as absent (design.md section 4, rule 3), and so stores
-    /// such data again.
+    /// such data again. Packs that no writer in `trusted` vouches for (a revoked writer's, a
+    /// stranger's, unsigned segments', those found only by their trailers) are read after
+    /// vouched-for copies, and a writer treats their blobs as absent too.
     pub fn load_with(
         backend: &dyn Backend,
-        catalog_key: &Secret32,
+        keys: SegmentKeys,
+        trusted: &Trusted,
         condemned: &HashSet<PackId>,
         usage: Use,
     ) -> Result<(Index, Vec<String>)> {
@@ -274,6 +554,9 @@ impl Index {
         let present: HashSet<PackId> = packs.iter().filter_map(|k| pack::parse_pack_key(k)).collect();
         let mut late = Vec::new();
         let mut covered = HashSet::new();
+        // Packs listed by a segment of before 2026-12 and by no vouched-for one.
+        let mut unsigned = HashSet::new();
+        let mut vouched = HashSet::new();
         if !backend.remote() {
             // A bound on the blobs (an entry takes at least 37 bytes of a segment), so that the
             // table is allocated once instead of doubling, and being copied, as it fills (the
@@ -289,8 +572,14 @@ impl Index {
                     continue;
                 }
             };
-            let added = for_each_pack(catalog_key, &name, data, |p, entries| {
+            let added = for_each_pack(keys, &name, data, |voucher, p, entries| {
                 covered.insert(p);
+                let ok = trusted.vouches(&voucher);
+                if ok {
+                    vouched.insert(p);
+                } else if voucher == Voucher::Unsigned {
+                    unsigned.insert(p);
+                }
                 if !present.contains(&p) && condemned.contains(&p) {
                     // Deleted by prune after a grace period; its segment goes next.
                 } else if !present.contains(&p) {
@@ -301,9 +590,9 @@ impl Index {
                         entries.len()
                     ));
                 } else if condemned.contains(&p) {
-                    late.push((p, entries));
-                } else {
-                    idx.add_pack(p, &entries);
+                    late.push((p, entries, ok));
+                } else if ok || usage == Use::Read {
+                    idx.add_pack_vouched(p, &entries, ok);
                 }
             });
             if let Err(e) = added {
@@ -315,19 +604,36 @@ impl Index {
             if covered.contains(&id) {
                 continue;
             }
-            match pack::read_trailer(backend, catalog_key, &key) {
-                Ok(entries) if condemned.contains(&id) => late.push((id, entries)),
+            match pack::read_trailer(backend, keys.catalog, &key) {
+                Ok(entries) if condemned.contains(&id) => late.push((id, entries, false)),
                 Ok(entries) => {
-                    idx.add_pack(id, &entries);
+                    if usage == Use::Read {
+                        idx.add_pack_vouched(id, &entries, false);
+                    }
                     recovered.push((id, entries));
                 }
                 Err(e) => warnings.push(format!("{e}; its blobs are unavailable")),
             }
         }
         if usage == Use::Read {
-            for (p, entries) in late {
-                idx.add_pack(p, &entries);
+            for (p, entries, ok) in late {
+                idx.add_pack_with(p, &entries, ok, true);
             }
+        }
+        unsigned.retain(|p| !vouched.contains(p) && present.contains(p));
+        if usage == Use::Dedup && !unsigned.is_empty() {
+            warnings.push(match signed_mark(backend, keys.owner, keys.repo_id)? {
+                Mark::Absent => format!(
+                    "{} packs are listed only by unsigned index segments (written before 2026-12): \
+                     backups do not deduplicate against them until the owner runs `bakare migrate`",
+                    unsigned.len()
+                ),
+                Mark::Signed(_) | Mark::Forged => format!(
+                    "{} packs are listed only by unsigned index segments written after the owner signed \
+                     the index (planted?): backups never deduplicate against them",
+                    unsigned.len()
+                ),
+            });
         }
         let mut idx = idx.build();
         idx.recovered = recovered;
@@ -416,7 +722,7 @@ impl SessionDedup {
 
 impl Dedup for SessionDedup {
     fn claim(&self, id: &BlobId, _kind: BlobKind) -> bool {
-        if self.index.contains(id) {
+        if self.index.contains_vouched(id) {
             return false;
         }
         // A poisoned lock only means another worker panicked; the set itself is intact.
@@ -436,24 +742,92 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn sealer(catalog: &Secret32, signer: &SigningKey) -> SegmentSealer {
+        SegmentSealer { catalog: catalog.clone(), signer: signer.clone(), repo_id: [4; 16] }
+    }
+
     #[test]
     fn segment_round_trip() {
         let k = Secret32::random();
+        let owner = SigningKey::generate();
+        let keys = SegmentKeys { catalog: &k, repo_id: &[4; 16], owner: &owner.public() };
         let e = BlobEntry { id: [9; 32], kind: 0, offset: 100, len: 50, raw_len: 40, inner: None };
         let body = vec![([1u8; 32], vec![e])];
-        let (name, bytes) = encode_segment(&k, &body).unwrap();
+        let (name, bytes) = sealer(&k, &owner).own(&body).unwrap();
         assert!(name.starts_with("index/"));
-        assert_eq!(decode_segment(&k, &name, bytes.clone()).unwrap(), body);
+        assert_eq!(
+            decode_segment(keys, &name, bytes.clone()).unwrap(),
+            (Voucher::Key(owner.public()), body.clone())
+        );
         let mut t = bytes.clone();
         let last = t.len() - 1;
         t[last] ^= 1;
-        assert!(decode_segment(&k, &name, t).is_err());
+        assert!(decode_segment(keys, &name, t).is_err());
+        // another repository's id does not verify
+        let other = SegmentKeys { repo_id: &[5; 16], ..keys };
+        assert!(decode_segment(other, &name, bytes).is_err());
         let mut idx = IndexBuilder::default();
         idx.add_pack([1; 32], &body[0].1);
         let d = SessionDedup::new(Arc::new(idx.build()));
         assert!(!d.claim(&[9; 32], BlobKind::Data));
         assert!(d.claim(&[8; 32], BlobKind::Data));
         assert!(!d.claim(&[8; 32], BlobKind::Data));
+    }
+
+    /// A writer vouches for its own packs only; the owner may relay a writer's word (prune
+    /// and repair rewrite segments); unsigned segments of before are nobody's word.
+    #[test]
+    fn only_the_owner_vouches_for_another_writer() {
+        let k = Secret32::random();
+        let (owner, laptop) = (SigningKey::generate(), SigningKey::generate());
+        let keys = SegmentKeys { catalog: &k, repo_id: &[4; 16], owner: &owner.public() };
+        let body: SegmentBody = vec![([1; 32], vec![])];
+        let voucher = |sealer: SegmentSealer, v: Voucher| {
+            let (name, bytes) = sealer.seal(&v, &body).unwrap();
+            decode_segment(keys, &name, bytes).unwrap().0
+        };
+        let lk = Voucher::Key(laptop.public());
+        assert_eq!(voucher(sealer(&k, &laptop), lk), lk);
+        assert_eq!(voucher(sealer(&k, &laptop), Voucher::Key(owner.public())), Voucher::Nobody);
+        assert_eq!(voucher(sealer(&k, &owner), lk), lk);
+        assert_eq!(voucher(sealer(&k, &owner), Voucher::Nobody), Voucher::Nobody);
+        // the owner relays unsigned packs as unsigned (for migrate); a writer cannot
+        assert_eq!(voucher(sealer(&k, &owner), Voucher::Unsigned), Voucher::Unsigned);
+        assert_eq!(voucher(sealer(&k, &laptop), Voucher::Unsigned), Voucher::Nobody);
+        let mut old = MAGIC_V1.to_vec();
+        old.extend_from_slice(&seal_catalog(&k, MAGIC_V1, &postcard::to_allocvec(&body).unwrap()));
+        assert_eq!(decode_segment(keys, "old", old).unwrap(), (Voucher::Unsigned, body.clone()));
+        // a v2 segment must be signed
+        let mut unsigned = MAGIC.to_vec();
+        let mut plain = NOBODY.to_vec();
+        plain.extend(postcard::to_allocvec(&body).unwrap());
+        unsigned.extend_from_slice(&seal_catalog(&k, MAGIC, &plain));
+        assert!(decode_segment(keys, "forged", unsigned).is_err());
+    }
+
+    /// Of a blob's copies, a vouched-for one wins whatever the order; a writer's index leaves
+    /// the others out.
+    #[test]
+    fn vouched_copies_win() {
+        let e = |offset| BlobEntry { id: [9; 32], kind: 0, offset, len: 5, raw_len: 5, inner: None };
+        let mut b = IndexBuilder::default();
+        b.add_pack_vouched([1; 32], &[e(1)], false);
+        b.add_pack_vouched([2; 32], &[e(2)], true);
+        let idx = b.build();
+        assert_eq!(idx.get(&[9; 32]).map(|l| (l.offset, l.kind)), Some((2, BlobKind::Data)));
+        assert_eq!(idx.blob_count(), 1);
+        assert!(idx.contains_vouched(&[9; 32]));
+        // A condemned copy comes after any live one, vouched or not, and a writer never
+        // references it; an unvouched copy alone is not for writers either.
+        let mut b = IndexBuilder::default();
+        b.add_pack_with([1; 32], &[e(1)], true, true);
+        b.add_pack_vouched([2; 32], &[e(2)], false);
+        let idx = b.build();
+        assert_eq!(idx.get(&[9; 32]).map(|l| l.offset), Some(2));
+        assert!(idx.contains(&[9; 32]) && !idx.contains_vouched(&[9; 32]));
+        let mut b = IndexBuilder::default();
+        b.add_pack_with([1; 32], &[e(1)], true, true);
+        assert!(!b.build().contains_vouched(&[9; 32]));
     }
 
     #[test]
@@ -537,7 +911,8 @@ mod tests {
         #[test]
         fn garbage_never_panics(g in proptest::collection::vec(any::<u8>(), 0..400)) {
             let k = Secret32::random();
-            let _ = decode_segment(&k, "x", g);
+            let keys = SegmentKeys { catalog: &k, repo_id: &[0; 16], owner: &[1; 32] };
+            let _ = decode_segment(keys, "x", g);
         }
     }
 }

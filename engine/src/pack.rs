@@ -88,6 +88,8 @@ pub struct PackSink {
     backend: Arc<dyn Backend>,
     recipient: age::x25519::Recipient,
     catalog_key: Secret32,
+    /// Signs the session's index segments.
+    sealer: crate::index::SegmentSealer,
     pack_size: u64,
     open: HashMap<u64, PackWriter>,
     /// Packs committed by this sink, with their blobs: the session's index segment.
@@ -97,6 +99,9 @@ pub struct PackSink {
     pub new_blobs: u64,
     /// Segments this sink wrote during the session (the rest are in `packs`).
     pub flushed_segments: u64,
+    /// When the oldest pack in `packs` was sealed.
+    oldest: Option<std::time::Instant>,
+    segment_age: std::time::Duration,
 }
 
 /// Index entries a sink keeps before writing them as a segment. A pack of tiny files holds
@@ -104,17 +109,25 @@ pub struct PackSink {
 /// backup of 300,000 files peaked at 49-50 MiB instead of 44-45.
 const FLUSH_ENTRIES: usize = 16_384;
 
+/// The longest a sealed pack waits for a segment to list it. Packs that no segment lists are
+/// vouched for by nobody, so no backup deduplicates against them: an interrupted run's next
+/// run stores again what it wrote in its last minute, no more. (Files of large chunks fill a
+/// pack with a few dozen entries: by entries alone, a run could write 16,384 of them, ~16 GiB,
+/// before its first segment.) restic writes its index every few minutes likewise.
+pub const SEGMENT_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl PackSink {
     pub fn new(
         backend: Arc<dyn Backend>,
         recipient: age::x25519::Recipient,
-        catalog_key: Secret32,
+        sealer: crate::index::SegmentSealer,
         pack_size: u64,
     ) -> Self {
         PackSink {
             backend,
             recipient,
-            catalog_key,
+            catalog_key: sealer.catalog.clone(),
+            sealer,
             pack_size,
             open: HashMap::new(),
             packs: Vec::new(),
@@ -122,6 +135,8 @@ impl PackSink {
             new_raw_bytes: 0,
             new_blobs: 0,
             flushed_segments: 0,
+            oldest: None,
+            segment_age: crate::hooks::segment_age(),
         }
     }
 
@@ -133,9 +148,10 @@ impl PackSink {
         if self.packs.is_empty() {
             return Ok(());
         }
-        let (name, bytes) = crate::index::encode_segment(&self.catalog_key, &self.packs)?;
+        let (name, bytes) = self.sealer.own(&self.packs)?;
         self.backend.put(&name, &bytes)?;
         self.packs.clear();
+        self.oldest = None;
         self.flushed_segments += 1;
         Ok(())
     }
@@ -150,13 +166,21 @@ impl PackSink {
         w.staged.commit(&pack_key(&id))?;
         self.stored_bytes += w.written;
         self.packs.push((id, w.entries));
-        if self.packs.iter().map(|(_, e)| e.len()).sum::<usize>() >= FLUSH_ENTRIES {
+        let oldest = *self.oldest.get_or_insert_with(std::time::Instant::now);
+        if self.packs.iter().map(|(_, e)| e.len()).sum::<usize>() >= FLUSH_ENTRIES
+            || oldest.elapsed() >= self.segment_age
+        {
             self.flush_segment()?;
         }
         Ok(())
     }
 
     fn add_blob(&mut self, blob: Sealed) -> Result<()> {
+        // Sealed packs wait at most the segment age for a segment, even while the next pack
+        // fills slowly.
+        if self.oldest.is_some_and(|t| t.elapsed() >= self.segment_age) {
+            self.flush_segment()?;
+        }
         let epoch = blob.epoch.id;
         if !self.open.contains_key(&epoch) {
             let wrapped = wrap_key(&self.recipient, &blob.epoch.key).map_err(Error::Pipeline)?;

@@ -27,14 +27,13 @@ use stages::{BlobId, BlobKind};
 use crate::commit::{self, PendingState};
 use crate::error::{Error, Result};
 use crate::gc::{self, GcRecord};
-use crate::index::{decode_segment, encode_segment, Index, IndexBuilder, SegmentBody};
+use crate::index::{decode_segment, Claim, Index, IndexBuilder, Voucher};
 use crate::pack::{self, BlobEntry, PackId};
 use crate::repo::{BlobReader, Repository};
 use crate::snapshot::Snapshot;
 use crate::tree::{NodeKind, Tree};
 
 /// Packs per segment written by prune.
-const PACKS_PER_SEGMENT: usize = 512;
 
 #[derive(Clone, Debug)]
 pub struct PruneOptions {
@@ -94,6 +93,12 @@ pub struct PruneReport {
     pub pending_removed: usize,
     /// Pending snapshots their writers gave up, removed with their markers.
     pub abandoned_removed: usize,
+    /// Temporary files of interrupted writes older than the grace period: removed (or, in a
+    /// dry run, that would be), and their bytes.
+    pub temp_removed: usize,
+    pub temp_bytes: u64,
+    /// Younger temporary files, kept: a writer suspended mid-write may still commit them.
+    pub temp_kept: usize,
     pub warnings: Vec<String>,
 }
 
@@ -117,6 +122,42 @@ struct View {
     records: Vec<(String, GcRecord)>,
     /// Records that do not count: not the owner's (forged), damaged, or unsigned from before.
     refused: Vec<(String, String)>,
+    /// Who vouches for each pack (the best word any segment gives): the segments prune writes
+    /// keep each pack's word (the owner never vouches for a pack it has not read), and a
+    /// repacked pack inherits its source's.
+    vouchers: HashMap<PackId, Voucher>,
+    /// Each word apart, for the packs several segments list: rewritten, each voucher keeps
+    /// exactly the entries it listed (a stranger's extra entries must not pass for the
+    /// owner's). Packs listed once are `packs` under `vouchers`.
+    claims: HashMap<PackId, Vec<(Voucher, Vec<BlobEntry>)>>,
+}
+
+impl View {
+    /// Which ids each voucher listed in pack `p`.
+    fn listed_ids(&self, p: &PackId) -> Vec<(Voucher, HashSet<BlobId>)> {
+        let ids = |e: &[BlobEntry]| e.iter().map(|e| e.id).collect::<HashSet<_>>();
+        match self.claims.get(p) {
+            Some(claims) => claims.iter().map(|(v, e)| (*v, ids(e))).collect(),
+            None => match (self.vouchers.get(p), self.packs.get(p)) {
+                (Some(v), Some(e)) => vec![(*v, ids(e))],
+                _ => Vec::new(),
+            },
+        }
+    }
+
+    /// Claims for `entries` read from pack `p`'s own trailer, stored now as pack `as_pack`
+    /// (itself, or its repacked copy).
+    fn trailer_claims(&self, p: &PackId, as_pack: PackId, entries: &[BlobEntry]) -> Vec<Claim> {
+        crate::index::split_by_claims(as_pack, entries, &self.listed_ids(p))
+    }
+
+    /// What the segments prune writes say of pack `p` holding `entries`.
+    fn claims_of(&self, p: &PackId, entries: &[BlobEntry]) -> Vec<Claim> {
+        match self.claims.get(p) {
+            Some(claims) => claims.iter().map(|(v, e)| (*v, *p, e.clone())).collect(),
+            None => vec![(self.vouchers.get(p).copied().unwrap_or(Voucher::Nobody), *p, entries.to_vec())],
+        }
+    }
 }
 
 fn load_view(repo: &Repository, warnings: &mut Vec<String>) -> Result<View> {
@@ -124,14 +165,20 @@ fn load_view(repo: &Repository, warnings: &mut Vec<String>) -> Result<View> {
     let gc::Records { valid: records, refused } = gc::load(backend, repo.gc_keys())?;
     let mut segments = backend.list("index")?;
     segments.sort();
-    let mut from_segments: SegmentBody = Vec::new();
+    let mut listed: HashMap<PackId, Vec<(Voucher, Vec<BlobEntry>)>> = HashMap::new();
+    let (trusted, w) = repo.trusted()?;
+    warnings.extend(w);
     for name in &segments {
         match backend
             .get(name)
             .map_err(Error::from)
-            .and_then(|d| decode_segment(&repo.wk.catalog_key, name, d))
+            .and_then(|d| decode_segment(repo.segment_keys(), name, d))
         {
-            Ok(body) => from_segments.extend(body),
+            Ok((voucher, body)) => {
+                for (p, entries) in body {
+                    listed.entry(p).or_default().push((voucher, entries));
+                }
+            }
             // Superseded and deleted since the listing by another prune, which indexed its
             // packs anew first; those not listed yet are read from their trailers.
             Err(Error::Storage(io::StorageError::NotFound { .. })) => {}
@@ -155,10 +202,21 @@ fn load_view(repo: &Repository, warnings: &mut Vec<String>) -> Result<View> {
     // out, and prune would take them for unused. Claims can only add entries here; what a
     // pack really holds is checked against its own trailer before it is deleted (phase 2).
     let mut covered = HashSet::new();
-    for (p, entries) in from_segments {
-        if let Some(slot) = packs.get_mut(&p) {
-            covered.insert(p);
-            slot.extend(entries);
+    let mut vouchers: HashMap<PackId, Voucher> = HashMap::new();
+    let mut claims = HashMap::new();
+    for (p, mut listings) in listed {
+        let Some(slot) = packs.get_mut(&p) else { continue };
+        covered.insert(p);
+        let mut best = Voucher::Nobody;
+        for (v, entries) in &listings {
+            slot.extend_from_slice(entries);
+            best = trusted.better(&repo.owner, best, *v);
+        }
+        vouchers.insert(p, best);
+        listings.sort_by_key(|a| a.0.stored());
+        listings.dedup_by(|b, a| a.0 == b.0 && a.1 == b.1);
+        if listings.len() > 1 {
+            claims.insert(p, listings);
         }
     }
     for slot in packs.values_mut() {
@@ -175,7 +233,7 @@ fn load_view(repo: &Repository, warnings: &mut Vec<String>) -> Result<View> {
             Err(e) => warnings.push(format!("{e}; left alone")),
         }
     }
-    Ok(View { packs, sizes, segments, covered, records, refused })
+    Ok(View { packs, sizes, segments, covered, records, refused, vouchers, claims })
 }
 
 /// Every blob referenced by `snapshots`, walking each distinct tree once. A snapshot whose
@@ -465,31 +523,28 @@ fn build_index(view: &View, condemned: &HashSet<PackId>) -> Index {
     idx.build()
 }
 
-fn write_segments(repo: &Repository, body: &SegmentBody) -> Result<Vec<String>> {
-    let mut names = Vec::new();
-    for part in body.chunks(PACKS_PER_SEGMENT) {
-        let (name, bytes) = encode_segment(&repo.wk.catalog_key, &part.to_vec())?;
-        repo.backend.put(&name, &bytes)?;
-        names.push(name);
-    }
-    Ok(names)
+/// Segments saying `claims`, signed by the owner, each pack under its voucher's word.
+fn write_segments(repo: &Repository, claims: Vec<Claim>) -> Result<Vec<String>> {
+    crate::index::put_vouched(repo.backend.as_ref(), &repo.sealer()?, crate::index::by_voucher(claims))
 }
 
 /// A new pack holding the sealed units of `src` that contain a used blob, under the same data
 /// key. Returns its id, entries and size.
-fn repack(
-    repo: &Repository,
-    src: &PackId,
-    entries: &[BlobEntry],
-    used: &HashSet<BlobId>,
-) -> Result<(PackId, Vec<BlobEntry>, u64)> {
+fn repack(repo: &Repository, src: &PackId, used: &HashSet<BlobId>) -> Result<(PackId, Vec<BlobEntry>, u64)> {
     let key = pack::pack_key(src);
     let data = repo.backend.get(&key)?;
     let header_len = pack::header_key(&data)
         .map(|w| 12 + w.len())
         .ok_or_else(|| Error::corrupt("pack", &key, "bad header"))?;
+    // The pack's own trailer, not what segments claim it holds: a segment can list entries
+    // that are not there (a forged one, written with the catalog key a backup-only key has),
+    // and the new pack must not carry them under its source's voucher.
+    if blake3::hash(&data).as_bytes() != src {
+        return Err(Error::corrupt("pack", &key, "content does not match its name"));
+    }
+    let entries = pack::trailer_from_bytes(&repo.wk.catalog_key, &key, &data)?;
     let mut units: BTreeMap<(u32, u32), Vec<&BlobEntry>> = BTreeMap::new();
-    for e in entries {
+    for e in &entries {
         units.entry((e.offset, e.len)).or_default().push(e);
     }
     let mut out = data[..header_len].to_vec();
@@ -678,9 +733,15 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         };
         if !opts.dry_run {
             // Rescued packs need a segment that survives (theirs may be condemned).
-            let body: SegmentBody =
-                rescued.iter().map(|p| (*p, own.get(p).unwrap_or(&view.packs[p]).clone())).collect();
-            write_segments(repo, &body)?;
+            // A pack's own trailer (read above) under each voucher, for the ids it listed.
+            let claims: Vec<Claim> = rescued
+                .iter()
+                .flat_map(|p| match own.get(p) {
+                    Some(e) => view.trailer_claims(p, *p, e),
+                    None => view.claims_of(p, &view.packs[p]),
+                })
+                .collect();
+            write_segments(repo, claims)?;
             for s in &rec.segments {
                 if !young() {
                     stale = true;
@@ -762,13 +823,13 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             to_repack.push(*p);
         }
     }
-    let mut new_packs: Vec<(PackId, Vec<BlobEntry>)> = Vec::new();
+    let mut new_packs: Vec<Claim> = Vec::new();
     for p in &to_repack {
         if opts.dry_run {
             report.repacked_packs += 1;
             continue;
         }
-        let (id, entries, size) = match repack(repo, p, &view.packs[p], &used) {
+        let (id, entries, size) = match repack(repo, p, &used) {
             Ok(r) => r,
             // Deleted since the view was loaded: another prune's phase 2 found it condemned
             // and every used blob in it held elsewhere.
@@ -776,12 +837,20 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
                 gone.insert(*p);
                 continue;
             }
+            // A pack whose trailer or header does not read stays as it is (check names it).
+            Err(e @ Error::Corrupt { .. }) => {
+                warnings.push(format!("{e}; not repacked"));
+                continue;
+            }
             Err(e) => return Err(e),
         };
         report.repacked_bytes_copied += size;
         report.repacked_packs += 1;
         if id != *p {
-            new_packs.push((id, entries));
+            // A repacked pack holds a subset of the sealed units of its source, copied as
+            // they are with the entries of its trailer: each voucher of the source vouches for
+            // the entries it listed there.
+            new_packs.extend(view.trailer_claims(p, id, &entries));
             condemn.push(*p);
         }
     }
@@ -803,21 +872,25 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         .filter(|s| !deleted_segments.contains(*s) && !condemned_segments.contains(s))
         .collect();
     let rescue_segments = !rescued_all.is_empty();
-    if !opts.dry_run && (!condemn.is_empty() || segments.len() > 1 || uncovered_live || rescue_segments) {
-        let condemned_now: HashSet<PackId> = condemn.iter().copied().collect();
-        let mut body: SegmentBody = view
-            .packs
-            .iter()
-            .filter(|(p, e)| {
-                !e.is_empty()
-                    && !gone.contains(*p)
-                    && !condemned_now.contains(*p)
-                    && !waiting_condemned.contains(*p)
-            })
-            .map(|(p, e)| (*p, e.clone()))
-            .collect();
-        body.extend(new_packs);
-        let written = write_segments(repo, &body)?;
+    let condemned_now: HashSet<PackId> = condemn.iter().copied().collect();
+    let claims: Vec<Claim> = view
+        .packs
+        .iter()
+        .filter(|(p, e)| {
+            !e.is_empty()
+                && !gone.contains(*p)
+                && !condemned_now.contains(*p)
+                && !waiting_condemned.contains(*p)
+        })
+        .flat_map(|(p, e)| view.claims_of(p, e))
+        .chain(new_packs)
+        .collect();
+    let groups = crate::index::by_voucher(claims);
+    // Compacted, the index takes a set of segments per voucher: more than that is worth
+    // merging (and exactly that, rewritten, would be written again on every run).
+    let merge = segments.len() > crate::index::segments_for(&groups);
+    if !opts.dry_run && (!condemn.is_empty() || merge || uncovered_live || rescue_segments) {
+        let written = crate::index::put_vouched(repo.backend.as_ref(), &repo.sealer()?, groups)?;
         report.segments_written = written.len();
         let superseded: Vec<String> =
             segments.into_iter().filter(|s| !written.contains(s)).cloned().collect();
@@ -854,6 +927,32 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             (n(PendingState::Committed), n(PendingState::Abandoned));
     } else {
         (report.pending_removed, report.abandoned_removed) = remove_leftovers(repo, &roots)?;
+    }
+    // The roster is how writers learn of revocations: an entry deleted from storage (or never
+    // written, in a repository from before it) is written again from the owner's registry.
+    match crate::ops::writers::sync_roster(repo, opts.dry_run) {
+        Ok(0) => {}
+        Ok(n) => warnings.push(format!(
+            "{n} roster entries were missing (deleted, or from before the roster); {}",
+            if opts.dry_run { "prune writes them" } else { "written again" }
+        )),
+        Err(e) => warnings.push(format!("cannot bring the roster up to date: {e}")),
+    }
+    // Temporary files of writes that never finished (a killed run) hold nothing anyone reads.
+    // One younger than the grace period may belong to a writer that is only suspended, like
+    // the packs phase 2 waits for.
+    for t in repo.backend.leftovers()? {
+        let age = now.saturating_sub(t.modified_ns);
+        if !opts.unsafe_now && age <= grace {
+            report.temp_kept += 1;
+            continue;
+        }
+        if !opts.dry_run && !repo.backend.remove_leftover(&t.name)? {
+            report.temp_kept += 1; // a writer is still writing it
+            continue;
+        }
+        report.temp_removed += 1;
+        report.temp_bytes = report.temp_bytes.saturating_add(t.size);
     }
     report.warnings = warnings;
     Ok(report)

@@ -9,7 +9,7 @@ use stages::BlobId;
 use crate::check::{self, CheckOptions, CheckReport, Subset, Walker};
 use crate::commit::{self, commit_snapshot};
 use crate::error::{Error, Result};
-use crate::index::{decode_segment, encode_segment, Index, SegmentBody};
+use crate::index::{decode_segment, Claim, Index, Voucher};
 use crate::pack::{self, BlobEntry, PackId};
 use crate::repo::Repository;
 use crate::snapshot::{FileError, Snapshot};
@@ -17,7 +17,6 @@ use crate::tree::{NodeKind, Tree};
 use crate::writer::BlobWriter;
 
 /// Packs per rebuilt segment: segments stay a few MiB even for packs of tiny blobs.
-const PACKS_PER_SEGMENT: usize = 512;
 
 #[derive(Debug, Default)]
 pub struct IndexRepair {
@@ -45,57 +44,77 @@ pub fn repair_index(repo: &Repository, read_data: bool, workers: usize) -> Resul
     let mut out = IndexRepair::default();
     let mut old = backend.list("index")?;
     old.sort();
-    let mut from_segments: HashMap<PackId, Vec<BlobEntry>> = HashMap::new();
+    // Each segment's word apart: for a pack whose trailer is damaged, the entries a segment
+    // listed stay under the voucher of that segment (merged, a stranger's entries would pass
+    // for a trusted writer's).
+    let mut from_segments: HashMap<PackId, Vec<(Voucher, Vec<BlobEntry>)>> = HashMap::new();
     for name in &old {
         match backend
             .get(name)
             .map_err(Error::from)
-            .and_then(|d| decode_segment(&repo.wk.catalog_key, name, d))
+            .and_then(|d| decode_segment(repo.segment_keys(), name, d))
         {
-            Ok(packs) => from_segments.extend(packs),
+            Ok((voucher, packs)) => {
+                for (p, entries) in packs {
+                    from_segments.entry(p).or_default().push((voucher, entries));
+                }
+            }
             Err(e) => out.problems.push(format!("{e} (replaced)")),
         }
     }
     let mut packs = backend.list("packs")?;
     packs.sort();
     let mut present = HashSet::new();
-    let mut body: SegmentBody = Vec::new();
+    let mut body: Vec<Claim> = Vec::new();
+    let mut from_trailer = HashSet::new();
     for key in packs {
         let Some(id) = pack::parse_pack_key(&key) else {
             out.problems.push(format!("{key}: not a pack name; ignored"));
             continue;
         };
         present.insert(id);
+        let claims = from_segments.remove(&id).unwrap_or_default();
         match pack::read_trailer(backend, &repo.wk.catalog_key, &key) {
-            Ok(entries) => body.push((id, entries)),
-            Err(e) => match from_segments.remove(&id) {
-                Some(entries) => {
-                    out.problems.push(format!("{e}; its blobs are listed from the old index instead"));
-                    body.push((id, entries));
-                }
-                None => out.problems.push(format!("{e}; its blobs are lost")),
-            },
+            Ok(entries) => {
+                // The trailer's entries, each under the vouchers whose segments listed it.
+                let listed: Vec<(Voucher, HashSet<BlobId>)> =
+                    claims.iter().map(|(v, e)| (*v, e.iter().map(|e| e.id).collect())).collect();
+                from_trailer.insert(id);
+                body.extend(crate::index::split_by_claims(id, &entries, &listed));
+            }
+            Err(e) if claims.is_empty() => out.problems.push(format!("{e}; its blobs are lost")),
+            Err(e) => {
+                out.problems.push(format!("{e}; its blobs are listed from the old index instead"));
+                body.extend(claims.into_iter().map(|(v, entries)| (v, id, entries)));
+            }
         }
     }
-    for (id, entries) in &from_segments {
-        if !present.contains(id) {
-            out.problems.push(format!(
-                "{} is missing; the {} blobs the index listed in it are lost",
-                pack::pack_key(id),
-                entries.len()
-            ));
-        }
+    for (id, claims) in &from_segments {
+        out.problems.push(format!(
+            "{} is missing; the {} blobs the index listed in it are lost",
+            pack::pack_key(id),
+            claims.iter().map(|(_, e)| e.len()).max().unwrap_or(0)
+        ));
     }
     if read_data {
         repo.key.identity()?;
-        let ids: Vec<PackId> = body.iter().map(|(id, _)| *id).collect();
-        let verdicts: HashMap<PackId, HashSet<BlobId>> =
-            check::verify_packs(repo, &Index::default(), ids, workers)
-                .into_iter()
-                .map(|(id, v)| (id, v.bad_blobs.into_iter().map(|(b, _)| b).collect()))
-                .collect();
-        for (id, entries) in &mut body {
-            let Some(bad) = verdicts.get(id).filter(|b| !b.is_empty()) else { continue };
+        let mut ids: Vec<PackId> = body.iter().map(|(_, id, _)| *id).collect();
+        ids.dedup();
+        let verdicts: HashMap<PackId, check::PackVerdict> =
+            check::verify_packs(repo, &Index::default(), ids, workers).into_iter().collect();
+        for (voucher, id, entries) in &mut body {
+            let Some(v) = verdicts.get(id) else { continue };
+            let bad: HashSet<BlobId> = v.bad_blobs.iter().map(|(b, _)| *b).collect();
+            if v.damage.is_empty() && bad.is_empty() && from_trailer.contains(id) {
+                // Every blob its trailer lists was read and authenticated by the owner just
+                // now: the owner vouches for them, whoever wrote the pack. (Never for a pack
+                // with any damage, or whose entries came from segments: those were not read.)
+                *voucher = Voucher::Key(repo.owner);
+                continue;
+            }
+            if bad.is_empty() {
+                continue;
+            }
             out.problems.push(format!(
                 "{}: {} damaged blobs left out of the index (a backup of the same data stores them again)",
                 pack::pack_key(id),
@@ -105,15 +124,26 @@ pub fn repair_index(repo: &Repository, read_data: bool, workers: usize) -> Resul
             entries.retain(|e| !bad.contains(&e.id));
         }
     }
-    out.packs = body.len();
-    out.blobs = body.iter().map(|(_, e)| e.len()).sum();
-    let mut written = HashSet::new();
-    for part in body.chunks(PACKS_PER_SEGMENT) {
-        let (name, bytes) = encode_segment(&repo.wk.catalog_key, &part.to_vec())?;
-        backend.put(&name, &bytes)?;
-        written.insert(name);
-        out.segments_written += 1;
+    if read_data
+        && crate::index::signed_mark(backend, &repo.owner, &repo.config.repo_id)?
+            == crate::index::Mark::Absent
+    {
+        // What is still unsigned was not vouched for by reading: `migrate` must not vouch
+        // for it wholesale afterwards.
+        crate::index::put_signed_mark(
+            backend,
+            &repo.key.owner_signer()?,
+            &repo.config.repo_id,
+            crate::clock::now_ns(),
+        )?;
     }
+    out.packs = body.iter().map(|(_, id, _)| *id).collect::<HashSet<_>>().len();
+    out.blobs = body.iter().map(|(_, _, e)| e.len()).sum();
+    let written: HashSet<String> =
+        crate::index::put_vouched(backend, &repo.sealer()?, crate::index::by_voucher(body))?
+            .into_iter()
+            .collect();
+    out.segments_written = written.len();
     for name in old {
         if !written.contains(&name) {
             backend.delete(&name)?;
@@ -222,7 +252,7 @@ impl Rewriter<'_, '_> {
 /// damaged files and directories, tagged `repaired`, with what was left out in its error list.
 pub fn repair_snapshots(repo: &Repository, opts: &SnapshotRepairOptions) -> Result<SnapshotRepair> {
     let identity = repo.key.identity()?;
-    let copts = CheckOptions { read_data: opts.read_data, workers: opts.workers };
+    let copts = CheckOptions { read_data: opts.read_data, writer: None, workers: opts.workers };
     let (report, survey) = check::check_with_survey(repo, &copts)?;
     let mut out = SnapshotRepair::default();
     let mut scratch = CheckReport::default();

@@ -13,7 +13,7 @@ use stages::{BlobId, BlobKind, BUNDLE_ID};
 use crate::config::Config;
 use crate::crypto::{unwrap_key, WriterKeys};
 use crate::error::{Error, Result};
-use crate::index::{Index, Use};
+use crate::index::{Index, SegmentKeys, SegmentSealer, Trusted, Use};
 use crate::keys::{self, Key};
 use crate::pack;
 use crate::signing::PublicKey;
@@ -95,13 +95,49 @@ pub enum Location {
     S3(String),
 }
 
+/// What `--repo` accepts, for error messages.
+pub const SUPPORTED_LOCATIONS: &str =
+    "a directory (PATH or local:PATH), or an S3-compatible bucket as s3:https://host[:port]/bucket[/prefix] or s3:host/bucket[/prefix]";
+
 impl Location {
-    /// `s3:...` is a bucket; anything else a directory (any bytes).
-    pub fn parse(s: &std::ffi::OsStr) -> Location {
-        match s.to_str() {
-            Some(u) if u.starts_with("s3:") => Location::S3(u.to_string()),
-            _ => Location::Local(PathBuf::from(s)),
+    /// `s3:http(s)://host/bucket/prefix`, or restic's `s3:host/bucket/prefix` (https), is a
+    /// bucket; a path is a directory (any bytes). Any other `scheme:...` (sftp:, rest:,
+    /// rclone:, b2:, ...) is refused rather than taken for a directory of that name: a
+    /// relative directory whose name looks like one is written `./name:...`.
+    pub fn parse(s: &std::ffi::OsStr) -> Result<Location> {
+        use std::os::unix::ffi::OsStrExt;
+        // restic's explicit form of a local path.
+        if let Some(path) = s.as_bytes().strip_prefix(b"local:") {
+            return Ok(Location::Local(PathBuf::from(std::ffi::OsStr::from_bytes(path))));
         }
+        if let Some(rest) = s.to_str().and_then(|u| u.strip_prefix("s3:")) {
+            if rest.starts_with("http://") || rest.starts_with("https://") {
+                return Ok(Location::S3(format!("s3:{rest}")));
+            }
+            let (host, bucket) = rest.split_once('/').unwrap_or((rest, ""));
+            if host.is_empty() || bucket.trim_matches('/').is_empty() || rest.contains("://") {
+                return Err(Error::Invalid(format!(
+                    "{rest:?} after s3: is not host/bucket[/prefix] nor a http(s):// URL ({SUPPORTED_LOCATIONS})"
+                )));
+            }
+            return Ok(Location::S3(format!("s3:https://{rest}")));
+        }
+        let bytes = s.as_bytes();
+        if let Some(colon) = bytes.iter().position(|&b| b == b':') {
+            let scheme = &bytes[..colon];
+            let schemelike = scheme.first().is_some_and(u8::is_ascii_alphabetic)
+                && scheme.iter().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(b));
+            if schemelike {
+                return Err(Error::Invalid(format!(
+                    "{}: is not a kind of repository bakare supports (it supports {SUPPORTED_LOCATIONS}); \
+                     for a directory of that name, write ./{} or local:{}",
+                    String::from_utf8_lossy(scheme),
+                    s.to_string_lossy(),
+                    s.to_string_lossy()
+                )));
+            }
+        }
+        Ok(Location::Local(PathBuf::from(s)))
     }
 
     pub fn local(&self) -> Option<&Path> {
@@ -149,19 +185,36 @@ impl From<&PathBuf> for Location {
 impl Repository {
     /// Creates a repository and its key (saved at `key_path`, or in the key directory).
     pub fn init(location: impl Into<Location>, key_path: Option<&Path>) -> Result<Repository> {
-        Repository::init_with(location, key_path, None)
+        Repository::init_with(location, key_path, None, false)
     }
 
-    /// `init`, with the key file's identity sealed with `passphrase` when one is given.
+    /// `init`, with the key file's identity sealed with `passphrase` when one is given. A
+    /// directory that holds anything and is not a repository is refused unless `force`: a
+    /// typo, or the wrong directory, must not become a repository beside someone's files.
     pub fn init_with(
         location: impl Into<Location>,
         key_path: Option<&Path>,
         passphrase: Option<age::secrecy::SecretString>,
+        force: bool,
     ) -> Result<Repository> {
         let location = location.into();
         let backend = location.backend()?;
         if backend.exists("config")? {
             return Err(Error::RepositoryExists(location.to_string()));
+        }
+        if let Some(path) = location.local().filter(|_| !force) {
+            let occupied = match std::fs::read_dir(path) {
+                Ok(mut entries) => entries.next().is_some(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(Error::io(path, e)),
+            };
+            if occupied {
+                return Err(Error::Invalid(format!(
+                    "{} is not empty and is not a repository: refusing to create one there \
+                     (bakare init --force does)",
+                    path.display()
+                )));
+            }
         }
         let mut repo_id = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut repo_id);
@@ -188,10 +241,14 @@ impl Repository {
             grace_changed_ns: now,
         };
         if let Some(path) = location.local() {
-            for dir in ["packs", "index", "snapshots", "pending", "gc", "writers", "tmp"] {
+            for dir in ["packs", "index", "snapshots", "pending", "gc", "writers", "roster", "tmp"] {
                 std::fs::create_dir_all(path.join(dir)).map_err(|e| Error::io(path.join(dir), e))?;
             }
         }
+        // Nothing here is unsigned: any unsigned index segment found later was planted, and
+        // `migrate` does not vouch for it. (Before the config: a repository exists once its
+        // config does, and none may exist without the mark.)
+        crate::index::put_signed_mark(backend.as_ref(), &owner_key, &repo_id, now)?;
         backend.put("config", &config.encode(&owner_key))?;
         let wk = key.writer_keys();
         let owner = owner_key.public();
@@ -264,6 +321,41 @@ impl Repository {
         crate::gc::Keys { catalog: &self.wk.catalog_key, owner: &self.owner, repo_id: &self.config.repo_id }
     }
 
+    /// The keys index segments are read with.
+    pub fn segment_keys(&self) -> SegmentKeys<'_> {
+        SegmentKeys { catalog: &self.wk.catalog_key, repo_id: &self.config.repo_id, owner: &self.owner }
+    }
+
+    /// What this key writes index segments with: signed by its writer key (the owner's, for a
+    /// full key).
+    pub fn sealer(&self) -> Result<SegmentSealer> {
+        Ok(SegmentSealer {
+            catalog: self.wk.catalog_key.clone(),
+            signer: self.key.snapshot_signer()?,
+            repo_id: self.config.repo_id,
+        })
+    }
+
+    /// Whose packs a backup deduplicates against: the owner, this key's own writer, and the
+    /// writers the owner registered and has not revoked (from the registry with a full key,
+    /// from the roster with a backup-only one).
+    pub fn trusted(&self) -> Result<(Trusted, Warnings)> {
+        let mut set = std::collections::HashSet::from([self.owner]);
+        if let Ok(s) = self.key.snapshot_signer() {
+            set.insert(s.public());
+        }
+        let warnings = if self.key.identity().is_ok() {
+            let (registry, warnings) = self.registry()?;
+            set.extend(registry.writers.values().filter(|w| w.revoked_ns.is_none()).map(|w| w.key));
+            warnings
+        } else {
+            let (roster, warnings) = self.roster()?;
+            set.extend(crate::writers::in_good_standing(&roster));
+            warnings
+        };
+        Ok((Trusted(set), warnings))
+    }
+
     /// The config as stored now, checked to be the owner's.
     pub fn fresh_config(&self) -> Result<Config> {
         Config::decode(&self.backend.get("config")?, &self.owner)
@@ -290,7 +382,18 @@ impl Repository {
                 Default::default()
             }
         };
-        let (idx, w) = Index::load_with(self.backend.as_ref(), &self.wk.catalog_key, &condemned, Use::Read)?;
+        let trusted = match self.trusted() {
+            Ok((t, w)) => {
+                warnings.extend(w);
+                t
+            }
+            Err(e) => {
+                warnings.push(format!("{e}; reading every copy alike"));
+                Trusted::default()
+            }
+        };
+        let (idx, w) =
+            Index::load_with(self.backend.as_ref(), self.segment_keys(), &trusted, &condemned, Use::Read)?;
         warnings.extend(w);
         Ok((idx, warnings))
     }
@@ -302,7 +405,16 @@ impl Repository {
         match crate::gc::load(self.backend.as_ref(), self.gc_keys()) {
             Ok(records) => {
                 let condemned = crate::gc::condemned_packs(&records.valid);
-                Index::load_with(self.backend.as_ref(), &self.wk.catalog_key, &condemned, Use::Dedup)
+                let (trusted, mut warnings) = self.trusted()?;
+                let (idx, w) = Index::load_with(
+                    self.backend.as_ref(),
+                    self.segment_keys(),
+                    &trusted,
+                    &condemned,
+                    Use::Dedup,
+                )?;
+                warnings.extend(w);
+                Ok((idx, warnings))
             }
             Err(e) => Ok((
                 Index::default(),
@@ -311,6 +423,16 @@ impl Repository {
                 )],
             )),
         }
+    }
+
+    /// The roster: the registry as writers read it (`format::writers`).
+    pub fn roster(&self) -> Result<(Vec<crate::writers::RosterEntry>, Warnings)> {
+        crate::writers::load_roster(
+            self.backend.as_ref(),
+            &self.wk.catalog_key,
+            &self.owner,
+            &self.config.repo_id,
+        )
     }
 
     /// The writer registry (needs the secret identity).
@@ -835,6 +957,36 @@ impl Drop for Entries<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repository_strings() {
+        let p = |s: &str| Location::parse(std::ffi::OsStr::new(s));
+        assert_eq!(p("s3:https://h:9000/b/p").unwrap(), Location::S3("s3:https://h:9000/b/p".into()));
+        assert_eq!(p("s3:http://h/b").unwrap(), Location::S3("s3:http://h/b".into()));
+        // restic's form: https implied
+        assert_eq!(
+            p("s3:s3.example.com/bucket/pre").unwrap(),
+            Location::S3("s3:https://s3.example.com/bucket/pre".into())
+        );
+        for bad in [
+            "s3:",
+            "s3:host",
+            "s3:host/",
+            "s3:/bucket",
+            "s3:ftp://h/b",
+            "sftp:u@h:/p",
+            "rest:http://h/",
+            "b2:b",
+            "x+y.z-1:p",
+        ] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+        for dir in ["./sftp:x", "/srv/a:b", "backups", "../b:c", "1x:y", ":z"] {
+            assert_eq!(p(dir).unwrap(), Location::Local(dir.into()), "{dir}");
+        }
+        assert_eq!(p("local:/srv/b").unwrap(), Location::Local("/srv/b".into()));
+        assert_eq!(p("local:sftp:x").unwrap(), Location::Local("sftp:x".into()));
+    }
 
     #[test]
     fn slots_keep_the_most_recently_used_within_their_bytes() {

@@ -11,7 +11,7 @@ use stages::write::BlobSink;
 use stages::{BlobId, BlobKind, Sealed};
 
 use crate::error::{Error, Result};
-use crate::index::{encode_segment, Index};
+use crate::index::Index;
 use crate::pack::PackSink;
 use crate::repo::Repository;
 use crate::tree::Tree;
@@ -31,7 +31,7 @@ impl<'a> BlobWriter<'a> {
         let sink = PackSink::new(
             repo.backend.clone(),
             repo.key.recipient.clone(),
-            repo.wk.catalog_key.clone(),
+            repo.sealer()?,
             repo.config.pack_size,
         );
         let compressor =
@@ -50,7 +50,7 @@ impl<'a> BlobWriter<'a> {
     /// Stores `data` as a blob of `kind` unless the repository (or this writer) has it already.
     pub fn put(&mut self, kind: BlobKind, data: &[u8]) -> Result<BlobId> {
         let id = blob_id(self.repo.wk.id_key.as_bytes(), data);
-        if self.index.contains(&id) || !self.written.insert(id) {
+        if self.index.contains_vouched(&id) || !self.written.insert(id) {
             return Ok(id);
         }
         self.store(kind, id, data)?;
@@ -96,7 +96,7 @@ impl<'a> BlobWriter<'a> {
     pub fn finish(mut self) -> Result<usize> {
         self.sink.finish().map_err(|e| Error::Pipeline(format!("writing pack: {e}")))?;
         if !self.sink.packs.is_empty() {
-            let (name, bytes) = encode_segment(&self.repo.wk.catalog_key, &self.sink.packs)?;
+            let (name, bytes) = self.repo.sealer()?.own(&self.sink.packs)?;
             self.repo.backend.put(&name, &bytes)?;
         }
         Ok(self.sink.packs.len())

@@ -24,6 +24,28 @@ pub fn temp_path(dir: &Path) -> PathBuf {
     dir.join(format!(".tmp-{name}"))
 }
 
+/// Marks a temporary file as being written (an exclusive lock while the handle is open), so
+/// that prune never removes it, however old it looks: a writer suspended for days, or a test
+/// clock moved ahead. Best effort: where the file system has no locks, the grace period alone
+/// protects it.
+pub fn hold(file: &File) {
+    let _ = file.lock();
+}
+
+/// Whether another process is writing the temporary file at `path` (holds its lock). A file
+/// that cannot be opened or locked for another reason is not in use.
+pub fn in_use(path: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(f) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) else { return false };
+    matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock))
+}
+
+/// Whether `name` is one `temp_path` makes: `.tmp-` and 24 lowercase hex digits.
+pub fn is_temp_name(name: &str) -> bool {
+    name.strip_prefix(".tmp-")
+        .is_some_and(|h| h.len() == 24 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -62,10 +84,13 @@ fn write_then<T>(
     let tmp = temp_path(dir);
     let result = (|| {
         let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        hold(&f);
         f.write_all(data)?;
         f.sync_all()?;
+        // Held until placed: prune leaves a locked temporary file alone.
+        let placed = place(&tmp, dest);
         drop(f);
-        place(&tmp, dest)
+        placed
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

@@ -10,4 +10,4 @@ pub mod uring;
 
 pub use s3::{S3Backend, S3Tuning};
 pub use source::{LocalSource, Source};
-pub use storage::{Backend, LocalBackend, Staged, StorageError};
+pub use storage::{Backend, Leftover, LocalBackend, Staged, StorageError};

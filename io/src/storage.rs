@@ -85,7 +85,31 @@ pub trait Backend: Send + Sync {
             Err(e) => Err(e),
         }
     }
+    /// Temporary files that writers killed mid-write left behind (never listed by `list`).
+    /// Only local storage has them: an S3 object is all there or not at all.
+    fn leftovers(&self) -> Result<Vec<Leftover>> {
+        Ok(Vec::new())
+    }
+    /// Removes a leftover `leftovers` listed, unless a writer is still writing it (false);
+    /// one already gone is fine.
+    fn remove_leftover(&self, _name: &str) -> Result<bool> {
+        Ok(false)
+    }
 }
+
+/// A temporary file left by an interrupted write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leftover {
+    /// Its path below the repository (`tmp/.tmp-…`, `index/.tmp-…`).
+    pub name: String,
+    pub size: u64,
+    /// Last modified, in ns since the epoch.
+    pub modified_ns: i64,
+}
+
+/// The directories of a repository, besides `packs/`'s fan-out.
+const REPO_DIRS: [&str; 9] =
+    ["packs", "index", "snapshots", "pending", "abandoned", "gc", "writers", "roster", "tmp"];
 
 /// A repository in a local directory.
 pub struct LocalBackend {
@@ -120,6 +144,24 @@ impl LocalBackend {
     fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
+
+    /// The subdirectories of `dir` (not followed through links).
+    fn list_dirs(&self, dir: &str) -> Result<Vec<String>> {
+        let rd = match fs::read_dir(self.root.join(dir)) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StorageError::io(dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| StorageError::io(dir, e))?;
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if let (true, Some(name)) = (is_dir, entry.file_name().to_str()) {
+                out.push(name.to_string());
+            }
+        }
+        Ok(out)
+    }
 }
 
 struct LocalStaged {
@@ -146,10 +188,11 @@ impl Staged for LocalStaged {
         let file =
             self.file.take().ok_or_else(|| StorageError::io(key, io::Error::other("committed twice")))?;
         file.sync_all().map_err(|e| StorageError::io(key, e))?;
-        drop(file);
         let dir = dest.parent().unwrap_or(&self.root);
         fs::create_dir_all(dir).map_err(|e| StorageError::io(key, e))?;
+        // Held (locked) until published: prune leaves a locked temporary file alone.
         durable::publish(&self.tmp, &dest).map_err(|e| StorageError::io(key, e))?;
+        drop(file);
         Ok(())
     }
 }
@@ -163,6 +206,85 @@ impl Drop for LocalStaged {
 }
 
 impl Backend for LocalBackend {
+    fn leftovers(&self) -> Result<Vec<Leftover>> {
+        let mut out = Vec::new();
+        // Only the repository's own directories (and its top level, where `config` is
+        // written), and only names `durable::temp_path` makes: a directory made a repository
+        // with `init --force` may hold a user's own `.tmp-something`.
+        let mut dirs: Vec<String> = vec![String::new()];
+        dirs.extend(REPO_DIRS.iter().map(|d| d.to_string()));
+        for fan in self.list_dirs("packs")? {
+            dirs.push(format!("packs/{fan}"));
+        }
+        for prefix in dirs {
+            let dir = if prefix.is_empty() { self.root.clone() } else { self.root.join(&prefix) };
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StorageError::io(&prefix, e)),
+            };
+            for entry in rd {
+                let entry = entry.map_err(|e| StorageError::io(&prefix, e))?;
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+                if !durable::is_temp_name(&name) {
+                    continue;
+                }
+                let key = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+                // Not followed: a symlink is never a leftover of ours.
+                let md = match entry.path().symlink_metadata() {
+                    Ok(md) => md,
+                    // Published (or removed) by its writer since the listing.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StorageError::io(&key, e)),
+                };
+                if !md.file_type().is_file() {
+                    continue;
+                }
+                let modified_ns = md
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+                out.push(Leftover { name: key, size: md.len(), modified_ns });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn remove_leftover(&self, name: &str) -> Result<bool> {
+        let bad = || StorageError::BadKey { key: name.to_string() };
+        let (dir, file) = name.rsplit_once('/').unwrap_or(("", name));
+        let known = dir.is_empty()
+            || REPO_DIRS.contains(&dir)
+            || dir
+                .strip_prefix("packs/")
+                .is_some_and(|f| f.len() == 2 && f.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !known || !durable::is_temp_name(file) {
+            return Err(bad());
+        }
+        // The directories on the way must be the repository's own, not links elsewhere.
+        let mut at = self.root.clone();
+        for part in dir.split('/').filter(|p| !p.is_empty()) {
+            at.push(part);
+            match at.symlink_metadata() {
+                Ok(md) if md.file_type().is_dir() => {}
+                Ok(_) => return Err(bad()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+                Err(e) => return Err(StorageError::io(name, e)),
+            }
+        }
+        let path = self.root.join(name);
+        if durable::in_use(&path) {
+            return Ok(false);
+        }
+        match fs::remove_file(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(StorageError::io(name, e)),
+        }
+    }
+
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
         let dest = self.path(key)?;
         durable::write_atomic(&dest, data).map_err(|e| StorageError::io(key, e))?;
@@ -178,6 +300,7 @@ impl Backend for LocalBackend {
             .create_new(true)
             .open(&tmp)
             .map_err(|e| StorageError::io("tmp", e))?;
+        durable::hold(&file);
         Ok(Box::new(LocalStaged { file: Some(file), tmp, root: self.root.clone() }))
     }
 
@@ -259,6 +382,40 @@ impl Backend for LocalBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pack being written is a temporary file prune must not remove, however old it looks:
+    /// its writer holds it locked until it is published. Once its writer is gone (killed), the
+    /// same file is a leftover to remove. Names and places not of our making are never listed.
+    #[test]
+    fn leftovers_in_use_are_kept_and_others_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        let mut staged = b.stage().unwrap();
+        staged.write_all(b"part of a pack").unwrap();
+        let left = b.leftovers().unwrap();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(left[0].name.starts_with("tmp/.tmp-") && left[0].size == 14, "{left:?}");
+        assert!(!b.remove_leftover(&left[0].name).unwrap(), "removed while being written");
+        staged.commit("packs/ab/abcd").unwrap();
+        assert_eq!(b.get("packs/ab/abcd").unwrap(), b"part of a pack");
+        assert!(b.leftovers().unwrap().is_empty());
+        // A leftover nobody holds (its writer was killed) goes.
+        fs::create_dir_all(dir.path().join("index")).unwrap();
+        fs::write(dir.path().join("index/.tmp-0123456789abcdef01234567"), b"x").unwrap();
+        fs::write(dir.path().join("index/.tmp-mine"), b"x").unwrap();
+        let left = b.leftovers().unwrap();
+        assert_eq!(
+            left.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+            ["index/.tmp-0123456789abcdef01234567"]
+        );
+        assert!(b.remove_leftover(&left[0].name).unwrap());
+        assert!(b.leftovers().unwrap().is_empty() && dir.path().join("index/.tmp-mine").exists());
+        for bad in
+            ["../.tmp-0123456789abcdef01234567", "photos/.tmp-0123456789abcdef01234567", "index/config"]
+        {
+            assert!(b.remove_leftover(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn local_backend_round_trip() {

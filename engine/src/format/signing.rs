@@ -22,6 +22,9 @@ pub enum Purpose {
     GcRecord,
     WriterRecord,
     Snapshot,
+    IndexSegment,
+    Roster,
+    Marker,
 }
 
 impl Purpose {
@@ -31,6 +34,9 @@ impl Purpose {
             Purpose::GcRecord => "bakare 2026-12 signed condemnation record",
             Purpose::WriterRecord => "bakare 2026-12 signed writer record",
             Purpose::Snapshot => "bakare 2026-12 signed snapshot",
+            Purpose::IndexSegment => "bakare 2026-12 signed index segment",
+            Purpose::Roster => "bakare 2026-12 signed writer roster entry",
+            Purpose::Marker => "bakare 2026-12 signed index marker",
         }
     }
 }

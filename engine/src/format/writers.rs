@@ -64,6 +64,96 @@ impl WriterRecord {
     }
 }
 
+/// The roster (`roster/<hash>`): the writer registry as writers can read it, so that a backup
+/// knows whose packs it may deduplicate against. Each entry names a writer's key, not its name,
+/// is signed by the owner and sealed with the catalog key:
+/// `"BKROSTR1" | seal_catalog("BKROSTR1", seal(owner, postcard(RosterEntry)))`.
+pub const ROSTER_MAGIC: &[u8; 8] = b"BKROSTR1";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RosterEntry {
+    pub version: u8,
+    pub key: PublicKey,
+    pub time_ns: i64,
+    pub revoked: bool,
+}
+
+impl RosterEntry {
+    pub fn encode(
+        &self,
+        owner: &SigningKey,
+        repo_id: &[u8; 16],
+        catalog: &crate::crypto::Secret32,
+    ) -> Result<(String, Vec<u8>)> {
+        let body = postcard::to_allocvec(self).map_err(|e| Error::Pipeline(e.to_string()))?;
+        let signed = signing::seal(owner, Purpose::Roster, repo_id, body);
+        let mut out = ROSTER_MAGIC.to_vec();
+        out.extend_from_slice(&crate::crypto::seal_catalog(catalog, ROSTER_MAGIC, &signed));
+        Ok((format!("roster/{}", blake3::hash(&out).to_hex()), out))
+    }
+
+    pub fn decode(
+        catalog: &crate::crypto::Secret32,
+        owner: &PublicKey,
+        repo_id: &[u8; 16],
+        name: &str,
+        data: &[u8],
+    ) -> Result<RosterEntry> {
+        let bad = |why: String| Error::corrupt("roster entry", name, why);
+        let sealed = data.strip_prefix(ROSTER_MAGIC).ok_or_else(|| bad("bad magic".into()))?;
+        let plain = crate::crypto::open_catalog(catalog, ROSTER_MAGIC, sealed)
+            .ok_or_else(|| bad("failed authentication".into()))?;
+        let (body, signer) = signing::open(Purpose::Roster, repo_id, &plain)
+            .ok_or_else(|| bad("signature does not verify".into()))?;
+        if signer != *owner {
+            return Err(bad("not signed by the owner".into()));
+        }
+        let r: RosterEntry = postcard::from_bytes(body).map_err(|e| bad(e.to_string()))?;
+        if r.version != VERSION {
+            return Err(bad(format!("unknown version {}", r.version)));
+        }
+        Ok(r)
+    }
+}
+
+/// The roster as a writer reads it: every (key, revoked) the owner recorded, and a warning per
+/// entry that does not open or is not the owner's (it grants nothing).
+pub fn load_roster(
+    backend: &dyn Backend,
+    catalog: &crate::crypto::Secret32,
+    owner: &PublicKey,
+    repo_id: &[u8; 16],
+) -> Result<(Vec<RosterEntry>, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut warnings = Vec::new();
+    let mut names = backend.list("roster")?;
+    names.sort();
+    for name in names {
+        let data = match backend.get(&name) {
+            Ok(d) => d,
+            Err(io::StorageError::NotFound { .. }) => continue,
+            // An object that cannot be read grants nothing; it must not stop every backup.
+            Err(e) => {
+                warnings.push(format!("{e}; ignored"));
+                continue;
+            }
+        };
+        match RosterEntry::decode(catalog, owner, repo_id, &name, &data) {
+            Ok(r) => out.push(r),
+            Err(e) => warnings.push(format!("{e}; ignored")),
+        }
+    }
+    Ok((out, warnings))
+}
+
+/// The keys of the roster's writers in good standing: registered and never revoked.
+pub fn in_good_standing(entries: &[RosterEntry]) -> impl Iterator<Item = PublicKey> + '_ {
+    entries
+        .iter()
+        .filter(|r| !r.revoked && !entries.iter().any(|o| o.revoked && o.key == r.key))
+        .map(|r| r.key)
+}
+
 /// Where a signer stands with the owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Standing {
@@ -194,6 +284,35 @@ mod tests {
         assert_eq!((reg.writers.len(), warnings.len()), (0, 3));
     }
 
+    /// Writers read the roster: only the owner's entries count, a revocation sticks, and a
+    /// stranger can neither add itself nor lift a revocation.
+    #[test]
+    fn the_roster_is_the_owners_word() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = io::LocalBackend::new(dir.path());
+        let catalog = crate::crypto::Secret32::random();
+        let owner = SigningKey::generate();
+        let repo = [7; 16];
+        let (laptop, desktop, evil) = ([1; 32], [2; 32], [3; 32]);
+        let e = |key, revoked| RosterEntry { version: VERSION, key, time_ns: 5, revoked };
+        for (entry, signer) in [
+            (e(laptop, false), &owner),
+            (e(desktop, false), &owner),
+            (e(laptop, true), &owner),
+            (e(evil, false), &SigningKey::generate()),
+        ] {
+            let (name, bytes) = entry.encode(signer, &repo, &catalog).unwrap();
+            assert!(name.starts_with("roster/"));
+            backend.put(&name, &bytes).unwrap();
+        }
+        let (entries, warnings) = load_roster(&backend, &catalog, &owner.public(), &repo).unwrap();
+        assert_eq!((entries.len(), warnings.len()), (3, 1), "{warnings:?}");
+        assert_eq!(in_good_standing(&entries).collect::<Vec<_>>(), [desktop]);
+        let other = crate::crypto::Secret32::random();
+        let (entries, warnings) = load_roster(&backend, &other, &owner.public(), &repo).unwrap();
+        assert_eq!((entries.len(), warnings.len()), (0, 4));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
@@ -203,6 +322,10 @@ mod tests {
             d.extend_from_slice(&g);
             let _ = WriterRecord::decode(&id, &[1; 32], &[0; 16], "w", &d);
             let _ = WriterRecord::decode(&id, &[1; 32], &[0; 16], "w", &g);
+            let k = crate::crypto::Secret32::random();
+            let mut r = ROSTER_MAGIC.to_vec();
+            r.extend_from_slice(&g);
+            let _ = RosterEntry::decode(&k, &[1; 32], &[0; 16], "r", &r);
         }
     }
 }

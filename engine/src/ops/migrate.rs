@@ -4,10 +4,13 @@
 //! removes the unsigned condemnation records (a record holds no data, and the next prune
 //! condemns again what nothing uses), and signs the config, last: an interrupted migrate is
 //! simply run again. Adopting is the owner's explicit decision that those snapshots are
-//! genuine; `migrate --dry-run` lists them first. On a repository of format 3, migrate adopts
+//! genuine; `migrate --dry-run` lists them first. Likewise it signs the index segments written
+//! before 2026-12 as the owner's word, so that backups deduplicate against their packs again,
+//! and writes the roster entries (the registry as writers read it) that are missing. On a repository of format 3, migrate adopts
 //! nothing: an unsigned snapshot there was planted.
 use crate::config::{Config, Seal};
 use crate::error::{Error, Result};
+use crate::index::{Mark, Voucher};
 use crate::repo::Repository;
 use crate::snapshot::{Signer, Snapshot};
 
@@ -22,6 +25,12 @@ pub struct MigrateReport {
     pub adopted: Vec<(String, String, Snapshot)>,
     /// Unsigned snapshots left alone (the repository was of format 3 already).
     pub left: Vec<String>,
+    /// Unsigned index segments (of before 2026-12) signed again, vouched for by the owner.
+    pub segments_signed: usize,
+    /// Roster entries written for writers the registry has and the roster lacks.
+    pub roster_written: usize,
+    /// Unsigned segments found after an earlier migrate signed the index: left unvouched.
+    pub segments_left_unsigned: usize,
     pub warnings: Vec<String>,
 }
 
@@ -113,6 +122,71 @@ pub fn migrate(repo: &Repository, dry_run: bool) -> Result<MigrateReport> {
         }
         report.records_removed.push(format!("{name}: {why}"));
     }
+
+    // Index segments of before 2026-12 are unsigned, so backups do not deduplicate against
+    // their packs: the owner vouches for them, its explicit decision as with adopting snapshots
+    // (`repair index --read-data` vouches only for the blobs it reads and authenticates). It
+    // does so once: the mark it leaves says that unsigned segments found later were planted.
+    let mark = crate::index::signed_mark(repo.backend.as_ref(), &repo.owner, &repo.config.repo_id)?;
+    if mark == Mark::Forged {
+        report.warnings.push(format!(
+            "{} is not the owner's mark (damaged or forged): it counts as signed, so migrate vouches \
+             for no unsigned segment (`bakare repair index --read-data` vouches for what it reads)",
+            crate::index::MARK
+        ));
+    }
+    // A writer revoked since may have written unsigned segments too: vouching for them all
+    // would undo the revocation. Only reading them can tell.
+    let (registry, _) = repo.registry()?;
+    let revoked = registry.writers.values().any(|w| w.revoked_ns.is_some());
+    let vouch = mark == Mark::Absent && !revoked;
+    let sealer = repo.sealer()?;
+    let mut segments = repo.backend.list("index")?;
+    segments.sort();
+    for name in segments {
+        let data = match repo.backend.get(&name) {
+            Ok(d) => d,
+            Err(io::StorageError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        match crate::index::decode_segment(repo.segment_keys(), &name, data) {
+            Ok((Voucher::Unsigned, _)) if !vouch => report.segments_left_unsigned += 1,
+            Ok((Voucher::Unsigned, body)) => {
+                if !dry_run {
+                    // The signed copy first, so an interruption leaves both rather than neither.
+                    let (new, bytes) = sealer.seal(&Voucher::Key(repo.owner), &body)?;
+                    repo.backend.put(&new, &bytes)?;
+                    repo.backend.delete(&name)?;
+                }
+                report.segments_signed += 1;
+            }
+            Ok(_) => {}
+            Err(e) => report.warnings.push(format!("{e}; left as it is (`bakare repair index` rewrites it)")),
+        }
+    }
+    let n = report.segments_left_unsigned;
+    if n > 0 {
+        let why = match mark {
+            Mark::Signed(t) => {
+                format!("appeared after the owner signed the index ({})", crate::clock::format_ns(t))
+            }
+            Mark::Forged => "are not vouched for: the mark is not the owner's".to_string(),
+            Mark::Absent => "may include a revoked writer's".to_string(),
+        };
+        report.warnings.push(format!(
+            "{n} unsigned index segments {why}: left unvouched, so no backup deduplicates against \
+             their packs (`bakare repair index --read-data` vouches for what it reads and authenticates)"
+        ));
+    }
+    if mark == Mark::Absent && !dry_run {
+        crate::index::put_signed_mark(
+            repo.backend.as_ref(),
+            &owner,
+            &repo.config.repo_id,
+            crate::clock::now_ns(),
+        )?;
+    }
+    report.roster_written = crate::ops::writers::sync_roster(repo, dry_run)?;
 
     if legacy {
         // Format 2 allowed periods down to 1 s; prune no longer honours less than the minimum.

@@ -5,7 +5,7 @@ use crate::keys::Key;
 use crate::repo::Repository;
 use crate::signing::PublicKey;
 use crate::snapshot::Signer;
-use crate::writers::{Writer, WriterRecord, VERSION};
+use crate::writers::{RosterEntry, Writer, WriterRecord, VERSION};
 
 /// A new backup-only key named `name`, registered in the repository's writer registry.
 /// Refused when a writer of that name is registered and not revoked.
@@ -22,17 +22,44 @@ pub fn export_backup_key(repo: &Repository, name: &str) -> Result<Key> {
     Ok(key)
 }
 
+/// Records a registration or a revocation: the roster entry writers read first (a revocation
+/// is then in force for writers even if the registry record is never written; `revoke` again
+/// writes it), then the registry record.
 fn record(repo: &Repository, name: &str, key: PublicKey, revoked: bool) -> Result<String> {
-    let r = WriterRecord {
-        version: VERSION,
-        name: name.to_string(),
-        key,
-        time_ns: crate::clock::now_ns(),
-        revoked,
-    };
+    let time_ns = crate::clock::now_ns();
+    roster(repo, key, revoked, time_ns)?;
+    let r = WriterRecord { version: VERSION, name: name.to_string(), key, time_ns, revoked };
     let (object, bytes) = r.encode(&repo.key.owner_signer()?, &repo.config.repo_id, &repo.key.recipient)?;
     repo.backend.put(&object, &bytes)?;
     Ok(object)
+}
+
+fn roster(repo: &Repository, key: PublicKey, revoked: bool, time_ns: i64) -> Result<()> {
+    let e = RosterEntry { version: VERSION, key, time_ns, revoked };
+    let (object, bytes) = e.encode(&repo.key.owner_signer()?, &repo.config.repo_id, &repo.wk.catalog_key)?;
+    repo.backend.put(&object, &bytes)?;
+    Ok(())
+}
+
+/// Writes the roster entries the registry has and the roster lacks (registries from before
+/// the roster, or a revocation interrupted midway). Returns how many it wrote.
+pub fn sync_roster(repo: &Repository, dry_run: bool) -> Result<usize> {
+    let (registry, _) = repo.registry()?;
+    let (entries, _) = repo.roster()?;
+    let mut written = 0;
+    for w in registry.writers.values() {
+        let has = |revoked: bool| entries.iter().any(|e| e.key == w.key && e.revoked == revoked);
+        for (revoked, at) in [(false, Some(w.registered_ns)), (true, w.revoked_ns)] {
+            let Some(at) = at else { continue };
+            if !has(revoked) {
+                if !dry_run {
+                    roster(repo, w.key, revoked, at)?;
+                }
+                written += 1;
+            }
+        }
+    }
+    Ok(written)
 }
 
 /// Revokes every registered writer named `name`; returns them. From then on their snapshots
