@@ -114,7 +114,7 @@ pub fn sync(from: &dyn Backend, to: &dyn Backend, workers: usize) -> Result<Sync
         e => e.into(),
     })?;
     let (src, _) = Config::decode_unverified(&src_config)?;
-    match to.get("config") {
+    let new = match to.get("config") {
         Ok(d) => {
             let (dst, _) = Config::decode_unverified(&d)?;
             if dst.repo_id != src.repo_id {
@@ -124,16 +124,26 @@ pub fn sync(from: &dyn Backend, to: &dyn Backend, workers: usize) -> Result<Sync
                     hex::encode(src.repo_id)
                 )));
             }
+            false
         }
-        Err(StorageError::NotFound { .. }) => {
-            to.put("config", &src_config)?;
-            report.config_copied = true;
-        }
+        Err(StorageError::NotFound { .. }) => true,
         Err(e) => return Err(e.into()),
+    };
+    // The owner's mark that the index is signed, before the config makes the destination a
+    // repository (one without it would take planted unsigned segments for old ones).
+    match from.get(crate::index::MARK) {
+        Ok(mark) => to.put(crate::index::MARK, &mark)?,
+        Err(StorageError::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    if new {
+        to.put("config", &src_config)?;
+        report.config_copied = true;
     }
     // Listed in this order on purpose (module doc).
     let snapshots = from.list("snapshots")?;
-    let writers = from.list("writers")?;
+    let mut writers = from.list("writers")?;
+    writers.extend(from.list("roster")?);
     let segments = from.list("index")?;
     let packs = from.list("packs")?;
     let mut missing = |dir: &str, keys: Vec<String>| -> Result<Vec<String>> {
@@ -146,11 +156,13 @@ pub fn sync(from: &dyn Backend, to: &dyn Backend, workers: usize) -> Result<Sync
     let packs = missing("packs", packs)?;
     let segments = missing("index", segments)?;
     let snapshots = missing("snapshots", snapshots)?;
-    let writers = missing("writers", writers)?;
+    let (registry, roster): (Vec<_>, Vec<_>) = writers.into_iter().partition(|k| k.starts_with("writers/"));
+    let mut writers = missing("writers", registry)?;
+    writers.extend(missing("roster", roster)?);
     let mut vanished = Vec::new();
     copy_all(from, to, packs, workers, &mut report.packs, &mut vanished)?;
     copy_all(from, to, segments, workers, &mut report.segments, &mut vanished)?;
-    // The writer registry before the snapshots it vouches for.
+    // The writer registry (and its roster) before the snapshots it vouches for.
     copy_all(from, to, writers, workers, &mut report.writers, &mut vanished)?;
     copy_all(from, to, snapshots, workers, &mut report.snapshots, &mut vanished)?;
     report.vanished = vanished;
