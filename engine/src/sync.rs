@@ -11,8 +11,8 @@
 //!
 //! Sync only adds: what the source's prune deletes stays in the destination (prune it there,
 //! with the secret key). Pending snapshots and condemnation records are the source's own state
-//! and are not copied. The writer registry is copied before the snapshots, so the copy trusts
-//! the same writers.
+//! and are not copied. The writer registry and its roster are copied before the snapshots, so
+//! the copy trusts the same writers, and the owner's `index-signed` mark before the config.
 use std::collections::HashSet;
 use std::sync::Mutex;
 
