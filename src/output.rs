@@ -8,8 +8,10 @@ pub fn size(n: u64) -> String {
 }
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) for nanoseconds since the epoch.
-pub fn time(ns: i64) -> String {
-    let secs = ns.div_euclid(1_000_000_000);
+pub fn time(ns: impl Into<i128>) -> String {
+    // Seconds of any time a tree holds fit (`tree::split_ns`); beyond, the display is held.
+    let secs =
+        ns.into().div_euclid(1_000_000_000).clamp(i128::from(i64::MIN / 2), i128::from(i64::MAX / 2)) as i64;
     let days = secs.div_euclid(86400);
     let rem = secs.rem_euclid(86400);
     let (y, m, d) = civil_from_days(days);
@@ -90,7 +92,10 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(super::time(0), "1970-01-01 00:00:00");
-        assert_eq!(super::time(1_795_962_372_000_000_000), "2026-11-29 14:26:12");
-        assert_eq!(super::time(951_782_400_000_000_000), "2000-02-29 00:00:00");
+        assert_eq!(super::time(1_795_962_372_000_000_000_i64), "2026-11-29 14:26:12");
+        assert_eq!(super::time(951_782_400_000_000_000_i64), "2000-02-29 00:00:00");
+        // Beyond an i64 of nanoseconds, both ways.
+        assert_eq!(super::time(10_451_635_200_i128 * 1_000_000_000), "2301-03-15 00:00:00");
+        assert_eq!(super::time(-2_177_452_800_i128 * 1_000_000_000), "1901-01-01 00:00:00");
     }
 }

@@ -27,6 +27,8 @@ pub fn node(name: impl AsRef<[u8]>, kind: NodeKind) -> Node {
         ctime_ns: 1_700_000_000_000_000_000,
         ino: 0,
         nlink: 1,
+        xattrs: Vec::new(),
+        flags: 0,
     }
 }
 

@@ -306,7 +306,7 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
         budget: budget.clone(),
         cancel: cancel.clone(),
         cache: cache_out,
-        racy_ns: time_ns - 1_000_000_000,
+        racy_ns: i128::from(time_ns) - 1_000_000_000,
         progress: opts.progress.clone(),
     });
     let built = builder.run(&ev_rx);

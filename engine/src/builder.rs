@@ -10,13 +10,20 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
-use stages::{BlobId, BlobKind, Cancel, Dedup, FileEvent, MemoryBudget, Meta, NewBlob, Progress, ScanEvent};
+use stages::{
+    BlobId, BlobKind, Cancel, Dedup, FileEvent, FileKind, MemoryBudget, Meta, NewBlob, Progress, ScanEvent,
+};
 
 use crate::error::{Error, Result};
 use crate::filescache::{CacheEntry, CacheWriter, DirEntry, Record};
 use crate::index::SessionDedup;
+use crate::ops::attrs;
 use crate::snapshot::{FileError, Stats};
 use crate::tree::{Node, NodeKind, Tree, MAX_ENTRIES};
+
+/// A tree blob is closed once its entries hold this many bytes of extended attributes (each
+/// entry up to `attrs::MAX_TOTAL`), far below the blob size limit.
+const MAX_TREE_ATTR_BYTES: usize = 4 << 20;
 
 struct Frame {
     name: Vec<u8>,
@@ -29,6 +36,8 @@ struct Frame {
     last: Option<Vec<u8>>,
     /// Entries added.
     count: u64,
+    /// Bytes of extended attributes in `nodes`.
+    attr_bytes: usize,
     /// Whether every entry so far can be recognised as unchanged by the next run: a file or
     /// directory whose timestamps are safely in the past (a change within the same clock tick
     /// would not move them, and a reused tree would keep the entry's old mode or owner).
@@ -39,7 +48,7 @@ struct Frame {
 impl Frame {
     fn new(name: Vec<u8>, meta: Option<Meta>, path: Vec<u8>) -> Frame {
         let (nodes, blobs) = (Vec::new(), Vec::new());
-        Frame { name, meta, path, nodes, blobs, last: None, count: 0, settled: true }
+        Frame { name, meta, path, nodes, blobs, last: None, count: 0, attr_bytes: 0, settled: true }
     }
 }
 
@@ -78,7 +87,7 @@ pub(crate) struct Builder {
     progress: Arc<Progress>,
     /// Files modified at or after this instant are not cached: they may change again within the
     /// same timestamp granularity without their mtime moving (the racy-timestamp problem).
-    racy_ns: i64,
+    racy_ns: i128,
 }
 
 fn join_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
@@ -99,7 +108,7 @@ pub(crate) struct Wiring {
     pub budget: MemoryBudget,
     pub cancel: Cancel,
     pub cache: Option<CacheWriter>,
-    pub racy_ns: i64,
+    pub racy_ns: i128,
     pub progress: Arc<Progress>,
 }
 
@@ -199,8 +208,9 @@ impl Builder {
             }
             frame.last = Some(node.name.clone());
             frame.count += 1;
+            frame.attr_bytes += node.xattrs.iter().map(|x| x.name.len() + x.value.len()).sum::<usize>();
             frame.nodes.push(node);
-            frame.nodes.len() >= MAX_ENTRIES
+            frame.nodes.len() >= MAX_ENTRIES || frame.attr_bytes >= MAX_TREE_ATTR_BYTES
         };
         if full {
             self.flush_top()?;
@@ -214,6 +224,7 @@ impl Builder {
         if frame.nodes.is_empty() {
             return Ok(());
         }
+        frame.attr_bytes = 0;
         let tree = Tree { nodes: std::mem::take(&mut frame.nodes) };
         let data = tree.encode();
         let id = stages::hash::blob_id(&self.id_key, &data);
@@ -290,7 +301,27 @@ impl Builder {
             };
             self.cache_write(|c| c.add(&Record::File(entry)));
         }
-        self.push(Node::new(name, NodeKind::File { size, content }, &meta))
+        let path = self.abs_path(&name);
+        let node = Node::new(name, NodeKind::File { size, content }, &meta);
+        let node = self.attributed(node, path, FileKind::File);
+        self.push(node)
+    }
+
+    /// `node` with the attributes of the entry at `path` (absolute) of `kind`. What cannot be
+    /// read is named as an error, the entry is kept without it, and its directory is not
+    /// reused by the next run (which tries again).
+    fn attributed(&mut self, node: Node, path: Vec<u8>, kind: FileKind) -> Node {
+        let (mut attrs, problems) =
+            attrs::read(std::path::Path::new(std::ffi::OsStr::from_bytes(&path)), kind);
+        for why in problems {
+            self.error(path.clone(), why);
+        }
+        if let Some(why) = attrs::problem(&attrs.xattrs, attrs.flags) {
+            // More than a reader accepts (`attrs::MAX_TOTAL`): the entry is kept without them.
+            attrs.xattrs.clear();
+            self.error(path, format!("extended attributes not saved: {why}"));
+        }
+        node.with_attrs(attrs)
     }
 
     fn error(&mut self, path: Vec<u8>, why: String) {
@@ -338,7 +369,11 @@ impl Builder {
                 } else {
                     self.uncached();
                 }
-                self.push(Node::new(frame.name, NodeKind::Dir { subtree: frame.blobs }, &meta))?;
+                let mut path = b"/".to_vec();
+                path.extend_from_slice(&frame.path);
+                let node = Node::new(frame.name, NodeKind::Dir { subtree: frame.blobs }, &meta);
+                let node = self.attributed(node, path, FileKind::Dir);
+                self.push(node)?;
             }
             ScanEvent::Reused { name, meta, stored, files, bytes, dirs, records } => {
                 // Everything in it is as the last run stored it: its tree, its counts, and
@@ -351,7 +386,10 @@ impl Builder {
                 Progress::add(&self.progress.files_done, files);
                 Progress::add(&self.progress.bytes_done, bytes);
                 self.cache_write(|c| records.pieces().try_for_each(|p| c.add_raw(p)));
-                let node = Node::new(name.as_bytes().to_vec(), NodeKind::Dir { subtree: stored.tree }, &meta);
+                let name = name.as_bytes().to_vec();
+                let path = self.abs_path(&name);
+                let node = Node::new(name, NodeKind::Dir { subtree: stored.tree }, &meta);
+                let node = self.attributed(node, path, FileKind::Dir);
                 self.push(node)?;
             }
             ScanEvent::File { seq, name, meta } => {
@@ -398,7 +436,10 @@ impl Builder {
             ScanEvent::Symlink { name, meta, target } => {
                 self.uncached();
                 let kind = NodeKind::Symlink { target: target.as_bytes().to_vec() };
-                self.push(Node::new(name.as_bytes().to_vec(), kind, &meta))?;
+                let name = name.as_bytes().to_vec();
+                let path = self.abs_path(&name);
+                let node = self.attributed(Node::new(name, kind, &meta), path, FileKind::Symlink);
+                self.push(node)?;
             }
             ScanEvent::Special { name, meta } => {
                 self.uncached();
@@ -408,7 +449,10 @@ impl Builder {
                     stages::FileKind::CharDev => NodeKind::CharDev { rdev: meta.rdev },
                     _ => NodeKind::BlockDev { rdev: meta.rdev },
                 };
-                self.push(Node::new(name.as_bytes().to_vec(), kind, &meta))?;
+                let name = name.as_bytes().to_vec();
+                let path = self.abs_path(&name);
+                let node = self.attributed(Node::new(name, kind, &meta), path, meta.kind);
+                self.push(node)?;
             }
             ScanEvent::Error { path, why } => self.error(path.as_os_str().as_bytes().to_vec(), why),
         }

@@ -39,7 +39,7 @@ impl Change {
 pub struct Side {
     pub kind: char,
     pub size: u64,
-    pub mtime_ns: i64,
+    pub mtime_ns: i128,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,7 +97,12 @@ fn same_content(a: &Node, b: &Node) -> bool {
 fn same_meta(a: &Node, b: &Node) -> bool {
     // A directory's mtime moves whenever an entry is added or removed: that shows as the entry.
     let dir = matches!(a.kind, NodeKind::Dir { .. });
-    a.mode == b.mode && a.uid == b.uid && a.gid == b.gid && (dir || a.mtime_ns == b.mtime_ns)
+    a.mode == b.mode
+        && a.uid == b.uid
+        && a.gid == b.gid
+        && (dir || a.mtime_ns == b.mtime_ns)
+        && a.xattrs == b.xattrs
+        && a.flags == b.flags
 }
 
 fn subtree(n: Option<&Node>) -> Option<&[BlobId]> {
@@ -252,6 +257,8 @@ pub fn root_node(tree: &[BlobId]) -> Node {
         ctime_ns: 0,
         ino: 0,
         nlink: 1,
+        xattrs: Vec::new(),
+        flags: 0,
     }
 }
 
@@ -270,6 +277,8 @@ mod tests {
             ctime_ns: 5,
             ino: 1,
             nlink: 1,
+            xattrs: Vec::new(),
+            flags: 0,
         }
     }
 

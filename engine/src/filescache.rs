@@ -13,13 +13,13 @@
 //! directory and every entry in it are unchanged, the next run reuses that tree instead of
 //! encoding and hashing it again.
 //!
-//! Format: `"BKFCACHE" | version u8 (3) | repository id [16] | nonce prefix [8]`, then the
+//! Format: `"BKFCACHE" | version u8 (4) | repository id [16] | nonce prefix [8]`, then the
 //! records sealed in blocks of up to 64 KiB of plaintext: `len u32 LE | AES-256-GCM(files
 //! cache key, nonce = prefix | block index u32 BE, aad = header | index u32 LE | last u8)`.
 //! The key is derived from the writer key, so only the machine's own key reads it: paths,
 //! sizes, times and inodes are not left in the clear beside the repository's secrets. The last
 //! block says it is last, so a cut file is seen as cut. Inside, records are
-//! `len u32 LE | postcard(Record) | XXH3-64(body) LE`. Versions 1 and 2 (unsealed) are read as
+//! `len u32 LE | postcard(Record) | XXH3-64(body) LE`. Version 3 is read without its directory records (`VERSION_3`); versions 1 and 2 (unsealed) are read as
 //! no cache: the run after an upgrade reads every file once. (XXH3 rather than BLAKE3: a
 //! checksum against damage is all a local cache needs, and BLAKE3 on ~100-byte records was 7 %
 //! of a no-change run over 100,000 files.)
@@ -34,7 +34,11 @@ use stages::encrypt::BlockCipher;
 use stages::BlobId;
 
 const MAGIC: &[u8; 8] = b"BKFCACHE";
-const VERSION: u8 = 3;
+const VERSION: u8 = 4;
+/// The version before: its file records are read as they are (postcard writes an i64 and an
+/// i128 that holds the same number alike), its directory records are not used: their trees
+/// lack the extended attributes and inode flags tree version 2 keeps.
+const VERSION_3: u8 = 3;
 const MAX_RECORD: u32 = 64 << 20;
 /// Plaintext bytes per sealed block.
 const BLOCK: usize = 64 << 10;
@@ -130,7 +134,7 @@ impl Unsealer {
         let mut head = [0u8; HEADER];
         if r.read_exact(&mut head).is_err()
             || &head[..8] != MAGIC
-            || head[8] != VERSION
+            || (head[8] != VERSION && head[8] != VERSION_3)
             || head[9..25] != repo_id[..]
         {
             return Err("damaged or from another version".into());
@@ -196,8 +200,8 @@ impl BufRead for Unsealer {
 pub struct CacheEntry {
     pub path: Vec<u8>,
     pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
     pub ino: u64,
     pub dev: u64,
     pub content: Vec<BlobId>,
@@ -211,8 +215,8 @@ fn checksum(body: &[u8]) -> [u8; 8] {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirEntry {
     pub path: Vec<u8>,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
     pub ino: u64,
     pub dev: u64,
     /// Entries in its tree.
@@ -283,6 +287,8 @@ pub struct CacheReader {
     last: Vec<u8>,
     /// Why reading stopped early, if it did.
     pub problem: Option<String>,
+    /// Whether its directory records are used (`VERSION_3`'s are not).
+    dirs: bool,
 }
 
 impl CacheReader {
@@ -306,12 +312,17 @@ impl CacheReader {
         repo_id: &[u8; 16],
         cipher: BlockCipher,
     ) -> Result<CacheReader, String> {
-        Ok(Self::from_records(Box::new(Unsealer::new(r, repo_id, cipher)?)))
+        let unsealer = Unsealer::new(r, repo_id, cipher)?;
+        let dirs = unsealer.head[8] == VERSION;
+        let mut c = Self::from_records(Box::new(unsealer));
+        c.dirs = dirs;
+        Ok(c)
     }
 
     /// Records in the clear, as the sealed blocks hold them.
     pub fn from_records(r: Box<dyn BufRead + Send>) -> CacheReader {
-        let mut c = CacheReader { r, next: None, body: Vec::new(), last: Vec::new(), problem: None };
+        let mut c =
+            CacheReader { r, next: None, body: Vec::new(), last: Vec::new(), problem: None, dirs: true };
         c.advance();
         c
     }
@@ -395,7 +406,8 @@ impl CacheReader {
     /// The record of the directory at `path`, asked for when the scan leaves it.
     pub fn dir(&mut self, path: &[u8]) -> Option<DirEntry> {
         match self.seek((path, true))? {
-            Record::Dir(d) => Some(d),
+            Record::Dir(d) if self.dirs => Some(d),
+            Record::Dir(_) => None,
             Record::File(_) => None,
         }
     }

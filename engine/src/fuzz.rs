@@ -209,6 +209,8 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
         ctime_ns: 1,
         ino: 42,
         nlink: 1,
+        xattrs: vec![crate::tree::Xattr { name: b"user.x".to_vec(), value: b"\xff".to_vec() }],
+        flags: 0x10,
     };
     let dir = crate::tree::Node {
         name: b"sub".to_vec(),

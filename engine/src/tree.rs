@@ -1,12 +1,17 @@
 //! Trees: one directory's entries, sorted by name bytes, stored as blobs of kind Tree (sealed in
 //! packs like file data, so names are encrypted). A large directory is split across several
-//! tree blobs; its node lists them in order. Plaintext: `version u8 (1) | postcard(Tree)`.
+//! tree blobs; its node lists them in order. Plaintext: `version u8 (2) | postcard(Tree)`.
+//! Version 2 added extended attributes and inode flags (`attrs`) and keeps times as i128
+//! nanoseconds (any i64 of seconds); version 1 (i64 nanoseconds, no attributes) is still read.
 use serde::{Deserialize, Serialize};
 use stages::{BlobId, Meta};
 
 use crate::error::{Error, Result};
+pub use crate::ops::attrs::Xattr;
+use crate::ops::attrs::{self, Attrs};
 
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+const VERSION_1: u8 = 1;
 /// A tree blob is closed after this many entries (bounds the builder's memory per directory
 /// level and keeps tree blobs far below the blob size limit).
 pub const MAX_ENTRIES: usize = 4096;
@@ -47,7 +52,8 @@ pub fn entries_size(nodes: &[Node]) -> usize {
                 NodeKind::Symlink { target } => target.len(),
                 _ => 0,
             };
-            std::mem::size_of::<Node>() + n.name.len() + extra
+            let attrs: usize = n.xattrs.iter().map(|x| 48 + x.name.len() + x.value.len()).sum();
+            std::mem::size_of::<Node>() + n.name.len() + extra + attrs
         })
         .sum()
 }
@@ -88,11 +94,43 @@ pub struct Node {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
+    /// Nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
     pub ino: u64,
     /// Number of names the file had; a file with several is a hard link target.
     pub nlink: u64,
+    /// Extended attributes, sorted by name (ACLs among them).
+    pub xattrs: Vec<Xattr>,
+    /// Linux inode flags, within `attrs::FLAGS`.
+    pub flags: u32,
+}
+
+/// A node as tree version 1 stored it.
+#[derive(Deserialize)]
+struct NodeV1 {
+    name: Vec<u8>,
+    kind: NodeKind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    ino: u64,
+    nlink: u64,
+}
+
+#[derive(Deserialize)]
+struct TreeV1 {
+    nodes: Vec<NodeV1>,
+}
+
+impl From<NodeV1> for Node {
+    fn from(n: NodeV1) -> Node {
+        let NodeV1 { name, kind, mode, uid, gid, mtime_ns, ctime_ns, ino, nlink } = n;
+        let (mtime_ns, ctime_ns) = (i128::from(mtime_ns), i128::from(ctime_ns));
+        Node { name, kind, mode, uid, gid, mtime_ns, ctime_ns, ino, nlink, xattrs: Vec::new(), flags: 0 }
+    }
 }
 
 impl Node {
@@ -107,7 +145,20 @@ impl Node {
             ctime_ns: meta.ctime_ns,
             ino: meta.ino,
             nlink: meta.nlink,
+            xattrs: Vec::new(),
+            flags: 0,
         }
+    }
+
+    pub fn with_attrs(mut self, attrs: Attrs) -> Node {
+        self.xattrs = attrs.xattrs;
+        self.flags = attrs.flags;
+        self
+    }
+
+    /// The mtime as seconds and nanoseconds, if the seconds fit in an i64.
+    pub fn mtime(&self) -> Option<(i64, u32)> {
+        split_ns(self.mtime_ns)
     }
 
     /// Why a reader must refuse this entry, if it must: a name a restore cannot create safely
@@ -138,7 +189,10 @@ impl Node {
             NodeKind::Dir { subtree } if subtree.len() > MAX_DIR_BLOBS => {
                 Some(format!("directory stored in {} tree blobs", subtree.len()))
             }
-            _ => None,
+            _ if split_ns(self.mtime_ns).is_none() || split_ns(self.ctime_ns).is_none() => {
+                Some("a time beyond what 64 bits of seconds hold".into())
+            }
+            _ => attrs::problem(&self.xattrs, self.flags),
         }
     }
 
@@ -190,9 +244,17 @@ impl Tree {
     /// costs only itself. The blob as a whole must decode, hold at most `MAX_ENTRIES` entries,
     /// and list them in strictly increasing name order, or it is refused whole.
     pub fn decode_entries(name: &str, data: &[u8]) -> Result<(Vec<Node>, Vec<Refused>)> {
-        match data.split_first() {
-            Some((&VERSION, body)) => {
-                let t: Tree = postcard::from_bytes(body).map_err(|e| Error::corrupt("tree", name, e))?;
+        let corrupt = |e: postcard::Error| Error::corrupt("tree", name, e);
+        let t = match data.split_first() {
+            Some((&VERSION, body)) => Some(postcard::from_bytes::<Tree>(body).map_err(corrupt)?),
+            Some((&VERSION_1, body)) => {
+                let t = postcard::from_bytes::<TreeV1>(body).map_err(corrupt)?;
+                Some(Tree { nodes: t.nodes.into_iter().map(Node::from).collect() })
+            }
+            _ => None,
+        };
+        match (t, data.first()) {
+            (Some(t), _) => {
                 if t.nodes.len() > MAX_ENTRIES {
                     let why = format!("{} entries in one blob", t.nodes.len());
                     return Err(Error::corrupt("tree", name, why));
@@ -214,10 +276,22 @@ impl Tree {
                     .collect();
                 Ok((nodes, refused))
             }
-            Some((v, _)) => Err(Error::corrupt("tree", name, format!("unknown version {v}"))),
-            None => Err(Error::corrupt("tree", name, "empty")),
+            (None, Some(v)) => Err(Error::corrupt("tree", name, format!("unknown version {v}"))),
+            (None, None) => Err(Error::corrupt("tree", name, "empty")),
         }
     }
+}
+
+/// Nanoseconds since the epoch in an i64 (for displays and the name catalog): times outside
+/// 1677-2262 are held at those bounds.
+pub fn clamp_ns(ns: i128) -> i64 {
+    ns.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
+/// Nanoseconds since the epoch as seconds (an i64) and nanoseconds.
+pub fn split_ns(ns: i128) -> Option<(i64, u32)> {
+    let secs = i64::try_from(ns.div_euclid(1_000_000_000)).ok()?;
+    Some((secs, ns.rem_euclid(1_000_000_000) as u32))
 }
 
 /// An entry of a tree blob that readers refuse (`Node::problem`), by name (lossy for a name
@@ -336,13 +410,85 @@ mod tests {
             ctime_ns: 0,
             ino: 0,
             nlink: 1,
+            xattrs: vec![],
+            flags: 0,
         };
         let t = Tree { nodes: vec![n] };
         assert!(Tree::decode("t", &t.encode()).is_err());
     }
 
     fn named(name: &str, kind: NodeKind) -> Node {
-        Node { name: name.into(), kind, mode: 0, uid: 0, gid: 0, mtime_ns: 0, ctime_ns: 0, ino: 0, nlink: 1 }
+        let (mtime_ns, ctime_ns, xattrs) = (0, 0, vec![]);
+        Node {
+            name: name.into(),
+            kind,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime_ns,
+            ctime_ns,
+            ino: 0,
+            nlink: 1,
+            xattrs,
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn version_1_trees_are_still_read() {
+        #[derive(Serialize)]
+        struct V1 {
+            name: Vec<u8>,
+            kind: NodeKind,
+            mode: u32,
+            uid: u32,
+            gid: u32,
+            mtime_ns: i64,
+            ctime_ns: i64,
+            ino: u64,
+            nlink: u64,
+        }
+        let old = V1 {
+            name: b"f".to_vec(),
+            kind: NodeKind::Fifo,
+            mode: 0o644,
+            uid: 7,
+            gid: 8,
+            mtime_ns: -1,
+            ctime_ns: i64::MAX,
+            ino: 9,
+            nlink: 2,
+        };
+        let mut data = vec![1u8];
+        data.extend(postcard::to_allocvec(&vec![old]).unwrap());
+        let t = Tree::decode("t", &data).unwrap();
+        let mut want = named("f", NodeKind::Fifo);
+        (want.mode, want.uid, want.gid, want.ino, want.nlink) = (0o644, 7, 8, 9, 2);
+        (want.mtime_ns, want.ctime_ns) = (-1, i128::from(i64::MAX));
+        assert_eq!(t.nodes, [want]);
+    }
+
+    #[test]
+    fn times_and_attributes_round_trip() {
+        let mut n = named("f", NodeKind::Fifo);
+        // 2300-01-01 and 1901-12-13: beyond an i64 of nanoseconds both ways.
+        n.mtime_ns = 10_413_792_000 * 1_000_000_000 + 123;
+        n.ctime_ns = -2_147_483_648 * 1_000_000_000 - 1;
+        n.xattrs = vec![
+            Xattr { name: b"system.posix_acl_access".to_vec(), value: vec![2, 0, 0, 0, 1, 0, 6, 0] },
+            Xattr { name: b"user.\xff".to_vec(), value: vec![0xff; 300] },
+        ];
+        n.flags = crate::ops::attrs::LOCKING;
+        let t = Tree { nodes: vec![n.clone()] };
+        assert_eq!(Tree::decode("t", &t.encode()).unwrap().nodes, [n.clone()]);
+        assert_eq!(n.mtime(), Some((10_413_792_000, 123)));
+        assert_eq!(split_ns(n.ctime_ns), Some((-2_147_483_649, 999_999_999)));
+        // Seconds beyond an i64 are no time a file system holds.
+        n.mtime_ns = i128::from(i64::MAX) * 1_000_000_000 + 1_000_000_000;
+        assert!(n.problem().unwrap().contains("64 bits of seconds"));
+        n.mtime_ns = 0;
+        n.xattrs[1].name = b"nonsense".to_vec();
+        assert!(n.problem().unwrap().contains("extended attribute name"));
     }
 
     #[test]

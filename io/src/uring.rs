@@ -43,8 +43,14 @@ struct Op {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stamp {
     pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+/// Nanoseconds since the epoch, exact for any time in an i64 of seconds (an i64 of nanoseconds
+/// ends in 2262).
+pub fn ns(secs: i64, nsec: i64) -> i128 {
+    i128::from(secs) * 1_000_000_000 + i128::from(nsec)
 }
 
 pub enum Outcome {
@@ -240,7 +246,7 @@ impl Ring {
                     None => Ok(unsafe { File::from_raw_fd(res) }),
                 }),
                 Kind::Statx { file, buf } => {
-                    let ns = |t: libc::statx_timestamp| t.tv_sec * 1_000_000_000 + i64::from(t.tv_nsec);
+                    let ns = |t: libc::statx_timestamp| ns(t.tv_sec, i64::from(t.tv_nsec));
                     let result = match err {
                         Some(e) => Err(e),
                         None => Ok(Stamp {
@@ -340,8 +346,8 @@ mod tests {
             st,
             Stamp {
                 size: 5,
-                mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-                ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec()
+                mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+                ctime_ns: ns(md.ctime(), md.ctime_nsec())
             }
         );
         ring.close(Arc::try_unwrap(file).unwrap(), 4);

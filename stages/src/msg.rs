@@ -101,8 +101,9 @@ pub struct Meta {
     pub uid: u32,
     pub gid: u32,
     pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
+    /// Nanoseconds since the epoch (`io::uring::ns`: any i64 of seconds).
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
     pub ino: u64,
     pub dev: u64,
     pub nlink: u64,

@@ -281,7 +281,7 @@ impl Shared {
 
 fn stamp_of(file: &File) -> io::Result<Stamp> {
     let md = file.metadata()?;
-    let ns = |s: i64, n: i64| s * 1_000_000_000 + n;
+    use ::io::uring::ns;
     Ok(Stamp {
         size: md.size(),
         mtime_ns: ns(md.mtime(), md.mtime_nsec()),

@@ -52,7 +52,7 @@ fn version_of(path: u32, n: &Node) -> Version {
         NodeKind::CharDev { rdev } | NodeKind::BlockDev { rdev } => (0, fingerprint(&[&rdev.to_le_bytes()])),
         NodeKind::Dir { .. } | NodeKind::Fifo | NodeKind::Socket => (0, [0; 8]),
     };
-    Version { path, kind: n.type_char() as u8, size, mtime_ns: n.mtime_ns, fp }
+    Version { path, kind: n.type_char() as u8, size, mtime_ns: crate::tree::clamp_ns(n.mtime_ns), fp }
 }
 
 /// The delta of `set` against the previous snapshot of its lineage, or the whole set when that

@@ -1,4 +1,5 @@
 //! ops: what commands do, one module each, on top of the repository model.
+pub mod attrs;
 pub mod migrate;
 pub mod restore;
 pub mod writers;

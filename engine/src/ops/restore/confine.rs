@@ -8,6 +8,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timestamps};
 use rustix::io::Errno;
 
+use crate::ops::attrs::{self, NotApplied, Xattr};
+
 fn err(e: Errno) -> io::Error {
     io::Error::from(e)
 }
@@ -123,37 +125,55 @@ fn made(dir: impl AsFd, name: &[u8], kind: FileType) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Owner (when given) and times of the entry `name` of `kind` that this restore just created,
-/// through a handle on it (`made`), never what a symlink names.
+/// What restore sets on an entry besides its content.
+pub struct EntryMeta<'a> {
+    /// None: the owner is left as it is.
+    pub owner: Option<(u32, u32)>,
+    pub mode: u32,
+    pub times: Timestamps,
+    pub xattrs: &'a [Xattr],
+    /// Inode flags (`attrs::FLAGS`), for regular files and directories.
+    pub flags: u32,
+}
+
+/// Owner (when given), extended attributes and times of the entry `name` of `kind` that this
+/// restore just created, through a handle on it (`made`), never what a symlink names.
 pub fn entry_meta(
     dir: impl AsFd,
     name: &[u8],
     kind: FileType,
-    owner: Option<(u32, u32)>,
-    times: &Timestamps,
+    meta: &EntryMeta,
+    skipped: &mut NotApplied,
 ) -> io::Result<()> {
     use rustix::fs::{Gid, Uid};
     let fd = made(&dir, name, kind)?;
-    if let Some((uid, gid)) = owner {
+    if let Some((uid, gid)) = meta.owner {
         let (u, g) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
         rustix::fs::chownat(&fd, "", u, g, AtFlags::EMPTY_PATH).map_err(err)?;
     }
-    match rustix::fs::utimensat(&fd, "", times, AtFlags::EMPTY_PATH) {
+    attrs::set_xattrs_opath(&fd, meta.xattrs, skipped)?;
+    match rustix::fs::utimensat(&fd, "", &meta.times, AtFlags::EMPTY_PATH) {
         // Kernels before AT_EMPTY_PATH in utimensat: by name (the times alone are at stake).
-        Err(Errno::INVAL) => rustix::fs::utimensat(&dir, name, times, AtFlags::SYMLINK_NOFOLLOW).map_err(err),
+        Err(Errno::INVAL) => {
+            rustix::fs::utimensat(&dir, name, &meta.times, AtFlags::SYMLINK_NOFOLLOW).map_err(err)
+        }
         other => other.map_err(err),
     }
 }
 
-/// Owner (when given), mode and times through an open handle: chown first, since it clears
-/// set-id bits.
-pub fn fd_meta(fd: impl AsFd, owner: Option<(u32, u32)>, mode: u32, times: &Timestamps) -> io::Result<()> {
+/// Everything `meta` says, through an open handle of a regular file or directory, in the order
+/// the kernel needs: chown first (it clears set-id bits and file capabilities), then the mode,
+/// the extended attributes (an access ACL carries the mode's bits), the times, and the inode
+/// flags last (an immutable or append-only file takes no new times).
+pub fn fd_meta(fd: impl AsFd, meta: &EntryMeta, skipped: &mut NotApplied) -> io::Result<()> {
     use rustix::fs::{Gid, Uid};
-    if let Some((uid, gid)) = owner {
+    if let Some((uid, gid)) = meta.owner {
         rustix::fs::fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(err)?;
     }
-    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(err)?;
-    rustix::fs::futimens(&fd, times).map_err(err)
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode)).map_err(err)?;
+    attrs::set_xattrs(&fd, meta.xattrs, skipped)?;
+    rustix::fs::futimens(&fd, &meta.times).map_err(err)?;
+    attrs::set_flags(&fd, meta.flags, skipped)
 }
 
 /// The directory at `rel` (`a/b/c`, valid names) below `root`, resolved without following any

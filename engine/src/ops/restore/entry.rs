@@ -15,15 +15,15 @@ use stages::{BlobId, BlobKind};
 use super::spill::Spill;
 use super::{confine, Overwrite, RestoreOptions};
 use crate::error::{Error, Result};
+use crate::ops::attrs::{self, Xattr};
 use crate::repo::{BlobReader, Scratch};
 use crate::tree::{Node, NodeKind};
 
-/// Both times of a restored node: its mtime.
-pub(super) fn timestamps(mtime_ns: i64) -> rustix::fs::Timestamps {
-    let t = rustix::fs::Timespec {
-        tv_sec: mtime_ns.div_euclid(1_000_000_000),
-        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
-    };
+/// Both times of a restored node: its mtime. (Every node a reader accepts has one that fits:
+/// `Node::problem`.)
+pub(super) fn timestamps(node: &Node) -> rustix::fs::Timestamps {
+    let (tv_sec, nsec) = node.mtime().unwrap_or_default();
+    let t = rustix::fs::Timespec { tv_sec, tv_nsec: nsec.into() };
     rustix::fs::Timestamps { last_access: t, last_modification: t }
 }
 
@@ -169,6 +169,9 @@ pub(super) struct Restorer<'a> {
     pub(super) setid_dropped: AtomicU64,
     pub(super) owners_skipped: AtomicU64,
     pub(super) devices_skipped: AtomicU64,
+    pub(super) caps_dropped: AtomicU64,
+    pub(super) xattrs_skipped: AtomicU64,
+    pub(super) flags_skipped: AtomicU64,
     pub(super) specials_skipped: AtomicU64,
     pub(super) euid: u32,
 }
@@ -290,7 +293,41 @@ impl Restorer<'_> {
     }
 
     pub(super) fn dir_meta(&self, fd: &OwnedFd, node: &Node) -> std::io::Result<()> {
-        confine::fd_meta(fd, self.owner_of(node), self.mode_of(node), &timestamps(node.mtime_ns))
+        self.fd_meta(fd, node)
+    }
+
+    /// What is set on `node`'s entry besides its content. File capabilities, like set-id bits,
+    /// only with the owner.
+    fn entry_meta<'n>(&self, node: &'n Node) -> (confine::EntryMeta<'n>, Option<Vec<Xattr>>) {
+        let filtered = (!self.owner && node.xattrs.iter().any(|x| x.name == attrs::CAPABILITY)).then(|| {
+            self.caps_dropped.fetch_add(1, Relaxed);
+            node.xattrs.iter().filter(|x| x.name != attrs::CAPABILITY).cloned().collect()
+        });
+        let meta = confine::EntryMeta {
+            owner: self.owner_of(node),
+            mode: self.mode_of(node),
+            times: timestamps(node),
+            xattrs: &node.xattrs,
+            flags: node.flags,
+        };
+        (meta, filtered)
+    }
+
+    /// Everything but the content, on an open regular file or directory (`confine::fd_meta`).
+    fn fd_meta(&self, fd: impl std::os::fd::AsFd, node: &Node) -> std::io::Result<()> {
+        let (mut meta, filtered) = self.entry_meta(node);
+        if let Some(x) = &filtered {
+            meta.xattrs = x;
+        }
+        let mut skipped = attrs::NotApplied::default();
+        let done = confine::fd_meta(fd, &meta, &mut skipped);
+        self.not_applied(skipped);
+        done
+    }
+
+    fn not_applied(&self, skipped: attrs::NotApplied) {
+        self.xattrs_skipped.fetch_add(skipped.xattrs, Relaxed);
+        self.flags_skipped.fetch_add(skipped.flags, Relaxed);
     }
 
     /// Writes a file's content, then its metadata. All-zero blobs become holes (sparse files
@@ -337,8 +374,7 @@ impl Restorer<'_> {
                     Err(e) => return Err(Error::io(dir.child_path(name), e)),
                 }
             }
-            let meta =
-                confine::fd_meta(&f, self.owner_of(node), self.mode_of(node), &timestamps(node.mtime_ns));
+            let meta = self.fd_meta(&f, node);
             if let Some(tmp) = &tmp {
                 confine::rename(&dir.fd, tmp, name).map_err(|e| Error::io(dir.child_path(name), e))?;
             }
@@ -434,12 +470,7 @@ impl Restorer<'_> {
                 let keep =
                     same && (now.st_nlink == 1 || node.nlink > 1) && self.same_content(&mut f, content)?;
                 if keep && !self.opts.dry_run {
-                    confine::fd_meta(
-                        &f,
-                        self.owner_of(node),
-                        self.mode_of(node),
-                        &timestamps(node.mtime_ns),
-                    )?;
+                    self.fd_meta(&f, node)?;
                 }
                 keep
             }
@@ -568,9 +599,14 @@ impl Restorer<'_> {
             return self.fail(&path(), e);
         }
         let made = kind.map_or(FileType::Symlink, |(ft, _)| ft);
-        if let Err(e) =
-            confine::entry_meta(&dir.fd, name, made, self.owner_of(node), &timestamps(node.mtime_ns))
-        {
+        let (mut meta, filtered) = self.entry_meta(node);
+        if let Some(x) = &filtered {
+            meta.xattrs = x;
+        }
+        let mut skipped = attrs::NotApplied::default();
+        let done = confine::entry_meta(&dir.fd, name, made, &meta, &mut skipped);
+        self.not_applied(skipped);
+        if let Err(e) = done {
             self.fail(&path(), format!("created, but cannot set metadata: {e}"));
         }
     }
@@ -621,6 +657,20 @@ impl Restorer<'_> {
             "set-user-id or set-group-id bits not restored (only as root, without --no-owner)",
         );
         say(&self.devices_skipped, "device nodes not restored (only as root)");
+        say(
+            &self.caps_dropped,
+            "files restored without their capabilities (security.capability: only as root, without --no-owner)",
+        );
+        say(
+            &self.xattrs_skipped,
+            "extended attributes not restored: the target's file system does not take them, or they need root \
+             (trusted.*, security.*)",
+        );
+        say(
+            &self.flags_skipped,
+            "entries restored without their inode flags (chattr): the target's file system does not take them, \
+             or they need root (immutable, append-only)",
+        );
         say(&self.specials_skipped, "FIFOs, sockets or device nodes not restored (--no-special)");
         let untracked = lock(&self.linked).untracked;
         if untracked > 0 {
@@ -635,8 +685,8 @@ impl Restorer<'_> {
 
 /// An entry's mtime in nanoseconds since the epoch.
 #[allow(clippy::unnecessary_cast)] // st_mtime is i64 here, narrower on some targets
-fn mtime_ns(st: &rustix::fs::Stat) -> i64 {
-    (st.st_mtime as i64).saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64)
+fn mtime_ns(st: &rustix::fs::Stat) -> i128 {
+    ::io::uring::ns(st.st_mtime as i64, st.st_mtime_nsec as i64)
 }
 
 /// Test hook (`test-hooks`, debug builds only): spoils the just-written file named by

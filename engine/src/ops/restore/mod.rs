@@ -308,6 +308,9 @@ pub fn restore(
         setid_dropped: AtomicU64::new(0),
         owners_skipped: AtomicU64::new(0),
         devices_skipped: AtomicU64::new(0),
+        caps_dropped: AtomicU64::new(0),
+        xattrs_skipped: AtomicU64::new(0),
+        flags_skipped: AtomicU64::new(0),
         specials_skipped: AtomicU64::new(0),
         euid: rustix::process::geteuid().as_raw(),
     };
