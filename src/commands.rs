@@ -60,7 +60,8 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
     match cli.command {
         Command::Init(args) => init(&repo_path, key, cli.json, args, cli.passphrase_command.as_deref()),
         Command::Run(args) => run(&repo_path, default, key, cli.json, args, source),
-        Command::Snapshots => snapshots(&open()?, cli.json),
+        Command::Snapshots(args) => crate::snapshots::snapshots(&open()?, cli.json, args),
+        Command::Tag(args) => crate::snapshots::tag_cmd(&open()?, cli.json, args),
         Command::Ls(args) => ls(&open()?, cli.json, args),
         Command::Restore(args) => restore(&open()?, cli.json, args),
         Command::Key(cmd) => key_cmd(&open()?, cli.json, cmd),
@@ -120,6 +121,12 @@ fn init(
     Ok(0)
 }
 
+/// The options of `run` that choose what is backed up, as command-line words (kept in the
+/// snapshot, so that a later look can tell what was left out on purpose).
+fn selection_words(args: &RunArgs) -> Vec<String> {
+    args.exclude.iter().flat_map(|e| ["--exclude".to_string(), e.clone()]).collect()
+}
+
 /// `default`: `path` is the default repository, which `run` creates on first use. Any other
 /// location without a repository is an error: a typo or an unmounted disk must not receive
 /// backups, with a new key, while the real repository gets none.
@@ -149,7 +156,10 @@ fn run(
         IoMode::Uring => ReadMode::Uring,
         IoMode::Pool => ReadMode::Pool,
     };
+    let selection = selection_words(&args);
     let opts = BackupOptions {
+        selection,
+        description: args.description,
         paths: args.paths,
         excludes: args.exclude,
         mem_limit: args.mem_limit,
@@ -157,7 +167,7 @@ fn run(
         workers: args.workers.unwrap_or_else(workers),
         source,
         host: args.host.unwrap_or_else(backup::default_host),
-        tags: args.tag,
+        tags: args.tag.iter().flat_map(|t| engine::select::tag_list(t)).collect(),
         cache_dir: if args.no_cache { None } else { args.cache_dir.or_else(engine::filescache::default_dir) },
         progress: Arc::default(),
     };
@@ -235,51 +245,6 @@ fn run(
     Ok(if r.snapshot.errors.is_empty() { 0 } else { EXIT_PARTIAL })
 }
 
-fn snapshots(repo: &Repository, json: bool) -> Result<u8> {
-    let (all, warnings) = repo.snapshots()?;
-    for w in &warnings {
-        eprintln!("warning: {w}");
-    }
-    let mut out = Out::new();
-    if json {
-        let v: Vec<_> = all
-            .iter()
-            .map(|e| {
-                let (id, s) = (&e.id, &e.snapshot);
-                json!({
-                    "id": id, "time": output::time(s.time_ns), "time_ns": s.time_ns, "writer": e.writer(),
-                    "host": s.host, "user": s.user, "tags": s.tags,
-                    "paths": s.paths.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>(),
-                    "files": s.stats.files, "bytes": s.stats.bytes, "errors": s.errors.len(),
-                })
-            })
-            .collect();
-        out.line(&serde_json::Value::Array(v).to_string())?;
-    } else {
-        out.line(&format!(
-            "{:<16}  {:<19}  {:<12}  {:<12}  {:>10}  {:>8}  paths",
-            "id", "time (UTC)", "host", "writer", "size", "files"
-        ))?;
-        for e in &all {
-            let (id, s) = (&e.id, &e.snapshot);
-            let paths: Vec<_> = s.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
-            out.line(&format!(
-                "{:<16}  {}  {:<12}  {:<12}  {:>10}  {:>8}  {}",
-                &id[..16.min(id.len())],
-                output::time(s.time_ns),
-                s.host,
-                e.writer(),
-                output::size(s.stats.bytes),
-                s.stats.files,
-                paths.join(" ")
-            ))?;
-        }
-        out.line(&format!("{} snapshots", all.len()))?;
-    }
-    out.finish()?;
-    Ok(0)
-}
-
 fn rel_components(p: &Path) -> Vec<&OsStr> {
     p.components()
         .filter_map(|c| match c {
@@ -290,7 +255,9 @@ fn rel_components(p: &Path) -> Vec<&OsStr> {
 }
 
 fn ls(repo: &Repository, json: bool, args: LsArgs) -> Result<u8> {
-    let engine::repo::SnapshotEntry { id, snapshot: snap, .. } = repo.find_snapshot(&args.snapshot)?;
+    let filter = args.filter.filter()?;
+    let engine::repo::SnapshotEntry { id, snapshot: snap, .. } =
+        repo.find_snapshot_matching(&args.snapshot, &filter)?;
     let (index, warnings) = repo.load_index()?;
     for w in &warnings {
         eprintln!("warning: {w}");
@@ -386,7 +353,7 @@ fn long_prefix(n: &Node) -> String {
 }
 
 fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
-    let found = repo.find_snapshot(&args.snapshot)?;
+    let found = repo.find_snapshot_matching(&args.snapshot, &args.filter.filter()?)?;
     if !json {
         eprintln!(
             "restoring snapshot {} of {} from {}, written by {}",

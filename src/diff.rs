@@ -19,6 +19,9 @@ pub struct DiffArgs {
     pub b: String,
     /// Only at or below this path (e.g. /home/me/src)
     pub path: Option<PathBuf>,
+    /// What `latest` means
+    #[command(flatten)]
+    pub filter: crate::snapshots::FilterArgs,
 }
 
 fn kind_name(c: char) -> &'static str {
@@ -58,8 +61,11 @@ fn detail(e: &Entry) -> String {
 }
 
 pub fn diff(repo: &Repository, json: bool, args: DiffArgs) -> Result<u8> {
-    let engine::repo::SnapshotEntry { id: ida, snapshot: a, .. } = repo.find_snapshot(&args.a)?;
-    let engine::repo::SnapshotEntry { id: idb, snapshot: b, .. } = repo.find_snapshot(&args.b)?;
+    let filter = args.filter.filter()?;
+    let engine::repo::SnapshotEntry { id: ida, snapshot: a, .. } =
+        repo.find_snapshot_matching(&args.a, &filter)?;
+    let engine::repo::SnapshotEntry { id: idb, snapshot: b, .. } =
+        repo.find_snapshot_matching(&args.b, &filter)?;
     let (index, warnings) = repo.load_index()?;
     for w in &warnings {
         eprintln!("warning: {w}");

@@ -11,6 +11,7 @@ mod output;
 mod passphrase;
 mod progress;
 mod retention;
+mod snapshots;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,8 +54,8 @@ pub enum Command {
     Init(InitArgs),
     /// Back up paths (creates the default repository on first use)
     Run(RunArgs),
-    /// List snapshots
-    Snapshots,
+    /// List snapshots (all, or those the filters match)
+    Snapshots(snapshots::SnapshotsArgs),
     /// List the contents of a snapshot
     Ls(LsArgs),
     /// Restore a snapshot, or parts of it
@@ -73,6 +74,8 @@ pub enum Command {
     Repair(RepairCommand),
     /// Remove snapshots by a retention policy (or by id); data goes at the next prune
     Forget(ForgetArgs),
+    /// Change snapshots' tags (as the owner: writes a new record, removes the old one)
+    Tag(snapshots::TagArgs),
     /// Collect garbage in two phases: condemn what nothing uses, delete it a grace period later
     Prune(PruneArgs),
     /// Show the repository's settings; change the grace period
@@ -125,9 +128,16 @@ pub struct ForgetArgs {
     /// Keep every snapshot younger than DURATION before the newest (30d, 12h, 6mo, 1y)
     #[arg(long, value_name = "DURATION", value_parser = engine::forget::parse_span)]
     pub keep_within: Option<jiff::Span>,
-    /// Only consider snapshots of this host (the policy applies per host and paths)
-    #[arg(long)]
-    pub host: Option<String>,
+    /// Always keep snapshots with these tags (`a,b`: both; repeatable: any of the lists)
+    #[arg(long, value_name = "TAGS")]
+    pub keep_tag: Vec<String>,
+    /// The policy applies to each group separately: any of host, paths, tags (`''`: one group;
+    /// snapshots are always grouped by writer too)
+    #[arg(long, value_name = "host,paths,tags", default_value = "host,paths")]
+    pub group_by: engine::forget::GroupBy,
+    /// Only these snapshots count for the policy; the rest are kept
+    #[command(flatten)]
+    pub filter: snapshots::FilterArgs,
     /// Only list what would be removed, and why
     #[arg(long, short = 'n')]
     pub dry_run: bool,
@@ -234,9 +244,12 @@ pub struct RunArgs {
     /// Host name recorded in the snapshot [default: this machine's]
     #[arg(long)]
     pub host: Option<String>,
-    /// Tags recorded in the snapshot
-    #[arg(long)]
+    /// Tags recorded in the snapshot (`a,b` is two; repeatable)
+    #[arg(long, value_name = "TAGS")]
     pub tag: Vec<String>,
+    /// A description recorded in the snapshot, shown by `snapshots`
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
     /// Read every file, ignoring the files cache of earlier runs
     #[arg(long)]
     pub no_cache: bool,
@@ -257,6 +270,9 @@ pub struct LsArgs {
     /// List subdirectories too
     #[arg(long, short = 'r')]
     pub recursive: bool,
+    /// What `latest` means
+    #[command(flatten)]
+    pub filter: snapshots::FilterArgs,
 }
 
 #[derive(Args, Debug)]
@@ -303,6 +319,9 @@ pub struct RestoreArgs {
     /// it, a restore holds at most ~230 MiB besides the index and 48 bytes per hard-linked file
     #[arg(long, value_parser = parse_size_arg)]
     pub mem_limit: Option<u64>,
+    /// What `latest` means
+    #[command(flatten)]
+    pub filter: snapshots::FilterArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]

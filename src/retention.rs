@@ -27,7 +27,10 @@ pub fn forget_cmd(repo: &Repository, json: bool, args: ForgetArgs) -> Result<u8>
         monthly: args.keep_monthly,
         yearly: args.keep_yearly,
         within: args.keep_within,
+        keep_tags: args.keep_tag.iter().map(|t| engine::select::tag_list(t)).collect(),
+        group_by: args.group_by,
     };
+    let filter = args.filter.filter()?;
     let (all, warnings) = repo.snapshots()?;
     for w in &warnings {
         eprintln!("warning: {w}");
@@ -35,6 +38,9 @@ pub fn forget_cmd(repo: &Repository, json: bool, args: ForgetArgs) -> Result<u8>
     let decisions = if !args.snapshots.is_empty() {
         if !policy.is_empty() {
             bail!("give either snapshot ids or a retention policy, not both");
+        }
+        if !filter.is_empty() {
+            bail!("--host, --tag and --path choose what a policy applies to; snapshots named by id go whatever they hold");
         }
         let mut chosen = Vec::new();
         let mut unreadable = Vec::new();
@@ -67,7 +73,7 @@ pub fn forget_cmd(repo: &Repository, json: bool, args: ForgetArgs) -> Result<u8>
         // not push a real one out of keep-last. Untrusted ones stay until named.
         let (scope, writers): (Vec<_>, Vec<String>) = all
             .iter()
-            .filter(|e| args.host.as_ref().is_none_or(|h| *h == e.snapshot.host))
+            .filter(|e| filter.matches(&e.snapshot))
             .map(|e| ((e.id.clone(), e.snapshot.clone()), e.writer()))
             .unzip();
         forget::apply_by(&scope, &|i| writers[i].clone(), &policy, &jiff::tz::TimeZone::system())?

@@ -115,6 +115,9 @@ pub fn forge_snapshot_with(
         stats: Stats::default(),
         errors: vec![],
         program: "forged".into(),
+        description: None,
+        selection: Vec::new(),
+        original: None,
     };
     edit(&mut snap);
     let bytes = match how {

@@ -54,6 +54,11 @@ pub struct BackupOptions {
     pub source: Arc<dyn Source>,
     pub host: String,
     pub tags: Vec<String>,
+    /// What the user says about this run, kept in the snapshot.
+    pub description: Option<String>,
+    /// The selection options of this run as command-line words (`--exclude`, `*.tmp`, ...),
+    /// kept in the snapshot so that a later look can tell what was left out on purpose.
+    pub selection: Vec<String>,
     /// Where files caches live; None disables the cache (every file is read).
     pub cache_dir: Option<PathBuf>,
     /// Updated as the backup runs, for a progress display.
@@ -163,6 +168,10 @@ enum Attempt {
 /// data that is still live is found in the index, so a repeat costs little). Nothing is ever
 /// deleted (commit.rs): credentials that can create and read are enough.
 pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
+    // Refused before any work: the decoder would refuse the record (snapshot.rs).
+    if opts.description.as_ref().is_some_and(|d| d.len() > crate::snapshot::MAX_DESCRIPTION) {
+        return Err(Error::Invalid("--description: longer than 64 KiB".into()));
+    }
     let started = Instant::now();
     let time_ns = crate::clock::now_ns();
     let mut notes = Vec::new();
@@ -364,6 +373,9 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
         stats,
         errors: std::mem::take(&mut builder.errors),
         program: format!("bakare {}", env!("CARGO_PKG_VERSION")),
+        description: opts.description.clone(),
+        selection: opts.selection.clone(),
+        original: None,
     };
     let bytes = snapshot.encode(&repo.key.recipient, &signer, &repo.config.repo_id)?;
     let snapshot_id = commit::write_pending(repo, &bytes)?;

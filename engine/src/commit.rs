@@ -8,7 +8,7 @@
 //! policy can deny backup machines every DELETE (docs/remote.md). The owner's prune removes a
 //! pending copy when its committed copy holds the same bytes, or when its writer's proof of
 //! abandonment is valid; every other pending snapshot stays a root.
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 
@@ -50,8 +50,11 @@ pub fn markers(repo: &Repository) -> Result<std::collections::HashSet<String>> {
 /// a backup key sees only the ciphertext; guessing the plaintext means guessing, among the rest,
 /// two nanosecond clock readings (start time and duration), with one try per snapshot since
 /// `abandoned/<id>` is created once and never replaced.
+///
+/// Over the record in its own layout (`Snapshot::body`): a pending snapshot of a version-1
+/// writer, decoded by a later owner, gives the proof that writer computed.
 pub fn abandon_proof(snapshot: &Snapshot) -> Result<[u8; 32]> {
-    let body = postcard::to_allocvec(snapshot).map_err(|e| Error::Pipeline(e.to_string()))?;
+    let body = snapshot.body()?;
     Ok(blake3::derive_key(PROOF_CONTEXT, &body))
 }
 
@@ -160,6 +163,9 @@ mod tests {
             stats: Stats { duration_ns, ..Stats::default() },
             errors: vec![],
             program: "bakare".into(),
+            description: None,
+            selection: Vec::new(),
+            original: None,
         }
     }
 

@@ -1,11 +1,12 @@
 //! `forget`: which snapshots a retention policy keeps, and why. Forgetting removes snapshot
 //! records only; their data goes when `prune` finds nothing else uses it.
 //!
-//! The rules are restic's, which users know: snapshots are grouped by host and paths; in each
-//! group, newest first, `last N` keeps the N newest; `hourly/daily/weekly/monthly/yearly N`
+//! The rules are restic's, which users know: snapshots are grouped by host and paths (or what
+//! `GroupBy` says), and always by writer; in each group, newest first, `last N` keeps the N newest; `hourly/daily/weekly/monthly/yearly N`
 //! keep the newest snapshot of each of the N most recent periods that have one; `within D`
 //! keeps every snapshot less than D older than the group's newest. A snapshot is kept when any
-//! rule keeps it. Periods are in the local time zone (weeks are ISO weeks).
+//! rule keeps it; `keep_tags` keeps every snapshot with one of the tag lists, in any group.
+//! Periods are in the local time zone (weeks are ISO weeks).
 use std::collections::BTreeMap;
 
 use jiff::tz::TimeZone;
@@ -24,6 +25,52 @@ pub struct Policy {
     pub yearly: Option<usize>,
     /// Keep everything this much younger than the newest snapshot of the group.
     pub within: Option<Span>,
+    /// Keep every snapshot that has all the tags of one of these lists.
+    pub keep_tags: Vec<Vec<String>>,
+    pub group_by: GroupBy,
+}
+
+/// What the rules apply to separately, besides the writer (which is always part of a group:
+/// see `apply_by`). restic's `--group-by`; the default is host and paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupBy {
+    pub host: bool,
+    pub paths: bool,
+    pub tags: bool,
+}
+
+impl Default for GroupBy {
+    fn default() -> GroupBy {
+        GroupBy { host: true, paths: true, tags: false }
+    }
+}
+
+impl std::str::FromStr for GroupBy {
+    type Err = String;
+
+    /// `host,paths,tags`, any of them (`''`: one group for everything a writer wrote).
+    fn from_str(s: &str) -> std::result::Result<GroupBy, String> {
+        let mut g = GroupBy { host: false, paths: false, tags: false };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "host" => g.host = true,
+                "paths" | "path" => g.paths = true,
+                "tags" | "tag" => g.tags = true,
+                _ => return Err(format!("{part:?}: group by host, paths or tags (e.g. host,paths)")),
+            }
+        }
+        Ok(g)
+    }
+}
+
+impl std::fmt::Display for GroupBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<&str> = [(self.host, "host"), (self.paths, "paths"), (self.tags, "tags")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
 }
 
 impl Policy {
@@ -35,6 +82,7 @@ impl Policy {
             && self.monthly.is_none()
             && self.yearly.is_none()
             && self.within.is_none()
+            && self.keep_tags.is_empty()
     }
 }
 
@@ -85,15 +133,29 @@ pub fn apply_by(
                 .into(),
         ));
     }
-    /// (writer, host, sorted paths)
-    type Group = (String, String, Vec<Vec<u8>>);
+    /// (writer, host, sorted paths, sorted tags), the parts `group_by` leaves out empty
+    type Group = (String, String, Vec<Vec<u8>>, Vec<String>);
+    let by = policy.group_by;
     let mut groups: BTreeMap<Group, Vec<usize>> = BTreeMap::new();
     for (i, (_, s)) in snapshots.iter().enumerate() {
-        let mut paths = s.paths.clone();
+        let host = if by.host { s.host.clone() } else { String::new() };
+        let mut paths = if by.paths { s.paths.clone() } else { Vec::new() };
         paths.sort();
-        groups.entry((writer(i), s.host.clone(), paths)).or_default().push(i);
+        paths.dedup();
+        let mut tags = if by.tags { s.tags.clone() } else { Vec::new() };
+        tags.sort();
+        tags.dedup();
+        groups.entry((writer(i), host, paths, tags)).or_default().push(i);
     }
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); snapshots.len()];
+    for (i, (_, s)) in snapshots.iter().enumerate() {
+        if let Some(list) = policy.keep_tags.iter().find(|l| crate::select::has_tags(s, l)) {
+            reasons[i].push(format!(
+                "tagged {}",
+                if list.is_empty() { "(no tags)".into() } else { list.join(",") }
+            ));
+        }
+    }
     for members in groups.values() {
         let mut order = members.clone();
         // Newest first; equal times by id, for a stable answer.
@@ -165,7 +227,7 @@ mod tests {
 
     fn snap(host: &str, hours: i64) -> Snapshot {
         Snapshot {
-            version: 1,
+            version: crate::snapshot::VERSION,
             time_ns: 1_767_225_600_000_000_000 + hours * H, // 2026-01-01T00:00Z
             host: host.into(),
             user: String::new(),
@@ -175,6 +237,9 @@ mod tests {
             stats: Default::default(),
             errors: Vec::new(),
             program: String::new(),
+            description: None,
+            selection: Vec::new(),
+            original: None,
         }
     }
 
@@ -224,5 +289,43 @@ mod tests {
         let p = Policy { last: Some(1), ..Default::default() };
         assert_eq!(kept(&s, &p), vec!["s239", "other"]);
         assert!(apply(&s, &Policy::default(), &TimeZone::UTC).is_err());
+    }
+
+    #[test]
+    fn keep_tag_keeps_in_every_group_and_group_by_chooses_the_groups() {
+        let tagged = |id: &str, host: &str, hours: i64, tags: &[&str], path: &str| {
+            let mut s = snap(host, hours);
+            s.tags = tags.iter().map(|t| t.to_string()).collect();
+            s.paths = vec![path.as_bytes().to_vec()];
+            (id.to_string(), s)
+        };
+        let s = vec![
+            tagged("a1", "a", 1, &["keep", "x"], "/d"),
+            tagged("a2", "a", 2, &["x"], "/d"),
+            tagged("a3", "a", 3, &[], "/e"),
+            tagged("b4", "b", 4, &["x"], "/d"),
+            tagged("b5", "b", 5, &[], "/d"),
+        ];
+        let p = |last: Option<usize>, keep_tags: &[&str], group_by: &str| Policy {
+            last,
+            keep_tags: keep_tags.iter().map(|t| crate::select::tag_list(t)).collect(),
+            group_by: group_by.parse().unwrap(),
+            ..Default::default()
+        };
+        // default: host and paths
+        assert_eq!(kept(&s, &p(Some(1), &[], "host,paths")), vec!["a2", "a3", "b5"]);
+        assert_eq!(p(None, &[], "host,paths").group_by, GroupBy::default());
+        assert_eq!(kept(&s, &p(Some(1), &[], "host")), vec!["a3", "b5"]);
+        assert_eq!(kept(&s, &p(Some(1), &[], "")), vec!["b5"]);
+        // tags: {keep, x} a1; {x} a2, b4; {} a3, b5
+        assert_eq!(kept(&s, &p(Some(1), &[], "tags")), vec!["a1", "b4", "b5"]);
+        // keep-tag keeps whatever the other rules say, alone too
+        assert_eq!(kept(&s, &p(Some(1), &["keep"], "")), vec!["a1", "b5"]);
+        assert_eq!(kept(&s, &p(None, &["keep"], "")), vec!["a1"]);
+        assert_eq!(kept(&s, &p(None, &["x,keep", "nothing"], "")), vec!["a1"]);
+        let d = apply(&s, &p(None, &["x"], ""), &TimeZone::UTC).unwrap();
+        assert_eq!(d[1].reasons, vec!["tagged x".to_string()]);
+        assert!("host,nope".parse::<GroupBy>().is_err());
+        assert_eq!("tags, host".parse::<GroupBy>().unwrap().to_string(), "host,tags");
     }
 }

@@ -228,6 +228,17 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
         stats: Default::default(),
         errors: vec![crate::snapshot::FileError { path: b"/x".to_vec(), why: "gone".into() }],
         program: "bakare".into(),
+        description: Some("nightly".into()),
+        selection: vec!["--exclude".into(), "*.tmp".into()],
+        original: Some("0f".repeat(32)),
+    };
+    // The same record in the layout of before (version 1 cannot hold the new fields).
+    let snap_v1 = crate::snapshot::Snapshot {
+        version: crate::snapshot::VERSION_1,
+        description: None,
+        selection: vec![],
+        original: None,
+        ..snap.clone()
     };
     match target {
         "config" => {
@@ -250,7 +261,8 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
         "index_segment" => vec![sealed(encode(&vec![([9u8; 32], entries.clone())]))],
         "tree" => vec![crate::tree::Tree { nodes: vec![node, dir] }.encode()],
         "snapshot" => {
-            let mut v = vec![sealed(encode(&snap))];
+            let mut v =
+                vec![sealed(snap.body().unwrap_or_default()), sealed(snap_v1.body().unwrap_or_default())];
             if let Ok(enc) = snap.encode_unsigned(&k.key.recipient) {
                 v.push([vec![0u8], enc].concat());
             }

@@ -520,17 +520,17 @@ impl Repository {
 
     /// `latest`, or a unique prefix of a snapshot id, among `snapshots()`.
     pub fn find_snapshot(&self, spec: &str) -> Result<SnapshotEntry> {
-        let (mut all, warnings) = self.snapshots()?;
-        let found = if spec == "latest" {
-            all.pop().ok_or_else(|| Error::NoSnapshot(spec.into()))
-        } else {
-            let mut hits: Vec<SnapshotEntry> = all.into_iter().filter(|e| e.id.starts_with(spec)).collect();
-            match hits.len() {
-                0 => Err(Error::NoSnapshot(spec.into())),
-                1 => hits.pop().ok_or_else(|| Error::NoSnapshot(spec.into())),
-                _ => Err(Error::AmbiguousSnapshot(spec.into())),
-            }
-        };
+        self.find_snapshot_matching(spec, &crate::select::Filter::default())
+    }
+
+    /// `find_snapshot`, where `latest` is the newest snapshot `filter` matches.
+    pub fn find_snapshot_matching(
+        &self,
+        spec: &str,
+        filter: &crate::select::Filter,
+    ) -> Result<SnapshotEntry> {
+        let (all, warnings) = self.snapshots()?;
+        let found = crate::select::resolve(&all, spec, filter).cloned();
         // What was left out matters most when nothing matched, or `latest` was asked for.
         if found.is_err() || spec == "latest" {
             for w in &warnings {

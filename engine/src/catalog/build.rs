@@ -534,6 +534,8 @@ mod tests {
             source: std::sync::Arc::new(::io::LocalSource::default()),
             host: host.into(),
             tags: vec![],
+            description: None,
+            selection: vec![],
             cache_dir: None,
             progress: Default::default(),
         };

@@ -2,4 +2,5 @@
 pub mod attrs;
 pub mod migrate;
 pub mod restore;
+pub mod tag;
 pub mod writers;
