@@ -167,7 +167,7 @@ fn run(
         workers: args.workers.unwrap_or_else(workers),
         source,
         host: args.host.unwrap_or_else(backup::default_host),
-        tags: args.tag.iter().flat_map(|t| engine::select::tag_list(t)).collect(),
+        tags: args.tag.iter().flat_map(|t| engine::ops::filter::tag_list(t)).collect(),
         cache_dir: if args.no_cache { None } else { args.cache_dir.or_else(engine::filescache::default_dir) },
         progress: Arc::default(),
     };

@@ -27,7 +27,7 @@ pub fn forget_cmd(repo: &Repository, json: bool, args: ForgetArgs) -> Result<u8>
         monthly: args.keep_monthly,
         yearly: args.keep_yearly,
         within: args.keep_within,
-        keep_tags: args.keep_tag.iter().map(|t| engine::select::tag_list(t)).collect(),
+        keep_tags: args.keep_tag.iter().map(|t| engine::ops::filter::tag_list(t)).collect(),
         group_by: args.group_by,
     };
     let filter = args.filter.filter()?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use engine::ops::tag::{self, TagChange};
-use engine::select::{self, Filter};
+use engine::ops::filter::{self, Filter};
 use engine::Repository;
 use serde_json::json;
 

@@ -149,7 +149,7 @@ pub fn apply_by(
     }
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); snapshots.len()];
     for (i, (_, s)) in snapshots.iter().enumerate() {
-        if let Some(list) = policy.keep_tags.iter().find(|l| crate::select::has_tags(s, l)) {
+        if let Some(list) = policy.keep_tags.iter().find(|l| crate::ops::filter::has_tags(s, l)) {
             reasons[i].push(format!(
                 "tagged {}",
                 if list.is_empty() { "(no tags)".into() } else { list.join(",") }
@@ -308,7 +308,7 @@ mod tests {
         ];
         let p = |last: Option<usize>, keep_tags: &[&str], group_by: &str| Policy {
             last,
-            keep_tags: keep_tags.iter().map(|t| crate::select::tag_list(t)).collect(),
+            keep_tags: keep_tags.iter().map(|t| crate::ops::filter::tag_list(t)).collect(),
             group_by: group_by.parse().unwrap(),
             ..Default::default()
         };

@@ -24,7 +24,6 @@ pub mod pack;
 pub mod prune;
 pub mod repair;
 pub mod repo;
-pub mod select;
 pub mod sync;
 pub mod tree;
 pub mod writer;

@@ -520,17 +520,17 @@ impl Repository {
 
     /// `latest`, or a unique prefix of a snapshot id, among `snapshots()`.
     pub fn find_snapshot(&self, spec: &str) -> Result<SnapshotEntry> {
-        self.find_snapshot_matching(spec, &crate::select::Filter::default())
+        self.find_snapshot_matching(spec, &crate::ops::filter::Filter::default())
     }
 
     /// `find_snapshot`, where `latest` is the newest snapshot `filter` matches.
     pub fn find_snapshot_matching(
         &self,
         spec: &str,
-        filter: &crate::select::Filter,
+        filter: &crate::ops::filter::Filter,
     ) -> Result<SnapshotEntry> {
         let (all, warnings) = self.snapshots()?;
-        let found = crate::select::resolve(&all, spec, filter).cloned();
+        let found = crate::ops::filter::resolve(&all, spec, filter).cloned();
         // What was left out matters most when nothing matched, or `latest` was asked for.
         if found.is_err() || spec == "latest" {
             for w in &warnings {

@@ -1,4 +1,4 @@
-//! select: which snapshots a command looks at, by restic's filters. `--host H` (repeatable:
+//! filter: which snapshots a command looks at, by restic's filters. `--host H` (repeatable:
 //! any of them), `--tag a,b` (a tag list: the snapshot has a and b; repeated: any of the
 //! lists; an empty list matches snapshots without tags), `--path P` (repeatable: the
 //! snapshot's paths include every P). `latest` is the newest snapshot that matches.
