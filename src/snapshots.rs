@@ -38,7 +38,7 @@ impl FilterArgs {
         }
         Ok(Filter {
             hosts: self.hosts.clone(),
-            tags: self.tags.iter().map(|t| select::tag_list(t)).collect(),
+            tags: self.tags.iter().map(|t| filter::tag_list(t)).collect(),
             paths,
         })
     }
@@ -70,7 +70,7 @@ pub struct TagArgs {
 }
 
 fn tags_of(words: &[String]) -> Vec<String> {
-    words.iter().flat_map(|w| select::tag_list(w)).collect()
+    words.iter().flat_map(|w| filter::tag_list(w)).collect()
 }
 
 /// A word as a shell would need it: `*.tmp` becomes `'*.tmp'`.
@@ -162,7 +162,7 @@ pub fn tag_cmd(repo: &Repository, json: bool, args: TagArgs) -> Result<u8> {
     }
     let mut chosen: Vec<&engine::repo::SnapshotEntry> = Vec::new();
     for spec in &args.snapshots {
-        let e = select::resolve(&all, spec, &filter)?;
+        let e = filter::resolve(&all, spec, &filter)?;
         if !chosen.iter().any(|c| c.id == e.id) {
             chosen.push(e);
         }
