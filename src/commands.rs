@@ -121,12 +121,6 @@ fn init(
     Ok(0)
 }
 
-/// The options of `run` that choose what is backed up, as command-line words (kept in the
-/// snapshot, so that a later look can tell what was left out on purpose).
-fn selection_words(args: &RunArgs) -> Vec<String> {
-    args.exclude.iter().flat_map(|e| ["--exclude".to_string(), e.clone()]).collect()
-}
-
 /// `default`: `path` is the default repository, which `run` creates on first use. Any other
 /// location without a repository is an error: a typo or an unmounted disk must not receive
 /// backups, with a new key, while the real repository gets none.
@@ -135,9 +129,10 @@ fn run(
     default: bool,
     key: Option<&Path>,
     json: bool,
-    args: RunArgs,
+    mut args: RunArgs,
     source: Arc<dyn io::Source>,
 ) -> Result<u8> {
+    let selection = crate::selection::read(&mut args)?;
     let repo = match crate::open_repo(path, key) {
         Ok(r) => r,
         Err(Error::NoRepository(_)) if key.is_none() && default => {
@@ -156,12 +151,12 @@ fn run(
         IoMode::Uring => ReadMode::Uring,
         IoMode::Pool => ReadMode::Pool,
     };
-    let selection = selection_words(&args);
     let opts = BackupOptions {
-        selection,
         description: args.description,
-        paths: args.paths,
+        paths: selection.paths,
         excludes: args.exclude,
+        select: selection.rules,
+        selection: selection.words,
         mem_limit: args.mem_limit,
         read_mode,
         workers: args.workers.unwrap_or_else(workers),

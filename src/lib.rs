@@ -11,8 +11,10 @@ mod output;
 mod passphrase;
 mod progress;
 mod retention;
+mod selection;
 mod snapshots;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -225,8 +227,8 @@ pub enum IoMode {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Files and directories to back up
-    #[arg(required = true)]
+    /// Files and directories to back up (besides those --files-from* lists)
+    #[arg(required_unless_present_any = ["files_from", "files_from_verbatim", "files_from_raw"])]
     pub paths: Vec<PathBuf>,
     /// Memory ceiling for the whole process, e.g. 512M, 2G, 1.5GiB (K/M/G are binary units)
     #[arg(long, value_parser = parse_size_arg)]
@@ -234,6 +236,45 @@ pub struct RunArgs {
     /// Leave out matching paths (glob; without '/', matches a name anywhere)
     #[arg(long, short = 'e')]
     pub exclude: Vec<String>,
+    /// Read --exclude patterns from FILE, one a line (blank lines and `#` comments skipped,
+    /// $VAR expanded; "-" is standard input)
+    #[arg(long, value_name = "FILE", help_heading = "Selection")]
+    pub exclude_file: Vec<PathBuf>,
+    /// Like --exclude, ignoring case
+    #[arg(long, value_name = "PATTERN", help_heading = "Selection")]
+    pub iexclude: Vec<String>,
+    /// Like --exclude-file, ignoring case
+    #[arg(long, value_name = "FILE", help_heading = "Selection")]
+    pub iexclude_file: Vec<PathBuf>,
+    /// In a directory holding a file NAME (that starts with CONTENT, if given), back up only
+    /// that file (restic's rule: the directory and the tag file stay)
+    #[arg(long, value_name = "NAME[:CONTENT]", help_heading = "Selection")]
+    pub exclude_if_present: Vec<String>,
+    /// Leave out the contents of cache directories: those holding a CACHEDIR.TAG with the
+    /// signature of https://bford.info/cachedir/
+    #[arg(long, help_heading = "Selection")]
+    pub exclude_caches: bool,
+    /// Leave out files larger than SIZE (e.g. 100M; K/M/G are binary units)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg, help_heading = "Selection")]
+    pub exclude_larger_than: Option<u64>,
+    /// Stay on the file system of each path: a mount point below it is saved as an empty
+    /// directory, as restic does
+    #[arg(long, short = 'x', help_heading = "Selection")]
+    pub one_file_system: bool,
+    /// Apply gitignore-style files of this name (e.g. .gitignore) found in the tree to their
+    /// directory and below
+    #[arg(long, value_name = "NAME", help_heading = "Selection")]
+    pub ignore_file: Vec<OsString>,
+    /// Back up the paths listed in FILE, one a line (trimmed; blank lines and `#` comments
+    /// skipped; "-" is standard input)
+    #[arg(long, value_name = "FILE", help_heading = "Selection")]
+    pub files_from: Vec<PathBuf>,
+    /// Back up the paths listed in FILE, one a line, exactly as written
+    #[arg(long, value_name = "FILE", help_heading = "Selection")]
+    pub files_from_verbatim: Vec<PathBuf>,
+    /// Back up the paths listed in FILE, each ending with a NUL byte (find -print0)
+    #[arg(long, value_name = "FILE", help_heading = "Selection")]
+    pub files_from_raw: Vec<PathBuf>,
     /// How files are read: io_uring, a thread pool, or auto (io_uring when the kernel allows,
     /// threads for paths on tmpfs)
     #[arg(long = "io", value_enum, env = "BAKARE_IO", default_value = "auto")]

@@ -8,13 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::bounded;
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use io::Source;
 use stages::compress::CompressConfig;
 use stages::encrypt::EncryptConfig;
 use stages::pool::BufferPool;
 use stages::read::{ReadConfig, ReadMode};
-use stages::scan::{Exclude, Known, ScanConfig};
+use stages::scan::{Known, ScanConfig, Select};
 use stages::StoredDir;
 use stages::{BlobId, Cancel, FileEvent, MemoryBudget, Meta, NewBlob, Progress, ScanEvent};
 
@@ -25,6 +24,7 @@ use crate::filescache::{self, CacheReader, CacheWriter, DirEntry};
 use crate::index::{Index, SessionDedup, Voucher};
 use crate::pack::PackSink;
 use crate::repo::Repository;
+use crate::ops::select::{Patterns, Rules, Selection};
 use crate::snapshot::Snapshot;
 
 /// Bytes per read of a large file. 8 MiB: large enough that per-read overhead vanishes, small
@@ -48,6 +48,8 @@ pub const MIN_BUDGET: u64 = 2 * 2 * (SEGMENT as u64 + (4 << 20));
 pub struct BackupOptions {
     pub paths: Vec<PathBuf>,
     pub excludes: Vec<String>,
+    /// The other selection options (`excludes` are added to its patterns).
+    pub select: Rules,
     pub mem_limit: Option<u64>,
     pub read_mode: ReadMode,
     pub workers: usize,
@@ -82,33 +84,26 @@ pub(crate) fn index_reserve(blobs: usize) -> u64 {
     blobs as u64 * 64
 }
 
-/// Patterns from the user, plus directories that are always left out (bakare's own repository
-/// and caches: backing them up would chase files that change while they are written).
+/// Returns true for paths to leave out (and, for directories, not to descend into).
+pub type Exclude = Arc<dyn Fn(&Path, bool) -> bool + Send + Sync>;
+
+/// Patterns from the user (restore's --exclude, which has `run --exclude`'s rule), plus paths
+/// that are always left out.
 pub fn build_exclude(patterns: &[String], always: Vec<PathBuf>) -> Result<Option<Exclude>> {
     if patterns.is_empty() && always.is_empty() {
         return Ok(None);
     }
-    // Like restic: a pattern without '/' matches a name anywhere, one with '/' the whole path.
-    let (mut names, mut paths) = (GlobSetBuilder::new(), GlobSetBuilder::new());
+    let mut rules = Rules::default();
     for p in patterns {
-        let g = Glob::new(p).map_err(|e| Error::Invalid(format!("exclude pattern {p:?}: {e}")))?;
-        if p.contains('/') {
-            paths.add(g);
-        } else {
-            names.add(g);
-        }
+        rules.exclude(p, false, "--exclude")?;
     }
-    let build = |b: GlobSetBuilder| b.build().map_err(|e| Error::Invalid(e.to_string()));
-    let (names, paths): (GlobSet, GlobSet) = (build(names)?, build(paths)?);
-    // Called for every entry: compared as bytes (the scan's paths are normalised, so are
-    // these), and empty pattern sets are not consulted at all.
+    let patterns = Patterns::new(rules.globs())?;
+    // Compared as bytes (the paths are normalised, so are these).
     let always: Vec<Vec<u8>> =
         always.iter().map(|a| a.components().collect::<PathBuf>().into_os_string().into_vec()).collect();
     Ok(Some(Arc::new(move |path: &Path, _is_dir: bool| {
         let bytes = path.as_os_str().as_bytes();
-        always.iter().any(|a| *a == bytes)
-            || (!paths.is_empty() && paths.is_match(path))
-            || (!names.is_empty() && path.file_name().is_some_and(|n| names.is_match(n)))
+        always.iter().any(|a| *a == bytes) || patterns.is_match(path)
     })))
 }
 
@@ -301,10 +296,14 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
         .flatten()
         .filter_map(|p| std::path::absolute(p).ok())
         .collect();
-    let exclude = build_exclude(&opts.excludes, own)?;
+    // bakare's own repository and caches are always left out: backing them up would chase
+    // files that change while they are written.
+    let selection = Selection::new(&opts.select, &opts.excludes, own)?;
+    let select_warnings = selection.as_ref().map(Selection::warnings);
+    let select = selection.map(|s| Box::new(s) as Box<dyn Select>);
     let (known, cache_out, cache_problem) =
         open_cache(repo, opts, &roots, dedup.index.clone(), &mut warnings);
-    let scan_cfg = ScanConfig { roots: roots.clone(), exclude, known, progress: opts.progress.clone() };
+    let scan_cfg = ScanConfig { roots: roots.clone(), select, known, progress: opts.progress.clone() };
     let scan = stages::scan::spawn(scan_cfg, ev_tx, job_tx, cancel.clone()).map_err(spawn_err)?;
 
     let mut builder = Builder::new(Wiring {
@@ -326,6 +325,9 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
     drop(ev_rx);
     builder.trees = None;
     scan.finish();
+    if let Some(w) = select_warnings.as_ref().and_then(|w| w.lock().ok()) {
+        warnings.extend(w.iter().cloned());
+    }
     read.finish();
     chunk.finish();
     hash.finish();

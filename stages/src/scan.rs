@@ -17,8 +17,28 @@ use crossbeam_channel::Sender;
 
 use crate::msg::{BlobId, Cancel, FileKind, Meta, Progress, ReadJob, Records, ScanEvent, StoredDir};
 
-/// Returns true for paths to leave out (and, for directories, not to descend into).
-pub type Exclude = Arc<dyn Fn(&Path, bool) -> bool + Send + Sync>;
+/// What the scan does with one entry of a directory it walks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Choice {
+    Take,
+    /// Left out (a directory: with everything below it).
+    Leave,
+    /// A directory recorded without its entries (a mount point under --one-file-system).
+    Shallow,
+}
+
+/// Decides what the scan leaves out (the selection options of `run`). Asked on the scan
+/// thread, in walk order: `root` when a root's walk starts, `enter` when a directory (a root
+/// or a taken subdirectory) has been listed and before any of its entries is chosen, `choose`
+/// for each entry of the directory entered last and not yet left, and `leave` once per `enter`.
+/// So an implementation can keep per-directory state on a stack as deep as the walk. Roots
+/// themselves are not chosen: a path named on the command line is always taken.
+pub trait Select: Send {
+    fn root(&mut self, root: &Path);
+    fn enter(&mut self, dir: &Path, entries: &[::io::dir::Entry]);
+    fn choose(&mut self, path: &Path, meta: &Meta) -> Choice;
+    fn leave(&mut self);
+}
 
 /// What an earlier backup of the same source stored. Asked in scan order (so an implementation
 /// can walk a sorted cache in step with the scan): for each regular file as the scan reaches
@@ -88,7 +108,7 @@ impl Held {
 pub struct ScanConfig {
     /// Absolute paths to back up.
     pub roots: Vec<PathBuf>,
-    pub exclude: Option<Exclude>,
+    pub select: Option<Box<dyn Select>>,
     pub known: Option<Box<dyn Known>>,
     pub progress: Arc<Progress>,
 }
@@ -235,12 +255,20 @@ impl Drop for Lister {
     }
 }
 
+/// A subdirectory still to enter: its name, whether to list it (not for `Choice::Shallow`),
+/// and its listing when requested ahead.
+struct Subdir {
+    name: OsString,
+    list: bool,
+    listing: Option<crossbeam_channel::Receiver<Listing>>,
+}
+
 /// One directory being walked: its remaining entries, and its remaining subdirectories (not
 /// excluded) with their listings when requested ahead.
 struct Frame {
     path: PathBuf,
     entries: std::vec::IntoIter<::io::dir::Entry>,
-    subdirs: std::collections::VecDeque<(OsString, Option<crossbeam_channel::Receiver<Listing>>)>,
+    subdirs: std::collections::VecDeque<Subdir>,
     /// How many of `subdirs` (from the front) have been requested.
     submitted: usize,
     /// Its metadata when an Enter event was emitted for it (not for the file system root).
@@ -249,17 +277,32 @@ struct Frame {
 }
 
 impl Frame {
+    /// A directory just listed. Its subdirectories are chosen now (so that their listings can be
+    /// requested ahead), after `select` has been told that the walk enters it.
     fn new(
         path: PathBuf,
         entries: Vec<::io::dir::Entry>,
         entered: Option<Meta>,
-        exclude: &Option<Exclude>,
+        mut select: Option<&mut (dyn Select + 'static)>,
     ) -> Frame {
+        if let Some(s) = select.as_deref_mut() {
+            s.enter(&path, &entries);
+        }
         let subdirs = entries
             .iter()
-            .filter(|e| e.stat.as_ref().is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR))
-            .filter(|e| !exclude.as_ref().is_some_and(|f| f(&path.join(&e.name), true)))
-            .map(|e| (e.name.clone(), None))
+            .filter_map(|e| {
+                let st = e.stat.as_ref().ok().filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)?;
+                let choice = match select.as_deref_mut() {
+                    Some(s) => s.choose(&path.join(&e.name), &meta_of_stat(st)),
+                    None => Choice::Take,
+                };
+                let list = match choice {
+                    Choice::Take => true,
+                    Choice::Shallow => false,
+                    Choice::Leave => return None,
+                };
+                Some(Subdir { name: e.name.clone(), list, listing: None })
+            })
             .collect();
         Frame { path, entries: entries.into_iter(), subdirs, submitted: 0, entered, held: None }
     }
@@ -276,10 +319,12 @@ impl Ahead {
     fn top_up(&mut self, frames: &mut [Frame], lister: &Lister) {
         for f in frames.iter_mut().rev() {
             while self.outstanding < LISTINGS_AHEAD && f.submitted < f.subdirs.len() {
-                let (name, slot) = &mut f.subdirs[f.submitted];
-                *slot = lister.request(f.path.join(&*name));
-                if slot.is_some() {
-                    self.outstanding += 1;
+                let sub = &mut f.subdirs[f.submitted];
+                if sub.list {
+                    sub.listing = lister.request(f.path.join(&sub.name));
+                    if sub.listing.is_some() {
+                        self.outstanding += 1;
+                    }
                 }
                 f.submitted += 1;
             }
@@ -297,6 +342,7 @@ const BATCH: usize = 256;
 
 struct Scanner {
     known: Option<Box<dyn Known>>,
+    select: Option<Box<dyn Select>>,
     progress: Arc<Progress>,
     events: Sender<Vec<ScanEvent>>,
     batch: Vec<ScanEvent>,
@@ -433,7 +479,7 @@ impl Scanner {
     fn leave(&mut self, frames: &mut Vec<Frame>) -> Result<(), Closed> {
         let Some(top) = frames.last_mut() else { return Ok(()) };
         let Some(meta) = top.entered.clone() else {
-            frames.pop();
+            self.pop(frames);
             return Ok(());
         };
         let path = std::mem::take(&mut top.path);
@@ -447,7 +493,7 @@ impl Scanner {
         };
         match (held, stored) {
             (Some(mut h), Some(stored)) => {
-                frames.pop();
+                self.pop(frames);
                 if let Some(k) = self.known.as_mut() {
                     k.record(&mut h.own);
                 }
@@ -461,8 +507,17 @@ impl Scanner {
                     top.held = held.or(top.held.take());
                 }
                 self.release(frames)?;
-                frames.pop();
+                self.pop(frames);
                 self.place(frames, ScanEvent::Leave)
+            }
+        }
+    }
+
+    /// Drops the innermost directory (every frame was made by `Frame::new`, which told `select`).
+    fn pop(&mut self, frames: &mut Vec<Frame>) {
+        if frames.pop().is_some() {
+            if let Some(s) = self.select.as_mut() {
+                s.leave();
             }
         }
     }
@@ -471,12 +526,17 @@ impl Scanner {
         self.emit(ScanEvent::Error { path: path.to_path_buf(), why })
     }
 
-    fn walk(&mut self, root: &Path, exclude: &Option<Exclude>, lister: &Lister) -> Result<(), Closed> {
+    fn walk(&mut self, root: &Path, lister: &Lister) -> Result<(), Closed> {
         let mut frames: Vec<Frame> = Vec::new();
+        if let Some(s) = self.select.as_mut() {
+            s.root(root);
+        }
         if root.parent().is_none() {
             // The file system root: its entries go straight into the snapshot's root.
             match ::io::dir::list(root) {
-                Ok(entries) => frames.push(Frame::new(root.to_path_buf(), entries, None, exclude)),
+                Ok(entries) => {
+                    frames.push(Frame::new(root.to_path_buf(), entries, None, self.select.as_deref_mut()))
+                }
                 Err(e) => return self.error(root, format!("cannot list: {e}")),
             }
         } else {
@@ -493,7 +553,8 @@ impl Scanner {
             }
             match ::io::dir::list(root) {
                 Ok(entries) => {
-                    let frame = Frame::new(root.to_path_buf(), entries, Some(meta), exclude);
+                    let frame =
+                        Frame::new(root.to_path_buf(), entries, Some(meta), self.select.as_deref_mut());
                     self.enter(&mut frames, frame, ev)?;
                 }
                 Err(e) => {
@@ -523,30 +584,32 @@ impl Scanner {
                 }
             };
             let is_dir = meta.kind == FileKind::Dir;
-            if !is_dir && exclude.as_ref().is_some_and(|f| f(&path, false)) {
+            if !is_dir && self.select.as_mut().is_some_and(|s| s.choose(&path, &meta) == Choice::Leave) {
                 continue;
             }
-            if is_dir && top.subdirs.front().map(|(n, _)| n) != Some(&entry.name) {
+            if is_dir && top.subdirs.front().map(|s| &s.name) != Some(&entry.name) {
                 continue; // excluded when its parent was listed
             }
-            let listing = if is_dir {
-                let slot = top.subdirs.pop_front().and_then(|(_, slot)| slot);
-                if slot.is_some() {
-                    ahead.outstanding -= 1;
+            let listing = match is_dir.then(|| top.subdirs.pop_front()).flatten() {
+                Some(sub) => {
+                    if sub.listing.is_some() {
+                        ahead.outstanding -= 1;
+                    }
+                    top.submitted = top.submitted.saturating_sub(1);
+                    Some(match (sub.list, sub.listing) {
+                        (false, _) => Ok(Vec::new()),
+                        (true, None) => ::io::dir::list(&path),
+                        (true, Some(rx)) => rx.recv().unwrap_or_else(|_| ::io::dir::list(&path)),
+                    })
                 }
-                top.submitted = top.submitted.saturating_sub(1);
-                Some(slot.map_or_else(
-                    || ::io::dir::list(&path),
-                    |rx| rx.recv().unwrap_or_else(|_| ::io::dir::list(&path)),
-                ))
-            } else {
-                None
+                None => None,
             };
             let dir_meta = is_dir.then(|| meta.clone());
             let ev = self.entry(&path, entry.name, meta)?;
             match listing {
                 Some(Ok(entries)) => {
-                    self.enter(&mut frames, Frame::new(path, entries, dir_meta, exclude), ev)?
+                    let frame = Frame::new(path, entries, dir_meta, self.select.as_deref_mut());
+                    self.enter(&mut frames, frame, ev)?
                 }
                 Some(Err(e)) => {
                     self.place(&mut frames, ev)?;
@@ -563,6 +626,7 @@ impl Scanner {
 
     fn run(&mut self, mut cfg: ScanConfig) -> Result<(), Closed> {
         self.known = cfg.known.take();
+        self.select = cfg.select.take();
         self.progress = cfg.progress.clone();
         let lister = Lister::start(LISTERS).map_err(|_| Closed)?;
         // Ancestors of the roots are entered (with their own metadata) so that the snapshot keeps
@@ -597,7 +661,7 @@ impl Scanner {
             if open.len() < parents.len() {
                 continue; // an ancestor failed; the error is recorded
             }
-            self.walk(root, &cfg.exclude, &lister)?;
+            self.walk(root, &lister)?;
         }
         for _ in open {
             self.emit(ScanEvent::Leave)?;
@@ -626,6 +690,7 @@ pub fn spawn(
     let thread = std::thread::Builder::new().name("scan".into()).spawn(move || {
         let mut s = Scanner {
             known: None,
+            select: None,
             progress: Arc::default(),
             events,
             batch: Vec::with_capacity(BATCH),
@@ -715,7 +780,7 @@ mod tests {
         let (jtx, jrx) = crossbeam_channel::unbounded();
         let cfg = ScanConfig {
             roots: normalize_roots(std::slice::from_ref(&root)).unwrap(),
-            exclude: None,
+            select: None,
             known: Some(Box::new(FakeCache { last: Vec::new() })),
             progress: Arc::default(),
         };
@@ -757,8 +822,9 @@ mod tests {
         let (jtx, jrx) = crossbeam_channel::unbounded();
         let cfg = ScanConfig {
             roots: normalize_roots(std::slice::from_ref(&root)).unwrap(),
-            exclude: None,
+            select: None,
             known: None,
+            select: None,
             progress: Arc::default(),
         };
         spawn(cfg, etx, jtx, Cancel::default()).unwrap().finish();
@@ -790,6 +856,72 @@ mod tests {
                 out.push(n.to_string_lossy().into());
             }
         }
+    }
+
+    /// Leaves out one path, and checks that `enter` and `leave` pair up.
+    struct SkipOne {
+        path: PathBuf,
+        depth: usize,
+    }
+
+    impl Select for SkipOne {
+        fn root(&mut self, _: &Path) {
+            assert_eq!(self.depth, 0);
+        }
+        fn enter(&mut self, _: &Path, _: &[::io::dir::Entry]) {
+            self.depth += 1;
+        }
+        fn choose(&mut self, path: &Path, _: &Meta) -> Choice {
+            assert!(self.depth > 0);
+            if path == self.path {
+                Choice::Leave
+            } else {
+                Choice::Take
+            }
+        }
+        fn leave(&mut self) {
+            self.depth -= 1;
+        }
+    }
+
+    /// Directories named `mnt*` are recorded without their entries; files named `skip*` left out.
+    struct Shallow;
+
+    impl Select for Shallow {
+        fn root(&mut self, _: &Path) {}
+        fn enter(&mut self, _: &Path, _: &[::io::dir::Entry]) {}
+        fn choose(&mut self, path: &Path, _: &Meta) -> Choice {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            match name {
+                n if n.starts_with("mnt") => Choice::Shallow,
+                n if n.starts_with("skip") => Choice::Leave,
+                _ => Choice::Take,
+            }
+        }
+        fn leave(&mut self) {}
+    }
+
+    #[test]
+    fn a_shallow_directory_is_entered_and_left_without_its_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("src");
+        fs::create_dir_all(root.join("a/mnt/deep")).unwrap();
+        fs::write(root.join("a/mnt/f"), "f").unwrap();
+        fs::write(root.join("a/skip-me"), "s").unwrap();
+        fs::write(root.join("a/z"), "z").unwrap();
+        let (etx, erx) = crossbeam_channel::unbounded();
+        let (jtx, jrx) = crossbeam_channel::unbounded();
+        let cfg = ScanConfig {
+            roots: normalize_roots(std::slice::from_ref(&root)).unwrap(),
+            select: Some(Box::new(Shallow)),
+            known: None,
+            progress: Arc::default(),
+        };
+        spawn(cfg, etx, jtx, Cancel::default()).unwrap().finish();
+        let n = names(&erx.iter().flatten().collect::<Vec<_>>());
+        let start = n.iter().position(|e| e == "+src").unwrap();
+        assert_eq!(&n[start..start + 7], &["+src", "+a", "+mnt", "-", "z", "-", "-"]);
+        assert_eq!(jrx.iter().count(), 1);
     }
 
     #[test]
@@ -825,8 +957,9 @@ mod tests {
         let skip2 = skip.clone();
         let cfg = ScanConfig {
             roots: normalize_roots(std::slice::from_ref(&root)).unwrap(),
-            exclude: Some(Arc::new(move |p: &Path, _| p == skip2)),
+            select: Some(Box::new(SkipOne { path: skip2, depth: 0 })),
             known: None,
+            select: None,
             progress: Arc::default(),
         };
         let stats = spawn(cfg, etx, jtx, Cancel::default()).unwrap().finish();

@@ -528,6 +528,8 @@ mod tests {
         let opts = crate::backup::BackupOptions {
             paths: vec![src.to_path_buf()],
             excludes: vec![],
+            select: Default::default(),
+            selection: Vec::new(),
             mem_limit: None,
             read_mode: stages::read::ReadMode::Pool,
             workers: 2,

@@ -3,5 +3,6 @@ pub mod attrs;
 pub mod filter;
 pub mod migrate;
 pub mod restore;
+pub mod select;
 pub mod tag;
 pub mod writers;
