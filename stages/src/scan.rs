@@ -824,7 +824,6 @@ mod tests {
             roots: normalize_roots(std::slice::from_ref(&root)).unwrap(),
             select: None,
             known: None,
-            select: None,
             progress: Arc::default(),
         };
         spawn(cfg, etx, jtx, Cancel::default()).unwrap().finish();
@@ -959,7 +958,6 @@ mod tests {
             roots: normalize_roots(std::slice::from_ref(&root)).unwrap(),
             select: Some(Box::new(SkipOne { path: skip2, depth: 0 })),
             known: None,
-            select: None,
             progress: Arc::default(),
         };
         let stats = spawn(cfg, etx, jtx, Cancel::default()).unwrap().finish();
