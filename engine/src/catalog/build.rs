@@ -537,7 +537,6 @@ mod tests {
             host: host.into(),
             tags: vec![],
             description: None,
-            selection: vec![],
             cache_dir: None,
             progress: Default::default(),
         };
