@@ -233,7 +233,8 @@ pub struct RunArgs {
     /// Memory ceiling for the whole process, e.g. 512M, 2G, 1.5GiB (K/M/G are binary units)
     #[arg(long, value_parser = parse_size_arg)]
     pub mem_limit: Option<u64>,
-    /// Leave out matching paths (glob; without '/', matches a name anywhere)
+    /// Leave out matching paths (glob, as restic's: without '/', a name anywhere; starting with
+    /// '/', the whole path; otherwise a path ending anywhere; `*` never matches '/', `**` does)
     #[arg(long, short = 'e')]
     pub exclude: Vec<String>,
     /// Read --exclude patterns from FILE, one a line (blank lines and `#` comments skipped,
@@ -341,8 +342,9 @@ pub struct RestoreArgs {
     /// Change nothing: print what would be created, replaced, kept and deleted, with sizes
     #[arg(long, short = 'n')]
     pub dry_run: bool,
-    /// Leave out matching entries (glob; without '/', a name anywhere; with '/', the path in the
-    /// snapshot, as `find` prints it)
+    /// Leave out matching entries (glob; without '/', a name anywhere; starting with '/', the
+    /// path in the snapshot, as `find` prints it; otherwise a path ending anywhere; `*` never
+    /// matches '/')
     #[arg(long, short = 'e')]
     pub exclude: Vec<String>,
     /// Read every restored file back and compare it with the snapshot (a file that differs is

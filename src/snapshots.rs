@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use engine::ops::tag::{self, TagChange};
 use engine::ops::filter::{self, Filter};
+use engine::ops::tag::{self, TagChange};
 use engine::Repository;
 use serde_json::json;
 
@@ -74,7 +74,14 @@ fn tags_of(words: &[String]) -> Vec<String> {
 }
 
 /// A word as a shell would need it: `*.tmp` becomes `'*.tmp'`.
+/// `s` with control characters escaped (`\u{1b}`): what a writer stored in a snapshot never
+/// drives the owner's terminal (moving the cursor, erasing lines to hide other snapshots).
+fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 fn shell_word(w: &str) -> String {
+    let w = &printable(w);
     let plain = !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@+%".contains(&b));
     if plain {
         w.to_string()
@@ -114,14 +121,14 @@ pub fn snapshots(repo: &Repository, json: bool, args: SnapshotsArgs) -> Result<u
         ))?;
         for e in &shown {
             let (id, s) = (&e.id, &e.snapshot);
-            let paths: Vec<_> = s.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+            let paths: Vec<_> = s.paths.iter().map(|p| printable(&String::from_utf8_lossy(p))).collect();
             out.line(&format!(
                 "{:<16}  {}  {:<12}  {:<12}  {:<12}  {:>10}  {:>8}  {}",
                 &id[..16.min(id.len())],
                 output::time(s.time_ns),
-                s.host,
+                printable(&s.host),
                 e.writer(),
-                s.tags.join(","),
+                printable(&s.tags.join(",")),
                 output::size(s.stats.bytes),
                 s.stats.files,
                 paths.join(" ")
@@ -129,7 +136,7 @@ pub fn snapshots(repo: &Repository, json: bool, args: SnapshotsArgs) -> Result<u
             if let Some(d) = &s.description {
                 // One line per line of the description, indented under its snapshot.
                 for line in d.lines() {
-                    out.line(&format!("    {line}"))?;
+                    out.line(&format!("    {}", printable(line)))?;
                 }
             }
             if !s.selection.is_empty() {
@@ -208,5 +215,6 @@ mod tests {
         assert_eq!(shell_word("*.tmp"), "'*.tmp'");
         assert_eq!(shell_word("it's"), r"'it'\''s'");
         assert_eq!(shell_word(""), "''");
+        assert_eq!(printable("a\u{1b}[2Kb\tc"), "a\\u{1b}[2Kb\\tc");
     }
 }

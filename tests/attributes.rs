@@ -149,6 +149,8 @@ fn attributes_flags_and_far_times_round_trip_as_root() {
         .dir("d")
         .file("d/f", b"with attributes")
         .file("d/locked", b"immutable, dated 2300")
+        .file("d/pinned", b"immutable, with two names")
+        .hardlink("d/pinned-too", "d/pinned")
         .file("d/appended", b"append-only")
         .file("old", b"dated 1901")
         .file("before-epoch", b"dated 1969")
@@ -189,6 +191,7 @@ fn attributes_flags_and_far_times_round_trip_as_root() {
     set_mtime(&s.join("before-epoch"), UNIX_EPOCH - Duration::new(0, 999_999_995));
     set_flags(&s.join("d/locked"), IFlags::IMMUTABLE);
     set_flags(&s.join("d/appended"), IFlags::APPEND);
+    set_flags(&s.join("d/pinned"), IFlags::IMMUTABLE);
 
     let b = Bakare::new(bin());
     b.ok(&chaos::argv!["run", s]);
@@ -240,6 +243,44 @@ fn attributes_flags_and_far_times_round_trip_as_root() {
         assert!(out.status.success(), "rsync: {}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "", "rsync sees differences");
     }
+
+    // A file with two names keeps both (the kernel refuses to link an immutable file), and
+    // the restore says it left the flag off.
+    let linked = |p: &str| std::fs::metadata(r.join(p)).unwrap().ino();
+    assert_eq!(linked("d/pinned"), linked("d/pinned-too"));
+    assert!(
+        restore.stdout_str().contains("1 files with several names restored without"),
+        "{}",
+        restore.stdout_str()
+    );
+
+    // Restored again over itself, immutable and append-only files included: replaced or kept,
+    // never stuck.
+    for how in ["always", "if-changed"] {
+        let again =
+            b.run(&["restore", "latest", "--target", target.path().to_str().unwrap(), "--overwrite", how]);
+        assert_eq!(again.code, 0, "--overwrite {how}: {}\n{}", again.stderr, again.stdout_str());
+        assert!(flags(&r.join("d/locked")) & IFlags::IMMUTABLE.bits() != 0, "--overwrite {how}");
+        assert!(flags(&r.join("d/appended")) & IFlags::APPEND.bits() != 0, "--overwrite {how}");
+        assert_eq!(xattrs(&r.join("d/f")), xattrs(&s.join("d/f")), "--overwrite {how}");
+    }
+
+    // As root with --no-owner: user attributes and ACLs, nothing privileged.
+    let plain = TestDir::new();
+    let _unlock_plain = Unlock(vec![plain.path().to_path_buf()]);
+    let o = b.run(&["restore", "latest", "--no-owner", "--target", plain.path().to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let p = restored_path(plain.path(), s);
+    let names = |x: Vec<(Vec<u8>, Vec<u8>)>| {
+        x.into_iter().map(|(n, _)| String::from_utf8_lossy(&n).into_owned()).collect::<Vec<_>>()
+    };
+    let kept = names(xattrs(&p.join("d/f")));
+    assert!(kept.iter().all(|n| n.starts_with("user.") || n.starts_with("system.posix_acl_")), "{kept:?}");
+    assert!(kept.iter().any(|n| n == "user.big"), "{kept:?}");
+    assert!(xattrs(&p.join("d/link")).is_empty());
+    assert_eq!(flags(&p.join("d/locked")) & (IFlags::IMMUTABLE | IFlags::APPEND).bits(), 0);
+    assert_eq!(flags(&p.join("d/f")) & IFlags::NODUMP.bits(), IFlags::NODUMP.bits());
+    assert!(o.stdout_str().contains("without their privileged attributes"), "{}", o.stdout_str());
 
     // A run that finds nothing changed reuses trees that keep all of it; a changed attribute
     // (which moves the file's ctime) is seen and stored.
@@ -334,6 +375,6 @@ fn user_attributes_and_acls_round_trip_as_an_unprivileged_user() {
         // restored only by root with owners: the restore says so.
         assert!(xattrs(&r.join("g")).is_empty(), "{:?}", xattrs(&r.join("g")));
         let out = restore.stdout_str() + &restore.stderr;
-        assert!(out.contains("1 files restored without their capabilities"), "{out}");
+        assert!(out.contains("1 entries restored without their privileged attributes"), "{out}");
     }
 }

@@ -148,14 +148,19 @@ const CASES: &[Case] = &[
     Case { opts: &["--exclude-caches"], files: &[], gone: &["cache/blob", "cache/sub", "cache/sub/blob"] },
     Case { opts: &["--exclude-larger-than", "1M"], files: &[], gone: &["big.bin"] },
     Case { opts: &["--exclude-larger-than", "1023K"], files: &[], gone: &["big.bin", "small.bin"] },
+    // `*` stops at `/`: only the blobs one level below the root go.
+    Case { opts: &["--exclude", "{S}/*/blob"], files: &[], gone: &["cache/blob", "fakecache/blob"] },
+    // A relative pattern with a `/` matches at any depth.
+    Case { opts: &["--exclude", "cache/sub"], files: &[], gone: &["cache/sub", "cache/sub/blob"] },
+    Case { opts: &["--exclude", "keep/*.log"], files: &[], gone: &["keep/b.log"] },
 ];
 
-fn case_opts(case: &Case, files: &Path) -> Vec<OsString> {
+fn case_opts(case: &Case, files: &Path, src: &Path) -> Vec<OsString> {
     for (name, text) in case.files {
         fs::write(files.join(name), text).unwrap();
     }
-    let f = files.to_str().unwrap();
-    case.opts.iter().map(|o| OsString::from(o.replace("{F}", f))).collect()
+    let (f, s) = (files.to_str().unwrap(), src.to_str().unwrap());
+    case.opts.iter().map(|o| OsString::from(o.replace("{F}", f).replace("{S}", s))).collect()
 }
 
 #[test]
@@ -164,7 +169,7 @@ fn each_selection_option_leaves_out_exactly_its_paths() {
     let files = tempfile::tempdir().unwrap();
     assert_eq!(bakare_selects(src.path(), &[]), everything());
     for case in CASES {
-        let opts = case_opts(case, files.path());
+        let opts = case_opts(case, files.path(), src.path());
         assert_eq!(bakare_selects(src.path(), &opts), without(case.gone), "{:?}", case.opts);
     }
 }
@@ -377,9 +382,9 @@ fn the_same_options_select_the_same_paths_as_restic() {
     let all_at_once: Vec<OsString> = CASES
         .iter()
         .filter(|c| !c.opts.contains(&".tag:OTHER") && !c.opts.contains(&"1023K"))
-        .flat_map(|c| case_opts(c, files.path()))
+        .flat_map(|c| case_opts(c, files.path(), src.path()))
         .collect();
-    for opts in CASES.iter().map(|c| case_opts(c, files.path())).chain([all_at_once]) {
+    for opts in CASES.iter().map(|c| case_opts(c, files.path(), src.path())).chain([all_at_once]) {
         let theirs = restic_selects(&restic, src.path(), &opts);
         assert_eq!(bakare_selects(src.path(), &opts), theirs, "{opts:?}");
     }

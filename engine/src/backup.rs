@@ -22,9 +22,9 @@ use crate::commit;
 use crate::error::{Error, Result};
 use crate::filescache::{self, CacheReader, CacheWriter, DirEntry};
 use crate::index::{Index, SessionDedup, Voucher};
+use crate::ops::select::{Patterns, Rules, Selection};
 use crate::pack::PackSink;
 use crate::repo::Repository;
-use crate::ops::select::{Patterns, Rules, Selection};
 use crate::snapshot::Snapshot;
 
 /// Bytes per read of a large file. 8 MiB: large enough that per-read overhead vanishes, small

@@ -21,9 +21,14 @@ use crate::ops::attrs;
 use crate::snapshot::{FileError, Stats};
 use crate::tree::{Node, NodeKind, Tree, MAX_ENTRIES};
 
-/// A tree blob is closed once its entries hold this many bytes of extended attributes (each
-/// entry up to `attrs::MAX_TOTAL`), far below the blob size limit.
-const MAX_TREE_ATTR_BYTES: usize = 4 << 20;
+/// A tree blob is closed before its entries take more than this (`tree::entries_size`, which
+/// is more than they encode to): 4,096 entries with long symlink targets, large files' content
+/// lists or extended attributes would otherwise pass the blob size limit, and every reader
+/// would refuse the directory.
+const MAX_TREE_BYTES: usize = 8 << 20;
+/// An entry that alone takes more than this cannot be stored in a tree blob (a file of more
+/// than ~480,000 chunks, about 480 GiB at the average chunk size).
+const MAX_NODE_BYTES: usize = stages::compress::MAX_BLOB - (1 << 20);
 
 struct Frame {
     name: Vec<u8>,
@@ -37,7 +42,7 @@ struct Frame {
     /// Entries added.
     count: u64,
     /// Bytes of extended attributes in `nodes`.
-    attr_bytes: usize,
+    bytes: usize,
     /// Whether every entry so far can be recognised as unchanged by the next run: a file or
     /// directory whose timestamps are safely in the past (a change within the same clock tick
     /// would not move them, and a reused tree would keep the entry's old mode or owner).
@@ -48,7 +53,7 @@ struct Frame {
 impl Frame {
     fn new(name: Vec<u8>, meta: Option<Meta>, path: Vec<u8>) -> Frame {
         let (nodes, blobs) = (Vec::new(), Vec::new());
-        Frame { name, meta, path, nodes, blobs, last: None, count: 0, attr_bytes: 0, settled: true }
+        Frame { name, meta, path, nodes, blobs, last: None, count: 0, bytes: 0, settled: true }
     }
 }
 
@@ -188,6 +193,10 @@ impl Builder {
     }
 
     fn push(&mut self, node: Node) -> Result<()> {
+        let size = crate::tree::entries_size(std::slice::from_ref(&node));
+        if self.stack.last().is_some_and(|f| !f.nodes.is_empty() && f.bytes + size > MAX_TREE_BYTES) {
+            self.flush_top()?;
+        }
         let full = {
             let Some(frame) = self.stack.last_mut() else {
                 return Err(Error::Pipeline("unbalanced scan events".into()));
@@ -196,6 +205,8 @@ impl Builder {
             // scan bug) is named as an error instead of spoiling its directory.
             let problem = if frame.last.as_ref().is_some_and(|l| *l >= node.name) {
                 Some("entry out of order in its directory".to_string())
+            } else if size > MAX_NODE_BYTES {
+                Some(format!("its entry takes {size} bytes, more than one tree blob holds"))
             } else {
                 node.problem()
             };
@@ -208,9 +219,9 @@ impl Builder {
             }
             frame.last = Some(node.name.clone());
             frame.count += 1;
-            frame.attr_bytes += node.xattrs.iter().map(|x| x.name.len() + x.value.len()).sum::<usize>();
+            frame.bytes += size;
             frame.nodes.push(node);
-            frame.nodes.len() >= MAX_ENTRIES || frame.attr_bytes >= MAX_TREE_ATTR_BYTES
+            frame.nodes.len() >= MAX_ENTRIES
         };
         if full {
             self.flush_top()?;
@@ -224,7 +235,7 @@ impl Builder {
         if frame.nodes.is_empty() {
             return Ok(());
         }
-        frame.attr_bytes = 0;
+        frame.bytes = 0;
         let tree = Tree { nodes: std::mem::take(&mut frame.nodes) };
         let data = tree.encode();
         let id = stages::hash::blob_id(&self.id_key, &data);

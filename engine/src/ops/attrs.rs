@@ -173,17 +173,39 @@ pub struct NotApplied {
     /// privileges the restore does not have (EPERM: trusted.*, security.*).
     pub xattrs: u64,
     pub flags: u64,
+    /// Attributes refused for another reason (a security label another policy does not know,
+    /// no space for them): the entry gets the rest of its metadata all the same.
+    pub failed: u64,
+    /// The first of those, for the note.
+    pub first_failure: Option<String>,
+}
+
+impl NotApplied {
+    fn failure(&mut self, name: &[u8], e: rustix::io::Errno) {
+        self.failed += 1;
+        if self.first_failure.is_none() {
+            self.first_failure = Some(format!("{}: {e}", String::from_utf8_lossy(name)));
+        }
+    }
+}
+
+/// Whether an attribute is one an unprivileged restore (or `--no-owner`) applies: user
+/// attributes and ACLs. The others (`trusted.*`, `security.*` with file capabilities and
+/// security labels) are, like set-id bits and owners, restored only by root with owners.
+pub fn unprivileged(x: &Xattr) -> bool {
+    x.name.starts_with(b"user.") || x.name.starts_with(b"system.posix_acl_")
 }
 
 /// Sets `xattrs` on the open file or directory `fd` (after its owner and mode: chown clears
 /// `security.capability`, and an access ACL carries the mode's bits). An attribute refused
-/// for lack of privilege or support is counted in `skipped`; any other failure is an error.
+/// for lack of privilege or support is counted in `skipped`, any other failure too (the first
+/// named): one attribute never costs the entry its times or flags.
 pub fn set_xattrs(fd: impl AsFd, xattrs: &[Xattr], skipped: &mut NotApplied) -> io::Result<()> {
     for x in xattrs {
         match rustix::fs::fsetxattr(&fd, x.name.as_slice(), &x.value, XattrFlags::empty()) {
             Ok(()) => {}
             Err(e) if refused(e) => skipped.xattrs += 1,
-            Err(e) => return Err(named(e, &x.name)),
+            Err(e) => skipped.failure(&x.name, e),
         }
     }
     Ok(())
@@ -202,7 +224,7 @@ pub fn set_xattrs_opath(fd: impl AsFd, xattrs: &[Xattr], skipped: &mut NotApplie
         match rustix::fs::setxattr(path.as_str(), x.name.as_slice(), &x.value, XattrFlags::empty()) {
             Ok(()) => {}
             Err(e) if refused(e) => skipped.xattrs += 1,
-            Err(e) => return Err(named(e, &x.name)),
+            Err(e) => skipped.failure(&x.name, e),
         }
     }
     Ok(())
@@ -237,10 +259,6 @@ pub fn set_flags(fd: impl AsFd, flags: u32, skipped: &mut NotApplied) -> io::Res
 fn refused(e: rustix::io::Errno) -> bool {
     use rustix::io::Errno;
     e == Errno::PERM || e == Errno::ACCESS || e == Errno::NOTSUP || e == Errno::OPNOTSUPP
-}
-
-fn named(e: rustix::io::Errno, name: &[u8]) -> io::Error {
-    io::Error::other(format!("cannot set extended attribute {:?}: {e}", String::from_utf8_lossy(name)))
 }
 
 #[cfg(test)]

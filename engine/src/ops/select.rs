@@ -55,10 +55,15 @@ impl Rules {
             && self.ignore_files.is_empty()
     }
 
-    /// One exclude pattern; `origin` names where it came from in an error.
+    /// One exclude pattern; `origin` names where it came from in an error. As restic matches
+    /// them: `*` and `?` never match a `/` (`**` does), and a relative pattern with a `/`
+    /// matches at any depth (`keep/*.log` is `**/keep/*.log`).
     pub fn exclude(&mut self, pattern: &str, case_insensitive: bool, origin: &str) -> Result<()> {
-        let g = GlobBuilder::new(pattern)
+        let anywhere = pattern.contains('/') && !pattern.starts_with('/') && !pattern.starts_with("**/");
+        let glob = if anywhere { format!("**/{pattern}") } else { pattern.to_string() };
+        let g = GlobBuilder::new(&glob)
             .case_insensitive(case_insensitive)
+            .literal_separator(true)
             .build()
             .map_err(|e| Error::Invalid(format!("{origin}: exclude pattern {pattern:?}: {e}")))?;
         self.globs.push(g);
@@ -333,7 +338,19 @@ impl Selection {
         }
         let file = dir.join(&tag.name);
         let mut start = vec![0u8; tag.header.len()];
-        let read = std::fs::File::open(&file).and_then(|mut f| f.read_exact(&mut start));
+        // Only a regular file is a tag: a FIFO of that name would block the run, a symlink
+        // could name a device.
+        let read = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&file)
+                .and_then(|mut f| match f.metadata()?.is_file() {
+                    true => f.read_exact(&mut start),
+                    false => Err(std::io::Error::other("not a regular file")),
+                })
+        };
         match read {
             Ok(()) if start == tag.header => true,
             Ok(()) => {

@@ -6,12 +6,14 @@
 //!
 //! An owner operation: the new record is signed with the owner's key, which only a full key
 //! derives (a backup-only key could otherwise make the owner's `forget --keep-tag` keep, or
-//! its policies drop, what it likes), and only snapshots the owner trusts are offered (see
-//! `Repository::snapshots`; `--trust-all` on purpose).
+//! its policies drop, what it likes), and only the owner's own snapshots are retagged: a
+//! writer's, signed anew by the owner, would leave that writer's `forget` group and escape its
+//! revocation.
 use crate::commit;
 use crate::error::{Error, Result};
 use crate::repo::{Repository, SnapshotEntry};
 use crate::snapshot::{Snapshot, VERSION};
+use crate::writers::Standing;
 
 /// What to do to the tags, as restic does: `set` replaces them (and goes alone); otherwise
 /// `add`, then `remove` (a tag in both is removed).
@@ -72,6 +74,16 @@ pub fn retag(
     }
     // Refused before anything is written: a backup-only key cannot sign as the owner.
     let owner = repo.key.owner_signer()?;
+    // Only the owner's own records: the new one is signed by the owner, so a writer's snapshot
+    // retagged would leave its writer's `forget` group and escape a later `key revoke`.
+    if !matches!(old.standing, Standing::Owner) {
+        return Err(Error::Invalid(format!(
+            "snapshot {} was written by {}, not the owner: only the owner's snapshots can be retagged \
+             (the new record would be the owner's, outside that writer's forget group and revocation)",
+            &old.id[..old.id.len().min(16)],
+            old.writer()
+        )));
+    }
     let tags = change.apply(&old.snapshot.tags);
     if tags == old.snapshot.tags {
         return Ok(None);

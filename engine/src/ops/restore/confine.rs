@@ -164,7 +164,9 @@ pub fn entry_meta(
 /// Everything `meta` says, through an open handle of a regular file or directory, in the order
 /// the kernel needs: chown first (it clears set-id bits and file capabilities), then the mode,
 /// the extended attributes (an access ACL carries the mode's bits), the times, and the inode
-/// flags last (an immutable or append-only file takes no new times).
+/// flags last (an immutable or append-only file takes no new times) — but not immutable and
+/// append-only themselves: `lock` sets those once the entry is in its place (a file so marked
+/// can be neither renamed nor linked).
 pub fn fd_meta(fd: impl AsFd, meta: &EntryMeta, skipped: &mut NotApplied) -> io::Result<()> {
     use rustix::fs::{Gid, Uid};
     if let Some((uid, gid)) = meta.owner {
@@ -173,7 +175,29 @@ pub fn fd_meta(fd: impl AsFd, meta: &EntryMeta, skipped: &mut NotApplied) -> io:
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode)).map_err(err)?;
     attrs::set_xattrs(&fd, meta.xattrs, skipped)?;
     rustix::fs::futimens(&fd, &meta.times).map_err(err)?;
-    attrs::set_flags(&fd, meta.flags, skipped)
+    attrs::set_flags(&fd, meta.flags & !attrs::LOCKING, skipped)
+}
+
+/// Sets all of `flags`, immutable and append-only included, on an entry `fd_meta` did the rest
+/// for, now in its place. Nothing when neither is asked.
+pub fn lock(fd: impl AsFd, flags: u32, skipped: &mut NotApplied) -> io::Result<()> {
+    if flags & attrs::LOCKING == 0 {
+        return Ok(());
+    }
+    attrs::set_flags(&fd, flags, skipped)
+}
+
+/// Clears immutable and append-only on the regular file `f` (left so by an earlier restore)
+/// before this restore replaces or updates it. An error when they cannot be cleared.
+pub fn unlock(f: impl AsFd) -> io::Result<()> {
+    use rustix::fs::IFlags;
+    let Ok(now) = rustix::fs::ioctl_getflags(&f) else { return Ok(()) };
+    if now.bits() & attrs::LOCKING == 0 {
+        return Ok(());
+    }
+    rustix::fs::ioctl_setflags(&f, IFlags::from_bits_retain(now.bits() & !attrs::LOCKING)).map_err(|e| {
+        io::Error::other(format!("it is immutable or append-only, and that cannot be cleared: {e}"))
+    })
 }
 
 /// The directory at `rel` (`a/b/c`, valid names) below `root`, resolved without following any

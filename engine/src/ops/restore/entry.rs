@@ -89,7 +89,7 @@ impl Drop for DirHandle<'_> {
         let Some(node) = self.node.take() else { return };
         if self.has_links.load(Relaxed) {
             let rel = std::mem::take(&mut self.rel);
-            let size = rel.len() + std::mem::size_of::<Node>() + node.name.len();
+            let size = rel.len() + crate::tree::entries_size(std::slice::from_ref(&node));
             lock(&self.r.deferred).push((rel, node), size);
         } else if let Err(e) = self.r.dir_meta(&self.fd, &node) {
             self.r.fail(&self.path, format!("cannot set directory metadata: {e}"));
@@ -169,7 +169,10 @@ pub(super) struct Restorer<'a> {
     pub(super) setid_dropped: AtomicU64,
     pub(super) owners_skipped: AtomicU64,
     pub(super) devices_skipped: AtomicU64,
-    pub(super) caps_dropped: AtomicU64,
+    pub(super) privileged_dropped: AtomicU64,
+    pub(super) locking_linked: AtomicU64,
+    pub(super) attrs_failed: AtomicU64,
+    pub(super) first_attr_failure: Mutex<Option<(PathBuf, String)>>,
     pub(super) xattrs_skipped: AtomicU64,
     pub(super) flags_skipped: AtomicU64,
     pub(super) specials_skipped: AtomicU64,
@@ -293,41 +296,76 @@ impl Restorer<'_> {
     }
 
     pub(super) fn dir_meta(&self, fd: &OwnedFd, node: &Node) -> std::io::Result<()> {
-        self.fd_meta(fd, node)
+        self.fd_meta(fd, node, None)?;
+        self.lock(fd, node, false)
     }
 
-    /// What is set on `node`'s entry besides its content. File capabilities, like set-id bits,
-    /// only with the owner.
+    /// What is set on `node`'s entry besides its content. Privileged attributes (`trusted.*`,
+    /// `security.*` with file capabilities and labels) and the immutable and append-only flags,
+    /// like set-id bits, only with the owner: a restore as another user, or with --no-owner,
+    /// applies user attributes and ACLs.
     fn entry_meta<'n>(&self, node: &'n Node) -> (confine::EntryMeta<'n>, Option<Vec<Xattr>>) {
-        let filtered = (!self.owner && node.xattrs.iter().any(|x| x.name == attrs::CAPABILITY)).then(|| {
-            self.caps_dropped.fetch_add(1, Relaxed);
-            node.xattrs.iter().filter(|x| x.name != attrs::CAPABILITY).cloned().collect()
-        });
+        let mut flags = node.flags;
+        let mut filtered = None;
+        if !self.owner {
+            let privileged = node.xattrs.iter().any(|x| !attrs::unprivileged(x));
+            if privileged {
+                filtered = Some(node.xattrs.iter().filter(|x| attrs::unprivileged(x)).cloned().collect());
+            }
+            if privileged || flags & attrs::LOCKING != 0 {
+                self.privileged_dropped.fetch_add(1, Relaxed);
+            }
+            flags &= !attrs::LOCKING;
+        }
         let meta = confine::EntryMeta {
             owner: self.owner_of(node),
             mode: self.mode_of(node),
             times: timestamps(node),
             xattrs: &node.xattrs,
-            flags: node.flags,
+            flags,
         };
         (meta, filtered)
     }
 
-    /// Everything but the content, on an open regular file or directory (`confine::fd_meta`).
-    fn fd_meta(&self, fd: impl std::os::fd::AsFd, node: &Node) -> std::io::Result<()> {
+    /// Everything but the content and the locking flags, on an open regular file or directory
+    /// (`confine::fd_meta`); `path` names it in a note of an attribute that failed.
+    fn fd_meta(&self, fd: impl std::os::fd::AsFd, node: &Node, path: Option<&Path>) -> std::io::Result<()> {
         let (mut meta, filtered) = self.entry_meta(node);
         if let Some(x) = &filtered {
             meta.xattrs = x;
         }
         let mut skipped = attrs::NotApplied::default();
         let done = confine::fd_meta(fd, &meta, &mut skipped);
-        self.not_applied(skipped);
+        self.not_applied(skipped, path);
         done
     }
 
-    fn not_applied(&self, skipped: attrs::NotApplied) {
+    /// Immutable and append-only, once the entry is in its place (`confine::lock`). A file
+    /// with other names gets neither: the kernel would refuse to link them.
+    fn lock(&self, fd: impl std::os::fd::AsFd, node: &Node, file: bool) -> std::io::Result<()> {
+        if !self.owner || node.flags & attrs::LOCKING == 0 {
+            return Ok(());
+        }
+        if file && node.nlink > 1 {
+            self.locking_linked.fetch_add(1, Relaxed);
+            return Ok(());
+        }
+        let mut skipped = attrs::NotApplied::default();
+        let done = confine::lock(fd, node.flags, &mut skipped);
+        self.not_applied(skipped, None);
+        done
+    }
+
+    fn not_applied(&self, skipped: attrs::NotApplied, path: Option<&Path>) {
         self.xattrs_skipped.fetch_add(skipped.xattrs, Relaxed);
         self.flags_skipped.fetch_add(skipped.flags, Relaxed);
+        self.attrs_failed.fetch_add(skipped.failed, Relaxed);
+        if let Some(why) = skipped.first_failure {
+            let mut first = lock(&self.first_attr_failure);
+            if first.is_none() {
+                *first = Some((path.map(Path::to_path_buf).unwrap_or_default(), why));
+            }
+        }
     }
 
     /// Writes a file's content, then its metadata. All-zero blobs become holes (sparse files
@@ -374,10 +412,11 @@ impl Restorer<'_> {
                     Err(e) => return Err(Error::io(dir.child_path(name), e)),
                 }
             }
-            let meta = self.fd_meta(&f, node);
+            let meta = self.fd_meta(&f, node, Some(&dir.child_path(name)));
             if let Some(tmp) = &tmp {
                 confine::rename(&dir.fd, tmp, name).map_err(|e| Error::io(dir.child_path(name), e))?;
             }
+            let meta = meta.and_then(|()| self.lock(&f, node, true));
             Ok((n, meta.err().map(|e| e.to_string())))
         });
         match placed {
@@ -470,7 +509,9 @@ impl Restorer<'_> {
                 let keep =
                     same && (now.st_nlink == 1 || node.nlink > 1) && self.same_content(&mut f, content)?;
                 if keep && !self.opts.dry_run {
-                    self.fd_meta(&f, node)?;
+                    confine::unlock(&f)?;
+                    self.fd_meta(&f, node, Some(&dir.child_path(&node.name)))?;
+                    self.lock(&f, node, true)?;
                 }
                 keep
             }
@@ -512,6 +553,21 @@ impl Restorer<'_> {
         if !job.fresh {
             match self.keep_existing(job, content, size) {
                 Ok(true) => return None,
+                Ok(false) if !self.opts.dry_run => {
+                    // A file an earlier restore made immutable or append-only cannot be
+                    // replaced until that is cleared.
+                    let unlocked = match confine::stat(&job.dir.fd, &job.node.name) {
+                        Ok(Some(st)) if rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() => {
+                            confine::open_read(&job.dir.fd, &job.node.name).and_then(confine::unlock)
+                        }
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = unlocked {
+                        self.fail(&path(), format!("cannot replace it: {e}"));
+                        return None;
+                    }
+                }
                 Ok(false) => {}
                 Err(e) => {
                     self.fail(&path(), format!("cannot compare with what is there: {e}"));
@@ -605,7 +661,7 @@ impl Restorer<'_> {
         }
         let mut skipped = attrs::NotApplied::default();
         let done = confine::entry_meta(&dir.fd, name, made, &meta, &mut skipped);
-        self.not_applied(skipped);
+        self.not_applied(skipped, Some(&path()));
         if let Err(e) = done {
             self.fail(&path(), format!("created, but cannot set metadata: {e}"));
         }
@@ -658,8 +714,14 @@ impl Restorer<'_> {
         );
         say(&self.devices_skipped, "device nodes not restored (only as root)");
         say(
-            &self.caps_dropped,
-            "files restored without their capabilities (security.capability: only as root, without --no-owner)",
+            &self.privileged_dropped,
+            "entries restored without their privileged attributes (trusted.*, security.* such as file \
+             capabilities and labels, immutable and append-only flags: only as root, without --no-owner)",
+        );
+        say(
+            &self.locking_linked,
+            "files with several names restored without their immutable or append-only flag (the kernel \
+             refuses to link such files)",
         );
         say(
             &self.xattrs_skipped,
@@ -672,6 +734,13 @@ impl Restorer<'_> {
              or they need root (immutable, append-only)",
         );
         say(&self.specials_skipped, "FIFOs, sockets or device nodes not restored (--no-special)");
+        let failed = self.attrs_failed.load(Relaxed);
+        if let Some((path, why)) = lock(&self.first_attr_failure).as_ref() {
+            notes.push(format!(
+                "{failed} extended attributes could not be set, the first on {}: {why}",
+                path.display()
+            ));
+        }
         let untracked = lock(&self.linked).untracked;
         if untracked > 0 {
             notes.push(format!(
