@@ -1,6 +1,6 @@
 //! `snapshots` and `tag`, and the filters (`--host`, `--tag`, `--path`) that `snapshots`,
 //! `forget` and every `latest` (`ls`, `restore`, `diff`, `tag`) take.
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -34,7 +34,7 @@ impl FilterArgs {
             // One by one: normalize_roots also drops a root inside another.
             let abs = stages::scan::normalize_roots(std::slice::from_ref(p))
                 .with_context(|| format!("--path {}: cannot make it absolute", p.display()))?;
-            paths.extend(abs.into_iter().map(|a| a.as_os_str().as_bytes().to_vec()));
+            paths.extend(abs.into_iter().map(|a| a.path.into_os_string().into_vec()));
         }
         Ok(Filter {
             hosts: self.hosts.clone(),

@@ -202,11 +202,29 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
     let signer = repo.key.snapshot_signer()?;
     let (index, mut warnings) = repo.load_dedup_index()?;
     let roots = stages::scan::normalize_roots(&opts.paths).map_err(|e| Error::io(".", e))?;
-    for r in &roots {
-        if std::fs::symlink_metadata(r).is_err() {
-            return Err(Error::Invalid(format!("{}: no such file or directory", r.display())));
+    for r in roots.iter().filter(|r| r.unreachable.is_none()) {
+        let md = match r.follow {
+            true => std::fs::metadata(&r.path),
+            false => std::fs::symlink_metadata(&r.path),
+        };
+        match md {
+            Err(_) => return Err(Error::Invalid(format!("{}: no such file or directory", r.path.display()))),
+            Ok(md) if r.follow && !md.is_dir() => {
+                return Err(Error::Invalid(format!("{}/: not a directory", r.path.display())))
+            }
+            Ok(_) => {}
         }
     }
+    // What the snapshot records (the paths backed up, as given: `LINK/` as LINK, which holds the
+    // directory's contents), and what keys the files cache (a followed root is another source
+    // than the link).
+    let paths: Vec<PathBuf> =
+        roots.iter().filter(|r| r.unreachable.is_none()).map(|r| r.path.clone()).collect();
+    let sources: Vec<PathBuf> = roots
+        .iter()
+        .filter(|r| r.unreachable.is_none())
+        .map(|r| if r.follow { r.path.join("") } else { r.path.clone() })
+        .collect();
     let budget_bytes = match opts.mem_limit {
         None => DEFAULT_BUDGET,
         Some(limit) => {
@@ -271,7 +289,7 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
     let chunk = stages::chunk::spawn(params, blk_rxs, chunk_tx, fe_tx, pool.clone(), cancel.clone())
         .map_err(spawn_err)?;
     let read_cfg = ReadConfig {
-        mode: read_mode_for(opts.read_mode, &roots),
+        mode: read_mode_for(opts.read_mode, &paths),
         segment: SEGMENT,
         headroom: params.max as usize,
         threads: 2,
@@ -302,8 +320,8 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
     let select_warnings = selection.as_ref().map(Selection::warnings);
     let select = selection.map(|s| Box::new(s) as Box<dyn Select>);
     let (known, cache_out, cache_problem) =
-        open_cache(repo, opts, &roots, dedup.index.clone(), &mut warnings);
-    let scan_cfg = ScanConfig { roots: roots.clone(), select, known, progress: opts.progress.clone() };
+        open_cache(repo, opts, &sources, dedup.index.clone(), &mut warnings);
+    let scan_cfg = ScanConfig { roots, select, known, progress: opts.progress.clone() };
     let scan = stages::scan::spawn(scan_cfg, ev_tx, job_tx, cancel.clone()).map_err(spawn_err)?;
 
     let mut builder = Builder::new(Wiring {
@@ -369,7 +387,7 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
         time_ns,
         host: opts.host.clone(),
         user: std::env::var("USER").unwrap_or_default(),
-        paths: roots.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect(),
+        paths: paths.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect(),
         tags: opts.tags.clone(),
         tree: root,
         stats,

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -106,8 +107,8 @@ impl Held {
 }
 
 pub struct ScanConfig {
-    /// Absolute paths to back up.
-    pub roots: Vec<PathBuf>,
+    /// The paths to back up, from `normalize_roots`.
+    pub roots: Vec<Root>,
     pub select: Option<Box<dyn Select>>,
     pub known: Option<Box<dyn Known>>,
     pub progress: Arc<Progress>,
@@ -180,10 +181,49 @@ pub fn meta_of_stat(st: &rustix::fs::Stat) -> Meta {
     }
 }
 
+/// A path to back up, absolute and lexically normal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Root {
+    pub path: PathBuf,
+    /// Named as `PATH/` or `PATH/.`: a symlink there is resolved, and the directory it points
+    /// to is backed up under `path` (as `cp -R`, rsync and `find -H` read a trailing slash).
+    /// Otherwise a root that is a symlink is stored as the link.
+    pub follow: bool,
+    /// Why this root is not backed up although it was named: it lies inside another root whose
+    /// walk stores a symlink on its way as the link. The scan records it as an error entry.
+    pub unreachable: Option<String>,
+}
+
+/// Whether a root as the user wrote it names a directory's contents: a trailing '/', a last
+/// component '.' (`LINK/.`, `.`).
+fn names_contents(p: &Path) -> bool {
+    let b = p.as_os_str().as_bytes();
+    b.ends_with(b"/") || b.ends_with(b"/.") || b == b"."
+}
+
+/// The first path from `root` (itself, unless it is followed) down to the parent of `inner`
+/// that is a symlink: the walk of `root` stores it as a link, so it cannot reach `inner`.
+fn link_between(root: &Root, inner: &Path) -> Option<PathBuf> {
+    let is_link = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
+    if !root.follow && is_link(&root.path) {
+        return Some(root.path.clone());
+    }
+    let rest = inner.strip_prefix(&root.path).ok()?;
+    let mut at = root.path.clone();
+    let mut comps: Vec<_> = rest.components().collect();
+    comps.pop();
+    comps.into_iter().find_map(|c| {
+        at.push(c);
+        is_link(&at).then(|| at.clone())
+    })
+}
+
 /// Makes roots absolute and lexically normal, drops duplicates and roots inside other roots, and
-/// sorts them component-wise (the order the tree builder needs).
-pub fn normalize_roots(roots: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = Vec::new();
+/// sorts them component-wise (the order the tree builder needs). A root inside another that the
+/// other's walk cannot reach (a symlink between them is stored as the link) is kept, marked
+/// `unreachable`, so that it is reported rather than silently dropped.
+pub fn normalize_roots(roots: &[PathBuf]) -> std::io::Result<Vec<Root>> {
+    let mut out: Vec<Root> = Vec::new();
     for r in roots {
         let abs = std::path::absolute(r)?;
         let mut norm = PathBuf::from("/");
@@ -196,15 +236,38 @@ pub fn normalize_roots(roots: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
                 _ => {}
             }
         }
-        out.push(norm);
+        out.push(Root { path: norm, follow: names_contents(r), unreachable: None });
     }
-    out.sort_by(|a, b| a.components().cmp(b.components()));
+    // A followed root sorts before the same path not followed, which it then covers.
+    out.sort_by(|a, b| a.path.components().cmp(b.path.components()).then(b.follow.cmp(&a.follow)));
     out.dedup();
-    let mut kept: Vec<PathBuf> = Vec::new();
-    for p in out {
-        if !kept.iter().any(|k| p.starts_with(k)) {
-            kept.push(p);
-        }
+    let mut kept: Vec<Root> = Vec::new();
+    for mut r in out {
+        let Some(outer) = kept.iter().find(|k| k.unreachable.is_none() && r.path.starts_with(&k.path)) else {
+            kept.push(r);
+            continue;
+        };
+        let same = outer.path == r.path;
+        let link = match same {
+            // `LINK/` and `LINK`: the directory it points to is backed up, the link is not.
+            true => (fs::symlink_metadata(&r.path).is_ok_and(|m| m.file_type().is_symlink()))
+                .then(|| r.path.clone()),
+            false => link_between(outer, &r.path),
+        };
+        let Some(link) = link else { continue };
+        r.unreachable = Some(match same {
+            true => "not saved as a symlink: also named with a trailing '/', which backs up the \
+                     directory it points to in its place"
+                .to_string(),
+            false => format!(
+                "not saved: {} is a symlink, saved as the link by the path {} (name {}/ to back up \
+                 the directory it points to)",
+                link.display(),
+                outer.path.display(),
+                link.display()
+            ),
+        });
+        kept.push(r);
     }
     Ok(kept)
 }
@@ -526,7 +589,8 @@ impl Scanner {
         self.emit(ScanEvent::Error { path: path.to_path_buf(), why })
     }
 
-    fn walk(&mut self, root: &Path, lister: &Lister) -> Result<(), Closed> {
+    fn walk(&mut self, root: &Root, lister: &Lister) -> Result<(), Closed> {
+        let (follow, root) = (root.follow, root.path.as_path());
         let mut frames: Vec<Frame> = Vec::new();
         if let Some(s) = self.select.as_mut() {
             s.root(root);
@@ -540,8 +604,14 @@ impl Scanner {
                 Err(e) => return self.error(root, format!("cannot list: {e}")),
             }
         } else {
-            // A root that is a symlink is saved as the symlink, not followed.
-            let meta = match fs::symlink_metadata(root) {
+            // A root that is a symlink is saved as the symlink, not followed, unless it was
+            // named `LINK/`: then the directory it points to is saved under its name.
+            let meta = match follow {
+                true => fs::metadata(root),
+                false => fs::symlink_metadata(root),
+            };
+            let meta = match meta {
+                Ok(md) if follow && !md.is_dir() => return self.error(root, "not a directory".into()),
                 Ok(md) => meta_of(&md),
                 Err(e) => return self.error(root, format!("cannot stat: {e}")),
             };
@@ -551,7 +621,12 @@ impl Scanner {
             if !is_dir {
                 return self.emit(ev);
             }
-            match ::io::dir::list(root) {
+            // Listed as `ROOT/.`: io::dir::list does not follow a symlink in the last component.
+            let listed = match follow {
+                true => ::io::dir::list(&root.join(".")),
+                false => ::io::dir::list(root),
+            };
+            match listed {
                 Ok(entries) => {
                     let frame =
                         Frame::new(root.to_path_buf(), entries, Some(meta), self.select.as_deref_mut());
@@ -629,11 +704,18 @@ impl Scanner {
         self.select = cfg.select.take();
         self.progress = cfg.progress.clone();
         let lister = Lister::start(LISTERS).map_err(|_| Closed)?;
-        // Ancestors of the roots are entered (with their own metadata) so that the snapshot keeps
-        // absolute paths: /home/u/docs is restored as TARGET/home/u/docs.
+        // Ancestors of the roots are entered so that the snapshot keeps absolute paths:
+        // /home/u/docs is restored as TARGET/home/u/docs. Each with the metadata of the directory
+        // it is on disk, symlinks resolved (restic's statDir): an ancestor that is a symlink to a
+        // directory is recorded as that directory, never as a directory with the link's mode.
         let mut open: Vec<OsString> = Vec::new();
         for root in &cfg.roots {
+            if let Some(why) = &root.unreachable {
+                self.error(&root.path, why.clone())?;
+                continue;
+            }
             let comps: Vec<OsString> = root
+                .path
                 .components()
                 .filter_map(|c| match c {
                     Component::Normal(p) => Some(p.to_os_string()),
@@ -649,8 +731,14 @@ impl Scanner {
             for (i, name) in parents.iter().enumerate().skip(common) {
                 let dir: PathBuf =
                     std::iter::once(OsString::from("/")).chain(parents[..=i].iter().cloned()).collect();
-                match fs::symlink_metadata(&dir) {
-                    Ok(md) => self.emit(ScanEvent::Enter { name: name.clone(), meta: meta_of(&md) })?,
+                match fs::metadata(&dir) {
+                    Ok(md) if md.is_dir() => {
+                        self.emit(ScanEvent::Enter { name: name.clone(), meta: meta_of(&md) })?
+                    }
+                    Ok(_) => {
+                        self.error(&dir, "not a directory".into())?;
+                        break;
+                    }
                     Err(e) => {
                         self.error(&dir, format!("cannot stat: {e}"))?;
                         break;
@@ -970,7 +1058,41 @@ mod tests {
 
     #[test]
     fn nested_roots_are_dropped() {
-        let r = normalize_roots(&["/a/b".into(), "/a".into(), "/a/../c".into()]).unwrap();
-        assert_eq!(r, vec![PathBuf::from("/a"), PathBuf::from("/c")]);
+        let r = normalize_roots(&["/a/b".into(), "/a".into(), "/a/../c".into(), "/d/".into()]).unwrap();
+        let paths: Vec<_> = r.iter().map(|r| (r.path.clone(), r.follow)).collect();
+        assert_eq!(paths, [("/a".into(), false), ("/c".into(), false), ("/d".into(), true)]);
+        assert!(r.iter().all(|r| r.unreachable.is_none()));
+    }
+
+    #[test]
+    fn a_root_behind_a_symlink_another_root_stores_is_unreachable() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::create_dir_all(d.join("real/sub")).unwrap();
+        std::os::unix::fs::symlink("real", d.join("link")).unwrap();
+        std::os::unix::fs::symlink("sub", d.join("real/inner")).unwrap();
+        let roots = |ps: &[&str]| {
+            let ps: Vec<PathBuf> = ps.iter().map(|p| PathBuf::from(format!("{}/{p}", d.display()))).collect();
+            normalize_roots(&ps)
+                .unwrap()
+                .into_iter()
+                .map(|r| {
+                    (r.path.strip_prefix(d).unwrap().display().to_string(), r.follow, r.unreachable.is_some())
+                })
+                .collect::<Vec<_>>()
+        };
+        // The link stored as a link cannot hold link/f; link/ holds it; a symlink inside a root too.
+        assert_eq!(
+            roots(&["link", "link/f"]),
+            [("link".into(), false, false), ("link/f".into(), false, true)]
+        );
+        assert_eq!(roots(&["link/", "link/f"]), [("link".into(), true, false)]);
+        assert_eq!(roots(&["link/.", "link"]), [("link".into(), true, false), ("link".into(), false, true)]);
+        assert_eq!(roots(&["real/", "real"]), [("real".into(), true, false)]);
+        assert_eq!(roots(&["real", "real/sub/x"]), [("real".into(), false, false)]);
+        assert_eq!(
+            roots(&["real", "real/inner/x"]),
+            [("real".into(), false, false), ("real/inner/x".into(), false, true)]
+        );
     }
 }

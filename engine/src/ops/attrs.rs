@@ -95,6 +95,17 @@ pub fn problem(xattrs: &[Xattr], flags: u32) -> Option<String> {
 /// read is left out and said: the entry is saved with the rest. A file system without extended
 /// attributes or inode flags has none, which is not a problem.
 pub fn read(path: &Path, kind: FileKind) -> (Attrs, Vec<String>) {
+    // A directory is read as `DIR/.`: a directory the snapshot holds under a symlink's name (a
+    // path named `LINK/`, an ancestor `LINK` of a path) has the attributes of the directory the
+    // link resolves to, as its metadata is; for any other directory, `DIR/.` is `DIR`.
+    let dot;
+    let path = match kind {
+        FileKind::Dir => {
+            dot = path.join(".");
+            dot.as_path()
+        }
+        _ => path,
+    };
     let mut problems = Vec::new();
     let xattrs = match read_xattrs(path) {
         Ok(x) => x,
