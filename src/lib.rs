@@ -262,6 +262,10 @@ pub struct RunArgs {
     /// directory, as restic does
     #[arg(long, short = 'x', help_heading = "Selection")]
     pub one_file_system: bool,
+    /// Leave out files and directories with the nodump flag (`chattr +d`), as borg's option
+    /// of that name does (reading the flag costs an open per file and directory)
+    #[arg(long, help_heading = "Selection")]
+    pub exclude_nodump: bool,
     /// Apply gitignore-style files of this name (e.g. .gitignore) found in the tree to their
     /// directory and below
     #[arg(long, value_name = "NAME", help_heading = "Selection")]

@@ -66,6 +66,10 @@ pub fn read(args: &mut RunArgs) -> Result<Selection> {
         rules.one_file_system = true;
         words.push("--one-file-system".into());
     }
+    if args.exclude_nodump {
+        rules.exclude_nodump = true;
+        words.push("--exclude-nodump".into());
+    }
     if paths.is_empty() {
         bail!("nothing to back up: the --files-from lists name no paths, and none were given");
     }

@@ -407,3 +407,54 @@ fn one_file_system_is_restics() {
     let opts = argv!["--one-file-system"];
     assert_eq!(bakare_selects(src.path(), &opts), restic_selects(&restic, src.path(), &opts));
 }
+
+/// `chattr +d`: adds the nodump flag; false when the file system does not take it.
+fn set_nodump(p: &Path) -> bool {
+    use std::os::fd::AsFd;
+    let f = fs::File::open(p).unwrap();
+    let now = rustix::fs::ioctl_getflags(f.as_fd()).unwrap_or(rustix::fs::IFlags::empty());
+    rustix::fs::ioctl_setflags(f.as_fd(), now | rustix::fs::IFlags::NODUMP).is_ok()
+}
+
+#[test]
+fn exclude_nodump_leaves_out_flagged_files_and_directories() {
+    let src = TestDir::new()
+        .file("keep/a", "a")
+        .file("keep/dumpless", "d")
+        .file("gone/inner", "i")
+        .file("gone/deeper/x", "x")
+        .fifo("keep/fifo")
+        .symlink("keep/link", "dumpless");
+    let p = src.path();
+    if !(set_nodump(&p.join("keep/dumpless")) && set_nodump(&p.join("gone"))) {
+        assert!(
+            std::env::var_os("BAKARE_REQUIRE_ROOT").is_none(),
+            "the test directory's file system takes no nodump flag"
+        );
+        skipped("exclude_nodump: the test directory's file system takes no nodump flag");
+        return;
+    }
+    let all: BTreeSet<String> = [
+        "keep",
+        "keep/a",
+        "keep/dumpless",
+        "keep/fifo",
+        "keep/link",
+        "gone",
+        "gone/inner",
+        "gone/deeper",
+        "gone/deeper/x",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(bakare_selects(p, &[]), all, "without the option, the flag changes nothing");
+    // The FIFO is not opened (that would block), the symlink not followed to its flagged file.
+    let kept: BTreeSet<String> =
+        ["keep", "keep/a", "keep/fifo", "keep/link"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(bakare_selects(p, &argv!["--exclude-nodump"]), kept);
+    let b = bakare();
+    b.ok(&argv!["run", "--exclude-nodump", p]);
+    let snaps = b.ok(&argv!["snapshots"]).stdout_str();
+    assert!(snaps.contains("    selection: --exclude-nodump"), "recorded in the selection words: {snaps}");
+}

@@ -171,7 +171,7 @@ fn read_xattrs(path: &Path) -> io::Result<Vec<Xattr>> {
 
 /// The inode flags of a regular file or directory, 0 when they cannot be read (a file that
 /// cannot be opened cannot be read either, and that is reported).
-fn read_flags(path: &Path) -> u32 {
+pub(crate) fn read_flags(path: &Path) -> u32 {
     let how = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
     let Ok(fd) = rustix::fs::open(path, how, Mode::empty()) else { return 0 };
     rustix::fs::ioctl_getflags(&fd).map_or(0, |f| f.bits() & FLAGS)

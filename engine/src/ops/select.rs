@@ -20,6 +20,9 @@ use crate::error::{Error, Result};
 pub const CACHEDIR_TAG: &str = "CACHEDIR.TAG";
 pub const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
 
+/// FS_NODUMP_FL: "do not dump this file" (`chattr +d`).
+const NODUMP: u32 = rustix::fs::IFlags::NODUMP.bits();
+
 /// An exclusion tag (`--exclude-if-present NAME[:HEADER]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Tag {
@@ -40,6 +43,9 @@ pub struct Rules {
     tags: Vec<Tag>,
     /// Names of gitignore-style files that apply to their directory and below.
     ignore_files: Vec<OsString>,
+    /// --exclude-nodump: files and directories with the nodump inode flag (`chattr +d`) are
+    /// left out, as borg's option of that name does.
+    pub exclude_nodump: bool,
 }
 
 impl Rules {
@@ -53,6 +59,7 @@ impl Rules {
             && self.larger_than.is_none()
             && self.tags.is_empty()
             && self.ignore_files.is_empty()
+            && !self.exclude_nodump
     }
 
     /// One exclude pattern; `origin` names where it came from in an error. As restic matches
@@ -286,6 +293,7 @@ pub struct Selection {
     larger_than: Option<u64>,
     tags: Vec<Tag>,
     ignore_files: Vec<OsString>,
+    exclude_nodump: bool,
     /// The device of the root being walked, with --one-file-system.
     root_dev: Option<u64>,
     depth: usize,
@@ -313,6 +321,7 @@ impl Selection {
             larger_than: rules.larger_than,
             tags: rules.tags,
             ignore_files: rules.ignore_files,
+            exclude_nodump: rules.exclude_nodump,
             root_dev: None,
             depth: 0,
             layers: Vec::new(),
@@ -397,7 +406,8 @@ impl Select for Selection {
         self.layers.clear();
         // Like restic, the device of each root: a second root on another file system is walked.
         self.root_dev = match self.one_file_system {
-            true => std::fs::symlink_metadata(root).ok().map(|m| std::os::unix::fs::MetadataExt::dev(&m)),
+            // Followed: a root named `LINK/` is walked on the file system of its directory.
+            true => std::fs::metadata(root).ok().map(|m| std::os::unix::fs::MetadataExt::dev(&m)),
             false => None,
         };
     }
@@ -449,6 +459,15 @@ impl Select for Selection {
                 ignore::Match::Ignore(_) => return Choice::Leave,
                 ignore::Match::Whitelist(_) => break,
             }
+        }
+        // Last: the flag costs an open and an ioctl, and only regular files and directories are
+        // opened (a FIFO or a device must not be; attrs::read_flags opens without following,
+        // blocking or taking a terminal).
+        if self.exclude_nodump
+            && (is_dir || meta.kind == FileKind::File)
+            && crate::ops::attrs::read_flags(path) & NODUMP != 0
+        {
+            return Choice::Leave;
         }
         match self.root_dev {
             // restic keeps a mount point (its parent is on the root's device, or the walk
