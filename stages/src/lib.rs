@@ -19,6 +19,7 @@ pub mod encrypt;
 pub mod hash;
 pub mod read;
 pub mod scan;
+pub mod stream;
 pub mod write;
 
 pub use batch::{Batcher, Closed};
