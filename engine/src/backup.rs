@@ -12,8 +12,9 @@ use io::Source;
 use stages::compress::CompressConfig;
 use stages::encrypt::EncryptConfig;
 use stages::pool::BufferPool;
-use stages::read::{ReadConfig, ReadMode};
-use stages::scan::{Known, ScanConfig, Select};
+use stages::read::{ReadConfig, ReadHandle, ReadMode};
+use stages::scan::{Known, ScanConfig, ScanHandle, Select};
+use stages::stream::{StreamConfig, StreamHandle};
 use stages::StoredDir;
 use stages::{BlobId, Cancel, FileEvent, MemoryBudget, Meta, NewBlob, Progress, ScanEvent};
 
@@ -65,6 +66,38 @@ pub struct BackupOptions {
     pub cache_dir: Option<PathBuf>,
     /// Updated as the backup runs, for a progress display.
     pub progress: Arc<Progress>,
+}
+
+/// Standard input, or a command's output, backed up as one regular file at the snapshot root
+/// (`bakare run --stdin`): read to its end through the pipeline like any file, never held whole.
+pub struct Stream {
+    /// The file's name at the snapshot root.
+    pub name: StreamName,
+    pub input: std::fs::File,
+    /// The producer's verdict once the input has ended (a command's exit status). An Err fails
+    /// the run before anything is committed: a dump cut short must not pass for a whole one.
+    pub verdict: Box<dyn FnOnce() -> std::result::Result<(), String> + Send>,
+}
+
+/// A name for a stream's file: one path component (never empty, `.` or `..`, no `/` or NUL).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamName(std::ffi::OsString);
+
+impl StreamName {
+    pub fn new(name: &std::ffi::OsStr) -> Result<StreamName> {
+        let b = name.as_bytes();
+        if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') || b.contains(&0) {
+            return Err(Error::Invalid(format!(
+                "{:?} is not a file name (one path component: not empty, `.` or `..`, no `/`)",
+                name
+            )));
+        }
+        Ok(StreamName(name.to_os_string()))
+    }
+
+    pub fn as_os_str(&self) -> &std::ffi::OsStr {
+        &self.0
+    }
 }
 
 pub struct BackupResult {
@@ -163,6 +196,17 @@ enum Attempt {
 /// data that is still live is found in the index, so a repeat costs little). Nothing is ever
 /// deleted (commit.rs): credentials that can create and read are enough.
 pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
+    run(repo, opts, None)
+}
+
+/// Backs up `stream` as the one file of a snapshot whose paths are `["/NAME"]` (`opts.paths`,
+/// the selection and the files cache are not used). Unlike `backup`, a stale view is not run
+/// again: the stream cannot be read twice.
+pub fn backup_stream(repo: &Repository, opts: BackupOptions, stream: Stream) -> Result<BackupResult> {
+    run(repo, opts, Some(stream))
+}
+
+fn run(repo: &Repository, opts: BackupOptions, mut stream: Option<Stream>) -> Result<BackupResult> {
     // Refused before any work: the decoder would refuse the record (snapshot.rs).
     if opts.description.as_ref().is_some_and(|d| d.len() > crate::snapshot::MAX_DESCRIPTION) {
         return Err(Error::Invalid("--description: longer than 64 KiB".into()));
@@ -171,11 +215,19 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
     let time_ns = crate::clock::now_ns();
     let mut notes = Vec::new();
     for n in 1..=MAX_ATTEMPTS {
-        match attempt(repo, &opts, time_ns, started)? {
+        let streamed = stream.is_some();
+        match attempt(repo, &opts, time_ns, started, stream.take())? {
             Attempt::Committed(mut r) => {
                 notes.append(&mut r.warnings);
                 r.warnings = notes;
                 return Ok(*r);
+            }
+            Attempt::Stale { age_ns, .. } if streamed => {
+                return Err(Error::Pipeline(format!(
+                    "the view of the repository was {} s old when the snapshot was ready (suspended?), \
+                     over half the grace period, and a stream cannot be read again; nothing was committed",
+                    age_ns / 1_000_000_000
+                )));
             }
             Attempt::Stale { age_ns, unmarked } => {
                 notes.push(format!(
@@ -195,13 +247,22 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
     )))
 }
 
-fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Instant) -> Result<Attempt> {
+fn attempt(
+    repo: &Repository,
+    opts: &BackupOptions,
+    time_ns: i64,
+    started: Instant,
+    stream: Option<Stream>,
+) -> Result<Attempt> {
     // The view: taken before anything is read from the repository.
     let view_ns = crate::clock::boot_ns();
     let config = repo.fresh_config()?;
     let signer = repo.key.snapshot_signer()?;
     let (index, mut warnings) = repo.load_dedup_index()?;
-    let roots = stages::scan::normalize_roots(&opts.paths).map_err(|e| Error::io(".", e))?;
+    let roots = match &stream {
+        Some(_) => Vec::new(),
+        None => stages::scan::normalize_roots(&opts.paths).map_err(|e| Error::io(".", e))?,
+    };
     for r in roots.iter().filter(|r| r.unreachable.is_none()) {
         let md = match r.follow {
             true => std::fs::metadata(&r.path),
@@ -218,8 +279,11 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
     // What the snapshot records (the paths backed up, as given: `LINK/` as LINK, which holds the
     // directory's contents), and what keys the files cache (a followed root is another source
     // than the link).
-    let paths: Vec<PathBuf> =
-        roots.iter().filter(|r| r.unreachable.is_none()).map(|r| r.path.clone()).collect();
+    // A stream is one file, `/NAME`, and no source the files cache knows.
+    let paths: Vec<PathBuf> = match &stream {
+        Some(s) => vec![Path::new("/").join(s.name.as_os_str())],
+        None => roots.iter().filter(|r| r.unreachable.is_none()).map(|r| r.path.clone()).collect(),
+    };
     let sources: Vec<PathBuf> = roots
         .iter()
         .filter(|r| r.unreachable.is_none())
@@ -288,42 +352,65 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
     let pool = BufferPool::new(budget.clone(), params.max as usize + SEGMENT);
     let chunk = stages::chunk::spawn(params, blk_rxs, chunk_tx, fe_tx, pool.clone(), cancel.clone())
         .map_err(spawn_err)?;
-    let read_cfg = ReadConfig {
-        mode: read_mode_for(opts.read_mode, &paths),
-        segment: SEGMENT,
-        headroom: params.max as usize,
-        threads: 2,
-        depth: 64,
+    // A stream stands in for the scan and the read stage; it is neither looked up in nor
+    // written to the files cache (whose key is a path).
+    let (input, cache_out, cache_problem) = match stream {
+        Some(Stream { name, input, verdict }) => {
+            let cfg = StreamConfig {
+                name: name.as_os_str().to_os_string(),
+                meta: stream_meta(time_ns),
+                segment: SEGMENT,
+                headroom: params.max as usize,
+                progress: opts.progress.clone(),
+            };
+            drop((job_tx, job_rx));
+            let s = stages::stream::spawn(cfg, input, budget.clone(), pool, ev_tx, blk_txs, cancel.clone())
+                .map_err(spawn_err)?;
+            (Input::Stream(s, verdict), None, Arc::new(Mutex::new(None)))
+        }
+        None => {
+            let read_cfg = ReadConfig {
+                mode: read_mode_for(opts.read_mode, &paths),
+                segment: SEGMENT,
+                headroom: params.max as usize,
+                threads: 2,
+                depth: 64,
+            };
+            let read = stages::read::spawn(
+                read_cfg,
+                opts.source.clone(),
+                budget.clone(),
+                job_rx,
+                blk_txs,
+                pool,
+                cancel.clone(),
+            )
+            .map_err(|e| Error::Pipeline(format!("cannot start the read stage: {e}")))?;
+            if let Some(w) = &read.fallback_reason {
+                warnings.push(w.clone());
+            }
+            let own: Vec<PathBuf> = [repo.location.local().map(Path::to_path_buf), opts.cache_dir.clone()]
+                .into_iter()
+                .flatten()
+                .filter_map(|p| std::path::absolute(p).ok())
+                .collect();
+            // bakare's own repository and caches are always left out: backing them up would
+            // chase files that change while they are written.
+            let selection = Selection::new(&opts.select, &opts.excludes, own)?;
+            let select_warnings = selection.as_ref().map(Selection::warnings);
+            let select = selection.map(|s| Box::new(s) as Box<dyn Select>);
+            let (known, cache_out, cache_problem) =
+                open_cache(repo, opts, &sources, dedup.index.clone(), &mut warnings);
+            let scan_cfg =
+                ScanConfig { roots, select, known, progress: opts.progress.clone() };
+            let scan = stages::scan::spawn(scan_cfg, ev_tx, job_tx, cancel.clone()).map_err(spawn_err)?;
+            (Input::Scan { scan, read, select_warnings }, cache_out, cache_problem)
+        }
     };
-    let read = stages::read::spawn(
-        read_cfg,
-        opts.source.clone(),
-        budget.clone(),
-        job_rx,
-        blk_txs,
-        pool,
-        cancel.clone(),
-    )
-    .map_err(|e| Error::Pipeline(format!("cannot start the read stage: {e}")))?;
-    let mode = read.mode;
-    if let Some(w) = &read.fallback_reason {
-        warnings.push(w.clone());
-    }
-    let own: Vec<PathBuf> = [repo.location.local().map(Path::to_path_buf), opts.cache_dir.clone()]
-        .into_iter()
-        .flatten()
-        .filter_map(|p| std::path::absolute(p).ok())
-        .collect();
-    // bakare's own repository and caches are always left out: backing them up would chase
-    // files that change while they are written.
-    let selection = Selection::new(&opts.select, &opts.excludes, own)?;
-    let select_warnings = selection.as_ref().map(Selection::warnings);
-    let select = selection.map(|s| Box::new(s) as Box<dyn Select>);
-    let (known, cache_out, cache_problem) =
-        open_cache(repo, opts, &sources, dedup.index.clone(), &mut warnings);
-    let scan_cfg = ScanConfig { roots, select, known, progress: opts.progress.clone() };
-    let scan = stages::scan::spawn(scan_cfg, ev_tx, job_tx, cancel.clone()).map_err(spawn_err)?;
-
+    let mode = match &input {
+        Input::Scan { read, .. } => read.mode,
+        Input::Stream(..) => ReadMode::Pool,
+    };
     let mut builder = Builder::new(Wiring {
         fevents: fe_rx,
         trees: new_tx,
@@ -335,6 +422,8 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
         racy_ns: i128::from(time_ns) - 1_000_000_000,
         progress: opts.progress.clone(),
     });
+    // A stream's name is not a path on this machine: there are no attributes to read there.
+    builder.read_attrs = matches!(input, Input::Scan { .. });
     let built = builder.run(&ev_rx);
     if built.is_err() {
         cancel.cancel();
@@ -342,11 +431,17 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
     // Shutdown is closing the inputs: each stage ends when its input closes, in pipeline order.
     drop(ev_rx);
     builder.trees = None;
-    scan.finish();
-    if let Some(w) = select_warnings.as_ref().and_then(|w| w.lock().ok()) {
-        warnings.extend(w.iter().cloned());
-    }
-    read.finish();
+    let ended = match input {
+        Input::Scan { scan, read, select_warnings } => {
+            scan.finish();
+            if let Some(w) = select_warnings.as_ref().and_then(|w| w.lock().ok()) {
+                warnings.extend(w.iter().cloned());
+            }
+            read.finish();
+            None
+        }
+        Input::Stream(s, verdict) => Some((s.finish(), verdict)),
+    };
     chunk.finish();
     hash.finish();
     compress.finish();
@@ -355,6 +450,13 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
     // A failed write (storage gone) stops the pipeline early; it is the cause to report, not
     // the incomplete files the builder then sees.
     let sinks = written.map_err(|e| Error::Pipeline(format!("writing packs: {e}")))?;
+    if let Some((read, verdict)) = ended {
+        // Before anything is committed: the producer's failure is the cause to report.
+        let read =
+            read.map_err(|e| Error::Pipeline(format!("reading the stream: {e}; nothing was committed")));
+        verdict().map_err(|why| Error::Pipeline(format!("{why}; nothing was committed")))?;
+        read?;
+    }
     let root = built?;
     let mut builder = builder;
     if cancel.is_cancelled() {
@@ -429,6 +531,31 @@ fn attempt(repo: &Repository, opts: &BackupOptions, time_ns: i64, started: Insta
         budget_peak: budget.peak(),
         reused_dirs: builder.reused_dirs,
     })))
+}
+
+/// Where the pipeline's files come from.
+enum Input {
+    Scan { scan: ScanHandle, read: ReadHandle, select_warnings: Option<crate::ops::select::Warnings> },
+    Stream(StreamHandle, Box<dyn FnOnce() -> std::result::Result<(), String> + Send>),
+}
+
+/// A stream's file: regular, 0600 and the running user's (restic uses 0644; a dump of unknown
+/// content is not made readable by all when restored), modified when the backup started.
+fn stream_meta(time_ns: i64) -> Meta {
+    let now = i128::from(time_ns);
+    Meta {
+        kind: stages::FileKind::File,
+        mode: libc::S_IFREG | 0o600,
+        uid: rustix::process::getuid().as_raw(),
+        gid: rustix::process::getgid().as_raw(),
+        size: 0,
+        mtime_ns: now,
+        ctime_ns: now,
+        ino: 0,
+        dev: 0,
+        nlink: 1,
+        rdev: 0,
+    }
 }
 
 type CacheSetup = (Option<Box<dyn Known>>, Option<CacheWriter>, Arc<Mutex<Option<String>>>);

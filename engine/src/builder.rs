@@ -89,6 +89,9 @@ pub(crate) struct Builder {
     pub(crate) stats: Stats,
     /// The files cache being written for the next run.
     pub(crate) cache: Option<CacheWriter>,
+    /// Read each entry's attributes (xattrs, flags) from its path; false when the entries are
+    /// not files of this machine (a stream).
+    pub(crate) read_attrs: bool,
     progress: Arc<Progress>,
     /// Files modified at or after this instant are not cached: they may change again within the
     /// same timestamp granularity without their mtime moving (the racy-timestamp problem).
@@ -133,6 +136,7 @@ impl Builder {
             errors: Vec::new(),
             stats: Stats::default(),
             cache: w.cache,
+            read_attrs: true,
             racy_ns: w.racy_ns,
             progress: w.progress,
         }
@@ -322,6 +326,9 @@ impl Builder {
     /// read is named as an error, the entry is kept without it, and its directory is not
     /// reused by the next run (which tries again).
     fn attributed(&mut self, node: Node, path: Vec<u8>, kind: FileKind) -> Node {
+        if !self.read_attrs {
+            return node;
+        }
         let (mut attrs, problems) =
             attrs::read(std::path::Path::new(std::ffi::OsStr::from_bytes(&path)), kind);
         for why in problems {
