@@ -132,7 +132,14 @@ fn run(
     mut args: RunArgs,
     source: Arc<dyn io::Source>,
 ) -> Result<u8> {
-    let selection = crate::selection::read(&mut args)?;
+    let stream = crate::stdin::spec(&mut args)?;
+    let selection = match stream {
+        // A stream is one file: there is nothing to select.
+        Some(_) => {
+            crate::selection::Selection { rules: Default::default(), paths: Vec::new(), words: Vec::new() }
+        }
+        None => crate::selection::read(&mut args)?,
+    };
     let repo = match crate::open_repo(path, key) {
         Ok(r) => r,
         Err(Error::NoRepository(_)) if key.is_none() && default => {
@@ -166,9 +173,13 @@ fn run(
         cache_dir: if args.no_cache { None } else { args.cache_dir.or_else(engine::filescache::default_dir) },
         progress: Arc::default(),
     };
+    let stream = stream.map(crate::stdin::StreamSpec::start).transpose()?;
     let show = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let display = crate::progress::Display::start(opts.progress.clone(), show);
-    let r = backup::backup(&repo, opts);
+    let r = match stream {
+        Some(s) => backup::backup_stream(&repo, opts, s),
+        None => backup::backup(&repo, opts),
+    };
     if r.is_ok() {
         crate::interrupt::committed();
     }

@@ -13,6 +13,7 @@ mod progress;
 mod retention;
 mod selection;
 mod snapshots;
+mod stdin;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -227,9 +228,31 @@ pub enum IoMode {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Files and directories to back up (besides those --files-from* lists)
-    #[arg(required_unless_present_any = ["files_from", "files_from_verbatim", "files_from_raw"])]
+    /// Files and directories to back up (besides those --files-from* lists); with
+    /// --stdin-from-command, the command and its arguments
+    #[arg(required_unless_present_any = ["files_from", "files_from_verbatim", "files_from_raw", "stdin"])]
     pub paths: Vec<PathBuf>,
+    /// Back up standard input as one file at the snapshot root (see --stdin-name), instead of paths
+    #[arg(
+        long,
+        help_heading = "Standard input",
+        conflicts_with_all = ["paths", "files_from", "files_from_verbatim", "files_from_raw", "stdin_from_command"]
+    )]
+    pub stdin: bool,
+    /// Back up the standard output of the command given as the arguments after `--` (e.g.
+    /// `--stdin-from-command -- pg_dump db`); a command that fails fails the run, which then
+    /// commits nothing
+    #[arg(
+        long,
+        help_heading = "Standard input",
+        requires = "paths",
+        conflicts_with_all = ["files_from", "files_from_verbatim", "files_from_raw"]
+    )]
+    pub stdin_from_command: bool,
+    /// The name of the file --stdin or --stdin-from-command stores, at the snapshot root
+    /// [default: stdin, as restic]
+    #[arg(long, value_name = "NAME", help_heading = "Standard input")]
+    pub stdin_name: Option<OsString>,
     /// Memory ceiling for the whole process, e.g. 512M, 2G, 1.5GiB (K/M/G are binary units)
     #[arg(long, value_parser = parse_size_arg)]
     pub mem_limit: Option<u64>,
