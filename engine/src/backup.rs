@@ -401,8 +401,7 @@ fn attempt(
             let select = selection.map(|s| Box::new(s) as Box<dyn Select>);
             let (known, cache_out, cache_problem) =
                 open_cache(repo, opts, &sources, dedup.index.clone(), &mut warnings);
-            let scan_cfg =
-                ScanConfig { roots, select, known, progress: opts.progress.clone() };
+            let scan_cfg = ScanConfig { roots, select, known, progress: opts.progress.clone() };
             let scan = stages::scan::spawn(scan_cfg, ev_tx, job_tx, cancel.clone()).map_err(spawn_err)?;
             (Input::Scan { scan, read, select_warnings }, cache_out, cache_problem)
         }
