@@ -29,6 +29,7 @@ pub fn node(name: impl AsRef<[u8]>, kind: NodeKind) -> Node {
         nlink: 1,
         xattrs: Vec::new(),
         flags: 0,
+        holes: vec![],
     }
 }
 

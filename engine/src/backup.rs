@@ -554,6 +554,7 @@ fn stream_meta(time_ns: i64) -> Meta {
         dev: 0,
         nlink: 1,
         rdev: 0,
+        blocks: 0,
     }
 }
 
@@ -575,7 +576,7 @@ impl CacheLookup {
 }
 
 impl Known for CacheLookup {
-    fn file(&mut self, path: &Path, meta: &Meta) -> Option<Vec<BlobId>> {
+    fn file(&mut self, path: &Path, meta: &Meta) -> Option<(Vec<BlobId>, Vec<stages::Hole>)> {
         let found = self.reader.lookup(path.as_os_str().as_bytes());
         self.keep_problem();
         // The next file's ids are checked against the index soon: their slots are random
@@ -583,14 +584,15 @@ impl Known for CacheLookup {
         for id in self.reader.next_content().unwrap_or_default().iter().take(4) {
             self.index.prefetch(id);
         }
-        let e = found?;
+        let (e, holes) = found?;
         let same = e.size == meta.size
             && e.mtime_ns == meta.mtime_ns
             && e.ctime_ns == meta.ctime_ns
             && e.ino == meta.ino
             && e.dev == meta.dev;
         // Cached ids are dedup decisions like any other: each must be in the repository.
-        (same && e.content.iter().all(|id| self.index.contains(id))).then_some(e.content)
+        let holes = holes.into_iter().map(|h| stages::Hole { offset: h.offset, len: h.len }).collect();
+        (same && e.content.iter().all(|id| self.index.contains(id))).then_some((e.content, holes))
     }
 
     fn record(&mut self, out: &mut Vec<u8>) {

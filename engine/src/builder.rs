@@ -19,7 +19,7 @@ use crate::filescache::{CacheEntry, CacheWriter, DirEntry, Record};
 use crate::index::SessionDedup;
 use crate::ops::attrs;
 use crate::snapshot::{FileError, Stats};
-use crate::tree::{Node, NodeKind, Tree, MAX_ENTRIES};
+use crate::tree::{Hole, Node, NodeKind, Tree, MAX_ENTRIES};
 
 /// A tree blob is closed before its entries take more than this (`tree::entries_size`, which
 /// is more than they encode to): 4,096 entries with long symlink targets, large files' content
@@ -57,11 +57,15 @@ impl Frame {
     }
 }
 
+/// The first name of a multiply-linked file: (path, content, size, holes).
+type Linked = (Vec<u8>, Vec<BlobId>, u64, Vec<Hole>);
+
 #[derive(Default)]
 struct PendingFile {
     ids: Vec<Option<BlobId>>,
     got: u32,
     end: Option<(u32, u64)>,
+    holes: Vec<Hole>,
     failed: Option<(PathBuf, String)>,
 }
 
@@ -76,8 +80,8 @@ pub(crate) struct Builder {
     /// Directories whose tree the last run stored was reused (`ScanEvent::Reused`).
     pub(crate) reused_dirs: u64,
     pending: HashMap<u64, PendingFile>,
-    /// First names of multiply-linked files: seq -> (path, content, size).
-    links: HashMap<u64, (Vec<u8>, Vec<BlobId>, u64)>,
+    /// First names of multiply-linked files, by seq.
+    links: HashMap<u64, Linked>,
     fevents: Receiver<Vec<FileEvent>>,
     /// The compress stage's input, for tree blobs; None once the tree is complete.
     pub(crate) trees: Option<Sender<Vec<NewBlob>>>,
@@ -163,6 +167,9 @@ impl Builder {
             }
             FileEvent::End { seq, chunks, size } => {
                 self.pending.entry(seq).or_default().end = Some((chunks, size))
+            }
+            FileEvent::Holes { seq, holes } => {
+                self.pending.entry(seq).or_default().holes = holes.into_iter().map(Hole::from).collect()
             }
             FileEvent::Failed { seq, path, why } => {
                 self.pending.entry(seq).or_default().failed = Some((path, why))
@@ -287,6 +294,7 @@ impl Builder {
         meta: Meta,
         size: u64,
         content: Vec<BlobId>,
+        holes: Vec<Hole>,
     ) -> Result<()> {
         self.stats.files += 1;
         self.stats.bytes += size;
@@ -297,7 +305,7 @@ impl Builder {
         }
         if meta.nlink > 1 {
             let top = self.stack.last().map(|f| f.path.as_slice()).unwrap_or_default();
-            self.links.insert(seq, (join_path(top, &name), content.clone(), size));
+            self.links.insert(seq, (join_path(top, &name), content.clone(), size, holes.clone()));
         }
         if !self.settled(&meta) {
             if let Some(f) = self.stack.last_mut() {
@@ -314,10 +322,14 @@ impl Builder {
                 dev: meta.dev,
                 content: content.clone(),
             };
-            self.cache_write(|c| c.add(&Record::File(entry)));
+            let record = match holes.is_empty() {
+                true => Record::File(entry),
+                false => Record::Sparse(entry, holes.clone()),
+            };
+            self.cache_write(|c| c.add(&record));
         }
         let path = self.abs_path(&name);
-        let node = Node::new(name, NodeKind::File { size, content }, &meta);
+        let node = Node::new(name, NodeKind::File { size, content }, &meta).with_holes(holes);
         let node = self.attributed(node, path, FileKind::File);
         self.push(node)
     }
@@ -417,33 +429,37 @@ impl Builder {
                     self.error(path.as_os_str().as_bytes().to_vec(), why);
                     return Ok(());
                 }
-                let (_, size) = done.end.unwrap_or((0, 0));
+                let (_, data) = done.end.unwrap_or((0, 0));
                 let content: Vec<BlobId> = done.ids.into_iter().flatten().collect();
-                self.stats.read_bytes += size;
-                self.file_done(seq, name, meta, size, content)?;
+                self.stats.read_bytes += data;
+                let holes = done.holes;
+                let size = holes.iter().fold(data, |n, h| n.saturating_add(h.len));
+                self.file_done(seq, name, meta, size, content, holes)?;
             }
-            ScanEvent::Unchanged { seq, name, meta, content } => {
+            ScanEvent::Unchanged { seq, name, meta, content, holes } => {
                 self.stats.unchanged_files += 1;
                 if meta.nlink > 1 {
                     self.uncached(); // its other names are stored as links to the first one seen
                 }
                 Progress::add(&self.progress.bytes_done, meta.size);
                 let size = meta.size;
-                self.file_done(seq, name.as_bytes().to_vec(), meta, size, content)?;
+                let holes = holes.into_iter().map(Hole::from).collect();
+                self.file_done(seq, name.as_bytes().to_vec(), meta, size, content, holes)?;
             }
 
             ScanEvent::HardLink { first, name, meta } => {
                 self.uncached();
                 let name = name.as_bytes().to_vec();
                 match self.links.get(&first) {
-                    Some((target, content, size)) => {
+                    Some((target, content, size, holes)) => {
                         let kind = NodeKind::HardLink {
                             target: target.clone(),
                             size: *size,
                             content: content.clone(),
                         };
+                        let node = Node::new(name, kind, &meta).with_holes(holes.clone());
                         self.stats.files += 1;
-                        self.push(Node::new(name, kind, &meta))?;
+                        self.push(node)?;
                     }
                     None => {
                         let p = self.abs_path(&name);

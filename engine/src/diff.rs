@@ -85,7 +85,7 @@ fn same_content(a: &Node, b: &Node) -> bool {
         (
             File { size: s1, content: c1 } | HardLink { size: s1, content: c1, .. },
             File { size: s2, content: c2 } | HardLink { size: s2, content: c2, .. },
-        ) => s1 == s2 && c1 == c2,
+        ) => s1 == s2 && c1 == c2 && a.holes == b.holes,
         (Symlink { target: t1 }, Symlink { target: t2 }) => t1 == t2,
         (CharDev { rdev: r1 }, CharDev { rdev: r2 }) | (BlockDev { rdev: r1 }, BlockDev { rdev: r2 }) => {
             r1 == r2
@@ -259,6 +259,7 @@ pub fn root_node(tree: &[BlobId]) -> Node {
         nlink: 1,
         xattrs: Vec::new(),
         flags: 0,
+        holes: vec![],
     }
 }
 
@@ -279,6 +280,7 @@ mod tests {
             nlink: 1,
             xattrs: Vec::new(),
             flags: 0,
+            holes: vec![],
         }
     }
 

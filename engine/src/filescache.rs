@@ -33,6 +33,8 @@ use serde::{Deserialize, Serialize};
 use stages::encrypt::BlockCipher;
 use stages::BlobId;
 
+use crate::tree::Hole;
+
 const MAGIC: &[u8; 8] = b"BKFCACHE";
 const VERSION: u8 = 4;
 /// The version before: its file records are read as they are (postcard writes an i64 and an
@@ -229,12 +231,15 @@ pub enum Record {
     File(CacheEntry),
     /// Written when the scan leaves the directory: after everything inside it.
     Dir(DirEntry),
+    /// A file with holes (tree version 3), and its holes. Added within cache version 4: a
+    /// reader without it takes such a cache for damaged, which costs a run that reads again.
+    Sparse(CacheEntry, Vec<Hole>),
 }
 
 impl Record {
     fn position(&self) -> (&[u8], bool) {
         match self {
-            Record::File(e) => (&e.path, false),
+            Record::File(e) | Record::Sparse(e, _) => (&e.path, false),
             Record::Dir(d) => (&d.path, true),
         }
     }
@@ -379,10 +384,12 @@ impl CacheReader {
         }
     }
 
-    /// The entry of the file at `path`. Calls (to this and `dir`) must come in scan order.
-    pub fn lookup(&mut self, path: &[u8]) -> Option<CacheEntry> {
+    /// The entry of the file at `path`, and its holes. Calls (to this and `dir`) must come in
+    /// scan order.
+    pub fn lookup(&mut self, path: &[u8]) -> Option<(CacheEntry, Vec<Hole>)> {
         match self.seek((path, false))? {
-            Record::File(e) => Some(e),
+            Record::File(e) => Some((e, Vec::new())),
+            Record::Sparse(e, holes) => Some((e, holes)),
             Record::Dir(_) => None,
         }
     }
@@ -390,7 +397,7 @@ impl CacheReader {
     /// The content of the next file record, read ahead already (`seek` keeps one record ahead).
     pub fn next_content(&self) -> Option<&[BlobId]> {
         match self.next.as_ref()? {
-            Record::File(e) => Some(&e.content),
+            Record::File(e) | Record::Sparse(e, _) => Some(&e.content),
             Record::Dir(_) => None,
         }
     }
@@ -407,8 +414,7 @@ impl CacheReader {
     pub fn dir(&mut self, path: &[u8]) -> Option<DirEntry> {
         match self.seek((path, true))? {
             Record::Dir(d) if self.dirs => Some(d),
-            Record::Dir(_) => None,
-            Record::File(_) => None,
+            Record::Dir(_) | Record::File(_) | Record::Sparse(..) => None,
         }
     }
 }
@@ -515,7 +521,7 @@ mod tests {
         assert!(bytes.len() > 3 * BLOCK);
         assert!(!bytes.windows(11).any(|w| w == b"secret-name"), "no path in the clear");
         let mut r = CacheReader::open(&p, &id, key()).unwrap().unwrap();
-        assert_eq!(r.lookup(b"/home/secret-name-04999").unwrap().size, 4999);
+        assert_eq!(r.lookup(b"/home/secret-name-04999").unwrap().0.size, 4999);
         assert!(r.problem.is_none());
         // Another key reads nothing: the first block fails.
         let mut r = CacheReader::open(&p, &id, BlockCipher::new(&[8; 32])).unwrap().unwrap();
@@ -578,11 +584,11 @@ mod tests {
         w.commit().unwrap();
         let mut r = CacheReader::open(&p, &id, key()).unwrap().unwrap();
         assert_eq!(r.lookup(b"/a/0"), None);
-        assert_eq!(r.lookup(b"/a/2").unwrap().size, 2); // /a/1 is gone: skipped
+        assert_eq!(r.lookup(b"/a/2").unwrap().0.size, 2); // /a/1 is gone: skipped
         assert_eq!(r.next_content(), Some(&[[3u8; 32]][..]), "the next record's content");
-        assert_eq!(r.lookup(b"/a/b/3").unwrap().size, 3);
+        assert_eq!(r.lookup(b"/a/b/3").unwrap().0.size, 3);
         assert_eq!(r.lookup(b"/b"), None);
-        assert_eq!(r.lookup(b"/c").unwrap().size, 4);
+        assert_eq!(r.lookup(b"/c").unwrap().0.size, 4);
         assert_eq!(r.next_content(), None, "nothing after the last record");
         assert_eq!(r.lookup(b"/d"), None);
         assert!(r.problem.is_none());
@@ -620,17 +626,17 @@ mod tests {
         }
         w.commit().unwrap();
         let mut r = CacheReader::open(&p, &id, key()).unwrap().unwrap();
-        assert_eq!(r.lookup(b"/d/1").unwrap().size, 1);
+        assert_eq!(r.lookup(b"/d/1").unwrap().0.size, 1);
         // /d/e/2 is gone and /d/e/new is new: the directory's record is still found.
         assert_eq!(r.lookup(b"/d/e/new"), None);
         assert_eq!(r.dir(b"/d/e").map(Record::Dir), Some(recs[2].clone()));
-        assert_eq!(r.lookup(b"/d/f").unwrap().size, 3);
+        assert_eq!(r.lookup(b"/d/f").unwrap().0.size, 3);
         assert_eq!(r.dir(b"/d").map(Record::Dir), Some(recs[4].clone()));
         // Records copied as they are make the same cache.
         let mut r = CacheReader::open(&p, &id, key()).unwrap().unwrap();
         let mut raw = Vec::new();
         for (i, path) in [b"/d/1".as_slice(), b"/d/e/2"].into_iter().enumerate() {
-            assert_eq!(r.lookup(path).map(Record::File), Some(recs[i].clone()));
+            assert_eq!(r.lookup(path).map(|(e, _)| Record::File(e)), Some(recs[i].clone()));
             r.last_record(&mut raw);
         }
         assert!(r.dir(b"/d/e").is_some());
@@ -652,7 +658,7 @@ mod tests {
         assert_ne!(fs::read(&copy).unwrap(), fs::read(&p).unwrap());
         let mut r = CacheReader::open(&p, &id, key()).unwrap().unwrap();
         // Skipping a whole directory (its files and its record) on the way to a later path.
-        assert_eq!(r.lookup(b"/d/f").unwrap().size, 3);
+        assert_eq!(r.lookup(b"/d/f").unwrap().0.size, 3);
         assert_eq!(r.dir(b"/d/e"), None, "asked out of order: not found, never wrong");
         assert_eq!(r.dir(b"/d").map(Record::Dir), Some(recs[4].clone()));
     }
@@ -676,7 +682,7 @@ mod tests {
             if let Ok(Some(mut r)) = CacheReader::open(&p, &id, key()) {
                 for e in &entries {
                     if let Some(got) = r.lookup(&e.path) {
-                        prop_assert_eq!(&got, e);
+                        prop_assert_eq!(&got.0, e);
                     }
                 }
             }

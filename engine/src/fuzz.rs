@@ -211,10 +211,12 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
         nlink: 1,
         xattrs: vec![crate::tree::Xattr { name: b"user.x".to_vec(), value: b"\xff".to_vec() }],
         flags: 0x10,
+        holes: vec![crate::tree::Hole { offset: 0, len: 3 }],
     };
     let dir = crate::tree::Node {
         name: b"sub".to_vec(),
         kind: crate::tree::NodeKind::Dir { subtree: vec![id] },
+        holes: vec![],
         ..node.clone()
     };
     let snap = crate::snapshot::Snapshot {

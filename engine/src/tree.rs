@@ -1,8 +1,9 @@
 //! Trees: one directory's entries, sorted by name bytes, stored as blobs of kind Tree (sealed in
 //! packs like file data, so names are encrypted). A large directory is split across several
-//! tree blobs; its node lists them in order. Plaintext: `version u8 (2) | postcard(Tree)`.
-//! Version 2 added extended attributes and inode flags (`attrs`) and keeps times as i128
-//! nanoseconds (any i64 of seconds); version 1 (i64 nanoseconds, no attributes) is still read.
+//! tree blobs; its node lists them in order. Plaintext: `version u8 (3) | postcard(Tree)`.
+//! Version 3 added the holes of sparse files; version 2 added extended attributes and inode
+//! flags (`attrs`) and keeps times as i128 nanoseconds (any i64 of seconds); versions 2 and 1
+//! (i64 nanoseconds, no attributes) are still read.
 use serde::{Deserialize, Serialize};
 use stages::{BlobId, Meta};
 
@@ -10,7 +11,8 @@ use crate::error::{Error, Result};
 pub use crate::ops::attrs::Xattr;
 use crate::ops::attrs::{self, Attrs};
 
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
+const VERSION_2: u8 = 2;
 const VERSION_1: u8 = 1;
 /// A tree blob is closed after this many entries (bounds the builder's memory per directory
 /// level and keeps tree blobs far below the blob size limit).
@@ -53,7 +55,8 @@ pub fn entries_size(nodes: &[Node]) -> usize {
                 _ => 0,
             };
             let attrs: usize = n.xattrs.iter().map(|x| 48 + x.name.len() + x.value.len()).sum();
-            std::mem::size_of::<Node>() + n.name.len() + extra + attrs
+            let holes = n.holes.len() * std::mem::size_of::<Hole>();
+            std::mem::size_of::<Node>() + n.name.len() + extra + attrs + holes
         })
         .sum()
 }
@@ -104,6 +107,83 @@ pub struct Node {
     pub xattrs: Vec<Xattr>,
     /// Linux inode flags, within `attrs::FLAGS`.
     pub flags: u32,
+    /// A regular file's holes (sparse files), in order: its `content` is its other bytes.
+    pub holes: Vec<Hole>,
+}
+
+/// `len` bytes at `offset` of a sparse file that hold no data (they read as zeros).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hole {
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl From<stages::Hole> for Hole {
+    fn from(h: stages::Hole) -> Hole {
+        Hole { offset: h.offset, len: h.len }
+    }
+}
+
+/// Places a file's data (its content: every byte but its holes) at its offsets in the file.
+pub struct Placer<'a> {
+    holes: &'a [Hole],
+    next: usize,
+    pos: u64,
+}
+
+impl<'a> Placer<'a> {
+    pub fn new(holes: &'a [Hole]) -> Placer<'a> {
+        let mut p = Placer { holes, next: 0, pos: 0 };
+        p.skip();
+        p
+    }
+
+    fn skip(&mut self) {
+        while let Some(h) = self.holes.get(self.next).filter(|h| h.offset <= self.pos) {
+            self.pos = self.pos.max(h.offset.saturating_add(h.len));
+            self.next += 1;
+        }
+    }
+
+    /// Where the next `len` bytes of data go: (offset in the file, how many of them fit there
+    /// before the next hole; at least one when `len` is).
+    pub fn place(&mut self, len: u64) -> (u64, u64) {
+        let room = self.holes.get(self.next).map_or(u64::MAX, |h| h.offset - self.pos);
+        let (at, n) = (self.pos, len.min(room));
+        self.pos = self.pos.saturating_add(n);
+        self.skip();
+        (at, n)
+    }
+}
+
+/// A node as tree version 2 stored it (no holes).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct NodeV2 {
+    name: Vec<u8>,
+    kind: NodeKind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+    nlink: u64,
+    xattrs: Vec<Xattr>,
+    flags: u32,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct TreeV2 {
+    nodes: Vec<NodeV2>,
+}
+
+impl From<NodeV2> for Node {
+    fn from(n: NodeV2) -> Node {
+        let NodeV2 { name, kind, mode, uid, gid, mtime_ns, ctime_ns, ino, nlink, xattrs, flags } = n;
+        Node { name, kind, mode, uid, gid, mtime_ns, ctime_ns, ino, nlink, xattrs, flags, holes: Vec::new() }
+    }
 }
 
 /// A node as tree version 1 stored it.
@@ -129,7 +209,8 @@ impl From<NodeV1> for Node {
     fn from(n: NodeV1) -> Node {
         let NodeV1 { name, kind, mode, uid, gid, mtime_ns, ctime_ns, ino, nlink } = n;
         let (mtime_ns, ctime_ns) = (i128::from(mtime_ns), i128::from(ctime_ns));
-        Node { name, kind, mode, uid, gid, mtime_ns, ctime_ns, ino, nlink, xattrs: Vec::new(), flags: 0 }
+        let (xattrs, flags, holes) = (Vec::new(), 0, Vec::new());
+        Node { name, kind, mode, uid, gid, mtime_ns, ctime_ns, ino, nlink, xattrs, flags, holes }
     }
 }
 
@@ -147,7 +228,18 @@ impl Node {
             nlink: meta.nlink,
             xattrs: Vec::new(),
             flags: 0,
+            holes: Vec::new(),
         }
+    }
+
+    pub fn with_holes(mut self, holes: Vec<Hole>) -> Node {
+        self.holes = holes;
+        self
+    }
+
+    /// Bytes of a file's holes (of a valid node: `problem` checks they fit in its size).
+    pub fn hole_bytes(&self) -> u64 {
+        self.holes.iter().fold(0u64, |n, h| n.saturating_add(h.len))
     }
 
     pub fn with_attrs(mut self, attrs: Attrs) -> Node {
@@ -179,13 +271,11 @@ impl Node {
                 "hard link to {:?}, not a path inside the snapshot",
                 String::from_utf8_lossy(target)
             )),
-            NodeKind::File { size, content } | NodeKind::HardLink { size, content, .. }
-                if *size > (content.len() as u64).saturating_mul(stages::compress::MAX_BLOB as u64)
-                    || content.len() as u64 > *size =>
-            {
-                // Every blob holds at least one byte and at most MAX_BLOB.
-                Some(format!("claims {size} bytes in {} blobs", content.len()))
+            NodeKind::File { .. } | NodeKind::HardLink { .. } if !self.holes.is_empty() => {
+                self.holes_problem().or_else(|| self.content_problem())
             }
+            NodeKind::File { .. } | NodeKind::HardLink { .. } => self.content_problem(),
+            _ if !self.holes.is_empty() => Some("holes in something that is not a file".into()),
             NodeKind::Dir { subtree } if subtree.len() > MAX_DIR_BLOBS => {
                 Some(format!("directory stored in {} tree blobs", subtree.len()))
             }
@@ -194,6 +284,40 @@ impl Node {
             }
             _ => attrs::problem(&self.xattrs, self.flags),
         }
+    }
+
+    /// Holes must be in order, apart, not empty, inside the file, and not too many.
+    fn holes_problem(&self) -> Option<String> {
+        if self.holes.len() > io::sparse::MAX_HOLES {
+            return Some(format!("{} holes", self.holes.len()));
+        }
+        let mut end = 0u64;
+        for h in &self.holes {
+            let after = h.offset.checked_add(h.len).filter(|_| h.len > 0 && h.offset >= end);
+            match after {
+                Some(e) if e <= self.size() => end = e,
+                _ => return Some(format!("a hole of {} bytes at {} out of place", h.len, h.offset)),
+            }
+        }
+        None
+    }
+
+    /// A file's data (its size less its holes) must fit its blobs, each of which holds at least
+    /// one byte and at most `MAX_BLOB`; its times and attributes must be valid.
+    fn content_problem(&self) -> Option<String> {
+        let (NodeKind::File { size, content } | NodeKind::HardLink { size, content, .. }) = &self.kind else {
+            return None;
+        };
+        let data = size.saturating_sub(self.hole_bytes());
+        if data > (content.len() as u64).saturating_mul(stages::compress::MAX_BLOB as u64)
+            || content.len() as u64 > data
+        {
+            return Some(format!("claims {data} bytes of data in {} blobs", content.len()));
+        }
+        if split_ns(self.mtime_ns).is_none() || split_ns(self.ctime_ns).is_none() {
+            return Some("a time beyond what 64 bits of seconds hold".into());
+        }
+        attrs::problem(&self.xattrs, self.flags)
     }
 
     pub fn size(&self) -> u64 {
@@ -247,6 +371,10 @@ impl Tree {
         let corrupt = |e: postcard::Error| Error::corrupt("tree", name, e);
         let t = match data.split_first() {
             Some((&VERSION, body)) => Some(postcard::from_bytes::<Tree>(body).map_err(corrupt)?),
+            Some((&VERSION_2, body)) => {
+                let t = postcard::from_bytes::<TreeV2>(body).map_err(corrupt)?;
+                Some(Tree { nodes: t.nodes.into_iter().map(Node::from).collect() })
+            }
             Some((&VERSION_1, body)) => {
                 let t = postcard::from_bytes::<TreeV1>(body).map_err(corrupt)?;
                 Some(Tree { nodes: t.nodes.into_iter().map(Node::from).collect() })
@@ -412,6 +540,7 @@ mod tests {
             nlink: 1,
             xattrs: vec![],
             flags: 0,
+            holes: vec![],
         };
         let t = Tree { nodes: vec![n] };
         assert!(Tree::decode("t", &t.encode()).is_err());
@@ -431,6 +560,7 @@ mod tests {
             nlink: 1,
             xattrs,
             flags: 0,
+            holes: vec![],
         }
     }
 
@@ -466,6 +596,58 @@ mod tests {
         (want.mode, want.uid, want.gid, want.ino, want.nlink) = (0o644, 7, 8, 9, 2);
         (want.mtime_ns, want.ctime_ns) = (-1, i128::from(i64::MAX));
         assert_eq!(t.nodes, [want]);
+    }
+
+    #[test]
+    fn data_is_placed_around_the_holes() {
+        let holes = [Hole { offset: 0, len: 10 }, Hole { offset: 15, len: 5 }, Hole { offset: 30, len: 70 }];
+        let mut p = Placer::new(&holes);
+        assert_eq!(p.place(3), (10, 3));
+        assert_eq!(p.place(100), (13, 2), "up to the next hole");
+        assert_eq!(p.place(100), (20, 10));
+        let mut none = Placer::new(&[]);
+        assert_eq!((none.place(7), none.place(1)), ((0, 7), (7, 1)));
+    }
+
+    #[test]
+    fn version_2_trees_are_still_read() {
+        let kind = NodeKind::File { size: 3, content: vec![[1; 32]] };
+        let (mode, uid, gid, mtime_ns, ctime_ns, ino, nlink) = (0o644, 1, 2, -5, 7, 3, 1);
+        let xattrs = vec![Xattr { name: b"user.a".to_vec(), value: b"v".to_vec() }];
+        let name = b"f".to_vec();
+        let old = NodeV2 { name, kind, mode, uid, gid, mtime_ns, ctime_ns, ino, nlink, xattrs, flags: 0x10 };
+        let mut data = vec![2u8];
+        data.extend(postcard::to_allocvec(&TreeV2 { nodes: vec![old] }).unwrap());
+        let t = Tree::decode("t", &data).unwrap();
+        let n = &t.nodes[0];
+        assert_eq!((n.size(), n.mtime_ns, n.flags, n.xattrs.len()), (3, -5, 0x10, 1));
+        assert!(n.holes.is_empty());
+    }
+
+    #[test]
+    fn holes_must_fit_the_file_they_are_in() {
+        let file = |size: u64, blobs: usize, holes: &[(u64, u64)]| {
+            let holes = holes.iter().map(|&(offset, len)| Hole { offset, len }).collect();
+            named("f", NodeKind::File { size, content: vec![[1; 32]; blobs] }).with_holes(holes)
+        };
+        let sparse = file(10 << 30, 1, &[(0, 5 << 30), ((5 << 30) + 100, (5 << 30) - 100)]);
+        assert_eq!(sparse.problem(), None, "100 bytes of data in one blob");
+        assert_eq!(sparse.hole_bytes(), (10 << 30) - 100);
+        let t = Tree { nodes: vec![sparse.clone()] };
+        assert_eq!(Tree::decode("t", &t.encode()).unwrap().nodes, [sparse]);
+        assert_eq!(file(100, 0, &[(0, 100)]).problem(), None, "nothing but a hole");
+        assert_eq!(file(100, 1, &[(0, 50), (50, 10)]).problem(), None, "holes side by side");
+        assert!(file(10 << 30, 1, &[]).problem().is_some(), "10 GiB of data in one blob");
+        assert!(file(100, 1, &[(50, 60)]).problem().is_some(), "past the end");
+        assert!(file(100, 1, &[(10, 10), (15, 10)]).problem().is_some(), "overlapping");
+        assert!(file(100, 1, &[(20, 10), (10, 5)]).problem().is_some(), "out of order");
+        assert!(file(100, 1, &[(10, 0)]).problem().is_some(), "empty");
+        assert!(file(u64::MAX, 1, &[(u64::MAX - 1, 5)]).problem().is_some(), "past 2^64");
+        assert!(file(100, 1, &[(0, 100)]).problem().is_some(), "a blob, but no data");
+        let too_many: Vec<(u64, u64)> = (0..=io::sparse::MAX_HOLES as u64).map(|i| (i * 2, 1)).collect();
+        assert!(file(1 << 20, 1000, &too_many).problem().is_some(), "too many holes");
+        let dir = named("d", NodeKind::Dir { subtree: vec![] }).with_holes(vec![Hole { offset: 0, len: 1 }]);
+        assert!(dir.problem().is_some(), "holes in a directory");
     }
 
     #[test]

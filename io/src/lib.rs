@@ -5,6 +5,7 @@ pub mod dir;
 pub mod durable;
 pub mod s3;
 pub mod source;
+pub mod sparse;
 pub mod storage;
 pub mod uring;
 

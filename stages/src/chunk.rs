@@ -140,6 +140,7 @@ fn chunk_block(
             files.remove(&seq);
             return events.push(FileEvent::Failed { seq, path, why }, 0);
         }
+        Block::Holes { seq, holes } => return events.push(FileEvent::Holes { seq, holes }, 0),
         Block::Data { seq, buf, start, offset, last, permit, pooled } => {
             (seq, buf, start, offset, last, permit, pooled)
         }

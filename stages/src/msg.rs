@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use crate::budget::Permit;
 use crate::encrypt::KeyEpoch;
+pub use ::io::sparse::Hole;
 
 /// A blob id: keyed BLAKE3 of the plaintext.
 pub type BlobId = [u8; 32];
@@ -108,6 +109,8 @@ pub struct Meta {
     pub dev: u64,
     pub nlink: u64,
     pub rdev: u64,
+    /// 512-byte blocks allocated (fewer than `size` needs: the file may have holes).
+    pub blocks: u64,
 }
 
 /// A directory's tree as an earlier backup stored it.
@@ -190,6 +193,7 @@ pub enum ScanEvent {
         name: OsString,
         meta: Meta,
         content: Vec<BlobId>,
+        holes: Vec<Hole>,
     },
     /// A further name of a file already seen (hard link) as `File { seq: first }`.
     HardLink {
@@ -238,6 +242,12 @@ pub enum Block {
         /// which goes back to the pool with it.
         pooled: Option<Permit>,
     },
+    /// The file's holes (`io::sparse`), sent before its first block when it has any. Its
+    /// blocks then hold only its data: their `offset`s count data bytes, holes left out.
+    Holes {
+        seq: u64,
+        holes: Vec<Hole>,
+    },
     Failed {
         seq: u64,
         path: PathBuf,
@@ -248,7 +258,7 @@ pub enum Block {
 impl Block {
     pub fn seq(&self) -> u64 {
         match self {
-            Block::Data { seq, .. } | Block::Failed { seq, .. } => *seq,
+            Block::Data { seq, .. } | Block::Holes { seq, .. } | Block::Failed { seq, .. } => *seq,
         }
     }
 }
@@ -304,7 +314,13 @@ pub enum FileEvent {
         id: BlobId,
         len: u32,
     },
-    /// The file was fully chunked into `chunks` chunks of `size` bytes in all.
+    /// The file's holes, before its `End` (`Block::Holes`).
+    Holes {
+        seq: u64,
+        holes: Vec<Hole>,
+    },
+    /// The file was fully chunked into `chunks` chunks of `size` bytes in all (its data: holes
+    /// are not counted).
     End {
         seq: u64,
         chunks: u32,

@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use crate::batch::{recv_or_flush, Batcher, BYTES, ITEMS};
 use crate::budget::{MemoryBudget, Permit};
-use crate::msg::{Block, Cancel, ReadJob};
+use crate::msg::{Block, Cancel, Hole, ReadJob};
 use crate::pool::BufferPool;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,7 +119,7 @@ impl Shared {
         let i = (block.seq() % self.out.len() as u64) as usize;
         let weight = match &block {
             Block::Data { buf, .. } => buf.len(),
-            Block::Failed { .. } => 0,
+            Block::Holes { .. } | Block::Failed { .. } => 0,
         };
         if let Some(out) = self.out.get(i) {
             // A closed channel means the pipeline is shutting down; dropping the block is right.
@@ -186,11 +186,12 @@ impl Shared {
         self.send(Block::Failed { seq: job.seq, path: job.path.clone(), why });
     }
 
-    /// (headroom, bytes to read) for the read at `offset`. Only a file's first block needs no
-    /// headroom: nothing can be carried into it.
-    fn shape(&self, job: &ReadJob, offset: u64) -> (usize, usize) {
-        let len = (job.meta.size - offset).min(self.cfg.segment as u64) as usize;
-        let headroom = if offset == 0 { 0 } else { self.cfg.headroom };
+    /// (headroom, bytes to read) for the read at `offset`, which stops at the next hole. Only
+    /// a file's first block needs no headroom: nothing can be carried into it.
+    fn shape(&self, job: &ReadJob, layout: &Layout, offset: u64) -> (usize, usize) {
+        let end = layout.data_end(job.meta.size);
+        let len = end.saturating_sub(offset).min(self.cfg.segment as u64) as usize;
+        let headroom = if offset == layout.skipped { 0 } else { self.cfg.headroom };
         (headroom, len)
     }
 
@@ -221,12 +222,42 @@ impl Shared {
         }
     }
 
+    /// A file's layout once it is open, and where its first read is: its holes, when it may
+    /// have any, are found and sent ahead of its blocks. None when the file is done already
+    /// (nothing but a hole: one empty block ends it) or failed (reported).
+    fn layout(&self, job: &ReadJob, file: &File) -> Option<(Layout, u64)> {
+        let size = job.meta.size;
+        if !::io::sparse::may_have_holes(size, job.meta.blocks) {
+            return Some((Layout::default(), 0));
+        }
+        let holes = match ::io::sparse::holes(file, size) {
+            Ok(h) => h,
+            Err(e) => {
+                self.fail(job, format!("cannot find its holes: {e}"));
+                return None;
+            }
+        };
+        if holes.is_empty() {
+            return Some((Layout::default(), 0));
+        }
+        self.send(Block::Holes { seq: job.seq, holes: holes.clone() });
+        let mut layout = Layout { holes, passed: 0, skipped: 0 };
+        let first = layout.skip(0);
+        if first >= size {
+            let (permit, buf, last) = (self.budget.acquire(0), Vec::new(), true);
+            self.send(Block::Data { seq: job.seq, buf, start: 0, offset: 0, last, permit, pooled: None });
+            return None;
+        }
+        Some((layout, first))
+    }
+
     /// Turns a finished read at `offset` into its block: (block, next offset, last). None when
     /// the file failed (reported).
     #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         job: &ReadJob,
+        layout: &mut Layout,
         mut buf: Vec<u8>,
         headroom: usize,
         offset: u64,
@@ -247,9 +278,13 @@ impl Shared {
             }
         };
         buf.truncate(headroom + n);
-        let next = offset + n as u64;
+        // Downstream, a block's offset counts only data: the holes before it are left out.
+        let data_offset = offset - layout.skipped;
+        let next = layout.skip(offset + n as u64);
         let last = next >= job.meta.size;
-        Some((Block::Data { seq: job.seq, buf, start: headroom, offset, last, permit, pooled }, next, last))
+        let block =
+            Block::Data { seq: job.seq, buf, start: headroom, offset: data_offset, last, permit, pooled };
+        Some((block, next, last))
     }
 
     /// Handles a finished read (the plain path). Returns the next offset to read, or None when
@@ -258,6 +293,7 @@ impl Shared {
     fn completed(
         &self,
         job: &ReadJob,
+        layout: &mut Layout,
         file: &File,
         buf: Vec<u8>,
         headroom: usize,
@@ -266,7 +302,7 @@ impl Shared {
         permit: Permit,
         pooled: Option<Permit>,
     ) -> Option<u64> {
-        let (block, next, last) = self.block(job, buf, headroom, offset, result, permit, pooled)?;
+        let (block, next, last) = self.block(job, layout, buf, headroom, offset, result, permit, pooled)?;
         if last {
             let stamp = stamp_of(file).map_err(|e| format!("cannot stat after reading: {e}"));
             if let Err(why) = stamp.and_then(|st| unchanged(&st, job)) {
@@ -276,6 +312,35 @@ impl Shared {
         }
         self.send(block);
         (!last).then_some(next)
+    }
+}
+
+/// Where a file's data is: the holes every read skips (none for most files).
+#[derive(Default)]
+struct Layout {
+    holes: Vec<Hole>,
+    /// Holes wholly before the read position, and their bytes.
+    passed: usize,
+    skipped: u64,
+}
+
+impl Layout {
+    /// The read position `pos`, moved past a hole that starts there.
+    fn skip(&mut self, mut pos: u64) -> u64 {
+        while let Some(h) = self.holes.get(self.passed) {
+            if h.offset > pos {
+                break;
+            }
+            pos = pos.max(h.offset.saturating_add(h.len));
+            self.skipped += h.len;
+            self.passed += 1;
+        }
+        pos
+    }
+
+    /// Where the run of data at the read position ends: the next hole, or the end.
+    fn data_end(&self, size: u64) -> u64 {
+        self.holes.get(self.passed).map_or(size, |h| h.offset.min(size))
     }
 }
 
@@ -363,14 +428,14 @@ fn pool_worker(s: &Shared, jobs: &Receiver<ReadJob>) {
 
 fn read_file(s: &Shared, job: &ReadJob) {
     let Some(file) = s.open(job) else { return };
-    let mut offset = 0;
+    let Some((mut layout, mut offset)) = s.layout(job, &file) else { return };
     loop {
-        let (headroom, len) = s.shape(job, offset);
+        let (headroom, len) = s.shape(job, &layout, offset);
         let Some(Reserved { mut buf, permit, pooled }) = s.reserve(job, headroom, len, true) else { break };
         // A pooled buffer's stale bytes are overwritten, not zeroed first.
         buf.resize(headroom + len, 0);
         let result = read_full(&file, &mut buf[headroom..], offset);
-        match s.completed(job, &file, buf, headroom, offset, result, permit, pooled) {
+        match s.completed(job, &mut layout, &file, buf, headroom, offset, result, permit, pooled) {
             Some(next) => offset = next,
             None => break,
         }
@@ -402,6 +467,7 @@ struct InFlight {
     job: ReadJob,
     /// None while the ring opens it.
     file: Option<Arc<File>>,
+    layout: Layout,
     next: u64,
     headroom: usize,
     permit: Option<Permit>,
@@ -470,13 +536,13 @@ impl UringReader {
         let seq = job.seq;
         let flags = self.s.source.open_flags().filter(|_| job.meta.size > 0 && self.ring.file_ops());
         let path = flags.and_then(|_| CString::new(job.path.as_os_str().as_bytes()).ok());
-        let file = match (flags, path) {
+        let (file, layout, next) = match (flags, path) {
             (Some(flags), Some(path)) => {
                 self.ring.open(path, flags, seq);
-                None
+                (None, Layout::default(), 0)
             }
-            _ => match self.s.open(&job) {
-                Some(file) => Some(file),
+            _ => match self.s.open(&job).and_then(|f| Some((self.s.layout(&job, &f)?, f))) {
+                Some(((layout, next), file)) => (Some(file), layout, next),
                 None => {
                     if large {
                         self.s.large.give();
@@ -486,10 +552,8 @@ impl UringReader {
             },
         };
         let ready = file.is_some();
-        self.files.insert(
-            seq,
-            InFlight { job, file, next: 0, headroom: 0, permit: None, pooled: None, large, last: None },
-        );
+        let (headroom, permit, pooled, last) = (0, None, None, None);
+        self.files.insert(seq, InFlight { job, file, layout, next, headroom, permit, pooled, large, last });
         if ready {
             self.ready.push_back(seq);
         }
@@ -519,11 +583,15 @@ impl UringReader {
             // source itself, which adapts or names the reason.
             Err(_) => self.s.open(&f.job),
         };
-        match file {
-            Some(file) => {
-                f.file = Some(file);
+        match file.map(|file| (self.s.layout(&f.job, &file), file)) {
+            Some((Some((layout, next)), file)) => {
+                (f.file, f.layout, f.next) = (Some(file), layout, next);
                 self.files.insert(seq, f);
                 self.ready.push_back(seq);
+            }
+            Some((None, file)) => {
+                f.file = Some(file);
+                self.end(f)
             }
             None => self.end(f),
         }
@@ -533,7 +601,7 @@ impl UringReader {
         let Some(mut f) = self.files.remove(&seq) else { return };
         let Some(permit) = f.permit.take() else { return };
         let pooled = f.pooled.take();
-        match self.s.block(&f.job, buf, f.headroom, offset, result, permit, pooled) {
+        match self.s.block(&f.job, &mut f.layout, buf, f.headroom, offset, result, permit, pooled) {
             None => {
                 drop(file);
                 self.end(f);
@@ -630,7 +698,7 @@ impl UringReader {
                 self.ready.pop_front();
                 continue;
             };
-            let (headroom, len) = self.s.shape(&f.job, f.next);
+            let (headroom, len) = self.s.shape(&f.job, &f.layout, f.next);
             let wait = self.ring.in_flight() == 0;
             let Some(Reserved { mut buf, permit, pooled }) = self.s.reserve(&f.job, headroom, len, wait)
             else {

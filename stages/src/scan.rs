@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
 
-use crate::msg::{BlobId, Cancel, FileKind, Meta, Progress, ReadJob, Records, ScanEvent, StoredDir};
+use crate::msg::{BlobId, Cancel, FileKind, Hole, Meta, Progress, ReadJob, Records, ScanEvent, StoredDir};
 
 /// What the scan does with one entry of a directory it walks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,8 +45,8 @@ pub trait Select: Send {
 /// can walk a sorted cache in step with the scan): for each regular file as the scan reaches
 /// it, for each directory as the scan leaves it.
 pub trait Known: Send {
-    /// The content of a file that has not changed since, or None.
-    fn file(&mut self, path: &Path, meta: &Meta) -> Option<Vec<BlobId>>;
+    /// The content (blobs and holes) of a file that has not changed since, or None.
+    fn file(&mut self, path: &Path, meta: &Meta) -> Option<(Vec<BlobId>, Vec<Hole>)>;
     /// The tree of a directory (stat'ed as `meta` when it was entered) that has not changed
     /// since, or None. Its entries may have: the scan reuses the tree only if every entry is
     /// unchanged too, and there are as many.
@@ -150,6 +150,7 @@ pub fn meta_of(md: &fs::Metadata) -> Meta {
         dev: md.dev(),
         nlink: md.nlink(),
         rdev: md.rdev(),
+        blocks: md.blocks(),
     }
 }
 
@@ -178,6 +179,7 @@ pub fn meta_of_stat(st: &rustix::fs::Stat) -> Meta {
         dev: st.st_dev,
         nlink: st.st_nlink as u64,
         rdev: st.st_rdev,
+        blocks: st.st_blocks as u64,
     }
 }
 
@@ -458,9 +460,9 @@ impl Scanner {
                 }
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                if let Some(content) = self.known.as_mut().and_then(|k| k.file(path, &meta)) {
+                if let Some((content, holes)) = self.known.as_mut().and_then(|k| k.file(path, &meta)) {
                     self.stats.unchanged += 1;
-                    return Ok(ScanEvent::Unchanged { seq, name, meta, content });
+                    return Ok(ScanEvent::Unchanged { seq, name, meta, content, holes });
                 }
                 // The job goes first: the tree builder may wait for this file's content, which
                 // must already be on its way.
@@ -834,10 +836,10 @@ mod tests {
     }
 
     impl Known for FakeCache {
-        fn file(&mut self, path: &Path, _: &Meta) -> Option<Vec<BlobId>> {
+        fn file(&mut self, path: &Path, _: &Meta) -> Option<(Vec<BlobId>, Vec<Hole>)> {
             let name = path.file_name()?.to_string_lossy().into_owned();
             self.last = format!("{name};").into_bytes();
-            (!name.starts_with("changed")).then(Vec::new)
+            (!name.starts_with("changed")).then(Default::default)
         }
         fn dir(&mut self, path: &Path, _: &Meta) -> Option<StoredDir> {
             let name = path.file_name()?.to_string_lossy().into_owned();

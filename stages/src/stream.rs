@@ -146,6 +146,7 @@ mod tests {
             dev: 0,
             nlink: 1,
             rdev: 0,
+            blocks: 0,
         }
     }
 

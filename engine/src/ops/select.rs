@@ -568,6 +568,7 @@ mod tests {
             dev: 1,
             nlink: 1,
             rdev: 0,
+            blocks: 0,
         }
     }
 

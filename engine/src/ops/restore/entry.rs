@@ -3,7 +3,6 @@
 //! directory's metadata once everything in it is done; and what it counts on the way.
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -17,7 +16,7 @@ use super::{confine, Overwrite, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::ops::attrs::{self, Xattr};
 use crate::repo::{BlobReader, Scratch};
-use crate::tree::{Node, NodeKind};
+use crate::tree::{Node, NodeKind, Placer};
 
 /// Both times of a restored node: its mtime. (Every node a reader accepts has one that fits:
 /// `Node::problem`.)
@@ -399,8 +398,7 @@ impl Restorer<'_> {
             // Before it takes the place of anything: a file that reads back wrong is removed,
             // and what was there stays.
             if self.opts.verify {
-                use std::io::Seek as _;
-                let read_back = f.rewind().and_then(|()| self.same_content(&mut f, content));
+                let read_back = self.same_content(&f, node);
                 match read_back {
                     Ok(true) => {
                         self.verified.fetch_add(1, Relaxed);
@@ -436,7 +434,8 @@ impl Restorer<'_> {
         }
     }
 
-    /// The content of `job` into `f`, checked against its size.
+    /// The content of `job` into `f`, around its holes, checked against its size. Whole blobs
+    /// of zeros become holes too.
     pub(super) fn fill(
         &self,
         f: &mut std::fs::File,
@@ -445,43 +444,47 @@ impl Restorer<'_> {
         size: u64,
         scratch: &mut Scratch,
     ) -> Result<u64> {
+        use std::os::unix::fs::FileExt;
         let path = || job.dir.child_path(&job.node.name);
+        let holes = &job.node.holes;
+        let mut placer = Placer::new(holes);
         let mut written = 0u64;
-        let mut hole_at_end = false;
+        let mut sparse = !holes.is_empty();
         for id in content {
             let n = self.reader.read_with(id, BlobKind::Data, scratch, |data| {
-                hole_at_end = data.len() >= 4096 && data.iter().all(|&b| b == 0);
-                if hole_at_end {
-                    f.seek(SeekFrom::Current(data.len() as i64))?;
-                } else {
-                    f.write_all(data)?;
+                let zeros = data.len() >= 4096 && data.iter().all(|&b| b == 0);
+                sparse |= zeros;
+                let mut rest = data;
+                while !rest.is_empty() {
+                    let (at, n) = placer.place(rest.len() as u64);
+                    let (here, after) = rest.split_at(n as usize);
+                    if !zeros {
+                        f.write_all_at(here, at)?;
+                    }
+                    rest = after;
                 }
                 Ok::<_, std::io::Error>(data.len() as u64)
             })?;
             written += n.map_err(|e| Error::io(path(), e))?;
         }
-        if written != size {
+        let data = size - job.node.hole_bytes();
+        if written != data {
             return Err(Error::corrupt(
                 "file",
                 path().display().to_string(),
-                format!("content is {written} bytes, expected {size}"),
+                format!("content is {written} bytes, expected {data}"),
             ));
         }
         // No fsync per file: a restore that is interrupted is simply run again, and syncing
         // every file made restoring many small files several times slower.
-        if hole_at_end {
+        if sparse {
             f.set_len(size).map_err(|e| Error::io(path(), e))?;
         }
-        Ok(written)
+        Ok(size)
     }
 
     /// Whether the entry already at the job's name stays (`Overwrite`); counts what it decides.
-    pub(super) fn keep_existing(
-        &self,
-        job: &FileJob,
-        content: &[BlobId],
-        size: u64,
-    ) -> std::io::Result<bool> {
+    pub(super) fn keep_existing(&self, job: &FileJob, size: u64) -> std::io::Result<bool> {
         use rustix::fs::FileType;
         let (dir, node) = (&job.dir, &job.node);
         let Some(st) = confine::stat(&dir.fd, &node.name)? else { return Ok(false) };
@@ -503,11 +506,10 @@ impl Restorer<'_> {
                 // One handle for comparing and for the metadata: the file looked at, with no
                 // other name than the snapshot gives it (a hard link to a file elsewhere,
                 // planted by someone who can write here, is replaced, not chowned).
-                let mut f = confine::open_read(&dir.fd, &node.name)?;
+                let f = confine::open_read(&dir.fd, &node.name)?;
                 let now = rustix::fs::fstat(&f)?;
                 let same = now.st_ino == st.st_ino && now.st_dev == st.st_dev;
-                let keep =
-                    same && (now.st_nlink == 1 || node.nlink > 1) && self.same_content(&mut f, content)?;
+                let keep = same && (now.st_nlink == 1 || node.nlink > 1) && self.same_content(&f, node)?;
                 if keep && !self.opts.dry_run {
                     confine::unlock(&f)?;
                     self.fd_meta(&f, node, Some(&dir.child_path(&node.name)))?;
@@ -529,19 +531,41 @@ impl Restorer<'_> {
         Ok(keep)
     }
 
-    /// Whether the regular file `name` in `dir` holds exactly the blobs `content`: read back
-    /// blob by blob (lengths from the index) and each hashed against its id.
-    pub(super) fn same_content(&self, f: &mut std::fs::File, content: &[BlobId]) -> std::io::Result<bool> {
-        use std::io::Read;
+    /// Whether the regular file `f` holds exactly `node`'s content: read back blob by blob
+    /// (lengths from the index), each hashed against its id, with zeros in its holes and
+    /// nothing after its end.
+    pub(super) fn same_content(&self, f: &std::fs::File, node: &Node) -> std::io::Result<bool> {
+        use std::os::unix::fs::FileExt;
+        let (NodeKind::File { content, size } | NodeKind::HardLink { content, size, .. }) = &node.kind else {
+            return Ok(false);
+        };
+        if f.metadata()?.len() != *size {
+            return Ok(false);
+        }
+        let mut placer = Placer::new(&node.holes);
         let mut buf = Vec::new();
         for id in content {
             let Some(len) = self.reader.raw_len(id) else { return Ok(false) };
             buf.resize(len as usize, 0);
-            if f.read_exact(&mut buf).is_err() || !self.reader.matches(id, &buf) {
+            let mut got = 0;
+            while got < buf.len() {
+                let (at, n) = placer.place((buf.len() - got) as u64);
+                let n = n as usize;
+                if f.read_exact_at(&mut buf[got..got + n], at).is_err() {
+                    return Ok(false);
+                }
+                got += n;
+            }
+            if !self.reader.matches(id, &buf) {
                 return Ok(false);
             }
         }
-        Ok(f.read(&mut [0u8; 1])? == 0)
+        for h in &node.holes {
+            if !zeros(f, h.offset, h.len)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     pub(super) fn file(&self, job: &FileJob, scratch: &mut Scratch) -> Option<u64> {
@@ -551,7 +575,7 @@ impl Restorer<'_> {
         };
         let path = || job.dir.child_path(&job.node.name);
         if !job.fresh {
-            match self.keep_existing(job, content, size) {
+            match self.keep_existing(job, size) {
                 Ok(true) => return None,
                 Ok(false) if !self.opts.dry_run => {
                     // A file an earlier restore made immutable or append-only cannot be
@@ -750,6 +774,33 @@ impl Restorer<'_> {
         }
         notes
     }
+}
+
+/// Whether `len` bytes of `f` at `offset` read as zeros: a hole there (`SEEK_DATA` says none
+/// of them hold data) or data that is all zeros.
+fn zeros(f: &std::fs::File, offset: u64, len: u64) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let end = offset.saturating_add(len);
+    let mut pos = offset;
+    let mut buf = vec![0u8; 1 << 16];
+    while pos < end {
+        pos = match rustix::fs::seek(f, rustix::fs::SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => return Ok(true),
+            Err(rustix::io::Errno::INVAL) => pos,
+            Err(e) => return Err(e.into()),
+        };
+        if pos >= end {
+            break;
+        }
+        let n = (end - pos).min(buf.len() as u64) as usize;
+        f.read_exact_at(&mut buf[..n], pos)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        pos += n as u64;
+    }
+    Ok(true)
 }
 
 /// An entry's mtime in nanoseconds since the epoch.

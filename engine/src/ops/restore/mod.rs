@@ -606,7 +606,7 @@ fn hard_links<'a>(
         }
         let Some((_, dir)) = &parent else { continue };
         let job = FileJob { dir: dir.clone(), node, fresh: false };
-        match r.keep_existing(&job, &content, size) {
+        match r.keep_existing(&job, size) {
             Ok(true) => continue,
             Ok(false) => {}
             Err(e) => {
