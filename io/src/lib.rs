@@ -3,6 +3,7 @@
 pub mod cpu;
 pub mod dir;
 pub mod durable;
+pub mod longpath;
 pub mod s3;
 pub mod source;
 pub mod sparse;
