@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 
-use rustix::fs::{statat, AtFlags, Dir, Mode, OFlags, Stat};
+use rustix::fs::{statat, AtFlags, Dir, OFlags, Stat};
 
 /// One entry of a directory: its name and its metadata (not following symlinks), or why that
 /// could not be had (it vanished between listing and stat, say).
@@ -22,7 +22,8 @@ pub struct Entry {
 /// The entries of the directory at `path` (without `.` and `..`), sorted by name bytes.
 pub fn list(path: &Path) -> std::io::Result<Vec<Entry>> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::open(path, flags, Mode::empty())?;
+    // Any depth: a path past PATH_MAX is opened a piece at a time.
+    let fd = crate::longpath::open(path, flags)?;
     let mut dir = Dir::read_from(&fd)?;
     let mut out = Vec::new();
     while let Some(entry) = dir.read() {

@@ -3,9 +3,8 @@
 //! while they are read — on both the io_uring path and the thread-pool path.
 #![forbid(unsafe_code)]
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -34,7 +33,8 @@ pub trait Source: Send + Sync {
 }
 
 /// The local filesystem. Opens with O_NOATIME where permitted (reading a backup source should not
-/// touch every file's atime), and never follows a symlink swapped in after the scan.
+/// touch every file's atime), and never follows a symlink swapped in after the scan. Paths of any
+/// length: one longer than PATH_MAX is opened a piece at a time (`longpath`).
 #[derive(Default)]
 pub struct LocalSource {
     noatime_refused: AtomicBool,
@@ -50,7 +50,7 @@ impl Source for LocalSource {
 
     fn open(&self, path: &Path) -> io::Result<File> {
         if !self.noatime_refused.load(Ordering::Relaxed) {
-            match OpenOptions::new().read(true).custom_flags(BASE_FLAGS | libc::O_NOATIME).open(path) {
+            match open_read(path, BASE_FLAGS | libc::O_NOATIME) {
                 // O_NOATIME is only allowed for the file's owner (or CAP_FOWNER).
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                     self.noatime_refused.store(true, Ordering::Relaxed)
@@ -58,6 +58,11 @@ impl Source for LocalSource {
                 other => return other,
             }
         }
-        OpenOptions::new().read(true).custom_flags(BASE_FLAGS).open(path)
+        open_read(path, BASE_FLAGS)
     }
+}
+
+fn open_read(path: &Path, flags: i32) -> io::Result<File> {
+    let flags = rustix::fs::OFlags::from_bits_retain(flags as u32) | rustix::fs::OFlags::RDONLY;
+    crate::longpath::open(path, flags).map(File::from)
 }

@@ -470,7 +470,7 @@ impl Scanner {
                 self.jobs.send(job).map_err(|_| Closed)?;
                 ScanEvent::File { seq, name, meta }
             }
-            FileKind::Symlink => match fs::read_link(path) {
+            FileKind::Symlink => match ::io::longpath::read_link(path) {
                 Ok(target) => ScanEvent::Symlink { name, meta, target: target.into_os_string() },
                 Err(e) => {
                     ScanEvent::Error { path: path.to_path_buf(), why: format!("cannot read symlink: {e}") }
