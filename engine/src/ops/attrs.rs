@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::path::Path;
 
-use rustix::fs::{IFlags, Mode, OFlags, XattrFlags};
+use rustix::fs::{IFlags, OFlags, XattrFlags};
 use serde::{Deserialize, Serialize};
 use stages::FileKind;
 
@@ -107,7 +107,8 @@ pub fn read(path: &Path, kind: FileKind) -> (Attrs, Vec<String>) {
         _ => path,
     };
     let mut problems = Vec::new();
-    let xattrs = match read_xattrs(path) {
+    // A path past PATH_MAX is named through its directory's descriptor (/proc/self/fd/N/NAME).
+    let xattrs = match ::io::longpath::Short::new(path).and_then(|short| read_xattrs(short.path())) {
         Ok(x) => x,
         Err(e) => {
             problems.push(format!("cannot read extended attributes: {e}"));
@@ -173,7 +174,7 @@ fn read_xattrs(path: &Path) -> io::Result<Vec<Xattr>> {
 /// cannot be opened cannot be read either, and that is reported).
 pub(crate) fn read_flags(path: &Path) -> u32 {
     let how = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
-    let Ok(fd) = rustix::fs::open(path, how, Mode::empty()) else { return 0 };
+    let Ok(fd) = ::io::longpath::open(path, how) else { return 0 };
     rustix::fs::ioctl_getflags(&fd).map_or(0, |f| f.bits() & FLAGS)
 }
 

@@ -350,11 +350,10 @@ impl Selection {
         // Only a regular file is a tag: a FIFO of that name would block the run, a symlink
         // could name a device.
         let read = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(&file)
+            use rustix::fs::OFlags;
+            // At any depth: a path past PATH_MAX is opened a piece at a time.
+            ::io::longpath::open(&file, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK)
+                .map(std::fs::File::from)
                 .and_then(|mut f| match f.metadata()?.is_file() {
                     true => f.read_exact(&mut start),
                     false => Err(std::io::Error::other("not a regular file")),
