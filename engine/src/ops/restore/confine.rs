@@ -202,13 +202,16 @@ pub fn unlock(f: impl AsFd) -> io::Result<()> {
 
 /// The directory at `rel` (`a/b/c`, valid names) below `root`, resolved without following any
 /// symlink or leaving `root`: openat2 with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS where the
-/// kernel has it (5.6+), else one `openat(O_NOFOLLOW | O_DIRECTORY)` per component.
+/// kernel has it (5.6+) and the path fits in one call, else one `openat(O_NOFOLLOW |
+/// O_DIRECTORY)` per component.
 pub fn open_beneath(root: impl AsFd, rel: &[u8]) -> io::Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let rel: &[u8] = if rel.is_empty() { b"." } else { rel };
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
     match rustix::fs::openat2(&root, rel, flags, Mode::empty(), resolve) {
-        Err(Errno::NOSYS | Errno::PERM) => {} // an old kernel, or a seccomp filter
+        // An old kernel, or a seccomp filter; or a path too long for one call (past PATH_MAX),
+        // which one openat per component resolves.
+        Err(Errno::NOSYS | Errno::PERM | Errno::NAMETOOLONG) => {}
         other => return other.map_err(err),
     }
     let mut fd = rustix::fs::openat(&root, ".", flags, Mode::empty()).map_err(err)?;
