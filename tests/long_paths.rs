@@ -172,7 +172,7 @@ fn a_path_longer_than_path_max_backs_up_and_restores() {
     let old = rustix::fs::Timespec { tv_sec: 1_000_000_000, tv_nsec: 123 };
     let times = Timestamps { last_access: old, last_modification: old };
     rustix::fs::utimensat(&dir, "file", &times, AtFlags::empty()).unwrap();
-    let too_long = std::fs::symlink_metadata(&deepest.join("file")).unwrap_err();
+    let too_long = std::fs::symlink_metadata(deepest.join("file")).unwrap_err();
     assert_eq!(too_long.raw_os_error(), Some(libc::ENAMETOOLONG), "beyond what one call can name");
 
     let b = bakare();

@@ -180,7 +180,7 @@ mod tests {
         assert_eq!(rustix::fs::readlinkat(at.unwrap(), name, Vec::new()).unwrap().as_bytes(), b"f");
         assert_eq!(read_link(&path.join("link")).unwrap(), Path::new("f"));
         let name: &[u8] = b"user.deep";
-        rustix::fs::lsetxattr(&path_in_proc(&dir, "f"), name, b"v", rustix::fs::XattrFlags::empty()).unwrap();
+        rustix::fs::lsetxattr(path_in_proc(&dir, "f"), name, b"v", rustix::fs::XattrFlags::empty()).unwrap();
         let short = Short::new(&path.join("f")).unwrap();
         let mut value = [0u8; 8];
         let n = rustix::fs::lgetxattr(short.path(), name, &mut value).unwrap();
