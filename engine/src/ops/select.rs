@@ -378,7 +378,12 @@ impl Selection {
     fn gitignore(&self, dir: &Path, names: &[&OsString]) -> Option<Gitignore> {
         let mut b = GitignoreBuilder::new(dir);
         for n in names {
-            if let Some(e) = b.add(dir.join(n)) {
+            let file = dir.join(n);
+            let added = match ::io::longpath::too_long(&file) {
+                false => b.add(&file),
+                true => add_long(&mut b, &file),
+            };
+            if let Some(e) = added {
                 self.warn(format!("ignore file {}: {e} (its other lines apply)", dir.join(n).display()));
             }
         }
@@ -390,6 +395,43 @@ impl Selection {
                 None
             }
         }
+    }
+}
+
+/// `GitignoreBuilder::add` for an ignore file past PATH_MAX, which it cannot open: its lines,
+/// read here, are added as `add` adds them (a UTF-8 BOM dropped; errors with the file and line).
+fn add_long(b: &mut GitignoreBuilder, file: &Path) -> Option<ignore::Error> {
+    use std::io::BufRead;
+    let at = |line: usize, err: ignore::Error| ignore::Error::WithPath {
+        path: file.to_path_buf(),
+        err: Box::new(ignore::Error::WithLineNumber { line: line as u64, err: Box::new(err) }),
+    };
+    let f = match ::io::longpath::open(file, rustix::fs::OFlags::RDONLY) {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => return Some(ignore::Error::WithPath { path: file.to_path_buf(), err: Box::new(e.into()) }),
+    };
+    let mut errs = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => {
+                let invalid = e.kind() == std::io::ErrorKind::InvalidData;
+                errs.push(at(i + 1, e.into()));
+                match invalid {
+                    true => continue,
+                    false => break,
+                }
+            }
+        };
+        let line = if i == 0 { line.trim_start_matches('\u{feff}') } else { &line };
+        if let Err(e) = b.add_line(Some(file.to_path_buf()), line) {
+            errs.push(at(i + 1, e));
+        }
+    }
+    match errs.len() {
+        0 => None,
+        1 => errs.pop(),
+        _ => Some(ignore::Error::Partial(errs)),
     }
 }
 
