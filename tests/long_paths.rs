@@ -139,25 +139,36 @@ fn count(at: &OwnedFd) -> (usize, usize, usize) {
     c
 }
 
-#[test]
-fn a_path_longer_than_path_max_backs_up_and_restores() {
-    let src = tempfile::tempdir().unwrap();
-    let root = rustix::fs::open(src.path(), DIR, Mode::empty()).unwrap();
-    // 30 directories of 200-byte names: the deepest is more than 6,000 bytes down.
-    let mut dir = mkdir(&root, "deep", 0o755);
-    let mut deepest = src.path().join("deep");
-    let mut rng = Rng::new(17);
+/// `deep/` below `root` (at `path`), and in it 30 directories of 200-byte names, one in the
+/// other: the deepest, open, and its path (more than 6,000 bytes). The 21st is mode 0750; the
+/// 20th, just below PATH_MAX, holds a file `shallow` beside the directory that crosses it.
+fn deep(root: &OwnedFd, path: &Path) -> (OwnedFd, PathBuf) {
+    let mut dir = mkdir(root, "deep", 0o755);
+    let mut deepest = path.join("deep");
     for i in 0..30 {
         let name = format!("{i:02}{}", "d".repeat(198));
         let mode = if i == 20 { 0o750 } else { 0o755 };
         dir = mkdir(&dir, &name, mode);
         deepest.push(&name);
         if i == 19 {
-            // Just below PATH_MAX, beside a directory that crosses it.
             write(&dir, "shallow", b"near the limit", 0o644);
         }
     }
     assert!(deepest.as_os_str().len() > 6000);
+    (dir, deepest)
+}
+
+/// The directory at `rel` below `dir`, opened one component at a time.
+fn open_below(dir: OwnedFd, rel: &Path) -> OwnedFd {
+    rel.components().fold(dir, |d, c| rustix::fs::openat(&d, c.as_os_str(), DIR, Mode::empty()).unwrap())
+}
+
+#[test]
+fn a_path_longer_than_path_max_backs_up_and_restores() {
+    let src = tempfile::tempdir().unwrap();
+    let root = rustix::fs::open(src.path(), DIR, Mode::empty()).unwrap();
+    let (dir, deepest) = deep(&root, src.path());
+    let mut rng = Rng::new(17);
     let content = rng.bytes(300 << 10); // more than one read segment
     write(&dir, "file", &content, 0o640);
     rustix::fs::lsetxattr(in_dir(&dir, b"file"), "user.deep", b"value", XattrFlags::empty()).unwrap();
@@ -196,11 +207,34 @@ fn a_path_longer_than_path_max_backs_up_and_restores() {
         diff(&root, &restored, "", &mut diffs);
         assert!(diffs.is_empty(), "restored tree (--io {io}) differs:\n{}", diffs.join("\n"));
         assert_eq!(count(&restored), (32, 4, 1), "every entry, the deepest included");
-        let mut bottom = restored;
-        for name in deepest.strip_prefix(src.path()).unwrap().components() {
-            bottom = rustix::fs::openat(&bottom, name.as_os_str(), DIR, Mode::empty()).unwrap();
-        }
+        let bottom = open_below(restored, deepest.strip_prefix(src.path()).unwrap());
         let ino = |name: &str| rustix::fs::statat(&bottom, name, AtFlags::SYMLINK_NOFOLLOW).unwrap().st_ino;
         assert_eq!(ino("file"), ino("same"), "still one file with two names");
     }
+}
+
+#[test]
+fn ignore_files_and_exclusion_tags_past_path_max_apply() {
+    const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n";
+    let src = tempfile::tempdir().unwrap();
+    let root = rustix::fs::open(src.path(), DIR, Mode::empty()).unwrap();
+    let (dir, deepest) = deep(&root, src.path());
+    write(&dir, ".ignore", b"*.log\n", 0o644);
+    write(&dir, "keep.txt", b"kept", 0o644);
+    write(&dir, "skip.log", b"left out", 0o644);
+    let cache = mkdir(&dir, "cache", 0o755);
+    write(&cache, "CACHEDIR.TAG", CACHEDIR_TAG.as_bytes(), 0o644);
+    write(&cache, "blob", b"left out", 0o644);
+
+    let b = bakare();
+    let run = b.run(&argv!["run", "--ignore-file", ".ignore", "--exclude-caches", src.path()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+    let target = tempfile::tempdir().unwrap();
+    b.ok(&argv!["restore", "latest", "--target", target.path()]);
+    let restored = rustix::fs::open(restored_path(target.path(), src.path()), DIR, Mode::empty()).unwrap();
+    let bottom = open_below(restored, deepest.strip_prefix(src.path()).unwrap());
+    assert_eq!(names(&bottom), [&b".ignore"[..], b"cache", b"keep.txt"]);
+    let cache = rustix::fs::openat(&bottom, "cache", DIR, Mode::empty()).unwrap();
+    assert_eq!(names(&cache), [b"CACHEDIR.TAG"]);
 }
