@@ -535,8 +535,8 @@ impl UringReader {
     fn start(&mut self, job: ReadJob, large: bool) {
         let seq = job.seq;
         // A path the kernel cannot take in one call is opened here, a piece at a time.
-        let ring = job.meta.size > 0 && self.ring.file_ops() && !::io::longpath::too_long(&job.path);
-        let flags = self.s.source.open_flags().filter(|_| ring);
+        let by_ring = job.meta.size > 0 && self.ring.file_ops() && !::io::longpath::too_long(&job.path);
+        let flags = self.s.source.open_flags().filter(|_| by_ring);
         let path = flags.and_then(|_| CString::new(job.path.as_os_str().as_bytes()).ok());
         let (file, layout, next) = match (flags, path) {
             (Some(flags), Some(path)) => {
