@@ -107,7 +107,7 @@ fn init(
     command: Option<&str>,
 ) -> Result<u8> {
     let passphrase = if args.passphrase { Some(crate::passphrase::new(command)?) } else { None };
-    let repo = crate::init_repo(path, key, passphrase, args.force)?;
+    let repo = crate::init_repo(path, key, passphrase, args.force, args.compression)?;
     announce_init(&repo, json)?;
     if json {
         let v = json!({
@@ -115,6 +115,7 @@ fn init(
             "path": repo.location.to_string(),
             "key": repo.key.path.display().to_string(),
             "fingerprint": repo.key.fingerprint(),
+            "compression": repo.config.compression.to_string(),
         });
         println!("{v}");
     }
@@ -143,7 +144,7 @@ fn run(
     let repo = match crate::open_repo(path, key) {
         Ok(r) => r,
         Err(Error::NoRepository(_)) if key.is_none() && default => {
-            let repo = crate::init_repo(path, None, None, false)?;
+            let repo = crate::init_repo(path, None, None, false, engine::config::Compression::Auto)?;
             announce_init(&repo, json)?;
             repo
         }

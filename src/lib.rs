@@ -81,7 +81,7 @@ pub enum Command {
     Tag(snapshots::TagArgs),
     /// Collect garbage in two phases: condemn what nothing uses, delete it a grace period later
     Prune(PruneArgs),
-    /// Show the repository's settings; change the grace period
+    /// Show the repository's settings; change the grace period or the compression
     Config(ConfigArgs),
     /// Bring a repository made by an older bakare to the current format (once, with the full key)
     Migrate(MigrateArgs),
@@ -171,6 +171,10 @@ pub struct ConfigArgs {
     /// Set the grace period prune waits between condemning and deleting (e.g. 24h, 3d)
     #[arg(long, value_name = "DURATION", value_parser = engine::forget::parse_span)]
     pub grace: Option<jiff::Span>,
+    /// Set how backups compress data from now on (see `init --compression`); data already
+    /// stored stays as it is
+    #[arg(long, value_name = "LEVEL", value_parser = engine::config::Compression::parse)]
+    pub compression: Option<engine::config::Compression>,
 }
 
 fn parse_percent(s: &str) -> Result<f64, String> {
@@ -411,6 +415,11 @@ pub struct InitArgs {
     /// Create the repository in a directory that holds other files
     #[arg(long)]
     pub force: bool,
+    /// How backups compress data: `auto` (measured default: zstd level 1 for chunks, level 3
+    /// for bundles of small files), `off` or `0` (stored uncompressed), `max` (19), or a zstd
+    /// level 1..=19 for chunks and bundles alike. `config --compression` changes it later
+    #[arg(long, value_name = "LEVEL", default_value = "auto", value_parser = engine::config::Compression::parse)]
+    pub compression: engine::config::Compression,
 }
 
 #[derive(Args, Debug)]
@@ -549,8 +558,9 @@ pub(crate) fn init_repo(
     key: Option<&std::path::Path>,
     passphrase: Option<engine::secrecy::SecretString>,
     force: bool,
+    compression: engine::config::Compression,
 ) -> engine::Result<engine::Repository> {
-    engine::Repository::init_with(at.clone(), key, passphrase, force).map(wrapped)
+    engine::Repository::init_with(at.clone(), key, passphrase, force, compression).map(wrapped)
 }
 
 /// Runs the CLI reading files through `source`, with every repository's storage wrapped by

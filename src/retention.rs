@@ -1,5 +1,5 @@
 //! `forget`, `prune` and `config`: retention, garbage collection, and the grace period.
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use engine::forget::{self, Policy};
 use engine::prune::{self, PruneOptions};
 use engine::Repository;
@@ -233,6 +233,20 @@ pub fn prune_cmd(repo: &Repository, json: bool, args: PruneArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// `auto (zstd 1, small-file bundles 3)`, `off (stored uncompressed)`, `zstd 19`.
+fn compression_line(c: engine::config::Compression) -> String {
+    use engine::config::Compression;
+    match c {
+        Compression::Auto => {
+            let (chunks, bundles) = c.levels();
+            let l = |v: Option<i32>| v.map(|v| v.to_string()).unwrap_or_else(|| "off".into());
+            format!("auto (zstd {} for chunks, {} for bundles of small files)", l(chunks), l(bundles))
+        }
+        Compression::Off => "off (data stored uncompressed)".into(),
+        Compression::Level(n) => format!("zstd {n}"),
+    }
+}
+
 pub fn config_cmd(repo: &Repository, json: bool, args: ConfigArgs) -> Result<u8> {
     let mut config = repo.fresh_config()?;
     if let Some(span) = args.grace {
@@ -246,6 +260,9 @@ pub fn config_cmd(repo: &Repository, json: bool, args: ConfigArgs) -> Result<u8>
         }
         let old = config.grace_secs;
         config.set_grace(secs as u64, now);
+        if let Some(c) = args.compression {
+            config.compression = c;
+        }
         repo.backend.replace("config", &config.encode(&repo.key.owner_signer()?))?;
         if (secs as u64) < old {
             eprintln!(
@@ -254,6 +271,13 @@ pub fn config_cmd(repo: &Repository, json: bool, args: ConfigArgs) -> Result<u8>
                 seconds(old as i64 * 1_000_000_000)
             );
         }
+    }
+    if let (None, Some(c)) = (args.grace, args.compression) {
+        repo.key
+            .owner_signer()
+            .context("`config --compression` changes the config as the owner: it needs the full key")?;
+        config.compression = c;
+        repo.backend.replace("config", &config.encode(&repo.key.owner_signer()?))?;
     }
     let mut out = Out::new();
     let now = engine::clock::now_ns();
@@ -264,6 +288,7 @@ pub fn config_cmd(repo: &Repository, json: bool, args: ConfigArgs) -> Result<u8>
             "pack_size": config.pack_size, "grace_seconds": config.grace_secs,
             "prune_waits_seconds": config.prune_grace_ns(now) / 1_000_000_000,
             "key_fingerprint": config.key_fingerprint, "created": output::time(config.created_ns),
+            "compression": config.compression.to_string(),
         });
         out.line(&v.to_string())?;
     } else {
@@ -286,6 +311,7 @@ pub fn config_cmd(repo: &Repository, json: bool, args: ConfigArgs) -> Result<u8>
         } else {
             out.line(&format!("grace period {g}"))?;
         }
+        out.line(&format!("compression  {}", compression_line(config.compression)))?;
         out.line(&format!("key          {}", config.key_fingerprint))?;
     }
     out.finish()?;

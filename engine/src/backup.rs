@@ -335,7 +335,9 @@ fn attempt(
     let enc_cfg = EncryptConfig { workers, rotate_after: repo.config.pack_size };
     let encrypt =
         stages::encrypt::spawn(enc_cfg, framed_rx, sealed_txs, cancel.clone()).map_err(spawn_err)?;
-    let comp_cfg = CompressConfig { workers, level: 1 };
+    // The repository's setting as of this attempt's view (`config --compression` changes it).
+    let (level, bundle_level) = config.compression.levels();
+    let comp_cfg = CompressConfig { workers, level, bundle_level };
     let compress = stages::compress::spawn(comp_cfg, new_rx, framed_tx, cancel.clone()).map_err(spawn_err)?;
 
     let hash = stages::hash::spawn(

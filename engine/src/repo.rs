@@ -10,7 +10,7 @@ use stages::encrypt::{self, DataKey};
 use stages::hash::blob_id;
 use stages::{BlobId, BlobKind, BUNDLE_ID};
 
-use crate::config::Config;
+use crate::config::{Compression, Config};
 use crate::crypto::{unwrap_key, WriterKeys};
 use crate::error::{Error, Result};
 use crate::index::{Index, SegmentKeys, SegmentSealer, Trusted, Use};
@@ -185,17 +185,19 @@ impl From<&PathBuf> for Location {
 impl Repository {
     /// Creates a repository and its key (saved at `key_path`, or in the key directory).
     pub fn init(location: impl Into<Location>, key_path: Option<&Path>) -> Result<Repository> {
-        Repository::init_with(location, key_path, None, false)
+        Repository::init_with(location, key_path, None, false, Compression::Auto)
     }
 
     /// `init`, with the key file's identity sealed with `passphrase` when one is given. A
     /// directory that holds anything and is not a repository is refused unless `force`: a
     /// typo, or the wrong directory, must not become a repository beside someone's files.
+    /// `compression` is how backups compress data (`init --compression`).
     pub fn init_with(
         location: impl Into<Location>,
         key_path: Option<&Path>,
         passphrase: Option<age::secrecy::SecretString>,
         force: bool,
+        compression: Compression,
     ) -> Result<Repository> {
         let location = location.into();
         let backend = location.backend()?;
@@ -239,6 +241,7 @@ impl Repository {
             created_ns: now,
             grace_prev_secs: DEFAULT_GRACE_SECS,
             grace_changed_ns: now,
+            compression,
         };
         if let Some(path) = location.local() {
             for dir in ["packs", "index", "snapshots", "pending", "gc", "writers", "roster", "tmp"] {

@@ -24,8 +24,18 @@ const PROBE: usize = 16 * 1024;
 #[derive(Clone, Copy, Debug)]
 pub struct CompressConfig {
     pub workers: usize,
-    /// zstd level; 1 by default (see design.md 1b: level 3 costs ~40 % more CPU for 3–13 %).
-    pub level: i32,
+    /// zstd level of data chunks; 1 by default (see design.md 1b: level 3 costs ~40 % more CPU
+    /// for 3–13 %). None: every blob is stored raw (codec 0).
+    pub level: Option<i32>,
+    /// zstd level of small-file bundles (`BUNDLE_LEVEL` by default); None: stored raw.
+    pub bundle_level: Option<i32>,
+}
+
+impl CompressConfig {
+    /// The measured defaults: level 1 for chunks, `BUNDLE_LEVEL` for bundles.
+    pub fn auto(workers: usize) -> Self {
+        CompressConfig { workers, level: Some(1), bundle_level: Some(BUNDLE_LEVEL) }
+    }
 }
 
 /// The bucket a framed length is padded to: a multiple of 1/32 of its power of two (min 64).
@@ -48,7 +58,8 @@ pub enum FrameError {
 }
 
 pub struct Compressor {
-    ctx: zstd::bulk::Compressor<'static>,
+    /// None: store every blob raw (compression turned off).
+    ctx: Option<zstd::bulk::Compressor<'static>>,
     /// For a compressor of bundles: zstd's output, kept from one bundle to the next, of which
     /// the frame is an exact-size copy. (A fresh output buffer of the worst-case size was zeroed
     /// and faulted in for every bundle.) Other blobs (up to 4 MiB) get a buffer of their own: a
@@ -61,23 +72,31 @@ const SCRATCH_INPUT: usize = BUNDLE_TARGET + SMALL_BLOB;
 
 impl Compressor {
     pub fn new(level: i32) -> std::io::Result<Self> {
-        Ok(Compressor { ctx: zstd::bulk::Compressor::new(level)?, scratch: None })
+        Ok(Compressor { ctx: Some(zstd::bulk::Compressor::new(level)?), scratch: None })
+    }
+
+    /// A compressor at `level`, or (None) one that frames every blob raw.
+    pub fn with_level(level: Option<i32>) -> std::io::Result<Self> {
+        let ctx = level.map(zstd::bulk::Compressor::new).transpose()?;
+        Ok(Compressor { ctx, scratch: None })
     }
 
     /// A compressor for bundles (see `scratch`).
-    pub fn for_bundles(level: i32) -> std::io::Result<Self> {
-        Ok(Compressor { ctx: zstd::bulk::Compressor::new(level)?, scratch: Some(Vec::new()) })
+    pub fn for_bundles(level: Option<i32>) -> std::io::Result<Self> {
+        let ctx = level.map(zstd::bulk::Compressor::new).transpose()?;
+        Ok(Compressor { ctx, scratch: Some(Vec::new()) })
     }
 
     /// `data` compressed, appended to `buf` (which holds `start` bytes of header room), when
     /// that makes it smaller.
     fn compress_into(&mut self, data: &[u8], buf: &mut Vec<u8>, start: usize) -> bool {
+        let Some(ctx) = self.ctx.as_mut() else { return false };
         let bound = zstd::zstd_safe::compress_bound(data.len());
         if let Some(scratch) = self.scratch.as_mut().filter(|_| data.len() <= SCRATCH_INPUT) {
             if scratch.len() < bound {
                 scratch.resize(bound, 0);
             }
-            return match self.ctx.compress_to_buffer(data, &mut scratch[..bound]) {
+            return match ctx.compress_to_buffer(data, &mut scratch[..bound]) {
                 Ok(n) if n < data.len() => {
                     buf.reserve_exact(padded_len(HEADER + n) + NONCE_ROOM + 16 - buf.len());
                     buf.extend_from_slice(&scratch[..n]);
@@ -93,7 +112,7 @@ impl Compressor {
         buf.reserve_exact(padded_len(HEADER + bound) + NONCE_ROOM + 16 - buf.len());
         let mut out = std::io::Cursor::new(&mut *buf);
         out.set_position(start as u64);
-        match self.ctx.compress_to_buffer(data, &mut out) {
+        match ctx.compress_to_buffer(data, &mut out) {
             Ok(n) if n < data.len() => {
                 buf.truncate(start + n);
                 true
@@ -103,6 +122,7 @@ impl Compressor {
     }
 
     fn worth_it(&mut self, data: &[u8]) -> bool {
+        let Some(ctx) = self.ctx.as_mut() else { return false };
         if data.len() < 64 {
             return false;
         }
@@ -111,7 +131,7 @@ impl Compressor {
         }
         let mid = data.len() / 2 - PROBE / 2;
         let sample = &data[mid..mid + PROBE];
-        match self.ctx.compress(sample) {
+        match ctx.compress(sample) {
             Ok(c) => c.len() < PROBE * 97 / 100,
             Err(_) => false,
         }
@@ -250,9 +270,12 @@ pub fn spawn(
     out: Sender<Framed>,
     cancel: Cancel,
 ) -> std::io::Result<Workers> {
-    Compressor::new(cfg.level)?; // fail here, not in a worker, if zstd refuses the level
+    // Fail here, not in a worker, if zstd refuses a level.
+    Compressor::with_level(cfg.level)?;
+    Compressor::with_level(cfg.bundle_level)?;
     Workers::spawn("compress", cfg.workers, move |_| {
-        let (Ok(mut c), Ok(mut cb)) = (Compressor::new(cfg.level), Compressor::for_bundles(BUNDLE_LEVEL))
+        let (Ok(mut c), Ok(mut cb)) =
+            (Compressor::with_level(cfg.level), Compressor::for_bundles(cfg.bundle_level))
         else {
             cancel.cancel();
             return;
@@ -321,6 +344,23 @@ mod tests {
         assert!(g.len() < text.len() / 10);
         assert_eq!(unframe(&f[NONCE_ROOM..]).unwrap(), data);
         assert_eq!(unframe(&g[NONCE_ROOM..]).unwrap(), text);
+    }
+
+    #[test]
+    fn compression_off_frames_everything_raw_and_higher_levels_store_less() {
+        let text = b"hello world, the quick brown fox, hello world ".repeat(20_000);
+        let mut off = Compressor::with_level(None).unwrap();
+        let f = off.frame(&text);
+        assert_eq!(f[NONCE_ROOM], CODEC_RAW);
+        assert_eq!(unframe(&f[NONCE_ROOM..]).unwrap(), text);
+        let mut bundles = Compressor::for_bundles(None).unwrap();
+        assert_eq!(bundles.frame(&text[..4000])[NONCE_ROOM], CODEC_RAW);
+        let mixed: Vec<u8> =
+            (0..400_000u32).map(|i| b"abcdefgh"[(i.wrapping_mul(2654435761) >> 29) as usize]).collect();
+        let one = Compressor::with_level(Some(1)).unwrap().frame(&mixed);
+        let nineteen = Compressor::with_level(Some(19)).unwrap().frame(&mixed);
+        assert!(nineteen.len() < one.len(), "{} !< {}", nineteen.len(), one.len());
+        assert_eq!(unframe(&nineteen[NONCE_ROOM..]).unwrap(), mixed);
     }
 
     proptest! {

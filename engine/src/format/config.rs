@@ -3,7 +3,9 @@
 //! `"BKCONFIG" | 3 | postcard(Config) | owner's public key (32) | signature (64)`.
 //! Versions 1 and 2 (`... | BLAKE3(all preceding bytes)`, which anyone can recompute) are read
 //! only by `bakare migrate`, which signs them. Version 2 added the previous grace period and
-//! when it changed. `config` is the one object that is replaced (atomically) rather than only
+//! when it changed. Since 2026-12 a version 3 body may be followed by `postcard(Extension)`
+//! (the compression setting): decoders before it ignore trailing bytes, and a body without it
+//! reads as `Compression::Auto`. `config` is the one object that is replaced (atomically) rather than only
 //! created: when the grace period changes, and by `migrate`.
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +45,67 @@ pub struct Config {
     /// writers refresh after half the shorter), since other processes may have read the old one.
     pub grace_prev_secs: u64,
     pub grace_changed_ns: i64,
+    /// Encoded after the fields above, in the `Extension` (not by this derive), so that configs
+    /// written before it still decode.
+    #[serde(skip)]
+    pub compression: Compression,
+}
+
+/// Fields added to format 3 after its first release, appended to the body. New fields go at its
+/// end: a decoder ignores bytes after what it knows.
+#[derive(Serialize, Deserialize)]
+struct Extension {
+    compression: Compression,
+}
+
+/// How data blobs are compressed (`init --compression`, `config --compression`). Readers need
+/// no setting: every blob's frame names its codec.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compression {
+    /// The measured default: zstd level 1 for chunks, level 3 for bundles of small files
+    /// (design.md 1b; `stages::compress::BUNDLE_LEVEL`).
+    #[default]
+    Auto,
+    /// Stored raw (codec 0).
+    Off,
+    /// zstd at this level (1..=19) for chunks and bundles alike.
+    Level(u8),
+}
+
+impl Compression {
+    pub const MAX_LEVEL: u8 = 19;
+
+    /// `auto`, `off` (or `0`, `none`), `max` (19), or a zstd level 1..=19.
+    pub fn parse(s: &str) -> std::result::Result<Compression, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Compression::Auto),
+            "off" | "none" | "0" => Ok(Compression::Off),
+            "max" => Ok(Compression::Level(Self::MAX_LEVEL)),
+            n => match n.parse::<u8>() {
+                Ok(l) if (1..=Self::MAX_LEVEL).contains(&l) => Ok(Compression::Level(l)),
+                _ => Err(format!("{s:?}: expected auto, off, max or a zstd level from 1 to 19")),
+            },
+        }
+    }
+
+    /// zstd levels for (chunks, bundles of small files); None stores raw.
+    pub fn levels(self) -> (Option<i32>, Option<i32>) {
+        match self {
+            Compression::Auto => (Some(1), Some(stages::compress::BUNDLE_LEVEL)),
+            Compression::Off => (None, None),
+            Compression::Level(l) => (Some(l.into()), Some(l.into())),
+        }
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Compression::Auto => write!(f, "auto"),
+            Compression::Off => write!(f, "off"),
+            Compression::Level(l) => write!(f, "{l}"),
+        }
+    }
 }
 
 /// Version 1: the same without the grace period's history.
@@ -103,6 +166,8 @@ impl Config {
         out.push(VERSION);
         // Serializing plain fields into a Vec cannot fail.
         out.extend_from_slice(&postcard::to_allocvec(self).unwrap_or_default());
+        let ext = Extension { compression: self.compression };
+        out.extend_from_slice(&postcard::to_allocvec(&ext).unwrap_or_default());
         signing::seal(owner, Purpose::Config, &self.repo_id, out)
     }
 
@@ -165,10 +230,22 @@ impl Config {
                 created_ns: v1.created_ns,
                 grace_prev_secs: v1.grace_secs,
                 grace_changed_ns: v1.created_ns,
+                compression: Compression::Auto,
             }
         } else {
-            postcard::from_bytes(body).map_err(|e| bad(&e.to_string()))?
+            let (mut cfg, rest): (Config, _) =
+                postcard::take_from_bytes(body).map_err(|e| bad(&e.to_string()))?;
+            if !rest.is_empty() {
+                let ext: Extension = postcard::from_bytes(rest).map_err(|e| bad(&e.to_string()))?;
+                cfg.compression = ext.compression;
+            }
+            cfg
         };
+        if let Compression::Level(l) = cfg.compression {
+            if !(1..=Compression::MAX_LEVEL).contains(&l) {
+                return Err(bad(&format!("compression level {l} out of range")));
+            }
+        }
         let params = stages::chunk::ChunkParams {
             min: cfg.chunk_min,
             avg: cfg.chunk_avg,
@@ -203,7 +280,41 @@ mod tests {
             created_ns: 5,
             grace_prev_secs: 86400,
             grace_changed_ns: 5,
+            compression: Compression::Auto,
         }
+    }
+
+    /// Version 3 as bakare wrote it before the extension: the body ends after the grace fields.
+    fn v3_without_extension(c: &Config, owner: &SigningKey) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.push(VERSION);
+        out.extend_from_slice(&postcard::to_allocvec(c).unwrap());
+        signing::seal(owner, Purpose::Config, &c.repo_id, out)
+    }
+
+    #[test]
+    fn compression_is_an_extension_older_configs_lack() {
+        let owner = SigningKey::generate();
+        let mut c = sample();
+        // Written before the extension: reads as auto.
+        let old = v3_without_extension(&c, &owner);
+        assert_eq!(Config::decode(&old, &owner.public()).unwrap().compression, Compression::Auto);
+        for level in [Compression::Off, Compression::Level(1), Compression::Level(19)] {
+            c.compression = level;
+            let e = c.encode(&owner);
+            assert_eq!(Config::decode(&e, &owner.public()).unwrap(), c);
+            // What a decoder of before reads: the same fields, the extension ignored.
+            let body = &e[9..e.len() - 96];
+            let before: Config = postcard::from_bytes(body).unwrap();
+            assert_eq!(before.grace_changed_ns, c.grace_changed_ns);
+        }
+        // A level out of range does not decode, however well signed.
+        c.compression = Compression::Level(20);
+        assert!(Config::decode(&c.encode(&owner), &owner.public()).is_err());
+        assert_eq!(Compression::parse("max"), Ok(Compression::Level(19)));
+        assert_eq!(Compression::parse("0"), Ok(Compression::Off));
+        assert_eq!(Compression::parse("Auto"), Ok(Compression::Auto));
+        assert!(Compression::parse("20").is_err() && Compression::parse("-1").is_err());
     }
 
     #[test]
