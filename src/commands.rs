@@ -173,6 +173,8 @@ fn run(
         tags: args.tag.iter().flat_map(|t| engine::ops::filter::tag_list(t)).collect(),
         cache_dir: if args.no_cache { None } else { args.cache_dir.or_else(engine::filescache::default_dir) },
         progress: Arc::default(),
+        on_file: None,
+        dry_run: false,
     };
     let stream = stream.map(crate::stdin::StreamSpec::start).transpose()?;
     let show = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -387,6 +389,7 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
         verify: args.verify,
         exclude: args.exclude.clone(),
         mem_limit: args.mem_limit,
+        on_file: None,
         overwrite: match args.overwrite {
             crate::Overwrite::Always => restore::Overwrite::Always,
             crate::Overwrite::IfChanged => restore::Overwrite::IfChanged,

@@ -15,13 +15,13 @@ use stages::pool::BufferPool;
 use stages::read::{ReadConfig, ReadHandle, ReadMode};
 use stages::scan::{Known, ScanConfig, ScanHandle, Select};
 use stages::stream::{StreamConfig, StreamHandle};
-use stages::StoredDir;
-use stages::{BlobId, Cancel, FileEvent, MemoryBudget, Meta, NewBlob, Progress, ScanEvent};
+use stages::{Cancel, FileEvent, MemoryBudget, Meta, NewBlob, Progress, ScanEvent};
 
 use crate::builder::{Builder, Wiring};
+use crate::changes::{dry_result, CacheLookup, Classify, Counts, OnFile, Summary, Tally};
 use crate::commit;
 use crate::error::{Error, Result};
-use crate::filescache::{self, CacheReader, CacheWriter, DirEntry};
+use crate::filescache::{self, CacheReader, CacheWriter};
 use crate::index::{Index, SessionDedup, Voucher};
 use crate::ops::select::{Patterns, Rules, Selection};
 use crate::pack::PackSink;
@@ -66,6 +66,11 @@ pub struct BackupOptions {
     pub cache_dir: Option<PathBuf>,
     /// Updated as the backup runs, for a progress display.
     pub progress: Arc<Progress>,
+    /// Told of each regular file: new, changed or unchanged since the last run (`run -v`).
+    pub on_file: Option<OnFile>,
+    /// Scan, read, chunk and hash as usual and look the ids up in the index, but store nothing:
+    /// no pack, index segment, snapshot or files cache is written (`run --dry-run`).
+    pub dry_run: bool,
 }
 
 /// Standard input, or a command's output, backed up as one regular file at the snapshot root
@@ -109,6 +114,12 @@ pub struct BackupResult {
     pub budget_peak: u64,
     /// Directories whose tree was reused from the last run (unchanged, not encoded again).
     pub reused_dirs: u64,
+    /// Files new, changed and unchanged since the last run (None when nothing classified them:
+    /// no files cache, no `on_file`, no dry run).
+    pub changes: Option<(u64, u64, u64)>,
+    /// In a dry run, what would have been stored (`snapshot_id` is empty then, and the
+    /// snapshot's stats count new blobs and bytes before compression).
+    pub dry_run: Option<Tally>,
 }
 
 /// Memory the in-memory index takes, estimated per blob: a 56-byte slot, its share of the
@@ -320,25 +331,34 @@ fn attempt(
     let (sealed_txs, sealed_rxs): (Vec<_>, Vec<_>) = (0..workers).map(|_| bounded(8)).unzip();
 
     let sealer = repo.sealer()?;
-    let sinks: Vec<PackSink> = (0..workers)
-        .map(|_| {
-            PackSink::new(
-                repo.backend.clone(),
-                repo.key.recipient.clone(),
-                sealer.clone(),
-                repo.config.pack_size,
-            )
-        })
-        .collect();
     let spawn_err = |e: std::io::Error| Error::Pipeline(format!("cannot start a stage: {e}"));
-    let write = stages::write::spawn(sinks, sealed_rxs, cancel.clone()).map_err(spawn_err)?;
-    let enc_cfg = EncryptConfig { workers, rotate_after: repo.config.pack_size };
-    let encrypt =
-        stages::encrypt::spawn(enc_cfg, framed_rx, sealed_txs, cancel.clone()).map_err(spawn_err)?;
-    // The repository's setting as of this attempt's view (`config --compression` changes it).
-    let (level, bundle_level) = config.compression.levels();
-    let comp_cfg = CompressConfig { workers, level, bundle_level };
-    let compress = stages::compress::spawn(comp_cfg, new_rx, framed_tx, cancel.clone()).map_err(spawn_err)?;
+    // A dry run ends the pipeline after hashing: the blobs dedup found new are counted and
+    // dropped, and nothing is compressed, sealed or written.
+    let store = match opts.dry_run {
+        true => Store::Count(crate::changes::count(new_rx).map_err(spawn_err)?),
+        false => {
+            let sinks: Vec<PackSink> = (0..workers)
+                .map(|_| {
+                    PackSink::new(
+                        repo.backend.clone(),
+                        repo.key.recipient.clone(),
+                        sealer.clone(),
+                        repo.config.pack_size,
+                    )
+                })
+                .collect();
+            let write = stages::write::spawn(sinks, sealed_rxs, cancel.clone()).map_err(spawn_err)?;
+            let enc_cfg = EncryptConfig { workers, rotate_after: repo.config.pack_size };
+            let encrypt =
+                stages::encrypt::spawn(enc_cfg, framed_rx, sealed_txs, cancel.clone()).map_err(spawn_err)?;
+            // The setting as of this attempt's view (`config --compression` may change it).
+            let (level, bundle_level) = config.compression.levels();
+            let comp_cfg = CompressConfig { workers, level, bundle_level };
+            let compress =
+                stages::compress::spawn(comp_cfg, new_rx, framed_tx, cancel.clone()).map_err(spawn_err)?;
+            Store::Write { compress, encrypt, write }
+        }
+    };
 
     let hash = stages::hash::spawn(
         workers,
@@ -356,6 +376,8 @@ fn attempt(
         .map_err(spawn_err)?;
     // A stream stands in for the scan and the read stage; it is neither looked up in nor
     // written to the files cache (whose key is a path).
+    let counts = Arc::new(Counts::default());
+    let mut classify = false;
     let (input, cache_out, cache_problem) = match stream {
         Some(Stream { name, input, verdict }) => {
             let cfg = StreamConfig {
@@ -401,8 +423,14 @@ fn attempt(
             let selection = Selection::new(&opts.select, &opts.excludes, own)?;
             let select_warnings = selection.as_ref().map(Selection::warnings);
             let select = selection.map(|s| Box::new(s) as Box<dyn Select>);
-            let (known, cache_out, cache_problem) =
+            let (lookup, cache_out, cache_problem) =
                 open_cache(repo, opts, &sources, dedup.index.clone(), &mut warnings);
+            // Without a files cache, a plain scan (no lookups) unless someone asks what is new.
+            classify = lookup.is_some() || opts.on_file.is_some() || opts.dry_run;
+            let known = classify.then(|| {
+                let on_file = opts.on_file.clone();
+                Box::new(Classify { inner: lookup, counts: counts.clone(), on_file }) as Box<dyn Known>
+            });
             let scan_cfg = ScanConfig { roots, select, known, progress: opts.progress.clone() };
             let scan = stages::scan::spawn(scan_cfg, ev_tx, job_tx, cancel.clone()).map_err(spawn_err)?;
             (Input::Scan { scan, read, select_warnings }, cache_out, cache_problem)
@@ -445,6 +473,36 @@ fn attempt(
     };
     chunk.finish();
     hash.finish();
+    let (compress, encrypt, write) = match store {
+        Store::Count(counter) => {
+            let tally = counter.join().map_err(|_| Error::Pipeline("the dry-run counter failed".into()))?;
+            let root = built?;
+            if cancel.is_cancelled() {
+                return Err(Error::Pipeline("the backup was cancelled".into()));
+            }
+            if let Some(p) = cache_problem.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                warnings.push(p);
+            }
+            let changes = classify.then(|| counts.get());
+            return Ok(Attempt::Committed(Box::new(dry_result(
+                builder,
+                root,
+                tally,
+                opts,
+                Summary {
+                    paths,
+                    time_ns,
+                    started,
+                    warnings,
+                    read_mode: mode,
+                    budget_bytes,
+                    budget_peak: budget.peak(),
+                    changes,
+                },
+            ))));
+        }
+        Store::Write { compress, encrypt, write } => (compress, encrypt, write),
+    };
     compress.finish();
     encrypt.finish();
     let written = write.finish();
@@ -531,6 +589,8 @@ fn attempt(
         budget: budget_bytes,
         budget_peak: budget.peak(),
         reused_dirs: builder.reused_dirs,
+        changes: classify.then(|| counts.get()),
+        dry_run: None,
     })))
 }
 
@@ -560,57 +620,13 @@ fn stream_meta(time_ns: i64) -> Meta {
     }
 }
 
-type CacheSetup = (Option<Box<dyn Known>>, Option<CacheWriter>, Arc<Mutex<Option<String>>>);
-
-/// The previous run's files cache, walked in step with the scan.
-struct CacheLookup {
-    reader: CacheReader,
-    index: Arc<Index>,
-    problem: Arc<Mutex<Option<String>>>,
+/// Where the blobs dedup found new go: to packs, or (a dry run) to a counter.
+enum Store {
+    Write { compress: stages::Workers, encrypt: stages::Workers, write: stages::write::WriteHandle<PackSink> },
+    Count(std::thread::JoinHandle<Tally>),
 }
 
-impl CacheLookup {
-    fn keep_problem(&mut self) {
-        if let Some(p) = self.reader.problem.take() {
-            *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
-        }
-    }
-}
-
-impl Known for CacheLookup {
-    fn file(&mut self, path: &Path, meta: &Meta) -> Option<(Vec<BlobId>, Vec<stages::Hole>)> {
-        let found = self.reader.lookup(path.as_os_str().as_bytes());
-        self.keep_problem();
-        // The next file's ids are checked against the index soon: their slots are random
-        // places in a table of tens of MiB, so start fetching them while this file is handled.
-        for id in self.reader.next_content().unwrap_or_default().iter().take(4) {
-            self.index.prefetch(id);
-        }
-        let (e, holes) = found?;
-        let same = e.size == meta.size
-            && e.mtime_ns == meta.mtime_ns
-            && e.ctime_ns == meta.ctime_ns
-            && e.ino == meta.ino
-            && e.dev == meta.dev;
-        // Cached ids are dedup decisions like any other: each must be in the repository.
-        let holes = holes.into_iter().map(|h| stages::Hole { offset: h.offset, len: h.len }).collect();
-        (same && e.content.iter().all(|id| self.index.contains(id))).then_some((e.content, holes))
-    }
-
-    fn record(&mut self, out: &mut Vec<u8>) {
-        self.reader.last_record(out);
-    }
-
-    fn dir(&mut self, path: &Path, meta: &Meta) -> Option<StoredDir> {
-        let found = self.reader.dir(path.as_os_str().as_bytes());
-        self.keep_problem();
-        let DirEntry { mtime_ns, ctime_ns, ino, dev, entries, tree, .. } = found?;
-        // Any entry added, removed or renamed moves the directory's mtime and ctime.
-        let same =
-            mtime_ns == meta.mtime_ns && ctime_ns == meta.ctime_ns && ino == meta.ino && dev == meta.dev;
-        (same && tree.iter().all(|id| self.index.contains(id))).then_some(StoredDir { entries, tree })
-    }
-}
+type CacheSetup = (Option<CacheLookup>, Option<CacheWriter>, Arc<Mutex<Option<String>>>);
 
 /// Opens the previous files cache (as the scan's `Known` lookup) and starts the next one.
 fn open_cache(
@@ -624,15 +640,19 @@ fn open_cache(
     let Some(dir) = &opts.cache_dir else { return (None, None, problem) };
     let repo_id = repo.config.repo_id;
     let path = filescache::cache_file(dir, &repo_id, &opts.host, roots);
-    let writer = match CacheWriter::create(&path, &repo_id, filescache::cache_key(&repo.wk.catalog_key)) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            warnings.push(format!(
-                "cannot write the files cache in {} ({e}); the next run reads every file",
-                dir.display()
-            ));
-            None
-        }
+    // A dry run leaves the cache as it is: it reads the last one and starts no next one.
+    let writer = match opts.dry_run {
+        true => None,
+        false => match CacheWriter::create(&path, &repo_id, filescache::cache_key(&repo.wk.catalog_key)) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warnings.push(format!(
+                    "cannot write the files cache in {} ({e}); the next run reads every file",
+                    dir.display()
+                ));
+                None
+            }
+        },
     };
     let reader = match CacheReader::open(&path, &repo_id, filescache::cache_key(&repo.wk.catalog_key)) {
         Ok(r) => r,
@@ -642,8 +662,8 @@ fn open_cache(
         }
     };
     let Some(reader) = reader else { return (None, writer, problem) };
-    let lookup = CacheLookup { reader, index, problem: problem.clone() };
-    (Some(Box::new(lookup)), writer, problem)
+    let lookup = CacheLookup { reader, index, problem: problem.clone(), found: false };
+    (Some(lookup), writer, problem)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 pub mod backup;
 mod builder;
 pub mod catalog;
+pub mod changes;
 pub mod check;
 pub mod clock;
 pub mod commit;

@@ -539,6 +539,8 @@ mod tests {
             description: None,
             cache_dir: None,
             progress: Default::default(),
+            on_file: None,
+            dry_run: false,
         };
         crate::backup::backup(repo, opts).unwrap().snapshot_id
     }

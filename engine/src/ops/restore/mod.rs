@@ -54,6 +54,17 @@ pub struct RestoreOptions {
     pub exclude: Vec<String>,
     /// Memory ceiling for the whole process (`--mem-limit`); None: `Memory::DEFAULT`.
     pub mem_limit: Option<u64>,
+    /// Told the path of each file restored (or, in a dry run, that would be), from the
+    /// restoring threads (`restore -v`).
+    pub on_file: Option<OnRestored>,
+}
+
+pub type OnRestored = Arc<dyn Fn(&Path) + Send + Sync>;
+
+fn told(opts: &RestoreOptions, path: &Path) {
+    if let Some(f) = &opts.on_file {
+        f(path);
+    }
 }
 
 /// How restore spends memory besides the index and the fixed reserve (`--mem-limit`).
@@ -334,6 +345,9 @@ pub fn restore(
                     if let Some(n) = r.file(&job, &mut scratch) {
                         files += 1;
                         bytes += n;
+                        if r.opts.on_file.is_some() {
+                            told(r.opts, &job.dir.child_path(&job.node.name));
+                        }
                     }
                 }
                 let mut t = lock(totals);
@@ -596,6 +610,7 @@ fn hard_links<'a>(
                 // A dry run's directory that would be created: the link would be new.
                 Err(_) if r.opts.dry_run => {
                     result.files += 1;
+                    told(r.opts, &path);
                     continue;
                 }
                 Err(e) => {
@@ -616,6 +631,7 @@ fn hard_links<'a>(
         }
         if r.opts.dry_run {
             result.files += 1;
+            told(r.opts, &path);
             continue;
         }
         if let Some(ino) = linked.get(&target) {
@@ -633,6 +649,7 @@ fn hard_links<'a>(
                 .and_then(|()| confine::rename(&dir.fd, &tmp, name));
             if made.is_ok() {
                 result.files += 1;
+                told(r.opts, &path);
                 continue;
             }
             let _ = confine::clear(&dir.fd, &tmp);
@@ -641,6 +658,7 @@ fn hard_links<'a>(
         if let Some(n) = r.write_new(&job, &content, size, &mut scratch) {
             result.files += 1;
             result.bytes += n;
+            told(r.opts, &path);
         }
     }
 }
