@@ -28,6 +28,7 @@ fn workers() -> usize {
 }
 
 pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
+    output::set_verbosity(cli.quiet, cli.verbose);
     // Generated from the command line alone: before anything reads a repository location, sets
     // up keys or installs signal handlers.
     match &cli.command {
@@ -81,6 +82,9 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
 }
 
 fn announce_init(repo: &Repository, json: bool) -> Result<()> {
+    if output::quiet() {
+        return Ok(());
+    }
     let msg = format!(
         "created repository {} at {}\nsecret key saved to {} (fingerprint {})\n\
          Keep a copy of that key file somewhere safe: without it these backups cannot be restored.\n\
@@ -112,10 +116,10 @@ fn init(
     if json {
         let v = json!({
             "repository": hex::encode(repo.config.repo_id),
+            "compression": repo.config.compression.to_string(),
             "path": repo.location.to_string(),
             "key": repo.key.path.display().to_string(),
             "fingerprint": repo.key.fingerprint(),
-            "compression": repo.config.compression.to_string(),
         });
         println!("{v}");
     }
@@ -143,6 +147,12 @@ fn run(
     };
     let repo = match crate::open_repo(path, key) {
         Ok(r) => r,
+        // As restic's `backup --dry-run`: a dry run needs a repository to compare with, and
+        // creates none.
+        Err(Error::NoRepository(at)) if args.dry_run => anyhow::bail!(
+            "no repository at {at}: --dry-run compares with an existing repository and creates none \
+             (`bakare init` creates one)"
+        ),
         Err(Error::NoRepository(_)) if key.is_none() && default => {
             let repo = crate::init_repo(path, None, None, false, engine::config::Compression::Auto)?;
             announce_init(&repo, json)?;
@@ -173,11 +183,11 @@ fn run(
         tags: args.tag.iter().flat_map(|t| engine::ops::filter::tag_list(t)).collect(),
         cache_dir: if args.no_cache { None } else { args.cache_dir.or_else(engine::filescache::default_dir) },
         progress: Arc::default(),
-        on_file: None,
-        dry_run: false,
+        on_file: list_changes(output::verbose()),
+        dry_run: args.dry_run,
     };
     let stream = stream.map(crate::stdin::StreamSpec::start).transpose()?;
-    let show = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let show = !json && !output::quiet() && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let display = crate::progress::Display::start(opts.progress.clone(), show);
     let r = match stream {
         Some(s) => backup::backup_stream(&repo, opts, s),
@@ -199,7 +209,8 @@ fn run(
         ReadMode::Uring => "io_uring",
         _ => "threads",
     };
-    let mut out = Out::new();
+    let mut out = Out::summary(json);
+    let (new_files, changed_files, _) = r.changes.unwrap_or_default();
     if json {
         let errors: Vec<_> = r
             .snapshot
@@ -207,7 +218,8 @@ fn run(
             .iter()
             .map(|e| json!({"path": String::from_utf8_lossy(&e.path), "error": e.why}))
             .collect();
-        let v = json!({
+        let mut v = json!({
+            "dry_run": r.dry_run.is_some(),
             "snapshot": r.snapshot_id,
             "tree": r.snapshot.tree.iter().map(hex::encode).collect::<Vec<_>>(),
             "files": s.files, "dirs": s.dirs, "bytes": s.bytes, "bytes_read": s.read_bytes,
@@ -217,7 +229,54 @@ fn run(
             "read_mode": mode, "budget": r.budget, "budget_peak": r.budget_peak,
             "peak_rss": output::peak_rss(),
         });
+        if let (Some((new, changed, unchanged)), Some(o)) = (r.changes, v.as_object_mut()) {
+            o.insert("new_files".into(), new.into());
+            o.insert("changed_files".into(), changed.into());
+            o.insert("unchanged_files_by_cache".into(), unchanged.into());
+        }
+        if let (Some(t), Some(o)) = (r.dry_run, v.as_object_mut()) {
+            o.remove("snapshot");
+            o.remove("stored_bytes");
+            o.insert("new_data_blobs".into(), t.data_blobs.into());
+            o.insert("new_data_bytes".into(), t.data_bytes.into());
+            o.insert("new_tree_blobs".into(), t.tree_blobs.into());
+            o.insert("new_tree_bytes".into(), t.tree_bytes.into());
+        }
         out.line(&v.to_string())?;
+    } else if let Some(t) = r.dry_run {
+        out.line("dry run: nothing was written to the repository or the files cache")?;
+        out.line(&format!(
+            "  would save {} files ({}), {} directories; scanned in {:.1} s",
+            s.files,
+            output::size(s.bytes),
+            s.dirs,
+            secs
+        ))?;
+        match r.changes {
+            Some((new, changed, unchanged)) => out.line(&format!(
+                "  files: {new} new, {changed} changed, {unchanged} unchanged since the last run (files cache)"
+            ))?,
+            None => out.line(&format!("  files: {} unchanged since the last run", s.unchanged_files))?,
+        }
+        out.line(&format!(
+            "  read {} ({mode}); {} files would not be read",
+            output::size(s.read_bytes),
+            s.unchanged_files
+        ))?;
+        out.line(&format!(
+            "  would add new data: ~{} in {} blobs before compression (plus {} of directory metadata)",
+            output::size(t.data_bytes),
+            t.data_blobs,
+            output::size(t.tree_bytes)
+        ))?;
+        if !r.snapshot.errors.is_empty() {
+            out.line(&format!("  {} could not be read:", r.snapshot.errors.len()))?;
+        }
+        for e in &r.snapshot.errors {
+            out.bytes(b"    ")?;
+            out.bytes(&e.path)?;
+            out.line(&format!(": {}", e.why))?;
+        }
     } else {
         out.line(&format!("snapshot {} saved", &r.snapshot_id[..16]))?;
         out.line(&format!(
@@ -235,6 +294,9 @@ fn run(
             s.unchanged_files,
             r.reused_dirs
         ))?;
+        if r.changes.is_some() {
+            out.line(&format!("  {new_files} files new, {changed_files} changed since the last run"))?;
+        }
         out.line(&format!(
             "  new data: {} in {} blobs, stored as {} after dedup and compression",
             output::size(s.new_bytes),
@@ -252,6 +314,28 @@ fn run(
     }
     out.finish()?;
     Ok(if r.snapshot.errors.is_empty() { 0 } else { EXIT_PARTIAL })
+}
+
+/// `run -v`: `new PATH` and `changed PATH` lines on stdout as the scan finds them; `-vv` also
+/// `unchanged PATH`. Paths are written as bytes.
+fn list_changes(verbose: u8) -> Option<engine::changes::OnFile> {
+    use engine::changes::Change;
+    if verbose == 0 {
+        return None;
+    }
+    Some(Arc::new(move |change: Change, path: &Path| {
+        if change == Change::Unchanged && verbose < 2 {
+            return;
+        }
+        let mut line = Vec::with_capacity(path.as_os_str().len() + 12);
+        line.extend_from_slice(change.word().as_bytes());
+        line.push(b' ');
+        line.extend_from_slice(path.as_os_str().as_bytes());
+        line.push(b'\n');
+        // One write per line (stdout's lock), so lines from the scan never interleave; a
+        // closed pipe is not an error.
+        let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), &line);
+    }))
 }
 
 fn rel_components(p: &Path) -> Vec<&OsStr> {
@@ -363,7 +447,7 @@ fn long_prefix(n: &Node) -> String {
 
 fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
     let found = repo.find_snapshot_matching(&args.snapshot, &args.filter.filter()?)?;
-    if !json {
+    if !json && !output::quiet() {
         eprintln!(
             "restoring snapshot {} of {} from {}, written by {}",
             &found.id[..16.min(found.id.len())],
@@ -389,7 +473,16 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
         verify: args.verify,
         exclude: args.exclude.clone(),
         mem_limit: args.mem_limit,
-        on_file: None,
+        on_file: (output::verbose() > 0).then(|| {
+            let word: &'static [u8] = if args.dry_run { b"would restore " } else { b"restored " };
+            let f: restore::OnRestored = Arc::new(move |path: &Path| {
+                let mut line = word.to_vec();
+                line.extend_from_slice(path.as_os_str().as_bytes());
+                line.push(b'\n');
+                let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), &line);
+            });
+            f
+        }),
         overwrite: match args.overwrite {
             crate::Overwrite::Always => restore::Overwrite::Always,
             crate::Overwrite::IfChanged => restore::Overwrite::IfChanged,
@@ -400,7 +493,7 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
     let started = std::time::Instant::now();
     let r = restore::restore(repo, &index, &snap, &opts)?;
     let secs = started.elapsed().as_secs_f64();
-    let mut out = Out::new();
+    let mut out = Out::summary(json);
     if json {
         let errors: Vec<_> =
             r.errors.iter().map(|(p, why)| json!({"path": p.to_string_lossy(), "error": why})).collect();
@@ -475,11 +568,11 @@ fn key_cmd(repo: &Repository, json: bool, cmd: KeyCommand) -> Result<u8> {
             }
             let k = writers::export_backup_key(repo, &name)?;
             k.save(&file).with_context(|| format!("writing {}", file.display()))?;
-            println!(
+            output::say(format_args!(
                 "wrote backup-only key for writer {name} (fingerprint {}) to {}: it can back up, not restore",
                 engine::signing::fingerprint(&k.snapshot_signer()?.public()),
                 file.display()
-            );
+            ));
         }
         KeyCommand::Export { file, backup_only: false, name } => {
             if name.is_some() {
@@ -488,7 +581,7 @@ fn key_cmd(repo: &Repository, json: bool, cmd: KeyCommand) -> Result<u8> {
             let k = Key::load(&repo.key.path)?;
             k.identity()?;
             k.save(&file).with_context(|| format!("writing {}", file.display()))?;
-            println!("wrote full key to {}", file.display());
+            output::say(format_args!("wrote full key to {}", file.display()));
         }
         KeyCommand::Show => {
             let kind = match (&repo.key.identity, &repo.key.name) {
@@ -544,16 +637,16 @@ fn key_cmd(repo: &Repository, json: bool, cmd: KeyCommand) -> Result<u8> {
                 if remove { None } else { Some(crate::passphrase::new_from("BAKARE_NEW_PASSPHRASE", None)?) };
             k.rewrite().with_context(|| format!("rewriting {}", k.path.display()))?;
             let what = if remove { "no passphrase now" } else { "protected by the new passphrase" };
-            println!("{}: {what}", k.path.display());
+            output::say(format_args!("{}: {what}", k.path.display()));
         }
         KeyCommand::Revoke { name } => {
             let gone = writers::revoke(repo, &name)?;
             for w in gone {
-                println!(
+                output::say(format_args!(
                     "revoked writer {} ({}): its snapshots are ignored unless --trust-all; forget them when you are sure",
                     w.name,
                     engine::signing::fingerprint(&w.key)
-                );
+                ));
             }
         }
     }
@@ -572,7 +665,7 @@ fn sync(json: bool, args: crate::SyncArgs) -> Result<u8> {
     for v in &r.vanished {
         eprintln!("warning: {v} vanished from {from} during the sync (pruned there); not copied");
     }
-    let mut out = Out::new();
+    let mut out = Out::summary(json);
     let bytes = r.packs.bytes + r.segments.bytes + r.snapshots.bytes;
     if json {
         let v = json!({

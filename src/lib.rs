@@ -39,6 +39,14 @@ pub struct Cli {
     /// Machine-readable output
     #[arg(long, global = true)]
     pub json: bool,
+    /// Say more: `run -v` lists new and changed files, `-vv` unchanged ones too; `restore -v`
+    /// lists the files it restores
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Print no summaries, notes or progress, only errors and warnings (on stderr); exit codes
+    /// are unchanged. `--json` output is still printed
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
     /// Show and use every snapshot, also those not signed by the owner or a registered writer
     /// in good standing, or dated in the future (for forensics: they may be forgeries)
     #[arg(long, global = true)]
@@ -326,6 +334,11 @@ pub struct RunArgs {
     /// Read every file, ignoring the files cache of earlier runs
     #[arg(long)]
     pub no_cache: bool,
+    /// Scan, read and hash as usual and say what would be new, but write nothing: no data,
+    /// snapshot or files cache (the repository must exist; nothing is compressed, so sizes
+    /// are before compression)
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
     /// Directory of the files caches [default: $XDG_CACHE_HOME/bakare]
     #[arg(long, env = "BAKARE_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,

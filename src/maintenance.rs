@@ -91,7 +91,7 @@ pub fn check_cmd(repo: &Repository, json: bool, args: CheckArgs) -> Result<u8> {
 }
 
 pub fn repair_cmd(repo: &Repository, json: bool, cmd: RepairCommand) -> Result<u8> {
-    let mut out = Out::new();
+    let mut out = Out::summary(json);
     match cmd {
         RepairCommand::Index { read_data } => {
             let r = repair::repair_index(repo, read_data, workers())?;
@@ -175,7 +175,7 @@ pub fn migrate_cmd(
     for w in &r.warnings {
         eprintln!("warning: {w}");
     }
-    let mut out = Out::new();
+    let mut out = Out::summary(json);
     let would = if args.dry_run { "would " } else { "" };
     if json {
         let adopted: Vec<_> = r

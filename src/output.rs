@@ -2,6 +2,32 @@
 //! (`bakare ls latest | head`) as the end of output, not as an error.
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// 0 with `-q`, 1 by default, 2 with `-v`, 3 with `-vv`. Set once, from the command line.
+static VERBOSITY: AtomicU8 = AtomicU8::new(1);
+
+pub fn set_verbosity(quiet: bool, verbose: u8) {
+    let v = if quiet { 0 } else { verbose.saturating_add(1) };
+    VERBOSITY.store(v, Ordering::Relaxed);
+}
+
+/// `-q`: no summaries, notes or progress; errors and warnings still go to stderr.
+pub fn quiet() -> bool {
+    VERBOSITY.load(Ordering::Relaxed) == 0
+}
+
+/// A line on stdout telling what a command did, unless `-q`.
+pub fn say(msg: std::fmt::Arguments<'_>) {
+    if !quiet() {
+        let _ = writeln!(io::stdout().lock(), "{msg}");
+    }
+}
+
+/// How many `-v` were given.
+pub fn verbose() -> u8 {
+    VERBOSITY.load(Ordering::Relaxed).saturating_sub(1)
+}
 
 pub fn size(n: u64) -> String {
     bytesize::ByteSize(n).display().iec().to_string()
@@ -42,6 +68,13 @@ pub struct Out {
 impl Out {
     pub fn new() -> Self {
         Out { inner: io::BufWriter::new(io::stdout()), closed: false }
+    }
+
+    /// For a command's report of what it did (not for what the user asked to see, such as a
+    /// listing): discards everything with `-q`, unless the output is `--json`, which a script
+    /// asked for.
+    pub fn summary(json: bool) -> Self {
+        Out { inner: io::BufWriter::new(io::stdout()), closed: quiet() && !json }
     }
 
     pub fn bytes(&mut self, b: &[u8]) -> io::Result<()> {

@@ -85,7 +85,7 @@ pub fn forget_cmd(repo: &Repository, json: bool, args: ForgetArgs) -> Result<u8>
         }
         removed += 1;
     }
-    let mut out = Out::new();
+    let mut out = Out::summary(json);
     let by_id = |id: &str| all.iter().find(|e| e.id == id).map(|e| &e.snapshot);
     if json {
         let v: Vec<_> = decisions
@@ -149,7 +149,7 @@ pub fn prune_cmd(repo: &Repository, json: bool, args: PruneArgs) -> Result<u8> {
     for w in &r.warnings {
         eprintln!("warning: {w}");
     }
-    let mut out = Out::new();
+    let mut out = Out::summary(json);
     if json {
         let v = json!({
             "dry_run": args.dry_run,
@@ -264,7 +264,7 @@ pub fn config_cmd(repo: &Repository, json: bool, args: ConfigArgs) -> Result<u8>
             config.compression = c;
         }
         repo.backend.replace("config", &config.encode(&repo.key.owner_signer()?))?;
-        if (secs as u64) < old {
+        if (secs as u64) < old && !output::quiet() {
             eprintln!(
                 "note: prune keeps waiting the old grace period ({}) for {} more, since other machines may have read it",
                 seconds(old as i64 * 1_000_000_000),

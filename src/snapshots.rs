@@ -174,7 +174,7 @@ pub fn tag_cmd(repo: &Repository, json: bool, args: TagArgs) -> Result<u8> {
             chosen.push(e);
         }
     }
-    let mut out = Out::new();
+    let mut out = Out::summary(json);
     let mut done = Vec::new();
     for old in chosen {
         let new = tag::retag(repo, old, &change)

@@ -1,15 +1,54 @@
-//! The repository's compression setting, through the real binary: what is restored is the
+//! `run --dry-run`, the global `-q`/`-v`, and the repository's compression setting, through the
+//! real binary: what a dry run leaves behind is compared byte for byte, what is restored is the
 //! bytes that were saved.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::ffi::OsString;
 use std::fs;
+use std::path::{Path, PathBuf};
 
 use chaos::argv;
 use chaos::testkit::{assert_same_tree, restored_path, Bakare, Rng, TestDir};
 
 fn bakare() -> Bakare {
     Bakare::new(env!("CARGO_BIN_EXE_bakare"))
+}
+
+/// Every name under `root` (directories too, with their mode) and every file's bytes:
+/// what a run that writes nothing must leave exactly as it was.
+fn state(root: &Path) -> Vec<(PathBuf, String, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    if !root.exists() {
+        return out;
+    }
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_path_buf();
+            if md.is_dir() {
+                out.push((rel, format!("dir {:o}", md.mode()), Vec::new()));
+                stack.push(p);
+            } else {
+                out.push((rel, format!("file {:o}", md.mode()), fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Older than the run's second, so that the files cache keeps them.
+fn set_old_mtimes(root: &Path, files: &[&str]) {
+    let old = std::process::Command::new("touch")
+        .args(["-d", "2020-01-01"])
+        .args(files)
+        .current_dir(root)
+        .status()
+        .unwrap();
+    assert!(old.success());
 }
 
 fn json(b: &Bakare, args: &[OsString]) -> serde_json::Value {
@@ -20,6 +59,140 @@ fn json(b: &Bakare, args: &[OsString]) -> serde_json::Value {
 
 fn n(v: &serde_json::Value, key: &str) -> u64 {
     v[key].as_u64().unwrap_or_else(|| panic!("no {key} in {v}"))
+}
+
+#[test]
+fn dry_run_counts_what_is_new_and_writes_nothing() {
+    let b = bakare();
+    let mut rng = Rng::new(11);
+    let src = TestDir::new()
+        .file("big.bin", rng.bytes(3 << 20))
+        .file("notes/a.txt", rng.text(200_000))
+        .file("notes/b.txt", "small file\n")
+        .file("keep.txt", rng.text(50_000));
+    set_old_mtimes(src.path(), &["big.bin", "notes/a.txt", "notes/b.txt", "keep.txt"]);
+
+    // As restic's: no repository, no dry run; and none is created.
+    let o = b.run(&argv!["run", "--dry-run", src.path()]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("--dry-run") && o.stderr.contains("no repository"), "{}", o.stderr);
+    assert!(!b.repo.exists(), "a dry run created the default repository");
+
+    b.ok(&argv!["init"]);
+    let cache = b.home.path().join(".cache/bakare");
+    let (repo0, cache0) = (state(&b.repo), state(&cache));
+    let first = json(&b, &argv!["run", "-n", src.path()]);
+    assert_eq!(first["dry_run"], true, "{first}");
+    assert!(first.get("snapshot").is_none(), "{first}");
+    assert_eq!(n(&first, "files"), 4);
+    let total = (3 << 20) + 200_000 + 11 + 50_000;
+    assert_eq!(n(&first, "bytes_read"), total, "every file is read: {first}");
+    assert_eq!(n(&first, "new_data_bytes"), total, "all of it is new: {first}");
+    assert_eq!(n(&first, "new_files"), 4, "{first}");
+    assert_eq!(state(&b.repo), repo0, "a dry run changed the repository");
+    assert_eq!(state(&cache), cache0, "a dry run changed the files cache");
+    let list = json(&b, &argv!["snapshots"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+
+    // What the dry run promised is what the run stores.
+    let saved = json(&b, &argv!["run", src.path()]);
+    assert_eq!(saved["dry_run"], false);
+    assert_eq!(n(&saved, "new_bytes"), n(&first, "new_bytes"), "dry {first}\nreal {saved}");
+
+    // One file changes, one is added: only they are read, listed with -v, counted as new data.
+    fs::write(src.path().join("notes/a.txt"), rng.text(200_000)).unwrap();
+    fs::write(src.path().join("added.bin"), rng.bytes(100_000)).unwrap();
+    let (repo1, cache1) = (state(&b.repo), state(&cache));
+    assert!(!cache1.is_empty(), "the real run kept a files cache");
+    let o = b.ok(&argv!["run", "--dry-run", "-v", src.path()]);
+    let text = o.stdout_str();
+    let line = |what: &str, rel: &str| format!("{what} {}\n", src.path().join(rel).display());
+    assert!(text.contains(&line("changed", "notes/a.txt")), "{text}");
+    assert!(text.contains(&line("new", "added.bin")), "{text}");
+    assert!(
+        !text.contains("keep.txt") && !text.contains("big.bin"),
+        "unchanged files listed with one -v: {text}"
+    );
+    assert!(text.contains("would add new data: ~"), "{text}");
+    assert!(text.contains("1 new, 1 changed, 3 unchanged"), "{text}");
+    let vv = b.ok(&argv!["run", "-n", "-vv", src.path()]).stdout_str();
+    assert!(
+        vv.contains(&line("unchanged", "keep.txt")) && vv.contains(&line("unchanged", "big.bin")),
+        "{vv}"
+    );
+    let second = json(&b, &argv!["run", "-n", src.path()]);
+    assert_eq!(n(&second, "bytes_read"), 300_000, "{second}");
+    assert_eq!((n(&second, "new_files"), n(&second, "changed_files")), (1, 1), "{second}");
+    assert!(n(&second, "new_data_bytes") <= 300_000 && n(&second, "new_data_bytes") >= 100_000, "{second}");
+    assert_eq!(state(&b.repo), repo1, "a dry run changed the repository");
+    assert_eq!(state(&cache), cache1, "a dry run changed the files cache");
+
+    // The next real run stores what the dry run said, and restores byte for byte.
+    let third = json(&b, &argv!["run", src.path()]);
+    assert_eq!(n(&third, "new_bytes"), n(&second, "new_bytes"), "dry {second}\nreal {third}");
+    let target = tempfile::tempdir().unwrap();
+    b.ok(&argv!["restore", "latest", "--target", target.path()]);
+    assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
+}
+
+#[test]
+fn quiet_prints_only_problems_and_verbose_lists_files() {
+    let b = bakare();
+    let src = TestDir::new().file("a.txt", "alpha\n").file("d/b.txt", "beta\n");
+    set_old_mtimes(src.path(), &["a.txt", "d/b.txt"]);
+    let o = b.ok(&argv!["-q", "init"]);
+    assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{}{}", o.stdout_str(), o.stderr);
+    // After the command name too, as any global option.
+    let o = b.ok(&argv!["run", "--quiet", src.path()]);
+    assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{}{}", o.stdout_str(), o.stderr);
+    let o = b.ok(&argv!["run", "-v", src.path()]);
+    // The files cache says nothing changed: one -v lists nothing, the summary stays.
+    assert!(!o.stdout_str().contains("a.txt"), "{}", o.stdout_str());
+    assert!(o.stdout_str().contains("snapshot "), "{}", o.stdout_str());
+    // A listing is what `snapshots` is for: -q keeps it.
+    let list = b.ok(&argv!["snapshots", "-q"]).stdout_str();
+    assert!(list.contains("2 snapshots"), "{list}");
+
+    let target = tempfile::tempdir().unwrap();
+    let o = b.ok(&argv!["restore", "latest", "-q", "--target", target.path()]);
+    assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{}{}", o.stdout_str(), o.stderr);
+    let target = tempfile::tempdir().unwrap();
+    let o = b.ok(&argv!["-v", "restore", "latest", "--target", target.path()]);
+    let text = o.stdout_str();
+    for rel in ["a.txt", "d/b.txt"] {
+        let p = restored_path(target.path(), &src.path().join(rel));
+        assert!(text.contains(&format!("restored {}\n", p.display())), "{text}");
+    }
+    assert!(text.contains("restored 2 files"), "{text}");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let o = b.ok(&argv!["restore", "latest", "-n", "-v", "--target", elsewhere.path()]);
+    let p = restored_path(elsewhere.path(), &src.path().join("d/b.txt"));
+    assert!(o.stdout_str().contains(&format!("would restore {}\n", p.display())), "{}", o.stdout_str());
+    assert!(fs::read_dir(elsewhere.path()).unwrap().next().is_none(), "a dry run restored something");
+    // --json is still printed with -q: a script asked for it.
+    let j = b.ok(&argv!["-q", "--json", "run", src.path()]).json();
+    assert_eq!(n(&j, "files"), 2);
+
+    // Every command takes them; warnings still show with -q, and exit codes are unchanged.
+    for args in [
+        argv!["-q", "check"].to_vec(),
+        argv!["-q", "prune", "-n"].to_vec(),
+        argv!["-q", "forget", "--keep-last", "1"].to_vec(),
+        argv!["-q", "config"].to_vec(),
+        argv!["-v", "key", "show"].to_vec(),
+        argv!["-vv", "ls", "latest"].to_vec(),
+        argv!["-q", "diff", "latest", "latest"].to_vec(),
+    ] {
+        let o = b.run(&args);
+        assert_eq!(o.code, 0, "{args:?}: {}", o.stderr);
+    }
+    let o = b.ok(&argv!["-q", "forget", "--keep-last", "1"]);
+    assert!(o.stdout.is_empty(), "{}", o.stdout_str());
+    let o = b.run(&argv!["-q", "-v", "snapshots"]);
+    assert_eq!(o.code, 2, "-q and -v together: {}", o.stderr);
+    let o = b.run(&argv!["-q", "restore", "nosuchsnapshot", "--target", target.path()]);
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("error"), "errors still show: {}", o.stderr);
 }
 
 #[test]
