@@ -211,6 +211,12 @@ fn run(
     };
     let mut out = Out::summary(json);
     let (new_files, changed_files, _) = r.changes.unwrap_or_default();
+    if output::quiet() && !json {
+        // The summary is left out, the files that could not be saved are not.
+        for e in &r.snapshot.errors {
+            output::error_line(&e.path, &e.why);
+        }
+    }
     if json {
         let errors: Vec<_> = r
             .snapshot
@@ -494,6 +500,11 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
     let r = restore::restore(repo, &index, &snap, &opts)?;
     let secs = started.elapsed().as_secs_f64();
     let mut out = Out::summary(json);
+    if output::quiet() && !json {
+        for (p, why) in &r.errors {
+            output::error_line(p.as_os_str().as_bytes(), why);
+        }
+    }
     if json {
         let errors: Vec<_> =
             r.errors.iter().map(|(p, why)| json!({"path": p.to_string_lossy(), "error": why})).collect();

@@ -24,6 +24,15 @@ pub fn say(msg: std::fmt::Arguments<'_>) {
     }
 }
 
+/// `error: PATH: why` on stderr (the path as bytes): what `-q` still reports of a file that
+/// could not be saved or restored.
+pub fn error_line(path: &[u8], why: &str) {
+    let mut line = b"error: ".to_vec();
+    line.extend_from_slice(path);
+    line.extend_from_slice(format!(": {why}\n").as_bytes());
+    let _ = io::stderr().lock().write_all(&line);
+}
+
 /// How many `-v` were given.
 pub fn verbose() -> u8 {
     VERBOSITY.load(Ordering::Relaxed).saturating_sub(1)

@@ -169,6 +169,15 @@ fn quiet_prints_only_problems_and_verbose_lists_files() {
     let p = restored_path(elsewhere.path(), &src.path().join("d/b.txt"));
     assert!(o.stdout_str().contains(&format!("would restore {}\n", p.display())), "{}", o.stdout_str());
     assert!(fs::read_dir(elsewhere.path()).unwrap().next().is_none(), "a dry run restored something");
+    // A file where the snapshot has a directory: restore names it (exit 3), -q too, on stderr.
+    let blocked = tempfile::tempdir().unwrap();
+    let d = restored_path(blocked.path(), &src.path().join("d"));
+    fs::create_dir_all(d.parent().unwrap()).unwrap();
+    fs::write(&d, "in the way").unwrap();
+    let o = b.run(&argv!["-q", "restore", "latest", "--target", blocked.path()]);
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    assert!(o.stdout.is_empty(), "{}", o.stdout_str());
+    assert!(o.stderr.contains(&format!("error: {}", d.display())), "{}", o.stderr);
     // --json is still printed with -q: a script asked for it.
     let j = b.ok(&argv!["-q", "--json", "run", src.path()]).json();
     assert_eq!(n(&j, "files"), 2);
