@@ -146,7 +146,7 @@ pub fn find(repo: &Repository, json: bool, args: FindArgs) -> Result<u8> {
     for w in &opened.warnings {
         eprintln!("warning: {w}");
     }
-    if opened.added > 0 {
+    if opened.added > 0 && !crate::output::quiet() {
         eprintln!(
             "name catalog: {} snapshot(s) added ({} directories read){}; {} versions of {} paths",
             opened.added,
@@ -202,7 +202,7 @@ pub fn find(repo: &Repository, json: bool, args: FindArgs) -> Result<u8> {
         out.finish()?;
         return Ok(0);
     }
-    if found.hits.first().is_some_and(|h| h.typo) {
+    if found.hits.first().is_some_and(|h| h.typo) && !crate::output::quiet() {
         eprintln!("note: no name has all of {:?} in order; these are one letter off", args.query);
     }
     for h in &found.hits {

@@ -84,7 +84,7 @@ fn write_pages(cmd: clap::Command, source: &str, dir: &Path, written: &mut Vec<P
 
 /// Says how many pages went where (with --json: the directory and the file names).
 fn report(dir: &Path, written: &[PathBuf], json: bool) -> Result<()> {
-    let mut out = Out::new();
+    let mut out = Out::summary(json);
     if json {
         let names: Vec<_> =
             written.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy()).collect();

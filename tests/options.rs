@@ -197,6 +197,12 @@ fn quiet_prints_only_problems_and_verbose_lists_files() {
     }
     let o = b.ok(&argv!["-q", "forget", "--keep-last", "1"]);
     assert!(o.stdout.is_empty(), "{}", o.stdout_str());
+    let pages = b.home.path().join("man");
+    let o = b.ok(&argv!["man", "-q", &pages]);
+    assert!(o.stdout.is_empty() && fs::read_dir(&pages).unwrap().count() > 10, "{}", o.stdout_str());
+    let o = b.ok(&argv!["-q", "find", "b.txt"]);
+    assert!(o.stderr.is_empty(), "{}", o.stderr);
+    assert!(o.stdout_str().contains("b.txt"), "find's results are what it is for: {}", o.stdout_str());
     let o = b.run(&argv!["-q", "-v", "snapshots"]);
     assert_eq!(o.code, 2, "-q and -v together: {}", o.stderr);
     let o = b.run(&argv!["-q", "restore", "nosuchsnapshot", "--target", target.path()]);
