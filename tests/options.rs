@@ -258,3 +258,26 @@ fn compression_level_is_a_repository_setting() {
     b.ok(&argv!["restore", "latest", "--target", target.path()]);
     assert_same_tree(more.path(), &restored_path(target.path(), more.path()));
 }
+
+/// A dry run drops each new blob as soon as it is counted: the smallest --mem-limit holds as it
+/// does for a backup (tests/memory.rs), on a file larger than the limit.
+#[test]
+fn a_dry_run_stays_within_the_memory_limit() {
+    use std::io::Write;
+    let src = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(21);
+    let mut f = std::io::BufWriter::new(fs::File::create(src.path().join("big.bin")).unwrap());
+    for i in 0..160u32 {
+        let block = if i % 2 == 0 { rng.bytes(1 << 20) } else { rng.text(1 << 20) };
+        f.write_all(&block).unwrap();
+    }
+    f.into_inner().unwrap().sync_all().unwrap();
+    let b = bakare();
+    b.ok(&argv!["init"]);
+    let o = b.ok(&argv!["--json", "run", "-n", "--mem-limit", "88M", src.path()]);
+    assert!(o.peak_reported, "the child's own peak");
+    let j = o.json();
+    assert_eq!(n(&j, "new_data_bytes"), 160 << 20, "{j}");
+    eprintln!("dry run, --mem-limit 88M: peak RSS {} MiB", o.peak_rss >> 20);
+    assert!(o.peak_rss < 88 << 20, "peak RSS {} MiB", o.peak_rss >> 20);
+}
