@@ -235,10 +235,10 @@ fn run(
             "read_mode": mode, "budget": r.budget, "budget_peak": r.budget_peak,
             "peak_rss": output::peak_rss(),
         });
-        if let (Some((new, changed, unchanged)), Some(o)) = (r.changes, v.as_object_mut()) {
+        // Unchanged files are `unchanged_files` above (the same count).
+        if let (Some((new, changed, _)), Some(o)) = (r.changes, v.as_object_mut()) {
             o.insert("new_files".into(), new.into());
             o.insert("changed_files".into(), changed.into());
-            o.insert("unchanged_files_by_cache".into(), unchanged.into());
         }
         if let (Some(t), Some(o)) = (r.dry_run, v.as_object_mut()) {
             o.remove("snapshot");

@@ -1,7 +1,8 @@
 //! backup: wires the stages into one pipeline and runs the tree builder (builder.rs) on the
 //! calling thread. When the scan is over and every stage has drained, the packs are committed,
 //! then the session's index segment, then the snapshot (pending, then committed: commit.rs), and
-//! last the files cache for the next run.
+//! last the files cache for the next run. A dry run (`BackupOptions::dry_run`) ends the
+//! pipeline after hash, counting what is new (changes.rs), and commits nothing.
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
