@@ -337,7 +337,7 @@ pub struct RunArgs {
     /// Scan, read and hash as usual and say what would be new, but write nothing: no data,
     /// snapshot or files cache (the repository must exist; nothing is compressed, so sizes
     /// are before compression)
-    #[arg(long, short = 'n')]
+    #[arg(long, short = 'n', conflicts_with_all = ["stdin", "stdin_from_command"])]
     pub dry_run: bool,
     /// Directory of the files caches [default: $XDG_CACHE_HOME/bakare]
     #[arg(long, env = "BAKARE_CACHE_DIR")]
