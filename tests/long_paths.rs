@@ -238,3 +238,38 @@ fn ignore_files_and_exclusion_tags_past_path_max_apply() {
     let cache = rustix::fs::openat(&bottom, "cache", DIR, Mode::empty()).unwrap();
     assert_eq!(names(&cache), [b"CACHEDIR.TAG"]);
 }
+
+/// A directory a snapshot cannot hold (1,024 levels deep or more; restore and check refuse
+/// deeper ones) is not saved but named: `run` exits 3 with an error entry for it, `check` finds
+/// no damage, and a restore of everything else exits 0.
+#[test]
+fn a_directory_deeper_than_a_snapshot_holds_is_an_error_entry() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let mut at = src.clone();
+    for _ in 0..1030 {
+        at.push("d");
+    }
+    std::fs::create_dir_all(&at).unwrap();
+    std::fs::write(at.join("bottom"), "too deep").unwrap();
+    std::fs::write(src.join("d/top"), "kept").unwrap();
+    let b = bakare();
+    let out = b.run(&argv!["run", "--json", &src]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let v = out.json();
+    let errors = v["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{v}");
+    let why = errors[0]["error"].as_str().unwrap();
+    assert!(why.starts_with("not saved: it is 1024 levels deep"), "{why}");
+    let depth = src.components().count() - 1;
+    let mut first = src.clone();
+    for _ in 0..(1024 - depth) {
+        first.push("d");
+    }
+    assert_eq!(errors[0]["path"], first.to_string_lossy().as_ref());
+    b.ok(&argv!["check", "--read-data"]);
+    let r = tempfile::tempdir().unwrap();
+    b.ok(&argv!["restore", "latest", "--target", r.path()]);
+    let back = restored_path(r.path(), &src);
+    assert_eq!(std::fs::read(back.join("d/top")).unwrap(), b"kept");
+}

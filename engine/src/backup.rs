@@ -14,7 +14,7 @@ use stages::compress::CompressConfig;
 use stages::encrypt::EncryptConfig;
 use stages::pool::BufferPool;
 use stages::read::{ReadConfig, ReadHandle, ReadMode};
-use stages::scan::{Known, ScanConfig, ScanHandle, Select};
+use stages::scan::{Known, Limits, ScanConfig, ScanHandle, Select};
 use stages::stream::{StreamConfig, StreamHandle};
 use stages::{Cancel, FileEvent, MemoryBudget, Meta, NewBlob, Progress, ScanEvent};
 
@@ -432,7 +432,10 @@ fn attempt(
                 let on_file = opts.on_file.clone();
                 Box::new(Classify { inner: lookup, counts: counts.clone(), on_file }) as Box<dyn Known>
             });
-            let scan_cfg = ScanConfig { roots, select, known, progress: opts.progress.clone() };
+            // What readers of the snapshot refuse (restore, check) is not saved, but named.
+            let limits = Limits { path: crate::tree::MAX_PATH, depth: crate::tree::MAX_DEPTH };
+            let progress = opts.progress.clone();
+            let scan_cfg = ScanConfig { roots, select, known, progress, limits };
             let scan = stages::scan::spawn(scan_cfg, ev_tx, job_tx, cancel.clone()).map_err(spawn_err)?;
             (Input::Scan { scan, read, select_warnings }, cache_out, cache_problem)
         }

@@ -112,6 +112,22 @@ pub struct ScanConfig {
     pub select: Option<Box<dyn Select>>,
     pub known: Option<Box<dyn Known>>,
     pub progress: Arc<Progress>,
+    /// Directories the snapshot cannot hold: what readers of it refuse.
+    pub limits: Limits,
+}
+
+/// Directories whose absolute path is `path` bytes or longer, or that are `depth` levels deep
+/// or deeper, are not entered: each is named as an error instead (a restore would refuse them).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub path: usize,
+    pub depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { path: usize::MAX, depth: usize::MAX }
+    }
 }
 
 pub struct ScanStats {
@@ -416,6 +432,7 @@ struct Scanner {
     next_seq: u64,
     links: HashMap<(u64, u64), u64>,
     stats: ScanStats,
+    limits: Limits,
 }
 
 /// The receiver went away: the pipeline is shutting down.
@@ -681,6 +698,11 @@ impl Scanner {
                 }
                 None => None,
             };
+            if let Some(why) = is_dir.then(|| self.beyond_limits(&path)).flatten() {
+                self.place(&mut frames, ScanEvent::Error { path, why })?;
+                ahead.top_up(&mut frames, lister);
+                continue;
+            }
             let dir_meta = is_dir.then(|| meta.clone());
             let ev = self.entry(&path, entry.name, meta)?;
             match listing {
@@ -699,6 +721,23 @@ impl Scanner {
             ahead.top_up(&mut frames, lister);
         }
         Ok(())
+    }
+
+    /// Why the directory at `path` is not entered, if it is not (`Limits`).
+    fn beyond_limits(&self, path: &Path) -> Option<String> {
+        let len = path.as_os_str().len();
+        if len >= self.limits.path {
+            return Some(format!(
+                "not saved: its path is {len} bytes, and a snapshot holds directories up to {} bytes",
+                self.limits.path - 1
+            ));
+        }
+        let depth = path.components().filter(|c| matches!(c, std::path::Component::Normal(_))).count();
+        if depth >= self.limits.depth {
+            let max = self.limits.depth - 1;
+            return Some(format!("not saved: it is {depth} levels deep, and a snapshot holds {max}"));
+        }
+        None
     }
 
     fn run(&mut self, mut cfg: ScanConfig) -> Result<(), Closed> {
@@ -789,6 +828,7 @@ pub fn spawn(
             next_seq: 0,
             links: HashMap::new(),
             stats: ScanStats { files: 0, dirs: 0, unchanged: 0 },
+            limits: cfg.limits,
         };
         let progress = cfg.progress.clone();
         if s.run(cfg).is_ok() {
@@ -856,6 +896,43 @@ mod tests {
     }
 
     #[test]
+    fn directories_beyond_the_limits_are_errors_and_not_entered() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("src");
+        fs::create_dir_all(root.join("a/b/c")).unwrap();
+        fs::write(root.join("a/b/c/f"), "x").unwrap();
+        fs::write(root.join("a/g"), "y").unwrap();
+        let depth = root.components().filter(|c| matches!(c, std::path::Component::Normal(_))).count();
+        let by_path = Limits { path: root.join("a/b").as_os_str().len(), depth: usize::MAX };
+        for limits in [Limits { path: usize::MAX, depth: depth + 2 }, by_path] {
+            let (etx, erx) = crossbeam_channel::unbounded();
+            let (jtx, _jrx) = crossbeam_channel::unbounded();
+            let roots = normalize_roots(std::slice::from_ref(&root)).unwrap();
+            let cfg = ScanConfig { roots, select: None, known: None, progress: Arc::default(), limits };
+            spawn(cfg, etx, jtx, Cancel::default()).unwrap().finish();
+            let evs: Vec<_> = erx.iter().flatten().collect();
+            let errors: Vec<_> = evs
+                .iter()
+                .filter_map(|e| match e {
+                    ScanEvent::Error { path, why } => Some((path.clone(), why.clone())),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(errors.len(), 1, "{limits:?}: {errors:?}");
+            assert_eq!(errors[0].0, root.join("a/b"));
+            assert!(errors[0].1.starts_with("not saved: "), "{}", errors[0].1);
+            let files: Vec<_> = evs
+                .iter()
+                .filter_map(|e| match e {
+                    ScanEvent::File { name, .. } => Some(name.to_string_lossy().into_owned()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(files, ["g"], "{limits:?}: nothing below a/b is read");
+        }
+    }
+
+    #[test]
     fn unchanged_directories_become_one_event_and_changed_ones_release_theirs_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("src");
@@ -873,6 +950,7 @@ mod tests {
             select: None,
             known: Some(Box::new(FakeCache { last: Vec::new() })),
             progress: Arc::default(),
+            limits: Limits::default(),
         };
         spawn(cfg, etx, jtx, Cancel::default()).unwrap().finish();
         let n = names(&erx.iter().flatten().collect::<Vec<_>>());
@@ -915,6 +993,7 @@ mod tests {
             select: None,
             known: None,
             progress: Arc::default(),
+            limits: Limits::default(),
         };
         spawn(cfg, etx, jtx, Cancel::default()).unwrap().finish();
         let evs: Vec<_> = erx.iter().flatten().collect();
@@ -1005,6 +1084,7 @@ mod tests {
             select: Some(Box::new(Shallow)),
             known: None,
             progress: Arc::default(),
+            limits: Limits::default(),
         };
         spawn(cfg, etx, jtx, Cancel::default()).unwrap().finish();
         let n = names(&erx.iter().flatten().collect::<Vec<_>>());
@@ -1049,6 +1129,7 @@ mod tests {
             select: Some(Box::new(SkipOne { path: skip2, depth: 0 })),
             known: None,
             progress: Arc::default(),
+            limits: Limits::default(),
         };
         let stats = spawn(cfg, etx, jtx, Cancel::default()).unwrap().finish();
         let n = names(&erx.iter().flatten().collect::<Vec<_>>());
