@@ -258,6 +258,21 @@ impl Bakare {
     }
 }
 
+/// Spawns `cmd`, again if its binary is busy (ETXTBSY): a binary a test has just copied stays
+/// open for writing in any child another test thread forked meanwhile, until that child execs.
+pub fn spawn_retrying(cmd: &mut Command) -> std::process::Child {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
 /// The child is reaped by `wait_rusage` (wait4), not by `Child::wait`.
 #[allow(clippy::zombie_processes)]
 pub fn run_measured(mut cmd: Command) -> Outcome {
@@ -265,7 +280,8 @@ pub fn run_measured(mut cmd: Command) -> Outcome {
     // process's peak too, and is only the fallback (a binary without the hooks, a crash).
     let peak_file = tempfile::NamedTempFile::new().unwrap();
     cmd.env("BAKARE_TEST_PEAK_RSS_FILE", peak_file.path());
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = spawn_retrying(&mut cmd);
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let t_out = std::thread::spawn(move || {

@@ -118,7 +118,10 @@ pub fn read(path: &Path, kind: FileKind) -> (Attrs, Vec<String>) {
     // Only regular files and directories are opened: opening a device or a FIFO has effects,
     // and a symlink has no flags of its own.
     let flags = match kind {
-        FileKind::File | FileKind::Dir => read_flags(path),
+        FileKind::File | FileKind::Dir => read_flags(path).unwrap_or_else(|e| {
+            problems.push(format!("cannot read inode flags: {e}"));
+            0
+        }),
         _ => 0,
     };
     (Attrs { xattrs, flags }, problems)
@@ -172,10 +175,15 @@ fn read_xattrs(path: &Path) -> io::Result<Vec<Xattr>> {
 
 /// The inode flags of a regular file or directory, 0 when they cannot be read (a file that
 /// cannot be opened cannot be read either, and that is reported).
-pub(crate) fn read_flags(path: &Path) -> u32 {
+pub(crate) fn read_flags(path: &Path) -> io::Result<u32> {
     let how = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
-    let Ok(fd) = ::io::longpath::open(path, how) else { return 0 };
-    rustix::fs::ioctl_getflags(&fd).map_or(0, |f| f.bits() & FLAGS)
+    // A file that cannot be opened is named by its read (or its directory by its listing).
+    let Ok(fd) = ::io::longpath::open(path, how) else { return Ok(0) };
+    match rustix::fs::ioctl_getflags(&fd) {
+        Ok(f) => Ok(f.bits() & FLAGS),
+        Err(e) if unsupported(e) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// What applying attributes could not do, counted by kind for the restore's notes.

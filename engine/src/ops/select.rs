@@ -503,10 +503,11 @@ impl Select for Selection {
         }
         // Last: the flag costs an open and an ioctl, and only regular files and directories are
         // opened (a FIFO or a device must not be; attrs::read_flags opens without following,
-        // blocking or taking a terminal).
+        // blocking or taking a terminal). Flags that cannot be read keep the entry: reading its
+        // attributes names the failure.
         if self.exclude_nodump
             && (is_dir || meta.kind == FileKind::File)
-            && crate::ops::attrs::read_flags(path) & NODUMP != 0
+            && crate::ops::attrs::read_flags(path).unwrap_or(0) & NODUMP != 0
         {
             return Choice::Leave;
         }
