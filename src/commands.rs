@@ -83,6 +83,12 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
 
 fn announce_init(repo: &Repository, json: bool) -> Result<()> {
     if output::quiet() {
+        // Even quiet: a new secret key must never go unannounced (a cron job's first run).
+        eprintln!(
+            "created repository at {}; secret key saved to {}: keep a copy of it somewhere safe",
+            repo.location,
+            repo.key.path.display()
+        );
         return Ok(());
     }
     let msg = format!(
@@ -183,17 +189,18 @@ fn run(
         tags: args.tag.iter().flat_map(|t| engine::ops::filter::tag_list(t)).collect(),
         cache_dir: if args.no_cache { None } else { args.cache_dir.or_else(engine::filescache::default_dir) },
         progress: Arc::default(),
-        on_file: list_changes(output::verbose()),
+        on_file: list_changes(output::verbose(), json),
         dry_run: args.dry_run,
     };
     let stream = stream.map(crate::stdin::StreamSpec::start).transpose()?;
     let show = !json && !output::quiet() && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let display = crate::progress::Display::start(opts.progress.clone(), show);
+    let dry_run = opts.dry_run;
     let r = match stream {
         Some(s) => backup::backup_stream(&repo, opts, s),
         None => backup::backup(&repo, opts),
     };
-    if r.is_ok() {
+    if r.is_ok() && !dry_run {
         crate::interrupt::committed();
     }
     display.finish();
@@ -322,9 +329,10 @@ fn run(
     Ok(if r.snapshot.errors.is_empty() { 0 } else { EXIT_PARTIAL })
 }
 
-/// `run -v`: `new PATH` and `changed PATH` lines on stdout as the scan finds them; `-vv` also
-/// `unchanged PATH`. Paths are written as bytes.
-fn list_changes(verbose: u8) -> Option<engine::changes::OnFile> {
+/// `run -v`: `new PATH` and `changed PATH` lines on stdout (stderr with `--json`, whose
+/// stdout is one document) as the scan finds them; `-vv` also `unchanged PATH`. Paths are
+/// written as bytes.
+fn list_changes(verbose: u8, json: bool) -> Option<engine::changes::OnFile> {
     use engine::changes::Change;
     if verbose == 0 {
         return None;
@@ -338,10 +346,17 @@ fn list_changes(verbose: u8) -> Option<engine::changes::OnFile> {
         line.push(b' ');
         line.extend_from_slice(path.as_os_str().as_bytes());
         line.push(b'\n');
-        // One write per line (stdout's lock), so lines from the scan never interleave; a
-        // closed pipe is not an error.
-        let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), &line);
+        listed(json, &line);
     }))
+}
+
+/// One line of a `-v` listing, written whole (so lines from several threads never interleave)
+/// to stdout, or to stderr beside `--json`; a closed pipe is not an error.
+fn listed(json: bool, line: &[u8]) {
+    let _ = match json {
+        true => std::io::Write::write_all(&mut std::io::stderr().lock(), line),
+        false => std::io::Write::write_all(&mut std::io::stdout().lock(), line),
+    };
 }
 
 fn rel_components(p: &Path) -> Vec<&OsStr> {
@@ -485,7 +500,7 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
                 let mut line = word.to_vec();
                 line.extend_from_slice(path.as_os_str().as_bytes());
                 line.push(b'\n');
-                let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), &line);
+                listed(json, &line);
             });
             f
         }),
@@ -503,6 +518,10 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
     if output::quiet() && !json {
         for (p, why) in &r.errors {
             output::error_line(p.as_os_str().as_bytes(), why);
+        }
+        // Notes are warnings (attributes the target would not take, links made as copies).
+        for note in &r.notes {
+            eprintln!("warning: {note}");
         }
     }
     if json {

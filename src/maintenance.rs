@@ -95,6 +95,11 @@ pub fn repair_cmd(repo: &Repository, json: bool, cmd: RepairCommand) -> Result<u
     match cmd {
         RepairCommand::Index { read_data } => {
             let r = repair::repair_index(repo, read_data, workers())?;
+            if crate::output::quiet() && !json {
+                for p in &r.problems {
+                    eprintln!("warning: {p}");
+                }
+            }
             if json {
                 let v = json!({
                     "packs": r.packs, "blobs": r.blobs, "segments_written": r.segments_written,
@@ -123,6 +128,11 @@ pub fn repair_cmd(repo: &Repository, json: bool, cmd: RepairCommand) -> Result<u
                 workers: workers(),
             };
             let r = repair::repair_snapshots(repo, &opts)?;
+            if crate::output::quiet() && !json {
+                for (s, why) in &r.unrepairable {
+                    eprintln!("error: snapshot {} cannot be repaired: {why}", short(s));
+                }
+            }
             if json {
                 let v = json!({
                     "dry_run": dry_run,

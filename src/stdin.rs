@@ -49,8 +49,12 @@ impl StreamSpec {
         };
         // Only the program is named in messages: its arguments may hold a password.
         let shown = program.to_string_lossy().into_owned();
+        // bakare's own secrets are not the command's (its other variables, such as cloud
+        // credentials, may be what it needs).
         let mut child = Command::new(program)
             .args(rest)
+            .env_remove("BAKARE_PASSPHRASE")
+            .env_remove("BAKARE_NEW_PASSPHRASE")
             .stdin(Stdio::inherit())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -140,18 +140,26 @@ fn quiet_prints_only_problems_and_verbose_lists_files() {
     let b = bakare();
     let src = TestDir::new().file("a.txt", "alpha\n").file("d/b.txt", "beta\n");
     set_old_mtimes(src.path(), &["a.txt", "d/b.txt"]);
-    let o = b.ok(&argv!["-q", "init"]);
-    assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{}{}", o.stdout_str(), o.stderr);
+    // The first run makes the default repository: even quiet, it says where the new secret key
+    // is (a cron job's first run must not create a key nobody knows about), on stderr.
+    let o = b.ok(&argv!["-q", "run", src.path()]);
+    assert!(o.stdout.is_empty(), "{}", o.stdout_str());
+    assert_eq!(o.stderr.lines().count(), 1, "{}", o.stderr);
+    assert!(o.stderr.contains("secret key saved to ") && o.stderr.contains("keep a copy"), "{}", o.stderr);
     // After the command name too, as any global option.
     let o = b.ok(&argv!["run", "--quiet", src.path()]);
     assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{}{}", o.stdout_str(), o.stderr);
+    // Beside --json, a listing goes to stderr: stdout stays one JSON document.
+    let o = b.ok(&argv!["run", "--json", "-vv", src.path()]);
+    assert!(o.json()["snapshot"].is_string());
+    assert!(o.stderr.contains("unchanged "), "{}", o.stderr);
     let o = b.ok(&argv!["run", "-v", src.path()]);
     // The files cache says nothing changed: one -v lists nothing, the summary stays.
     assert!(!o.stdout_str().contains("a.txt"), "{}", o.stdout_str());
     assert!(o.stdout_str().contains("snapshot "), "{}", o.stdout_str());
     // A listing is what `snapshots` is for: -q keeps it.
     let list = b.ok(&argv!["snapshots", "-q"]).stdout_str();
-    assert!(list.contains("2 snapshots"), "{list}");
+    assert!(list.contains("4 snapshots"), "{list}");
 
     let target = tempfile::tempdir().unwrap();
     let o = b.ok(&argv!["restore", "latest", "-q", "--target", target.path()]);

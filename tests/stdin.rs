@@ -73,7 +73,8 @@ fn stdin_and_paths_are_exclusive_and_the_name_is_one_component() {
     let both = b.run(&argv!["run", "--stdin", "/etc/hostname"]);
     assert_eq!(both.code, 2, "{}", both.stderr);
     assert!(both.stderr.contains("cannot be used with"), "{}", both.stderr);
-    for bad in ["a/b", "..", "."] {
+    let long = "n".repeat(256);
+    for bad in ["a/b", "..", ".", long.as_str()] {
         let (code, _, stderr) = run_with_stdin(&b, &argv!["run", "--stdin", "--stdin-name", bad], b"x");
         assert_ne!(code, 0, "{bad}");
         assert!(stderr.contains("not a file name"), "{bad}: {stderr}");

@@ -92,9 +92,12 @@ pub struct StreamName(std::ffi::OsString);
 impl StreamName {
     pub fn new(name: &std::ffi::OsStr) -> Result<StreamName> {
         let b = name.as_bytes();
-        if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') || b.contains(&0) {
+        // What a tree holds and a Linux file system can restore (NAME_MAX): the name is checked
+        // before the stream is read, not after it was stored.
+        if !crate::tree::valid_name(b) || b.len() > 255 {
             return Err(Error::Invalid(format!(
-                "{:?} is not a file name (one path component: not empty, `.` or `..`, no `/`)",
+                "{:?} is not a file name (one path component of at most 255 bytes: not empty, `.` \
+                 or `..`, no `/`)",
                 name
             )));
         }

@@ -166,8 +166,8 @@ impl<'r, 'a, F: FnMut(Entry)> Walk<'r, 'a, F> {
             Change::Metadata => s.metadata += 1,
         }
         if change != Change::Metadata {
-            s.added_bytes += new.map_or(0, Node::size);
-            s.removed_bytes += old.map_or(0, Node::size);
+            s.added_bytes = s.added_bytes.saturating_add(new.map_or(0, Node::size));
+            s.removed_bytes = s.removed_bytes.saturating_add(old.map_or(0, Node::size));
         }
         (self.emit)(Entry { change, path: path.to_vec(), old: old.map(side), new: new.map(side) });
     }

@@ -13,13 +13,14 @@
 //! directory and every entry in it are unchanged, the next run reuses that tree instead of
 //! encoding and hashing it again.
 //!
-//! Format: `"BKFCACHE" | version u8 (4) | repository id [16] | nonce prefix [8]`, then the
+//! Format: `"BKFCACHE" | version u8 (5) | repository id [16] | nonce prefix [8]`, then the
 //! records sealed in blocks of up to 64 KiB of plaintext: `len u32 LE | AES-256-GCM(files
 //! cache key, nonce = prefix | block index u32 BE, aad = header | index u32 LE | last u8)`.
 //! The key is derived from the writer key, so only the machine's own key reads it: paths,
 //! sizes, times and inodes are not left in the clear beside the repository's secrets. The last
 //! block says it is last, so a cut file is seen as cut. Inside, records are
-//! `len u32 LE | postcard(Record) | XXH3-64(body) LE`. Version 3 is read without its directory records (`VERSION_3`); versions 1 and 2 (unsealed) are read as
+//! `len u32 LE | postcard(Record) | XXH3-64(body) LE`. Version 5 added `Sparse` records; version 4
+//! is read as it is, version 3 without its directory records (`VERSION_3`); versions 1 and 2 (unsealed) are read as
 //! no cache: the run after an upgrade reads every file once. (XXH3 rather than BLAKE3: a
 //! checksum against damage is all a local cache needs, and BLAKE3 on ~100-byte records was 7 %
 //! of a no-change run over 100,000 files.)
@@ -36,10 +37,14 @@ use stages::BlobId;
 use crate::tree::Hole;
 
 const MAGIC: &[u8; 8] = b"BKFCACHE";
-const VERSION: u8 = 4;
-/// The version before: its file records are read as they are (postcard writes an i64 and an
-/// i128 that holds the same number alike), its directory records are not used: their trees
-/// lack the extended attributes and inode flags tree version 2 keeps.
+const VERSION: u8 = 5;
+/// The version before (no `Sparse` records; its directory records name trees of version 2,
+/// which are read as they are). Version 5 exists so that an older bakare, which would reuse
+/// directory records naming version 3 trees it cannot read, sees no cache instead.
+const VERSION_4: u8 = 4;
+/// Its file records are read as they are (postcard writes an i64 and an i128 that holds the
+/// same number alike), its directory records are not used: their trees lack the extended
+/// attributes and inode flags tree version 2 keeps.
 const VERSION_3: u8 = 3;
 const MAX_RECORD: u32 = 64 << 20;
 /// Plaintext bytes per sealed block.
@@ -136,7 +141,7 @@ impl Unsealer {
         let mut head = [0u8; HEADER];
         if r.read_exact(&mut head).is_err()
             || &head[..8] != MAGIC
-            || (head[8] != VERSION && head[8] != VERSION_3)
+            || ![VERSION, VERSION_4, VERSION_3].contains(&head[8])
             || head[9..25] != repo_id[..]
         {
             return Err("damaged or from another version".into());
@@ -231,8 +236,7 @@ pub enum Record {
     File(CacheEntry),
     /// Written when the scan leaves the directory: after everything inside it.
     Dir(DirEntry),
-    /// A file with holes (tree version 3), and its holes. Added within cache version 4: a
-    /// reader without it takes such a cache for damaged, which costs a run that reads again.
+    /// A file with holes (tree version 3), and its holes (cache version 5).
     Sparse(CacheEntry, Vec<Hole>),
 }
 
@@ -318,7 +322,7 @@ impl CacheReader {
         cipher: BlockCipher,
     ) -> Result<CacheReader, String> {
         let unsealer = Unsealer::new(r, repo_id, cipher)?;
-        let dirs = unsealer.head[8] == VERSION;
+        let dirs = unsealer.head[8] != VERSION_3;
         let mut c = Self::from_records(Box::new(unsealer));
         c.dirs = dirs;
         Ok(c)

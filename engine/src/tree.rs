@@ -308,6 +308,11 @@ impl Node {
         let (NodeKind::File { size, content } | NodeKind::HardLink { size, content, .. }) = &self.kind else {
             return None;
         };
+        // No file system holds a file larger than off_t: with holes, a size is not bounded by
+        // the blobs, and readers add sizes up.
+        if *size > i64::MAX as u64 {
+            return Some(format!("claims {size} bytes, more than a file can hold"));
+        }
         let data = size.saturating_sub(self.hole_bytes());
         if data > (content.len() as u64).saturating_mul(stages::compress::MAX_BLOB as u64)
             || content.len() as u64 > data
@@ -643,6 +648,8 @@ mod tests {
         assert!(file(100, 1, &[(20, 10), (10, 5)]).problem().is_some(), "out of order");
         assert!(file(100, 1, &[(10, 0)]).problem().is_some(), "empty");
         assert!(file(u64::MAX, 1, &[(u64::MAX - 1, 5)]).problem().is_some(), "past 2^64");
+        assert!(file(u64::MAX, 0, &[(0, u64::MAX)]).problem().is_some(), "larger than off_t");
+        assert_eq!(file(i64::MAX as u64, 0, &[(0, i64::MAX as u64)]).problem(), None, "as large as off_t");
         assert!(file(100, 1, &[(0, 100)]).problem().is_some(), "a blob, but no data");
         let too_many: Vec<(u64, u64)> = (0..=io::sparse::MAX_HOLES as u64).map(|i| (i * 2, 1)).collect();
         assert!(file(1 << 20, 1000, &too_many).problem().is_some(), "too many holes");

@@ -44,11 +44,17 @@ pub fn holes(file: impl AsFd, size: u64) -> std::io::Result<Vec<Hole>> {
         if data >= size {
             break;
         }
-        pos = match rustix::fs::seek(fd, SeekFrom::Hole(data)) {
+        let next = match rustix::fs::seek(fd, SeekFrom::Hole(data)) {
             Ok(h) => h.min(size),
             Err(Errno::NXIO) => size,
             Err(e) => return Err(e.into()),
         };
+        // Each step must move forward (a file system that answered otherwise would loop).
+        if next <= pos || next <= data {
+            let why = format!("the file system reports a hole at {next} inside data at {data}");
+            return Err(std::io::Error::other(why));
+        }
+        pos = next;
     }
     Ok(out)
 }

@@ -244,6 +244,13 @@ impl Shared {
         let mut layout = Layout { holes, passed: 0, skipped: 0 };
         let first = layout.skip(0);
         if first >= size {
+            // Nothing to read, but checked like every file: one that changed since the scan is
+            // not saved as what it was.
+            let stamp = stamp_of(file).map_err(|e| format!("cannot stat after reading: {e}"));
+            if let Err(why) = stamp.and_then(|st| unchanged(&st, job)) {
+                self.fail(job, why);
+                return None;
+            }
             let (permit, buf, last) = (self.budget.acquire(0), Vec::new(), true);
             self.send(Block::Data { seq: job.seq, buf, start: 0, offset: 0, last, permit, pooled: None });
             return None;

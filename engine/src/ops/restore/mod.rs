@@ -344,7 +344,7 @@ pub fn restore(
                 for job in rx.iter().flatten() {
                     if let Some(n) = r.file(&job, &mut scratch) {
                         files += 1;
-                        bytes += n;
+                        bytes = u64::saturating_add(bytes, n);
                         if r.opts.on_file.is_some() {
                             told(r.opts, &job.dir.child_path(&job.node.name));
                         }
@@ -352,7 +352,7 @@ pub fn restore(
                 }
                 let mut t = lock(totals);
                 t.0 += files;
-                t.1 += bytes;
+                t.1 = t.1.saturating_add(bytes);
             });
         }
         drop(rx);
@@ -484,7 +484,10 @@ pub fn restore(
                 }
                 NodeKind::File { size, content } => {
                     // A job holds its content list too (a hostile one can be megabytes long).
-                    batch_bytes += size.saturating_add(content.len() as u64 * 32);
+                    // Sizes are what a restore writes (a sparse file's holes count: they are
+                    // what a file system may fill), each hole entry 16 bytes.
+                    let held = (content.len() as u64 * 32).saturating_add(node.holes.len() as u64 * 16);
+                    batch_bytes = batch_bytes.saturating_add(size.saturating_add(held));
                     batch.push(FileJob { dir: dir.clone(), node, fresh: frame.fresh });
                     if batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES {
                         batch_bytes = 0;
@@ -657,7 +660,7 @@ fn hard_links<'a>(
         // Not linkable: its own copy of the content.
         if let Some(n) = r.write_new(&job, &content, size, &mut scratch) {
             result.files += 1;
-            result.bytes += n;
+            result.bytes = result.bytes.saturating_add(n);
             told(r.opts, &path);
         }
     }
