@@ -289,3 +289,19 @@ fn a_dry_run_stays_within_the_memory_limit() {
     eprintln!("dry run, --mem-limit 88M: peak RSS {} MiB", o.peak_rss >> 20);
     assert!(o.peak_rss < 88 << 20, "peak RSS {} MiB", o.peak_rss >> 20);
 }
+
+/// zstd's contexts grow with the level (level 19 holds ~80 MiB more per worker than level 1):
+/// `--mem-limit` counts them, refusing a limit they do not fit in and staying under one they
+/// do.
+#[test]
+fn a_high_compression_level_counts_in_the_memory_limit() {
+    let b = bakare();
+    b.ok(&argv!["init", "--compression", "19"]);
+    let src = TestDir::new().file("text", Rng::new(5).text(16 << 20));
+    let small = b.run(&argv!["run", "--workers", "2", "--mem-limit", "128M", src.path()]);
+    assert_ne!(small.code, 0, "{}", small.stderr);
+    assert!(small.stderr.contains("--mem-limit 128 MiB is too small"), "{}", small.stderr);
+    let o = b.ok(&argv!["run", "--workers", "2", "--mem-limit", "320M", src.path()]);
+    eprintln!("level 19, --mem-limit 320M: peak RSS {} MiB", o.peak_rss >> 20);
+    assert!(o.peak_rss < 320 << 20, "peak RSS {} MiB", o.peak_rss >> 20);
+}
