@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use chaos::argv;
 use chaos::hostile::{dir, forge, node, symlink, Forger};
 use chaos::testkit::{is_root, restored_path, Bakare, Outcome, TestDir};
-use engine::tree::{NodeKind, MAX_DEPTH};
+use engine::tree::{Node, NodeKind, MAX_DEPTH};
 use engine::BlobId;
 
 /// Peak RSS any hostile restore or check may reach: the default budget's restores of real
@@ -343,10 +343,100 @@ fn a_file_claiming_two_to_the_sixty_bytes_is_refused() {
         let a = f.tree(vec![big]);
         vec![f.tree(vec![dir("a", vec![a]), ok, short])]
     });
-    w.refused(&snap, &["claims 1152921504606846976 bytes in 1 blobs", "content is 5 bytes, expected 6"]);
+    w.refused(
+        &snap,
+        &["claims 1152921504606846976 bytes of data in 1 blobs", "content is 5 bytes, expected 6"],
+    );
     assert_eq!(fs::read(w.target().join("ok")).unwrap(), b"fine");
     assert!(fs::symlink_metadata(w.target().join("short")).is_err(), "a file with wrong bytes is never left");
     w.check_names(&["claims 1152921504606846976 bytes"]);
+}
+
+/// Holes a hostile tree describes: a file larger than any file can be, holes past its end or
+/// overlapping, are refused by name; a file that is one huge hole is restored as one (nothing
+/// allocated), and its neighbours as they are.
+#[test]
+fn holes_that_no_file_has_are_refused_and_a_huge_hole_stays_a_hole() {
+    use engine::tree::Hole;
+    let w = World::new();
+    let snap = w.forge(|f, _| {
+        let with = |mut n: Node, size: u64, holes: &[(u64, u64)]| {
+            if let NodeKind::File { size: s, .. } = &mut n.kind {
+                *s = size;
+            }
+            n.holes = holes.iter().map(|&(offset, len)| Hole { offset, len }).collect();
+            n
+        };
+        let empty = |name: &str| node(name, NodeKind::File { size: 0, content: vec![] });
+        let endless = with(empty("endless"), u64::MAX, &[(0, u64::MAX)]);
+        let past = with(f.file("past", b"data"), 10, &[(4, 100)]);
+        let overlapping = with(f.file("overlapping", b"data"), 20, &[(0, 10), (5, 6)]);
+        let huge = with(empty("huge"), 1 << 40, &[(0, 1 << 40)]);
+        let tail = with(f.file("tail", b"head"), 1 << 20, &[(4, (1 << 20) - 4)]);
+        let ok = f.file("ok", b"fine");
+        vec![f.tree(vec![endless, huge, ok, overlapping, past, tail])]
+    });
+    w.refused(
+        &snap,
+        &["more than a file can hold", "a hole of 100 bytes at 4 out of place", "a hole of 6 bytes at 5"],
+    );
+    assert_eq!(fs::read(w.target().join("ok")).unwrap(), b"fine");
+    for name in ["endless", "past", "overlapping"] {
+        assert!(fs::symlink_metadata(w.target().join(name)).is_err(), "{name} was restored");
+    }
+    let huge = fs::metadata(w.target().join("huge")).unwrap();
+    assert_eq!((huge.len(), huge.blocks()), (1 << 40, 0), "a TiB of hole, nothing allocated");
+    let tail = fs::read(w.target().join("tail")).unwrap();
+    assert_eq!((tail.len(), &tail[..4]), (1 << 20, &b"head"[..]));
+    assert!(tail[4..].iter().all(|&b| b == 0));
+    w.check_names(&["more than a file can hold"]);
+}
+
+/// A forged snapshot's privileged attributes (`trusted.*`, `security.*`, file capabilities
+/// among them) are applied only by a restore that also restores owners: with --no-owner only
+/// user attributes and ACLs are, and the rest is noted.
+#[test]
+fn privileged_attributes_of_a_forged_snapshot_need_the_owner() {
+    use engine::tree::Xattr;
+    if !is_root() {
+        chaos::testkit::skipped("privileged attributes are set only as root");
+        return;
+    }
+    let w = World::new();
+    let snap = w.forge(|f, _| {
+        let mut tool = f.file("tool", b"#!/bin/sh\n");
+        let x = |n: &str, v: &[u8]| Xattr { name: n.as_bytes().to_vec(), value: v.to_vec() };
+        // VFS_CAP_REVISION_2, effective, CAP_NET_RAW (13) permitted.
+        let cap = [0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        tool.xattrs = vec![x("security.capability", &cap), x("trusted.mark", b"t"), x("user.note", b"u")];
+        vec![f.tree(vec![tool])]
+    });
+    let o = w.restore(&snap, &["--no-owner"]);
+    assert_eq!(o.code, 0, "{}", o.stdout_str());
+    let names = |p: &Path| -> Vec<String> {
+        let out = std::process::Command::new("getfattr")
+            .args(["-d", "-m", "-", "--absolute-names"])
+            .arg(p)
+            .output();
+        match out {
+            Ok(o) => String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.split_once('=').map(|(n, _)| n.to_string()))
+                .collect(),
+            Err(e) => panic!("getfattr (package attr) is needed: {e}"),
+        }
+    };
+    assert_eq!(names(&w.target().join("tool")), ["user.note"], "{}", o.stdout_str());
+    assert!(
+        o.stdout_str().contains("1 entries restored without their privileged attributes"),
+        "{}",
+        o.stdout_str()
+    );
+    fs::remove_dir_all(w.target()).unwrap();
+    let o = w.restore(&snap, &[]);
+    assert_eq!(o.code, 0, "{}", o.stdout_str());
+    let got = names(&w.target().join("tool"));
+    assert_eq!(got, ["security.capability", "trusted.mark", "user.note"], "as the owner, all of them");
 }
 
 /// A real backup of `src`, and where its `rel` lands below the target.
