@@ -469,6 +469,12 @@ pub fn restore(
                             continue;
                         }
                     };
+                    if !created && !r.opts.dry_run {
+                        // An earlier restore may have made it immutable or append-only: cleared
+                        // while its entries are written, set again with its metadata when it is
+                        // left (a failure to clear shows as the entries that cannot be written).
+                        let _ = confine::unlock(&fd);
+                    }
                     let subtree = std::mem::take(subtree);
                     let child = DirHandle {
                         fd,
