@@ -93,6 +93,23 @@ impl Memory {
     /// The most `within` tracks: what 48 MiB holds.
     const LINKED_MAX: usize = 1 << 20;
 
+    /// The plan for `--mem-limit` (None: `DEFAULT`) besides the index and the fixed reserve,
+    /// or an error naming the least limit that works with this repository.
+    pub fn plan(repo: &Repository, index: &Index, mem_limit: Option<u64>) -> Result<Memory> {
+        let Some(limit) = mem_limit else { return Ok(Memory::DEFAULT) };
+        let reserve = crate::backup::FIXED_RESERVE + crate::backup::index_reserve(index.blob_count());
+        // A worker holds a blob sealed and plain, and the read of a pack range.
+        let worker = 2 * u64::from(repo.chunk_params().max) + (1 << 20);
+        let plan = limit.checked_sub(reserve).and_then(|rest| Memory::within(rest, worker));
+        plan.ok_or_else(|| {
+            Error::Invalid(format!(
+                "--mem-limit {} MiB is too small to restore or dump from this repository (needs at least {} MiB)",
+                limit >> 20,
+                (reserve + Memory::least(worker)).div_ceil(1 << 20)
+            ))
+        })
+    }
+
     /// A plan within `bytes`, for workers of `worker` bytes each; None when `bytes` cannot
     /// hold one worker and the smallest of everything else (`Memory::least`).
     pub fn within(bytes: u64, worker: u64) -> Option<Memory> {
@@ -259,22 +276,7 @@ pub fn restore(
     snapshot: &Snapshot,
     opts: &RestoreOptions,
 ) -> Result<RestoreResult> {
-    let memory = match opts.mem_limit {
-        None => Memory::DEFAULT,
-        Some(limit) => {
-            let reserve = crate::backup::FIXED_RESERVE + crate::backup::index_reserve(index.blob_count());
-            // A worker holds a blob sealed and plain, and the read of a pack range.
-            let worker = 2 * u64::from(repo.chunk_params().max) + (1 << 20);
-            let plan = limit.checked_sub(reserve).and_then(|rest| Memory::within(rest, worker));
-            plan.ok_or_else(|| {
-                Error::Invalid(format!(
-                    "--mem-limit {} MiB is too small to restore from this repository (needs at least {} MiB)",
-                    limit >> 20,
-                    (reserve + Memory::least(worker)).div_ceil(1 << 20)
-                ))
-            })?
-        }
-    };
+    let memory = Memory::plan(repo, index, opts.mem_limit)?;
     let reader = BlobReader::with_cache(repo, index, memory.cache)?;
     let exclude = crate::backup::build_exclude(&opts.exclude, Vec::new())?;
     // A dry run into a target that does not exist yet: everything would be created, and no
