@@ -64,7 +64,11 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
         Command::Snapshots(args) => crate::snapshots::snapshots(&open()?, cli.json, args),
         Command::Tag(args) => crate::snapshots::tag_cmd(&open()?, cli.json, args),
         Command::Ls(args) => ls(&open()?, cli.json, args),
+        Command::Restore(args) if args.target.as_os_str() == "-" => {
+            crate::dump::restore_to_stdout(&open()?, args)
+        }
         Command::Restore(args) => restore(&open()?, cli.json, args),
+        Command::Dump(args) => crate::dump::dump(&open()?, args),
         Command::Key(cmd) => key_cmd(&open()?, cli.json, cmd),
         Command::Check(args) => crate::maintenance::check_cmd(&open()?, cli.json, args),
         Command::Forget(args) => crate::retention::forget_cmd(&open()?, cli.json, args),

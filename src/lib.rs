@@ -3,6 +3,7 @@
 
 mod commands;
 mod diff;
+mod dump;
 mod find;
 mod generate;
 mod interrupt;
@@ -71,6 +72,8 @@ pub enum Command {
     Ls(LsArgs),
     /// Restore a snapshot, or parts of it
     Restore(RestoreArgs),
+    /// Write a file of a snapshot to stdout, or a directory as a tar stream
+    Dump(dump::DumpArgs),
     /// Find files and directories by name across all snapshots (fuzzy, typo-tolerant)
     Find(find::FindArgs),
     /// What changed between two snapshots
@@ -365,7 +368,8 @@ pub struct LsArgs {
 pub struct RestoreArgs {
     /// Snapshot id (a unique prefix) or `latest`
     pub snapshot: String,
-    /// Directory to restore into (paths keep their place below it)
+    /// Directory to restore into (paths keep their place below it); `-`: a tar stream of
+    /// what would be restored on stdout (as `dump`)
     #[arg(long, short = 't')]
     pub target: PathBuf,
     /// Only these paths of the snapshot (e.g. /home/me/docs, as `find` prints them), or glob
