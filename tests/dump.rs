@@ -48,7 +48,7 @@ fn tree() -> (TestDir, bool) {
 }
 
 fn user_color(p: &Path) -> Option<Vec<u8>> {
-    let mut v = vec![0u8; 64];
+    let mut v = [0u8; 64];
     let n = rustix::fs::getxattr(p, "user.color", &mut v[..]).ok()?;
     Some(v[..n].to_vec())
 }
