@@ -105,6 +105,7 @@ fn a_file_is_dumped_as_its_bytes_holes_as_zeros() {
     let big = src.path().join("data/random.bin");
     let o = b.ok(&argv!["dump", "--mem-limit", "128M", "latest", &big]);
     assert_eq!(o.stdout, fs::read(&big).unwrap());
+    assert!(o.peak_rss < 128 << 20, "peak RSS {} MiB", o.peak_rss >> 20);
 }
 
 #[test]
