@@ -67,6 +67,9 @@ fn told(notes: &Notes) {
     if notes.xattrs > 0 {
         eprintln!("note: {} extended attributes left out: their names are not UTF-8", notes.xattrs);
     }
+    if notes.specials > 0 {
+        eprintln!("note: {} FIFOs and device nodes left out (--no-special)", notes.specials);
+    }
     if notes.link_copies > 0 {
         eprintln!(
             "note: {} hard links stored as copies (their first name is not in the archive)",
@@ -163,7 +166,9 @@ pub fn restore_to_stdout(repo: &Repository, args: crate::RestoreArgs) -> Result<
     let under = |p: &[u8], q: &[u8]| q.is_empty() || (p.starts_with(q) && p.get(q.len()) == Some(&b'/'));
     let kept: Vec<&Vec<u8>> =
         paths.iter().filter(|p| !paths.iter().any(|q| q != *p && under(p, q))).collect();
-    let mut tar = TarDump::new(&reader, stdout()?, linked_budget(&memory));
+    let mut tar = TarDump::new(&reader, stdout()?, linked_budget(&memory))
+        .owners(!args.no_owner)
+        .specials(!args.no_special);
     let walk = || -> std::result::Result<(), DumpError> {
         if kept.is_empty() || kept.iter().any(|p| p.is_empty()) {
             return tar.add_tree(b"", &snap.tree, 0);

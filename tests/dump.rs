@@ -41,6 +41,10 @@ fn tree() -> (TestDir, bool) {
     let sparse = fs::File::create(t.path().join("data/sparse")).unwrap();
     sparse.write_all_at(&rng.bytes(70_000), 1 << 20).unwrap();
     sparse.set_len(3 << 20).unwrap();
+    if chaos::testkit::is_root() {
+        // An owner other than the one extracting, kept by `tar -x -p --numeric-owner`.
+        std::os::unix::fs::lchown(t.path().join("data/random.bin"), Some(1234), Some(4321)).unwrap();
+    }
     let xattr =
         rustix::fs::setxattr(t.path().join("docs/notes.txt"), "user.color", b"blue", XattrFlags::empty())
             .is_ok();
@@ -192,6 +196,22 @@ fn restore_to_a_dash_writes_the_same_tree_as_a_tar_stream() {
     let out = untar(&o.stdout);
     assert_same_tree(&docs, &restored_path(&out.path().join("x"), &docs));
     assert!(!restored_path(&out.path().join("x"), &src.path().join("data")).exists());
+    // --no-special leaves the FIFO out; --no-owner gives every entry to uid and gid 0.
+    let o = b.ok(&argv!["restore", "latest", "--target", "-", "--no-special", "--no-owner"]);
+    assert!(o.stderr.contains("1 FIFOs and device nodes left out"), "{}", o.stderr);
+    let names = listed(&o.stdout);
+    assert!(!names.iter().any(|n| n.ends_with(b"/pipe")));
+    assert!(names.iter().any(|n| n.ends_with(b"/docs/notes.txt")));
+    let mut child = Command::new("tar")
+        .args(["-t", "-v", "--numeric-owner", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &o.stdout).unwrap();
+    let long = child.wait_with_output().unwrap();
+    let long = String::from_utf8_lossy(&long.stdout).into_owned();
+    assert!(long.lines().all(|l| l.contains(" 0/0 ")), "{long}");
     // What a tar stream cannot do is refused.
     let o = b.run(&argv!["restore", "latest", "--target", "-", "--delete"]);
     assert_eq!(o.code, 1);

@@ -227,6 +227,8 @@ pub struct Notes {
     /// Other names of files stored as copies, not links: the first name was outside the
     /// archive, or the list of names had reached its budget.
     pub link_copies: u64,
+    /// FIFOs and device nodes left out (`specials(false)`).
+    pub specials: u64,
 }
 
 /// A tar stream of parts of one snapshot: each entry with its mode, owner ids, mtime (PAX
@@ -241,6 +243,8 @@ pub struct TarDump<'r, 'a, W: Write> {
     linked: HashMap<[u8; 16], Vec<u8>>,
     linked_bytes: usize,
     linked_budget: usize,
+    owners: bool,
+    specials: bool,
     pub notes: Notes,
 }
 
@@ -266,8 +270,23 @@ impl<'r, 'a, W: Write> TarDump<'r, 'a, W> {
             linked: HashMap::new(),
             linked_bytes: 0,
             linked_budget,
+            owners: true,
+            specials: true,
             notes: Notes::default(),
         }
+    }
+
+    /// Without owners: every entry owned by uid and gid 0, without set-id bits (`restore
+    /// --no-owner`).
+    pub fn owners(mut self, keep: bool) -> Self {
+        self.owners = keep;
+        self
+    }
+
+    /// Without FIFOs and device nodes (`restore --no-special`).
+    pub fn specials(mut self, keep: bool) -> Self {
+        self.specials = keep;
+        self
     }
 
     /// Adds the entries below the directory stored as `tree`, which is at `dir` in the
@@ -354,10 +373,20 @@ impl<'r, 'a, W: Write> TarDump<'r, 'a, W> {
     fn entry(&mut self, path: &[u8], node: &Node, strip: usize) -> Result<(), DumpError> {
         let name = path.get(strip..).filter(|n| !n.is_empty()).unwrap_or(&node.name).to_vec();
         let output = |source| DumpError::Output { path: shown(path), source };
+        if !self.specials
+            && matches!(node.kind, NodeKind::Fifo | NodeKind::CharDev { .. } | NodeKind::BlockDev { .. })
+        {
+            self.notes.specials += 1;
+            return Ok(());
+        }
         let mut h = Header::new_gnu();
-        h.set_mode(node.mode & 0o7777);
-        h.set_uid(u64::from(node.uid));
-        h.set_gid(u64::from(node.gid));
+        let (mode, uid, gid) = match self.owners {
+            true => (node.mode & 0o7777, node.uid, node.gid),
+            false => (node.mode & 0o1777, 0, 0),
+        };
+        h.set_mode(mode);
+        h.set_uid(u64::from(uid));
+        h.set_gid(u64::from(gid));
         h.set_size(0);
         // A valid node's mtime fits (`Node::problem`); before 1970 the PAX record says it.
         let (secs, nanos) = node.mtime().unwrap_or((0, 0));
