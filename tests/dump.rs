@@ -36,6 +36,7 @@ fn tree() -> (TestDir, bool) {
         .file(format!("deep/{LONG}"), "long\n")
         .file(Path::new("deep").join(OsStr::from_bytes(ODD)), "odd\n")
         .symlink("docs/link", "notes.txt")
+        .symlink("deep/far", format!("./{LONG}//{LONG}"))
         .hardlink("data/again.txt", "docs/notes.txt")
         .fifo("pipe");
     let sparse = fs::File::create(t.path().join("data/sparse")).unwrap();
@@ -128,6 +129,7 @@ fn a_directory_is_dumped_as_a_tar_that_recreates_it() {
         b"data/random.bin",
         b"data/sparse",
         b"deep",
+        b"deep/far",
         LONG.as_bytes(),
         ODD,
         b"docs",
