@@ -5,5 +5,6 @@ pub mod filter;
 pub mod migrate;
 pub mod restore;
 pub mod select;
+pub mod stats;
 pub mod tag;
 pub mod writers;
