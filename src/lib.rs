@@ -14,6 +14,7 @@ mod progress;
 mod retention;
 mod selection;
 mod snapshots;
+mod stats;
 mod stdin;
 
 use std::ffi::OsString;
@@ -88,6 +89,8 @@ pub enum Command {
     Repair(RepairCommand),
     /// Remove snapshots by a retention policy (or by id); data goes at the next prune
     Forget(ForgetArgs),
+    /// What snapshots hold (files, logical size) and cost (unique blobs, raw and stored bytes)
+    Stats(stats::StatsArgs),
     /// Change snapshots' tags (as the owner: writes a new record, removes the old one)
     Tag(snapshots::TagArgs),
     /// Collect garbage in two phases: condemn what nothing uses, delete it a grace period later
