@@ -27,6 +27,10 @@ pub struct FindArgs {
     /// Only in snapshots taken on this host
     #[arg(long)]
     pub host: Option<String>,
+    /// Only in snapshots with these tags: `a,b` means a and b; repeated, any of the lists (`''`:
+    /// snapshots without tags)
+    #[arg(long = "tag", value_name = "TAGS")]
+    pub tags: Vec<String>,
     /// Only at or below this path (e.g. /home/me/src)
     #[arg(long)]
     pub path: Option<PathBuf>,
@@ -163,10 +167,21 @@ pub fn find(repo: &Repository, json: bool, args: FindArgs) -> Result<u8> {
     } else {
         Matching::Fuzzy(args.query.clone())
     };
+    // Tags are not in the name catalog: the snapshots they choose are looked up.
+    let only = match args.tags.is_empty() {
+        true => None,
+        false => {
+            let tags = args.tags.iter().map(|t| engine::ops::filter::tag_list(t)).collect();
+            let filter = engine::ops::filter::Filter { tags, ..Default::default() };
+            let (all, _) = repo.snapshots()?;
+            Some(all.into_iter().filter(|e| filter.matches(&e.snapshot)).map(|e| e.id).collect())
+        }
+    };
     let q = Query {
         matching,
         snapshots: args.snapshots,
         host: args.host,
+        only,
         path: args.path.map(|p| p.as_os_str().as_bytes().to_vec()),
         newer_ns: args.newer,
         older_ns: args.older,

@@ -383,3 +383,25 @@ fn version_1_writer_snapshots_are_read_and_not_retagged() {
     assert_eq!(snapshot_files(&b.repo), files);
     assert_eq!(entry(&list(&b, &[]), &old)["tags"], serde_json::json!(["v1"]));
 }
+
+#[test]
+fn find_takes_the_tag_filter() {
+    let f = fixture();
+    let found = |args: &[OsString]| {
+        let mut all = argv!["find", "--exact"].to_vec();
+        all.extend_from_slice(args);
+        let o = f.b.run(&all);
+        assert!(o.code == 0 || o.code == 1, "{}", o.stderr);
+        o.stdout_str()
+    };
+    assert!(found(&argv!["b-file", "--tag", "daily"]).contains("b-file"));
+    assert!(!found(&argv!["b-file", "--tag", "weekly"]).contains("b-file"), "b-file is only in s2 (daily)");
+    assert!(found(&argv!["a-second", "--tag", "weekly"]).contains("a-second"));
+    // a-file is in s1 (daily,home) and s3 (weekly): `--tag daily,home` finds it in s1 only.
+    let out = found(&argv!["a-file", "--tag", "daily,home"]);
+    assert!(out.contains(&f.s[0][..8]) && !out.contains(&f.s[2][..8]), "{out}");
+    let out = found(&argv!["a-file", "--tag", "weekly", "--tag", "daily,home"]);
+    assert!(out.contains(&f.s[0][..8]) && out.contains(&f.s[2][..8]), "{out}");
+    assert!(!found(&argv!["c-file", "--tag", "daily"]).contains("c-file"), "s4 has no tags");
+    assert!(found(&argv!["c-file", "--tag", ""]).contains("c-file"), "`--tag ''`: untagged");
+}

@@ -33,6 +33,9 @@ pub struct Query {
     /// Snapshot ids (unique prefixes) or `latest`; empty: all.
     pub snapshots: Vec<String>,
     pub host: Option<String>,
+    /// Only these snapshots (full ids), when set: those a filter the catalog does not hold
+    /// chose (`find --tag`).
+    pub only: Option<Vec<String>>,
     /// Only paths at or below this one (compared by component).
     pub path: Option<Vec<u8>>,
     /// Only versions modified at or after this time.
@@ -235,6 +238,9 @@ pub fn find(cat: &Catalog, q: &Query) -> Result<Found> {
     if let Some(h) = &q.host {
         sel.retain(|&i| cat.snapshots[i].host == *h);
     }
+    if let Some(ids) = &q.only {
+        sel.retain(|&i| ids.contains(&cat.snapshots[i].id));
+    }
     // Position of each selected entry in `sel`.
     let mut pos = vec![usize::MAX; cat.snapshots.len()];
     for (k, &i) in sel.iter().enumerate() {
@@ -433,6 +439,7 @@ mod tests {
             matching: Matching::Fuzzy(q.into()),
             snapshots: vec![],
             host: None,
+            only: None,
             path: None,
             newer_ns: None,
             older_ns: None,
