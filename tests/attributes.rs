@@ -395,3 +395,39 @@ fn user_attributes_and_acls_round_trip_as_an_unprivileged_user() {
         assert!(out.contains("1 entries restored without their privileged attributes"), "{out}");
     }
 }
+
+/// The files cache keeps each file's attributes beside its ctime (which a change to them
+/// moves): in a directory that changed, a file whose ctime holds keeps its attributes from the
+/// cache, and one whose attributes changed gets the new ones (`filescache::FileExtra`).
+#[test]
+fn attributes_come_from_the_files_cache_while_the_ctime_holds() {
+    let src = TestDir::new().file("d/kept", "k").file("d/changed", "c").file("d/plain", "p");
+    let s = src.path();
+    if !supported(s) {
+        return;
+    }
+    set(&s.join("d/kept"), "user.a", b"1");
+    set(&s.join("d/changed"), "user.b", b"1");
+    set_flags(&s.join("d/kept"), IFlags::NODUMP);
+    // Outside the files cache's one-second window for racy timestamps, so it keeps them.
+    let settle = || std::thread::sleep(Duration::from_millis(1100));
+    settle();
+    let b = Bakare::new(bin());
+    b.ok(&chaos::argv!["run", s]);
+    std::fs::write(s.join("d/new"), "n").unwrap();
+    set(&s.join("d/changed"), "user.b", b"2");
+    settle();
+    let again = b.ok(&chaos::argv!["--json", "run", s]).json();
+    assert_eq!(again["unchanged_files"], 2, "kept and plain: {again}");
+    let third = b.ok(&chaos::argv!["--json", "run", s]).json();
+    assert_eq!(third["unchanged_files"], 4, "{third}");
+    for restore_of in [again["snapshot"].as_str().unwrap(), third["snapshot"].as_str().unwrap()] {
+        let t = TestDir::new();
+        b.ok(&chaos::argv!["restore", restore_of, "--target", t.path()]);
+        let r = restored_path(t.path(), s);
+        for f in ["d/kept", "d/changed", "d/plain", "d/new"] {
+            assert_eq!(xattrs(&r.join(f)), xattrs(&s.join(f)), "{f} in {restore_of}");
+        }
+        assert_ne!(flags(&r.join("d/kept")) & IFlags::NODUMP.bits(), 0, "{restore_of}");
+    }
+}

@@ -15,11 +15,11 @@ use stages::{
 };
 
 use crate::error::{Error, Result};
-use crate::filescache::{CacheEntry, CacheWriter, DirEntry, Record};
+use crate::filescache::{CacheEntry, CacheWriter, DirEntry, FileExtra, Record};
 use crate::index::SessionDedup;
-use crate::ops::attrs;
+use crate::ops::attrs::{self, Attrs};
 use crate::snapshot::{FileError, Stats};
-use crate::tree::{Hole, Node, NodeKind, Tree, MAX_ENTRIES};
+use crate::tree::{Hole, Node, NodeKind, Tree, Xattr, MAX_ENTRIES};
 
 /// A tree blob is closed before its entries take more than this (`tree::entries_size`, which
 /// is more than they encode to): 4,096 entries with long symlink targets, large files' content
@@ -295,6 +295,7 @@ impl Builder {
         size: u64,
         content: Vec<BlobId>,
         holes: Vec<Hole>,
+        known_attrs: Option<(Vec<Xattr>, u32)>,
     ) -> Result<()> {
         self.stats.files += 1;
         self.stats.bytes += size;
@@ -312,25 +313,26 @@ impl Builder {
                 f.settled = false;
             }
         }
-        if meta.mtime_ns < self.racy_ns {
-            let entry = CacheEntry {
-                path: self.abs_path(&name),
-                size,
-                mtime_ns: meta.mtime_ns,
-                ctime_ns: meta.ctime_ns,
-                ino: meta.ino,
-                dev: meta.dev,
-                content: content.clone(),
-            };
-            let record = match holes.is_empty() {
+        let path = self.abs_path(&name);
+        let cached = (meta.mtime_ns < self.racy_ns).then(|| content.clone());
+        let node = Node::new(name, NodeKind::File { size, content }, &meta).with_holes(holes.clone());
+        // Attributes the files cache vouches for (the ctime they move is unchanged) are not
+        // read again.
+        let (node, attrs_read) = match known_attrs {
+            Some((xattrs, flags)) => (node.with_attrs(Attrs { xattrs, flags }), true),
+            None => self.attributed_checked(node, path.clone(), FileKind::File),
+        };
+        if let Some(content) = cached {
+            let (mtime_ns, ctime_ns, ino, dev) = (meta.mtime_ns, meta.ctime_ns, meta.ino, meta.dev);
+            let entry = CacheEntry { path, size, mtime_ns, ctime_ns, ino, dev, content };
+            let attrs = (attrs_read && self.read_attrs && ctime_ns < self.racy_ns)
+                .then(|| (node.xattrs.clone(), node.flags));
+            let record = match holes.is_empty() && attrs.is_none() {
                 true => Record::File(entry),
-                false => Record::Sparse(entry, holes.clone()),
+                false => Record::Full(entry, FileExtra { holes, attrs }),
             };
             self.cache_write(|c| c.add(&record));
         }
-        let path = self.abs_path(&name);
-        let node = Node::new(name, NodeKind::File { size, content }, &meta).with_holes(holes);
-        let node = self.attributed(node, path, FileKind::File);
         self.push(node)
     }
 
@@ -338,20 +340,27 @@ impl Builder {
     /// read is named as an error, the entry is kept without it, and its directory is not
     /// reused by the next run (which tries again).
     fn attributed(&mut self, node: Node, path: Vec<u8>, kind: FileKind) -> Node {
+        self.attributed_checked(node, path, kind).0
+    }
+
+    /// `attributed`, and whether every attribute was read and kept.
+    fn attributed_checked(&mut self, node: Node, path: Vec<u8>, kind: FileKind) -> (Node, bool) {
         if !self.read_attrs {
-            return node;
+            return (node, false);
         }
         let (mut attrs, problems) =
             attrs::read(std::path::Path::new(std::ffi::OsStr::from_bytes(&path)), kind);
+        let mut whole = problems.is_empty();
         for why in problems {
             self.error(path.clone(), why);
         }
         if let Some(why) = attrs::problem(&attrs.xattrs, attrs.flags) {
             // More than a reader accepts (`attrs::MAX_TOTAL`): the entry is kept without them.
             attrs.xattrs.clear();
+            whole = false;
             self.error(path, format!("extended attributes not saved: {why}"));
         }
-        node.with_attrs(attrs)
+        (node.with_attrs(attrs), whole)
     }
 
     fn error(&mut self, path: Vec<u8>, why: String) {
@@ -434,9 +443,9 @@ impl Builder {
                 self.stats.read_bytes += data;
                 let holes = done.holes;
                 let size = holes.iter().fold(data, |n, h| n.saturating_add(h.len));
-                self.file_done(seq, name, meta, size, content, holes)?;
+                self.file_done(seq, name, meta, size, content, holes, None)?;
             }
-            ScanEvent::Unchanged { seq, name, meta, content, holes } => {
+            ScanEvent::Unchanged { seq, name, meta, content, holes, attrs } => {
                 self.stats.unchanged_files += 1;
                 if meta.nlink > 1 {
                     self.uncached(); // its other names are stored as links to the first one seen
@@ -444,7 +453,8 @@ impl Builder {
                 Progress::add(&self.progress.bytes_done, meta.size);
                 let size = meta.size;
                 let holes = holes.into_iter().map(Hole::from).collect();
-                self.file_done(seq, name.as_bytes().to_vec(), meta, size, content, holes)?;
+                let attrs = attrs.and_then(|a| crate::filescache::decode_attrs(&a));
+                self.file_done(seq, name.as_bytes().to_vec(), meta, size, content, holes, attrs)?;
             }
 
             ScanEvent::HardLink { first, name, meta } => {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use crossbeam_channel::Receiver;
 use stages::read::ReadMode;
 use stages::scan::Known;
-use stages::{BlobId, BlobKind, Hole, Meta, NewBlob, StoredDir};
+use stages::{BlobId, BlobKind, Hole, Meta, NewBlob, StoredDir, StoredFile};
 
 use crate::backup::{BackupOptions, BackupResult};
 use crate::builder::Builder;
@@ -69,7 +69,7 @@ pub(crate) struct Classify {
 }
 
 impl Known for Classify {
-    fn file(&mut self, path: &Path, meta: &Meta) -> Option<(Vec<BlobId>, Vec<Hole>)> {
+    fn file(&mut self, path: &Path, meta: &Meta) -> Option<StoredFile> {
         let (change, content) = match self.inner.as_mut() {
             None => (Change::New, None),
             Some(k) => match k.file(path, meta) {
@@ -119,7 +119,7 @@ impl CacheLookup {
 }
 
 impl Known for CacheLookup {
-    fn file(&mut self, path: &Path, meta: &Meta) -> Option<(Vec<BlobId>, Vec<Hole>)> {
+    fn file(&mut self, path: &Path, meta: &Meta) -> Option<StoredFile> {
         let found = self.reader.lookup(path.as_os_str().as_bytes());
         self.keep_problem();
         // The next file's ids are checked against the index soon: their slots are random
@@ -128,15 +128,19 @@ impl Known for CacheLookup {
             self.index.prefetch(id);
         }
         self.found = found.is_some();
-        let (e, holes) = found?;
+        let (e, extra) = found?;
         let same = e.size == meta.size
             && e.mtime_ns == meta.mtime_ns
             && e.ctime_ns == meta.ctime_ns
             && e.ino == meta.ino
             && e.dev == meta.dev;
         // Cached ids are dedup decisions like any other: each must be in the repository.
-        let holes = holes.into_iter().map(|h| Hole { offset: h.offset, len: h.len }).collect();
-        (same && e.content.iter().all(|id| self.index.contains(id))).then_some((e.content, holes))
+        if !same || !e.content.iter().all(|id| self.index.contains(id)) {
+            return None;
+        }
+        let holes = extra.holes.into_iter().map(|h| Hole { offset: h.offset, len: h.len }).collect();
+        let attrs = extra.attrs.map(|a| crate::filescache::encode_attrs(&a));
+        Some(StoredFile { content: e.content, holes, attrs })
     }
 
     fn record(&mut self, out: &mut Vec<u8>) {

@@ -19,7 +19,8 @@
 //! The key is derived from the writer key, so only the machine's own key reads it: paths,
 //! sizes, times and inodes are not left in the clear beside the repository's secrets. The last
 //! block says it is last, so a cut file is seen as cut. Inside, records are
-//! `len u32 LE | postcard(Record) | XXH3-64(body) LE`. Version 5 added `Sparse` records; version 4
+//! `len u32 LE | postcard(Record) | XXH3-64(body) LE`. Version 5 added `Full` records (holes,
+//! attributes); version 4
 //! is read as it is, version 3 without its directory records (`VERSION_3`); versions 1 and 2 (unsealed) are read as
 //! no cache: the run after an upgrade reads every file once. (XXH3 rather than BLAKE3: a
 //! checksum against damage is all a local cache needs, and BLAKE3 on ~100-byte records was 7 %
@@ -34,11 +35,11 @@ use serde::{Deserialize, Serialize};
 use stages::encrypt::BlockCipher;
 use stages::BlobId;
 
-use crate::tree::Hole;
+use crate::tree::{Hole, Xattr};
 
 const MAGIC: &[u8; 8] = b"BKFCACHE";
 const VERSION: u8 = 5;
-/// The version before (no `Sparse` records; its directory records name trees of version 2,
+/// The version before (no `Full` records; its directory records name trees of version 2,
 /// which are read as they are). Version 5 exists so that an older bakare, which would reuse
 /// directory records naming version 3 trees it cannot read, sees no cache instead.
 const VERSION_4: u8 = 4;
@@ -214,6 +215,29 @@ pub struct CacheEntry {
     pub content: Vec<BlobId>,
 }
 
+/// What a file record of version 5 adds to `CacheEntry`: its holes, and its extended
+/// attributes and inode flags as the run that wrote it read them, kept only when its ctime was
+/// outside the racy window (a change to them moves the ctime, which the lookup compares).
+/// Without them, a file in a directory that changed had its attributes read again: a run that
+/// touched one file in each of 1,000 directories of 300 files read 300,000 files' attributes
+/// and took 2.1x as long (bench/README.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileExtra {
+    pub holes: Vec<Hole>,
+    pub attrs: Option<(Vec<Xattr>, u32)>,
+}
+
+/// `FileExtra::attrs` as `StoredFile::attrs` carries them through the scan to the builder.
+pub fn encode_attrs(attrs: &(Vec<Xattr>, u32)) -> Vec<u8> {
+    // Serializing owned plain data into a Vec cannot fail.
+    postcard::to_allocvec(attrs).unwrap_or_default()
+}
+
+/// What `encode_attrs` encoded (None for anything else: the attributes are read again).
+pub fn decode_attrs(bytes: &[u8]) -> Option<(Vec<Xattr>, u32)> {
+    postcard::from_bytes(bytes).ok()
+}
+
 fn checksum(body: &[u8]) -> [u8; 8] {
     xxhash_rust::xxh3::xxh3_64(body).to_le_bytes()
 }
@@ -236,14 +260,14 @@ pub enum Record {
     File(CacheEntry),
     /// Written when the scan leaves the directory: after everything inside it.
     Dir(DirEntry),
-    /// A file with holes (tree version 3), and its holes (cache version 5).
-    Sparse(CacheEntry, Vec<Hole>),
+    /// A file with holes (tree version 3) or known attributes (cache version 5).
+    Full(CacheEntry, FileExtra),
 }
 
 impl Record {
     fn position(&self) -> (&[u8], bool) {
         match self {
-            Record::File(e) | Record::Sparse(e, _) => (&e.path, false),
+            Record::File(e) | Record::Full(e, _) => (&e.path, false),
             Record::Dir(d) => (&d.path, true),
         }
     }
@@ -390,10 +414,10 @@ impl CacheReader {
 
     /// The entry of the file at `path`, and its holes. Calls (to this and `dir`) must come in
     /// scan order.
-    pub fn lookup(&mut self, path: &[u8]) -> Option<(CacheEntry, Vec<Hole>)> {
+    pub fn lookup(&mut self, path: &[u8]) -> Option<(CacheEntry, FileExtra)> {
         match self.seek((path, false))? {
-            Record::File(e) => Some((e, Vec::new())),
-            Record::Sparse(e, holes) => Some((e, holes)),
+            Record::File(e) => Some((e, FileExtra::default())),
+            Record::Full(e, extra) => Some((e, extra)),
             Record::Dir(_) => None,
         }
     }
@@ -401,7 +425,7 @@ impl CacheReader {
     /// The content of the next file record, read ahead already (`seek` keeps one record ahead).
     pub fn next_content(&self) -> Option<&[BlobId]> {
         match self.next.as_ref()? {
-            Record::File(e) | Record::Sparse(e, _) => Some(&e.content),
+            Record::File(e) | Record::Full(e, _) => Some(&e.content),
             Record::Dir(_) => None,
         }
     }
@@ -418,7 +442,7 @@ impl CacheReader {
     pub fn dir(&mut self, path: &[u8]) -> Option<DirEntry> {
         match self.seek((path, true))? {
             Record::Dir(d) if self.dirs => Some(d),
-            Record::Dir(_) | Record::File(_) | Record::Sparse(..) => None,
+            Record::Dir(_) | Record::File(_) | Record::Full(..) => None,
         }
     }
 }

@@ -113,6 +113,16 @@ pub struct Meta {
     pub blocks: u64,
 }
 
+/// A regular file as an earlier backup stored it (`scan::Known::file`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredFile {
+    pub content: Vec<BlobId>,
+    pub holes: Vec<Hole>,
+    /// Its extended attributes and inode flags as the engine encoded them, when they still hold
+    /// (they move its ctime when they change); None: read them again.
+    pub attrs: Option<Vec<u8>>,
+}
+
 /// A directory's tree as an earlier backup stored it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredDir {
@@ -194,6 +204,8 @@ pub enum ScanEvent {
         meta: Meta,
         content: Vec<BlobId>,
         holes: Vec<Hole>,
+        /// `StoredFile::attrs`.
+        attrs: Option<Vec<u8>>,
     },
     /// A further name of a file already seen (hard link) as `File { seq: first }`.
     HardLink {

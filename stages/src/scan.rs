@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
 
-use crate::msg::{BlobId, Cancel, FileKind, Hole, Meta, Progress, ReadJob, Records, ScanEvent, StoredDir};
+use crate::msg::{Cancel, FileKind, Meta, Progress, ReadJob, Records, ScanEvent, StoredDir, StoredFile};
 
 /// What the scan does with one entry of a directory it walks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,8 +45,9 @@ pub trait Select: Send {
 /// can walk a sorted cache in step with the scan): for each regular file as the scan reaches
 /// it, for each directory as the scan leaves it.
 pub trait Known: Send {
-    /// The content (blobs and holes) of a file that has not changed since, or None.
-    fn file(&mut self, path: &Path, meta: &Meta) -> Option<(Vec<BlobId>, Vec<Hole>)>;
+    /// The content (blobs and holes, and attributes if known) of a file that has not changed
+    /// since, or None.
+    fn file(&mut self, path: &Path, meta: &Meta) -> Option<StoredFile>;
     /// The tree of a directory (stat'ed as `meta` when it was entered) that has not changed
     /// since, or None. Its entries may have: the scan reuses the tree only if every entry is
     /// unchanged too, and there are as many.
@@ -477,9 +478,10 @@ impl Scanner {
                 }
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                if let Some((content, holes)) = self.known.as_mut().and_then(|k| k.file(path, &meta)) {
+                if let Some(stored) = self.known.as_mut().and_then(|k| k.file(path, &meta)) {
                     self.stats.unchanged += 1;
-                    return Ok(ScanEvent::Unchanged { seq, name, meta, content, holes });
+                    let StoredFile { content, holes, attrs } = stored;
+                    return Ok(ScanEvent::Unchanged { seq, name, meta, content, holes, attrs });
                 }
                 // The job goes first: the tree builder may wait for this file's content, which
                 // must already be on its way.
@@ -876,7 +878,7 @@ mod tests {
     }
 
     impl Known for FakeCache {
-        fn file(&mut self, path: &Path, _: &Meta) -> Option<(Vec<BlobId>, Vec<Hole>)> {
+        fn file(&mut self, path: &Path, _: &Meta) -> Option<StoredFile> {
             let name = path.file_name()?.to_string_lossy().into_owned();
             self.last = format!("{name};").into_bytes();
             (!name.starts_with("changed")).then(Default::default)
