@@ -67,6 +67,12 @@ fn told(notes: &Notes) {
     if notes.xattrs > 0 {
         eprintln!("note: {} extended attributes left out: their names are not UTF-8", notes.xattrs);
     }
+    if notes.privileged > 0 {
+        eprintln!(
+            "note: {} privileged extended attributes (trusted.*, security.*) left out (--no-owner)",
+            notes.privileged
+        );
+    }
     if notes.specials > 0 {
         eprintln!("note: {} FIFOs and device nodes left out (--no-special)", notes.specials);
     }
@@ -160,12 +166,18 @@ pub fn restore_to_stdout(repo: &Repository, args: crate::RestoreArgs) -> Result<
     let memory = Memory::plan(repo, &index, args.mem_limit)?;
     let reader = BlobReader::with_cache(repo, &index, memory.cache)?;
     let mut paths: Vec<Vec<u8>> = include.iter().map(|p| snapshot_path(p)).collect();
-    paths.sort();
+    // In component order (`/` sorts first), a path's descendants follow it at once: one pass
+    // drops them (a glob may match a million paths), as each is in the archive with it.
+    let component_order = |p: &Vec<u8>| p.iter().map(|&c| if c == b'/' { 0 } else { c }).collect::<Vec<u8>>();
+    paths.sort_by_cached_key(component_order);
     paths.dedup();
-    // A path below another is already in the archive with it.
     let under = |p: &[u8], q: &[u8]| q.is_empty() || (p.starts_with(q) && p.get(q.len()) == Some(&b'/'));
-    let kept: Vec<&Vec<u8>> =
-        paths.iter().filter(|p| !paths.iter().any(|q| q != *p && under(p, q))).collect();
+    let mut kept: Vec<&Vec<u8>> = Vec::new();
+    for p in &paths {
+        if kept.last().is_none_or(|q| !under(p, q)) {
+            kept.push(p);
+        }
+    }
     let mut tar = TarDump::new(&reader, stdout()?, linked_budget(&memory))
         .owners(!args.no_owner)
         .specials(!args.no_special);

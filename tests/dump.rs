@@ -183,9 +183,23 @@ fn a_hard_link_whose_first_name_is_left_out_is_stored_whole() {
 #[test]
 fn restore_to_a_dash_writes_the_same_tree_as_a_tar_stream() {
     let (src, xattr) = tree();
+    // A privileged attribute (as root): in the stream as the owner restores, not with
+    // --no-owner, as a restore to a directory.
+    let privileged = xattr
+        && chaos::testkit::is_root()
+        && rustix::fs::lsetxattr(
+            src.path().join("docs/notes.txt"),
+            "trusted.mark",
+            b"t",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .is_ok();
+    let mark = b"SCHILY.xattr.trusted.mark";
+    let has_mark = |tar: &[u8]| tar.windows(mark.len()).any(|w| w == mark);
     let b = bakare();
     b.ok(&argv!["run", src.path()]);
     let o = b.ok(&argv!["restore", "latest", "--target", "-"]);
+    assert_eq!(has_mark(&o.stdout), privileged);
     let out = untar(&o.stdout);
     let copy = restored_path(&out.path().join("x"), src.path());
     assert_same_tree(src.path(), &copy);
@@ -201,6 +215,14 @@ fn restore_to_a_dash_writes_the_same_tree_as_a_tar_stream() {
     // --no-special leaves the FIFO out; --no-owner gives every entry to uid and gid 0.
     let o = b.ok(&argv!["restore", "latest", "--target", "-", "--no-special", "--no-owner"]);
     assert!(o.stderr.contains("1 FIFOs and device nodes left out"), "{}", o.stderr);
+    assert!(!has_mark(&o.stdout));
+    if privileged {
+        assert!(
+            o.stderr.contains("1 privileged extended attributes (trusted.*, security.*) left out"),
+            "{}",
+            o.stderr
+        );
+    }
     let names = listed(&o.stdout);
     assert!(!names.iter().any(|n| n.ends_with(b"/pipe")));
     assert!(names.iter().any(|n| n.ends_with(b"/docs/notes.txt")));

@@ -287,6 +287,7 @@ impl Builder {
     }
 
     /// A file whose content is known: its node, its hard-link record, its files-cache entry.
+    #[allow(clippy::too_many_arguments)]
     fn file_done(
         &mut self,
         seq: u64,

@@ -229,6 +229,8 @@ pub struct Notes {
     pub link_copies: u64,
     /// FIFOs and device nodes left out (`specials(false)`).
     pub specials: u64,
+    /// Privileged extended attributes (`trusted.*`, `security.*`) left out (`owners(false)`).
+    pub privileged: u64,
 }
 
 /// A tar stream of parts of one snapshot: each entry with its mode, owner ids, mtime (PAX
@@ -245,7 +247,19 @@ pub struct TarDump<'r, 'a, W: Write> {
     linked_budget: usize,
     owners: bool,
     specials: bool,
+    /// `finish` ran: only then may the archive end.
+    finished: bool,
     pub notes: Notes,
+}
+
+/// Whatever stopped the dump (an error anywhere, also outside `add`: a path that could not be
+/// looked up), an archive that was not finished never gets its end marker.
+impl<W: Write> Drop for TarDump<'_, '_, W> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.open.set(false);
+        }
+    }
 }
 
 /// Bytes counted per remembered name besides the name itself (the key and the map's share).
@@ -272,6 +286,7 @@ impl<'r, 'a, W: Write> TarDump<'r, 'a, W> {
             linked_budget,
             owners: true,
             specials: true,
+            finished: false,
             notes: Notes::default(),
         }
     }
@@ -312,13 +327,13 @@ impl<'r, 'a, W: Write> TarDump<'r, 'a, W> {
         r
     }
 
-    /// Ends the archive and returns the output.
-    pub fn finish(self) -> Result<W, DumpError> {
+    /// Ends the archive and flushes the output.
+    pub fn finish(mut self) -> Result<(), DumpError> {
         let output = |source| DumpError::Output { path: "the end of the archive".into(), source };
-        let gate = self.tar.into_inner().map_err(output)?;
-        let mut out = gate.out;
-        out.flush().map_err(output)?;
-        Ok(out)
+        self.tar.finish().map_err(output)?;
+        self.tar.get_mut().out.flush().map_err(output)?;
+        self.finished = true;
+        Ok(())
     }
 
     /// Depth first, each directory before what it holds, one tree blob held per level.
@@ -401,6 +416,12 @@ impl<'r, 'a, W: Write> TarDump<'r, 'a, W> {
             pax.push(("mtime".into(), t.into_bytes()));
         }
         for x in &node.xattrs {
+            // As restore --no-owner: user attributes and ACLs only, never trusted.* or
+            // security.* (file capabilities) a forged snapshot could carry.
+            if !self.owners && !crate::ops::attrs::unprivileged(x) {
+                self.notes.privileged += 1;
+                continue;
+            }
             match std::str::from_utf8(&x.name) {
                 Ok(n) => pax.push((format!("SCHILY.xattr.{n}"), x.value.clone())),
                 Err(_) => self.notes.xattrs += 1,
