@@ -28,7 +28,10 @@ fn run_with_stdin(b: &Bakare, args: &[OsString], input: &[u8]) -> (i32, Vec<u8>,
         b.command(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let feed = input.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&feed).unwrap());
+    // A run refused before it reads (a bad --stdin-name) closes the pipe: not an error here.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&feed);
+    });
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
     (out.status.code().unwrap_or(-1), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
