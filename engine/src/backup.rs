@@ -570,21 +570,7 @@ fn attempt(
     stats.stored_bytes = sinks.iter().map(|s| s.stored_bytes).sum();
     stats.errors = builder.errors.len() as u64;
     stats.duration_ns = started.elapsed().as_nanos() as u64;
-    let snapshot = Snapshot {
-        version: crate::snapshot::VERSION,
-        time_ns,
-        host: opts.host.clone(),
-        user: std::env::var("USER").unwrap_or_default(),
-        paths: paths.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect(),
-        tags: opts.tags.clone(),
-        tree: root,
-        stats,
-        errors: std::mem::take(&mut builder.errors),
-        program: format!("bakare {}", env!("CARGO_PKG_VERSION")),
-        description: opts.description.clone(),
-        selection: opts.selection.clone(),
-        original: None,
-    };
+    let snapshot = new_snapshot(opts, time_ns, &paths, root, stats, std::mem::take(&mut builder.errors));
     let bytes = snapshot.encode(&repo.key.recipient, &signer, &repo.config.repo_id)?;
     let snapshot_id = commit::write_pending(repo, &bytes)?;
     let age_ns = crate::clock::boot_ns() - view_ns;
@@ -644,6 +630,32 @@ fn stream_meta(time_ns: i64) -> Meta {
         nlink: 1,
         rdev: 0,
         blocks: 0,
+    }
+}
+
+/// The record of a run of `opts` over `paths` (a real one, or what a dry run would write).
+pub(crate) fn new_snapshot(
+    opts: &BackupOptions,
+    time_ns: i64,
+    paths: &[PathBuf],
+    tree: Vec<stages::BlobId>,
+    stats: crate::snapshot::Stats,
+    errors: Vec<crate::snapshot::FileError>,
+) -> Snapshot {
+    Snapshot {
+        version: crate::snapshot::VERSION,
+        time_ns,
+        host: opts.host.clone(),
+        user: std::env::var("USER").unwrap_or_default(),
+        paths: paths.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect(),
+        tags: opts.tags.clone(),
+        tree,
+        stats,
+        errors,
+        program: format!("bakare {}", env!("CARGO_PKG_VERSION")),
+        description: opts.description.clone(),
+        selection: opts.selection.clone(),
+        original: None,
     }
 }
 

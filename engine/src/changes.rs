@@ -16,7 +16,6 @@ use crate::backup::{BackupOptions, BackupResult};
 use crate::builder::Builder;
 use crate::filescache::{CacheReader, DirEntry};
 use crate::index::Index;
-use crate::snapshot::Snapshot;
 
 /// How a file compares with the files cache of the last run. The cache, not the last snapshot,
 /// is the reference (restic compares with the parent snapshot): it is what decides whether a
@@ -217,21 +216,8 @@ pub(crate) fn dry_result(
     stats.stored_bytes = 0;
     stats.errors = builder.errors.len() as u64;
     stats.duration_ns = s.started.elapsed().as_nanos() as u64;
-    let snapshot = Snapshot {
-        version: crate::snapshot::VERSION,
-        time_ns: s.time_ns,
-        host: opts.host.clone(),
-        user: std::env::var("USER").unwrap_or_default(),
-        paths: s.paths.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect(),
-        tags: opts.tags.clone(),
-        tree: root,
-        stats,
-        errors: std::mem::take(&mut builder.errors),
-        program: format!("bakare {}", env!("CARGO_PKG_VERSION")),
-        description: opts.description.clone(),
-        selection: opts.selection.clone(),
-        original: None,
-    };
+    let errors = std::mem::take(&mut builder.errors);
+    let snapshot = crate::backup::new_snapshot(opts, s.time_ns, &s.paths, root, stats, errors);
     BackupResult {
         snapshot_id: String::new(),
         snapshot,
