@@ -24,20 +24,60 @@ pub fn temp_path(dir: &Path) -> PathBuf {
     dir.join(format!(".tmp-{name}"))
 }
 
-/// Marks a temporary file as being written (an exclusive lock while the handle is open), so
+/// Creates a new temporary file in `dir`, held (an exclusive lock while the handle is open) so
 /// that prune never removes it, however old it looks: a writer suspended for days, or a test
 /// clock moved ahead. Best effort: where the file system has no locks, the grace period alone
 /// protects it.
-pub fn hold(file: &File) {
-    let _ = file.lock();
+///
+/// A file cannot be created locked, so prune may find it in the moment between: it removes a
+/// temporary file only while holding its lock (`remove_unheld`), so a file still at its path once
+/// we hold the lock stays ours; one removed in that moment is made again under a new name.
+pub fn create_held(dir: &Path) -> io::Result<(File, PathBuf)> {
+    use std::os::unix::fs::MetadataExt;
+    const TRIES: usize = 8;
+    for _ in 0..TRIES {
+        let tmp = temp_path(dir);
+        let f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        if f.lock().is_err() {
+            return Ok((f, tmp));
+        }
+        let (ours, there) = (f.metadata()?, fs::symlink_metadata(&tmp));
+        match there {
+            Ok(md) if md.dev() == ours.dev() && md.ino() == ours.ino() => return Ok((f, tmp)),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(format!(
+        "{TRIES} temporary files made in {} were removed before they could be locked (a prune removing leftovers?)",
+        dir.display()
+    )))
 }
 
-/// Whether another process is writing the temporary file at `path` (holds its lock). A file
-/// that cannot be opened or locked for another reason is not in use.
-pub fn in_use(path: &Path) -> bool {
+/// Removes the temporary file at `path` unless another process is writing it (holds its lock);
+/// returns whether it is gone. The lock is held while it is removed, so that its writer, locking
+/// it just after, finds it gone (see `create_held`). A file that cannot be opened or locked for
+/// another reason is not in use.
+pub fn remove_unheld(path: &Path) -> io::Result<bool> {
     use std::os::unix::fs::OpenOptionsExt;
-    let Ok(f) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) else { return false };
-    matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock))
+    let held = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(_) => None,
+    };
+    if let Some(f) = &held {
+        if let Err(fs::TryLockError::WouldBlock) = f.try_lock() {
+            return Ok(false);
+        }
+    }
+    let gone = match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e),
+    };
+    drop(held);
+    gone
 }
 
 /// Whether `name` is one `temp_path` makes: `.tmp-` and 24 lowercase hex digits.
@@ -81,17 +121,14 @@ fn write_then<T>(
 ) -> io::Result<T> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
-    let tmp = temp_path(dir);
+    let (mut f, tmp) = create_held(dir)?;
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        hold(&f);
         f.write_all(data)?;
         f.sync_all()?;
         // Held until placed: prune leaves a locked temporary file alone.
-        let placed = place(&tmp, dest);
-        drop(f);
-        placed
+        place(&tmp, dest)
     })();
+    drop(f);
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -124,6 +161,40 @@ mod tests {
         replace_atomic(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// A remover sweeping every temporary file it finds unheld (prune with its clock far ahead)
+    /// beside a writer making them: every file the writer holds stays at its path (before, one
+    /// removed between its creation and its lock was lost, and its object with it).
+    #[test]
+    fn a_held_temporary_file_is_never_removed_under_its_writer() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let done = AtomicBool::new(false);
+        let removed = std::thread::scope(|s| {
+            let sweeper = s.spawn(|| {
+                let mut removed = 0;
+                while !done.load(Ordering::Relaxed) {
+                    for e in fs::read_dir(dir.path()).unwrap() {
+                        removed += usize::from(remove_unheld(&e.unwrap().path()).unwrap());
+                    }
+                }
+                removed
+            });
+            let writer = (0..3000).try_for_each(|i| {
+                let (f, tmp) = create_held(dir.path()).map_err(|e| format!("round {i}: {e}"))?;
+                if remove_unheld(&tmp).unwrap() || !tmp.exists() {
+                    return Err(format!("round {i}: {} removed while held", tmp.display()));
+                }
+                drop(f);
+                Ok(())
+            });
+            done.store(true, Ordering::Relaxed);
+            let removed = sweeper.join().unwrap();
+            writer.unwrap();
+            removed
+        });
+        assert!(removed > 0, "the sweeper removed nothing: the test tested nothing");
     }
 
     #[test]

@@ -274,15 +274,7 @@ impl Backend for LocalBackend {
                 Err(e) => return Err(StorageError::io(name, e)),
             }
         }
-        let path = self.root.join(name);
-        if durable::in_use(&path) {
-            return Ok(false);
-        }
-        match fs::remove_file(path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
-            Err(e) => Err(StorageError::io(name, e)),
-        }
+        durable::remove_unheld(&self.root.join(name)).map_err(|e| StorageError::io(name, e))
     }
 
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
@@ -294,13 +286,7 @@ impl Backend for LocalBackend {
     fn stage(&self) -> Result<Box<dyn Staged>> {
         let dir = self.tmp_dir();
         fs::create_dir_all(&dir).map_err(|e| StorageError::io("tmp", e))?;
-        let tmp = durable::temp_path(&dir);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| StorageError::io("tmp", e))?;
-        durable::hold(&file);
+        let (file, tmp) = durable::create_held(&dir).map_err(|e| StorageError::io("tmp", e))?;
         Ok(Box::new(LocalStaged { file: Some(file), tmp, root: self.root.clone() }))
     }
 
