@@ -78,7 +78,7 @@ pub fn pack_trailer(data: &[u8]) -> bool {
 pub fn index_segment(data: &[u8]) -> bool {
     let k = keys();
     let signer = crate::signing::SigningKey::from_seed(&[5; 32]);
-    let keys = crate::index::SegmentKeys { catalog: &k.wk.catalog_key, repo_id: &[7; 16], owner: &[9; 32] };
+    let keys = crate::index::SegmentKeys { catalog: &k.wk.catalog_key, identity: None, repo_id: &[7; 16], owner: &[9; 32] };
     match mode(data) {
         (false, raw) => crate::index::decode_segment(keys, "fuzz", raw.to_vec()).is_ok(),
         (true, plain) => {

@@ -65,11 +65,13 @@ impl Voucher {
     }
 }
 
-/// What segments are opened with: the catalog key decrypts; the repository id and the owner's
-/// key tell whose word a segment carries.
+/// What segments are opened with: the catalog key decrypts the blob ids; the owner's identity
+/// (None with a backup-only key) opens where the blobs are and how large; the repository id and
+/// the owner's key tell whose word a segment carries.
 #[derive(Clone, Copy)]
 pub struct SegmentKeys<'a> {
     pub catalog: &'a Secret32,
+    pub identity: Option<&'a age::x25519::Identity>,
     pub repo_id: &'a [u8; 16],
     pub owner: &'a PublicKey,
 }
@@ -750,7 +752,7 @@ mod tests {
     fn segment_round_trip() {
         let k = Secret32::random();
         let owner = SigningKey::generate();
-        let keys = SegmentKeys { catalog: &k, repo_id: &[4; 16], owner: &owner.public() };
+        let keys = SegmentKeys { catalog: &k, identity: None, repo_id: &[4; 16], owner: &owner.public() };
         let e = BlobEntry { id: [9; 32], kind: 0, offset: 100, len: 50, raw_len: 40, inner: None };
         let body = vec![([1u8; 32], vec![e])];
         let (name, bytes) = sealer(&k, &owner).own(&body).unwrap();
@@ -780,7 +782,7 @@ mod tests {
     fn only_the_owner_vouches_for_another_writer() {
         let k = Secret32::random();
         let (owner, laptop) = (SigningKey::generate(), SigningKey::generate());
-        let keys = SegmentKeys { catalog: &k, repo_id: &[4; 16], owner: &owner.public() };
+        let keys = SegmentKeys { catalog: &k, identity: None, repo_id: &[4; 16], owner: &owner.public() };
         let body: SegmentBody = vec![([1; 32], vec![])];
         let voucher = |sealer: SegmentSealer, v: Voucher| {
             let (name, bytes) = sealer.seal(&v, &body).unwrap();
@@ -911,7 +913,7 @@ mod tests {
         #[test]
         fn garbage_never_panics(g in proptest::collection::vec(any::<u8>(), 0..400)) {
             let k = Secret32::random();
-            let keys = SegmentKeys { catalog: &k, repo_id: &[0; 16], owner: &[1; 32] };
+            let keys = SegmentKeys { catalog: &k, identity: None, repo_id: &[0; 16], owner: &[1; 32] };
             let _ = decode_segment(keys, "x", g);
         }
     }

@@ -326,7 +326,12 @@ impl Repository {
 
     /// The keys index segments are read with.
     pub fn segment_keys(&self) -> SegmentKeys<'_> {
-        SegmentKeys { catalog: &self.wk.catalog_key, repo_id: &self.config.repo_id, owner: &self.owner }
+        SegmentKeys {
+            catalog: &self.wk.catalog_key,
+            identity: self.key.identity.as_ref(),
+            repo_id: &self.config.repo_id,
+            owner: &self.owner,
+        }
     }
 
     /// What this key writes index segments with: signed by its writer key (the owner's, for a
