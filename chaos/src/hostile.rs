@@ -183,11 +183,10 @@ pub fn forge_config(repo: &Path, key: &Path, how: Signed) {
 pub fn decoy_signed(repo: &Path, key: &Path, ids: &[BlobId], how: Signed) -> String {
     let before: std::collections::BTreeSet<String> = list(repo, "index").into_iter().collect();
     let packs_before: std::collections::BTreeSet<String> = list(repo, "packs").into_iter().collect();
-    decoy(repo, key, ids);
+    // What the writer wrote: it cannot read its segment's places back (sealed to the owner).
+    let body = decoy(repo, key, ids);
     let r = Repository::open(repo, Some(key)).unwrap();
     for name in list(repo, "index").into_iter().filter(|n| !before.contains(n)) {
-        let (_, body) =
-            engine::index::decode_segment(r.segment_keys(), &name, r.backend.get(&name).unwrap()).unwrap();
         let bytes = match how {
             Signed::Writer => continue,
             Signed::Stranger => {
@@ -212,15 +211,15 @@ fn list(repo: &Path, dir: &str) -> Vec<String> {
 }
 
 /// A decoy pack (and its index segment) claiming to hold each of `ids` as data, with garbage in
-/// their place.
-pub fn decoy(repo: &Path, key: &Path, ids: &[BlobId]) {
+/// their place. Returns what the segment lists.
+pub fn decoy(repo: &Path, key: &Path, ids: &[BlobId]) -> engine::index::SegmentBody {
     let r = Repository::open(repo, Some(key)).unwrap();
     let index = Index::default();
     let mut w = BlobWriter::new(&r, &index).unwrap();
     for id in ids {
         w.put_claiming(BlobKind::Data, *id, b"garbage in place of the owner's data").unwrap();
     }
-    w.finish().unwrap();
+    w.finish_listing().unwrap()
 }
 
 /// Turns `repo` back into format 2, as bakare wrote it before signatures: a checksummed config,

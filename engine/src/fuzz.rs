@@ -78,11 +78,17 @@ pub fn pack_trailer(data: &[u8]) -> bool {
 pub fn index_segment(data: &[u8]) -> bool {
     let k = keys();
     let signer = crate::signing::SigningKey::from_seed(&[5; 32]);
-    let keys = crate::index::SegmentKeys { catalog: &k.wk.catalog_key, identity: None, repo_id: &[7; 16], owner: &[9; 32] };
+    let keys = crate::index::SegmentKeys {
+        catalog: &k.wk.catalog_key,
+        identity: k.key.identity.as_ref(),
+        repo_id: &[7; 16],
+        owner: &[9; 32],
+    };
     match mode(data) {
         (false, raw) => crate::index::decode_segment(keys, "fuzz", raw.to_vec()).is_ok(),
         (true, plain) => {
-            // As an unsigned segment of before, and as a signed one (voucher, then packs).
+            // As an unsigned segment of before, and as signed ones of both later formats
+            // (voucher, then packs with their entries; or voucher, head and ids).
             let mut old = crate::index::MAGIC_V1.to_vec();
             old.extend_from_slice(&seal_catalog(&k.wk.catalog_key, crate::index::MAGIC_V1, plain));
             let signed = crate::signing::seal(
@@ -91,10 +97,14 @@ pub fn index_segment(data: &[u8]) -> bool {
                 &[7; 16],
                 plain.to_vec(),
             );
-            let mut new = crate::index::MAGIC.to_vec();
-            new.extend_from_slice(&seal_catalog(&k.wk.catalog_key, crate::index::MAGIC, &signed));
+            let mut segments = vec![old];
+            for magic in [crate::index::MAGIC_V2, crate::index::MAGIC] {
+                let mut seg = magic.to_vec();
+                seg.extend_from_slice(&seal_catalog(&k.wk.catalog_key, magic, &signed));
+                segments.push(seg);
+            }
             let mut any = false;
-            for seg in [old, new] {
+            for seg in segments {
                 let Ok((voucher, body)) = crate::index::decode_segment(keys, "fuzz", seg) else { continue };
                 let mut idx = crate::index::IndexBuilder::default();
                 for (p, entries) in body.iter().take(10_000) {

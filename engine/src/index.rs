@@ -1,11 +1,18 @@
 //! The index: blob id -> (pack, offset, length). On disk, segments written by backup sessions
 //! (and rewritten by prune and `repair index`), named by the BLAKE3 of their bytes:
 //!
-//! - `"BKINDEX2" | seal_catalog("BKINDEX2", seal(signer, IndexSegment, vouched_by (32) |
-//!   postcard(Vec<(PackId, Vec<BlobEntry>)>)))`: signed by the writer that wrote it. `vouched_by`
-//!   is who stored the packs it lists: the signer itself, or, in a segment the owner signed, the
-//!   writer whose packs the owner relays (prune and repair rewrite segments but never sign for a
-//!   writer), or [`NOBODY`] for packs of unknown origin (found only by their trailers).
+//! - `"BKINDEX3" | seal_catalog("BKINDEX3", seal(signer, IndexSegment, vouched_by (32) |
+//!   postcard(Head { count, wrapped, places }) | postcard(Vec<(PackId, Vec<BlobId>)>)))`: the
+//!   blob ids are readable with the catalog key (a backup-only key deduplicates against them),
+//!   but where each blob is, how large and of what kind (`places`, one [`Place`] per id in
+//!   order) is sealed under a fresh key that `wrapped` gives only to the owner's identity (age):
+//!   a stolen backup-only key learns ids, never sizes. Signed by the writer that wrote it.
+//!   `vouched_by` is who stored the packs it lists: the signer itself, or, in a segment the
+//!   owner signed, the writer whose packs the owner relays (prune and repair rewrite segments
+//!   but never sign for a writer), or [`NOBODY`] for packs of unknown origin (found only by
+//!   their trailers).
+//! - `"BKINDEX2"`: the same before places were sealed (2026-12): `vouched_by |
+//!   postcard(Vec<(PackId, Vec<BlobEntry>)>)`, whole entries under the catalog key. Read alike.
 //! - `"BKINDEX1" | seal_catalog("BKINDEX1", postcard(...))`: unsigned, from before 2026-12; read
 //!   alike, vouched for by nobody until the owner's `migrate` signs it.
 //!
@@ -20,12 +27,18 @@ use std::sync::{Arc, Mutex};
 use io::Backend;
 use stages::{BlobId, BlobKind, Dedup};
 
-use crate::crypto::{seal_catalog, Secret32};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{open_catalog, seal_catalog, seal_catalog_value, unwrap_key, wrap_key, Secret32};
 use crate::error::{Error, Result};
 use crate::pack::{self, BlobEntry, PackId};
 use crate::signing::{self, PublicKey, Purpose, SigningKey};
 
-pub const MAGIC: &[u8; 8] = b"BKINDEX2";
+pub const MAGIC: &[u8; 8] = b"BKINDEX3";
+/// Signed segments with whole entries under the catalog key, from before places were sealed.
+pub const MAGIC_V2: &[u8; 8] = b"BKINDEX2";
+/// What a segment's sealed places are bound to.
+const PLACES_MAGIC: &[u8] = b"BKIXPLC3";
 /// Unsigned segments, from before 2026-12.
 pub const MAGIC_V1: &[u8; 8] = b"BKINDEX1";
 /// `vouched_by` of packs whose writer nobody knows (not a valid Ed25519 key, so never a signer).
@@ -76,12 +89,70 @@ pub struct SegmentKeys<'a> {
     pub owner: &'a PublicKey,
 }
 
-/// What segments are written with: the catalog key and the writer's signing key.
+/// What segments are written with: the catalog key, the writer's signing key, and the owner's
+/// recipient (which alone opens where the blobs are).
 #[derive(Clone)]
 pub struct SegmentSealer {
     pub catalog: Secret32,
     pub signer: SigningKey,
     pub repo_id: [u8; 16],
+    pub recipient: age::x25519::Recipient,
+}
+
+/// How much of a segment a reader needs: whole entries (the owner, reading data back), or only
+/// which ids each pack holds (a backup deduplicating). With `Ids`, entries of a `BKINDEX3`
+/// segment come with `kind` Data and zero offsets and lengths: never read through them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    Full,
+    Ids,
+}
+
+/// Where one blob is, how large and of what kind: what a segment seals to the owner.
+#[derive(Serialize, Deserialize)]
+struct Place {
+    kind: u8,
+    offset: u32,
+    len: u32,
+    raw_len: u32,
+    inner: Option<u32>,
+}
+
+impl Place {
+    fn of(e: &BlobEntry) -> Self {
+        Place { kind: e.kind, offset: e.offset, len: e.len, raw_len: e.raw_len, inner: e.inner }
+    }
+
+    fn entry(&self, id: BlobId) -> BlobEntry {
+        let Place { kind, offset, len, raw_len, inner } = *self;
+        BlobEntry { id, kind, offset, len, raw_len, inner }
+    }
+}
+
+/// What a `BKINDEX3` segment says before its ids: how many, and their places sealed to the
+/// owner (`wrapped`: the places' key, age-encrypted to the owner's recipient).
+#[derive(Serialize, Deserialize)]
+struct Head {
+    count: u64,
+    wrapped: Vec<u8>,
+    places: Vec<u8>,
+}
+
+/// A segment body's ids, pack by pack, encoded without copying them out.
+struct Ids<'a>(&'a SegmentBody);
+
+impl Serialize for Ids<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|(p, entries)| (p, IdList(entries))))
+    }
+}
+
+struct IdList<'a>(&'a [BlobEntry]);
+
+impl Serialize for IdList<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|e| &e.id))
+    }
 }
 
 impl SegmentSealer {
@@ -93,8 +164,17 @@ impl SegmentSealer {
     /// A segment saying `voucher` stored `packs`. Only the owner's word about another writer
     /// counts; a writer saying so is read as `Nobody`.
     pub fn seal(&self, voucher: &Voucher, packs: &SegmentBody) -> Result<(String, Vec<u8>)> {
-        let plain = postcard::to_extend(packs, voucher.stored().to_vec())
-            .map_err(|e| Error::Pipeline(format!("encoding an index segment: {e}")))?;
+        let encoding = |e: &dyn std::fmt::Display| Error::Pipeline(format!("encoding an index segment: {e}"));
+        let places: Vec<Place> =
+            packs.iter().flat_map(|(_, entries)| entries.iter().map(Place::of)).collect();
+        let key = stages::encrypt::DataKey::random();
+        let wrapped = wrap_key(&self.recipient, &key).map_err(|e| encoding(&e))?;
+        let sealed = seal_catalog_value(&Secret32::from_bytes(*key.as_bytes()), PLACES_MAGIC, &[], &places)
+            .map_err(|e| encoding(&e))?;
+        let head = Head { count: places.len() as u64, wrapped, places: sealed };
+        drop(places);
+        let plain = postcard::to_extend(&head, voucher.stored().to_vec()).map_err(|e| encoding(&e))?;
+        let plain = postcard::to_extend(&Ids(packs), plain).map_err(|e| encoding(&e))?;
         let signed = signing::seal(&self.signer, Purpose::IndexSegment, &self.repo_id, plain);
         let mut out = MAGIC.to_vec();
         out.extend_from_slice(&seal_catalog(&self.catalog, MAGIC, &signed));
@@ -221,9 +301,11 @@ pub fn put_vouched(
     Ok(names)
 }
 
+/// A segment whole, with every entry's place: for the owner (a backup-only key cannot open a
+/// `BKINDEX3` segment's places, and gets an error).
 pub fn decode_segment(keys: SegmentKeys, name: &str, data: Vec<u8>) -> Result<(Voucher, SegmentBody)> {
     let mut body = Vec::new();
-    let v = for_each_pack(keys, name, data, |_, p, entries| body.push((p, entries)))?;
+    let v = for_each_pack(keys, name, data, Detail::Full, |_, p, entries| body.push((p, entries)))?;
     Ok((v, body))
 }
 
@@ -233,15 +315,18 @@ pub fn decode_segment(keys: SegmentKeys, name: &str, data: Vec<u8>) -> Result<(V
 /// once: most of a no-change run's peak memory.) `f` is called only once the segment is
 /// authenticated (and its signature verified); if decoding fails midway, the packs handed over
 /// so far are valid entries of an authentic segment. Returns who vouches for its packs.
+/// `detail` says whether entries need their places (see [`Detail`]).
 pub fn for_each_pack(
     keys: SegmentKeys,
     name: &str,
     mut data: Vec<u8>,
+    detail: Detail,
     mut f: impl FnMut(Voucher, PackId, Vec<BlobEntry>),
 ) -> Result<Voucher> {
     let bad = |why: &str| Error::corrupt("index segment", name, why);
     let magic: &[u8; 8] = match data.get(..8) {
         Some(m) if m == MAGIC => MAGIC,
+        Some(m) if m == MAGIC_V2 => MAGIC_V2,
         Some(m) if m == MAGIC_V1 => MAGIC_V1,
         _ => return Err(bad("bad magic")),
     };
@@ -268,9 +353,66 @@ pub fn for_each_pack(
         };
         (voucher, body)
     };
-    let mut de = postcard::Deserializer::from_bytes(body);
-    serde::Deserializer::deserialize_seq(&mut de, PackVisitor(|p, e| f(voucher, p, e)))
+    if magic != MAGIC {
+        let mut de = postcard::Deserializer::from_bytes(body);
+        serde::Deserializer::deserialize_seq(&mut de, PackVisitor(|p, e| f(voucher, p, e)))
+            .map_err(|e| Error::corrupt("index segment", name, e))?;
+        return match de.finalize() {
+            Ok([]) => Ok(voucher),
+            Ok(_) => Err(bad("trailing bytes")),
+            Err(e) => Err(Error::corrupt("index segment", name, e)),
+        };
+    }
+    let (head, ids) =
+        postcard::take_from_bytes::<Head>(body).map_err(|e| Error::corrupt("index segment", name, e))?;
+    let mut places = match detail {
+        Detail::Ids => None,
+        Detail::Full => {
+            let identity = keys.identity.ok_or_else(|| {
+                Error::Pipeline(format!(
+                    "index segment {name}: where its blobs are is sealed to the repository owner \
+                     (a backup-only key cannot read it)"
+                ))
+            })?;
+            let key = unwrap_key(identity, &head.wrapped).map_err(|e| bad(&e))?;
+            let plain = open_catalog(&Secret32::from_bytes(*key.as_bytes()), PLACES_MAGIC, &head.places)
+                .ok_or_else(|| bad("its blob places fail authentication"))?;
+            let places: Vec<Place> =
+                postcard::from_bytes(&plain).map_err(|e| Error::corrupt("index segment", name, e))?;
+            if places.len() as u64 != head.count {
+                return Err(bad("its places do not match its count"));
+            }
+            Some(places.into_iter())
+        }
+    };
+    let (mut seen, mut short) = (0u64, false);
+    let mut de = postcard::Deserializer::from_bytes(ids);
+    let visit = IdVisitor(|p, ids: Vec<BlobId>| {
+        seen = seen.saturating_add(ids.len() as u64);
+        let entries = match &mut places {
+            // Not read through: `Detail::Ids` promises only the ids.
+            None => ids
+                .into_iter()
+                .map(|id| {
+                    Place { kind: BlobKind::Data as u8, offset: 0, len: 0, raw_len: 0, inner: None }.entry(id)
+                })
+                .collect(),
+            Some(places) => {
+                let entries: Vec<BlobEntry> =
+                    ids.into_iter().map_while(|id| places.next().map(|pl| pl.entry(id))).collect();
+                short |= seen > head.count;
+                entries
+            }
+        };
+        if !short && seen <= head.count {
+            f(voucher, p, entries);
+        }
+    });
+    serde::Deserializer::deserialize_seq(&mut de, visit)
         .map_err(|e| Error::corrupt("index segment", name, e))?;
+    if seen != head.count {
+        return Err(bad("it lists another number of blobs than it says"));
+    }
     match de.finalize() {
         Ok([]) => Ok(voucher),
         Ok(_) => Err(bad("trailing bytes")),
@@ -319,6 +461,24 @@ impl<'de, F: FnMut(PackId, Vec<BlobEntry>)> serde::de::Visitor<'de> for PackVisi
     fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> std::result::Result<(), A::Error> {
         while let Some((p, entries)) = seq.next_element::<(PackId, Vec<BlobEntry>)>()? {
             (self.0)(p, entries);
+        }
+        Ok(())
+    }
+}
+
+/// Visits a `BKINDEX3` segment's `[(pack id, [BlobId])]` one pack at a time.
+struct IdVisitor<F>(F);
+
+impl<'de, F: FnMut(PackId, Vec<BlobId>)> serde::de::Visitor<'de> for IdVisitor<F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a sequence of packs and their blob ids")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> std::result::Result<(), A::Error> {
+        while let Some((p, ids)) = seq.next_element::<(PackId, Vec<BlobId>)>()? {
+            (self.0)(p, ids);
         }
         Ok(())
     }
@@ -574,7 +734,8 @@ impl Index {
                     continue;
                 }
             };
-            let added = for_each_pack(keys, &name, data, |voucher, p, entries| {
+            let detail = if usage == Use::Read { Detail::Full } else { Detail::Ids };
+            let added = for_each_pack(keys, &name, data, detail, |voucher, p, entries| {
                 covered.insert(p);
                 let ok = trusted.vouches(&voucher);
                 if ok {
@@ -744,15 +905,31 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The owner's identity of these tests' repository.
+    fn identity() -> &'static age::x25519::Identity {
+        static ID: std::sync::OnceLock<age::x25519::Identity> = std::sync::OnceLock::new();
+        ID.get_or_init(age::x25519::Identity::generate)
+    }
+
     fn sealer(catalog: &Secret32, signer: &SigningKey) -> SegmentSealer {
-        SegmentSealer { catalog: catalog.clone(), signer: signer.clone(), repo_id: [4; 16] }
+        SegmentSealer {
+            catalog: catalog.clone(),
+            signer: signer.clone(),
+            repo_id: [4; 16],
+            recipient: identity().to_public(),
+        }
     }
 
     #[test]
     fn segment_round_trip() {
         let k = Secret32::random();
         let owner = SigningKey::generate();
-        let keys = SegmentKeys { catalog: &k, identity: None, repo_id: &[4; 16], owner: &owner.public() };
+        let keys = SegmentKeys {
+            catalog: &k,
+            identity: Some(identity()),
+            repo_id: &[4; 16],
+            owner: &owner.public(),
+        };
         let e = BlobEntry { id: [9; 32], kind: 0, offset: 100, len: 50, raw_len: 40, inner: None };
         let body = vec![([1u8; 32], vec![e])];
         let (name, bytes) = sealer(&k, &owner).own(&body).unwrap();
@@ -776,13 +953,132 @@ mod tests {
         assert!(!d.claim(&[8; 32], BlobKind::Data));
     }
 
+    /// A backup-only key (the catalog key, no identity) reads which ids each pack holds, and
+    /// nothing of where they are or how large; the owner reads both. Segments of before (whole
+    /// entries under the catalog key) are still read.
+    #[test]
+    fn places_are_sealed_to_the_owner() {
+        let k = Secret32::random();
+        let owner = SigningKey::generate();
+        let owner_keys = SegmentKeys {
+            catalog: &k,
+            identity: Some(identity()),
+            repo_id: &[4; 16],
+            owner: &owner.public(),
+        };
+        let writer_keys = SegmentKeys { identity: None, ..owner_keys };
+        let entry = |id: u8, offset| BlobEntry {
+            id: [id; 32],
+            kind: 1,
+            offset,
+            len: 777_777,
+            raw_len: 999_999,
+            inner: Some(3),
+        };
+        let body = vec![([1u8; 32], vec![entry(9, 100), entry(8, 200)]), ([2u8; 32], vec![entry(7, 300)])];
+        let (name, bytes) = sealer(&k, &owner).own(&body).unwrap();
+        let err = decode_segment(writer_keys, &name, bytes.clone()).unwrap_err().to_string();
+        assert!(err.contains("sealed to the repository owner"), "{err}");
+        let mut seen = Vec::new();
+        for_each_pack(writer_keys, &name, bytes.clone(), Detail::Ids, |v, p, entries| {
+            seen.push((v, p, entries))
+        })
+        .unwrap();
+        let ids: Vec<(PackId, Vec<BlobId>)> =
+            seen.iter().map(|(_, p, es)| (*p, es.iter().map(|e| e.id).collect())).collect();
+        assert_eq!(ids, vec![([1; 32], vec![[9; 32], [8; 32]]), ([2; 32], vec![[7; 32]])]);
+        assert!(seen
+            .iter()
+            .flat_map(|(_, _, es)| es)
+            .all(|e| (e.offset, e.len, e.raw_len, e.inner) == (0, 0, 0, None)));
+        // What the catalog key opens holds no length: 777,777 and 999,999 appear nowhere in it.
+        let mut plain = bytes.clone();
+        let opened = crate::crypto::open_catalog_in_place(&k, MAGIC, &mut plain, 8).unwrap().to_vec();
+        for n in [777_777u32, 999_999] {
+            let varint = postcard::to_allocvec(&n).unwrap();
+            assert!(!opened.windows(varint.len()).any(|w| w == varint.as_slice()), "{n} readable");
+            assert!(!opened.windows(4).any(|w| w == n.to_le_bytes()), "{n} readable");
+        }
+        // Another identity opens nothing.
+        let stranger = age::x25519::Identity::generate();
+        assert!(
+            decode_segment(SegmentKeys { identity: Some(&stranger), ..owner_keys }, &name, bytes).is_err()
+        );
+        // A segment of before: whole entries, read by both.
+        let mut plain = owner.public().to_vec();
+        plain.extend(postcard::to_allocvec(&body).unwrap());
+        let signed = signing::seal(&owner, Purpose::IndexSegment, &[4; 16], plain);
+        let mut v2 = MAGIC_V2.to_vec();
+        v2.extend_from_slice(&seal_catalog(&k, MAGIC_V2, &signed));
+        for keys in [owner_keys, writer_keys] {
+            assert_eq!(
+                decode_segment(keys, "v2", v2.clone()).unwrap(),
+                (Voucher::Key(owner.public()), body.clone())
+            );
+        }
+    }
+
+    /// A signed segment whose count, places and ids disagree is refused, not half read.
+    #[test]
+    fn a_segment_whose_places_and_ids_disagree_is_refused() {
+        let k = Secret32::random();
+        let owner = SigningKey::generate();
+        let keys = SegmentKeys {
+            catalog: &k,
+            identity: Some(identity()),
+            repo_id: &[4; 16],
+            owner: &owner.public(),
+        };
+        let e = BlobEntry { id: [9; 32], kind: 0, offset: 1, len: 2, raw_len: 3, inner: None };
+        let forge = |count: u64, places: Vec<Place>, ids: SegmentBody| {
+            let key = stages::encrypt::DataKey::random();
+            let wrapped = wrap_key(&identity().to_public(), &key).unwrap();
+            let sealed =
+                seal_catalog_value(&Secret32::from_bytes(*key.as_bytes()), PLACES_MAGIC, &[], &places)
+                    .unwrap();
+            let plain =
+                postcard::to_extend(&Head { count, wrapped, places: sealed }, owner.public().to_vec())
+                    .unwrap();
+            let plain = postcard::to_extend(&Ids(&ids), plain).unwrap();
+            let signed = signing::seal(&owner, Purpose::IndexSegment, &[4; 16], plain);
+            let mut out = MAGIC.to_vec();
+            out.extend_from_slice(&seal_catalog(&k, MAGIC, &signed));
+            out
+        };
+        let one = vec![([1u8; 32], vec![e])];
+        let two = vec![([1u8; 32], vec![e, e])];
+        assert!(decode_segment(keys, "ok", forge(1, vec![Place::of(&e)], one.clone())).is_ok());
+        for (what, seg) in [
+            ("count above places", forge(2, vec![Place::of(&e)], one.clone())),
+            ("more ids than places", forge(1, vec![Place::of(&e)], two.clone())),
+            ("more places than ids", forge(2, vec![Place::of(&e), Place::of(&e)], one.clone())),
+        ] {
+            assert!(decode_segment(keys, what, seg.clone()).is_err(), "{what}");
+            if what != "count above places" {
+                let ids_only = for_each_pack(
+                    SegmentKeys { identity: None, ..keys },
+                    what,
+                    seg,
+                    Detail::Ids,
+                    |_, _, _| {},
+                );
+                assert!(ids_only.is_err(), "{what}: the ids disagree with the count");
+            }
+        }
+    }
+
     /// A writer vouches for its own packs only; the owner may relay a writer's word (prune
     /// and repair rewrite segments); unsigned segments of before are nobody's word.
     #[test]
     fn only_the_owner_vouches_for_another_writer() {
         let k = Secret32::random();
         let (owner, laptop) = (SigningKey::generate(), SigningKey::generate());
-        let keys = SegmentKeys { catalog: &k, identity: None, repo_id: &[4; 16], owner: &owner.public() };
+        let keys = SegmentKeys {
+            catalog: &k,
+            identity: Some(identity()),
+            repo_id: &[4; 16],
+            owner: &owner.public(),
+        };
         let body: SegmentBody = vec![([1; 32], vec![])];
         let voucher = |sealer: SegmentSealer, v: Voucher| {
             let (name, bytes) = sealer.seal(&v, &body).unwrap();
@@ -799,10 +1095,13 @@ mod tests {
         let mut old = MAGIC_V1.to_vec();
         old.extend_from_slice(&seal_catalog(&k, MAGIC_V1, &postcard::to_allocvec(&body).unwrap()));
         assert_eq!(decode_segment(keys, "old", old).unwrap(), (Voucher::Unsigned, body.clone()));
-        // a v2 segment must be signed
-        let mut unsigned = MAGIC.to_vec();
+        // a v2 or v3 segment must be signed
+        let mut unsigned = MAGIC_V2.to_vec();
         let mut plain = NOBODY.to_vec();
         plain.extend(postcard::to_allocvec(&body).unwrap());
+        unsigned.extend_from_slice(&seal_catalog(&k, MAGIC_V2, &plain));
+        assert!(decode_segment(keys, "forged", unsigned).is_err());
+        let mut unsigned = MAGIC.to_vec();
         unsigned.extend_from_slice(&seal_catalog(&k, MAGIC, &plain));
         assert!(decode_segment(keys, "forged", unsigned).is_err());
     }

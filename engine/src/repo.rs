@@ -341,6 +341,7 @@ impl Repository {
             catalog: self.wk.catalog_key.clone(),
             signer: self.key.snapshot_signer()?,
             repo_id: self.config.repo_id,
+            recipient: self.key.recipient.clone(),
         })
     }
 

@@ -94,11 +94,24 @@ impl<'a> BlobWriter<'a> {
     /// Seals the open pack and writes the index segment for everything written (packs first,
     /// then their segment: design.md section 4, rule 1). Returns the number of packs written.
     pub fn finish(mut self) -> Result<usize> {
+        self.seal_and_list()?;
+        Ok(self.sink.packs.len())
+    }
+
+    /// `finish`, returning what its segment lists: what a writer knows of the packs it wrote
+    /// (its segment's places are sealed to the owner). Tests only.
+    #[cfg(feature = "test-hooks")]
+    pub fn finish_listing(mut self) -> Result<crate::index::SegmentBody> {
+        self.seal_and_list()?;
+        Ok(std::mem::take(&mut self.sink.packs))
+    }
+
+    fn seal_and_list(&mut self) -> Result<()> {
         self.sink.finish().map_err(|e| Error::Pipeline(format!("writing pack: {e}")))?;
         if !self.sink.packs.is_empty() {
             let (name, bytes) = self.repo.sealer()?.own(&self.sink.packs)?;
             self.repo.backend.put(&name, &bytes)?;
         }
-        Ok(self.sink.packs.len())
+        Ok(())
     }
 }
