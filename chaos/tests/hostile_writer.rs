@@ -613,6 +613,73 @@ fn poisoned_ids_are_stored_again_once_their_writer_is_revoked() {
     assert_eq!(fs::read(restored_path(target.path(), lp.path()).join("l")).unwrap(), l);
 }
 
+/// Issue #15, item 5: a backup-only key learns which blob ids the repository holds (it
+/// deduplicates against them), never where they are, how large or of what kind: every index
+/// segment's places are sealed to the owner. The writer's second backup of the same data, and
+/// the owner's, still store nothing new; the owner reads every segment whole.
+#[test]
+fn a_backup_only_key_reads_blob_ids_but_no_sizes() {
+    use chaos::testkit::Rng;
+    let (b, laptop) = owner_and_laptop();
+    let src = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(5);
+    for i in 0..20 {
+        fs::write(src.path().join(format!("f{i}")), rng.bytes(70_000 + 1_000 * i)).unwrap();
+    }
+    let run = |key: Option<&PathBuf>| {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(k) = key {
+            args.extend(["--key".into(), k.clone().into_os_string()]);
+        }
+        args.extend(["--json".into(), "run".into(), src.path().into()]);
+        b.ok(&args).json()["new_bytes"].as_u64().unwrap()
+    };
+    assert!(run(Some(&laptop)) > 1_000_000);
+    assert_eq!(run(Some(&laptop)), 0, "the writer deduplicates against its own ids");
+    assert_eq!(run(None), 0, "the owner deduplicates against the writer's");
+    let full = b.home.path().join("full.key");
+    b.ok(&argv!["key", "export", &full]);
+    let owner = engine::Repository::open(&b.repo, Some(&full)).unwrap();
+    let writer = engine::Repository::open(&b.repo, Some(&laptop)).unwrap();
+    let segments = owner.backend.list("index").unwrap();
+    assert!(!segments.is_empty());
+    let (mut ids, mut sizes) = (0, BTreeSet::new());
+    for name in &segments {
+        let data = owner.backend.get(name).unwrap();
+        let (_, body) = engine::index::decode_segment(owner.segment_keys(), name, data.clone()).unwrap();
+        for e in body.iter().flat_map(|(_, es)| es) {
+            sizes.extend([e.raw_len, e.len, e.offset].into_iter().filter(|&n| n >= 65_536));
+        }
+        let err = engine::index::decode_segment(writer.segment_keys(), name, data.clone()).unwrap_err();
+        assert!(err.to_string().contains("sealed to the repository owner"), "{name}: {err}");
+        let detail = engine::index::Detail::Ids;
+        engine::index::for_each_pack(writer.segment_keys(), name, data.clone(), detail, |_, _, es| {
+            ids += es.len()
+        })
+        .unwrap();
+        // What the writer's catalog key opens holds none of the sizes or offsets.
+        let mut opened = data.clone();
+        let plain = engine::crypto::open_catalog_in_place(
+            &writer.wk.catalog_key,
+            engine::index::MAGIC,
+            &mut opened,
+            8,
+        )
+        .unwrap();
+        for n in &sizes {
+            let varint = postcard::to_allocvec(n).unwrap();
+            assert!(!plain.windows(varint.len()).any(|w| w == varint.as_slice()), "{name}: {n} readable");
+            assert!(!plain.windows(4).any(|w| w == n.to_le_bytes()), "{name}: {n} readable");
+        }
+    }
+    assert!(ids >= 20 && sizes.len() >= 20, "{ids} ids, {} sizes", sizes.len());
+    let o = b.ok(&argv!["check", "--read-data"]);
+    assert!(o.stdout_str().contains("no damage found"), "{}", o.stdout_str());
+    let target = tempfile::tempdir().unwrap();
+    b.ok(&argv!["restore", "latest", "--target", target.path()]);
+    assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
+}
+
 /// The owner and a registered writer "laptop", with the id of `data` as the attacker computes it.
 fn owner_and_laptop() -> (Bakare, PathBuf) {
     let b = Bakare::new(env!("CARGO_BIN_EXE_bakare-faulty"));
