@@ -202,7 +202,8 @@ pub fn migrate_cmd(
         let v = json!({
             "dry_run": args.dry_run, "config_from": r.config_from, "config_to": engine::config::VERSION,
             "config": config, "records_removed": r.records_removed, "adopted": adopted, "left_unsigned": r.left,
-            "segments_signed": r.segments_signed, "roster_written": r.roster_written,
+            "segments_signed": r.segments_signed, "segments_sealed": r.segments_sealed,
+            "roster_written": r.roster_written,
             "segments_left_unsigned": r.segments_left_unsigned,
         });
         out.line(&v.to_string())?;
@@ -224,6 +225,13 @@ pub fn migrate_cmd(
                 "{would}sign {} unsigned index segments as the owner's (backups deduplicate against \
                  their packs again; `bakare repair index --read-data` instead vouches only for what it reads)",
                 r.segments_signed
+            ))?;
+        }
+        if r.segments_sealed > 0 {
+            out.line(&format!(
+                "{would}seal where the blobs are in {} index segments to the owner (backup-only keys \
+                 read only their ids)",
+                r.segments_sealed
             ))?;
         }
         if r.roster_written > 0 {

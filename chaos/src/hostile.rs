@@ -277,6 +277,28 @@ pub fn unsign_index(r: &Repository) {
     }
 }
 
+/// Turns every index segment of `r` (opened with the full key) back into the format before
+/// places were sealed (`BKINDEX2`: whole entries under the catalog key), each with its voucher,
+/// signed by the owner as prune rewrote them.
+pub fn unseal_places(r: &Repository) -> usize {
+    let mut n = 0;
+    for name in r.backend.list("index").unwrap() {
+        let (voucher, body) =
+            engine::index::decode_segment(r.segment_keys(), &name, r.backend.get(&name).unwrap()).unwrap();
+        let plain = postcard::to_extend(&body, voucher.stored().to_vec()).unwrap();
+        let signer = r.key.owner_signer().unwrap();
+        let signed =
+            engine::signing::seal(&signer, engine::signing::Purpose::IndexSegment, &r.config.repo_id, plain);
+        let m = engine::index::MAGIC_V2;
+        let mut bytes = m.to_vec();
+        bytes.extend_from_slice(&engine::crypto::seal_catalog(&r.wk.catalog_key, m, &signed));
+        r.backend.put(&format!("index/{}", blake3::hash(&bytes).to_hex()), &bytes).unwrap();
+        r.backend.delete(&name).unwrap();
+        n += 1;
+    }
+    n
+}
+
 /// Index segments (`copies` of them, so that one sorts after the genuine segments) listing each
 /// pack of the repository with its trees only, its data left out: a backup-only key holds the catalog
 /// key, so it can read the real segments and write such lies.

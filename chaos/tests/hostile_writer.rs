@@ -680,6 +680,48 @@ fn a_backup_only_key_reads_blob_ids_but_no_sizes() {
     assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
 }
 
+/// A repository whose segments predate sealed places (`BKINDEX2`, readable whole with a
+/// backup-only key): one `migrate` seals them all to the owner, each keeping its voucher, so
+/// backups of the owner and of the writer still deduplicate against everything.
+#[test]
+fn migrate_seals_the_places_of_segments_of_before() {
+    let s = setup();
+    let full = s.b.home.path().join("full.key");
+    s.b.ok(&argv!["key", "export", &full]);
+    let owner = engine::Repository::open(&s.b.repo, Some(&full)).unwrap();
+    let before = chaos::hostile::unseal_places(&owner);
+    assert!(before >= 2, "{before} segments");
+    let writer = engine::Repository::open(&s.b.repo, Some(&s.key)).unwrap();
+    let readable = |r: &engine::Repository| {
+        r.backend
+            .list("index")
+            .unwrap()
+            .iter()
+            .filter(|n| engine::index::decode_segment(r.segment_keys(), n, r.backend.get(n).unwrap()).is_ok())
+            .count()
+    };
+    assert_eq!(readable(&writer), before, "the writer reads the old segments whole");
+    let dry = s.b.ok(&argv!["--json", "migrate", "--dry-run"]).json();
+    assert_eq!(dry["segments_sealed"].as_u64(), Some(before as u64), "{dry}");
+    let m = s.b.ok(&argv!["--json", "migrate"]).json();
+    assert_eq!(m["segments_sealed"].as_u64(), Some(before as u64), "{m}");
+    assert_eq!(s.b.ok(&argv!["--json", "migrate"]).json()["segments_sealed"], 0);
+    assert_eq!(readable(&writer), 0, "no segment's places are readable with the backup-only key");
+    assert_eq!(readable(&owner), owner.backend.list("index").unwrap().len());
+    // Every voucher kept: both writers still deduplicate against both snapshots' data.
+    for (key, (_, src)) in [(None, &s.snaps[1]), (Some(&s.key), &s.snaps[0])] {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(k) = key {
+            args.extend(["--key".into(), k.clone().into_os_string()]);
+        }
+        args.extend(["--json".into(), "run".into(), src.path().into()]);
+        assert_eq!(s.b.ok(&args).json()["new_bytes"], 0, "{key:?}");
+    }
+    let o = s.b.ok(&argv!["check", "--read-data"]);
+    assert!(o.stdout_str().contains("no damage found"), "{}", o.stdout_str());
+    s.all_restore_exactly();
+}
+
 /// The owner and a registered writer "laptop", with the id of `data` as the attacker computes it.
 fn owner_and_laptop() -> (Bakare, PathBuf) {
     let b = Bakare::new(env!("CARGO_BIN_EXE_bakare-faulty"));

@@ -27,6 +27,9 @@ pub struct MigrateReport {
     pub left: Vec<String>,
     /// Unsigned index segments (of before 2026-12) signed again, vouched for by the owner.
     pub segments_signed: usize,
+    /// Signed segments of the format before places were sealed (`BKINDEX2`), written again with
+    /// their places sealed to the owner, each keeping its voucher.
+    pub segments_sealed: usize,
     /// Roster entries written for writers the registry has and the roster lacks.
     pub roster_written: usize,
     /// Unsigned segments found after an earlier migrate signed the index: left unvouched.
@@ -149,8 +152,20 @@ pub fn migrate(repo: &Repository, dry_run: bool) -> Result<MigrateReport> {
             Err(io::StorageError::NotFound { .. }) => continue,
             Err(e) => return Err(e.into()),
         };
+        let whole_entries = data.starts_with(crate::index::MAGIC_V2);
         match crate::index::decode_segment(repo.segment_keys(), &name, data) {
-            Ok((Voucher::Unsigned, _)) if !vouch => report.segments_left_unsigned += 1,
+            Ok((Voucher::Unsigned, body)) if !vouch => {
+                report.segments_left_unsigned += 1;
+                if whole_entries {
+                    // The owner relayed them unsigned (prune did): sealed, still unvouched.
+                    if !dry_run {
+                        let (new, bytes) = sealer.seal(&Voucher::Unsigned, &body)?;
+                        repo.backend.put(&new, &bytes)?;
+                        repo.backend.delete(&name)?;
+                    }
+                    report.segments_sealed += 1;
+                }
+            }
             Ok((Voucher::Unsigned, body)) => {
                 if !dry_run {
                     // The signed copy first, so an interruption leaves both rather than neither.
@@ -159,6 +174,16 @@ pub fn migrate(repo: &Repository, dry_run: bool) -> Result<MigrateReport> {
                     repo.backend.delete(&name)?;
                 }
                 report.segments_signed += 1;
+            }
+            // Its entries' places readable with a backup-only key: sealed to the owner now,
+            // under the same voucher (the owner relays a writer's word, never adds to it).
+            Ok((voucher, body)) if whole_entries => {
+                if !dry_run {
+                    let (new, bytes) = sealer.seal(&voucher, &body)?;
+                    repo.backend.put(&new, &bytes)?;
+                    repo.backend.delete(&name)?;
+                }
+                report.segments_sealed += 1;
             }
             Ok(_) => {}
             Err(e) => report.warnings.push(format!("{e}; left as it is (`bakare repair index` rewrites it)")),
