@@ -390,9 +390,11 @@ pub fn for_each_pack(
     let visit = IdVisitor(|p, ids: Vec<BlobId>| {
         seen = seen.saturating_add(ids.len() as u64);
         let entries = match &mut places {
-            // Not read through: `Detail::Ids` promises only the ids.
+            // Not read through: `Detail::Ids` promises only the ids. A bundle's entry (all-zero
+            // id; its members are listed on their own) is no blob to deduplicate against.
             None => ids
                 .into_iter()
+                .filter(|id| *id != stages::BUNDLE_ID)
                 .map(|id| {
                     Place { kind: BlobKind::Data as u8, offset: 0, len: 0, raw_len: 0, inner: None }.entry(id)
                 })
