@@ -1,7 +1,8 @@
 //! Key derivation and the two sealing schemes that are not per-pack blobs:
-//! - the catalog (pack trailers, index segments): XChaCha20-Poly1305 under a key derived from
-//!   the writer key, with a random 192-bit nonce (safe to pick at random), so that a backup-only
-//!   machine can read the index to dedup;
+//! - the catalog (index segments, pack trailers of before 2026-12): XChaCha20-Poly1305 under a
+//!   key derived from the writer key, with a random 192-bit nonce (safe to pick at random), so
+//!   that a backup-only machine can read the index to dedup; newer pack trailers are sealed the
+//!   same way under a key derived from the pack's data key (`pack_trailer_key`);
 //! - data keys wrapped for the recipient with age (X25519), readable only with the secret identity.
 use std::fmt;
 
@@ -58,6 +59,12 @@ impl WriterKeys {
             chunk_seed: u64::from_le_bytes(s) | 1,
         }
     }
+}
+
+/// What a pack's trailer (BKPKEND2) is sealed with: derived from the pack's own data key, so
+/// only the owner (and the pack's writer while it writes it) can read where its blobs are.
+pub fn pack_trailer_key(data_key: &DataKey) -> Secret32 {
+    Secret32(blake3::derive_key("bakare 2026-12 pack trailer", data_key.as_bytes()))
 }
 
 const XNONCE: usize = 24;

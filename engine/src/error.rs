@@ -22,6 +22,10 @@ pub enum Error {
     Key(String),
     #[error("this needs the repository's secret key, but {0} is a backup-only key (it can back up, not read back)")]
     BackupOnlyKey(PathBuf),
+    /// A pack's trailer (BKPKEND2) is sealed with the pack's data key, which only the owner
+    /// unwraps: not damage, a backup-only key just cannot read it.
+    #[error("pack {0}: its blob list is sealed to the repository owner (a backup-only key cannot read it)")]
+    SealedToOwner(String),
     #[error("no snapshot matches {0:?}")]
     NoSnapshot(String),
     #[error("snapshot prefix {0:?} is ambiguous")]

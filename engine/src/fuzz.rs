@@ -49,7 +49,8 @@ pub fn pack(data: &[u8]) -> bool {
     let k = keys();
     let Some(wrapped) = crate::pack::header_key(data) else { return false };
     let Ok(identity) = k.key.identity() else { return false };
-    let Ok(entries) = crate::pack::trailer_from_bytes(&k.wk.catalog_key, "fuzz", data) else { return false };
+    let keys = crate::pack::TrailerKeys { catalog: &k.wk.catalog_key, identity: Some(identity) };
+    let Ok(entries) = crate::pack::trailer_from_bytes(keys, "fuzz", data) else { return false };
     let Ok(dk) = crate::crypto::unwrap_key(identity, wrapped) else { return false };
     let mut all = true;
     for e in entries.iter().take(10_000) {
@@ -64,13 +65,23 @@ pub fn pack(data: &[u8]) -> bool {
     all
 }
 
+/// The mode byte's second bit picks the format: a trailer of before 2026-12 (catalog key) or a
+/// new one (a key derived from a data key).
 pub fn pack_trailer(data: &[u8]) -> bool {
     let k = keys();
+    let new = data.first().is_some_and(|m| m & 2 == 2);
+    let data_key = stages::encrypt::DataKey::from_bytes([7; 32]);
+    let new_key = crate::crypto::pack_trailer_key(&data_key);
+    let (key, magic) = if new {
+        (&new_key, crate::pack::TRAILER_MAGIC2)
+    } else {
+        (&k.wk.catalog_key, crate::pack::TRAILER_MAGIC)
+    };
     match mode(data) {
-        (false, raw) => crate::pack::decode_trailer(&k.wk.catalog_key, "fuzz", raw).is_ok(),
+        (false, raw) => crate::pack::decode_trailer(key, magic, "fuzz", raw).is_ok(),
         (true, plain) => {
-            let sealed = seal_catalog(&k.wk.catalog_key, b"BKPKTRL1", plain);
-            crate::pack::decode_trailer(&k.wk.catalog_key, "fuzz", &sealed).is_ok()
+            let sealed = seal_catalog(key, magic, plain);
+            crate::pack::decode_trailer(key, magic, "fuzz", &sealed).is_ok()
         }
     }
 }
@@ -269,8 +280,8 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
             };
             vec![c.encode(&crate::signing::SigningKey::from_seed(&[7; 32]))]
         }
-        "pack" => vec![sample_pack()],
-        "pack_trailer" => vec![sealed(encode(&entries))],
+        "pack" => vec![sample_pack(true), sample_pack(false)],
+        "pack_trailer" => vec![sealed(encode(&entries)), [vec![3u8], encode(&entries)].concat()],
         "index_segment" => vec![sealed(encode(&vec![([9u8; 32], entries.clone())]))],
         "tree" => vec![crate::tree::Tree { nodes: vec![node, dir] }.encode()],
         "snapshot" => {
@@ -339,8 +350,9 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
     }
 }
 
-/// A real one-blob pack sealed under the test keys.
-fn sample_pack() -> Vec<u8> {
+/// A real one-blob pack sealed under the test keys: `new`, its trailer sealed as now
+/// (BKPKEND2), else as before 2026-12 (BKPKEND1).
+fn sample_pack(new: bool) -> Vec<u8> {
     let k = keys();
     let epoch = stages::encrypt::KeyEpoch::new();
     let Ok(wrapped) = crate::crypto::wrap_key(&k.key.recipient, &epoch.key) else { return Vec::new() };
@@ -364,10 +376,15 @@ fn sample_pack() -> Vec<u8> {
     };
     pack.extend_from_slice(&blob);
     let body = postcard::to_allocvec(&vec![entry]).unwrap_or_default();
-    let trailer = seal_catalog(&k.wk.catalog_key, b"BKPKTRL1", &body);
+    let (trailer, end) = if new {
+        let key = crate::crypto::pack_trailer_key(&epoch.key);
+        (seal_catalog(&key, crate::pack::TRAILER_MAGIC2, &body), crate::pack::END2)
+    } else {
+        (seal_catalog(&k.wk.catalog_key, crate::pack::TRAILER_MAGIC, &body), crate::pack::END)
+    };
     pack.extend_from_slice(&trailer);
     pack.extend_from_slice(&(trailer.len() as u32).to_le_bytes());
-    pack.extend_from_slice(crate::pack::END);
+    pack.extend_from_slice(end);
     pack
 }
 

@@ -718,6 +718,8 @@ impl Index {
         let present: HashSet<PackId> = packs.iter().filter_map(|k| pack::parse_pack_key(k)).collect();
         let mut late = Vec::new();
         let mut covered = HashSet::new();
+        // Packs in no segment whose trailer this key cannot read (a backup-only key's).
+        let mut sealed = 0usize;
         // Packs listed by a segment of before 2026-12 and by no vouched-for one.
         let mut unsigned = HashSet::new();
         let mut vouched = HashSet::new();
@@ -769,7 +771,8 @@ impl Index {
             if covered.contains(&id) {
                 continue;
             }
-            match pack::read_trailer(backend, keys.catalog, &key) {
+            let trailer_keys = pack::TrailerKeys { catalog: keys.catalog, identity: keys.identity };
+            match pack::read_trailer(backend, trailer_keys, &key) {
                 Ok(entries) if condemned.contains(&id) => late.push((id, entries, false)),
                 Ok(entries) => {
                     if usage == Use::Read {
@@ -777,8 +780,17 @@ impl Index {
                     }
                     recovered.push((id, entries));
                 }
+                // A backup-only key's: not damage, said once below.
+                Err(Error::SealedToOwner(_)) => sealed += 1,
                 Err(e) => warnings.push(format!("{e}; its blobs are unavailable")),
             }
+        }
+        if sealed > 0 {
+            warnings.push(format!(
+                "{sealed} packs that no index segment lists are sealed to the owner, so this key cannot \
+                 list them (the owner's next backup or `bakare prune` does); backups do not deduplicate \
+                 against them"
+            ));
         }
         if usage == Use::Read {
             for (p, entries, ok) in late {

@@ -3,9 +3,13 @@
 //! ```text
 //! "BKPACK01" | wrapped_len u32 LE | age(data key) for the recipient
 //! sealed blob | sealed blob | ...                 (nonce | AES-256-GCM ciphertext | tag)
-//! trailer: seal_catalog("BKPKTRL1", postcard(Vec<BlobEntry>))
-//! trailer_len u32 LE | "BKPKEND1"
+//! trailer: XChaCha20-Poly1305 of postcard(Vec<BlobEntry>), padded, AAD "BKPKTRL2", under
+//!          pack_trailer_key(data key)
+//! trailer_len u32 LE | "BKPKEND2"
 //! ```
+//! Only the owner unwraps the data key, so only the owner reads where a pack's blobs are and
+//! how large. Packs of before 2026-12 end in "BKPKEND1" and their trailer is sealed with the
+//! catalog key under AAD "BKPKTRL1" (a backup-only key reads those); both are read.
 //! The pack's name is the BLAKE3 of all its bytes (`packs/<2 hex>/<64 hex>`), so bit rot is
 //! detectable without any key.
 use std::collections::HashMap;
@@ -17,12 +21,18 @@ use serde::{Deserialize, Serialize};
 use stages::write::{BlobSink, SinkError};
 use stages::{BlobId, BlobKind, Sealed};
 
-use crate::crypto::{open_catalog, seal_catalog_padded, wrap_key, Secret32};
+use stages::encrypt::DataKey;
+
+use crate::crypto::{open_catalog, pack_trailer_key, seal_catalog_padded, unwrap_key, wrap_key, Secret32};
 use crate::error::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"BKPACK01";
+/// The footer of packs of before 2026-12: the trailer is sealed with the catalog key.
 pub const END: &[u8; 8] = b"BKPKEND1";
 pub const TRAILER_MAGIC: &[u8] = b"BKPKTRL1";
+/// The footer of packs whose trailer is sealed with a key derived from their data key.
+pub const END2: &[u8; 8] = b"BKPKEND2";
+pub const TRAILER_MAGIC2: &[u8] = b"BKPKTRL2";
 const MAX_WRAPPED: u32 = 4096;
 /// A trailer's plaintext is padded to at least this (~70 entries) and then as Padmé pads
 /// (`crypto::padded_len`): its length does not give the pack's number of blobs.
@@ -48,9 +58,22 @@ impl BlobEntry {
     }
 }
 
-/// A pack's trailer: its entries, sealed with the catalog key and padded (`TRAILER_MIN`).
-pub fn seal_trailer(catalog_key: &Secret32, entries: &[BlobEntry]) -> Result<Vec<u8>> {
-    seal_catalog_padded(catalog_key, TRAILER_MAGIC, &[], entries, TRAILER_MIN).map_err(Error::Pipeline)
+/// A pack's trailer (to end in `END2`): its entries, sealed with the key derived from the pack's
+/// data key and padded (`TRAILER_MIN`).
+pub fn seal_trailer(data_key: &DataKey, entries: &[BlobEntry]) -> Result<Vec<u8>> {
+    seal_trailer_with(&pack_trailer_key(data_key), entries)
+}
+
+fn seal_trailer_with(trailer_key: &Secret32, entries: &[BlobEntry]) -> Result<Vec<u8>> {
+    seal_catalog_padded(trailer_key, TRAILER_MAGIC2, &[], entries, TRAILER_MIN).map_err(Error::Pipeline)
+}
+
+/// What trailers are opened with: the catalog key for packs of before 2026-12, the owner's
+/// identity (None with a backup-only key) for newer ones, whose data key it unwraps.
+#[derive(Clone, Copy)]
+pub struct TrailerKeys<'a> {
+    pub catalog: &'a Secret32,
+    pub identity: Option<&'a age::x25519::Identity>,
 }
 
 pub fn pack_key(id: &PackId) -> String {
@@ -71,6 +94,8 @@ struct PackWriter {
     written: u64,
     blob_bytes: u64,
     entries: Vec<BlobEntry>,
+    /// Derived from the pack's data key: what its trailer is sealed with.
+    trailer_key: Secret32,
 }
 
 impl PackWriter {
@@ -87,7 +112,6 @@ impl PackWriter {
 pub struct PackSink {
     backend: Arc<dyn Backend>,
     recipient: age::x25519::Recipient,
-    catalog_key: Secret32,
     /// Signs the session's index segments.
     sealer: crate::index::SegmentSealer,
     pack_size: u64,
@@ -126,7 +150,6 @@ impl PackSink {
         PackSink {
             backend,
             recipient,
-            catalog_key: sealer.catalog.clone(),
             sealer,
             pack_size,
             open: HashMap::new(),
@@ -157,11 +180,11 @@ impl PackSink {
     }
 
     fn seal(&mut self, mut w: PackWriter) -> Result<()> {
-        let trailer = seal_trailer(&self.catalog_key, &w.entries)?;
+        let trailer = seal_trailer_with(&w.trailer_key, &w.entries)?;
         let io = |e| Error::Pipeline(format!("writing pack: {e}"));
         w.write(&trailer).map_err(io)?;
         w.write(&(trailer.len() as u32).to_le_bytes()).map_err(io)?;
-        w.write(END).map_err(io)?;
+        w.write(END2).map_err(io)?;
         let id: PackId = *w.hasher.finalize().as_bytes();
         w.staged.commit(&pack_key(&id))?;
         self.stored_bytes += w.written;
@@ -190,6 +213,7 @@ impl PackSink {
                 written: 0,
                 blob_bytes: 0,
                 entries: Vec::new(),
+                trailer_key: pack_trailer_key(&blob.epoch.key),
             };
             let io = |e| Error::Pipeline(format!("writing pack: {e}"));
             w.write(MAGIC).map_err(io)?;
@@ -263,11 +287,34 @@ pub fn read_wrapped_key(backend: &dyn Backend, key: &str) -> Result<Vec<u8>> {
     Ok(backend.get_range(key, 12, n as usize)?)
 }
 
-/// Decodes a trailer (the sealed bytes between the blobs and the footer).
-pub fn decode_trailer(catalog_key: &Secret32, name: &str, sealed: &[u8]) -> Result<Vec<BlobEntry>> {
-    let body = open_catalog(catalog_key, TRAILER_MAGIC, sealed)
+/// Decodes a trailer (the sealed bytes between the blobs and the footer) sealed with `key`
+/// under the AAD `magic` (`TRAILER_MAGIC` or `TRAILER_MAGIC2`, by the footer).
+pub fn decode_trailer(key: &Secret32, magic: &[u8], name: &str, sealed: &[u8]) -> Result<Vec<BlobEntry>> {
+    let body = open_catalog(key, magic, sealed)
         .ok_or_else(|| Error::corrupt("pack", name, "trailer failed authentication"))?;
     postcard::from_bytes(&body).map_err(|e| Error::corrupt("pack", name, e))
+}
+
+/// The key and AAD a trailer is opened with, by its footer `end`: the catalog key (`END`), or
+/// the key derived from the data key the owner unwraps from `wrapped`, the pack's header
+/// (`END2`; read only then).
+fn trailer_opener(
+    keys: TrailerKeys,
+    name: &str,
+    end: &[u8],
+    wrapped: impl FnOnce() -> Result<Vec<u8>>,
+) -> Result<(Secret32, &'static [u8])> {
+    if end == END {
+        return Ok((keys.catalog.clone(), TRAILER_MAGIC));
+    }
+    if end != END2 {
+        return Err(Error::corrupt("pack", name, "bad footer (truncated?)"));
+    }
+    let Some(identity) = keys.identity else {
+        return Err(Error::SealedToOwner(name.to_string()));
+    };
+    let data_key = unwrap_key(identity, &wrapped()?).map_err(|e| Error::corrupt("pack", name, e))?;
+    Ok((pack_trailer_key(&data_key), TRAILER_MAGIC2))
 }
 
 /// The wrapped data key in a whole pack's bytes.
@@ -283,35 +330,36 @@ pub fn header_key(data: &[u8]) -> Option<&[u8]> {
 }
 
 /// The blob list of a pack given whole.
-pub fn trailer_from_bytes(catalog_key: &Secret32, name: &str, data: &[u8]) -> Result<Vec<BlobEntry>> {
+pub fn trailer_from_bytes(keys: TrailerKeys, name: &str, data: &[u8]) -> Result<Vec<BlobEntry>> {
     let bad = |why: &str| Error::corrupt("pack", name, why);
     let size = data.len();
-    if size < 24 || &data[size - 8..] != END {
+    if size < 24 {
         return Err(bad("bad footer (truncated?)"));
     }
+    let (key, magic) = trailer_opener(keys, name, &data[size - 8..], || {
+        header_key(data).map(<[u8]>::to_vec).ok_or_else(|| bad("bad header"))
+    })?;
     let n = u32::from_le_bytes([data[size - 12], data[size - 11], data[size - 10], data[size - 9]]) as usize;
-    if n + 24 > size {
+    if n.checked_add(24).is_none_or(|end| end > size) {
         return Err(bad("trailer length out of range"));
     }
-    decode_trailer(catalog_key, name, &data[size - 12 - n..size - 12])
+    decode_trailer(&key, magic, name, &data[size - 12 - n..size - 12])
 }
 
 /// Reads a pack's blob list from its trailer.
-pub fn read_trailer(backend: &dyn Backend, catalog_key: &Secret32, key: &str) -> Result<Vec<BlobEntry>> {
+pub fn read_trailer(backend: &dyn Backend, keys: TrailerKeys, key: &str) -> Result<Vec<BlobEntry>> {
     let size = backend.size(key)?;
     if size < 12 + 12 {
         return Err(Error::corrupt("pack", key, "too short"));
     }
     let foot = backend.get_range(key, size - 12, 12)?;
-    if &foot[4..] != END {
-        return Err(Error::corrupt("pack", key, "bad footer (truncated?)"));
-    }
+    let (trailer_key, magic) = trailer_opener(keys, key, &foot[4..], || read_wrapped_key(backend, key))?;
     let n = u64::from(u32::from_le_bytes([foot[0], foot[1], foot[2], foot[3]]));
     if n + 24 > size {
         return Err(Error::corrupt("pack", key, "trailer length out of range"));
     }
     let sealed = backend.get_range(key, size - 12 - n, n as usize)?;
-    decode_trailer(catalog_key, key, &sealed)
+    decode_trailer(&trailer_key, magic, key, &sealed)
 }
 
 #[cfg(test)]
@@ -323,7 +371,107 @@ mod tests {
         #[test]
         fn trailer_garbage_never_panics(g in proptest::collection::vec(any::<u8>(), 0..400)) {
             let k = Secret32::random();
-            let _ = decode_trailer(&k, "p", &g);
+            let _ = decode_trailer(&k, TRAILER_MAGIC, "p", &g);
+            let _ = decode_trailer(&k, TRAILER_MAGIC2, "p", &g);
         }
+    }
+
+    /// A pack of two blobs written by a sink, and its id, entries and the owner's identity.
+    fn written_pack(backend: Arc<dyn Backend>) -> (PackId, Vec<BlobEntry>, age::x25519::Identity, Secret32) {
+        let identity = age::x25519::Identity::generate();
+        let catalog = Secret32::random();
+        let sealer = crate::index::SegmentSealer {
+            catalog: catalog.clone(),
+            signer: crate::signing::SigningKey::from_seed(&[3; 32]),
+            repo_id: [4; 16],
+        };
+        let mut sink = PackSink::new(backend, identity.to_public(), sealer, 1 << 20);
+        let epoch = Arc::new(stages::encrypt::KeyEpoch::new());
+        for (i, data) in [&b"first blob"[..], &b"second, longer blob"[..]].into_iter().enumerate() {
+            let id = stages::hash::blob_id(&[1; 32], data);
+            let mut bytes = [&[0; stages::compress::NONCE_ROOM][..], data].concat();
+            assert!(stages::encrypt::seal(&epoch, i as u64, &id, BlobKind::Data, &mut bytes));
+            let blob = Sealed {
+                id,
+                kind: BlobKind::Data,
+                raw_len: data.len() as u32,
+                epoch: epoch.clone(),
+                bytes,
+                members: Vec::new(),
+                permits: Vec::new(),
+            };
+            sink.add(blob).unwrap();
+        }
+        sink.finish().unwrap();
+        let (id, entries) = sink.packs.pop().unwrap();
+        (id, entries, identity, catalog)
+    }
+
+    #[test]
+    fn new_trailers_open_with_the_owners_identity_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(io::LocalBackend::new(dir.path()));
+        let (id, entries, identity, catalog) = written_pack(backend.clone());
+        assert_eq!(entries.len(), 2);
+        let key = pack_key(&id);
+        let data = backend.get(&key).unwrap();
+        assert_eq!(&data[data.len() - 8..], END2);
+        let owner = TrailerKeys { catalog: &catalog, identity: Some(&identity) };
+        assert_eq!(read_trailer(backend.as_ref(), owner, &key).unwrap(), entries);
+        assert_eq!(trailer_from_bytes(owner, &key, &data).unwrap(), entries);
+        // The catalog key alone (a backup-only key) is told the trailer is the owner's.
+        let writer = TrailerKeys { catalog: &catalog, identity: None };
+        assert!(
+            matches!(read_trailer(backend.as_ref(), writer, &key), Err(Error::SealedToOwner(n)) if n == key)
+        );
+        assert!(matches!(trailer_from_bytes(writer, &key, &data), Err(Error::SealedToOwner(_))));
+        // Another owner's identity cannot unwrap the data key: corrupt, not a panic.
+        let other = age::x25519::Identity::generate();
+        let stranger = TrailerKeys { catalog: &catalog, identity: Some(&other) };
+        assert!(matches!(trailer_from_bytes(stranger, &key, &data), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_flipped_byte_in_a_new_trailer_fails_authentication() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(io::LocalBackend::new(dir.path()));
+        let (id, _, identity, catalog) = written_pack(backend.clone());
+        let data = backend.get(&pack_key(&id)).unwrap();
+        let owner = TrailerKeys { catalog: &catalog, identity: Some(&identity) };
+        let n = u32::from_le_bytes(data[data.len() - 12..data.len() - 8].try_into().unwrap()) as usize;
+        for at in [data.len() - 12 - n, data.len() - 12 - n / 2, data.len() - 13] {
+            let mut bad = data.clone();
+            bad[at] ^= 0x40;
+            let e = trailer_from_bytes(owner, "p", &bad).unwrap_err();
+            assert!(e.to_string().contains("trailer failed authentication"), "{e}");
+        }
+        // A new footer on an old trailer, or the other way round, is refused too.
+        let mut swapped = data.clone();
+        let end = swapped.len() - 8;
+        swapped[end..].copy_from_slice(END);
+        assert!(matches!(trailer_from_bytes(owner, "p", &swapped), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn old_trailers_still_open_with_the_catalog_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = io::LocalBackend::new(dir.path());
+        let catalog = Secret32::random();
+        let entries =
+            vec![BlobEntry { id: [9; 32], kind: 0, offset: 100, len: 50, raw_len: 30, inner: None }];
+        let mut pack = MAGIC.to_vec();
+        pack.extend_from_slice(&4u32.to_le_bytes());
+        pack.extend_from_slice(b"junk");
+        let trailer = seal_catalog_padded(&catalog, TRAILER_MAGIC, &[], &entries, TRAILER_MIN).unwrap();
+        pack.extend_from_slice(&trailer);
+        pack.extend_from_slice(&(trailer.len() as u32).to_le_bytes());
+        pack.extend_from_slice(END);
+        backend.put("packs/00/old", &pack).unwrap();
+        let writer = TrailerKeys { catalog: &catalog, identity: None };
+        assert_eq!(read_trailer(&backend, writer, "packs/00/old").unwrap(), entries);
+        assert_eq!(trailer_from_bytes(writer, "old", &pack).unwrap(), entries);
+        let other = Secret32::random();
+        let wrong = TrailerKeys { catalog: &other, identity: None };
+        assert!(matches!(trailer_from_bytes(wrong, "old", &pack), Err(Error::Corrupt { .. })));
     }
 }

@@ -227,7 +227,7 @@ fn load_view(repo: &Repository, warnings: &mut Vec<String>) -> Result<View> {
         if covered.contains(id) {
             continue;
         }
-        match pack::read_trailer(backend, &repo.wk.catalog_key, &pack::pack_key(id)) {
+        match pack::read_trailer(backend, repo.trailer_keys(), &pack::pack_key(id)) {
             Ok(e) => *entries = e,
             // An unreadable pack is neither used nor condemned here: check reports it.
             Err(e) => warnings.push(format!("{e}; left alone")),
@@ -533,16 +533,18 @@ fn write_segments(repo: &Repository, claims: Vec<Claim>) -> Result<Vec<String>> 
 fn repack(repo: &Repository, src: &PackId, used: &HashSet<BlobId>) -> Result<(PackId, Vec<BlobEntry>, u64)> {
     let key = pack::pack_key(src);
     let data = repo.backend.get(&key)?;
-    let header_len = pack::header_key(&data)
-        .map(|w| 12 + w.len())
-        .ok_or_else(|| Error::corrupt("pack", &key, "bad header"))?;
+    let wrapped = pack::header_key(&data).ok_or_else(|| Error::corrupt("pack", &key, "bad header"))?;
+    let header_len = 12 + wrapped.len();
+    // The new pack keeps the header, so its trailer is sealed under the same data key.
+    let data_key = crate::crypto::unwrap_key(repo.key.identity()?, wrapped)
+        .map_err(|e| Error::corrupt("pack", &key, e))?;
     // The pack's own trailer, not what segments claim it holds: a segment can list entries
     // that are not there (a forged one, written with the catalog key a backup-only key has),
     // and the new pack must not carry them under its source's voucher.
     if blake3::hash(&data).as_bytes() != src {
         return Err(Error::corrupt("pack", &key, "content does not match its name"));
     }
-    let entries = pack::trailer_from_bytes(&repo.wk.catalog_key, &key, &data)?;
+    let entries = pack::trailer_from_bytes(repo.trailer_keys(), &key, &data)?;
     let mut units: BTreeMap<(u32, u32), Vec<&BlobEntry>> = BTreeMap::new();
     for e in &entries {
         units.entry((e.offset, e.len)).or_default().push(e);
@@ -560,10 +562,10 @@ fn repack(repo: &Repository, src: &PackId, used: &HashSet<BlobId>) -> Result<(Pa
         out.extend_from_slice(unit);
         kept.extend(members.into_iter().map(|e| BlobEntry { offset: new_offset, ..*e }));
     }
-    let trailer = pack::seal_trailer(&repo.wk.catalog_key, &kept)?;
+    let trailer = pack::seal_trailer(&data_key, &kept)?;
     out.extend_from_slice(&trailer);
     out.extend_from_slice(&(trailer.len() as u32).to_le_bytes());
-    out.extend_from_slice(pack::END);
+    out.extend_from_slice(pack::END2);
     let id: PackId = *blake3::hash(&out).as_bytes();
     repo.backend.put(&pack::pack_key(&id), &out)?;
     Ok((id, kept, out.len() as u64))
@@ -672,7 +674,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         // its bytes, so its trailer is what its writer wrote): a used blob the segments left out
         // still counts. A pack whose trailer cannot be read stays (any doubt keeps).
         for p in doomed.clone() {
-            match pack::read_trailer(repo.backend.as_ref(), &repo.wk.catalog_key, &pack::pack_key(&p)) {
+            match pack::read_trailer(repo.backend.as_ref(), repo.trailer_keys(), &pack::pack_key(&p)) {
                 Ok(entries) => {
                     for e in entries.iter().filter(|e| used.contains(&e.id)) {
                         let hs = holders.entry(e.id).or_default();

@@ -334,6 +334,11 @@ impl Repository {
         }
     }
 
+    /// The keys pack trailers are read with (the identity: None with a backup-only key).
+    pub fn trailer_keys(&self) -> crate::pack::TrailerKeys<'_> {
+        crate::pack::TrailerKeys { catalog: &self.wk.catalog_key, identity: self.key.identity.as_ref() }
+    }
+
     /// What this key writes index segments with: signed by its writer key (the owner's, for a
     /// full key).
     pub fn sealer(&self) -> Result<SegmentSealer> {
