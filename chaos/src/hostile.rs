@@ -301,13 +301,15 @@ pub fn unseal_places(r: &Repository) -> usize {
 
 /// Index segments (`copies` of them, so that one sorts after the genuine segments) listing each
 /// pack of the repository with its trees only, its data left out: a backup-only key holds the catalog
-/// key, so it can read the real segments and write such lies.
-pub fn forge_segments_hiding_blobs(repo: &Path, key: &Path, copies: usize) {
+/// key, so it can write such lies. What the packs hold is read with `full_key` (since 2026-12 only
+/// the owner reads a pack's trailer; an attacker who learned it some other way is stronger).
+pub fn forge_segments_hiding_blobs(repo: &Path, key: &Path, full_key: &Path, copies: usize) {
     let r = Repository::open(repo, Some(key)).unwrap();
+    let owner = Repository::open(repo, Some(full_key)).unwrap();
     let mut body = Vec::new();
     for k in r.backend.list("packs").unwrap() {
         let id = engine::pack::parse_pack_key(&k).unwrap();
-        let entries = engine::pack::read_trailer(r.backend.as_ref(), &r.wk.catalog_key, &k).unwrap();
+        let entries = engine::pack::read_trailer(r.backend.as_ref(), owner.trailer_keys(), &k).unwrap();
         body.push((id, entries.into_iter().filter(|e| e.kind() == Some(BlobKind::Tree)).collect::<Vec<_>>()));
     }
     for _ in 0..copies {

@@ -390,7 +390,7 @@ fn an_old_repository_works_after_one_migrate() {
 fn segments_hiding_blobs_make_prune_delete_nothing() {
     let s = setup();
     let before = s.packs();
-    forge_segments_hiding_blobs(&s.b.repo, &s.key, 32);
+    forge_segments_hiding_blobs(&s.b.repo, &s.key, &full_key(&s.b), 32);
     s.b.ok(&argv!["prune", "--unsafe-now"]);
     s.b.ok(&argv!["prune", "--unsafe-now"]);
     assert!(
@@ -503,7 +503,7 @@ fn packs_show_no_blob_boundaries_or_counts_without_a_key() {
             .collect();
         assert!(counters.is_empty(), "{}: counters {counters:?} in the clear", p.display());
         let foot = &data[data.len() - 12..];
-        assert_eq!(&foot[4..], b"BKPKEND1");
+        assert_eq!(&foot[4..], b"BKPKEND2");
         trailers.insert(u32::from_le_bytes(foot[..4].try_into().unwrap()));
     }
     // 24 bytes of nonce, 4,096 of padded plaintext, 16 of tag.
@@ -731,6 +731,54 @@ fn owner_and_laptop() -> (Bakare, PathBuf) {
     (b, laptop)
 }
 
+/// The owner's full key, exported to a file.
+fn full_key(b: &Bakare) -> PathBuf {
+    let full = b.home.path().join("owner-full.key");
+    if !full.exists() {
+        b.ok(&argv!["key", "export", &full]);
+    }
+    full
+}
+
+/// A backup-only key cannot read the trailer of a pack written since 2026-12, its own pack's
+/// included (where its blobs are and how large is for the owner only), and is told so rather
+/// than that the pack is damaged; the owner reads it. Backups with that key still work, and
+/// deduplicate against the owner's data through the index segments.
+#[test]
+fn new_pack_trailers_are_sealed_to_the_owner() {
+    let (b, laptop) = owner_and_laptop();
+    let mut rng = chaos::testkit::Rng::new(8);
+    let f = rng.bytes(100_000);
+    assert_eq!(new_bytes_backing_up(&b, &f), 100_000);
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("f"), &f).unwrap();
+    fs::write(d.path().join("g"), rng.bytes(50_000)).unwrap();
+    let o = b.ok(&argv!["--key", &laptop, "--json", "run", d.path()]);
+    assert_eq!(o.json()["new_bytes"].as_u64().unwrap(), 50_000, "{}", o.stdout_str());
+    assert!(!o.stderr.contains("sealed to"), "{}", o.stderr);
+    let writer = engine::Repository::open(&b.repo, Some(&laptop)).unwrap();
+    let owner = engine::Repository::open(&b.repo, Some(&full_key(&b))).unwrap();
+    let packs = writer.backend.list("packs").unwrap();
+    assert_eq!(packs.len(), 2, "{packs:?}");
+    for key in &packs {
+        match engine::pack::read_trailer(writer.backend.as_ref(), writer.trailer_keys(), key) {
+            Err(e @ engine::Error::SealedToOwner(_)) => {
+                assert!(e.to_string().contains("sealed to the repository owner"), "{e}")
+            }
+            other => panic!("{key}: {other:?}"),
+        }
+        let entries = engine::pack::read_trailer(owner.backend.as_ref(), owner.trailer_keys(), key).unwrap();
+        assert!(!entries.is_empty());
+    }
+    // Packs no segment lists (the segments lost): the writer says so once, not once a pack.
+    for s in writer.backend.list("index").unwrap() {
+        writer.backend.delete(&s).unwrap();
+    }
+    let o = b.ok(&argv!["--key", &laptop, "run", d.path()]);
+    assert_eq!(o.stderr.matches("sealed to the owner").count(), 1, "{}", o.stderr);
+    assert!(o.stderr.contains("2 packs"), "{}", o.stderr);
+}
+
 fn blob_id_of(b: &Bakare, key: &std::path::Path, data: &[u8]) -> BlobId {
     let r = engine::Repository::open(&b.repo, Some(key)).unwrap();
     stages::hash::blob_id(r.wk.id_key.as_bytes(), data)
@@ -755,9 +803,11 @@ fn prune_keeps_each_segments_word_apart() {
     let f = rng.bytes(100_000);
     let x = blob_id_of(&b, &laptop, &f);
     let r = engine::Repository::open(&b.repo, Some(&laptop)).unwrap();
+    // Where the blob is, as the owner reads it (an attacker who learned it anyhow).
+    let owner = engine::Repository::open(&b.repo, Some(&full_key(&b))).unwrap();
     let mut body = Vec::new();
     for key in r.backend.list("packs").unwrap() {
-        let mut entries = engine::pack::read_trailer(r.backend.as_ref(), &r.wk.catalog_key, &key).unwrap();
+        let mut entries = engine::pack::read_trailer(r.backend.as_ref(), owner.trailer_keys(), &key).unwrap();
         if let Some(y) = entries.iter().find(|e| e.raw_len == 100_000).cloned() {
             entries.push(engine::pack::BlobEntry { id: x, ..y });
             body.push((engine::pack::parse_pack_key(&key).unwrap(), entries));
@@ -794,7 +844,9 @@ fn repair_vouches_only_for_what_it_read() {
     let r = engine::Repository::open(&b.repo, Some(&laptop)).unwrap();
     let name = decoy_signed(&b.repo, &laptop, &[x], Signed::Unsigned);
     let key = format!("packs/{}/{name}", &name[..2]);
-    let entries = engine::pack::read_trailer(r.backend.as_ref(), &r.wk.catalog_key, &key).unwrap();
+    // The decoy's writer knows what it holds; read back, that takes the owner's key.
+    let owner = engine::Repository::open(&b.repo, Some(&full_key(&b))).unwrap();
+    let entries = engine::pack::read_trailer(r.backend.as_ref(), owner.trailer_keys(), &key).unwrap();
     let mut data = r.backend.get(&key).unwrap();
     let n = data.len();
     data[n - 8 - 4 - 5] ^= 1; // inside the sealed trailer
