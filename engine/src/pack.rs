@@ -18,10 +18,9 @@ use std::sync::Arc;
 
 use io::{Backend, Staged};
 use serde::{Deserialize, Serialize};
+use stages::encrypt::DataKey;
 use stages::write::{BlobSink, SinkError};
 use stages::{BlobId, BlobKind, Sealed};
-
-use stages::encrypt::DataKey;
 
 use crate::crypto::{open_catalog, pack_trailer_key, seal_catalog_padded, unwrap_key, wrap_key, Secret32};
 use crate::error::{Error, Result};
