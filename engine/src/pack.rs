@@ -383,6 +383,7 @@ mod tests {
             catalog: catalog.clone(),
             signer: crate::signing::SigningKey::from_seed(&[3; 32]),
             repo_id: [4; 16],
+            recipient: identity.to_public(),
         };
         let mut sink = PackSink::new(backend, identity.to_public(), sealer, 1 << 20);
         let epoch = Arc::new(stages::encrypt::KeyEpoch::new());
