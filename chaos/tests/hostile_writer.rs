@@ -282,10 +282,12 @@ fn prune_keeps_condemned_packs_whose_surviving_copies_are_decoys() {
     assert!(p["condemned_packs"].as_u64().unwrap() >= 1, "{p}");
     let condemned: BTreeSet<PathBuf> = files_under(&b.repo.join("packs")).into_iter().collect();
 
-    // The attacker claims every data blob it can see in the index, with garbage. (Claiming the
-    // trees' ids too makes prune stop without deleting anything: it cannot read the snapshots.)
+    // The attacker claims every data blob of the index, with garbage. (Claiming the trees' ids
+    // too makes prune stop without deleting anything: it cannot read the snapshots.) A backup-only
+    // key reads only ids now, not which are data (places are sealed to the owner): the owner's
+    // key tells them apart here, for an attacker who knows more than that key gives.
     let ids: Vec<BlobId> = {
-        let r = engine::Repository::open(&b.repo, Some(&key)).unwrap();
+        let r = engine::Repository::open(&b.repo, Some(&full_key(&b))).unwrap();
         let (index, _) = r.load_index().unwrap();
         index.iter().filter(|(_, loc)| loc.kind == stages::BlobKind::Data).map(|(id, _)| *id).collect()
     };
@@ -759,7 +761,8 @@ fn new_pack_trailers_are_sealed_to_the_owner() {
     let writer = engine::Repository::open(&b.repo, Some(&laptop)).unwrap();
     let owner = engine::Repository::open(&b.repo, Some(&full_key(&b))).unwrap();
     let packs = writer.backend.list("packs").unwrap();
-    assert_eq!(packs.len(), 2, "{packs:?}");
+    // The owner's pack and the laptop's (trees and data may go to packs of their own).
+    assert!(packs.len() >= 2, "{packs:?}");
     for key in &packs {
         match engine::pack::read_trailer(writer.backend.as_ref(), writer.trailer_keys(), key) {
             Err(e @ engine::Error::SealedToOwner(_)) => {
@@ -776,7 +779,7 @@ fn new_pack_trailers_are_sealed_to_the_owner() {
     }
     let o = b.ok(&argv!["--key", &laptop, "run", d.path()]);
     assert_eq!(o.stderr.matches("sealed to the owner").count(), 1, "{}", o.stderr);
-    assert!(o.stderr.contains("2 packs"), "{}", o.stderr);
+    assert!(o.stderr.contains(&format!("{} packs", packs.len())), "{}", o.stderr);
 }
 
 fn blob_id_of(b: &Bakare, key: &std::path::Path, data: &[u8]) -> BlobId {
