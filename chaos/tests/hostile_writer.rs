@@ -370,7 +370,7 @@ fn an_old_repository_works_after_one_migrate() {
     assert!(before.is_subset(&s.packs()));
     assert_eq!(s.b.ok(&argv!["--json", "check"]).json()["ok"], true);
     let again = s.b.ok(&argv!["--json", "migrate"]).json();
-    assert_eq!((again["config_from"].as_u64(), again["adopted"].as_array().unwrap().len()), (Some(3), 0));
+    assert_eq!((again["config_from"].as_u64(), again["adopted"].as_array().unwrap().len()), (Some(4), 0));
     assert_eq!(again["segments_signed"], 0, "{again}");
     // the old backup-only key is refused with what to do; a new one works
     let o = s.b.run(&argv!["--key", &old_key, "run", s.snaps[1].1.path()]);
@@ -693,6 +693,13 @@ fn migrate_seals_the_places_of_segments_of_before() {
     let owner = engine::Repository::open(&s.b.repo, Some(&full)).unwrap();
     let before = chaos::hostile::unseal_places(&owner);
     assert!(before >= 2, "{before} segments");
+    // And its config of format 3, as the owner signed it then.
+    let config = owner.backend.get("config").unwrap();
+    let mut body = config[..config.len() - 96].to_vec();
+    body[8] = 3;
+    let signer = owner.key.owner_signer().unwrap();
+    let v3 = engine::signing::seal(&signer, engine::signing::Purpose::Config, &owner.config.repo_id, body);
+    owner.backend.replace("config", &v3).unwrap();
     let writer = engine::Repository::open(&s.b.repo, Some(&s.key)).unwrap();
     let readable = |r: &engine::Repository| {
         r.backend
@@ -705,8 +712,13 @@ fn migrate_seals_the_places_of_segments_of_before() {
     assert_eq!(readable(&writer), before, "the writer reads the old segments whole");
     let dry = s.b.ok(&argv!["--json", "migrate", "--dry-run"]).json();
     assert_eq!(dry["segments_sealed"].as_u64(), Some(before as u64), "{dry}");
+    assert_eq!(dry["config_from"], 3, "{dry}");
     let m = s.b.ok(&argv!["--json", "migrate"]).json();
     assert_eq!(m["segments_sealed"].as_u64(), Some(before as u64), "{m}");
+    // Signed again as format 4, so that a bakare of before refuses the repository rather than
+    // misread (and, in `repair index`, delete) what it cannot decode.
+    assert_eq!(owner.backend.get("config").unwrap()[8], engine::config::VERSION);
+    assert_eq!(engine::config::VERSION, 4);
     assert_eq!(s.b.ok(&argv!["--json", "migrate"]).json()["segments_sealed"], 0);
     assert_eq!(readable(&writer), 0, "no segment's places are readable with the backup-only key");
     assert_eq!(readable(&owner), owner.backend.list("index").unwrap().len());

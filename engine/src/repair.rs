@@ -40,6 +40,9 @@ pub struct IndexRepair {
 /// before its segment, so every pack of a listed segment is seen; segments written after the
 /// listing are not touched.
 pub fn repair_index(repo: &Repository, read_data: bool, workers: usize) -> Result<IndexRepair> {
+    // The owner's: a backup-only key reads neither where blobs are in new segments nor new
+    // packs' trailers, so it would rewrite the index without them (and delete what it replaces).
+    repo.key.identity()?;
     let backend = repo.backend.as_ref();
     let mut out = IndexRepair::default();
     let mut old = backend.list("index")?;

@@ -13,7 +13,13 @@ use crate::error::{Error, Result};
 use crate::signing::{self, PublicKey, Purpose, SigningKey};
 
 pub const MAGIC: &[u8; 8] = b"BKCONFIG";
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
+/// Signed, from before index segments and pack trailers sealed where blobs are to the owner
+/// (2026-12): read alike. Version 4 is the same object; its number makes older bakare refuse
+/// the repository instead of misreading the new segments and trailers (an older `repair index`
+/// would delete what it cannot read, and an older writer would keep writing sizes readable with
+/// a backup-only key). `init` writes 4, `migrate` signs a version 3 config again as 4.
+pub const VERSION_BEFORE_SEALED_PLACES: u8 = 3;
 /// The shortest grace period prune honours without `--unsafe-now`: writers need time to
 /// notice a condemnation, and a forged short period must not make prune delete at once.
 pub const MIN_GRACE_SECS: u64 = 3600;
@@ -23,8 +29,10 @@ pub const MIN_GRACE_SECS: u64 = 3600;
 pub enum Seal {
     /// Versions 1 and 2: a checksum, which proves nothing about who wrote it.
     Checksum(u8),
-    /// Version 3: signed by this key (verified; whether it is the owner's is the caller's check).
+    /// Version 4: signed by this key (verified; whether it is the owner's is the caller's check).
     Signed(PublicKey),
+    /// Version 3: the same, from before sealed places (`VERSION_BEFORE_SEALED_PLACES`).
+    SignedBefore(PublicKey),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,8 +182,8 @@ impl Config {
     /// The config, if the owner signed it: what every command reads.
     pub fn decode(data: &[u8], owner: &PublicKey) -> Result<Config> {
         match Config::decode_unverified(data)? {
-            (c, Seal::Signed(k)) if k == *owner => Ok(c),
-            (_, Seal::Signed(_)) => Err(Error::corrupt(
+            (c, Seal::Signed(k) | Seal::SignedBefore(k)) if k == *owner => Ok(c),
+            (_, Seal::Signed(_) | Seal::SignedBefore(_)) => Err(Error::corrupt(
                 "config",
                 "config",
                 "not signed by this repository's owner (forged, or another repository's): refusing it",
@@ -204,7 +212,7 @@ impl Config {
                 }
                 (&body[9..], Seal::Checksum(version))
             }
-            VERSION => {
+            VERSION_BEFORE_SEALED_PLACES | VERSION => {
                 // The repository id is both inside what is signed and part of the signature's
                 // message, so it is read first and confirmed after.
                 let Some(body) = data.len().checked_sub(96).and_then(|split| data.get(9..split)) else {
@@ -213,7 +221,7 @@ impl Config {
                 let cfg: Config = postcard::from_bytes(body).map_err(|e| bad(&e.to_string()))?;
                 let (_, key) = signing::open(Purpose::Config, &cfg.repo_id, data)
                     .ok_or_else(|| bad("signature does not verify (damaged or edited)"))?;
-                (body, Seal::Signed(key))
+                (body, if version == VERSION { Seal::Signed(key) } else { Seal::SignedBefore(key) })
             }
             v => return Err(bad(&format!("unsupported format version {v}"))),
         };
@@ -287,7 +295,7 @@ mod tests {
     /// Version 3 as bakare wrote it before the extension: the body ends after the grace fields.
     fn v3_without_extension(c: &Config, owner: &SigningKey) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
-        out.push(VERSION);
+        out.push(VERSION_BEFORE_SEALED_PLACES);
         out.extend_from_slice(&postcard::to_allocvec(c).unwrap());
         signing::seal(owner, Purpose::Config, &c.repo_id, out)
     }
@@ -371,6 +379,13 @@ mod tests {
         let forged = c.encode(&SigningKey::generate());
         let err = Config::decode(&forged, &owner.public()).unwrap_err().to_string();
         assert!(err.contains("not signed by this repository's owner"), "{err}");
+        // version 3, signed before sealed places: read alike, and told apart
+        let mut v3 = e.clone();
+        v3[8] = VERSION_BEFORE_SEALED_PLACES;
+        let v3 = signing::seal(&owner, Purpose::Config, &c.repo_id, v3[..v3.len() - 96].to_vec());
+        assert_eq!(Config::decode(&v3, &owner.public()).unwrap(), c);
+        assert_eq!(Config::decode_unverified(&v3).unwrap(), (c.clone(), Seal::SignedBefore(owner.public())));
+        assert_eq!(e[8], 4);
         // the old checksummed form is read only as what it is
         let old = v2(&c);
         assert_eq!(Config::decode_unverified(&old).unwrap(), (c.clone(), Seal::Checksum(2)));

@@ -47,7 +47,8 @@ pub fn migrate(repo: &Repository, dry_run: bool) -> Result<MigrateReport> {
     report.config_from = match seal {
         Seal::Checksum(v) => v,
         Seal::Signed(k) if k == repo.owner => crate::config::VERSION,
-        Seal::Signed(_) => {
+        Seal::SignedBefore(k) if k == repo.owner => crate::config::VERSION_BEFORE_SEALED_PLACES,
+        Seal::Signed(_) | Seal::SignedBefore(_) => {
             return Err(Error::corrupt(
                 "config",
                 "config",
@@ -55,7 +56,8 @@ pub fn migrate(repo: &Repository, dry_run: bool) -> Result<MigrateReport> {
             ))
         }
     };
-    let legacy = report.config_from < crate::config::VERSION;
+    // Checksummed (format 2 or before): what signing brought is to be done.
+    let legacy = report.config_from < crate::config::VERSION_BEFORE_SEALED_PLACES;
 
     let mut names = repo.backend.list("snapshots")?;
     names.sort();
@@ -223,6 +225,13 @@ pub fn migrate(repo: &Repository, dry_run: bool) -> Result<MigrateReport> {
             ));
             config.set_grace(crate::config::MIN_GRACE_SECS, crate::clock::now_ns());
         }
+        if !dry_run {
+            repo.backend.replace("config", &config.encode(&owner))?;
+        }
+        report.config = Some(config);
+    } else if report.config_from < crate::config::VERSION {
+        // Signed already, as format 3: the same config as format 4, once the segments above
+        // are sealed (last, so that an interrupted migrate runs again).
         if !dry_run {
             repo.backend.replace("config", &config.encode(&owner))?;
         }
