@@ -29,7 +29,7 @@ use stages::{BlobId, BlobKind, Dedup};
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{open_catalog, seal_catalog, seal_catalog_value, unwrap_key, wrap_key, Secret32};
+use crate::crypto::{open_catalog, seal_catalog, unwrap_key, wrap_key, Secret32};
 use crate::error::{Error, Result};
 use crate::pack::{self, BlobEntry, PackId};
 use crate::signing::{self, PublicKey, Purpose, SigningKey};
@@ -108,8 +108,11 @@ pub enum Detail {
     Ids,
 }
 
-/// Where one blob is, how large and of what kind: what a segment seals to the owner.
-#[derive(Serialize, Deserialize)]
+/// Where one blob is, how large and of what kind: what a segment seals to the owner, each in
+/// `PLACE_BYTES` (kind, then offset, sealed length, raw length and offset in its bundle, or
+/// `NOT_INNER`, as u32 LE): fixed, so that the sealed places' length gives only their count
+/// (variable-length integers gave each blob's size class).
+#[derive(Clone, Copy)]
 struct Place {
     kind: u8,
     offset: u32,
@@ -127,6 +130,36 @@ impl Place {
         let Place { kind, offset, len, raw_len, inner } = *self;
         BlobEntry { id, kind, offset, len, raw_len, inner }
     }
+
+    fn put(&self, out: &mut Vec<u8>) {
+        out.push(self.kind);
+        for n in [self.offset, self.len, self.raw_len, self.inner.unwrap_or(NOT_INNER)] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+    }
+
+    fn read(b: &[u8]) -> Option<Place> {
+        let n = |at: usize| b.get(at..at + 4).and_then(|x| x.try_into().ok()).map(u32::from_le_bytes);
+        let inner = n(13)?;
+        Some(Place {
+            kind: *b.first()?,
+            offset: n(1)?,
+            len: n(5)?,
+            raw_len: n(9)?,
+            inner: (inner != NOT_INNER).then_some(inner),
+        })
+    }
+}
+
+const PLACE_BYTES: usize = 17;
+
+/// `places` as sealed: `PLACE_BYTES` each.
+fn encode_places<'a>(places: impl Iterator<Item = &'a BlobEntry>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in places {
+        Place::of(e).put(&mut out);
+    }
+    out
 }
 
 /// What a `BKINDEX3` segment says before its ids: how many, and their places sealed to the
@@ -165,13 +198,11 @@ impl SegmentSealer {
     /// counts; a writer saying so is read as `Nobody`.
     pub fn seal(&self, voucher: &Voucher, packs: &SegmentBody) -> Result<(String, Vec<u8>)> {
         let encoding = |e: &dyn std::fmt::Display| Error::Pipeline(format!("encoding an index segment: {e}"));
-        let places: Vec<Place> =
-            packs.iter().flat_map(|(_, entries)| entries.iter().map(Place::of)).collect();
+        let places = encode_places(packs.iter().flat_map(|(_, entries)| entries.iter()));
         let key = stages::encrypt::DataKey::random();
         let wrapped = wrap_key(&self.recipient, &key).map_err(|e| encoding(&e))?;
-        let sealed = seal_catalog_value(&Secret32::from_bytes(*key.as_bytes()), PLACES_MAGIC, &[], &places)
-            .map_err(|e| encoding(&e))?;
-        let head = Head { count: places.len() as u64, wrapped, places: sealed };
+        let sealed = seal_catalog(&Secret32::from_bytes(*key.as_bytes()), PLACES_MAGIC, &places);
+        let head = Head { count: (places.len() / PLACE_BYTES) as u64, wrapped, places: sealed };
         drop(places);
         let plain = postcard::to_extend(&head, voucher.stored().to_vec()).map_err(|e| encoding(&e))?;
         let plain = postcard::to_extend(&Ids(packs), plain).map_err(|e| encoding(&e))?;
@@ -365,6 +396,7 @@ pub fn for_each_pack(
     }
     let (head, ids) =
         postcard::take_from_bytes::<Head>(body).map_err(|e| Error::corrupt("index segment", name, e))?;
+    let plain;
     let mut places = match detail {
         Detail::Ids => None,
         Detail::Full => {
@@ -375,14 +407,13 @@ pub fn for_each_pack(
                 ))
             })?;
             let key = unwrap_key(identity, &head.wrapped).map_err(|e| bad(&e))?;
-            let plain = open_catalog(&Secret32::from_bytes(*key.as_bytes()), PLACES_MAGIC, &head.places)
+            plain = open_catalog(&Secret32::from_bytes(*key.as_bytes()), PLACES_MAGIC, &head.places)
                 .ok_or_else(|| bad("its blob places fail authentication"))?;
-            let places: Vec<Place> =
-                postcard::from_bytes(&plain).map_err(|e| Error::corrupt("index segment", name, e))?;
-            if places.len() as u64 != head.count {
+            if usize::try_from(head.count).ok().and_then(|n| n.checked_mul(PLACE_BYTES)) != Some(plain.len())
+            {
                 return Err(bad("its places do not match its count"));
             }
-            Some(places.into_iter())
+            Some(plain.chunks_exact(PLACE_BYTES).filter_map(Place::read))
         }
     };
     let (mut seen, mut short) = (0u64, false);
@@ -1013,6 +1044,34 @@ mod tests {
             assert!(!opened.windows(varint.len()).any(|w| w == varint.as_slice()), "{n} readable");
             assert!(!opened.windows(4).any(|w| w == n.to_le_bytes()), "{n} readable");
         }
+        // The sealed places' length gives the number of blobs, not their sizes: those of tiny
+        // blobs and of huge ones are as long. (age's header varies at random: grease stanzas.)
+        let sized = |n: u32| {
+            vec![(
+                [1u8; 32],
+                (0..40u8)
+                    .map(|i| BlobEntry {
+                        id: [i; 32],
+                        kind: 0,
+                        offset: n,
+                        len: n,
+                        raw_len: n,
+                        inner: Some(n),
+                    })
+                    .collect(),
+            )]
+        };
+        let places_len = |bytes: Vec<u8>| {
+            let mut bytes = bytes;
+            let plain = crate::crypto::open_catalog_in_place(&k, MAGIC, &mut bytes, 8).unwrap();
+            let (signed, _) = signing::open(Purpose::IndexSegment, &[4; 16], plain).unwrap();
+            postcard::take_from_bytes::<Head>(&signed[32..]).unwrap().0.places.len()
+        };
+        let lens: Vec<usize> = [1, 200, 70_000, 40 << 20]
+            .iter()
+            .map(|&n| places_len(sealer(&k, &owner).own(&sized(n)).unwrap().1))
+            .collect();
+        assert!(lens.iter().all(|&l| l == 40 * PLACE_BYTES + 40), "{lens:?}");
         // Another identity opens nothing.
         let stranger = age::x25519::Identity::generate();
         assert!(
@@ -1044,12 +1103,14 @@ mod tests {
             owner: &owner.public(),
         };
         let e = BlobEntry { id: [9; 32], kind: 0, offset: 1, len: 2, raw_len: 3, inner: None };
-        let forge = |count: u64, places: Vec<Place>, ids: SegmentBody| {
+        let forge = |count: u64, places: Vec<BlobEntry>, ids: SegmentBody| {
             let key = stages::encrypt::DataKey::random();
             let wrapped = wrap_key(&identity().to_public(), &key).unwrap();
-            let sealed =
-                seal_catalog_value(&Secret32::from_bytes(*key.as_bytes()), PLACES_MAGIC, &[], &places)
-                    .unwrap();
+            let sealed = seal_catalog(
+                &Secret32::from_bytes(*key.as_bytes()),
+                PLACES_MAGIC,
+                &encode_places(places.iter()),
+            );
             let plain =
                 postcard::to_extend(&Head { count, wrapped, places: sealed }, owner.public().to_vec())
                     .unwrap();
@@ -1061,11 +1122,11 @@ mod tests {
         };
         let one = vec![([1u8; 32], vec![e])];
         let two = vec![([1u8; 32], vec![e, e])];
-        assert!(decode_segment(keys, "ok", forge(1, vec![Place::of(&e)], one.clone())).is_ok());
+        assert!(decode_segment(keys, "ok", forge(1, vec![e], one.clone())).is_ok());
         for (what, seg) in [
-            ("count above places", forge(2, vec![Place::of(&e)], one.clone())),
-            ("more ids than places", forge(1, vec![Place::of(&e)], two.clone())),
-            ("more places than ids", forge(2, vec![Place::of(&e), Place::of(&e)], one.clone())),
+            ("count above places", forge(2, vec![e], one.clone())),
+            ("more ids than places", forge(1, vec![e], two.clone())),
+            ("more places than ids", forge(2, vec![e, e], one.clone())),
         ] {
             assert!(decode_segment(keys, what, seg.clone()).is_err(), "{what}");
             if what != "count above places" {

@@ -27,8 +27,8 @@ pub struct MigrateReport {
     pub left: Vec<String>,
     /// Unsigned index segments (of before 2026-12) signed again, vouched for by the owner.
     pub segments_signed: usize,
-    /// Signed segments of the format before places were sealed (`BKINDEX2`), written again with
-    /// their places sealed to the owner, each keeping its voucher.
+    /// Segments of a format before places were sealed (`BKINDEX2`, and unsigned ones left
+    /// unvouched), written again with their places sealed to the owner, each keeping its voucher.
     pub segments_sealed: usize,
     /// Roster entries written for writers the registry has and the roster lacks.
     pub roster_written: usize,
@@ -154,12 +154,13 @@ pub fn migrate(repo: &Repository, dry_run: bool) -> Result<MigrateReport> {
             Err(io::StorageError::NotFound { .. }) => continue,
             Err(e) => return Err(e.into()),
         };
-        let whole_entries = data.starts_with(crate::index::MAGIC_V2);
+        // Of a format before sealed places: entries readable with a backup-only key.
+        let whole_entries = !data.starts_with(crate::index::MAGIC);
         match crate::index::decode_segment(repo.segment_keys(), &name, data) {
             Ok((Voucher::Unsigned, body)) if !vouch => {
                 report.segments_left_unsigned += 1;
                 if whole_entries {
-                    // The owner relayed them unsigned (prune did): sealed, still unvouched.
+                    // Sealed, relayed by the owner as unsigned (as prune does): still unvouched.
                     if !dry_run {
                         let (new, bytes) = sealer.seal(&Voucher::Unsigned, &body)?;
                         repo.backend.put(&new, &bytes)?;
