@@ -38,7 +38,20 @@ pub fn create_held(dir: &Path) -> io::Result<(File, PathBuf)> {
     for _ in 0..TRIES {
         let tmp = temp_path(dir);
         let f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        if f.lock().is_err() {
+        let locked = loop {
+            match f.lock() {
+                Ok(()) => break true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // No locks here (some network and FUSE file systems): the grace period alone.
+                Err(e)
+                    if e.kind() == io::ErrorKind::Unsupported || e.raw_os_error() == Some(libc::ENOLCK) =>
+                {
+                    break false
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if !locked {
             return Ok((f, tmp));
         }
         let (ours, there) = (f.metadata()?, fs::symlink_metadata(&tmp));
@@ -57,19 +70,24 @@ pub fn create_held(dir: &Path) -> io::Result<(File, PathBuf)> {
 
 /// Removes the temporary file at `path` unless another process is writing it (holds its lock);
 /// returns whether it is gone. The lock is held while it is removed, so that its writer, locking
-/// it just after, finds it gone (see `create_held`). A file that cannot be opened or locked for
-/// another reason is not in use.
+/// it just after, finds it gone (see `create_held`). A file that cannot be opened (another
+/// user's, on a shared disk) is left alone; one on a file system without locks is not in use
+/// (the caller's grace period protects it).
 pub fn remove_unheld(path: &Path) -> io::Result<bool> {
     use std::os::unix::fs::OpenOptionsExt;
-    let held = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
-        Err(_) => None,
-    };
-    if let Some(f) = &held {
-        if let Err(fs::TryLockError::WouldBlock) = f.try_lock() {
-            return Ok(false);
-        }
+    // Not blocking on a FIFO planted under a temporary name.
+    let held =
+        match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+            Err(_) => return Ok(false),
+        };
+    match held.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => return Ok(false),
+        Err(fs::TryLockError::Error(e))
+            if e.kind() == io::ErrorKind::Unsupported || e.raw_os_error() == Some(libc::ENOLCK) => {}
+        Err(fs::TryLockError::Error(_)) => return Ok(false),
     }
     let gone = match fs::remove_file(path) {
         Ok(()) => Ok(true),
