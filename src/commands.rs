@@ -53,11 +53,12 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
         repo.trust_all = trust_all;
         Ok(repo)
     };
-    crate::interrupt::install(if matches!(cli.command, Command::Run(_)) {
-        crate::interrupt::RUN
-    } else {
-        crate::interrupt::OTHER
-    })?;
+    match cli.command {
+        Command::Run(_) => crate::interrupt::install(crate::interrupt::RUN)?,
+        // A mount handles signals itself: it unmounts before it ends.
+        Command::Mount(_) => {}
+        _ => crate::interrupt::install(crate::interrupt::OTHER)?,
+    }
     match cli.command {
         Command::Init(args) => init(&repo_path, key, cli.json, args, cli.passphrase_command.as_deref()),
         Command::Run(args) => run(&repo_path, default, key, cli.json, args, source),
@@ -70,6 +71,7 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
         }
         Command::Restore(args) => restore(&open()?, cli.json, args),
         Command::Dump(args) => crate::dump::dump(&open()?, args),
+        Command::Mount(args) => crate::mount::mount(open()?, args),
         Command::Key(cmd) => key_cmd(&open()?, cli.json, cmd),
         Command::Check(args) => crate::maintenance::check_cmd(&open()?, cli.json, args),
         Command::Forget(args) => crate::retention::forget_cmd(&open()?, cli.json, args),

@@ -25,10 +25,19 @@ pub fn committed() {
     COMMITTED.store(true, Ordering::SeqCst);
 }
 
-/// Handles the three signals on a thread of their own, printing `note`.
-pub fn install(note: &'static str) -> Result<()> {
-    const SIGNALS: [i32; 3] = [SIGINT, SIGTERM, SIGHUP];
-    // Once set, the next of these signals takes its default action (ends the process).
+const SIGNALS: [i32; 3] = [SIGINT, SIGTERM, SIGHUP];
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        SIGINT => "SIGINT",
+        SIGTERM => "SIGTERM",
+        _ => "SIGHUP",
+    }
+}
+
+/// Calls `first` with the signal on a thread of its own at the first of the three signals;
+/// the next one takes its default action (ends the process at once).
+fn handle(first: impl FnOnce(i32) + Send + 'static) -> Result<()> {
     let second = Arc::new(AtomicBool::new(false));
     for sig in SIGNALS {
         signal_hook::flag::register_conditional_default(sig, second.clone())
@@ -41,19 +50,28 @@ pub fn install(note: &'static str) -> Result<()> {
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
                 second.store(true, Ordering::SeqCst);
-                let name = match sig {
-                    SIGINT => "SIGINT",
-                    SIGTERM => "SIGTERM",
-                    _ => "SIGHUP",
-                };
+                first(sig);
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
+/// For commands that stop cleanly by themselves (`mount` unmounts, then returns): at the first
+/// signal, `stop` is called with its name; a second one ends the process at once.
+pub fn on_signal(stop: impl FnOnce(&'static str) + Send + 'static) -> Result<()> {
+    handle(move |sig| stop(signal_name(sig)))
+}
+
+/// Handles the three signals on a thread of their own, printing `note`.
+pub fn install(note: &'static str) -> Result<()> {
+    handle(move |sig| {
+                let name = signal_name(sig);
                 let note = if note == RUN && COMMITTED.load(Ordering::SeqCst) { RUN_COMMITTED } else { note };
                 eprintln!("\nbakare: interrupted by {name}: {note}");
                 // Ends the process as the signal's default action would; exit in case it
                 // returns (it does only if the signal is blocked).
                 let _ = signal_hook::low_level::emulate_default_handler(sig);
                 std::process::exit(128 + sig);
-            }
-        })
-        .context("cannot start the signal thread")?;
-    Ok(())
+    })
 }

@@ -8,6 +8,7 @@ mod find;
 mod generate;
 mod interrupt;
 mod maintenance;
+mod mount;
 mod output;
 mod passphrase;
 mod progress;
@@ -75,6 +76,9 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Write a file of a snapshot to stdout, or a directory as a tar stream
     Dump(dump::DumpArgs),
+    /// Mount the repository read-only (FUSE) at DIR: snapshots/, latest, hosts/, tags/;
+    /// serves until unmounted (`fusermount -u DIR`, Ctrl-C)
+    Mount(mount::MountArgs),
     /// Find files and directories by name across all snapshots (fuzzy, typo-tolerant)
     Find(find::FindArgs),
     /// What changed between two snapshots

@@ -1,0 +1,270 @@
+//! `mount` through the real binary: a snapshot's files read through FUSE equal the source
+//! (contents, random ranges of a large file, holes, names that are not UTF-8, modes, sizes,
+//! times, symlinks), `latest` and `hosts/` resolve, a backup made while mounted appears, and
+//! a damaged blob is EIO on the reads under it (never other bytes) while the rest serves; and
+//! both `fusermount -u` and SIGTERM unmount and end the command with exit code 0.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chaos::argv;
+use chaos::oracle::{file_deps, key_file};
+use chaos::testkit::{skipped, Bakare, Rng, TestDir};
+
+fn bakare() -> Bakare {
+    Bakare::new(env!("CARGO_BIN_EXE_bakare"))
+}
+
+const ODD: &[u8] = b"caf\xe9 \xff.bin";
+const BIG: usize = 20 << 20;
+
+fn tree() -> TestDir {
+    let mut rng = Rng::new(22);
+    let t = TestDir::new()
+        .file("docs/notes.txt", "some notes\n")
+        .file("docs/empty", "")
+        .file("big/random.bin", rng.bytes(BIG))
+        .file(Path::new("deep/a/b").join(OsStr::from_bytes(ODD)), rng.bytes(100_000))
+        .symlink("docs/link", "notes.txt");
+    let sparse = fs::File::create(t.path().join("docs/sparse")).unwrap();
+    sparse.write_all_at(&rng.bytes(70_000), 1 << 20).unwrap();
+    sparse.set_len(3 << 20).unwrap();
+    t
+}
+
+fn fusermount() -> Option<&'static str> {
+    ["fusermount3", "fusermount"].into_iter().find(|b| {
+        Command::new(b).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+    })
+}
+
+/// Says why FUSE cannot be used here and returns, or fails with BAKARE_REQUIRE_FUSE set.
+fn cannot_mount(why: &str) {
+    assert!(std::env::var_os("BAKARE_REQUIRE_FUSE").is_none(), "cannot mount FUSE here: {why}");
+    skipped(&format!("cannot mount FUSE here: {why}"));
+}
+
+/// `bakare mount` running at `dir`; unmounted (lazily) and killed if a test fails.
+struct Mounted {
+    child: Child,
+    dir: PathBuf,
+    log: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(bin) = fusermount() {
+            let _ = Command::new(bin).arg("-u").arg("-z").arg(&self.dir).stderr(Stdio::null()).status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Mounted {
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the command to end; its exit code.
+    fn wait(&mut self, limit: Duration) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            assert!(start.elapsed() < limit, "bakare mount did not end: {}", self.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn is_mounted(&self) -> bool {
+        let dir = fs::canonicalize(&self._tmp).unwrap().join("mnt");
+        fs::read("/proc/self/mounts").unwrap().split(|&c| c == b'\n').any(|l| {
+            l.split(|&c| c == b' ').nth(1) == Some(dir.as_os_str().as_bytes())
+        })
+    }
+}
+
+/// Mounts `b`'s repository; None (having said why) if FUSE cannot be used here.
+fn mount(b: &Bakare) -> Option<Mounted> {
+    if !Path::new("/dev/fuse").exists() {
+        cannot_mount("no /dev/fuse");
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mnt");
+    fs::create_dir(&dir).unwrap();
+    let log = tmp.path().join("stderr");
+    let child = b
+        .command(&argv!["mount", "--refresh", "1", &dir])
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut m = Mounted { child, dir, log, _tmp: tmp };
+    let start = Instant::now();
+    while !m.dir.join("snapshots").exists() {
+        if let Some(st) = m.child.try_wait().unwrap() {
+            cannot_mount(&format!("bakare mount ended ({st}): {}", m.stderr().trim()));
+            return None;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "not mounted in a minute: {}", m.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(m)
+}
+
+/// Every entry below `src` is below `mnt` with the same type, mode, owner, size, mtime and
+/// content (files' bytes, symlinks' targets, directories' names).
+fn assert_same(src: &Path, mnt: &Path) {
+    let (a, b) = (fs::symlink_metadata(src).unwrap(), fs::symlink_metadata(mnt).unwrap());
+    let at = src.display();
+    assert_eq!(a.mode(), b.mode(), "{at}: mode");
+    assert_eq!((a.uid(), a.gid()), (b.uid(), b.gid()), "{at}: owner");
+    assert_eq!((a.mtime(), a.mtime_nsec()), (b.mtime(), b.mtime_nsec()), "{at}: mtime");
+    if a.is_file() {
+        assert_eq!(a.len(), b.len(), "{at}: size");
+        assert!(fs::read(src).unwrap() == fs::read(mnt).unwrap(), "{at}: content");
+    } else if a.is_symlink() {
+        assert_eq!(fs::read_link(src).unwrap(), fs::read_link(mnt).unwrap(), "{at}: target");
+    } else if a.is_dir() {
+        let names = |p: &Path| {
+            let mut v: Vec<_> = fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name()).collect();
+            v.sort();
+            v
+        };
+        let (na, nb) = (names(src), names(mnt));
+        assert_eq!(na, nb, "{at}: listing");
+        for n in na {
+            assert_same(&src.join(&n), &mnt.join(&n));
+        }
+    }
+}
+
+fn snapshots(mnt: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<_> = fs::read_dir(mnt.join("snapshots")).unwrap().map(|e| e.unwrap().path()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_mounted_snapshot_reads_as_its_source_and_new_snapshots_appear() {
+    let src = tree();
+    let b = bakare();
+    b.ok(&argv!["run", src.path()]);
+    let Some(mut m) = mount(&b) else { return };
+    let mnt = m.dir.clone();
+    let rel = src.path().strip_prefix("/").unwrap();
+
+    let latest = fs::read_link(mnt.join("latest")).unwrap();
+    assert!(latest.starts_with("snapshots"), "{}", latest.display());
+    assert_eq!(snapshots(&mnt), vec![mnt.join(&latest)]);
+    let root = mnt.join("latest").join(rel);
+    assert_same(src.path(), &root);
+
+    // Random ranges of the large file: only the blobs under them are read.
+    let want = fs::read(src.path().join("big/random.bin")).unwrap();
+    let f = fs::File::open(root.join("big/random.bin")).unwrap();
+    let mut rng = Rng::new(5);
+    for _ in 0..100 {
+        let at = rng.below(BIG as u64 + 10) as usize;
+        let len = rng.below(300_000) as usize + 1;
+        let mut got = vec![0u8; len];
+        let mut n = 0;
+        while n < len {
+            match f.read_at(&mut got[n..], (at + n) as u64).unwrap() {
+                0 => break,
+                k => n += k,
+            }
+        }
+        let end = (at + len).min(BIG);
+        assert_eq!(n, end.saturating_sub(at), "read at {at}+{len}");
+        assert!(got[..n] == want[at.min(BIG)..end], "bytes at {at}+{len}");
+    }
+    drop(f); // an open file keeps the mount busy
+
+    // hosts/<host>/<snapshot> leads to the same snapshot.
+    let hosts: Vec<_> = fs::read_dir(mnt.join("hosts")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(hosts.len(), 1);
+    let by_host: Vec<_> = fs::read_dir(&hosts[0]).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(by_host.len(), 1);
+    assert!(fs::read(by_host[0].join(rel).join("docs/notes.txt")).unwrap() == b"some notes\n");
+
+    // A backup made while mounted shows up after the refresh interval (1 s here).
+    fs::write(src.path().join("docs/new.txt"), "new\n").unwrap();
+    b.ok(&argv!["run", "--tag", "second", src.path()]);
+    let start = Instant::now();
+    while snapshots(&mnt).len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the second snapshot did not appear");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let start = Instant::now();
+    while !fs::read_link(mnt.join("latest")).is_ok_and(|l| l != latest) {
+        assert!(start.elapsed() < Duration::from_secs(30), "latest did not move");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_same(src.path(), &mnt.join("latest").join(rel));
+    assert!(fs::read(mnt.join("tags/second")).is_err(), "tags/second is a directory");
+    assert_eq!(fs::read_dir(mnt.join("tags/second")).unwrap().count(), 1);
+
+    let st = Command::new(fusermount().unwrap()).arg("-u").arg(&mnt).status().unwrap();
+    assert!(st.success());
+    assert_eq!(m.wait(Duration::from_secs(30)), 0, "{}", m.stderr());
+    assert!(!m.is_mounted());
+}
+
+#[test]
+fn sigterm_unmounts_and_ends() {
+    let src = TestDir::new().file("f", "x\n");
+    let b = bakare();
+    b.ok(&argv!["run", src.path()]);
+    let Some(mut m) = mount(&b) else { return };
+    assert_eq!(snapshots(&m.dir).len(), 1);
+    let st = Command::new("kill").arg("-TERM").arg(m.child.id().to_string()).status().unwrap();
+    assert!(st.success());
+    assert_eq!(m.wait(Duration::from_secs(30)), 0, "{}", m.stderr());
+    assert!(!m.is_mounted(), "still mounted after SIGTERM");
+    assert!(m.stderr().contains("SIGTERM"), "{}", m.stderr());
+}
+
+#[test]
+fn a_damaged_blob_is_eio_and_the_mount_goes_on() {
+    let mut rng = Rng::new(9);
+    let src = TestDir::new().file("big.bin", rng.bytes(8 << 20)).file("small.txt", "small\n");
+    let b = bakare();
+    b.ok(&argv!["run", src.path()]);
+    let deps = file_deps(&b.repo, &key_file(b.home.path()));
+    let victim = deps.iter().find(|f| f.path.ends_with(b"big.bin")).unwrap();
+    assert!(victim.content.len() > 1, "several blobs");
+    let (pack, off, len) = victim.content.last().unwrap();
+    let pack = b.repo.join(pack);
+    let mut d = fs::read(&pack).unwrap();
+    d[(off + len / 2) as usize] ^= 0x40;
+    fs::write(&pack, d).unwrap();
+
+    let Some(m) = mount(&b) else { return };
+    let root = m.dir.join("latest").join(src.path().strip_prefix("/").unwrap());
+    let want = fs::read(src.path().join("big.bin")).unwrap();
+    let f = fs::File::open(root.join("big.bin")).unwrap();
+    let mut head = vec![0u8; 64 << 10];
+    f.read_exact_at(&mut head, 0).unwrap();
+    assert!(head == want[..64 << 10], "the intact start reads as it was");
+    let e = fs::read(root.join("big.bin")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc_eio()), "{e}");
+    let log = m.stderr();
+    assert!(log.contains("big.bin") && log.contains("blob"), "{log}");
+    assert!(fs::read(root.join("small.txt")).unwrap() == b"small\n", "still serving");
+}
+
+/// EIO (5 on Linux).
+fn libc_eio() -> i32 {
+    5
+}
