@@ -66,12 +66,12 @@ pub fn on_signal(stop: impl FnOnce(&'static str) + Send + 'static) -> Result<()>
 /// Handles the three signals on a thread of their own, printing `note`.
 pub fn install(note: &'static str) -> Result<()> {
     handle(move |sig| {
-                let name = signal_name(sig);
-                let note = if note == RUN && COMMITTED.load(Ordering::SeqCst) { RUN_COMMITTED } else { note };
-                eprintln!("\nbakare: interrupted by {name}: {note}");
-                // Ends the process as the signal's default action would; exit in case it
-                // returns (it does only if the signal is blocked).
-                let _ = signal_hook::low_level::emulate_default_handler(sig);
-                std::process::exit(128 + sig);
+        let name = signal_name(sig);
+        let note = if note == RUN && COMMITTED.load(Ordering::SeqCst) { RUN_COMMITTED } else { note };
+        eprintln!("\nbakare: interrupted by {name}: {note}");
+        // Ends the process as the signal's default action would; exit in case it
+        // returns (it does only if the signal is blocked).
+        let _ = signal_hook::low_level::emulate_default_handler(sig);
+        std::process::exit(128 + sig);
     })
 }

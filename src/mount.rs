@@ -47,7 +47,11 @@ pub fn mount(repo: Repository, args: MountArgs) -> Result<u8> {
         }
     })?;
     if !output::quiet() {
-        eprintln!("mounted at {}; unmount with `fusermount -u {}` or Ctrl-C", args.dir.display(), args.dir.display());
+        eprintln!(
+            "mounted at {}; unmount with `fusermount -u {}` or Ctrl-C",
+            args.dir.display(),
+            args.dir.display()
+        );
     }
     mounted.run().with_context(|| format!("serving the mount at {}", args.dir.display()))?;
     Ok(0)

@@ -39,9 +39,9 @@ fn tree() -> TestDir {
 }
 
 fn fusermount() -> Option<&'static str> {
-    ["fusermount3", "fusermount"].into_iter().find(|b| {
-        Command::new(b).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
-    })
+    ["fusermount3", "fusermount"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok())
 }
 
 /// Says why FUSE cannot be used here and returns, or fails with BAKARE_REQUIRE_FUSE set.
@@ -87,9 +87,10 @@ impl Mounted {
 
     fn is_mounted(&self) -> bool {
         let dir = fs::canonicalize(&self._tmp).unwrap().join("mnt");
-        fs::read("/proc/self/mounts").unwrap().split(|&c| c == b'\n').any(|l| {
-            l.split(|&c| c == b' ').nth(1) == Some(dir.as_os_str().as_bytes())
-        })
+        fs::read("/proc/self/mounts")
+            .unwrap()
+            .split(|&c| c == b'\n')
+            .any(|l| l.split(|&c| c == b' ').nth(1) == Some(dir.as_os_str().as_bytes()))
     }
 }
 

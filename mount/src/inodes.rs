@@ -21,11 +21,19 @@ pub enum Entry {
     /// The symlink `latest`: its target is the newest snapshot at the time it is read.
     Latest,
     /// `hosts/<host>` or `tags/<tag>`.
-    Group { tags: bool, name: Vec<u8> },
+    Group {
+        tags: bool,
+        name: Vec<u8>,
+    },
     /// A symlink below `hosts/<host>` or `tags/<tag>`.
-    Link { target: Vec<u8> },
+    Link {
+        target: Vec<u8>,
+    },
     /// A snapshot's root directory.
-    Snapshot { tree: Vec<BlobId>, time_ns: i64 },
+    Snapshot {
+        tree: Vec<BlobId>,
+        time_ns: i64,
+    },
     /// An entry of a snapshot's tree.
     Node(Box<Node>),
 }

@@ -24,8 +24,7 @@ use engine::tree::{Node, NodeKind};
 use engine::{BlobId, Repository};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    Request,
+    MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request,
 };
 use stages::BlobKind;
 
@@ -231,16 +230,19 @@ impl Fs {
                 b"latest" if view.latest().is_some() => Some(Entry::Latest),
                 _ => None,
             },
-            Entry::Snapshots => view.find(name).map(|s| Entry::Snapshot { tree: s.tree.clone(), time_ns: s.time_ns }),
+            Entry::Snapshots => {
+                view.find(name).map(|s| Entry::Snapshot { tree: s.tree.clone(), time_ns: s.time_ns })
+            }
             Entry::Hosts | Entry::Tags => {
                 let tags = matches!(parent_entry, Entry::Tags);
                 view.groups(tags).contains_key(name).then(|| Entry::Group { tags, name: name.to_vec() })
             }
             Entry::Group { tags, name: group } => {
                 let groups = view.groups(*tags);
-                groups.get(group).filter(|names| names.iter().any(|n| n == name)).map(|_| Entry::Link {
-                    target: [&b"../../snapshots/"[..], name].concat(),
-                })
+                groups
+                    .get(group)
+                    .filter(|names| names.iter().any(|n| n == name))
+                    .map(|_| Entry::Link { target: [&b"../../snapshots/"[..], name].concat() })
             }
             Entry::Snapshot { tree, .. } => self.tree_entry(parent, tree, name, &view)?,
             Entry::Node(n) => match &n.kind {
@@ -251,7 +253,13 @@ impl Fs {
         })
     }
 
-    fn tree_entry(&self, parent: u64, tree: &[BlobId], name: &[u8], view: &View) -> Result<Option<Entry>, Errno> {
+    fn tree_entry(
+        &self,
+        parent: u64,
+        tree: &[BlobId],
+        name: &[u8],
+        view: &View,
+    ) -> Result<Option<Entry>, Errno> {
         let reader = self.reader(view)?;
         match reader.entry(tree, name) {
             Ok(n) => Ok(n.map(|n| Entry::Node(Box::new(n)))),
@@ -492,7 +500,10 @@ impl Filesystem for Fs {
             let parent = lock(&self.table).get(ino.0).map_or(ROOT, |i| i.parent);
             let names = self.list(ino.0, &entry)?;
             let t = lock(&self.table);
-            let mut all = vec![(ino.0, FileType::Directory, b".".to_vec()), (parent, FileType::Directory, b"..".to_vec())];
+            let mut all = vec![
+                (ino.0, FileType::Directory, b".".to_vec()),
+                (parent, FileType::Directory, b"..".to_vec()),
+            ];
             for (k, n) in names {
                 let i = t.known(ino.0, &n).unwrap_or_else(|| stand_in(ino.0, &n));
                 all.push((i, k, n));
@@ -520,7 +531,14 @@ impl Filesystem for Fs {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         lock(&self.dirs).remove(&fh.0);
         reply.ok();
     }
