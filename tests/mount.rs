@@ -55,7 +55,7 @@ struct Mounted {
     child: Child,
     dir: PathBuf,
     log: PathBuf,
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
 }
 
 impl Drop for Mounted {
@@ -86,7 +86,7 @@ impl Mounted {
     }
 
     fn is_mounted(&self) -> bool {
-        let dir = fs::canonicalize(&self._tmp).unwrap().join("mnt");
+        let dir = fs::canonicalize(&self.tmp).unwrap().join("mnt");
         fs::read("/proc/self/mounts")
             .unwrap()
             .split(|&c| c == b'\n')
@@ -110,7 +110,7 @@ fn mount(b: &Bakare) -> Option<Mounted> {
         .stderr(fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut m = Mounted { child, dir, log, _tmp: tmp };
+    let mut m = Mounted { child, dir, log, tmp: tmp };
     let start = Instant::now();
     while !m.dir.join("snapshots").exists() {
         if let Some(st) = m.child.try_wait().unwrap() {

@@ -1,6 +1,7 @@
 //! inodes: what each inode number the kernel holds stands for. Numbers are handed out on
 //! lookup, never reused, and dropped when the kernel forgets them; at most `limit` at once.
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use engine::tree::Node;
 use engine::BlobId;
@@ -41,7 +42,8 @@ pub enum Entry {
 pub struct Inode {
     pub parent: u64,
     pub name: Vec<u8>,
-    pub entry: Entry,
+    /// Shared: a request takes it out of the table without copying a file's list of blobs.
+    pub entry: Arc<Entry>,
     lookups: u64,
 }
 
@@ -66,7 +68,7 @@ impl Table {
             (TAGS, ROOT, b"tags", Entry::Tags),
             (LATEST, ROOT, b"latest", Entry::Latest),
         ] {
-            t.inodes.insert(ino, Inode { parent, name: name.to_vec(), entry, lookups: 0 });
+            t.inodes.insert(ino, Inode { parent, name: name.to_vec(), entry: Arc::new(entry), lookups: 0 });
             if ino != ROOT {
                 t.by_name.insert((ROOT, name.to_vec()), ino);
             }
@@ -94,7 +96,8 @@ impl Table {
                 }
                 let ino = self.next;
                 self.next += 1;
-                self.inodes.insert(ino, Inode { parent, name: name.to_vec(), entry: entry(), lookups: 0 });
+                self.inodes
+                    .insert(ino, Inode { parent, name: name.to_vec(), entry: Arc::new(entry()), lookups: 0 });
                 self.by_name.insert((parent, name.to_vec()), ino);
                 ino
             }

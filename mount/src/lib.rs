@@ -315,7 +315,7 @@ impl Fs {
         }
     }
 
-    fn entry_of(&self, ino: u64) -> Result<Entry, Errno> {
+    fn entry_of(&self, ino: u64) -> Result<Arc<Entry>, Errno> {
         lock(&self.table).get(ino).map(|i| i.entry.clone()).ok_or(Errno::ENOENT)
     }
 
@@ -388,7 +388,7 @@ impl Filesystem for Fs {
             let ino = t.lookup(parent, name, || found).map_err(|_| Errno::ENFILE)?;
             let entry = t.get(ino).map(|i| i.entry.clone()).ok_or(Errno::ENOENT)?;
             drop(t);
-            let ttl = if matches!(entry, Entry::Node(_)) { TREE_TTL } else { TOP_TTL };
+            let ttl = if matches!(*entry, Entry::Node(_)) { TREE_TTL } else { TOP_TTL };
             Ok((self.attr(ino, &entry, &self.view(false)), ttl))
         })();
         match r {
@@ -404,8 +404,8 @@ impl Filesystem for Fs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.entry_of(ino.0) {
             Ok(e) => {
-                let ttl = if matches!(e, Entry::Node(_)) { TREE_TTL } else { TOP_TTL };
-                let refresh = matches!(e, Entry::Snapshots | Entry::Latest);
+                let ttl = if matches!(*e, Entry::Node(_)) { TREE_TTL } else { TOP_TTL };
+                let refresh = matches!(*e, Entry::Snapshots | Entry::Latest);
                 reply.attr(&ttl, &self.attr(ino.0, &e, &self.view(refresh)))
             }
             Err(e) => reply.error(e),
@@ -413,27 +413,28 @@ impl Filesystem for Fs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.entry_of(ino.0) {
+        match self.entry_of(ino.0).as_deref() {
             Ok(Entry::Latest) => match self.latest_target(&self.view(true)) {
                 Some(t) => reply.data(&t),
                 None => reply.error(Errno::ENOENT),
             },
-            Ok(Entry::Link { target }) => reply.data(&target),
+            Ok(Entry::Link { target }) => reply.data(target),
             Ok(Entry::Node(n)) => match &n.kind {
                 NodeKind::Symlink { target } => reply.data(target),
                 _ => reply.error(Errno::EINVAL),
             },
             Ok(_) => reply.error(Errno::EINVAL),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(*e),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let r = (|| {
-            let Entry::Node(node) = self.entry_of(ino.0)? else { return Err(Errno::EISDIR) };
+            let entry = self.entry_of(ino.0)?;
+            let Entry::Node(node) = &*entry else { return Err(Errno::EISDIR) };
             let view = self.view(false);
             let path = lock(&self.table).path(ino.0);
-            let layout = match Layout::new(&node, |id| view.index.get(id).map(|l| l.raw_len)) {
+            let layout = match Layout::new(node, |id| view.index.get(id).map(|l| l.raw_len)) {
                 None => return Err(Errno::EINVAL),
                 Some(Ok(l)) => l,
                 Some(Err(content::Unknown(id))) => {
