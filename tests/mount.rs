@@ -110,7 +110,7 @@ fn mount(b: &Bakare) -> Option<Mounted> {
         .stderr(fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut m = Mounted { child, dir, log, tmp: tmp };
+    let mut m = Mounted { child, dir, log, tmp };
     let start = Instant::now();
     while !m.dir.join("snapshots").exists() {
         if let Some(st) = m.child.try_wait().unwrap() {
