@@ -1,6 +1,6 @@
 //! `mount` through the real binary: a snapshot's files read through FUSE equal the source
 //! (contents, random ranges of a large file, holes, names that are not UTF-8, modes, sizes,
-//! times, symlinks), `latest` and `hosts/` resolve, a backup made while mounted appears, and
+//! times, symlinks, a hard link and a FIFO), `latest` and `hosts/` resolve, a backup made while mounted appears, and
 //! a damaged blob is EIO on the reads under it (never other bytes) while the rest serves; and
 //! both `fusermount -u` and SIGTERM unmount and end the command with exit code 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -31,7 +31,9 @@ fn tree() -> TestDir {
         .file("docs/empty", "")
         .file("big/random.bin", rng.bytes(BIG))
         .file(Path::new("deep/a/b").join(OsStr::from_bytes(ODD)), rng.bytes(100_000))
-        .symlink("docs/link", "notes.txt");
+        .symlink("docs/link", "notes.txt")
+        .hardlink("docs/again.txt", "docs/notes.txt")
+        .fifo("pipe");
     let sparse = fs::File::create(t.path().join("docs/sparse")).unwrap();
     sparse.write_all_at(&rng.bytes(70_000), 1 << 20).unwrap();
     sparse.set_len(3 << 20).unwrap();
