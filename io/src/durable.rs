@@ -117,17 +117,38 @@ pub fn publish(tmp: &Path, dest: &Path) -> io::Result<bool> {
     let created = match fs::hard_link(tmp, dest) {
         Ok(()) => true,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-        // Filesystems without hard links: rename is still atomic; check first.
-        Err(_) if !dest.exists() => {
-            fs::rename(tmp, dest)?;
+        // File systems without hard links: a rename that never replaces.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS)) => {
+            let created = rename_noreplace(tmp, dest)?;
+            if !created {
+                fs::remove_file(tmp)?;
+            }
             sync_dir(dir)?;
-            return Ok(true);
+            return Ok(created);
         }
         Err(e) => return Err(e),
     };
     fs::remove_file(tmp)?;
     sync_dir(dir)?;
     Ok(created)
+}
+
+/// Renames `tmp` to `dest` unless `dest` exists (`renameat2` with `RENAME_NOREPLACE`); false
+/// when it did. Where the file system lacks that flag, checks first: a writer of the same name
+/// in between can then be replaced, by the same object (names are content hashes or random ids).
+fn rename_noreplace(tmp: &Path, dest: &Path) -> io::Result<bool> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use rustix::io::Errno;
+    match renameat_with(CWD, tmp, CWD, dest, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(true),
+        Err(Errno::EXIST) => Ok(false),
+        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) if dest.symlink_metadata().is_err() => {
+            fs::rename(tmp, dest)?;
+            Ok(true)
+        }
+        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Writes `data` to a new temporary file beside `dest`, synced, then hands it to `place`
@@ -213,6 +234,19 @@ mod tests {
             removed
         });
         assert!(removed > 0, "the sweeper removed nothing: the test tested nothing");
+    }
+
+    /// The fallback where hard links fail never replaces either.
+    #[test]
+    fn rename_noreplace_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, dest) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("obj"));
+        fs::write(&a, b"first").unwrap();
+        fs::write(&b, b"second").unwrap();
+        assert!(rename_noreplace(&a, &dest).unwrap());
+        assert!(!rename_noreplace(&b, &dest).unwrap());
+        assert_eq!(fs::read(&dest).unwrap(), b"first");
+        assert!(!a.exists() && b.exists());
     }
 
     #[test]

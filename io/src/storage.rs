@@ -187,13 +187,17 @@ impl Staged for LocalStaged {
         let dest = LocalBackend::new(self.root.clone()).path(key)?;
         let file =
             self.file.take().ok_or_else(|| StorageError::io(key, io::Error::other("committed twice")))?;
-        file.sync_all().map_err(|e| StorageError::io(key, e))?;
         let dir = dest.parent().unwrap_or(&self.root);
-        fs::create_dir_all(dir).map_err(|e| StorageError::io(key, e))?;
         // Held (locked) until published: prune leaves a locked temporary file alone.
-        durable::publish(&self.tmp, &dest).map_err(|e| StorageError::io(key, e))?;
+        let published = file
+            .sync_all()
+            .and_then(|()| fs::create_dir_all(dir))
+            .and_then(|()| durable::publish(&self.tmp, &dest));
+        if published.is_err() {
+            let _ = fs::remove_file(&self.tmp);
+        }
         drop(file);
-        Ok(())
+        published.map(|_| ()).map_err(|e| StorageError::io(key, e))
     }
 }
 
