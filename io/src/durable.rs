@@ -34,7 +34,9 @@ pub fn temp_path(dir: &Path) -> PathBuf {
 /// we hold the lock stays ours; one removed in that moment is made again under a new name.
 pub fn create_held(dir: &Path) -> io::Result<(File, PathBuf)> {
     use std::os::unix::fs::MetadataExt;
-    const TRIES: usize = 8;
+    // A prune sweeps a directory now and then; a test's sweeper spins on it without pause
+    // (under load, 8 tries in a row were lost to it in CI).
+    const TRIES: usize = 64;
     for _ in 0..TRIES {
         let tmp = temp_path(dir);
         let f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
