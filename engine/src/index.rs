@@ -386,8 +386,11 @@ pub fn for_each_pack(
     };
     if magic != MAGIC {
         let mut de = postcard::Deserializer::from_bytes(body);
-        serde::Deserializer::deserialize_seq(&mut de, PackVisitor(|p, e| f(voucher, p, e)))
-            .map_err(|e| Error::corrupt("index segment", name, e))?;
+        serde::Deserializer::deserialize_seq(
+            &mut de,
+            PackVisitor(|p, e: Vec<BlobEntry>| f(voucher, p, e), std::marker::PhantomData),
+        )
+        .map_err(|e| Error::corrupt("index segment", name, e))?;
         return match de.finalize() {
             Ok([]) => Ok(voucher),
             Ok(_) => Err(bad("trailing bytes")),
@@ -418,29 +421,33 @@ pub fn for_each_pack(
     };
     let (mut seen, mut short) = (0u64, false);
     let mut de = postcard::Deserializer::from_bytes(ids);
-    let visit = IdVisitor(|p, ids: Vec<BlobId>| {
-        seen = seen.saturating_add(ids.len() as u64);
-        let entries = match &mut places {
-            // Not read through: `Detail::Ids` promises only the ids. A bundle's entry (all-zero
-            // id; its members are listed on their own) is no blob to deduplicate against.
-            None => ids
-                .into_iter()
-                .filter(|id| *id != stages::BUNDLE_ID)
-                .map(|id| {
-                    Place { kind: BlobKind::Data as u8, offset: 0, len: 0, raw_len: 0, inner: None }.entry(id)
-                })
-                .collect(),
-            Some(places) => {
-                let entries: Vec<BlobEntry> =
-                    ids.into_iter().map_while(|id| places.next().map(|pl| pl.entry(id))).collect();
-                short |= seen > head.count;
-                entries
+    let visit = PackVisitor(
+        |p, ids: Vec<BlobId>| {
+            seen = seen.saturating_add(ids.len() as u64);
+            let entries = match &mut places {
+                // Not read through: `Detail::Ids` promises only the ids. A bundle's entry (all-zero
+                // id; its members are listed on their own) is no blob to deduplicate against.
+                None => ids
+                    .into_iter()
+                    .filter(|id| *id != stages::BUNDLE_ID)
+                    .map(|id| {
+                        Place { kind: BlobKind::Data as u8, offset: 0, len: 0, raw_len: 0, inner: None }
+                            .entry(id)
+                    })
+                    .collect(),
+                Some(places) => {
+                    let entries: Vec<BlobEntry> =
+                        ids.into_iter().map_while(|id| places.next().map(|pl| pl.entry(id))).collect();
+                    short |= seen > head.count;
+                    entries
+                }
+            };
+            if !short && seen <= head.count {
+                f(voucher, p, entries);
             }
-        };
-        if !short && seen <= head.count {
-            f(voucher, p, entries);
-        }
-    });
+        },
+        std::marker::PhantomData,
+    );
     serde::Deserializer::deserialize_seq(&mut de, visit)
         .map_err(|e| Error::corrupt("index segment", name, e))?;
     if seen != head.count {
@@ -481,10 +488,11 @@ impl Trusted {
     }
 }
 
-/// Visits a segment's `[(pack id, [BlobEntry])]` one pack at a time.
-struct PackVisitor<F>(F);
+/// Visits a segment's `[(pack id, [T])]` one pack at a time: whole entries, or (`BKINDEX3`)
+/// blob ids.
+struct PackVisitor<T, F>(F, std::marker::PhantomData<T>);
 
-impl<'de, F: FnMut(PackId, Vec<BlobEntry>)> serde::de::Visitor<'de> for PackVisitor<F> {
+impl<'de, T: Deserialize<'de>, F: FnMut(PackId, Vec<T>)> serde::de::Visitor<'de> for PackVisitor<T, F> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -492,26 +500,8 @@ impl<'de, F: FnMut(PackId, Vec<BlobEntry>)> serde::de::Visitor<'de> for PackVisi
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> std::result::Result<(), A::Error> {
-        while let Some((p, entries)) = seq.next_element::<(PackId, Vec<BlobEntry>)>()? {
-            (self.0)(p, entries);
-        }
-        Ok(())
-    }
-}
-
-/// Visits a `BKINDEX3` segment's `[(pack id, [BlobId])]` one pack at a time.
-struct IdVisitor<F>(F);
-
-impl<'de, F: FnMut(PackId, Vec<BlobId>)> serde::de::Visitor<'de> for IdVisitor<F> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a sequence of packs and their blob ids")
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> std::result::Result<(), A::Error> {
-        while let Some((p, ids)) = seq.next_element::<(PackId, Vec<BlobId>)>()? {
-            (self.0)(p, ids);
+        while let Some((p, blobs)) = seq.next_element::<(PackId, Vec<T>)>()? {
+            (self.0)(p, blobs);
         }
         Ok(())
     }
