@@ -57,11 +57,14 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
         Command::Run(_) => crate::interrupt::install(crate::interrupt::RUN)?,
         // A mount handles signals itself: it unmounts before it ends.
         Command::Mount(_) => {}
+        // A watcher stops between runs by itself, and ends as `run` would during one.
+        Command::Watch(_) => {}
         _ => crate::interrupt::install(crate::interrupt::OTHER)?,
     }
     match cli.command {
         Command::Init(args) => init(&repo_path, key, cli.json, args, cli.passphrase_command.as_deref()),
         Command::Run(args) => run(&repo_path, default, key, cli.json, args, source),
+        Command::Watch(args) => crate::watch::watch(&repo_path, default, key, cli.json, args, source),
         Command::Snapshots(args) => crate::snapshots::snapshots(&open()?, cli.json, args),
         Command::Tag(args) => crate::snapshots::tag_cmd(&open()?, cli.json, args),
         Command::Stats(args) => crate::stats::stats_cmd(&open()?, cli.json, args),
@@ -150,19 +153,40 @@ fn run(
     mut args: RunArgs,
     source: Arc<dyn io::Source>,
 ) -> Result<u8> {
-    let stream = crate::stdin::spec(&mut args)?;
+    let (stream, selection) = prepare(&mut args)?;
+    let repo = open_for_run(path, default, key, json, args.dry_run)?;
+    Ok(execute(&repo, json, args, stream, selection, source, None)?.code)
+}
+
+/// What a run reads from its options before anything else: a stream to back up, or the
+/// paths and selection rules.
+type Prepared = (Option<crate::stdin::StreamSpec>, crate::selection::Selection);
+
+pub(crate) fn prepare(args: &mut RunArgs) -> Result<Prepared> {
+    let stream = crate::stdin::spec(args)?;
     let selection = match stream {
         // A stream is one file: there is nothing to select.
         Some(_) => {
             crate::selection::Selection { rules: Default::default(), paths: Vec::new(), words: Vec::new() }
         }
-        None => crate::selection::read(&mut args)?,
+        None => crate::selection::read(args)?,
     };
-    let repo = match crate::open_repo(path, key) {
+    Ok((stream, selection))
+}
+
+/// The repository `run` writes to: the default one is made on first use.
+pub(crate) fn open_for_run(
+    path: &Location,
+    default: bool,
+    key: Option<&Path>,
+    json: bool,
+    dry_run: bool,
+) -> Result<Repository> {
+    Ok(match crate::open_repo(path, key) {
         Ok(r) => r,
         // As restic's `backup --dry-run`: a dry run needs a repository to compare with, and
         // creates none.
-        Err(Error::NoRepository(at)) if args.dry_run => anyhow::bail!(
+        Err(Error::NoRepository(at)) if dry_run => anyhow::bail!(
             "no repository at {at}: --dry-run compares with an existing repository and creates none \
              (`bakare init` creates one)"
         ),
@@ -176,7 +200,27 @@ fn run(
              --repo or BAKARE_REPO is created by `bakare init` (is the path right, the disk mounted?)"
         ),
         Err(e) => return Err(e.into()),
-    };
+    })
+}
+
+/// What `execute` did, for `watch`.
+pub(crate) struct Ran {
+    pub code: u8,
+    pub snapshot: String,
+    /// `BackupResult::unrecorded`.
+    pub unrecorded: Option<Vec<Vec<u8>>>,
+}
+
+/// One backup, and its summary on stdout.
+pub(crate) fn execute(
+    repo: &Repository,
+    json: bool,
+    args: RunArgs,
+    stream: Option<crate::stdin::StreamSpec>,
+    selection: crate::selection::Selection,
+    source: Arc<dyn io::Source>,
+    watched: Option<Arc<stages::dirty::Dirty>>,
+) -> Result<Ran> {
     let read_mode = match args.io_mode {
         IoMode::Auto => ReadMode::Auto,
         IoMode::Uring => ReadMode::Uring,
@@ -198,14 +242,15 @@ fn run(
         progress: Arc::default(),
         on_file: list_changes(output::verbose(), json),
         dry_run: args.dry_run,
+        watched,
     };
     let stream = stream.map(crate::stdin::StreamSpec::start).transpose()?;
     let show = !json && !output::quiet() && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let display = crate::progress::Display::start(opts.progress.clone(), show);
     let dry_run = opts.dry_run;
     let r = match stream {
-        Some(s) => backup::backup_stream(&repo, opts, s),
-        None => backup::backup(&repo, opts),
+        Some(s) => backup::backup_stream(repo, opts, s),
+        None => backup::backup(repo, opts),
     };
     if r.is_ok() && !dry_run {
         crate::interrupt::committed();
@@ -333,7 +378,8 @@ fn run(
         }
     }
     out.finish()?;
-    Ok(if r.snapshot.errors.is_empty() { 0 } else { EXIT_PARTIAL })
+    let code = if r.snapshot.errors.is_empty() { 0 } else { EXIT_PARTIAL };
+    Ok(Ran { code, snapshot: r.snapshot_id, unrecorded: r.unrecorded })
 }
 
 /// `run -v`: `new PATH` and `changed PATH` lines on stdout (stderr with `--json`, whose

@@ -17,6 +17,7 @@ mod selection;
 mod snapshots;
 mod stats;
 mod stdin;
+mod watch;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -79,6 +80,9 @@ pub enum Command {
     /// Mount the repository read-only (FUSE) at DIR: snapshots/, latest, hosts/, tags/;
     /// serves until unmounted (`fusermount -u DIR`, Ctrl-C)
     Mount(mount::MountArgs),
+    /// Back up paths whenever they change: a daemon that lists only the directories that
+    /// changed (inotify), and scans everything when it may have missed a change
+    Watch(watch::WatchArgs),
     /// Find files and directories by name across all snapshots (fuzzy, typo-tolerant)
     Find(find::FindArgs),
     /// What changed between two snapshots
@@ -248,7 +252,7 @@ pub enum IoMode {
     Pool,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct RunArgs {
     /// Files and directories to back up (besides those --files-from* lists); with
     /// --stdin-from-command, the command and its arguments

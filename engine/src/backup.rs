@@ -72,6 +72,10 @@ pub struct BackupOptions {
     /// Scan, read, chunk and hash as usual and look the ids up in the index, but store nothing:
     /// no pack, index segment, snapshot or files cache is written (`run --dry-run`).
     pub dry_run: bool,
+    /// What a file watcher saw change since the files cache was written (`bakare watch`):
+    /// directories it saw no change in are taken from the cache unlisted. Ignored without a
+    /// files cache.
+    pub watched: Option<Arc<stages::dirty::Dirty>>,
 }
 
 /// Standard input, or a command's output, backed up as one regular file at the snapshot root
@@ -118,6 +122,9 @@ pub struct BackupResult {
     pub budget_peak: u64,
     /// Directories whose tree was reused from the last run (unchanged, not encoded again).
     pub reused_dirs: u64,
+    /// Directories (absolute paths) not recorded in the files cache for the next run: a
+    /// watcher lists them again. None: too many to list.
+    pub unrecorded: Option<Vec<Vec<u8>>>,
     /// Files new, changed and unchanged since the last run (None when nothing classified them:
     /// no files cache, no `on_file`, no dry run).
     pub changes: Option<(u64, u64, u64)>,
@@ -317,11 +324,7 @@ fn attempt(
         Some(s) => vec![Path::new("/").join(s.name.as_os_str())],
         None => roots.iter().filter(|r| r.unreachable.is_none()).map(|r| r.path.clone()).collect(),
     };
-    let sources: Vec<PathBuf> = roots
-        .iter()
-        .filter(|r| r.unreachable.is_none())
-        .map(|r| if r.follow { r.path.join("") } else { r.path.clone() })
-        .collect();
+    let sources = sources(&roots);
     let budget_bytes = match opts.mem_limit {
         None => DEFAULT_BUDGET,
         Some(limit) => {
@@ -458,7 +461,8 @@ fn attempt(
             // What readers of the snapshot refuse (restore, check) is not saved, but named.
             let limits = Limits { path: crate::tree::MAX_PATH, depth: crate::tree::MAX_DEPTH };
             let progress = opts.progress.clone();
-            let scan_cfg = ScanConfig { roots, select, known, progress, limits };
+            let watched = opts.watched.clone();
+            let scan_cfg = ScanConfig { roots, select, known, progress, limits, watched };
             let scan = stages::scan::spawn(scan_cfg, ev_tx, job_tx, cancel.clone()).map_err(spawn_err)?;
             (Input::Scan { scan, read, select_warnings }, cache_out, cache_problem)
         }
@@ -602,6 +606,7 @@ fn attempt(
         budget: budget_bytes,
         budget_peak: budget.peak(),
         reused_dirs: builder.reused_dirs,
+        unrecorded: builder.unrecorded.take(),
         changes: classify.then(|| counts.get()),
         dry_run: None,
     })))
@@ -665,6 +670,22 @@ enum Store {
     Count(std::thread::JoinHandle<Tally>),
 }
 
+/// What keys the files cache of `roots`: a followed root (`LINK/`) is another source than the
+/// link.
+fn sources(roots: &[stages::scan::Root]) -> Vec<PathBuf> {
+    roots
+        .iter()
+        .filter(|r| r.unreachable.is_none())
+        .map(|r| if r.follow { r.path.join("") } else { r.path.clone() })
+        .collect()
+}
+
+/// The files cache a run of `paths` from `host` into `repo` uses in `cache_dir`.
+pub fn cache_file_of(repo: &Repository, host: &str, cache_dir: &Path, paths: &[PathBuf]) -> Result<PathBuf> {
+    let roots = stages::scan::normalize_roots(paths).map_err(|e| Error::io(".", e))?;
+    Ok(filescache::cache_file(cache_dir, &repo.config.repo_id, host, &sources(&roots)))
+}
+
 type CacheSetup = (Option<CacheLookup>, Option<CacheWriter>, Arc<Mutex<Option<String>>>);
 
 /// Opens the previous files cache (as the scan's `Known` lookup) and starts the next one.
@@ -708,6 +729,114 @@ fn open_cache(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run of `src` into `repo` with the files cache in `cache`, told by a watcher that
+    /// only `changed` (absolute) changed (None: a plain run).
+    fn watched_run(
+        repo: &Repository,
+        src: &Path,
+        cache: &Path,
+        changed: Option<&[&Path]>,
+    ) -> Result<BackupResult> {
+        let watched = changed.map(|dirs| {
+            let mut d = stages::dirty::Dirty::default();
+            for dir in dirs {
+                d.mark(dir.as_os_str().as_bytes());
+            }
+            Arc::new(d)
+        });
+        let opts = BackupOptions {
+            paths: vec![src.to_path_buf()],
+            excludes: vec![],
+            select: Default::default(),
+            selection: Vec::new(),
+            mem_limit: None,
+            read_mode: ReadMode::Pool,
+            workers: 2,
+            source: Arc::new(::io::LocalSource::default()),
+            host: "h".into(),
+            tags: vec![],
+            description: None,
+            cache_dir: Some(cache.to_path_buf()),
+            progress: Default::default(),
+            on_file: None,
+            dry_run: false,
+            watched,
+        };
+        backup(repo, opts)
+    }
+
+    fn content_at(repo: &Repository, r: &BackupResult, path: &Path) -> Option<Vec<stages::BlobId>> {
+        let (index, _) = repo.load_index().unwrap();
+        let reader = crate::repo::BlobReader::new(repo, &index).unwrap();
+        let node = crate::find::lookup(&reader, &r.snapshot.tree, path.as_os_str().as_bytes()).unwrap()?;
+        match node.kind {
+            crate::tree::NodeKind::File { content, .. } => Some(content),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_watched_run_takes_untouched_directories_unlisted_and_a_missed_change_stops_it() {
+        use std::fs;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        for (p, data) in [("a/1", "one"), ("a/2", "two"), ("b/deep/3", "three"), ("c/4", "four")] {
+            fs::create_dir_all(src.join(p).parent().unwrap()).unwrap();
+            fs::write(src.join(p), data).unwrap();
+        }
+        let repo = Repository::init(dir.path().join("repo"), Some(&dir.path().join("key"))).unwrap();
+        let cache = dir.path().join("cache");
+        // Entries changed within a second of a run are not recorded (racy timestamps).
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let first = watched_run(&repo, &src, &cache, None).unwrap();
+        // Only the directories above the root (made by the test, so unsettled) are not.
+        let unrecorded = first.unrecorded.clone().unwrap();
+        assert!(unrecorded.iter().all(|d| !d.starts_with(src.as_os_str().as_bytes())), "{unrecorded:?}");
+        let old3 = content_at(&repo, &first, &src.join("b/deep/3")).unwrap();
+
+        // A change the watcher did not report, deep in b: b is not listed, so the run keeps
+        // what the cache recorded. That is what proves the directory was not looked at.
+        fs::write(src.join("b/deep/3"), "THREE").unwrap();
+        fs::write(src.join("a/new"), "new").unwrap();
+        let a = src.join("a");
+        let second = watched_run(&repo, &src, &cache, Some(&[a.as_path()])).unwrap();
+        assert!(content_at(&repo, &second, &src.join("a/new")).is_some(), "a was listed");
+        assert_eq!(content_at(&repo, &second, &src.join("b/deep/3")).unwrap(), old3);
+        assert_eq!(second.snapshot.stats.files, 5);
+        assert_eq!(second.reused_dirs, 3, "b, b/deep and c, from the cache");
+        // A plain run sees everything.
+        let third = watched_run(&repo, &src, &cache, None).unwrap();
+        assert_ne!(content_at(&repo, &third, &src.join("b/deep/3")).unwrap(), old3);
+
+        // A new entry in c moves c's stamp: told c is untouched, the run finds the cache's
+        // record of c out of date, and commits nothing.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let _ = watched_run(&repo, &src, &cache, None).unwrap();
+        fs::write(src.join("c/5"), "five").unwrap();
+        let before = repo.snapshots().unwrap().0.len();
+        match watched_run(&repo, &src, &cache, Some(&[a.as_path()])) {
+            Err(Error::WatchGap(why)) => assert!(why.contains("/c"), "{why}"),
+            other => panic!("expected a gap, got {:?}", other.map(|r| r.snapshot_id)),
+        }
+        assert_eq!(repo.snapshots().unwrap().0.len(), before, "nothing committed");
+        // Told about c, the run is whole, and tree for tree what a plain run makes.
+        let c = src.join("c");
+        let told = watched_run(&repo, &src, &cache, Some(&[c.as_path()])).unwrap();
+        let plain = watched_run(&repo, &src, &dir.path().join("other-cache"), None).unwrap();
+        let tree_of = |r: &BackupResult| {
+            let (index, _) = repo.load_index().unwrap();
+            let reader = crate::repo::BlobReader::new(&repo, &index).unwrap();
+            let node = crate::find::lookup(&reader, &r.snapshot.tree, src.as_os_str().as_bytes()).unwrap();
+            match node.map(|n| n.kind) {
+                Some(crate::tree::NodeKind::Dir { subtree }) => subtree,
+                other => panic!("{other:?}"),
+            }
+        };
+        // (Compared below the directories above src, whose times the test's own files move.)
+        assert_eq!(tree_of(&told), tree_of(&plain));
+        assert_ne!(tree_of(&told), tree_of(&third));
+    }
 
     #[test]
     #[allow(clippy::unnecessary_cast)]

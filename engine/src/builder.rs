@@ -79,6 +79,10 @@ pub(crate) struct Builder {
     stack: Vec<Frame>,
     /// Directories whose tree the last run stored was reused (`ScanEvent::Reused`).
     pub(crate) reused_dirs: u64,
+    /// Directories (absolute) this run did not record in the files cache, for a file watcher
+    /// to list next time (`BackupResult::unrecorded`); None when there were more than
+    /// `MAX_UNRECORDED`.
+    pub(crate) unrecorded: Option<Vec<Vec<u8>>>,
     pending: HashMap<u64, PendingFile>,
     /// First names of multiply-linked files, by seq.
     links: HashMap<u64, Linked>,
@@ -101,6 +105,9 @@ pub(crate) struct Builder {
     /// same timestamp granularity without their mtime moving (the racy-timestamp problem).
     racy_ns: i128,
 }
+
+/// Directories a run lists as unrecorded at most: beyond, a watcher's next run is a full scan.
+const MAX_UNRECORDED: usize = 1 << 16;
 
 fn join_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
     let mut p = dir.to_vec();
@@ -129,6 +136,7 @@ impl Builder {
         Builder {
             stack: vec![Frame::new(Vec::new(), None, Vec::new())],
             reused_dirs: 0,
+            unrecorded: Some(Vec::new()),
             pending: HashMap::new(),
             links: HashMap::new(),
             fevents: w.fevents,
@@ -306,6 +314,9 @@ impl Builder {
             *self.progress.current.lock().unwrap_or_else(|p| p.into_inner()) = p;
         }
         if meta.nlink > 1 {
+            // A write through another of its names is seen in that name's directory only (a
+            // file watcher's view): a directory holding such a file is never taken whole.
+            self.uncached();
             let top = self.stack.last().map(|f| f.path.as_slice()).unwrap_or_default();
             self.links.insert(seq, (join_path(top, &name), content.clone(), size, holes.clone()));
         }
@@ -408,6 +419,14 @@ impl Builder {
                     self.cache_write(|c| c.add(&Record::Dir(dir)));
                 } else {
                     self.uncached();
+                    let mut path = b"/".to_vec();
+                    path.extend_from_slice(&frame.path);
+                    if let Some(u) = self.unrecorded.as_mut() {
+                        u.push(path);
+                        if u.len() > MAX_UNRECORDED {
+                            self.unrecorded = None;
+                        }
+                    }
                 }
                 let mut path = b"/".to_vec();
                 path.extend_from_slice(&frame.path);
@@ -500,6 +519,8 @@ impl Builder {
                 self.push(node)?;
             }
             ScanEvent::Error { path, why } => self.error(path.as_os_str().as_bytes().to_vec(), why),
+            ScanEvent::Records(records) => self.cache_write(|c| c.add_raw(&records)),
+            ScanEvent::Gap(why) => return Err(Error::WatchGap(why)),
         }
         Ok(())
     }

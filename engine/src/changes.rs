@@ -9,12 +9,12 @@ use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 use stages::read::ReadMode;
-use stages::scan::Known;
+use stages::scan::{Known, Subtree};
 use stages::{BlobId, BlobKind, Hole, Meta, NewBlob, StoredDir, StoredFile};
 
 use crate::backup::{BackupOptions, BackupResult};
 use crate::builder::Builder;
-use crate::filescache::{CacheReader, DirEntry};
+use crate::filescache::{self, CacheReader, DirEntry, Record};
 use crate::index::Index;
 
 /// How a file compares with the files cache of the last run. The cache, not the last snapshot,
@@ -93,6 +93,17 @@ impl Known for Classify {
         self.inner.as_mut().and_then(|k| k.dir(path, meta))
     }
 
+    fn subtree(&mut self, path: &Path, meta: &Meta, out: &mut dyn FnMut(Vec<u8>) -> bool) -> Subtree {
+        let found = match self.inner.as_mut() {
+            Some(k) => k.subtree(path, meta, out),
+            None => Subtree::Absent,
+        };
+        if let Subtree::Found { files, .. } = &found {
+            self.counts.unchanged.fetch_add(*files, Ordering::Relaxed);
+        }
+        found
+    }
+
     fn record(&mut self, out: &mut Vec<u8>) {
         if let Some(k) = self.inner.as_mut() {
             k.record(out);
@@ -144,6 +155,58 @@ impl Known for CacheLookup {
 
     fn record(&mut self, out: &mut Vec<u8>) {
         self.reader.last_record(out);
+    }
+
+    fn subtree(&mut self, path: &Path, meta: &Meta, out: &mut dyn FnMut(Vec<u8>) -> bool) -> Subtree {
+        /// Records go out in pieces of about this much: a directory high above a large tree
+        /// holds ~75 bytes per file in it, never all at once.
+        const PIECE: usize = 1 << 20;
+        let (mut piece, mut files, mut bytes, mut dirs) = (Vec::new(), 0u64, 0u64, 0u64);
+        let (mut missing, mut refused) = (None, false);
+        let index = self.index.clone();
+        let end = self.reader.subtree(path.as_os_str().as_bytes(), &mut |r, raw| {
+            let ids = match r {
+                Record::File(e) | Record::Full(e, _) => {
+                    files += 1;
+                    bytes = bytes.saturating_add(e.size);
+                    &e.content
+                }
+                Record::Dir(d) => {
+                    dirs += 1;
+                    &d.tree
+                }
+            };
+            // Cached ids are dedup decisions like any other: each must be in the repository.
+            if missing.is_none() && !ids.iter().all(|id| index.contains(id)) {
+                missing = Some(String::from_utf8_lossy(r.path()).into_owned());
+            }
+            piece.extend_from_slice(raw);
+            if piece.len() >= PIECE && !refused {
+                refused = !out(std::mem::take(&mut piece));
+            }
+        });
+        self.keep_problem();
+        if !piece.is_empty() && !refused {
+            refused = !out(piece);
+        }
+        let own = match end {
+            filescache::Subtree::Absent => return Subtree::Absent,
+            filescache::Subtree::NoOwn => return Subtree::Gap("the files cache has no record of it".into()),
+            filescache::Subtree::Own(d) => d,
+        };
+        if refused {
+            return Subtree::Gap("the pipeline stopped".into());
+        }
+        if let Some(path) = missing {
+            return Subtree::Gap(format!(
+                "the files cache names blobs of {path} the repository does not hold"
+            ));
+        }
+        let DirEntry { mtime_ns, ctime_ns, ino, dev, entries, tree, .. } = own;
+        if !(mtime_ns == meta.mtime_ns && ctime_ns == meta.ctime_ns && ino == meta.ino && dev == meta.dev) {
+            return Subtree::Gap("it changed since the files cache recorded it".into());
+        }
+        Subtree::Found { stored: StoredDir { entries, tree }, files, bytes, dirs }
     }
 
     fn dir(&mut self, path: &Path, meta: &Meta) -> Option<StoredDir> {
@@ -226,6 +289,7 @@ pub(crate) fn dry_result(
         budget: s.budget_bytes,
         budget_peak: s.budget_peak,
         reused_dirs: builder.reused_dirs,
+        unrecorded: builder.unrecorded.take(),
         changes: s.changes,
         dry_run: Some(tally),
     }

@@ -36,6 +36,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A directory a file watcher saw no change in is not what the files cache recorded: the
+    /// watcher missed a change (`bakare watch` runs a full scan then).
+    #[error("the file watcher missed a change in {0}; a full scan is needed")]
+    WatchGap(String),
     #[error("pipeline: {0}")]
     Pipeline(String),
     #[error("{0}")]

@@ -265,6 +265,10 @@ pub enum Record {
 }
 
 impl Record {
+    pub fn path(&self) -> &[u8] {
+        self.position().0
+    }
+
     fn position(&self) -> (&[u8], bool) {
         match self {
             Record::File(e) | Record::Full(e, _) => (&e.path, false),
@@ -438,6 +442,42 @@ impl CacheReader {
         out.extend_from_slice(&self.last);
     }
 
+    /// Every record at and below the directory `path`, in order, each passed to `each` with its
+    /// stored bytes (as `last_record` writes them); the directory's own record ends them.
+    /// Calls come in scan order, like `lookup`'s.
+    pub fn subtree(&mut self, path: &[u8], each: &mut dyn FnMut(&Record, &[u8])) -> Subtree {
+        // Records before the first one inside `path` are of paths that are gone.
+        while self.next.as_ref().is_some_and(|r| cmp_positions(r.position(), (path, false)).is_le()) {
+            self.advance();
+        }
+        let mut passed = false;
+        let mut raw = Vec::new();
+        while let Some(r) = self.next.as_ref() {
+            if cmp_positions(r.position(), (path, true)).is_gt() {
+                break;
+            }
+            raw.clear();
+            let len = self.body.len().saturating_sub(8) as u32;
+            raw.extend_from_slice(&len.to_le_bytes());
+            raw.extend_from_slice(&self.body);
+            each(r, &raw);
+            passed = true;
+            let own = r.position() == (path, true);
+            let r = self.next.take();
+            self.advance();
+            if own {
+                return match r {
+                    Some(Record::Dir(d)) if self.dirs => Subtree::Own(d),
+                    _ => Subtree::NoOwn,
+                };
+            }
+        }
+        match passed {
+            true => Subtree::NoOwn,
+            false => Subtree::Absent,
+        }
+    }
+
     /// The record of the directory at `path`, asked for when the scan leaves it.
     pub fn dir(&mut self, path: &[u8]) -> Option<DirEntry> {
         match self.seek((path, true))? {
@@ -445,6 +485,18 @@ impl CacheReader {
             Record::Dir(_) | Record::File(_) | Record::Full(..) => None,
         }
     }
+}
+
+/// How the records below a directory ended (`CacheReader::subtree`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Subtree {
+    /// No record at or below it.
+    Absent,
+    /// Records below it, then its own.
+    Own(DirEntry),
+    /// Records below it, but none of its own: it was not recorded (something in it was not
+    /// settled when the last run left it).
+    NoOwn,
 }
 
 pub struct CacheWriter {

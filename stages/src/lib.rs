@@ -10,6 +10,7 @@
 
 pub mod batch;
 pub mod budget;
+pub mod dirty;
 pub mod msg;
 pub mod pool;
 

@@ -228,6 +228,12 @@ pub enum ScanEvent {
         path: PathBuf,
         why: String,
     },
+    /// Files cache records of a directory taken whole (`scan::Known::subtree`), to be written
+    /// again as they are; its `Reused` event follows them.
+    Records(Vec<u8>),
+    /// A directory the file watcher saw no change in is not what the files cache recorded:
+    /// the watcher missed a change, and the run must not be committed. The last event.
+    Gap(String),
 }
 
 #[derive(Debug, Clone)]

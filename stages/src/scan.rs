@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
 
+use crate::dirty::Dirty;
 use crate::msg::{Cancel, FileKind, Meta, Progress, ReadJob, Records, ScanEvent, StoredDir, StoredFile};
 
 /// What the scan does with one entry of a directory it walks.
@@ -55,6 +56,27 @@ pub trait Known: Send {
     /// Appends the stored record of the entry `file` or `dir` last found to `out`, as it is
     /// stored: a directory found unchanged passes its entries' records on whole.
     fn record(&mut self, out: &mut Vec<u8>);
+    /// Everything stored at and below the directory `path` (stat'ed as `meta`), which a file
+    /// watcher saw no change in (`ScanConfig::watched`): its records go to `out` in pieces as
+    /// they are read (they come before the directory's own, so they are passed on before it is
+    /// known whether it matches), then what it holds.
+    fn subtree(&mut self, path: &Path, meta: &Meta, out: &mut dyn FnMut(Vec<u8>) -> bool) -> Subtree {
+        let _ = (path, meta, out);
+        Subtree::Absent
+    }
+}
+
+/// What `Known::subtree` found.
+#[derive(Debug)]
+pub enum Subtree {
+    /// Nothing stored at or below it: nothing was passed on, the scan lists it.
+    Absent,
+    /// Its records were passed on; its tree and what it holds (`dirs` counts itself).
+    Found { stored: StoredDir, files: u64, bytes: u64, dirs: u64 },
+    /// Records were passed on, but the directory's own record is missing or does not match
+    /// what is on disk, or `out` refused them: the watcher missed something, and this run
+    /// must not be committed (`ScanEvent::Gap`).
+    Gap(String),
 }
 
 /// A directory whose events are held back while everything in it is unchanged so far: if it is
@@ -115,6 +137,9 @@ pub struct ScanConfig {
     pub progress: Arc<Progress>,
     /// Directories the snapshot cannot hold: what readers of it refuse.
     pub limits: Limits,
+    /// What a file watcher saw change since the files cache was written: a directory it saw
+    /// no change at or below is taken whole from `known` (`Known::subtree`), unlisted.
+    pub watched: Option<Arc<Dirty>>,
 }
 
 /// Directories whose absolute path is `path` bytes or longer, or that are `depth` levels deep
@@ -342,6 +367,9 @@ impl Drop for Lister {
 struct Subdir {
     name: OsString,
     list: bool,
+    /// A file watcher saw no change at or below it: it is taken from the files cache, and
+    /// listed only if the cache has no record of it.
+    untouched: bool,
     listing: Option<crossbeam_channel::Receiver<Listing>>,
 }
 
@@ -366,6 +394,7 @@ impl Frame {
         entries: Vec<::io::dir::Entry>,
         entered: Option<Meta>,
         mut select: Option<&mut (dyn Select + 'static)>,
+        watched: Option<&Dirty>,
     ) -> Frame {
         if let Some(s) = select.as_deref_mut() {
             s.enter(&path, &entries);
@@ -383,7 +412,9 @@ impl Frame {
                     Choice::Shallow => false,
                     Choice::Leave => return None,
                 };
-                Some(Subdir { name: e.name.clone(), list, listing: None })
+                let untouched =
+                    list && watched.is_some_and(|w| w.untouched(path.join(&e.name).as_os_str().as_bytes()));
+                Some(Subdir { name: e.name.clone(), list: list && !untouched, untouched, listing: None })
             })
             .collect();
         Frame { path, entries: entries.into_iter(), subdirs, submitted: 0, entered, held: None }
@@ -434,6 +465,7 @@ struct Scanner {
     links: HashMap<(u64, u64), u64>,
     stats: ScanStats,
     limits: Limits,
+    watched: Option<Arc<Dirty>>,
 }
 
 /// The receiver went away: the pipeline is shutting down.
@@ -619,9 +651,13 @@ impl Scanner {
         if root.parent().is_none() {
             // The file system root: its entries go straight into the snapshot's root.
             match ::io::dir::list(root) {
-                Ok(entries) => {
-                    frames.push(Frame::new(root.to_path_buf(), entries, None, self.select.as_deref_mut()))
-                }
+                Ok(entries) => frames.push(Frame::new(
+                    root.to_path_buf(),
+                    entries,
+                    None,
+                    self.select.as_deref_mut(),
+                    self.watched.as_deref(),
+                )),
                 Err(e) => return self.error(root, format!("cannot list: {e}")),
             }
         } else {
@@ -638,6 +674,12 @@ impl Scanner {
             };
             let name = root.file_name().map(|n| n.to_os_string()).unwrap_or_default();
             let is_dir = meta.kind == FileKind::Dir;
+            if is_dir && self.watched.as_ref().is_some_and(|w| w.untouched(root.as_os_str().as_bytes())) {
+                let name = name.clone();
+                if self.take_whole(&mut frames, root, name, &meta)? {
+                    return Ok(());
+                }
+            }
             let ev = self.entry(root, name, meta.clone())?;
             if !is_dir {
                 return self.emit(ev);
@@ -649,8 +691,13 @@ impl Scanner {
             };
             match listed {
                 Ok(entries) => {
-                    let frame =
-                        Frame::new(root.to_path_buf(), entries, Some(meta), self.select.as_deref_mut());
+                    let frame = Frame::new(
+                        root.to_path_buf(),
+                        entries,
+                        Some(meta),
+                        self.select.as_deref_mut(),
+                        self.watched.as_deref(),
+                    );
                     self.enter(&mut frames, frame, ev)?;
                 }
                 Err(e) => {
@@ -692,6 +739,39 @@ impl Scanner {
                         ahead.outstanding -= 1;
                     }
                     top.submitted = top.submitted.saturating_sub(1);
+                    if sub.untouched {
+                        if self.take_whole(&mut frames, &path, entry.name.clone(), &meta)? {
+                            ahead.top_up(&mut frames, lister);
+                            continue;
+                        }
+                        // Not in the cache: listed and walked like any other.
+                        if let Some(why) = self.beyond_limits(&path) {
+                            self.place(&mut frames, ScanEvent::Error { path, why })?;
+                            ahead.top_up(&mut frames, lister);
+                            continue;
+                        }
+                        let ev = self.entry(&path, entry.name, meta.clone())?;
+                        match ::io::dir::list(&path) {
+                            Ok(entries) => {
+                                let frame = Frame::new(
+                                    path,
+                                    entries,
+                                    Some(meta),
+                                    self.select.as_deref_mut(),
+                                    self.watched.as_deref(),
+                                );
+                                self.enter(&mut frames, frame, ev)?
+                            }
+                            Err(e) => {
+                                self.place(&mut frames, ev)?;
+                                let why = format!("cannot list: {e}");
+                                self.place(&mut frames, ScanEvent::Error { path, why })?;
+                                self.place(&mut frames, ScanEvent::Leave)?;
+                            }
+                        }
+                        ahead.top_up(&mut frames, lister);
+                        continue;
+                    }
                     Some(match (sub.list, sub.listing) {
                         (false, _) => Ok(Vec::new()),
                         (true, None) => ::io::dir::list(&path),
@@ -709,7 +789,13 @@ impl Scanner {
             let ev = self.entry(&path, entry.name, meta)?;
             match listing {
                 Some(Ok(entries)) => {
-                    let frame = Frame::new(path, entries, dir_meta, self.select.as_deref_mut());
+                    let frame = Frame::new(
+                        path,
+                        entries,
+                        dir_meta,
+                        self.select.as_deref_mut(),
+                        self.watched.as_deref(),
+                    );
                     self.enter(&mut frames, frame, ev)?
                 }
                 Some(Err(e)) => {
@@ -723,6 +809,50 @@ impl Scanner {
             ahead.top_up(&mut frames, lister);
         }
         Ok(())
+    }
+
+    /// Takes the directory at `path`, which the watcher saw no change in, whole from the files
+    /// cache: its records, then one `Reused` event. False when the cache has no record of it
+    /// (nothing was emitted: the caller walks it). A gap ends the scan after a `Gap` event.
+    fn take_whole(
+        &mut self,
+        frames: &mut [Frame],
+        path: &Path,
+        name: OsString,
+        meta: &Meta,
+    ) -> Result<bool, Closed> {
+        let Some(mut known) = self.known.take() else { return Ok(false) };
+        // Records go out as they are read: nothing held back may come before them.
+        let released = self.release(frames);
+        let mut refused = false;
+        let found = match released {
+            Ok(()) => known.subtree(path, meta, &mut |piece| {
+                refused = refused || self.emit(ScanEvent::Records(piece)).is_err();
+                !refused
+            }),
+            Err(Closed) => Subtree::Gap("the pipeline stopped".into()),
+        };
+        self.known = Some(known);
+        match found {
+            Subtree::Absent => Ok(false),
+            Subtree::Found { stored, files, bytes, dirs } => {
+                self.stats.files += files;
+                self.stats.unchanged += files;
+                self.stats.dirs += dirs;
+                Progress::add(&self.progress.files_total, files);
+                Progress::add(&self.progress.bytes_total, bytes);
+                let records = Records::default();
+                let ev = ScanEvent::Reused { name, meta: meta.clone(), stored, files, bytes, dirs, records };
+                self.place(frames, ev)?;
+                Ok(true)
+            }
+            Subtree::Gap(why) => {
+                let why = format!("{}: {why}", path.display());
+                self.emit(ScanEvent::Gap(why))?;
+                self.flush()?;
+                Err(Closed)
+            }
+        }
     }
 
     /// Why the directory at `path` is not entered, if it is not (`Limits`).
@@ -745,6 +875,7 @@ impl Scanner {
     fn run(&mut self, mut cfg: ScanConfig) -> Result<(), Closed> {
         self.known = cfg.known.take();
         self.select = cfg.select.take();
+        self.watched = cfg.watched.take();
         self.progress = cfg.progress.clone();
         let lister = Lister::start(LISTERS).map_err(|_| Closed)?;
         // Ancestors of the roots are entered so that the snapshot keeps absolute paths:
@@ -831,6 +962,7 @@ pub fn spawn(
             links: HashMap::new(),
             stats: ScanStats { files: 0, dirs: 0, unchanged: 0 },
             limits: cfg.limits,
+            watched: None,
         };
         let progress = cfg.progress.clone();
         if s.run(cfg).is_ok() {
@@ -858,6 +990,8 @@ mod tests {
                 ScanEvent::Symlink { name, .. } => format!("@{}", name.to_string_lossy()),
                 ScanEvent::Special { name, .. } => format!("!{}", name.to_string_lossy()),
                 ScanEvent::Error { .. } => "E".into(),
+                ScanEvent::Records(r) => format!("#{}", String::from_utf8_lossy(r)),
+                ScanEvent::Gap(why) => format!("GAP {why}"),
                 ScanEvent::Reused { name, files, dirs, records, .. } => {
                     let records: Vec<u8> = records.pieces().flatten().copied().collect();
                     format!(
@@ -910,7 +1044,14 @@ mod tests {
             let (etx, erx) = crossbeam_channel::unbounded();
             let (jtx, _jrx) = crossbeam_channel::unbounded();
             let roots = normalize_roots(std::slice::from_ref(&root)).unwrap();
-            let cfg = ScanConfig { roots, select: None, known: None, progress: Arc::default(), limits };
+            let cfg = ScanConfig {
+                roots,
+                select: None,
+                known: None,
+                progress: Arc::default(),
+                limits,
+                watched: None,
+            };
             spawn(cfg, etx, jtx, Cancel::default()).unwrap().finish();
             let evs: Vec<_> = erx.iter().flatten().collect();
             let errors: Vec<_> = evs
@@ -953,6 +1094,7 @@ mod tests {
             known: Some(Box::new(FakeCache { last: Vec::new() })),
             progress: Arc::default(),
             limits: Limits::default(),
+            watched: None,
         };
         spawn(cfg, etx, jtx, Cancel::default()).unwrap().finish();
         let n = names(&erx.iter().flatten().collect::<Vec<_>>());
@@ -996,6 +1138,7 @@ mod tests {
             known: None,
             progress: Arc::default(),
             limits: Limits::default(),
+            watched: None,
         };
         spawn(cfg, etx, jtx, Cancel::default()).unwrap().finish();
         let evs: Vec<_> = erx.iter().flatten().collect();
@@ -1087,6 +1230,7 @@ mod tests {
             known: None,
             progress: Arc::default(),
             limits: Limits::default(),
+            watched: None,
         };
         spawn(cfg, etx, jtx, Cancel::default()).unwrap().finish();
         let n = names(&erx.iter().flatten().collect::<Vec<_>>());
@@ -1132,6 +1276,7 @@ mod tests {
             known: None,
             progress: Arc::default(),
             limits: Limits::default(),
+            watched: None,
         };
         let stats = spawn(cfg, etx, jtx, Cancel::default()).unwrap().finish();
         let n = names(&erx.iter().flatten().collect::<Vec<_>>());

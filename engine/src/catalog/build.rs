@@ -541,6 +541,7 @@ mod tests {
             progress: Default::default(),
             on_file: None,
             dry_run: false,
+            watched: None,
         };
         crate::backup::backup(repo, opts).unwrap().snapshot_id
     }

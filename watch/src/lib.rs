@@ -1,0 +1,444 @@
+//! watch: the file watcher behind `bakare watch`. An inotify watch on every directory of the
+//! backed-up trees, whose events become the set of directories that changed
+//! (`stages::dirty::Dirty`), and the reasons the next run must be a full scan instead.
+//!
+//! inotify, not fanotify: it needs no privileges. Its costs and limits:
+//! - one watch per directory (about 1 KiB of kernel memory each), at most
+//!   `fs.inotify.max_user_watches`: a directory that cannot be watched makes every run a
+//!   full scan, and says which sysctl to raise;
+//! - a queue of `fs.inotify.max_queued_events` events: when it overflows, changes are lost,
+//!   and the next run is a full scan;
+//! - a write through one name of a multiply-linked file is reported in that name's directory
+//!   only: directories holding such files are never recorded in the files cache, so they are
+//!   listed by every run.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+use rustix::io::Errno;
+use stages::dirty::Dirty;
+
+/// What every directory is watched for: any change to its entries, or to itself.
+fn mask() -> WatchFlags {
+    WatchFlags::CREATE
+        | WatchFlags::DELETE
+        | WatchFlags::MODIFY
+        | WatchFlags::ATTRIB
+        | WatchFlags::CLOSE_WRITE
+        | WatchFlags::MOVED_FROM
+        | WatchFlags::MOVED_TO
+        | WatchFlags::DELETE_SELF
+        | WatchFlags::MOVE_SELF
+        | WatchFlags::ONLYDIR
+        | WatchFlags::DONT_FOLLOW
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = dir.to_vec();
+    if p.last() != Some(&b'/') {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+fn parent(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&c| c == b'/') {
+        Some(0) => b"/",
+        Some(i) => &path[..i],
+        None => b"/",
+    }
+}
+
+/// Whether `path` is `dir` or below it.
+pub fn under(path: &[u8], dir: &[u8]) -> bool {
+    path == dir || (path.starts_with(dir) && path.get(dir.len()) == Some(&b'/'))
+}
+
+fn os(b: &[u8]) -> &Path {
+    Path::new(OsStr::from_bytes(b))
+}
+
+/// The kernel's limit on watches, for the message that names it.
+fn max_user_watches() -> String {
+    std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+pub struct Watcher {
+    fd: OwnedFd,
+    /// Watch descriptor -> the directory it watches (absolute).
+    wds: HashMap<i32, Vec<u8>>,
+    /// Directories moved away (by the rename's cookie), until their new place is seen.
+    moved: HashMap<u32, Vec<u8>>,
+    dirty: Dirty,
+    /// Directories the next run lists whatever happens, though nothing in them is known to
+    /// have changed: those the last run could not record in the files cache.
+    relist: Dirty,
+    /// Why the record of changes is incomplete since it was last taken: the next run scans
+    /// everything.
+    gap: Option<String>,
+    /// Why it can never be complete (a directory could not be watched): every run scans
+    /// everything, until the watcher is made again.
+    blind: Option<String>,
+    /// Events handled, for the status.
+    pub events: u64,
+    /// Directories never watched: bakare's own repository and caches, which every run
+    /// writes and no run backs up.
+    ignored: Vec<Vec<u8>>,
+}
+
+/// Blocks until `fd` (`Watcher::fd`) has events to take. False when interrupted first.
+pub fn wait(fd: &OwnedFd) -> bool {
+    let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+    matches!(rustix::event::poll(&mut fds, None), Ok(n) if n > 0)
+}
+
+impl Watcher {
+    /// Watches every directory at and below `roots` (absolute paths; a root that is a file is
+    /// watched through its directory). Symlinks are not followed.
+    pub fn new(roots: &[PathBuf], ignored: &[PathBuf]) -> std::io::Result<Watcher> {
+        let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
+        let mut w = Watcher {
+            fd,
+            wds: HashMap::new(),
+            moved: HashMap::new(),
+            dirty: Dirty::default(),
+            relist: Dirty::default(),
+            gap: None,
+            blind: None,
+            events: 0,
+            ignored: ignored.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect(),
+        };
+        for root in roots {
+            let b = root.as_os_str().as_bytes();
+            match std::fs::symlink_metadata(root) {
+                Ok(md) if md.is_dir() => w.watch_tree(b),
+                // A file, a symlink, or nothing yet: its directory says when it changes.
+                _ => {
+                    w.watch_one(parent(b));
+                }
+            }
+        }
+        Ok(w)
+    }
+
+    /// The inotify descriptor, for `wait` on another thread (a `try_clone_to_owned` of it).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// How many directories are watched.
+    pub fn watched(&self) -> usize {
+        self.wds.len()
+    }
+
+    fn watch_one(&mut self, dir: &[u8]) -> bool {
+        if self.ignored.iter().any(|i| under(dir, i)) {
+            return false;
+        }
+        match inotify::add_watch(&self.fd, os(dir), mask()) {
+            Ok(wd) => {
+                self.wds.insert(wd, dir.to_vec());
+                true
+            }
+            // Gone or not a directory (any more): what is there now is scanned anyway.
+            Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => false,
+            Err(Errno::NOSPC) => {
+                self.blind.get_or_insert_with(|| {
+                    format!(
+                        "{} and what is below it cannot be watched: the limit of inotify watches \
+                         (fs.inotify.max_user_watches = {}) is reached; raise it (e.g. \
+                         `sysctl fs.inotify.max_user_watches=1048576`) and restart the watcher",
+                        os(dir).display(),
+                        max_user_watches()
+                    )
+                });
+                false
+            }
+            Err(e) => {
+                self.blind.get_or_insert_with(|| format!("{} cannot be watched: {e}", os(dir).display()));
+                false
+            }
+        }
+    }
+
+    /// Watches `dir` and every directory below it (an explicit stack: depth is not bounded
+    /// by the thread's stack).
+    fn watch_tree(&mut self, dir: &[u8]) {
+        let mut stack = vec![dir.to_vec()];
+        while let Some(d) = stack.pop() {
+            // Watched before it is listed: an entry made in between is seen one way or the other.
+            if !self.watch_one(&d) {
+                continue;
+            }
+            let Ok(entries) = ::io::dir::list(os(&d)) else { continue };
+            for e in entries {
+                let is_dir = e.stat.as_ref().is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+                if is_dir {
+                    stack.push(join(&d, e.name.as_bytes()));
+                }
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for events and takes every one that is ready. True when some
+    /// change was recorded.
+    pub fn poll(&mut self, timeout: Duration) -> std::io::Result<bool> {
+        let ts = rustix::event::Timespec {
+            tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        let mut fds = [rustix::event::PollFd::new(&self.fd, rustix::event::PollFlags::IN)];
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(0) | Err(Errno::INTR) => return Ok(false),
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.drain()
+    }
+
+    /// Takes every event that is ready. True when some change was recorded.
+    pub fn drain(&mut self) -> std::io::Result<bool> {
+        let before = (self.dirty.len(), self.gap.is_some(), self.events);
+        // Room for many events per read; names are at most 255 bytes.
+        let mut buf = vec![MaybeUninit::<u8>::uninit(); 64 << 10];
+        let mut batch: Vec<(i32, ReadFlags, u32, Option<Vec<u8>>)> = Vec::new();
+        {
+            let mut r = inotify::Reader::new(self.fd.as_fd(), &mut buf);
+            loop {
+                match r.next() {
+                    Ok(ev) => batch.push((
+                        ev.wd(),
+                        ev.events(),
+                        ev.cookie(),
+                        ev.file_name().map(|n| n.to_bytes().to_vec()),
+                    )),
+                    Err(Errno::AGAIN) => break,
+                    Err(Errno::INTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        for (wd, flags, cookie, name) in batch {
+            self.event(wd, flags, cookie, name.as_deref());
+        }
+        // A directory moved away whose new place was not seen left the watched trees.
+        for (_, old) in std::mem::take(&mut self.moved) {
+            self.forget(&old);
+        }
+        Ok((self.dirty.len(), self.gap.is_some(), self.events) != before)
+    }
+
+    fn event(&mut self, wd: i32, flags: ReadFlags, cookie: u32, name: Option<&[u8]>) {
+        self.events += 1;
+        if flags.contains(ReadFlags::QUEUE_OVERFLOW) {
+            self.gap.get_or_insert_with(|| {
+                "the kernel's queue of file events overflowed (fs.inotify.max_queued_events): \
+                 some changes were not seen"
+                    .into()
+            });
+            return;
+        }
+        if flags.contains(ReadFlags::UNMOUNT) {
+            let at = self.wds.get(&wd).map(|d| os(d).display().to_string()).unwrap_or_default();
+            self.gap.get_or_insert_with(|| format!("the file system at {at} was unmounted"));
+        }
+        if flags.contains(ReadFlags::IGNORED) {
+            self.wds.remove(&wd);
+            return;
+        }
+        let Some(dir) = self.wds.get(&wd).cloned() else { return };
+        let Some(name) = name else {
+            // The directory itself: its own metadata is an entry of its parent, and it is
+            // listed again so that its own record is made anew.
+            self.dirty.mark(&dir);
+            self.dirty.mark(parent(&dir));
+            return;
+        };
+        let path = join(&dir, name);
+        if self.ignored.iter().any(|i| under(&path, i)) {
+            return;
+        }
+        self.dirty.mark(&dir);
+        if !flags.contains(ReadFlags::ISDIR) {
+            if flags.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO) {
+                self.new_name(&path);
+            }
+            return;
+        }
+        if flags.contains(ReadFlags::MOVED_FROM) {
+            self.moved.insert(cookie, path);
+        } else if flags.contains(ReadFlags::MOVED_TO) {
+            match self.moved.remove(&cookie) {
+                // Renamed within the watched trees: its watches follow it.
+                Some(old) => self.rename(&old, &path),
+                // Moved in from elsewhere.
+                None => self.watch_tree(&path),
+            }
+            self.dirty.mark_deep(&path);
+        } else if flags.contains(ReadFlags::CREATE) {
+            self.watch_tree(&path);
+            self.dirty.mark_deep(&path);
+        }
+    }
+
+    /// A file got the name `path`. If it has others, their directories were told nothing (a
+    /// link count is the inode's, reported to watches on the inode only), and a directory
+    /// the files cache recorded with it as a file of one name is out of date: only a full
+    /// scan finds those names.
+    fn new_name(&mut self, path: &[u8]) {
+        let Ok(st) = rustix::fs::statat(rustix::fs::CWD, os(path), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        else {
+            return; // gone already: its directory is listed anyway
+        };
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink > 1 {
+            self.gap.get_or_insert_with(|| {
+                format!(
+                    "{} is a hard link: the directories of its other names saw no change",
+                    os(path).display()
+                )
+            });
+        }
+    }
+
+    /// The watches of `old` and below now watch `new` and below.
+    fn rename(&mut self, old: &[u8], new: &[u8]) {
+        for p in self.wds.values_mut() {
+            if under(p, old) {
+                let mut moved = new.to_vec();
+                moved.extend_from_slice(&p[old.len()..]);
+                *p = moved;
+            }
+        }
+    }
+
+    /// Stops watching `dir` and below (moved out of the watched trees).
+    fn forget(&mut self, dir: &[u8]) {
+        let gone: Vec<i32> = self.wds.iter().filter(|(_, p)| under(p, dir)).map(|(wd, _)| *wd).collect();
+        for wd in gone {
+            self.wds.remove(&wd);
+            let _ = inotify::remove_watch(&self.fd, wd);
+        }
+    }
+
+    /// Whether anything was recorded since the last `take`.
+    pub fn changed(&self) -> bool {
+        !self.dirty.is_empty() || self.gap.is_some()
+    }
+
+    /// How many directories are marked, for the status.
+    pub fn dirty_dirs(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// Why the next run must be a full scan, if it must.
+    pub fn full_scan_reason(&self) -> Option<&str> {
+        self.blind.as_deref().or(self.gap.as_deref())
+    }
+
+    /// Lists `dir` at the next run, which this does not call for: a directory the last run
+    /// could not record in the files cache (an entry changed within its last second, a file
+    /// with several names).
+    pub fn relist(&mut self, dir: &[u8]) {
+        self.relist.mark(dir);
+    }
+
+    /// From now on the record starts empty: what changed since the last take, or why it is
+    /// unknown (then the run that uses it scans everything).
+    pub fn take(&mut self) -> Result<Dirty, String> {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.merge(std::mem::take(&mut self.relist));
+        if let Some(why) = &self.blind {
+            return Err(why.clone());
+        }
+        match self.gap.take() {
+            Some(why) => Err(why),
+            None => Ok(dirty),
+        }
+    }
+
+    /// Puts back what a run that failed did not use.
+    pub fn restore(&mut self, dirty: Dirty) {
+        self.relist.merge(dirty);
+    }
+
+    /// Records that the next run must scan everything.
+    pub fn gap(&mut self, why: String) {
+        self.gap.get_or_insert(why);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::fs;
+
+    fn settle(w: &mut Watcher) -> Dirty {
+        while w.poll(Duration::from_millis(50)).unwrap() {}
+        w.take().unwrap()
+    }
+
+    fn b(p: &Path) -> Vec<u8> {
+        p.as_os_str().as_bytes().to_vec()
+    }
+
+    #[test]
+    fn changes_mark_their_directories_and_new_trees_are_watched() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("r");
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        fs::create_dir_all(root.join("c")).unwrap();
+        fs::write(root.join("a/b/f"), b"1").unwrap();
+        fs::create_dir_all(root.join("c/own-cache/x")).unwrap();
+        let mut w = Watcher::new(std::slice::from_ref(&root), &[root.join("c/own-cache")]).unwrap();
+        assert_eq!(w.watched(), 4, "r, a, a/b, c: not the ignored directory");
+        fs::write(root.join("c/own-cache/x/f"), b"1").unwrap();
+        fs::write(root.join("c/own-cache/g"), b"1").unwrap();
+        assert!(settle(&mut w).is_empty(), "nothing seen in an ignored directory");
+        assert!(settle(&mut w).is_empty());
+
+        fs::write(root.join("a/b/f"), b"22").unwrap();
+        let d = settle(&mut w);
+        assert_eq!(d.dirs().collect::<Vec<_>>(), [b(&root.join("a/b")).as_slice()]);
+        assert!(d.untouched(&b(&root.join("c"))));
+
+        // A new directory is watched, and everything in it is new.
+        fs::create_dir_all(root.join("n/m")).unwrap();
+        let d = settle(&mut w);
+        assert!(!d.untouched(&b(&root.join("n/m"))));
+        fs::write(root.join("n/m/g"), b"x").unwrap();
+        let d = settle(&mut w);
+        assert!(d.dirs().any(|x| x == b(&root.join("n/m"))), "{d:?}");
+
+        // A renamed directory's watches follow it.
+        fs::rename(root.join("a"), root.join("z")).unwrap();
+        let d = settle(&mut w);
+        assert!(!d.untouched(&b(&root.join("z/b"))));
+        fs::write(root.join("z/b/f"), b"333").unwrap();
+        let d = settle(&mut w);
+        assert_eq!(d.dirs().collect::<Vec<_>>(), [b(&root.join("z/b")).as_slice()]);
+    }
+
+    #[test]
+    fn a_directory_s_own_attributes_mark_it_and_its_parent() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("r");
+        fs::create_dir_all(root.join("a")).unwrap();
+        let mut w = Watcher::new(std::slice::from_ref(&root), &[]).unwrap();
+        fs::set_permissions(root.join("a"), fs::Permissions::from_mode(0o700)).unwrap();
+        let d = settle(&mut w);
+        let dirs: Vec<&[u8]> = d.dirs().collect();
+        assert_eq!(dirs, [b(&root).as_slice(), b(&root.join("a")).as_slice()]);
+    }
+}
