@@ -505,7 +505,16 @@ fn print_status(path: &Path, json: bool) -> Result<u8> {
         return Ok(0);
     }
     let s = |k: &str| v[k].as_str().map(str::to_string).unwrap_or_else(|| v[k].to_string());
-    writeln!(out, "state: {} (pid {}, as of {})", s("state"), s("pid"), s("updated"))?;
+    // A watcher killed outright leaves its last word: say so when its process is gone.
+    let alive = v["pid"].as_u64().is_some_and(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "bakare")
+    });
+    let state = match (s("state").as_str(), alive) {
+        ("stopped", _) => "stopped".to_string(),
+        (st, false) => format!("not running (it ended without saying so; it was {st})"),
+        (st, true) => st.to_string(),
+    };
+    writeln!(out, "state: {state} (pid {}, as of {})", s("pid"), s("updated"))?;
     writeln!(out, "watched directories: {}", s("watched_directories"))?;
     writeln!(out, "changed directories since the last run: {}", s("changed_directories"))?;
     match v["next_run_full_scan"].as_str() {

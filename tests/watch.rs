@@ -298,3 +298,54 @@ fn watch_refuses_what_it_cannot_do_and_prints_a_unit() {
     assert_ne!(o.code, 0);
     assert!(o.stderr.contains("no watcher has run for these paths"), "{}", o.stderr);
 }
+
+/// Waits until the watcher's status says a run is going on.
+fn wait_running(w: &Watching) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while w.status()["state"] != "running" {
+        assert!(Instant::now() < deadline, "no run started: {}\n{}", w.status(), w.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_watcher_killed_mid_run_loses_nothing_and_a_change_during_a_run_is_in_the_next() {
+    let b = bakare();
+    let q = quiet_dir();
+    let src = q.path().join("src");
+    let mut rng = chaos::testkit::Rng::new(19);
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/small"), "small").unwrap();
+    b.ok(&["init"]);
+    let mut w = Watching::start(&b, &src);
+    w.quiet_after(0, "the first run");
+
+    // Killed while a run reads a large new file: nothing half-committed, and the restarted
+    // watcher's first run is a full scan that finds what changed while it was down.
+    fs::write(src.join("d/big"), rng.bytes(96 << 20)).unwrap();
+    wait_running(&w);
+    w.child.kill().unwrap();
+    w.child.wait().unwrap();
+    fs::write(src.join("while-down"), "made while no watcher ran").unwrap();
+    let o = b.ok(&["watch".as_ref(), "--status".as_ref(), src.as_os_str()]);
+    assert!(
+        o.stdout_str().contains("state: not running (it ended without saying so; it was running)"),
+        "{}",
+        o.stdout_str()
+    );
+    let w = Watching::start(&b, &src);
+    let s = w.quiet_after(0, "the restart");
+    assert!(w.log().contains("run 1: scanning everything: the watcher just started"), "{}", w.log());
+    let watched = snapshot_tree(&b, s["last_run"]["snapshot"].as_str().unwrap());
+    let full = b.ok(&["--json".as_ref(), "run".as_ref(), "--no-cache".as_ref(), src.as_os_str()]).json();
+    assert_eq!(watched, full["tree"], "{}", w.log());
+    b.ok(&["check"]);
+
+    // A change made while a run goes on is in a later snapshot.
+    let runs = s["runs"].as_u64().unwrap();
+    fs::write(src.join("d/big2"), rng.bytes(96 << 20)).unwrap();
+    wait_running(&w);
+    fs::write(src.join("d/during"), "written during a run").unwrap();
+    let after = w.status()["runs"].as_u64().unwrap().max(runs);
+    same_as_full_scan(&b, &w, &src, after, "a change during a run");
+}
