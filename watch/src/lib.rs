@@ -25,6 +25,10 @@ use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 use rustix::io::Errno;
 use stages::dirty::Dirty;
 
+/// Changed directories the watcher keeps at most (about 100 bytes each); beyond, the next run
+/// scans everything.
+pub const MAX_DIRTY: usize = 1 << 20;
+
 /// What every directory is watched for: any change to its entries, or to itself.
 fn mask() -> WatchFlags {
     WatchFlags::CREATE
@@ -240,6 +244,11 @@ impl Watcher {
 
     fn event(&mut self, wd: i32, flags: ReadFlags, cookie: u32, name: Option<&[u8]>) {
         self.events += 1;
+        if self.dirty.len() >= MAX_DIRTY {
+            // Memory stays bounded: past this, listing everything is no dearer.
+            self.dirty = Dirty::default();
+            self.gap.get_or_insert_with(|| format!("more than {MAX_DIRTY} directories changed"));
+        }
         if flags.contains(ReadFlags::QUEUE_OVERFLOW) {
             self.gap.get_or_insert_with(|| {
                 "the kernel's queue of file events overflowed (fs.inotify.max_queued_events): \
