@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use engine::catalog::Catalog;
+use engine::catalog::{Budget, Catalog};
 use engine::find::{self, Found, Hit, Matching, Query};
 use engine::index::Index;
 use engine::repo::BlobReader;
@@ -52,6 +52,11 @@ pub struct FindArgs {
     /// Directory of the name catalog [default: $XDG_CACHE_HOME/bakare]
     #[arg(long, env = "BAKARE_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Memory ceiling for the whole process, e.g. 512M, 2G, 1.5GiB (K/M/G are binary units);
+    /// without it, 1 GiB. Snapshots the name catalog cannot hold within it are not searched
+    /// (a warning names each, and find exits 3)
+    #[arg(long, value_parser = crate::parse_size_arg)]
+    pub mem_limit: Option<u64>,
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -146,7 +151,9 @@ fn snapshots_text(found: &Found, hit: &Hit) -> String {
 
 pub fn find(repo: &Repository, json: bool, args: FindArgs) -> Result<u8> {
     let cache_dir = args.cache_dir.clone().or_else(engine::filescache::default_dir);
-    let (cat, opened) = Catalog::open(repo, cache_dir.as_deref())?;
+    let (cat, opened) = Catalog::open(repo, cache_dir.as_deref(), Budget::new(args.mem_limit))?;
+    // Some snapshots were not searched: the answer is partial.
+    let code = if opened.skipped > 0 { crate::EXIT_PARTIAL } else { 0 };
     for w in &opened.warnings {
         eprintln!("warning: {w}");
     }
@@ -215,7 +222,7 @@ pub fn find(repo: &Repository, json: bool, args: FindArgs) -> Result<u8> {
         }
         out.line(&format!("],\"total\":{}}}", found.total))?;
         out.finish()?;
-        return Ok(0);
+        return Ok(code);
     }
     if found.hits.first().is_some_and(|h| h.typo) && !crate::output::quiet() {
         eprintln!("note: no name has all of {:?} in order; these are one letter off", args.query);
@@ -238,7 +245,7 @@ pub fn find(repo: &Repository, json: bool, args: FindArgs) -> Result<u8> {
         None => eprintln!("nothing matches {:?} in {} snapshot(s)", args.query, found.snapshots.len()),
     }
     out.finish()?;
-    Ok(0)
+    Ok(code)
 }
 
 /// What `restore` restores: each PATH as it is, except patterns (all of them with `--glob`;

@@ -26,7 +26,8 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Exit codes: 0 success, 1 failure, 3 partial (some files could not be saved or restored).
+/// Exit codes: 0 success, 1 failure, 3 partial (some files could not be saved or restored, or
+/// `find` left out snapshots its --mem-limit could not hold).
 pub const EXIT_PARTIAL: u8 = 3;
 
 #[derive(Parser, Debug)]

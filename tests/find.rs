@@ -482,3 +482,44 @@ fn ls_long_and_recursive() {
     let dir = deep.lines().find(|l| l.ends_with("/proj/src")).unwrap();
     assert!(dir.starts_with('d'), "{dir}");
 }
+
+/// `find --mem-limit`: a snapshot the name catalog cannot hold within the limit is not searched,
+/// named in a warning, and find exits 3 (partial); nothing of it is saved, so with room it is
+/// walked and found. 113 MiB leaves the catalog under 1 MiB while it is built (40 MiB fixed,
+/// 64 MiB of tree entries a walk may hold, an 8 MiB reader cache, the index); 20,000 paths need
+/// several.
+#[test]
+fn find_leaves_out_a_snapshot_its_mem_limit_cannot_hold_and_exits_3() {
+    let b = bakare();
+    b.ok(&argv!["init"]);
+    let src = tempfile::tempdir().unwrap();
+    for d in 0..100 {
+        let dir = src.path().join(format!("dir-{d:03}"));
+        fs::create_dir(&dir).unwrap();
+        for f in 0..200 {
+            fs::write(dir.join(format!("file-{f:03}.txt")), format!("{d} {f}")).unwrap();
+        }
+    }
+    fs::write(src.path().join("dir-042/needle-in-the-haystack.txt"), "found").unwrap();
+    let id = backup(&b, &argv![src.path()]);
+
+    let limit = 113u64 << 20;
+    for _ in 0..2 {
+        let o = b.run(&argv!["find", "--mem-limit", "113M", "needle"]);
+        assert_eq!(o.code, 3, "{}", o.stderr);
+        let warning = format!("snapshot {} not searched: the name catalog would need more than --mem-limit 113 MiB allows (raise --mem-limit)", &id[..16]);
+        assert!(o.stderr.contains(&warning), "{}", o.stderr);
+        assert!(!String::from_utf8_lossy(&o.stdout).contains("needle"), "not searched, not found");
+        assert!(o.peak_rss < limit, "find peaked at {} MiB", o.peak_rss >> 20);
+    }
+
+    // Without --mem-limit (1 GiB): the snapshot is walked, the file found.
+    let o = b.run(&argv!["find", "needle"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("/dir-042/needle-in-the-haystack.txt"), "{o:?}");
+    eprintln!("find building a catalog of 20,101 files: peak RSS {} MiB", o.peak_rss >> 20);
+    // The saved catalog is read at 113M: a query holds less than a build (no index, no walk).
+    let o = b.run(&argv!["--json", "find", "--mem-limit", "113M", "needle"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.json()["total"], 1);
+}

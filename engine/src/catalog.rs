@@ -18,9 +18,15 @@
 //!   directory unchanged since the newest snapshot of its source is not decoded again. The memo
 //!   (each directory's own entries and its subdirectories) is kept for that newest snapshot only.
 //!
+//! Memory: the whole catalog is in memory while `find` runs, so it is held to a budget
+//! (`find --mem-limit`, [`DEFAULT_MEM_LIMIT`] without it; see `budget`): a snapshot whose walk
+//! would take the catalog past it is left out, with a warning, and walked again next time; a
+//! saved catalog too large for it is rebuilt within it.
+//!
 //! Format: `"BKNAMES1" | repository id [16] | seal(catalog key, "BKNAMES1", postcard(Catalog))`,
 //! where seal is XChaCha20-Poly1305 with a random 24-byte nonce (`nonce | ciphertext | tag`).
 mod bitmap;
+mod budget;
 mod build;
 
 use std::collections::{HashMap, HashSet};
@@ -35,6 +41,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 
 pub use bitmap::{Bitmap, Run};
+pub use budget::{Budget, DEFAULT_MEM_LIMIT};
 
 use crate::crypto::Secret32;
 use crate::error::{Error, Result};
@@ -116,6 +123,11 @@ pub struct Opened {
     pub dropped: usize,
     /// Directories decoded from the repository (the others were known from earlier snapshots).
     pub decoded_dirs: u64,
+    /// Snapshots left out because the catalog would not fit in its budget with them (each
+    /// also has a warning): `find` did not search them.
+    pub skipped: usize,
+    /// The largest estimate of the catalog's memory while snapshots were added.
+    pub peak_estimate: u64,
     pub warnings: Warnings,
 }
 
@@ -133,6 +145,19 @@ impl FullPaths {
             _ => &[],
         }
     }
+}
+
+/// The bytes of `file`, or None when it is larger than `limit` (checked before reading it).
+fn read_within(file: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let mut f = fs::File::open(file)?;
+    if f.metadata()?.len() > limit {
+        return Ok(None);
+    }
+    let mut data = Vec::new();
+    // `take`: a file that grew since is read no further than the limit (and then fails
+    // authentication).
+    std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, limit), &mut data)?;
+    Ok(Some(data))
 }
 
 /// Where the catalog of repository `repo_id` lives below the cache directory.
@@ -185,9 +210,11 @@ impl Catalog {
         self.names.get(start..end).unwrap_or_default()
     }
 
-    /// Every path in full. Parents come before their children, so one pass builds them all.
+    /// Every path in full. Parents come before their children, so one pass builds them all
+    /// (in a buffer of exactly their size, which the memory budget counts).
     pub fn full_paths(&self) -> FullPaths {
-        let mut bytes = Vec::with_capacity(self.names.len() * 4);
+        let total = usize::try_from(self.full_path_bytes()).unwrap_or(usize::MAX);
+        let mut bytes = Vec::with_capacity(total);
         let mut starts = Vec::with_capacity(self.parents.len() + 1);
         for (i, &parent) in self.parents.iter().enumerate() {
             let start = bytes.len();
@@ -348,26 +375,49 @@ impl Catalog {
     }
 
     /// Loads the catalog of `repo` from `cache_dir` (None: build it in memory only), brings it
-    /// up to date with the repository's snapshots, and saves it when it changed.
-    pub fn open(repo: &Repository, cache_dir: Option<&Path>) -> Result<(Catalog, Opened)> {
+    /// up to date with the repository's snapshots within `budget`, and saves it when it
+    /// changed.
+    pub fn open(repo: &Repository, cache_dir: Option<&Path>, budget: Budget) -> Result<(Catalog, Opened)> {
         let key = catalog_key(&repo.key)?;
         let repo_id = repo.config.repo_id;
         let file = cache_dir.map(|d| catalog_file(d, &repo_id));
         let mut o = Opened::default();
-        let mut cat = match file.as_deref().map(|f| (f, fs::read(f))) {
+        let mut cat = match file.as_deref().map(|f| (f, read_within(f, budget.query_bytes()))) {
             None => Catalog::empty(repo_id),
             Some((_, Err(e))) if e.kind() == std::io::ErrorKind::NotFound => Catalog::empty(repo_id),
             Some((f, Err(e))) => {
                 o.warnings.push(format!("cannot read the name catalog {}: {e}; rebuilding it", f.display()));
                 Catalog::empty(repo_id)
             }
-            Some((f, Ok(data))) => Catalog::decode(&key, &repo_id, &f.display().to_string(), data)
-                .unwrap_or_else(|e| {
-                    o.warnings.push(format!("{e}; rebuilding it"));
-                    Catalog::empty(repo_id)
-                }),
+            Some((f, Ok(None))) => {
+                o.warnings.push(format!(
+                    "{} ({}); rebuilding it within the limit",
+                    budget.too_small(),
+                    f.display()
+                ));
+                Catalog::empty(repo_id)
+            }
+            Some((f, Ok(Some(data)))) => {
+                match Catalog::decode(&key, &repo_id, &f.display().to_string(), data) {
+                    Ok(c) if c.query_peak(c.entries_bytes(), c.full_path_bytes()) <= budget.query_bytes() => {
+                        c
+                    }
+                    Ok(_) => {
+                        o.warnings.push(format!(
+                            "{} ({}); rebuilding it within the limit",
+                            budget.too_small(),
+                            f.display()
+                        ));
+                        Catalog::empty(repo_id)
+                    }
+                    Err(e) => {
+                        o.warnings.push(format!("{e}; rebuilding it"));
+                        Catalog::empty(repo_id)
+                    }
+                }
+            }
         };
-        cat.sync(repo, &mut o)?;
+        cat.sync(repo, &mut o, budget)?;
         if let (true, Some(f)) = (o.added + o.dropped > 0, &file) {
             if let Err(e) = cat.save(&key, f) {
                 o.warnings.push(format!("cannot save the name catalog {}: {e}", f.display()));
@@ -377,8 +427,9 @@ impl Catalog {
     }
 
     /// Drops snapshots that are gone (and those whose walk was incomplete: the damage may have
-    /// been repaired since), walks the new ones, oldest first.
-    pub fn sync(&mut self, repo: &Repository, o: &mut Opened) -> Result<()> {
+    /// been repaired since), walks the new ones, oldest first; those that do not fit in
+    /// `budget` are left out, with a warning.
+    pub fn sync(&mut self, repo: &Repository, o: &mut Opened, budget: Budget) -> Result<()> {
         // The snapshots `find` may show: signed by someone trusted (or all, with --trust-all).
         // Reading them all costs an age decryption each (~0.1 ms), and is what notices a
         // writer revoked since the catalog was saved.
@@ -398,10 +449,19 @@ impl Catalog {
         snaps.sort_by(|a, b| a.1.time_ns.cmp(&b.1.time_ns).then(a.0.cmp(&b.0)));
         let (index, index_warnings) = repo.load_index()?;
         o.warnings.extend(index_warnings);
-        let reader = BlobReader::new(repo, &index)?;
-        let mut b = build::Builder::new(self);
+        let (cache, bytes) = budget.build(index.blob_count());
+        let reader = BlobReader::with_cache(repo, &index, cache)?;
+        let mut b = build::Builder::new(self, bytes);
         for (id, snap) in snaps {
-            let lost = b.add(&reader, id.clone(), &snap);
+            let Some(lost) = b.add(&reader, id.clone(), &snap) else {
+                o.warnings.push(format!(
+                    "snapshot {} not searched: {} (raise --mem-limit)",
+                    &id[..16.min(id.len())],
+                    budget.too_small()
+                ));
+                o.skipped += 1;
+                continue;
+            };
             for (path, e) in &lost {
                 o.warnings.push(format!(
                     "snapshot {}: {} cannot be listed: {e}",
@@ -412,6 +472,7 @@ impl Catalog {
             o.added += 1;
         }
         o.decoded_dirs += b.decoded;
+        o.peak_estimate = o.peak_estimate.max(b.peak);
         Ok(())
     }
 

@@ -48,6 +48,11 @@ impl Bitmap {
         }
     }
 
+    /// Bytes on the heap, by capacity.
+    pub fn heap_bytes(&self) -> u64 {
+        self.0.capacity() as u64 * 8
+    }
+
     pub fn count(&self) -> usize {
         self.0.iter().map(|w| w.count_ones() as usize).sum()
     }

@@ -9,6 +9,7 @@ use rustc_hash::FxSeededState;
 use stages::BlobId;
 
 use super::bitmap::{normalize, Bitmap, Run};
+use super::budget::{map_bytes, memo_bytes, path_map_bytes, query_arrays, version_map_bytes};
 use super::{Catalog, DirMemo, SnapEntry, Version, ROOT};
 use crate::error::Error;
 use crate::repo::{BlobReader, Tally};
@@ -194,6 +195,33 @@ pub(super) struct Builder<'c> {
     latest: HashMap<[u8; 16], (u32, Bitmap)>,
     /// Directories decoded from the repository.
     pub decoded: u64,
+    /// What the catalog, these maps and a query may hold (`budget::Budget::build`).
+    budget: u64,
+    /// The heap of the snapshot and memo entries.
+    entries: u64,
+    /// The bitmaps in `latest`.
+    bases: u64,
+    /// The directories a walk is in: their entries and subdirectories still to walk.
+    open: u64,
+    /// The bytes of every full path (what a query's `full_paths` holds).
+    full: u64,
+    /// The estimate went past the budget: the snapshot being walked is given up.
+    overflow: bool,
+    /// The catalog was already too large for the budget when loaded: nothing is added.
+    closed: bool,
+    /// The largest estimate within the budget. Memory passes it by no more than the entry
+    /// that made the estimate go over, since the estimate has room for the largest vector or
+    /// map to double.
+    pub peak: u64,
+}
+
+/// How far the catalog went before a snapshot, to go back to when it does not fit.
+struct Mark {
+    paths: usize,
+    names: usize,
+    versions: usize,
+    memo: usize,
+    full: u64,
 }
 
 /// A directory being walked: its own entries' versions and its subdirectories.
@@ -205,10 +233,15 @@ struct Frame {
     children: Vec<u32>,
     /// Something below could not be read: not memoized.
     damaged: bool,
+    /// Its full path's length.
+    len: u64,
+    /// What it counts in `Builder::open`.
+    bytes: u64,
 }
 
 impl<'c> Builder<'c> {
-    pub(super) fn new(cat: &'c mut Catalog) -> Self {
+    /// A builder that keeps the catalog's estimate within `budget` bytes.
+    pub(super) fn new(cat: &'c mut Catalog, budget: u64) -> Self {
         let mut newest: HashMap<[u8; 16], usize> = HashMap::new();
         for (i, s) in cat.snapshots.iter().enumerate().filter(|(_, s)| s.complete) {
             let e = newest.entry(s.lineage).or_insert(i);
@@ -224,6 +257,36 @@ impl<'c> Builder<'c> {
             }
         });
         let hasher = RandomState::new();
+        let entries = cat.entries_bytes();
+        let full = cat.full_path_bytes();
+        let bases = latest.values().map(|(_, b)| b.heap_bytes()).sum();
+        // The maps below take about this much: a catalog that leaves them no room (loaded
+        // under a larger budget) gets nothing added, and they are not built.
+        let (np, nv) = (cat.parents.len(), cat.versions.len());
+        let at_start = cat.query_peak(entries, full).max(
+            cat.tables().iter().sum::<u64>() + entries + bases + path_map_bytes(np) + version_map_bytes(nv),
+        );
+        if at_start > budget {
+            return Builder {
+                cat,
+                hasher,
+                paths: fast(0),
+                collided: HashMap::new(),
+                versions: fast(0),
+                memo: fast(0),
+                by_path: fast(0),
+                latest,
+                decoded: 0,
+                budget,
+                entries,
+                bases,
+                open: 0,
+                full,
+                overflow: false,
+                closed: true,
+                peak: 0,
+            };
+        }
         let mut paths = fast(cat.parents.len());
         let mut collided = HashMap::new();
         for i in 1..cat.parents.len() as u32 {
@@ -251,9 +314,90 @@ impl<'c> Builder<'c> {
             by_path: fast(0),
             latest,
             decoded: 0,
+            budget,
+            entries,
+            bases,
+            open: 0,
+            full,
+            overflow: false,
+            closed: false,
+            peak: 0,
         };
         b.index_memo();
+        b.check(&Bitmap::default());
         b
+    }
+
+    /// The estimate of what the catalog, the maps and a walk hold now, and of what a query
+    /// over the catalog will: the larger. Vectors and maps count by capacity, plus room for
+    /// the largest of them to double (while it moves, it is held twice and a half).
+    /// `collided` is not counted: it holds names whose keyed SipHash collides, which no
+    /// repository can choose.
+    fn estimate(&self, set: &Bitmap) -> u64 {
+        let tables = self.cat.tables();
+        let maps = [
+            map_bytes(&self.paths),
+            map_bytes(&self.versions),
+            map_bytes(&self.memo),
+            map_bytes(&self.by_path),
+            set.heap_bytes(),
+        ];
+        let grown: u64 = tables.iter().chain(&maps).sum();
+        let largest = tables.iter().chain(&maps).copied().max().unwrap_or(0);
+        let build = grown + 2 * largest + self.entries + self.bases + self.open;
+        let query = tables.iter().sum::<u64>()
+            + self.entries
+            + self.full
+            + query_arrays(self.cat.parents.len(), self.cat.versions.len());
+        build.max(query)
+    }
+
+    /// Whether the estimate is still within the budget (`over` is set when not).
+    fn check(&mut self, set: &Bitmap) -> bool {
+        let e = self.estimate(set);
+        self.overflow |= e > self.budget;
+        if !self.overflow {
+            self.peak = self.peak.max(e);
+        }
+        !self.overflow
+    }
+
+    fn mark_point(&self) -> Mark {
+        Mark {
+            paths: self.cat.parents.len(),
+            names: self.cat.names.len(),
+            versions: self.cat.versions.len(),
+            memo: self.cat.memo.len(),
+            full: self.full,
+        }
+    }
+
+    /// Forgets everything added since `m`: the paths, versions and memo entries of the
+    /// snapshot given up (nothing before refers to them), and the memory its walk grew.
+    fn roll_back(&mut self, m: Mark) {
+        let c = &mut *self.cat;
+        c.parents.truncate(m.paths);
+        c.name_ends.truncate(m.paths);
+        c.names.truncate(m.names);
+        c.versions.truncate(m.versions);
+        c.memo.truncate(m.memo);
+        for v in [&mut c.parents, &mut c.name_ends] {
+            v.shrink_to_fit();
+        }
+        c.names.shrink_to_fit();
+        c.versions.shrink_to_fit();
+        c.memo.shrink_to_fit();
+        let (np, nv) = (m.paths as u32, m.versions as u32);
+        self.paths.retain(|_, p| *p < np);
+        self.paths.shrink_to_fit();
+        self.collided.retain(|_, p| *p < np);
+        self.versions.retain(|_, v| *v < nv);
+        self.versions.shrink_to_fit();
+        self.index_memo();
+        self.entries = self.cat.entries_bytes();
+        self.full = m.full;
+        self.open = 0;
+        self.overflow = false;
     }
 
     fn index_memo(&mut self) {
@@ -269,7 +413,8 @@ impl<'c> Builder<'c> {
         self.cat.full_path(path)
     }
 
-    fn path(&mut self, parent: u32, name: &[u8]) -> u32 {
+    /// The id of `name` in `parent` (whose full path is `parent_len` bytes, 0 for the root).
+    fn path(&mut self, parent: u32, parent_len: u64, name: &[u8]) -> u32 {
         let key = (parent, self.hasher.hash_one(name));
         match self.paths.get(&key) {
             Some(&id) if self.cat.name(id) == name => id,
@@ -277,16 +422,22 @@ impl<'c> Builder<'c> {
                 if let Some(&id) = self.collided.get(&(parent, name.to_vec())) {
                     return id;
                 }
-                let id = self.cat.push_path(parent, name);
+                let id = self.new_path(parent, parent_len, name);
                 self.collided.insert((parent, name.to_vec()), id);
                 id
             }
             None => {
-                let id = self.cat.push_path(parent, name);
+                let id = self.new_path(parent, parent_len, name);
                 self.paths.insert(key, id);
                 id
             }
         }
+    }
+
+    /// Adds a path, counting its full path (`/` + name after its parent's) for the budget.
+    fn new_path(&mut self, parent: u32, parent_len: u64, name: &[u8]) -> u32 {
+        self.full = self.full.saturating_add(parent_len + 1 + name.len() as u64);
+        self.cat.push_path(parent, name)
     }
 
     fn version(&mut self, v: Version) -> u32 {
@@ -296,15 +447,31 @@ impl<'c> Builder<'c> {
         })
     }
 
-    /// Walks one snapshot and adds it; returns the directories that could not be read.
-    pub(super) fn add(&mut self, reader: &BlobReader, id: String, snap: &Snapshot) -> Vec<(u32, Error)> {
+    /// Walks one snapshot and adds it; returns the directories that could not be read, or
+    /// None when the catalog would outgrow its budget with it: then nothing of it is kept.
+    pub(super) fn add(
+        &mut self,
+        reader: &BlobReader,
+        id: String,
+        snap: &Snapshot,
+    ) -> Option<Vec<(u32, Error)>> {
+        if self.closed {
+            return None;
+        }
         let lineage = SnapEntry::lineage(&snap.host, &snap.paths);
         let mut set = Bitmap::default();
         let mut lost = Vec::new();
+        let mark = self.mark_point();
         let root = self.walk(reader, &snap.tree, &mut lost, &mut set);
-        let complete = lost.is_empty();
         let prev = self.latest.get(&lineage).map(|(b, p)| (*b, p));
         let (base, added, removed) = encode_set(&set, prev);
+        let runs = (added.capacity() + removed.capacity()) as u64 * std::mem::size_of::<Run>() as u64;
+        self.entries += runs;
+        if self.overflow || !self.check(&set) {
+            self.roll_back(mark);
+            return None;
+        }
+        let complete = lost.is_empty();
         let i = self.cat.snapshots.len() as u32;
         // The newest snapshot of a source is the best base and memo for the next one; an older
         // one added late (its own catalog entry was dropped) does not replace it.
@@ -332,14 +499,18 @@ impl<'c> Builder<'c> {
         });
         prune_memo(self.cat);
         self.index_memo();
-        lost
+        self.entries = self.cat.entries_bytes();
+        self.bases = self.latest.values().map(|(_, b)| b.heap_bytes()).sum();
+        Some(lost)
     }
 
     /// Decodes one directory, numbering its entries' versions.
+    /// `len` is the length of its full path (0 for the root). Stops early, with `over` set,
+    /// once the estimate passes the budget.
     fn open_dir(
         &mut self,
         reader: &BlobReader,
-        path: u32,
+        (path, len): (u32, u64),
         ids: &[BlobId],
         lost: &mut Vec<(u32, Error)>,
         set: &mut Bitmap,
@@ -351,6 +522,8 @@ impl<'c> Builder<'c> {
             todo: Vec::new().into_iter(),
             children: Vec::new(),
             damaged: false,
+            len,
+            bytes: 0,
         };
         self.decoded += 1;
         // What this directory held before, by name: unchanged entries (most of them) are
@@ -362,6 +535,8 @@ impl<'c> Builder<'c> {
             }
             before.sort_unstable_by(|x, y| self.cat.name(x.0).cmp(self.cat.name(y.0)));
         }
+        let before_bytes = before.capacity() as u64 * 8;
+        self.open += before_bytes;
         // One tree blob at a time: a directory of millions of entries costs its catalog
         // entries, not its decoded nodes.
         let tally = Tally::default();
@@ -384,7 +559,7 @@ impl<'c> Builder<'c> {
             let known = before.get(at).filter(|b| self.cat.name(b.0) == n.name.as_slice()).copied();
             let p = match known {
                 Some((p, _)) => p,
-                None => self.path(path, &n.name),
+                None => self.path(path, len, &n.name),
             };
             let ver = version_of(p, &n);
             let v = match known {
@@ -393,10 +568,18 @@ impl<'c> Builder<'c> {
             };
             f.entries.push((v, v + 1));
             set.insert(v);
+            let mut bytes = std::mem::size_of::<Run>() as u64;
             if let NodeKind::Dir { subtree } = n.kind {
+                bytes += (std::mem::size_of::<(u32, Vec<BlobId>)>() + subtree.len() * 32) as u64;
                 todo.push((p, subtree));
             }
+            f.bytes += bytes;
+            self.open += bytes;
+            if !self.check(set) {
+                break;
+            }
         }
+        self.open -= before_bytes;
         f.todo = todo.into_iter();
         f
     }
@@ -427,7 +610,10 @@ impl<'c> Builder<'c> {
             self.mark(m, set);
             return Some(m);
         }
-        let mut stack = vec![self.open_dir(reader, ROOT, root, lost, set)];
+        let mut stack = vec![self.open_dir(reader, (ROOT, 0), root, lost, set)];
+        if self.overflow {
+            return None;
+        }
         // Entries decoded, against those of the distinct trees among them: shared subtrees
         // are decoded once per path, so a crafted tree could describe 2^depth paths.
         let mut amplification = crate::tree::Amplification::default();
@@ -439,6 +625,8 @@ impl<'c> Builder<'c> {
                 match self.memo.get(&(path, tree_key(&subtree))).copied() {
                     Some(m) => {
                         top.children.push(m);
+                        top.bytes += 4;
+                        self.open += 4;
                         self.mark(m, set);
                     }
                     None if depth >= crate::tree::MAX_DEPTH => {
@@ -452,14 +640,19 @@ impl<'c> Builder<'c> {
                         top.damaged = true;
                     }
                     None => {
-                        let f = self.open_dir(reader, path, &subtree, lost, set);
+                        let len = top.len + 1 + self.cat.name(path).len() as u64;
+                        let f = self.open_dir(reader, (path, len), &subtree, lost, set);
                         over = amplification.visit(subtree.first(), f.entries.len()).err();
                         stack.push(f);
                     }
                 }
+                if self.overflow {
+                    return None;
+                }
                 continue;
             }
             let done = stack.pop()?;
+            self.open = self.open.saturating_sub(done.bytes);
             let idx = (!done.damaged).then(|| {
                 let idx = self.cat.memo.len() as u32;
                 let entries = normalize(done.entries);
@@ -473,6 +666,12 @@ impl<'c> Builder<'c> {
                 self.by_path.insert(done.path, idx);
                 idx
             });
+            if let Some(m) = self.cat.memo.last().filter(|_| idx.is_some()) {
+                self.entries += memo_bytes(m);
+            }
+            if !self.check(set) {
+                return None;
+            }
             match (stack.last_mut(), idx) {
                 (Some(parent), Some(i)) => parent.children.push(i),
                 (Some(parent), None) => parent.damaged = true,
@@ -487,7 +686,7 @@ mod tests {
     use std::fs;
     use std::path::Path;
 
-    use super::super::{catalog_file, test_catalog, TestFile};
+    use super::super::{catalog_file, test_catalog, Budget, TestFile};
     use super::*;
     use crate::repo::Repository;
 
@@ -558,14 +757,14 @@ mod tests {
         let repo = Repository::init(dir.path().join("repo"), Some(&dir.path().join("key"))).unwrap();
         let cache = dir.path().join("cache");
         let first = backup(&repo, &src, "h");
-        let (c1, o1) = Catalog::open(&repo, Some(&cache)).unwrap();
+        let (c1, o1) = Catalog::open(&repo, Some(&cache), Budget::new(None)).unwrap();
         assert_eq!((o1.added, o1.dropped, c1.snapshots.len()), (1, 0, 1));
         assert!(o1.warnings.is_empty(), "{:?}", o1.warnings);
         let depth = src.components().count() as u64; // the root and every ancestor of src
         assert_eq!(o1.decoded_dirs, depth + 3, "root .. src, a, a/deep, b");
 
         // Warm: nothing to walk, the same catalog.
-        let (c2, o2) = Catalog::open(&repo, Some(&cache)).unwrap();
+        let (c2, o2) = Catalog::open(&repo, Some(&cache), Budget::new(None)).unwrap();
         assert_eq!((o2.added, o2.decoded_dirs), (0, 0));
         assert_eq!(c2, c1);
 
@@ -573,7 +772,7 @@ mod tests {
         // versions.
         fs::write(src.join("b/4.txt"), "FOUR!").unwrap();
         backup(&repo, &src, "h");
-        let (c3, o3) = Catalog::open(&repo, Some(&cache)).unwrap();
+        let (c3, o3) = Catalog::open(&repo, Some(&cache), Budget::new(None)).unwrap();
         assert_eq!((o3.added, c3.snapshots.len()), (1, 2));
         assert_eq!(o3.decoded_dirs, depth + 1, "root .. src and b only");
         let sets = paths_in(&c3);
@@ -589,7 +788,7 @@ mod tests {
         backup(&repo, &src.join("a"), "other");
         fs::write(src.join("b/4.txt"), "FOUR again").unwrap();
         backup(&repo, &src, "h");
-        let (c4, o4) = Catalog::open(&repo, Some(&cache)).unwrap();
+        let (c4, o4) = Catalog::open(&repo, Some(&cache), Budget::new(None)).unwrap();
         assert_eq!((o4.added, c4.snapshots.len()), (2, 4));
         assert_eq!(
             o4.decoded_dirs,
@@ -599,7 +798,7 @@ mod tests {
 
         // The first snapshot goes: its own versions go with it.
         fs::remove_file(dir.path().join("repo/snapshots").join(&first)).unwrap();
-        let (c5, o5) = Catalog::open(&repo, Some(&cache)).unwrap();
+        let (c5, o5) = Catalog::open(&repo, Some(&cache), Budget::new(None)).unwrap();
         assert_eq!((o5.added, o5.dropped, c5.snapshots.len()), (0, 1, 3));
         assert_eq!(paths_in(&c5)[..], paths_in(&c4)[1..]);
         assert!(!c5.versions.iter().any(|v| v.size == 4 && c5.full_path(v.path).ends_with(b"/b/4.txt")));
@@ -611,7 +810,7 @@ mod tests {
         let mid = bytes.len() / 2;
         bytes[mid] ^= 1;
         fs::write(&file, &bytes).unwrap();
-        let (c6, o6) = Catalog::open(&repo, Some(&cache)).unwrap();
+        let (c6, o6) = Catalog::open(&repo, Some(&cache), Budget::new(None)).unwrap();
         assert!(o6.warnings.iter().any(|w| w.contains("rebuilding")), "{:?}", o6.warnings);
         assert_eq!(o6.added, 3);
         assert_eq!(paths_in(&c6), paths_in(&c5));
@@ -620,6 +819,92 @@ mod tests {
         let mut backup_only =
             Repository::open(dir.path().join("repo"), Some(&dir.path().join("key"))).unwrap();
         backup_only.key = backup_only.key.backup_only("test").unwrap();
-        assert!(matches!(Catalog::open(&backup_only, Some(&cache)), Err(Error::BackupOnlyKey(_))));
+        assert!(matches!(
+            Catalog::open(&backup_only, Some(&cache), Budget::new(None)),
+            Err(Error::BackupOnlyKey(_))
+        ));
+    }
+    /// A budget that leaves the catalog exactly `bytes` while snapshots are added
+    /// (`Budget::build`: a cache of 8 MiB when the rest is under 32 MiB).
+    fn budget_leaving(repo: &Repository, bytes: u64) -> Budget {
+        let blobs = repo.load_index().unwrap().0.blob_count();
+        let fixed = crate::backup::FIXED_RESERVE
+            + crate::backup::index_reserve(blobs)
+            + crate::tree::MAX_HELD as u64
+            + (8 << 20);
+        let b = Budget::new(Some(fixed + bytes));
+        assert_eq!(b.build(blobs), (8 << 20, bytes));
+        b
+    }
+
+    #[test]
+    fn a_snapshot_too_large_for_the_budget_is_left_out_whole_and_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small");
+        let big = dir.path().join("big");
+        fs::create_dir_all(&small).unwrap();
+        fs::write(small.join("needle.txt"), "n").unwrap();
+        fs::write(small.join("other.txt"), "o").unwrap();
+        for d in 0..20 {
+            fs::create_dir_all(big.join(format!("d{d}"))).unwrap();
+            for f in 0..100 {
+                fs::write(big.join(format!("d{d}/file-{f}.txt")), format!("{d} {f}")).unwrap();
+            }
+        }
+        let repo = Repository::init(dir.path().join("repo"), Some(&dir.path().join("key"))).unwrap();
+        let first = backup(&repo, &small, "h");
+        let (c1, o1) = Catalog::open(&repo, None, Budget::new(None)).unwrap();
+        let second = backup(&repo, &big, "h");
+        let (both, o2) = Catalog::open(&repo, None, Budget::new(None)).unwrap();
+        assert_eq!((o2.added, o2.skipped, both.snapshots.len()), (2, 0, 2), "{:?}", o2.warnings);
+        // Room for the first snapshot and its maps to double, not for the second.
+        let room = 2 * o1.peak_estimate + (16 << 10);
+        assert!(o2.peak_estimate > room, "{} against {room}", o2.peak_estimate);
+
+        let cache = dir.path().join("cache");
+        let tight = budget_leaving(&repo, room);
+        let (c, o) = Catalog::open(&repo, Some(&cache), tight).unwrap();
+        assert_eq!((o.added, o.skipped), (1, 1));
+        assert!(o.peak_estimate <= room, "{} against {room}", o.peak_estimate);
+        let warned: Vec<&String> = o.warnings.iter().filter(|w| w.contains("not searched")).collect();
+        assert_eq!(warned.len(), 1, "{:?}", o.warnings);
+        assert!(warned[0].contains(&second[..16]) && warned[0].contains("--mem-limit"), "{}", warned[0]);
+        assert_eq!(c.snapshots.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), vec![first.as_str()]);
+        assert_eq!(c.path_count(), c1.path_count());
+        assert_eq!(c, c1, "nothing of the second snapshot is left");
+        c.check(&repo.config.repo_id).unwrap();
+        let q = crate::find::Query {
+            matching: crate::find::Matching::Exact("needle".into()),
+            snapshots: vec![],
+            host: None,
+            only: None,
+            path: None,
+            newer_ns: None,
+            older_ns: None,
+            limit: 10,
+        };
+        let found = crate::find::find(&c, &q).unwrap();
+        assert_eq!(found.hits.len(), 1);
+        assert!(found.hits[0].path.ends_with(b"/small/needle.txt"));
+
+        // The saved catalog lacks the second: with room, it is walked now.
+        let (c2, o2) = Catalog::open(&repo, Some(&cache), Budget::new(None)).unwrap();
+        assert_eq!((o2.added, o2.skipped, c2.snapshots.len()), (1, 0, 2), "{:?}", o2.warnings);
+        assert_eq!(paths_in(&c2), paths_in(&both));
+
+        // A saved catalog that a query could not hold within the budget is not used: it is
+        // rebuilt within it (here, with no room for even an empty one, to nothing).
+        let (c3, o3) = Catalog::open(&repo, Some(&cache), tight).unwrap();
+        assert_eq!((o3.added, o3.skipped), (0, 0), "a query holds less than a build: it fits");
+        assert_eq!(c3, c2);
+        let smaller = Budget::new(Some(crate::backup::FIXED_RESERVE + room));
+        let (c4, o4) = Catalog::open(&repo, Some(&cache), smaller).unwrap();
+        assert!(
+            o4.warnings.iter().any(|w| w.contains("rebuilding it within the limit")),
+            "{:?}",
+            o4.warnings
+        );
+        assert_eq!((o4.added, o4.skipped, c4.snapshots.len()), (0, 2, 0));
+        c4.check(&repo.config.repo_id).unwrap();
     }
 }
