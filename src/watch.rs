@@ -55,7 +55,12 @@ pub struct WatchArgs {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d: jiff::SignedDuration =
         s.parse().map_err(|e| format!("{s:?} is not a duration like 30s, 15m or 2h: {e}"))?;
-    Duration::try_from(d).map_err(|_| format!("{s:?}: a duration must not be negative"))
+    let d = Duration::try_from(d).map_err(|_| format!("{s:?}: a duration must not be negative"))?;
+    // Zero would spin; beyond a year, instants overflow long before anything is due.
+    if d < Duration::from_millis(100) || d > Duration::from_secs(366 * 86_400) {
+        return Err(format!("{s:?}: between 100ms and 366 days"));
+    }
+    Ok(d)
 }
 
 /// A run is in progress: a signal then ends the process as it would end `run`.
@@ -204,7 +209,7 @@ pub fn watch(
     let mut watcher = Watcher::new(&roots.iter().map(|r| r.path.clone()).collect::<Vec<_>>(), &ignored)
         .context("cannot start watching (inotify)")?;
     if let Some(p) = followed.first() {
-        watcher.gap(format!("{}/ is followed through a symlink, which is not watched", p.display()));
+        watcher.blind(format!("{}/ is followed through a symlink, which is not watched", p.display()));
     }
     eprintln!("bakare watch: watching {} directories under {} paths", watcher.watched(), roots.len());
     let watcher = Arc::new(Mutex::new(watcher));
@@ -212,30 +217,35 @@ pub fn watch(
 
     // Events are taken on a thread of their own, so that the kernel's queue is drained while
     // a run goes on.
-    let fd = watcher.lock().unwrap_or_else(|p| p.into_inner()).fd().try_clone_to_owned()?;
-    {
+    let (fd, mounts) = {
+        let w = watcher.lock().unwrap_or_else(|p| p.into_inner());
+        (w.fd().try_clone_to_owned()?, w.mounts().map(std::fs::File::try_clone).transpose()?)
+    };
+    let events = {
         let (watcher, ping) = (watcher.clone(), ping.clone());
         std::thread::Builder::new().name("watch".into()).spawn(move || loop {
-            if !watch::wait(&fd) {
-                continue;
+            let waited = watch::wait(&fd, mounts.as_ref());
+            let mut w = watcher.lock().unwrap_or_else(|p| p.into_inner());
+            if let Ok(true) = waited {
+                w.mounts_changed();
             }
-            let drained = watcher.lock().unwrap_or_else(|p| p.into_inner()).drain();
-            match drained {
-                Ok(true) => {
-                    if ping.send(()).is_err() {
+            match waited.and_then(|_| w.drain()) {
+                Ok(changed) => {
+                    drop(w);
+                    if changed && ping.send(()).is_err() {
                         return;
                     }
                 }
-                Ok(false) => {}
                 Err(e) => {
-                    let why = format!("cannot read file events: {e}");
-                    watcher.lock().unwrap_or_else(|p| p.into_inner()).gap(why);
+                    // Nothing is drained from now on: no run can trust the record.
+                    w.blind(format!("cannot read file events ({e}); restart the watcher"));
+                    drop(w);
                     let _ = ping.send(());
                     return;
                 }
             }
-        })?;
-    }
+        })?
+    };
     {
         let ping = ping.clone();
         crate::interrupt::on_signal(move |name| {
@@ -267,6 +277,8 @@ pub fn watch(
         last_full: Instant::now(),
         full_every: args.full_scan_every,
         status: Status { path: status_path, value: json!({}) },
+        events,
+        backoff: None,
         runs: 0,
         roots: roots.iter().map(|r| r.path.as_os_str().as_bytes().to_vec()).collect(),
     };
@@ -276,6 +288,19 @@ pub fn watch(
         d.run_once();
         if STOP.load(Ordering::SeqCst) {
             break;
+        }
+        if let Some(wait) = d.backoff {
+            let until = Instant::now() + wait;
+            while !STOP.load(Ordering::SeqCst) {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let _ = pings.recv_timeout(left);
+            }
+            if STOP.load(Ordering::SeqCst) {
+                break;
+            }
         }
         let started = Instant::now();
         if args.continuous {
@@ -348,6 +373,10 @@ struct Daemon {
     last_full: Instant,
     full_every: Duration,
     status: Status,
+    /// The thread that takes events: if it ended, nothing is recorded any more.
+    events: std::thread::JoinHandle<()>,
+    /// How long to wait after a run failed (doubling, up to 30 minutes).
+    backoff: Option<Duration>,
     runs: u64,
     /// The roots' paths, as bytes.
     roots: Vec<Vec<u8>>,
@@ -367,6 +396,9 @@ impl Daemon {
     fn full_reason(&self) -> Option<String> {
         if let Some(why) = &self.full {
             return Some(why.clone());
+        }
+        if self.events.is_finished() {
+            return Some("the thread that takes file events ended; restart the watcher".into());
         }
         if let Some(why) = self.watcher().full_scan_reason() {
             return Some(why.to_string());
@@ -404,6 +436,12 @@ impl Daemon {
     /// incomplete. A run that finds the watcher missed a change is followed by a full scan.
     fn run_once(&mut self) {
         loop {
+            // Events already queued belong to this run: a change made just before it starts
+            // is in it.
+            let drained = self.watcher().drain();
+            if let Err(e) = drained {
+                self.watcher().blind(format!("cannot read file events ({e}); restart the watcher"));
+            }
             let reason = self.full_reason();
             let taken = self.watcher().take();
             let (watched, reason) = match (reason, taken) {
@@ -440,26 +478,31 @@ impl Daemon {
             let kind = if reason.is_some() { "full" } else { "watched" };
             match ran {
                 Ok(ran) => {
-                    match ran.unrecorded {
-                        Some(dirs) => {
-                            // Directories above the roots are never taken whole (the scan
-                            // stats them on its way), and others' changes in them are not ours.
-                            let roots = self.roots.clone();
-                            let mut w = self.watcher();
-                            for d in dirs.iter().filter(|d| roots.iter().any(|r| watch::under(d, r))) {
-                                w.relist(d);
-                            }
-                        }
-                        None => {
-                            self.full =
-                                Some("too many directories were not recorded in the files cache".into())
+                    // Directories above the roots are never taken whole (the scan stats them
+                    // on its way), and others' changes in them are not ours.
+                    if let Some(dirs) = &ran.unrecorded {
+                        let roots = self.roots.clone();
+                        let mut w = self.watcher();
+                        for d in dirs.iter().filter(|d| roots.iter().any(|r| watch::under(d, r))) {
+                            w.relist(d);
                         }
                     }
                     if reason.is_some() {
                         self.full = None;
                         self.last_full = Instant::now();
                     }
-                    self.cache_id = identity(&self.cache);
+                    if ran.unrecorded.is_none() {
+                        self.full = Some("too many directories were not recorded in the files cache".into());
+                    }
+                    let now = identity(&self.cache);
+                    // Every run that ends well commits a new cache file: the same file means
+                    // this one was not saved (a full disk, say), and the next run cannot take
+                    // anything from it.
+                    if now.is_none() || now == self.cache_id {
+                        self.full = Some("the last run could not save the files cache".into());
+                    }
+                    self.cache_id = now;
+                    self.backoff = None;
                     let run = json!({"started": started, "ended": now_rfc3339(), "kind": kind,
                         "snapshot": ran.snapshot, "exit": ran.code, "full_scan_reason": reason});
                     self.status("idle", Some(run));
@@ -477,10 +520,20 @@ impl Daemon {
                     let run = json!({"started": started, "ended": now_rfc3339(), "kind": kind,
                         "error": format!("{e:#}"), "full_scan_reason": reason});
                     if gap {
+                        // Whatever made the watcher miss it may still be in place.
+                        self.watcher().rebuild(format!("{e:#}"));
                         self.full = Some(format!("{e:#}"));
                         self.status("idle", Some(run));
+                        if STOP.load(Ordering::SeqCst) {
+                            return;
+                        }
                         continue;
                     }
+                    let wait = self
+                        .backoff
+                        .map_or(Duration::from_secs(30), |b| (b * 2).min(Duration::from_secs(1800)));
+                    self.backoff = Some(wait);
+                    eprintln!("bakare watch: the next run in {} s at the earliest", wait.as_secs());
                     self.status("idle", Some(run));
                     return;
                 }

@@ -475,7 +475,12 @@ impl Scanner {
     fn emit(&mut self, ev: ScanEvent) -> Result<(), Closed> {
         // A reused directory carries its files cache records (~75 bytes per file): batched like
         // the others, a no-change run held all of them at once (+7 MiB on 100,000 files).
-        let heavy = matches!(&ev, ScanEvent::Reused { records, .. } if records.len() > 4096);
+        let heavy = match &ev {
+            ScanEvent::Reused { records, .. } => records.len() > 4096,
+            // Up to 1 MiB each (`Known::subtree`): never many in one batch.
+            ScanEvent::Records(_) => true,
+            _ => false,
+        };
         self.batch.push(ev);
         if self.batch.len() >= BATCH || heavy {
             self.flush()?;

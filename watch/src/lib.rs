@@ -63,7 +63,7 @@ fn parent(path: &[u8]) -> &[u8] {
 
 /// Whether `path` is `dir` or below it.
 pub fn under(path: &[u8], dir: &[u8]) -> bool {
-    path == dir || (path.starts_with(dir) && path.get(dir.len()) == Some(&b'/'))
+    dir == b"/" || path == dir || (path.starts_with(dir) && path.get(dir.len()) == Some(&b'/'))
 }
 
 fn os(b: &[u8]) -> &Path {
@@ -77,12 +77,30 @@ fn max_user_watches() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// A directory moved away within one batch of events: where it was, and the watches that
+/// were at or below it then.
+struct Moved {
+    path: Vec<u8>,
+    wds: Vec<i32>,
+    /// Batches it has waited for its new place: the two halves of a rename may be read apart.
+    age: u8,
+}
+
 pub struct Watcher {
     fd: OwnedFd,
+    /// The mount table: it changes when something is mounted or unmounted, which inotify does
+    /// not report (`wait` polls it).
+    mounts: Option<std::fs::File>,
+    roots: Vec<PathBuf>,
     /// Watch descriptor -> the directory it watches (absolute).
     wds: HashMap<i32, Vec<u8>>,
+    /// Watch descriptor -> a directory holding a root: only its entries that are roots matter.
+    above: HashMap<i32, Vec<u8>>,
     /// Directories moved away (by the rename's cookie), until their new place is seen.
-    moved: HashMap<u32, Vec<u8>>,
+    moved: HashMap<u32, Moved>,
+    /// Where directories were moved to in this batch: walked again at its end, so that every
+    /// watch below maps to where its directory is once all renames are done.
+    moved_to: Vec<Vec<u8>>,
     dirty: Dirty,
     /// Directories the next run lists whatever happens, though nothing in them is known to
     /// have changed: those the last run could not record in the files cache.
@@ -90,9 +108,10 @@ pub struct Watcher {
     /// Why the record of changes is incomplete since it was last taken: the next run scans
     /// everything.
     gap: Option<String>,
-    /// Why it can never be complete (a directory could not be watched): every run scans
-    /// everything, until the watcher is made again.
+    /// Why it can never be complete: every run scans everything while it holds.
     blind: Option<String>,
+    /// Why the watches must be made again (a root was replaced, the mount table changed).
+    rebuild: Option<String>,
     /// Events handled, for the status.
     pub events: u64,
     /// Directories never watched: bakare's own repository and caches, which every run
@@ -100,39 +119,65 @@ pub struct Watcher {
     ignored: Vec<Vec<u8>>,
 }
 
-/// Blocks until `fd` (`Watcher::fd`) has events to take. False when interrupted first.
-pub fn wait(fd: &OwnedFd) -> bool {
-    let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
-    matches!(rustix::event::poll(&mut fds, None), Ok(n) if n > 0)
+/// Blocks until the watcher has something to take (`Watcher::fd`, `Watcher::mounts`): true
+/// when the mount table changed.
+pub fn wait(fd: &OwnedFd, mounts: Option<&std::fs::File>) -> std::io::Result<bool> {
+    use rustix::event::{PollFd, PollFlags};
+    let mut fds = vec![PollFd::new(fd, PollFlags::IN)];
+    if let Some(m) = mounts {
+        fds.push(PollFd::new(m, PollFlags::PRI));
+    }
+    match rustix::event::poll(&mut fds, None) {
+        Ok(_) => Ok(fds.get(1).is_some_and(|m| m.revents().intersects(PollFlags::PRI | PollFlags::ERR))),
+        Err(Errno::INTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl Watcher {
     /// Watches every directory at and below `roots` (absolute paths; a root that is a file is
-    /// watched through its directory). Symlinks are not followed.
+    /// watched through its directory), and the directories holding the roots. Symlinks are
+    /// not followed.
     pub fn new(roots: &[PathBuf], ignored: &[PathBuf]) -> std::io::Result<Watcher> {
         let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
         let mut w = Watcher {
             fd,
+            mounts: std::fs::File::open("/proc/self/mountinfo").ok(),
+            roots: roots.to_vec(),
             wds: HashMap::new(),
+            above: HashMap::new(),
             moved: HashMap::new(),
+            moved_to: Vec::new(),
             dirty: Dirty::default(),
             relist: Dirty::default(),
             gap: None,
             blind: None,
+            rebuild: None,
             events: 0,
             ignored: ignored.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect(),
         };
-        for root in roots {
+        w.watch_roots();
+        Ok(w)
+    }
+
+    fn watch_roots(&mut self) {
+        for root in self.roots.clone() {
             let b = root.as_os_str().as_bytes();
-            match std::fs::symlink_metadata(root) {
-                Ok(md) if md.is_dir() => w.watch_tree(b),
-                // A file, a symlink, or nothing yet: its directory says when it changes.
-                _ => {
-                    w.watch_one(parent(b));
+            let up = parent(b);
+            match inotify::add_watch(&self.fd, os(up), mask()) {
+                Ok(wd) => {
+                    self.above.insert(wd, up.to_vec());
+                }
+                Err(e) => {
+                    self.blind.get_or_insert_with(|| {
+                        format!("{}, which holds a path to back up, cannot be watched: {e}", os(up).display())
+                    });
                 }
             }
+            if std::fs::symlink_metadata(&root).is_ok_and(|md| md.is_dir()) {
+                self.watch_tree(b, false);
+            }
         }
-        Ok(w)
     }
 
     /// The inotify descriptor, for `wait` on another thread (a `try_clone_to_owned` of it).
@@ -140,18 +185,37 @@ impl Watcher {
         self.fd.as_fd()
     }
 
+    /// The mount table, for `wait` on another thread (a `try_clone` of it).
+    pub fn mounts(&self) -> Option<&std::fs::File> {
+        self.mounts.as_ref()
+    }
+
     /// How many directories are watched.
     pub fn watched(&self) -> usize {
         self.wds.len()
     }
 
-    fn watch_one(&mut self, dir: &[u8]) -> bool {
+    /// Watches `dir`. `moved`: it was renamed, and a watch it already has now maps to its new
+    /// path; otherwise a watch that maps to another path is that directory seen twice (a bind
+    /// mount), whose changes would be told under one path only.
+    fn watch_one(&mut self, dir: &[u8], moved: bool) -> bool {
         if self.ignored.iter().any(|i| under(dir, i)) {
             return false;
         }
         match inotify::add_watch(&self.fd, os(dir), mask()) {
             Ok(wd) => {
-                self.wds.insert(wd, dir.to_vec());
+                if let Some(was) = self.wds.insert(wd, dir.to_vec()) {
+                    if was != dir && !moved {
+                        self.blind.get_or_insert_with(|| {
+                            format!(
+                                "{} and {} are one directory (a bind mount?): a change in it is told \
+                                 under one of them only",
+                                os(&was).display(),
+                                os(dir).display()
+                            )
+                        });
+                    }
+                }
                 true
             }
             // Gone or not a directory (any more): what is there now is scanned anyway.
@@ -177,11 +241,11 @@ impl Watcher {
 
     /// Watches `dir` and every directory below it (an explicit stack: depth is not bounded
     /// by the thread's stack).
-    fn watch_tree(&mut self, dir: &[u8]) {
+    fn watch_tree(&mut self, dir: &[u8], moved: bool) {
         let mut stack = vec![dir.to_vec()];
         while let Some(d) = stack.pop() {
             // Watched before it is listed: an entry made in between is seen one way or the other.
-            if !self.watch_one(&d) {
+            if !self.watch_one(&d, moved) {
                 continue;
             }
             let Ok(entries) = ::io::dir::list(os(&d)) else { continue };
@@ -210,6 +274,26 @@ impl Watcher {
         self.drain()
     }
 
+    /// Something was mounted or unmounted: the watches may cover other directories now.
+    pub fn mounts_changed(&mut self) {
+        self.rebuild.get_or_insert_with(|| "the mount table changed".into());
+        self.rebuild_if_needed();
+    }
+
+    /// Makes every watch again, if something calls for it: the next run scans everything.
+    fn rebuild_if_needed(&mut self) {
+        let Some(why) = self.rebuild.take() else { return };
+        for wd in self.wds.keys().chain(self.above.keys()).copied().collect::<Vec<_>>() {
+            let _ = inotify::remove_watch(&self.fd, wd);
+        }
+        self.wds.clear();
+        self.above.clear();
+        self.moved.clear();
+        self.moved_to.clear();
+        self.watch_roots();
+        self.gap.get_or_insert(format!("{why}: the watches were made again"));
+    }
+
     /// Takes every event that is ready. True when some change was recorded.
     pub fn drain(&mut self) -> std::io::Result<bool> {
         let before = (self.dirty.len(), self.gap.is_some(), self.events);
@@ -235,11 +319,34 @@ impl Watcher {
         for (wd, flags, cookie, name) in batch {
             self.event(wd, flags, cookie, name.as_deref());
         }
-        // A directory moved away whose new place was not seen left the watched trees.
-        for (_, old) in std::mem::take(&mut self.moved) {
-            self.forget(&old);
+        // Every directory moved in this batch is walked where it is now: its watches (and any
+        // added since it moved) map to its place after all the renames (an exchange of two
+        // directories is two renames).
+        for path in std::mem::take(&mut self.moved_to) {
+            self.watch_tree(&path, true);
         }
+        // A directory moved away whose new place was not seen in two batches left the watched
+        // trees: its watches go, by descriptor (its old path may hold another directory now).
+        let mut gone = Vec::new();
+        self.moved.retain(|_, m| {
+            m.age += 1;
+            if m.age < 2 {
+                return true;
+            }
+            gone.append(&mut m.wds);
+            false
+        });
+        for wd in gone {
+            if self.wds.remove(&wd).is_some() {
+                let _ = inotify::remove_watch(&self.fd, wd);
+            }
+        }
+        self.rebuild_if_needed();
         Ok((self.dirty.len(), self.gap.is_some(), self.events) != before)
+    }
+
+    fn is_root(&self, path: &[u8]) -> bool {
+        self.roots.iter().any(|r| r.as_os_str().as_bytes() == path)
     }
 
     fn event(&mut self, wd: i32, flags: ReadFlags, cookie: u32, name: Option<&[u8]>) {
@@ -259,10 +366,32 @@ impl Watcher {
         }
         if flags.contains(ReadFlags::UNMOUNT) {
             let at = self.wds.get(&wd).map(|d| os(d).display().to_string()).unwrap_or_default();
-            self.gap.get_or_insert_with(|| format!("the file system at {at} was unmounted"));
+            self.rebuild.get_or_insert_with(|| format!("the file system at {at} was unmounted"));
+        }
+        // A directory holding a root: a root made, removed or renamed there is watched anew.
+        if let (Some(up), Some(name)) = (self.above.get(&wd).cloned(), name) {
+            let path = join(&up, name);
+            let replaced = flags.intersects(
+                ReadFlags::CREATE | ReadFlags::DELETE | ReadFlags::MOVED_FROM | ReadFlags::MOVED_TO,
+            );
+            if self.is_root(&path) {
+                match replaced || flags.contains(ReadFlags::ISDIR) {
+                    true => {
+                        self.rebuild.get_or_insert_with(|| format!("{} was replaced", os(&path).display()));
+                    }
+                    // A root that is a file changed: a run is due (a file root is always read
+                    // by its stat, never taken from the cache unlooked).
+                    false => self.dirty.mark(&up),
+                }
+            }
         }
         if flags.contains(ReadFlags::IGNORED) {
-            self.wds.remove(&wd);
+            if let Some(dir) = self.wds.remove(&wd) {
+                if self.is_root(&dir) {
+                    self.rebuild.get_or_insert_with(|| format!("{} is gone", os(&dir).display()));
+                }
+            }
+            self.above.remove(&wd);
             return;
         }
         let Some(dir) = self.wds.get(&wd).cloned() else { return };
@@ -271,13 +400,18 @@ impl Watcher {
             // listed again so that its own record is made anew.
             self.dirty.mark(&dir);
             self.dirty.mark(parent(&dir));
+            if flags.intersects(ReadFlags::DELETE_SELF | ReadFlags::MOVE_SELF) && self.is_root(&dir) {
+                self.rebuild.get_or_insert_with(|| format!("{} was moved or removed", os(&dir).display()));
+            }
             return;
         };
+        // An entry of `dir` changed: `dir` is listed again, even when the entry is one of
+        // bakare's own directories (its parent's mtime moved), which is never watched.
+        self.dirty.mark(&dir);
         let path = join(&dir, name);
         if self.ignored.iter().any(|i| under(&path, i)) {
             return;
         }
-        self.dirty.mark(&dir);
         if !flags.contains(ReadFlags::ISDIR) {
             if flags.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO) {
                 self.new_name(&path);
@@ -285,17 +419,18 @@ impl Watcher {
             return;
         }
         if flags.contains(ReadFlags::MOVED_FROM) {
-            self.moved.insert(cookie, path);
+            let wds = self.wds.iter().filter(|(_, p)| under(p, &path)).map(|(wd, _)| *wd).collect();
+            self.moved.insert(cookie, Moved { path, wds, age: 0 });
         } else if flags.contains(ReadFlags::MOVED_TO) {
-            match self.moved.remove(&cookie) {
-                // Renamed within the watched trees: its watches follow it.
-                Some(old) => self.rename(&old, &path),
-                // Moved in from elsewhere.
-                None => self.watch_tree(&path),
+            // Renamed within the watched trees: its watches follow it now (events later in
+            // this batch name the new place), and it is walked again at the end of the batch.
+            if let Some(m) = self.moved.remove(&cookie) {
+                self.rename(&m.path, &path, &m.wds);
             }
+            self.moved_to.push(path.clone());
             self.dirty.mark_deep(&path);
         } else if flags.contains(ReadFlags::CREATE) {
-            self.watch_tree(&path);
+            self.watch_tree(&path, false);
             self.dirty.mark_deep(&path);
         }
     }
@@ -319,23 +454,16 @@ impl Watcher {
         }
     }
 
-    /// The watches of `old` and below now watch `new` and below.
-    fn rename(&mut self, old: &[u8], new: &[u8]) {
-        for p in self.wds.values_mut() {
-            if under(p, old) {
-                let mut moved = new.to_vec();
-                moved.extend_from_slice(&p[old.len()..]);
-                *p = moved;
+    /// The watches `wds`, which were at or below `old`, are now at or below `new`.
+    fn rename(&mut self, old: &[u8], new: &[u8], wds: &[i32]) {
+        for wd in wds {
+            if let Some(p) = self.wds.get_mut(wd) {
+                if under(p, old) {
+                    let mut moved = new.to_vec();
+                    moved.extend_from_slice(&p[old.len()..]);
+                    *p = moved;
+                }
             }
-        }
-    }
-
-    /// Stops watching `dir` and below (moved out of the watched trees).
-    fn forget(&mut self, dir: &[u8]) {
-        let gone: Vec<i32> = self.wds.iter().filter(|(_, p)| under(p, dir)).map(|(wd, _)| *wd).collect();
-        for wd in gone {
-            self.wds.remove(&wd);
-            let _ = inotify::remove_watch(&self.fd, wd);
         }
     }
 
@@ -383,6 +511,18 @@ impl Watcher {
     /// Records that the next run must scan everything.
     pub fn gap(&mut self, why: String) {
         self.gap.get_or_insert(why);
+    }
+
+    /// Records that every run must scan everything, from now on.
+    pub fn blind(&mut self, why: String) {
+        self.blind.get_or_insert(why);
+    }
+
+    /// Makes every watch again (a run found the watcher missed a change: whatever lost it
+    /// may still be in place); the next run scans everything.
+    pub fn rebuild(&mut self, why: String) {
+        self.rebuild.get_or_insert(why);
+        self.rebuild_if_needed();
     }
 }
 
