@@ -431,3 +431,33 @@ fn attributes_come_from_the_files_cache_while_the_ctime_holds() {
         assert_ne!(flags(&r.join("d/kept")) & IFlags::NODUMP.bits(), 0, "{restore_of}");
     }
 }
+
+/// A regular file's attributes are read by the read stage, on the descriptor it reads the
+/// content through, with io_uring and with the thread pool alike; an empty file, which the read
+/// stage never opens, has its attributes read by path. Either way they are those restored.
+#[test]
+fn file_attributes_are_read_through_both_read_paths() {
+    let src = TestDir::new().file("d/flagged", "content").file("d/empty", "").file("d/plain", "p");
+    let s = src.path();
+    if !supported(s) {
+        return;
+    }
+    let kept = IFlags::NODUMP | IFlags::NOATIME;
+    for f in ["d/flagged", "d/empty"] {
+        set(&s.join(f), "user.note", f.as_bytes());
+        set_flags(&s.join(f), kept);
+    }
+    for io in ["uring", "pool"] {
+        let b = Bakare::new(bin());
+        let run = b.run(&chaos::argv!["--json", "run", "--io", io, s]);
+        assert_eq!(run.code, 0, "run --io {io}: {}", run.stderr);
+        let t = TestDir::new();
+        b.ok(&chaos::argv!["restore", "latest", "--target", t.path()]);
+        let r = restored_path(t.path(), s);
+        for f in ["d/flagged", "d/empty", "d/plain"] {
+            assert_eq!(xattrs(&r.join(f)), xattrs(&s.join(f)), "--io {io}: {f}");
+            assert_eq!(flags(&r.join(f)) & kept.bits(), flags(&s.join(f)) & kept.bits(), "--io {io}: {f}");
+        }
+        assert_eq!(flags(&r.join("d/flagged")) & kept.bits(), kept.bits(), "--io {io}");
+    }
+}

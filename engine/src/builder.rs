@@ -11,7 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
 use stages::{
-    BlobId, BlobKind, Cancel, Dedup, FileEvent, FileKind, MemoryBudget, Meta, NewBlob, Progress, ScanEvent,
+    BlobId, BlobKind, Cancel, Dedup, FileEvent, FileKind, MemoryBudget, Meta, NewBlob, OpenAttrs, Progress,
+    ScanEvent,
 };
 
 use crate::error::{Error, Result};
@@ -66,7 +67,19 @@ struct PendingFile {
     got: u32,
     end: Option<(u32, u64)>,
     holes: Vec<Hole>,
+    /// Its attributes, as the read stage read them (None: it did not open the file).
+    attrs: Option<OpenAttrs>,
     failed: Option<(PathBuf, String)>,
+}
+
+/// Where a file's attributes come from.
+enum AttrsFrom {
+    /// The files cache, which vouches for them (the ctime they move is unchanged).
+    Cache(Vec<Xattr>, u32),
+    /// The read stage, which read them on the descriptor it read the content through.
+    Read(OpenAttrs),
+    /// The file's path: a file the read stage did not open (an empty one).
+    Path,
 }
 
 impl PendingFile {
@@ -179,6 +192,7 @@ impl Builder {
             FileEvent::Holes { seq, holes } => {
                 self.pending.entry(seq).or_default().holes = holes.into_iter().map(Hole::from).collect()
             }
+            FileEvent::Attrs { seq, attrs } => self.pending.entry(seq).or_default().attrs = Some(attrs),
             FileEvent::Failed { seq, path, why } => {
                 self.pending.entry(seq).or_default().failed = Some((path, why))
             }
@@ -304,7 +318,7 @@ impl Builder {
         size: u64,
         content: Vec<BlobId>,
         holes: Vec<Hole>,
-        known_attrs: Option<(Vec<Xattr>, u32)>,
+        attrs_from: AttrsFrom,
     ) -> Result<()> {
         self.stats.files += 1;
         self.stats.bytes += size;
@@ -328,11 +342,13 @@ impl Builder {
         let path = self.abs_path(&name);
         let cached = (meta.mtime_ns < self.racy_ns).then(|| content.clone());
         let node = Node::new(name, NodeKind::File { size, content }, &meta).with_holes(holes.clone());
-        // Attributes the files cache vouches for (the ctime they move is unchanged) are not
-        // read again.
-        let (node, attrs_read) = match known_attrs {
-            Some((xattrs, flags)) => (node.with_attrs(Attrs { xattrs, flags }), true),
-            None => self.attributed_checked(node, path.clone(), FileKind::File),
+        // Attributes the files cache vouches for are not read again, nor those the read stage
+        // read already.
+        let (node, attrs_read) = match attrs_from {
+            AttrsFrom::Cache(xattrs, flags) => (node.with_attrs(Attrs { xattrs, flags }), true),
+            AttrsFrom::Read(_) if !self.read_attrs => (node, false),
+            AttrsFrom::Read(got) => self.attributed_with(node, path.clone(), attrs::opened(got)),
+            AttrsFrom::Path => self.attributed_checked(node, path.clone(), FileKind::File),
         };
         if let Some(content) = cached {
             let (mtime_ns, ctime_ns, ino, dev) = (meta.mtime_ns, meta.ctime_ns, meta.ino, meta.dev);
@@ -360,8 +376,14 @@ impl Builder {
         if !self.read_attrs {
             return (node, false);
         }
-        let (mut attrs, problems) =
-            attrs::read(std::path::Path::new(std::ffi::OsStr::from_bytes(&path)), kind);
+        let read = attrs::read(std::path::Path::new(std::ffi::OsStr::from_bytes(&path)), kind);
+        self.attributed_with(node, path, read)
+    }
+
+    /// `node` with the attributes `read` (and what could not be read of them) of the entry at
+    /// `path`, and whether every attribute was read and kept.
+    fn attributed_with(&mut self, node: Node, path: Vec<u8>, read: (Attrs, Vec<String>)) -> (Node, bool) {
+        let (mut attrs, problems) = read;
         let mut whole = problems.is_empty();
         for why in problems {
             self.error(path.clone(), why);
@@ -463,7 +485,8 @@ impl Builder {
                 self.stats.read_bytes += data;
                 let holes = done.holes;
                 let size = holes.iter().fold(data, |n, h| n.saturating_add(h.len));
-                self.file_done(seq, name, meta, size, content, holes, None)?;
+                let from = done.attrs.map_or(AttrsFrom::Path, AttrsFrom::Read);
+                self.file_done(seq, name, meta, size, content, holes, from)?;
             }
             ScanEvent::Unchanged { seq, name, meta, content, holes, attrs } => {
                 self.stats.unchanged_files += 1;
@@ -473,8 +496,11 @@ impl Builder {
                 Progress::add(&self.progress.bytes_done, meta.size);
                 let size = meta.size;
                 let holes = holes.into_iter().map(Hole::from).collect();
-                let attrs = attrs.and_then(|a| crate::filescache::decode_attrs(&a));
-                self.file_done(seq, name.as_bytes().to_vec(), meta, size, content, holes, attrs)?;
+                let from = match attrs.and_then(|a| crate::filescache::decode_attrs(&a)) {
+                    Some((xattrs, flags)) => AttrsFrom::Cache(xattrs, flags),
+                    None => AttrsFrom::Path,
+                };
+                self.file_done(seq, name.as_bytes().to_vec(), meta, size, content, holes, from)?;
             }
 
             ScanEvent::HardLink { first, name, meta } => {

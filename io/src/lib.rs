@@ -1,5 +1,6 @@
 //! io: the operating system underneath bakare. Durable writes, storage backends, the source that
 //! files are read from, and the io_uring ring (with `cpu`, the only modules here with `unsafe`).
+pub mod attrs;
 pub mod cpu;
 pub mod dir;
 pub mod durable;

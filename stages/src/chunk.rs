@@ -1,4 +1,4 @@
-//! chunk: Block -> Chunk (to hash) + FileEvent::End/Failed (to the tree builder).
+//! chunk: Block -> Chunk (to hash) + FileEvent::End/Failed/Holes/Attrs (to the tree builder).
 //! Workers: one per input queue; the read stage routes every block of a file to the same worker,
 //! so a file is chunked as one stream. Holds, per file being read, the unchunked tail of its last
 //! block (at most `max` bytes, still inside that block's buffer and permit).
@@ -141,6 +141,7 @@ fn chunk_block(
             return events.push(FileEvent::Failed { seq, path, why }, 0);
         }
         Block::Holes { seq, holes } => return events.push(FileEvent::Holes { seq, holes }, 0),
+        Block::Attrs { seq, attrs } => return events.push(FileEvent::Attrs { seq, attrs }, 0),
         Block::Data { seq, buf, start, offset, last, permit, pooled } => {
             (seq, buf, start, offset, last, permit, pooled)
         }

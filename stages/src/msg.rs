@@ -266,6 +266,13 @@ pub enum Block {
         seq: u64,
         holes: Vec<Hole>,
     },
+    /// The file's attributes, read on the descriptor its content is read through: sent after
+    /// it is opened, before its first block. A file the read stage does not open (an empty
+    /// one) has none sent: the builder reads its attributes by path.
+    Attrs {
+        seq: u64,
+        attrs: OpenAttrs,
+    },
     Failed {
         seq: u64,
         path: PathBuf,
@@ -273,10 +280,25 @@ pub enum Block {
     },
 }
 
+/// What a regular file has beyond stat, read by the read stage on the descriptor it opened
+/// (`io::attrs`), so the builder need not open the file again by path to ask. Read before the
+/// content, so the check that its ctime held through the read (a change to either moves it)
+/// covers them too. The builder keeps what it keeps of them and names the errors.
+#[derive(Debug)]
+pub struct OpenAttrs {
+    /// Extended attributes (name, value), sorted by name and unique.
+    pub xattrs: std::io::Result<Vec<::io::attrs::Xattr>>,
+    /// Inode flags, all of them (0 on a file system without).
+    pub flags: std::io::Result<u32>,
+}
+
 impl Block {
     pub fn seq(&self) -> u64 {
         match self {
-            Block::Data { seq, .. } | Block::Holes { seq, .. } | Block::Failed { seq, .. } => *seq,
+            Block::Data { seq, .. }
+            | Block::Holes { seq, .. }
+            | Block::Attrs { seq, .. }
+            | Block::Failed { seq, .. } => *seq,
         }
     }
 }
@@ -336,6 +358,11 @@ pub enum FileEvent {
     Holes {
         seq: u64,
         holes: Vec<Hole>,
+    },
+    /// The file's attributes, before its `End` (`Block::Attrs`).
+    Attrs {
+        seq: u64,
+        attrs: OpenAttrs,
     },
     /// The file was fully chunked into `chunks` chunks of `size` bytes in all (its data: holes
     /// are not counted).

@@ -20,7 +20,7 @@ pub struct Xattr {
 /// Longest attribute name Linux stores (XATTR_NAME_MAX).
 pub const MAX_NAME: usize = 255;
 /// Largest attribute value Linux stores (XATTR_SIZE_MAX).
-pub const MAX_VALUE: usize = 64 << 10;
+pub const MAX_VALUE: usize = ::io::attrs::MAX_VALUE;
 /// Most bytes of names and values one entry keeps. ext4 holds one block's worth, XFS and btrfs
 /// more; a node is held in memory by every walk that reads its tree blob, so this bounds what
 /// a hostile tree can make a reader hold per entry.
@@ -128,49 +128,31 @@ pub fn read(path: &Path, kind: FileKind) -> (Attrs, Vec<String>) {
 }
 
 fn unsupported(e: rustix::io::Errno) -> bool {
-    use rustix::io::Errno;
-    e == Errno::NOTSUP || e == Errno::OPNOTSUPP || e == Errno::NOTTY || e == Errno::INVAL || e == Errno::NOSYS
+    ::io::attrs::unsupported(e)
 }
 
 fn read_xattrs(path: &Path) -> io::Result<Vec<Xattr>> {
-    use rustix::io::Errno;
-    // Most files have none: one call with a small buffer answers, the size is asked only when
-    // it is too small (or grew in between).
-    let mut list = vec![0u8; 1024];
-    let len = loop {
-        match rustix::fs::llistxattr(path, &mut list[..]) {
-            Ok(n) => break n,
-            Err(Errno::RANGE) => {
-                let want = rustix::fs::llistxattr_query(path)?;
-                list.resize(want.clamp(list.len() * 2, 1 << 20), 0);
-            }
-            Err(e) if unsupported(e) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
+    let got = ::io::attrs::xattrs(::io::attrs::At::Path(path))?;
+    Ok(got.into_iter().map(|(name, value)| Xattr { name, value }).collect())
+}
+
+/// The attributes of a regular file as the read stage read them, on the descriptor it read the
+/// content through (`stages::OpenAttrs`): what `read` gives for it, the same problems named,
+/// without opening the file again.
+pub fn opened(got: stages::OpenAttrs) -> (Attrs, Vec<String>) {
+    let mut problems = Vec::new();
+    let xattrs = match got.xattrs {
+        Ok(x) => x.into_iter().map(|(name, value)| Xattr { name, value }).collect(),
+        Err(e) => {
+            problems.push(format!("cannot read extended attributes: {e}"));
+            Vec::new()
         }
     };
-    let mut out = Vec::new();
-    let mut value = Vec::new();
-    for name in list.get(..len).unwrap_or_default().split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        value.resize(4096, 0);
-        let got = loop {
-            match rustix::fs::lgetxattr(path, name, &mut value[..]) {
-                Ok(n) => break Some(n),
-                Err(Errno::RANGE) => {
-                    let want = rustix::fs::lgetxattr_query(path, name)?;
-                    value.resize(want.clamp(value.len() * 2, MAX_VALUE), 0);
-                }
-                // Removed since it was listed.
-                Err(Errno::NODATA) => break None,
-                Err(e) => return Err(e.into()),
-            }
-        };
-        if let Some(n) = got {
-            out.push(Xattr { name: name.to_vec(), value: value.get(..n).unwrap_or_default().to_vec() });
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out.dedup_by(|a, b| a.name == b.name);
-    Ok(out)
+    let flags = got.flags.map(|f| f & FLAGS).unwrap_or_else(|e| {
+        problems.push(format!("cannot read inode flags: {e}"));
+        0
+    });
+    (Attrs { xattrs, flags }, problems)
 }
 
 /// The inode flags of a regular file or directory, 0 when they cannot be read (a file that
@@ -179,11 +161,7 @@ pub(crate) fn read_flags(path: &Path) -> io::Result<u32> {
     let how = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
     // A file that cannot be opened is named by its read (or its directory by its listing).
     let Ok(fd) = ::io::longpath::open(path, how) else { return Ok(0) };
-    match rustix::fs::ioctl_getflags(&fd) {
-        Ok(f) => Ok(f.bits() & FLAGS),
-        Err(e) if unsupported(e) => Ok(0),
-        Err(e) => Err(e.into()),
-    }
+    Ok(::io::attrs::flags(&fd)? & FLAGS)
 }
 
 /// What applying attributes could not do, counted by kind for the restore's notes.
