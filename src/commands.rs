@@ -155,12 +155,12 @@ fn run(
 ) -> Result<u8> {
     let (stream, selection) = prepare(&mut args)?;
     let repo = open_for_run(path, default, key, json, args.dry_run)?;
-    Ok(execute(&repo, json, args, stream, selection, source, None)?.code)
+    Ok(execute(&repo, json, args, (stream, selection), source, None, None)?.code)
 }
 
 /// What a run reads from its options before anything else: a stream to back up, or the
 /// paths and selection rules.
-type Prepared = (Option<crate::stdin::StreamSpec>, crate::selection::Selection);
+pub(crate) type Prepared = (Option<crate::stdin::StreamSpec>, crate::selection::Selection);
 
 pub(crate) fn prepare(args: &mut RunArgs) -> Result<Prepared> {
     let stream = crate::stdin::spec(args)?;
@@ -206,7 +206,9 @@ pub(crate) fn open_for_run(
 /// What `execute` did, for `watch`.
 pub(crate) struct Ran {
     pub code: u8,
+    /// Empty when none was written (`unless_tree`).
     pub snapshot: String,
+    pub tree: Vec<stages::BlobId>,
     /// `BackupResult::unrecorded`.
     pub unrecorded: Option<Vec<Vec<u8>>>,
 }
@@ -216,10 +218,10 @@ pub(crate) fn execute(
     repo: &Repository,
     json: bool,
     args: RunArgs,
-    stream: Option<crate::stdin::StreamSpec>,
-    selection: crate::selection::Selection,
+    (stream, selection): Prepared,
     source: Arc<dyn io::Source>,
     watched: Option<Arc<stages::dirty::Dirty>>,
+    unless_tree: Option<Vec<stages::BlobId>>,
 ) -> Result<Ran> {
     let read_mode = match args.io_mode {
         IoMode::Auto => ReadMode::Auto,
@@ -243,6 +245,7 @@ pub(crate) fn execute(
         on_file: list_changes(output::verbose(), json),
         dry_run: args.dry_run,
         watched,
+        unless_tree,
     };
     let stream = stream.map(crate::stdin::StreamSpec::start).transpose()?;
     let show = !json && !output::quiet() && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -285,7 +288,7 @@ pub(crate) fn execute(
             .collect();
         let mut v = json!({
             "dry_run": r.dry_run.is_some(),
-            "snapshot": r.snapshot_id,
+            "snapshot": (!r.snapshot_id.is_empty()).then_some(&r.snapshot_id),
             "tree": r.snapshot.tree.iter().map(hex::encode).collect::<Vec<_>>(),
             "files": s.files, "dirs": s.dirs, "bytes": s.bytes, "bytes_read": s.read_bytes,
             "unchanged_files": s.unchanged_files, "reused_dirs": r.reused_dirs,
@@ -343,7 +346,10 @@ pub(crate) fn execute(
             out.line(&format!(": {}", e.why))?;
         }
     } else {
-        out.line(&format!("snapshot {} saved", &r.snapshot_id[..16]))?;
+        match r.snapshot_id.get(..16) {
+            Some(id) => out.line(&format!("snapshot {id} saved"))?,
+            None => out.line("nothing changed since the last snapshot: no snapshot saved")?,
+        }
         out.line(&format!(
             "  {} files ({}), {} directories in {:.1} s ({}/s)",
             s.files,
@@ -379,7 +385,7 @@ pub(crate) fn execute(
     }
     out.finish()?;
     let code = if r.snapshot.errors.is_empty() { 0 } else { EXIT_PARTIAL };
-    Ok(Ran { code, snapshot: r.snapshot_id, unrecorded: r.unrecorded })
+    Ok(Ran { code, snapshot: r.snapshot_id, tree: r.snapshot.tree, unrecorded: r.unrecorded })
 }
 
 /// `run -v`: `new PATH` and `changed PATH` lines on stdout (stderr with `--json`, whose

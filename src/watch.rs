@@ -37,7 +37,8 @@ pub struct WatchArgs {
     /// never settles is saved after 12 times as long (at least 1 minute)
     #[arg(long, value_parser = parse_duration, default_value = "5s", help_heading = "Watching")]
     pub settle: Duration,
-    /// A snapshot each --every even when nothing changed
+    /// A snapshot every run, even when nothing it holds changed (by default a run whose tree
+    /// is the last run's writes none), and each --every even when nothing changed
     #[arg(long, help_heading = "Watching")]
     pub always: bool,
     /// Scan everything at least this often, whatever the watcher saw
@@ -279,6 +280,8 @@ pub fn watch(
         status: Status { path: status_path, value: json!({}) },
         events,
         backoff: None,
+        last_tree: None,
+        always: args.always,
         runs: 0,
         roots: roots.iter().map(|r| r.path.as_os_str().as_bytes().to_vec()).collect(),
     };
@@ -377,6 +380,10 @@ struct Daemon {
     events: std::thread::JoinHandle<()>,
     /// How long to wait after a run failed (doubling, up to 30 minutes).
     backoff: Option<Duration>,
+    /// The root tree of the last run: a run that makes the same one writes no snapshot.
+    last_tree: Option<Vec<stages::BlobId>>,
+    /// `--always`: a snapshot every run, changed or not.
+    always: bool,
     runs: u64,
     /// The roots' paths, as bytes.
     roots: Vec<Vec<u8>>,
@@ -460,16 +467,17 @@ impl Daemon {
             self.status("running", None);
             let started = now_rfc3339();
             let mut args = self.base.clone();
-            let ran = prepare(&mut args).and_then(|(stream, selection)| {
+            let unless = self.last_tree.clone().filter(|_| !self.always);
+            let ran = prepare(&mut args).and_then(|prepared| {
                 RUNNING.store(true, Ordering::SeqCst);
                 let r = execute(
                     &self.repo,
                     self.json,
                     args,
-                    stream,
-                    selection,
+                    prepared,
                     self.source.clone(),
                     watched.clone(),
+                    unless,
                 );
                 RUNNING.store(false, Ordering::SeqCst);
                 r
@@ -503,8 +511,13 @@ impl Daemon {
                     }
                     self.cache_id = now;
                     self.backoff = None;
+                    self.last_tree = Some(ran.tree.clone());
+                    // No snapshot when nothing it holds changed (a change in an excluded
+                    // directory, a file written back as it was), unless --always.
+                    let snapshot = (!ran.snapshot.is_empty()).then_some(ran.snapshot);
+                    let tree: Vec<String> = ran.tree.iter().map(hex::encode).collect();
                     let run = json!({"started": started, "ended": now_rfc3339(), "kind": kind,
-                        "snapshot": ran.snapshot, "exit": ran.code, "full_scan_reason": reason});
+                        "snapshot": snapshot, "tree": tree, "exit": ran.code, "full_scan_reason": reason});
                     self.status("idle", Some(run));
                     return;
                 }
@@ -579,14 +592,23 @@ fn print_status(path: &Path, json: bool) -> Result<u8> {
         let f = |k: &str| r[k].as_str().map(str::to_string).unwrap_or_else(|| r[k].to_string());
         match r["error"].as_str() {
             Some(e) => writeln!(out, "last run: {} ({}), failed: {e}", f("ended"), f("kind"))?,
-            None => writeln!(
-                out,
-                "last run: {} ({}), snapshot {}, exit {}",
-                f("ended"),
-                f("kind"),
-                f("snapshot").get(..16).unwrap_or_default(),
-                f("exit")
-            )?,
+            None => match r["snapshot"].as_str() {
+                Some(id) => writeln!(
+                    out,
+                    "last run: {} ({}), snapshot {}, exit {}",
+                    f("ended"),
+                    f("kind"),
+                    id.get(..16).unwrap_or_default(),
+                    f("exit")
+                )?,
+                None => writeln!(
+                    out,
+                    "last run: {} ({}), nothing changed: no snapshot, exit {}",
+                    f("ended"),
+                    f("kind"),
+                    f("exit")
+                )?,
+            },
         }
     }
     Ok(0)

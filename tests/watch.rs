@@ -37,16 +37,22 @@ impl Drop for Watching {
 
 impl Watching {
     fn start(b: &Bakare, src: &Path) -> Watching {
+        Self::start_with(b, src, &[])
+    }
+
+    fn start_with(b: &Bakare, src: &Path, extra: &[&str]) -> Watching {
         let log = b.home.path().join("watch.log");
         let out = fs::File::create(b.home.path().join("watch.out")).unwrap();
-        let mut cmd: Command = b.command(&[
+        let mut args: Vec<&std::ffi::OsStr> = vec![
             "--json".as_ref(),
             "watch".as_ref(),
             "--continuous".as_ref(),
             "--settle".as_ref(),
             "300ms".as_ref(),
             src.as_os_str(),
-        ]);
+        ];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        let mut cmd: Command = b.command(&args);
         cmd.stdout(Stdio::from(out)).stderr(Stdio::from(fs::File::create(&log).unwrap()));
         let child = cmd.spawn().unwrap();
         Watching { child, home: b.home.path().to_path_buf(), log }
@@ -133,9 +139,19 @@ fn same_as_full_scan(b: &Bakare, w: &Watching, src: &Path, after: u64, what: &st
         assert!(last["full_scan_reason"].as_str().unwrap().contains("is a hard link"), "{s}");
     }
     assert_eq!(last["exit"], 0, "{what}: {s}");
-    let watched = snapshot_tree(b, last["snapshot"].as_str().unwrap());
+    // The tree of the watcher's last run, which is its last snapshot's (a run that made the same
+    // tree as the one before writes none).
+    let watched = &last["tree"];
+    if let Some(id) = last["snapshot"].as_str() {
+        assert_eq!(&snapshot_tree(b, id), watched);
+    }
     let full = b.ok(&["--json".as_ref(), "run".as_ref(), "--no-cache".as_ref(), src.as_os_str()]).json();
-    assert_eq!(watched, full["tree"], "{what}: the watcher's snapshot differs from a full scan\n{}", w.log());
+    assert_eq!(
+        watched,
+        &full["tree"],
+        "{what}: the watcher's snapshot differs from a full scan\n{}",
+        w.log()
+    );
     s["runs"].as_u64().unwrap()
 }
 
@@ -259,9 +275,8 @@ fn an_overflowed_queue_makes_the_next_run_a_full_scan_and_sigterm_stops_cleanly(
     );
     let runs = s["runs"].as_u64().unwrap();
     let s = w.quiet_after(runs - 1, "after the overflow");
-    let watched = snapshot_tree(&b, s["last_run"]["snapshot"].as_str().unwrap());
     let full = b.ok(&["--json".as_ref(), "run".as_ref(), "--no-cache".as_ref(), src.as_os_str()]).json();
-    assert_eq!(watched, full["tree"]);
+    assert_eq!(s["last_run"]["tree"], full["tree"]);
 
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let status = w.child.wait().unwrap();
@@ -336,9 +351,8 @@ fn a_watcher_killed_mid_run_loses_nothing_and_a_change_during_a_run_is_in_the_ne
     let w = Watching::start(&b, &src);
     let s = w.quiet_after(0, "the restart");
     assert!(w.log().contains("run 1: scanning everything: the watcher just started"), "{}", w.log());
-    let watched = snapshot_tree(&b, s["last_run"]["snapshot"].as_str().unwrap());
     let full = b.ok(&["--json".as_ref(), "run".as_ref(), "--no-cache".as_ref(), src.as_os_str()]).json();
-    assert_eq!(watched, full["tree"], "{}", w.log());
+    assert_eq!(s["last_run"]["tree"], full["tree"], "{}", w.log());
     b.ok(&["check"]);
 
     // A change made while a run goes on is in a later snapshot.
@@ -348,4 +362,42 @@ fn a_watcher_killed_mid_run_loses_nothing_and_a_change_during_a_run_is_in_the_ne
     fs::write(src.join("d/during"), "written during a run").unwrap();
     let after = w.status()["runs"].as_u64().unwrap().max(runs);
     same_as_full_scan(&b, &w, &src, after, "a change during a run");
+}
+
+#[test]
+fn a_run_that_changes_nothing_the_snapshot_holds_writes_none() {
+    let b = bakare();
+    let q = quiet_dir();
+    let src = q.path().join("src");
+    fs::create_dir_all(src.join("build")).unwrap();
+    fs::write(src.join("kept"), "kept").unwrap();
+    b.ok(&["init"]);
+    let w = Watching::start_with(&b, &src, &["--exclude", "build"]);
+    let s = w.quiet_after(0, "the first run");
+    let count = |b: &Bakare| b.ok(&["--json", "snapshots"]).json().as_array().unwrap().len();
+    let before = count(&b);
+    let runs = s["runs"].as_u64().unwrap();
+    // A change in an excluded directory calls for a run, which finds the same tree.
+    fs::write(src.join("build/out.o"), "object").unwrap();
+    let s = w.quiet_after(runs, "a change in an excluded directory");
+    assert!(s["last_run"]["snapshot"].is_null(), "{s}");
+    assert_eq!(count(&b), before, "no snapshot was written");
+    let full = b
+        .ok(&[
+            "--json".as_ref(),
+            "run".as_ref(),
+            "--no-cache".as_ref(),
+            "--exclude".as_ref(),
+            "build".as_ref(),
+            src.as_os_str(),
+        ])
+        .json();
+    assert_eq!(s["last_run"]["tree"], full["tree"]);
+    let o = b.ok(&["watch".as_ref(), "--status".as_ref(), src.as_os_str()]);
+    assert!(o.stdout_str().contains("nothing changed: no snapshot"), "{}", o.stdout_str());
+    // A change the snapshot holds is saved.
+    let runs = s["runs"].as_u64().unwrap();
+    fs::write(src.join("kept"), "changed").unwrap();
+    let s = w.quiet_after(runs, "a change");
+    assert!(s["last_run"]["snapshot"].is_string(), "{s}");
 }

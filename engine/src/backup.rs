@@ -76,6 +76,9 @@ pub struct BackupOptions {
     /// directories it saw no change in are taken from the cache unlisted. Ignored without a
     /// files cache.
     pub watched: Option<Arc<stages::dirty::Dirty>>,
+    /// No snapshot is written when its root tree is this one: nothing it holds changed since
+    /// the run that made it (`watch`, unless `--always`). The files cache is saved all the same.
+    pub unless_tree: Option<Vec<stages::BlobId>>,
 }
 
 /// Standard input, or a command's output, backed up as one regular file at the snapshot root
@@ -575,24 +578,32 @@ fn attempt(
     stats.errors = builder.errors.len() as u64;
     stats.duration_ns = started.elapsed().as_nanos() as u64;
     let snapshot = new_snapshot(opts, time_ns, &paths, root, stats, std::mem::take(&mut builder.errors));
-    let bytes = snapshot.encode(&repo.key.recipient, &signer, &repo.config.repo_id)?;
-    let snapshot_id = commit::write_pending(repo, &bytes)?;
-    let age_ns = crate::clock::boot_ns() - view_ns;
-    if age_ns >= config.writer_grace_ns() / 2 {
-        // Given up for good: this attempt returns here, and the next one seals a snapshot of
-        // its own (age encryption is randomized, so its bytes and id differ).
-        let unmarked = commit::abandon(repo, &snapshot_id, &snapshot).err().map(|e| {
-            format!(
-                "cannot mark pending/{snapshot_id} as abandoned ({e}): prune keeps it, and the \
-                 data it references, for good (docs/concurrency.md, Leftovers)"
-            )
-        });
-        return Ok(Attempt::Stale { age_ns, unmarked });
-    }
-    // Promotion may be late (a suspend here is harmless): the pending copy already protects
-    // everything the snapshot references. The pending copy is left for the owner's prune, so
-    // a backup never needs delete permission.
-    commit::promote(repo, &snapshot_id, &bytes)?;
+    let snapshot_id = match opts.unless_tree.as_ref() == Some(&snapshot.tree) {
+        // Nothing the snapshot holds changed: none is written (its data, if any, is in packs
+        // that no snapshot references, which prune collects).
+        true => String::new(),
+        false => {
+            let bytes = snapshot.encode(&repo.key.recipient, &signer, &repo.config.repo_id)?;
+            let snapshot_id = commit::write_pending(repo, &bytes)?;
+            let age_ns = crate::clock::boot_ns() - view_ns;
+            if age_ns >= config.writer_grace_ns() / 2 {
+                // Given up for good: this attempt returns here, and the next one seals a
+                // snapshot of its own (age encryption is randomized, so its bytes and id differ).
+                let unmarked = commit::abandon(repo, &snapshot_id, &snapshot).err().map(|e| {
+                    format!(
+                        "cannot mark pending/{snapshot_id} as abandoned ({e}): prune keeps it, and the \
+                         data it references, for good (docs/concurrency.md, Leftovers)"
+                    )
+                });
+                return Ok(Attempt::Stale { age_ns, unmarked });
+            }
+            // Promotion may be late (a suspend here is harmless): the pending copy already
+            // protects everything the snapshot references. The pending copy is left for the
+            // owner's prune, so a backup never needs delete permission.
+            commit::promote(repo, &snapshot_id, &bytes)?;
+            snapshot_id
+        }
+    };
     if let Some(cache) = builder.cache {
         if let Err(e) = cache.commit() {
             warnings.push(format!("cannot save the files cache ({e}); the next run reads every file"));
@@ -762,6 +773,7 @@ mod tests {
             on_file: None,
             dry_run: false,
             watched,
+            unless_tree: None,
         };
         backup(repo, opts)
     }

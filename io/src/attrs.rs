@@ -64,6 +64,13 @@ pub fn unsupported(e: Errno) -> bool {
 /// The extended attributes at `at`, sorted by name and unique; none where the file system has
 /// none. An attribute removed between the listing and its read is left out.
 pub fn xattrs(at: At<'_>) -> io::Result<Vec<Xattr>> {
+    xattrs_upto(at, usize::MAX).map(Option::unwrap_or_default)
+}
+
+/// `xattrs`, or None as soon as their names and values pass `max` bytes (the read stage holds
+/// the attributes of many files at once, outside the byte budget, so it carries only small
+/// ones; the builder reads larger ones by path, one file at a time).
+pub fn xattrs_upto(at: At<'_>, max: usize) -> io::Result<Option<Vec<Xattr>>> {
     // Most files have none: one call with a small buffer answers, the size is asked only when
     // it is too small (or grew in between).
     let mut list = vec![0u8; 1024];
@@ -71,13 +78,20 @@ pub fn xattrs(at: At<'_>) -> io::Result<Vec<Xattr>> {
         match at.list(&mut list[..]) {
             Ok(n) => break n,
             Err(Errno::RANGE) => {
-                let want = at.list_size()?;
-                list.resize(want.clamp(list.len() * 2, MAX_LIST), 0);
+                let want = at.list_size()?.max(list.len() * 2).min(MAX_LIST);
+                if want <= list.len() {
+                    return Err(Errno::TOOBIG.into());
+                }
+                list.resize(want, 0);
             }
-            Err(e) if unsupported(e) => return Ok(Vec::new()),
+            Err(e) if unsupported(e) => return Ok(Some(Vec::new())),
             Err(e) => return Err(e.into()),
         }
     };
+    if len > max {
+        return Ok(None);
+    }
+    let mut total = len;
     let mut out: Vec<Xattr> = Vec::new();
     let mut value = Vec::new();
     for name in list.get(..len).unwrap_or_default().split(|&b| b == 0).filter(|n| !n.is_empty()) {
@@ -86,8 +100,13 @@ pub fn xattrs(at: At<'_>) -> io::Result<Vec<Xattr>> {
             match at.get(name, &mut value[..]) {
                 Ok(n) => break Some(n),
                 Err(Errno::RANGE) => {
-                    let want = at.get_size(name)?;
-                    value.resize(want.clamp(value.len() * 2, MAX_VALUE), 0);
+                    // Grown past what was asked for, or larger than Linux stores: E2BIG, never
+                    // a panic (clamp would, once twice the buffer passes the maximum).
+                    let want = at.get_size(name)?.max(value.len() * 2).min(MAX_VALUE);
+                    if want <= value.len() {
+                        return Err(Errno::TOOBIG.into());
+                    }
+                    value.resize(want, 0);
                 }
                 // Removed since it was listed.
                 Err(Errno::NODATA) => break None,
@@ -95,12 +114,16 @@ pub fn xattrs(at: At<'_>) -> io::Result<Vec<Xattr>> {
             }
         };
         if let Some(n) = got {
+            total = total.saturating_add(n);
+            if total > max {
+                return Ok(None);
+            }
             out.push((name.to_vec(), value.get(..n).unwrap_or_default().to_vec()));
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out.dedup_by(|a, b| a.0 == b.0);
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// The inode flags (FS_IOC_GETFLAGS) of the open regular file or directory `fd`, all of them:
@@ -141,5 +164,9 @@ mod tests {
         assert_eq!(user.len(), 62);
         assert_eq!(*user[0], (b"user.a".to_vec(), vec![7u8; 1500]));
         assert_eq!(*user[61], (b"user.name-0000000059".to_vec(), Vec::new()));
+        // Past a bound, none are carried: the caller reads them another way.
+        let all: usize = by_fd.iter().map(|(n, v)| n.len() + 1 + v.len()).sum();
+        assert_eq!(xattrs_upto(At::Fd(file.as_fd()), all).unwrap(), Some(by_fd.clone()));
+        assert_eq!(xattrs_upto(At::Fd(file.as_fd()), 1000).unwrap(), None);
     }
 }

@@ -23,6 +23,10 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use crate::batch::{recv_or_flush, Batcher, BYTES, ITEMS};
 use crate::budget::{MemoryBudget, Permit};
 use crate::msg::{Block, Cancel, Hole, OpenAttrs, ReadJob};
+
+/// Bytes of extended attributes (names and values) the read stage carries for one file: ~1,000
+/// files in flight hold at most 64 MiB of them. SELinux labels and ACLs are a few hundred.
+const MAX_CARRIED: usize = 64 << 10;
 use crate::pool::BufferPool;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,12 +235,17 @@ impl Shared {
     fn layout(&self, job: &ReadJob, file: &File) -> Option<(Layout, u64)> {
         // Here, on the descriptor open for the content, rather than by the builder through the
         // path: that cost an open and a close per file (+32 % system time on 300,000 small
-        // files, bench/README.md). On the io_uring thread too: io_uring has no FS_IOC_GETFLAGS,
-        // and two quick system calls do not hold the ring up.
+        // files, bench/README.md). On the io_uring thread too: io_uring has no FS_IOC_GETFLAGS
+        // (the ioctl, flistxattr and one fgetxattr per attribute; a slow network or FUSE file
+        // system delays the ring's other files by as much). Many files' attributes are in
+        // flight at once, outside the byte budget: only small ones are carried; larger ones
+        // (past `MAX_CARRIED`) the builder reads by path, one file at a time.
         let fd = std::os::fd::AsFd::as_fd(file);
-        let attrs =
-            OpenAttrs { xattrs: ::io::attrs::xattrs(::io::attrs::At::Fd(fd)), flags: ::io::attrs::flags(fd) };
-        self.send(Block::Attrs { seq: job.seq, attrs });
+        let xattrs = ::io::attrs::xattrs_upto(::io::attrs::At::Fd(fd), MAX_CARRIED).transpose();
+        if let Some(xattrs) = xattrs {
+            let attrs = OpenAttrs { xattrs, flags: ::io::attrs::flags(fd) };
+            self.send(Block::Attrs { seq: job.seq, attrs });
+        }
         let size = job.meta.size;
         if !::io::sparse::may_have_holes(size, job.meta.blocks) {
             return Some((Layout::default(), 0));

@@ -741,6 +741,7 @@ mod tests {
             on_file: None,
             dry_run: false,
             watched: None,
+            unless_tree: None,
         };
         crate::backup::backup(repo, opts).unwrap().snapshot_id
     }
