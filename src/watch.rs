@@ -443,6 +443,9 @@ impl Daemon {
     /// incomplete. A run that finds the watcher missed a change is followed by a full scan.
     fn run_once(&mut self) {
         loop {
+            if STOP.load(Ordering::SeqCst) {
+                return;
+            }
             // Events already queued belong to this run: a change made just before it starts
             // is in it.
             let drained = self.watcher().drain();

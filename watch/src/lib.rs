@@ -70,6 +70,46 @@ fn os(b: &[u8]) -> &Path {
     Path::new(OsStr::from_bytes(b))
 }
 
+/// (device, inode) of `p` and of the directory holding it, following symlinks as a run does.
+fn identity(p: &Path) -> Option<(u64, u64, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let here = std::fs::metadata(p).ok()?;
+    let up = std::fs::metadata(p.parent().unwrap_or(p)).ok()?;
+    Some((here.dev(), here.ino(), up.dev(), up.ino()))
+}
+
+/// A mount point as mountinfo writes it: space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let octal = field
+            .get(i + 1..i + 4)
+            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')));
+                i += 4;
+            }
+            None => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Whether two paths are one directory now (neither followed if a symlink).
+fn same_dir(a: &[u8], b: &[u8]) -> bool {
+    let id = |p: &[u8]| {
+        rustix::fs::statat(rustix::fs::CWD, os(p), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .ok()
+            .map(|st| (st.st_dev, st.st_ino))
+    };
+    matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
+}
+
 /// The kernel's limit on watches, for the message that names it.
 fn max_user_watches() -> String {
     std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
@@ -108,8 +148,20 @@ pub struct Watcher {
     /// Why the record of changes is incomplete since it was last taken: the next run scans
     /// everything.
     gap: Option<String>,
-    /// Why it can never be complete: every run scans everything while it holds.
+    /// Why it cannot be complete with the watches as they are (a directory that cannot be
+    /// watched, one seen under two paths): every run scans everything until a rebuild finds
+    /// otherwise.
     blind: Option<String>,
+    /// Why it can never be complete (a followed root, events no longer read): every run scans
+    /// everything.
+    never: Option<String>,
+    /// Directories that could not be watched (EACCES, say): every run scans all of each.
+    unwatched: Vec<Vec<u8>>,
+    /// The mount points that matter (`our_mounts`), as last read.
+    mount_points: Vec<Vec<u8>>,
+    /// What each root and the directory holding it were when watched: another directory at a
+    /// root's path (its parent renamed, a symlink above it swapped) has no watches.
+    identities: Vec<Option<(u64, u64, u64, u64)>>,
     /// Why the watches must be made again (a root was replaced, the mount table changed).
     rebuild: Option<String>,
     /// Events handled, for the status.
@@ -152,22 +204,35 @@ impl Watcher {
             relist: Dirty::default(),
             gap: None,
             blind: None,
+            never: None,
+            unwatched: Vec::new(),
+            mount_points: Vec::new(),
+            identities: Vec::new(),
             rebuild: None,
             events: 0,
             ignored: ignored.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect(),
         };
+        w.mount_points = w.our_mounts();
         w.watch_roots();
         Ok(w)
     }
 
     fn watch_roots(&mut self) {
+        self.blind = None;
+        self.unwatched.clear();
+        self.identities = self.roots.iter().map(|r| identity(r)).collect();
         for root in self.roots.clone() {
             let b = root.as_os_str().as_bytes();
             let up = parent(b);
-            match inotify::add_watch(&self.fd, os(up), mask()) {
+            // The directory holding a root may be reached through a symlink (/home ->
+            // /var/home): followed here, unlike below the roots.
+            let above = mask() & !(WatchFlags::DONT_FOLLOW | WatchFlags::ONLYDIR);
+            match inotify::add_watch(&self.fd, os(up), above) {
                 Ok(wd) => {
                     self.above.insert(wd, up.to_vec());
                 }
+                // Not there (yet): the root is not either, and its run says so.
+                Err(Errno::NOENT) => {}
                 Err(e) => {
                     self.blind.get_or_insert_with(|| {
                         format!("{}, which holds a path to back up, cannot be watched: {e}", os(up).display())
@@ -178,6 +243,15 @@ impl Watcher {
                 self.watch_tree(b, false);
             }
         }
+    }
+
+    /// Whether each root and the directory holding it are still what was watched.
+    fn roots_moved(&self) -> Option<String> {
+        self.roots
+            .iter()
+            .zip(&self.identities)
+            .find(|(r, was)| identity(r) != **was)
+            .map(|(r, _)| format!("{} is another directory than the one watched", r.display()))
     }
 
     /// The inotify descriptor, for `wait` on another thread (a `try_clone_to_owned` of it).
@@ -204,8 +278,15 @@ impl Watcher {
         }
         match inotify::add_watch(&self.fd, os(dir), mask()) {
             Ok(wd) => {
+                // Where it is now: not a watch of something that moved away for good.
+                for m in self.moved.values_mut() {
+                    m.wds.retain(|w| *w != wd);
+                }
                 if let Some(was) = self.wds.insert(wd, dir.to_vec()) {
-                    if was != dir && !moved {
+                    // Under another path too: a rename not handled yet (that path is gone, or
+                    // is another directory now), or one directory seen twice (a bind mount).
+                    let twice = was != dir && !moved && same_dir(&was, dir);
+                    if twice {
                         self.blind.get_or_insert_with(|| {
                             format!(
                                 "{} and {} are one directory (a bind mount?): a change in it is told \
@@ -232,8 +313,10 @@ impl Watcher {
                 });
                 false
             }
-            Err(e) => {
-                self.blind.get_or_insert_with(|| format!("{} cannot be watched: {e}", os(dir).display()));
+            // Not readable, say: everything at and below it is scanned by every run (it is most
+            // likely not listable either, which the run reports).
+            Err(_) => {
+                self.unwatched.push(dir.to_vec());
                 false
             }
         }
@@ -274,23 +357,56 @@ impl Watcher {
         self.drain()
     }
 
-    /// Something was mounted or unmounted: the watches may cover other directories now.
+    /// Something was mounted or unmounted somewhere: if at or below a root, or above one, the
+    /// watches may cover other directories now (other mounts, a container's or a snap's, are
+    /// not ours).
     pub fn mounts_changed(&mut self) {
-        self.rebuild.get_or_insert_with(|| "the mount table changed".into());
-        self.rebuild_if_needed();
+        let now = self.our_mounts();
+        if now != self.mount_points {
+            self.mount_points = now;
+            self.rebuild
+                .get_or_insert_with(|| "a file system was mounted or unmounted under the paths".into());
+            self.rebuild_if_needed();
+        }
+    }
+
+    /// The mount points at or below a root, or above one, from /proc/self/mountinfo (its fifth
+    /// field, with `\ooo` escapes).
+    fn our_mounts(&self) -> Vec<Vec<u8>> {
+        let Ok(table) = std::fs::read("/proc/self/mountinfo") else { return Vec::new() };
+        let mut out: Vec<Vec<u8>> = table
+            .split(|&c| c == b'\n')
+            .filter_map(|line| line.split(|&c| c == b' ').nth(4))
+            .map(unescape)
+            .filter(|m| {
+                self.roots.iter().any(|r| {
+                    let r = r.as_os_str().as_bytes();
+                    under(m, r) || under(r, m)
+                })
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Makes every watch again, if something calls for it: the next run scans everything.
     fn rebuild_if_needed(&mut self) {
         let Some(why) = self.rebuild.take() else { return };
-        for wd in self.wds.keys().chain(self.above.keys()).copied().collect::<Vec<_>>() {
-            let _ = inotify::remove_watch(&self.fd, wd);
-        }
+        // Walked again from the roots: a watch that is still wanted comes back with the same
+        // descriptor and its path now; only those not found again are removed (removing all
+        // would queue an IN_IGNORED each, overflowing the queue on a large tree, which calls
+        // for a rebuild...).
+        let old: Vec<i32> = self.wds.keys().chain(self.above.keys()).copied().collect();
         self.wds.clear();
         self.above.clear();
         self.moved.clear();
         self.moved_to.clear();
         self.watch_roots();
+        for wd in old {
+            if !self.wds.contains_key(&wd) && !self.above.contains_key(&wd) {
+                let _ = inotify::remove_watch(&self.fd, wd);
+            }
+        }
         self.gap.get_or_insert(format!("{why}: the watches were made again"));
     }
 
@@ -357,7 +473,9 @@ impl Watcher {
             self.gap.get_or_insert_with(|| format!("more than {MAX_DIRTY} directories changed"));
         }
         if flags.contains(ReadFlags::QUEUE_OVERFLOW) {
-            self.gap.get_or_insert_with(|| {
+            // Lost events include new directories (never watched) and renames (watches at
+            // old paths): the watches are walked again, too.
+            self.rebuild.get_or_insert_with(|| {
                 "the kernel's queue of file events overflowed (fs.inotify.max_queued_events): \
                  some changes were not seen"
                     .into()
@@ -375,14 +493,22 @@ impl Watcher {
                 ReadFlags::CREATE | ReadFlags::DELETE | ReadFlags::MOVED_FROM | ReadFlags::MOVED_TO,
             );
             if self.is_root(&path) {
-                match replaced || flags.contains(ReadFlags::ISDIR) {
+                match replaced {
                     true => {
                         self.rebuild.get_or_insert_with(|| format!("{} was replaced", os(&path).display()));
                     }
-                    // A root that is a file changed: a run is due (a file root is always read
-                    // by its stat, never taken from the cache unlooked).
-                    false => self.dirty.mark(&up),
+                    // A root's own metadata, or a root that is a file, changed: a run is due (a
+                    // root is always stat'ed, never taken from the cache unlooked).
+                    false => {
+                        self.dirty.mark(&up);
+                        self.dirty.mark(&path);
+                    }
                 }
+            }
+        }
+        if name.is_none() && flags.intersects(ReadFlags::DELETE_SELF | ReadFlags::MOVE_SELF) {
+            if let Some(up) = self.above.get(&wd) {
+                self.rebuild.get_or_insert_with(|| format!("{} was moved or removed", os(up).display()));
             }
         }
         if flags.contains(ReadFlags::IGNORED) {
@@ -479,7 +605,7 @@ impl Watcher {
 
     /// Why the next run must be a full scan, if it must.
     pub fn full_scan_reason(&self) -> Option<&str> {
-        self.blind.as_deref().or(self.gap.as_deref())
+        self.never.as_deref().or(self.blind.as_deref()).or(self.gap.as_deref())
     }
 
     /// Lists `dir` at the next run, which this does not call for: a directory the last run
@@ -492,9 +618,16 @@ impl Watcher {
     /// From now on the record starts empty: what changed since the last take, or why it is
     /// unknown (then the run that uses it scans everything).
     pub fn take(&mut self) -> Result<Dirty, String> {
+        if let Some(why) = self.roots_moved() {
+            self.rebuild(why);
+        }
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.merge(std::mem::take(&mut self.relist));
-        if let Some(why) = &self.blind {
+        for d in &self.unwatched {
+            dirty.mark_deep(d);
+        }
+        if let Some(why) = self.never.as_ref().or(self.blind.as_ref()) {
+            self.gap = None;
             return Err(why.clone());
         }
         match self.gap.take() {
@@ -503,9 +636,9 @@ impl Watcher {
         }
     }
 
-    /// Puts back what a run that failed did not use.
+    /// Puts back what a run that failed did not use: the next run is due for it.
     pub fn restore(&mut self, dirty: Dirty) {
-        self.relist.merge(dirty);
+        self.dirty.merge(dirty);
     }
 
     /// Records that the next run must scan everything.
@@ -515,7 +648,7 @@ impl Watcher {
 
     /// Records that every run must scan everything, from now on.
     pub fn blind(&mut self, why: String) {
-        self.blind.get_or_insert(why);
+        self.never.get_or_insert(why);
     }
 
     /// Makes every watch again (a run found the watcher missed a change: whatever lost it
@@ -601,6 +734,73 @@ mod tests {
         } else {
             eprintln!("SKIPPED: inode flags cannot be set under {}", t.path().display());
         }
+    }
+
+    #[test]
+    fn mount_points_are_read_as_mountinfo_escapes_them() {
+        assert_eq!(unescape(b"/mnt/my\\040disk\\011x\\\\"), b"/mnt/my disk\tx\\\\".to_vec());
+        assert_eq!(unescape(b"/a\\09"), b"/a\\09".to_vec(), "not three octal digits: kept");
+        // The root file system is above every path.
+        let t = tempfile::tempdir().unwrap();
+        let w = Watcher::new(&[t.path().to_path_buf()], &[]).unwrap();
+        assert!(w.our_mounts().contains(&b"/".to_vec()), "{:?}", w.our_mounts());
+    }
+
+    #[test]
+    fn a_directory_moved_out_and_back_keeps_its_watches() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("r");
+        fs::create_dir_all(root.join("d/e")).unwrap();
+        let mut w = Watcher::new(std::slice::from_ref(&root), &[]).unwrap();
+        fs::rename(root.join("d"), t.path().join("out")).unwrap();
+        let _ = settle(&mut w);
+        fs::rename(t.path().join("out"), root.join("d")).unwrap();
+        for _ in 0..3 {
+            let _ = settle(&mut w); // the first move's half ages out meanwhile
+        }
+        fs::write(root.join("d/e/f"), b"1").unwrap();
+        let d = settle(&mut w);
+        assert_eq!(d.dirs().collect::<Vec<_>>(), [b(&root.join("d/e")).as_slice()]);
+    }
+
+    #[test]
+    fn a_directory_made_and_filled_by_a_rename_in_one_batch_is_no_bind_mount() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("r");
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        let mut w = Watcher::new(std::slice::from_ref(&root), &[]).unwrap();
+        fs::create_dir(root.join("n")).unwrap();
+        fs::rename(root.join("a"), root.join("n/a")).unwrap();
+        let d = settle(&mut w);
+        assert!(!d.untouched(&b(&root.join("n/a/b"))));
+        fs::write(root.join("n/a/b/f"), b"1").unwrap();
+        let d = settle(&mut w);
+        assert_eq!(d.dirs().collect::<Vec<_>>(), [b(&root.join("n/a/b")).as_slice()]);
+        // A real bind mount would make every run a full scan; this is not one.
+        assert_eq!(w.full_scan_reason(), None);
+    }
+
+    #[test]
+    fn a_root_replaced_from_above_is_watched_again() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("home/u/docs");
+        fs::create_dir_all(root.join("x")).unwrap();
+        let mut w = Watcher::new(std::slice::from_ref(&root), &[]).unwrap();
+        // The root's grandparent renamed, and a new tree made where the root was: no event
+        // reaches any watch on the new one.
+        fs::rename(t.path().join("home"), t.path().join("home.old")).unwrap();
+        fs::create_dir_all(root.join("x")).unwrap();
+        let _ = w.drain();
+        let why = w.take().unwrap_err();
+        assert!(why.contains("another directory than the one watched"), "{why}");
+        fs::write(root.join("x/f"), b"1").unwrap();
+        let d = settle(&mut w);
+        assert_eq!(d.dirs().collect::<Vec<_>>(), [b(&root.join("x")).as_slice()]);
+        // A root's own metadata changing is a change, not a replacement.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
+        let d = settle(&mut w);
+        assert!(d.dirs().any(|x| x == b(&root)), "{d:?}");
     }
 
     #[test]
