@@ -13,6 +13,7 @@ mod output;
 mod passphrase;
 mod progress;
 mod retention;
+mod rewrite;
 mod selection;
 mod snapshots;
 mod stats;
@@ -100,6 +101,9 @@ pub enum Command {
     Forget(ForgetArgs),
     /// What snapshots hold (files, logical size) and cost (unique blobs, raw and stored bytes)
     Stats(stats::StatsArgs),
+    /// Snapshots again without the paths that match --exclude (a leaked secret, a huge file);
+    /// tagged `rewritten`; --forget removes the originals (their data goes at the next prune)
+    Rewrite(rewrite::RewriteArgs),
     /// Change snapshots' tags (as the owner: writes a new record, removes the old one)
     Tag(snapshots::TagArgs),
     /// Collect garbage in two phases: condemn what nothing uses, delete it a grace period later

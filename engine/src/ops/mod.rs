@@ -4,6 +4,7 @@ pub mod dump;
 pub mod filter;
 pub mod migrate;
 pub mod restore;
+pub mod rewrite;
 pub mod select;
 pub mod stats;
 pub mod tag;

@@ -246,7 +246,7 @@ fn parse_paths(bytes: &[u8], form: ListForm) -> std::result::Result<Vec<PathBuf>
 /// Exclude patterns, restic's rule: a pattern without '/' matches a name anywhere, one with '/'
 /// the whole path.
 #[derive(Clone)]
-pub(crate) struct Patterns {
+pub struct Patterns {
     names: GlobSet,
     paths: GlobSet,
 }

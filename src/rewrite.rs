@@ -1,0 +1,107 @@
+//! `rewrite`: snapshots again without the paths that match exclude patterns (restic's
+//! `rewrite`), e.g. a leaked secret or a huge file; `--forget` removes the originals.
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use engine::ops::filter;
+use engine::ops::select::Rules;
+use engine::Repository;
+use serde_json::json;
+
+use crate::output::Out;
+use crate::snapshots::FilterArgs;
+
+#[derive(Args, Debug)]
+pub struct RewriteArgs {
+    /// Snapshots to rewrite (ids, unique prefixes, or `latest`)
+    #[arg(required = true)]
+    pub snapshots: Vec<String>,
+    /// Leave out matching paths (as `run --exclude`: without '/', a name anywhere; starting
+    /// with '/', the whole path; `*` never matches '/', `**` does)
+    #[arg(long, short = 'e')]
+    pub exclude: Vec<String>,
+    /// Read --exclude patterns from FILE, one a line ("-" is standard input)
+    #[arg(long, value_name = "FILE")]
+    pub exclude_file: Vec<PathBuf>,
+    /// Like --exclude, ignoring case
+    #[arg(long, value_name = "PATTERN")]
+    pub iexclude: Vec<String>,
+    /// Remove each original once its rewritten copy is committed (its data goes at the next prune)
+    #[arg(long)]
+    pub forget: bool,
+    /// List what would be left out; write nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// What `latest` means
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+pub fn rewrite_cmd(repo: &Repository, json: bool, args: RewriteArgs) -> Result<u8> {
+    let mut rules = Rules::default();
+    for p in &args.exclude {
+        rules.exclude(p, false, "--exclude")?;
+    }
+    for p in &args.iexclude {
+        rules.exclude(p, true, "--iexclude")?;
+    }
+    for f in &args.exclude_file {
+        rules.exclude_file(f, false)?;
+    }
+    engine::ops::rewrite::patterns(&rules)?;
+    repo.key.owner_signer().context("`rewrite` writes snapshots as the owner: it needs the full key")?;
+    let filter = args.filter.filter()?;
+    let (all, warnings) = repo.snapshots()?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    let mut chosen: Vec<&engine::repo::SnapshotEntry> = Vec::new();
+    for spec in &args.snapshots {
+        let e = filter::resolve(&all, spec, &filter)?;
+        if !chosen.iter().any(|c| c.id == e.id) {
+            chosen.push(e);
+        }
+    }
+    let done = engine::ops::rewrite::rewrite(repo, &chosen, &rules, args.forget, args.dry_run)?;
+    let mut out = Out::summary(json);
+    let short = |id: &str| id.get(..16).unwrap_or(id).to_string();
+    if json {
+        let v: Vec<_> = done
+            .iter()
+            .map(|r| {
+                json!({"old": r.old, "new": r.new, "forgotten": r.forgotten,
+                    "removed": r.removed.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>()})
+            })
+            .collect();
+        out.line(&serde_json::Value::Array(v).to_string())?;
+    } else {
+        for r in &done {
+            match (&r.new, r.removed.is_empty(), args.dry_run) {
+                (_, true, _) => {
+                    out.line(&format!("snapshot {}: nothing matches, left as it is", short(&r.old)))?
+                }
+                (_, false, true) => out.line(&format!(
+                    "snapshot {}: would leave out {} paths (dry run: nothing written)",
+                    short(&r.old),
+                    r.removed.len()
+                ))?,
+                (Some(new), false, false) => out.line(&format!(
+                    "snapshot {} rewritten as {} without {} paths{}",
+                    short(&r.old),
+                    short(new),
+                    r.removed.len(),
+                    if r.forgotten { "; the original is forgotten" } else { "" }
+                ))?,
+                (None, false, false) => {}
+            }
+            for p in &r.removed {
+                out.bytes(b"  - ")?;
+                out.bytes(p)?;
+                out.line("")?;
+            }
+        }
+    }
+    out.finish()?;
+    Ok(0)
+}
