@@ -68,6 +68,7 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
         Command::Snapshots(args) => crate::snapshots::snapshots(&open()?, cli.json, args),
         Command::Tag(args) => crate::snapshots::tag_cmd(&open()?, cli.json, args),
         Command::Rewrite(args) => crate::rewrite::rewrite_cmd(&open()?, cli.json, args),
+        Command::Copy(args) => crate::copy::copy_cmd(&open()?, cli.json, args),
         Command::Stats(args) => crate::stats::stats_cmd(&open()?, cli.json, args),
         Command::Ls(args) => ls(&open()?, cli.json, args),
         Command::Restore(args) if args.target.as_os_str() == "-" => {

@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 
 mod commands;
+mod copy;
 mod diff;
 mod dump;
 mod find;
@@ -112,6 +113,9 @@ pub enum Command {
     Config(ConfigArgs),
     /// Bring a repository made by an older bakare to the current format (once, with the full key)
     Migrate(MigrateArgs),
+    /// Copy snapshots from another repository with its own keys into this one (decrypted
+    /// there, stored and deduplicated here); run again to finish an interrupted copy
+    Copy(copy::CopyArgs),
     /// Copy the objects another repository location lacks, without any key (relay a NAS to the cloud)
     Sync(SyncArgs),
     /// Print a shell completion script to stdout (bash, zsh, fish, elvish, powershell)

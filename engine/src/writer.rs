@@ -87,6 +87,11 @@ impl<'a> BlobWriter<'a> {
         self.sink.add(sealed).map_err(|e| Error::Pipeline(format!("writing pack: {e}")))
     }
 
+    /// How many blobs this writer has stored (not counting those the repository had).
+    pub fn stored(&self) -> u64 {
+        self.counter
+    }
+
     pub fn put_tree(&mut self, tree: &Tree) -> Result<BlobId> {
         self.put(BlobKind::Tree, &tree.encode())
     }

@@ -1,5 +1,6 @@
 //! ops: what commands do, one module each, on top of the repository model.
 pub mod attrs;
+pub mod copy;
 pub mod dump;
 pub mod filter;
 pub mod migrate;
