@@ -102,8 +102,8 @@ pub enum Command {
     Forget(ForgetArgs),
     /// What snapshots hold (files, logical size) and cost (unique blobs, raw and stored bytes)
     Stats(stats::StatsArgs),
-    /// Snapshots again without the paths that match --exclude (a leaked secret, a huge file);
-    /// tagged `rewritten`; --forget removes the originals (their data goes at the next prune)
+    /// Snapshots again without the paths that match --exclude (a huge file, a leaked secret);
+    /// tagged `rewritten`; --forget removes the originals (their data goes with prune)
     Rewrite(rewrite::RewriteArgs),
     /// Change snapshots' tags (as the owner: writes a new record, removes the old one)
     Tag(snapshots::TagArgs),

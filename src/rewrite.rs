@@ -27,7 +27,10 @@ pub struct RewriteArgs {
     /// Like --exclude, ignoring case
     #[arg(long, value_name = "PATTERN")]
     pub iexclude: Vec<String>,
-    /// Remove each original once its rewritten copy is committed (its data goes at the next prune)
+    /// Remove each original once its rewritten copy is committed. What only it used goes once
+    /// a prune condemns it and the grace period passes; a small file packed with others stays
+    /// until that bundle is repacked
+
     #[arg(long)]
     pub forget: bool,
     /// List what would be left out; write nothing
@@ -63,45 +66,49 @@ pub fn rewrite_cmd(repo: &Repository, json: bool, args: RewriteArgs) -> Result<u
             chosen.push(e);
         }
     }
-    let done = engine::ops::rewrite::rewrite(repo, &chosen, &rules, args.forget, args.dry_run)?;
     let mut out = Out::summary(json);
     let short = |id: &str| id.get(..16).unwrap_or(id).to_string();
-    if json {
-        let v: Vec<_> = done
-            .iter()
-            .map(|r| {
-                json!({"old": r.old, "new": r.new, "forgotten": r.forgotten,
-                    "removed": r.removed.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>()})
-            })
-            .collect();
-        out.line(&serde_json::Value::Array(v).to_string())?;
-    } else {
-        for r in &done {
-            match (&r.new, r.removed.is_empty(), args.dry_run) {
-                (_, true, _) => {
-                    out.line(&format!("snapshot {}: nothing matches, left as it is", short(&r.old)))?
-                }
-                (_, false, true) => out.line(&format!(
-                    "snapshot {}: would leave out {} paths (dry run: nothing written)",
-                    short(&r.old),
-                    r.removed.len()
-                ))?,
-                (Some(new), false, false) => out.line(&format!(
-                    "snapshot {} rewritten as {} without {} paths{}",
-                    short(&r.old),
-                    short(new),
-                    r.removed.len(),
-                    if r.forgotten { "; the original is forgotten" } else { "" }
-                ))?,
-                (None, false, false) => {}
-            }
-            for p in &r.removed {
-                out.bytes(b"  - ")?;
-                out.bytes(p)?;
-                out.line("")?;
-            }
+    let mut all_json = Vec::new();
+    let mut failed = None;
+    // Each snapshot is said as it is done: a failure later leaves a true account above it.
+    let ran = engine::ops::rewrite::rewrite(repo, &chosen, &rules, args.forget, args.dry_run, &mut |r| {
+        if json {
+            all_json.push(json!({"old": r.old, "new": r.new, "forgotten": r.forgotten,
+                "removed": r.removed.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>()}));
+            return;
         }
+        let line = match (&r.new, r.removed.is_empty(), args.dry_run) {
+            (_, true, _) => format!("snapshot {}: nothing matches, left as it is", short(&r.old)),
+            (_, false, true) => format!(
+                "snapshot {}: would leave out {} paths (dry run: nothing written)",
+                short(&r.old),
+                r.removed.len()
+            ),
+            (Some(new), false, false) => format!(
+                "snapshot {} rewritten as {} without {} paths{}",
+                short(&r.old),
+                short(new),
+                r.removed.len(),
+                if r.forgotten { "; the original is forgotten" } else { "" }
+            ),
+            (None, false, false) => String::new(),
+        };
+        let mut said = out.line(&line);
+        for p in &r.removed {
+            said =
+                said.and_then(|_| out.bytes(b"  - ")).and_then(|_| out.bytes(p)).and_then(|_| out.line(""));
+        }
+        if let Err(e) = said {
+            failed.get_or_insert(e);
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e.into());
     }
+    if json {
+        out.line(&serde_json::Value::Array(all_json).to_string())?;
+    }
+    ran?;
     out.finish()?;
     Ok(0)
 }

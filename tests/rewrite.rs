@@ -52,6 +52,19 @@ fn rewrite_leaves_out_exactly_the_matched_paths() {
     assert_eq!(all.len(), 2);
     let tags = &all.iter().find(|s| s["id"] == new.as_str()).unwrap()["tags"];
     assert_eq!(tags, &serde_json::json!(["rewritten"]));
+    // Same time as its original: `latest` is the copy.
+    let secret = src.join("docs/secret.txt");
+    let o = b.run(&["dump".as_ref(), "latest".as_ref(), secret.as_os_str()]);
+    assert_ne!(o.code, 0, "latest is the rewritten snapshot, without the secret");
+    let o = b.ok(&["--json", "forget", "--keep-last", "1", "--dry-run"]).json();
+    let kept: Vec<&str> = o["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["keep"] == true)
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, [new.as_str()], "keep-last 1 keeps the rewritten copy: {o}");
 
     // The source made into what the rewritten snapshot should hold (directory times put back).
     let times: Vec<_> = [src.to_path_buf(), src.join("docs")]
@@ -79,13 +92,23 @@ fn rewrite_leaves_out_exactly_the_matched_paths() {
     assert!(o.stdout_str().contains("nothing matches"), "{}", o.stdout_str());
     assert_eq!(snapshots(&b).len(), 2);
 
-    // --forget: the original goes once its copy is committed.
-    let o = b.ok(&["--json", "rewrite", &id, "--exclude", "keep", "--forget"]);
+    // --forget: the original goes once its copy is committed. keep/ loses its only entry: an
+    // empty directory, as a backup of one stores it.
+    let o = b.ok(&["--json", "rewrite", &id, "--exclude", "keep/x", "--forget"]);
     let r = &o.json()[0];
     assert_eq!(r["forgotten"], true);
     let ids: Vec<String> = snapshots(&b).iter().map(|s| s["id"].as_str().unwrap().to_string()).collect();
     assert!(!ids.contains(&id) && ids.contains(&r["new"].as_str().unwrap().to_string()), "{ids:?}");
-    b.ok(&["check"]);
+    b.ok(&["check", "--read-data"]);
+    let emptied = tempfile::tempdir().unwrap();
+    b.ok(&[
+        "restore".as_ref(),
+        r["new"].as_str().unwrap().as_ref(),
+        "--target".as_ref(),
+        emptied.path().as_os_str(),
+    ]);
+    let keep = restored_path(emptied.path(), src).join("keep");
+    assert!(keep.is_dir() && fs::read_dir(&keep).unwrap().next().is_none());
 
     // No pattern: refused before anything is read.
     let o = b.run(&["rewrite", "latest"]);

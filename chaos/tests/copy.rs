@@ -61,6 +61,15 @@ fn copy_between_keys_restores_exactly_dedups_and_resumes() {
     let big = fs::read(restored_path(first.path(), src.path()).join("d/big.bin")).unwrap();
     assert_eq!(big, Rng::new(1).bytes(3 << 20));
 
+    // A snapshot rewritten in the source (a file left out) is another record: copied again.
+    b.ok(&argv!["--repo", &a, "rewrite", "latest", "--exclude", "big.bin"]);
+    let third = b.ok(&argv!["--json", "copy", "--from", &a]).json();
+    let fresh: Vec<_> = third.as_array().unwrap().iter().filter(|c| c["already"] == false).collect();
+    assert_eq!(fresh.len(), 1, "{third}");
+    let t = tempfile::tempdir().unwrap();
+    b.ok(&argv!["restore", fresh[0]["to"].as_str().unwrap(), "--target", t.path()]);
+    assert!(!restored_path(t.path(), src.path()).join("d/big.bin").exists());
+
     // The source is not the destination.
     let o = b.run(&argv!["copy", "--from", &b.repo]);
     assert_ne!(o.code, 0);

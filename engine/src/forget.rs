@@ -158,9 +158,15 @@ pub fn apply_by(
     }
     for members in groups.values() {
         let mut order = members.clone();
-        // Newest first; equal times by id, for a stable answer.
+        // Newest first; at equal times a repaired or rewritten copy before its original (the
+        // copy is what a policy keeps), then by id, for a stable answer.
+        let copy = |s: &crate::snapshot::Snapshot| s.tags.iter().any(|t| t == "repaired" || t == "rewritten");
         order.sort_by(|&a, &b| {
-            (snapshots[b].1.time_ns, &snapshots[b].0).cmp(&(snapshots[a].1.time_ns, &snapshots[a].0))
+            (snapshots[b].1.time_ns, copy(&snapshots[b].1), &snapshots[b].0).cmp(&(
+                snapshots[a].1.time_ns,
+                copy(&snapshots[a].1),
+                &snapshots[a].0,
+            ))
         });
         if let Some(n) = policy.last {
             for (rank, &i) in order.iter().take(n).enumerate() {

@@ -491,8 +491,9 @@ impl Repository {
                 Err(e) => warnings.push(e.to_string()),
             }
         }
-        // A repaired copy keeps its original's time; it sorts after it, so `latest` is the copy.
-        let repaired = |s: &Snapshot| s.tags.iter().any(|t| t == "repaired");
+        // A repaired or rewritten copy keeps its original's time; it sorts after it, so
+        // `latest` is the copy.
+        let repaired = |s: &Snapshot| s.tags.iter().any(|t| t == "repaired" || t == "rewritten");
         out.sort_by(|a, b| {
             (a.snapshot.time_ns, repaired(&a.snapshot), &a.id).cmp(&(
                 b.snapshot.time_ns,

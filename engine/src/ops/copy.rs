@@ -7,7 +7,7 @@
 //!
 //! Resumable by snapshot: each one's packs and index segment are written, then its record,
 //! before the next is read; a snapshot already copied (the destination has one whose
-//! `original` is its) is skipped, so a copy killed midway is run again to finish. Memory: the
+//! `original` is its id) is skipped, so a copy killed midway is run again to finish. Memory: the
 //! blob being copied, one directory's entries per level of the walk, and a bounded map from
 //! source to destination ids.
 use std::collections::HashMap;
@@ -118,13 +118,11 @@ pub fn copy(from: &Repository, to: &Repository, snapshots: &[&SnapshotEntry]) ->
     let mut map = HashMap::new();
     let mut out = Vec::new();
     for s in snapshots {
-        let original = s.snapshot.original.clone().unwrap_or_else(|| s.id.clone());
+        // A copy names the very record it copies: a snapshot retagged or rewritten in the
+        // source (a secret left out) is another record, copied again.
+        let original = s.id.clone();
         let (there, _) = to.snapshots()?;
-        let done = there.iter().find(|t| {
-            t.snapshot.original.as_deref() == Some(original.as_str())
-                && t.snapshot.time_ns == s.snapshot.time_ns
-                && t.snapshot.host == s.snapshot.host
-        });
+        let done = there.iter().find(|t| t.snapshot.original.as_deref() == Some(original.as_str()));
         if let Some(t) = done {
             out.push(Copied {
                 from: s.id.clone(),

@@ -38,9 +38,14 @@ struct Walk<'a, 'w> {
     writer: Option<&'w mut BlobWriter<'a>>,
     patterns: &'w Patterns,
     removed: Vec<Vec<u8>>,
-    /// Left-out files with other names: a later hard link to one of them (or to anything
-    /// below a left-out directory) becomes a file of its own, since its target is gone.
+    /// Left-out paths: a later hard link to one of them (or to anything below a left-out
+    /// directory) becomes a file of its own, since its target is gone.
     gone: HashSet<Vec<u8>>,
+    /// The shared-subtree bound every walker keeps (docs/security.md): entries visited, and
+    /// the distinct tree blobs read with their entries.
+    visited: u64,
+    distinct: HashSet<BlobId>,
+    distinct_entries: u64,
 }
 
 fn os(b: &[u8]) -> &Path {
@@ -65,29 +70,54 @@ impl Walk<'_, '_> {
     }
 
     /// The directory stored as `ids` at `path` without the matching entries: None when
-    /// nothing in it matched (its trees stay), else its new trees.
+    /// nothing in it matched (its trees stay), else its new trees (none for a blob emptied:
+    /// a backup writes none for an empty directory either).
     fn dir(&mut self, ids: &[BlobId], path: &[u8], depth: usize) -> Result<Option<Vec<BlobId>>> {
+        let shown = || String::from_utf8_lossy(if path.is_empty() { b"/" } else { path }).into_owned();
         if depth > crate::tree::MAX_DEPTH {
-            return Err(Error::corrupt(
-                "tree",
-                String::from_utf8_lossy(path),
-                "deeper than a snapshot holds",
-            ));
+            return Err(Error::corrupt("directory", shown(), "deeper than a snapshot holds"));
         }
         let mut out = Vec::with_capacity(ids.len());
         let mut changed = false;
+        // Its blobs checked as one directory (names in order and unique across them).
+        let mut listing = crate::tree::Listing::default();
         for id in ids {
-            let nodes = self.reader.tree(std::slice::from_ref(id))?;
+            let (nodes, refused) = self.reader.tree_blob(id, &mut listing)?;
+            if let Some(r) = refused.first() {
+                // Written again, it would be signed anew without them: `check` names it,
+                // `repair snapshots` deals with it.
+                return Err(Error::corrupt(
+                    "directory",
+                    shown(),
+                    format!(
+                        "entry {:?} is invalid ({}); run `bakare check`",
+                        String::from_utf8_lossy(&r.name),
+                        r.why
+                    ),
+                ));
+            }
+            if self.distinct.insert(*id) {
+                self.distinct_entries += nodes.len() as u64;
+            }
+            self.visited += nodes.len() as u64;
+            if self.visited > (self.distinct_entries * 1024).max(16_384) {
+                return Err(Error::corrupt(
+                    "snapshot",
+                    shown(),
+                    "its directories repeat shared subtrees far more than a real tree does",
+                ));
+            }
             let mut kept = Vec::with_capacity(nodes.len());
             let mut this = false;
             for mut n in nodes {
                 let mut child = path.to_vec();
                 child.push(b'/');
                 child.extend_from_slice(&n.name);
+                if child.len() >= crate::tree::MAX_PATH {
+                    return Err(Error::corrupt("directory", shown(), "a path longer than a snapshot holds"));
+                }
                 if self.patterns.is_match(os(&child)) {
-                    if matches!(n.kind, NodeKind::Dir { .. }) || n.nlink > 1 {
-                        self.gone.insert(child.clone());
-                    }
+                    self.gone.insert(child.clone());
                     self.removed.push(child);
                     this = true;
                     continue;
@@ -109,6 +139,7 @@ impl Walk<'_, '_> {
             }
             changed |= this;
             match (this, self.writer.as_deref_mut()) {
+                (true, _) if kept.is_empty() => {}
                 (true, Some(w)) => out.push(w.put_tree(&Tree { nodes: kept })?),
                 _ => out.push(*id),
             }
@@ -125,14 +156,17 @@ pub fn patterns(rules: &Rules) -> Result<Patterns> {
     Patterns::new(rules.globs())
 }
 
-/// Rewrites each of `snapshots` without the paths `rules` exclude.
+/// Rewrites each of `snapshots` without the paths `rules` exclude, one at a time: its packs
+/// and index segment, its record, then (`forget`) the removal of the old one, before the next
+/// is read. `done` hears of each as it is done, so a failure later leaves a true account.
 pub fn rewrite(
     repo: &Repository,
     snapshots: &[&SnapshotEntry],
     rules: &Rules,
     forget: bool,
     dry_run: bool,
-) -> Result<Vec<Rewritten>> {
+    done: &mut dyn FnMut(Rewritten),
+) -> Result<()> {
     let patterns = patterns(rules)?;
     // Refused before anything is read or written: a backup-only key can neither read trees
     // nor sign as the owner.
@@ -143,7 +177,7 @@ pub fn rewrite(
             return Err(Error::Invalid(format!(
                 "snapshot {} was written by {}, not the owner: only the owner's snapshots can be \
                  rewritten (the new record would be the owner's, outside that writer's forget group \
-                 and revocation)",
+                 and revocation); `forget` removes it",
                 &s.id[..s.id.len().min(16)],
                 s.writer()
             )));
@@ -151,54 +185,56 @@ pub fn rewrite(
     }
     let (index, _) = repo.load_index()?;
     let reader = BlobReader::new(repo, &index)?;
-    let mut writer = if dry_run { None } else { Some(BlobWriter::new(repo, &index)?) };
-    let mut out = Vec::new();
-    let mut records = Vec::new();
     for s in snapshots {
+        let mut writer = if dry_run { None } else { Some(BlobWriter::new(repo, &index)?) };
         let mut walk = Walk {
             reader: &reader,
             writer: writer.as_mut(),
             patterns: &patterns,
             removed: Vec::new(),
             gone: HashSet::new(),
+            visited: 0,
+            distinct: HashSet::new(),
+            distinct_entries: 0,
         };
         let tree = walk.dir(&s.snapshot.tree, b"", 1)?;
         let removed = walk.removed;
-        if let (Some(tree), false) = (tree, dry_run) {
-            records.push((out.len(), rewritten(s, tree)));
-        }
-        out.push(Rewritten { old: s.id.clone(), new: None, removed, forgotten: false });
-    }
-    // Packs and their segment first, then the snapshots that refer to them.
-    if let Some(w) = writer {
-        w.finish()?;
-    }
-    for (i, record) in records {
-        let bytes = record.encode(&repo.key.recipient, &owner, &repo.config.repo_id)?;
-        let id = commit::write_pending(repo, &bytes)?;
-        commit::promote(repo, &id, &bytes)?;
-        if let Some(r) = out.get_mut(i) {
+        let mut r = Rewritten { old: s.id.clone(), new: None, removed, forgotten: false };
+        if let (Some(tree), Some(w)) = (tree, writer) {
+            // Packs and their segment first, then the record that refers to them.
+            w.finish()?;
+            let record = rewritten(s, tree, &patterns);
+            let bytes = record.encode(&repo.key.recipient, &owner, &repo.config.repo_id)?;
+            let id = commit::write_pending(repo, &bytes)?;
+            commit::promote(repo, &id, &bytes)?;
+            r.new = Some(id);
             if forget {
                 commit::remove_snapshot(repo, &r.old)?;
                 r.forgotten = true;
             }
-            r.new = Some(id);
         }
+        done(r);
     }
-    Ok(out)
+    Ok(())
 }
 
-/// The record of `old` with `tree`, tagged `rewritten`. What was left out is not listed in it
-/// (a path can be what had to go).
-fn rewritten(old: &SnapshotEntry, tree: Vec<BlobId>) -> Snapshot {
+/// The record of `old` with `tree`, tagged `rewritten`, without the notes of files that are
+/// left out now. What was left out is not listed in it (a path can be what had to go).
+fn rewritten(old: &SnapshotEntry, tree: Vec<BlobId>, patterns: &Patterns) -> Snapshot {
     let mut tags = old.snapshot.tags.clone();
     if !tags.iter().any(|t| t == "rewritten") {
         tags.push("rewritten".into());
     }
+    let errors: Vec<_> =
+        old.snapshot.errors.iter().filter(|e| !patterns.is_match(os(&e.path))).cloned().collect();
+    let mut stats = old.snapshot.stats.clone();
+    stats.errors = errors.len() as u64;
     Snapshot {
         version: VERSION,
         tree,
         tags,
+        errors,
+        stats,
         original: Some(old.snapshot.original.clone().unwrap_or_else(|| old.id.clone())),
         program: format!("bakare {} (rewrite)", env!("CARGO_PKG_VERSION")),
         ..old.snapshot.clone()
