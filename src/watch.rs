@@ -2,6 +2,7 @@
 //! directories that changed (the `watch` crate); every other directory is taken whole from
 //! the files cache. Whenever the record of changes may be incomplete, the run scans everything
 //! and says why.
+use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -207,8 +208,21 @@ pub fn watch(
         .flatten()
         .filter_map(|p| std::path::absolute(p).ok())
         .collect();
-    let mut watcher = Watcher::new(&roots.iter().map(|r| r.path.clone()).collect::<Vec<_>>(), &ignored)
-        .context("cannot start watching (inotify)")?;
+    // What the exclude patterns leave out is not watched: a build directory's churn calls
+    // for no run.
+    let patterns = {
+        let mut probe = base.clone();
+        let mut rules = crate::selection::read(&mut probe)?.rules;
+        // --exclude itself is added by the run (`BackupOptions::excludes`), as here.
+        for p in &base.exclude {
+            rules.exclude(p, false, "--exclude")?;
+        }
+        rules.patterns()?
+    };
+    let excluded: watch::Excluded = Box::new(move |p| patterns.is_match(Path::new(OsStr::from_bytes(p))));
+    let root_paths: Vec<PathBuf> = roots.iter().map(|r| r.path.clone()).collect();
+    let mut watcher =
+        Watcher::excluding(&root_paths, &ignored, excluded).context("cannot start watching (inotify)")?;
     if let Some(p) = followed.first() {
         watcher.blind(format!("{}/ is followed through a symlink, which is not watched", p.display()));
     }

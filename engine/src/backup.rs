@@ -749,6 +749,10 @@ mod tests {
         cache: &Path,
         changed: Option<&[&Path]>,
     ) -> Result<BackupResult> {
+        backup(repo, watched_opts(src, cache, changed))
+    }
+
+    fn watched_opts(src: &Path, cache: &Path, changed: Option<&[&Path]>) -> BackupOptions {
         let watched = changed.map(|dirs| {
             let mut d = stages::dirty::Dirty::default();
             for dir in dirs {
@@ -756,7 +760,7 @@ mod tests {
             }
             Arc::new(d)
         });
-        let opts = BackupOptions {
+        BackupOptions {
             paths: vec![src.to_path_buf()],
             excludes: vec![],
             select: Default::default(),
@@ -774,8 +778,7 @@ mod tests {
             dry_run: false,
             watched,
             unless_tree: None,
-        };
-        backup(repo, opts)
+        }
     }
 
     fn content_at(repo: &Repository, r: &BackupResult, path: &Path) -> Option<Vec<stages::BlobId>> {
@@ -786,6 +789,29 @@ mod tests {
             crate::tree::NodeKind::File { content, .. } => Some(content),
             _ => None,
         }
+    }
+
+    #[test]
+    fn a_run_that_makes_the_tree_it_is_told_of_writes_no_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("f"), "f").unwrap();
+        let repo = Repository::init(dir.path().join("repo"), Some(&dir.path().join("key"))).unwrap();
+        let cache = dir.path().join("cache");
+        let first = watched_run(&repo, &src, &cache, None).unwrap();
+        let again = |unless: Option<Vec<stages::BlobId>>| {
+            let mut o = watched_opts(&src, &cache, None);
+            o.unless_tree = unless;
+            backup(&repo, o).unwrap()
+        };
+        let same = again(Some(first.snapshot.tree.clone()));
+        assert_eq!(same.snapshot_id, "", "the same tree: no snapshot");
+        assert_eq!(same.snapshot.tree, first.snapshot.tree);
+        assert_eq!(repo.snapshots().unwrap().0.len(), 1);
+        let other = again(Some(vec![[7u8; 32]]));
+        assert!(!other.snapshot_id.is_empty());
+        assert_eq!(repo.snapshots().unwrap().0.len(), 2);
     }
 
     #[test]

@@ -169,7 +169,14 @@ pub struct Watcher {
     /// Directories never watched: bakare's own repository and caches, which every run
     /// writes and no run backs up.
     ignored: Vec<Vec<u8>>,
+    /// Paths the runs' exclude patterns leave out: such a directory is not watched, and a
+    /// write to such a file calls for no run (`Excluded`).
+    excluded: Excluded,
 }
+
+/// Whether the runs leave a path out (its exclude patterns). Only what the path alone
+/// decides: ignore files and exclusion tags are a run's business.
+pub type Excluded = Box<dyn Fn(&[u8]) -> bool + Send>;
 
 /// Blocks until the watcher has something to take (`Watcher::fd`, `Watcher::mounts`): true
 /// when the mount table changed.
@@ -191,6 +198,11 @@ impl Watcher {
     /// watched through its directory), and the directories holding the roots. Symlinks are
     /// not followed.
     pub fn new(roots: &[PathBuf], ignored: &[PathBuf]) -> std::io::Result<Watcher> {
+        Self::excluding(roots, ignored, Box::new(|_| false))
+    }
+
+    /// `new`, leaving unwatched what the runs leave out.
+    pub fn excluding(roots: &[PathBuf], ignored: &[PathBuf], excluded: Excluded) -> std::io::Result<Watcher> {
         let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
         let mut w = Watcher {
             fd,
@@ -211,6 +223,7 @@ impl Watcher {
             rebuild: None,
             events: 0,
             ignored: ignored.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect(),
+            excluded,
         };
         w.mount_points = w.our_mounts();
         w.watch_roots();
@@ -273,7 +286,7 @@ impl Watcher {
     /// path; otherwise a watch that maps to another path is that directory seen twice (a bind
     /// mount), whose changes would be told under one path only.
     fn watch_one(&mut self, dir: &[u8], moved: bool) -> bool {
-        if self.ignored.iter().any(|i| under(dir, i)) {
+        if self.ignored.iter().any(|i| under(dir, i)) || (!self.is_root(dir) && (self.excluded)(dir)) {
             return false;
         }
         match inotify::add_watch(&self.fd, os(dir), mask()) {
@@ -531,10 +544,17 @@ impl Watcher {
             }
             return;
         };
+        let path = join(&dir, name);
+        // A write to a file the runs leave out changes nothing they save (made, removed or
+        // renamed, it moves `dir`'s mtime, which they do save).
+        let structural = flags
+            .intersects(ReadFlags::CREATE | ReadFlags::DELETE | ReadFlags::MOVED_FROM | ReadFlags::MOVED_TO);
+        if !structural && (self.excluded)(&path) {
+            return;
+        }
         // An entry of `dir` changed: `dir` is listed again, even when the entry is one of
         // bakare's own directories (its parent's mtime moved), which is never watched.
         self.dirty.mark(&dir);
-        let path = join(&dir, name);
         if self.ignored.iter().any(|i| under(&path, i)) {
             return;
         }

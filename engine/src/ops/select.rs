@@ -53,6 +53,11 @@ impl Rules {
         &self.globs
     }
 
+    /// The exclude patterns alone, compiled (`watch` leaves what they match unwatched).
+    pub fn patterns(&self) -> Result<Patterns> {
+        Patterns::new(&self.globs)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.globs.is_empty()
             && !self.one_file_system
@@ -265,7 +270,7 @@ impl Patterns {
     }
 
     /// Empty sets are not consulted at all: this runs for every entry.
-    pub(crate) fn is_match(&self, path: &Path) -> bool {
+    pub fn is_match(&self, path: &Path) -> bool {
         (!self.paths.is_empty() && self.paths.is_match(path))
             || (!self.names.is_empty() && path.file_name().is_some_and(|n| self.names.is_match(n)))
     }
