@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use engine::ops::filter;
 use engine::repo::Location;
 use engine::Repository;
 use serde_json::json;
@@ -35,20 +34,8 @@ pub fn copy_cmd(to: &Repository, json: bool, args: CopyArgs) -> Result<u8> {
     }
     let from = crate::open_repo(&at, args.from_key.as_deref()).with_context(|| format!("opening {at}"))?;
     let filter = args.filter.filter()?;
-    let (all, warnings) = from.snapshots()?;
-    for w in &warnings {
-        eprintln!("warning: {at}: {w}");
-    }
-    let mut chosen: Vec<&engine::repo::SnapshotEntry> = Vec::new();
-    if args.snapshots.is_empty() {
-        chosen.extend(all.iter().filter(|e| filter.matches(&e.snapshot)));
-    }
-    for spec in &args.snapshots {
-        let e = filter::resolve(&all, spec, &filter)?;
-        if !chosen.iter().any(|c| c.id == e.id) {
-            chosen.push(e);
-        }
-    }
+    let all = crate::snapshots::listed(&from, &format!("{at}: "))?;
+    let chosen = crate::snapshots::chosen(&all, &args.snapshots, &filter, true)?;
     let done = engine::ops::copy::copy(&from, to, &chosen)?;
     let mut out = Out::summary(json);
     let short = |id: &str| id.get(..16).unwrap_or(id).to_string();

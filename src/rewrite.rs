@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use engine::ops::filter;
 use engine::ops::select::Rules;
 use engine::Repository;
 use serde_json::json;
@@ -55,17 +54,8 @@ pub fn rewrite_cmd(repo: &Repository, json: bool, args: RewriteArgs) -> Result<u
     engine::ops::rewrite::patterns(&rules)?;
     repo.key.owner_signer().context("`rewrite` writes snapshots as the owner: it needs the full key")?;
     let filter = args.filter.filter()?;
-    let (all, warnings) = repo.snapshots()?;
-    for w in &warnings {
-        eprintln!("warning: {w}");
-    }
-    let mut chosen: Vec<&engine::repo::SnapshotEntry> = Vec::new();
-    for spec in &args.snapshots {
-        let e = filter::resolve(&all, spec, &filter)?;
-        if !chosen.iter().any(|c| c.id == e.id) {
-            chosen.push(e);
-        }
-    }
+    let all = crate::snapshots::listed(repo, "")?;
+    let chosen = crate::snapshots::chosen(&all, &args.snapshots, &filter, false)?;
     let mut out = Out::summary(json);
     let short = |id: &str| id.get(..16).unwrap_or(id).to_string();
     let mut all_json = Vec::new();

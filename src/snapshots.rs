@@ -69,6 +69,36 @@ pub struct TagArgs {
     pub filter: FilterArgs,
 }
 
+/// The snapshots of `repo` (its warnings said on stderr, after `label`).
+pub(crate) fn listed(repo: &Repository, label: &str) -> Result<Vec<engine::repo::SnapshotEntry>> {
+    let (all, warnings) = repo.snapshots()?;
+    for w in &warnings {
+        eprintln!("warning: {label}{w}");
+    }
+    Ok(all)
+}
+
+/// The snapshots `specs` name (ids, unique prefixes, `latest` as `filter` says), each once, in
+/// the order named; when none is named and `every`, each one `filter` selects.
+pub(crate) fn chosen<'a>(
+    all: &'a [engine::repo::SnapshotEntry],
+    specs: &[String],
+    filter: &Filter,
+    every: bool,
+) -> Result<Vec<&'a engine::repo::SnapshotEntry>> {
+    let mut chosen: Vec<&engine::repo::SnapshotEntry> = Vec::new();
+    if specs.is_empty() && every {
+        chosen.extend(all.iter().filter(|e| filter.matches(&e.snapshot)));
+    }
+    for spec in specs {
+        let e = filter::resolve(all, spec, filter)?;
+        if !chosen.iter().any(|c| c.id == e.id) {
+            chosen.push(e);
+        }
+    }
+    Ok(chosen)
+}
+
 fn tags_of(words: &[String]) -> Vec<String> {
     words.iter().flat_map(|w| filter::tag_list(w)).collect()
 }
@@ -163,17 +193,8 @@ pub fn tag_cmd(repo: &Repository, json: bool, args: TagArgs) -> Result<u8> {
     // Refused before anything is read: only the owner signs the new records.
     repo.key.owner_signer().context("`tag` rewrites snapshots as the owner: it needs the full key")?;
     let filter = args.filter.filter()?;
-    let (all, warnings) = repo.snapshots()?;
-    for w in &warnings {
-        eprintln!("warning: {w}");
-    }
-    let mut chosen: Vec<&engine::repo::SnapshotEntry> = Vec::new();
-    for spec in &args.snapshots {
-        let e = filter::resolve(&all, spec, &filter)?;
-        if !chosen.iter().any(|c| c.id == e.id) {
-            chosen.push(e);
-        }
-    }
+    let all = listed(repo, "")?;
+    let chosen = chosen(&all, &args.snapshots, &filter, false)?;
     let mut out = Out::summary(json);
     let mut done = Vec::new();
     for old in chosen {

@@ -1,9 +1,7 @@
 //! `stats`: what snapshots hold and what they cost in the repository (engine::ops::stats).
 use anyhow::Result;
 use clap::Args;
-use engine::ops::filter;
 use engine::ops::stats::{self, Stats};
-use engine::repo::SnapshotEntry;
 use engine::Repository;
 use serde_json::json;
 
@@ -30,20 +28,8 @@ fn short(id: &str) -> &str {
 
 pub fn stats_cmd(repo: &Repository, json: bool, args: StatsArgs) -> Result<u8> {
     let filter = args.filter.filter()?;
-    let (all, warnings) = repo.snapshots()?;
-    for w in &warnings {
-        eprintln!("warning: {w}");
-    }
-    let mut chosen: Vec<&SnapshotEntry> = Vec::new();
-    if args.snapshots.is_empty() {
-        chosen.extend(all.iter().filter(|e| filter.matches(&e.snapshot)));
-    }
-    for spec in &args.snapshots {
-        let e = filter::resolve(&all, spec, &filter)?;
-        if !chosen.iter().any(|c| c.id == e.id) {
-            chosen.push(e);
-        }
-    }
+    let all = crate::snapshots::listed(repo, "")?;
+    let chosen = crate::snapshots::chosen(&all, &args.snapshots, &filter, true)?;
     let (s, warnings) = stats::stats(repo, &chosen)?;
     for w in &warnings {
         eprintln!("warning: {w}");

@@ -266,50 +266,12 @@ impl<'c> Builder<'c> {
         let at_start = cat.query_peak(entries, full).max(
             cat.tables().iter().sum::<u64>() + entries + bases + path_map_bytes(np) + version_map_bytes(nv),
         );
-        if at_start > budget {
-            return Builder {
-                cat,
-                hasher,
-                paths: fast(0),
-                collided: HashMap::new(),
-                versions: fast(0),
-                memo: fast(0),
-                by_path: fast(0),
-                latest,
-                decoded: 0,
-                budget,
-                entries,
-                bases,
-                open: 0,
-                full,
-                overflow: false,
-                closed: true,
-                peak: 0,
-            };
-        }
-        let mut paths = fast(cat.parents.len());
-        let mut collided = HashMap::new();
-        for i in 1..cat.parents.len() as u32 {
-            let name = cat.name(i);
-            let key = (cat.parents[i as usize], hasher.hash_one(name));
-            match paths.entry(key) {
-                Entry::Vacant(e) => {
-                    e.insert(i);
-                }
-                // Two names with one hash: the second is kept exactly.
-                Entry::Occupied(_) => {
-                    collided.insert((key.0, name.to_vec()), i);
-                }
-            }
-        }
-        let mut versions = fast(cat.versions.len());
-        versions.extend(cat.versions.iter().enumerate().map(|(i, v)| (*v, i as u32)));
         let mut b = Builder {
             cat,
             hasher,
-            paths,
-            collided,
-            versions,
+            paths: fast(0),
+            collided: HashMap::new(),
+            versions: fast(0),
             memo: fast(0),
             by_path: fast(0),
             latest,
@@ -320,9 +282,28 @@ impl<'c> Builder<'c> {
             open: 0,
             full,
             overflow: false,
-            closed: false,
+            closed: at_start > budget,
             peak: 0,
         };
+        if b.closed {
+            return b;
+        }
+        b.paths = fast(np);
+        for i in 1..np as u32 {
+            let name = b.cat.name(i);
+            let key = (b.cat.parents[i as usize], b.hasher.hash_one(name));
+            match b.paths.entry(key) {
+                Entry::Vacant(e) => {
+                    e.insert(i);
+                }
+                // Two names with one hash: the second is kept exactly.
+                Entry::Occupied(_) => {
+                    b.collided.insert((key.0, name.to_vec()), i);
+                }
+            }
+        }
+        b.versions = fast(nv);
+        b.versions.extend(b.cat.versions.iter().enumerate().map(|(i, v)| (*v, i as u32)));
         b.index_memo();
         b.check(&Bitmap::default());
         b
