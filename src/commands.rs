@@ -253,6 +253,7 @@ pub(crate) fn execute(
     let show = !json && !output::quiet() && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let display = crate::progress::Display::start(opts.progress.clone(), show);
     let dry_run = opts.dry_run;
+    let asked_workers = opts.workers;
     let r = match stream {
         Some(s) => backup::backup_stream(repo, opts, s),
         None => backup::backup(repo, opts),
@@ -264,6 +265,14 @@ pub(crate) fn execute(
     let r = r?;
     for w in &r.warnings {
         eprintln!("warning: {w}");
+    }
+    if r.workers < asked_workers && !json && !output::quiet() {
+        eprintln!(
+            "note: --mem-limit leaves room for {} workers per stage, not {asked_workers} (each takes ~{} MiB \
+             outside the data budget)",
+            r.workers,
+            backup::WORKER_RESERVE >> 20
+        );
     }
     let s = &r.snapshot.stats;
     let secs = s.duration_ns as f64 / 1e9;
@@ -296,7 +305,7 @@ pub(crate) fn execute(
             "unchanged_files": s.unchanged_files, "reused_dirs": r.reused_dirs,
             "new_blobs": s.new_blobs, "new_bytes": s.new_bytes, "stored_bytes": s.stored_bytes,
             "errors": errors, "seconds": secs, "bytes_per_second": rate,
-            "read_mode": mode, "budget": r.budget, "budget_peak": r.budget_peak,
+            "read_mode": mode, "budget": r.budget, "budget_peak": r.budget_peak, "workers": r.workers,
             "peak_rss": output::peak_rss(),
         });
         // Unchanged files are `unchanged_files` above (the same count).

@@ -1,7 +1,9 @@
 //! The memory ceiling holds: a tree with a file larger than the limit (1 GiB) and 200,000 small
-//! files backs up, as a first backup, with --mem-limit 512M and 128M under the limit, and with
-//! the default budget under 96 MiB; the smallest limit (88M) holds too. Peak resident memory is
-//! the child's own (VmHWM).
+//! files backs up, as a first backup, with --mem-limit 512M and 128M under the limit (128M also
+//! with 16 workers asked for: they are fitted to the limit), and with the default budget under
+//! the budget plus what is kept back for the rest (`FIXED_RESERVE`, two workers' worth, and
+//! `WORKER_RESERVE` for each other worker: 88 MiB on two CPUs); the smallest limit (88M) holds
+//! too. Peak resident memory is the child's own (VmHWM).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
@@ -9,6 +11,7 @@ use std::io::Write;
 
 use chaos::argv;
 use chaos::testkit::{Bakare, Rng};
+use engine::backup::{DEFAULT_BUDGET, FIXED_RESERVE, WORKER_RESERVE};
 
 const MIB: u64 = 1 << 20;
 
@@ -53,26 +56,47 @@ fn memory_ceiling_holds_for_huge_files_and_many_small_ones() {
     let src = tempfile::tempdir().unwrap();
     let files = build_tree(src.path());
     let mut report = Vec::new();
-    // None: the default budget, which the README puts at 79 MiB on the 3 GiB mixed corpus.
-    for (limit, cap) in [(Some("512M"), 512 * MIB), (Some("128M"), 128 * MIB), (None, 96 * MIB)] {
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    // With the default budget, every CPU gets a worker: what is kept back for them grows with
+    // their number (the README puts a first backup of the 3 GiB mixed corpus at 79 MiB on two).
+    let default_cap = DEFAULT_BUDGET + FIXED_RESERVE + WORKER_RESERVE * cpus.saturating_sub(2);
+    for (limit, workers, cap) in [
+        (Some("512M"), None, 512 * MIB),
+        (Some("128M"), None, 128 * MIB),
+        (Some("128M"), Some(16), 128 * MIB),
+        (None, None, default_cap),
+    ] {
         let b = Bakare::new(env!("CARGO_BIN_EXE_bakare"));
         b.ok(&argv!["init"]);
         let mut args = argv!["--json", "run", "--no-cache", src.path()].to_vec();
         if let Some(l) = limit {
             args.extend(argv!["--mem-limit", l]);
         }
+        if let Some(w) = workers {
+            args.extend(argv!["--workers", w.to_string()]);
+        }
         let o = b.ok(&args);
         assert!(o.peak_reported, "the child's own peak");
         let j = o.json();
         assert_eq!(j["files"].as_u64().unwrap(), files);
-        let what = limit.map_or("the default budget".to_string(), |l| format!("--mem-limit {l}"));
+        let ran = j["workers"].as_u64().unwrap();
+        let what = format!(
+            "{}, {ran} workers",
+            limit.map_or("the default budget".to_string(), |l| format!("--mem-limit {l}"))
+        );
+        match (limit, workers) {
+            // 40 MiB for two workers and 6 for each other, beside the smallest budget (48).
+            (Some("128M"), Some(16)) => assert_eq!(ran, 8),
+            _ => assert_eq!(ran, cpus.min(if limit == Some("128M") { 8 } else { u64::MAX })),
+        }
         report.push(format!(
-            "{what}: peak RSS {} MiB, budget peak {} MiB",
+            "{what}: peak RSS {} MiB (ceiling {} MiB), budget peak {} MiB",
             o.peak_rss / MIB,
+            cap / MIB,
             j["budget_peak"].as_u64().unwrap() / MIB
         ));
         assert!(o.peak_rss < cap, "{what}: peak RSS {} MiB", o.peak_rss / MIB);
-        if limit == Some("128M") {
+        if limit == Some("128M") && workers.is_none() {
             // 200,000 new blobs: the writers wrote index segments during the run instead of
             // holding every entry to the end, and the index still covers everything.
             let segments = fs::read_dir(b.repo.join("index")).unwrap().count();

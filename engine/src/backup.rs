@@ -38,9 +38,51 @@ pub const SEGMENT: usize = 8 << 20;
 pub const DEFAULT_BUDGET: u64 = MIN_BUDGET;
 /// What --mem-limit keeps back from the data budget for everything that is not data in flight:
 /// the binary, thread stacks, allocator slack and channel buffers (measured: ~25 MiB RSS with an
-/// empty pipeline), the compress workers' bundles (~1.5 MiB each), plus the index (see
-/// `index_reserve`).
+/// empty pipeline), two pipeline workers (`WORKER_RESERVE`), plus the index (see
+/// `index_reserve`). Restore and find keep back as much.
 pub const FIXED_RESERVE: u64 = 40 << 20;
+
+/// What each pipeline worker past two adds outside the byte budget: its compression contexts
+/// (~1.9 MiB at the default levels), the bundle it fills (up to ~1 MiB), its compressed output
+/// buffer, its writer's open pack's index entries (up to ~0.9 MiB, `pack::MAX_PACK_ENTRIES`),
+/// and its threads' stacks and allocator heaps. Measured on a first backup of tests/memory.rs's
+/// tree at the default budget: peak RSS 73, 86, 110 and 160 MiB with 2, 4, 8 and 16 workers,
+/// 6.1 MiB a worker.
+pub const WORKER_RESERVE: u64 = 6 << 20;
+
+/// What --mem-limit keeps back for a run of `workers` workers, beyond the index.
+fn pipeline_reserve(compression: crate::format::config::Compression, workers: usize) -> u64 {
+    FIXED_RESERVE
+        + WORKER_RESERVE * workers.saturating_sub(2) as u64
+        + compression_reserve(compression, workers)
+}
+
+/// The data budget and the number of workers for a run asked for `workers` under `mem_limit`
+/// with an index of `blobs` blobs: without a limit, the default budget and every worker asked
+/// for; with one, as many workers as fit beside the smallest budget (never fewer than two, or
+/// than asked for), and the rest of the limit as the budget.
+fn budget_and_workers(
+    mem_limit: Option<u64>,
+    workers: usize,
+    compression: crate::format::config::Compression,
+    blobs: usize,
+) -> Result<(u64, usize)> {
+    let workers = workers.max(1);
+    let Some(limit) = mem_limit else {
+        return Ok((DEFAULT_BUDGET, workers));
+    };
+    let reserve = |w: usize| index_reserve(blobs) + pipeline_reserve(compression, w);
+    let fewest = workers.min(2);
+    if limit < reserve(fewest) + MIN_BUDGET {
+        return Err(Error::Invalid(format!(
+            "--mem-limit {} MiB is too small for this repository (needs at least {} MiB)",
+            limit >> 20,
+            (reserve(fewest) + MIN_BUDGET).div_ceil(1 << 20)
+        )));
+    }
+    let fit = (fewest..=workers).rev().find(|&w| reserve(w) + MIN_BUDGET <= limit).unwrap_or(fewest);
+    Ok((limit - reserve(fit), fit))
+}
 
 /// The smallest data budget: two full blocks of a large file (the chunker keeps the tail of one
 /// while the next is read, each holding twice its 8 MiB plus 4 MiB of headroom). Less deadlocks
@@ -123,6 +165,8 @@ pub struct BackupResult {
     pub read_mode: ReadMode,
     pub budget: u64,
     pub budget_peak: u64,
+    /// Workers per CPU stage: as asked for, or fewer to fit --mem-limit.
+    pub workers: usize,
     /// Directories whose tree was reused from the last run (unchanged, not encoded again).
     pub reused_dirs: u64,
     /// Directories (absolute paths) not recorded in the files cache for the next run: a
@@ -328,25 +372,10 @@ fn attempt(
         None => roots.iter().filter(|r| r.unreachable.is_none()).map(|r| r.path.clone()).collect(),
     };
     let sources = sources(&roots);
-    let budget_bytes = match opts.mem_limit {
-        None => DEFAULT_BUDGET,
-        Some(limit) => {
-            let reserve = FIXED_RESERVE
-                + index_reserve(index.blob_count())
-                + compression_reserve(config.compression, opts.workers.max(1));
-            if limit < reserve + MIN_BUDGET {
-                return Err(Error::Invalid(format!(
-                    "--mem-limit {} MiB is too small for this repository (needs at least {} MiB)",
-                    limit >> 20,
-                    (reserve + MIN_BUDGET).div_ceil(1 << 20)
-                )));
-            }
-            limit - reserve
-        }
-    };
+    let (budget_bytes, workers) =
+        budget_and_workers(opts.mem_limit, opts.workers, config.compression, index.blob_count())?;
     let budget = MemoryBudget::new(budget_bytes);
     let cancel = Cancel::default();
-    let workers = opts.workers.max(1);
     let params = repo.chunk_params();
     let dedup = Arc::new(SessionDedup::new(Arc::new(index)).with_budget(budget.clone(), MIN_BUDGET));
 
@@ -378,7 +407,11 @@ fn attempt(
                 })
                 .collect();
             let write = stages::write::spawn(sinks, sealed_rxs, cancel.clone()).map_err(spawn_err)?;
-            let enc_cfg = EncryptConfig { workers, rotate_after: repo.config.pack_size };
+            let enc_cfg = EncryptConfig {
+                workers,
+                rotate_after: repo.config.pack_size,
+                rotate_entries: crate::pack::MAX_PACK_ENTRIES,
+            };
             let encrypt =
                 stages::encrypt::spawn(enc_cfg, framed_rx, sealed_txs, cancel.clone()).map_err(spawn_err)?;
             // The setting as of this attempt's view (`config --compression` may change it).
@@ -531,6 +564,7 @@ fn attempt(
                     read_mode: mode,
                     budget_bytes,
                     budget_peak: budget.peak(),
+                    workers,
                     changes,
                 },
             ))));
@@ -616,6 +650,7 @@ fn attempt(
         read_mode: mode,
         budget: budget_bytes,
         budget_peak: budget.peak(),
+        workers,
         reused_dirs: builder.reused_dirs,
         unrecorded: builder.unrecorded.take(),
         changes: classify.then(|| counts.get()),
@@ -740,6 +775,27 @@ fn open_cache(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// --mem-limit holds whatever the machine's CPU count: each worker past two is reserved
+    /// for, and workers are dropped to fit rather than the limit.
+    #[test]
+    fn workers_are_fitted_to_the_memory_limit() {
+        use crate::format::config::Compression;
+        const M: u64 = 1 << 20;
+        let fit = |limit: Option<u64>, workers| budget_and_workers(limit, workers, Compression::Auto, 0);
+        assert_eq!(fit(None, 16).unwrap(), (DEFAULT_BUDGET, 16));
+        assert_eq!(fit(Some(88 * M), 16).unwrap(), (48 * M, 2));
+        assert_eq!(fit(Some(88 * M), 1).unwrap(), (48 * M, 1));
+        // 40 MiB for two workers, 6 more for each other: eight fit beside 48 MiB in 128.
+        assert_eq!(fit(Some(128 * M), 16).unwrap(), (128 * M - 76 * M, 8));
+        assert_eq!(fit(Some(128 * M), 4).unwrap(), (128 * M - 52 * M, 4));
+        assert_eq!(fit(Some(512 * M), 2).unwrap(), (472 * M, 2));
+        let e = fit(Some(87 * M), 16).unwrap_err().to_string();
+        assert!(e.contains("--mem-limit 87 MiB is too small") && e.contains("at least 88 MiB"), "{e}");
+        // The index is reserved for too: 100,000 blobs take 6.1 MiB more.
+        let with_index = budget_and_workers(Some(128 * M), 16, Compression::Auto, 100_000).unwrap();
+        assert_eq!(with_index, (128 * M - 70 * M - index_reserve(100_000), 7));
+    }
 
     /// A run of `src` into `repo` with the files cache in `cache`, told by a watcher that
     /// only `changed` (absolute) changed (None: a plain run).

@@ -260,6 +260,7 @@ pub(crate) struct Summary {
     pub read_mode: ReadMode,
     pub budget_bytes: u64,
     pub budget_peak: u64,
+    pub workers: usize,
     pub changes: Option<(u64, u64, u64)>,
 }
 
@@ -288,6 +289,7 @@ pub(crate) fn dry_result(
         read_mode: s.read_mode,
         budget: s.budget_bytes,
         budget_peak: s.budget_peak,
+        workers: s.workers,
         reused_dirs: builder.reused_dirs,
         unrecorded: builder.unrecorded.take(),
         changes: s.changes,

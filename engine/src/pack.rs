@@ -107,7 +107,8 @@ impl PackWriter {
 }
 
 /// The write stage's sink: one open pack per data key epoch, sealed when it reaches the pack
-/// size (the encrypt stage starts a new epoch at the same size, so nothing more arrives for it).
+/// size or `MAX_PACK_ENTRIES` (the encrypt stage starts a new epoch at the same point, so
+/// nothing more arrives for it).
 pub struct PackSink {
     backend: Arc<dyn Backend>,
     recipient: age::x25519::Recipient,
@@ -126,6 +127,15 @@ pub struct PackSink {
     oldest: Option<std::time::Instant>,
     segment_age: std::time::Duration,
 }
+
+/// Index entries a pack holds at most: it is sealed at this many, or at the pack size. Its
+/// entries stay in memory, outside the byte budget, until it is sealed, and sealing encodes
+/// them twice more (its trailer, then the session's segment): a 32 MiB pack of compressible
+/// tiny files held ~100,000 of them, and with a pack open per writer a first backup of 200,000
+/// such files peaked at 43 MiB of entries and their encodings (heaptrack), 99 MiB of RSS
+/// against a 48 MiB budget (tests/memory.rs). At this many, an open pack's entries take at
+/// most ~1.8 MiB.
+pub const MAX_PACK_ENTRIES: usize = 16_384;
 
 /// Index entries a sink keeps before writing them as a segment. A pack of tiny files holds
 /// ~37,000 entries: with 65,536 the first pack's entries waited for the second's, and a first
@@ -249,7 +259,7 @@ impl PackSink {
             }
             self.new_blobs += 1;
         }
-        if w.blob_bytes >= self.pack_size {
+        if w.blob_bytes >= self.pack_size || w.entries.len() >= MAX_PACK_ENTRIES {
             if let Some(w) = self.open.remove(&epoch) {
                 self.seal(w)?;
             }
@@ -405,6 +415,58 @@ mod tests {
         sink.finish().unwrap();
         let (id, entries) = sink.packs.pop().unwrap();
         (id, entries, identity, catalog)
+    }
+
+    /// A pack is sealed at `MAX_PACK_ENTRIES` entries however small its blobs: its entries are
+    /// held in memory until then. Blobs of the same key that come after go to a pack of their
+    /// own, and every entry is listed once, in the pack that holds it.
+    #[test]
+    fn a_pack_is_sealed_at_its_entry_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(io::LocalBackend::new(dir.path()));
+        let identity = age::x25519::Identity::generate();
+        let catalog = Secret32::random();
+        let sealer = crate::index::SegmentSealer {
+            catalog: catalog.clone(),
+            signer: crate::signing::SigningKey::from_seed(&[3; 32]),
+            repo_id: [4; 16],
+            recipient: identity.to_public(),
+        };
+        let mut sink = PackSink::new(backend.clone(), identity.to_public(), sealer, 32 << 20);
+        let epoch = Arc::new(stages::encrypt::KeyEpoch::new());
+        let n = MAX_PACK_ENTRIES + 7;
+        for i in 0..n {
+            let data = (i as u64).to_le_bytes();
+            let id = stages::hash::blob_id(&[1; 32], &data);
+            let mut bytes = [&[0; stages::compress::NONCE_ROOM][..], &data].concat();
+            assert!(stages::encrypt::seal(&epoch, i as u64, &id, BlobKind::Data, &mut bytes));
+            let blob = Sealed {
+                id,
+                kind: BlobKind::Data,
+                raw_len: data.len() as u32,
+                epoch: epoch.clone(),
+                bytes,
+                members: Vec::new(),
+                permits: Vec::new(),
+            };
+            sink.add(blob).unwrap();
+        }
+        sink.finish().unwrap();
+        // The first pack filled a segment, written at once; the second is left for the end.
+        assert_eq!(sink.flushed_segments, 1);
+        assert_eq!(sink.packs.iter().map(|(_, e)| e.len()).collect::<Vec<_>>(), [7]);
+        assert_eq!(sink.new_blobs, n as u64);
+        let owner = TrailerKeys { catalog: &catalog, identity: Some(&identity) };
+        let mut sizes = Vec::new();
+        let mut ids = std::collections::HashSet::new();
+        for key in backend.list("packs").unwrap() {
+            let entries = read_trailer(backend.as_ref(), owner, &key).unwrap();
+            sizes.push(entries.len());
+            ids.extend(entries.iter().map(|e| e.id));
+        }
+        sizes.sort_unstable();
+        assert_eq!(sizes, [7, MAX_PACK_ENTRIES]);
+        assert_eq!(ids.len(), n);
     }
 
     #[test]

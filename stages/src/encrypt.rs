@@ -1,14 +1,14 @@
 //! encrypt: Framed -> Sealed. Workers: cfg.workers (CPU). Holds one data key epoch per worker.
 //!
 //! Each worker seals blobs under its own random data key (AES-256-GCM) and starts a new key
-//! after `rotate_after` bytes; the write stage puts each epoch's blobs into one pack, whose header
-//! carries that key wrapped for the repository's recipient. Each blob's nonce is a keyed hash of
-//! its position under the key (`KeyEpoch::nonce`): never stored as a plain counter, which would
-//! show anyone holding the pack where every blob starts, so its size. (96-bit pseudorandom
-//! nonces under one key repeat with probability n^2 / 2^97: under 2^-60 for the ~10^5 blobs a
-//! pack-sized epoch holds.) A key is never reused across epochs or processes (it is random and
-//! 256 bits). The blob id and kind are the associated data, so a blob cannot be swapped for
-//! another.
+//! after `rotate_after` bytes or `rotate_entries` index entries; the write stage puts each
+//! epoch's blobs into one pack, whose header carries that key wrapped for the repository's
+//! recipient. Each blob's nonce is a keyed hash of its position under the key
+//! (`KeyEpoch::nonce`): never stored as a plain counter, which would show anyone holding the
+//! pack where every blob starts, so its size. (96-bit pseudorandom nonces under one key repeat
+//! with probability n^2 / 2^97: under 2^-60 for the at most ~10^5 blobs an epoch holds.) A key
+//! is never reused across epochs or processes (it is random and 256 bits). The blob id and kind
+//! are the associated data, so a blob cannot be swapped for another.
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -202,6 +202,8 @@ pub struct EncryptConfig {
     pub workers: usize,
     /// Sealed bytes per data key (one pack).
     pub rotate_after: u64,
+    /// Index entries per data key (one pack): a blob counts one, a bundle one per member.
+    pub rotate_entries: usize,
 }
 
 pub fn spawn(
@@ -217,16 +219,18 @@ pub fn spawn(
         // Worker i feeds writer i: all blobs of one key epoch reach the same writer.
         let out = &outs[i % outs.len()];
         let mut epoch = Arc::new(KeyEpoch::new());
-        let (mut counter, mut sealed_bytes) = (0u64, 0u64);
+        let (mut counter, mut sealed_bytes, mut entries) = (0u64, 0u64, 0usize);
         for f in &input {
             if cancel.is_cancelled() {
                 continue;
             }
-            if sealed_bytes >= cfg.rotate_after {
+            if sealed_bytes >= cfg.rotate_after || entries >= cfg.rotate_entries {
                 epoch = Arc::new(KeyEpoch::new());
                 counter = 0;
                 sealed_bytes = 0;
+                entries = 0;
             }
+            entries = entries.saturating_add(f.members.len().max(1));
             let mut buf = f.buf;
             if !seal(&epoch, counter, &f.id, f.kind, &mut buf) {
                 cancel.cancel(); // AES-GCM only fails on absurd lengths: a bug, stop.
@@ -254,6 +258,41 @@ pub fn spawn(
 mod tests {
     use super::*;
     use crate::compress::{unframe, Compressor};
+
+    /// A key covers at most `rotate_entries` index entries (a bundle counts its members): the
+    /// write stage seals a pack at the same count, so each pack has a key of its own.
+    #[test]
+    fn a_new_key_after_rotate_entries_entries() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (out_tx, out_rx) = crossbeam_channel::unbounded();
+        let cfg = EncryptConfig { workers: 1, rotate_after: u64::MAX, rotate_entries: 4 };
+        let w = spawn(cfg, rx, vec![out_tx], Cancel::default()).unwrap();
+        let member = |i: u8| crate::msg::Member { id: [i; 32], offset: 0, len: 1 };
+        // Members per blob (0: a plain blob, one entry).
+        for (i, members) in [0usize, 0, 3, 0, 2, 5, 0, 0].into_iter().enumerate() {
+            let kind = if members == 0 { BlobKind::Data } else { BlobKind::Bundle };
+            let framed = Framed {
+                id: [i as u8; 32],
+                kind,
+                raw_len: 1,
+                buf: vec![0; NONCE_ROOM + 1],
+                members: (0..members as u8).map(member).collect(),
+                permits: Vec::new(),
+            };
+            tx.send(framed).unwrap();
+        }
+        drop(tx);
+        w.finish();
+        // Epoch ids come from a process-wide counter that other tests draw from too: only
+        // the grouping is fixed. 1+1+3 = 5 >= 4, so the fourth blob starts a key; 1+2+5 = 8,
+        // so the seventh another.
+        let epochs: Vec<u64> = out_rx.iter().map(|s| s.epoch.id).collect();
+        let groups: Vec<usize> = epochs.chunk_by(|a, b| a == b).map(<[u64]>::len).collect();
+        assert_eq!(groups, [3, 3, 2], "{epochs:?}");
+        let mut distinct = epochs.clone();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 3, "no key comes back: {epochs:?}");
+    }
 
     /// Test case 14 of the GCM specification (McGrew and Viega): the sealed bytes are standard
     /// AES-256-GCM whichever implementation produced them, so repositories written before the
