@@ -238,7 +238,7 @@ pub(crate) fn execute(
         selection: selection.words,
         mem_limit: args.mem_limit,
         read_mode,
-        workers: args.workers.unwrap_or_else(workers),
+        workers: args.workers.map_or_else(workers, usize::from),
         source,
         host: args.host.unwrap_or_else(backup::default_host),
         tags: args.tag.iter().flat_map(|t| engine::ops::filter::tag_list(t)).collect(),
@@ -268,8 +268,8 @@ pub(crate) fn execute(
     }
     if r.workers < asked_workers && !json && !output::quiet() {
         eprintln!(
-            "note: --mem-limit leaves room for {} workers per stage, not {asked_workers} (each takes ~{} MiB \
-             outside the data budget)",
+            "note: --mem-limit leaves room for {} workers per stage, not {asked_workers} (each takes memory \
+             outside the data budget: {} MiB, and more at a compression level above the default)",
             r.workers,
             backup::WORKER_RESERVE >> 20
         );

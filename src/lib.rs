@@ -342,9 +342,10 @@ pub struct RunArgs {
     /// threads for paths on tmpfs)
     #[arg(long = "io", value_enum, env = "BAKARE_IO", default_value = "auto")]
     pub io_mode: IoMode,
-    /// Workers per CPU stage [default: number of CPUs]
-    #[arg(long)]
-    pub workers: Option<usize>,
+    /// Workers per CPU stage, 1 to 1024 [default: number of CPUs; with --mem-limit, as many as
+    /// fit]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
     /// Host name recorded in the snapshot [default: this machine's]
     #[arg(long)]
     pub host: Option<String>,

@@ -44,43 +44,53 @@ pub const FIXED_RESERVE: u64 = 40 << 20;
 
 /// What each pipeline worker past two adds outside the byte budget: its compression contexts
 /// (~1.9 MiB at the default levels), the bundle it fills (up to ~1 MiB), its compressed output
-/// buffer, its writer's open pack's index entries (up to ~0.9 MiB, `pack::MAX_PACK_ENTRIES`),
+/// buffer, its writer's open pack's index entries (up to ~1.8 MiB, `pack::MAX_PACK_ENTRIES`),
 /// and its threads' stacks and allocator heaps. Measured on a first backup of tests/memory.rs's
 /// tree at the default budget: peak RSS 73, 86, 110 and 160 MiB with 2, 4, 8 and 16 workers,
-/// 6.1 MiB a worker.
-pub const WORKER_RESERVE: u64 = 6 << 20;
+/// 6.2 MiB a worker (least squares); 7 are kept back.
+pub const WORKER_RESERVE: u64 = 7 << 20;
 
-/// What --mem-limit keeps back for a run of `workers` workers, beyond the index.
-fn pipeline_reserve(compression: crate::format::config::Compression, workers: usize) -> u64 {
-    FIXED_RESERVE
-        + WORKER_RESERVE * workers.saturating_sub(2) as u64
-        + compression_reserve(compression, workers)
-}
+/// The most workers per stage a run takes (`--workers`).
+pub const MAX_WORKERS: usize = 1024;
 
 /// The data budget and the number of workers for a run asked for `workers` under `mem_limit`
 /// with an index of `blobs` blobs: without a limit, the default budget and every worker asked
-/// for; with one, as many workers as fit beside the smallest budget (never fewer than two, or
-/// than asked for), and the rest of the limit as the budget.
-fn budget_and_workers(
+/// for; with one, as many workers as fit beside the smallest budget (at least the fewer of two
+/// and those asked for: below that the limit is refused), and the rest of the limit as the
+/// budget. Each worker past two costs `WORKER_RESERVE`, and each worker its compression
+/// contexts beyond the default levels' (`compression_reserve`).
+pub fn budget_and_workers(
     mem_limit: Option<u64>,
     workers: usize,
     compression: crate::format::config::Compression,
     blobs: usize,
 ) -> Result<(u64, usize)> {
-    let workers = workers.max(1);
+    let workers = workers.clamp(1, MAX_WORKERS);
     let Some(limit) = mem_limit else {
         return Ok((DEFAULT_BUDGET, workers));
     };
-    let reserve = |w: usize| index_reserve(blobs) + pipeline_reserve(compression, w);
+    // Linear in the workers: measured once, for one.
+    let contexts = compression_reserve(compression, 1);
+    let reserve = |w: usize| {
+        let past_two = WORKER_RESERVE.saturating_mul(w.saturating_sub(2) as u64);
+        FIXED_RESERVE
+            .saturating_add(index_reserve(blobs))
+            .saturating_add(past_two)
+            .saturating_add(contexts.saturating_mul(w as u64))
+    };
     let fewest = workers.min(2);
-    if limit < reserve(fewest) + MIN_BUDGET {
+    let needed = reserve(fewest).saturating_add(MIN_BUDGET);
+    if limit < needed {
         return Err(Error::Invalid(format!(
             "--mem-limit {} MiB is too small for this repository (needs at least {} MiB)",
             limit >> 20,
-            (reserve(fewest) + MIN_BUDGET).div_ceil(1 << 20)
+            needed.div_ceil(1 << 20)
         )));
     }
-    let fit = (fewest..=workers).rev().find(|&w| reserve(w) + MIN_BUDGET <= limit).unwrap_or(fewest);
+    // Each worker past `fewest` costs `step` (its share past two, and its contexts).
+    let step = contexts.saturating_add(if fewest < 2 { 0 } else { WORKER_RESERVE }).max(1);
+    let more = usize::try_from((limit - needed) / step).unwrap_or(usize::MAX);
+    let fit = fewest.saturating_add(more).min(workers);
     Ok((limit - reserve(fit), fit))
 }
 
@@ -786,15 +796,23 @@ mod tests {
         assert_eq!(fit(None, 16).unwrap(), (DEFAULT_BUDGET, 16));
         assert_eq!(fit(Some(88 * M), 16).unwrap(), (48 * M, 2));
         assert_eq!(fit(Some(88 * M), 1).unwrap(), (48 * M, 1));
-        // 40 MiB for two workers, 6 more for each other: eight fit beside 48 MiB in 128.
-        assert_eq!(fit(Some(128 * M), 16).unwrap(), (128 * M - 76 * M, 8));
-        assert_eq!(fit(Some(128 * M), 4).unwrap(), (128 * M - 52 * M, 4));
+        // 40 MiB for two workers, 7 more for each other: seven fit beside 48 MiB in 128.
+        assert_eq!(fit(Some(128 * M), 16).unwrap(), (128 * M - 75 * M, 7));
+        assert_eq!(fit(Some(128 * M), 4).unwrap(), (128 * M - 54 * M, 4));
+        assert_eq!(fit(Some(1 << 40), usize::MAX).unwrap().1, MAX_WORKERS);
         assert_eq!(fit(Some(512 * M), 2).unwrap(), (472 * M, 2));
         let e = fit(Some(87 * M), 16).unwrap_err().to_string();
         assert!(e.contains("--mem-limit 87 MiB is too small") && e.contains("at least 88 MiB"), "{e}");
         // The index is reserved for too: 100,000 blobs take 6.1 MiB more.
         let with_index = budget_and_workers(Some(128 * M), 16, Compression::Auto, 100_000).unwrap();
-        assert_eq!(with_index, (128 * M - 70 * M - index_reserve(100_000), 7));
+        assert_eq!(with_index, (128 * M - 68 * M - index_reserve(100_000), 6));
+        // A level whose contexts are larger costs that much per worker too, two included.
+        let level = Compression::Level(19);
+        let per = compression_reserve(level, 1);
+        assert!(per > 10 * M, "{per}");
+        let (budget, w) = budget_and_workers(Some(512 * M), 16, level, 0).unwrap();
+        assert_eq!(budget, 512 * M - 40 * M - 7 * M * (w as u64 - 2) - per * w as u64);
+        assert!(budget >= MIN_BUDGET && budget < MIN_BUDGET + 7 * M + per, "{budget} {w}");
     }
 
     /// A run of `src` into `repo` with the files cache in `cache`, told by a watcher that

@@ -128,18 +128,19 @@ pub struct PackSink {
     segment_age: std::time::Duration,
 }
 
-/// Index entries a pack holds at most: it is sealed at this many, or at the pack size. Its
-/// entries stay in memory, outside the byte budget, until it is sealed, and sealing encodes
-/// them twice more (its trailer, then the session's segment): a 32 MiB pack of compressible
-/// tiny files held ~100,000 of them, and with a pack open per writer a first backup of 200,000
-/// such files peaked at 43 MiB of entries and their encodings (heaptrack), 99 MiB of RSS
-/// against a 48 MiB budget (tests/memory.rs). At this many, an open pack's entries take at
-/// most ~1.8 MiB.
+/// Index entries at which a pack is sealed (as at the pack size; the blob that reaches it, a
+/// bundle of up to a few thousand members, goes in whole). Its entries stay in memory, outside
+/// the byte budget, until it is sealed, and sealing encodes them twice more (its trailer, then
+/// the session's segment): a 32 MiB pack of compressible tiny files held ~100,000 of them, and
+/// with a pack open per writer a first backup of 200,000 such files peaked at 43 MiB of entries
+/// and their encodings (heaptrack), 99 MiB of RSS against a 48 MiB budget (tests/memory.rs).
+/// Now an open pack's entries take at most ~1.8 MiB (56 bytes each, in a vector that doubles).
+/// Readers take packs of any count (older packs, repacked ones).
 pub const MAX_PACK_ENTRIES: usize = 16_384;
 
-/// Index entries a sink keeps before writing them as a segment. A pack of tiny files holds
-/// ~37,000 entries: with 65,536 the first pack's entries waited for the second's, and a first
-/// backup of 300,000 files peaked at 49-50 MiB instead of 44-45.
+/// Index entries a sink keeps before writing them as a segment. Before `MAX_PACK_ENTRIES`, a
+/// pack of tiny files held ~37,000 entries or more: with 65,536 the first pack's entries waited
+/// for the second's, and a first backup of 300,000 files peaked at 49-50 MiB instead of 44-45.
 const FLUSH_ENTRIES: usize = 16_384;
 
 /// The longest a sealed pack waits for a segment to list it. Packs that no segment lists are

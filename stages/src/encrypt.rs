@@ -230,7 +230,6 @@ pub fn spawn(
                 sealed_bytes = 0;
                 entries = 0;
             }
-            entries = entries.saturating_add(f.members.len().max(1));
             let mut buf = f.buf;
             if !seal(&epoch, counter, &f.id, f.kind, &mut buf) {
                 cancel.cancel(); // AES-GCM only fails on absurd lengths: a bug, stop.
@@ -238,6 +237,7 @@ pub fn spawn(
             }
             counter += 1;
             sealed_bytes += buf.len() as u64;
+            entries = entries.saturating_add(crate::msg::index_entries(f.kind, &f.members));
             let s = Sealed {
                 id: f.id,
                 kind: f.kind,

@@ -35,6 +35,15 @@ pub struct Member {
     pub len: u32,
 }
 
+/// The index entries a blob makes: one per member for a bundle, one otherwise. A pack is sealed
+/// at a count of them, and the encrypt stage starts a new key at the same count.
+pub fn index_entries(kind: BlobKind, members: &[Member]) -> usize {
+    match kind {
+        BlobKind::Bundle => members.len(),
+        _ => 1,
+    }
+}
+
 impl BlobKind {
     pub fn from_u8(b: u8) -> Option<BlobKind> {
         match b {
