@@ -9,6 +9,7 @@ pub mod s3;
 pub mod source;
 pub mod sparse;
 pub mod storage;
+pub mod uncached;
 pub mod uring;
 
 pub use s3::{S3Backend, S3Tuning};

@@ -19,6 +19,8 @@ enum Kind {
         buf: Vec<u8>,
         want: usize,
         offset: u64,
+        /// RWF_* flags (`uncached::RWF_DONTCACHE`).
+        flags: u32,
     },
     Open {
         path: CString,
@@ -113,11 +115,11 @@ impl Ring {
         self.in_kernel + self.backlog.len()
     }
 
-    /// Queues a read of at most `want` bytes at `offset` into the spare capacity of `buf`: on
-    /// completion the bytes read follow the buffer's existing contents (which callers use as
-    /// headroom).
-    pub fn read(&mut self, file: Arc<File>, buf: Vec<u8>, want: usize, offset: u64, token: u64) {
-        self.backlog.push_back(Op { kind: Kind::Read { file, buf, want, offset }, token });
+    /// Queues a read of at most `want` bytes at `offset` into the spare capacity of `buf`, with
+    /// the RWF_* `flags`: on completion the bytes read follow the buffer's existing contents
+    /// (which callers use as headroom).
+    pub fn read(&mut self, file: Arc<File>, buf: Vec<u8>, want: usize, offset: u64, flags: u32, token: u64) {
+        self.backlog.push_back(Op { kind: Kind::Read { file, buf, want, offset, flags }, token });
     }
 
     /// Queues an open(2) of `path` for reading with `flags` (O_RDONLY is implied).
@@ -139,11 +141,16 @@ impl Ring {
 
     fn entry(kind: &mut Kind) -> io_uring::squeue::Entry {
         match kind {
-            Kind::Read { file, buf, want, offset } => {
+            Kind::Read { file, buf, want, offset, flags } => {
                 let spare = buf.spare_capacity_mut();
                 let len = u32::try_from(spare.len().min(*want)).unwrap_or(u32::MAX);
                 let ptr = spare.as_mut_ptr().cast::<u8>();
-                opcode::Read::new(types::Fd(file.as_raw_fd()), ptr, len).offset(*offset).build()
+                // The RWF_* bits, as the kernel's rw_flags field holds them.
+                let flags = i32::from_ne_bytes(flags.to_ne_bytes());
+                opcode::Read::new(types::Fd(file.as_raw_fd()), ptr, len)
+                    .offset(*offset)
+                    .rw_flags(flags)
+                    .build()
             }
             Kind::Open { path, flags } => opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
                 .flags(*flags | libc::O_RDONLY)
@@ -299,7 +306,7 @@ mod tests {
             files.push(Arc::new(File::open(&p).unwrap()));
         }
         for (i, f) in files.iter().enumerate() {
-            ring.read(f.clone(), Vec::with_capacity(4096), 4096, 0, i as u64);
+            ring.read(f.clone(), Vec::with_capacity(4096), 4096, 0, 0, i as u64);
         }
         let mut got = 0;
         while ring.in_flight() > 0 {

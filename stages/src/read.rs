@@ -1,9 +1,10 @@
 //! read: ReadJob -> Block (to the chunk worker chosen by `seq`). Workers: one io_uring thread with
 //! up to `depth` files in flight, or `threads` plain-pread threads when io_uring is unavailable or
 //! refused (forced with `ReadMode::Pool`). Each file's attributes (`OpenAttrs`) are read on the
-//! descriptor it is read through and sent ahead of its blocks. Holds one buffer per in-flight
-//! read; each buffer holds a permit of twice its size, which also covers the compressed copy made
-//! downstream.
+//! descriptor it is read through and sent ahead of its blocks. Reads are uncached
+//! (`io::uncached`: pages a read brings into the page cache are dropped, those already there
+//! stay) where the file system allows. Holds one buffer per in-flight read; each buffer holds a
+//! permit of twice its size, which also covers the compressed copy made downstream.
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, VecDeque};
@@ -11,11 +12,12 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
+use ::io::uncached::Uncached;
 use ::io::uring::{Outcome, Ring, Stamp};
 use ::io::Source;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -113,6 +115,8 @@ struct Shared {
     out: Vec<Mutex<Batcher<Block>>>,
     /// Buffers for the blocks of large files, kept for reuse (`crate::pool`).
     pool: Arc<BufferPool>,
+    /// Reads leave the page cache as they found it where the file system allows.
+    uncached: Uncached,
     cancel: Cancel,
 }
 
@@ -403,7 +407,8 @@ pub fn spawn(
     let max = (budget.limit() / (4 * block)).max(1) as usize;
     let large = LargeSlots { max, used: Mutex::new(0), freed: Condvar::new() };
     let out = out.into_iter().map(|tx| Mutex::new(Batcher::new(tx, ITEMS, BYTES))).collect();
-    let shared = Arc::new(Shared { large, cfg, source, budget, out, pool, cancel });
+    let uncached = Uncached::default();
+    let shared = Arc::new(Shared { large, cfg, source, budget, out, pool, uncached, cancel });
     let mut fallback_reason = None;
     if mode != ReadMode::Pool {
         match Ring::new(shared.cfg.depth.max(1)) {
@@ -461,7 +466,7 @@ fn read_file(s: &Shared, job: &ReadJob) {
         let Some(Reserved { mut buf, permit, pooled }) = s.reserve(job, headroom, len, true) else { break };
         // A pooled buffer's stale bytes are overwritten, not zeroed first.
         buf.resize(headroom + len, 0);
-        let result = read_full(&file, &mut buf[headroom..], offset);
+        let result = read_full(&s.uncached, job.meta.dev, &file, &mut buf[headroom..], offset);
         match s.completed(job, &mut layout, &file, buf, headroom, offset, result, permit, pooled) {
             Some(next) => offset = next,
             None => break,
@@ -476,11 +481,11 @@ struct Reserved {
     pooled: Option<Permit>,
 }
 
-/// pread until `buf` is full or the file ends.
-fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+/// pread (uncached where the file system on `dev` allows) until `buf` is full or the file ends.
+fn read_full(uncached: &Uncached, dev: u64, file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
+        match uncached.read_at(file, dev, &mut buf[done..], offset + done as u64) {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -501,6 +506,10 @@ struct InFlight {
     pooled: Option<Permit>,
     /// Holds a large-file slot.
     large: bool,
+    /// The RWF_* flags and length of the read in flight (made again without the flags where
+    /// the file system refuses them).
+    flags: u32,
+    want: usize,
     /// The file's last block, held until a statx shows the file did not change while read.
     last: Option<Block>,
 }
@@ -582,7 +591,10 @@ impl UringReader {
         };
         let ready = file.is_some();
         let (headroom, permit, pooled, last) = (0, None, None, None);
-        self.files.insert(seq, InFlight { job, file, layout, next, headroom, permit, pooled, large, last });
+        self.files.insert(
+            seq,
+            InFlight { job, file, layout, next, headroom, permit, pooled, large, flags: 0, want: 0, last },
+        );
         if ready {
             self.ready.push_back(seq);
         }
@@ -628,6 +640,17 @@ impl UringReader {
 
     fn read_done(&mut self, seq: u64, file: Arc<File>, buf: Vec<u8>, offset: u64, result: io::Result<usize>) {
         let Some(mut f) = self.files.remove(&seq) else { return };
+        if let Err(e) = &result {
+            if Uncached::is_refusal(f.flags, e) {
+                // The file system takes no uncached reads: this one again, plainly, and the
+                // rest of its files plainly from now on.
+                self.s.uncached.refuse(f.job.meta.dev);
+                f.flags = 0;
+                self.ring.read(file, buf, f.want, offset, 0, seq);
+                self.files.insert(seq, f);
+                return;
+            }
+        }
         let Some(permit) = f.permit.take() else { return };
         let pooled = f.pooled.take();
         match self.s.block(&f.job, &mut f.layout, buf, f.headroom, offset, result, permit, pooled) {
@@ -741,7 +764,8 @@ impl UringReader {
             // The ring reads after the buffer's length: `headroom` bytes, stale ones included.
             buf.truncate(headroom);
             buf.resize(headroom, 0);
-            self.ring.read(file, buf, len, f.next, seq);
+            (f.flags, f.want) = (self.s.uncached.flags(f.job.meta.dev), len);
+            self.ring.read(file, buf, len, f.next, f.flags, seq);
         }
     }
 }
