@@ -1,5 +1,5 @@
 //! A backup leaves the page cache as it found it where the file system takes uncached reads
-//! (RWF_DONTCACHE: Linux 6.14 and later, on ext4, xfs, btrfs, ...): after a first backup, at
+//! (RWF_DONTCACHE: xfs from Linux 6.14, ext4 and others later): after a first backup, at
 //! most 1 MiB of ~24 MiB of files that were not cached is, and a file that was cached still is,
 //! whole. Through both read paths (io_uring and the thread pool). The files live under
 //! CARGO_TARGET_TMPDIR, on the checkout's disk; where its file system (or the kernel) refuses

@@ -1,13 +1,17 @@
-//! uncached: reads that leave the page cache as they found it (RWF_DONTCACHE, Linux 6.14 and
-//! later, on file systems that support it: ext4, xfs, btrfs, ...). A page the read brings in is
-//! dropped once copied; a page already cached (the user's working set) stays. A backup of a
-//! large tree then no longer pushes everything else out of the cache. Where the flag is
-//! refused (an older kernel, tmpfs, a network file system) the read is made again without it,
-//! and the device is remembered so its other files are read plainly from then on.
+//! uncached: reads that leave the page cache as they found it (RWF_DONTCACHE, on kernels and
+//! file systems that take it: xfs from 6.14, ext4 and others later). A page the read brings
+//! in is dropped once copied; a page already cached stays. A backup of a large tree then does
+//! not fill the cache with it. Where the flag is refused (EOPNOTSUPP: an older kernel, tmpfs,
+//! a DAX inode) the read is made again without it, and the device (`st_dev`) is remembered so
+//! its other files are read plainly from then on; where preadv2 itself is missing (ENOSYS:
+//! before Linux 4.6, or a seccomp filter) every read is plain. A refusal only costs caching,
+//! never data: a device that refused for one file (a DAX inode, one layer of an overlay) is
+//! read through the cache from then on.
 #![forbid(unsafe_code)]
 
 use std::fs::File;
 use std::io::{self, IoSliceMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
 use rustix::io::{Errno, ReadWriteFlags};
@@ -20,11 +24,16 @@ pub const RWF_DONTCACHE: u32 = 0x80;
 pub struct Uncached {
     /// Devices whose file systems refused the flag.
     refused: RwLock<Vec<u64>>,
+    /// The kernel has no preadv2: every read is plain.
+    no_preadv2: AtomicBool,
 }
 
 impl Uncached {
     /// The read flags for a file on `dev`: RWF_DONTCACHE, or 0 where it was refused.
     pub fn flags(&self, dev: u64) -> u32 {
+        if self.no_preadv2.load(Ordering::Relaxed) {
+            return 0;
+        }
         match self.refused.read().map(|r| r.contains(&dev)) {
             Ok(false) => RWF_DONTCACHE,
             _ => 0,
@@ -32,10 +41,11 @@ impl Uncached {
     }
 
     /// Whether a read made with `flags` failed for the flag rather than for the file (the
-    /// caller makes it again without it, after `refuse`).
+    /// caller makes it again without it, after `refuse`): EOPNOTSUPP is what the kernel answers
+    /// a flag it or the file system does not take (preadv2 and io_uring alike). EINVAL is not:
+    /// it comes from the file.
     pub fn is_refusal(flags: u32, e: &io::Error) -> bool {
-        flags & RWF_DONTCACHE != 0
-            && matches!(e.raw_os_error(), Some(c) if c == Errno::OPNOTSUPP.raw_os_error() || c == Errno::INVAL.raw_os_error())
+        flags & RWF_DONTCACHE != 0 && e.raw_os_error() == Some(Errno::OPNOTSUPP.raw_os_error())
     }
 
     /// Remembers that `dev` refused uncached reads.
@@ -54,6 +64,7 @@ impl Uncached {
             let bits = ReadWriteFlags::from_bits_retain(flags);
             match rustix::io::preadv2(file, &mut [IoSliceMut::new(buf)], offset, bits) {
                 Ok(n) => return Ok(n),
+                Err(Errno::NOSYS) => self.no_preadv2.store(true, Ordering::Relaxed),
                 Err(e) => {
                     let e = io::Error::from(e);
                     if !Self::is_refusal(flags, &e) {
