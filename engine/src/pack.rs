@@ -386,8 +386,9 @@ mod tests {
         }
     }
 
-    /// A pack of two blobs written by a sink, and its id, entries and the owner's identity.
-    fn written_pack(backend: Arc<dyn Backend>) -> (PackId, Vec<BlobEntry>, age::x25519::Identity, Secret32) {
+    /// A sink writing packs of `pack_size` into `backend`, with the owner's identity and the
+    /// catalog key.
+    fn test_sink(backend: Arc<dyn Backend>, pack_size: u64) -> (PackSink, age::x25519::Identity, Secret32) {
         let identity = age::x25519::Identity::generate();
         let catalog = Secret32::random();
         let sealer = crate::index::SegmentSealer {
@@ -396,22 +397,31 @@ mod tests {
             repo_id: [4; 16],
             recipient: identity.to_public(),
         };
-        let mut sink = PackSink::new(backend, identity.to_public(), sealer, 1 << 20);
+        (PackSink::new(backend, identity.to_public(), sealer, pack_size), identity, catalog)
+    }
+
+    /// `data` sealed as the `counter`-th data blob under `epoch`.
+    fn sealed(epoch: &Arc<stages::encrypt::KeyEpoch>, counter: u64, data: &[u8]) -> Sealed {
+        let id = stages::hash::blob_id(&[1; 32], data);
+        let mut bytes = [&[0; stages::compress::NONCE_ROOM][..], data].concat();
+        assert!(stages::encrypt::seal(epoch, counter, &id, BlobKind::Data, &mut bytes));
+        Sealed {
+            id,
+            kind: BlobKind::Data,
+            raw_len: data.len() as u32,
+            epoch: epoch.clone(),
+            bytes,
+            members: Vec::new(),
+            permits: Vec::new(),
+        }
+    }
+
+    /// A pack of two blobs written by a sink, and its id, entries and the owner's identity.
+    fn written_pack(backend: Arc<dyn Backend>) -> (PackId, Vec<BlobEntry>, age::x25519::Identity, Secret32) {
+        let (mut sink, identity, catalog) = test_sink(backend, 1 << 20);
         let epoch = Arc::new(stages::encrypt::KeyEpoch::new());
         for (i, data) in [&b"first blob"[..], &b"second, longer blob"[..]].into_iter().enumerate() {
-            let id = stages::hash::blob_id(&[1; 32], data);
-            let mut bytes = [&[0; stages::compress::NONCE_ROOM][..], data].concat();
-            assert!(stages::encrypt::seal(&epoch, i as u64, &id, BlobKind::Data, &mut bytes));
-            let blob = Sealed {
-                id,
-                kind: BlobKind::Data,
-                raw_len: data.len() as u32,
-                epoch: epoch.clone(),
-                bytes,
-                members: Vec::new(),
-                permits: Vec::new(),
-            };
-            sink.add(blob).unwrap();
+            sink.add(sealed(&epoch, i as u64, data)).unwrap();
         }
         sink.finish().unwrap();
         let (id, entries) = sink.packs.pop().unwrap();
@@ -425,32 +435,11 @@ mod tests {
     fn a_pack_is_sealed_at_its_entry_limit() {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(io::LocalBackend::new(dir.path()));
-        let identity = age::x25519::Identity::generate();
-        let catalog = Secret32::random();
-        let sealer = crate::index::SegmentSealer {
-            catalog: catalog.clone(),
-            signer: crate::signing::SigningKey::from_seed(&[3; 32]),
-            repo_id: [4; 16],
-            recipient: identity.to_public(),
-        };
-        let mut sink = PackSink::new(backend.clone(), identity.to_public(), sealer, 32 << 20);
+        let (mut sink, identity, catalog) = test_sink(backend.clone(), 32 << 20);
         let epoch = Arc::new(stages::encrypt::KeyEpoch::new());
         let n = MAX_PACK_ENTRIES + 7;
         for i in 0..n {
-            let data = (i as u64).to_le_bytes();
-            let id = stages::hash::blob_id(&[1; 32], &data);
-            let mut bytes = [&[0; stages::compress::NONCE_ROOM][..], &data].concat();
-            assert!(stages::encrypt::seal(&epoch, i as u64, &id, BlobKind::Data, &mut bytes));
-            let blob = Sealed {
-                id,
-                kind: BlobKind::Data,
-                raw_len: data.len() as u32,
-                epoch: epoch.clone(),
-                bytes,
-                members: Vec::new(),
-                permits: Vec::new(),
-            };
-            sink.add(blob).unwrap();
+            sink.add(sealed(&epoch, i as u64, &(i as u64).to_le_bytes())).unwrap();
         }
         sink.finish().unwrap();
         // The first pack filled a segment, written at once; the second is left for the end.

@@ -34,9 +34,12 @@ fn job(seq: u64, path: &Path) -> ReadJob {
     ReadJob { seq, path: path.to_path_buf(), meta }
 }
 
-/// Every block the read stage sends for `paths` (seq = index), in the order sent; None when
-/// `mode` is io_uring and the kernel refuses it.
-fn read_all(mode: ReadMode, paths: &[&Path]) -> Option<Vec<Block>> {
+/// The read stage spawned in `mode` (small blocks, so files of a few MiB span several), its
+/// job queue and its output; None when `mode` is io_uring and the kernel refuses it.
+type Spawned =
+    (stages::read::ReadHandle, crossbeam_channel::Sender<ReadJob>, crossbeam_channel::Receiver<Vec<Block>>);
+
+fn spawn_read(mode: ReadMode, paths: &[&Path]) -> Option<Spawned> {
     let budget = MemoryBudget::new(64 << 20);
     let cfg = ReadConfig { mode, segment: 1 << 20, headroom: 64 << 10, threads: 2, depth: 8 };
     let pool = BufferPool::new(budget.clone(), (1 << 20) + (64 << 10));
@@ -46,13 +49,20 @@ fn read_all(mode: ReadMode, paths: &[&Path]) -> Option<Vec<Block>> {
     let read = match stages::read::spawn(cfg, source, budget, job_rx, vec![out_tx], pool, Cancel::default()) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("SKIPPED: io_uring refused ({e})");
+            skipped(&format!("io_uring refused ({e})"));
             return None;
         }
     };
     for (i, p) in paths.iter().enumerate() {
         job_tx.send(job(i as u64, p)).unwrap();
     }
+    Some((read, job_tx, out_rx))
+}
+
+/// Every block the read stage sends for `paths` (seq = index), in the order sent; None when
+/// `mode` is io_uring and the kernel refuses it.
+fn read_all(mode: ReadMode, paths: &[&Path]) -> Option<Vec<Block>> {
+    let (read, job_tx, out_rx) = spawn_read(mode, paths)?;
     drop(job_tx);
     read.finish();
     Some(out_rx.into_iter().flatten().collect())
@@ -104,22 +114,7 @@ fn attributes_are_read_on_the_open_file_and_sent_before_its_blocks() {
 /// Every file's bytes as the read stage sends them (seq = index), blocks consumed as they come
 /// so the budget never fills.
 fn contents(mode: ReadMode, paths: &[&Path]) -> Option<Vec<Vec<u8>>> {
-    let budget = MemoryBudget::new(64 << 20);
-    let cfg = ReadConfig { mode, segment: 1 << 20, headroom: 64 << 10, threads: 2, depth: 8 };
-    let pool = BufferPool::new(budget.clone(), (1 << 20) + (64 << 10));
-    let (job_tx, job_rx) = crossbeam_channel::unbounded();
-    let (out_tx, out_rx) = crossbeam_channel::unbounded();
-    let source = Arc::new(io::LocalSource::default());
-    let read = match stages::read::spawn(cfg, source, budget, job_rx, vec![out_tx], pool, Cancel::default()) {
-        Ok(r) => r,
-        Err(e) => {
-            skipped(&format!("io_uring refused ({e})"));
-            return None;
-        }
-    };
-    for (i, p) in paths.iter().enumerate() {
-        job_tx.send(job(i as u64, p)).unwrap();
-    }
+    let (read, job_tx, out_rx) = spawn_read(mode, paths)?;
     drop(job_tx);
     let mut files = vec![Vec::new(); paths.len()];
     for block in out_rx.into_iter().flatten() {
