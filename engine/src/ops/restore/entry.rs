@@ -484,12 +484,29 @@ impl Restorer<'_> {
     }
 
     /// Whether the entry already at the job's name stays (`Overwrite`); counts what it decides.
-    pub(super) fn keep_existing(&self, job: &FileJob, size: u64) -> std::io::Result<bool> {
+    /// `linked_to`: for a hard link, the inode this restore gave its target.
+    ///
+    /// A file with more than one name is never given metadata, never linked to, and kept only
+    /// by `never` and `if-newer`: its other name may be outside the target (planted by someone
+    /// who can write here), and a restore must not change or extend what is outside. A file an
+    /// earlier restore linked is written again (its names are then linked to the new one).
+    pub(super) fn keep_existing(
+        &self,
+        job: &FileJob,
+        size: u64,
+        linked_to: Option<u64>,
+    ) -> std::io::Result<bool> {
         use rustix::fs::FileType;
         let (dir, node) = (&job.dir, &job.node);
         let Some(st) = confine::stat(&dir.fd, &node.name)? else { return Ok(false) };
         let file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
         let mtime_ns = mtime_ns(&st);
+        let here = || rustix::fs::fstat(&dir.fd).is_ok_and(|d| d.st_dev == st.st_dev);
+        if file && linked_to == Some(st.st_ino) && here() {
+            // Already a name of the file this restore made for its target.
+            self.kept.fetch_add(1, Relaxed);
+            return Ok(true);
+        }
         if file
             && st.st_mode & 0o7777 == UNFINISHED
             && (st.st_size as u64 != size || mtime_ns != node.mtime_ns)
@@ -502,14 +519,16 @@ impl Restorer<'_> {
             Overwrite::Always => false,
             Overwrite::Never => true,
             Overwrite::IfNewer => file && mtime_ns >= node.mtime_ns,
-            Overwrite::IfChanged if file && st.st_size as u64 == size && mtime_ns == node.mtime_ns => {
+            Overwrite::IfChanged
+                if file && linked_to.is_none() && st.st_size as u64 == size && mtime_ns == node.mtime_ns =>
+            {
                 // One handle for comparing and for the metadata: the file looked at, with no
                 // other name than the snapshot gives it (a hard link to a file elsewhere,
                 // planted by someone who can write here, is replaced, not chowned).
                 let f = confine::open_read(&dir.fd, &node.name)?;
                 let now = rustix::fs::fstat(&f)?;
                 let same = now.st_ino == st.st_ino && now.st_dev == st.st_dev;
-                let keep = same && (now.st_nlink == 1 || node.nlink > 1) && self.same_content(&f, node)?;
+                let keep = same && now.st_nlink == 1 && self.same_content(&f, node)?;
                 if keep && !self.opts.dry_run {
                     confine::unlock(&f)?;
                     self.fd_meta(&f, node, Some(&dir.child_path(&node.name)))?;
@@ -521,8 +540,9 @@ impl Restorer<'_> {
         };
         if keep {
             self.kept.fetch_add(1, Relaxed);
-            if file && node.nlink > 1 {
-                // Its other names in the snapshot link to it, as to a file written now.
+            if file && node.nlink > 1 && st.st_nlink == 1 {
+                // Its other names in the snapshot link to it, as to a file written now: its
+                // one name is here, so it is inside the target.
                 lock(&self.linked).insert(&dir.child_rel(&node.name), st.st_ino);
             }
         } else {
@@ -575,7 +595,7 @@ impl Restorer<'_> {
         };
         let path = || job.dir.child_path(&job.node.name);
         if !job.fresh {
-            match self.keep_existing(job, size) {
+            match self.keep_existing(job, size, None) {
                 Ok(true) => return None,
                 Ok(false) if !self.opts.dry_run => {
                     // A file an earlier restore made immutable or append-only cannot be

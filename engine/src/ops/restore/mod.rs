@@ -632,7 +632,7 @@ fn hard_links<'a>(
         }
         let Some((_, dir)) = &parent else { continue };
         let job = FileJob { dir: dir.clone(), node, fresh: false };
-        match r.keep_existing(&job, size) {
+        match r.keep_existing(&job, size, linked.get(&target)) {
             Ok(true) => continue,
             Ok(false) => {}
             Err(e) => {
