@@ -552,7 +552,7 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
     for w in &warnings {
         eprintln!("warning: {w}");
     }
-    let include = crate::find::restore_paths(repo, &index, &id, &snap, args.paths, args.glob)?;
+    let include = crate::find::restore_paths(repo, &index, &id, &snap, args.paths, args.glob, &args.include)?;
     let opts = RestoreOptions {
         target: args.target.clone(),
         include,

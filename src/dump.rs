@@ -162,7 +162,7 @@ pub fn restore_to_stdout(repo: &Repository, args: crate::RestoreArgs) -> Result<
     for w in &warnings {
         eprintln!("warning: {w}");
     }
-    let include = crate::find::restore_paths(repo, &index, &id, &snap, args.paths, args.glob)?;
+    let include = crate::find::restore_paths(repo, &index, &id, &snap, args.paths, args.glob, &args.include)?;
     let memory = Memory::plan(repo, &index, args.mem_limit)?;
     let reader = BlobReader::with_cache(repo, &index, memory.cache)?;
     let mut paths: Vec<Vec<u8>> = include.iter().map(|p| snapshot_path(p)).collect();

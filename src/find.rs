@@ -258,13 +258,32 @@ pub fn restore_paths(
     snap: &Snapshot,
     paths: Vec<PathBuf>,
     glob: bool,
+    includes: &[String],
 ) -> Result<Vec<PathBuf>> {
-    if paths.is_empty() {
+    if paths.is_empty() && includes.is_empty() {
         return Ok(paths);
     }
     let reader = BlobReader::new(repo, index)?;
     let short = &id[..16.min(id.len())];
     let mut out = Vec::new();
+    // restic's --include: a pattern without '/' matches a name at any depth, one starting
+    // with '/' the path in the snapshot, any other a path ending anywhere. A directory that
+    // matches comes whole.
+    for pattern in includes {
+        let glob = if pattern.contains('/') && !pattern.starts_with('/') {
+            format!("**/{pattern}")
+        } else {
+            pattern.clone()
+        };
+        out.extend(
+            find::expand_glob(&reader, &snap.tree, &glob)?
+                .into_iter()
+                .map(|b| PathBuf::from(OsStr::from_bytes(&b))),
+        );
+    }
+    if !includes.is_empty() && out.is_empty() {
+        bail!("--include {} matches nothing in snapshot {short}", includes.join(", --include "));
+    }
     for p in paths {
         let bytes = p.as_os_str().as_bytes();
         let literal = !glob && find::lookup(&reader, &snap.tree, bytes)?.is_some();

@@ -416,6 +416,11 @@ pub struct RestoreArgs {
     /// matches '/')
     #[arg(long, short = 'e')]
     pub exclude: Vec<String>,
+    /// Restore only matching entries, and the directories that lead to them (as restic's:
+    /// without '/', a name anywhere; starting with '/', the path in the snapshot; otherwise a
+    /// path ending anywhere; a matching directory comes whole). With PATHs: both
+    #[arg(long, short = 'i')]
+    pub include: Vec<String>,
     /// Read every restored file back and compare it with the snapshot (a file that differs is
     /// removed and named)
     #[arg(long)]

@@ -72,6 +72,12 @@ fn each_overwrite_mode_replaces_what_it_says_and_counts_it() {
     // if-newer: `b` is newer in the target, `a` and `c` as new: all kept.
     assert_eq!(counts(&restore("if-newer")), (0, 3));
     assert_eq!(fs::read(at.join("b")).unwrap(), b"newer b");
+    // ... and a file older in the target than in the snapshot is replaced.
+    fs::write(at.join("c"), "older c").unwrap();
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    fs::File::options().write(true).open(at.join("c")).unwrap().set_modified(old).unwrap();
+    assert_eq!(counts(&restore("if-newer")), (1, 2));
+    assert_eq!(fs::read(at.join("c")).unwrap(), b"snapshot c");
     // if-changed reads `a` back: same size and mtime, other bytes, so it is replaced.
     assert_eq!(counts(&restore("if-changed")), (2, 1));
     assert_eq!(fs::read(at.join("a")).unwrap(), b"snapshot a");
@@ -523,4 +529,34 @@ fn a_restore_holds_to_its_mem_limit_and_spills_its_hard_links() {
     }
     assert_eq!(fs::read(back.join("d00003/l")).unwrap(), b"file 3");
     assert_eq!(fs::metadata(back.join("f3")).unwrap().nlink(), 3_001);
+}
+
+#[test]
+fn include_restores_only_what_matches_and_the_directories_leading_to_it() {
+    let b = bakare();
+    b.ok(&argv!["init"]);
+    let src = TestDir::new()
+        .file("docs/a.txt", "a")
+        .file("docs/deep/b.txt", "b")
+        .file("docs/c.md", "c")
+        .file("notes/d.txt", "d")
+        .file("keep/all/e.bin", "e")
+        .file("keep/all/f.md", "f")
+        .file("top.md", "t");
+    b.ok(&argv!["run", src.path()]);
+    let target = tempfile::tempdir().unwrap();
+    // A name anywhere, and a relative path ending anywhere (a directory comes whole).
+    b.ok(&argv!["restore", "latest", "-t", target.path(), "--include", "*.txt", "-i", "keep/all"]);
+    let at = restored_path(target.path(), src.path());
+    let mut got: Vec<String> =
+        chaos::testkit::files_under(&at).iter().map(|p| p.display().to_string()).collect();
+    got.sort();
+    assert_eq!(got, ["docs/a.txt", "docs/deep/b.txt", "keep/all/e.bin", "keep/all/f.md", "notes/d.txt"]);
+    assert_eq!(fs::read(at.join("docs/deep/b.txt")).unwrap(), b"b");
+    // A pattern that matches nothing restores nothing and says so.
+    let t2 = tempfile::tempdir().unwrap();
+    let o = b.run(&argv!["restore", "latest", "-t", t2.path(), "--include", "*.nothing"]);
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("matches nothing"), "{}", o.stderr);
+    assert_eq!(fs::read_dir(t2.path()).unwrap().count(), 0);
 }

@@ -154,6 +154,39 @@ fn a_name_twice_across_blobs_never_lets_a_symlink_lead_outside() {
     });
     w.refused(&snap, &["repeated or out of order"]);
     assert_eq!(fs::read(w.target().join("a")).unwrap(), b"file");
+    w.check_names(&["repeated or out of order"]);
+}
+
+/// The attack #14 reported: a root directory listing one 4,096-entry tree blob 1,000 times
+/// (restore reached 552 MB). Its second copy repeats the first's names: refused there, with
+/// the first copy restored, in bounded memory; `check`, `ls -r` and `find` stop there too.
+#[test]
+fn one_tree_blob_listed_a_thousand_times_in_one_directory_is_refused_at_its_second_copy() {
+    let w = World::new();
+    let snap = w.forge(|f, _| {
+        let file = f.file("f", b"x");
+        let nodes: Vec<_> =
+            (0..4096).map(|i| Node { name: format!("n{i:04}").into_bytes(), ..file.clone() }).collect();
+        let t = f.tree(nodes);
+        vec![t; 1000]
+    });
+    let o = w.refused(&snap, &["repeated or out of order"]);
+    assert_eq!(fs::read_dir(w.target()).unwrap().count(), 4096, "{}", o.stdout_str());
+    w.check_names(&["repeated or out of order"]);
+    let ls = w.b.run(&argv!["ls", &snap, "-r"]);
+    assert_eq!(ls.code, 1, "{}", ls.stdout_str());
+    assert!(ls.stderr.contains("repeated or out of order"), "{}", ls.stderr);
+    // find answers from the first copy, and says the directory cannot be listed whole.
+    let find = w.b.run(&argv!["find", "--exact", "n4095"]);
+    assert_eq!(find.code, 0, "{}", find.stderr);
+    assert!(
+        find.stderr.contains("cannot be listed") && find.stdout_str().contains("/n4095"),
+        "{}",
+        find.stderr
+    );
+    for o in [&ls, &find] {
+        assert!(o.peak_rss < RSS_LIMIT, "peaked at {} MiB", o.peak_rss >> 20);
+    }
 }
 
 #[test]
@@ -665,6 +698,8 @@ fn big_tree_blobs_stacked_deep_are_refused_before_they_fill_memory() {
     let o = w.refused(&snap, &["take more than 64 MiB: refused"]);
     // The levels that fit are restored.
     assert!(w.target().join("d/d/d/d/l0000").symlink_metadata().is_ok(), "{}", o.stdout_str());
+    // check holds the same bound (its RSS is asserted under the limit too) and names it.
+    w.check_names(&["take more than 64 MiB: restore refuses it"]);
 }
 
 #[test]

@@ -28,7 +28,8 @@ use crate::pack::{self, BlobEntry, PackId};
 use crate::repo::{BlobReader, Repository};
 use crate::snapshot::Snapshot;
 use crate::tree::{
-    amplification_limit, Listing, NodeKind, Tree, MAX_AMPLIFICATION, MAX_DEPTH, MAX_DIR_BLOBS, MAX_PATH,
+    amplification_limit, entries_size, Listing, NodeKind, Tree, MAX_AMPLIFICATION, MAX_DEPTH, MAX_DIR_BLOBS,
+    MAX_HELD, MAX_PATH,
 };
 
 /// Which packs `--read-data` reads.
@@ -463,6 +464,8 @@ pub(crate) struct Walker<'a> {
     entries: u64,
     /// Damaged directories, by `list_key`.
     damaged_dirs: HashSet<[u8; 32]>,
+    /// Estimated bytes of the entries the open levels hold (`tree::entries_size`).
+    held: usize,
 }
 
 impl<'a> Walker<'a> {
@@ -579,6 +582,24 @@ impl<'a> Walker<'a> {
                 extent = extent.and(e);
                 continue;
             }
+            // Each level's entries are held while the levels below it are checked: bounded as
+            // restore bounds them (`MAX_HELD`), and refused as restore refuses them.
+            let size = entries_size(&nodes);
+            if self.held + size > MAX_HELD {
+                let why = format!(
+                    "its entries and those of the directories above it take more than {} MiB: restore refuses it",
+                    MAX_HELD >> 20
+                );
+                if self.damaged_trees.insert(*id) {
+                    report
+                        .damage
+                        .push(Damage { object: format!("tree {}", hex::encode(id)), why: why.clone() });
+                }
+                lost(report, why);
+                ok = false;
+                break;
+            }
+            self.held += size;
             self.entries += nodes.len() as u64;
             let mut own = Extent { height: 1, nodes: nodes.len() as u64 };
             let mut tree_ok = !blob_refused;
@@ -610,6 +631,7 @@ impl<'a> Walker<'a> {
                     _ => {}
                 }
             }
+            self.held -= size;
             if tree_ok {
                 report.clean_trees.insert(*id, own);
             } else {
@@ -813,6 +835,7 @@ pub(crate) fn walker<'a>(repo: &'a Repository, survey: &'a Survey) -> Result<Wal
         clean_dirs: HashMap::new(),
         entries: 0,
         damaged_dirs: HashSet::new(),
+        held: 0,
     })
 }
 
