@@ -600,7 +600,7 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
         let v = json!({
             "snapshot": id, "dry_run": args.dry_run, "files": r.files, "dirs": r.dirs,
             "bytes": r.bytes, "seconds": secs, "errors": errors, "notes": r.notes,
-            "replaced": r.replaced, "kept": r.kept, "deleted": r.deleted,
+            "replaced": r.replaced, "replaced_bytes": r.replaced_bytes, "kept": r.kept, "deleted": r.deleted,
             "deleted_bytes": r.deleted_bytes, "verified": r.verified, "excluded": r.excluded,
         });
         out.line(&v.to_string())?;
@@ -617,8 +617,9 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
         ))?;
         if r.replaced > 0 || r.kept > 0 {
             out.line(&format!(
-                "  already in the target: {} files {would}replaced, {} kept (--overwrite {})",
+                "  already in the target: {} files ({}) {would}replaced, {} kept (--overwrite {})",
                 r.replaced,
+                output::size(r.replaced_bytes),
                 r.kept,
                 clap::ValueEnum::to_possible_value(&args.overwrite)
                     .map(|v| v.get_name().to_string())

@@ -90,7 +90,8 @@ fn each_overwrite_mode_replaces_what_it_says_and_counts_it() {
     change_keeping_mtime(&at.join("c"), b"changed! c");
     let o = b.ok(&argv!["restore", "latest", "--target", target.path()]);
     assert!(
-        o.stdout_str().contains("already in the target: 1 files replaced, 2 kept (--overwrite if-changed)"),
+        o.stdout_str()
+            .contains("already in the target: 1 files (10 B) replaced, 2 kept (--overwrite if-changed)"),
         "{}",
         o.stdout_str()
     );
@@ -302,7 +303,13 @@ fn a_dry_run_counts_what_a_restore_would_do_and_changes_nothing() {
     let o = b.ok(&argv!["restore", "latest", "--target", target.path(), "-n"]);
     let text = o.stdout_str();
     assert!(text.starts_with("would restore 1 files"), "{text}");
-    assert!(text.contains("already in the target: 1 files would be replaced, 2 kept"), "{text}");
+    assert!(text.contains("already in the target: 1 files (10 B) would be replaced, 2 kept"), "{text}");
+    assert_eq!(state(target.path()), before);
+    let v = b.ok(&argv!["--json", "restore", "latest", "--target", target.path(), "-n"]).json();
+    assert_eq!(
+        (v["replaced"].as_u64(), v["replaced_bytes"].as_u64(), v["kept"].as_u64()),
+        (Some(1), Some(10), Some(2))
+    );
     assert_eq!(state(target.path()), before);
 }
 

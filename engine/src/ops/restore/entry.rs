@@ -153,6 +153,8 @@ pub(super) struct Restorer<'a> {
     pub(super) deleted: AtomicU64,
     pub(super) deleted_bytes: AtomicU64,
     pub(super) replaced: AtomicU64,
+    /// The snapshot's bytes of the regular files among them.
+    pub(super) replaced_bytes: AtomicU64,
     pub(super) kept: AtomicU64,
     pub(super) errors: Mutex<Vec<(PathBuf, String)>>,
     /// Failures past `MAX_ERRORS`, counted only.
@@ -513,6 +515,7 @@ impl Restorer<'_> {
         {
             // Left by an interrupted restore: never kept, even by `if-newer` or `never`.
             self.replaced.fetch_add(1, Relaxed);
+            self.replaced_bytes.fetch_add(size, Relaxed);
             return Ok(false);
         }
         let keep = match self.opts.overwrite {
@@ -547,6 +550,7 @@ impl Restorer<'_> {
             }
         } else {
             self.replaced.fetch_add(1, Relaxed);
+            self.replaced_bytes.fetch_add(size, Relaxed);
         }
         Ok(keep)
     }

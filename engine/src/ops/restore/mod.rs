@@ -159,6 +159,8 @@ pub struct RestoreResult {
     pub errors: Vec<(PathBuf, String)>,
     /// Files that were in the target and were replaced.
     pub replaced: u64,
+    /// The snapshot's bytes of the regular files replaced (included in `bytes`).
+    pub replaced_bytes: u64,
     /// Files that were in the target and were left there (`Overwrite`).
     pub kept: u64,
     /// Entries removed by `delete` (everything below a removed directory counts), and the
@@ -311,6 +313,7 @@ pub fn restore(
         deleted: AtomicU64::new(0),
         deleted_bytes: AtomicU64::new(0),
         replaced: AtomicU64::new(0),
+        replaced_bytes: AtomicU64::new(0),
         kept: AtomicU64::new(0),
         errors: Mutex::new(Vec::new()),
         unlisted: AtomicU64::new(0),
@@ -555,6 +558,7 @@ pub fn restore(
     result.verified = r.verified.load(Relaxed);
     result.deleted_bytes = r.deleted_bytes.load(Relaxed);
     result.replaced = r.replaced.load(Relaxed);
+    result.replaced_bytes = r.replaced_bytes.load(Relaxed);
     result.kept = r.kept.load(Relaxed);
     result.notes = r.notes();
     for why in spill_failed {
