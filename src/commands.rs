@@ -446,8 +446,9 @@ fn ls(repo: &Repository, json: bool, args: LsArgs) -> Result<u8> {
     for w in &warnings {
         eprintln!("warning: {w}");
     }
-    let reader = engine::repo::BlobReader::new(repo, &index)?;
-    let tally = engine::repo::Tally::default();
+    let memory = engine::restore::Memory::plan(repo, &index, args.mem_limit)?;
+    let reader = engine::repo::BlobReader::with_cache(repo, &index, memory.cache)?;
+    let tally = engine::repo::Tally::with_limit(memory.held);
     // Find the directory to list.
     let mut tree = snap.tree.clone();
     let mut base = PathBuf::from("/");

@@ -19,6 +19,11 @@ pub struct DiffArgs {
     pub b: String,
     /// Only at or below this path (e.g. /home/me/src)
     pub path: Option<PathBuf>,
+    /// Memory ceiling for the whole process, e.g. 128M (as restore's: it sizes the reader's
+    /// cache and the tree entries the walk may hold on each side; a directory past them is
+    /// not compared, and named)
+    #[arg(long, value_parser = crate::parse_size_arg)]
+    pub mem_limit: Option<u64>,
     /// What `latest` means
     #[command(flatten)]
     pub filter: crate::snapshots::FilterArgs,
@@ -70,7 +75,10 @@ pub fn diff(repo: &Repository, json: bool, args: DiffArgs) -> Result<u8> {
     for w in &warnings {
         eprintln!("warning: {w}");
     }
-    let reader = BlobReader::new(repo, &index)?;
+    let memory = engine::restore::Memory::plan(repo, &index, args.mem_limit)?;
+    let reader = BlobReader::with_cache(repo, &index, memory.cache)?;
+    // Both sides' open directories share one bound.
+    let tally = engine::repo::Tally::with_limit(memory.held);
     let base: Vec<u8> = match &args.path {
         Some(p) => {
             let mut b = Vec::new();
@@ -98,7 +106,7 @@ pub fn diff(repo: &Repository, json: bool, args: DiffArgs) -> Result<u8> {
     }
     let mut first = true;
     let mut failed: Option<std::io::Error> = None;
-    let (sum, warnings) = diff::diff(&reader, &base, na.as_ref(), nb.as_ref(), |e| {
+    let (sum, warnings) = diff::diff(&reader, &tally, &base, na.as_ref(), nb.as_ref(), |e| {
         if json {
             let change = json!({
                 "change": e.change.symbol().to_string(), "path": String::from_utf8_lossy(&e.path),

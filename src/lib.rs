@@ -380,6 +380,10 @@ pub struct LsArgs {
     /// List subdirectories too
     #[arg(long, short = 'r')]
     pub recursive: bool,
+    /// Memory ceiling for the whole process, e.g. 128M (as restore's: it sizes the reader's
+    /// cache and the tree entries the walk may hold; a directory past them is refused, exit 1)
+    #[arg(long, value_parser = parse_size_arg)]
+    pub mem_limit: Option<u64>,
     /// What `latest` means
     #[command(flatten)]
     pub filter: snapshots::FilterArgs,

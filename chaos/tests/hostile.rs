@@ -700,6 +700,28 @@ fn big_tree_blobs_stacked_deep_are_refused_before_they_fill_memory() {
     assert!(w.target().join("d/d/d/d/l0000").symlink_metadata().is_ok(), "{}", o.stdout_str());
     // check holds the same bound (its RSS is asserted under the limit too) and names it.
     w.check_names(&["take more than 64 MiB: restore refuses it"]);
+    // ls and diff too, by default and under --mem-limit (which lowers the bound).
+    let empty = w.forge(|f, _| vec![f.tree(vec![])]);
+    for (limit, mib) in [(None, 64u64), (Some("96M"), 18)] {
+        let mut ls = argv!["ls", &snap, "-r"].to_vec();
+        let mut diff = argv!["diff", &empty, &snap].to_vec();
+        let ceiling = limit.map_or(RSS_LIMIT, |_| 96 << 20);
+        if let Some(l) = limit {
+            ls.extend(argv!["--mem-limit", l]);
+            diff.extend(argv!["--mem-limit", l]);
+        }
+        let refusal = format!("take more than {mib} MiB");
+        for args in [ls, diff] {
+            let o = w.b.run(&args);
+            eprintln!("{args:?}: exit {}, peak RSS {} MiB", o.code, o.peak_rss >> 20);
+            assert!(o.peak_rss < ceiling, "{args:?} peaked at {} MiB", o.peak_rss >> 20);
+            assert!(
+                o.stderr.contains(&refusal) || o.stdout_str().contains(&refusal),
+                "{args:?}: {}",
+                o.stderr
+            );
+        }
+    }
 }
 
 #[test]

@@ -197,15 +197,16 @@ impl<'r, 'a, F: FnMut(Entry)> Walk<'r, 'a, F> {
 
 /// Compares the trees `a` and `b` (the root directories of two snapshots, or two directories
 /// inside them, both at `base`), calling `emit` for each difference in path order.
+/// `tally` bounds the tree entries held (`Tally::with_limit`).
 pub fn diff(
     reader: &BlobReader,
+    tally: &Tally,
     base: &[u8],
     a: Option<&Node>,
     b: Option<&Node>,
     emit: impl FnMut(Entry),
 ) -> Result<(Summary, Warnings)> {
-    let tally = Tally::default();
-    let mut w = Walk { reader, tally: &tally, emit, sum: Summary::default(), warnings: Vec::new() };
+    let mut w = Walk { reader, tally, emit, sum: Summary::default(), warnings: Vec::new() };
     // Depth first with an explicit stack of directory pairs, each holding one tree blob a side.
     let mut stack: Vec<Level> = Vec::new();
     if let Some(mut level) = w.entry(base, a, b) {

@@ -890,11 +890,24 @@ impl<'a> BlobReader<'a> {
 }
 
 /// What the directories one walk has open share: its count against shared subtrees
-/// (`Amplification`) and the bytes of tree entries they hold (at most `MAX_HELD`).
-#[derive(Default)]
+/// (`Amplification`) and the bytes of tree entries they hold (at most `limit`, `MAX_HELD`
+/// unless `--mem-limit` sets less: `Memory::held`).
 pub struct Tally {
     amplification: RefCell<Amplification>,
     held: Cell<usize>,
+    limit: usize,
+}
+
+impl Default for Tally {
+    fn default() -> Tally {
+        Tally::with_limit(MAX_HELD)
+    }
+}
+
+impl Tally {
+    pub fn with_limit(limit: usize) -> Tally {
+        Tally { amplification: RefCell::default(), held: Cell::new(0), limit }
+    }
 }
 
 /// One directory's entries, read one tree blob at a time and checked as one directory
@@ -946,10 +959,10 @@ impl Entries<'_, '_> {
         let held = self.tally.held.get() - self.held + size;
         self.tally.held.set(held);
         self.held = size;
-        if held > MAX_HELD {
+        if held > self.tally.limit {
             let why = format!(
                 "its entries and those of the directories above it take more than {} MiB",
-                MAX_HELD >> 20
+                self.tally.limit >> 20
             );
             return Err(Error::corrupt("tree", name(), why));
         }
