@@ -363,6 +363,25 @@ fn a_chain_far_deeper_than_the_limit_is_cut_at_the_limit() {
 }
 
 #[test]
+fn a_directory_stored_in_more_tree_blobs_than_its_entry_limit_allows_is_refused() {
+    // 2^24 entries at most, so at most 4,096 blobs of 4,096: one more blob (of one entry each)
+    // is refused by its parent's entry, named, and its siblings restored.
+    let w = World::new();
+    let blobs = engine::tree::MAX_DIR_BLOBS + 1;
+    let snap = w.forge(|f, _| {
+        let file = f.file("x", b"x");
+        let ids: Vec<_> =
+            (0..blobs).map(|i| f.tree(vec![Node { name: format!("n{i:05}").into_bytes(), ..file.clone() }])).collect();
+        let ok = f.file("ok", b"fine");
+        vec![f.tree(vec![dir("big", ids), ok])]
+    });
+    w.refused(&snap, &["big", &format!("directory stored in {blobs} tree blobs")]);
+    assert_eq!(fs::read(w.target().join("ok")).unwrap(), b"fine");
+    assert!(!w.target().join("big").exists());
+    w.check_names(&[&format!("directory stored in {blobs} tree blobs")]);
+}
+
+#[test]
 fn a_file_claiming_two_to_the_sixty_bytes_is_refused() {
     let w = World::new();
     let snap = w.forge(|f, _| {
