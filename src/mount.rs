@@ -20,6 +20,10 @@ pub struct MountArgs {
     /// 1 GiB (default 32 MiB), e.g. 256M, 1G
     #[arg(long, value_parser = crate::parse_size_arg)]
     pub mem_limit: Option<u64>,
+    /// Let other users use the mount, each as the stored owners and modes allow (FUSE's
+    /// allow_other: as a user other than root, /etc/fuse.conf must say user_allow_other)
+    #[arg(long)]
+    pub allow_other: bool,
 }
 
 /// Bytes of decoded blobs a mount keeps: a quarter of `--mem-limit`, besides the index.
@@ -34,6 +38,7 @@ pub fn mount(repo: Repository, args: MountArgs) -> Result<u8> {
     let opts = mount::Options {
         refresh: Duration::from_secs(args.refresh),
         cache: cache(args.mem_limit),
+        allow_other: args.allow_other,
         ..mount::Options::default()
     };
     let mut mounted = mount::mount(repo, &args.dir, opts)?;

@@ -98,6 +98,11 @@ impl Mounted {
 
 /// Mounts `b`'s repository; None (having said why) if FUSE cannot be used here.
 fn mount(b: &Bakare) -> Option<Mounted> {
+    mount_with(b, &[])
+}
+
+/// `mount` with more arguments.
+fn mount_with(b: &Bakare, extra: &[&str]) -> Option<Mounted> {
     if !Path::new("/dev/fuse").exists() {
         cannot_mount("no /dev/fuse");
         return None;
@@ -106,12 +111,10 @@ fn mount(b: &Bakare) -> Option<Mounted> {
     let dir = tmp.path().join("mnt");
     fs::create_dir(&dir).unwrap();
     let log = tmp.path().join("stderr");
-    let child = b
-        .command(&argv!["mount", "--refresh", "1", &dir])
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut args = argv!["mount", "--refresh", "1", &dir].to_vec();
+    args.extend(extra.iter().map(Into::into));
+    let child =
+        b.command(&args).stdout(Stdio::null()).stderr(fs::File::create(&log).unwrap()).spawn().unwrap();
     let mut m = Mounted { child, dir, log, tmp };
     let start = Instant::now();
     while !m.dir.join("snapshots").exists() {
@@ -270,4 +273,123 @@ fn a_damaged_blob_is_eio_and_the_mount_goes_on() {
 /// EIO (5 on Linux).
 fn libc_eio() -> i32 {
     5
+}
+
+/// Whether `tool` is installed; if not it says so, and fails where CI installs it.
+fn have(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("BAKARE_REQUIRE_FUSE").is_none(),
+            "{tool} is not installed (.ci/run installs it)"
+        );
+        skipped(&format!("{tool} is not installed: its comparison is left out"));
+    }
+    found
+}
+
+/// `tool args path`'s output without its `# file:` line.
+fn dumped(tool: &str, args: &[&str], path: &Path) -> String {
+    let out = Command::new(tool).args(args).arg(path).output().unwrap();
+    assert!(out.status.success(), "{tool} {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("# file:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `cat path` as user `nobody`: its output, or None if refused.
+fn cat_as_nobody(path: &Path) -> Option<Vec<u8>> {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new("cat").arg(path).uid(65534).gid(65534).output().unwrap();
+    out.status.success().then_some(out.stdout)
+}
+
+/// Extended attributes and ACLs read through the mount as they were stored (`getfattr`,
+/// `getfacl`), and the kernel enforces the stored modes and ACLs for other users, who get in
+/// at all only with `--allow-other`.
+#[test]
+fn xattrs_and_acls_read_as_stored_and_allow_other_lets_other_users_in_as_stored() {
+    use std::os::unix::fs::PermissionsExt;
+    let src = TestDir::new()
+        .file("pub/readme", "for everyone\n")
+        .file("pub/shared", "nobody may read this one\n")
+        .file("pub/secret", "owner only\n");
+    let mode =
+        |p: &str, m: u32| fs::set_permissions(src.path().join(p), fs::Permissions::from_mode(m)).unwrap();
+    mode("", 0o755);
+    mode("pub", 0o755);
+    mode("pub/readme", 0o644);
+    mode("pub/shared", 0o600);
+    mode("pub/secret", 0o600);
+    let (fattr, facl) = (have("setfattr") && have("getfattr"), have("setfacl") && have("getfacl"));
+    if fattr {
+        let path = src.path().join("pub/readme");
+        assert!(
+            Command::new("setfattr").args(["-n", "user.note", "-v", "hello"]).arg(path).status_ok(),
+            "setfattr"
+        );
+    }
+    if facl {
+        let path = src.path().join("pub/shared");
+        assert!(Command::new("setfacl").args(["-m", "u:nobody:r"]).arg(path).status_ok(), "setfacl");
+    }
+    let b = bakare();
+    b.ok(&argv!["run", src.path()]);
+    let Some(mut m) = mount_with(&b, &["--allow-other"]) else { return };
+    let root = m.dir.join("latest").join(src.path().strip_prefix("/").unwrap());
+    for f in ["pub/readme", "pub/shared", "pub/secret"] {
+        if fattr {
+            let args = ["-d", "-m", "-", "-e", "hex", "--absolute-names"];
+            let want = dumped("getfattr", &args, &src.path().join(f));
+            assert_eq!(dumped("getfattr", &args, &root.join(f)), want, "{f}: extended attributes");
+            if f == "pub/readme" {
+                assert!(want.contains("user.note=0x68656c6c6f"), "{want}");
+            }
+        }
+        if facl {
+            let args = ["-p"];
+            assert_eq!(
+                dumped("getfacl", &args, &root.join(f)),
+                dumped("getfacl", &args, &src.path().join(f)),
+                "{f}: ACL"
+            );
+        }
+    }
+    if !chaos::testkit::root_or_skip("reading a mount as another user") {
+        return;
+    }
+    // The mount's own directory must let `nobody` through to it.
+    fs::set_permissions(m.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(cat_as_nobody(&root.join("pub/readme")).as_deref(), Some(&b"for everyone\n"[..]));
+    assert_eq!(cat_as_nobody(&root.join("pub/secret")), None, "mode 0600 lets nobody else in");
+    if facl {
+        let got = cat_as_nobody(&root.join("pub/shared"));
+        assert_eq!(got.as_deref(), Some(&b"nobody may read this one\n"[..]), "the stored ACL grants it");
+    }
+    // Without --allow-other, another user gets nothing, not even what its mode allows.
+    let dir = m.dir.clone();
+    let bin = fusermount().unwrap();
+    assert!(Command::new(bin).arg("-u").arg(&dir).status().unwrap().success());
+    assert_eq!(m.wait(Duration::from_secs(30)), 0, "{}", m.stderr());
+    let Some(m) = mount(&b) else { return };
+    fs::set_permissions(m.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let root = m.dir.join("latest").join(src.path().strip_prefix("/").unwrap());
+    assert!(root.join("pub/readme").exists());
+    assert_eq!(cat_as_nobody(&root.join("pub/readme")), None, "without --allow-other");
+}
+
+trait StatusOk {
+    fn status_ok(&mut self) -> bool;
+}
+
+impl StatusOk for Command {
+    fn status_ok(&mut self) -> bool {
+        self.status().is_ok_and(|s| s.success())
+    }
 }

@@ -370,8 +370,9 @@ fn a_directory_stored_in_more_tree_blobs_than_its_entry_limit_allows_is_refused(
     let blobs = engine::tree::MAX_DIR_BLOBS + 1;
     let snap = w.forge(|f, _| {
         let file = f.file("x", b"x");
-        let ids: Vec<_> =
-            (0..blobs).map(|i| f.tree(vec![Node { name: format!("n{i:05}").into_bytes(), ..file.clone() }])).collect();
+        let ids: Vec<_> = (0..blobs)
+            .map(|i| f.tree(vec![Node { name: format!("n{i:05}").into_bytes(), ..file.clone() }]))
+            .collect();
         let ok = f.file("ok", b"fine");
         vec![f.tree(vec![dir("big", ids), ok])]
     });

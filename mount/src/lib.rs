@@ -23,8 +23,9 @@ use engine::repo::BlobReader;
 use engine::tree::{Node, NodeKind};
 use engine::{BlobId, Repository};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyXattr, Request, SessionACL,
 };
 use stages::BlobKind;
 
@@ -43,11 +44,14 @@ pub struct Options {
     /// attributes and list of blob ids); past it, lookups fail with ENFILE until the kernel
     /// forgets some.
     pub max_inodes: usize,
+    /// Other users may use the mount (FUSE's `allow_other`), each as the stored owners and
+    /// modes allow (the kernel checks them). Without it, only the user who mounted.
+    pub allow_other: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { refresh: Duration::from_secs(3), cache: 32 << 20, max_inodes: 1 << 20 }
+        Options { refresh: Duration::from_secs(3), cache: 32 << 20, max_inodes: 1 << 20, allow_other: false }
     }
 }
 
@@ -372,6 +376,16 @@ impl Fs {
 }
 
 /// A stand-in inode number for a directory entry not looked up yet (readdir's d_ino).
+/// `size` 0 asks how large `value` is; otherwise it is sent if it fits (ERANGE if not).
+fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
+    match u32::try_from(value.len()) {
+        Err(_) => reply.error(Errno::E2BIG),
+        Ok(len) if size == 0 => reply.size(len),
+        Ok(len) if len > size => reply.error(Errno::ERANGE),
+        Ok(_) => reply.data(value),
+    }
+}
+
 fn stand_in(parent: u64, name: &[u8]) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     (parent, name).hash(&mut h);
@@ -379,6 +393,13 @@ fn stand_in(parent: u64, name: &[u8]) -> u64 {
 }
 
 impl Filesystem for Fs {
+    /// Stored ACLs are shown (`getfacl`) and, with `default_permissions`, enforced by the
+    /// kernel as on the machine that was backed up. A kernel without it shows the modes only.
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (parent, name) = (parent.0, name.as_bytes());
         let r = (|| {
@@ -395,6 +416,35 @@ impl Filesystem for Fs {
             Ok((attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
+    }
+
+    /// A stored extended attribute (ACLs are `system.posix_acl_*` ones), as it was backed up.
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let entry = match self.entry_of(ino.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        let Entry::Node(n) = &*entry else { return reply.error(Errno::NO_XATTR) };
+        match n.xattrs.iter().find(|x| x.name == name.as_bytes()) {
+            None => reply.error(Errno::NO_XATTR),
+            Some(x) => xattr_reply(reply, size, &x.value),
+        }
+    }
+
+    /// The stored extended attributes' names, each ended by a NUL.
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let entry = match self.entry_of(ino.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        let mut names = Vec::new();
+        if let Entry::Node(n) = &*entry {
+            for x in &n.xattrs {
+                names.extend_from_slice(&x.name);
+                names.push(0);
+            }
+        }
+        xattr_reply(reply, size, &names);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -572,6 +622,7 @@ impl Mounted {
 /// Mounts `repo` read-only at `dir` (reading its snapshots and index first).
 pub fn mount(repo: Repository, dir: &Path, opts: Options) -> Result<Mounted, Error> {
     let view = View::load(&repo, None)?;
+    let allow_other = opts.allow_other;
     let fs = Fs {
         blobs: Mutex::new(Lru::new(opts.cache)),
         table: Mutex::new(Table::new(opts.max_inodes)),
@@ -595,6 +646,9 @@ pub fn mount(repo: Repository, dir: &Path, opts: Options) -> Result<Mounted, Err
         MountOption::NoSuid,
         MountOption::NoDev,
     ];
+    if allow_other {
+        cfg.acl = SessionACL::All;
+    }
     // Two: a slow blob read does not hold up listings.
     cfg.n_threads = Some(2);
     let session = fuser::Session::new(fs, dir, &cfg)
