@@ -447,3 +447,28 @@ fn a_two_gib_file_reads_through_the_mount_within_its_memory_limit() {
     eprintln!("mount peak RSS after reading 2 GiB: {} MiB", peak >> 20);
     assert!(peak < LIMIT, "the mount peaked at {} MiB under --mem-limit 128M", peak >> 20);
 }
+
+/// A repository on an S3 server (s3s-fs, as in `tests/s3.rs`) mounts the same: every entry
+/// reads as its source, random ranges of the large file included.
+#[test]
+fn a_repository_on_s3_mounts_and_reads_as_its_source() {
+    let Some(server) = chaos::testkit::S3Server::start() else { return };
+    let src = tree();
+    let mut b = bakare();
+    server.configure(&mut b, "mounted");
+    b.ok(&argv!["init"]);
+    b.ok(&argv!["run", src.path()]);
+    let Some(m) = mount(&b) else { return };
+    let root = m.dir.join("latest").join(src.path().strip_prefix("/").unwrap());
+    assert_same(src.path(), &root);
+    let want = fs::read(src.path().join("big/random.bin")).unwrap();
+    let f = fs::File::open(root.join("big/random.bin")).unwrap();
+    let mut rng = Rng::new(6);
+    for _ in 0..50 {
+        let at = rng.below(BIG as u64) as usize;
+        let len = (rng.below(300_000) as usize + 1).min(BIG - at);
+        let mut got = vec![0u8; len];
+        f.read_exact_at(&mut got, at as u64).unwrap();
+        assert!(got == want[at..at + len], "bytes at {at}+{len}");
+    }
+}
