@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use engine::ops::dump::{self, DumpError, Notes, TarDump};
+use engine::ops::zipdump::ZipDump;
 use engine::repo::BlobReader;
 use engine::restore::Memory;
 use engine::tree::NodeKind;
@@ -38,12 +39,26 @@ pub enum Archive {
     /// POSIX tar with GNU and PAX extensions (GNU tar reads the extended attributes with
     /// --xattrs --xattrs-include='*')
     Tar,
+    /// Zip (deflated, zip64 past 4 GiB): modes, mtimes (2-second steps, 1980-2107) and
+    /// symlinks; no owners, extended attributes, FIFOs or devices; names that are not UTF-8
+    /// are left out and counted (exit 3). Its central directory is held until the end
+    Zip,
 }
 
 /// Bytes the archive names of files with other names may take (hard links past it are
 /// stored as copies): 64 bytes for each name `Memory` would track, at most 256 MiB.
 fn linked_budget(memory: &Memory) -> usize {
     memory.linked.saturating_mul(64).min(256 << 20)
+}
+
+/// Bytes a zip's central directory may take: the reader cache's share of --mem-limit (at
+/// least 16 MiB), or 1 GiB without one (about two million entries).
+fn zip_budget(memory: &Memory) -> usize {
+    if *memory == Memory::DEFAULT {
+        1 << 30
+    } else {
+        memory.cache.max(16 << 20)
+    }
 }
 
 /// Standard output, unbuffered by lines (a tar stream has no lines), buffered in large writes.
@@ -78,8 +93,20 @@ fn told(notes: &Notes) {
     }
     if notes.link_copies > 0 {
         eprintln!(
-            "note: {} hard links stored as copies (their first name is not in the archive)",
+            "note: {} hard links stored as copies (their first name is not in the archive, or the archive has no links)",
             notes.link_copies
+        );
+    }
+    if notes.unsupported > 0 {
+        eprintln!(
+            "note: {} FIFOs, sockets and device nodes left out (zip has no type for them)",
+            notes.unsupported
+        );
+    }
+    if notes.names > 0 {
+        eprintln!(
+            "warning: {} entries left out: their names or link targets are not UTF-8, which zip needs",
+            notes.names
         );
     }
 }
@@ -89,7 +116,8 @@ fn ended(r: std::result::Result<Notes, DumpError>) -> Result<u8> {
     match r {
         Ok(notes) => {
             told(&notes);
-            Ok(0)
+            // Entries left out, not only details of them: the archive is partial.
+            Ok(if notes.names > 0 { crate::EXIT_PARTIAL } else { 0 })
         }
         Err(e) if e.is_closed_pipe() => Ok(0),
         Err(e) => Err(e.into()),
@@ -122,13 +150,20 @@ pub fn dump(repo: &Repository, args: DumpArgs) -> Result<u8> {
                     args.path.display()
                 );
             }
-            let Archive::Tar = args.archive;
+            // Named from the directory's parent, so extracting makes the directory itself.
+            let strip = path.iter().rposition(|&c| c == b'/').map_or(0, |slash| slash + 1);
+            if let Archive::Zip = args.archive {
+                let mut zip = ZipDump::new(&reader, stdout()?, zip_budget(&memory));
+                let r = match path.is_empty() {
+                    true => zip.add_tree(b"", subtree, 0),
+                    false => zip.add(&path, &node, strip),
+                };
+                return ended(r.and_then(|()| zip.finish()));
+            }
             let mut tar = TarDump::new(&reader, stdout()?, linked_budget(&memory));
-            // Named from the directory's parent, so `tar -x` makes the directory itself.
-            let r = match path.iter().rposition(|&c| c == b'/') {
-                _ if path.is_empty() => tar.add_tree(b"", subtree, 0),
-                Some(slash) => tar.add(&path, &node, slash + 1),
-                None => tar.add(&path, &node, 0),
+            let r = match path.is_empty() {
+                true => tar.add_tree(b"", subtree, 0),
+                false => tar.add(&path, &node, strip),
             };
             let notes = tar.notes.clone();
             ended(r.and_then(|()| tar.finish()).map(|_| notes))

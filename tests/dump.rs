@@ -1,7 +1,8 @@
 //! `dump` and `restore --target -` through the real binary: a file comes out as its bytes (holes
 //! as zeros), a directory as a tar stream that the system's GNU tar extracts into the same tree
 //! (modes, times, links, a hard link, extended attributes, odd and long names), a closed pipe
-//! is a quiet success, and damage stops the stream with an error instead of wrong bytes.
+//! is a quiet success, and damage stops the stream with an error instead of wrong bytes; and
+//! `--archive zip`, read by Python's `zipfile` (.ci/run installs python3).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::ffi::OsStr;
@@ -300,4 +301,107 @@ fn a_damaged_blob_stops_the_dump_without_wrong_bytes() {
     let o = b.run(&argv!["dump", "latest", src.path()]);
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert!(o.stderr.contains("data/random.bin"), "{}", o.stderr);
+}
+
+/// `python3 -c` reading a zip from stdin: one line per entry, `name mode size` (mode from the
+/// unix attributes), then extracting into `dir` (symlinks as links) with `zipfile`.
+const ZIP_READER: &str = r#"
+import io, os, stat, sys, zipfile
+z = zipfile.ZipFile(io.BytesIO(sys.stdin.buffer.read()))
+out = sys.argv[1]
+for i in z.infolist():
+    mode = i.external_attr >> 16
+    print(i.filename, oct(mode), i.file_size, "%04d-%02d-%02dT%02d:%02d:%02d" % i.date_time)
+    dest = os.path.join(out, i.filename)
+    if stat.S_ISLNK(mode):
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.symlink(z.read(i).decode(), dest)
+    elif i.is_dir():
+        os.makedirs(dest, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with open(dest, "wb") as f:
+            f.write(z.read(i))
+"#;
+
+/// Reads a zip with Python's `zipfile` (its own CRC checks included): the listing, and the
+/// tree extracted into a temporary directory.
+fn unzip(archive: &[u8]) -> (String, tempfile::TempDir) {
+    use std::io::Write;
+    let out = tempfile::tempdir().unwrap();
+    let mut child = Command::new("python3")
+        .args(["-c", ZIP_READER])
+        .arg(out.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(archive).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "python zipfile: {}", String::from_utf8_lossy(&o.stderr));
+    (String::from_utf8(o.stdout).unwrap(), out)
+}
+
+#[test]
+fn a_directory_is_dumped_as_a_zip_that_python_extracts_byte_for_byte() {
+    let (src, _) = tree();
+    let b = bakare();
+    b.ok(&argv!["run", src.path()]);
+    let o = b.run(&argv!["dump", "latest", src.path(), "--archive", "zip"]);
+    // The name that is not UTF-8 is left out, counted, and makes the dump partial (exit 3);
+    // the FIFO too (zip has no type for it), with a note.
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("1 entries left out: their names or link targets are not UTF-8"),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stderr.contains("1 FIFOs, sockets and device nodes left out"), "{}", o.stderr);
+    let (listing, out) = unzip(&o.stdout);
+    let name = src.path().file_name().unwrap().to_str().unwrap();
+    let copy = out.path().join(name);
+    // Every file's bytes (the hard link a copy, the sparse file's holes as zeros), symlinks.
+    for rel in ["docs/notes.txt", "docs/empty", "data/random.bin", "data/sparse", "data/again.txt"] {
+        assert!(fs::read(src.path().join(rel)).unwrap() == fs::read(copy.join(rel)).unwrap(), "{rel}");
+    }
+    assert_eq!(fs::read(copy.join("deep").join(LONG)).unwrap(), b"long\n");
+    assert_eq!(fs::read_link(copy.join("docs/link")).unwrap(), Path::new("notes.txt"));
+    assert!(!copy.join("pipe").exists());
+    // Modes and times as stored (zip's times are in 2-second steps).
+    let md = fs::metadata(src.path().join("data/random.bin")).unwrap();
+    let mtime = jiff_free_utc(md.modified().unwrap());
+    let line = listing.lines().find(|l| l.starts_with(&format!("{name}/data/random.bin "))).unwrap();
+    let mode = format!("{:#o}", std::os::unix::fs::MetadataExt::mode(&md));
+    assert!(line.contains(&format!(" {mode} ")), "{line} ({mode})");
+    assert!(line.ends_with(&mtime), "{line} ({mtime})");
+    let dirs = listing.lines().filter(|l| l.starts_with(&format!("{name}/deep/ "))).count();
+    assert_eq!(dirs, 1, "{listing}");
+    // Under a --mem-limit whose share the central directory passes: a clear error naming tar.
+    let mut many = TestDir::new();
+    for i in 0..40_000 {
+        many = many.file(format!("d{}/f{i:05}", i % 100), "");
+    }
+    b.ok(&argv!["run", many.path()]);
+    let o = b.run(&argv!["dump", "latest", many.path(), "--archive", "zip", "--mem-limit", "90M"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("central directory") && o.stderr.contains("--archive tar"), "{}", o.stderr);
+}
+
+/// `t` as zip's `YYYY-MM-DDTHH:MM:SS` (UTC, seconds rounded down to even).
+fn jiff_free_utc(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let s = rest % 60 / 2 * 2;
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{s:02}", rest / 3600, rest % 3600 / 60)
 }

@@ -49,7 +49,7 @@ pub fn names(path: &[u8]) -> Vec<&[u8]> {
     path.split(|&c| c == b'/').filter(|c| !c.is_empty() && *c != b".").collect()
 }
 
-fn shown(path: &[u8]) -> String {
+pub(crate) fn shown(path: &[u8]) -> String {
     format!("/{}", String::from_utf8_lossy(path))
 }
 
@@ -231,6 +231,11 @@ pub struct Notes {
     pub specials: u64,
     /// Privileged extended attributes (`trusted.*`, `security.*`) left out (`owners(false)`).
     pub privileged: u64,
+    /// Entries left out whose names (or symlink targets) are not UTF-8 (zip stores UTF-8), and
+    /// everything below such a directory.
+    pub names: u64,
+    /// FIFOs, sockets and device nodes a zip has no type for.
+    pub unsupported: u64,
 }
 
 /// A tar stream of parts of one snapshot: each entry with its mode, owner ids, mtime (PAX
@@ -336,43 +341,9 @@ impl<'r, 'a, W: Write> TarDump<'r, 'a, W> {
         Ok(())
     }
 
-    /// Depth first, each directory before what it holds, one tree blob held per level.
     fn walk(&mut self, dir: &[u8], tree: &[BlobId], strip: usize) -> Result<(), DumpError> {
-        let tally = Tally::default();
         let reader = self.reader;
-        let mut stack = vec![(dir.to_vec(), reader.entries(tree, &tally))];
-        while let Some((dir, entries)) = stack.last_mut() {
-            let node = match entries.next() {
-                Ok(Some(n)) => n,
-                Ok(None) => {
-                    stack.pop();
-                    continue;
-                }
-                Err(source) => return Err(DumpError::Snapshot { path: shown(dir), source }),
-            };
-            let mut path = Vec::with_capacity(dir.len() + 1 + node.name.len());
-            path.extend_from_slice(dir);
-            if !path.is_empty() {
-                path.push(b'/');
-            }
-            path.extend_from_slice(&node.name);
-            let damaged = |why: String| DumpError::Snapshot {
-                path: shown(&path),
-                source: Error::corrupt("tree", "snapshot", why),
-            };
-            if path.len() > MAX_PATH {
-                return Err(damaged(format!("a path longer than {MAX_PATH} bytes (a damaged snapshot)")));
-            }
-            self.entry(&path, &node, strip)?;
-            if let NodeKind::Dir { subtree } = &node.kind {
-                if stack.len() >= MAX_DEPTH {
-                    return Err(damaged(format!("deeper than {MAX_DEPTH} levels (a damaged snapshot)")));
-                }
-                let entries = reader.entries(subtree, &tally);
-                stack.push((path, entries));
-            }
-        }
-        Ok(())
+        walk(reader, dir, tree, |path, node| self.entry(path, node, strip))
     }
 
     /// Remembers the archive name of the file at `path` in the snapshot, for its other names.
@@ -494,6 +465,50 @@ impl<'r, 'a, W: Write> TarDump<'r, 'a, W> {
     fn append_pax(&mut self, pax: &[(String, Vec<u8>)]) -> io::Result<()> {
         self.tar.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
     }
+}
+
+/// Depth first below the directory stored as `tree` at `dir`, each entry (with its path in the
+/// snapshot) handed to `each` before what it holds; one tree blob held per level.
+pub(crate) fn walk(
+    reader: &BlobReader,
+    dir: &[u8],
+    tree: &[BlobId],
+    mut each: impl FnMut(&[u8], &Node) -> Result<(), DumpError>,
+) -> Result<(), DumpError> {
+    let tally = Tally::default();
+    let mut stack = vec![(dir.to_vec(), reader.entries(tree, &tally))];
+    while let Some((dir, entries)) = stack.last_mut() {
+        let node = match entries.next() {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                stack.pop();
+                continue;
+            }
+            Err(source) => return Err(DumpError::Snapshot { path: shown(dir), source }),
+        };
+        let mut path = Vec::with_capacity(dir.len() + 1 + node.name.len());
+        path.extend_from_slice(dir);
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(&node.name);
+        let damaged = |why: String| DumpError::Snapshot {
+            path: shown(&path),
+            source: Error::corrupt("tree", "snapshot", why),
+        };
+        if path.len() > MAX_PATH {
+            return Err(damaged(format!("a path longer than {MAX_PATH} bytes (a damaged snapshot)")));
+        }
+        each(&path, &node)?;
+        if let NodeKind::Dir { subtree } = &node.kind {
+            if stack.len() >= MAX_DEPTH {
+                return Err(damaged(format!("deeper than {MAX_DEPTH} levels (a damaged snapshot)")));
+            }
+            let entries = reader.entries(subtree, &tally);
+            stack.push((path, entries));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -10,3 +10,4 @@ pub mod select;
 pub mod stats;
 pub mod tag;
 pub mod writers;
+pub mod zipdump;
