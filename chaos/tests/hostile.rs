@@ -570,6 +570,56 @@ fn a_directory_swapped_for_a_link_while_restoring_changes_nothing_outside() {
     assert!(total > 0, "the racer never swapped the directory while a restore ran");
 }
 
+/// A file someone else planted in the target, with the content, size and mtime the snapshot
+/// gives its name, may still be open for writing in their hands: as root, `if-changed` must
+/// not take it over (chown it to the snapshot's owner) but replace it, and `never` keeps it
+/// without linking the snapshot's other names of that file to it.
+#[test]
+fn a_file_planted_by_another_user_is_replaced_not_taken_over_nor_linked_to() {
+    use std::io::Write;
+    if !chaos::testkit::root_or_skip("files owned by another user in the target") {
+        return;
+    }
+    let w = World::new();
+    let src = TestDir::new().file("a", "the snapshot's content").hardlink("b", "a");
+    let when = fs::metadata(src.path().join("a")).unwrap().modified().unwrap();
+    let at = backed_up(&w, &src);
+    let ino = |p: &Path| fs::symlink_metadata(p).unwrap().ino();
+    for mode in ["if-changed", "never"] {
+        let _ = fs::remove_dir_all(w.target());
+        fs::create_dir_all(&at).unwrap();
+        let planted = at.join("a");
+        fs::write(&planted, "the snapshot's content").unwrap();
+        std::os::unix::fs::chown(&planted, Some(1234), Some(1234)).unwrap();
+        fs::File::options().write(true).open(&planted).unwrap().set_modified(when).unwrap();
+        // The planter's handle, opened while it was theirs.
+        let mut theirs = fs::File::options().write(true).open(&planted).unwrap();
+        let before = ino(&planted);
+        let o = w.restore("latest", &["--overwrite", mode]);
+        assert_eq!(
+            o.code,
+            0,
+            "{mode}: {}
+{}",
+            o.stdout_str(),
+            o.stderr
+        );
+        assert_ne!(ino(&at.join("b")), before, "{mode}: b was linked to the planted file");
+        assert_eq!(fs::read(at.join("b")).unwrap(), b"the snapshot's content");
+        if mode == "if-changed" {
+            assert_ne!(ino(&planted), before, "{mode}: the planted file was kept");
+            assert_eq!(fs::metadata(&planted).unwrap().uid(), 0);
+            // What the planter writes through the old handle reaches neither name.
+            theirs.write_all(b"EVIL").unwrap();
+            assert_eq!(fs::read(&planted).unwrap(), b"the snapshot's content");
+            assert_eq!(ino(&planted), ino(&at.join("b")), "a and b are one file");
+        } else {
+            assert_eq!(ino(&planted), before, "never keeps what is there");
+            assert_eq!(fs::metadata(&planted).unwrap().uid(), 1234, "never changes nothing of it");
+        }
+    }
+}
+
 /// A name in the target that is a hard link to a file outside it (planted by someone who can
 /// write to the target), with the very content, size and mtime the snapshot gives that name:
 /// whatever `--overwrite` says, the outside file keeps its mode and owner, and no name the

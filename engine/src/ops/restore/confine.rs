@@ -225,10 +225,17 @@ pub fn open_beneath(root: impl AsFd, rel: &[u8]) -> io::Result<OwnedFd> {
 }
 
 /// A new name `name` in `dir` for the regular file `from_name` in `from`, only if that is
-/// still the file with inode `ino` that this restore created: it is opened (O_PATH, not
+/// still the file (`dev`, `ino`) that this restore created: it is opened (O_PATH, not
 /// followed) and checked, and the link made from that handle where the kernel allows it
 /// (AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH: root), so it cannot be swapped in between.
-pub fn link(from: impl AsFd, from_name: &[u8], ino: u64, dir: impl AsFd, name: &[u8]) -> io::Result<()> {
+pub fn link(
+    from: impl AsFd,
+    from_name: &[u8],
+    dev: u64,
+    ino: u64,
+    dir: impl AsFd,
+    name: &[u8],
+) -> io::Result<()> {
     let fd = rustix::fs::openat(
         &from,
         from_name,
@@ -237,7 +244,11 @@ pub fn link(from: impl AsFd, from_name: &[u8], ino: u64, dir: impl AsFd, name: &
     )
     .map_err(err)?;
     let st = rustix::fs::fstat(&fd).map_err(err)?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_ino != ino {
+    #[allow(clippy::unnecessary_cast)] // st_dev's width differs across targets
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+        || st.st_ino != ino
+        || st.st_dev as u64 != dev
+    {
         return Err(io::Error::other("the first name is no longer the file restored there"));
     }
     match rustix::fs::linkat(&fd, "", &dir, name, AtFlags::EMPTY_PATH) {

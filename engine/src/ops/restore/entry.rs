@@ -103,12 +103,12 @@ pub(super) struct FileJob<'a> {
     pub(super) fresh: bool,
 }
 
-/// The files this restore created that have other names: the inode each got, by a keyed
+/// The files this restore created that have other names: the (device, inode) each got, by a keyed
 /// 64-bit hash of its path relative to the target (a collision or a crafted path can only
 /// fail the inode check a link makes, and the content is restored instead). At most `cap`
 /// are tracked: the other names of files past it are restored as copies, and counted.
 pub(super) struct Linked {
-    map: HashMap<u64, u64>,
+    map: HashMap<u64, (u64, u64)>,
     keys: std::collections::hash_map::RandomState,
     cap: usize,
     pub(super) untracked: u64,
@@ -124,16 +124,16 @@ impl Linked {
         self.keys.hash_one(rel)
     }
 
-    pub(super) fn insert(&mut self, rel: &[u8], ino: u64) {
+    pub(super) fn insert(&mut self, rel: &[u8], dev: u64, ino: u64) {
         let key = self.key(rel);
         if self.map.len() < self.cap || self.map.contains_key(&key) {
-            self.map.insert(key, ino);
+            self.map.insert(key, (dev, ino));
         } else {
             self.untracked += 1;
         }
     }
 
-    pub(super) fn get(&self, rel: &[u8]) -> Option<u64> {
+    pub(super) fn get(&self, rel: &[u8]) -> Option<(u64, u64)> {
         self.map.get(&self.key(rel)).copied()
     }
 }
@@ -222,6 +222,15 @@ impl Restorer<'_> {
         );
         errors.push((self.opts.target.clone(), why));
         true
+    }
+
+    /// Whether a file that is there belongs to whom this restore would give it: the snapshot's
+    /// owner when owners are restored, the restoring user otherwise.
+    fn owned_as_restored(&self, st: &rustix::fs::Stat, node: &Node) -> bool {
+        match self.owner {
+            true => (st.st_uid, st.st_gid) == (node.uid, node.gid),
+            false => st.st_uid == self.euid,
+        }
     }
 
     /// The owner to set, if any.
@@ -424,7 +433,7 @@ impl Restorer<'_> {
                 if job.node.nlink > 1 {
                     if let Ok(md) = f.metadata() {
                         use std::os::unix::fs::MetadataExt;
-                        lock(&self.linked).insert(&dir.child_rel(name), md.ino());
+                        lock(&self.linked).insert(&dir.child_rel(name), md.dev(), md.ino());
                     }
                 }
                 Ok(done)
@@ -486,25 +495,27 @@ impl Restorer<'_> {
     }
 
     /// Whether the entry already at the job's name stays (`Overwrite`); counts what it decides.
-    /// `linked_to`: for a hard link, the inode this restore gave its target.
+    /// `linked_to`: for a hard link, the (device, inode) this restore gave its target.
     ///
-    /// A file with more than one name is never given metadata, never linked to, and kept only
-    /// by `never` and `if-newer`: its other name may be outside the target (planted by someone
-    /// who can write here), and a restore must not change or extend what is outside. A file an
-    /// earlier restore linked is written again (its names are then linked to the new one).
+    /// A file is given metadata, or linked to, only if it has one name and already belongs to
+    /// whom the restore would give it: another name may be outside the target, and a file
+    /// someone else planted may still be open for writing in their hands (write access is
+    /// checked at open, so a chown would not take it back). Others are replaced, except that
+    /// `never` and `if-newer` keep them as they are. A file an earlier restore linked is
+    /// written again (its names are then linked to the new one).
     pub(super) fn keep_existing(
         &self,
         job: &FileJob,
         size: u64,
-        linked_to: Option<u64>,
+        linked_to: Option<(u64, u64)>,
     ) -> std::io::Result<bool> {
         use rustix::fs::FileType;
         let (dir, node) = (&job.dir, &job.node);
         let Some(st) = confine::stat(&dir.fd, &node.name)? else { return Ok(false) };
         let file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
         let mtime_ns = mtime_ns(&st);
-        let here = || rustix::fs::fstat(&dir.fd).is_ok_and(|d| d.st_dev == st.st_dev);
-        if file && linked_to == Some(st.st_ino) && here() {
+        #[allow(clippy::unnecessary_cast)] // st_dev's width differs across targets
+        if file && linked_to == Some((st.st_dev as u64, st.st_ino)) {
             // Already a name of the file this restore made for its target.
             self.kept.fetch_add(1, Relaxed);
             return Ok(true);
@@ -531,11 +542,17 @@ impl Restorer<'_> {
                 let f = confine::open_read(&dir.fd, &node.name)?;
                 let now = rustix::fs::fstat(&f)?;
                 let same = now.st_ino == st.st_ino && now.st_dev == st.st_dev;
-                let keep = same && now.st_nlink == 1 && self.same_content(&f, node)?;
+                let keep = same
+                    && now.st_nlink == 1
+                    && self.owned_as_restored(&now, node)
+                    && self.same_content(&f, node)?;
                 if keep && !self.opts.dry_run {
                     confine::unlock(&f)?;
                     self.fd_meta(&f, node, Some(&dir.child_path(&node.name)))?;
                     self.lock(&f, node, true)?;
+                    if rustix::fs::fstat(&f)?.st_nlink != 1 {
+                        return Err(std::io::Error::other("another name appeared while it was checked"));
+                    }
                 }
                 keep
             }
@@ -543,10 +560,11 @@ impl Restorer<'_> {
         };
         if keep {
             self.kept.fetch_add(1, Relaxed);
-            if file && node.nlink > 1 && st.st_nlink == 1 {
+            if file && node.nlink > 1 && st.st_nlink == 1 && self.owned_as_restored(&st, node) {
                 // Its other names in the snapshot link to it, as to a file written now: its
-                // one name is here, so it is inside the target.
-                lock(&self.linked).insert(&dir.child_rel(&node.name), st.st_ino);
+                // one name is here, so it is inside the target, and it is the restore's own.
+                #[allow(clippy::unnecessary_cast)] // st_dev's width differs across targets
+                lock(&self.linked).insert(&dir.child_rel(&node.name), st.st_dev as u64, st.st_ino);
             }
         } else {
             self.replaced.fetch_add(1, Relaxed);
@@ -605,8 +623,15 @@ impl Restorer<'_> {
                     // A file an earlier restore made immutable or append-only cannot be
                     // replaced until that is cleared.
                     let unlocked = match confine::stat(&job.dir.fd, &job.node.name) {
+                        // Never one with other names: they may be outside the target.
                         Ok(Some(st)) if rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() => {
-                            confine::open_read(&job.dir.fd, &job.node.name).and_then(confine::unlock)
+                            confine::open_read(&job.dir.fd, &job.node.name).and_then(|f| {
+                                match rustix::fs::fstat(&f) {
+                                    Ok(now) if now.st_nlink == 1 => confine::unlock(f),
+                                    Ok(_) => Ok(()),
+                                    Err(e) => Err(e.into()),
+                                }
+                            })
                         }
                         Ok(_) => Ok(()),
                         Err(e) => Err(e),

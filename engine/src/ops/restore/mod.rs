@@ -649,7 +649,7 @@ fn hard_links<'a>(
             told(r.opts, &path);
             continue;
         }
-        if let Some(ino) = linked.get(&target) {
+        if let Some((dev, ino)) = linked.get(&target) {
             let (from_dir, from_name) = match target.iter().rposition(|&b| b == b'/') {
                 Some(i) => (&target[..i], &target[i + 1..]),
                 None => (&target[..0], &target[..]),
@@ -660,7 +660,7 @@ fn hard_links<'a>(
             let tmp = confine::temp_name(name);
             let made = confine::clear(&dir.fd, &tmp)
                 .and_then(|()| confine::open_beneath(root, from_dir))
-                .and_then(|from| confine::link(&from, from_name, ino, &dir.fd, &tmp))
+                .and_then(|from| confine::link(&from, from_name, dev, ino, &dir.fd, &tmp))
                 .and_then(|()| confine::rename(&dir.fd, &tmp, name));
             if made.is_ok() {
                 result.files += 1;
@@ -702,11 +702,11 @@ mod tests {
     #[test]
     fn hard_link_targets_past_the_cap_are_counted_not_tracked() {
         let mut l = entry::Linked::new(2);
-        l.insert(b"a", 1);
-        l.insert(b"b", 2);
-        l.insert(b"c", 3);
-        l.insert(b"a", 4); // already tracked: updated
-        assert_eq!((l.get(b"a"), l.get(b"b"), l.get(b"c")), (Some(4), Some(2), None));
+        l.insert(b"a", 9, 1);
+        l.insert(b"b", 9, 2);
+        l.insert(b"c", 9, 3);
+        l.insert(b"a", 8, 4); // already tracked: updated
+        assert_eq!((l.get(b"a"), l.get(b"b"), l.get(b"c")), (Some((8, 4)), Some((9, 2)), None));
         assert_eq!(l.untracked, 1);
     }
 }
