@@ -153,14 +153,14 @@ pub fn dump(repo: &Repository, args: DumpArgs) -> Result<u8> {
             // Named from the directory's parent, so extracting makes the directory itself.
             let strip = path.iter().rposition(|&c| c == b'/').map_or(0, |slash| slash + 1);
             if let Archive::Zip = args.archive {
-                let mut zip = ZipDump::new(&reader, stdout()?, zip_budget(&memory));
+                let mut zip = ZipDump::new(&reader, stdout()?, zip_budget(&memory)).held(memory.held);
                 let r = match path.is_empty() {
                     true => zip.add_tree(b"", subtree, 0),
                     false => zip.add(&path, &node, strip),
                 };
                 return ended(r.and_then(|()| zip.finish()));
             }
-            let mut tar = TarDump::new(&reader, stdout()?, linked_budget(&memory));
+            let mut tar = TarDump::new(&reader, stdout()?, linked_budget(&memory)).held(memory.held);
             let r = match path.is_empty() {
                 true => tar.add_tree(b"", subtree, 0),
                 false => tar.add(&path, &node, strip),
@@ -214,6 +214,7 @@ pub fn restore_to_stdout(repo: &Repository, args: crate::RestoreArgs) -> Result<
         }
     }
     let mut tar = TarDump::new(&reader, stdout()?, linked_budget(&memory))
+        .held(memory.held)
         .owners(!args.no_owner)
         .specials(!args.no_special);
     let walk = || -> std::result::Result<(), DumpError> {

@@ -2,7 +2,7 @@
 //! per distinct version and a restore command to copy; and the paths-or-patterns of `restore`.
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -266,24 +266,6 @@ pub fn restore_paths(
     let reader = BlobReader::new(repo, index)?;
     let short = &id[..16.min(id.len())];
     let mut out = Vec::new();
-    // restic's --include: a pattern without '/' matches a name at any depth, one starting
-    // with '/' the path in the snapshot, any other a path ending anywhere. A directory that
-    // matches comes whole.
-    for pattern in includes {
-        let glob = if pattern.contains('/') && !pattern.starts_with('/') {
-            format!("**/{pattern}")
-        } else {
-            pattern.clone()
-        };
-        out.extend(
-            find::expand_glob(&reader, &snap.tree, &glob)?
-                .into_iter()
-                .map(|b| PathBuf::from(OsStr::from_bytes(&b))),
-        );
-    }
-    if !includes.is_empty() && out.is_empty() {
-        bail!("--include {} matches nothing in snapshot {short}", includes.join(", --include "));
-    }
     for p in paths {
         let bytes = p.as_os_str().as_bytes();
         let literal = !glob && find::lookup(&reader, &snap.tree, bytes)?.is_some();
@@ -302,7 +284,42 @@ pub fn restore_paths(
         }
         out.extend(found.into_iter().map(|b| PathBuf::from(OsStr::from_bytes(&b))));
     }
-    Ok(out)
+    if includes.is_empty() {
+        return Ok(out);
+    }
+    // restic's --include: a pattern without '/' matches a name at any depth, one starting
+    // with '/' the path in the snapshot, any other a path ending anywhere. A directory that
+    // matches comes whole. With PATHs, only what is at or below one of them.
+    let mut included = Vec::new();
+    for pattern in includes {
+        let glob = if pattern.contains('/') && !pattern.starts_with('/') {
+            format!("**/{pattern}")
+        } else {
+            pattern.clone()
+        };
+        let found = find::expand_glob(&reader, &snap.tree, &glob)?
+            .into_iter()
+            .map(|b| PathBuf::from(OsStr::from_bytes(&b)));
+        included.extend(found.filter(|f| out.is_empty() || out.iter().any(|p| under(f, p))));
+    }
+    if included.is_empty() {
+        let within = if out.is_empty() { String::new() } else { " below the PATHs given".to_string() };
+        bail!("--include {} matches nothing{within} in snapshot {short}", includes.join(", --include "));
+    }
+    Ok(included)
+}
+
+/// Whether the snapshot path `p` is `dir` or below it (by whole names).
+fn under(p: &Path, dir: &Path) -> bool {
+    let names = |x: &Path| -> Vec<Vec<u8>> {
+        x.as_os_str()
+            .as_bytes()
+            .split(|&c| c == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    names(p).starts_with(&names(dir))
 }
 
 #[cfg(test)]

@@ -422,7 +422,8 @@ pub struct RestoreArgs {
     pub exclude: Vec<String>,
     /// Restore only matching entries, and the directories that lead to them (as restic's:
     /// without '/', a name anywhere; starting with '/', the path in the snapshot; otherwise a
-    /// path ending anywhere; a matching directory comes whole). With PATHs: both
+    /// path ending anywhere; a matching directory comes whole). With PATHs: what matches at or
+    /// below them
     #[arg(long, short = 'i')]
     pub include: Vec<String>,
     /// Read every restored file back and compare it with the snapshot (a file that differs is

@@ -560,6 +560,23 @@ fn include_restores_only_what_matches_and_the_directories_leading_to_it() {
     got.sort();
     assert_eq!(got, ["docs/a.txt", "docs/deep/b.txt", "keep/all/e.bin", "keep/all/f.md", "notes/d.txt"]);
     assert_eq!(fs::read(at.join("docs/deep/b.txt")).unwrap(), b"b");
+    // With a PATH, only what matches at or below it (an anchored pattern too).
+    let t3 = tempfile::tempdir().unwrap();
+    let docs = src.path().join("docs");
+    b.ok(&argv!["restore", "latest", "-t", t3.path(), &docs, "-i", "*.txt"]);
+    let at3 = restored_path(t3.path(), src.path());
+    let mut got: Vec<String> =
+        chaos::testkit::files_under(&at3).iter().map(|p| p.display().to_string()).collect();
+    got.sort();
+    assert_eq!(got, ["docs/a.txt", "docs/deep/b.txt"]);
+    let anchored = format!("{}/notes/d.txt", src.path().display());
+    let t4 = tempfile::tempdir().unwrap();
+    b.ok(&argv!["restore", "latest", "-t", t4.path(), "-i", &anchored]);
+    let got = chaos::testkit::files_under(&restored_path(t4.path(), src.path()));
+    assert_eq!(got, [Path::new("notes/d.txt")]);
+    let o = b.run(&argv!["restore", "latest", "-t", t4.path(), &docs, "-i", "d.txt"]);
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("matches nothing below the PATHs given"), "{}", o.stderr);
     // A pattern that matches nothing restores nothing and says so.
     let t2 = tempfile::tempdir().unwrap();
     let o = b.run(&argv!["restore", "latest", "-t", t2.path(), "--include", "*.nothing"]);

@@ -196,9 +196,11 @@ pub fn write_file(
 
 /// A writer that fails once closed: a dump that stopped must not end its archive (the tar
 /// builder writes the end marker when dropped), which would make a cut stream look whole.
-struct Gate<W: Write> {
-    out: W,
-    open: Rc<Cell<bool>>,
+/// The output of an archive: closed (every write fails) once the dump stopped, so that nothing
+/// written on the way out (a zip's drop, a tar's end marker) makes a cut archive look whole.
+pub(crate) struct Gate<W: Write> {
+    pub(crate) out: W,
+    pub(crate) open: Rc<Cell<bool>>,
 }
 
 impl<W: Write> Write for Gate<W> {
@@ -252,6 +254,8 @@ pub struct TarDump<'r, 'a, W: Write> {
     linked_budget: usize,
     owners: bool,
     specials: bool,
+    /// Bytes of tree entries the walk may hold (`Memory::held`).
+    held: usize,
     /// `finish` ran: only then may the archive end.
     finished: bool,
     pub notes: Notes,
@@ -291,6 +295,7 @@ impl<'r, 'a, W: Write> TarDump<'r, 'a, W> {
             linked_budget,
             owners: true,
             specials: true,
+            held: crate::tree::MAX_HELD,
             finished: false,
             notes: Notes::default(),
         }
@@ -306,6 +311,12 @@ impl<'r, 'a, W: Write> TarDump<'r, 'a, W> {
     /// Without FIFOs and device nodes (`restore --no-special`).
     pub fn specials(mut self, keep: bool) -> Self {
         self.specials = keep;
+        self
+    }
+
+    /// At most `bytes` of tree entries held by the walk (`--mem-limit`: `Memory::held`).
+    pub fn held(mut self, bytes: usize) -> Self {
+        self.held = bytes;
         self
     }
 
@@ -343,7 +354,7 @@ impl<'r, 'a, W: Write> TarDump<'r, 'a, W> {
 
     fn walk(&mut self, dir: &[u8], tree: &[BlobId], strip: usize) -> Result<(), DumpError> {
         let reader = self.reader;
-        walk(reader, dir, tree, |path, node| self.entry(path, node, strip))
+        walk(reader, self.held, dir, tree, |path, node| self.entry(path, node, strip))
     }
 
     /// Remembers the archive name of the file at `path` in the snapshot, for its other names.
@@ -468,14 +479,16 @@ impl<'r, 'a, W: Write> TarDump<'r, 'a, W> {
 }
 
 /// Depth first below the directory stored as `tree` at `dir`, each entry (with its path in the
-/// snapshot) handed to `each` before what it holds; one tree blob held per level.
+/// snapshot) handed to `each` before what it holds; one tree blob held per level, at most
+/// `held` bytes of entries across the levels (`Tally::with_limit`).
 pub(crate) fn walk(
     reader: &BlobReader,
+    held: usize,
     dir: &[u8],
     tree: &[BlobId],
     mut each: impl FnMut(&[u8], &Node) -> Result<(), DumpError>,
 ) -> Result<(), DumpError> {
-    let tally = Tally::default();
+    let tally = Tally::with_limit(held);
     let mut stack = vec![(dir.to_vec(), reader.entries(tree, &tally))];
     while let Some((dir, entries)) = stack.last_mut() {
         let node = match entries.next() {

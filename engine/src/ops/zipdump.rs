@@ -5,13 +5,15 @@
 //! a file are copies. Entries are deflated; sizes past 4 GiB get zip64 records. Unlike tar, a
 //! zip ends with a central directory of every entry, which the writer holds until the end:
 //! `budget` bounds it, and a dump past it stops with an error that says to use tar.
+use std::cell::Cell;
 use std::io::{self, Write};
+use std::rc::Rc;
 
-use ::zip::write::{SimpleFileOptions, StreamWriter};
+use ::zip::write::{FullFileOptions, StreamWriter};
 use ::zip::{CompressionMethod, DateTime, ZipWriter};
 use stages::BlobId;
 
-use crate::ops::dump::{shown, walk, Content, DumpError, Notes};
+use crate::ops::dump::{shown, walk, Content, DumpError, Gate, Notes};
 use crate::repo::BlobReader;
 use crate::tree::{Node, NodeKind};
 
@@ -21,11 +23,31 @@ const PER_ENTRY: usize = 512;
 
 pub struct ZipDump<'r, 'a, W: Write> {
     reader: &'r BlobReader<'a>,
-    zip: ZipWriter<StreamWriter<W>>,
+    /// None once finished.
+    zip: Option<ZipWriter<StreamWriter<Gate<W>>>>,
+    open: Rc<Cell<bool>>,
     held: usize,
     budget: usize,
+    /// Bytes of tree entries the walk may hold (`Memory::held`).
+    held_limit: usize,
     pub notes: Notes,
 }
+
+/// A dump that stopped (an error, or never finished) must not end as a valid zip: the zip
+/// crate writes the central directory when its writer is dropped, so the output is closed
+/// first and the writer forgotten (the process is ending; the bytes it holds go nowhere).
+impl<W: Write> Drop for ZipDump<'_, '_, W> {
+    fn drop(&mut self) {
+        if let Some(zip) = self.zip.take() {
+            self.open.set(false);
+            std::mem::forget(zip);
+        }
+    }
+}
+
+/// Files at least this large get zip64 records from their first header: deflate can make
+/// incompressible data slightly larger, so a file just under 4 GiB may pass it compressed.
+const ZIP64_FROM: u64 = u32::MAX as u64 - (64 << 20);
 
 fn zip_io(e: ::zip::result::ZipError) -> io::Error {
     match e {
@@ -58,32 +80,58 @@ fn dos_time(secs: i64) -> DateTime {
 impl<'r, 'a, W: Write> ZipDump<'r, 'a, W> {
     /// `budget`: bytes the central directory may take (`PER_ENTRY` and the name twice each).
     pub fn new(reader: &'r BlobReader<'a>, out: W, budget: usize) -> Self {
-        let zip = ZipWriter::new_stream(out).set_auto_large_file();
-        ZipDump { reader, zip, held: 0, budget, notes: Notes::default() }
+        let open = Rc::new(Cell::new(true));
+        let zip = ZipWriter::new_stream(Gate { out, open: open.clone() }).set_auto_large_file();
+        ZipDump {
+            reader,
+            zip: Some(zip),
+            open,
+            held: 0,
+            budget,
+            held_limit: crate::tree::MAX_HELD,
+            notes: Notes::default(),
+        }
+    }
+
+    /// At most `bytes` of tree entries held by the walk (`--mem-limit`: `Memory::held`).
+    pub fn held(mut self, bytes: usize) -> Self {
+        self.held_limit = bytes;
+        self
     }
 
     /// Adds the entries below the directory stored as `tree` at `dir` in the snapshot (empty:
     /// its root) and everything below them, named from `strip` bytes on (`TarDump::add_tree`).
     pub fn add_tree(&mut self, dir: &[u8], tree: &[BlobId], strip: usize) -> Result<(), DumpError> {
         let reader = self.reader;
-        walk(reader, dir, tree, |path, node| self.entry(path, node, strip))
+        let r = walk(reader, self.held_limit, dir, tree, |path, node| self.entry(path, node, strip));
+        if r.is_err() {
+            self.open.set(false);
+        }
+        r
     }
 
     /// Adds `node` at `path` and everything below it.
     pub fn add(&mut self, path: &[u8], node: &Node, strip: usize) -> Result<(), DumpError> {
-        self.entry(path, node, strip)?;
-        if let NodeKind::Dir { subtree } = &node.kind {
-            self.add_tree(path, subtree, strip)?;
+        let r = self.entry(path, node, strip);
+        if r.is_err() {
+            self.open.set(false);
+            return r;
         }
-        Ok(())
+        match &node.kind {
+            NodeKind::Dir { subtree } => self.add_tree(path, subtree, strip),
+            _ => Ok(()),
+        }
     }
 
     /// Writes the central directory and flushes the output.
-    pub fn finish(self) -> Result<Notes, DumpError> {
+    pub fn finish(mut self) -> Result<Notes, DumpError> {
         let output = |source| DumpError::Output { path: "the end of the archive".into(), source };
-        let mut out = self.zip.finish().map_err(zip_io).map_err(output)?.into_inner();
+        let Some(zip) = self.zip.take().filter(|_| self.open.get()) else {
+            return Err(output(io::Error::other("the dump stopped before its end")));
+        };
+        let mut out = zip.finish().map_err(zip_io).map_err(output)?.into_inner();
         out.flush().map_err(output)?;
-        Ok(self.notes)
+        Ok(std::mem::take(&mut self.notes))
     }
 
     fn entry(&mut self, path: &[u8], node: &Node, strip: usize) -> Result<(), DumpError> {
@@ -111,28 +159,37 @@ impl<'r, 'a, W: Write> ZipDump<'r, 'a, W> {
             return Err(output(io::Error::other(why)));
         }
         let (secs, _) = node.mtime().unwrap_or((0, 0));
-        let options = SimpleFileOptions::default()
+        let mut options = FullFileOptions::default()
             .compression_method(CompressionMethod::Deflated)
             .compression_level(Some(1))
             .last_modified_time(dos_time(secs))
             .unix_permissions(node.mode & 0o7777);
+        // The exact second too (Info-ZIP's extended timestamp, UTC), where it fits in 32 bits.
+        if let Ok(t) = u32::try_from(secs) {
+            let mut field = vec![1u8];
+            field.extend_from_slice(&t.to_le_bytes());
+            options.add_extra_field(0x5455, field, false).map_err(zip_io).map_err(output)?;
+        }
+        let Some(zip) = self.zip.as_mut() else {
+            return Err(output(io::Error::other("the archive has ended")));
+        };
         match &node.kind {
-            NodeKind::Dir { .. } => self.zip.add_directory(name, options).map_err(zip_io).map_err(output),
+            NodeKind::Dir { .. } => zip.add_directory(name, options).map_err(zip_io).map_err(output),
             NodeKind::Symlink { target } => {
                 let Ok(target) = std::str::from_utf8(target) else {
                     self.notes.names += 1;
                     return Ok(());
                 };
-                self.zip.add_symlink(name, target, options).map_err(zip_io).map_err(output)
+                zip.add_symlink(name, target, options).map_err(zip_io).map_err(output)
             }
             NodeKind::File { .. } | NodeKind::HardLink { .. } => {
                 if matches!(node.kind, NodeKind::HardLink { .. }) {
                     self.notes.link_copies += 1;
                 }
-                let options = options.large_file(node.size() >= u64::from(u32::MAX));
-                self.zip.start_file(name, options).map_err(zip_io).map_err(output)?;
+                let options = options.large_file(node.size() >= ZIP64_FROM);
+                zip.start_file(name, options).map_err(zip_io).map_err(output)?;
                 let Some(mut content) = Content::new(self.reader, node) else { return Ok(()) };
-                let copied = io::copy(&mut content, &mut self.zip);
+                let copied = io::copy(&mut content, zip);
                 if let Some(source) = content.take_error() {
                     return Err(DumpError::Snapshot { path: shown(path), source });
                 }
