@@ -119,6 +119,7 @@ impl World {
     /// `check`: finds damage, and names each of `what` in it.
     fn check_names(&self, what: &[&str]) {
         let o = self.b.run(&argv!["--json", "check"]);
+        eprintln!("check: exit {}, peak RSS {} KiB", o.code, o.peak_rss >> 10);
         assert!(o.peak_rss < RSS_LIMIT, "check peaked at {} MiB", o.peak_rss >> 20);
         assert_eq!(o.code, 3, "check found no damage: {}", o.stdout_str());
         let text = o.stdout_str();
@@ -770,6 +771,11 @@ fn big_tree_blobs_stacked_deep_are_refused_before_they_fill_memory() {
     assert!(w.target().join("d/d/d/d/l0000").symlink_metadata().is_ok(), "{}", o.stdout_str());
     // check holds the same bound (its RSS is asserted under the limit too) and names it.
     w.check_names(&["take more than 64 MiB: restore refuses it"]);
+    // repair holds the same bound: the repaired snapshot leaves out what restore refuses.
+    let o = w.b.run(&argv!["repair", "snapshots"]);
+    eprintln!("repair: exit {}, peak RSS {} MiB\n{}", o.code, o.peak_rss >> 20, o.stdout_str());
+    assert!(o.peak_rss < RSS_LIMIT, "repair peaked at {} MiB", o.peak_rss >> 20);
+    assert!(o.stdout_str().contains("take more than 64 MiB"), "{}\n{}", o.stdout_str(), o.stderr);
     // ls and diff too, by default and under --mem-limit (which lowers the bound).
     let empty = w.forge(|f, _| vec![f.tree(vec![])]);
     for (limit, mib) in [(None, 64u64), (Some("96M"), 18)] {

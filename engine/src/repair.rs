@@ -191,6 +191,9 @@ struct Rewriter<'a, 'w> {
     walker: &'w Walker<'a>,
     report: &'w CheckReport,
     writer: Option<&'w mut BlobWriter<'a>>,
+    /// Estimated bytes of the entries the open levels hold (each level its decoded nodes and
+    /// the ones it keeps), at most `tree::MAX_HELD`, as restore and check hold them.
+    held: usize,
 }
 
 impl Rewriter<'_, '_> {
@@ -220,6 +223,17 @@ impl Rewriter<'_, '_> {
                     continue;
                 }
             };
+            let size = 2 * crate::tree::entries_size(&nodes);
+            if self.held + size > crate::tree::MAX_HELD {
+                let p = if path.is_empty() { b"/".to_vec() } else { path.to_vec() };
+                let why = format!(
+                    "its entries and those of the directories above it take more than {} MiB: restore refuses it",
+                    crate::tree::MAX_HELD >> 20
+                );
+                dropped.push((p, why));
+                continue;
+            }
+            self.held += size;
             let mut kept = Vec::with_capacity(nodes.len());
             for mut n in nodes {
                 let mut child = path.to_vec();
@@ -241,6 +255,7 @@ impl Rewriter<'_, '_> {
                 }
                 kept.push(n);
             }
+            self.held -= size;
             if let Some(w) = self.writer.as_deref_mut() {
                 out.push(w.put_tree(&Tree { nodes: kept })?);
             }
@@ -295,7 +310,7 @@ pub fn repair_snapshots(repo: &Repository, opts: &SnapshotRepairOptions) -> Resu
             continue;
         }
         let mut dropped = Vec::new();
-        let mut rw = Rewriter { walker: &walker, report: &report, writer: writer.as_mut() };
+        let mut rw = Rewriter { walker: &walker, report: &report, writer: writer.as_mut(), held: 0 };
         let tree = rw.dir(&snap.tree, b"", 1, &mut dropped)?;
         if dropped.iter().any(|(p, _)| p == b"/") {
             out.unrepairable
