@@ -134,6 +134,9 @@ pub struct EntryMeta<'a> {
     pub xattrs: &'a [Xattr],
     /// Inode flags (`attrs::FLAGS`), for regular files and directories.
     pub flags: u32,
+    /// The entry was just created in a directory whose flags give it none of `attrs::FLAGS`:
+    /// with `flags` 0 there is nothing to read or set (one ioctl less per file).
+    pub flags_clear: bool,
 }
 
 /// Owner (when given), extended attributes and times of the entry `name` of `kind` that this
@@ -175,7 +178,16 @@ pub fn fd_meta(fd: impl AsFd, meta: &EntryMeta, skipped: &mut NotApplied) -> io:
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode)).map_err(err)?;
     attrs::set_xattrs(&fd, meta.xattrs, skipped)?;
     rustix::fs::futimens(&fd, &meta.times).map_err(err)?;
+    if meta.flags_clear && meta.flags & !attrs::LOCKING == 0 {
+        return Ok(());
+    }
     attrs::set_flags(&fd, meta.flags & !attrs::LOCKING, skipped)
+}
+
+/// Whether what is created in `dir` now inherits none of `attrs::FLAGS` from it (a file
+/// system without inode flags: none).
+pub fn passes_no_flags(dir: impl AsFd) -> bool {
+    rustix::fs::ioctl_getflags(&dir).map_or(true, |f| f.bits() & attrs::FLAGS == 0)
 }
 
 /// Sets all of `flags`, immutable and append-only included, on an entry `fd_meta` did the rest

@@ -54,6 +54,8 @@ pub(super) struct DirHandle<'a> {
     pub(super) has_links: AtomicBool,
     pub(super) r: &'a Restorer<'a>,
     pub(super) _parent: Option<Arc<DirHandle<'a>>>,
+    /// Files created in it inherit no kept inode flags (`confine::passes_no_flags`), asked once.
+    pub(super) no_flags: std::sync::OnceLock<bool>,
 }
 
 impl DirHandle<'_> {
@@ -333,6 +335,7 @@ impl Restorer<'_> {
             times: timestamps(node),
             xattrs: &node.xattrs,
             flags,
+            flags_clear: false,
         };
         (meta, filtered)
     }
@@ -340,7 +343,19 @@ impl Restorer<'_> {
     /// Everything but the content and the locking flags, on an open regular file or directory
     /// (`confine::fd_meta`); `path` names it in a note of an attribute that failed.
     fn fd_meta(&self, fd: impl std::os::fd::AsFd, node: &Node, path: Option<&Path>) -> std::io::Result<()> {
+        self.fd_meta_in(fd, node, path, None)
+    }
+
+    /// `fd_meta` for a file this restore just created in `dir`.
+    fn fd_meta_in(
+        &self,
+        fd: impl std::os::fd::AsFd,
+        node: &Node,
+        path: Option<&Path>,
+        dir: Option<&DirHandle>,
+    ) -> std::io::Result<()> {
         let (mut meta, filtered) = self.entry_meta(node);
+        meta.flags_clear = dir.is_some_and(|d| *d.no_flags.get_or_init(|| confine::passes_no_flags(&d.fd)));
         if let Some(x) = &filtered {
             meta.xattrs = x;
         }
@@ -421,7 +436,7 @@ impl Restorer<'_> {
                     Err(e) => return Err(Error::io(dir.child_path(name), e)),
                 }
             }
-            let meta = self.fd_meta(&f, node, Some(&dir.child_path(name)));
+            let meta = self.fd_meta_in(&f, node, Some(&dir.child_path(name)), Some(dir));
             if let Some(tmp) = &tmp {
                 confine::rename(&dir.fd, tmp, name).map_err(|e| Error::io(dir.child_path(name), e))?;
             }

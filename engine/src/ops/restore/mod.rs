@@ -369,6 +369,7 @@ pub fn restore(
             has_links: AtomicBool::new(false),
             r: &r,
             _parent: None,
+            no_flags: std::sync::OnceLock::new(),
         };
         // Depth first, one frame per level: memory grows with depth (one tree blob each), not
         // with the size of the snapshot.
@@ -489,6 +490,7 @@ pub fn restore(
                         has_links: AtomicBool::new(false),
                         r: &r,
                         _parent: Some(dir.clone()),
+                        no_flags: std::sync::OnceLock::new(),
                     };
                     result.dirs += 1;
                     stack.push(Frame::new(&r, Arc::new(child), subtree, child_want, created));
@@ -619,6 +621,7 @@ fn hard_links<'a>(
                 has_links: AtomicBool::new(false),
                 r,
                 _parent: None,
+                no_flags: std::sync::OnceLock::new(),
             });
             match opened {
                 Ok(h) => parent = Some((rel, Arc::new(h))),
