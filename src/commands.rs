@@ -129,12 +129,13 @@ fn init(
     command: Option<&str>,
 ) -> Result<u8> {
     let passphrase = if args.passphrase { Some(crate::passphrase::new(command)?) } else { None };
-    let repo = crate::init_repo(path, key, passphrase, args.force, args.compression)?;
+    let repo = crate::init_repo(path, key, passphrase, args.force, args.compression, args.parity)?;
     announce_init(&repo, json)?;
     if json {
         let v = json!({
             "repository": hex::encode(repo.config.repo_id),
             "compression": repo.config.compression.to_string(),
+            "parity": repo.config.parity,
             "path": repo.location.to_string(),
             "key": repo.key.path.display().to_string(),
             "fingerprint": repo.key.fingerprint(),
@@ -193,7 +194,8 @@ pub(crate) fn open_for_run(
              (`bakare init` creates one)"
         ),
         Err(Error::NoRepository(_)) if key.is_none() && default => {
-            let repo = crate::init_repo(path, None, None, false, engine::config::Compression::Auto)?;
+            let parity = engine::format::parity::DEFAULT_PERCENT;
+            let repo = crate::init_repo(path, None, None, false, engine::config::Compression::Auto, parity)?;
             announce_init(&repo, json)?;
             repo
         }

@@ -206,6 +206,18 @@ pub struct ConfigArgs {
     /// stored stays as it is
     #[arg(long, value_name = "LEVEL", value_parser = engine::config::Compression::parse)]
     pub compression: Option<engine::config::Compression>,
+    /// Set the parity appended to new packs from now on (see `init --parity`); packs already
+    /// stored keep theirs
+    #[arg(long, value_name = "PERCENT", value_parser = parse_parity)]
+    pub parity: Option<u8>,
+}
+
+/// A parity percent: 0 (off) to 100.
+fn parse_parity(s: &str) -> Result<u8, String> {
+    match s.trim_end_matches('%').parse::<u8>() {
+        Ok(p) if p <= engine::format::parity::MAX_PERCENT => Ok(p),
+        _ => Err(format!("{s:?}: expected a percentage from 0 (off) to 100")),
+    }
 }
 
 fn parse_percent(s: &str) -> Result<f64, String> {
@@ -468,6 +480,12 @@ pub struct InitArgs {
     /// level 1..=19 for chunks and bundles alike. `config --compression` changes it later
     #[arg(long, value_name = "LEVEL", default_value = "auto", value_parser = engine::config::Compression::parse)]
     pub compression: engine::config::Compression,
+    /// Reed-Solomon parity appended to every pack, as a percent of its size: at 5, any 13
+    /// damaged 4 KiB blocks (or a 48 KiB burst) in each MiB are repaired when read. 0 turns it
+    /// off; `config --parity` changes it for new packs (docs/format.md, "Parity")
+    #[arg(long, value_name = "PERCENT", default_value_t = engine::format::parity::DEFAULT_PERCENT,
+          value_parser = parse_parity)]
+    pub parity: u8,
 }
 
 #[derive(Args, Debug)]
@@ -607,8 +625,9 @@ pub(crate) fn init_repo(
     passphrase: Option<engine::secrecy::SecretString>,
     force: bool,
     compression: engine::config::Compression,
+    parity: u8,
 ) -> engine::Result<engine::Repository> {
-    engine::Repository::init_with(at.clone(), key, passphrase, force, compression).map(wrapped)
+    engine::Repository::init_with(at.clone(), key, passphrase, force, compression, parity).map(wrapped)
 }
 
 /// Runs the CLI reading files through `source`, with every repository's storage wrapped by

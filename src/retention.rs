@@ -247,6 +247,13 @@ fn compression_line(c: engine::config::Compression) -> String {
     }
 }
 
+fn parity_line(p: u8) -> String {
+    match p {
+        0 => "off".into(),
+        p => format!("{p} % (Reed-Solomon over 4 KiB blocks, per MiB of each new pack)"),
+    }
+}
+
 pub fn config_cmd(repo: &Repository, json: bool, args: ConfigArgs) -> Result<u8> {
     let mut config = repo.fresh_config()?;
     if let Some(span) = args.grace {
@@ -263,6 +270,9 @@ pub fn config_cmd(repo: &Repository, json: bool, args: ConfigArgs) -> Result<u8>
         if let Some(c) = args.compression {
             config.compression = c;
         }
+        if let Some(p) = args.parity {
+            config.parity = p;
+        }
         repo.backend.replace("config", &config.encode(&repo.key.owner_signer()?))?;
         if (secs as u64) < old && !output::quiet() {
             eprintln!(
@@ -272,11 +282,16 @@ pub fn config_cmd(repo: &Repository, json: bool, args: ConfigArgs) -> Result<u8>
             );
         }
     }
-    if let (None, Some(c)) = (args.grace, args.compression) {
-        repo.key
-            .owner_signer()
-            .context("`config --compression` changes the config as the owner: it needs the full key")?;
-        config.compression = c;
+    if args.grace.is_none() && (args.compression.is_some() || args.parity.is_some()) {
+        repo.key.owner_signer().context(
+            "`config --compression` and `--parity` change the config as the owner: they need the full key",
+        )?;
+        if let Some(c) = args.compression {
+            config.compression = c;
+        }
+        if let Some(p) = args.parity {
+            config.parity = p;
+        }
         repo.backend.replace("config", &config.encode(&repo.key.owner_signer()?))?;
     }
     let mut out = Out::new();
@@ -289,6 +304,7 @@ pub fn config_cmd(repo: &Repository, json: bool, args: ConfigArgs) -> Result<u8>
             "prune_waits_seconds": config.prune_grace_ns(now) / 1_000_000_000,
             "key_fingerprint": config.key_fingerprint, "created": output::time(config.created_ns),
             "compression": config.compression.to_string(),
+            "parity": config.parity,
         });
         out.line(&v.to_string())?;
     } else {
@@ -312,6 +328,7 @@ pub fn config_cmd(repo: &Repository, json: bool, args: ConfigArgs) -> Result<u8>
             out.line(&format!("grace period {g}"))?;
         }
         out.line(&format!("compression  {}", compression_line(config.compression)))?;
+        out.line(&format!("parity       {}", parity_line(config.parity)))?;
         out.line(&format!("key          {}", config.key_fingerprint))?;
     }
     out.finish()?;

@@ -413,6 +413,7 @@ fn attempt(
                         repo.key.recipient.clone(),
                         sealer.clone(),
                         repo.config.pack_size,
+                        repo.config.parity,
                     )
                 })
                 .collect();

@@ -277,6 +277,7 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
                 grace_prev_secs: 3600,
                 grace_changed_ns: 1,
                 compression: crate::config::Compression::Level(9),
+                parity: 5,
             };
             vec![c.encode(&crate::signing::SigningKey::from_seed(&[7; 32]))]
         }

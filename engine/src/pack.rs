@@ -6,12 +6,15 @@
 //! trailer: XChaCha20-Poly1305 of postcard(Vec<BlobEntry>), padded, AAD "BKPKTRL2", under
 //!          pack_trailer_key(data key)
 //! trailer_len u32 LE | "BKPKEND2"
+//! parity (when the repository's config asks for it; `format::parity`)
 //! ```
 //! Only the owner unwraps the data key, so only the owner reads where a pack's blobs are and
 //! how large. Packs of before 2026-12 end in "BKPKEND1" and their trailer is sealed with the
 //! catalog key under AAD "BKPKTRL1" (a backup-only key reads those); both are read.
 //! The pack's name is the BLAKE3 of all its bytes (`packs/<2 hex>/<64 hex>`), so bit rot is
-//! detectable without any key.
+//! detectable without any key. Parity, when present, follows the footer and is part of those
+//! bytes; everything that reads a pack's end finds the footer at the end of its data
+//! (`locate_parity`, `data_len`).
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
@@ -24,6 +27,7 @@ use stages::{BlobId, BlobKind, Sealed};
 
 use crate::crypto::{open_catalog, pack_trailer_key, seal_catalog_padded, unwrap_key, wrap_key, Secret32};
 use crate::error::{Error, Result};
+use crate::format::parity::{self, Parity};
 
 pub const MAGIC: &[u8; 8] = b"BKPACK01";
 /// The footer of packs of before 2026-12: the trailer is sealed with the catalog key.
@@ -95,11 +99,22 @@ struct PackWriter {
     entries: Vec<BlobEntry>,
     /// Derived from the pack's data key: what its trailer is sealed with.
     trailer_key: Secret32,
+    /// The parity of what was written so far (None at parity 0).
+    parity: Option<parity::Encoder>,
 }
 
 impl PackWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.staged.write_all(data)?;
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.write_raw(data)?;
+        if let Some(p) = &mut self.parity {
+            p.update(data)?;
+        }
+        Ok(())
+    }
+
+    /// Writes bytes the parity does not cover (the parity itself).
+    fn write_raw(&mut self, data: &[u8]) -> Result<()> {
+        self.staged.write_all(data).map_err(|e| Error::Pipeline(format!("writing pack: {e}")))?;
         self.hasher.update(data);
         self.written += data.len() as u64;
         Ok(())
@@ -115,6 +130,8 @@ pub struct PackSink {
     /// Signs the session's index segments.
     sealer: crate::index::SegmentSealer,
     pack_size: u64,
+    /// Percent of parity appended to each pack (`Config::parity`).
+    parity: u8,
     open: HashMap<u64, PackWriter>,
     /// Packs committed by this sink, with their blobs: the session's index segment.
     pub packs: Vec<(PackId, Vec<BlobEntry>)>,
@@ -156,12 +173,14 @@ impl PackSink {
         recipient: age::x25519::Recipient,
         sealer: crate::index::SegmentSealer,
         pack_size: u64,
+        parity: u8,
     ) -> Self {
         PackSink {
             backend,
             recipient,
             sealer,
             pack_size,
+            parity,
             open: HashMap::new(),
             packs: Vec::new(),
             stored_bytes: 0,
@@ -191,10 +210,12 @@ impl PackSink {
 
     fn seal(&mut self, mut w: PackWriter) -> Result<()> {
         let trailer = seal_trailer_with(&w.trailer_key, &w.entries)?;
-        let io = |e| Error::Pipeline(format!("writing pack: {e}"));
-        w.write(&trailer).map_err(io)?;
-        w.write(&(trailer.len() as u32).to_le_bytes()).map_err(io)?;
-        w.write(END2).map_err(io)?;
+        w.write(&trailer)?;
+        w.write(&(trailer.len() as u32).to_le_bytes())?;
+        w.write(END2)?;
+        if let Some(p) = w.parity.take() {
+            w.write_raw(&p.finish()?)?;
+        }
         let id: PackId = *w.hasher.finalize().as_bytes();
         w.staged.commit(&pack_key(&id))?;
         self.stored_bytes += w.written;
@@ -224,18 +245,18 @@ impl PackSink {
                 blob_bytes: 0,
                 entries: Vec::new(),
                 trailer_key: pack_trailer_key(&blob.epoch.key),
+                parity: parity::Encoder::new(self.parity),
             };
-            let io = |e| Error::Pipeline(format!("writing pack: {e}"));
-            w.write(MAGIC).map_err(io)?;
-            w.write(&(wrapped.len() as u32).to_le_bytes()).map_err(io)?;
-            w.write(&wrapped).map_err(io)?;
+            w.write(MAGIC)?;
+            w.write(&(wrapped.len() as u32).to_le_bytes())?;
+            w.write(&wrapped)?;
             self.open.insert(epoch, w);
         }
         let Some(w) = self.open.get_mut(&epoch) else {
             return Err(Error::Pipeline("pack vanished".into()));
         };
         let offset = u32::try_from(w.written).map_err(|_| Error::Pipeline("pack over 4 GiB".into()))?;
-        w.write(&blob.bytes).map_err(|e| Error::Pipeline(format!("writing pack: {e}")))?;
+        w.write(&blob.bytes)?;
         w.blob_bytes += blob.bytes.len() as u64;
         let len = blob.bytes.len() as u32;
         if blob.kind == BlobKind::Bundle {
@@ -339,8 +360,47 @@ pub fn header_key(data: &[u8]) -> Option<&[u8]> {
     data.get(12..12 + n as usize)
 }
 
+/// Whether `end`, the last bytes of a pack, is a footer: the pack has no parity after it.
+pub fn ends_plain(end: &[u8]) -> bool {
+    end.len() >= 8 && matches!(&end[end.len() - 8..], e if e == END || e == END2)
+}
+
+/// A pack's parity (`format::parity`), None when it has none, found from its size and its last
+/// `parity::TAIL` bytes. Both parity footers damaged, it finds the layout from the size.
+pub fn locate_parity(backend: &dyn Backend, key: &str, size: u64) -> Result<Option<Parity>> {
+    let n = size.min(parity::TAIL as u64);
+    let tail = backend.get_range(key, size - n, n as usize)?;
+    let mut read = |at: u64, len: usize| Ok(backend.get_range(key, at, len)?);
+    Parity::locate(size, &tail, ends_plain(&tail), &mut read).map_err(|e| Error::corrupt("pack", key, e))
+}
+
+/// How much of a pack of `size` bytes is its data (header, blobs, trailer, footer): all of it,
+/// or what comes before its parity.
+pub fn data_len(parity: Option<&Parity>, size: u64) -> u64 {
+    parity.map_or(size, |p| p.layout.data_len)
+}
+
+/// The parity of a pack given whole (`locate_parity`).
+fn parity_in(name: &str, data: &[u8]) -> Result<Option<Parity>> {
+    let size = data.len() as u64;
+    let tail = &data[data.len().saturating_sub(parity::TAIL)..];
+    let mut read = |at: u64, len: usize| {
+        let end = at.checked_add(len as u64).filter(|e| *e <= size);
+        end.map(|e| data[at as usize..e as usize].to_vec())
+            .ok_or_else(|| Error::corrupt("pack", name, "parity read past the end"))
+    };
+    Parity::locate(size, tail, ends_plain(tail), &mut read).map_err(|e| Error::corrupt("pack", name, e))
+}
+
 /// The blob list of a pack given whole.
 pub fn trailer_from_bytes(keys: TrailerKeys, name: &str, data: &[u8]) -> Result<Vec<BlobEntry>> {
+    let parity = parity_in(name, data)?;
+    let data = &data[..data_len(parity.as_ref(), data.len() as u64) as usize];
+    trailer_of_data(keys, name, data)
+}
+
+/// The blob list of a pack's data (without parity).
+fn trailer_of_data(keys: TrailerKeys, name: &str, data: &[u8]) -> Result<Vec<BlobEntry>> {
     let bad = |why: &str| Error::corrupt("pack", name, why);
     let size = data.len();
     if size < 24 {
@@ -356,9 +416,50 @@ pub fn trailer_from_bytes(keys: TrailerKeys, name: &str, data: &[u8]) -> Result<
     decode_trailer(&key, magic, name, &data[size - 12 - n..size - 12])
 }
 
-/// Reads a pack's blob list from its trailer.
+/// The trailer bytes a pack's data of `data_len` bytes ends with, read up to their longest.
+const TRAILER_READ_MAX: u64 = 64 << 20;
+
+/// Reads a pack's blob list from its trailer, found at the end of its data. When that fails
+/// and the pack has parity, the end of its data (up to the start of its trailer) is repaired
+/// from the parity and read again.
 pub fn read_trailer(backend: &dyn Backend, keys: TrailerKeys, key: &str) -> Result<Vec<BlobEntry>> {
     let size = backend.size(key)?;
+    let parity = locate_parity(backend, key, size)?;
+    let data_len = data_len(parity.as_ref(), size);
+    let first = read_trailer_at(backend, keys, key, data_len);
+    let Some(parity) = parity else { return first };
+    let Err(e) = first else { return first };
+    if matches!(e, Error::SealedToOwner(_) | Error::Storage(_)) {
+        return Err(e);
+    }
+    // The trailer's length may be what is damaged: repair the last MiB first, then the whole
+    // region a trailer can span; the header too (the trailer's key is unwrapped from it).
+    let mut read = |at: u64, len: usize| Ok(backend.get_range(key, at, len)?);
+    let repair = |at: u64, len: u64, read: &mut parity::Read| {
+        let mut buf = vec![0u8; len as usize];
+        let fixed = parity.repair(at, &mut buf, read).map_err(|e| Error::corrupt("pack", key, e))?;
+        Ok::<_, Error>((buf, fixed))
+    };
+    for span in [(parity::SHARD * parity::GROUP) as u64, TRAILER_READ_MAX] {
+        let at = data_len.saturating_sub(span);
+        let (tail, fixed_tail) = repair(at, data_len - at, &mut read)?;
+        let (mut data, fixed_head) = repair(0, at.min(12 + u64::from(MAX_WRAPPED)), &mut read)?;
+        if fixed_tail + fixed_head == 0 {
+            break; // nothing there is damaged: the first error stands
+        }
+        data.extend_from_slice(&tail);
+        if let Ok(entries) = trailer_of_data(keys, key, &data) {
+            return Ok(entries);
+        }
+        if at == 0 {
+            break;
+        }
+    }
+    Err(e)
+}
+
+/// The trailer of a pack whose data is its first `data_len` bytes.
+fn read_trailer_at(backend: &dyn Backend, keys: TrailerKeys, key: &str, size: u64) -> Result<Vec<BlobEntry>> {
     if size < 12 + 12 {
         return Err(Error::corrupt("pack", key, "too short"));
     }
@@ -389,6 +490,14 @@ mod tests {
     /// A sink writing packs of `pack_size` into `backend`, with the owner's identity and the
     /// catalog key.
     fn test_sink(backend: Arc<dyn Backend>, pack_size: u64) -> (PackSink, age::x25519::Identity, Secret32) {
+        test_sink_with(backend, pack_size, 0)
+    }
+
+    fn test_sink_with(
+        backend: Arc<dyn Backend>,
+        pack_size: u64,
+        parity: u8,
+    ) -> (PackSink, age::x25519::Identity, Secret32) {
         let identity = age::x25519::Identity::generate();
         let catalog = Secret32::random();
         let sealer = crate::index::SegmentSealer {
@@ -397,7 +506,7 @@ mod tests {
             repo_id: [4; 16],
             recipient: identity.to_public(),
         };
-        (PackSink::new(backend, identity.to_public(), sealer, pack_size), identity, catalog)
+        (PackSink::new(backend, identity.to_public(), sealer, pack_size, parity), identity, catalog)
     }
 
     /// `data` sealed as the `counter`-th data blob under `epoch`.
@@ -481,6 +590,44 @@ mod tests {
         let other = age::x25519::Identity::generate();
         let stranger = TrailerKeys { catalog: &catalog, identity: Some(&other) };
         assert!(matches!(trailer_from_bytes(stranger, &key, &data), Err(Error::Corrupt { .. })));
+    }
+
+    /// A pack with parity: named by all its bytes, its footer at the end of its data, and a
+    /// damaged trailer (length and all) or header read back through the parity.
+    #[test]
+    fn parity_follows_the_footer_and_repairs_the_trailer() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(io::LocalBackend::new(dir.path()));
+        let (mut sink, identity, catalog) = test_sink_with(backend.clone(), 1 << 30, 5);
+        let epoch = Arc::new(stages::encrypt::KeyEpoch::new());
+        for i in 0..40u64 {
+            let data: Vec<u8> = (0..60_000u64).map(|j| (j * 31 + i * 7) as u8).collect();
+            sink.add(sealed(&epoch, i, &data)).unwrap();
+        }
+        sink.finish().unwrap();
+        let (id, entries) = sink.packs.pop().unwrap();
+        let key = pack_key(&id);
+        let data = backend.get(&key).unwrap();
+        assert_eq!(blake3::hash(&data).as_bytes(), &id);
+        assert_ne!(&data[data.len() - 8..], END2);
+        let p = locate_parity(backend.as_ref(), &key, data.len() as u64).unwrap().unwrap();
+        let d = data_len(Some(&p), data.len() as u64) as usize;
+        assert_eq!(&data[d - 8..d], END2);
+        assert_eq!(parity::Layout::new(d as u64, 5).unwrap().total_len(), data.len() as u64);
+        let owner = TrailerKeys { catalog: &catalog, identity: Some(&identity) };
+        assert_eq!(read_trailer(backend.as_ref(), owner, &key).unwrap(), entries);
+        assert_eq!(trailer_from_bytes(owner, &key, &data).unwrap(), entries);
+        // The footer, the trailer's length, the trailer and the wrapped key damaged at once.
+        let mut bad = data.clone();
+        bad[d - 12..d].fill(0);
+        bad[d - 900] ^= 1;
+        bad[20] ^= 1;
+        backend.put("packs/00/bad", &bad).unwrap();
+        assert_eq!(read_trailer(backend.as_ref(), owner, "packs/00/bad").unwrap(), entries);
+        // Beyond repair: the first error is what is said.
+        bad[d - 14 * 4096..d].fill(0);
+        backend.put("packs/00/worse", &bad).unwrap();
+        assert!(read_trailer(backend.as_ref(), owner, "packs/00/worse").is_err());
     }
 
     #[test]

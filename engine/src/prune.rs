@@ -566,6 +566,8 @@ fn repack(repo: &Repository, src: &PackId, used: &HashSet<BlobId>) -> Result<(Pa
     out.extend_from_slice(&trailer);
     out.extend_from_slice(&(trailer.len() as u32).to_le_bytes());
     out.extend_from_slice(pack::END2);
+    let parity = crate::format::parity::section(&out, repo.config.parity)?;
+    out.extend_from_slice(&parity);
     let id: PackId = *blake3::hash(&out).as_bytes();
     repo.backend.put(&pack::pack_key(&id), &out)?;
     Ok((id, kept, out.len() as u64))

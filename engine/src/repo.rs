@@ -184,21 +184,28 @@ impl From<&PathBuf> for Location {
 
 impl Repository {
     /// Creates a repository and its key (saved at `key_path`, or in the key directory).
+    /// Without parity: the engine's own tests damage packs and look for what breaks. The CLI's
+    /// `init` adds `format::parity::DEFAULT_PERCENT`.
     pub fn init(location: impl Into<Location>, key_path: Option<&Path>) -> Result<Repository> {
-        Repository::init_with(location, key_path, None, false, Compression::Auto)
+        Repository::init_with(location, key_path, None, false, Compression::Auto, 0)
     }
 
     /// `init`, with the key file's identity sealed with `passphrase` when one is given. A
     /// directory that holds anything and is not a repository is refused unless `force`: a
     /// typo, or the wrong directory, must not become a repository beside someone's files.
-    /// `compression` is how backups compress data (`init --compression`).
+    /// `compression` is how backups compress data (`init --compression`), `parity` the percent
+    /// of recovery data appended to each new pack (`init --parity`, 0 for none).
     pub fn init_with(
         location: impl Into<Location>,
         key_path: Option<&Path>,
         passphrase: Option<age::secrecy::SecretString>,
         force: bool,
         compression: Compression,
+        parity: u8,
     ) -> Result<Repository> {
+        if parity > crate::format::parity::MAX_PERCENT {
+            return Err(Error::Invalid(format!("parity {parity} %: expected 0 to 100")));
+        }
         let location = location.into();
         let backend = location.backend()?;
         if backend.exists("config")? {
@@ -242,6 +249,7 @@ impl Repository {
             grace_prev_secs: DEFAULT_GRACE_SECS,
             grace_changed_ns: now,
             compression,
+            parity,
         };
         if let Some(path) = location.local() {
             for dir in ["packs", "index", "snapshots", "pending", "gc", "writers", "roster", "tmp"] {

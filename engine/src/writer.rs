@@ -33,6 +33,7 @@ impl<'a> BlobWriter<'a> {
             repo.key.recipient.clone(),
             repo.sealer()?,
             repo.config.pack_size,
+            repo.config.parity,
         );
         let compressor =
             Compressor::new(1).map_err(|e| Error::Pipeline(format!("cannot start zstd: {e}")))?;

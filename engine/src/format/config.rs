@@ -5,7 +5,10 @@
 //! only by `bakare migrate`, which signs them. Version 2 added the previous grace period and
 //! when it changed. Since 2026-12 a version 3 body may be followed by `postcard(Extension)`
 //! (the compression setting): decoders before it ignore trailing bytes, and a body without it
-//! reads as `Compression::Auto`. `config` is the one object that is replaced (atomically) rather than only
+//! reads as `Compression::Auto`. A second extension (`Extension2`) follows it with the parity
+//! percent; a config with parity is version 5 (`VERSION_PARITY`), so bakare of before refuses
+//! the repository rather than misread packs that end in parity; without parity it stays 4.
+//! `config` is the one object that is replaced (atomically) rather than only
 //! created: when the grace period changes, and by `migrate`.
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +23,9 @@ pub const VERSION: u8 = 4;
 /// would delete what it cannot read, and an older writer would keep writing sizes readable with
 /// a backup-only key). `init` writes 4, `migrate` signs a version 3 config again as 4.
 pub const VERSION_BEFORE_SEALED_PLACES: u8 = 3;
+/// Version 4 whose packs may end in parity (`format::parity`): written only when the
+/// config's parity is above 0, so repositories without it stay readable by older bakare.
+pub const VERSION_PARITY: u8 = 5;
 /// The shortest grace period prune honours without `--unsafe-now`: writers need time to
 /// notice a condemnation, and a forged short period must not make prune delete at once.
 pub const MIN_GRACE_SECS: u64 = 3600;
@@ -29,7 +35,7 @@ pub const MIN_GRACE_SECS: u64 = 3600;
 pub enum Seal {
     /// Versions 1 and 2: a checksum, which proves nothing about who wrote it.
     Checksum(u8),
-    /// Version 4: signed by this key (verified; whether it is the owner's is the caller's check).
+    /// Versions 4 and 5: signed by this key (verified; whether it is the owner's is the caller's check).
     Signed(PublicKey),
     /// Version 3: the same, from before sealed places (`VERSION_BEFORE_SEALED_PLACES`).
     SignedBefore(PublicKey),
@@ -57,6 +63,10 @@ pub struct Config {
     /// written before it still decode.
     #[serde(skip)]
     pub compression: Compression,
+    /// Recovery shards per 100 data shards appended to new packs (`format::parity`); 0 is off.
+    /// In `Extension2`.
+    #[serde(skip)]
+    pub parity: u8,
 }
 
 /// Fields added to format 3 after its first release, appended to the body. New fields go at its
@@ -64,6 +74,12 @@ pub struct Config {
 #[derive(Serialize, Deserialize)]
 struct Extension {
     compression: Compression,
+}
+
+/// After `Extension`: the parity percent (configs without it have none).
+#[derive(Serialize, Deserialize)]
+struct Extension2 {
+    parity: u8,
 }
 
 /// How data blobs are compressed (`init --compression`, `config --compression`). Readers need
@@ -168,14 +184,19 @@ impl Config {
         self.grace_changed_ns = now_ns.max(self.grace_changed_ns.saturating_add(1));
     }
 
-    /// Version 3, signed by the owner.
+    /// Version 4 (5 with parity), signed by the owner.
     pub fn encode(&self, owner: &SigningKey) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
-        out.push(VERSION);
+        out.push(if self.parity > 0 { VERSION_PARITY } else { VERSION });
         // Serializing plain fields into a Vec cannot fail.
         out.extend_from_slice(&postcard::to_allocvec(self).unwrap_or_default());
         let ext = Extension { compression: self.compression };
         out.extend_from_slice(&postcard::to_allocvec(&ext).unwrap_or_default());
+        if self.parity > 0 {
+            out.extend_from_slice(
+                &postcard::to_allocvec(&Extension2 { parity: self.parity }).unwrap_or_default(),
+            );
+        }
         signing::seal(owner, Purpose::Config, &self.repo_id, out)
     }
 
@@ -212,7 +233,7 @@ impl Config {
                 }
                 (&body[9..], Seal::Checksum(version))
             }
-            VERSION_BEFORE_SEALED_PLACES | VERSION => {
+            VERSION_BEFORE_SEALED_PLACES | VERSION | VERSION_PARITY => {
                 // The repository id is both inside what is signed and part of the signature's
                 // message, so it is read first and confirmed after.
                 let Some(body) = data.len().checked_sub(96).and_then(|split| data.get(9..split)) else {
@@ -221,7 +242,12 @@ impl Config {
                 let cfg: Config = postcard::from_bytes(body).map_err(|e| bad(&e.to_string()))?;
                 let (_, key) = signing::open(Purpose::Config, &cfg.repo_id, data)
                     .ok_or_else(|| bad("signature does not verify (damaged or edited)"))?;
-                (body, if version == VERSION { Seal::Signed(key) } else { Seal::SignedBefore(key) })
+                let seal = if version == VERSION_BEFORE_SEALED_PLACES {
+                    Seal::SignedBefore(key)
+                } else {
+                    Seal::Signed(key)
+                };
+                (body, seal)
             }
             v => return Err(bad(&format!("unsupported format version {v}"))),
         };
@@ -239,16 +265,29 @@ impl Config {
                 grace_prev_secs: v1.grace_secs,
                 grace_changed_ns: v1.created_ns,
                 compression: Compression::Auto,
+                parity: 0,
             }
         } else {
             let (mut cfg, rest): (Config, _) =
                 postcard::take_from_bytes(body).map_err(|e| bad(&e.to_string()))?;
             if !rest.is_empty() {
-                let ext: Extension = postcard::from_bytes(rest).map_err(|e| bad(&e.to_string()))?;
+                let (ext, rest): (Extension, _) =
+                    postcard::take_from_bytes(rest).map_err(|e| bad(&e.to_string()))?;
                 cfg.compression = ext.compression;
+                if !rest.is_empty() {
+                    let ext: Extension2 = postcard::from_bytes(rest).map_err(|e| bad(&e.to_string()))?;
+                    cfg.parity = ext.parity;
+                }
             }
             cfg
         };
+        if cfg.parity > crate::format::parity::MAX_PERCENT {
+            return Err(bad(&format!("parity {} % out of range", cfg.parity)));
+        }
+        // Packs with parity in a repository older bakare would read: not written by bakare.
+        if cfg.parity > 0 && version != VERSION_PARITY {
+            return Err(bad(&format!("parity {} % in a format version {version} config", cfg.parity)));
+        }
         if let Compression::Level(l) = cfg.compression {
             if !(1..=Compression::MAX_LEVEL).contains(&l) {
                 return Err(bad(&format!("compression level {l} out of range")));
@@ -289,6 +328,7 @@ mod tests {
             grace_prev_secs: 86400,
             grace_changed_ns: 5,
             compression: Compression::Auto,
+            parity: 0,
         }
     }
 
@@ -323,6 +363,45 @@ mod tests {
         assert_eq!(Compression::parse("0"), Ok(Compression::Off));
         assert_eq!(Compression::parse("Auto"), Ok(Compression::Auto));
         assert!(Compression::parse("20").is_err() && Compression::parse("-1").is_err());
+    }
+
+    #[test]
+    fn parity_is_version_5_and_a_second_extension() {
+        let owner = SigningKey::generate();
+        let mut c = sample();
+        c.compression = Compression::Level(3);
+        // Without parity: version 4, as before, and no second extension.
+        let off = c.encode(&owner);
+        assert_eq!(off[8], VERSION);
+        assert_eq!(Config::decode(&off, &owner.public()).unwrap(), c);
+        let body = &off[9..off.len() - 96];
+        let (_, ext) = postcard::take_from_bytes::<Config>(body).unwrap();
+        let (_, rest) = postcard::take_from_bytes::<Extension>(ext).unwrap();
+        assert!(rest.is_empty());
+        // With it: version 5; the first extension still decodes as before.
+        for p in [1, 5, 100] {
+            c.parity = p;
+            let on = c.encode(&owner);
+            assert_eq!(on[8], VERSION_PARITY);
+            assert_eq!(Config::decode(&on, &owner.public()).unwrap(), c);
+            let body = &on[9..on.len() - 96];
+            let (_, ext) = postcard::take_from_bytes::<Config>(body).unwrap();
+            let (first, _) = postcard::take_from_bytes::<Extension>(ext).unwrap();
+            assert_eq!(first.compression, Compression::Level(3));
+            // The same body signed as version 4: corrupt, not a repository without parity.
+            let mut v4 = on[..on.len() - 96].to_vec();
+            v4[8] = VERSION;
+            let v4 = signing::seal(&owner, Purpose::Config, &c.repo_id, v4);
+            let err = Config::decode(&v4, &owner.public()).unwrap_err().to_string();
+            assert!(err.contains("format version 4"), "{err}");
+        }
+        // Version 5 with parity 0 reads as off; a percent past 100 does not decode.
+        let mut v5 = off[..off.len() - 96].to_vec();
+        v5[8] = VERSION_PARITY;
+        let v5 = signing::seal(&owner, Purpose::Config, &c.repo_id, v5);
+        assert_eq!(Config::decode(&v5, &owner.public()).unwrap().parity, 0);
+        c.parity = 101;
+        assert!(Config::decode(&c.encode(&owner), &owner.public()).is_err());
     }
 
     #[test]
