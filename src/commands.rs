@@ -596,8 +596,13 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
         for note in &r.notes {
             eprintln!("warning: {note}");
         }
+        for (pack, blocks) in &r.corrected {
+            eprintln!("note: {}", corrected_line(pack, *blocks));
+        }
     }
     if json {
+        let corrected: Vec<_> =
+            r.corrected.iter().map(|(pack, blocks)| json!({"pack": pack, "blocks": blocks})).collect();
         let errors: Vec<_> =
             r.errors.iter().map(|(p, why)| json!({"path": p.to_string_lossy(), "error": why})).collect();
         let v = json!({
@@ -605,6 +610,7 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
             "bytes": r.bytes, "seconds": secs, "errors": errors, "notes": r.notes,
             "replaced": r.replaced, "replaced_bytes": r.replaced_bytes, "kept": r.kept, "deleted": r.deleted,
             "deleted_bytes": r.deleted_bytes, "verified": r.verified, "excluded": r.excluded,
+            "corrected_packs": r.corrected.len(), "corrected": corrected,
         });
         out.line(&v.to_string())?;
     } else {
@@ -642,6 +648,9 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
         for note in &r.notes {
             out.line(&format!("  note: {note}"))?;
         }
+        for (pack, blocks) in &r.corrected {
+            out.line(&format!("  note: {}", corrected_line(pack, *blocks)))?;
+        }
         if !r.errors.is_empty() {
             out.line(&format!("  {} could not be restored:", r.errors.len()))?;
         }
@@ -652,6 +661,12 @@ fn restore(repo: &Repository, json: bool, args: RestoreArgs) -> Result<u8> {
     }
     out.finish()?;
     Ok(if r.errors.is_empty() { 0 } else { EXIT_PARTIAL })
+}
+
+/// What a reader repaired in a pack from its parity, for notes.
+pub(crate) fn corrected_line(pack: &str, blocks: usize) -> String {
+    let s = if blocks == 1 { "" } else { "s" };
+    format!("{pack}: {blocks} damaged 4 KiB block{s} repaired from parity")
 }
 
 fn key_cmd(repo: &Repository, json: bool, cmd: KeyCommand) -> Result<u8> {

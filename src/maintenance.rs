@@ -35,6 +35,8 @@ fn report_json(r: &CheckReport) -> serde_json::Value {
             "snapshot": a.snapshot, "path": lossy(&a.path), "why": a.why
         })).collect::<Vec<_>>(),
         "notes": r.notes,
+        "corrected": r.corrected.iter().map(|(pack, blocks)| json!({"pack": pack, "blocks": blocks}))
+            .collect::<Vec<_>>(),
     })
 }
 
@@ -51,6 +53,9 @@ fn print_report(out: &mut Out, r: &CheckReport) -> std::io::Result<()> {
     out.line(&summary)?;
     for n in &r.notes {
         out.line(&format!("note: {n}"))?;
+    }
+    for (pack, blocks) in &r.corrected {
+        out.line(&format!("corrected: {}", crate::commands::corrected_line(pack, *blocks)))?;
     }
     if !r.damage.is_empty() {
         out.line(&format!("{} damaged objects:", r.damage.len()))?;

@@ -1,6 +1,7 @@
 //! Damage end to end: `check` finds it and names the files it affects, restore keeps every
 //! intact file and never writes wrong bytes, `repair index` and `repair snapshots` bring the
-//! repository back to a state where normal commands just work.
+//! repository back to a state where normal commands just work. Without parity (`init --parity
+//! 0`): with it, damage this small is repaired on read (tests/parity.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
@@ -11,7 +12,9 @@ use chaos::oracle::{file_deps, key_file, FileDeps};
 use chaos::testkit::{assert_same_tree, restored_path, Bakare, Rng, TestDir};
 
 fn bakare() -> Bakare {
-    Bakare::new(env!("CARGO_BIN_EXE_bakare"))
+    let b = Bakare::new(env!("CARGO_BIN_EXE_bakare"));
+    b.ok(&argv!["init", "--parity", "0"]);
+    b
 }
 
 /// Small files (bundled), medium and multi-chunk files, in a few directories.

@@ -36,7 +36,7 @@ pub const TRAILER_MAGIC: &[u8] = b"BKPKTRL1";
 /// The footer of packs whose trailer is sealed with a key derived from their data key.
 pub const END2: &[u8; 8] = b"BKPKEND2";
 pub const TRAILER_MAGIC2: &[u8] = b"BKPKTRL2";
-const MAX_WRAPPED: u32 = 4096;
+pub const MAX_WRAPPED: u32 = 4096;
 /// A trailer's plaintext is padded to at least this (~70 entries) and then as Padmé pads
 /// (`crypto::padded_len`): its length does not give the pack's number of blobs.
 const TRAILER_MIN: usize = 4096;
@@ -378,6 +378,24 @@ pub fn locate_parity(backend: &dyn Backend, key: &str, size: u64) -> Result<Opti
 /// or what comes before its parity.
 pub fn data_len(parity: Option<&Parity>, size: u64) -> u64 {
     parity.map_or(size, |p| p.layout.data_len)
+}
+
+/// `len` bytes at `offset` of a pack's data, repaired from its parity, and the data shards
+/// rebuilt (`Parity::repair_listed`). None when the pack has no parity, when nothing there was
+/// damaged, or when the damage is beyond what the parity repairs: the reader's error stands.
+pub fn repaired_range(
+    backend: &dyn Backend,
+    key: &str,
+    offset: u64,
+    len: usize,
+) -> Option<(Vec<u8>, Vec<u64>)> {
+    let size = backend.size(key).ok()?;
+    let parity = locate_parity(backend, key, size).ok()??;
+    let len = len.min(usize::try_from(parity.layout.data_len.checked_sub(offset)?).ok()?);
+    let mut buf = vec![0u8; len];
+    let mut read = |at: u64, len: usize| Ok(backend.get_range(key, at, len)?);
+    let fixed = parity.repair_listed(offset, &mut buf, &mut read).ok()?;
+    (!fixed.is_empty()).then_some((buf, fixed))
 }
 
 /// The parity of a pack given whole (`locate_parity`).

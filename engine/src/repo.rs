@@ -1,6 +1,6 @@
 //! Opening and creating repositories, finding snapshots, and reading blobs back.
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -587,6 +587,9 @@ pub struct BlobReader<'a> {
     windows: Mutex<VecDeque<BundleSlot>>,
     windows_kept: usize,
     sizes: Mutex<HashMap<u32, u64>>,
+    /// Packs whose damage was repaired from their parity on the way: the data shards rebuilt
+    /// (a shard repaired again for another blob counts once).
+    corrections: Mutex<BTreeMap<String, BTreeSet<u64>>>,
 }
 
 /// Bytes fetched at once from a remote pack: restores read blobs in the order they were
@@ -705,15 +708,44 @@ impl<'a> BlobReader<'a> {
             windows: Mutex::new(VecDeque::new()),
             windows_kept: windows,
             sizes: Mutex::new(HashMap::new()),
+            corrections: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// The packs this reader repaired from their parity, and how many 4 KiB data shards of
+    /// each were damaged and rebuilt.
+    pub fn corrected(&self) -> Vec<(String, usize)> {
+        let c = self.corrections.lock().unwrap_or_else(|p| p.into_inner());
+        c.iter().map(|(k, s)| (k.clone(), s.len())).collect()
+    }
+
+    /// `len` bytes at `offset` of a pack, repaired from its parity after what was read failed
+    /// to authenticate; None when the parity cannot help (`pack::repaired_range`).
+    fn repaired(&self, pack_key: &str, offset: u64, len: usize) -> Option<Vec<u8>> {
+        let (bytes, fixed) = pack::repaired_range(self.repo.backend.as_ref(), pack_key, offset, len)?;
+        let mut c = self.corrections.lock().unwrap_or_else(|p| p.into_inner());
+        c.entry(pack_key.to_string()).or_default().extend(fixed);
+        Some(bytes)
     }
 
     fn data_key(&self, pack_idx: u32, pack_key: &str) -> Result<DataKey> {
         if let Some(k) = self.keys.lock().unwrap_or_else(|p| p.into_inner()).get(&pack_idx) {
             return Ok(k.clone());
         }
-        let wrapped = pack::read_wrapped_key(self.repo.backend.as_ref(), pack_key)?;
-        let k = unwrap_key(self.identity, &wrapped).map_err(|e| Error::corrupt("pack", pack_key, e))?;
+        let unwrap = |wrapped: &[u8]| {
+            unwrap_key(self.identity, wrapped).map_err(|e| Error::corrupt("pack", pack_key, e))
+        };
+        let k = match pack::read_wrapped_key(self.repo.backend.as_ref(), pack_key).and_then(|w| unwrap(&w)) {
+            Ok(k) => k,
+            Err(e) => {
+                // A damaged header: its first bytes again, from the parity.
+                let head = self.repaired(pack_key, 0, 12 + pack::MAX_WRAPPED as usize);
+                match head.as_deref().and_then(pack::header_key) {
+                    Some(wrapped) => unwrap(wrapped)?,
+                    None => return Err(e),
+                }
+            }
+        };
         self.keys.lock().unwrap_or_else(|p| p.into_inner()).insert(pack_idx, k.clone());
         Ok(k)
     }
@@ -746,11 +778,20 @@ impl<'a> BlobReader<'a> {
         match loc.inner {
             None => {
                 self.range_into(loc.pack, &pack_key, loc.offset, loc.len, &mut scratch.sealed)?;
-                let frame = encrypt::open_in_place(&key, id, kind, &mut scratch.sealed)
-                    .map_err(|_| Error::BlobAuth(hex()))?;
-                unframe_into(&scratch.sealed[frame], &mut scratch.plain)
-                    .map_err(|e| Error::corrupt("blob", hex(), e))?;
-                check(&scratch.plain)?;
+                let open = |sealed: &mut Vec<u8>, plain: &mut Vec<u8>| {
+                    let frame =
+                        encrypt::open_in_place(&key, id, kind, sealed).map_err(|_| Error::BlobAuth(hex()))?;
+                    unframe_into(&sealed[frame], plain).map_err(|e| Error::corrupt("blob", hex(), e))?;
+                    check(plain)
+                };
+                if let Err(e) = open(&mut scratch.sealed, &mut scratch.plain) {
+                    // Damaged: the same bytes repaired from the pack's parity, if it can.
+                    let Some(bytes) = self.repaired(&pack_key, loc.offset.into(), loc.len as usize) else {
+                        return Err(e);
+                    };
+                    scratch.sealed = bytes;
+                    open(&mut scratch.sealed, &mut scratch.plain)?;
+                }
                 Ok(f(&scratch.plain))
             }
             Some(inner) => {
@@ -830,10 +871,20 @@ impl<'a> BlobReader<'a> {
             return Ok(b);
         }
         let name = format!("bundle at {pack_key}+{offset}");
-        let sealed = self.range(pack, pack_key, offset, len)?;
-        let frame = encrypt::open(key, &BUNDLE_ID, BlobKind::Bundle, &sealed)
-            .map_err(|_| Error::BlobAuth(name.clone()))?;
-        let plain = Arc::new(unframe(&frame).map_err(|e| Error::corrupt("blob", name, e))?);
+        let open = |sealed: &[u8]| {
+            let frame = encrypt::open(key, &BUNDLE_ID, BlobKind::Bundle, sealed)
+                .map_err(|_| Error::BlobAuth(name.clone()))?;
+            unframe(&frame).map_err(|e| Error::corrupt("blob", name.clone(), e))
+        };
+        let plain = match open(&self.range(pack, pack_key, offset, len)?) {
+            Ok(plain) => plain,
+            // Damaged: the same bytes repaired from the pack's parity, if it can.
+            Err(e) => match self.repaired(pack_key, offset.into(), len as usize) {
+                Some(sealed) => open(&sealed)?,
+                None => return Err(e),
+            },
+        };
+        let plain = Arc::new(plain);
         self.bundles.lock().unwrap_or_else(|p| p.into_inner()).insert(at, plain.clone());
         Ok(plain)
     }

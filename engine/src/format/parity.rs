@@ -315,12 +315,18 @@ impl Parity {
     /// overlaps, read through `read`. Returns how many data shards were damaged and rebuilt
     /// (0: those groups read back intact, and `buf` now holds them).
     pub fn repair(&self, at: u64, buf: &mut [u8], read: &mut Read) -> Result<usize> {
+        Ok(self.repair_listed(at, buf, read)?.len())
+    }
+
+    /// `repair`, naming the data shards rebuilt (their index in the object), so that a reader
+    /// repairing the same group twice counts its damage once.
+    pub fn repair_listed(&self, at: u64, buf: &mut [u8], read: &mut Read) -> Result<Vec<u64>> {
         let end = at.checked_add(buf.len() as u64).filter(|e| *e <= self.layout.data_len);
         let Some(end) = end else { return Err(Error::Pipeline("parity: range outside the data".into())) };
+        let mut fixed = Vec::new();
         if buf.is_empty() {
-            return Ok(0);
+            return Ok(fixed);
         }
-        let mut fixed = 0;
         for g in at / GROUP_BYTES as u64..=(end - 1) / GROUP_BYTES as u64 {
             let (start, data) = self.group(g, read, &mut fixed)?;
             let from = at.max(start);
@@ -332,7 +338,7 @@ impl Parity {
     }
 
     /// Group `g`'s data (its real length), rebuilt if damaged.
-    fn group(&self, g: u64, read: &mut Read, fixed: &mut usize) -> Result<(u64, Vec<u8>)> {
+    fn group(&self, g: u64, read: &mut Read, fixed: &mut Vec<u64>) -> Result<(u64, Vec<u8>)> {
         let l = &self.layout;
         let start = g * GROUP_BYTES as u64;
         let len = (l.data_len - start).min(GROUP_BYTES as u64) as usize;
@@ -376,7 +382,7 @@ impl Parity {
                 };
                 data[i * SHARD..(i + 1) * SHARD].copy_from_slice(shard);
             }
-            *fixed += bad.len();
+            fixed.extend(bad.iter().map(|&i| (first + i) as u64));
         }
         data.truncate(len);
         Ok((start, data))

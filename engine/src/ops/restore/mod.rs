@@ -174,6 +174,9 @@ pub struct RestoreResult {
     /// What was deliberately left out (not errors): ownership, set-id bits and device nodes
     /// when not running as root, special files with `--no-special`.
     pub notes: Vec<String>,
+    /// Packs whose damage was repaired from their parity while reading, and the 4 KiB blocks
+    /// of each rebuilt: what was restored from them is exact.
+    pub corrected: Vec<(String, usize)>,
 }
 
 fn components(p: &Path) -> Vec<Vec<u8>> {
@@ -563,6 +566,7 @@ pub fn restore(
     result.replaced_bytes = r.replaced_bytes.load(Relaxed);
     result.kept = r.kept.load(Relaxed);
     result.notes = r.notes();
+    result.corrected = reader.corrected();
     for why in spill_failed {
         result.notes.push(format!(
             "a list could not go to a temporary file and was kept in memory, past the memory limit \
