@@ -44,9 +44,23 @@ pub fn config(data: &[u8]) -> bool {
         | crate::config::Config::decode_unverified(data).is_ok()
 }
 
-/// A whole pack: header, wrapped key, trailer, and every blob the trailer lists.
+/// A whole pack: header, wrapped key, trailer (found before the parity, if any), and every
+/// blob the trailer lists; a pack whose trailer fails is repaired from its parity first.
 pub fn pack(data: &[u8]) -> bool {
     let k = keys();
+    let repaired;
+    let data = match crate::pack::trailer_from_bytes(trailer_keys(), "fuzz", data) {
+        Err(_) => {
+            let mut copy = data.to_vec();
+            if !matches!(crate::format::parity::repair_whole(&mut copy, crate::pack::ends_plain), Ok(Some(_)))
+            {
+                return false;
+            }
+            repaired = copy;
+            &repaired[..]
+        }
+        Ok(_) => data,
+    };
     let Some(wrapped) = crate::pack::header_key(data) else { return false };
     let Ok(identity) = k.key.identity() else { return false };
     let keys = crate::pack::TrailerKeys { catalog: &k.wk.catalog_key, identity: Some(identity) };
@@ -63,6 +77,18 @@ pub fn pack(data: &[u8]) -> bool {
         all &= ok;
     }
     all
+}
+
+fn trailer_keys() -> crate::pack::TrailerKeys<'static> {
+    let k = keys();
+    crate::pack::TrailerKeys { catalog: &k.wk.catalog_key, identity: k.key.identity.as_ref() }
+}
+
+/// An object's parity (`format::parity`): its footers and tables found from its end and size,
+/// and the whole object repaired from them. Accepted when it has parity that reads.
+pub fn parity(data: &[u8]) -> bool {
+    let mut object = data.to_vec();
+    matches!(crate::format::parity::repair_whole(&mut object, crate::pack::ends_plain), Ok(Some(_)))
 }
 
 /// The mode byte's second bit picks the format: a trailer of before 2026-12 (catalog key) or a
@@ -196,9 +222,10 @@ pub fn blob_frame(data: &[u8]) -> bool {
 /// A fuzz entry point: arbitrary bytes in, whether they were accepted out.
 pub type Target = fn(&[u8]) -> bool;
 
-pub const TARGETS: [(&str, Target); 10] = [
+pub const TARGETS: [(&str, Target); 11] = [
     ("config", config),
     ("pack", pack),
+    ("parity", parity),
     ("pack_trailer", pack_trailer),
     ("index_segment", index_segment),
     ("tree", tree),
@@ -281,7 +308,14 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
             };
             vec![c.encode(&crate::signing::SigningKey::from_seed(&[7; 32]))]
         }
-        "pack" => vec![sample_pack(true), sample_pack(false)],
+        "pack" => vec![sample_pack(true), sample_pack(false), with_parity(sample_pack(true), 5)],
+        "parity" => vec![with_parity(sample_pack(true), 5), with_parity(sample_pack(true), 100), {
+            // Both footers gone: found from the size.
+            let mut p = with_parity(sample_pack(true), 20);
+            let n = p.len();
+            p[n - crate::format::parity::TAIL..].fill(0);
+            p
+        }],
         "pack_trailer" => vec![sealed(encode(&entries)), [vec![3u8], encode(&entries)].concat()],
         "index_segment" => vec![sealed(encode(&vec![([9u8; 32], entries.clone())]))],
         "tree" => vec![crate::tree::Tree { nodes: vec![node, dir] }.encode()],
@@ -386,6 +420,13 @@ fn sample_pack(new: bool) -> Vec<u8> {
     pack.extend_from_slice(&trailer);
     pack.extend_from_slice(&(trailer.len() as u32).to_le_bytes());
     pack.extend_from_slice(end);
+    pack
+}
+
+/// `pack` followed by its parity at `percent`.
+fn with_parity(mut pack: Vec<u8>, percent: u8) -> Vec<u8> {
+    let section = crate::format::parity::section(&pack, percent).unwrap_or_default();
+    pack.extend_from_slice(&section);
     pack
 }
 

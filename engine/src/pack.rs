@@ -245,7 +245,7 @@ impl PackSink {
                 blob_bytes: 0,
                 entries: Vec::new(),
                 trailer_key: pack_trailer_key(&blob.epoch.key),
-                parity: parity::Encoder::new(self.parity),
+                parity: parity::Encoder::with_hint(self.parity, self.pack_size),
             };
             w.write(MAGIC)?;
             w.write(&(wrapped.len() as u32).to_le_bytes())?;
