@@ -195,7 +195,8 @@ fn tampering_is_detected_and_never_restores_wrong_bytes() {
     let b = bakare();
     let mut rng = Rng::new(11);
     let src = TestDir::new().file("a.bin", rng.bytes(3 << 20)).file("b.txt", rng.text(100_000));
-    b.ok(&argv!["init"]);
+    // Without parity, which would repair the flip (tests/parity.rs).
+    b.ok(&argv!["init", "--parity", "0"]);
     b.ok(&argv!["run", src.path()]);
     let packs: Vec<_> =
         repo_files(&b.repo).into_iter().filter(|(p, _)| p.to_string_lossy().contains("/packs/")).collect();

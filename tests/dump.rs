@@ -283,6 +283,8 @@ fn a_closed_pipe_ends_the_dump_quietly() {
 fn a_damaged_blob_stops_the_dump_without_wrong_bytes() {
     let (src, _) = tree();
     let b = bakare();
+    // Without parity, which would repair the flip (tests/parity.rs).
+    b.ok(&argv!["init", "--parity", "0"]);
     b.ok(&argv!["run", src.path()]);
     let deps = file_deps(&b.repo, &key_file(b.home.path()));
     let victim = deps.iter().find(|f| f.path.ends_with(b"data/random.bin")).unwrap();

@@ -246,6 +246,8 @@ fn a_damaged_blob_is_eio_and_the_mount_goes_on() {
     let mut rng = Rng::new(9);
     let src = TestDir::new().file("big.bin", rng.bytes(8 << 20)).file("small.txt", "small\n");
     let b = bakare();
+    // Without parity, which would repair the flip (tests/parity.rs).
+    b.ok(&argv!["init", "--parity", "0"]);
     b.ok(&argv!["run", src.path()]);
     let deps = file_deps(&b.repo, &key_file(b.home.path()));
     let victim = deps.iter().find(|f| f.path.ends_with(b"big.bin")).unwrap();

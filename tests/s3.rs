@@ -72,7 +72,8 @@ fn every_command_works_on_s3() {
     assert_same_tree(src.path(), &restored_path(t.path(), src.path()));
     assert_eq!(b.ok(&argv!["--json", "check", "--read-data"]).json()["ok"], true);
 
-    // A flipped byte in a pack on the server is found.
+    // A flipped byte in a pack on the server is found, and repaired from its parity (on by
+    // default): check names the pack corrected, restore gives back every file.
     let packs = server.object_path("repo1", "packs");
     let pack = fs::read_dir(&packs)
         .unwrap()
@@ -83,7 +84,14 @@ fn every_command_works_on_s3() {
     let mut data = fs::read(&pack).unwrap();
     data[100] ^= 1;
     fs::write(&pack, data).unwrap();
-    assert_eq!(b.run(&argv!["check", "--read-data"]).code, 3);
+    let c = b.ok(&argv!["--json", "check", "--read-data"]).json();
+    assert_eq!(c["ok"], true, "{c}");
+    let name = pack.strip_prefix(&packs).unwrap().to_str().unwrap().to_string();
+    let corrected = c["corrected"].as_array().unwrap();
+    assert!(corrected.len() == 1 && corrected[0]["pack"].as_str().unwrap().ends_with(&name), "{c}");
+    let t = tempfile::tempdir().unwrap();
+    b.ok(&argv!["restore", "latest", "--target", t.path()]);
+    assert_same_tree(src.path(), &restored_path(t.path(), src.path()));
 }
 
 #[test]

@@ -504,7 +504,12 @@ fn packs_show_no_blob_boundaries_or_counts_without_a_key() {
             })
             .collect();
         assert!(counters.is_empty(), "{}: counters {counters:?} in the clear", p.display());
-        let foot = &data[data.len() - 12..];
+        // The footer ends the pack's data, before its parity (docs/format.md, "Parity").
+        let backend = io::LocalBackend::new(&b.repo);
+        let key = format!("packs/{}", p.display());
+        let parity = engine::pack::locate_parity(&backend, &key, data.len() as u64).unwrap();
+        let d = engine::pack::data_len(parity.as_ref(), data.len() as u64) as usize;
+        let foot = &data[d - 12..d];
         assert_eq!(&foot[4..], b"BKPKEND2");
         trailers.insert(u32::from_le_bytes(foot[..4].try_into().unwrap()));
     }
@@ -706,11 +711,11 @@ fn migrate_seals_the_places_of_segments_of_before() {
     let owner = engine::Repository::open(&s.b.repo, Some(&full)).unwrap();
     let before = chaos::hostile::unseal_places(&owner);
     assert!(before >= 2, "{before} segments");
-    // And its config of format 3, as the owner signed it then.
-    let config = owner.backend.get("config").unwrap();
+    // And its config of format 3, as the owner signed it then (format 3 had no parity).
+    let signer = owner.key.owner_signer().unwrap();
+    let config = engine::config::Config { parity: 0, ..owner.config.clone() }.encode(&signer);
     let mut body = config[..config.len() - 96].to_vec();
     body[8] = 3;
-    let signer = owner.key.owner_signer().unwrap();
     let v3 = engine::signing::seal(&signer, engine::signing::Purpose::Config, &owner.config.repo_id, body);
     owner.backend.replace("config", &v3).unwrap();
     let writer = engine::Repository::open(&s.b.repo, Some(&s.key)).unwrap();
@@ -867,6 +872,8 @@ fn prune_keeps_each_segments_word_apart() {
 #[test]
 fn repair_vouches_only_for_what_it_read() {
     let (b, laptop) = owner_and_laptop();
+    // Without parity, which would repair the damaged trailer.
+    b.ok(&argv!["config", "--parity", "0"]);
     let f = chaos::testkit::Rng::new(4).bytes(100_000);
     let x = blob_id_of(&b, &laptop, &f);
     let r = engine::Repository::open(&b.repo, Some(&laptop)).unwrap();
