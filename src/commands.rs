@@ -271,8 +271,10 @@ pub(crate) fn execute(
     if r.workers < asked_workers && !json && !output::quiet() {
         eprintln!(
             "note: --mem-limit leaves room for {} workers per stage, not {asked_workers} (each takes memory \
-             outside the data budget: {} MiB, and more at a compression level above the default)",
+             outside the data budget: {} MiB with parity on, {} without, and more at a compression level \
+             above the default)",
             r.workers,
+            backup::worker_reserve(1) >> 20,
             backup::WORKER_RESERVE >> 20
         );
     }

@@ -1,8 +1,9 @@
 //! The memory ceiling holds: a tree with a file larger than the limit (1 GiB) and 200,000 small
 //! files backs up, as a first backup, with --mem-limit 512M and 128M under the limit (128M also
 //! with 16 workers asked for: they are fitted to the limit), and with the default budget under
-//! 96 MiB plus `WORKER_RESERVE` (7 MiB) for each CPU past two; the smallest limit (88M) holds
-//! too. Peak resident memory is the child's own (VmHWM).
+//! 104 MiB (96 and 4 for each of two workers' parity, on by default) plus `worker_reserve`
+//! (11 MiB with parity) for each CPU past two; the smallest limits (96M with parity, 88M
+//! without) hold too. Peak resident memory is the child's own (VmHWM).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
@@ -10,8 +11,9 @@ use std::io::Write;
 
 use chaos::argv;
 use chaos::testkit::{Bakare, Rng};
-use engine::backup::{budget_and_workers, WORKER_RESERVE};
+use engine::backup::{budget_and_workers, worker_reserve};
 use engine::format::config::Compression;
+use engine::format::parity::DEFAULT_PERCENT;
 
 const MIB: u64 = 1 << 20;
 
@@ -59,7 +61,10 @@ fn memory_ceiling_holds_for_huge_files_and_many_small_ones() {
     let cpus = std::thread::available_parallelism().unwrap().get();
     // With the default budget, every CPU gets a worker, and each past two holds memory outside
     // the budget (the README puts a first backup of the 3 GiB mixed corpus at 79 MiB on two).
-    let default_cap = 96 * MIB + WORKER_RESERVE * (cpus as u64).saturating_sub(2);
+    // Parity (on by default) holds ~4 MiB a worker more, the first two included.
+    let default_cap = 96 * MIB
+        + 2 * engine::backup::PARITY_RESERVE
+        + worker_reserve(DEFAULT_PERCENT) * (cpus as u64).saturating_sub(2);
     for (limit, workers, cap) in [
         (Some("512M"), None, 512 * MIB),
         (Some("128M"), None, 128 * MIB),
@@ -85,13 +90,15 @@ fn memory_ceiling_holds_for_huge_files_and_many_small_ones() {
             limit.map_or("the default budget".to_string(), |l| format!("--mem-limit {l}"))
         );
         // As many as fit, of those asked for (one per CPU by default): 40 MiB for two workers
-        // and 7 for each other, beside the smallest budget (48), so 7 in 128M.
+        // and 7 for each other, 4 more each with parity (on by default), beside the smallest
+        // budget (48), so 4 in 128M.
         let limit_bytes = limit.map(|l| l.trim_end_matches('M').parse::<u64>().unwrap() * MIB);
         let asked = workers.unwrap_or(cpus);
-        let (_, want) = budget_and_workers(limit_bytes, asked, Compression::Auto, 0).unwrap();
+        let (_, want) =
+            budget_and_workers(limit_bytes, asked, Compression::Auto, DEFAULT_PERCENT, 0).unwrap();
         assert_eq!(ran, want as u64, "{what}");
         if workers == Some(16) {
-            assert_eq!(ran, 7);
+            assert_eq!(ran, 4);
         }
         report.push(format!(
             "{what}: peak RSS {} MiB (ceiling {} MiB), budget peak {} MiB",
@@ -144,16 +151,21 @@ fn tight_budgets_make_progress() {
     b.ok(&argv!["init"]);
     let o = b.run(&argv!["run", "--mem-limit", "60M", src.path()]);
     assert_eq!(o.code, 1);
-    assert!(o.stderr.contains("too small") && o.stderr.contains("at least 88 MiB"), "{}", o.stderr);
-    // The smallest limit leaves no room for an index: each try is a first backup.
-    for _ in 0..2 {
+    // 40 MiB, 4 for each of two workers' parity, and the smallest budget (48).
+    assert!(o.stderr.contains("too small") && o.stderr.contains("at least 96 MiB"), "{}", o.stderr);
+    // The smallest limit leaves no room for an index: each try is a first backup. Without
+    // parity it is 88M.
+    for (parity, limit) in [("0", 88), ("5", 96)] {
         let fresh = Bakare::new(env!("CARGO_BIN_EXE_bakare"));
-        fresh.ok(&argv!["init"]);
-        let o = fresh.ok(&argv!["--json", "run", "--no-cache", "--mem-limit", "88M", src.path()]);
+        fresh.ok(&argv!["init", "--parity", parity]);
+        let arg = format!("{limit}M");
+        let o = fresh.ok(&argv!["--json", "run", "--no-cache", "--mem-limit", &arg, src.path()]);
         assert_eq!(o.json()["files"].as_u64().unwrap(), 609);
-        assert!(o.peak_rss < 88 * MIB, "--mem-limit 88M: peak RSS {} MiB", o.peak_rss / MIB);
+        let peak = o.peak_rss / MIB;
+        eprintln!("--mem-limit {arg}, parity {parity} %: peak RSS {peak} MiB");
+        assert!(o.peak_rss < limit * MIB, "--mem-limit {arg}, parity {parity} %: peak RSS {peak} MiB");
     }
-    for limit in ["88M", "96M", "128M"] {
+    for limit in ["96M", "104M", "128M"] {
         let j = b.ok(&argv!["--json", "run", "--no-cache", "--mem-limit", limit, src.path()]).json();
         assert_eq!(j["files"].as_u64().unwrap(), 609, "{limit}");
     }

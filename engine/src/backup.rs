@@ -50,6 +50,18 @@ pub const FIXED_RESERVE: u64 = 40 << 20;
 /// 6.2 MiB a worker (least squares); 7 are kept back.
 pub const WORKER_RESERVE: u64 = 7 << 20;
 
+/// What parity adds to each worker (`format::parity`): its open pack's group of 1 MiB and the
+/// recovery shards so far (up to ~1.7 MiB of a 32 MiB pack at 5 %), and allocator slack.
+/// Measured on tests/memory.rs's tree: 7 workers under --mem-limit 128M peaked at 101 MiB
+/// without parity and 127 MiB with it, ~3.7 MiB a worker; 4 are kept back.
+pub const PARITY_RESERVE: u64 = 4 << 20;
+
+/// What each worker past two costs outside the data budget, with parity (`parity` percent
+/// above 0) or without.
+pub fn worker_reserve(parity: u8) -> u64 {
+    WORKER_RESERVE + if parity > 0 { PARITY_RESERVE } else { 0 }
+}
+
 /// The most workers per stage a run takes (`--workers`).
 pub const MAX_WORKERS: usize = 1024;
 
@@ -58,11 +70,13 @@ pub const MAX_WORKERS: usize = 1024;
 /// for; with one, as many workers as fit beside the smallest budget (at least the fewer of two
 /// and those asked for: below that the limit is refused), and the rest of the limit as the
 /// budget. Each worker past two costs `WORKER_RESERVE`, and each worker its compression
-/// contexts beyond the default levels' (`compression_reserve`).
+/// contexts beyond the default levels' (`compression_reserve`) and, with `parity` above 0,
+/// `PARITY_RESERVE`.
 pub fn budget_and_workers(
     mem_limit: Option<u64>,
     workers: usize,
     compression: crate::format::config::Compression,
+    parity: u8,
     blobs: usize,
 ) -> Result<(u64, usize)> {
     let workers = workers.clamp(1, MAX_WORKERS);
@@ -70,7 +84,7 @@ pub fn budget_and_workers(
         return Ok((DEFAULT_BUDGET, workers));
     };
     // Linear in the workers: measured once, for one.
-    let contexts = compression_reserve(compression, 1);
+    let contexts = compression_reserve(compression, 1) + worker_reserve(parity) - WORKER_RESERVE;
     let reserve = |w: usize| {
         let past_two = WORKER_RESERVE.saturating_mul(w.saturating_sub(2) as u64);
         FIXED_RESERVE
@@ -382,8 +396,10 @@ fn attempt(
         None => roots.iter().filter(|r| r.unreachable.is_none()).map(|r| r.path.clone()).collect(),
     };
     let sources = sources(&roots);
+    // A dry run writes no packs: no parity to hold.
+    let parity = if opts.dry_run { 0 } else { config.parity };
     let (budget_bytes, workers) =
-        budget_and_workers(opts.mem_limit, opts.workers, config.compression, index.blob_count())?;
+        budget_and_workers(opts.mem_limit, opts.workers, config.compression, parity, index.blob_count())?;
     let budget = MemoryBudget::new(budget_bytes);
     let cancel = Cancel::default();
     let params = repo.chunk_params();
@@ -793,7 +809,7 @@ mod tests {
     fn workers_are_fitted_to_the_memory_limit() {
         use crate::format::config::Compression;
         const M: u64 = 1 << 20;
-        let fit = |limit: Option<u64>, workers| budget_and_workers(limit, workers, Compression::Auto, 0);
+        let fit = |limit: Option<u64>, workers| budget_and_workers(limit, workers, Compression::Auto, 0, 0);
         assert_eq!(fit(None, 16).unwrap(), (DEFAULT_BUDGET, 16));
         assert_eq!(fit(Some(88 * M), 16).unwrap(), (48 * M, 2));
         assert_eq!(fit(Some(88 * M), 1).unwrap(), (48 * M, 1));
@@ -805,15 +821,21 @@ mod tests {
         let e = fit(Some(87 * M), 16).unwrap_err().to_string();
         assert!(e.contains("--mem-limit 87 MiB is too small") && e.contains("at least 88 MiB"), "{e}");
         // The index is reserved for too: 100,000 blobs take 6.1 MiB more.
-        let with_index = budget_and_workers(Some(128 * M), 16, Compression::Auto, 100_000).unwrap();
+        let with_index = budget_and_workers(Some(128 * M), 16, Compression::Auto, 0, 100_000).unwrap();
         assert_eq!(with_index, (128 * M - 68 * M - index_reserve(100_000), 6));
         // A level whose contexts are larger costs that much per worker too, two included.
         let level = Compression::Level(19);
         let per = compression_reserve(level, 1);
         assert!(per > 10 * M, "{per}");
-        let (budget, w) = budget_and_workers(Some(512 * M), 16, level, 0).unwrap();
+        let (budget, w) = budget_and_workers(Some(512 * M), 16, level, 0, 0).unwrap();
         assert_eq!(budget, 512 * M - 40 * M - 7 * M * (w as u64 - 2) - per * w as u64);
         assert!(budget >= MIN_BUDGET && budget < MIN_BUDGET + 7 * M + per, "{budget} {w}");
+        // Parity costs 4 MiB more a worker, the first two included: 40 + 8, then 11 each, so
+        // four fit beside 48 MiB in 128.
+        let parity = budget_and_workers(Some(128 * M), 16, Compression::Auto, 5, 0).unwrap();
+        assert_eq!(parity, (128 * M - 40 * M - 14 * M - 16 * M, 4));
+        assert_eq!(worker_reserve(5), 11 * M);
+        assert_eq!(worker_reserve(0), WORKER_RESERVE);
     }
 
     /// A run of `src` into `repo` with the files cache in `cache`, told by a watcher that
