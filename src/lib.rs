@@ -481,8 +481,9 @@ pub struct InitArgs {
     #[arg(long, value_name = "LEVEL", default_value = "auto", value_parser = engine::config::Compression::parse)]
     pub compression: engine::config::Compression,
     /// Reed-Solomon parity appended to every pack, as a percent of its size: at 5, any 13
-    /// damaged 4 KiB blocks (or a 48 KiB burst) in each MiB are repaired when read. 0 turns it
-    /// off; `config --parity` changes it for new packs (docs/format.md, "Parity")
+    /// damaged 4 KiB blocks (or a 48 KiB burst) in each full MiB are repaired when read (a
+    /// pack's last, partial MiB gets 5 % of its blocks). 0 turns it off; `config --parity`
+    /// changes it for new packs (docs/format.md, "Parity")
     #[arg(long, value_name = "PERCENT", default_value_t = engine::format::parity::DEFAULT_PERCENT,
           value_parser = parse_parity)]
     pub parity: u8,

@@ -271,7 +271,7 @@ pub fn config_cmd(repo: &Repository, json: bool, args: ConfigArgs) -> Result<u8>
             config.compression = c;
         }
         if let Some(p) = args.parity {
-            config.parity = p;
+            config.set_parity(p);
         }
         repo.backend.replace("config", &config.encode(&repo.key.owner_signer()?))?;
         if (secs as u64) < old && !output::quiet() {
@@ -290,7 +290,7 @@ pub fn config_cmd(repo: &Repository, json: bool, args: ConfigArgs) -> Result<u8>
             config.compression = c;
         }
         if let Some(p) = args.parity {
-            config.parity = p;
+            config.set_parity(p);
         }
         repo.backend.replace("config", &config.encode(&repo.key.owner_signer()?))?;
     }

@@ -269,8 +269,35 @@ fn parity_zero_writes_packs_as_before_and_config_parity_applies_to_new_packs() {
     let c = b.ok(&argv!["--json", "check", "--read-data"]).json();
     assert_eq!(c["ok"], true, "{c}");
     assert!(corrected_packs(&c).is_empty());
-    // Back to 0: version 4 again, and the next packs end in the footer.
+    // Back to 0: packs with parity are still there, so the config stays version 5 (an older
+    // bakare must keep refusing the repository); new packs end in the footer; all restore.
     b.ok(&argv!["config", "--parity", "0"]);
-    assert_eq!(fs::read(b.repo.join("config")).unwrap()[8], 4);
+    assert_eq!(fs::read(b.repo.join("config")).unwrap()[8], 5);
+    let c = b.ok(&argv!["--json", "config"]).json();
+    assert_eq!(c["parity"], 0, "{c}");
+    let more = TestDir::new().file("later.bin", Rng::new(77).bytes(3 << 20));
+    b.ok(&argv!["run", more.path()]);
+    assert_eq!(b.ok(&argv!["--json", "check", "--read-data"]).json()["ok"], true);
     assert!(b.run(&argv!["config", "--parity", "101"]).code != 0);
+}
+
+/// `sync` carries a config of a newer format version to a mirror made before it: a mirror made
+/// without parity (version 4) that receives packs with parity must become version 5 too, or an
+/// older bakare would read those packs as damaged.
+#[test]
+fn sync_carries_the_parity_version_to_an_older_mirror() {
+    let b = Bakare::new(env!("CARGO_BIN_EXE_bakare"));
+    b.ok(&argv!["init", "--parity", "0"]);
+    let src = TestDir::new().file("a.bin", Rng::new(3).bytes(2 << 20));
+    b.ok(&argv!["run", src.path()]);
+    let mirror = tempfile::tempdir().unwrap();
+    let dest = mirror.path().join("m");
+    b.ok(&argv!["sync", "--from", &b.repo, "--to", &dest]);
+    assert_eq!(fs::read(dest.join("config")).unwrap()[8], 4);
+    b.ok(&argv!["config", "--parity", "5"]);
+    let more = TestDir::new().file("b.bin", Rng::new(4).bytes(2 << 20));
+    b.ok(&argv!["run", more.path()]);
+    b.ok(&argv!["sync", "--from", &b.repo, "--to", &dest]);
+    assert_eq!(fs::read(dest.join("config")).unwrap()[8], 5, "the mirror's config is the source's version");
+    assert_eq!(fs::read(dest.join("config")).unwrap(), fs::read(b.repo.join("config")).unwrap());
 }

@@ -56,10 +56,19 @@ pub const WORKER_RESERVE: u64 = 7 << 20;
 /// without parity and 127 MiB with it, ~3.7 MiB a worker; 4 are kept back.
 pub const PARITY_RESERVE: u64 = 4 << 20;
 
-/// What each worker past two costs outside the data budget, with parity (`parity` percent
-/// above 0) or without.
+/// What parity at `percent` holds per worker: `PARITY_RESERVE` at the default, more where the
+/// recovery shards of a 32 MiB pack take more (2 MiB for the group and slack, and the
+/// shards: 34 MiB at 100 %).
+pub fn parity_reserve(percent: u8) -> u64 {
+    match percent {
+        0 => 0,
+        p => PARITY_RESERVE.max((2 << 20) + (crate::repo::DEFAULT_PACK_SIZE * u64::from(p)).div_ceil(100)),
+    }
+}
+
+/// What each worker past two costs outside the data budget, with parity at `parity` percent.
 pub fn worker_reserve(parity: u8) -> u64 {
-    WORKER_RESERVE + if parity > 0 { PARITY_RESERVE } else { 0 }
+    WORKER_RESERVE + parity_reserve(parity)
 }
 
 /// The most workers per stage a run takes (`--workers`).
@@ -429,7 +438,7 @@ fn attempt(
                         repo.key.recipient.clone(),
                         sealer.clone(),
                         repo.config.pack_size,
-                        repo.config.parity,
+                        config.parity,
                     )
                 })
                 .collect();
@@ -836,6 +845,8 @@ mod tests {
         assert_eq!(parity, (128 * M - 40 * M - 14 * M - 16 * M, 4));
         assert_eq!(worker_reserve(5), 11 * M);
         assert_eq!(worker_reserve(0), WORKER_RESERVE);
+        // At 100 % the recovery shards are as large as the pack.
+        assert_eq!(parity_reserve(100), 34 * M);
     }
 
     /// A run of `src` into `repo` with the files cache in `cache`, told by a watcher that

@@ -305,6 +305,7 @@ pub fn samples(target: &str) -> Vec<Vec<u8>> {
                 grace_changed_ns: 1,
                 compression: crate::config::Compression::Level(9),
                 parity: 5,
+                parity_packs: false,
             };
             vec![c.encode(&crate::signing::SigningKey::from_seed(&[7; 32]))]
         }

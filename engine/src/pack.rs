@@ -434,8 +434,9 @@ fn trailer_of_data(keys: TrailerKeys, name: &str, data: &[u8]) -> Result<Vec<Blo
     decode_trailer(&key, magic, name, &data[size - 12 - n..size - 12])
 }
 
-/// The trailer bytes a pack's data of `data_len` bytes ends with, read up to their longest.
-const TRAILER_READ_MAX: u64 = 64 << 20;
+/// The most of a pack's end a damaged trailer is repaired from: a trailer of
+/// `MAX_PACK_ENTRIES` entries, padded, stays under 2 MiB (packs with parity all have the cap).
+const TRAILER_READ_MAX: u64 = 4 << 20;
 
 /// Reads a pack's blob list from its trailer, found at the end of its data. When that fails
 /// and the pack has parity, the end of its data (up to the start of its trailer) is repaired
@@ -460,14 +461,19 @@ pub fn read_trailer(backend: &dyn Backend, keys: TrailerKeys, key: &str) -> Resu
     };
     for span in [(parity::SHARD * parity::GROUP) as u64, TRAILER_READ_MAX] {
         let at = data_len.saturating_sub(span);
-        let (tail, fixed_tail) = repair(at, data_len - at, &mut read)?;
-        let (mut data, fixed_head) = repair(0, at.min(12 + u64::from(MAX_WRAPPED)), &mut read)?;
+        // Beyond repair, or the tables lost: the first error stands.
+        let Ok((tail, fixed_tail)) = repair(at, data_len - at, &mut read) else { break };
+        let Ok((mut data, fixed_head)) = repair(0, at.min(12 + u64::from(MAX_WRAPPED)), &mut read) else {
+            break;
+        };
         if fixed_tail + fixed_head == 0 {
             break; // nothing there is damaged: the first error stands
         }
         data.extend_from_slice(&tail);
-        if let Ok(entries) = trailer_of_data(keys, key, &data) {
-            return Ok(entries);
+        match trailer_of_data(keys, key, &data) {
+            Ok(entries) => return Ok(entries),
+            Err(sealed @ Error::SealedToOwner(_)) => return Err(sealed),
+            Err(_) => {}
         }
         if at == 0 {
             break;

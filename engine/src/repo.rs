@@ -250,6 +250,7 @@ impl Repository {
             grace_changed_ns: now,
             compression,
             parity,
+            parity_packs: false,
         };
         if let Some(path) = location.local() {
             for dir in ["packs", "index", "snapshots", "pending", "gc", "writers", "roster", "tmp"] {

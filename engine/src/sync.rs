@@ -124,6 +124,13 @@ pub fn sync(from: &dyn Backend, to: &dyn Backend, workers: usize) -> Result<Sync
                     hex::encode(src.repo_id)
                 )));
             }
+            // A source config of a newer format version (say, since its packs end in parity)
+            // goes across before the objects that need it: an older bakare reading the mirror
+            // must refuse it, not misread them.
+            if src_config.get(8) > d.get(8) {
+                to.replace("config", &src_config)?;
+                report.config_copied = true;
+            }
             false
         }
         Err(StorageError::NotFound { .. }) => true,

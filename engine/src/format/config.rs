@@ -67,6 +67,10 @@ pub struct Config {
     /// In `Extension2`.
     #[serde(skip)]
     pub parity: u8,
+    /// Parity is off, but was on: packs may still end in parity, so the config stays version 5
+    /// (an older bakare reading version 4 would take those packs for damaged ones).
+    #[serde(skip)]
+    pub parity_packs: bool,
 }
 
 /// Fields added to format 3 after its first release, appended to the body. New fields go at its
@@ -146,6 +150,14 @@ struct ConfigV1 {
 }
 
 impl Config {
+    /// Sets the parity percent for new packs. Once packs may end in parity, the config stays
+    /// version 5 even with parity off (`parity_packs`).
+    pub fn set_parity(&mut self, percent: u8) {
+        let had = self.parity > 0 || self.parity_packs;
+        self.parity = percent;
+        self.parity_packs = had && percent == 0;
+    }
+
     /// How long prune must wait after condemning before deleting, at wall time `now_ns`.
     pub fn prune_grace_ns(&self, now_ns: i64) -> i64 {
         let cur = secs_ns(self.grace_secs);
@@ -187,12 +199,13 @@ impl Config {
     /// Version 4 (5 with parity), signed by the owner.
     pub fn encode(&self, owner: &SigningKey) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
-        out.push(if self.parity > 0 { VERSION_PARITY } else { VERSION });
+        let with_parity = self.parity > 0 || self.parity_packs;
+        out.push(if with_parity { VERSION_PARITY } else { VERSION });
         // Serializing plain fields into a Vec cannot fail.
         out.extend_from_slice(&postcard::to_allocvec(self).unwrap_or_default());
         let ext = Extension { compression: self.compression };
         out.extend_from_slice(&postcard::to_allocvec(&ext).unwrap_or_default());
-        if self.parity > 0 {
+        if with_parity {
             out.extend_from_slice(
                 &postcard::to_allocvec(&Extension2 { parity: self.parity }).unwrap_or_default(),
             );
@@ -266,6 +279,7 @@ impl Config {
                 grace_changed_ns: v1.created_ns,
                 compression: Compression::Auto,
                 parity: 0,
+                parity_packs: false,
             }
         } else {
             let (mut cfg, rest): (Config, _) =
@@ -278,6 +292,7 @@ impl Config {
                     let ext: Extension2 = postcard::from_bytes(rest).map_err(|e| bad(&e.to_string()))?;
                     cfg.parity = ext.parity;
                 }
+                cfg.parity_packs = version == VERSION_PARITY && cfg.parity == 0;
             }
             cfg
         };
@@ -329,6 +344,7 @@ mod tests {
             grace_changed_ns: 5,
             compression: Compression::Auto,
             parity: 0,
+            parity_packs: false,
         }
     }
 

@@ -583,7 +583,10 @@ impl Restorer<'_> {
             }
         } else {
             self.replaced.fetch_add(1, Relaxed);
-            self.replaced_bytes.fetch_add(size, Relaxed);
+            // A name that becomes a link to the file this restore made writes no bytes.
+            if linked_to.is_none() {
+                self.replaced_bytes.fetch_add(size, Relaxed);
+            }
         }
         Ok(keep)
     }
