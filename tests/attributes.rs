@@ -19,18 +19,7 @@ fn bin() -> &'static str {
 
 /// Whether `tool` is installed; in CI (BAKARE_REQUIRE_ROOT) it must be.
 fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("BAKARE_REQUIRE_ROOT").is_none(),
-            "{tool} is not installed (.ci/run installs it)"
-        );
-        skipped(&format!("{tool} is not installed: its comparison is left out"));
-    }
-    found
+    chaos::testkit::tool_or_skip(tool, "BAKARE_REQUIRE_ROOT")
 }
 
 fn set(p: &Path, name: &str, value: &[u8]) {

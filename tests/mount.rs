@@ -279,18 +279,7 @@ fn libc_eio() -> i32 {
 
 /// Whether `tool` is installed; if not it says so, and fails where CI installs it.
 fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("BAKARE_REQUIRE_FUSE").is_none(),
-            "{tool} is not installed (.ci/run installs it)"
-        );
-        skipped(&format!("{tool} is not installed: its comparison is left out"));
-    }
-    found
+    chaos::testkit::tool_or_skip(tool, "BAKARE_REQUIRE_FUSE")
 }
 
 /// `tool args path`'s output without its `# file:` line.

@@ -496,6 +496,20 @@ pub fn skipped(why: &str) {
     let _ = std::io::stderr().write_all(format!("SKIPPED: {why}\n").as_bytes());
 }
 
+/// Whether the command `tool` is installed. If not, says so visibly, and fails when `require`
+/// (the variable `.ci/run` sets where it installs the tool) is set.
+pub fn tool_or_skip(tool: &str, require: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(std::env::var_os(require).is_none(), "{tool} is not installed (.ci/run installs it)");
+        skipped(&format!("{tool} is not installed: its comparison is left out"));
+    }
+    found
+}
+
 /// Whether a test that needs root can run. Without root it says visibly that it skipped,
 /// unless BAKARE_REQUIRE_ROOT is set (CI runs as root and sets it), which makes that a failure.
 pub fn root_or_skip(what: &str) -> bool {
