@@ -36,6 +36,10 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
         Command::Man(args) => return crate::generate::man_pages(args, cli.json),
         _ => {}
     }
+    // A server opens no repository of its own and handles its signals itself.
+    if let Command::Serve(args) = cli.command {
+        return crate::serve::serve_cmd(cli.json, args);
+    }
     let repo_path = match &cli.repo {
         Some(p) => Location::parse(p)?,
         None => default_repo()?,
@@ -90,6 +94,7 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
         // Handled above, before any setup; here for completeness.
         Command::Completions(args) => crate::generate::completions(&args),
         Command::Man(args) => crate::generate::man_pages(&args, cli.json),
+        Command::Serve(args) => crate::serve::serve_cmd(cli.json, args),
     }
 }
 

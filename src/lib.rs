@@ -16,6 +16,7 @@ mod progress;
 mod retention;
 mod rewrite;
 mod selection;
+mod serve;
 mod snapshots;
 mod stats;
 mod stdin;
@@ -118,6 +119,9 @@ pub enum Command {
     Copy(copy::CopyArgs),
     /// Copy the objects another repository location lacks, without any key (relay a NAS to the cloud)
     Sync(SyncArgs),
+    /// Serve the repositories under a directory to other machines over HTTPS (S3 protocol);
+    /// clients are append-only unless added with --owner
+    Serve(serve::ServeArgs),
     /// Print a shell completion script to stdout (bash, zsh, fish, elvish, powershell)
     Completions(generate::CompletionsArgs),
     /// Write a man page for every command and subcommand into DIR (bakare.1, bakare-run.1, ...)

@@ -1,0 +1,101 @@
+//! The listener: TLS on every connection, HTTP/1.1, the S3 service; stops on SIGINT or SIGTERM
+//! after the requests in flight finish (at most 30 s).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::service::S3ServiceBuilder;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_rustls::TlsAcceptor;
+
+use crate::state::StateDir;
+use crate::store::{Auth, Clients, Store};
+use crate::{Error, Identity, Result};
+
+pub struct Options {
+    /// The directory holding one repository per subdirectory.
+    pub storage: PathBuf,
+    pub listen: SocketAddr,
+    pub identity: Identity,
+}
+
+/// Serves until SIGINT or SIGTERM. `ready` is called with the bound address (port 0 picks one).
+pub fn serve(opts: Options, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("bakare-serve")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Invalid(format!("starting the server's runtime: {e}")))?;
+    rt.block_on(run(opts, ready))
+}
+
+async fn run(opts: Options, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    let state = StateDir::new(&opts.storage);
+    state.create()?;
+    let clients = Arc::new(Clients::new(state.clone()));
+    let store = Store::new(&opts.storage, &state, clients.clone())?;
+    let service = {
+        let mut b = S3ServiceBuilder::new(store);
+        b.set_auth(Auth(clients));
+        b.build()
+    };
+    let tls = TlsAcceptor::from(opts.identity.server_config()?);
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| Error::Invalid(format!("cannot listen on {}: {e}", opts.listen)))?;
+    let bound = listener.local_addr().map_err(|e| Error::Invalid(format!("listening: {e}")))?;
+    ready(bound);
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| Error::Invalid(format!("SIGTERM handler: {e}")))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| Error::Invalid(format!("SIGINT handler: {e}")))?;
+    let http = {
+        let mut b = ConnBuilder::new(TokioExecutor::new());
+        b = b.http1_only();
+        b
+    };
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("bakare serve: accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let (tls, service, http) = (tls.clone(), service.clone(), http.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            // A handshake that never finishes does not hold a task for ever.
+            let stream = match tokio::time::timeout(Duration::from_secs(30), tls.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    eprintln!("bakare serve: TLS handshake with {peer} failed: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                eprintln!("bakare serve: connection from {peer}: {e}");
+            }
+        });
+    }
+    eprintln!("bakare serve: stopping; waiting for requests in flight");
+    tokio::select! {
+        () = graceful.shutdown() => {},
+        () = tokio::time::sleep(Duration::from_secs(30)) => eprintln!("bakare serve: requests still in flight after 30 s, stopping anyway"),
+    }
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! `serve`: repositories under one directory, served over HTTPS (the S3 protocol) to the
+//! machines given invitations; `--add-client`, `--list-clients`, `--remove-client` manage them.
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::json;
+
+use crate::output;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The directory holding the repositories, one per subdirectory (clients use them as
+    /// --repo serve:https://HOST:PORT/NAME); the server's own state is in DIR/.serve
+    #[arg(long, value_name = "DIR")]
+    pub storage: PathBuf,
+    /// Address and port to listen on (port 0 picks a free one and prints it)
+    #[arg(long, default_value = "0.0.0.0:8443", value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+    /// A CA-signed certificate chain (PEM) to present instead of the server's self-signed one;
+    /// clients then verify it against their CA roots rather than pinning it
+    #[arg(long, requires = "key", value_name = "PEM")]
+    pub cert: Option<PathBuf>,
+    /// The private key of --cert (PEM, readable by its owner only)
+    #[arg(long, requires = "cert", value_name = "PEM")]
+    pub key: Option<PathBuf>,
+    /// Add a client and print its invitation (one line, for `bakare join` on that machine)
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["list_clients", "remove_client"])]
+    pub add_client: Option<String>,
+    /// With --add-client: the client may delete and replace objects (the repository owner's
+    /// prune and forget); other clients may only add
+    #[arg(long, requires = "add_client")]
+    pub owner: bool,
+    /// With --add-client: the address clients reach the server at (default: this machine's
+    /// host name, or the --listen address when it is not 0.0.0.0, and the --listen port)
+    #[arg(long, requires = "add_client", value_name = "HOST:PORT")]
+    pub address: Option<String>,
+    /// List the clients
+    #[arg(long, conflicts_with = "remove_client")]
+    pub list_clients: bool,
+    /// Remove a client: its next request is refused
+    #[arg(long, value_name = "NAME")]
+    pub remove_client: Option<String>,
+}
+
+/// The address an invitation names: --address, else the listen address, or this machine's host
+/// name when listening on all addresses.
+fn public_address(args: &ServeArgs) -> Result<String> {
+    if let Some(a) = &args.address {
+        if a.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+            bail!("--address {a:?} is not HOST:PORT");
+        }
+        return Ok(a.clone());
+    }
+    let port = args.listen.port();
+    if port == 0 {
+        bail!("--add-client needs the port clients connect to: give --address HOST:PORT or --listen with a port");
+    }
+    Ok(match args.listen.ip() {
+        ip if ip.is_unspecified() => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .context("cannot read this machine's host name: give --address HOST:PORT")?;
+            format!("{host}:{port}")
+        }
+        IpAddr::V6(ip) => format!("[{ip}]:{port}"),
+        IpAddr::V4(ip) => format!("{ip}:{port}"),
+    })
+}
+
+pub fn serve_cmd(json: bool, args: ServeArgs) -> Result<u8> {
+    let state = ::serve::StateDir::new(&args.storage);
+    let cert = args.cert.as_deref().zip(args.key.as_deref());
+    if let Some(name) = &args.add_client {
+        let address = public_address(&args)?;
+        let host = address.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string());
+        let identity = ::serve::identity(&args.storage, cert, &host.into_iter().collect::<Vec<_>>())?;
+        let client = state.add_client(name, args.owner)?;
+        let invitation = ::serve::invitation(&address, &identity, &client);
+        if json {
+            println!("{}", json!({ "client": client.name, "owner": client.owner, "invitation": invitation }));
+        } else {
+            if !output::quiet() {
+                eprintln!(
+                    "added client {}{}; on that machine run `bakare join` with this invitation (it holds the client's secret):",
+                    client.name,
+                    if client.owner { " (owner: may delete)" } else { " (append-only)" }
+                );
+            }
+            println!("{invitation}");
+        }
+        return Ok(0);
+    }
+    if args.list_clients {
+        let clients = state.clients()?;
+        if json {
+            let list: Vec<_> =
+                clients.values().map(|c| json!({ "name": c.name, "owner": c.owner })).collect();
+            println!("{}", serde_json::Value::Array(list));
+        } else {
+            for c in clients.values() {
+                println!("{}{}", c.name, if c.owner { " (owner)" } else { "" });
+            }
+        }
+        return Ok(0);
+    }
+    if let Some(name) = &args.remove_client {
+        if !state.remove_client(name)? {
+            bail!("no client named {name:?} on the server at {}", args.storage.display());
+        }
+        if !output::quiet() {
+            eprintln!("removed client {name}");
+        }
+        return Ok(0);
+    }
+    if !args.storage.is_dir() {
+        bail!("--storage {}: not a directory", args.storage.display());
+    }
+    let identity = ::serve::identity(&args.storage, cert, &[])?;
+    let fingerprint = identity.fingerprint();
+    let pinned = identity.self_signed;
+    let opts = ::serve::Options { storage: args.storage.clone(), listen: args.listen, identity };
+    ::serve::serve(opts, |bound| {
+        if json {
+            println!("{}", json!({ "listening": bound.to_string(), "sha256": fingerprint }));
+        } else {
+            let how = if pinned { "self-signed, pinned by clients" } else { "CA-signed" };
+            eprintln!("bakare serve: listening on https://{bound}; certificate sha256 {fingerprint} ({how})");
+        }
+    })?;
+    Ok(0)
+}
