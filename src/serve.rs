@@ -32,10 +32,26 @@ pub struct ServeArgs {
     /// prune and forget); other clients may only add
     #[arg(long, requires = "add_client")]
     pub owner: bool,
+    /// With --add-client: the most bytes of new objects the client may add (e.g. 500G); over it,
+    /// its uploads are refused (403 QuotaExceeded) and what it stored before stays
+    #[arg(long, requires = "add_client", value_parser = crate::parse_size_arg, value_name = "SIZE")]
+    pub quota: Option<u64>,
     /// With --add-client: the address clients reach the server at (default: this machine's
     /// host name, or the --listen address when it is not 0.0.0.0, and the --listen port)
     #[arg(long, requires = "add_client", value_name = "HOST:PORT")]
     pub address: Option<String>,
+    /// Relay every repository to this place as clients add to it (keyless, like `sync`): an S3
+    /// prefix (s3:https://host/bucket/prefix), another server (serve:https://host:port) or a
+    /// directory; each repository goes below it under its own name
+    #[arg(long, value_name = "LOCATION")]
+    pub relay_to: Option<String>,
+    /// Objects the relay copies at once
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub relay_jobs: usize,
+    /// Show the relay's state as of its last pass: per repository, the objects and bytes not yet
+    /// upstream, the age of the oldest, the last success and the last error
+    #[arg(long, conflicts_with_all = ["add_client", "list_clients", "remove_client"])]
+    pub status: bool,
     /// List the clients
     #[arg(long, conflicts_with = "remove_client")]
     pub list_clients: bool,
@@ -78,7 +94,7 @@ pub fn serve_cmd(json: bool, args: ServeArgs) -> Result<u8> {
         let address = public_address(&args)?;
         let host = address.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string());
         let identity = ::serve::identity(&args.storage, cert, &host.into_iter().collect::<Vec<_>>())?;
-        let client = state.add_client(name, args.owner)?;
+        let client = state.add_client(name, args.owner, args.quota)?;
         let invitation = ::serve::invitation(&address, &identity, &client);
         if json {
             println!("{}", json!({ "client": client.name, "owner": client.owner, "invitation": invitation }));
@@ -116,13 +132,27 @@ pub fn serve_cmd(json: bool, args: ServeArgs) -> Result<u8> {
         }
         return Ok(0);
     }
+    if args.status {
+        return status(&state, json);
+    }
     if !args.storage.is_dir() {
         bail!("--storage {}: not a directory", args.storage.display());
     }
     let identity = ::serve::identity(&args.storage, cert, &[])?;
     let fingerprint = identity.fingerprint();
     let pinned = identity.self_signed;
-    let opts = ::serve::Options { storage: args.storage.clone(), listen: args.listen, identity };
+    if let Some(r) = &args.relay_to {
+        // Checked now rather than at the first pass.
+        engine::repo::Location::parse(std::ffi::OsStr::new(&::serve::upstream_of(r, "x")))
+            .with_context(|| format!("--relay-to {r}"))?;
+    }
+    let opts = ::serve::Options {
+        storage: args.storage.clone(),
+        listen: args.listen,
+        identity,
+        relay: args.relay_to.clone(),
+        relay_workers: args.relay_jobs.max(1),
+    };
     ::serve::serve(opts, |bound| {
         if json {
             println!("{}", json!({ "listening": bound.to_string(), "sha256": fingerprint }));
@@ -131,5 +161,43 @@ pub fn serve_cmd(json: bool, args: ServeArgs) -> Result<u8> {
             eprintln!("bakare serve: listening on https://{bound}; certificate sha256 {fingerprint} ({how})");
         }
     })?;
+    Ok(0)
+}
+
+fn status(state: &::serve::StateDir, json: bool) -> Result<u8> {
+    let Some(st) = ::serve::relay_status(state)? else {
+        bail!("no relay has run on this server (start it with --relay-to)");
+    };
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let age = |t: Option<u64>| t.map(|t| now.saturating_sub(t));
+    if json {
+        let repos: serde_json::Map<String, serde_json::Value> = st
+            .repos
+            .iter()
+            .map(|(name, r)| {
+                let v = json!({
+                    "backlog_objects": r.backlog.objects, "backlog_bytes": r.backlog.bytes,
+                    "oldest_seconds": age(r.backlog.oldest), "last_success_seconds_ago": age(r.last_success),
+                    "last_error": r.last_error, "last_copied_objects": r.last_copied_objects,
+                    "last_copied_bytes": r.last_copied_bytes,
+                });
+                (name.clone(), v)
+            })
+            .collect();
+        println!("{}", json!({ "upstream": st.upstream, "repos": repos }));
+        return Ok(0);
+    }
+    println!("relaying to {}", st.upstream);
+    for (name, r) in &st.repos {
+        let oldest = age(r.backlog.oldest).map(|a| format!(", oldest {a} s")).unwrap_or_default();
+        let success = age(r.last_success).map(|a| format!("{a} s ago")).unwrap_or_else(|| "never".into());
+        println!(
+            "{name}: {} objects ({}) not yet upstream{oldest}; last success {success}{}",
+            r.backlog.objects,
+            bytesize::ByteSize(r.backlog.bytes),
+            r.last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default()
+        );
+    }
     Ok(0)
 }

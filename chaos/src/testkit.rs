@@ -719,3 +719,107 @@ impl Drop for S3Server {
         self.stop();
     }
 }
+
+/// `bakare serve` (the binary under test) on a loopback port, storing repositories in a
+/// temporary directory; its log lines are kept for tests to read. Stopped (SIGTERM) when dropped.
+pub struct Served {
+    child: Option<std::process::Child>,
+    bin: PathBuf,
+    pub storage: tempfile::TempDir,
+    pub port: u16,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Served {
+    /// Starts a server on a port the kernel picks.
+    pub fn start(bin: impl Into<PathBuf>) -> Served {
+        let mut s = Served {
+            child: None,
+            bin: bin.into(),
+            storage: tempfile::tempdir().unwrap(),
+            port: 0,
+            log: Default::default(),
+        };
+        s.resume();
+        s
+    }
+
+    /// (Re)starts the server on `self.port` (0: any) over the same storage; returns once it
+    /// listens.
+    pub fn resume(&mut self) {
+        use std::io::BufRead;
+        let mut child = Command::new(&self.bin)
+            .args(["serve", "--storage"])
+            .arg(self.storage.path())
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on https://127.0.0.1:").nth(1) {
+                    let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    let _ = tx.send(port.parse::<u16>().unwrap());
+                }
+                eprintln!("[serve] {line}");
+                log.lock().unwrap().push(line);
+            }
+        });
+        self.port = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("bakare serve did not start: {:?}", self.log.lock().unwrap()));
+        self.child = Some(child);
+    }
+
+    /// Ends the server with `signal` (SIGTERM: gracefully; SIGKILL: at once) and waits for it.
+    pub fn stop_with(&mut self, signal: i32) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        send_signal(c.id(), signal);
+        c.wait().ok()
+    }
+
+    /// Adds a client and returns its invitation.
+    pub fn add_client(&self, name: &str, extra: &[&str]) -> String {
+        let out = Command::new(&self.bin)
+            .args(["serve", "--storage"])
+            .arg(self.storage.path())
+            .args(["--add-client", name, "--address", &format!("127.0.0.1:{}", self.port)])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "--add-client {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let inv = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(inv.starts_with("bakare-join:https://"), "{inv}");
+        inv
+    }
+
+    /// `--repo` for the repository `name` on this server.
+    pub fn repo(&self, name: &str) -> String {
+        format!("serve:https://127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Where the server keeps the object `key` of repository `name`.
+    pub fn object_path(&self, name: &str, key: &str) -> PathBuf {
+        self.storage.path().join(name).join(key)
+    }
+
+    /// Whether a log line contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+}
+
+fn send_signal(pid: u32, signal: i32) {
+    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.stop_with(9);
+    }
+}

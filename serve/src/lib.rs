@@ -3,6 +3,8 @@
 //! every client but the owner. See docs/serve.md.
 #![forbid(unsafe_code)]
 
+mod quota;
+mod relay;
 mod server;
 mod state;
 mod store;
@@ -10,6 +12,8 @@ mod tls;
 
 use std::path::{Path, PathBuf};
 
+pub use quota::usage;
+pub use relay::{status as relay_status, upstream_of, Backlog, RepoStatus, Status as RelayStatus};
 pub use server::{serve, Options};
 pub use state::{valid_client_name, Client, StateDir};
 pub use tls::Identity;

@@ -13,6 +13,8 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_rustls::TlsAcceptor;
 
+use crate::quota::Usage;
+use crate::relay::{Notes, Relay};
 use crate::state::StateDir;
 use crate::store::{Auth, Clients, Store};
 use crate::{Error, Identity, Result};
@@ -22,6 +24,10 @@ pub struct Options {
     pub storage: PathBuf,
     pub listen: SocketAddr,
     pub identity: Identity,
+    /// Where to relay every repository to (a location `--repo` accepts, each repository going
+    /// below it under its own name), and with how many threads.
+    pub relay: Option<String>,
+    pub relay_workers: usize,
 }
 
 /// Serves until SIGINT or SIGTERM. `ready` is called with the bound address (port 0 picks one).
@@ -38,7 +44,34 @@ async fn run(opts: Options, ready: impl FnOnce(SocketAddr)) -> Result<()> {
     let state = StateDir::new(&opts.storage);
     state.create()?;
     let clients = Arc::new(Clients::new(state.clone()));
-    let store = Store::new(&opts.storage, &state, clients.clone())?;
+    let usage = Arc::new(Usage::load(&state)?);
+    let notes = opts.relay.as_ref().map(|_| Arc::new(Notes::default()));
+    let store = Store::new(&opts.storage, &state, clients.clone(), usage.clone(), notes.clone())?;
+    if let (Some(upstream), Some(notes)) = (opts.relay.clone(), notes) {
+        let relay = Relay {
+            storage: opts.storage.clone(),
+            state: state.clone(),
+            upstream,
+            workers: opts.relay_workers,
+            notes,
+        };
+        std::thread::Builder::new()
+            .name("bakare-relay".into())
+            .spawn(move || relay.run())
+            .map_err(|e| Error::Invalid(format!("starting the relay: {e}")))?;
+    }
+    let flusher = {
+        let usage = usage.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let u = usage.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || u.flush()).await {
+                    eprintln!("bakare serve: writing the clients' usage: {e}");
+                }
+            }
+        })
+    };
     let service = {
         let mut b = S3ServiceBuilder::new(store);
         b.set_auth(Auth(clients));
@@ -97,5 +130,6 @@ async fn run(opts: Options, ready: impl FnOnce(SocketAddr)) -> Result<()> {
         () = graceful.shutdown() => {},
         () = tokio::time::sleep(Duration::from_secs(30)) => eprintln!("bakare serve: requests still in flight after 30 s, stopping anyway"),
     }
-    Ok(())
+    flusher.abort();
+    usage.flush()
 }

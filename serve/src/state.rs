@@ -25,6 +25,9 @@ pub struct Client {
     pub secret: String,
     /// The owner may delete and replace objects (prune, forget); other clients only add.
     pub owner: bool,
+    /// Bytes of new objects it may add, if limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -97,7 +100,7 @@ impl StateDir {
 
     /// Adds a client with a new random secret. Refuses a name in use: its holder would lose
     /// access without being told.
-    pub fn add_client(&self, name: &str, owner: bool) -> Result<Client> {
+    pub fn add_client(&self, name: &str, owner: bool, quota: Option<u64>) -> Result<Client> {
         if !valid_client_name(name) {
             return Err(Error::Invalid(format!(
                 "{name:?} is not a client name: 1 to 64 letters, digits, '-' or '_'"
@@ -111,7 +114,7 @@ impl StateDir {
         }
         let mut secret = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut secret);
-        let client = Client { name: name.to_string(), secret: hex::encode(secret), owner };
+        let client = Client { name: name.to_string(), secret: hex::encode(secret), owner, quota };
         clients.insert(name.to_string(), client.clone());
         self.write_clients(clients)?;
         Ok(client)
@@ -169,12 +172,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = StateDir::new(d.path());
         assert!(s.clients().unwrap().is_empty());
-        let a = s.add_client("laptop", false).unwrap();
-        let o = s.add_client("owner_1", true).unwrap();
+        let a = s.add_client("laptop", false, None).unwrap();
+        let o = s.add_client("owner_1", true, Some(5)).unwrap();
         assert_ne!(a.secret, o.secret);
-        assert!(s.add_client("laptop", false).is_err(), "a name in use is refused");
-        assert!(s.add_client("bad name", false).is_err());
-        assert!(s.add_client("", false).is_err());
+        assert!(s.add_client("laptop", false, None).is_err(), "a name in use is refused");
+        assert!(s.add_client("bad name", false, None).is_err());
+        assert!(s.add_client("", false, None).is_err());
         let all = s.clients().unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all["laptop"], a);

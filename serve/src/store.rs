@@ -22,6 +22,8 @@ use s3s::{s3_error, S3Error, S3Request, S3Response, S3Result, S3};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
+use crate::quota::Usage;
+use crate::relay::Notes;
 use crate::state::{Client, StateDir};
 
 /// The clients, read again from disk whenever the file changes: `--add-client` and
@@ -79,6 +81,9 @@ pub(crate) struct Store {
     storage: PathBuf,
     uploads_dir: PathBuf,
     clients: Arc<Clients>,
+    usage: Arc<Usage>,
+    /// The relay's, when there is one.
+    notes: Option<Arc<Notes>>,
     uploads: Mutex<HashMap<String, Upload>>,
 }
 
@@ -206,7 +211,13 @@ fn publish(
 }
 
 impl Store {
-    pub(crate) fn new(storage: &Path, state: &StateDir, clients: Arc<Clients>) -> crate::Result<Store> {
+    pub(crate) fn new(
+        storage: &Path,
+        state: &StateDir,
+        clients: Arc<Clients>,
+        usage: Arc<Usage>,
+        notes: Option<Arc<Notes>>,
+    ) -> crate::Result<Store> {
         // Parts of uploads that were in progress when the server stopped: their clients retry
         // the whole upload, under a new id.
         let uploads_dir = state.path().join("uploads");
@@ -220,6 +231,8 @@ impl Store {
             storage: storage.to_path_buf(),
             uploads_dir,
             clients,
+            usage,
+            notes,
             uploads: Mutex::new(HashMap::new()),
         })
     }
@@ -274,9 +287,11 @@ impl Store {
     }
 
     /// Writes `body` into the staged file and publishes it at `dest`.
+    #[allow(clippy::too_many_arguments)]
     async fn store(
         &self,
         client: &Client,
+        bucket: &str,
         root: &Path,
         dest: PathBuf,
         key: &str,
@@ -291,6 +306,12 @@ impl Store {
                 return Err(e);
             }
         };
+        // The authoritative quota check: the whole object, before it is published.
+        let len = held.metadata().map_err(|e| internal(format!("{}: {e}", tmp.display())))?.len();
+        if let Err(e) = self.usage.check(client, len) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         let may_replace = client.owner;
         let at = dest.clone();
         let published = tokio::task::spawn_blocking(move || {
@@ -301,7 +322,14 @@ impl Store {
         .map_err(blocking_failed)?
         .map_err(|e| internal(format!("{}: {e}", dest.display())))?;
         match published {
-            (Published::Created | Published::Same | Published::Replaced, md) => Ok(etag(&md)),
+            (Published::Created, md) => {
+                self.usage.add(&client.name, md.len());
+                if let Some(n) = &self.notes {
+                    n.created(bucket, md.len());
+                }
+                Ok(etag(&md))
+            }
+            (Published::Same | Published::Replaced, md) => Ok(etag(&md)),
             (Published::Exists, _) => Err(s3_error!(PreconditionFailed, "the object exists already")),
             (Published::Refused, _) => {
                 eprintln!(
@@ -346,8 +374,12 @@ impl S3 for Store {
         if create_only && dest.exists() {
             return Err(s3_error!(PreconditionFailed, "the object exists already"));
         }
+        // Refused before the body is read when its length says so.
+        self.usage.check(&client, input.content_length.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))?;
         let e_tag = self
-            .store(&client, &root, dest, &input.key, create_only, move |f| Box::pin(write_body(f, body)))
+            .store(&client, &input.bucket, &root, dest, &input.key, create_only, move |f| {
+                Box::pin(write_body(f, body))
+            })
             .await?;
         Ok(S3Response::new(PutObjectOutput { e_tag: Some(e_tag), ..Default::default() }))
     }
@@ -504,6 +536,7 @@ impl S3 for Store {
             return Err(s3_error!(InvalidArgument, "part numbers go from 1 to 10000"));
         }
         let dir = self.upload_dir(&client, &input.upload_id, &input.bucket, &input.key)?;
+        self.usage.check(&client, input.content_length.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))?;
         let body = input.body.ok_or_else(|| s3_error!(IncompleteBody))?;
         let part = dir.join(format!("{:05}", input.part_number));
         let partial = dir.join(format!("{:05}.partial", input.part_number));
@@ -539,7 +572,7 @@ impl S3 for Store {
         let create_only = input.if_none_match.as_ref().is_some_and(|c| c.is_any());
         let files: Vec<PathBuf> = parts.iter().map(|n| dir.join(format!("{n:05}"))).collect();
         let e_tag = self
-            .store(&client, &root, dest, &input.key, create_only, move |held| {
+            .store(&client, &input.bucket, &root, dest, &input.key, create_only, move |held| {
                 Box::pin(async move {
                     tokio::task::spawn_blocking(move || {
                         let mut out = held;
