@@ -154,16 +154,22 @@ fn rename_noreplace(tmp: &Path, dest: &Path) -> io::Result<bool> {
 }
 
 /// Writes `data` to a new temporary file beside `dest`, synced, then hands it to `place`
-/// (which moves it to `dest`); the temporary file is removed if anything fails.
+/// (which moves it to `dest`); the temporary file is removed if anything fails. With `mode`,
+/// the file gets it before the first byte is written.
 fn write_then<T>(
     dest: &Path,
     data: &[u8],
+    mode: Option<u32>,
     place: impl FnOnce(&Path, &Path) -> io::Result<T>,
 ) -> io::Result<T> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = dest.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let (mut f, tmp) = create_held(dir)?;
     let result = (|| {
+        if let Some(mode) = mode {
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+        }
         f.write_all(data)?;
         f.sync_all()?;
         // Held until placed: prune leaves a locked temporary file alone.
@@ -178,16 +184,23 @@ fn write_then<T>(
 
 /// Writes `data` durably under `dest` (see module doc). Parent directories are created.
 pub fn write_atomic(dest: &Path, data: &[u8]) -> io::Result<bool> {
-    write_then(dest, data, publish)
+    write_then(dest, data, None, publish)
 }
 
 /// Writes `data` durably under `dest`, atomically replacing what was there (rename): only for
 /// the few objects that are settings, not content (the repository `config`).
 pub fn replace_atomic(dest: &Path, data: &[u8]) -> io::Result<()> {
-    write_then(dest, data, |tmp, dest| {
-        fs::rename(tmp, dest)?;
-        sync_dir(dest.parent().unwrap_or(Path::new(".")))
-    })
+    write_then(dest, data, None, rename_into_place)
+}
+
+/// `replace_atomic` for a file that holds a secret: mode 0600 from before its first byte.
+pub fn replace_private(dest: &Path, data: &[u8]) -> io::Result<()> {
+    write_then(dest, data, Some(0o600), rename_into_place)
+}
+
+fn rename_into_place(tmp: &Path, dest: &Path) -> io::Result<()> {
+    fs::rename(tmp, dest)?;
+    sync_dir(dest.parent().unwrap_or(Path::new(".")))
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@ pub mod attrs;
 pub mod cpu;
 pub mod dir;
 pub mod durable;
+pub mod joined;
 pub mod longpath;
+pub mod pinned;
 pub mod s3;
 pub mod source;
 pub mod sparse;
@@ -12,6 +14,7 @@ pub mod storage;
 pub mod uncached;
 pub mod uring;
 
+pub use joined::{Joined, JoinedError, ServedUrl};
 pub use s3::{S3Backend, S3Tuning};
 pub use source::{LocalSource, Source};
 pub use storage::{Backend, Leftover, LocalBackend, Staged, StorageError};

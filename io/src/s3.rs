@@ -17,6 +17,9 @@
 //! URL: `s3:http(s)://host[:port]/bucket[/prefix]`. Credentials: AWS_ACCESS_KEY_ID,
 //! AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN), AWS_REGION or AWS_DEFAULT_REGION (default
 //! us-east-1); without them, the `[AWS_PROFILE or default]` section of ~/.aws/credentials.
+//!
+//! URL: `serve:https://host:port/repo`, a repository on a `bakare serve` this machine joined:
+//! credentials and the certificate's pin come from the joined entry (joined.rs, pinned.rs).
 #![forbid(unsafe_code)]
 
 use std::fs::File;
@@ -32,6 +35,8 @@ use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig, WriteMultipart,
 };
 
+use crate::joined::{Joined, ServedUrl};
+use crate::pinned::PinnedConnector;
 use crate::storage::{Backend, Result, Staged, StorageError};
 
 /// Objects larger than this are uploaded in parts.
@@ -177,9 +182,13 @@ impl Retry {
     }
 }
 
-/// Whether trying again could help: not for answers about the object or the credentials.
+/// Whether trying again could help: not for answers about the object or the credentials, nor
+/// for a server that is not the one this machine joined.
 fn transient(e: &object_store::Error) -> bool {
     use object_store::Error as E;
+    if crate::pinned::mismatch_in(e).is_some() {
+        return false;
+    }
     !matches!(
         e,
         E::NotFound { .. }
@@ -213,8 +222,25 @@ fn profile_credentials() -> Option<(String, String, Option<String>)> {
 fn remote(key: &str, e: object_store::Error) -> StorageError {
     match e {
         object_store::Error::NotFound { .. } => StorageError::NotFound { key: key.to_string() },
-        e => StorageError::Remote { key: key.to_string(), why: without_reply_body(&e.to_string()) },
+        e => StorageError::Remote { key: key.to_string(), why: without_reply_body(&with_causes(&e)) },
     }
+}
+
+/// `e` and its causes, each said once: object_store's own text stops at reqwest's "error sending
+/// request", and the reason (refused, a certificate, a pin) is further down the chain. A cause
+/// whose text is already in the line (object_store repeats its inner errors) is not added again.
+/// A reply body in it is removed with the rest by `without_reply_body`.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let said = cause.to_string();
+        if !said.is_empty() && !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        next = cause.source();
+    }
+    text
 }
 
 /// Where object_store's description of a failed request goes on with the server's reply:
@@ -273,6 +299,31 @@ fn first_time(flag: &AtomicBool) -> bool {
 
 static HTTP_WARNED: AtomicBool = AtomicBool::new(false);
 
+/// What `open` and `open_served` share: the endpoint, the bucket in the path (not the host
+/// name), the timeouts and object_store's retries. No credentials: each adds its own.
+fn builder(endpoint: &str, bucket: &str, tuning: &S3Tuning) -> AmazonS3Builder {
+    // Client options first: they replace everything set through them, allow_http included.
+    AmazonS3Builder::new()
+        .with_client_options(
+            ClientOptions::new()
+                .with_connect_timeout(tuning.connect_timeout)
+                .with_timeout(tuning.request_timeout),
+        )
+        .with_endpoint(endpoint)
+        .with_allow_http(endpoint.starts_with("http://"))
+        .with_bucket_name(bucket)
+        .with_virtual_hosted_style_request(false)
+        .with_retry(RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(10),
+                base: 2.0,
+            },
+            max_retries: tuning.max_retries,
+            retry_timeout: tuning.retry_budget,
+        })
+}
+
 impl S3Backend {
     pub fn open(url: &str, tuning: &S3Tuning) -> Result<S3Backend> {
         let u = S3Url::parse(url).map_err(StorageError::Setup)?;
@@ -284,27 +335,7 @@ impl S3Backend {
         let region = std::env::var("AWS_REGION")
             .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
             .unwrap_or_else(|_| "us-east-1".into());
-        // Client options first: they replace everything set through them, allow_http included.
-        let mut b = AmazonS3Builder::new()
-            .with_client_options(
-                ClientOptions::new()
-                    .with_connect_timeout(tuning.connect_timeout)
-                    .with_timeout(tuning.request_timeout),
-            )
-            .with_endpoint(&u.endpoint)
-            .with_allow_http(u.endpoint.starts_with("http://"))
-            .with_bucket_name(&u.bucket)
-            .with_region(region)
-            .with_virtual_hosted_style_request(false)
-            .with_retry(RetryConfig {
-                backoff: BackoffConfig {
-                    init_backoff: Duration::from_millis(100),
-                    max_backoff: Duration::from_secs(10),
-                    base: 2.0,
-                },
-                max_retries: tuning.max_retries,
-                retry_timeout: tuning.retry_budget,
-            });
+        let mut b = builder(&u.endpoint, &u.bucket, tuning).with_region(region);
         match (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY")) {
             (Ok(id), Ok(secret)) => {
                 b = b.with_access_key_id(id).with_secret_access_key(secret);
@@ -324,13 +355,6 @@ impl S3Backend {
                 }
             },
         }
-        let store = b.build().map_err(|e| StorageError::Setup(format!("S3 repository {url}: {e}")))?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("bakare-s3")
-            .enable_all()
-            .build()
-            .map_err(|e| StorageError::io("", e))?;
         let display = format!(
             "s3:{}/{}{}{}",
             u.endpoint,
@@ -338,9 +362,47 @@ impl S3Backend {
             if u.prefix.is_empty() { "" } else { "/" },
             u.prefix
         );
+        S3Backend::build(b, u.prefix, display, tuning)
+    }
+
+    /// `serve:https://HOST:PORT/REPO`: repository REPO (a bucket) on a server that `bakare
+    /// serve` runs and this machine has joined (joined.rs): its credentials are the joined
+    /// entry's, never AWS_* nor ~/.aws; its certificate is the pinned one when the invitation
+    /// pinned one, else one a public CA signed.
+    pub fn open_served(url: &str, tuning: &S3Tuning) -> Result<S3Backend> {
+        let u = ServedUrl::parse(url).map_err(StorageError::Setup)?;
+        let joined = crate::joined::load(&u.host_port).map_err(|e| StorageError::Setup(e.to_string()))?;
+        S3Backend::open_joined(&u, &joined, tuning)
+    }
+
+    fn open_joined(u: &ServedUrl, joined: &Joined, tuning: &S3Tuning) -> Result<S3Backend> {
+        // The region only enters the signature: `bakare serve` takes AWS's default.
+        let mut b = builder(&joined.url, &u.repo, tuning)
+            .with_region("us-east-1")
+            .with_access_key_id(&joined.access_key)
+            .with_secret_access_key(&joined.secret);
+        if let Some(pin) = joined.sha256 {
+            b = b.with_http_connector(PinnedConnector {
+                host_port: u.host_port.clone(),
+                pin,
+                connect_timeout: tuning.connect_timeout,
+                request_timeout: tuning.request_timeout,
+            });
+        }
+        S3Backend::build(b, String::new(), u.to_string(), tuning)
+    }
+
+    fn build(b: AmazonS3Builder, prefix: String, display: String, tuning: &S3Tuning) -> Result<S3Backend> {
+        let store = b.build().map_err(|e| StorageError::Setup(format!("S3 repository {display}: {e}")))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("bakare-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| StorageError::io("", e))?;
         Ok(S3Backend {
             store: Arc::new(store),
-            prefix: u.prefix,
+            prefix,
             rt: Arc::new(rt),
             display,
             max_retries: tuning.max_retries,
@@ -646,6 +708,44 @@ mod tests {
         let text =
             "Generic S3 error: Error performing GET http://h/b/k in 1s - HTTP error: error sending request";
         assert_eq!(without_reply_body(text), text);
+    }
+
+    /// A pinned repository on a server with another certificate: the operation ends at once
+    /// (no retries for minutes), and the whole account of why reaches the message; with the
+    /// right pin, the request gets through (the test server answers 404 to everything).
+    #[test]
+    fn a_pin_mismatch_is_said_and_not_retried() {
+        use crate::pinned::test_server::{fingerprint, server};
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (port, _) = server(&rt);
+        let u = ServedUrl::parse(&format!("serve:https://127.0.0.1:{port}/photos")).unwrap();
+        let mut joined = Joined {
+            url: format!("https://127.0.0.1:{port}"),
+            sha256: Some(fingerprint()),
+            access_key: "laptop".into(),
+            secret: "ab".repeat(32),
+        };
+        let b = S3Backend::open_joined(&u, &joined, &S3Tuning::default()).unwrap();
+        assert_eq!(b.display(), format!("serve:https://127.0.0.1:{port}/photos"));
+        assert!(matches!(b.get("config"), Err(StorageError::NotFound { .. })));
+
+        let mut wrong = fingerprint();
+        wrong[31] ^= 0x80;
+        joined.sha256 = Some(wrong);
+        let b = S3Backend::open_joined(&u, &joined, &S3Tuning::default()).unwrap();
+        let start = Instant::now();
+        let e = b.get("config").unwrap_err().to_string();
+        assert!(start.elapsed() < Duration::from_secs(5), "retried for {:?}: {e}", start.elapsed());
+        let said = format!(
+            "the server at 127.0.0.1:{port} presented a certificate with SHA-256 {}, but this machine joined \
+             it with {}: refusing to connect (a different server, or it made a new certificate; join again \
+             with a new invitation)",
+            hex::encode(fingerprint()),
+            hex::encode(wrong)
+        );
+        assert!(e.contains(&said), "{e}");
+        assert!(!e.contains(&"ab".repeat(32)), "{e}");
+        eprintln!("{e}");
     }
 
     #[test]
