@@ -34,6 +34,8 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
     match &cli.command {
         Command::Completions(args) => return crate::generate::completions(args),
         Command::Man(args) => return crate::generate::man_pages(args, cli.json),
+        // Needs no repository: it names none.
+        Command::Join(args) => return crate::join::join_cmd(args, cli.json),
         _ => {}
     }
     // A server opens no repository of its own and handles its signals itself.
@@ -95,6 +97,7 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
         Command::Completions(args) => crate::generate::completions(&args),
         Command::Man(args) => crate::generate::man_pages(&args, cli.json),
         Command::Serve(args) => crate::serve::serve_cmd(cli.json, args),
+        Command::Join(args) => crate::join::join_cmd(&args, cli.json),
     }
 }
 
@@ -133,6 +136,9 @@ fn init(
     args: crate::InitArgs,
     command: Option<&str>,
 ) -> Result<u8> {
+    if let Some(invitation) = &args.join {
+        crate::join::join_for(invitation, path, json)?;
+    }
     let passphrase = if args.passphrase { Some(crate::passphrase::new(command)?) } else { None };
     let repo = crate::init_repo(path, key, passphrase, args.force, args.compression, args.parity)?;
     announce_init(&repo, json)?;

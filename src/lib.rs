@@ -8,6 +8,7 @@ mod dump;
 mod find;
 mod generate;
 mod interrupt;
+mod join;
 mod maintenance;
 mod mount;
 mod output;
@@ -36,7 +37,8 @@ pub const EXIT_PARTIAL: u8 = 3;
 #[derive(Parser, Debug)]
 #[command(name = "bakare", version, about = "Fast, memory-bounded, encrypted, deduplicating backups")]
 pub struct Cli {
-    /// Repository: a directory, or s3:https://host[:port]/bucket[/prefix] or s3:host/bucket[/prefix]
+    /// Repository: a directory, s3:https://host[:port]/bucket[/prefix] or s3:host/bucket[/prefix],
+    /// or serve:https://host:port/repo on a `bakare serve` this machine joined (`bakare join`)
     /// [default: $XDG_DATA_HOME/bakare/repo; `run` creates it on first use, any other
     /// repository is created by `bakare init`]
     #[arg(long, global = true, env = "BAKARE_REPO")]
@@ -71,6 +73,9 @@ pub struct Cli {
 pub enum Command {
     /// Create a repository and its keypair
     Init(InitArgs),
+    /// Join a `bakare serve` server with the invitation its owner made (`bakare serve
+    /// --add-client NAME`); its repositories are then --repo serve:https://HOST:PORT/REPO
+    Join(join::JoinArgs),
     /// Back up paths (creates the default repository on first use)
     Run(RunArgs),
     /// List snapshots (all, or those the filters match)
@@ -491,6 +496,11 @@ pub struct InitArgs {
     #[arg(long, value_name = "PERCENT", default_value_t = engine::format::parity::DEFAULT_PERCENT,
           value_parser = parse_parity)]
     pub parity: u8,
+    /// Join the `bakare serve` server of this invitation first (as `bakare join`); --repo must
+    /// be serve:https://HOST:PORT/REPO on that server. `bakare join` can read it from
+    /// BAKARE_INVITATION instead, keeping its secret out of the shell's history
+    #[arg(long, value_name = "INVITATION")]
+    pub join: Option<String>,
 }
 
 #[derive(Args, Debug)]

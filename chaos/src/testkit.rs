@@ -231,7 +231,9 @@ impl Bakare {
             .env_remove("BAKARE_FAKE_NOW_NS")
             .env_remove("BAKARE_PASSPHRASE")
             .env_remove("BAKARE_PASSPHRASE_COMMAND")
-            .env_remove("BAKARE_NEW_PASSPHRASE");
+            .env_remove("BAKARE_NEW_PASSPHRASE")
+            .env_remove("BAKARE_CONFIG_DIR")
+            .env_remove("BAKARE_INVITATION");
         for (k, v) in &self.env {
             c.env(k, v);
         }

@@ -632,7 +632,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             use std::os::unix::ffi::OsStrExt;
             std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).as_os_str().as_bytes().to_vec()
         }
-        crate::repo::Location::S3(url) => url.as_bytes().to_vec(),
+        crate::repo::Location::S3(url) | crate::repo::Location::Serve(url) => url.as_bytes().to_vec(),
     };
     let mut seen = crate::format::seen::Seen::load(opts.state_dir.as_deref(), &repo.config.repo_id, &place);
     // An older config than one seen before was put back: writers that read the newer one may

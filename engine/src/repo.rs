@@ -87,17 +87,21 @@ pub const DEFAULT_PACK_SIZE: u64 = 32 << 20;
 /// Default grace period G: 24 h (design.md section 4).
 pub const DEFAULT_GRACE_SECS: u64 = 24 * 3600;
 
-/// Where a repository lives: a local directory, or an S3-compatible bucket
-/// (`s3:http(s)://host:port/bucket/prefix`).
+/// Where a repository lives: a local directory, an S3-compatible bucket
+/// (`s3:http(s)://host:port/bucket/prefix`), or a repository on a `bakare serve` this machine
+/// joined (`serve:https://host:port/repo`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Location {
     Local(PathBuf),
     S3(String),
+    /// `serve:https://host:port/repo`, normalised (io::ServedUrl).
+    Serve(String),
 }
 
 /// What `--repo` accepts, for error messages.
 pub const SUPPORTED_LOCATIONS: &str =
-    "a directory (PATH or local:PATH), or an S3-compatible bucket as s3:https://host[:port]/bucket[/prefix] or s3:host/bucket[/prefix]";
+    "a directory (PATH or local:PATH), an S3-compatible bucket as s3:https://host[:port]/bucket[/prefix] or s3:host/bucket[/prefix], \
+     or a repository on a joined bakare server as serve:https://host:port/repo";
 
 impl Location {
     /// `s3:http(s)://host/bucket/prefix`, or restic's `s3:host/bucket/prefix` (https), is a
@@ -122,6 +126,10 @@ impl Location {
             }
             return Ok(Location::S3(format!("s3:https://{rest}")));
         }
+        if let Some(url) = s.to_str().filter(|u| u.starts_with("serve:")) {
+            let u = io::ServedUrl::parse(url).map_err(Error::Invalid)?;
+            return Ok(Location::Serve(u.to_string()));
+        }
         let bytes = s.as_bytes();
         if let Some(colon) = bytes.iter().position(|&b| b == b':') {
             let scheme = &bytes[..colon];
@@ -143,7 +151,7 @@ impl Location {
     pub fn local(&self) -> Option<&Path> {
         match self {
             Location::Local(p) => Some(p),
-            Location::S3(_) => None,
+            Location::S3(_) | Location::Serve(_) => None,
         }
     }
 
@@ -151,6 +159,7 @@ impl Location {
         Ok(match self {
             Location::Local(p) => Arc::new(LocalBackend::new(p)),
             Location::S3(url) => Arc::new(io::S3Backend::open(url, &io::S3Tuning::from_env())?),
+            Location::Serve(url) => Arc::new(io::S3Backend::open_served(url, &io::S3Tuning::from_env())?),
         })
     }
 }
@@ -159,7 +168,7 @@ impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Location::Local(p) => write!(f, "{}", p.display()),
-            Location::S3(u) => f.write_str(u),
+            Location::S3(u) | Location::Serve(u) => f.write_str(u),
         }
     }
 }
@@ -1056,6 +1065,22 @@ mod tests {
             p("s3:s3.example.com/bucket/pre").unwrap(),
             Location::S3("s3:https://s3.example.com/bucket/pre".into())
         );
+        assert_eq!(
+            p("serve:https://Backup.Example.com:8443/photos/").unwrap(),
+            Location::Serve("serve:https://backup.example.com:8443/photos".into())
+        );
+        assert_eq!(p("serve:https://[::1]:9000/r1").unwrap().to_string(), "serve:https://[::1]:9000/r1");
+        for (bad, why) in [
+            ("serve:", "not a URL"),
+            ("serve:http://h:1/r1", "https"),
+            ("serve:https://h/r1", "port"),
+            ("serve:https://h:1/", "no repository"),
+            ("serve:https://h:1/a/b", "one name"),
+            ("serve:https://h:1/UPPER", "lower-case"),
+        ] {
+            let e = p(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
         for bad in [
             "s3:",
             "s3:host",
