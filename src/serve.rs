@@ -112,13 +112,19 @@ pub fn serve_cmd(json: bool, args: ServeArgs) -> Result<u8> {
     }
     if args.list_clients {
         let clients = state.clients()?;
+        let usage = ::serve::usage(&state)?;
+        let used = |name: &str| usage.get(name).copied().unwrap_or(0);
         if json {
-            let list: Vec<_> =
-                clients.values().map(|c| json!({ "name": c.name, "owner": c.owner })).collect();
+            let list: Vec<_> = clients
+                .values()
+                .map(|c| json!({ "name": c.name, "owner": c.owner, "quota": c.quota, "used": used(&c.name) }))
+                .collect();
             println!("{}", serde_json::Value::Array(list));
         } else {
             for c in clients.values() {
-                println!("{}{}", c.name, if c.owner { " (owner)" } else { "" });
+                let quota = c.quota.map(|q| format!(" of {}", bytesize::ByteSize(q))).unwrap_or_default();
+                let role = if c.owner { ", owner" } else { "" };
+                println!("{} ({} used{quota}{role})", c.name, bytesize::ByteSize(used(&c.name)));
             }
         }
         return Ok(0);

@@ -730,17 +730,26 @@ pub struct Served {
     pub storage: tempfile::TempDir,
     pub port: u16,
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Served {
     /// Starts a server on a port the kernel picks.
     pub fn start(bin: impl Into<PathBuf>) -> Served {
+        Self::start_with(bin, &[], &[])
+    }
+
+    /// `start`, with more arguments to `bakare serve` and variables in its environment.
+    pub fn start_with(bin: impl Into<PathBuf>, args: &[String], env: &[(String, String)]) -> Served {
         let mut s = Served {
             child: None,
             bin: bin.into(),
             storage: tempfile::tempdir().unwrap(),
             port: 0,
             log: Default::default(),
+            args: args.to_vec(),
+            env: env.to_vec(),
         };
         s.resume();
         s
@@ -754,6 +763,8 @@ impl Served {
             .args(["serve", "--storage"])
             .arg(self.storage.path())
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -808,6 +819,19 @@ impl Served {
     /// Where the server keeps the object `key` of repository `name`.
     pub fn object_path(&self, name: &str, key: &str) -> PathBuf {
         self.storage.path().join(name).join(key)
+    }
+
+    /// `bakare serve --status --json` of this server.
+    pub fn status(&self) -> serde_json::Value {
+        let out = Command::new(&self.bin)
+            .args(["--json", "serve", "--status", "--storage"])
+            .arg(self.storage.path())
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 
     /// Whether a log line contains `text`.

@@ -375,6 +375,12 @@ impl S3Backend {
         S3Backend::open_joined(&u, &joined, tuning)
     }
 
+    /// `open_served` with the joined server given rather than looked up.
+    pub fn open_served_with(url: &str, joined: &Joined, tuning: &S3Tuning) -> Result<S3Backend> {
+        let u = ServedUrl::parse(url).map_err(StorageError::Setup)?;
+        S3Backend::open_joined(&u, joined, tuning)
+    }
+
     fn open_joined(u: &ServedUrl, joined: &Joined, tuning: &S3Tuning) -> Result<S3Backend> {
         // The region only enters the signature: `bakare serve` takes AWS's default.
         let mut b = builder(&joined.url, &u.repo, tuning)
