@@ -131,7 +131,10 @@ fn objects(root: &Path) -> Vec<(String, Vec<u8>)> {
             if md.is_dir() {
                 stack.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
             } else if !p.file_name().unwrap().to_str().unwrap().starts_with(".tmp-") {
-                out.push((p.strip_prefix(root).unwrap().to_str().unwrap().to_string(), fs::read(&p).unwrap()));
+                out.push((
+                    p.strip_prefix(root).unwrap().to_str().unwrap().to_string(),
+                    fs::read(&p).unwrap(),
+                ));
             }
         }
     }
@@ -176,7 +179,9 @@ fn three_machines_back_up_at_once_and_a_fourth_restores_everything() {
     // All three at once.
     let children: Vec<_> = runs
         .into_iter()
-        .map(|mut c| c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap())
+        .map(|mut c| {
+            c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+        })
         .collect();
     for (i, c) in children.into_iter().enumerate() {
         let o = c.wait_with_output().unwrap();
@@ -223,11 +228,16 @@ fn clients_add_but_never_delete_or_replace_and_the_owner_prunes() {
     let o = laptop.run(&argv!["--key", &full, "forget", "--keep-last", "1"]);
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert!(o.stderr.contains("403") && o.stderr.contains("AccessDenied"), "{}", o.stderr);
-    assert!(!o.stderr.contains(inv.split(':').nth(3).unwrap().split('@').next().unwrap()), "secret shown: {}", o.stderr);
+    assert!(
+        !o.stderr.contains(inv.split(':').nth(3).unwrap().split('@').next().unwrap()),
+        "secret shown: {}",
+        o.stderr
+    );
     assert!(server.logged("refused: client laptop tried to delete"));
 
     let joined = io::joined::parse_invitation(&inv).unwrap();
-    let raw = io::S3Backend::open_served_with(&server.repo("home"), &joined, &io::S3Tuning::default()).unwrap();
+    let raw =
+        io::S3Backend::open_served_with(&server.repo("home"), &joined, &io::S3Tuning::default()).unwrap();
     use io::Backend;
     let e = raw.delete("config").unwrap_err().to_string();
     assert!(e.contains("403") && e.contains("AccessDenied"), "{e}");
@@ -318,7 +328,11 @@ fn another_certificate_and_a_removed_client_are_refused() {
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert!(o.stderr.contains("presented a certificate with SHA-256"), "{}", o.stderr);
     assert!(o.stderr.contains("refusing to connect"), "{}", o.stderr);
-    assert!(started.elapsed() < Duration::from_secs(30), "retried a wrong certificate for {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "retried a wrong certificate for {:?}",
+        started.elapsed()
+    );
     owner.ok(&["join", server.add_client("owner-again", &["--owner"]).as_str()]);
     assert_eq!(snapshot_ids(&owner, &full).len(), 1);
 
@@ -333,4 +347,93 @@ fn another_certificate_and_a_removed_client_are_refused() {
     let o = laptop.run(&argv!["--key", &full, "snapshots"]);
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert!(o.stderr.contains("InvalidAccessKeyId"), "{}", o.stderr);
+}
+
+/// The relay (`serve --relay-to`) copies the repository to an S3 upstream (s3s-fs) through a
+/// proxy that faults 10 % of the requests; with the upstream stopped, `--status` shows the
+/// backlog and the error, and the relay catches up once it is back; after a kill -9 of the server
+/// with objects not yet relayed, the restarted server resumes. The upstream ends with every
+/// object the server has (the same bytes), and every snapshot restores exactly from it.
+#[test]
+fn the_relay_copies_upstream_through_faults_outages_and_a_kill() {
+    use chaos::proxy::{Proxy, ProxyConfig};
+    let Some(mut upstream) = S3Server::start() else { return };
+    let mut cfg = ProxyConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], upstream.port)), 3, 100);
+    cfg.stall = Duration::from_secs(3);
+    let proxy = Proxy::start(cfg).unwrap();
+    let env: Vec<(String, String)> = [
+        ("AWS_ACCESS_KEY_ID", chaos::testkit::S3_ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", chaos::testkit::S3_SECRET_KEY),
+        ("BAKARE_S3_TIMEOUT_MS", "2000"),
+        ("BAKARE_S3_RETRY_BUDGET_MS", "4000"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let relay_to = upstream.url_via(proxy.port, "relay");
+    let mut server =
+        Served::start_with(env!("CARGO_BIN_EXE_bakare"), &["--relay-to".to_string(), relay_to], &env);
+    let owner = owner_of(&server, "home");
+    let full = full_key(&owner);
+    let status = |server: &Served| server.status()["repos"]["home"].clone();
+    let caught_up = |server: &Served| {
+        let s = status(server);
+        s["backlog_objects"] == 0 && s["last_error"].is_null() && !s["last_success_seconds_ago"].is_null()
+    };
+    let trees: Vec<TestDir> = (0..3)
+        .map(|i| {
+            let t = TestDir::new();
+            random_tree(t.path(), 20 + i, 80);
+            t
+        })
+        .collect();
+
+    owner.ok(&argv!["run", trees[0].path()]);
+    wait_for("the first relay", Duration::from_secs(120), || caught_up(&server));
+
+    // Upstream away: the backlog shows, with the error; then it catches up.
+    upstream.stop();
+    owner.ok(&argv!["run", trees[1].path()]);
+    wait_for("the relay to notice", Duration::from_secs(120), || {
+        let s = status(&server);
+        s["backlog_objects"].as_u64().unwrap_or(0) > 0 && !s["last_error"].is_null()
+    });
+    let s = status(&server);
+    assert!(s["backlog_bytes"].as_u64().unwrap() > 0 && s["oldest_seconds"].is_u64(), "{s}");
+    upstream.resume();
+    wait_for("the relay to catch up", Duration::from_secs(180), || caught_up(&server));
+
+    // Killed with objects not yet relayed (the upstream away again), restarted: it resumes.
+    upstream.stop();
+    owner.ok(&argv!["run", trees[2].path()]);
+    server.stop_with(9);
+    upstream.resume();
+    server.resume();
+    wait_for("the relay to resume after a kill", Duration::from_secs(180), || {
+        caught_up(&server)
+            && objects(&upstream.object_path("relay/home", "")).len()
+                == objects(&server.storage.path().join("home")).len()
+    });
+    assert_eq!(
+        objects(&upstream.object_path("relay/home", "")),
+        objects(&server.storage.path().join("home")),
+        "the upstream differs from the server's repository"
+    );
+    let st = &proxy.stats;
+    let faults: u64 = [&st.dropped, &st.reset, &st.stalled, &st.delayed, &st.truncated]
+        .iter()
+        .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert!(faults > 0, "no request was faulted");
+
+    let mut cloud = bakare();
+    upstream.configure(&mut cloud, "relay/home");
+    let ids = snapshot_ids(&cloud, &full);
+    assert_eq!(ids.len(), 3);
+    for t in &trees {
+        let id = &ids.iter().find(|(_, p)| Path::new(p) == t.path()).unwrap().0;
+        let out = tempfile::tempdir().unwrap();
+        cloud.ok(&argv!["--key", &full, "restore", id, "--target", out.path()]);
+        assert_same_tree(t.path(), &restored_path(out.path(), t.path()));
+    }
 }

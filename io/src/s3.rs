@@ -266,7 +266,15 @@ fn without_reply_body(text: &str) -> String {
         (None, Some(c)) => format!("an error, S3 error code {c}"),
         (None, None) => "an error".to_string(),
     };
-    format!("{request}: the server answered {answer}")
+    // Codes `bakare serve` gives that a user can act on.
+    let hint = match s3_error_code(reply) {
+        Some("QuotaExceeded") => " (this client has used its quota on the server; its owner can raise it)",
+        Some("AccessDenied") if reply.contains("append-only") => {
+            " (the server is append-only for this client: only its owner's credential may delete or replace)"
+        }
+        _ => "",
+    };
+    format!("{request}: the server answered {answer}{hint}")
 }
 
 /// The `<Code>` of an S3 error body, if it is a plain code: 1 to 64 ASCII letters and digits

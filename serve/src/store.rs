@@ -227,6 +227,7 @@ impl Store {
             Err(e) => return Err(crate::Error::io(&uploads_dir, e)),
         }
         ::io::durable::create_private_dir_all(&uploads_dir).map_err(|e| crate::Error::io(&uploads_dir, e))?;
+        sweep_leftovers(storage);
         Ok(Store {
             storage: storage.to_path_buf(),
             uploads_dir,
@@ -299,19 +300,14 @@ impl Store {
         fill: impl FnOnce(File) -> futures::future::BoxFuture<'static, S3Result<File>>,
     ) -> S3Result<ETag> {
         let (held, tmp) = self.stage(root).await?;
-        let held = match fill(held).await {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
+        let mut discard = Discard(Some(tmp.clone()));
+        let held = fill(held).await?;
         // The authoritative quota check: the whole object, before it is published.
         let len = held.metadata().map_err(|e| internal(format!("{}: {e}", tmp.display())))?.len();
-        if let Err(e) = self.usage.check(client, len) {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
+        self.usage.check(client, len)?;
+        // From here the blocking task runs to its end even if the request is dropped, and
+        // removes the temporary file itself.
+        discard.0 = None;
         let may_replace = client.owner;
         let at = dest.clone();
         let published = tokio::task::spawn_blocking(move || {
@@ -342,6 +338,18 @@ impl Store {
                     client.name
                 ))
             }
+        }
+    }
+}
+
+/// Removes a temporary file when dropped: on errors, and when a request cut short drops its
+/// future in the middle of an upload.
+struct Discard(Option<PathBuf>);
+
+impl Drop for Discard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_file(p);
         }
     }
 }
@@ -541,10 +549,12 @@ impl S3 for Store {
         let part = dir.join(format!("{:05}", input.part_number));
         let partial = dir.join(format!("{:05}.partial", input.part_number));
         let file = File::create(&partial).map_err(|e| internal(format!("{}: {e}", partial.display())))?;
+        let mut discard = Discard(Some(partial.clone()));
         let file = write_body(file, body).await?;
         let len = file.metadata().map_err(|e| internal(format!("{}: {e}", partial.display())))?.len();
         drop(file);
         tokio::fs::rename(&partial, &part).await.map_err(|e| internal(format!("{}: {e}", part.display())))?;
+        discard.0 = None;
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(ETag::Strong(format!("{}-{len:x}", input.part_number))),
             ..Default::default()
@@ -626,6 +636,29 @@ impl Store {
         if let Some(u) = removed {
             let _ = fs::remove_dir_all(&u.dir);
         }
+    }
+}
+
+/// Removes the temporary files uploads cut short by a kill left in the repositories' `tmp/`:
+/// only those nobody holds (a local writer on this disk holds its own), so it is safe beside
+/// commands run on the server's disk.
+fn sweep_leftovers(storage: &Path) {
+    let Ok(repos) = fs::read_dir(storage) else { return };
+    let mut removed = 0usize;
+    for repo in repos.flatten() {
+        if repo.file_name().to_str().is_none_or(|n| n.starts_with('.')) {
+            continue;
+        }
+        let Ok(tmp) = fs::read_dir(repo.path().join("tmp")) else { continue };
+        for f in tmp.flatten() {
+            let temp = f.file_name().to_str().is_some_and(::io::durable::is_temp_name);
+            if temp && matches!(::io::durable::remove_unheld(&f.path()), Ok(true)) {
+                removed += 1;
+            }
+        }
+    }
+    if removed > 0 {
+        eprintln!("bakare serve: removed {removed} temporary files of uploads cut short");
     }
 }
 
@@ -767,6 +800,22 @@ mod tests {
         assert_eq!(fs::read(&dest).unwrap(), b"one");
         assert!(matches!(put(b"two", false, true), Published::Replaced));
         assert_eq!(fs::read(&dest).unwrap(), b"two");
+    }
+
+    #[test]
+    fn leftovers_nobody_holds_are_swept_at_start() {
+        let d = tempfile::tempdir().unwrap();
+        let tmp = d.path().join("home/tmp");
+        fs::create_dir_all(&tmp).unwrap();
+        let left = tmp.join(".tmp-0123456789abcdef01234567");
+        fs::write(&left, b"cut short").unwrap();
+        let (_held, writing) = ::io::durable::create_held(&tmp).unwrap();
+        let other = tmp.join("not-ours");
+        fs::write(&other, b"x").unwrap();
+        sweep_leftovers(d.path());
+        assert!(!left.exists());
+        assert!(writing.exists(), "a file being written was removed");
+        assert!(other.exists());
     }
 
     #[test]
