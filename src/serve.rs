@@ -52,6 +52,13 @@ pub struct ServeArgs {
     /// upstream, the age of the oldest, the last success and the last error
     #[arg(long, conflicts_with_all = ["add_client", "list_clients", "remove_client"])]
     pub status: bool,
+    /// Memory budget: sets how many connections are served at once (the budget less 64 MiB,
+    /// one per MiB; more wait to be accepted) and the threads for file work, e.g. 256M, 1G
+    #[arg(long, default_value = "256M", value_parser = crate::parse_size_arg, value_name = "SIZE")]
+    pub mem_limit: u64,
+    /// Print a systemd service that runs this server with these options, and exit
+    #[arg(long)]
+    pub print_systemd_unit: bool,
     /// List the clients
     #[arg(long, conflicts_with = "remove_client")]
     pub list_clients: bool,
@@ -141,6 +148,14 @@ pub fn serve_cmd(json: bool, args: ServeArgs) -> Result<u8> {
     if args.status {
         return status(&state, json);
     }
+    if args.print_systemd_unit {
+        let service = ["Restart=on-failure", "RestartSec=5", "KillSignal=SIGTERM", "TimeoutStopSec=45"];
+        print!(
+            "{}",
+            crate::watch::systemd_unit("serve", "bakare serve: repository server", false, &service)?
+        );
+        return Ok(0);
+    }
     if !args.storage.is_dir() {
         bail!("--storage {}: not a directory", args.storage.display());
     }
@@ -158,6 +173,8 @@ pub fn serve_cmd(json: bool, args: ServeArgs) -> Result<u8> {
         identity,
         relay: args.relay_to.clone(),
         relay_workers: args.relay_jobs.max(1),
+        max_connections: ::serve::Options::limits(args.mem_limit).0,
+        max_blocking: ::serve::Options::limits(args.mem_limit).1,
     };
     ::serve::serve(opts, |bound| {
         if json {

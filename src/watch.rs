@@ -91,30 +91,46 @@ fn unit_word(w: &[u8]) -> String {
     q
 }
 
-fn systemd_unit() -> Result<String> {
+/// A systemd service running this program with the arguments it was given (less
+/// `--print-systemd-unit`): a user service (default.target) or a system one
+/// (multi-user.target), with `service` lines added to its [Service] section.
+pub(crate) fn systemd_unit(name: &str, description: &str, user: bool, service: &[&str]) -> Result<String> {
     let exe = std::env::current_exe().context("cannot find the path of this program")?;
     let mut words = vec![unit_word(exe.as_os_str().as_bytes())];
     let args: Vec<_> = std::env::args_os().skip(1).filter(|a| a != "--print-systemd-unit").collect();
     words.extend(args.iter().map(|a| unit_word(a.as_bytes())));
+    let header = if user {
+        format!(
+            "# bakare {name}: a user service (~/.config/systemd/user/bakare-{name}.service):\n\
+             #   systemctl --user daemon-reload && systemctl --user enable --now bakare-{name}\n\
+             # As a system service (/etc/systemd/system/), WantedBy=multi-user.target.\n"
+        )
+    } else {
+        format!(
+            "# bakare {name}: a system service (/etc/systemd/system/bakare-{name}.service):\n\
+             #   systemctl daemon-reload && systemctl enable --now bakare-{name}\n"
+        )
+    };
+    let mut lines = String::new();
+    for l in service {
+        lines.push_str(l);
+        lines.push('\n');
+    }
     Ok(format!(
-        "# bakare watch: a user service (~/.config/systemd/user/bakare-watch.service):\n\
-         #   systemctl --user daemon-reload && systemctl --user enable --now bakare-watch\n\
-         # As a system service (/etc/systemd/system/), WantedBy=multi-user.target.\n\
+        "{header}\
          [Unit]\n\
-         Description=bakare watch: continuous backup\n\
+         Description={description}\n\
          After=network-online.target\n\
          \n\
          [Service]\n\
          Type=simple\n\
          ExecStart={}\n\
-         Restart=on-failure\n\
-         RestartSec=30\n\
-         Nice=10\n\
-         IOSchedulingClass=idle\n\
+         {lines}\
          \n\
          [Install]\n\
-         WantedBy=default.target\n",
-        words.join(" ")
+         WantedBy={}\n",
+        words.join(" "),
+        if user { "default.target" } else { "multi-user.target" }
     ))
 }
 
@@ -159,7 +175,8 @@ pub fn watch(
     source: Arc<dyn io::Source>,
 ) -> Result<u8> {
     if args.print_systemd_unit {
-        print!("{}", systemd_unit()?);
+        let service = ["Restart=on-failure", "RestartSec=30", "Nice=10", "IOSchedulingClass=idle"];
+        print!("{}", systemd_unit("watch", "bakare watch: continuous backup", true, &service)?);
         return Ok(0);
     }
     let mut base = args.run;

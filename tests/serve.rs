@@ -437,3 +437,61 @@ fn the_relay_copies_upstream_through_faults_outages_and_a_kill() {
         assert_same_tree(t.path(), &restored_path(out.path(), t.path()));
     }
 }
+
+/// `GET /?bakare-health` answers anyone "ok"; `GET /?bakare-status=1` answers only a request
+/// signed with an owner's credential, with the clients' usage (curl signs it, as any S3 tool
+/// would).
+#[test]
+fn health_for_anyone_and_status_for_the_owner() {
+    if !chaos::testkit::tool_or_skip("curl", "BAKARE_REQUIRE_CURL") {
+        return;
+    }
+    let server = Served::start(env!("CARGO_BIN_EXE_bakare"));
+    let owner = owner_of(&server, "home");
+    owner.ok(&argv!["run", TestDir::new().file("a", b"x").path()]);
+    let inv_owner = server.add_client("boss", &["--owner"]);
+    let inv_laptop = server.add_client("laptop", &[]);
+    let base = format!("https://127.0.0.1:{}/", server.port);
+    let curl = |path: &str, inv: Option<&str>| -> (String, String) {
+        let mut c = std::process::Command::new("curl");
+        c.args(["-sk", "-w", "\n%{http_code}", "-H", "x-amz-content-sha256:UNSIGNED-PAYLOAD"]);
+        if let Some(inv) = inv {
+            let j = io::joined::parse_invitation(inv).unwrap();
+            c.args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+                .arg(format!("{}:{}", j.access_key, j.secret));
+        }
+        let out = c.arg(format!("{base}{path}")).output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.to_string(), body.to_string())
+    };
+    assert_eq!(curl("?bakare-health", None), ("200".to_string(), "ok\n".to_string()));
+    assert_eq!(curl("?bakare-status=1", None).0, "403");
+    assert_eq!(curl("?bakare-status=1", Some(&inv_laptop)).0, "403");
+    // Usage is written at most a second after it changes.
+    wait_for("the usage in the status", Duration::from_secs(10), || {
+        let (code, body) = curl("?bakare-status=1", Some(&inv_owner));
+        assert_eq!(code, "200", "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["usage"]["owner"].as_u64().is_some_and(|n| n > 0)
+    });
+    // Anonymous S3 requests are refused too.
+    assert_eq!(curl("home/config", None).0, "403");
+}
+
+/// `serve --print-systemd-unit` prints a system service running the server with the same
+/// options, stopped by SIGTERM (graceful) with time for requests in flight.
+#[test]
+fn the_systemd_unit_runs_the_server_as_given() {
+    let b = bakare();
+    let unit = b
+        .ok(&["serve", "--storage", "/srv/bakare", "--listen", "0.0.0.0:9443", "--print-systemd-unit"])
+        .stdout_str();
+    let exec = unit.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
+    assert!(exec.ends_with(" serve --storage /srv/bakare --listen 0.0.0.0:9443"), "{exec}");
+    for line in
+        ["KillSignal=SIGTERM", "TimeoutStopSec=45", "WantedBy=multi-user.target", "Restart=on-failure"]
+    {
+        assert!(unit.lines().any(|l| l == line), "{line} missing:\n{unit}");
+    }
+}

@@ -5,6 +5,7 @@
 
 mod quota;
 mod relay;
+mod route;
 mod server;
 mod state;
 mod store;

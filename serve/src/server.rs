@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::quota::Usage;
 use crate::relay::{Notes, Relay};
+use crate::route::Routes;
 use crate::state::StateDir;
 use crate::store::{Auth, Clients, Store};
 use crate::{Error, Identity, Result};
@@ -28,12 +29,29 @@ pub struct Options {
     /// below it under its own name), and with how many threads.
     pub relay: Option<String>,
     pub relay_workers: usize,
+    /// Connections served at once (more wait to be accepted) and threads for file work.
+    pub max_connections: usize,
+    pub max_blocking: usize,
+}
+
+impl Options {
+    /// Connections and file threads for a memory budget: a connection holds at most about
+    /// 1 MiB (hyper's read buffer, a 256 KiB piece of a download, a piece of an upload), a file
+    /// thread 512 KiB (comparing an object sent again) besides its stack; 64 MiB are left for
+    /// the rest (the runtime, the relay's listings).
+    pub fn limits(mem_limit: u64) -> (usize, usize) {
+        let mib = mem_limit >> 20;
+        let connections = mib.saturating_sub(64).clamp(8, 1024) as usize;
+        let blocking = (mib / 16).clamp(4, 64) as usize;
+        (connections, blocking)
+    }
 }
 
 /// Serves until SIGINT or SIGTERM. `ready` is called with the bound address (port 0 picks one).
 pub fn serve(opts: Options, ready: impl FnOnce(SocketAddr)) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .thread_name("bakare-serve")
+        .max_blocking_threads(opts.max_blocking.max(1))
         .enable_all()
         .build()
         .map_err(|e| Error::Invalid(format!("starting the server's runtime: {e}")))?;
@@ -74,7 +92,8 @@ async fn run(opts: Options, ready: impl FnOnce(SocketAddr)) -> Result<()> {
     };
     let service = {
         let mut b = S3ServiceBuilder::new(store);
-        b.set_auth(Auth(clients));
+        b.set_auth(Auth(clients.clone()));
+        b.set_route(Routes { state: state.clone(), clients: clients.clone() });
         b.build()
     };
     let tls = TlsAcceptor::from(opts.identity.server_config()?);
@@ -93,7 +112,17 @@ async fn run(opts: Options, ready: impl FnOnce(SocketAddr)) -> Result<()> {
         b
     };
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
     loop {
+        // A connection slot first: past the limit, connections wait in the listen queue.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
@@ -110,6 +139,7 @@ async fn run(opts: Options, ready: impl FnOnce(SocketAddr)) -> Result<()> {
         let (tls, service, http) = (tls.clone(), service.clone(), http.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _permit = permit;
             // A handshake that never finishes does not hold a task for ever.
             let stream = match tokio::time::timeout(Duration::from_secs(30), tls.accept(tcp)).await {
                 Ok(Ok(s)) => s,
