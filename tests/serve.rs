@@ -244,10 +244,14 @@ fn clients_add_but_never_delete_or_replace_and_the_owner_prunes() {
     let e = raw.replace("config", b"not a config").unwrap_err().to_string();
     assert!(e.contains("403") && e.contains("AccessDenied"), "{e}");
     let (pack, bytes) = before.iter().find(|(k, _)| k.starts_with("packs/")).unwrap().clone();
+    // Other bytes under a pack's name: they are not what the name says (packs are named by their
+    // BLAKE3), refused at once.
     let mut staged = raw.stage().unwrap();
     std::io::Write::write_all(&mut staged, b"other bytes under a pack's name").unwrap();
+    let started = Instant::now();
     let e = staged.commit(&pack).unwrap_err().to_string();
-    assert!(e.contains("403"), "{e}");
+    assert!(e.contains("400") && e.contains("BadDigest"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(10), "a refusal was retried: {e}");
     // Its own bytes again: a retry, which succeeds and changes nothing.
     let mut staged = raw.stage().unwrap();
     std::io::Write::write_all(&mut staged, &bytes).unwrap();
@@ -494,4 +498,80 @@ fn the_systemd_unit_runs_the_server_as_given() {
     {
         assert!(unit.lines().any(|l| l == line), "{line} missing:\n{unit}");
     }
+}
+
+/// What a hostile client (or anyone on the network) sends is refused without touching the
+/// repository: bytes under a content-addressed name they do not hash to (they would stop the
+/// relay for good), names outside a repository's layout (a file where a directory must be),
+/// aws-chunked bodies, POST form uploads (even anonymous ones are refused before their body is
+/// read), and listing prefixes that leave the repository.
+#[test]
+fn hostile_requests_are_refused_and_change_nothing() {
+    if !chaos::testkit::tool_or_skip("curl", "BAKARE_REQUIRE_CURL") {
+        return;
+    }
+    let server = Served::start(env!("CARGO_BIN_EXE_bakare"));
+    let owner = owner_of(&server, "home");
+    owner.ok(&argv!["run", TestDir::new().file("a", b"x").path()]);
+    let inv = server.add_client("laptop", &[]);
+    let joined = io::joined::parse_invitation(&inv).unwrap();
+    let raw =
+        io::S3Backend::open_served_with(&server.repo("home"), &joined, &io::S3Tuning::default()).unwrap();
+    use io::Backend;
+    let before = objects(&server.storage.path().join("home"));
+    let forged = format!("packs/00/00{}", "1".repeat(62));
+    let e = raw.put(&forged, b"not what the name says").unwrap_err().to_string();
+    assert!(e.contains("BadDigest"), "{e}");
+    let mut staged = raw.stage().unwrap();
+    std::io::Write::write_all(&mut staged, b"not what the name says either").unwrap();
+    assert!(staged.commit(&forged).unwrap_err().to_string().contains("BadDigest"));
+    for key in ["gc", "packs/7f", "writers", "notes.txt", "index/short"] {
+        let e = raw.put(key, b"x").unwrap_err().to_string();
+        assert!(e.contains("AccessDenied"), "{key}: {e}");
+    }
+
+    let base = format!("https://127.0.0.1:{}", server.port);
+    let curl = |args: &[&str]| -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let user = format!("{}:{}", joined.access_key, joined.secret);
+    let signed = ["--aws-sigv4", "aws:amz:us-east-1:s3", "--user", user.as_str()];
+    // aws-chunked: refused.
+    let url = format!("{base}/home/index/{}", blake3_hex(b"1"));
+    let mut a = signed.to_vec();
+    a.extend([
+        "-H",
+        "x-amz-content-sha256:STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        "-H",
+        "x-amz-decoded-content-length:1",
+    ]);
+    a.extend(["-X", "PUT", "--data-binary", "1", url.as_str()]);
+    let code = curl(&a);
+    assert!(code == "501" || code == "400" || code == "403", "aws-chunked answered {code}");
+    // A POST form upload, anonymous, with a 4 MiB file: refused.
+    let big = tempfile::NamedTempFile::new().unwrap();
+    fs::write(big.path(), vec![7u8; 4 << 20]).unwrap();
+    let form = format!("file=@{}", big.path().display());
+    let code = curl(&["-F", "key=index/x", "-F", &form, &format!("{base}/home")]);
+    assert!(code.starts_with('4') || code.starts_with('5'), "POST answered {code}");
+    // Listing outside the repository.
+    for prefix in ["..%2Fx%2F", "%2Fusr%2F", "a%2F..%2F..%2F"] {
+        let mut a = signed.to_vec();
+        a.extend(["-H", "x-amz-content-sha256:UNSIGNED-PAYLOAD"]);
+        let url = format!("{base}/home?list-type=2&prefix={prefix}");
+        a.push(&url);
+        let code = curl(&a);
+        assert_eq!(code, "400", "prefix {prefix} answered {code}");
+    }
+    assert_eq!(objects(&server.storage.path().join("home")), before);
+    assert_eq!(owner.ok(&argv!["--json", "check", "--read-data"]).json()["ok"], true);
+}
+
+fn blake3_hex(b: &[u8]) -> String {
+    blake3::hash(b).to_hex().to_string()
 }

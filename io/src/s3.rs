@@ -189,6 +189,20 @@ fn transient(e: &object_store::Error) -> bool {
     if crate::pinned::mismatch_in(e).is_some() {
         return false;
     }
+    // A client error (4xx) gets the same answer again, except a timeout or a request to slow
+    // down (408, 429, and S3's 400 RequestTimeout): e.g. `bakare serve`'s BadDigest or
+    // QuotaExceeded.
+    let text = e.to_string();
+    if let Some((_, reply)) = text.split_once("status code: ") {
+        let status: String = reply.chars().take_while(char::is_ascii_digit).take(3).collect();
+        if status.starts_with('4')
+            && status != "408"
+            && status != "429"
+            && s3_error_code(reply) != Some("RequestTimeout")
+        {
+            return false;
+        }
+    }
     !matches!(
         e,
         E::NotFound { .. }

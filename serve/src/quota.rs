@@ -46,11 +46,38 @@ impl Usage {
         self.inner.lock().map(|u| u.0.get(name).copied().unwrap_or(0)).unwrap_or(0)
     }
 
+    #[cfg(test)]
     pub(crate) fn add(&self, name: &str, bytes: u64) {
         if let Ok(mut u) = self.inner.lock() {
             let e = u.0.entry(name.to_string()).or_insert(0);
             *e = e.saturating_add(bytes);
             u.1 = true;
+        }
+    }
+
+    /// Checks `adding` more bytes against the client's quota and counts them, in one step (so
+    /// that uploads finishing together cannot all pass on the same count).
+    pub(crate) fn reserve(&self, client: &Client, adding: u64) -> std::result::Result<(), S3Error> {
+        let mut u = self.inner.lock().map_err(|_| s3s::s3_error!(InternalError, "a thread panicked"))?;
+        let used = u.0.get(&client.name).copied().unwrap_or(0);
+        if let Some(quota) = client.quota {
+            if used.saturating_add(adding) > quota {
+                drop(u);
+                return self.check(client, adding);
+            }
+        }
+        u.0.insert(client.name.clone(), used.saturating_add(adding));
+        u.1 = true;
+        Ok(())
+    }
+
+    /// Gives back what `reserve` counted for an object that was not created.
+    pub(crate) fn refund(&self, name: &str, bytes: u64) {
+        if let Ok(mut u) = self.inner.lock() {
+            if let Some(e) = u.0.get_mut(name) {
+                *e = e.saturating_sub(bytes);
+                u.1 = true;
+            }
         }
     }
 
@@ -108,7 +135,11 @@ mod tests {
         assert!(e.message().unwrap().contains("60 of its quota of 100"), "{e:?}");
         u.flush().unwrap();
         assert_eq!(Usage::load(&s).unwrap().used("a"), 60);
-        let unlimited = Client { quota: None, ..c };
+        let unlimited = Client { quota: None, ..c.clone() };
         u.check(&unlimited, u64::MAX).unwrap();
+        u.reserve(&c, 40).unwrap();
+        assert!(u.reserve(&c, 1).is_err());
+        u.refund("a", 40);
+        assert_eq!(u.used("a"), 60);
     }
 }

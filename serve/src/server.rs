@@ -92,6 +92,16 @@ async fn run(opts: Options, ready: impl FnOnce(SocketAddr)) -> Result<()> {
     };
     let service = {
         let mut b = S3ServiceBuilder::new(store);
+        // Small limits on what s3s reads into memory before it checks a request: POST object
+        // uploads (browser forms) are off, as are XML bodies over 1 MiB (a CompleteMultipartUpload
+        // of 10,000 parts is about 1 MiB).
+        let mut config = s3s::config::S3Config::default();
+        config.xml_max_body_size = 1 << 20;
+        config.post_object_max_file_size = 0;
+        config.form_max_field_size = 4 << 10;
+        config.form_max_fields_size = 16 << 10;
+        config.form_max_parts = 16;
+        b.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(config))));
         b.set_auth(Auth(clients.clone()));
         b.set_route(Routes { state: state.clone(), clients: clients.clone() });
         b.build()
@@ -109,6 +119,9 @@ async fn run(opts: Options, ready: impl FnOnce(SocketAddr)) -> Result<()> {
     let http = {
         let mut b = ConnBuilder::new(TokioExecutor::new());
         b = b.http1_only();
+        // A connection that sends no request headers for 30 s (idle between requests, or a
+        // slow sender) is closed: it would hold a connection slot and a file descriptor.
+        b.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
         b
     };
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -149,7 +162,32 @@ async fn run(opts: Options, ready: impl FnOnce(SocketAddr)) -> Result<()> {
                 }
                 Err(_) => return,
             };
-            let conn = http.serve_connection(TokioIo::new(stream), service);
+            // POST form uploads are refused before s3s reads them (it would gather the file
+            // part in memory before checking who sends it).
+            let guarded = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let form = req.method() == hyper::Method::POST
+                    && req
+                        .headers()
+                        .get(hyper::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/"));
+                let service = service.clone();
+                async move {
+                    if form {
+                        let mut r = hyper::Response::new(s3s::Body::from(
+                            "POST uploads are not accepted\n".to_string(),
+                        ));
+                        *r.status_mut() = hyper::StatusCode::METHOD_NOT_ALLOWED;
+                        r.headers_mut().insert(
+                            hyper::header::CONNECTION,
+                            hyper::header::HeaderValue::from_static("close"),
+                        );
+                        return Ok(r);
+                    }
+                    hyper::service::Service::call(&service, req).await
+                }
+            });
+            let conn = http.serve_connection(TokioIo::new(stream), guarded);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 eprintln!("bakare serve: connection from {peer}: {e}");
             }

@@ -17,7 +17,7 @@ const CLIENTS: &str = "clients.json";
 const CLIENTS_VERSION: u32 = 1;
 
 /// One machine allowed to use the server.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Client {
     /// Also its access key id in signed requests.
     pub name: String,
@@ -28,6 +28,17 @@ pub struct Client {
     /// Bytes of new objects it may add, if limited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<u64>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("name", &self.name)
+            .field("secret", &"[redacted]")
+            .field("owner", &self.owner)
+            .field("quota", &self.quota)
+            .finish()
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -63,6 +74,22 @@ impl StateDir {
 
     pub(crate) fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// Held while the clients file is read, changed and written: two `--add-client` at once
+    /// must not lose one (whose invitation would then be refused).
+    fn lock_clients(&self) -> Result<std::fs::File> {
+        self.create()?;
+        let path = self.file("clients.lock");
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        f.lock().map_err(|e| Error::io(&path, e))?;
+        Ok(f)
     }
 
     /// Reads the clients; none when the file does not exist yet.
@@ -106,6 +133,7 @@ impl StateDir {
                 "{name:?} is not a client name: 1 to 64 letters, digits, '-' or '_'"
             )));
         }
+        let _lock = self.lock_clients()?;
         let mut clients = self.clients()?;
         if clients.contains_key(name) {
             return Err(Error::Invalid(format!(
@@ -122,6 +150,7 @@ impl StateDir {
 
     /// Removes a client; its next request is refused. False when there was none of that name.
     pub fn remove_client(&self, name: &str) -> Result<bool> {
+        let _lock = self.lock_clients()?;
         let mut clients = self.clients()?;
         if clients.remove(name).is_none() {
             return Ok(false);

@@ -75,6 +75,8 @@ struct Upload {
     bucket: String,
     key: String,
     dir: PathBuf,
+    /// Bytes of its parts so far (they count against the client's quota while it is open).
+    bytes: u64,
 }
 
 pub(crate) struct Store {
@@ -116,6 +118,54 @@ fn valid_key(key: &str) -> bool {
                 && !part.starts_with(".tmp-")
                 && part.bytes().all(|b| b.is_ascii_graphic())
         })
+}
+
+/// The largest object the server takes (packs are 32 MiB and parity): the relay reads objects
+/// whole, and a client must not be able to make it hold gigabytes.
+pub(crate) const MAX_OBJECT: u64 = 256 << 20;
+/// Multipart uploads a client may have open at once.
+const MAX_UPLOADS: usize = 16;
+
+/// What a client that is not the owner may write under `key`: the names a backup makes, and
+/// nothing else (a file planted where the repository needs a directory would stop everyone's
+/// writes there). `Some(true)`: the name must be the BLAKE3 of the bytes (the relay, sync and
+/// check hold them to it); `Some(false)`: any bytes; `None`: refused.
+fn client_layout(key: &str) -> Option<bool> {
+    let hex64 =
+        |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let parts: Vec<&str> = key.split('/').collect();
+    match parts.as_slice() {
+        ["config" | "index-signed"] => Some(false),
+        ["packs", fan, name] if hex64(name) && name.starts_with(fan) && fan.len() == 2 => Some(true),
+        ["index" | "snapshots" | "pending" | "writers" | "roster", name] if hex64(name) => Some(true),
+        ["abandoned", name] if hex64(name) => Some(false),
+        _ => None,
+    }
+}
+
+/// Creates `dir` and its missing parents, fsyncing the directory that holds each new one: an
+/// object acknowledged in a new directory survives a power loss with its directory.
+fn create_dirs_durably(dir: &Path) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while !d.exists() {
+        missing.push(d);
+        match d.parent() {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    for m in missing.into_iter().rev() {
+        match fs::create_dir(m) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(p) = m.parent() {
+            ::io::durable::sync_dir(p)?;
+        }
+    }
+    Ok(())
 }
 
 /// A strong validator from what the file system knows (content never changes under a name,
@@ -178,7 +228,7 @@ fn publish(
     let result = (|| {
         held.sync_all()?;
         let dir = dest.parent().ok_or_else(|| std::io::Error::other("an object path without a directory"))?;
-        fs::create_dir_all(dir)?;
+        create_dirs_durably(dir)?;
         match fs::hard_link(tmp, dest) {
             Ok(()) => {
                 ::io::durable::sync_dir(dir)?;
@@ -287,7 +337,22 @@ impl Store {
         .map_err(|e| internal(format!("{shown}: {e}")))
     }
 
-    /// Writes `body` into the staged file and publishes it at `dest`.
+    /// What `client` may write at `key`: refused outside a repository's layout unless it is
+    /// the owner; true when the name must be the BLAKE3 of the bytes.
+    fn may_write(&self, client: &Client, key: &str) -> S3Result<bool> {
+        if client.owner {
+            return Ok(false);
+        }
+        client_layout(key).ok_or_else(|| {
+            eprintln!(
+                "bakare serve: refused: client {} tried to write {key}, not a name a backup writes",
+                client.name
+            );
+            s3_error!(AccessDenied, "not a name a backup writes (only the owner may write others)")
+        })
+    }
+
+    /// Writes what `fill` puts in the staged file and publishes it at `dest`.
     #[allow(clippy::too_many_arguments)]
     async fn store(
         &self,
@@ -297,35 +362,40 @@ impl Store {
         dest: PathBuf,
         key: &str,
         create_only: bool,
-        fill: impl FnOnce(File) -> futures::future::BoxFuture<'static, S3Result<File>>,
+        fill: impl FnOnce(File) -> futures::future::BoxFuture<'static, S3Result<Filled>>,
     ) -> S3Result<ETag> {
+        let hashed = self.may_write(client, key)?;
         let (held, tmp) = self.stage(root).await?;
         let mut discard = Discard(Some(tmp.clone()));
-        let held = fill(held).await?;
-        // The authoritative quota check: the whole object, before it is published.
-        let len = held.metadata().map_err(|e| internal(format!("{}: {e}", tmp.display())))?.len();
-        self.usage.check(client, len)?;
-        // From here the blocking task runs to its end even if the request is dropped, and
-        // removes the temporary file itself.
+        let filled = fill(held).await?;
+        if hashed && key.rsplit('/').next() != Some(filled.hash.to_hex().as_str()) {
+            eprintln!("bakare serve: refused: client {} sent bytes that are not named {key}", client.name);
+            return Err(s3_error!(BadDigest, "the name of this object must be the BLAKE3 of its bytes"));
+        }
+        // The authoritative quota check, the whole object reserved before it is published (and
+        // given back below unless it was created).
+        self.usage.reserve(client, filled.len)?;
+        // From here the blocking task runs to its end even if the request is dropped: it removes
+        // the temporary file, and settles the usage and the relay's note.
         discard.0 = None;
         let may_replace = client.owner;
         let at = dest.clone();
+        let (usage, notes, name, repo, len) =
+            (self.usage.clone(), self.notes.clone(), client.name.clone(), bucket.to_string(), filled.len);
         let published = tokio::task::spawn_blocking(move || {
-            let p = publish(held, &tmp, &at, create_only, may_replace)?;
-            Ok::<_, std::io::Error>((p, fs::metadata(&at)?))
+            let p = publish(filled.file, &tmp, &at, create_only, may_replace);
+            match (&p, &notes) {
+                (Ok(Published::Created), Some(n)) => n.created(&repo, len),
+                (Ok(Published::Created), None) => {}
+                _ => usage.refund(&name, len),
+            }
+            Ok::<_, std::io::Error>((p?, fs::metadata(&at)?))
         })
         .await
         .map_err(blocking_failed)?
         .map_err(|e| internal(format!("{}: {e}", dest.display())))?;
         match published {
-            (Published::Created, md) => {
-                self.usage.add(&client.name, md.len());
-                if let Some(n) = &self.notes {
-                    n.created(bucket, md.len());
-                }
-                Ok(etag(&md))
-            }
-            (Published::Same | Published::Replaced, md) => Ok(etag(&md)),
+            (Published::Created | Published::Same | Published::Replaced, md) => Ok(etag(&md)),
             (Published::Exists, _) => Err(s3_error!(PreconditionFailed, "the object exists already")),
             (Published::Refused, _) => {
                 eprintln!(
@@ -354,15 +424,62 @@ impl Drop for Discard {
     }
 }
 
-/// Copies a request body into a file (not buffered whole: memory stays one piece of the body).
-async fn write_body(file: File, mut body: StreamingBlob) -> S3Result<File> {
+/// A temporary file written whole: its length and BLAKE3.
+pub(crate) struct Filled {
+    file: File,
+    len: u64,
+    hash: blake3::Hash,
+}
+
+/// The most bytes a request may send: what it declared, and never more than `MAX_OBJECT`.
+fn body_limit(content_length: Option<i64>) -> u64 {
+    content_length.and_then(|n| u64::try_from(n).ok()).unwrap_or(MAX_OBJECT).min(MAX_OBJECT)
+}
+
+fn too_large(declared: Option<i64>) -> S3Error {
+    if declared.is_some_and(|n| n >= 0 && (n as u64) <= MAX_OBJECT) {
+        s3_error!(IncompleteBody, "the body is longer than its Content-Length")
+    } else {
+        s3_error!(EntityTooLarge, "objects are at most {} bytes on this server", MAX_OBJECT)
+    }
+}
+
+/// Bodies in aws-chunked encoding (`x-amz-content-sha256: STREAMING-…`) are refused: s3s
+/// reads each chunk whole before checking it, and does not hold the decoded length to what was
+/// declared. bakare (object_store) never sends them.
+fn refuse_streaming(headers: &hyper::HeaderMap) -> S3Result<()> {
+    let streaming = headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("STREAMING-"));
+    if streaming {
+        return Err(s3_error!(NotImplemented, "aws-chunked uploads are not accepted: send a plain body"));
+    }
+    Ok(())
+}
+
+/// Copies a request body into a file, hashing it (not buffered whole: memory stays one piece of
+/// the body); more than `limit` bytes is an error.
+async fn write_body(
+    file: File,
+    mut body: StreamingBlob,
+    limit: u64,
+    declared: Option<i64>,
+) -> S3Result<Filled> {
     let mut f = tokio::fs::File::from_std(file);
+    let mut hasher = blake3::Hasher::new();
+    let mut len = 0u64;
     while let Some(piece) = body.next().await {
         let piece = piece.map_err(|e| s3_error!(IncompleteBody, "the request body broke off: {e}"))?;
+        len = len.saturating_add(piece.len() as u64);
+        if len > limit {
+            return Err(too_large(declared));
+        }
+        hasher.update(&piece);
         f.write_all(&piece).await.map_err(|e| internal(format!("writing an upload: {e}")))?;
     }
     f.flush().await.map_err(|e| internal(format!("writing an upload: {e}")))?;
-    Ok(f.into_std().await)
+    Ok(Filled { file: f.into_std().await, len, hash: hasher.finalize() })
 }
 
 fn new_upload_id() -> String {
@@ -373,20 +490,32 @@ fn new_upload_id() -> String {
 
 #[async_trait::async_trait]
 impl S3 for Store {
+    /// Browser-form uploads: not for backups (s3s would hand them to `put_object`).
+    async fn post_object(&self, _req: S3Request<PostObjectInput>) -> S3Result<S3Response<PostObjectOutput>> {
+        Err(s3_error!(NotImplemented, "POST uploads are not accepted"))
+    }
+
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         let client = self.client(&req)?;
+        refuse_streaming(&req.headers)?;
         let input = req.input;
         let (root, dest) = self.object(&input.bucket, &input.key)?;
+        self.may_write(&client, &input.key)?;
         let body = input.body.ok_or_else(|| s3_error!(IncompleteBody))?;
         let create_only = input.if_none_match.as_ref().is_some_and(|c| c.is_any());
         if create_only && dest.exists() {
             return Err(s3_error!(PreconditionFailed, "the object exists already"));
         }
         // Refused before the body is read when its length says so.
-        self.usage.check(&client, input.content_length.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))?;
+        let declared = input.content_length;
+        if declared.is_some_and(|n| n < 0 || n as u64 > MAX_OBJECT) {
+            return Err(too_large(declared));
+        }
+        self.usage.check(&client, declared.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))?;
+        let limit = body_limit(declared);
         let e_tag = self
             .store(&client, &input.bucket, &root, dest, &input.key, create_only, move |f| {
-                Box::pin(write_body(f, body))
+                Box::pin(write_body(f, body, limit, declared))
             })
             .await?;
         Ok(S3Response::new(PutObjectOutput { e_tag: Some(e_tag), ..Default::default() }))
@@ -401,6 +530,9 @@ impl S3 for Store {
             _ => internal(format!("{}: {e}", path.display())),
         })?;
         let md = file.metadata().await.map_err(|e| internal(format!("{}: {e}", path.display())))?;
+        if !md.is_file() {
+            return Err(s3_error!(NoSuchKey));
+        }
         let len = md.len();
         let (range, content_range) = match &input.range {
             None => (0..len, None),
@@ -476,6 +608,12 @@ impl S3 for Store {
         let input = req.input;
         let root = self.repo(&input.bucket)?;
         let prefix = input.prefix.clone().unwrap_or_default();
+        // The directories a prefix reaches must be names inside the repository.
+        if let Some((dirs, _)) = prefix.rsplit_once('/') {
+            if !dirs.is_empty() && !valid_key(dirs) || prefix.starts_with('/') {
+                return Err(s3_error!(InvalidArgument, "not a prefix of a name in a bakare repository"));
+            }
+        }
         let after = input.continuation_token.clone().or(input.start_after.clone()).unwrap_or_default();
         let max = input.max_keys.unwrap_or(1000).clamp(1, 1000) as usize;
         let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
@@ -523,11 +661,30 @@ impl S3 for Store {
         let client = self.client(&req)?;
         let input = req.input;
         self.object(&input.bucket, &input.key)?;
+        self.may_write(&client, &input.key)?;
+        let open = self
+            .uploads
+            .lock()
+            .map_err(|_| internal("a thread panicked"))?
+            .values()
+            .filter(|u| u.client == client.name)
+            .count();
+        if open >= MAX_UPLOADS {
+            return Err(s3_error!(
+                SlowDown,
+                "{MAX_UPLOADS} multipart uploads are open for this client already"
+            ));
+        }
         let id = new_upload_id();
         let dir = self.uploads_dir.join(&id);
         tokio::fs::create_dir(&dir).await.map_err(|e| internal(format!("{}: {e}", dir.display())))?;
-        let upload =
-            Upload { client: client.name, bucket: input.bucket.clone(), key: input.key.clone(), dir };
+        let upload = Upload {
+            client: client.name,
+            bucket: input.bucket.clone(),
+            key: input.key.clone(),
+            dir,
+            bytes: 0,
+        };
         self.uploads.lock().map_err(|_| internal("a thread panicked"))?.insert(id.clone(), upload);
         Ok(S3Response::new(CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
@@ -539,22 +696,40 @@ impl S3 for Store {
 
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
         let client = self.client(&req)?;
+        refuse_streaming(&req.headers)?;
         let input = req.input;
         if !(1..=10_000).contains(&input.part_number) {
             return Err(s3_error!(InvalidArgument, "part numbers go from 1 to 10000"));
         }
         let dir = self.upload_dir(&client, &input.upload_id, &input.bucket, &input.key)?;
-        self.usage.check(&client, input.content_length.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))?;
+        let declared = input.content_length;
+        // The client's open uploads count against its quota, and the whole object against the
+        // largest the server takes.
+        let (so_far, open) = self.upload_bytes(&client, &input.upload_id)?;
+        let room = MAX_OBJECT.saturating_sub(so_far);
+        if declared.is_some_and(|n| n < 0 || n as u64 > room) {
+            return Err(too_large(None));
+        }
+        self.usage
+            .check(&client, open.saturating_add(declared.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)))?;
+        let limit = body_limit(declared).min(room);
         let body = input.body.ok_or_else(|| s3_error!(IncompleteBody))?;
         let part = dir.join(format!("{:05}", input.part_number));
         let partial = dir.join(format!("{:05}.partial", input.part_number));
         let file = File::create(&partial).map_err(|e| internal(format!("{}: {e}", partial.display())))?;
         let mut discard = Discard(Some(partial.clone()));
-        let file = write_body(file, body).await?;
-        let len = file.metadata().map_err(|e| internal(format!("{}: {e}", partial.display())))?.len();
-        drop(file);
+        let filled = write_body(file, body, limit, declared).await?;
+        let len = filled.len;
+        drop(filled);
+        // A part sent again replaces the one before: only the difference is added.
+        let before = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
         tokio::fs::rename(&partial, &part).await.map_err(|e| internal(format!("{}: {e}", part.display())))?;
         discard.0 = None;
+        if let Some(u) =
+            self.uploads.lock().map_err(|_| internal("a thread panicked"))?.get_mut(&input.upload_id)
+        {
+            u.bytes = u.bytes.saturating_sub(before).saturating_add(len);
+        }
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(ETag::Strong(format!("{}-{len:x}", input.part_number))),
             ..Default::default()
@@ -586,13 +761,29 @@ impl S3 for Store {
                 Box::pin(async move {
                     tokio::task::spawn_blocking(move || {
                         let mut out = held;
+                        let mut hasher = blake3::Hasher::new();
+                        let mut len = 0u64;
+                        let mut buf = vec![0u8; 256 << 10];
                         for f in &files {
                             let mut part = File::open(f)
                                 .map_err(|_| s3_error!(InvalidPart, "a listed part was never uploaded"))?;
-                            std::io::copy(&mut part, &mut out)
-                                .map_err(|e| internal(format!("{}: {e}", f.display())))?;
+                            loop {
+                                let n = part
+                                    .read(&mut buf)
+                                    .map_err(|e| internal(format!("{}: {e}", f.display())))?;
+                                if n == 0 {
+                                    break;
+                                }
+                                len = len.saturating_add(n as u64);
+                                if len > MAX_OBJECT {
+                                    return Err(too_large(None));
+                                }
+                                hasher.update(&buf[..n]);
+                                std::io::Write::write_all(&mut out, &buf[..n])
+                                    .map_err(|e| internal(format!("writing an upload: {e}")))?;
+                            }
                         }
-                        Ok(out)
+                        Ok(Filled { file: out, len, hash: hasher.finalize() })
                     })
                     .await
                     .map_err(blocking_failed)?
@@ -622,6 +813,14 @@ impl S3 for Store {
 }
 
 impl Store {
+    /// Bytes of this upload's parts so far, and of all the client's open uploads.
+    fn upload_bytes(&self, client: &Client, id: &str) -> S3Result<(u64, u64)> {
+        let uploads = self.uploads.lock().map_err(|_| internal("a thread panicked"))?;
+        let this = uploads.get(id).map_or(0, |u| u.bytes);
+        let all = uploads.values().filter(|u| u.client == client.name).map(|u| u.bytes).sum();
+        Ok((this, all))
+    }
+
     /// The parts directory of an upload this client started for this object.
     fn upload_dir(&self, client: &Client, id: &str, bucket: &str, key: &str) -> S3Result<PathBuf> {
         let uploads = self.uploads.lock().map_err(|_| internal("a thread panicked"))?;
@@ -744,7 +943,12 @@ fn list(
         if out.len() == max {
             return Ok((out, true));
         }
-        let md = fs::metadata(root.join(k))?;
+        // Gone since the walk (the owner's prune): not listed.
+        let md = match fs::metadata(root.join(k)) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         out.push(Listed::Object(k.clone(), md));
     }
     Ok((out, false))

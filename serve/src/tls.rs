@@ -51,7 +51,8 @@ impl Identity {
 /// certificate naming `names`, kept 0600).
 pub fn self_signed(state: &StateDir, names: &[String]) -> Result<Identity> {
     let (cert_path, key_path) = (state.file(CERT), state.file(KEY));
-    if !key_path.exists() {
+    // Both or neither: a stop between writing the two makes both again.
+    if !key_path.exists() || !cert_path.exists() {
         state.create()?;
         let mut names = names.to_vec();
         if names.is_empty() {
