@@ -1069,11 +1069,11 @@ mod tests {
             p("serve:https://Backup.Example.com:8443/photos/").unwrap(),
             Location::Serve("serve:https://backup.example.com:8443/photos".into())
         );
-        assert_eq!(p("serve:https://[::1]:9000/r1").unwrap().to_string(), "serve:https://[::1]:9000/r1");
+        assert_eq!(p("serve:https://[::1]:9000/r01").unwrap().to_string(), "serve:https://[::1]:9000/r01");
         for (bad, why) in [
             ("serve:", "not a URL"),
             ("serve:http://h:1/r1", "https"),
-            ("serve:https://h/r1", "port"),
+            ("serve:https://h/r01", "port"),
             ("serve:https://h:1/", "no repository"),
             ("serve:https://h:1/a/b", "one name"),
             ("serve:https://h:1/UPPER", "lower-case"),

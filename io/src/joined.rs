@@ -158,7 +158,7 @@ impl ServedUrl {
         }
         if !valid_bucket(repo) {
             return Err(bad(
-                "the repository name must be 2 to 63 lower-case letters, digits, '.' or '-', starting with a letter or digit",
+                "the repository name must be 3 to 63 lower-case letters, digits, '.' or '-', starting with a letter or digit, without \"..\"",
             ));
         }
         Ok(ServedUrl { host_port: format!("{host}:{port}"), repo: repo.to_string() })
@@ -210,12 +210,13 @@ fn valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// An S3 bucket name as `bakare serve` accepts one: `[a-z0-9][a-z0-9.-]{1,62}`.
+/// An S3 bucket name as `bakare serve` accepts one: `[a-z0-9][a-z0-9.-]{2,62}` without `..`.
 pub fn valid_bucket(name: &str) -> bool {
     let b = name.as_bytes();
-    (2..=63).contains(&b.len())
+    (3..=63).contains(&b.len())
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
         && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        && !name.contains("..")
 }
 
 fn is_lower_hex(s: &str, len: usize) -> bool {
@@ -410,7 +411,7 @@ mod tests {
             ("serve:https://h:1", "no repository"),
             ("serve:https://h:1/a/b", "one name"),
             ("serve:https://h:1/Photos", "lower-case"),
-            ("serve:https://h:1/x", "2 to 63"),
+            ("serve:https://h:1/x", "3 to 63"),
             ("serve:https://h:1/-ab", "starting"),
             ("serve:https://n:s@h:1/ab", "client"),
             ("serve:https://h:1/ab?x=1", "query"),

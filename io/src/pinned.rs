@@ -205,7 +205,7 @@ pub(crate) mod test_server {
     /// A self-signed P-256 certificate for `localhost` (valid 2026-2126) and its key (PKCS#8),
     /// made with `openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days
     /// 36500 -subj /CN=bakare-test -addext subjectAltName=DNS:localhost`.
-    const CERT: &[u8] = include_bytes!("testdata/pinned-cert.der");
+    pub(crate) const CERT: &[u8] = include_bytes!("testdata/pinned-cert.der");
     const KEY: &[u8] = include_bytes!("testdata/pinned-key.der");
 
     pub fn fingerprint() -> [u8; 32] {
@@ -313,5 +313,52 @@ mod tests {
             1,
             "the server finished a handshake the client refused"
         );
+    }
+
+    /// A man in the middle who copied the pinned certificate but not its key presents it and
+    /// signs the handshake with a key of his own: the signature check refuses him.
+    #[test]
+    fn the_pinned_certificate_without_its_key_is_refused() {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::server::{ClientHello, ResolvesServerCert};
+        use rustls::sign::CertifiedKey;
+
+        #[derive(Debug)]
+        struct Fixed(Arc<CertifiedKey>);
+        impl ResolvesServerCert for Fixed {
+            fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+                Some(self.0.clone())
+            }
+        }
+
+        let rng = ring::rand::SystemRandom::new();
+        let alg = &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING;
+        let other = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
+        let provider = rustls::crypto::ring::default_provider();
+        let signer = provider
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(other.as_ref().to_vec().into()))
+            .unwrap();
+        let cert = CertificateDer::from(super::test_server::CERT.to_vec());
+        let certified = Arc::new(CertifiedKey::new(vec![cert], signer));
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Fixed(certified)));
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        rt.spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move { drop(acceptor.accept(tcp).await) });
+            }
+        });
+        let e = handshake(&rt, port, fingerprint()).unwrap_err();
+        assert!(mismatch_in(&e).is_none(), "the certificate is the pinned one: {e}");
+        let text = format!("{e:?}").to_lowercase();
+        assert!(text.contains("signature"), "{text}");
     }
 }

@@ -98,15 +98,6 @@ fn blocking_failed(e: tokio::task::JoinError) -> S3Error {
     internal(format!("a storage task failed: {e}"))
 }
 
-/// Repository names are S3 bucket names: 3 to 63 of a-z, 0-9, '.', '-', starting with a letter
-/// or digit (so never `.serve`).
-fn valid_bucket(b: &str) -> bool {
-    (3..=63).contains(&b.len())
-        && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
-        && b.bytes().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && !b.contains("..")
-}
-
 /// The same keys a local repository accepts: no empty, `.` or `..` segments, no temporary
 /// names, printable ASCII.
 fn valid_key(key: &str) -> bool {
@@ -302,7 +293,7 @@ impl Store {
     }
 
     fn repo(&self, bucket: &str) -> S3Result<PathBuf> {
-        if !valid_bucket(bucket) {
+        if !::io::joined::valid_bucket(bucket) {
             return Err(s3_error!(InvalidBucketName, "not a repository name: 3 to 63 of a-z, 0-9, '.', '-'"));
         }
         Ok(self.storage.join(bucket))
@@ -1007,6 +998,51 @@ mod tests {
     }
 
     #[test]
+    fn clients_write_only_the_names_a_backup_writes() {
+        let h = "0123456789abcdef".repeat(4);
+        assert_eq!(client_layout("config"), Some(false));
+        assert_eq!(client_layout("index-signed"), Some(false));
+        assert_eq!(client_layout(&format!("packs/01/{h}")), Some(true));
+        assert_eq!(client_layout(&format!("packs/02/{h}")), None, "the fan-out is the name's start");
+        for dir in ["index", "snapshots", "pending", "writers", "roster"] {
+            assert_eq!(client_layout(&format!("{dir}/{h}")), Some(true), "{dir}");
+        }
+        assert_eq!(client_layout(&format!("abandoned/{h}")), Some(false));
+        for bad in [
+            "gc",
+            "packs",
+            "packs/01",
+            &format!("gc/{h}"),
+            &format!("index/{h}/x"),
+            "index/ABC",
+            "tmp/x",
+            "keys/k",
+        ] {
+            assert_eq!(client_layout(bad), None, "{bad}");
+        }
+        assert_eq!(client_layout(&format!("index/{}", h.to_uppercase())), None);
+    }
+
+    #[test]
+    fn bodies_are_held_to_what_they_declare_and_to_the_largest_object() {
+        assert_eq!(body_limit(Some(10)), 10);
+        assert_eq!(body_limit(None), MAX_OBJECT);
+        assert_eq!(body_limit(Some(-1)), MAX_OBJECT);
+        assert_eq!(body_limit(Some(i64::MAX)), MAX_OBJECT);
+        assert_eq!(too_large(Some(10)).code(), &s3s::S3ErrorCode::IncompleteBody);
+        assert_eq!(too_large(None).code(), &s3s::S3ErrorCode::EntityTooLarge);
+    }
+
+    #[test]
+    fn new_directories_are_made_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let deep = d.path().join("a/b/c");
+        create_dirs_durably(&deep).unwrap();
+        assert!(deep.is_dir());
+        create_dirs_durably(&deep).unwrap();
+    }
+
+    #[test]
     fn leftovers_nobody_holds_are_swept_at_start() {
         let d = tempfile::tempdir().unwrap();
         let tmp = d.path().join("home/tmp");
@@ -1024,10 +1060,10 @@ mod tests {
 
     #[test]
     fn names_outside_a_repository_are_refused() {
-        for b in [".serve", "..", "a", "Upper", "a/b", "-x", "ok..no"] {
-            assert!(!valid_bucket(b), "{b}");
+        for b in [".serve", "..", "a", "ab", "Upper", "a/b", "-x", "ok..no"] {
+            assert!(!::io::joined::valid_bucket(b), "{b}");
         }
-        assert!(valid_bucket("home") && valid_bucket("nas-1.repo"));
+        assert!(::io::joined::valid_bucket("home") && ::io::joined::valid_bucket("nas-1.repo"));
         for k in ["", "/x", "a//b", "../x", "a/./b", "tmp/.tmp-1", "a b"] {
             assert!(!valid_key(k), "{k}");
         }
