@@ -816,29 +816,45 @@ impl<'a> BlobReader<'a> {
         }
     }
 
-    /// `range`, into a reused buffer.
+    /// `range`, into a reused buffer (a restore reads every blob through one: a new buffer per
+    /// blob had the kernel fault in fresh pages for each large one, on S3 a quarter of the
+    /// restore's CPU).
     fn range_into(&self, pack: u32, pack_key: &str, offset: u32, len: u32, buf: &mut Vec<u8>) -> Result<()> {
         if !self.repo.backend.remote() || u64::from(len) >= WINDOW {
             return Ok(self.repo.backend.get_range_into(pack_key, u64::from(offset), len as usize, buf)?);
         }
-        *buf = self.range(pack, pack_key, offset, len)?;
+        let (window, from) = self.window(pack, pack_key, offset, len)?;
+        buf.clear();
+        buf.extend_from_slice(&window[from..from + len as usize]);
         Ok(())
     }
 
     /// `len` bytes at `offset` of a pack: directly from a local backend; from a remote one
     /// through a window of up to 8 MiB that later reads of the same region reuse.
     fn range(&self, pack: u32, pack_key: &str, offset: u32, len: u32) -> Result<Vec<u8>> {
-        let (start, end) = (u64::from(offset), u64::from(offset) + u64::from(len));
         if !self.repo.backend.remote() || u64::from(len) >= WINDOW {
-            return Ok(self.repo.backend.get_range(pack_key, start, len as usize)?);
+            return Ok(self.repo.backend.get_range(pack_key, u64::from(offset), len as usize)?);
         }
+        let (window, from) = self.window(pack, pack_key, offset, len)?;
+        Ok(window[from..from + len as usize].to_vec())
+    }
+
+    /// The window of a remote pack holding `len` bytes at `offset`, and where they start in it:
+    /// one kept from an earlier read, or a new one (in the buffer of the oldest window, when
+    /// nothing else holds it).
+    fn window(&self, pack: u32, pack_key: &str, offset: u32, len: u32) -> Result<(Arc<Vec<u8>>, usize)> {
+        let (start, end) = (u64::from(offset), u64::from(offset) + u64::from(len));
+        let mut spare = None;
         {
-            let w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+            let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
             for ((p, at), bytes) in w.iter() {
                 let at = u64::from(*at);
                 if *p == pack && at <= start && end <= at + bytes.len() as u64 {
-                    return Ok(bytes[(start - at) as usize..(end - at) as usize].to_vec());
+                    return Ok((bytes.clone(), (start - at) as usize));
                 }
+            }
+            if w.len() >= self.windows_kept {
+                spare = w.pop_front().and_then(|(_, b)| Arc::try_unwrap(b).ok());
             }
         }
         let size = {
@@ -853,14 +869,15 @@ impl<'a> BlobReader<'a> {
             }
         };
         let wend = (start + WINDOW).min(size).max(end);
-        let bytes = Arc::new(self.repo.backend.get_range(pack_key, start, (wend - start) as usize)?);
-        let out = bytes[..len as usize].to_vec();
+        let mut bytes = spare.unwrap_or_default();
+        self.repo.backend.get_range_into(pack_key, start, (wend - start) as usize, &mut bytes)?;
+        let bytes = Arc::new(bytes);
         let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         if w.len() >= self.windows_kept {
             w.pop_front();
         }
-        w.push_back(((pack, offset), bytes));
-        Ok(out)
+        w.push_back(((pack, offset), bytes.clone()));
+        Ok((bytes, 0))
     }
 
     /// The plaintext of the bundle at `offset` in a pack, kept for the next files of the same
