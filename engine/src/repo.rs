@@ -596,6 +596,8 @@ pub struct BlobReader<'a> {
     /// Remote backends: recently fetched windows of packs (pack, start) -> bytes, and pack sizes.
     windows: Mutex<VecDeque<BundleSlot>>,
     windows_kept: usize,
+    /// The buffer of the last window let go that nothing else held, for the next one.
+    spare_window: Mutex<Option<Vec<u8>>>,
     sizes: Mutex<HashMap<u32, u64>>,
     /// Packs whose damage was repaired from their parity on the way: the data shards rebuilt
     /// (a shard repaired again for another blob counts once).
@@ -717,6 +719,7 @@ impl<'a> BlobReader<'a> {
             bundles: Mutex::new(BundleCache::new(bundles / 4, bundles - bundles / 4)),
             windows: Mutex::new(VecDeque::new()),
             windows_kept: windows,
+            spare_window: Mutex::new(None),
             sizes: Mutex::new(HashMap::new()),
             corrections: Mutex::new(BTreeMap::new()),
         })
@@ -840,21 +843,17 @@ impl<'a> BlobReader<'a> {
     }
 
     /// The window of a remote pack holding `len` bytes at `offset`, and where they start in it:
-    /// one kept from an earlier read, or a new one (in the buffer of the oldest window, when
-    /// nothing else holds it).
+    /// one kept from an earlier read, or a new one (in the buffer of the last window let go,
+    /// when nothing else held it).
     fn window(&self, pack: u32, pack_key: &str, offset: u32, len: u32) -> Result<(Arc<Vec<u8>>, usize)> {
         let (start, end) = (u64::from(offset), u64::from(offset) + u64::from(len));
-        let mut spare = None;
         {
-            let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+            let w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
             for ((p, at), bytes) in w.iter() {
                 let at = u64::from(*at);
                 if *p == pack && at <= start && end <= at + bytes.len() as u64 {
                     return Ok((bytes.clone(), (start - at) as usize));
                 }
-            }
-            if w.len() >= self.windows_kept {
-                spare = w.pop_front().and_then(|(_, b)| Arc::try_unwrap(b).ok());
             }
         }
         let size = {
@@ -869,14 +868,19 @@ impl<'a> BlobReader<'a> {
             }
         };
         let wend = (start + WINDOW).min(size).max(end);
-        let mut bytes = spare.unwrap_or_default();
+        let mut bytes =
+            self.spare_window.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
         self.repo.backend.get_range_into(pack_key, start, (wend - start) as usize, &mut bytes)?;
         let bytes = Arc::new(bytes);
-        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        if w.len() >= self.windows_kept {
-            w.pop_front();
+        let old = {
+            let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+            let old = if w.len() >= self.windows_kept { w.pop_front() } else { None };
+            w.push_back(((pack, offset), bytes.clone()));
+            old
+        };
+        if let Some(buf) = old.and_then(|(_, b)| Arc::try_unwrap(b).ok()) {
+            *self.spare_window.lock().unwrap_or_else(|p| p.into_inner()) = Some(buf);
         }
-        w.push_back(((pack, offset), bytes.clone()));
         Ok((bytes, 0))
     }
 

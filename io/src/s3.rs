@@ -190,15 +190,18 @@ fn transient(e: &object_store::Error) -> bool {
         return false;
     }
     // A client error (4xx) gets the same answer again, except a timeout or a request to slow
-    // down (408, 429, and S3's 400 RequestTimeout): e.g. `bakare serve`'s BadDigest or
-    // QuotaExceeded.
+    // down (408, 429, and S3's 400 RequestTimeout), or expired credentials that a retry signs
+    // afresh (ExpiredToken, TokenRefreshRequired): e.g. `bakare serve`'s BadDigest.
     let text = e.to_string();
     if let Some((_, reply)) = text.split_once("status code: ") {
         let status: String = reply.chars().take_while(char::is_ascii_digit).take(3).collect();
         if status.starts_with('4')
             && status != "408"
             && status != "429"
-            && s3_error_code(reply) != Some("RequestTimeout")
+            && !matches!(
+                s3_error_code(reply),
+                Some("RequestTimeout" | "ExpiredToken" | "TokenRefreshRequired")
+            )
         {
             return false;
         }
@@ -533,11 +536,11 @@ impl S3Backend {
             }
             if let Err(e) = w.wait_for_capacity(2).await {
                 let _ = w.abort().await;
-                return Ok(Err(e));
+                return Ok(Err(forgotten(e)));
             }
             w.write(&buf[..n]);
         }
-        Ok(w.finish().await.map(|_| ()))
+        Ok(w.finish().await.map(|_| ()).map_err(forgotten))
     }
 }
 
@@ -559,6 +562,19 @@ impl Staged for S3Staged {
     fn commit(self: Box<Self>, key: &str) -> Result<()> {
         let S3Staged { file, backend } = *self;
         backend.upload_file(key, file)
+    }
+}
+
+/// A multipart upload the server no longer knows (404 NoSuchUpload: `bakare serve` restarted, or
+/// forgot an upload left idle) is started again whole rather than failing the run: `NotFound` is
+/// final for other requests, so it is turned into an error that is retried.
+fn forgotten(e: object_store::Error) -> object_store::Error {
+    match e {
+        object_store::Error::NotFound { path, source } => object_store::Error::Generic {
+            store: "S3",
+            source: format!("the server forgot the upload of {path} ({source}); uploading it again").into(),
+        },
+        e => e,
     }
 }
 

@@ -62,8 +62,7 @@ impl Usage {
         let used = u.0.get(&client.name).copied().unwrap_or(0);
         if let Some(quota) = client.quota {
             if used.saturating_add(adding) > quota {
-                drop(u);
-                return self.check(client, adding);
+                return Err(over_quota(client, used, quota, adding));
             }
         }
         u.0.insert(client.name.clone(), used.saturating_add(adding));
@@ -101,19 +100,24 @@ impl Usage {
         if used.saturating_add(adding) <= quota {
             return Ok(());
         }
-        eprintln!(
-            "bakare serve: refused: client {} is at {used} of its quota of {quota} bytes ({adding} more asked)",
-            client.name
-        );
-        let code = S3ErrorCode::Custom("QuotaExceeded".into());
-        let mut e = S3Error::with_message(
-            code,
-            format!("client {} has used {used} of its quota of {quota} bytes", client.name),
-        );
-        // Not a 5xx: clients must not retry it.
-        e.set_status_code(http::StatusCode::FORBIDDEN);
-        Err(e)
+        Err(over_quota(client, used, quota, adding))
     }
+}
+
+/// The error for an upload of `adding` bytes that would take `client` past its quota.
+fn over_quota(client: &Client, used: u64, quota: u64, adding: u64) -> S3Error {
+    eprintln!(
+        "bakare serve: refused: client {} is at {used} of its quota of {quota} bytes ({adding} more asked)",
+        client.name
+    );
+    let code = S3ErrorCode::Custom("QuotaExceeded".into());
+    let mut e = S3Error::with_message(
+        code,
+        format!("client {} has used {used} of its quota of {quota} bytes", client.name),
+    );
+    // Not a 5xx: clients must not retry it.
+    e.set_status_code(http::StatusCode::FORBIDDEN);
+    e
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! valid repository at every moment, resuming wherever it stopped. A pass starts a moment after
 //! clients add objects (so a backup's objects go in one pass), when the server starts (what a
 //! stop or kill -9 left behind), once an hour (changes made on the server's disk directly), and
-//! again after a failure, backing off from 1 s to 5 min. Its state is written to
+//! again after a failure, backing off from 2 s to 5 min for that repository alone. Its state is written to
 //! `.serve/relay.json` after every pass, for `bakare serve --status`.
 
 use std::collections::BTreeMap;
@@ -49,6 +49,12 @@ pub struct RepoStatus {
 pub struct Status {
     pub upstream: String,
     pub repos: BTreeMap<String, RepoStatus>,
+}
+
+/// How long a repository's relay waits after `n` failures in a row: 2 s, doubling, at most
+/// 5 min.
+fn backoff(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.clamp(1, 9)).min(BACKOFF_MAX)
 }
 
 /// Reads the relay's last written status.
@@ -131,22 +137,29 @@ impl Relay {
         if status.upstream != self.upstream {
             status = Status { upstream: self.upstream.clone(), repos: BTreeMap::new() };
         }
-        let mut failures = 0u32;
+        // Per repository: failures in a row, and when to try again (one that keeps failing
+        // does not set the rhythm of the others).
+        let mut failing: std::collections::HashMap<String, (u32, Instant)> = Default::default();
         let mut next_periodic = Instant::now();
         loop {
-            // Everything at start, hourly, and after a failure; otherwise the repositories
-            // clients added to.
-            let everything = failures > 0 || Instant::now() >= next_periodic;
-            let taken = self.take(&mut status, everything);
-            let mut ok = true;
+            // Everything at start and hourly; otherwise the repositories clients added to, and
+            // failed ones when their backoff is over.
+            let started = Instant::now();
+            let everything = started >= next_periodic;
+            let taken = self.take(&mut status);
             for repo in repositories(&self.storage) {
-                let Some(took) = taken.get(&repo).cloned().or_else(|| everything.then(Backlog::default))
-                else {
+                let retry = failing.get(&repo).map(|(_, at)| *at <= started);
+                if retry == Some(false) {
+                    continue;
+                }
+                let due = everything || retry == Some(true);
+                let Some(took) = taken.get(&repo).cloned().or_else(|| due.then(Backlog::default)) else {
                     continue;
                 };
                 let r = status.repos.entry(repo.clone()).or_default();
                 match self.pass(&repo) {
                     Ok(report) => {
+                        failing.remove(&repo);
                         r.last_success = Some(now());
                         r.last_error = None;
                         r.last_copied_objects = report.packs.objects
@@ -164,7 +177,8 @@ impl Relay {
                         }
                     }
                     Err(e) => {
-                        ok = false;
+                        let n = failing.get(&repo).map_or(1, |(n, _)| n.saturating_add(1));
+                        failing.insert(repo.clone(), (n, Instant::now() + backoff(n)));
                         eprintln!(
                             "bakare serve: relay of {repo} to {}: {e}",
                             upstream_of(&self.upstream, &repo)
@@ -179,22 +193,17 @@ impl Relay {
             ) {
                 eprintln!("bakare serve: writing the relay's status: {e}");
             }
-            if everything && ok {
-                next_periodic = Instant::now() + PERIODIC;
+            if everything {
+                next_periodic = started + PERIODIC;
             }
-            failures = if ok { 0 } else { failures.saturating_add(1) };
-            let wait = if ok {
-                next_periodic.saturating_duration_since(Instant::now())
-            } else {
-                Duration::from_secs(1u64 << failures.min(9)).min(BACKOFF_MAX)
-            };
-            self.wait(wait);
+            let wake = failing.values().map(|(_, at)| *at).fold(next_periodic, Instant::min);
+            self.wait(wake.saturating_duration_since(Instant::now()));
         }
     }
 
     /// Moves what clients added into `status` and returns it per repository: the pass then
     /// copies at least that.
-    fn take(&self, status: &mut Status, _everything: bool) -> BTreeMap<String, Backlog> {
+    fn take(&self, status: &mut Status) -> BTreeMap<String, Backlog> {
         let Ok(mut q) = self.notes.queue.lock() else { return BTreeMap::new() };
         let taken = std::mem::take(&mut q.backlog);
         q.first = None;
@@ -257,6 +266,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn backoff_doubles_from_two_seconds_to_five_minutes() {
+        let secs: Vec<u64> = (1..=10).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+    }
+
+    #[test]
     fn upstream_names_one_place_per_repository() {
         assert_eq!(upstream_of("s3:https://h/b/relay/", "home"), "s3:https://h/b/relay/home");
         assert_eq!(upstream_of("/mnt/usb", "home"), "/mnt/usb/home");
@@ -281,7 +296,7 @@ mod tests {
             notes,
         };
         let mut status = Status::default();
-        let taken = relay.take(&mut status, false);
+        let taken = relay.take(&mut status);
         assert_eq!(taken["home"].objects, 1);
         assert_eq!(status.repos["home"].backlog.bytes, 10);
         assert!(repositories(d.path()).is_empty());

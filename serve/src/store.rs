@@ -77,7 +77,13 @@ struct Upload {
     dir: PathBuf,
     /// Bytes of its parts so far (they count against the client's quota while it is open).
     bytes: u64,
+    /// When it was started or last given a part: uploads a killed client left are forgotten
+    /// after `UPLOAD_IDLE`.
+    touched: std::time::Instant,
 }
+
+/// An upload without a new part for this long is forgotten (its client was killed or gave up).
+const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 pub(crate) struct Store {
     storage: PathBuf,
@@ -653,30 +659,47 @@ impl S3 for Store {
         let input = req.input;
         self.object(&input.bucket, &input.key)?;
         self.may_write(&client, &input.key)?;
-        let open = self
-            .uploads
-            .lock()
-            .map_err(|_| internal("a thread panicked"))?
-            .values()
-            .filter(|u| u.client == client.name)
-            .count();
-        if open >= MAX_UPLOADS {
-            return Err(s3_error!(
-                SlowDown,
-                "{MAX_UPLOADS} multipart uploads are open for this client already"
-            ));
-        }
+        // Uploads a killed client left (every pack is one) are forgotten when idle, and the
+        // oldest when the client is at its cap: they must not lock it out until a restart.
         let id = new_upload_id();
         let dir = self.uploads_dir.join(&id);
-        tokio::fs::create_dir(&dir).await.map_err(|e| internal(format!("{}: {e}", dir.display())))?;
-        let upload = Upload {
-            client: client.name,
-            bucket: input.bucket.clone(),
-            key: input.key.clone(),
-            dir,
-            bytes: 0,
+        let stale: Vec<PathBuf> = {
+            let mut uploads = self.uploads.lock().map_err(|_| internal("a thread panicked"))?;
+            let mut gone: Vec<String> = uploads
+                .iter()
+                .filter(|(_, u)| u.client == client.name && u.touched.elapsed() > UPLOAD_IDLE)
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut mine: Vec<(std::time::Instant, String)> = uploads
+                .iter()
+                .filter(|(k, u)| u.client == client.name && !gone.contains(k))
+                .map(|(k, u)| (u.touched, k.clone()))
+                .collect();
+            mine.sort();
+            let over = (mine.len() + 1).saturating_sub(MAX_UPLOADS);
+            gone.extend(mine.into_iter().take(over).map(|(_, k)| k));
+            let dirs = gone.iter().filter_map(|k| uploads.remove(k)).map(|u| u.dir).collect();
+            // In the map from now on, so that creates at once count each other.
+            uploads.insert(
+                id.clone(),
+                Upload {
+                    client: client.name.clone(),
+                    bucket: input.bucket.clone(),
+                    key: input.key.clone(),
+                    dir: dir.clone(),
+                    bytes: 0,
+                    touched: std::time::Instant::now(),
+                },
+            );
+            dirs
         };
-        self.uploads.lock().map_err(|_| internal("a thread panicked"))?.insert(id.clone(), upload);
+        for d in stale {
+            let _ = tokio::fs::remove_dir_all(d).await;
+        }
+        if let Err(e) = tokio::fs::create_dir(&dir).await {
+            self.forget_upload(&id);
+            return Err(internal(format!("{}: {e}", dir.display())));
+        }
         Ok(S3Response::new(CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
             key: Some(input.key),
@@ -706,7 +729,8 @@ impl S3 for Store {
         let limit = body_limit(declared).min(room);
         let body = input.body.ok_or_else(|| s3_error!(IncompleteBody))?;
         let part = dir.join(format!("{:05}", input.part_number));
-        let partial = dir.join(format!("{:05}.partial", input.part_number));
+        // Its own name: the same part sent twice at once must not write one file.
+        let partial = dir.join(format!("{:05}.{}.partial", input.part_number, new_upload_id()));
         let file = File::create(&partial).map_err(|e| internal(format!("{}: {e}", partial.display())))?;
         let mut discard = Discard(Some(partial.clone()));
         let filled = write_body(file, body, limit, declared).await?;
@@ -720,6 +744,7 @@ impl S3 for Store {
             self.uploads.lock().map_err(|_| internal("a thread panicked"))?.get_mut(&input.upload_id)
         {
             u.bytes = u.bytes.saturating_sub(before).saturating_add(len);
+            u.touched = std::time::Instant::now();
         }
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(ETag::Strong(format!("{}-{len:x}", input.part_number))),
