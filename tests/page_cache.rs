@@ -91,7 +91,7 @@ fn a_backup_leaves_the_page_cache_as_it_found_it() {
         let cold_before = resident_under(&cold);
         assert_eq!(cold_before, 0, "the cold files were evicted");
         fs::read(&warm).unwrap();
-        assert_eq!(resident(&warm), 8 * MIB, "the warm file is cached");
+        assert!(resident(&warm) >= 7 * MIB, "the warm file is cached");
         let b = Bakare::new(env!("CARGO_BIN_EXE_bakare"));
         b.ok(&argv!["init"]);
         let j = b.ok(&argv!["--json", "run", "--no-cache", "--io", io, &src]).json();
@@ -99,7 +99,14 @@ fn a_backup_leaves_the_page_cache_as_it_found_it() {
         assert_eq!(j["bytes_read"].as_u64().unwrap(), 24 * MIB + 800 * 10_240, "{j}");
         let left = resident_under(&cold);
         assert!(left <= MIB, "--io {io}: {left} bytes of the cold files are cached after the backup");
-        assert_eq!(resident(&warm), 8 * MIB, "--io {io}: the warm file left the cache");
+        // Uncached reads that dropped cached pages would take most of it; the kernel's own
+        // reclaim, on a shared machine, may take a few pages (CI once saw 4 of 2,048 go).
+        let kept = resident(&warm);
+        assert!(
+            kept >= 7 * MIB,
+            "--io {io}: the warm file left the cache ({kept} of {} bytes stay)",
+            8 * MIB
+        );
         // What was read uncached is what was stored.
         let target = tempfile::tempdir().unwrap();
         b.ok(&argv!["restore", "latest", "--target", target.path()]);
