@@ -111,6 +111,19 @@ pub struct Leftover {
 const REPO_DIRS: [&str; 9] =
     ["packs", "index", "snapshots", "pending", "abandoned", "gc", "writers", "roster", "tmp"];
 
+/// Whether `key` names an object of a repository kept in a directory (locally, or by `bakare
+/// serve`): no empty, `.` or `..` segments, no temporary names, printable ASCII.
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && !part.starts_with(".tmp-")
+                && part.bytes().all(|b| b.is_ascii_graphic())
+        })
+}
+
 /// A repository in a local directory.
 pub struct LocalBackend {
     root: PathBuf,
@@ -126,15 +139,7 @@ impl LocalBackend {
     }
 
     fn path(&self, key: &str) -> Result<PathBuf> {
-        let ok = !key.is_empty()
-            && key.split('/').all(|part| {
-                !part.is_empty()
-                    && part != "."
-                    && part != ".."
-                    && !part.starts_with(".tmp-")
-                    && part.bytes().all(|b| b.is_ascii_graphic())
-            });
-        if ok {
+        if valid_key(key) {
             Ok(self.root.join(key))
         } else {
             Err(StorageError::BadKey { key: key.to_string() })

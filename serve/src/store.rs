@@ -25,6 +25,7 @@ use tokio_util::io::ReaderStream;
 use crate::quota::Usage;
 use crate::relay::Notes;
 use crate::state::{Client, StateDir};
+use ::io::storage::valid_key;
 
 /// The clients, read again from disk whenever the file changes: `--add-client` and
 /// `--remove-client` take effect on a running server.
@@ -102,19 +103,6 @@ fn internal(what: impl std::fmt::Display) -> S3Error {
 
 fn blocking_failed(e: tokio::task::JoinError) -> S3Error {
     internal(format!("a storage task failed: {e}"))
-}
-
-/// The same keys a local repository accepts: no empty, `.` or `..` segments, no temporary
-/// names, printable ASCII.
-fn valid_key(key: &str) -> bool {
-    !key.is_empty()
-        && key.split('/').all(|part| {
-            !part.is_empty()
-                && part != "."
-                && part != ".."
-                && !part.starts_with(".tmp-")
-                && part.bytes().all(|b| b.is_ascii_graphic())
-        })
 }
 
 /// The largest object the server takes (packs are 32 MiB and parity): the relay reads objects
