@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chaos::argv;
+use chaos::lan::{sh, tool};
 use chaos::proxy::{FaultKind, Proxy, ProxyConfig};
 use chaos::testkit::{
     assert_same_tree, is_root, restored_path, s3s_fs, skipped, Bakare, Rng, S3Server, TestDir, S3_ACCESS_KEY,
@@ -206,24 +207,6 @@ fn uploads_reset_or_stalled_after_sending_are_retried_whole() {
     b.ok(&argv!["restore", &id, "--target", target.path()]);
     assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
     assert_eq!(b.ok(&argv!["--json", "check", "--read-data"]).json()["ok"], true);
-}
-
-/// The first of these that runs, or None.
-fn tool(names: &[&str]) -> Option<String> {
-    names
-        .iter()
-        .find(|n| Command::new(n).arg("--version").output().is_ok_and(|o| o.status.success()))
-        .map(|n| n.to_string())
-}
-
-fn sh(args: &[&str]) -> Result<(), String> {
-    let o =
-        Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{}: {e}", args.join(" ")))?;
-    if o.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{} failed: {}", args.join(" "), String::from_utf8_lossy(&o.stderr).trim()))
-    }
 }
 
 /// A network namespace holding an s3s-fs server, joined to this one by a veth pair, with
