@@ -140,6 +140,51 @@ pub fn mismatch_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a P
     None
 }
 
+/// One GET to a pinned server outside any repository (`bakare serve`'s pairing exchange): the
+/// status and the body, which may be at most 64 KiB. The error says what failed, a certificate
+/// other than the pinned one included.
+pub fn get(url: &str, host_port: &str, pin: [u8; 32], timeout: Duration) -> Result<(u16, Vec<u8>), String> {
+    let tls = client_config(host_port, pin).map_err(|e| format!("TLS set-up for {host_port}: {e}"))?;
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .https_only(true)
+        .build()
+        .map_err(|e| format!("HTTPS client for {host_port}: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting a runtime: {e}"))?;
+    rt.block_on(async {
+        let said = |e: reqwest::Error| match mismatch_in(&e) {
+            Some(m) => m.to_string(),
+            None => format!("{host_port}: {}", error_chain(&e)),
+        };
+        let mut r = client.get(url).send().await.map_err(said)?;
+        let status = r.status().as_u16();
+        let mut body = Vec::new();
+        while let Some(piece) = r.chunk().await.map_err(said)? {
+            if body.len() + piece.len() > 64 << 10 {
+                return Err(format!("{host_port}: the answer is larger than 64 KiB"));
+            }
+            body.extend_from_slice(&piece);
+        }
+        Ok((status, body))
+    })
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(e) = next {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        next = e.source();
+    }
+    s
+}
+
 /// object_store's HTTP client for a pinned server: reqwest with `client_config`, the connect and
 /// request timeouts of the tuning, https only.
 #[derive(Debug)]

@@ -289,6 +289,12 @@ fn without_reply_body(text: &str) -> String {
         Some("AccessDenied") if reply.contains("append-only") => {
             " (the server is append-only for this client: only its owner's credential may delete or replace)"
         }
+        Some("AccessDenied") if reply.contains("may use only its own repository") => {
+            " (this machine is a friend of that server: it may use only the repository it was given, peer:NAME)"
+        }
+        Some("InvalidAccessKeyId") => {
+            " (the server does not know this client's access key: its owner may have removed the client)"
+        }
         _ => "",
     };
     format!("{request}: the server answered {answer}{hint}")

@@ -3,6 +3,7 @@
 //! every client but the owner. See docs/serve.md.
 #![forbid(unsafe_code)]
 
+mod pairing;
 mod quota;
 mod relay;
 mod route;
@@ -13,6 +14,9 @@ mod tls;
 
 use std::path::{Path, PathBuf};
 
+pub use pairing::{
+    code as pairing_code, commitment as pairing_commitment, repo_of, Pending, Poll, EXPIRY as PAIRING_EXPIRY,
+};
 pub use quota::usage;
 pub use relay::{status as relay_status, upstream_of, Backlog, RepoStatus, Status as RelayStatus};
 pub use server::{serve, Options};

@@ -130,7 +130,8 @@ mod tests {
         let s = StateDir::new(d.path());
         s.create().unwrap();
         let u = Usage::load(&s).unwrap();
-        let c = Client { name: "a".into(), secret: "0".repeat(64), owner: false, quota: Some(100) };
+        let c =
+            Client { name: "a".into(), secret: "0".repeat(64), owner: false, quota: Some(100), repo: None };
         u.check(&c, 100).unwrap();
         u.add("a", 60);
         u.check(&c, 40).unwrap();

@@ -32,6 +32,8 @@ pub struct Options {
     /// Connections served at once (more wait to be accepted) and threads for file work.
     pub max_connections: usize,
     pub max_blocking: usize,
+    /// Take pairing requests from friends' machines (`--peers`).
+    pub pairing: bool,
 }
 
 impl Options {
@@ -103,7 +105,13 @@ async fn run(opts: Options, ready: impl FnOnce(SocketAddr)) -> Result<()> {
         config.form_max_parts = 16;
         b.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(config))));
         b.set_auth(Auth(clients.clone()));
-        b.set_route(Routes { state: state.clone(), clients: clients.clone() });
+        b.set_access(crate::store::Access(clients.clone()));
+        b.set_route(Routes {
+            state: state.clone(),
+            clients: clients.clone(),
+            fingerprint: opts.identity.sha256(),
+            pairing: opts.pairing,
+        });
         b.build()
     };
     let tls = TlsAcceptor::from(opts.identity.server_config()?);
@@ -156,6 +164,9 @@ async fn run(opts: Options, ready: impl FnOnce(SocketAddr)) -> Result<()> {
             // A handshake that never finishes does not hold a task for ever.
             let stream = match tokio::time::timeout(Duration::from_secs(30), tls.accept(tcp)).await {
                 Ok(Ok(s)) => s,
+                // A connection closed before any TLS (a client checking that the server is up)
+                // is not worth a line.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
                 Ok(Err(e)) => {
                     eprintln!("bakare serve: TLS handshake with {peer} failed: {e}");
                     return;

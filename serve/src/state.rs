@@ -28,6 +28,9 @@ pub struct Client {
     /// Bytes of new objects it may add, if limited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<u64>,
+    /// The one repository it may use, if confined to one (a friend paired with `--approve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -37,6 +40,7 @@ impl std::fmt::Debug for Client {
             .field("secret", &"[redacted]")
             .field("owner", &self.owner)
             .field("quota", &self.quota)
+            .field("repo", &self.repo)
             .finish()
     }
 }
@@ -128,6 +132,20 @@ impl StateDir {
     /// Adds a client with a new random secret. Refuses a name in use: its holder would lose
     /// access without being told.
     pub fn add_client(&self, name: &str, owner: bool, quota: Option<u64>) -> Result<Client> {
+        self.add(name, owner, quota, None)
+    }
+
+    /// Adds an append-only client confined to `repo` (a paired friend).
+    pub(crate) fn add_client_for(
+        &self,
+        name: &str,
+        quota: Option<u64>,
+        repo: Option<String>,
+    ) -> Result<Client> {
+        self.add(name, false, quota, repo)
+    }
+
+    fn add(&self, name: &str, owner: bool, quota: Option<u64>, repo: Option<String>) -> Result<Client> {
         if !valid_client_name(name) {
             return Err(Error::Invalid(format!(
                 "{name:?} is not a client name: 1 to 64 letters, digits, '-' or '_'"
@@ -140,9 +158,17 @@ impl StateDir {
                 "a client named {name:?} exists already (remove it first with --remove-client {name})"
             )));
         }
+        if let Some(r) = &repo {
+            if let Some(other) = clients.values().find(|c| c.repo.as_ref() == Some(r)) {
+                return Err(Error::Invalid(format!(
+                    "client {:?} has repository {r:?} already (remove it first with --remove-client {})",
+                    other.name, other.name
+                )));
+            }
+        }
         let mut secret = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut secret);
-        let client = Client { name: name.to_string(), secret: hex::encode(secret), owner, quota };
+        let client = Client { name: name.to_string(), secret: hex::encode(secret), owner, quota, repo };
         clients.insert(name.to_string(), client.clone());
         self.write_clients(clients)?;
         Ok(client)

@@ -96,6 +96,37 @@ pub(crate) struct Store {
     uploads: Mutex<HashMap<String, Upload>>,
 }
 
+/// Confines a friend's credential to its own repository: every request naming another is
+/// refused before its body is read.
+pub(crate) struct Access(pub(crate) Arc<Clients>);
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for Access {
+    async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> S3Result<()> {
+        let Some(cred) = cx.credentials() else {
+            return Err(s3_error!(
+                AccessDenied,
+                "anonymous requests are refused: sign with a client's credential"
+            ));
+        };
+        let client = self
+            .0
+            .get(&cred.access_key)?
+            .ok_or_else(|| s3_error!(InvalidAccessKeyId, "no client of that name"))?;
+        let Some(only) = &client.repo else { return Ok(()) };
+        let bucket = match cx.s3_path() {
+            s3s::path::S3Path::Root => None,
+            s3s::path::S3Path::Bucket { bucket } | s3s::path::S3Path::Object { bucket, .. } => Some(bucket),
+        };
+        match bucket {
+            Some(b) if **b == **only => Ok(()),
+            _ => {
+                Err(s3_error!(AccessDenied, "client {} may use only its own repository, {only}", client.name))
+            }
+        }
+    }
+}
+
 fn internal(what: impl std::fmt::Display) -> S3Error {
     eprintln!("bakare serve: {what}");
     s3_error!(InternalError, "the server failed to store or read the object (see its log)")

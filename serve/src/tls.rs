@@ -30,6 +30,11 @@ impl Identity {
         self.chain.first().map(|c| hex::encode(Sha256::digest(c.as_ref()))).unwrap_or_default()
     }
 
+    /// The fingerprint as bytes.
+    pub fn sha256(&self) -> [u8; 32] {
+        self.chain.first().map(|c| Sha256::digest(c.as_ref()).into()).unwrap_or_default()
+    }
+
     pub(crate) fn server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
