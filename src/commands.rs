@@ -38,15 +38,23 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
         Command::Join(args) => return crate::join::join_cmd(args, cli.json),
         _ => {}
     }
+    if let Command::Peers(args) = cli.command {
+        return crate::peers::peers_cmd(args, cli.json);
+    }
     // A server opens no repository of its own and handles its signals itself.
     if let Command::Serve(args) = cli.command {
         return crate::serve::serve_cmd(cli.json, args);
     }
-    let repo_path = match &cli.repo {
+    if cli.repo.len() > 1 && !matches!(cli.command, Command::Run(_)) {
+        bail!("only `run` takes several --repo (it stores the snapshot in each); give this command one");
+    }
+    let repo_path = match cli.repo.first() {
         Some(p) => Location::parse(p)?,
         None => default_repo()?,
     };
-    let default = cli.repo.is_none();
+    let copies = cli.repo.iter().skip(1).map(|p| Location::parse(p)).collect::<engine::Result<Vec<_>>>()?;
+    let labels: Vec<String> = cli.repo.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    let default = cli.repo.is_empty();
     let key = cli.key.as_deref();
     let trust_all = cli.trust_all;
     let command = cli.passphrase_command.clone();
@@ -69,6 +77,10 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
     }
     match cli.command {
         Command::Init(args) => init(&repo_path, key, cli.json, args, cli.passphrase_command.as_deref()),
+        Command::Run(args) if !copies.is_empty() => {
+            let all = std::iter::once(repo_path).chain(copies).zip(labels).map(|(l, n)| (n, l)).collect();
+            crate::copies::run(all, key, cli.json, args, source)
+        }
         Command::Run(args) => run(&repo_path, default, key, cli.json, args, source),
         Command::Watch(args) => crate::watch::watch(&repo_path, default, key, cli.json, args, source),
         Command::Snapshots(args) => crate::snapshots::snapshots(&open()?, cli.json, args),
@@ -98,6 +110,7 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
         Command::Man(args) => crate::generate::man_pages(&args, cli.json),
         Command::Serve(args) => crate::serve::serve_cmd(cli.json, args),
         Command::Join(args) => crate::join::join_cmd(&args, cli.json),
+        Command::Peers(args) => crate::peers::peers_cmd(args, cli.json),
     }
 }
 
@@ -159,7 +172,7 @@ fn init(
 /// `default`: `path` is the default repository, which `run` creates on first use. Any other
 /// location without a repository is an error: a typo or an unmounted disk must not receive
 /// backups, with a new key, while the real repository gets none.
-fn run(
+pub(crate) fn run(
     path: &Location,
     default: bool,
     key: Option<&Path>,

@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 
 mod commands;
+mod copies;
 mod copy;
 mod diff;
 mod dump;
@@ -13,6 +14,7 @@ mod maintenance;
 mod mount;
 mod output;
 mod passphrase;
+mod peers;
 mod progress;
 mod retention;
 mod rewrite;
@@ -41,8 +43,12 @@ pub struct Cli {
     /// or serve:https://host:port/repo on a `bakare serve` this machine joined (`bakare join`)
     /// [default: $XDG_DATA_HOME/bakare/repo; `run` creates it on first use, any other
     /// repository is created by `bakare init`]
-    #[arg(long, global = true, env = "BAKARE_REPO")]
-    pub repo: Option<std::ffi::OsString>,
+    ///
+    /// `run` takes several: it backs up into the first it reaches and copies the snapshot to
+    /// the others (`sync`, both ways, so one that was down catches up), e.g. --repo peer:alice
+    /// --repo peer:bob
+    #[arg(long, global = true, env = "BAKARE_REPO", action = clap::ArgAction::Append)]
+    pub repo: Vec<std::ffi::OsString>,
     /// Key file [default: $XDG_CONFIG_HOME/bakare/keys/<repository id>.key]
     #[arg(long, global = true, env = "BAKARE_KEY")]
     pub key: Option<PathBuf>,
@@ -127,6 +133,9 @@ pub enum Command {
     /// Serve the repositories under a directory to other machines over HTTPS (S3 protocol);
     /// clients are append-only unless added with --owner
     Serve(serve::ServeArgs),
+    /// Friends' servers on the local network (`bakare serve --peers`), and pairing with one:
+    /// its repository for this machine is then --repo peer:NAME
+    Peers(peers::PeersArgs),
     /// Print a shell completion script to stdout (bash, zsh, fish, elvish, powershell)
     Completions(generate::CompletionsArgs),
     /// Write a man page for every command and subcommand into DIR (bakare.1, bakare-run.1, ...)
@@ -284,6 +293,10 @@ pub enum IoMode {
 
 #[derive(Args, Clone, Debug)]
 pub struct RunArgs {
+    /// With several --repo: how many of them must hold the snapshot when the run ends (the
+    /// others are named in a warning, and catch up at a later run); 0 means all
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub min_copies: usize,
     /// Files and directories to back up (besides those --files-from* lists); with
     /// --stdin-from-command, the command and its arguments
     #[arg(required_unless_present_any = ["files_from", "files_from_verbatim", "files_from_raw", "stdin"])]

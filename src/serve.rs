@@ -32,9 +32,9 @@ pub struct ServeArgs {
     /// prune and forget); other clients may only add
     #[arg(long, requires = "add_client")]
     pub owner: bool,
-    /// With --add-client: the most bytes of new objects the client may add (e.g. 500G); over it,
-    /// its uploads are refused (403 QuotaExceeded) and what it stored before stays
-    #[arg(long, requires = "add_client", value_parser = crate::parse_size_arg, value_name = "SIZE")]
+    /// With --add-client or --approve: the most bytes of new objects the client may add (e.g.
+    /// 500G); over it, its uploads are refused (403 QuotaExceeded) and what it stored before stays
+    #[arg(long, value_parser = crate::parse_size_arg, value_name = "SIZE")]
     pub quota: Option<u64>,
     /// With --add-client: the address clients reach the server at (default: this machine's
     /// host name, or the --listen address when it is not 0.0.0.0, and the --listen port)
@@ -62,6 +62,21 @@ pub struct ServeArgs {
     /// List the clients
     #[arg(long, conflicts_with = "remove_client")]
     pub list_clients: bool,
+    /// Keep backups for friends: announce this server on the local network (DNS-SD over
+    /// multicast DNS, `bakare peers` finds it) and take pairing requests (`bakare peers pair`),
+    /// which wait for --approve
+    #[arg(long)]
+    pub peers: bool,
+    /// The name this server announces with --peers [default: the host name]
+    #[arg(long, requires = "peers", value_name = "NAME")]
+    pub name: Option<String>,
+    /// List the pairing requests waiting for approval, with their codes
+    #[arg(long, conflicts_with_all = ["add_client", "list_clients", "remove_client", "status"])]
+    pub pending: bool,
+    /// Approve the pairing request showing CODE (compare it with the code on the friend's
+    /// machine): the friend becomes an append-only client of its own repository, with --quota
+    #[arg(long, value_name = "CODE", conflicts_with_all = ["add_client", "list_clients", "remove_client", "status", "pending"])]
+    pub approve: Option<String>,
     /// Remove a client: its next request is refused
     #[arg(long, value_name = "NAME")]
     pub remove_client: Option<String>,
@@ -97,6 +112,39 @@ fn public_address(args: &ServeArgs) -> Result<String> {
 pub fn serve_cmd(json: bool, args: ServeArgs) -> Result<u8> {
     let state = ::serve::StateDir::new(&args.storage);
     let cert = args.cert.as_deref().zip(args.key.as_deref());
+    if args.quota.is_some() && args.add_client.is_none() && args.approve.is_none() {
+        bail!("--quota goes with --add-client or --approve");
+    }
+    if let Some(code) = &args.approve {
+        let client = state.pairing_approve(code, args.quota)?;
+        let repo = client.repo.clone().unwrap_or_default();
+        if json {
+            println!("{}", json!({ "client": client.name, "repo": repo, "quota": client.quota }));
+        } else if !output::quiet() {
+            let quota =
+                client.quota.map(|q| format!(", quota {}", bytesize::ByteSize(q))).unwrap_or_default();
+            println!("approved {}: append-only client of repository {repo}{quota}", client.name);
+        }
+        return Ok(0);
+    }
+    if args.pending {
+        let pending = state.pairing_pending()?;
+        if json {
+            let list: Vec<_> = pending
+                .iter()
+                .map(|p| json!({ "name": p.name, "code": p.code, "age_seconds": p.age_seconds }))
+                .collect();
+            println!("{}", serde_json::Value::Array(list));
+        } else {
+            if pending.is_empty() && !output::quiet() {
+                eprintln!("no pairing request is waiting");
+            }
+            for p in &pending {
+                println!("{}\tcode {} {}\tasked {} s ago", p.name, &p.code[..3], &p.code[3..], p.age_seconds);
+            }
+        }
+        return Ok(0);
+    }
     if let Some(name) = &args.add_client {
         let address = public_address(&args)?;
         let host = address.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string());
@@ -175,8 +223,45 @@ pub fn serve_cmd(json: bool, args: ServeArgs) -> Result<u8> {
         relay_workers: args.relay_jobs.max(1),
         max_connections: ::serve::Options::limits(args.mem_limit).0,
         max_blocking: ::serve::Options::limits(args.mem_limit).1,
+        pairing: args.peers,
     };
+    let node = match (&args.name, args.peers) {
+        (Some(n), _) => Some(n.clone()),
+        (None, true) => Some(node_name()?),
+        (None, false) => None,
+    };
+    if let Some(n) = &node {
+        if !::peers::valid_name(n) {
+            bail!("--name {n:?}: 1 to 63 letters, digits or '-'");
+        }
+        if !pinned {
+            bail!("--peers needs the server's own certificate (friends pair by its fingerprint): leave out --cert");
+        }
+    }
+    let mut announcer = None;
+    let announce_fp = fingerprint.clone();
+    let storage = args.storage.clone();
     ::serve::serve(opts, |bound| {
+        if let Some(n) = node {
+            let a = ::peers::Announcement {
+                name: n.clone(),
+                port: bound.port(),
+                roles: vec![::peers::Role::Persister],
+                sha256: Some(announce_fp),
+                free: free_bytes(&storage),
+            };
+            match ::peers::announce(&a) {
+                Ok(h) => {
+                    if !output::quiet() {
+                        eprintln!("bakare serve: announcing {n} on the local network; friends pair with `bakare peers pair {n}`");
+                    }
+                    let h = std::sync::Arc::new(h);
+                    keep_free_current(std::sync::Arc::downgrade(&h), storage.clone());
+                    announcer = Some(h);
+                }
+                Err(e) => eprintln!("bakare serve: cannot announce on the local network ({e}); friends can still pair with --address and --sha256"),
+            }
+        }
         if json {
             println!("{}", json!({ "listening": bound.to_string(), "sha256": fingerprint }));
         } else {
@@ -184,7 +269,55 @@ pub fn serve_cmd(json: bool, args: ServeArgs) -> Result<u8> {
             eprintln!("bakare serve: listening on https://{bound}; certificate sha256 {fingerprint} ({how})");
         }
     })?;
+    // Says goodbye on the network.
+    drop(announcer);
     Ok(0)
+}
+
+/// This machine's name among friends: its host name, as announcements allow.
+fn node_name() -> Result<String> {
+    let raw =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading this machine's host name")?;
+    let name: String = raw
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect();
+    let name = name.trim_matches('-').to_string();
+    if !::peers::valid_name(&name) {
+        bail!("this machine's host name {raw:?} makes no name to announce: give one with --name NAME");
+    }
+    Ok(name)
+}
+
+/// Announces the storage's free space again when it changed by more than 1 % (checked each
+/// minute), until the announcer is gone.
+fn keep_free_current(announcer: std::sync::Weak<::peers::Announcer>, storage: PathBuf) {
+    let mut said = free_bytes(&storage);
+    let spawned = std::thread::Builder::new().name("announce-free".into()).spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        let Some(a) = announcer.upgrade() else { return };
+        let now = free_bytes(&storage);
+        let moved = match (said, now) {
+            (Some(a), Some(b)) => a.abs_diff(b) > a / 100,
+            (a, b) => a != b,
+        };
+        if moved {
+            match a.set_free(now) {
+                Ok(()) => said = now,
+                Err(e) => eprintln!("bakare serve: announcing the free space: {e}"),
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        eprintln!("bakare serve: the free space announced stays as at start ({e})");
+    }
+}
+
+/// Bytes available to unprivileged users on the storage's file system.
+fn free_bytes(storage: &std::path::Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(storage).ok()?;
+    st.f_bavail.checked_mul(st.f_frsize)
 }
 
 fn status(state: &::serve::StateDir, json: bool) -> Result<u8> {

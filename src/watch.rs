@@ -54,7 +54,7 @@ pub struct WatchArgs {
     pub print_systemd_unit: bool,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let d: jiff::SignedDuration =
         s.parse().map_err(|e| format!("{s:?} is not a duration like 30s, 15m or 2h: {e}"))?;
     let d = Duration::try_from(d).map_err(|_| format!("{s:?}: a duration must not be negative"))?;

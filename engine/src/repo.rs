@@ -89,7 +89,8 @@ pub const DEFAULT_GRACE_SECS: u64 = 24 * 3600;
 
 /// Where a repository lives: a local directory, an S3-compatible bucket
 /// (`s3:http(s)://host:port/bucket/prefix`), or a repository on a `bakare serve` this machine
-/// joined (`serve:https://host:port/repo`).
+/// joined (`serve:https://host:port/repo`; `peer:NAME` names the repository a paired friend's
+/// server gave this machine, and parses to it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Location {
     Local(PathBuf),
@@ -101,7 +102,8 @@ pub enum Location {
 /// What `--repo` accepts, for error messages.
 pub const SUPPORTED_LOCATIONS: &str =
     "a directory (PATH or local:PATH), an S3-compatible bucket as s3:https://host[:port]/bucket[/prefix] or s3:host/bucket[/prefix], \
-     or a repository on a joined bakare server as serve:https://host:port/repo";
+     a repository on a joined bakare server as serve:https://host:port/repo, \
+     or one on a paired friend's server as peer:NAME";
 
 impl Location {
     /// `s3:http(s)://host/bucket/prefix`, or restic's `s3:host/bucket/prefix` (https), is a
@@ -125,6 +127,10 @@ impl Location {
                 )));
             }
             return Ok(Location::S3(format!("s3:https://{rest}")));
+        }
+        if let Some(name) = s.to_str().and_then(|u| u.strip_prefix("peer:")) {
+            let peer = io::joined::load_peer(name).map_err(|e| Error::Invalid(e.to_string()))?;
+            return Ok(Location::Serve(peer.location()));
         }
         if let Some(url) = s.to_str().filter(|u| u.starts_with("serve:")) {
             let u = io::ServedUrl::parse(url).map_err(Error::Invalid)?;

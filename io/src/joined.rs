@@ -64,6 +64,11 @@ pub enum JoinedError {
         path.display()
     )]
     NotJoined { host_port: String, path: PathBuf },
+    #[error(
+        "this machine has not paired with a peer named {name:?}: `bakare peers` lists the ones on this \
+         network, `bakare peers pair NAME` pairs with one"
+    )]
+    NotPaired { name: String },
     #[error("no configuration directory: set BAKARE_CONFIG_DIR (or HOME)")]
     NoConfigDir,
     #[error("{}: {source}", path.display())]
@@ -314,6 +319,92 @@ fn load_in(config: &Path, host_port: &str) -> Result<Joined, JoinedError> {
         return Err(corrupt("its client name or secret is malformed"));
     }
     Ok(Joined { url: e.url.clone(), sha256, access_key: e.access_key.clone(), secret: e.secret.clone() })
+}
+
+/// A friend's server this machine paired with (`bakare peers pair NAME`), kept as
+/// `<config>/peers/<NAME>.json` beside the server's credential in `servers/`;
+/// `--repo peer:NAME` is its repository, `serve:URL/REPO`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Peer {
+    /// The name it announces.
+    pub name: String,
+    /// `https://host:port`, as in the server's entry.
+    pub url: String,
+    /// The repository the server gave this machine.
+    pub repo: String,
+    /// Its certificate's SHA-256, lower-case hex, as compared when pairing.
+    pub sha256: String,
+}
+
+impl Peer {
+    /// `serve:https://host:port/repo`.
+    pub fn location(&self) -> String {
+        format!("serve:{}/{}", self.url, self.repo)
+    }
+}
+
+fn peer_path(config: &Path, name: &str) -> Result<PathBuf, JoinedError> {
+    if !valid_name(name) {
+        return Err(JoinedError::Corrupt {
+            path: config.join("peers"),
+            why: format!("{name:?} is not a peer's name: 1 to 64 letters, digits, '_' or '-'"),
+        });
+    }
+    Ok(config.join("peers").join(format!("{name}.json")))
+}
+
+/// Keeps `p` (replacing an earlier pairing with the same name); returns the file's path.
+pub fn save_peer(p: &Peer) -> Result<PathBuf, JoinedError> {
+    let config = config_dir()?;
+    let path = peer_path(&config, &p.name)?;
+    let io = |source| JoinedError::Io { path: path.clone(), source };
+    durable::create_private_dir_all(&config.join("peers")).map_err(io)?;
+    let mut json = serde_json::to_vec_pretty(p)
+        .map_err(|e| JoinedError::Corrupt { path: path.clone(), why: e.to_string() })?;
+    json.push(b'\n');
+    durable::replace_private(&path, &json).map_err(io)?;
+    Ok(path)
+}
+
+/// The peer paired as `name`.
+pub fn load_peer(name: &str) -> Result<Peer, JoinedError> {
+    let config = config_dir()?;
+    let path = peer_path(&config, name)?;
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(JoinedError::NotPaired { name: name.to_string() })
+        }
+        Err(source) => return Err(JoinedError::Io { path, source }),
+    };
+    let corrupt = |why: String| JoinedError::Corrupt { path: path.clone(), why };
+    let p: Peer = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let served = ServedUrl::parse(&p.location()).map_err(corrupt)?;
+    if p.name != name || pin(&p.sha256).is_none() || format!("https://{}", served.host_port) != p.url {
+        return Err(corrupt("its name, address or sha256 is malformed".into()));
+    }
+    Ok(p)
+}
+
+/// Every peer this machine paired with, by name; a damaged entry is an error naming it.
+pub fn peers() -> Result<Vec<Peer>, JoinedError> {
+    let dir = config_dir()?.join("peers");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(JoinedError::Io { path: dir, source }),
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let e = e.map_err(|source| JoinedError::Io { path: dir.clone(), source })?;
+        let file = e.file_name();
+        let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".json")) else { continue };
+        if valid_name(name) {
+            out.push(load_peer(name)?);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 #[cfg(test)]

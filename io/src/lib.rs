@@ -15,6 +15,6 @@ pub mod uncached;
 pub mod uring;
 
 pub use joined::{Joined, JoinedError, ServedUrl};
-pub use s3::{S3Backend, S3Tuning};
+pub use s3::{S3Backend, S3Tuning, S3Url};
 pub use source::{LocalSource, Source};
 pub use storage::{Backend, Leftover, LocalBackend, Staged, StorageError};

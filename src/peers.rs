@@ -1,0 +1,244 @@
+//! `peers`: friends' servers (`bakare serve --peers`) found on the local network, and pairing
+//! with one, after which its repository for this machine is `--repo peer:NAME`.
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use rand::RngCore;
+use serde_json::json;
+
+use crate::output;
+
+#[derive(Args, Debug)]
+pub struct PeersArgs {
+    #[command(subcommand)]
+    pub command: Option<PeersCommand>,
+    /// How long to listen for announcements
+    #[arg(long, default_value = "3s", value_parser = crate::watch::parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PeersCommand {
+    /// Ask a friend's server to keep this machine's backups. Prints a six-digit code: the
+    /// server's owner compares it with theirs and approves it (`bakare serve --approve CODE`)
+    Pair(PairArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PairArgs {
+    /// The server's name as `bakare peers` lists it (and the name of `--repo peer:NAME`)
+    pub name: String,
+    /// This machine's name on that server (its repository there is this name in lower case)
+    /// [default: the host name]
+    #[arg(long = "as", value_name = "NAME")]
+    pub as_name: Option<String>,
+    /// Reach the server at this address instead of finding it on the local network (a friend
+    /// across the internet); needs --sha256
+    #[arg(long, requires = "sha256", value_name = "HOST:PORT")]
+    pub address: Option<String>,
+    /// The SHA-256 of the server's certificate, as `bakare serve` prints it at start
+    #[arg(long, requires = "address", value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// How long to listen for the server's announcement
+    #[arg(long, default_value = "5s", value_parser = crate::watch::parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+    /// How long to wait for the owner's approval
+    #[arg(long, default_value = "10m", value_parser = crate::watch::parse_duration, value_name = "DURATION")]
+    pub wait: Duration,
+}
+
+pub fn peers_cmd(args: PeersArgs, json: bool) -> Result<u8> {
+    match args.command {
+        None => list(args.timeout, json),
+        Some(PeersCommand::Pair(p)) => pair(p, json),
+    }
+}
+
+fn list(timeout: Duration, json: bool) -> Result<u8> {
+    let found = ::peers::browse(timeout).context("listening for bakare nodes on the local network")?;
+    let paired = io::joined::peers()?;
+    let state = |f: &::peers::Found| match paired.iter().find(|p| p.name == f.name) {
+        Some(p) if Some(&p.sha256) == f.sha256.as_ref() => "paired",
+        Some(_) => "paired with ANOTHER certificate",
+        None => "not paired",
+    };
+    let roles = |f: &::peers::Found| {
+        f.roles
+            .iter()
+            .map(|r| match r {
+                ::peers::Role::Persister => "persister",
+                ::peers::Role::Publisher => "publisher",
+            })
+            .collect::<Vec<_>>()
+    };
+    if json {
+        for f in &found {
+            println!(
+                "{}",
+                json!({
+                    "name": f.name, "addresses": f.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                    "port": f.port, "roles": roles(f), "sha256": f.sha256, "free": f.free, "paired": state(f),
+                })
+            );
+        }
+        return Ok(0);
+    }
+    if found.is_empty() && !output::quiet() {
+        eprintln!("no bakare node answered within {timeout:?}");
+    }
+    for f in &found {
+        let address = f.addresses.first().map(|a| socket(*a, f.port)).unwrap_or_else(|| "-".into());
+        let free = f.free.map(|b| format!("{} free", bytesize::ByteSize(b))).unwrap_or_default();
+        let sha =
+            f.sha256.as_deref().map(|s| format!("sha256 {}…", &s[..16.min(s.len())])).unwrap_or_default();
+        println!("{}\t{address}\t{}\t{sha}\t{free}\t{}", f.name, roles(f).join("+"), state(f));
+    }
+    Ok(0)
+}
+
+fn socket(ip: std::net::IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(ip, port).to_string()
+}
+
+/// This machine's default name among friends: its host name, as a repository name allows.
+fn host_name() -> Result<String> {
+    let raw =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading this machine's host name")?;
+    let name: String = raw
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect();
+    let name = name.trim_matches('-').to_string();
+    if ::serve::repo_of(&name).is_none() {
+        bail!("this machine's host name {raw:?} makes no name for friends: give one with --as NAME");
+    }
+    Ok(name)
+}
+
+fn pair(args: PairArgs, json: bool) -> Result<u8> {
+    let me = match args.as_name {
+        Some(n) => n,
+        None => host_name()?,
+    };
+    if !::serve::valid_client_name(&me) || ::serve::repo_of(&me).is_none() {
+        bail!("--as {me:?}: a name among friends is 3 to 63 letters, digits or '-', starting with a letter or digit");
+    }
+    if !::serve::valid_client_name(&args.name) {
+        bail!("{:?} is not a peer's name", args.name);
+    }
+    let (host_port, sha_hex) = match (args.address, args.sha256) {
+        (Some(a), Some(s)) => (a, s.to_ascii_lowercase()),
+        _ => {
+            let found =
+                ::peers::browse(args.timeout).context("listening for bakare nodes on the local network")?;
+            let f = found.into_iter().find(|f| f.name == args.name).ok_or_else(|| {
+                anyhow!(
+                    "no server named {} answered on the local network within {:?} (`bakare peers` lists those \
+                     that do; for one elsewhere give --address HOST:PORT --sha256 HEX)",
+                    args.name,
+                    args.timeout
+                )
+            })?;
+            if !f.roles.contains(&::peers::Role::Persister) {
+                bail!("{} does not keep backups for friends (it announces no server)", f.name);
+            }
+            let sha = f.sha256.clone().ok_or_else(|| anyhow!("{} announces no certificate", f.name))?;
+            let ip = *f.addresses.first().ok_or_else(|| anyhow!("{} announces no address", f.name))?;
+            (socket(ip, f.port), sha)
+        }
+    };
+    let mut pin = [0u8; 32];
+    if sha_hex.len() != 64 || hex::decode_to_slice(&sha_hex, &mut pin).is_err() {
+        bail!("--sha256 must be the 64 hex digits of the server's certificate");
+    }
+    let url = format!("https://{host_port}");
+    // The address must be what `serve:` URLs accept.
+    let served = io::ServedUrl::parse(&format!("serve:{url}/probe")).map_err(|e| anyhow!(e))?;
+    let host_port = served.host_port;
+    let step = |query: String| -> Result<serde_json::Value> {
+        let (status, body) = io::pinned::get(
+            &format!("https://{host_port}/?{query}"),
+            &host_port,
+            pin,
+            Duration::from_secs(30),
+        )
+        .map_err(|e| anyhow!("pairing with {} at {host_port}: {e}", args.name))?;
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
+            anyhow!("{} at {host_port} answered with status {status}, not a pairing answer", args.name)
+        })?;
+        if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+            bail!("{} refused to pair: {e}", args.name);
+        }
+        if status != 200 {
+            bail!("{} at {host_port} answered with status {status}", args.name);
+        }
+        Ok(v)
+    };
+    let field = |v: &serde_json::Value, k: &str| -> Result<String> {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("the pairing answer has no {k}"))
+    };
+    let mut token = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut token);
+    let commit = hex::encode(::serve::pairing_commitment(&token));
+    let opened = step(format!("bakare-pair=open&name={me}&commit={commit}"))?;
+    let id = field(&opened, "id")?;
+    let mut nonce = [0u8; 32];
+    if hex::decode_to_slice(field(&opened, "nonce")?, &mut nonce).is_err() || id.len() != 64 {
+        bail!("{} sent a malformed pairing answer", args.name);
+    }
+    step(format!("bakare-pair=reveal&id={id}&token={}", hex::encode(token)))?;
+    let code = ::serve::pairing_code(&pin, &token, &nonce);
+    if json {
+        println!("{}", json!({ "code": code, "peer": args.name, "as": me }));
+    } else {
+        println!("pairing code {} {}", &code[..3], &code[3..]);
+        if !output::quiet() {
+            eprintln!(
+                "waiting for {}'s owner to compare the code and approve it there: \
+                 bakare serve --storage DIR --approve {code}",
+                args.name
+            );
+        }
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let deadline = Instant::now() + args.wait;
+    let approved = loop {
+        let v = step(format!("bakare-pair=poll&id={id}&token={}", hex::encode(token)))?;
+        if v.get("status").and_then(|s| s.as_str()) == Some("approved") {
+            break v;
+        }
+        if Instant::now() >= deadline {
+            bail!("{}'s owner did not approve within {:?}", args.name, args.wait);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let client = field(&approved, "client")?;
+    let secret = field(&approved, "secret")?;
+    let repo = field(&approved, "repo")?;
+    let invitation = format!("bakare-join:https://{client}:{secret}@{host_port}/?sha256={sha_hex}");
+    let joined = io::joined::parse_invitation(&invitation)
+        .map_err(|e| anyhow!("{} sent a malformed credential: {e}", args.name))?;
+    io::joined::save(&joined).context("keeping the credential")?;
+    let peer = io::joined::Peer { name: args.name.clone(), url: joined.url.clone(), repo, sha256: sha_hex };
+    io::ServedUrl::parse(&peer.location())
+        .map_err(|e| anyhow!("{} gave a malformed repository: {e}", args.name))?;
+    io::joined::save_peer(&peer).context("keeping the pairing")?;
+    if json {
+        println!(
+            "{}",
+            json!({ "paired": peer.name, "location": peer.location(), "quota": approved.get("quota") })
+        );
+    } else if !output::quiet() {
+        println!(
+            "paired with {0}: its repository for this machine is --repo peer:{0} (create it with `bakare init --repo peer:{0}`)",
+            peer.name
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,310 @@
+//! Peer-to-peer backups between friends, end to end with the real binary on three machines:
+//! network namespaces joined by a bridge (chaos::lan). Two run `bakare serve --peers` and
+//! announce themselves; the third finds both with `bakare peers`, pairs with each (the owner
+//! approves the code the friend's machine shows; a wrong code approves nothing), backs up to
+//! `--repo peer:NAME` and restores byte for byte. A paired friend is confined to its own
+//! repository, an unpaired name and a removed friend are refused with what to do.
+//!
+//! Needs root and network namespaces: without them the test says that it skipped, unless
+//! BAKARE_REQUIRE_NETNS is set (`.ci/run`), which makes that a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use chaos::lan::Lan;
+use chaos::testkit::{assert_same_tree, random_tree, restored_path, skipped, Bakare, TestDir};
+
+fn bakare() -> Bakare {
+    Bakare::new(env!("CARGO_BIN_EXE_bakare"))
+}
+
+/// `bakare ARGS` run inside node `i` of the LAN, with `b`'s environment.
+fn on(b: &Bakare, lan: &Lan, i: usize, args: &[&str]) -> Command {
+    let mut v: Vec<&std::ffi::OsStr> =
+        vec!["netns".as_ref(), "exec".as_ref(), lan.ns(i).as_ref(), b.bin.as_os_str()];
+    v.extend(args.iter().map(|a| std::ffi::OsStr::new(*a)));
+    b.command_of(Path::new("ip"), &v)
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(mut c: Command) -> Out {
+    let o = c.output().unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn ok(c: Command) -> Out {
+    let o = run(c);
+    assert_eq!(o.code, 0, "stdout: {}\nstderr: {}", o.stdout, o.stderr);
+    o
+}
+
+/// A `bakare serve --peers` in a node; stopped (SIGTERM, then waited for) when dropped.
+struct Persister {
+    child: Option<Child>,
+    storage: TestDir,
+    node: usize,
+    name: String,
+    sha256: String,
+    port: u16,
+}
+
+impl Persister {
+    fn start(b: &Bakare, lan: &Lan, node: usize, name: &str) -> Persister {
+        let mut p = Persister {
+            child: None,
+            storage: TestDir::new(),
+            node,
+            name: name.to_string(),
+            sha256: String::new(),
+            port: 0,
+        };
+        p.resume(b, lan);
+        p
+    }
+
+    /// Starts the server (again), on the same storage and port.
+    fn resume(&mut self, b: &Bakare, lan: &Lan) {
+        let dir = self.storage.path().to_str().unwrap().to_string();
+        let args = [
+            "--json",
+            "serve",
+            "--storage",
+            &dir,
+            "--listen",
+            "0.0.0.0:8443",
+            "--peers",
+            "--name",
+            &self.name,
+        ];
+        let mut child =
+            on(b, lan, self.node, &args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        let sha256 = v["sha256"].as_str().unwrap().to_string();
+        assert!(self.sha256.is_empty() || self.sha256 == sha256, "the certificate stays");
+        self.sha256 = sha256;
+        self.port = v["listening"].as_str().unwrap().parse::<std::net::SocketAddr>().unwrap().port();
+        self.child = Some(child);
+    }
+
+    /// Kills the server at once (kill -9: `ip netns exec` runs it as its own child, so the
+    /// signal goes to the server itself through its process group is not needed).
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `bakare serve --storage DIR ARGS` for this server's owner (on the same disk).
+    fn admin(&self, b: &Bakare, args: &[&str]) -> Out {
+        let mut v = vec!["serve", "--storage", self.storage.path().to_str().unwrap()];
+        v.extend_from_slice(args);
+        run(b.command(&v))
+    }
+}
+
+impl Drop for Persister {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `bakare peers pair NAME --as ME` in node `i`; returns the code it shows and the
+/// process, which waits for the approval.
+fn start_pairing(b: &Bakare, lan: &Lan, i: usize, name: &str, me: &str) -> (String, Child) {
+    let mut c = on(b, lan, i, &["peers", "pair", name, "--as", me, "--timeout", "10s", "--wait", "60s"]);
+    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let code: String = line
+        .strip_prefix("pairing code ")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    assert_eq!(code.len(), 6, "{line:?}");
+    (code, child)
+}
+
+fn finish(child: Child) -> Out {
+    let o = child.wait_with_output().unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn lan_or_skip(nodes: usize) -> Option<Lan> {
+    match Lan::new(nodes) {
+        Ok(l) => Some(l),
+        Err(why) => {
+            assert!(
+                std::env::var_os("BAKARE_REQUIRE_NETNS").is_none(),
+                "BAKARE_REQUIRE_NETNS is set, and the peers test cannot build its network: {why}"
+            );
+            skipped(&format!("peer-to-peer test: {why}"));
+            None
+        }
+    }
+}
+
+#[test]
+fn friends_are_found_paired_by_code_and_back_up_to_each_other_confined_to_their_repository() {
+    let Some(lan) = lan_or_skip(3) else { return };
+    let owner = bakare();
+    let mut alice = Persister::start(&owner, &lan, 0, "alice");
+    let bob = Persister::start(&owner, &lan, 1, "bob");
+    let mut carol = bakare();
+    carol.env.push(("BAKARE_CONFIG_DIR".into(), carol.home.path().join("cfg").to_str().unwrap().into()));
+
+    // Discovery: both servers, as persisters, with their fingerprints and addresses.
+    let listed = ok(on(&carol, &lan, 2, &["--json", "peers", "--timeout", "5s"]));
+    let found: Vec<serde_json::Value> =
+        listed.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(found.len(), 2, "{}", listed.stdout);
+    for (f, (name, p, i)) in found.iter().zip([("alice", &alice, 0), ("bob", &bob, 1)]) {
+        assert_eq!(f["name"], name);
+        assert_eq!(f["roles"], serde_json::json!(["persister"]));
+        assert_eq!(f["sha256"], p.sha256.as_str());
+        assert_eq!(f["port"], p.port);
+        assert_eq!(f["addresses"][0], lan.addr(i).to_string());
+        assert_eq!(f["paired"], "not paired");
+        assert!(f["free"].as_u64().unwrap() > 0);
+    }
+
+    // Pairing: the code the owner sees is the one carol's machine shows; a wrong code approves
+    // nothing; the right one makes carol an append-only client of her own repository.
+    let (code, pairing) = start_pairing(&carol, &lan, 2, "alice", "carol");
+    let pending = alice.admin(&owner, &["--pending"]);
+    assert!(
+        pending.stdout.contains(&format!("carol\tcode {} {}", &code[..3], &code[3..])),
+        "{}",
+        pending.stdout
+    );
+    let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
+    let refused = alice.admin(&owner, &["--approve", &wrong]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(refused.stderr.contains(&format!("no pairing request shows code {wrong}")), "{}", refused.stderr);
+    assert!(alice.admin(&owner, &["--list-clients"]).stdout.is_empty(), "a wrong code added a client");
+    let approved = alice.admin(&owner, &["--approve", &code, "--quota", "1G"]);
+    assert_eq!(approved.code, 0, "{}", approved.stderr);
+    let paired = finish(pairing);
+    assert_eq!(paired.code, 0, "{}", paired.stderr);
+    assert!(paired.stdout.contains("paired with alice"), "{}", paired.stdout);
+    let (code, pairing) = start_pairing(&carol, &lan, 2, "bob", "carol");
+    assert_eq!(bob.admin(&owner, &["--approve", &code]).code, 0);
+    assert_eq!(finish(pairing).code, 0);
+    let listed = ok(on(&carol, &lan, 2, &["--json", "peers", "--timeout", "5s"]));
+    assert_eq!(listed.stdout.matches("\"paired\":\"paired\"").count(), 2, "{}", listed.stdout);
+
+    // One run keeps the snapshot with both friends: in alice's repository, and in bob's,
+    // which the run creates as a copy of it.
+    let src = TestDir::new();
+    random_tree(src.path(), 21, 60);
+    let src_arg = src.path().to_str().unwrap();
+    ok(on(&carol, &lan, 2, &["init", "--repo", "peer:alice"]));
+    let both = ["--repo", "peer:alice", "--repo", "peer:bob"];
+    let o = ok(on(&carol, &lan, 2, &[&["--json", "run", src_arg][..], &both].concat()));
+    let copies: serde_json::Value = serde_json::from_str(o.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(copies["held_by"], serde_json::json!(["peer:alice", "peer:bob"]), "{}", o.stdout);
+    for peer in ["peer:alice", "peer:bob"] {
+        let target = TestDir::new();
+        ok(on(
+            &carol,
+            &lan,
+            2,
+            &["restore", "--repo", peer, "latest", "--target", target.path().to_str().unwrap()],
+        ));
+        assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
+    }
+    assert!(alice.storage.path().join("carol/config").is_file());
+    assert!(bob.storage.path().join("carol/config").is_file());
+
+    // Alice is killed in the middle of a backup into her: the run goes on into bob, commits
+    // there, and says alice missed it; alice catches up at the next run.
+    let big = TestDir::new().file("big", chaos::testkit::Rng::new(5).bytes(96 << 20));
+    let big_arg = big.path().to_str().unwrap();
+    let mut c = on(&carol, &lan, 2, &[&["--json", "run", big_arg][..], &both].concat());
+    c.env("BAKARE_S3_RETRY_BUDGET_MS", "3000").env("BAKARE_S3_CONNECT_TIMEOUT_MS", "2000");
+    let running = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let packs = alice.storage.path().join("carol/packs");
+    let before = walk_files(&packs);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while walk_files(&packs) <= before {
+        assert!(std::time::Instant::now() < deadline, "the backup wrote no pack into alice");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    alice.kill();
+    let o = finish(running);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains("peer:alice: the backup into it failed"), "{}", o.stderr);
+    assert!(o.stderr.contains("peer:alice: the snapshot was not copied there"), "{}", o.stderr);
+    let copies: serde_json::Value = serde_json::from_str(o.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(copies["held_by"], serde_json::json!(["peer:bob"]), "{}", o.stdout);
+    let snapshots = |peer: &str| {
+        let o = ok(on(&carol, &lan, 2, &["--json", "snapshots", "--repo", peer]));
+        serde_json::from_str::<serde_json::Value>(&o.stdout).unwrap().as_array().unwrap().len()
+    };
+    assert_eq!(snapshots("peer:bob"), 2);
+    // --min-copies 2 while alice is down: bob keeps the snapshot, and the run fails.
+    let o = run(on(&carol, &lan, 2, &[&["run", "--min-copies", "2", src_arg][..], &both].concat()));
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("the snapshot is in 1 of 2 repositories (peer:bob), fewer than --min-copies 2"),
+        "{}",
+        o.stderr
+    );
+    alice.resume(&owner, &lan);
+    ok(on(&carol, &lan, 2, &[&["run", src_arg][..], &both].concat()));
+    assert_eq!(snapshots("peer:alice"), 4, "alice caught up with what bob held");
+    assert_eq!(snapshots("peer:bob"), 4);
+    let target = TestDir::new();
+    ok(on(
+        &carol,
+        &lan,
+        2,
+        &["restore", "--repo", "peer:alice", "latest", "--target", target.path().to_str().unwrap()],
+    ));
+    assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
+
+    // Confined: carol's credential reaches no other repository on alice.
+    let other = alice.storage.path().join("dave-laptop");
+    ok(owner.command(&["init", "--repo", other.to_str().unwrap()]));
+    let url = format!("serve:https://{}:{}/dave-laptop", lan.addr(0), alice.port);
+    let o = run(on(&carol, &lan, 2, &["snapshots", "--repo", &url]));
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("it may use only the repository it was given"), "{}", o.stderr);
+
+    // An unpaired name, and a friend the owner removed, are refused.
+    let o = run(on(&carol, &lan, 2, &["snapshots", "--repo", "peer:erin"]));
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("has not paired with a peer named \"erin\""), "{}", o.stderr);
+    assert_eq!(alice.admin(&owner, &["--remove-client", "carol"]).code, 0);
+    let o = run(on(&carol, &lan, 2, &["run", "--repo", "peer:alice", src_arg]));
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("its owner may have removed the client"), "{}", o.stderr);
+    // Bob still keeps carol's backups.
+    ok(on(&carol, &lan, 2, &["run", "--repo", "peer:bob", src_arg]));
+}
+
+/// Files below `dir`, at any depth.
+fn walk_files(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .map(|e| if e.file_type().is_ok_and(|t| t.is_dir()) { walk_files(&e.path()) } else { 1 })
+        .sum()
+}
