@@ -1,11 +1,15 @@
 //! `run` with several `--repo`: one backup kept in each of several repositories (friends'
 //! servers, a NAS, a disk), which are copies of one repository: the same id, key and objects.
 //!
-//! The backup goes into the first repository that opens; the others then get what they lack
-//! from it, and it gets what they hold that it lacks (`engine::sync` each way: keyless, every
-//! object checked against its name, only additions), so a repository that was down, or not yet
-//! created, catches up at the next run. One that cannot be reached is named in a warning; the
-//! run fails only when fewer than `--min-copies` hold the snapshot at its end.
+//! The backup goes into the first repository that takes it; each other one then gets what it
+//! lacks from that one (`engine::sync`: keyless, every object checked against its name, only
+//! additions), so a repository that was down, or not created yet, catches up at the next run.
+//! Copies go one way only: a friend's server is not trusted to write into the publisher's
+//! other repositories (it could send a config of its own, objects nobody references, or
+//! snapshots forgotten since). So a snapshot that went into a later repository because the
+//! earlier ones failed stays there. A copy counts once its snapshot reads back with the right
+//! hash; one that cannot be reached is named in a warning; the run fails when fewer than
+//! `--min-copies` hold the snapshot at its end.
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
@@ -70,8 +74,14 @@ pub fn run(
         bail!("--min-copies {wanted}, but only {} repositories are given", all.len());
     }
     let dry_run = args.dry_run;
-    // A stream is read once: its backup is not tried again elsewhere.
-    let once = args.stdin || args.stdin_from_command;
+    // A stream, or a list of paths, read from standard input is read once: its backup is not
+    // tried again elsewhere.
+    let dash = |v: &[std::path::PathBuf]| v.iter().any(|p| p.as_os_str() == "-");
+    let once = args.stdin
+        || args.stdin_from_command
+        || dash(&args.files_from)
+        || dash(&args.files_from_verbatim)
+        || dash(&args.files_from_raw);
     let mut done = None;
     let mut last_error = None;
     for (i, (name, at)) in all.iter().enumerate() {
@@ -117,33 +127,30 @@ pub fn run(
         }
         // One that did not open before the backup is tried again: it may be back, or have
         // lacked a repository, which the copy creates.
-        let copied = (|| -> anyhow::Result<(engine::sync::SyncReport, engine::sync::SyncReport)> {
+        let copied = (|| -> anyhow::Result<engine::sync::SyncReport> {
             reachable(at).map_err(|e| anyhow::anyhow!("not reachable: {e}"))?;
             let to = crate::open_backend(at)?;
             let out = engine::sync::sync(from.as_ref(), to.as_ref(), JOBS)?;
-            let back = engine::sync::sync(to.as_ref(), from.as_ref(), JOBS)?;
-            Ok((out, back))
+            // Held means read back: a server that says it has an object is not taken at its
+            // word (sync skips what the destination lists).
+            if !ran.snapshot.is_empty() {
+                let key = engine::commit::committed_key(&ran.snapshot);
+                let back = to.get(&key).map_err(|e| anyhow::anyhow!("reading {key} back: {e}"))?;
+                if blake3::hash(&back).to_hex().as_str() != ran.snapshot {
+                    bail!("{key} read back does not match its name");
+                }
+            }
+            Ok(out)
         })();
         match copied {
-            Ok((out, back)) => {
+            Ok(out) => {
                 held.push(name.clone());
-                let objects =
-                    |r: &engine::sync::SyncReport| r.packs.objects + r.segments.objects + r.snapshots.objects;
-                let bytes =
-                    |r: &engine::sync::SyncReport| r.packs.bytes + r.segments.bytes + r.snapshots.bytes;
+                let objects = out.packs.objects + out.segments.objects + out.snapshots.objects;
+                let bytes = out.packs.bytes + out.segments.bytes + out.snapshots.bytes;
                 if !json && !output::quiet() {
-                    eprintln!(
-                        "copied to {name}: {} objects ({}); {} objects from it that {} lacked",
-                        objects(&out),
-                        output::size(bytes(&out)),
-                        objects(&back),
-                        all[p].0
-                    );
+                    eprintln!("copied to {name}: {objects} objects ({})", output::size(bytes));
                 }
-                report.push(json!({
-                    "repo": name, "ok": true, "objects_to": objects(&out), "bytes_to": bytes(&out),
-                    "objects_from": objects(&back), "bytes_from": bytes(&back),
-                }));
+                report.push(json!({ "repo": name, "ok": true, "objects": objects, "bytes": bytes }));
             }
             Err(e) => {
                 eprintln!("warning: {name}: the snapshot was not copied there ({e:#}); it catches up at a later run");

@@ -157,14 +157,30 @@ fn pair(args: PairArgs, json: bool) -> Result<u8> {
     // The address must be what `serve:` URLs accept.
     let served = io::ServedUrl::parse(&format!("serve:{url}/probe")).map_err(|e| anyhow!(e))?;
     let host_port = served.host_port;
-    let step = |query: String| -> Result<serde_json::Value> {
-        let (status, body) = io::pinned::get(
+    // One credential per server: pairing must not replace one this machine holds already (an
+    // owner's, say).
+    if let Ok(j) = io::joined::load(&host_port) {
+        bail!(
+            "this machine holds a credential for the server at {host_port} already (client {}): \
+             it cannot pair with it as well",
+            j.access_key
+        );
+    }
+    // Ok(None): the request itself failed (the network), worth trying again while polling.
+    let exchange = |query: &str| -> Result<Option<serde_json::Value>> {
+        let (status, body) = match io::pinned::get(
             &format!("https://{host_port}/?{query}"),
             &host_port,
             pin,
             Duration::from_secs(30),
-        )
-        .map_err(|e| anyhow!("pairing with {} at {host_port}: {e}", args.name))?;
+        ) {
+            Ok(r) => r,
+            Err(e) if e.contains("certificate") => bail!("pairing with {} at {host_port}: {e}", args.name),
+            Err(e) => {
+                eprintln!("warning: pairing with {} at {host_port}: {e}", args.name);
+                return Ok(None);
+            }
+        };
         let v: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
             anyhow!("{} at {host_port} answered with status {status}, not a pairing answer", args.name)
         })?;
@@ -174,7 +190,11 @@ fn pair(args: PairArgs, json: bool) -> Result<u8> {
         if status != 200 {
             bail!("{} at {host_port} answered with status {status}", args.name);
         }
-        Ok(v)
+        Ok(Some(v))
+    };
+    let step = |query: String| -> Result<serde_json::Value> {
+        exchange(&query)?
+            .ok_or_else(|| anyhow!("pairing with {} at {host_port} failed (see above)", args.name))
     };
     let field = |v: &serde_json::Value, k: &str| -> Result<String> {
         v.get(k)
@@ -209,8 +229,8 @@ fn pair(args: PairArgs, json: bool) -> Result<u8> {
     let _ = std::io::stdout().flush();
     let deadline = Instant::now() + args.wait;
     let approved = loop {
-        let v = step(format!("bakare-pair=poll&id={id}&token={}", hex::encode(token)))?;
-        if v.get("status").and_then(|s| s.as_str()) == Some("approved") {
+        let v = exchange(&format!("bakare-pair=poll&id={id}&token={}", hex::encode(token)))?;
+        if let Some(v) = v.filter(|v| v.get("status").and_then(|s| s.as_str()) == Some("approved")) {
             break v;
         }
         if Instant::now() >= deadline {
@@ -218,6 +238,9 @@ fn pair(args: PairArgs, json: bool) -> Result<u8> {
         }
         std::thread::sleep(Duration::from_millis(500));
     };
+    // Whoever answered approved; the owner's confirmation code says that it was the owner.
+    let expected = ::serve::pairing_confirmation(&pin, &token, &nonce);
+    confirm(&args.name, &expected)?;
     let client = field(&approved, "client")?;
     let secret = field(&approved, "secret")?;
     let repo = field(&approved, "repo")?;
@@ -236,9 +259,39 @@ fn pair(args: PairArgs, json: bool) -> Result<u8> {
         );
     } else if !output::quiet() {
         println!(
-            "paired with {0}: its repository for this machine is --repo peer:{0} (create it with `bakare init --repo peer:{0}`)",
+            "paired with {0}: its repository for this machine is --repo peer:{0} (`bakare init --repo peer:{0}` \
+             creates it; or `bakare run --repo peer:OTHER --repo peer:{0}` makes it a copy of another)",
             peer.name
         );
     }
     Ok(0)
+}
+
+/// Asks for the confirmation code `--approve` showed the server's owner (three tries; a line
+/// of standard input when it is not a terminal).
+fn confirm(name: &str, expected: &str) -> Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    for _ in 0..3 {
+        if stdin.is_terminal() {
+            eprint!("{name}'s owner approved. Type the confirmation code it showed them: ");
+            let _ = std::io::stderr().flush();
+        } else {
+            println!("confirmation code?");
+            let _ = std::io::stdout().flush();
+        }
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line).context("reading the confirmation code")? == 0 {
+            break;
+        }
+        let typed: String = line.chars().filter(char::is_ascii_digit).collect();
+        if typed == expected {
+            return Ok(());
+        }
+        eprintln!("that is not the code that goes with this pairing");
+    }
+    bail!(
+        "not paired: the confirmation code was not given. The server that answered may not be {name}'s; \
+         its owner can remove the client it made with `bakare serve --remove-client`"
+    )
 }

@@ -70,11 +70,12 @@ pub struct ServeArgs {
     /// The name this server announces with --peers [default: the host name]
     #[arg(long, requires = "peers", value_name = "NAME")]
     pub name: Option<String>,
-    /// List the pairing requests waiting for approval, with their codes
+    /// List the pairing requests waiting for approval (their codes are on the friends' screens)
     #[arg(long, conflicts_with_all = ["add_client", "list_clients", "remove_client", "status"])]
     pub pending: bool,
     /// Approve the pairing request showing CODE (compare it with the code on the friend's
-    /// machine): the friend becomes an append-only client of its own repository, with --quota
+    /// machine): the friend becomes an append-only client of its own repository, with --quota;
+    /// prints a confirmation code for the friend to type
     #[arg(long, value_name = "CODE", conflicts_with_all = ["add_client", "list_clients", "remove_client", "status", "pending"])]
     pub approve: Option<String>,
     /// Remove a client: its next request is refused
@@ -116,14 +117,22 @@ pub fn serve_cmd(json: bool, args: ServeArgs) -> Result<u8> {
         bail!("--quota goes with --add-client or --approve");
     }
     if let Some(code) = &args.approve {
-        let client = state.pairing_approve(code, args.quota)?;
+        let Some(quota) = args.quota else {
+            bail!("--approve needs --quota SIZE: how much the friend may store here (e.g. 500G)");
+        };
+        let (client, confirmation) = state.pairing_approve(code, Some(quota))?;
         let repo = client.repo.clone().unwrap_or_default();
         if json {
-            println!("{}", json!({ "client": client.name, "repo": repo, "quota": client.quota }));
-        } else if !output::quiet() {
-            let quota =
-                client.quota.map(|q| format!(", quota {}", bytesize::ByteSize(q))).unwrap_or_default();
-            println!("approved {}: append-only client of repository {repo}{quota}", client.name);
+            let v = json!({ "client": client.name, "repo": repo, "quota": client.quota, "confirmation": confirmation });
+            println!("{v}");
+        } else {
+            let quota = bytesize::ByteSize(quota);
+            println!("approved {}: append-only client of repository {repo}, quota {quota}", client.name);
+            let (a, b) = confirmation.split_at(3.min(confirmation.len()));
+            println!(
+                "confirmation code {a} {b}: tell it to {}'s owner, who types it to finish pairing",
+                client.name
+            );
         }
         return Ok(0);
     }
@@ -132,7 +141,7 @@ pub fn serve_cmd(json: bool, args: ServeArgs) -> Result<u8> {
         if json {
             let list: Vec<_> = pending
                 .iter()
-                .map(|p| json!({ "name": p.name, "code": p.code, "age_seconds": p.age_seconds }))
+                .map(|p| json!({ "name": p.name, "repo": p.repo, "age_seconds": p.age_seconds }))
                 .collect();
             println!("{}", serde_json::Value::Array(list));
         } else {
@@ -140,7 +149,7 @@ pub fn serve_cmd(json: bool, args: ServeArgs) -> Result<u8> {
                 eprintln!("no pairing request is waiting");
             }
             for p in &pending {
-                println!("{}\tcode {} {}\tasked {} s ago", p.name, &p.code[..3], &p.code[3..], p.age_seconds);
+                println!("{}\trepository {}\tasked {} s ago", p.name, p.repo, p.age_seconds);
             }
         }
         return Ok(0);
@@ -172,13 +181,17 @@ pub fn serve_cmd(json: bool, args: ServeArgs) -> Result<u8> {
         if json {
             let list: Vec<_> = clients
                 .values()
-                .map(|c| json!({ "name": c.name, "owner": c.owner, "quota": c.quota, "used": used(&c.name) }))
+                .map(|c| json!({ "name": c.name, "owner": c.owner, "quota": c.quota, "used": used(&c.name), "repo": c.repo }))
                 .collect();
             println!("{}", serde_json::Value::Array(list));
         } else {
             for c in clients.values() {
                 let quota = c.quota.map(|q| format!(" of {}", bytesize::ByteSize(q))).unwrap_or_default();
-                let role = if c.owner { ", owner" } else { "" };
+                let role = match (&c.repo, c.owner) {
+                    (_, true) => ", owner".to_string(),
+                    (Some(r), false) => format!(", friend: repository {r} only"),
+                    (None, false) => String::new(),
+                };
                 println!("{} ({} used{quota}{role})", c.name, bytesize::ByteSize(used(&c.name)));
             }
         }

@@ -126,7 +126,7 @@ impl Drop for Persister {
 /// process, which waits for the approval.
 fn start_pairing(b: &Bakare, lan: &Lan, i: usize, name: &str, me: &str) -> (String, Child) {
     let mut c = on(b, lan, i, &["peers", "pair", name, "--as", me, "--timeout", "10s", "--wait", "60s"]);
-    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
     let code: String = line
@@ -137,6 +137,28 @@ fn start_pairing(b: &Bakare, lan: &Lan, i: usize, name: &str, me: &str) -> (Stri
         .collect();
     assert_eq!(code.len(), 6, "{line:?}");
     (code, child)
+}
+
+/// `--approve CODE --quota 1G` on `p`; returns the confirmation code it shows.
+fn approve(p: &Persister, b: &Bakare, code: &str) -> String {
+    let o = p.admin(b, &["--approve", code, "--quota", "1G"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let line = o
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("confirmation code "))
+        .unwrap_or_else(|| panic!("{}", o.stdout));
+    let digits: String =
+        line["confirmation code ".len()..].chars().take(7).filter(char::is_ascii_digit).collect();
+    assert_eq!(digits.len(), 6, "{line}");
+    digits
+}
+
+/// Types `confirmation` into a pairing that waits for it.
+fn type_in(child: &mut Child, confirmation: &str) {
+    use std::io::Write;
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{confirmation}").unwrap();
 }
 
 fn finish(child: Child) -> Out {
@@ -167,7 +189,7 @@ fn friends_are_found_paired_by_code_and_back_up_to_each_other_confined_to_their_
     let Some(lan) = lan_or_skip(3) else { return };
     let owner = bakare();
     let mut alice = Persister::start(&owner, &lan, 0, "alice");
-    let bob = Persister::start(&owner, &lan, 1, "bob");
+    let mut bob = Persister::start(&owner, &lan, 1, "bob");
     let mut carol = bakare();
     carol.env.push(("BAKARE_CONFIG_DIR".into(), carol.home.path().join("cfg").to_str().unwrap().into()));
 
@@ -190,23 +212,31 @@ fn friends_are_found_paired_by_code_and_back_up_to_each_other_confined_to_their_
     // nothing; the right one makes carol an append-only client of her own repository.
     let (code, pairing) = start_pairing(&carol, &lan, 2, "alice", "carol");
     let pending = alice.admin(&owner, &["--pending"]);
-    assert!(
-        pending.stdout.contains(&format!("carol\tcode {} {}", &code[..3], &code[3..])),
-        "{}",
-        pending.stdout
-    );
+    assert!(pending.stdout.starts_with("carol\trepository carol\tasked "), "{}", pending.stdout);
+    assert!(!pending.stdout.contains(&code), "the code is taken from carol's screen, not listed");
     let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
-    let refused = alice.admin(&owner, &["--approve", &wrong]);
+    let refused = alice.admin(&owner, &["--approve", &wrong, "--quota", "1G"]);
     assert_eq!(refused.code, 1, "{}", refused.stderr);
     assert!(refused.stderr.contains(&format!("no pairing request shows code {wrong}")), "{}", refused.stderr);
     assert!(alice.admin(&owner, &["--list-clients"]).stdout.is_empty(), "a wrong code added a client");
-    let approved = alice.admin(&owner, &["--approve", &code, "--quota", "1G"]);
-    assert_eq!(approved.code, 0, "{}", approved.stderr);
+    let mut pairing = pairing;
+    type_in(&mut pairing, &approve(&alice, &owner, &code));
     let paired = finish(pairing);
     assert_eq!(paired.code, 0, "{}", paired.stderr);
     assert!(paired.stdout.contains("paired with alice"), "{}", paired.stdout);
-    let (code, pairing) = start_pairing(&carol, &lan, 2, "bob", "carol");
-    assert_eq!(bob.admin(&owner, &["--approve", &code]).code, 0);
+    // Approved, but the confirmation typed is not the owner's: nothing is kept (whoever
+    // answered may not be bob).
+    let (code, mut pairing) = start_pairing(&carol, &lan, 2, "bob", "carol-test");
+    let confirmation = approve(&bob, &owner, &code);
+    let wrong = format!("{:06}", (confirmation.parse::<u32>().unwrap() + 1) % 1_000_000);
+    type_in(&mut pairing, &wrong);
+    let refused = finish(pairing);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(refused.stderr.contains("not paired: the confirmation code was not given"), "{}", refused.stderr);
+    assert!(!carol.home.path().join("cfg/peers/bob.json").exists());
+    assert_eq!(bob.admin(&owner, &["--remove-client", "carol-test"]).code, 0);
+    let (code, mut pairing) = start_pairing(&carol, &lan, 2, "bob", "carol");
+    type_in(&mut pairing, &approve(&bob, &owner, &code));
     assert_eq!(finish(pairing).code, 0);
     let listed = ok(on(&carol, &lan, 2, &["--json", "peers", "--timeout", "5s"]));
     assert_eq!(listed.stdout.matches("\"paired\":\"paired\"").count(), 2, "{}", listed.stdout);
@@ -234,52 +264,70 @@ fn friends_are_found_paired_by_code_and_back_up_to_each_other_confined_to_their_
     assert!(alice.storage.path().join("carol/config").is_file());
     assert!(bob.storage.path().join("carol/config").is_file());
 
-    // Alice is killed in the middle of a backup into her: the run goes on into bob, commits
-    // there, and says alice missed it; alice catches up at the next run.
+    // Bob is killed while a backup runs: the run commits into alice, says bob missed it, and
+    // exits 0; with --min-copies 2 and bob down, a run fails; bob back, it catches up.
     let big = TestDir::new().file("big", chaos::testkit::Rng::new(5).bytes(96 << 20));
     let big_arg = big.path().to_str().unwrap();
-    let mut c = on(&carol, &lan, 2, &[&["--json", "run", big_arg][..], &both].concat());
-    c.env("BAKARE_S3_RETRY_BUDGET_MS", "3000").env("BAKARE_S3_CONNECT_TIMEOUT_MS", "2000");
-    let running = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let packs = alice.storage.path().join("carol/packs");
-    let before = walk_files(&packs);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while walk_files(&packs) <= before {
-        assert!(std::time::Instant::now() < deadline, "the backup wrote no pack into alice");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    alice.kill();
-    let o = finish(running);
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    assert!(o.stderr.contains("peer:alice: the backup into it failed"), "{}", o.stderr);
-    assert!(o.stderr.contains("peer:alice: the snapshot was not copied there"), "{}", o.stderr);
-    let copies: serde_json::Value = serde_json::from_str(o.stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(copies["held_by"], serde_json::json!(["peer:bob"]), "{}", o.stdout);
+    let running = |args: &[&str]| {
+        let mut c = on(&carol, &lan, 2, &[&["--json", "run"][..], args, &both].concat());
+        c.env("BAKARE_S3_RETRY_BUDGET_MS", "3000").env("BAKARE_S3_CONNECT_TIMEOUT_MS", "2000");
+        c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    };
+    let wait_for_a_pack = |p: &Persister| {
+        let packs = p.storage.path().join("carol/packs");
+        let before = walk_files(&packs);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while walk_files(&packs) <= before {
+            assert!(std::time::Instant::now() < deadline, "the backup wrote no pack into {}", p.name);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let held_by = |o: &Out| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(o.stdout.lines().last().unwrap()).unwrap()["held_by"]
+            .clone()
+    };
     let snapshots = |peer: &str| {
         let o = ok(on(&carol, &lan, 2, &["--json", "snapshots", "--repo", peer]));
         serde_json::from_str::<serde_json::Value>(&o.stdout).unwrap().as_array().unwrap().len()
     };
-    assert_eq!(snapshots("peer:bob"), 2);
-    // --min-copies 2 while alice is down: bob keeps the snapshot, and the run fails.
+    let child = running(&[big_arg]);
+    wait_for_a_pack(&alice);
+    bob.kill();
+    let o = finish(child);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains("peer:bob: the snapshot was not copied there"), "{}", o.stderr);
+    assert_eq!(held_by(&o), serde_json::json!(["peer:alice"]), "{}", o.stdout);
     let o = run(on(&carol, &lan, 2, &[&["run", "--min-copies", "2", src_arg][..], &both].concat()));
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert!(
-        o.stderr.contains("the snapshot is in 1 of 2 repositories (peer:bob), fewer than --min-copies 2"),
+        o.stderr.contains("the snapshot is in 1 of 2 repositories (peer:alice), fewer than --min-copies 2"),
         "{}",
         o.stderr
     );
+    bob.resume(&owner, &lan);
+    ok(on(&carol, &lan, 2, &[&["run", src_arg][..], &both].concat()));
+    assert_eq!((snapshots("peer:alice"), snapshots("peer:bob")), (4, 4), "bob caught up");
+
+    // Alice is killed in the middle of a backup into her: the run goes on into bob, commits
+    // there, and says alice missed it. Copies go one way only (from the repository the backup
+    // went into), so that snapshot stays with bob.
+    let big = TestDir::new().file("big", chaos::testkit::Rng::new(6).bytes(96 << 20));
+    let child = running(&[big.path().to_str().unwrap()]);
+    wait_for_a_pack(&alice);
+    alice.kill();
+    let o = finish(child);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains("peer:alice: the backup into it failed"), "{}", o.stderr);
+    assert_eq!(held_by(&o), serde_json::json!(["peer:bob"]), "{}", o.stdout);
     alice.resume(&owner, &lan);
     ok(on(&carol, &lan, 2, &[&["run", src_arg][..], &both].concat()));
-    assert_eq!(snapshots("peer:alice"), 4, "alice caught up with what bob held");
-    assert_eq!(snapshots("peer:bob"), 4);
-    let target = TestDir::new();
-    ok(on(
-        &carol,
-        &lan,
-        2,
-        &["restore", "--repo", "peer:alice", "latest", "--target", target.path().to_str().unwrap()],
-    ));
-    assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
+    assert_eq!((snapshots("peer:alice"), snapshots("peer:bob")), (5, 6));
+    for peer in ["peer:alice", "peer:bob"] {
+        let target = TestDir::new();
+        let t = target.path().to_str().unwrap();
+        ok(on(&carol, &lan, 2, &["restore", "--repo", peer, "latest", "--target", t]));
+        assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
+    }
 
     // Confined: carol's credential reaches no other repository on alice.
     let other = alice.storage.path().join("dave-laptop");

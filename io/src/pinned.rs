@@ -144,6 +144,17 @@ pub fn mismatch_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a P
 /// status and the body, which may be at most 64 KiB. The error says what failed, a certificate
 /// other than the pinned one included.
 pub fn get(url: &str, host_port: &str, pin: [u8; 32], timeout: Duration) -> Result<(u16, Vec<u8>), String> {
+    get_with(url, &[], host_port, pin, timeout)
+}
+
+/// `get` with extra request headers.
+pub fn get_with(
+    url: &str,
+    headers: &[(&str, String)],
+    host_port: &str,
+    pin: [u8; 32],
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), String> {
     let tls = client_config(host_port, pin).map_err(|e| format!("TLS set-up for {host_port}: {e}"))?;
     let client = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
@@ -157,11 +168,16 @@ pub fn get(url: &str, host_port: &str, pin: [u8; 32], timeout: Duration) -> Resu
         .build()
         .map_err(|e| format!("starting a runtime: {e}"))?;
     rt.block_on(async {
+        // Without the URL: its query can hold a secret (a pairing token).
         let said = |e: reqwest::Error| match mismatch_in(&e) {
             Some(m) => m.to_string(),
-            None => format!("{host_port}: {}", error_chain(&e)),
+            None => format!("{host_port}: {}", error_chain(&e.without_url())),
         };
-        let mut r = client.get(url).send().await.map_err(said)?;
+        let mut request = client.get(url);
+        for (k, v) in headers {
+            request = request.header(*k, v);
+        }
+        let mut r = request.send().await.map_err(said)?;
         let status = r.status().as_u16();
         let mut body = Vec::new();
         while let Some(piece) = r.chunk().await.map_err(said)? {

@@ -15,7 +15,8 @@ mod tls;
 use std::path::{Path, PathBuf};
 
 pub use pairing::{
-    code as pairing_code, commitment as pairing_commitment, repo_of, Pending, Poll, EXPIRY as PAIRING_EXPIRY,
+    code as pairing_code, commitment as pairing_commitment, confirmation as pairing_confirmation, repo_of,
+    Pending, Poll, EXPIRY as PAIRING_EXPIRY,
 };
 pub use quota::usage;
 pub use relay::{status as relay_status, upstream_of, Backlog, RepoStatus, Status as RelayStatus};

@@ -32,13 +32,28 @@ const FILE: &str = "pairing.json";
 const VERSION: u32 = 1;
 /// Requests waiting at once; more are refused until some expire or are approved.
 pub const MAX_PENDING: usize = 16;
-/// Seconds a request waits for approval; an approved credential waits as long to be collected.
+/// Seconds a request waits for approval; an approved credential waits as long to be collected
+/// (a client nobody collected is removed then).
 pub const EXPIRY: u64 = 600;
+/// Seconds a request may wait for its token: a publisher reveals it at once, so requests
+/// opened and left (to fill the slots) go soon.
+pub const REVEAL_WITHIN: u64 = 60;
 
 /// The six-digit code both sides show, from the server certificate's SHA-256 (as the publisher
 /// saw it, or as the server has it), the publisher's token and the server's nonce.
 pub fn code(sha256: &[u8; 32], token: &[u8; 32], nonce: &[u8; 32]) -> String {
-    let mut h = blake3::Hasher::new_derive_key("bakare 2026-12 pairing code v1");
+    digits("bakare 2026-12 pairing code v1", sha256, token, nonce)
+}
+
+/// The six digits `--approve` shows the server's owner, for the friend to type: proof that the
+/// server which approved is the one the owner runs (an impostor that answered the friend's
+/// request can approve it, but cannot show this on the real owner's screen).
+pub fn confirmation(sha256: &[u8; 32], token: &[u8; 32], nonce: &[u8; 32]) -> String {
+    digits("bakare 2026-12 pairing confirmation v1", sha256, token, nonce)
+}
+
+fn digits(context: &str, sha256: &[u8; 32], token: &[u8; 32], nonce: &[u8; 32]) -> String {
+    let mut h = blake3::Hasher::new_derive_key(context);
     h.update(sha256).update(token).update(nonce);
     let out = h.finalize();
     let b = out.as_bytes();
@@ -75,6 +90,21 @@ struct Request {
     /// Set by the operator's approval: the client made for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     approved: Option<Client>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    approved_at: Option<u64>,
+    /// Set with the code: what `--approve` shows for the friend to type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    confirmation: Option<String>,
+}
+
+impl Request {
+    fn live(&self, now: u64) -> bool {
+        match (&self.code, self.approved_at) {
+            (_, Some(at)) => now.saturating_sub(at) < EXPIRY,
+            (Some(_), None) => now.saturating_sub(self.created) < EXPIRY,
+            (None, None) => now.saturating_sub(self.created) < REVEAL_WITHIN,
+        }
+    }
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -83,11 +113,13 @@ struct File {
     requests: Vec<Request>,
 }
 
-/// A request as the operator sees it.
+/// A request as the operator sees it: not its code, which the operator must take from the
+/// friend's screen, not from here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pending {
     pub name: String,
-    pub code: String,
+    /// The repository it would get.
+    pub repo: String,
     pub age_seconds: u64,
 }
 
@@ -133,7 +165,39 @@ impl StateDir {
         Ok(f)
     }
 
-    /// The requests not yet expired.
+    /// The directory holding the repositories.
+    fn storage(&self) -> &std::path::Path {
+        self.path().parent().unwrap_or(std::path::Path::new("."))
+    }
+
+    /// Refuses a repository name that is in use: a directory of that name exists (the owner's
+    /// repository, another client's, a removed friend's) or a client has it.
+    fn repo_free(&self, repo: &str) -> Result<()> {
+        let taken = self.storage().join(repo).exists()
+            || self.clients()?.values().any(|c| c.repo.as_deref() == Some(repo));
+        if taken {
+            return Err(Error::Invalid(format!(
+                "a repository named {repo:?} exists on this server already: pair under another name (--as)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The requests, with the expired ones dropped and, for approved ones nobody collected,
+    /// their clients removed.
+    fn live_requests(&self) -> Result<Vec<Request>> {
+        let now = now();
+        let (live, gone): (Vec<Request>, Vec<Request>) =
+            self.requests()?.into_iter().partition(|r| r.live(now));
+        for r in gone {
+            if let Some(c) = r.approved {
+                self.remove_client(&c.name)?;
+            }
+        }
+        Ok(live)
+    }
+
+    /// Every request on file.
     fn requests(&self) -> Result<Vec<Request>> {
         let path = self.file(FILE);
         let bytes = match fs::read(&path) {
@@ -150,8 +214,7 @@ impl StateDir {
                 f.version
             )));
         }
-        let now = now();
-        Ok(f.requests.into_iter().filter(|r| now.saturating_sub(r.created) < EXPIRY).collect())
+        Ok(f.requests)
     }
 
     fn write_requests(&self, requests: Vec<Request>) -> Result<()> {
@@ -171,12 +234,13 @@ impl StateDir {
         }
         hex32(commit, "the commitment")?;
         let _lock = self.lock_pairing()?;
+        let mut requests = self.live_requests()?;
         if self.clients()?.contains_key(name) {
             return Err(Error::Invalid(format!(
-                "this server has a client named {name:?} already: pair under another name (--name)"
+                "the name {name:?} is taken on this server: pair under another name (--as)"
             )));
         }
-        let mut requests = self.requests()?;
+        self.repo_free(&repo_of(name).unwrap_or_default())?;
         if requests.iter().any(|r| r.name == name && r.approved.is_none()) {
             return Err(Error::Invalid(format!("a request from {name:?} is waiting already")));
         }
@@ -194,6 +258,8 @@ impl StateDir {
             created: now(),
             code: None,
             approved: None,
+            approved_at: None,
+            confirmation: None,
         });
         self.write_requests(requests)?;
         Ok((id, nonce))
@@ -203,7 +269,7 @@ impl StateDir {
     pub fn pairing_reveal(&self, id: &str, token: &str, sha256: &[u8; 32]) -> Result<()> {
         let t = hex32(token, "the token")?;
         let _lock = self.lock_pairing()?;
-        let mut requests = self.requests()?;
+        let mut requests = self.live_requests()?;
         let r = requests
             .iter_mut()
             .find(|r| r.id == id)
@@ -211,11 +277,16 @@ impl StateDir {
         if hex::encode(commitment(&t)) != r.commit {
             return Err(Error::Invalid("the token does not match the request's commitment".into()));
         }
-        let code = code(sha256, &t, &hex32(&r.nonce, "the nonce")?);
-        if r.code.as_ref().is_some_and(|c| *c != code) {
-            return Err(Error::Invalid("the request's code is fixed already".into()));
+        let nonce = hex32(&r.nonce, "the nonce")?;
+        let code = code(sha256, &t, &nonce);
+        match &r.code {
+            Some(c) if *c == code => return Ok(()),
+            Some(_) => return Err(Error::Invalid("the request's code is fixed already".into())),
+            None => {
+                r.code = Some(code);
+                r.confirmation = Some(confirmation(sha256, &t, &nonce));
+            }
         }
-        r.code = Some(code);
         self.write_requests(requests)
     }
 
@@ -224,7 +295,7 @@ impl StateDir {
     pub fn pairing_poll(&self, id: &str, token: &str) -> Result<Poll> {
         let t = hex32(token, "the token")?;
         let _lock = self.lock_pairing()?;
-        let mut requests = self.requests()?;
+        let mut requests = self.live_requests()?;
         let i = requests
             .iter()
             .position(|r| r.id == id && hex::encode(commitment(&t)) == r.commit)
@@ -239,25 +310,29 @@ impl StateDir {
         Ok(Poll::Approved { client, repo })
     }
 
-    /// The requests waiting for the operator, with their codes.
+    /// The requests waiting for the operator (revealed, not yet approved).
     pub fn pairing_pending(&self) -> Result<Vec<Pending>> {
         let now = now();
+        let _lock = self.lock_pairing()?;
         Ok(self
-            .requests()?
+            .live_requests()?
             .into_iter()
-            .filter(|r| r.approved.is_none())
-            .filter_map(|r| {
-                Some(Pending { age_seconds: now.saturating_sub(r.created), name: r.name, code: r.code? })
+            .filter(|r| r.approved.is_none() && r.code.is_some())
+            .map(|r| Pending {
+                age_seconds: now.saturating_sub(r.created),
+                repo: repo_of(&r.name).unwrap_or_default(),
+                name: r.name,
             })
             .collect())
     }
 
     /// The operator approves the request showing `code`: its publisher becomes an append-only
     /// client of its own repository, with `quota`. A code no request shows is refused.
-    pub fn pairing_approve(&self, code: &str, quota: Option<u64>) -> Result<Client> {
+    /// Returns the client and the confirmation code for the friend to type.
+    pub fn pairing_approve(&self, code: &str, quota: Option<u64>) -> Result<(Client, String)> {
         let code: String = code.chars().filter(|c| !c.is_whitespace() && *c != '-').collect();
         let _lock = self.lock_pairing()?;
-        let mut requests = self.requests()?;
+        let mut requests = self.live_requests()?;
         let waiting: Vec<usize> = requests
             .iter()
             .enumerate()
@@ -286,10 +361,13 @@ impl StateDir {
         let name = requests[i].name.clone();
         let repo =
             repo_of(&name).ok_or_else(|| Error::Invalid(format!("{name:?} makes no repository name")))?;
+        self.repo_free(&repo)?;
         let client = self.add_client_for(&name, quota, Some(repo))?;
         requests[i].approved = Some(client.clone());
+        requests[i].approved_at = Some(now());
+        let confirmation = requests[i].confirmation.clone().unwrap_or_default();
         self.write_requests(requests)?;
-        Ok(client)
+        Ok((client, confirmation))
     }
 }
 
@@ -313,13 +391,16 @@ mod tests {
         let (id, token, code) = pair(&s, "alice-laptop", &fp);
         let pending = s.pairing_pending().unwrap();
         assert_eq!(pending.len(), 1);
-        assert_eq!((pending[0].name.as_str(), pending[0].code.as_str()), ("alice-laptop", code.as_str()));
+        assert_eq!((pending[0].name.as_str(), pending[0].repo.as_str()), ("alice-laptop", "alice-laptop"));
         assert!(matches!(s.pairing_poll(&id, &hex::encode(token)).unwrap(), Poll::Waiting));
         let wrong = if code == "000000" { "000001" } else { "000000" };
         let e = s.pairing_approve(wrong, None).unwrap_err().to_string();
         assert!(e.contains("no pairing request shows code") && e.contains("alice-laptop"), "{e}");
         assert!(s.clients().unwrap().is_empty(), "a wrong code adds no client");
-        let c = s.pairing_approve(&format!("{} {}", &code[..3], &code[3..]), Some(1 << 30)).unwrap();
+        let (c, confirm) =
+            s.pairing_approve(&format!("{} {}", &code[..3], &code[3..]), Some(1 << 30)).unwrap();
+        assert_eq!(confirm, confirmation(&fp, &token, &hex32(&s.requests().unwrap()[0].nonce, "n").unwrap()));
+        assert_ne!(confirm, code);
         assert_eq!(c.repo.as_deref(), Some("alice-laptop"));
         assert!(!c.owner);
         assert!(s.pairing_poll(&id, &hex::encode(random())).is_err(), "another token is refused");
@@ -332,6 +413,29 @@ mod tests {
         }
         assert!(s.pairing_poll(&id, &hex::encode(token)).is_err(), "handed out once");
         assert_eq!(s.clients().unwrap()["alice-laptop"].quota, Some(1 << 30));
+    }
+
+    #[test]
+    fn a_credential_nobody_collected_is_removed_with_its_request() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::new(d.path());
+        let (id, token, code) = pair(&s, "erin", &[3; 32]);
+        s.pairing_approve(&code, None).unwrap();
+        assert!(s.clients().unwrap().contains_key("erin"));
+        // Approved EXPIRY seconds ago and never collected.
+        let path = s.file(FILE);
+        let text = fs::read_to_string(&path).unwrap();
+        let at = text
+            .split("\"approved_at\": ")
+            .nth(1)
+            .unwrap()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap();
+        fs::write(&path, text.replace(&format!("\"approved_at\": {at}"), "\"approved_at\": 1")).unwrap();
+        assert!(s.pairing_pending().unwrap().is_empty());
+        assert!(!s.clients().unwrap().contains_key("erin"), "its client is removed");
+        assert!(s.pairing_poll(&id, &hex::encode(token)).is_err());
     }
 
     #[test]
@@ -355,7 +459,13 @@ mod tests {
         }
         assert!(s.pairing_open("carol", "zz").is_err());
         s.add_client("dave", false, None).unwrap();
-        assert!(s.pairing_open("dave", &c).unwrap_err().to_string().contains("already"));
+        assert!(s.pairing_open("dave", &c).unwrap_err().to_string().contains("taken"));
+        std::fs::create_dir(d.path().join("photos")).unwrap();
+        let e = s.pairing_open("Photos", &c).unwrap_err().to_string();
+        assert!(
+            e.contains("a repository named \"photos\" exists"),
+            "the owner's repository is not given away: {e}"
+        );
         for i in 0..MAX_PENDING {
             s.pairing_open(&format!("node-{i}"), &c).unwrap();
         }
