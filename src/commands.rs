@@ -39,7 +39,7 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
         _ => {}
     }
     if let Command::Peers(args) = cli.command {
-        return crate::peers::peers_cmd(args, cli.json);
+        return crate::peers::peers_cmd(args, cli.json, cli.key.as_deref());
     }
     // A server opens no repository of its own and handles its signals itself.
     if let Command::Serve(args) = cli.command {
@@ -110,7 +110,7 @@ pub fn dispatch(cli: Cli, source: Arc<dyn io::Source>) -> Result<u8> {
         Command::Man(args) => crate::generate::man_pages(&args, cli.json),
         Command::Serve(args) => crate::serve::serve_cmd(cli.json, args),
         Command::Join(args) => crate::join::join_cmd(&args, cli.json),
-        Command::Peers(args) => crate::peers::peers_cmd(args, cli.json),
+        Command::Peers(args) => crate::peers::peers_cmd(args, cli.json, key),
     }
 }
 

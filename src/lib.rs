@@ -626,14 +626,30 @@ static BACKEND_WRAP: std::sync::OnceLock<BackendWrap> = std::sync::OnceLock::new
 
 /// A storage location, wrapped like a repository's (for sync, which opens no repository).
 pub(crate) fn open_backend(at: &engine::repo::Location) -> engine::Result<Arc<dyn io::Backend>> {
-    let b = at.backend()?;
+    let b = audited(at, at.backend()?);
     Ok(match BACKEND_WRAP.get() {
         Some(wrap) => wrap(b),
         None => b,
     })
 }
 
+/// A `bakare serve` repository's storage records audit challenges for every pack written to
+/// it (peers::audit), for `bakare peers audit` to send later.
+fn audited(at: &engine::repo::Location, b: Arc<dyn io::Backend>) -> Arc<dyn io::Backend> {
+    let engine::repo::Location::Serve(url) = at else { return b };
+    match ::peers::audit::Store::for_location(url) {
+        Ok(store) => Arc::new(::peers::audit::Recording::new(b, store)),
+        Err(e) => {
+            eprintln!(
+                "warning: no place to keep audit challenges for {url} ({e}): its packs cannot be audited"
+            );
+            b
+        }
+    }
+}
+
 pub(crate) fn wrapped(mut repo: engine::Repository) -> engine::Repository {
+    repo.backend = audited(&repo.location, repo.backend.clone());
     if let Some(wrap) = BACKEND_WRAP.get() {
         repo.backend = wrap(repo.backend.clone());
     }

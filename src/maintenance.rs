@@ -83,6 +83,7 @@ pub fn check_cmd(repo: &Repository, json: bool, args: CheckArgs) -> Result<u8> {
         read_data: read_data_choice(args.read_data, args.read_data_subset),
         writer: args.writer,
         workers: workers(),
+        lost: Default::default(),
     };
     let r = check::check(repo, &opts)?;
     let mut out = Out::new();

@@ -28,6 +28,7 @@ fn on(b: &Bakare, lan: &Lan, i: usize, args: &[&str]) -> Command {
     b.command_of(Path::new("ip"), &v)
 }
 
+#[derive(Debug)]
 struct Out {
     code: i32,
     stdout: String,
@@ -328,6 +329,67 @@ fn friends_are_found_paired_by_code_and_back_up_to_each_other_confined_to_their_
         ok(on(&carol, &lan, 2, &["restore", "--repo", peer, "latest", "--target", t]));
         assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
     }
+
+    // Audits: every pack alice keeps for carol passes, each challenge costing a bounded
+    // number of bytes; then one pack deleted, one truncated and one with a byte flipped fail
+    // (each where its next challenge looks), the snapshots that need them are named, and
+    // bob's intact copy passes.
+    let audit = |peer: &str| {
+        let o = run(on(&carol, &lan, 2, &["--json", "peers", "audit", peer, "--sample", "1000"]));
+        let v: serde_json::Value =
+            serde_json::from_str(o.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {o:?}"));
+        (o.code, v)
+    };
+    let (code, v) = audit("alice");
+    let audited = v["audited"].as_u64().unwrap();
+    assert_eq!(code, 0, "{v}");
+    assert!(audited >= 4, "{v}");
+    assert_eq!(v["passed"].as_u64(), Some(audited), "{v}");
+    assert!(v["bytes_received"].as_u64().unwrap() <= 128 * audited, "{v}");
+    assert!(v["bytes_sent"].as_u64().unwrap() <= 1024 * audited, "{v}");
+    let audits = carol.home.path().join(".cache/bakare/audits");
+    let prefix = format!("{}_", lan.addr(0));
+    let store = std::fs::read_dir(&audits)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with(&prefix))
+        .unwrap();
+    let mut damaged = Vec::new();
+    for (i, f) in std::fs::read_dir(&store).unwrap().flatten().take(3).enumerate() {
+        let hash = f.file_name().to_str().unwrap().to_string();
+        let key = format!("packs/{}/{hash}", &hash[..2]);
+        let text = std::fs::read_to_string(f.path()).unwrap();
+        let offset: u64 = text.lines().last().unwrap().split(' ').next().unwrap().parse().unwrap();
+        let pack = alice.storage.path().join("carol").join(&key);
+        match i {
+            0 => std::fs::remove_file(&pack).unwrap(),
+            1 => std::fs::OpenOptions::new().write(true).open(&pack).unwrap().set_len(offset).unwrap(),
+            _ => {
+                let mut bytes = std::fs::read(&pack).unwrap();
+                bytes[offset as usize] ^= 0x20;
+                std::fs::write(&pack, bytes).unwrap();
+            }
+        }
+        damaged.push(key);
+    }
+    assert_eq!(damaged.len(), 3);
+    let (code, v) = audit("alice");
+    assert_eq!(code, 3, "{v}");
+    let mut failed: Vec<String> =
+        v["failed"].as_array().unwrap().iter().map(|f| f["pack"].as_str().unwrap().to_string()).collect();
+    failed.sort();
+    damaged.sort();
+    assert_eq!(failed, damaged, "{v}");
+    let listed = ok(on(&carol, &lan, 2, &["--json", "snapshots", "--repo", "peer:alice"])).stdout;
+    let at_risk = v["at_risk"].as_array().unwrap();
+    assert!(!at_risk.is_empty(), "{v}");
+    for r in at_risk {
+        assert!(listed.contains(r["snapshot"].as_str().unwrap()), "{v}");
+    }
+    let (code, v) = audit("bob");
+    assert_eq!(code, 0, "{v}");
+    assert!(v["audited"].as_u64().unwrap() >= 4 && v["failed"].as_array().unwrap().is_empty(), "{v}");
 
     // Confined: carol's credential reaches no other repository on alice.
     let other = alice.storage.path().join("dave-laptop");

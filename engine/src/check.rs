@@ -83,6 +83,9 @@ pub struct CheckOptions {
     /// vouched for, to find what a compromised writer damaged.
     pub writer: Option<String>,
     pub workers: usize,
+    /// Packs to take as lost (`packs/hh/<id>` -> why), though listed: what a storage audit
+    /// found a server no longer holds, so that the report names what depends on them.
+    pub lost: BTreeMap<String, String>,
 }
 
 /// One damaged object: a repository file, or a blob inside a pack.
@@ -153,11 +156,16 @@ fn name_matches(name: &str, data: &[u8]) -> bool {
 }
 
 /// Lists packs and reads every index segment (and the trailers of packs no segment lists).
-pub(crate) fn survey(repo: &Repository, report: &mut CheckReport) -> Result<Survey> {
+pub(crate) fn survey(
+    repo: &Repository,
+    lost: &BTreeMap<String, String>,
+    report: &mut CheckReport,
+) -> Result<Survey> {
     let backend = repo.backend.as_ref();
     let mut present = BTreeMap::new();
     for key in backend.list("packs")? {
         match pack::parse_pack_key(&key) {
+            Some(_) if lost.contains_key(&key) => {}
             Some(id) if pack::pack_key(&id) == key => {
                 present.insert(id, key);
             }
@@ -238,7 +246,11 @@ pub(crate) fn survey(repo: &Repository, report: &mut CheckReport) -> Result<Surv
                 }
                 if !present.contains_key(&p) {
                     if missing_packs.insert(p) {
-                        missing_why.push((p, format!("missing ({} blobs listed by {name})", entries.len())));
+                        let why = match lost.get(&pack::pack_key(&p)) {
+                            Some(why) => format!("{why} ({} blobs listed by {name})", entries.len()),
+                            None => format!("missing ({} blobs listed by {name})", entries.len()),
+                        };
+                        missing_why.push((p, why));
                     }
                     for e in &entries {
                         missing_blobs.entry(e.id).or_insert(p);
@@ -912,7 +924,7 @@ pub(crate) fn check_with_survey(repo: &Repository, opts: &CheckOptions) -> Resul
         }
         Some(name) => Some(writer_keys(repo, name)?),
     };
-    let survey = survey(repo, &mut report)?;
+    let survey = survey(repo, &opts.lost, &mut report)?;
     index_mark(repo, &survey, &mut report)?;
     match repo.backend.leftovers() {
         Ok(t) if !t.is_empty() => report.notes.push(format!(

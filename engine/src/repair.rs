@@ -273,7 +273,12 @@ impl Rewriter<'_, '_> {
 /// damaged files and directories, tagged `repaired`, with what was left out in its error list.
 pub fn repair_snapshots(repo: &Repository, opts: &SnapshotRepairOptions) -> Result<SnapshotRepair> {
     let identity = repo.key.identity()?;
-    let copts = CheckOptions { read_data: opts.read_data, writer: None, workers: opts.workers };
+    let copts = CheckOptions {
+        read_data: opts.read_data,
+        writer: None,
+        workers: opts.workers,
+        lost: Default::default(),
+    };
     let (report, survey) = check::check_with_survey(repo, &copts)?;
     let mut out = SnapshotRepair::default();
     let mut scratch = CheckReport::default();

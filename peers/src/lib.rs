@@ -1,4 +1,4 @@
-//! Peer-to-peer backups between friends: finding nodes on the local network (DNS-SD over multicast DNS).
+//! Peer-to-peer backups between friends: finding nodes on the local network (DNS-SD over multicast DNS), and auditing what they keep.
 //!
 //! A persister (a node running `bakare serve`) announces itself as a `_bakare._tcp.local.`
 //! service whose instance name is the node's name, with a TXT record saying what it does, the
@@ -8,6 +8,7 @@
 //! half used.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod txt;
 
 use std::collections::BTreeMap;

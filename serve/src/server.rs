@@ -108,6 +108,7 @@ async fn run(opts: Options, ready: impl FnOnce(SocketAddr)) -> Result<()> {
         b.set_access(crate::store::Access(clients.clone()));
         b.set_route(Routes {
             state: state.clone(),
+            storage: opts.storage.clone(),
             clients: clients.clone(),
             fingerprint: opts.identity.sha256(),
             pairing: opts.pairing,
