@@ -70,41 +70,112 @@ pub fn peers_cmd(args: PeersArgs, json: bool, key: Option<&std::path::Path>) -> 
     }
 }
 
-/// What one challenge found.
-enum Verdict {
-    Passed,
-    Failed(String),
-    Unanswered(String),
+/// What an audit found.
+#[derive(Debug, Default)]
+pub(crate) struct Audit {
+    pub audited: usize,
+    pub passed: usize,
+    /// (pack, why) that failed: missing, truncated or altered on the server.
+    pub failed: Vec<(String, String)>,
+    /// (pack, why) whose challenge got no answer (the network, a refusal).
+    pub unanswered: Vec<(String, String)>,
+    /// Snapshot id -> files and directories of it that need a failed pack.
+    pub at_risk: std::collections::BTreeMap<String, usize>,
+    /// Why the snapshots at risk could not be named, if they could not.
+    pub risk_note: Option<String>,
+    pub sent: u64,
+    pub received: u64,
+}
+
+impl Audit {
+    pub fn json(&self, label: &str) -> serde_json::Value {
+        let pairs = |v: &[(String, String)]| {
+            v.iter().map(|(p, w)| json!({ "pack": p, "why": w })).collect::<Vec<_>>()
+        };
+        json!({
+            "repo": label, "audited": self.audited, "passed": self.passed,
+            "failed": pairs(&self.failed), "unanswered": pairs(&self.unanswered),
+            "at_risk": self.at_risk.iter().map(|(id, n)| json!({ "snapshot": id, "paths": n })).collect::<Vec<_>>(),
+            "at_risk_note": self.risk_note, "bytes_sent": self.sent, "bytes_received": self.received,
+        })
+    }
+
+    /// 3 when a pack failed, 1 when a challenge went unanswered, else 0.
+    pub fn code(&self) -> u8 {
+        if !self.failed.is_empty() {
+            crate::EXIT_PARTIAL
+        } else if !self.unanswered.is_empty() {
+            1
+        } else {
+            0
+        }
+    }
+
+    pub fn summary(&self, label: &str) -> String {
+        format!(
+            "audited {} packs on {label}: {} passed, {} failed, {} unanswered ({} B sent, {} B received)",
+            self.audited,
+            self.passed,
+            self.failed.len(),
+            self.unanswered.len(),
+            self.sent,
+            self.received
+        )
+    }
 }
 
 fn audit(args: AuditArgs, json: bool, key: Option<&std::path::Path>) -> Result<u8> {
-    use rand::seq::SliceRandom;
     let peer = io::joined::load_peer(&args.name)?;
-    let location = peer.location();
-    let served = io::ServedUrl::parse(&location).map_err(|e| anyhow!(e))?;
+    let a = audit_at(&peer.location(), args.sample, key)?;
+    let label = format!("peer:{}", args.name);
+    if json {
+        println!("{}", a.json(&label));
+        return Ok(a.code());
+    }
+    for (p, w) in &a.failed {
+        println!("FAILED {p}: {w}");
+    }
+    for (p, w) in &a.unanswered {
+        println!("unanswered {p}: {w}");
+    }
+    for (id, n) in &a.at_risk {
+        println!("at risk on {label}: snapshot {id} ({n} paths need a failed pack)");
+    }
+    if let Some(n) = &a.risk_note {
+        println!("{n}");
+    }
+    if !output::quiet() {
+        println!("{}", a.summary(&label));
+    }
+    Ok(a.code())
+}
+
+/// Audits the repository at `location` (`serve:https://host:port/repo`): one unused challenge
+/// for each of `sample` packs chosen at random among those with challenges left.
+pub(crate) fn audit_at(location: &str, sample: usize, key: Option<&std::path::Path>) -> Result<Audit> {
+    use rand::seq::SliceRandom;
+    let served = io::ServedUrl::parse(location).map_err(|e| anyhow!(e))?;
     let joined = io::joined::load(&served.host_port)?;
     let pin = joined.sha256.ok_or_else(|| anyhow!("the server at {} is not pinned", served.host_port))?;
-    let store = ::peers::audit::Store::for_location(&location).context("finding the audit challenges")?;
-    let backend = io::S3Backend::open_served(&location, &io::S3Tuning::from_env())?;
+    let store = ::peers::audit::Store::for_location(location).context("finding the audit challenges")?;
+    let backend = io::S3Backend::open_served(location, &io::S3Tuning::from_env())?;
     let mut packs = store.packs().with_context(|| format!("reading {}", store.dir().display()))?;
     if packs.is_empty() {
         bail!(
-            "no audit challenges are kept for peer:{} in {} (they are made as this machine uploads packs there)",
-            args.name,
+            "no audit challenges are kept for {location} in {} (they are made as this machine uploads packs there)",
             store.dir().display()
         );
     }
     packs.shuffle(&mut rand::thread_rng());
-    packs.truncate(args.sample.max(1));
-    let (mut sent, mut received) = (0u64, 0u64);
-    let mut results: Vec<(String, Verdict)> = Vec::new();
+    packs.truncate(sample.max(1));
+    let mut a = Audit::default();
     for pack in packs {
         let Some(c) = store.take(&pack).with_context(|| format!("the audit challenges of {pack}"))? else {
             continue;
         };
         let url = backend.presigned_get(&pack, Duration::from_secs(300))?;
         let header = c.header();
-        sent += (url.len() + header.len()) as u64;
+        a.sent += (url.len() + header.len()) as u64;
         let answer = io::pinned::get_with(
             &url,
             &[("x-bakare-audit", header)],
@@ -112,97 +183,49 @@ fn audit(args: AuditArgs, json: bool, key: Option<&std::path::Path>) -> Result<u
             pin,
             Duration::from_secs(60),
         );
-        let verdict = match answer {
-            Err(e) => Verdict::Unanswered(e),
+        a.audited += 1;
+        match answer {
+            Err(e) => a.unanswered.push((pack, e)),
             Ok((status, body)) => {
-                received += body.len() as u64;
+                a.received += body.len() as u64;
                 let v: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
                 match (status, v.as_ref().and_then(|v| v.get("hash")).and_then(|h| h.as_str())) {
-                    (200, Some(h)) if h == hex::encode(c.expected) => Verdict::Passed,
-                    (200, Some(_)) => Verdict::Failed(format!(
-                        "the server's answer for bytes {}..{} is wrong: the pack was altered or truncated there",
-                        c.offset,
-                        c.offset.saturating_add(c.length)
+                    (200, Some(h)) if h == hex::encode(c.expected) => a.passed += 1,
+                    (200, Some(_)) => a.failed.push((
+                        pack,
+                        format!(
+                            "the server's answer for bytes {}..{} is wrong: the pack was altered or truncated there",
+                            c.offset,
+                            c.offset.saturating_add(c.length)
+                        ),
                     )),
-                    (404, _) => Verdict::Failed("the server does not have it".into()),
-                    (status, _) => Verdict::Unanswered(format!("the server answered HTTP {status}")),
+                    (404, _) => a.failed.push((pack, "the server does not have it".into())),
+                    (status, _) => a.unanswered.push((pack, format!("the server answered HTTP {status}"))),
                 }
             }
-        };
-        results.push((pack, verdict));
+        }
     }
-    let failed: Vec<(&String, &String)> = results
-        .iter()
-        .filter_map(|(p, v)| if let Verdict::Failed(w) = v { Some((p, w)) } else { None })
-        .collect();
-    let unanswered: Vec<(&String, &String)> = results
-        .iter()
-        .filter_map(|(p, v)| if let Verdict::Unanswered(w) = v { Some((p, w)) } else { None })
-        .collect();
-    let passed = results.iter().filter(|(_, v)| matches!(v, Verdict::Passed)).count();
     // What depends on the failed packs: check, taking them as lost.
-    let mut at_risk: std::collections::BTreeMap<String, usize> = Default::default();
-    let mut risk_note = None;
-    if !failed.is_empty() {
-        let lost = failed.iter().map(|(p, w)| ((*p).clone(), format!("failed an audit: {w}"))).collect();
-        let opened = crate::open_repo(&engine::repo::Location::Serve(location.clone()), key);
+    if !a.failed.is_empty() {
+        let lost = a.failed.iter().map(|(p, w)| (p.clone(), format!("failed an audit: {w}"))).collect();
+        let opened = crate::open_repo(&engine::repo::Location::Serve(location.to_string()), key);
         match opened.map_err(anyhow::Error::from).and_then(|repo| {
             let opts = engine::check::CheckOptions { lost, workers: 4, ..Default::default() };
             Ok(engine::check::check(&repo, &opts)?)
         }) {
             Ok(r) if r.snapshots_checked => {
-                for a in &r.affected {
-                    let id = engine::commit::id_of("snapshots", &a.snapshot).unwrap_or(&a.snapshot);
-                    *at_risk.entry(id.to_string()).or_default() += 1;
+                for x in &r.affected {
+                    let id = engine::commit::id_of("snapshots", &x.snapshot).unwrap_or(&x.snapshot);
+                    *a.at_risk.entry(id.to_string()).or_default() += 1;
                 }
             }
             Ok(_) => {
-                risk_note = Some("with a backup-only key the snapshots at risk cannot be named".to_string())
+                a.risk_note = Some("with a backup-only key the snapshots at risk cannot be named".into())
             }
-            Err(e) => risk_note = Some(format!("the snapshots at risk cannot be named: {e:#}")),
+            Err(e) => a.risk_note = Some(format!("the snapshots at risk cannot be named: {e:#}")),
         }
     }
-    if json {
-        let v = json!({
-            "peer": args.name, "audited": results.len(), "passed": passed,
-            "failed": failed.iter().map(|(p, w)| json!({ "pack": p, "why": w })).collect::<Vec<_>>(),
-            "unanswered": unanswered.iter().map(|(p, w)| json!({ "pack": p, "why": w })).collect::<Vec<_>>(),
-            "at_risk": at_risk.iter().map(|(id, n)| json!({ "snapshot": id, "paths": n })).collect::<Vec<_>>(),
-            "at_risk_note": risk_note, "bytes_sent": sent, "bytes_received": received,
-        });
-        println!("{v}");
-    } else {
-        for (p, w) in &failed {
-            println!("FAILED {p}: {w}");
-        }
-        for (p, w) in &unanswered {
-            println!("unanswered {p}: {w}");
-        }
-        for (id, n) in &at_risk {
-            println!("at risk on {}: snapshot {id} ({n} files or directories)", args.name);
-        }
-        if let Some(n) = &risk_note {
-            println!("{n}");
-        }
-        if !output::quiet() {
-            println!(
-                "audited {} packs on {}: {passed} passed, {} failed, {} unanswered ({} B sent, {} B received)",
-                results.len(),
-                args.name,
-                failed.len(),
-                unanswered.len(),
-                sent,
-                received
-            );
-        }
-    }
-    Ok(if !failed.is_empty() {
-        crate::EXIT_PARTIAL
-    } else if !unanswered.is_empty() {
-        1
-    } else {
-        0
-    })
+    Ok(a)
 }
 
 fn list(timeout: Duration, json: bool) -> Result<u8> {

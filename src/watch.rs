@@ -52,6 +52,14 @@ pub struct WatchArgs {
     /// Print a systemd service unit that runs this command (without this option), and exit
     #[arg(long, help_heading = "Watching")]
     pub print_systemd_unit: bool,
+    /// Audit the repository (on a `bakare serve` or a friend's, serve: or peer:) this often,
+    /// after a run: challenges --audit-sample packs (`bakare peers audit`); the result is in
+    /// the status
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", help_heading = "Watching")]
+    pub audit_every: Option<Duration>,
+    /// Packs each audit challenges
+    #[arg(long, default_value_t = 32, value_name = "N", help_heading = "Watching")]
+    pub audit_sample: usize,
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -179,6 +187,19 @@ pub fn watch(
         print!("{}", systemd_unit("watch", "bakare watch: continuous backup", true, &service)?);
         return Ok(0);
     }
+    let audit = match (args.audit_every, repo_at) {
+        (None, _) => None,
+        (Some(every), engine::repo::Location::Serve(url)) => Some(Audits {
+            every,
+            sample: args.audit_sample,
+            location: url.clone(),
+            key: key.map(Path::to_path_buf),
+            last: None,
+        }),
+        (Some(_), _) => anyhow::bail!(
+            "--audit-every audits a repository on a bakare serve (serve:https://HOST:PORT/REPO or peer:NAME)"
+        ),
+    };
     let mut base = args.run;
     if base.stdin || base.stdin_from_command {
         anyhow::bail!("watch backs up the paths named on its command line, not standard input");
@@ -298,6 +319,7 @@ pub fn watch(
     }
 
     let mut d = Daemon {
+        audit,
         repo,
         json,
         base,
@@ -323,6 +345,7 @@ pub fn watch(
         if STOP.load(Ordering::SeqCst) {
             break;
         }
+        d.audit_if_due();
         if let Some(wait) = d.backoff {
             let until = Instant::now() + wait;
             while !STOP.load(Ordering::SeqCst) {
@@ -393,7 +416,17 @@ pub fn watch(
     Ok(0)
 }
 
+/// `--audit-every`: storage audits between runs.
+struct Audits {
+    every: Duration,
+    sample: usize,
+    location: String,
+    key: Option<PathBuf>,
+    last: Option<Instant>,
+}
+
 struct Daemon {
+    audit: Option<Audits>,
     repo: Repository,
     json: bool,
     base: RunArgs,
@@ -472,6 +505,37 @@ impl Daemon {
 
     /// One run: of the changed directories, or of everything when the record may be
     /// incomplete. A run that finds the watcher missed a change is followed by a full scan.
+    /// Audits the repository when `--audit-every` has passed since the last audit (the first
+    /// comes after the first run); the outcome goes into the status as `last_audit`.
+    fn audit_if_due(&mut self) {
+        let Some(a) = &mut self.audit else { return };
+        if a.last.is_some_and(|t| t.elapsed() < a.every) {
+            return;
+        }
+        a.last = Some(Instant::now());
+        let (location, sample, key) = (a.location.clone(), a.sample, a.key.clone());
+        self.status("auditing", None);
+        let mut v = match crate::peers::audit_at(&location, sample, key.as_deref()) {
+            Ok(r) => {
+                eprintln!("bakare watch: {}", r.summary(&location));
+                for (p, w) in &r.failed {
+                    eprintln!("bakare watch: audit FAILED {p}: {w}");
+                }
+                for (id, n) in &r.at_risk {
+                    eprintln!("bakare watch: at risk on {location}: snapshot {id} ({n} paths)");
+                }
+                r.json(&location)
+            }
+            Err(e) => {
+                eprintln!("bakare watch: audit of {location}: {e:#}");
+                serde_json::json!({ "repo": location, "error": format!("{e:#}") })
+            }
+        };
+        v["time"] = now_rfc3339().into();
+        self.status.value["last_audit"] = v;
+        self.status("idle", None);
+    }
+
     fn run_once(&mut self) {
         loop {
             if STOP.load(Ordering::SeqCst) {

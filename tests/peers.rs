@@ -391,6 +391,25 @@ fn friends_are_found_paired_by_code_and_back_up_to_each_other_confined_to_their_
     assert_eq!(code, 0, "{v}");
     assert!(v["audited"].as_u64().unwrap() >= 4 && v["failed"].as_array().unwrap().is_empty(), "{v}");
 
+    // A watcher audits bob after its first run, and says so in its status.
+    let watch = ["watch", "--repo", "peer:bob", "--audit-every", "1h", "--audit-sample", "4", src_arg];
+    let watcher =
+        Stopped(on(&carol, &lan, 2, &watch).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        let o = run(on(&carol, &lan, 2, &["--json", "watch", "--status", "--repo", "peer:bob", src_arg]));
+        let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).unwrap_or_default();
+        if v["last_audit"].is_object() {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "no audit in the watcher's status: {o:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    drop(watcher);
+    let audit = &status["last_audit"];
+    assert_eq!(audit["audited"], 4, "{status}");
+    assert_eq!(audit["passed"], 4, "{status}");
+
     // Confined: carol's credential reaches no other repository on alice.
     let other = alice.storage.path().join("dave-laptop");
     ok(owner.command(&["init", "--repo", other.to_str().unwrap()]));
@@ -417,4 +436,14 @@ fn walk_files(dir: &Path) -> usize {
     rd.flatten()
         .map(|e| if e.file_type().is_ok_and(|t| t.is_dir()) { walk_files(&e.path()) } else { 1 })
         .sum()
+}
+
+/// A process stopped (SIGTERM, then waited for) when dropped, panics included.
+struct Stopped(Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
 }
