@@ -27,7 +27,7 @@ const PROBE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whether the server holding `at` accepts connections, said in a few seconds: a friend's
 /// machine that is off is the common case, and the S3 client would retry it for a minute.
-fn reachable(at: &Location) -> Result<(), String> {
+pub(crate) fn reachable(at: &Location) -> Result<(), String> {
     let host_port = match at {
         Location::Local(_) => return Ok(()),
         Location::Serve(url) => io::ServedUrl::parse(url)?.host_port,
@@ -128,6 +128,12 @@ pub fn run(
         // One that did not open before the backup is tried again: it may be back, or have
         // lacked a repository, which the copy creates.
         let copied = (|| -> anyhow::Result<engine::sync::SyncReport> {
+            // A server's copy (a friend's, append-only: it keeps what was forgotten and could
+            // list objects of its own) is not copied into this machine's own storage.
+            let served = |l: &Location| matches!(l, Location::Serve(_));
+            if served(&all[p].1) && !served(at) {
+                bail!("the backup went into {}, a server's copy, which is not copied into {name}", all[p].0);
+            }
             reachable(at).map_err(|e| anyhow::anyhow!("not reachable: {e}"))?;
             let to = crate::open_backend(at)?;
             let out = engine::sync::sync(from.as_ref(), to.as_ref(), JOBS)?;

@@ -77,8 +77,16 @@ pub(crate) struct Audit {
     pub passed: usize,
     /// (pack, why) that failed: missing, truncated or altered on the server.
     pub failed: Vec<(String, String)>,
-    /// (pack, why) whose challenge got no answer (the network, a refusal).
-    pub unanswered: Vec<(String, String)>,
+    /// Why the audit stopped early: the server could not be reached (the challenge that was
+    /// not sent is put back).
+    pub unreachable: Option<String>,
+    /// Packs the server lists that have no challenges here (uploaded before audits existed, by
+    /// another machine, or listed by the server before this machine uploaded them), and packs
+    /// whose challenges are used up.
+    pub unchallenged: usize,
+    pub exhausted: usize,
+    /// Failed packs that no snapshot needs (deleted by a prune): their challenges forgotten.
+    pub gone: Vec<String>,
     /// Snapshot id -> files and directories of it that need a failed pack.
     pub at_risk: std::collections::BTreeMap<String, usize>,
     /// Why the snapshots at risk could not be named, if they could not.
@@ -94,17 +102,18 @@ impl Audit {
         };
         json!({
             "repo": label, "audited": self.audited, "passed": self.passed,
-            "failed": pairs(&self.failed), "unanswered": pairs(&self.unanswered),
+            "failed": pairs(&self.failed), "unreachable": self.unreachable,
+            "unchallenged_packs": self.unchallenged, "exhausted_packs": self.exhausted, "gone": self.gone,
             "at_risk": self.at_risk.iter().map(|(id, n)| json!({ "snapshot": id, "paths": n })).collect::<Vec<_>>(),
             "at_risk_note": self.risk_note, "bytes_sent": self.sent, "bytes_received": self.received,
         })
     }
 
-    /// 3 when a pack failed, 1 when a challenge went unanswered, else 0.
+    /// 3 when a pack failed, 1 when the server could not be reached, else 0.
     pub fn code(&self) -> u8 {
         if !self.failed.is_empty() {
             crate::EXIT_PARTIAL
-        } else if !self.unanswered.is_empty() {
+        } else if self.unreachable.is_some() {
             1
         } else {
             0
@@ -113,13 +122,15 @@ impl Audit {
 
     pub fn summary(&self, label: &str) -> String {
         format!(
-            "audited {} packs on {label}: {} passed, {} failed, {} unanswered ({} B sent, {} B received)",
+            "audited {} packs on {label}: {} passed, {} failed ({} B sent, {} B received); {} packs there have no challenges here, {} have none left{}",
             self.audited,
             self.passed,
             self.failed.len(),
-            self.unanswered.len(),
             self.sent,
-            self.received
+            self.received,
+            self.unchallenged,
+            self.exhausted,
+            self.unreachable.as_ref().map(|e| format!("; stopped: the server cannot be reached ({e})")).unwrap_or_default()
         )
     }
 }
@@ -135,8 +146,8 @@ fn audit(args: AuditArgs, json: bool, key: Option<&std::path::Path>) -> Result<u
     for (p, w) in &a.failed {
         println!("FAILED {p}: {w}");
     }
-    for (p, w) in &a.unanswered {
-        println!("unanswered {p}: {w}");
+    for p in &a.gone {
+        println!("gone {p}: missing or damaged there, but no snapshot needs it (pruned, or its data is in other packs); its challenges are forgotten");
     }
     for (id, n) in &a.at_risk {
         println!("at risk on {label}: snapshot {id} ({n} paths need a failed pack)");
@@ -158,8 +169,21 @@ pub(crate) fn audit_at(location: &str, sample: usize, key: Option<&std::path::Pa
     let joined = io::joined::load(&served.host_port)?;
     let pin = joined.sha256.ok_or_else(|| anyhow!("the server at {} is not pinned", served.host_port))?;
     let store = ::peers::audit::Store::for_location(location).context("finding the audit challenges")?;
+    // A server that is down is said in seconds, before the S3 client's minute of retries.
+    if let Err(e) = crate::copies::reachable(&engine::repo::Location::Serve(location.to_string())) {
+        return Ok(Audit { unreachable: Some(e), ..Default::default() });
+    }
     let backend = io::S3Backend::open_served(location, &io::S3Tuning::from_env())?;
     let mut packs = store.packs().with_context(|| format!("reading {}", store.dir().display()))?;
+    let known: std::collections::HashSet<String> =
+        store.known().with_context(|| format!("reading {}", store.dir().display()))?.into_iter().collect();
+    let mut a = Audit { exhausted: known.len().saturating_sub(packs.len()), ..Default::default() };
+    // The server's list says only what it claims; packs it lists that were never challenged
+    // are counted, so that the audit's coverage is plain.
+    match io::Backend::list(&backend, "packs") {
+        Ok(listed) => a.unchallenged = listed.iter().filter(|k| !known.contains(*k)).count(),
+        Err(e) => eprintln!("warning: cannot list the packs on {location}: {e}"),
+    }
     if packs.is_empty() {
         bail!(
             "no audit challenges are kept for {location} in {} (they are made as this machine uploads packs there)",
@@ -168,12 +192,22 @@ pub(crate) fn audit_at(location: &str, sample: usize, key: Option<&std::path::Pa
     }
     packs.shuffle(&mut rand::thread_rng());
     packs.truncate(sample.max(1));
-    let mut a = Audit::default();
     for pack in packs {
-        let Some(c) = store.take(&pack).with_context(|| format!("the audit challenges of {pack}"))? else {
-            continue;
+        let c = match store.take(&pack) {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => {
+                eprintln!("warning: the audit challenges of {pack} cannot be read ({e}): it is left out");
+                continue;
+            }
         };
-        let url = backend.presigned_get(&pack, Duration::from_secs(300))?;
+        let url = match backend.presigned_get(&pack, Duration::from_secs(300)) {
+            Ok(u) => u,
+            Err(e) => {
+                let _ = store.put_back(&pack, c);
+                return Err(anyhow!("signing a challenge for {pack}: {e}"));
+            }
+        };
         let header = c.header();
         a.sent += (url.len() + header.len()) as u64;
         let answer = io::pinned::get_with(
@@ -183,10 +217,20 @@ pub(crate) fn audit_at(location: &str, sample: usize, key: Option<&std::path::Pa
             pin,
             Duration::from_secs(60),
         );
-        a.audited += 1;
         match answer {
-            Err(e) => a.unanswered.push((pack, e)),
+            // Not sent, or no answer: the challenge goes back, and the audit stops (a server
+            // that is down would otherwise use them all up).
+            Err(e) => {
+                if let Err(e) = store.put_back(&pack, c) {
+                    eprintln!("warning: cannot put back the challenge of {pack}: {e}");
+                }
+                a.unreachable = Some(e);
+                break;
+            }
+            // Anything but the right hash over the pinned connection fails: a server that
+            // answers some other way for the packs it dropped must not escape.
             Ok((status, body)) => {
+                a.audited += 1;
                 a.received += body.len() as u64;
                 let v: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
                 match (status, v.as_ref().and_then(|v| v.get("hash")).and_then(|h| h.as_str())) {
@@ -200,7 +244,7 @@ pub(crate) fn audit_at(location: &str, sample: usize, key: Option<&std::path::Pa
                         ),
                     )),
                     (404, _) => a.failed.push((pack, "the server does not have it".into())),
-                    (status, _) => a.unanswered.push((pack, format!("the server answered HTTP {status}"))),
+                    (status, _) => a.failed.push((pack, format!("the server did not answer the challenge (HTTP {status})"))),
                 }
             }
         }
@@ -217,6 +261,18 @@ pub(crate) fn audit_at(location: &str, sample: usize, key: Option<&std::path::Pa
                 for x in &r.affected {
                     let id = engine::commit::id_of("snapshots", &x.snapshot).unwrap_or(&x.snapshot);
                     *a.at_risk.entry(id.to_string()).or_default() += 1;
+                }
+                // A pack no snapshot needs was pruned, not lost: its challenges go. Only when
+                // nothing is at risk at all: a lost tree hides what below it needs which pack.
+                let needed = |p: &str| !r.affected.is_empty() || r.damage.iter().any(|d| d.object == p);
+                let (failed, gone): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut a.failed).into_iter().partition(|(p, _)| needed(p));
+                a.failed = failed;
+                for (p, _) in gone {
+                    if let Err(e) = store.forget(&p) {
+                        eprintln!("warning: cannot forget the challenges of {p}: {e}");
+                    }
+                    a.gone.push(p);
                 }
             }
             Ok(_) => {

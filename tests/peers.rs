@@ -309,31 +309,10 @@ fn friends_are_found_paired_by_code_and_back_up_to_each_other_confined_to_their_
     ok(on(&carol, &lan, 2, &[&["run", src_arg][..], &both].concat()));
     assert_eq!((snapshots("peer:alice"), snapshots("peer:bob")), (4, 4), "bob caught up");
 
-    // Alice is killed in the middle of a backup into her: the run goes on into bob, commits
-    // there, and says alice missed it. Copies go one way only (from the repository the backup
-    // went into), so that snapshot stays with bob.
-    let big = TestDir::new().file("big", chaos::testkit::Rng::new(6).bytes(96 << 20));
-    let child = running(&[big.path().to_str().unwrap()]);
-    wait_for_a_pack(&alice);
-    alice.kill();
-    let o = finish(child);
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    assert!(o.stderr.contains("peer:alice: the backup into it failed"), "{}", o.stderr);
-    assert_eq!(held_by(&o), serde_json::json!(["peer:bob"]), "{}", o.stdout);
-    alice.resume(&owner, &lan);
-    ok(on(&carol, &lan, 2, &[&["run", src_arg][..], &both].concat()));
-    assert_eq!((snapshots("peer:alice"), snapshots("peer:bob")), (5, 6));
-    for peer in ["peer:alice", "peer:bob"] {
-        let target = TestDir::new();
-        let t = target.path().to_str().unwrap();
-        ok(on(&carol, &lan, 2, &["restore", "--repo", peer, "latest", "--target", t]));
-        assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
-    }
-
-    // Audits: every pack alice keeps for carol passes, each challenge costing a bounded
-    // number of bytes; then one pack deleted, one truncated and one with a byte flipped fail
-    // (each where its next challenge looks), the snapshots that need them are named, and
-    // bob's intact copy passes.
+    // Audits (every pack alice holds is needed by a snapshot now): every pack passes, each
+    // challenge costing a bounded number of bytes; then one pack deleted, one truncated and one
+    // with a byte flipped fail (each where its next challenge looks), the snapshots that need
+    // them are named, and bob's intact copy passes.
     let audit = |peer: &str| {
         let o = run(on(&carol, &lan, 2, &["--json", "peers", "audit", peer, "--sample", "1000"]));
         let v: serde_json::Value =
@@ -356,12 +335,27 @@ fn friends_are_found_paired_by_code_and_back_up_to_each_other_confined_to_their_
         .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with(&prefix))
         .unwrap();
     let mut damaged = Vec::new();
-    for (i, f) in std::fs::read_dir(&store).unwrap().flatten().take(3).enumerate() {
-        let hash = f.file_name().to_str().unwrap().to_string();
-        let key = format!("packs/{}/{hash}", &hash[..2]);
-        let text = std::fs::read_to_string(f.path()).unwrap();
+    let mut originals = Vec::new();
+    // The three largest packs: the 96 MiB file's data, which only they hold (a small pack may
+    // hold only blobs stored elsewhere too, whose loss costs nothing; the audit says "gone").
+    let mut files: Vec<(u64, std::path::PathBuf, String)> = std::fs::read_dir(&store)
+        .unwrap()
+        .flatten()
+        .map(|f| {
+            let hash = f.file_name().to_str().unwrap().to_string();
+            let key = format!("packs/{}/{hash}", &hash[..2]);
+            let size = std::fs::metadata(alice.storage.path().join("carol").join(&key))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            (size, f.path(), key)
+        })
+        .collect();
+    files.sort();
+    for (i, (_, f, key)) in files.into_iter().rev().take(3).enumerate() {
+        let text = std::fs::read_to_string(&f).unwrap();
         let offset: u64 = text.lines().last().unwrap().split(' ').next().unwrap().parse().unwrap();
         let pack = alice.storage.path().join("carol").join(&key);
+        originals.push((pack.clone(), std::fs::read(&pack).unwrap()));
         match i {
             0 => std::fs::remove_file(&pack).unwrap(),
             1 => std::fs::OpenOptions::new().write(true).open(&pack).unwrap().set_len(offset).unwrap(),
@@ -381,6 +375,7 @@ fn friends_are_found_paired_by_code_and_back_up_to_each_other_confined_to_their_
     failed.sort();
     damaged.sort();
     assert_eq!(failed, damaged, "{v}");
+    assert_eq!(v["gone"], serde_json::json!([]), "{v}");
     let listed = ok(on(&carol, &lan, 2, &["--json", "snapshots", "--repo", "peer:alice"])).stdout;
     let at_risk = v["at_risk"].as_array().unwrap();
     assert!(!at_risk.is_empty(), "{v}");
@@ -390,6 +385,31 @@ fn friends_are_found_paired_by_code_and_back_up_to_each_other_confined_to_their_
     let (code, v) = audit("bob");
     assert_eq!(code, 0, "{v}");
     assert!(v["audited"].as_u64().unwrap() >= 4 && v["failed"].as_array().unwrap().is_empty(), "{v}");
+    // Alice's owner puts the packs back (from a backup of the disk, say).
+    for (path, bytes) in originals {
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    // Alice is killed in the middle of a backup into her: the run goes on into bob, commits
+    // there, and says alice missed it. Copies go one way only (from the repository the backup
+    // went into), so that snapshot stays with bob.
+    let big = TestDir::new().file("big", chaos::testkit::Rng::new(6).bytes(96 << 20));
+    let child = running(&[big.path().to_str().unwrap()]);
+    wait_for_a_pack(&alice);
+    alice.kill();
+    let o = finish(child);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains("peer:alice: the backup into it failed"), "{}", o.stderr);
+    assert_eq!(held_by(&o), serde_json::json!(["peer:bob"]), "{}", o.stdout);
+    alice.resume(&owner, &lan);
+    ok(on(&carol, &lan, 2, &[&["run", src_arg][..], &both].concat()));
+    assert_eq!((snapshots("peer:alice"), snapshots("peer:bob")), (5, 6));
+    for peer in ["peer:alice", "peer:bob"] {
+        let target = TestDir::new();
+        let t = target.path().to_str().unwrap();
+        ok(on(&carol, &lan, 2, &["restore", "--repo", peer, "latest", "--target", t]));
+        assert_same_tree(src.path(), &restored_path(target.path(), src.path()));
+    }
 
     // A watcher audits bob after its first run, and says so in its status.
     let watch = ["watch", "--repo", "peer:bob", "--audit-every", "1h", "--audit-sample", "4", src_arg];
@@ -406,9 +426,9 @@ fn friends_are_found_paired_by_code_and_back_up_to_each_other_confined_to_their_
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
     drop(watcher);
-    let audit = &status["last_audit"];
-    assert_eq!(audit["audited"], 4, "{status}");
-    assert_eq!(audit["passed"], 4, "{status}");
+    let last_audit = &status["last_audit"];
+    assert_eq!(last_audit["audited"], 4, "{status}");
+    assert_eq!(last_audit["passed"], 4, "{status}");
 
     // Confined: carol's credential reaches no other repository on alice.
     let other = alice.storage.path().join("dave-laptop");
@@ -428,6 +448,29 @@ fn friends_are_found_paired_by_code_and_back_up_to_each_other_confined_to_their_
     assert!(o.stderr.contains("its owner may have removed the client"), "{}", o.stderr);
     // Bob still keeps carol's backups.
     ok(on(&carol, &lan, 2, &["run", "--repo", "peer:bob", src_arg]));
+
+    // A server that is down: the audit stops at once, says so (exit 1), and uses up no
+    // challenge (a server cannot make challenges run out by not answering).
+    let challenges = |node: usize| -> usize {
+        let prefix = format!("{}_", lan.addr(node));
+        let dir = std::fs::read_dir(&audits)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_str().unwrap().starts_with(&prefix))
+            .unwrap()
+            .path();
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|f| std::fs::read_to_string(f.path()).unwrap().lines().count())
+            .sum()
+    };
+    let before = challenges(1);
+    bob.kill();
+    let (code, v) = audit("bob");
+    assert_eq!(code, 1, "{v}");
+    assert!(v["unreachable"].is_string() && v["audited"] == 0, "{v}");
+    assert_eq!(challenges(1), before);
 }
 
 /// Files below `dir`, at any depth.

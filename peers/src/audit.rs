@@ -20,8 +20,9 @@ use std::sync::Arc;
 
 use rand::{Rng, RngCore};
 
-/// Challenges kept per pack.
-pub const PER_PACK: usize = 8;
+/// Challenges kept per pack (each about 150 bytes on this machine): a pack can be audited this
+/// many times.
+pub const PER_PACK: usize = 32;
 /// The bytes one challenge covers.
 pub const BLOCK: u64 = 16 << 10;
 
@@ -113,26 +114,38 @@ impl Store {
         &self.dir
     }
 
-    /// Keeps `challenges` for the pack `key` (replacing what was kept for it): temporary name,
-    /// fsync, rename.
+    /// Keeps `challenges` for the pack `key` (replacing what was kept for it; none left is an
+    /// empty list, which still says the pack was known): secrets, so mode 0600 in a 0700
+    /// directory; temporary name, fsync, rename, fsync the directory, so a challenge taken is
+    /// gone for good before it is sent.
     pub fn record(&self, key: &str, challenges: &[Challenge]) -> std::io::Result<()> {
         let Some(hash) = pack_hash(key) else { return Ok(()) };
-        fs::create_dir_all(&self.dir)?;
+        io::durable::create_private_dir_all(&self.dir)?;
         let mut text = format!("{HEADER}\n");
         for c in challenges {
             text.push_str(&c.line());
         }
-        let path = self.dir.join(hash);
-        let tmp = self.dir.join(format!(".tmp-{hash}-{}", std::process::id()));
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        Ok(())
+        io::durable::replace_private(&self.dir.join(hash), text.as_bytes())
     }
 
-    /// The packs with challenges left, as `packs/hh/<hash>`.
+    /// Puts back a challenge that was taken but never reached the server.
+    pub fn put_back(&self, key: &str, c: Challenge) -> std::io::Result<()> {
+        let mut all = self.challenges(key)?;
+        all.push(c);
+        self.record(key, &all)
+    }
+
+    /// Every pack with a file here, challenges left or not, as `packs/hh/<hash>`.
+    pub fn known(&self) -> std::io::Result<Vec<String>> {
+        self.list(|_| true)
+    }
+
+    /// The packs with challenges left.
     pub fn packs(&self) -> std::io::Result<Vec<String>> {
+        self.list(|len| len > HEADER.len() as u64 + 1)
+    }
+
+    fn list(&self, keep: impl Fn(u64) -> bool) -> std::io::Result<Vec<String>> {
         let rd = match fs::read_dir(&self.dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -140,10 +153,11 @@ impl Store {
         };
         let mut out = Vec::new();
         for e in rd {
-            let name = e?.file_name();
+            let e = e?;
+            let name = e.file_name();
             if let Some(n) = name.to_str() {
                 let key = format!("packs/{}/{n}", n.get(..2).unwrap_or(""));
-                if pack_hash(&key).is_some() {
+                if pack_hash(&key).is_some() && keep(e.metadata()?.len()) {
                     out.push(key);
                 }
             }
@@ -174,22 +188,17 @@ impl Store {
         let Some(hash) = pack_hash(key) else { return Ok(()) };
         match fs::remove_file(self.dir.join(hash)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+            Err(_) => Ok(()),
+            Ok(()) => io::durable::sync_dir(&self.dir),
         }
     }
 
-    /// Takes one challenge of `key` out of the store (it is used once); the file goes with the
-    /// last one.
+    /// Takes one challenge of `key` out of the store, durably, before it is sent (it is used
+    /// once); the pack stays known with none left.
     pub fn take(&self, key: &str) -> std::io::Result<Option<Challenge>> {
         let mut all = self.challenges(key)?;
         let Some(c) = all.pop() else { return Ok(None) };
-        if all.is_empty() {
-            if let Some(hash) = pack_hash(key) {
-                fs::remove_file(self.dir.join(hash))?;
-            }
-        } else {
-            self.record(key, &all)?;
-        }
+        self.record(key, &all)?;
         Ok(Some(c))
     }
 }
@@ -413,8 +422,15 @@ mod tests {
         assert_eq!(store.packs().unwrap(), vec![key.clone()]);
         assert_eq!(store.challenges(&key).unwrap(), c);
         assert_eq!(store.take(&key).unwrap(), Some(c[1].clone()));
+        store.put_back(&key, c[1].clone()).unwrap();
+        assert_eq!(store.take(&key).unwrap(), Some(c[1].clone()));
         assert_eq!(store.take(&key).unwrap(), Some(c[0].clone()));
-        assert!(store.packs().unwrap().is_empty(), "the file goes with its last challenge");
+        assert_eq!(store.take(&key).unwrap(), None);
+        assert!(store.packs().unwrap().is_empty(), "no challenges left");
+        assert_eq!(store.known().unwrap(), vec![key.clone()], "the pack stays known");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(d.path().join(format!("ab{}", "0".repeat(62)))).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
         fs::write(d.path().join(format!("ab{}", "0".repeat(62))), "bakare-audit 1\n1 2 zz\n").unwrap();
         let e = store.challenges(&key).unwrap_err().to_string();
         assert!(e.contains("malformed"), "{e}");

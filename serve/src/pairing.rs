@@ -189,11 +189,16 @@ impl StateDir {
         let now = now();
         let (live, gone): (Vec<Request>, Vec<Request>) =
             self.requests()?.into_iter().partition(|r| r.live(now));
+        if gone.is_empty() {
+            return Ok(live);
+        }
         for r in gone {
             if let Some(c) = r.approved {
-                self.remove_client(&c.name)?;
+                // Only the client made for it: the owner may have added another of that name.
+                self.remove_client_if(&c.name, &c.secret)?;
             }
         }
+        self.write_requests(live.clone())?;
         Ok(live)
     }
 

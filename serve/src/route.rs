@@ -74,11 +74,18 @@ fn challenge(uri: &hyper::Uri, headers: &hyper::HeaderMap) -> Option<Result<Chal
 /// (truncated: the hash then differs). `None` when the object does not exist.
 fn answer(path: &std::path::Path, c: &Challenge) -> std::io::Result<Option<(String, u64)>> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = match std::fs::File::open(path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Not following a symlink, and only a regular file (a FIFO would hold the thread).
+    let f =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path);
+    let mut f = match f {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    if !f.metadata()?.is_file() {
+        return Ok(None);
+    }
     f.seek(SeekFrom::Start(c.offset))?;
     let mut h = blake3::Hasher::new_keyed(&c.nonce);
     let mut buf = vec![0u8; 64 << 10];

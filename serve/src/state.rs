@@ -176,11 +176,21 @@ impl StateDir {
 
     /// Removes a client; its next request is refused. False when there was none of that name.
     pub fn remove_client(&self, name: &str) -> Result<bool> {
+        self.remove_where(name, |_| true)
+    }
+
+    /// Removes the client `name` only if it still has `secret`.
+    pub(crate) fn remove_client_if(&self, name: &str, secret: &str) -> Result<bool> {
+        self.remove_where(name, |c| c.secret == secret)
+    }
+
+    fn remove_where(&self, name: &str, this_one: impl Fn(&Client) -> bool) -> Result<bool> {
         let _lock = self.lock_clients()?;
         let mut clients = self.clients()?;
-        if clients.remove(name).is_none() {
+        if !clients.get(name).is_some_and(this_one) {
             return Ok(false);
         }
+        clients.remove(name);
         self.write_clients(clients)?;
         Ok(true)
     }
