@@ -1,5 +1,6 @@
-//! `peers`: friends' servers (`bakare serve --peers`) found on the local network, and pairing
-//! with one, after which its repository for this machine is `--repo peer:NAME`.
+//! `peers`: friends' servers (`bakare serve --peers`) found on the local network, pairing with
+//! one (after which its repository for this machine is `--repo peer:NAME`), and auditing what
+//! a friend keeps (docs/peers.md).
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -20,8 +21,9 @@ pub struct PeersArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum PeersCommand {
-    /// Ask a friend's server to keep this machine's backups. Prints a six-digit code: the
-    /// server's owner compares it with theirs and approves it (`bakare serve --approve CODE`)
+    /// Ask a friend's server to keep this machine's backups. Prints a six-digit code for the
+    /// server's owner to type (`bakare serve --approve CODE --quota SIZE`), then asks for the
+    /// confirmation code that shows them
     Pair(PairArgs),
     /// Prove that a paired friend's server still holds this machine's packs, without
     /// downloading them: sends challenges made when the packs were uploaded (exit 3 when a
@@ -448,8 +450,8 @@ fn pair(args: PairArgs, json: bool) -> Result<u8> {
         println!("pairing code {} {}", &code[..3], &code[3..]);
         if !output::quiet() {
             eprintln!(
-                "waiting for {}'s owner to compare the code and approve it there: \
-                 bakare serve --storage DIR --approve {code}",
+                "tell the code to {}'s owner, who types it there: \
+                 bakare serve --storage DIR --approve {code} --quota SIZE; waiting for the approval",
                 args.name
             );
         }
